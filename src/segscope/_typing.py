@@ -1,0 +1,23 @@
+"""Option sets and small shared types, in one place so that config, CLI and library agree."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+#: Detectors segscope knows by name (see ``segscope.unsupervised.detect.DETECTORS``).
+DetectorName = Literal["iforest", "ecod", "copod", "hbos", "knn", "pyod"]
+
+#: How per-detector calibrated scores are combined into ``anomaly_score``.
+CombineMethod = Literal["mean", "max"]
+
+#: Alert policies (``segscope.unsupervised.threshold``).
+PolicyKind = Literal["contamination", "quantile", "fixed", "budget"]
+
+#: Time units an alert budget can be counted per.
+BudgetPeriod = Literal["hour", "day", "week", "rows"]
+
+#: Feature kinds the schema infers.
+FeatureKind = Literal["numeric", "categorical", "boolean", "datetime"]
+
+#: File formats segscope reads and writes, chosen by extension.
+FileFormat = Literal["parquet", "csv", "ndjson"]

@@ -1,0 +1,150 @@
+"""Frozen, typed configuration; ``configs/*.toml`` and ``*.yaml`` load into :class:`SegscopeConfig`."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from segscope._typing import BudgetPeriod, CombineMethod, DetectorName, PolicyKind
+from segscope.exceptions import ConfigError
+
+__all__ = [
+    "DEFAULT_DETECTORS",
+    "DetectorConfig",
+    "FeatureConfig",
+    "PolicyConfig",
+    "SegscopeConfig",
+    "load_config",
+]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DetectorConfig(_Frozen):
+    """One detector of the ensemble: a registered name and its parameters."""
+
+    name: DetectorName
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+# Chosen by `python benchmarks/adbench_unsupervised.py` on the nine ADBench sets (see README, "Quality").
+DEFAULT_DETECTORS: tuple[DetectorConfig, ...] = (
+    DetectorConfig(name="iforest"),
+    DetectorConfig(name="ecod"),
+    DetectorConfig(name="copod"),
+    DetectorConfig(name="hbos"),
+)
+
+
+class PolicyConfig(_Frozen):
+    """How alerts are decided from ``score``.
+
+    ``contamination``: alert the top ``contamination`` share, measured on the fit-time reference.
+    ``quantile``: alert above the ``quantile`` of the fit-time reference scores.
+    ``fixed``: alert when ``score >= threshold``.
+    ``budget``: at most ``max_alerts`` per ``per`` (an hour/day/week of ``time_column``, or ``rows`` rows),
+    highest scores first, and only records scoring at least ``threshold``.
+    """
+
+    kind: PolicyKind = "contamination"
+    contamination: float = Field(default=0.01, gt=0.0, lt=1.0)
+    quantile: float = Field(default=0.99, gt=0.0, lt=1.0)
+    threshold: float = Field(default=0.0, ge=0.0, le=1.0)
+    max_alerts: int = Field(default=200, ge=1)
+    per: BudgetPeriod = "day"
+    rows: int = Field(default=10_000, ge=1)
+    time_column: str | None = None
+
+    @model_validator(mode="after")
+    def _budget_needs_time(self) -> PolicyConfig:
+        if self.kind == "budget" and self.per != "rows" and self.time_column is None:
+            raise ValueError(
+                f"an alert budget per {self.per} needs policy.time_column (a datetime column); "
+                "set it, or use per = 'rows'"
+            )
+        return self
+
+
+class FeatureConfig(_Frozen):
+    """Which columns become features, and how."""
+
+    id_column: str | None = None
+    drop: tuple[str, ...] = ()
+    #: Categorical columns with more distinct values than this (at fit) are treated as identifiers and dropped.
+    max_categories: int = Field(default=10_000, ge=2)
+    #: Robust-scaled values are clipped to +-clip so that huge values cannot overflow distances.
+    clip: float = Field(default=1e6, gt=0)
+
+
+class SegscopeConfig(_Frozen):
+    """Everything ``segscope fit`` needs beyond the data."""
+
+    detectors: tuple[DetectorConfig, ...] = DEFAULT_DETECTORS
+    combine: CombineMethod = "mean"
+    #: Fit on a uniform random sample of at most this many rows (the reference for calibration too).
+    max_fit_rows: int = Field(default=100_000, ge=100)
+    seed: int = 0
+    top_k_reasons: int = Field(default=3, ge=1, le=20)
+    features: FeatureConfig = Field(default_factory=FeatureConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+
+    @model_validator(mode="after")
+    def _unique_detectors(self) -> SegscopeConfig:
+        names = [d.name for d in self.detectors]
+        if not names:
+            raise ValueError("detectors is empty; list at least one, e.g. [{name = 'iforest'}]")
+        if len(set(names)) != len(names):
+            raise ValueError(f"detectors lists a name twice ({names}); list each detector once")
+        return self
+
+    def with_features(self, *, id_column: str | None, drop: tuple[str, ...]) -> SegscopeConfig:
+        """Return a copy with CLI overrides for the id column and dropped columns."""
+        features = self.features.model_copy(
+            update={
+                "id_column": id_column if id_column is not None else self.features.id_column,
+                "drop": tuple(dict.fromkeys((*self.features.drop, *drop))),
+            }
+        )
+        return self.model_copy(update={"features": features})
+
+
+def _format_validation_error(path: Path | str, exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    return f"config {path}: {where}: {first['msg']} (got {first.get('input')!r}); fix that entry"
+
+
+def config_from_dict(data: dict[str, Any], *, source: str = "config") -> SegscopeConfig:
+    """Validate a plain dict into a :class:`SegscopeConfig`, with a one-line error."""
+    try:
+        return SegscopeConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(source, exc)) from None
+
+
+def load_config(path: str | Path) -> SegscopeConfig:
+    """Load a TOML or YAML config file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass an existing .toml or .yaml file")
+    suffix = path.suffix.lower()
+    text = path.read_text(encoding="utf-8")
+    try:
+        if suffix == ".toml":
+            data: Any = tomllib.loads(text)
+        elif suffix in {".yaml", ".yml"}:
+            data = yaml.safe_load(text) or {}
+        else:
+            raise ConfigError(f"config file {path} has extension '{suffix}'; use .toml, .yaml or .yml")
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        reason = str(exc).splitlines()[0]
+        raise ConfigError(f"config file {path} is not valid {suffix[1:].upper()}: {reason}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a table/mapping at the top level")
+    return config_from_dict(data, source=str(path))

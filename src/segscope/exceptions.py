@@ -1,0 +1,67 @@
+"""segscope's exceptions.
+
+Every message names *what* was wrong, *what was expected* and *how to fix it*; the CLI prints the message
+as one line and exits non-zero, without a traceback.
+
+::
+
+    SegscopeError
+    ├── ConfigError            a parameter or config file is invalid
+    ├── NotFittedError         a component was used before ``fit``
+    ├── SchemaError            input columns or types do not match what is expected
+    ├── DataError              values are unusable (empty, infinite, duplicate ids, ...)
+    ├── SourceError            a file cannot be read (missing, wrong extension, corrupt)
+    ├── SinkError              an output cannot be written
+    ├── BundleError            a bundle is missing, tampered with, untrusted or incompatible
+    └── MissingDependencyError an optional dependency is not installed
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BundleError",
+    "ConfigError",
+    "DataError",
+    "MissingDependencyError",
+    "NotFittedError",
+    "SchemaError",
+    "SegscopeError",
+    "SinkError",
+    "SourceError",
+]
+
+
+class SegscopeError(Exception):
+    """Root of every error segscope raises on purpose."""
+
+
+class ConfigError(SegscopeError, ValueError):
+    """A parameter or a config file is invalid."""
+
+
+class NotFittedError(SegscopeError, AttributeError):
+    """A component was used before it was fitted."""
+
+
+class SchemaError(SegscopeError, ValueError):
+    """Columns or types of the input do not match the expected schema."""
+
+
+class DataError(SegscopeError, ValueError):
+    """Values in the input cannot be used as they are."""
+
+
+class SourceError(SegscopeError, OSError):
+    """An input cannot be read."""
+
+
+class SinkError(SegscopeError, OSError):
+    """An output cannot be written."""
+
+
+class BundleError(SegscopeError):
+    """A bundle is missing, tampered with, untrusted or incompatible."""
+
+
+class MissingDependencyError(SegscopeError, ImportError):
+    """An optional dependency is needed for this feature."""

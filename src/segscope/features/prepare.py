@@ -1,0 +1,389 @@
+"""Turn input columns into a numeric feature matrix, the same way at fit and at score time.
+
+Rules (documented in the README, "Input data"):
+
+* numeric: centred on the fit median, scaled by the fit IQR (robust to outliers), clipped to +-``clip``;
+  NaN counts as missing. Infinite values are refused.
+* boolean: 0/1.
+* categorical (strings): *rarity* encoding, ``-log(frequency at fit)``; a category never seen at fit gets a
+  rarity above every seen one (and is named "unseen" in ``reasons``); null is a category of its own.
+* datetime: hour of day and day of week (absolute time is not a behaviour: it would make every future record
+  look new).
+* missing values: imputed with the fit median; a ``<column>__missing`` indicator is added for columns that had
+  missing values at fit time.
+* the id column and ``drop`` columns are never features; all-null, constant and identifier-like (too many
+  categories) columns are dropped at fit, and the manifest says why.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Self
+
+import numpy as np
+import polars as pl
+
+from segscope.exceptions import DataError, NotFittedError, SchemaError
+from segscope.schema import ColumnSpec, FeatureSchema, infer_kind
+
+__all__ = ["FeaturePreparer"]
+
+_NULL_LEVEL = "\x00null"
+#: A string column counts as "numbers with garbage" when at least this share of its values parse as numbers.
+_LOOKS_NUMERIC = 0.95
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.6g}"
+
+
+class FeaturePreparer:
+    """Fit on history with :meth:`fit`; :meth:`transform` turns frames into a float64 feature matrix."""
+
+    def __init__(
+        self,
+        *,
+        id_column: str | None = None,
+        drop: tuple[str, ...] = (),
+        max_categories: int = 10_000,
+        clip: float = 1e6,
+    ) -> None:
+        self.id_column = id_column
+        self.drop = drop
+        self.max_categories = max_categories
+        self.clip = clip
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, frame: pl.DataFrame) -> Self:
+        if frame.height == 0:
+            raise DataError("the data has no rows; fit needs history with at least one row")
+        missing = [c for c in (*self.drop, *([self.id_column] if self.id_column else [])) if c not in frame.columns]
+        if missing:
+            raise SchemaError(
+                f"column(s) {missing} named in --id-column/--drop are not in the data; "
+                f"the data has {frame.columns[:20]}{'...' if frame.width > 20 else ''}"
+            )
+        if self.id_column is not None:
+            check_unique_ids(frame, self.id_column)
+
+        self.numeric_: dict[str, dict[str, Any]] = {}
+        self.categorical_: dict[str, dict[str, Any]] = {}
+        self.dropped_: dict[str, str] = {}
+        columns: list[ColumnSpec] = []
+        features: list[str] = []
+        expected: dict[str, str] = {}
+        source: dict[str, str] = {}
+        excluded = {*self.drop, *([self.id_column] if self.id_column else [])}
+        for name, dtype in frame.schema.items():
+            if name in excluded:
+                continue
+            kind = infer_kind(dtype)
+            if kind is None:
+                self.dropped_[name] = f"type {dtype} is not a feature type"
+                continue
+            col = frame.get_column(name)
+            if kind == "categorical":
+                _refuse_numbers_with_garbage(col)
+            if col.null_count() == frame.height or (col.dtype.is_float() and col.fill_nan(None).null_count() == frame.height):
+                self.dropped_[name] = "all values are null"
+                continue
+            if kind == "categorical":
+                stats = self._fit_categorical(col)
+                if stats is None:
+                    continue
+                self.categorical_[name] = stats
+                features.append(name)
+                expected[name] = stats["mode"]
+                source[name] = name
+            else:
+                parts = self._fit_numeric_like(name, kind, col)
+                if not parts:
+                    continue
+                for feat, stats in parts.items():
+                    self.numeric_[feat] = stats
+                    features.append(feat)
+                    expected[feat] = stats["expected"]
+                    source[feat] = name
+            columns.append(ColumnSpec(name=name, kind=kind, dtype=str(dtype)))
+        if not features:
+            reasons = "; ".join(f"{k}: {v}" for k, v in self.dropped_.items()) or "no columns besides id/drop"
+            raise DataError(f"no usable feature columns ({reasons}); fit needs at least one varying column")
+        self.schema_ = FeatureSchema(columns=tuple(columns), features=tuple(features), id_column=self.id_column)
+        self.expected_ = expected
+        self.source_column_ = source
+        return self
+
+    def _fit_categorical(self, col: pl.Series) -> dict[str, Any] | None:
+        values = col.cast(pl.String).fill_null(_NULL_LEVEL)
+        counts = values.value_counts(sort=True)
+        if counts.height > self.max_categories:
+            self.dropped_[col.name] = (
+                f"{counts.height} distinct values (more than max_categories={self.max_categories}): "
+                "looks like an identifier"
+            )
+            return None
+        if counts.height == 1:
+            self.dropped_[col.name] = "constant (one value only)"
+            return None
+        n = float(values.len())
+        levels = counts.get_column(col.name).to_list()
+        freq = counts.get_column("count").to_numpy().astype(np.float64) / n
+        rarity = -np.log(freq)
+        return {
+            "levels": levels,
+            "rarity": rarity.tolist(),
+            "unseen_rarity": float(-math.log(0.5 / n)),
+            "mode": "null" if levels[0] == _NULL_LEVEL else str(levels[0]),
+        }
+
+    def _fit_numeric_like(self, name: str, kind: str, col: pl.Series) -> dict[str, dict[str, Any]]:
+        parts: dict[str, pl.Series] = {}
+        if kind == "datetime":
+            if col.dtype == pl.Date:
+                parts[f"{name}__weekday"] = col.dt.weekday().cast(pl.Float64)
+            else:
+                parts[f"{name}__hour"] = (col.dt.hour() + col.dt.minute() / 60.0).cast(pl.Float64)
+                parts[f"{name}__weekday"] = col.dt.weekday().cast(pl.Float64)
+        else:
+            values = col.cast(pl.Float64)
+            if values.is_infinite().any():
+                row = int(values.is_infinite().arg_true()[0])
+                raise DataError(
+                    f"column '{name}' has an infinite value at row {row}; replace infinities with a "
+                    "finite value or null (missing) before fitting"
+                )
+            parts[name] = values.fill_nan(None)
+        out: dict[str, dict[str, Any]] = {}
+        for feat, values in parts.items():
+            present = values.drop_nulls()
+            if present.n_unique() <= 1 and values.null_count() == 0:
+                self.dropped_[feat] = "constant (one value only)"
+                continue
+            arr = present.to_numpy()
+            median = float(np.median(arr))
+            q25, q75 = np.quantile(arr, [0.25, 0.75])
+            scale = float(q75 - q25) / 1.349
+            if not scale > 0:
+                scale = float(np.std(arr))
+            if not scale > 0 or not math.isfinite(scale):
+                scale = 1.0
+            if kind == "boolean":
+                median, scale = float(np.round(np.mean(arr))), 1.0
+            out[feat] = {"center": median, "scale": scale, "kind": kind, "expected": _fmt(median)}
+            if values.null_count() > 0:
+                out[f"{feat}__missing"] = {"center": 0.0, "scale": 1.0, "kind": "missing", "expected": "0"}
+        return out
+
+    # ------------------------------------------------------------ validate
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "schema_"):
+            raise NotFittedError("FeaturePreparer is not fitted; call fit(history) first")
+
+    def validate(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """Check ``frame`` against the fitted schema and cast its columns to the fit-time types.
+
+        Raises a :class:`SchemaError` for missing columns or values of the wrong type and a :class:`DataError`
+        for infinite values; extra columns are kept untouched.
+        """
+        self._check_fitted()
+        missing = [c.name for c in self.schema_.columns if c.name not in frame.columns]
+        if missing:
+            raise SchemaError(
+                f"column(s) {missing} are missing; the bundle was fitted with them: add them to the input "
+                "(null is allowed) or refit without them (--drop)"
+            )
+        casts = []
+        for spec in self.schema_.columns:
+            col = frame.get_column(spec.name)
+            target = _target_dtype(spec)
+            if col.dtype == target or (spec.kind == "categorical" and col.dtype == pl.String):
+                converted = col
+            else:
+                converted = _cast_or_explain(col, spec, target)
+            if spec.kind == "numeric" and converted.dtype.is_float() and converted.is_infinite().any():
+                row = int(converted.is_infinite().arg_true()[0])
+                raise DataError(
+                    f"column '{spec.name}' has an infinite value at row {row}; replace it with a finite "
+                    "value or null (missing) and score again"
+                )
+            casts.append(converted)
+        return frame.with_columns(casts)
+
+    # ----------------------------------------------------------- transform
+    def feature_exprs(self) -> list[pl.Expr]:
+        """Polars expressions that compute every feature from validated input columns."""
+        self._check_fitted()
+        exprs: list[pl.Expr] = []
+        for feat in self.schema_.features:
+            if feat in self.categorical_:
+                stats = self.categorical_[feat]
+                expr = (
+                    pl.col(feat)
+                    .cast(pl.String)
+                    .fill_null(_NULL_LEVEL)
+                    .replace_strict(stats["levels"], stats["rarity"], default=stats["unseen_rarity"],
+                                    return_dtype=pl.Float64)
+                )
+                exprs.append(expr.alias(feat))
+                continue
+            stats = self.numeric_[feat]
+            base = self._raw_expr(feat)
+            if stats["kind"] == "missing":
+                expr = base.is_null().cast(pl.Float64)
+            else:
+                expr = ((base - stats["center"]) / stats["scale"]).clip(-self.clip, self.clip).fill_null(0.0)
+            exprs.append(expr.alias(feat))
+        return exprs
+
+    def _raw_expr(self, feat: str) -> pl.Expr:
+        """The unscaled value behind a numeric-like feature (NaN as null)."""
+        name = self.source_column_[feat]
+        part = feat[len(name):]
+        if part.endswith("__missing"):
+            part = part[: -len("__missing")]
+        col = pl.col(name)
+        if part == "__hour":
+            return (col.dt.hour() + col.dt.minute() / 60.0).cast(pl.Float64)
+        if part == "__weekday":
+            return col.dt.weekday().cast(pl.Float64)
+        return col.cast(pl.Float64).fill_nan(None)
+
+    def raw_value_exprs(self) -> list[pl.Expr]:
+        """Expressions for each feature's value as a person reads it (for ``reasons``)."""
+        out = []
+        for feat in self.schema_.features:
+            if feat in self.categorical_:
+                levels = self.categorical_[feat]["levels"]
+                col = pl.col(feat).cast(pl.String)
+                expr = (
+                    pl.when(col.is_null()).then(pl.lit("null"))
+                    .when(col.is_in(levels)).then(col)
+                    .otherwise(col + pl.lit(" (unseen)"))
+                )
+            elif self.numeric_[feat]["kind"] == "missing":
+                expr = self._raw_expr(feat).is_null().cast(pl.Int8).cast(pl.String)
+            else:
+                raw = self._raw_expr(feat)
+                expr = pl.when(raw.is_null()).then(pl.lit("null")).otherwise(_format_expr(raw))
+            out.append(expr.alias(feat))
+        return out
+
+    def transform(self, frame: pl.DataFrame) -> np.ndarray:
+        """The feature matrix (rows x features, float64, C order) of a validated frame."""
+        matrix = frame.select(self.feature_exprs()).to_numpy()
+        return np.ascontiguousarray(matrix, dtype=np.float64)
+
+    # --------------------------------------------------------- persistence
+    def to_state(self) -> dict[str, Any]:
+        self._check_fitted()
+        return {
+            "params": {"id_column": self.id_column, "drop": list(self.drop),
+                       "max_categories": self.max_categories, "clip": self.clip},
+            "schema": self.schema_.to_dict(),
+            "numeric": self.numeric_,
+            "categorical": self.categorical_,
+            "dropped": self.dropped_,
+            "expected": self.expected_,
+            "source_column": self.source_column_,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> FeaturePreparer:
+        params = state["params"]
+        prep = cls(id_column=params["id_column"], drop=tuple(params["drop"]),
+                   max_categories=params["max_categories"], clip=params["clip"])
+        prep.schema_ = FeatureSchema.from_dict(state["schema"])
+        prep.numeric_ = state["numeric"]
+        prep.categorical_ = state["categorical"]
+        prep.dropped_ = state["dropped"]
+        prep.expected_ = state["expected"]
+        prep.source_column_ = state["source_column"]
+        return prep
+
+
+def _format_expr(raw: pl.Expr) -> pl.Expr:
+    """Short human form of a float: integers without '.0', others with 6 significant digits."""
+    is_int = (raw == raw.round(0)) & (raw.abs() < 1e15)
+    return (
+        pl.when(is_int).then(raw.cast(pl.Int64, strict=False).cast(pl.String))
+        .otherwise(raw.round_sig_figs(6).cast(pl.String))
+    )
+
+
+def _target_dtype(spec: ColumnSpec) -> pl.DataType:
+    if spec.kind == "numeric":
+        return pl.Float64()
+    if spec.kind == "boolean":
+        return pl.Boolean()
+    if spec.kind == "categorical":
+        return pl.String()
+    return pl.Date() if spec.dtype == "Date" else pl.Datetime("us")
+
+
+def _cast_or_explain(col: pl.Series, spec: ColumnSpec, target: pl.DataType) -> pl.Series:
+    """Cast a column to the fit-time type, or raise a SchemaError that shows an offending value."""
+    if spec.kind == "categorical":
+        return col.cast(pl.String)
+    if spec.kind == "datetime" and isinstance(col.dtype, pl.Datetime | pl.Date):
+        return col.cast(target)
+    if col.dtype == pl.String:
+        text = col.str.strip_chars()
+        if spec.kind == "numeric":
+            converted = text.cast(pl.Float64, strict=False)
+        elif spec.kind == "boolean":
+            low = text.str.to_lowercase()
+            converted = pl.select(
+                pl.when(low.is_in(["true", "1", "yes"])).then(True)
+                .when(low.is_in(["false", "0", "no"])).then(False)
+                .otherwise(None).alias(col.name)
+            ).to_series()
+        else:
+            converted = text.str.to_datetime(strict=False).cast(target)
+    else:
+        try:
+            converted = col.cast(target, strict=False)
+        except pl.exceptions.PolarsError:
+            converted = pl.Series(col.name, [None] * col.len(), dtype=target)
+    bad = col.is_not_null() & converted.is_null()
+    if col.dtype == pl.String:
+        bad = bad & (col.str.strip_chars() != "")
+    if bad.any():
+        row = int(bad.arg_true()[0])
+        raise SchemaError(
+            f"column '{spec.name}' must be {spec.kind} ({spec.dtype} at fit) but row {row} holds "
+            f"{col[row]!r}; fix or null those values, or refit the bundle on data of this type"
+        )
+    return converted.alias(spec.name)
+
+
+def _refuse_numbers_with_garbage(col: pl.Series) -> None:
+    if col.dtype != pl.String:
+        return
+    present = col.drop_nulls().str.strip_chars()
+    present = present.filter(present != "")
+    if present.len() == 0:
+        return
+    parsed = present.cast(pl.Float64, strict=False)
+    share = 1.0 - parsed.null_count() / present.len()
+    if _LOOKS_NUMERIC <= share < 1.0:
+        bad = present.filter(parsed.is_null())
+        raise DataError(
+            f"column '{col.name}' looks numeric ({share:.1%} of values are numbers) but holds non-numeric "
+            f"values such as {bad[0]!r}; clean those values, or --drop the column"
+        )
+
+
+def check_unique_ids(frame: pl.DataFrame, id_column: str) -> None:
+    """Refuse duplicate or null ids: labels refer to ids, so each must name one record."""
+    ids = frame.get_column(id_column)
+    if ids.null_count():
+        row = int(ids.is_null().arg_true()[0])
+        raise DataError(f"id column '{id_column}' is null at row {row}; every record needs an id")
+    dup = ids.is_duplicated()
+    if dup.any():
+        value = ids.filter(dup)[0]
+        count = int((ids == value).sum())
+        raise DataError(
+            f"id column '{id_column}' has duplicate values (e.g. {value!r} appears {count} times); "
+            "ids must be unique: de-duplicate the input or choose another --id-column"
+        )

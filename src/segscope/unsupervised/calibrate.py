@@ -1,0 +1,83 @@
+"""Calibration of raw detector scores against the fit-time reference distribution.
+
+A raw score ``s`` maps to ``p(s)``, the share of reference records scoring at most ``s`` (interpolated), so
+scores of different detectors become comparable. Above the reference's 98th percentile the empirical CDF is
+replaced by an exponential tail fitted to the reference excesses (peaks over threshold, as in SPOT), which keeps
+the map strictly increasing beyond the largest reference score: extreme records stay ranked instead of all
+tying at 1.0. Work is done in *surprisal* ``-log(1 - p)``, which stays finite and linear in the tail.
+"""
+
+from __future__ import annotations
+
+from typing import Self
+
+import numpy as np
+
+from segscope.exceptions import NotFittedError
+
+__all__ = ["ReferenceCalibrator"]
+
+_GRID_POINTS = 2049
+_TAIL_P = 0.98
+
+
+class ReferenceCalibrator:
+    """Fit on reference raw scores; :meth:`surprisal` and :meth:`probability` map new raw scores."""
+
+    def __init__(self, *, tail_p: float = _TAIL_P, grid_points: int = _GRID_POINTS) -> None:
+        self.tail_p = tail_p
+        self.grid_points = grid_points
+
+    def fit(self, reference: np.ndarray) -> Self:
+        ref = np.sort(np.asarray(reference, dtype=np.float64))
+        ref = ref[np.isfinite(ref)]
+        n = ref.shape[0]
+        if n == 0:
+            raise ValueError("calibration needs at least one finite reference score")
+        # ECDF at each distinct value: share of reference <= value (last index of a run of ties)
+        values, first = np.unique(ref, return_index=True)
+        last = np.append(first[1:], n) - 1
+        probs = (last + 1.0) / (n + 1.0)
+        if values.shape[0] > self.grid_points:
+            keep = np.unique(np.linspace(0, values.shape[0] - 1, self.grid_points).round().astype(np.int64))
+            values, probs = values[keep], probs[keep]
+        tail_idx = int(np.searchsorted(probs, self.tail_p, side="left"))
+        tail_idx = min(tail_idx, values.shape[0] - 1)
+        q_t, p_t = float(values[tail_idx]), float(probs[tail_idx])
+        excess = ref[ref > q_t] - q_t
+        scale = float(excess.mean()) if excess.size else 0.0
+        if not scale > 0:
+            spread = float(ref[-1] - ref[0])
+            scale = spread * 0.05 if spread > 0 else max(abs(q_t) * 1e-6, 1e-12)
+        self.values_, self.probs_ = values, probs
+        self.tail_q_, self.tail_p_, self.tail_scale_ = q_t, p_t, scale
+        return self
+
+    def surprisal(self, raw: np.ndarray) -> np.ndarray:
+        """``-log(1 - p(raw))``: 0 for the lowest scores, growing without bound in the tail."""
+        if not hasattr(self, "values_"):
+            raise NotFittedError("ReferenceCalibrator is not fitted; call fit(reference_scores) first")
+        raw = np.asarray(raw, dtype=np.float64)
+        body = np.interp(raw, self.values_, self.probs_, left=0.0)
+        body = np.minimum(body, self.tail_p_)
+        out = -np.log1p(-body)
+        tail = raw > self.tail_q_
+        out[tail] = -np.log1p(-self.tail_p_) + (raw[tail] - self.tail_q_) / self.tail_scale_
+        return out
+
+    def probability(self, raw: np.ndarray) -> np.ndarray:
+        """Calibrated score in [0, 1]."""
+        return -np.expm1(-self.surprisal(raw))
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {
+            "values": self.values_, "probs": self.probs_,
+            "tail": np.array([self.tail_q_, self.tail_p_, self.tail_scale_]),
+        }
+
+    @classmethod
+    def from_state(cls, arrays: dict[str, np.ndarray]) -> ReferenceCalibrator:
+        cal = cls()
+        cal.values_, cal.probs_ = arrays["values"], arrays["probs"]
+        cal.tail_q_, cal.tail_p_, cal.tail_scale_ = (float(v) for v in arrays["tail"])
+        return cal

@@ -1,0 +1,424 @@
+"""Anomaly detectors behind one contract: ``fit(frame) -> self``, ``score(frame) -> Series``, higher = more
+anomalous.
+
+Every detector scores a record from the fitted state alone. PyOD's ECOD and COPOD ``decision_function``
+recompute their ECDFs on training *plus test* rows, so a record's score there depends on its batch; the
+ECOD/COPOD here keep the fit-time ECDFs instead (same formulas). The isolation forest is fitted with PyOD's
+``IForest`` (scikit-learn's trees) and compiled to flat arrays, which scores ~an order of magnitude faster
+than walking the scikit-learn objects and stores as plain NumPy arrays instead of a pickle.
+
+Each detector also exposes ``fit_matrix`` / ``score_matrix`` on the prepared float64 matrix (what the
+pipeline uses) and ``reference_scores_``: the scores of its fit rows, computed the way new rows are scored
+(a neighbour detector leaves the row itself out), which calibration uses.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from typing import Any, ClassVar, Self
+
+import numpy as np
+import polars as pl
+
+from segscope.exceptions import BundleError, ConfigError, NotFittedError
+from segscope.unsupervised import _kernels
+
+__all__ = [
+    "DETECTORS",
+    "COPODDetector",
+    "Detector",
+    "ECODDetector",
+    "HBOSDetector",
+    "IForestDetector",
+    "KNNDetector",
+    "PyODDetector",
+    "make_detector",
+]
+
+
+def _as_matrix(frame: pl.DataFrame | np.ndarray) -> np.ndarray:
+    if isinstance(frame, pl.DataFrame):
+        frame = frame.to_numpy()
+    return np.ascontiguousarray(frame, dtype=np.float64)
+
+
+def _check_params(owner: str, params: dict[str, Any], constraints: dict[str, tuple[type, float, float]]) -> None:
+    """One message template for every parameter check."""
+    for key, value in params.items():
+        if key not in constraints:
+            raise ConfigError(
+                f"{owner} has no parameter '{key}'; known parameters: {sorted(constraints)}"
+            )
+        kind, low, high = constraints[key]
+        ok = isinstance(value, kind) and not isinstance(value, bool) and low <= value <= high
+        if not ok:
+            raise ConfigError(
+                f"the '{key}' parameter of {owner} must be a {kind.__name__} in [{low}, {high}]; "
+                f"got {value!r} instead"
+            )
+
+
+class Detector:
+    """Base class: stores parameters in ``__init__``, validates them in ``fit``."""
+
+    name: ClassVar[str]
+    _constraints: ClassVar[dict[str, tuple[type, float, float]]] = {}
+    #: True when persisting the detector needs pickle (loading then requires ``trusted=True``).
+    needs_pickle: ClassVar[bool] = False
+
+    def __init__(self, **params: Any) -> None:
+        self.params = params
+
+    def get_params(self) -> dict[str, Any]:
+        return dict(self.params)
+
+    def _param(self, key: str) -> Any:
+        return self.params.get(key, self._defaults()[key])
+
+    @classmethod
+    def _defaults(cls) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def _test_params(cls) -> dict[str, Any]:
+        """Cheap parameters for the conformance suite."""
+        return {}
+
+    # the public, frame-based contract
+    def fit(self, frame: pl.DataFrame | np.ndarray) -> Self:
+        return self.fit_matrix(_as_matrix(frame))
+
+    def score(self, frame: pl.DataFrame | np.ndarray) -> pl.Series:
+        return pl.Series(self.name, self.score_matrix(_as_matrix(frame)), dtype=pl.Float64)
+
+    def fit_matrix(self, x: np.ndarray) -> Self:
+        _check_params(type(self).__name__, self.params, self._constraints)
+        if x.ndim != 2 or x.shape[0] < 2 or x.shape[1] < 1:
+            raise ConfigError(f"{type(self).__name__} needs at least 2 rows and 1 feature; got shape {x.shape}")
+        self.n_features_ = x.shape[1]
+        self._fit(x)
+        return self
+
+    def score_matrix(self, x: np.ndarray) -> np.ndarray:
+        if not hasattr(self, "n_features_"):
+            raise NotFittedError(f"{type(self).__name__} is not fitted; call fit(frame) first")
+        if x.shape[1] != self.n_features_:
+            raise ConfigError(
+                f"{type(self).__name__} was fitted on {self.n_features_} features; got {x.shape[1]}"
+            )
+        if x.shape[0] == 0:
+            return np.empty(0)
+        return self._score(x)
+
+    def _fit(self, x: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _score(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    # persistence: parameters as JSON, fitted state as NumPy arrays (or pickle bytes when needs_pickle)
+    def state(self) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
+        raise NotImplementedError
+
+
+def _reference_sample(x: np.ndarray, max_rows: int, seed: int) -> np.ndarray:
+    if x.shape[0] <= max_rows:
+        return x
+    idx = np.sort(np.random.default_rng(seed).choice(x.shape[0], size=max_rows, replace=False))
+    return x[idx]
+
+
+class _ECDFDetector(Detector):
+    """Shared state for ECOD/COPOD: the fit-time column ECDFs and skewness signs."""
+
+    _constraints: ClassVar[dict[str, tuple[type, float, float]]] = {"max_reference": (int, 100, 10_000_000)}
+
+    @classmethod
+    def _defaults(cls) -> dict[str, Any]:
+        return {"max_reference": 50_000}
+
+    def _fit(self, x: np.ndarray) -> None:
+        from scipy.stats import skew
+
+        ref = _reference_sample(x, int(self._param("max_reference")), seed=0)
+        self.sorted_ref_ = np.ascontiguousarray(np.sort(ref, axis=0).T)
+        sk = np.nan_to_num(skew(x, axis=0), nan=0.0)
+        self.skew_sign_ = np.sign(sk).astype(np.float64)
+        self.reference_scores_ = self._score(x)
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"sorted_ref": self.sorted_ref_, "skew_sign": self.skew_sign_,
+                "reference_scores": self.reference_scores_}
+
+    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
+        self.sorted_ref_ = np.ascontiguousarray(arrays["sorted_ref"])
+        self.skew_sign_ = arrays["skew_sign"]
+        self.reference_scores_ = arrays["reference_scores"]
+        self.n_features_ = self.sorted_ref_.shape[0]
+
+
+class ECODDetector(_ECDFDetector):
+    """Empirical-CDF outlier detection (PyOD's ECOD formulas, fit-time ECDFs)."""
+
+    name = "ecod"
+
+    def _score(self, x: np.ndarray) -> np.ndarray:
+        left, right = _kernels.tail_surprisal(x, self.sorted_ref_)
+        return np.asarray(_kernels.ecod_scores(left, right, self.skew_sign_))
+
+
+class COPODDetector(_ECDFDetector):
+    """Copula-based outlier detection (PyOD's COPOD formulas, fit-time ECDFs)."""
+
+    name = "copod"
+
+    def _score(self, x: np.ndarray) -> np.ndarray:
+        left, right = _kernels.tail_surprisal(x, self.sorted_ref_)
+        return np.asarray(_kernels.copod_scores(left, right, self.skew_sign_))
+
+
+class HBOSDetector(Detector):
+    """Histogram-based outlier score with static bins (PyOD's HBOS defaults: 10 bins, alpha 0.1, tol 0.5)."""
+
+    name = "hbos"
+    _constraints: ClassVar[dict[str, tuple[type, float, float]]] = {
+        "n_bins": (int, 2, 10_000), "alpha": (float, 1e-12, 1.0), "tol": (float, 0.0, 1e6),
+    }
+
+    @classmethod
+    def _defaults(cls) -> dict[str, Any]:
+        return {"n_bins": 10, "alpha": 0.1, "tol": 0.5}
+
+    def _fit(self, x: np.ndarray) -> None:
+        n_bins = int(self._param("n_bins"))
+        lo = x.min(axis=0)
+        hi = x.max(axis=0)
+        width = np.where(hi > lo, (hi - lo) / n_bins, 1.0)
+        heights = np.zeros((x.shape[1], n_bins))
+        for j in range(x.shape[1]):
+            counts, _ = np.histogram(x[:, j], bins=n_bins, range=(lo[j], lo[j] + width[j] * n_bins))
+            heights[j] = counts / max(counts.max(), 1)
+        self.lo_, self.width_, self.heights_ = lo, width, heights
+        self.reference_scores_ = self._score(x)
+
+    def _score(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(_kernels.hbos_scores(
+            x, self.lo_, self.width_, self.heights_, float(self._param("alpha")), float(self._param("tol"))
+        ))
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"lo": self.lo_, "width": self.width_, "heights": self.heights_,
+                "reference_scores": self.reference_scores_}
+
+    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
+        self.lo_, self.width_, self.heights_ = arrays["lo"], arrays["width"], arrays["heights"]
+        self.reference_scores_ = arrays["reference_scores"]
+        self.n_features_ = self.lo_.shape[0]
+
+
+def _average_path_length(n: np.ndarray) -> np.ndarray:
+    """c(n) of Liu et al. (2008), as scikit-learn computes it."""
+    n = np.asarray(n, dtype=np.float64)
+    out = np.zeros_like(n)
+    out[n == 2] = 1.0
+    big = n > 2
+    out[big] = 2.0 * (np.log(n[big] - 1.0) + np.euler_gamma) - 2.0 * (n[big] - 1.0) / n[big]
+    return out
+
+
+class IForestDetector(Detector):
+    """Isolation forest fitted by PyOD's ``IForest``, scored by a compiled copy of its trees."""
+
+    name = "iforest"
+    _constraints: ClassVar[dict[str, tuple[type, float, float]]] = {
+        "n_estimators": (int, 1, 10_000), "max_samples": (int, 2, 10_000_000), "random_state": (int, 0, 2**32 - 1),
+    }
+
+    @classmethod
+    def _defaults(cls) -> dict[str, Any]:
+        return {"n_estimators": 100, "max_samples": 256, "random_state": 0}
+
+    @classmethod
+    def _test_params(cls) -> dict[str, Any]:
+        return {"n_estimators": 20}
+
+    def _fit(self, x: np.ndarray) -> None:
+        from pyod.models.iforest import IForest
+
+        max_samples = min(int(self._param("max_samples")), x.shape[0])
+        model = IForest(
+            n_estimators=int(self._param("n_estimators")), max_samples=max_samples,
+            random_state=int(self._param("random_state")), n_jobs=1,
+        ).fit(x)
+        forest = model.detector_
+        roots, feats, thr, lefts, rights, values = [], [], [], [], [], []
+        offset = 0
+        for tree_idx, (est, est_features) in enumerate(zip(forest.estimators_, forest.estimators_features_, strict=True)):
+            t = est.tree_
+            is_leaf = t.children_left < 0
+            leaf_value = (
+                forest._decision_path_lengths[tree_idx] + forest._average_path_length_per_tree[tree_idx] - 1.0
+            )
+            roots.append(offset)
+            feats.append(np.where(is_leaf, 0, np.asarray(est_features)[np.maximum(t.feature, 0)]))
+            thr.append(t.threshold)
+            lefts.append(np.where(is_leaf, -1, t.children_left + offset))
+            rights.append(np.where(is_leaf, -1, t.children_right + offset))
+            values.append(np.where(is_leaf, leaf_value, 0.0))
+            offset += t.node_count
+        self.roots_ = np.asarray(roots, dtype=np.int64)
+        self.feature_ = np.concatenate(feats).astype(np.int64)
+        self.threshold_ = np.concatenate(thr).astype(np.float64)
+        self.left_ = np.concatenate(lefts).astype(np.int64)
+        self.right_ = np.concatenate(rights).astype(np.int64)
+        self.leaf_value_ = np.concatenate(values).astype(np.float64)
+        self.denominator_ = np.array([len(roots) * _average_path_length(np.array([forest._max_samples]))[0]])
+        self.reference_scores_ = self._score(x)
+
+    def _score(self, x: np.ndarray) -> np.ndarray:
+        depths = _kernels.forest_depths(
+            x, self.roots_, self.feature_, self.threshold_, self.left_, self.right_, self.leaf_value_
+        )
+        denominator = float(self.denominator_[0])
+        if denominator == 0:
+            return np.ones(x.shape[0])
+        # scikit-learn's score_samples is -2**(-depth/c); PyOD's decision_function is its negation + offset.
+        return np.asarray(2.0 ** (-np.asarray(depths) / denominator))
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"roots": self.roots_, "feature": self.feature_, "threshold": self.threshold_,
+                "left": self.left_, "right": self.right_, "leaf_value": self.leaf_value_,
+                "denominator": self.denominator_, "reference_scores": self.reference_scores_,
+                "n_features": np.array([self.n_features_])}
+
+    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
+        self.roots_, self.feature_, self.threshold_ = arrays["roots"], arrays["feature"], arrays["threshold"]
+        self.left_, self.right_, self.leaf_value_ = arrays["left"], arrays["right"], arrays["leaf_value"]
+        self.denominator_ = arrays["denominator"]
+        self.reference_scores_ = arrays["reference_scores"]
+        self.n_features_ = int(arrays["n_features"][0])
+
+
+class KNNDetector(Detector):
+    """Distance to the k-th nearest neighbour among a fixed reference sample (PyOD's KNN, method 'largest')."""
+
+    name = "knn"
+    _constraints: ClassVar[dict[str, tuple[type, float, float]]] = {
+        "n_neighbors": (int, 1, 1000), "max_reference": (int, 10, 10_000_000),
+    }
+
+    @classmethod
+    def _defaults(cls) -> dict[str, Any]:
+        return {"n_neighbors": 5, "max_reference": 10_000}
+
+    def _fit(self, x: np.ndarray) -> None:
+        self.reference_ = _reference_sample(x, int(self._param("max_reference")), seed=0)
+        k = min(int(self._param("n_neighbors")), self.reference_.shape[0] - 1)
+        self.k_ = max(k, 1)
+        # fit rows that are in the reference must not count themselves: query k+1 and drop the zero distance
+        dist, _ = self._tree().query(x, k=min(self.k_ + 1, self.reference_.shape[0]))
+        in_ref = self._in_reference(x)
+        self.reference_scores_ = np.where(in_ref, dist[:, -1], dist[:, self.k_ - 1])
+
+    def _in_reference(self, x: np.ndarray) -> np.ndarray:
+        if x.shape[0] == self.reference_.shape[0]:
+            return np.ones(x.shape[0], dtype=bool)
+        ref_rows = {row.tobytes() for row in self.reference_}
+        return np.fromiter((row.tobytes() in ref_rows for row in x), dtype=bool, count=x.shape[0])
+
+    def _tree(self) -> Any:
+        if not hasattr(self, "tree_"):
+            from sklearn.neighbors import KDTree
+
+            self.tree_ = KDTree(self.reference_)
+        return self.tree_
+
+    def _score(self, x: np.ndarray) -> np.ndarray:
+        dist, _ = self._tree().query(x, k=self.k_)
+        return np.asarray(dist[:, -1])
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"reference": self.reference_, "k": np.array([self.k_]), "reference_scores": self.reference_scores_}
+
+    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
+        self.reference_ = np.ascontiguousarray(arrays["reference"])
+        self.k_ = int(arrays["k"][0])
+        self.reference_scores_ = arrays["reference_scores"]
+        self.n_features_ = self.reference_.shape[1]
+
+
+class PyODDetector(Detector):
+    """Any PyOD detector by class name, e.g. ``{name = "pyod", params = {model = "LOF", n_neighbors = 20}}``.
+
+    Refused at fit time when its scores depend on the batch (checked on the data). Persisted with pickle,
+    so a bundle holding one loads only with ``trusted=True``.
+    """
+
+    name = "pyod"
+    needs_pickle = True
+
+    def fit_matrix(self, x: np.ndarray) -> Self:
+        import importlib
+
+        params = dict(self.params)
+        model_name = params.pop("model", None)
+        if not isinstance(model_name, str):
+            raise ConfigError("the 'model' parameter of PyODDetector must name a PyOD class, e.g. 'LOF'")
+        module = importlib.import_module("pyod.models")
+        import pkgutil
+
+        cls = None
+        for info in pkgutil.iter_modules(module.__path__):
+            mod = importlib.import_module(f"pyod.models.{info.name}")
+            if hasattr(mod, model_name):
+                cls = getattr(mod, model_name)
+                break
+        if cls is None:
+            raise ConfigError(f"PyOD has no detector class '{model_name}'; see pyod.models for the names")
+        self.n_features_ = x.shape[1]
+        self.model_ = cls(**params).fit(x)
+        probe = x[: min(64, x.shape[0])]
+        alone = self.model_.decision_function(probe)
+        mixed = self.model_.decision_function(np.concatenate([probe, x[::-1][: 64]]))[: probe.shape[0]]
+        if not np.allclose(alone, mixed, rtol=1e-9, atol=1e-12):
+            raise ConfigError(
+                f"PyOD's {model_name} gives a record different scores in different batches; segscope "
+                "only uses batch-independent detectors: choose another model"
+            )
+        self.reference_scores_ = np.asarray(self.model_.decision_scores_, dtype=np.float64)
+        return self
+
+    def _score(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self.model_.decision_function(x), dtype=np.float64)
+
+    def state(self) -> dict[str, np.ndarray]:
+        buffer = io.BytesIO()
+        pickle.dump(self.model_, buffer)
+        return {"pickle": np.frombuffer(buffer.getvalue(), dtype=np.uint8),
+                "reference_scores": self.reference_scores_, "n_features": np.array([self.n_features_])}
+
+    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
+        if "pickle" not in arrays:
+            raise BundleError("PyOD detector state has no pickle payload; the bundle is damaged")
+        self.model_ = pickle.loads(arrays["pickle"].tobytes())  # noqa: S301 - only reached with trusted=True
+        self.reference_scores_ = arrays["reference_scores"]
+        self.n_features_ = int(arrays["n_features"][0])
+
+
+DETECTORS: dict[str, type[Detector]] = {
+    cls.name: cls
+    for cls in (IForestDetector, ECODDetector, COPODDetector, HBOSDetector, KNNDetector, PyODDetector)
+}
+
+
+def make_detector(name: str, params: dict[str, Any] | None = None) -> Detector:
+    """A detector by registered name."""
+    try:
+        cls = DETECTORS[name]
+    except KeyError:
+        raise ConfigError(f"unknown detector '{name}'; choose one of {sorted(DETECTORS)}") from None
+    return cls(**(params or {}))

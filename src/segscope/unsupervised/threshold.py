@@ -1,0 +1,193 @@
+"""Alert policies: separate objects that turn scores into ``is_alert``.
+
+Each policy is fitted on the fit-time reference scores (so a threshold means the same thing on every batch)
+and then decides batch after batch. ``AlertBudget`` keeps a count per period across batches, so "at most 200
+alerts a day" holds over a whole file or stream, in arrival order.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, Self
+
+import numpy as np
+import polars as pl
+
+from segscope._typing import BudgetPeriod
+from segscope.config import PolicyConfig
+from segscope.exceptions import ConfigError, NotFittedError, SchemaError
+
+__all__ = [
+    "AlertBudget",
+    "AlertPolicy",
+    "ContaminationThreshold",
+    "FixedThreshold",
+    "QuantileThreshold",
+    "make_policy",
+    "restore_policy",
+]
+
+_PERIOD_EVERY = {"hour": "1h", "day": "1d", "week": "1w"}
+
+
+class AlertPolicy(Protocol):
+    def fit(self, reference: np.ndarray, frame: pl.DataFrame | None = None) -> Self: ...
+
+    def decide(self, scores: np.ndarray, frame: pl.DataFrame) -> np.ndarray: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+class FixedThreshold:
+    """Alert when ``score >= threshold``."""
+
+    def __init__(self, threshold: float) -> None:
+        self.threshold = threshold
+
+    def fit(self, reference: np.ndarray, frame: pl.DataFrame | None = None) -> Self:
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ConfigError(f"the 'threshold' of FixedThreshold must be in [0, 1]; got {self.threshold}")
+        self.threshold_ = float(self.threshold)
+        return self
+
+    def decide(self, scores: np.ndarray, frame: pl.DataFrame) -> np.ndarray:
+        if not hasattr(self, "threshold_"):
+            raise NotFittedError(f"{type(self).__name__} is not fitted; call fit(reference_scores) first")
+        return np.asarray(scores >= self.threshold_)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "fixed", "threshold": self.threshold_}
+
+
+class QuantileThreshold(FixedThreshold):
+    """Alert above the ``quantile`` of the fit-time reference scores."""
+
+    def __init__(self, quantile: float) -> None:
+        self.quantile = quantile
+
+    def fit(self, reference: np.ndarray, frame: pl.DataFrame | None = None) -> Self:
+        if not 0.0 < self.quantile < 1.0:
+            raise ConfigError(f"the 'quantile' of QuantileThreshold must be in (0, 1); got {self.quantile}")
+        self.threshold_ = float(np.quantile(reference, self.quantile, method="higher"))
+        # strictly above: exactly (1 - quantile) of the reference alerts
+        self.threshold_ = float(np.nextafter(self.threshold_, np.inf))
+        return self
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "quantile", "quantile": self.quantile, "threshold": self.threshold_}
+
+
+class ContaminationThreshold(QuantileThreshold):
+    """Alert the top ``contamination`` share, as measured on the fit-time reference."""
+
+    def __init__(self, contamination: float) -> None:
+        self.contamination = contamination
+        self.quantile = 1.0 - contamination
+
+    def fit(self, reference: np.ndarray, frame: pl.DataFrame | None = None) -> Self:
+        if not 0.0 < self.contamination < 1.0:
+            raise ConfigError(
+                f"the 'contamination' of ContaminationThreshold must be in (0, 1); got {self.contamination}"
+            )
+        return super().fit(reference, frame)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "contamination", "contamination": self.contamination, "threshold": self.threshold_}
+
+
+class AlertBudget:
+    """At most ``max_alerts`` per period (hour/day/week of ``time_column``, or every ``rows`` records).
+
+    The threshold is set so that the reference history would have used the budget (its share of records per
+    period); within a period, alerts above it are granted in arrival order until the budget is spent.
+    ``threshold`` is a floor below which nothing alerts.
+    """
+
+    def __init__(
+        self,
+        max_alerts: int,
+        *,
+        per: BudgetPeriod = "day",
+        rows: int = 10_000,
+        time_column: str | None = None,
+        threshold: float = 0.0,
+    ) -> None:
+        self.max_alerts = max_alerts
+        self.per = per
+        self.rows = rows
+        self.time_column = time_column
+        self.threshold = threshold
+
+    def _periods(self, frame: pl.DataFrame, n: int) -> np.ndarray:
+        if self.per == "rows":
+            start = getattr(self, "rows_seen_", 0)
+            return (np.arange(start, start + n, dtype=np.int64)) // self.rows
+        if self.time_column is None or self.time_column not in frame.columns:
+            raise SchemaError(
+                f"an alert budget per {self.per} needs the time column '{self.time_column}' in the data; "
+                "add it or budget per rows"
+            )
+        col = frame.get_column(self.time_column)
+        if not isinstance(col.dtype, pl.Datetime | pl.Date):
+            col = col.cast(pl.String).str.to_datetime(strict=False)
+        truncated = col.dt.truncate(_PERIOD_EVERY[self.per]).cast(pl.Datetime("us")).to_physical()
+        return np.asarray(truncated.fill_null(-1).to_numpy(), dtype=np.int64)
+
+    def fit(self, reference: np.ndarray, frame: pl.DataFrame | None = None) -> Self:
+        if self.max_alerts < 1:
+            raise ConfigError(f"the 'max_alerts' of AlertBudget must be >= 1; got {self.max_alerts}")
+        if self.per == "rows":
+            per_period = float(self.rows)
+        else:
+            if frame is None:
+                raise ConfigError("an alert budget per time unit needs the history's time column at fit")
+            periods = self._periods(frame, frame.height)
+            per_period = float(np.median(np.unique(periods, return_counts=True)[1]))
+        share = min(1.0, self.max_alerts / max(per_period, 1.0))
+        cut = float(np.quantile(reference, 1.0 - share, method="higher")) if share < 1.0 else 0.0
+        self.threshold_ = max(cut, float(self.threshold))
+        self.records_per_period_ = per_period
+        self.used_: dict[int, int] = {}
+        self.rows_seen_ = 0
+        return self
+
+    def decide(self, scores: np.ndarray, frame: pl.DataFrame) -> np.ndarray:
+        if not hasattr(self, "threshold_"):
+            raise NotFittedError("AlertBudget is not fitted; call fit(reference_scores) first")
+        periods = self._periods(frame, scores.shape[0])
+        self.rows_seen_ += scores.shape[0]
+        out = np.zeros(scores.shape[0], dtype=bool)
+        for i in np.flatnonzero(scores >= self.threshold_):
+            period = int(periods[i])
+            used = self.used_.get(period, 0)
+            if used < self.max_alerts:
+                self.used_[period] = used + 1
+                out[i] = True
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "budget", "max_alerts": self.max_alerts, "per": self.per, "rows": self.rows,
+                "time_column": self.time_column, "threshold": self.threshold_,
+                "records_per_period": self.records_per_period_}
+
+
+def make_policy(config: PolicyConfig) -> AlertPolicy:
+    """The policy a :class:`PolicyConfig` describes (not yet fitted)."""
+    if config.kind == "contamination":
+        return ContaminationThreshold(config.contamination)
+    if config.kind == "quantile":
+        return QuantileThreshold(config.quantile)
+    if config.kind == "fixed":
+        return FixedThreshold(config.threshold)
+    return AlertBudget(config.max_alerts, per=config.per, rows=config.rows, time_column=config.time_column,
+                       threshold=config.threshold)
+
+
+def restore_policy(config: PolicyConfig, described: dict[str, Any]) -> AlertPolicy:
+    """Rebuild a fitted policy from its :meth:`describe` output (as stored in a bundle)."""
+    policy = make_policy(config)
+    policy.threshold_ = float(described["threshold"])  # type: ignore[attr-defined]
+    if isinstance(policy, AlertBudget):
+        policy.records_per_period_ = float(described["records_per_period"])
+        policy.used_ = {}
+        policy.rows_seen_ = 0
+    return policy
