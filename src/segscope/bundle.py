@@ -58,9 +58,7 @@ def write_bundle(
     """Write a bundle folder atomically; an existing bundle at ``target`` is replaced."""
     target = Path(target)
     if target.exists() and not (target / MANIFEST).is_file() and (not target.is_dir() or any(target.iterdir())):
-        raise BundleError(
-            f"{target} exists and is not a segscope bundle; choose an empty or new folder for --bundle"
-        )
+        raise BundleError(f"{target} exists and is not a segscope bundle; choose an empty or new folder for --bundle")
     parent = target.parent if str(target.parent) else Path(".")
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
@@ -72,13 +70,17 @@ def write_bundle(
         for part, values in arrays.items():
             path = tmp / "arrays" / f"{part}.npz"
             with path.open("wb") as fh:
-                np.savez(fh, **values)
+                np.savez(fh, allow_pickle=False, **values)
         for part, blob in (pickles or {}).items():
             _fsync_write(tmp / "arrays" / f"{part}.pkl", blob)
         for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
             files[path.relative_to(tmp).as_posix()] = _sha256(path)
-        full = {**manifest, "format_version": FORMAT_VERSION, "files": files,
-                "executes_code": sorted(f"arrays/{p}.pkl" for p in (pickles or {}))}
+        full = {
+            **manifest,
+            "format_version": FORMAT_VERSION,
+            "files": files,
+            "executes_code": sorted(f"arrays/{p}.pkl" for p in (pickles or {})),
+        }
         _fsync_write(tmp / MANIFEST, json.dumps(full, indent=1, sort_keys=True).encode())
         old = None
         if target.exists():
@@ -106,11 +108,15 @@ class BundleReader:
         if not self.path.exists():
             raise BundleError(f"bundle {self.path} does not exist; run `segscope fit DATA --bundle {self.path}` first")
         if not manifest_path.is_file():
-            raise BundleError(f"{self.path} is not a segscope bundle (no manifest.json); pass the folder `segscope fit` wrote")
+            raise BundleError(
+                f"{self.path} is not a segscope bundle (no manifest.json); pass the folder `segscope fit` wrote"
+            )
         try:
             manifest: dict[str, Any] = json.loads(manifest_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise BundleError(f"bundle {self.path}: manifest.json is not valid JSON ({exc.msg}); refit the bundle") from None
+            raise BundleError(
+                f"bundle {self.path}: manifest.json is not valid JSON ({str(exc).splitlines()[0]}); refit the bundle"
+            ) from None
         version = manifest.get("format_version")
         if not isinstance(version, int):
             raise BundleError(f"bundle {self.path}: manifest.json has no format_version; refit the bundle")
@@ -123,7 +129,9 @@ class BundleReader:
         for rel, expected in files.items():
             file = self.path / rel
             if not file.is_file():
-                raise BundleError(f"bundle {self.path}: file {rel} listed in manifest.json is missing; restore or refit the bundle")
+                raise BundleError(
+                    f"bundle {self.path}: file {rel} listed in manifest.json is missing; restore or refit the bundle"
+                )
             if _sha256(file) != expected:
                 raise BundleError(
                     f"bundle {self.path}: {rel} does not match its checksum in manifest.json (changed after it "

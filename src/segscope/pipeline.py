@@ -58,6 +58,9 @@ def _frame_fingerprint(frame: pl.DataFrame) -> str:
 class Model:
     """The fitted unsupervised layer plus its alert policy: ``fit(frame)``, ``score(frame)``, ``save(dir)``."""
 
+    #: The manifest a loaded model came from (set by :meth:`load`).
+    manifest_: dict[str, Any]
+
     def __init__(self, config: SegscopeConfig | None = None) -> None:
         self.config = config if config is not None else SegscopeConfig()
 
@@ -75,8 +78,10 @@ class Model:
         cfg = self.config
         step("preparing features")
         prep = FeaturePreparer(
-            id_column=cfg.features.id_column, drop=cfg.features.drop,
-            max_categories=cfg.features.max_categories, clip=cfg.features.clip,
+            id_column=cfg.features.id_column,
+            drop=cfg.features.drop,
+            max_categories=cfg.features.max_categories,
+            clip=cfg.features.clip,
         ).fit(frame)
         validated = prep.validate(frame)
         x = prep.transform(validated)
@@ -99,7 +104,8 @@ class Model:
             "fingerprint": fingerprint,
             "columns": frame.columns,
             "reference_alert_rate": float(policy.decide(ensemble.reference_scores_, frame).mean())
-            if cfg.policy.kind != "budget" else None,
+            if cfg.policy.kind != "budget"
+            else None,
         }
         if cfg.policy.kind == "budget":
             self.policy_ = restore_policy(cfg.policy, policy.describe())
@@ -155,13 +161,23 @@ class Model:
             "feature_schema_hash": schema.hash,
             "dropped_columns": self.preparer_.dropped_,
             "components": [
-                {"role": "detector", "name": det.name, "class": type(det).__name__, "params": det.get_params(),
-                 "artifact": f"arrays/detector-{i}-{det.name}.npz"}
+                {
+                    "role": "detector",
+                    "name": det.name,
+                    "class": type(det).__name__,
+                    "params": det.get_params(),
+                    "artifact": f"arrays/detector-{i}-{det.name}.npz",
+                }
                 for i, det in enumerate(self.ensemble_.detectors)
-            ] + [
+            ]
+            + [
                 {"role": "combiner", "name": self.ensemble_.combine, "artifact": "arrays/calibration.npz"},
-                {"role": "explainer", "name": "tail-surprisal", "params": {"top_k": self.explainer_.top_k},
-                 "artifact": "arrays/explainer.npz"},
+                {
+                    "role": "explainer",
+                    "name": "tail-surprisal",
+                    "params": {"top_k": self.explainer_.top_k},
+                    "artifact": "arrays/explainer.npz",
+                },
                 {"role": "segmenter", "name": None, "note": "not fitted (segment = -1)"},
                 {"role": "supervised", "name": None, "note": "no fine-tuned model (supervised_score = null)"},
             ],
@@ -190,8 +206,11 @@ class Model:
         arrays["calibration"] = calibration
         arrays["explainer"] = self.explainer_.state()
         return bundle_io.write_bundle(
-            path, manifest=self.manifest(), json_files={"features.json": self.preparer_.to_state()},
-            arrays=arrays, pickles=pickles,
+            path,
+            manifest=self.manifest(),
+            json_files={"features.json": self.preparer_.to_state()},
+            arrays=arrays,
+            pickles=pickles,
         )
 
     @classmethod
@@ -221,14 +240,18 @@ class Model:
             cal = reader.arrays("calibration")
             calibrators = []
             for i in range(len(detectors) + 1):
-                calibrators.append(ReferenceCalibrator.from_state(
-                    {k.split("_", 1)[1]: v for k, v in cal.items() if k.startswith(f"{i}_")}
-                ))
+                calibrators.append(
+                    ReferenceCalibrator.from_state(
+                        {k.split("_", 1)[1]: v for k, v in cal.items() if k.startswith(f"{i}_")}
+                    )
+                )
             ensemble.calibrators_, ensemble.final_ = calibrators[:-1], calibrators[-1]
             ensemble.reference_scores_ = cal["reference_scores"]
             explainer = FeatureExplainer.from_state(
-                reader.arrays("explainer"), list(prep.schema_.features),
-                [prep.expected_[f] for f in prep.schema_.features], model.config.top_k_reasons,
+                reader.arrays("explainer"),
+                list(prep.schema_.features),
+                [prep.expected_[f] for f in prep.schema_.features],
+                model.config.top_k_reasons,
             )
         except (KeyError, ValueError, TypeError) as exc:
             if isinstance(exc, BundleError):
@@ -248,8 +271,10 @@ def _sample_rows(path: str | Path, total: int, max_rows: int, seed: int) -> pl.D
     if total <= max_rows:
         return read_file(path)
     keep = np.sort(np.random.default_rng(seed).choice(total, size=max_rows, replace=False))
-    lf = scan_file(path).with_row_index("__segscope_row").filter(
-        pl.col("__segscope_row").is_in(pl.Series(keep, dtype=pl.get_index_type()))
+    lf = (
+        scan_file(path)
+        .with_row_index("__segscope_row")
+        .filter(pl.col("__segscope_row").is_in(pl.Series(keep, dtype=pl.get_index_type())))
     )
     return lf.collect(engine="streaming").drop("__segscope_row")
 
@@ -271,14 +296,20 @@ def fit_file(
 
 
 def _check_unique_ids_lazy(path: str | Path, id_column: str) -> None:
-    stats = scan_file(path).select(
-        pl.len().alias("n"), pl.col(id_column).n_unique().alias("u"), pl.col(id_column).null_count().alias("z")
-    ).collect(engine="streaming")
+    stats = (
+        scan_file(path)
+        .select(pl.len().alias("n"), pl.col(id_column).n_unique().alias("u"), pl.col(id_column).null_count().alias("z"))
+        .collect(engine="streaming")
+    )
     n, unique, nulls = (int(stats[c][0]) for c in ("n", "u", "z"))
     if nulls or unique != n:
         # find an example with the in-memory check on the duplicated values only
-        dups = scan_file(path).filter(pl.col(id_column).is_duplicated() | pl.col(id_column).is_null()).select(
-            id_column).collect(engine="streaming")
+        dups = (
+            scan_file(path)
+            .filter(pl.col(id_column).is_duplicated() | pl.col(id_column).is_null())
+            .select(id_column)
+            .collect(engine="streaming")
+        )
         check_unique_ids(dups, id_column)
 
 
@@ -353,9 +384,7 @@ def score_file(
     return ScoreSummary(rows=rows, alerts=alerts, seconds=time.perf_counter() - start, out=str(out))
 
 
-def evaluate_file(
-    model: Model, path: str | Path, label_column: str, *, batch_size: int = 200_000
-) -> dict[str, Any]:
+def evaluate_file(model: Model, path: str | Path, label_column: str, *, batch_size: int = 200_000) -> dict[str, Any]:
     """Score a labelled file and compare with its labels (1 = anomaly)."""
     from segscope.evaluate import evaluate_scores
 
@@ -372,13 +401,17 @@ def evaluate_file(
     for scored in iter_scored(model, path, batch_size=batch_size):
         lab = scored.get_column(label_column)
         if lab.null_count():
-            raise DataError(f"label column '{label_column}' has missing values; label every row (1 = anomaly, 0 = normal)")
+            raise DataError(
+                f"label column '{label_column}' has missing values; label every row (1 = anomaly, 0 = normal)"
+            )
         try:
             lab_arr = lab.cast(pl.Int64, strict=True).to_numpy()
         except pl.exceptions.PolarsError:
             raise DataError(f"label column '{label_column}' must hold 0/1 (or true/false); got {lab.dtype}") from None
         if not np.isin(lab_arr, [0, 1]).all():
-            raise DataError(f"label column '{label_column}' must hold only 0 and 1; got {sorted(set(lab_arr.tolist()))[:5]}")
+            raise DataError(
+                f"label column '{label_column}' must hold only 0 and 1; got {sorted(set(lab_arr.tolist()))[:5]}"
+            )
         labels.append(lab_arr)
         scores.append(scored.get_column("score").to_numpy())
         alerts.append(scored.get_column("is_alert").to_numpy())

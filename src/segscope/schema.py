@@ -13,8 +13,19 @@ from segscope._typing import FeatureKind
 
 __all__ = ["ColumnSpec", "FeatureSchema", "infer_kind"]
 
-_NUMERIC = (pl.Float32, pl.Float64, pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32,
-            pl.UInt64, pl.Decimal)
+_NUMERIC = (
+    pl.Float32,
+    pl.Float64,
+    pl.Int8,
+    pl.Int16,
+    pl.Int32,
+    pl.Int64,
+    pl.UInt8,
+    pl.UInt16,
+    pl.UInt32,
+    pl.UInt64,
+    pl.Decimal,
+)
 
 
 def infer_kind(dtype: pl.DataType) -> FeatureKind | None:

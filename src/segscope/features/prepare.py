@@ -84,7 +84,9 @@ class FeaturePreparer:
             col = frame.get_column(name)
             if kind == "categorical":
                 _refuse_numbers_with_garbage(col)
-            if col.null_count() == frame.height or (col.dtype.is_float() and col.fill_nan(None).null_count() == frame.height):
+            if col.null_count() == frame.height or (
+                col.dtype.is_float() and col.fill_nan(None).null_count() == frame.height
+            ):
                 self.dropped_[name] = "all values are null"
                 continue
             if kind == "categorical":
@@ -221,8 +223,9 @@ class FeaturePreparer:
                     pl.col(feat)
                     .cast(pl.String)
                     .fill_null(_NULL_LEVEL)
-                    .replace_strict(stats["levels"], stats["rarity"], default=stats["unseen_rarity"],
-                                    return_dtype=pl.Float64)
+                    .replace_strict(
+                        stats["levels"], stats["rarity"], default=stats["unseen_rarity"], return_dtype=pl.Float64
+                    )
                 )
                 exprs.append(expr.alias(feat))
                 continue
@@ -238,7 +241,7 @@ class FeaturePreparer:
     def _raw_expr(self, feat: str) -> pl.Expr:
         """The unscaled value behind a numeric-like feature (NaN as null)."""
         name = self.source_column_[feat]
-        part = feat[len(name):]
+        part = feat[len(name) :]
         if part.endswith("__missing"):
             part = part[: -len("__missing")]
         col = pl.col(name)
@@ -256,8 +259,10 @@ class FeaturePreparer:
                 levels = self.categorical_[feat]["levels"]
                 col = pl.col(feat).cast(pl.String)
                 expr = (
-                    pl.when(col.is_null()).then(pl.lit("null"))
-                    .when(col.is_in(levels)).then(col)
+                    pl.when(col.is_null())
+                    .then(pl.lit("null"))
+                    .when(col.is_in(levels))
+                    .then(col)
                     .otherwise(col + pl.lit(" (unseen)"))
                 )
             elif self.numeric_[feat]["kind"] == "missing":
@@ -277,8 +282,12 @@ class FeaturePreparer:
     def to_state(self) -> dict[str, Any]:
         self._check_fitted()
         return {
-            "params": {"id_column": self.id_column, "drop": list(self.drop),
-                       "max_categories": self.max_categories, "clip": self.clip},
+            "params": {
+                "id_column": self.id_column,
+                "drop": list(self.drop),
+                "max_categories": self.max_categories,
+                "clip": self.clip,
+            },
             "schema": self.schema_.to_dict(),
             "numeric": self.numeric_,
             "categorical": self.categorical_,
@@ -290,8 +299,12 @@ class FeaturePreparer:
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> FeaturePreparer:
         params = state["params"]
-        prep = cls(id_column=params["id_column"], drop=tuple(params["drop"]),
-                   max_categories=params["max_categories"], clip=params["clip"])
+        prep = cls(
+            id_column=params["id_column"],
+            drop=tuple(params["drop"]),
+            max_categories=params["max_categories"],
+            clip=params["clip"],
+        )
         prep.schema_ = FeatureSchema.from_dict(state["schema"])
         prep.numeric_ = state["numeric"]
         prep.categorical_ = state["categorical"]
@@ -305,7 +318,8 @@ def _format_expr(raw: pl.Expr) -> pl.Expr:
     """Short human form of a float: integers without '.0', others with 6 significant digits."""
     is_int = (raw == raw.round(0)) & (raw.abs() < 1e15)
     return (
-        pl.when(is_int).then(raw.cast(pl.Int64, strict=False).cast(pl.String))
+        pl.when(is_int)
+        .then(raw.cast(pl.Int64, strict=False).cast(pl.String))
         .otherwise(raw.round_sig_figs(6).cast(pl.String))
     )
 
@@ -333,9 +347,12 @@ def _cast_or_explain(col: pl.Series, spec: ColumnSpec, target: pl.DataType) -> p
         elif spec.kind == "boolean":
             low = text.str.to_lowercase()
             converted = pl.select(
-                pl.when(low.is_in(["true", "1", "yes"])).then(True)
-                .when(low.is_in(["false", "0", "no"])).then(False)
-                .otherwise(None).alias(col.name)
+                pl.when(low.is_in(["true", "1", "yes"]))
+                .then(True)
+                .when(low.is_in(["false", "0", "no"]))
+                .then(False)
+                .otherwise(None)
+                .alias(col.name)
             ).to_series()
         else:
             converted = text.str.to_datetime(strict=False).cast(target)

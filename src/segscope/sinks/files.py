@@ -35,9 +35,7 @@ def _flatten_nested(frame: pl.DataFrame) -> pl.DataFrame:
     nested = [n for n, t in frame.schema.items() if isinstance(t, pl.List | pl.Struct | pl.Array)]
     if not nested:
         return frame
-    return frame.with_columns(
-        pl.col(n).map_elements(_json_text, return_dtype=pl.String) for n in nested
-    )
+    return frame.with_columns(pl.col(n).map_elements(_json_text, return_dtype=pl.String) for n in nested)
 
 
 def _json_text(value: Any) -> str:

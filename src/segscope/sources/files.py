@@ -31,9 +31,7 @@ def detect_format(path: str | Path) -> FileFormat:
         return _EXTENSIONS[suffix]
     except KeyError:
         known = ", ".join(sorted(_EXTENSIONS))
-        raise SourceError(
-            f"{path}: unknown file extension '{suffix or '(none)'}'; use one of {known}"
-        ) from None
+        raise SourceError(f"{path}: unknown file extension '{suffix or '(none)'}'; use one of {known}") from None
 
 
 def _describe(exc: Exception) -> str:

@@ -46,7 +46,7 @@ def make_transactions(
     distance_km = np.round(rng.exponential(8, n), 1)
     label = np.zeros(n, dtype=np.int64)
 
-    n_anom = int(round(n * anomaly_rate))
+    n_anom = round(n * anomaly_rate)
     idx = rng.choice(n, size=n_anom, replace=False)
     for k, i in enumerate(idx):
         pattern = k % 4
@@ -67,14 +67,16 @@ def make_transactions(
         else:  # distant merchant, card present
             distance_km[i] = round(float(rng.uniform(3000, 9000)), 1)
             n_txn_24h[i] = int(rng.integers(8, 15))
-    return pl.DataFrame({
-        "txn_id": [f"t{seed:02d}-{i:07d}" for i in range(n)],
-        "ts": pl.Series(ts, dtype=pl.Datetime("us")),
-        "amount": amount,
-        "merchant_category": np.array(names)[cat_idx],
-        "country": country,
-        "card_present": card_present,
-        "n_txn_24h": n_txn_24h.astype(np.int64),
-        "distance_km": distance_km,
-        "is_fraud": label,
-    })
+    return pl.DataFrame(
+        {
+            "txn_id": [f"t{seed:02d}-{i:07d}" for i in range(n)],
+            "ts": pl.Series(ts, dtype=pl.Datetime("us")),
+            "amount": amount,
+            "merchant_category": np.array(names)[cat_idx],
+            "country": country,
+            "card_present": card_present,
+            "n_txn_24h": n_txn_24h.astype(np.int64),
+            "distance_km": distance_km,
+            "is_fraud": label,
+        }
+    )

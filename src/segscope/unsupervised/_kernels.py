@@ -137,10 +137,7 @@ def forest_depths(
         for t in range(roots.shape[0]):
             node = roots[t]
             while left[node] >= 0:
-                if np.float32(x[i, feature[node]]) <= threshold[node]:
-                    node = left[node]
-                else:
-                    node = right[node]
+                node = left[node] if np.float32(x[i, feature[node]]) <= threshold[node] else right[node]
             total += leaf_value[node]
         out[i] = total
     return out

@@ -63,15 +63,16 @@ class ReferenceCalibrator:
         out = -np.log1p(-body)
         tail = raw > self.tail_q_
         out[tail] = -np.log1p(-self.tail_p_) + (raw[tail] - self.tail_q_) / self.tail_scale_
-        return out
+        return np.asarray(out)
 
     def probability(self, raw: np.ndarray) -> np.ndarray:
         """Calibrated score in [0, 1]."""
-        return -np.expm1(-self.surprisal(raw))
+        return np.asarray(-np.expm1(-self.surprisal(raw)))
 
     def state(self) -> dict[str, np.ndarray]:
         return {
-            "values": self.values_, "probs": self.probs_,
+            "values": self.values_,
+            "probs": self.probs_,
             "tail": np.array([self.tail_q_, self.tail_p_, self.tail_scale_]),
         }
 

@@ -47,15 +47,14 @@ def _check_params(owner: str, params: dict[str, Any], constraints: dict[str, tup
     """One message template for every parameter check."""
     for key, value in params.items():
         if key not in constraints:
-            raise ConfigError(
-                f"{owner} has no parameter '{key}'; known parameters: {sorted(constraints)}"
-            )
+            raise ConfigError(f"{owner} has no parameter '{key}'; known parameters: {sorted(constraints)}")
         kind, low, high = constraints[key]
-        ok = isinstance(value, kind) and not isinstance(value, bool) and low <= value <= high
+        kinds: tuple[type, ...] = (int, float) if kind is float else (kind,)
+        ok = isinstance(value, int | float) and isinstance(value, kinds) and not isinstance(value, bool)
+        ok = ok and low <= float(value) <= high
         if not ok:
             raise ConfigError(
-                f"the '{key}' parameter of {owner} must be a {kind.__name__} in [{low}, {high}]; "
-                f"got {value!r} instead"
+                f"the '{key}' parameter of {owner} must be a {kind.__name__} in [{low}, {high}]; got {value!r} instead"
             )
 
 
@@ -66,6 +65,9 @@ class Detector:
     _constraints: ClassVar[dict[str, tuple[type, float, float]]] = {}
     #: True when persisting the detector needs pickle (loading then requires ``trusted=True``).
     needs_pickle: ClassVar[bool] = False
+    #: Scores of the fit rows, computed the way new rows are scored (set by fit).
+    reference_scores_: np.ndarray
+    n_features_: int
 
     def __init__(self, **params: Any) -> None:
         self.params = params
@@ -104,9 +106,7 @@ class Detector:
         if not hasattr(self, "n_features_"):
             raise NotFittedError(f"{type(self).__name__} is not fitted; call fit(frame) first")
         if x.shape[1] != self.n_features_:
-            raise ConfigError(
-                f"{type(self).__name__} was fitted on {self.n_features_} features; got {x.shape[1]}"
-            )
+            raise ConfigError(f"{type(self).__name__} was fitted on {self.n_features_} features; got {x.shape[1]}")
         if x.shape[0] == 0:
             return np.empty(0)
         return self._score(x)
@@ -151,8 +151,11 @@ class _ECDFDetector(Detector):
         self.reference_scores_ = self._score(x)
 
     def state(self) -> dict[str, np.ndarray]:
-        return {"sorted_ref": self.sorted_ref_, "skew_sign": self.skew_sign_,
-                "reference_scores": self.reference_scores_}
+        return {
+            "sorted_ref": self.sorted_ref_,
+            "skew_sign": self.skew_sign_,
+            "reference_scores": self.reference_scores_,
+        }
 
     def load_state(self, arrays: dict[str, np.ndarray]) -> None:
         self.sorted_ref_ = np.ascontiguousarray(arrays["sorted_ref"])
@@ -186,7 +189,9 @@ class HBOSDetector(Detector):
 
     name = "hbos"
     _constraints: ClassVar[dict[str, tuple[type, float, float]]] = {
-        "n_bins": (int, 2, 10_000), "alpha": (float, 1e-12, 1.0), "tol": (float, 0.0, 1e6),
+        "n_bins": (int, 2, 10_000),
+        "alpha": (float, 1e-12, 1.0),
+        "tol": (float, 0.0, 1e6),
     }
 
     @classmethod
@@ -206,13 +211,19 @@ class HBOSDetector(Detector):
         self.reference_scores_ = self._score(x)
 
     def _score(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(_kernels.hbos_scores(
-            x, self.lo_, self.width_, self.heights_, float(self._param("alpha")), float(self._param("tol"))
-        ))
+        return np.asarray(
+            _kernels.hbos_scores(
+                x, self.lo_, self.width_, self.heights_, float(self._param("alpha")), float(self._param("tol"))
+            )
+        )
 
     def state(self) -> dict[str, np.ndarray]:
-        return {"lo": self.lo_, "width": self.width_, "heights": self.heights_,
-                "reference_scores": self.reference_scores_}
+        return {
+            "lo": self.lo_,
+            "width": self.width_,
+            "heights": self.heights_,
+            "reference_scores": self.reference_scores_,
+        }
 
     def load_state(self, arrays: dict[str, np.ndarray]) -> None:
         self.lo_, self.width_, self.heights_ = arrays["lo"], arrays["width"], arrays["heights"]
@@ -235,7 +246,9 @@ class IForestDetector(Detector):
 
     name = "iforest"
     _constraints: ClassVar[dict[str, tuple[type, float, float]]] = {
-        "n_estimators": (int, 1, 10_000), "max_samples": (int, 2, 10_000_000), "random_state": (int, 0, 2**32 - 1),
+        "n_estimators": (int, 1, 10_000),
+        "max_samples": (int, 2, 10_000_000),
+        "random_state": (int, 0, 2**32 - 1),
     }
 
     @classmethod
@@ -251,18 +264,20 @@ class IForestDetector(Detector):
 
         max_samples = min(int(self._param("max_samples")), x.shape[0])
         model = IForest(
-            n_estimators=int(self._param("n_estimators")), max_samples=max_samples,
-            random_state=int(self._param("random_state")), n_jobs=1,
+            n_estimators=int(self._param("n_estimators")),
+            max_samples=max_samples,
+            random_state=int(self._param("random_state")),
+            n_jobs=1,
         ).fit(x)
         forest = model.detector_
         roots, feats, thr, lefts, rights, values = [], [], [], [], [], []
         offset = 0
-        for tree_idx, (est, est_features) in enumerate(zip(forest.estimators_, forest.estimators_features_, strict=True)):
+        for tree_idx, (est, est_features) in enumerate(
+            zip(forest.estimators_, forest.estimators_features_, strict=True)
+        ):
             t = est.tree_
             is_leaf = t.children_left < 0
-            leaf_value = (
-                forest._decision_path_lengths[tree_idx] + forest._average_path_length_per_tree[tree_idx] - 1.0
-            )
+            leaf_value = forest._decision_path_lengths[tree_idx] + forest._average_path_length_per_tree[tree_idx] - 1.0
             roots.append(offset)
             feats.append(np.where(is_leaf, 0, np.asarray(est_features)[np.maximum(t.feature, 0)]))
             thr.append(t.threshold)
@@ -290,10 +305,17 @@ class IForestDetector(Detector):
         return np.asarray(2.0 ** (-np.asarray(depths) / denominator))
 
     def state(self) -> dict[str, np.ndarray]:
-        return {"roots": self.roots_, "feature": self.feature_, "threshold": self.threshold_,
-                "left": self.left_, "right": self.right_, "leaf_value": self.leaf_value_,
-                "denominator": self.denominator_, "reference_scores": self.reference_scores_,
-                "n_features": np.array([self.n_features_])}
+        return {
+            "roots": self.roots_,
+            "feature": self.feature_,
+            "threshold": self.threshold_,
+            "left": self.left_,
+            "right": self.right_,
+            "leaf_value": self.leaf_value_,
+            "denominator": self.denominator_,
+            "reference_scores": self.reference_scores_,
+            "n_features": np.array([self.n_features_]),
+        }
 
     def load_state(self, arrays: dict[str, np.ndarray]) -> None:
         self.roots_, self.feature_, self.threshold_ = arrays["roots"], arrays["feature"], arrays["threshold"]
@@ -308,7 +330,8 @@ class KNNDetector(Detector):
 
     name = "knn"
     _constraints: ClassVar[dict[str, tuple[type, float, float]]] = {
-        "n_neighbors": (int, 1, 1000), "max_reference": (int, 10, 10_000_000),
+        "n_neighbors": (int, 1, 1000),
+        "max_reference": (int, 10, 10_000_000),
     }
 
     @classmethod
@@ -383,7 +406,7 @@ class PyODDetector(Detector):
         self.model_ = cls(**params).fit(x)
         probe = x[: min(64, x.shape[0])]
         alone = self.model_.decision_function(probe)
-        mixed = self.model_.decision_function(np.concatenate([probe, x[::-1][: 64]]))[: probe.shape[0]]
+        mixed = self.model_.decision_function(np.concatenate([probe, x[::-1][:64]]))[: probe.shape[0]]
         if not np.allclose(alone, mixed, rtol=1e-9, atol=1e-12):
             raise ConfigError(
                 f"PyOD's {model_name} gives a record different scores in different batches; segscope "
@@ -398,20 +421,22 @@ class PyODDetector(Detector):
     def state(self) -> dict[str, np.ndarray]:
         buffer = io.BytesIO()
         pickle.dump(self.model_, buffer)
-        return {"pickle": np.frombuffer(buffer.getvalue(), dtype=np.uint8),
-                "reference_scores": self.reference_scores_, "n_features": np.array([self.n_features_])}
+        return {
+            "pickle": np.frombuffer(buffer.getvalue(), dtype=np.uint8),
+            "reference_scores": self.reference_scores_,
+            "n_features": np.array([self.n_features_]),
+        }
 
     def load_state(self, arrays: dict[str, np.ndarray]) -> None:
         if "pickle" not in arrays:
             raise BundleError("PyOD detector state has no pickle payload; the bundle is damaged")
-        self.model_ = pickle.loads(arrays["pickle"].tobytes())  # noqa: S301 - only reached with trusted=True
+        self.model_ = pickle.loads(arrays["pickle"].tobytes())
         self.reference_scores_ = arrays["reference_scores"]
         self.n_features_ = int(arrays["n_features"][0])
 
 
 DETECTORS: dict[str, type[Detector]] = {
-    cls.name: cls
-    for cls in (IForestDetector, ECODDetector, COPODDetector, HBOSDetector, KNNDetector, PyODDetector)
+    cls.name: cls for cls in (IForestDetector, ECODDetector, COPODDetector, HBOSDetector, KNNDetector, PyODDetector)
 }
 
 

@@ -31,9 +31,9 @@ class AnomalyEnsemble:
         for det in self.detectors:
             det.fit_matrix(x)
             self.calibrators_.append(ReferenceCalibrator().fit(det.reference_scores_))
-        reference = np.column_stack([
-            cal.surprisal(det.reference_scores_) for det, cal in zip(self.detectors, self.calibrators_, strict=True)
-        ])
+        reference = np.column_stack(
+            [cal.surprisal(det.reference_scores_) for det, cal in zip(self.detectors, self.calibrators_, strict=True)]
+        )
         self.final_ = ReferenceCalibrator().fit(self._combine(reference))
         self.reference_scores_ = self.final_.probability(self._combine(reference))
         return self
@@ -47,9 +47,9 @@ class AnomalyEnsemble:
         """Calibrated surprisal of each detector (rows x detectors)."""
         if not hasattr(self, "final_"):
             raise NotFittedError("AnomalyEnsemble is not fitted; call fit(matrix) first")
-        return np.column_stack([
-            cal.surprisal(det.score_matrix(x)) for det, cal in zip(self.detectors, self.calibrators_, strict=True)
-        ])
+        return np.column_stack(
+            [cal.surprisal(det.score_matrix(x)) for det, cal in zip(self.detectors, self.calibrators_, strict=True)]
+        )
 
     def score(self, x: np.ndarray) -> np.ndarray:
         """``anomaly_score`` in [0, 1] for each row of the prepared matrix."""

@@ -45,7 +45,7 @@ class FeatureExplainer:
         if not hasattr(self, "sorted_ref_"):
             raise NotFittedError("FeatureExplainer is not fitted; call fit(reference) first")
         left, right = _kernels.tail_surprisal(x, self.sorted_ref_)
-        return np.maximum(np.maximum(left, right) - _LOG2, 0.0)
+        return np.asarray(np.maximum(np.maximum(left, right) - _LOG2, 0.0))
 
     def explain(self, x: np.ndarray, values: pl.DataFrame, expected: np.ndarray | None = None) -> pl.Series:
         """The ``reasons`` column for prepared rows ``x`` whose readable values are ``values``.
@@ -58,10 +58,7 @@ class FeatureExplainer:
         if n == 0:
             return pl.Series("reasons", [], dtype=REASON_DTYPE)
         contrib = self.contributions(x)
-        if k < d:
-            top = np.argpartition(-contrib, k - 1, axis=1)[:, :k]
-        else:
-            top = np.tile(np.arange(d), (n, 1))
+        top = np.argpartition(-contrib, k - 1, axis=1)[:, :k] if k < d else np.tile(np.arange(d), (n, 1))
         order = np.argsort(-np.take_along_axis(contrib, top, axis=1), axis=1, kind="stable")
         top = np.take_along_axis(top, order, axis=1)
         top_contrib = np.take_along_axis(contrib, top, axis=1)
@@ -83,8 +80,8 @@ class FeatureExplainer:
             .alias("value")
         )
         flat = pl.DataFrame([names, value, exp, pl.Series("contribution", share.reshape(-1).round(4))])
-        return flat.select(pl.struct(pl.all()).alias("reasons")).get_column("reasons").reshape((n, k)).cast(
-            REASON_DTYPE
+        return (
+            flat.select(pl.struct(pl.all()).alias("reasons")).get_column("reasons").reshape((n, k)).cast(REASON_DTYPE)
         )
 
     def state(self) -> dict[str, np.ndarray]:

@@ -165,9 +165,15 @@ class AlertBudget:
         return out
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "budget", "max_alerts": self.max_alerts, "per": self.per, "rows": self.rows,
-                "time_column": self.time_column, "threshold": self.threshold_,
-                "records_per_period": self.records_per_period_}
+        return {
+            "kind": "budget",
+            "max_alerts": self.max_alerts,
+            "per": self.per,
+            "rows": self.rows,
+            "time_column": self.time_column,
+            "threshold": self.threshold_,
+            "records_per_period": self.records_per_period_,
+        }
 
 
 def make_policy(config: PolicyConfig) -> AlertPolicy:
@@ -178,8 +184,9 @@ def make_policy(config: PolicyConfig) -> AlertPolicy:
         return QuantileThreshold(config.quantile)
     if config.kind == "fixed":
         return FixedThreshold(config.threshold)
-    return AlertBudget(config.max_alerts, per=config.per, rows=config.rows, time_column=config.time_column,
-                       threshold=config.threshold)
+    return AlertBudget(
+        config.max_alerts, per=config.per, rows=config.rows, time_column=config.time_column, threshold=config.threshold
+    )
 
 
 def restore_policy(config: PolicyConfig, described: dict[str, Any]) -> AlertPolicy:

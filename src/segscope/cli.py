@@ -1,0 +1,276 @@
+"""The ``segscope`` command: a thin shell over the library (parsing, progress, printing)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from segscope.exceptions import SegscopeError
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from segscope.config import SegscopeConfig
+    from segscope.pipeline import Model
+
+app = typer.Typer(
+    name="segscope",
+    help="Find segments and anomalies in tabular and streaming data, and learn from what analysts confirm.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+# Status and progress go to stderr so that `--out -` (NDJSON on stdout) stays clean.
+err = Console(stderr=True)
+out = Console()
+
+BundleOpt = Annotated[Path, typer.Option("--bundle", "-b", help="Bundle folder.")]
+TrustOpt = Annotated[
+    bool, typer.Option("--trust-bundle", help="Allow loading pickled components (only for bundles you trust).")
+]
+
+
+@contextmanager
+def _steps() -> Iterator[Any]:
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err, transient=False
+    ) as progress:
+        state: dict[str, Any] = {}
+
+        def step(text: str) -> None:
+            if "task" in state:
+                progress.update(state["task"], completed=1, total=1)
+            state["task"] = progress.add_task(text, total=None)
+
+        yield step
+        if "task" in state:
+            progress.update(state["task"], completed=1, total=1)
+
+
+def _row_progress(total: int, label: str) -> Progress:
+    return Progress(
+        TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("rows"), TimeElapsedColumn(), console=err
+    )
+
+
+def _load_config(config: Path | None, id_column: str | None, drop: list[str]) -> SegscopeConfig:
+    from segscope.config import SegscopeConfig, load_config
+
+    cfg = load_config(config) if config is not None else SegscopeConfig()
+    return cfg.with_features(id_column=id_column, drop=tuple(drop))
+
+
+def _load_model(bundle: Path, trusted: bool) -> Model:
+    from segscope.pipeline import Model
+
+    return Model.load(bundle, trusted=trusted)
+
+
+@app.command()
+def fit(
+    data: Annotated[Path, typer.Argument(help="History file (.parquet, .csv, .ndjson).")],
+    bundle: BundleOpt,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="Config file (.toml or .yaml).")] = None,
+    id_column: Annotated[str | None, typer.Option("--id-column", help="Column that identifies a record.")] = None,
+    drop: Annotated[list[str] | None, typer.Option("--drop", help="Column to leave out (repeatable).")] = None,
+) -> None:
+    """Fit the unsupervised layer on history and write a bundle."""
+    from segscope.pipeline import fit_file
+
+    cfg = _load_config(config, id_column, drop or [])
+    with _steps() as step:
+        model = fit_file(data, cfg, on_step=step)
+        step(f"writing bundle {bundle}")
+        model.save(bundle)
+    dropped = model.preparer_.dropped_
+    err.print(
+        f"[green]fitted[/] {model.version} on {model.training_['fit_rows']:,} of {model.training_['rows']:,} rows, "
+        f"{len(model.preparer_.schema_.features)} features -> [bold]{bundle}[/]"
+    )
+    for name, why in dropped.items():
+        err.print(f"  [yellow]dropped[/] {name}: {why}")
+
+
+@app.command()
+def score(
+    data: Annotated[Path, typer.Argument(help="File to score (.parquet, .csv, .ndjson).")],
+    bundle: BundleOpt,
+    out_path: Annotated[
+        str, typer.Option("--out", "-o", help="Output file; format by extension; '-' = NDJSON on stdout.")
+    ],
+    batch_size: Annotated[int, typer.Option(help="Rows per batch (memory bound).", min=1)] = 200_000,
+    trust_bundle: TrustOpt = False,
+) -> None:
+    """Score a file: input columns + score, anomaly_score, supervised_score, is_alert, segment, reasons,
+    model_version."""
+    from segscope.pipeline import score_file
+    from segscope.sources.files import count_rows
+
+    model = _load_model(bundle, trust_bundle)
+    total = count_rows(data)
+    with _row_progress(total, f"scoring {data.name}") as progress:
+        task = progress.add_task("score", total=total)
+        summary = score_file(model, data, out_path, batch_size=batch_size, on_batch=lambda n: progress.advance(task, n))
+    rate = summary.rows / summary.seconds if summary.seconds else 0.0
+    err.print(
+        f"[green]scored[/] {summary.rows:,} rows ({rate:,.0f} rows/s), {summary.alerts:,} alerts, "
+        f"model {model.version} -> [bold]{summary.out}[/]"
+    )
+
+
+@app.command()
+def evaluate(
+    data: Annotated[Path, typer.Argument(help="Labelled file.")],
+    bundle: BundleOpt,
+    label_column: Annotated[str, typer.Option("--label-column", "-l", help="0/1 column, 1 = anomaly.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+    trust_bundle: TrustOpt = False,
+) -> None:
+    """Compare scores with labels: AUCROC, AUCPR, precision@k, alert precision/recall."""
+    from segscope.pipeline import evaluate_file
+
+    model = _load_model(bundle, trust_bundle)
+    metrics = evaluate_file(model, data, label_column)
+    if as_json:
+        out.print_json(json.dumps(metrics))
+        return
+    table = Table(title=f"{data.name} vs '{label_column}' (model {model.version})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else f"{value:,}")
+    out.print(table)
+
+
+@app.command()
+def inspect(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole manifest as JSON.")] = False,
+    trust_bundle: TrustOpt = False,
+) -> None:
+    """Show what a bundle holds (verifies its checksums)."""
+    model = _load_model(bundle, trust_bundle)
+    manifest = model.manifest_
+    if as_json:
+        out.print_json(json.dumps(manifest))
+        return
+    train = manifest["training"]
+    out.print(f"[bold]bundle[/] {bundle}  (format {manifest['format_version']}, checksums OK)")
+    out.print(f"model version  {manifest['model_version']}   created {manifest['created_at']}")
+    out.print(
+        f"segscope {manifest['versions']['segscope']}, python {manifest['versions']['python']}, "
+        f"pyod {manifest['versions']['pyod']}, polars {manifest['versions']['polars']}"
+    )
+    out.print(
+        f"training       {train['fit_rows']:,} of {train['rows']:,} rows, fingerprint {train['fingerprint'][:16]}…"
+    )
+    out.print(
+        f"schema hash    {manifest['feature_schema_hash'][:16]}…  id column: "
+        f"{manifest['feature_schema']['id_column'] or '(none)'}"
+    )
+    table = Table(title="input columns")
+    for col in ("column", "kind", "dtype at fit", "features", "expected"):
+        table.add_column(col)
+    prep = model.preparer_
+    for spec in prep.schema_.columns:
+        feats = [f for f in prep.schema_.features if prep.source_column_[f] == spec.name]
+        table.add_row(spec.name, spec.kind, spec.dtype, ", ".join(feats), ", ".join(prep.expected_[f] for f in feats))
+    out.print(table)
+    for name, why in manifest["dropped_columns"].items():
+        out.print(f"  dropped {name}: {why}")
+    out.print("components:")
+    for comp in manifest["components"]:
+        detail = comp.get("params") or comp.get("note") or ""
+        out.print(f"  {comp['role']:<10} {comp['name'] or '-':<14} {detail}")
+    out.print(f"alert policy   {manifest['policy']}")
+
+
+def _reason_text(reasons: list[dict[str, Any]]) -> str:
+    return "; ".join(f"{r['feature']}={r['value']} (usual {r['expected']}, {r['contribution']:.0%})" for r in reasons)
+
+
+def print_top_alerts(scored: pl.DataFrame, *, id_column: str | None, limit: int = 10) -> None:
+    import polars as pl
+
+    top = scored.filter(pl.col("is_alert")).sort("score", descending=True).head(limit)
+    table = Table(title=f"top {top.height} alerts of {int(scored['is_alert'].sum())}")
+    table.add_column("id" if id_column else "row")
+    table.add_column("score", justify="right")
+    table.add_column("top reasons (value, usual value, share of the anomaly)")
+    for row in top.iter_rows(named=True):
+        table.add_row(str(row[id_column]) if id_column else "-", f"{row['score']:.4f}", _reason_text(row["reasons"]))
+    out.print(table)
+
+
+@app.command()
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="Where the demo writes its files.")] = Path(
+        "segscope-demo"
+    ),
+    rows: Annotated[int, typer.Option(help="History rows to generate.", min=1000)] = 50_000,
+) -> None:
+    """Run the main job end to end on generated card transactions (no server, no external data)."""
+    import polars as pl
+
+    from segscope.config import SegscopeConfig
+    from segscope.pipeline import evaluate_file, fit_file, score_file
+    from segscope.testing.data import make_transactions
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    history_path, new_path = out_dir / "history.parquet", out_dir / "new.parquet"
+    scored_path, bundle = out_dir / "scored.parquet", out_dir / "bundle"
+    with _steps() as step:
+        step(f"generating {rows:,} historical and {rows // 5:,} new card transactions (1% planted fraud)")
+        make_transactions(rows, seed=0).write_parquet(history_path)
+        make_transactions(rows // 5, seed=1).write_parquet(new_path)
+        cfg = SegscopeConfig().with_features(id_column="txn_id", drop=("is_fraud",))
+        model = fit_file(history_path, cfg, on_step=step)
+        step(f"writing bundle {bundle}")
+        model.save(bundle)
+    total = rows // 5
+    with _row_progress(total, "scoring new.parquet") as progress:
+        task = progress.add_task("score", total=total)
+        summary = score_file(
+            model, new_path, scored_path, batch_size=5_000, on_batch=lambda n: progress.advance(task, n)
+        )
+    scored = pl.read_parquet(scored_path)
+    print_top_alerts(scored, id_column="txn_id")
+    metrics = evaluate_file(model, new_path, "is_fraud")
+    out.print(
+        f"against the planted labels: AUCROC {metrics['aucroc']:.3f}, AUCPR {metrics['aucpr']:.3f}, "
+        f"alert precision {metrics['alert_precision']:.2f}, recall {metrics['alert_recall']:.2f} "
+        f"({metrics['alerts']} alerts)"
+    )
+    out.print("segments: none yet (segment = -1); UMAP + HDBSCAN segmentation is not part of this bundle")
+    out.print(
+        f"outputs: bundle [bold]{bundle}[/], scored records [bold]{scored_path}[/] "
+        f"({summary.rows:,} rows), inputs {history_path}, {new_path}"
+    )
+    out.print(
+        f"next: segscope inspect {bundle}  |  segscope evaluate {new_path} --bundle {bundle} --label-column is_fraud"
+    )
+
+
+def main() -> None:
+    """Entry point: one-line errors, non-zero exit codes, no tracebacks for expected problems."""
+    try:
+        app()
+    except SegscopeError as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
