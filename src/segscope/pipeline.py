@@ -24,8 +24,8 @@ from segscope import bundle as bundle_io
 from segscope.config import SegscopeConfig
 from segscope.exceptions import BundleError, DataError, NotFittedError, SchemaError
 from segscope.features.prepare import FeaturePreparer, check_unique_ids
-from segscope.sinks.files import open_sink
-from segscope.sources.files import count_rows, iter_batches, read_file, scan_file
+from segscope.sinks.files import open_sink, write_batches
+from segscope.sources.files import count_rows, detect_format, iter_batches, read_file, scan_file
 from segscope.unsupervised.detect import make_detector
 from segscope.unsupervised.ensemble import AnomalyEnsemble
 from segscope.unsupervised.explain import REASON_DTYPE, FeatureExplainer
@@ -89,13 +89,18 @@ class Model:
         detectors = [make_detector(d.name, d.params) for d in cfg.detectors]
         ensemble = AnomalyEnsemble(detectors, combine=cfg.combine).fit(x)
         step("calibrating and fitting the alert policy")
+        shared = _ecod_index(ensemble)
         explainer = FeatureExplainer(top_k=cfg.top_k_reasons).fit(
-            x, list(prep.schema_.features), [prep.expected_[f] for f in prep.schema_.features]
+            x,
+            list(prep.schema_.features),
+            [prep.expected_[f] for f in prep.schema_.features],
+            ecdf=ensemble.detectors[shared].ecdf_ if shared is not None else None,  # type: ignore[attr-defined]
         )
         policy = make_policy(cfg.policy).fit(ensemble.reference_scores_, frame)
         created = datetime.now(UTC)
         fingerprint = fingerprint or _frame_fingerprint(frame)
         self.preparer_, self.ensemble_, self.explainer_, self.policy_ = prep, ensemble, explainer, policy
+        self.shared_ecod_ = shared
         self.created_at_ = created.isoformat(timespec="seconds")
         self.version_ = f"{created:%Y%m%d-%H%M%S}-{fingerprint[:8]}"
         self.training_ = {
@@ -126,11 +131,15 @@ class Model:
         self._check_fitted()
         validated = self.preparer_.validate(frame)
         x = self.preparer_.transform(validated)
-        anomaly = self.ensemble_.score(x)
-        n = frame.height
-        if n:
-            reasons = self.explainer_.explain(x, validated.select(self.preparer_.raw_value_exprs()))
+        if frame.height:
+            # ECOD and the reasons look up the same ECDF: one fused pass computes both
+            shared = self.shared_ecod_
+            skew = self.ensemble_.detectors[shared].skew_sign_ if shared is not None else None  # type: ignore[attr-defined]
+            idx, val, total, ecod = self.explainer_.top_contributions(x, skew)
+            anomaly = self.ensemble_.score(x, {shared: ecod} if shared is not None else None)
+            reasons = self.explainer_.explain(x, *self.preparer_.readable_values(validated), top=(idx, val, total))
         else:
+            anomaly = np.empty(0)
             reasons = pl.Series("reasons", [], dtype=REASON_DTYPE)
         alerts = self.policy_.decide(anomaly, validated)
         return frame.with_columns(
@@ -257,7 +266,16 @@ class Model:
             if isinstance(exc, BundleError):
                 raise
             raise BundleError(f"bundle {path} is incomplete or damaged ({exc!r}); refit the bundle") from None
+        shared = _ecod_index(ensemble)
+        if shared is not None and np.array_equal(
+            ensemble.detectors[shared].ecdf_.sorted_ref,  # type: ignore[attr-defined]
+            explainer.ecdf_.sorted_ref,
+        ):
+            explainer.ecdf_ = ensemble.detectors[shared].ecdf_  # type: ignore[attr-defined]
+        else:
+            shared = None
         model.preparer_, model.ensemble_, model.explainer_ = prep, ensemble, explainer
+        model.shared_ecod_ = shared
         model.policy_ = restore_policy(model.config.policy, manifest["policy"])
         model.version_ = manifest["model_version"]
         model.created_at_ = manifest["created_at"]
@@ -267,6 +285,12 @@ class Model:
 
 
 # ------------------------------------------------------------------ file jobs
+def _ecod_index(ensemble: AnomalyEnsemble) -> int | None:
+    from segscope.unsupervised.detect import ECODDetector
+
+    return next((i for i, d in enumerate(ensemble.detectors) if isinstance(d, ECODDetector)), None)
+
+
 def _sample_rows(path: str | Path, total: int, max_rows: int, seed: int) -> pl.DataFrame:
     if total <= max_rows:
         return read_file(path)
@@ -368,20 +392,34 @@ def score_file(
 ) -> ScoreSummary:
     """Score ``path`` into ``out`` (format by extension, ``-`` = NDJSON on stdout). All or nothing."""
     start = time.perf_counter()
-    sink = open_sink(out)
-    rows = alerts = 0
-    try:
+    counts = {"rows": 0, "alerts": 0}
+
+    def batches() -> Iterator[pl.DataFrame]:
         for scored in iter_scored(model, path, batch_size=batch_size):
-            sink.write(scored)
-            rows += scored.height
-            alerts += int(scored.get_column("is_alert").sum())
+            counts["rows"] += scored.height
+            counts["alerts"] += int(scored.get_column("is_alert").sum())
             if on_batch is not None:
                 on_batch(scored.height)
-    except BaseException:
-        sink.abort()
-        raise
-    sink.close()
-    return ScoreSummary(rows=rows, alerts=alerts, seconds=time.perf_counter() - start, out=str(out))
+            yield scored
+
+    if str(out) == "-":
+        sink = open_sink(out)
+        for scored in batches():
+            sink.write(scored)
+        sink.close()
+    else:
+        detect_format(out)
+        write_batches(batches(), scored_schema(model, scan_file(path).collect_schema()), out)
+    return ScoreSummary(rows=counts["rows"], alerts=counts["alerts"], seconds=time.perf_counter() - start, out=str(out))
+
+
+def scored_schema(model: Model, input_schema: pl.Schema) -> pl.Schema:
+    """The schema of scored frames for a given input schema (input columns, then the scored columns)."""
+    dtypes: dict[str, pl.DataType] = dict(input_schema)
+    probe = model.score(pl.DataFrame(schema=input_schema))
+    for name in SCORED_COLUMNS:
+        dtypes[name] = probe.schema[name]
+    return pl.Schema(dtypes)
 
 
 def evaluate_file(model: Model, path: str | Path, label_column: str, *, batch_size: int = 200_000) -> dict[str, Any]:

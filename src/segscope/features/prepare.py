@@ -251,27 +251,30 @@ class FeaturePreparer:
             return col.dt.weekday().cast(pl.Float64)
         return col.cast(pl.Float64).fill_nan(None)
 
-    def raw_value_exprs(self) -> list[pl.Expr]:
-        """Expressions for each feature's value as a person reads it (for ``reasons``)."""
-        out = []
-        for feat in self.schema_.features:
+    def readable_values(self, frame: pl.DataFrame) -> tuple[np.ndarray, dict[int, pl.Series]]:
+        """Each feature's value as a person reads it, for ``reasons``: a float matrix (rows x features; NaN =
+        missing or not numeric) and, for categorical features (by feature index), the strings, with categories
+        never seen at fit marked "(unseen)"."""
+        numeric_exprs: list[pl.Expr] = []
+        categorical: dict[int, pl.Series] = {}
+        for j, feat in enumerate(self.schema_.features):
             if feat in self.categorical_:
-                levels = self.categorical_[feat]["levels"]
-                col = pl.col(feat).cast(pl.String)
-                expr = (
+                col = frame.get_column(feat).cast(pl.String)
+                levels = pl.Series(self.categorical_[feat]["levels"], dtype=pl.String)
+                categorical[j] = pl.select(
                     pl.when(col.is_null())
                     .then(pl.lit("null"))
                     .when(col.is_in(levels))
                     .then(col)
                     .otherwise(col + pl.lit(" (unseen)"))
-                )
+                ).to_series()
+                numeric_exprs.append(pl.lit(None, dtype=pl.Float64).alias(feat))
             elif self.numeric_[feat]["kind"] == "missing":
-                expr = self._raw_expr(feat).is_null().cast(pl.Int8).cast(pl.String)
+                numeric_exprs.append(self._raw_expr(feat).is_null().cast(pl.Float64).alias(feat))
             else:
-                raw = self._raw_expr(feat)
-                expr = pl.when(raw.is_null()).then(pl.lit("null")).otherwise(_format_expr(raw))
-            out.append(expr.alias(feat))
-        return out
+                numeric_exprs.append(self._raw_expr(feat).alias(feat))
+        matrix = frame.select(numeric_exprs).to_numpy().astype(np.float64, copy=False)
+        return np.ascontiguousarray(matrix), categorical
 
     def transform(self, frame: pl.DataFrame) -> np.ndarray:
         """The feature matrix (rows x features, float64, C order) of a validated frame."""
@@ -312,16 +315,6 @@ class FeaturePreparer:
         prep.expected_ = state["expected"]
         prep.source_column_ = state["source_column"]
         return prep
-
-
-def _format_expr(raw: pl.Expr) -> pl.Expr:
-    """Short human form of a float: integers without '.0', others with 6 significant digits."""
-    is_int = (raw == raw.round(0)) & (raw.abs() < 1e15)
-    return (
-        pl.when(is_int)
-        .then(raw.cast(pl.Int64, strict=False).cast(pl.String))
-        .otherwise(raw.round_sig_figs(6).cast(pl.String))
-    )
 
 
 def _target_dtype(spec: ColumnSpec) -> pl.DataType:

@@ -6,6 +6,7 @@ import contextlib
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Protocol, Self
@@ -17,7 +18,7 @@ import pyarrow.parquet as pq
 from segscope.exceptions import SinkError
 from segscope.sources.files import detect_format
 
-__all__ = ["FileSink", "ListSink", "Sink", "open_sink"]
+__all__ = ["FileSink", "ListSink", "Sink", "open_sink", "write_batches"]
 
 
 class Sink(Protocol):
@@ -35,7 +36,16 @@ def _flatten_nested(frame: pl.DataFrame) -> pl.DataFrame:
     nested = [n for n, t in frame.schema.items() if isinstance(t, pl.List | pl.Struct | pl.Array)]
     if not nested:
         return frame
-    return frame.with_columns(pl.col(n).map_elements(_json_text, return_dtype=pl.String) for n in nested)
+    out = []
+    for name in nested:
+        dtype = frame.schema[name]
+        inner = dtype.inner if isinstance(dtype, pl.List | pl.Array) else None
+        if isinstance(inner, pl.Struct):
+            encoded = pl.col(name).list.eval(pl.element().struct.json_encode()).list.join(",")
+            out.append(pl.when(pl.col(name).is_null()).then(None).otherwise(pl.format("[{}]", encoded)).alias(name))
+        else:
+            out.append(pl.col(name).map_elements(_json_text, return_dtype=pl.String))
+    return frame.with_columns(out)
 
 
 def _json_text(value: Any) -> str:
@@ -142,6 +152,51 @@ class ListSink:
 
     def frame(self) -> pl.DataFrame:
         return pl.concat(self.frames, how="vertical") if self.frames else pl.DataFrame()
+
+
+def write_batches(batches: Iterator[pl.DataFrame], schema: pl.Schema, path: str | Path) -> int:
+    """Stream ``batches`` (all with ``schema``) into one file with Polars' own writers, atomically.
+
+    The batches feed a lazy Polars source that is sunk to a temporary file in the target folder, renamed into
+    place only when every batch was written; memory stays bounded by a batch.
+    """
+    from polars.io.plugins import register_io_source
+
+    path = Path(path)
+    fmt = detect_format(path)
+    if not path.parent.exists():
+        raise SinkError(f"{path}: folder {path.parent} does not exist; create it first")
+    nested = fmt == "csv"
+    out_schema = pl.Schema(
+        {n: (pl.String() if nested and isinstance(t, pl.List | pl.Struct | pl.Array) else t) for n, t in schema.items()}
+    )
+    rows = 0
+
+    def source(
+        with_columns: list[str] | None, predicate: pl.Expr | None, n_rows: int | None, batch_size: int | None
+    ) -> Iterator[pl.DataFrame]:
+        nonlocal rows
+        for frame in batches:
+            rows += frame.height
+            yield _flatten_nested(frame) if nested else frame
+
+    lazy = register_io_source(source, schema=out_schema)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        if fmt == "parquet":
+            lazy.sink_parquet(tmp, compression="zstd")
+        elif fmt == "csv":
+            lazy.sink_csv(tmp)
+        else:
+            lazy.sink_ndjson(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    return rows
 
 
 def open_sink(target: str | Path) -> Sink:

@@ -4,89 +4,186 @@ never depends on the other rows it is computed with."""
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numba as nb
 import numpy as np
 
+ECDF_BUCKETS = 2048
+
+
+class ECDFTable(NamedTuple):
+    """A column-wise ECDF: sorted reference values plus a bucket index over each column's range that narrows
+    every lookup to a few entries (exact counts; the index only speeds the search)."""
+
+    sorted_ref: np.ndarray  # (features, m), each row sorted
+    bucket_start: np.ndarray  # (features, ECDF_BUCKETS + 1): count of reference values below each bucket edge
+    low: np.ndarray  # (features,) smallest reference value
+    inv_width: np.ndarray  # (features,) buckets per unit (0 for a constant column)
+
+
+def build_ecdf(reference: np.ndarray) -> ECDFTable:
+    """The :class:`ECDFTable` of a (rows, features) reference matrix."""
+    sorted_ref = np.ascontiguousarray(np.sort(reference, axis=0).T)
+    d = sorted_ref.shape[0]
+    low = sorted_ref[:, 0].copy()
+    span = sorted_ref[:, -1] - low
+    inv_width = np.where(span > 0, ECDF_BUCKETS / np.where(span > 0, span, 1.0), 0.0)
+    bucket_start = np.zeros((d, ECDF_BUCKETS + 1), dtype=np.int64)
+    for j in range(d):
+        if inv_width[j] > 0:
+            edges = low[j] + np.arange(ECDF_BUCKETS + 1) / inv_width[j]
+            bucket_start[j] = np.searchsorted(sorted_ref[j], edges, side="left")
+    return ECDFTable(sorted_ref, bucket_start, low, inv_width)
+
 
 @nb.njit(cache=True, inline="always")
-def _count_le(ref: np.ndarray, x: float) -> int:
-    """Number of values in sorted ``ref`` that are <= x (binary search)."""
-    lo, hi = 0, ref.shape[0]
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if ref[mid] <= x:
-            lo = mid + 1
+def _counts(ref: np.ndarray, starts: np.ndarray, low: float, inv_width: float, v: float) -> tuple[int, int]:
+    """(# reference <= v, # reference < v) for one column."""
+    m = ref.shape[0]
+    if v < ref[0]:
+        return 0, 0
+    if v > ref[m - 1]:
+        return m, m
+    lo, hi = 0, m
+    if inv_width > 0.0:
+        k = int((v - low) * inv_width)
+        # one bucket of slack on each side absorbs rounding in the bucket arithmetic
+        lo = starts[max(k - 1, 0)]
+        hi = starts[min(k + 2, ECDF_BUCKETS)] if k + 2 <= ECDF_BUCKETS else m
+    a, b = lo, hi
+    while a < b:  # first index with ref > v
+        mid = (a + b) >> 1
+        if ref[mid] <= v:
+            a = mid + 1
         else:
-            hi = mid
-    return lo
+            b = mid
+    le = a
+    if le == lo or ref[le - 1] < v:  # v is not in the reference: no ties to count
+        return le, le
+    a, b = lo, le
+    while a < b:  # first index with ref >= v
+        mid = (a + b) >> 1
+        if ref[mid] < v:
+            a = mid + 1
+        else:
+            b = mid
+    return le, a
 
 
 @nb.njit(cache=True, inline="always")
-def _count_lt(ref: np.ndarray, x: float) -> int:
-    lo, hi = 0, ref.shape[0]
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if ref[mid] < x:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
+def _tails(
+    ref: np.ndarray, starts: np.ndarray, low: float, inv_width: float, v: float, log_m1: float
+) -> tuple[float, float]:
+    """Left and right tail surprisal of ``v``: -log P(ref <= v), -log P(ref >= v), smoothed (count+1)/(m+1)."""
+    le, lt = _counts(ref, starts, low, inv_width, v)
+    return log_m1 - math.log(le + 1.0), log_m1 - math.log(ref.shape[0] - lt + 1.0)
 
 
 @nb.njit(cache=True, parallel=True)
-def tail_surprisal(x: np.ndarray, sorted_ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Left and right tail surprisal ``-log P(ref <= x)`` and ``-log P(ref >= x)`` per cell.
-
-    ``sorted_ref`` is (features, m) with each row sorted. Probabilities use (count + 1) / (m + 1) so that a
-    value outside the reference gets a finite, largest surprisal.
-    """
+def tail_surprisal(
+    x: np.ndarray, sorted_ref: np.ndarray, starts: np.ndarray, low: np.ndarray, inv_width: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Left and right tail surprisal per cell."""
     n, d = x.shape
-    m = sorted_ref.shape[1]
+    log_m1 = math.log(sorted_ref.shape[1] + 1.0)
     left = np.empty((n, d))
     right = np.empty((n, d))
-    log_m1 = math.log(m + 1.0)
     for i in nb.prange(n):
         for j in range(d):
-            ref = sorted_ref[j]
-            v = x[i, j]
-            le = _count_le(ref, v)
-            ge = m - _count_lt(ref, v)
-            left[i, j] = log_m1 - math.log(le + 1.0)
-            right[i, j] = log_m1 - math.log(ge + 1.0)
+            left[i, j], right[i, j] = _tails(sorted_ref[j], starts[j], low[j], inv_width[j], x[i, j], log_m1)
     return left, right
 
 
+_ECDF_BLOCK = 2048
+
+
 @nb.njit(cache=True, parallel=True)
-def ecod_scores(left: np.ndarray, right: np.ndarray, skew_sign: np.ndarray) -> np.ndarray:
-    """ECOD (Li et al. 2022): sum over features of max(left, right, skew-chosen tail)."""
-    n, d = left.shape
-    out = np.empty(n)
-    for i in nb.prange(n):
-        total = 0.0
+def ecdf_outlier_scores(
+    x: np.ndarray,
+    sorted_ref: np.ndarray,
+    starts: np.ndarray,
+    low: np.ndarray,
+    inv_width: np.ndarray,
+    skew_sign: np.ndarray,
+    copod: bool,
+) -> np.ndarray:
+    """ECOD (Li et al. 2022): sum over features of max(left, right, skew-chosen tail); with ``copod``,
+    COPOD (Li et al. 2020): sum of max(skew-chosen tail, mean of both tails).
+
+    Blocks of rows go feature by feature, so one feature's reference stays in cache.
+    """
+    n, d = x.shape
+    log_m1 = math.log(sorted_ref.shape[1] + 1.0)
+    out = np.zeros(n)
+    n_blocks = (n + _ECDF_BLOCK - 1) // _ECDF_BLOCK
+    for b in nb.prange(n_blocks):
+        lo = b * _ECDF_BLOCK
+        hi = min(n, lo + _ECDF_BLOCK)
         for j in range(d):
-            ul, ur = left[i, j], right[i, j]
+            ref, st, lw, iw = sorted_ref[j], starts[j], low[j], inv_width[j]
             s = skew_sign[j]
-            uskew = ul if s < 0 else (ur if s > 0 else ul + ur)
-            total += max(ul, ur, uskew)
-        out[i] = total
+            m = ref.shape[0]
+            for i in range(lo, hi):
+                le, lt = _counts(ref, st, lw, iw, x[i, j])
+                cl, cr = le + 1.0, m - lt + 1.0  # smoothed left / right tail counts
+                if copod:
+                    ul, ur = log_m1 - math.log(cl), log_m1 - math.log(cr)
+                    uskew = ul if s < 0 else (ur if s > 0 else ul + ur)
+                    out[i] += max(uskew, 0.5 * (ul + ur))
+                elif s == 0:  # ECOD with a symmetric column: both tails add up (one log)
+                    out[i] += 2.0 * log_m1 - math.log(cl * cr)
+                else:  # max(left, right, skew tail) = the smaller tail count's surprisal (one log)
+                    out[i] += log_m1 - math.log(min(cl, cr))
     return out
 
 
 @nb.njit(cache=True, parallel=True)
-def copod_scores(left: np.ndarray, right: np.ndarray, skew_sign: np.ndarray) -> np.ndarray:
-    """COPOD (Li et al. 2020): sum over features of max(skew-chosen tail, mean of both tails)."""
-    n, d = left.shape
-    out = np.empty(n)
-    for i in nb.prange(n):
-        total = 0.0
+def top_contributions(
+    x: np.ndarray,
+    sorted_ref: np.ndarray,
+    starts: np.ndarray,
+    low: np.ndarray,
+    inv_width: np.ndarray,
+    k: int,
+    skew_sign: np.ndarray,
+    with_ecod: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per row: the ``k`` features with the largest two-sided tail surprisal above the median's (log 2),
+    their contributions (descending) and the row's total contribution; with ``with_ecod`` also the ECOD score
+    from the same lookups (the pipeline fuses the two when ECOD and the reasons share a reference)."""
+    n, d = x.shape
+    log_m1 = math.log(sorted_ref.shape[1] + 1.0)
+    log2 = math.log(2.0)
+    idx = np.zeros((n, k), dtype=np.int32)
+    val = np.full((n, k), -1.0)
+    total = np.zeros(n)
+    ecod = np.zeros(n if with_ecod else 0)
+    n_blocks = (n + _ECDF_BLOCK - 1) // _ECDF_BLOCK
+    for b in nb.prange(n_blocks):
+        lo = b * _ECDF_BLOCK
+        hi = min(n, lo + _ECDF_BLOCK)
         for j in range(d):
-            ul, ur = left[i, j], right[i, j]
-            s = skew_sign[j]
-            uskew = ul if s < 0 else (ur if s > 0 else ul + ur)
-            total += max(uskew, 0.5 * (ul + ur))
-        out[i] = total
-    return out
+            ref, st, lw, iw = sorted_ref[j], starts[j], low[j], inv_width[j]
+            m = ref.shape[0]
+            symmetric = skew_sign[j] == 0
+            for i in range(lo, hi):
+                le, lt = _counts(ref, st, lw, iw, x[i, j])
+                cl, cr = le + 1.0, m - lt + 1.0
+                u = log_m1 - math.log(min(cl, cr))
+                if with_ecod:
+                    ecod[i] += 2.0 * log_m1 - math.log(cl * cr) if symmetric else u
+                c = max(u - log2, 0.0)
+                total[i] += c
+                if c > val[i, k - 1]:  # insert into the row's descending top-k list
+                    pos = k - 1
+                    while pos > 0 and val[i, pos - 1] < c:
+                        val[i, pos] = val[i, pos - 1]
+                        idx[i, pos] = idx[i, pos - 1]
+                        pos -= 1
+                    val[i, pos] = c
+                    idx[i, pos] = j
+    return idx, np.maximum(val, 0.0), total, ecod
 
 
 @nb.njit(cache=True, parallel=True)
@@ -116,28 +213,49 @@ def hbos_scores(
     return out
 
 
+_FOREST_BLOCK = 256
+
+
 @nb.njit(cache=True, parallel=True)
 def forest_depths(
-    x: np.ndarray,
-    roots: np.ndarray,
-    feature: np.ndarray,
-    threshold: np.ndarray,
-    left: np.ndarray,
-    right: np.ndarray,
-    leaf_value: np.ndarray,
+    x: np.ndarray, feature: np.ndarray, threshold: np.ndarray, leaf_value: np.ndarray, depth: int
 ) -> np.ndarray:
-    """Sum over trees of the isolation depth of each row (scikit-learn's definition).
+    """Sum over trees of each row's isolation depth, on complete binary trees of fixed ``depth``.
 
-    Splits compare in float32, as scikit-learn's trees do.
+    Trees are stored heap-ordered (children of node i at 2i+1, 2i+2), ``feature``/``threshold`` shaped
+    (trees, 2**depth - 1), ``leaf_value`` (trees, 2**depth). A fixed number of branch-free steps per tree and
+    blocks of rows walking one tree at a time keep the walk fast. ``x`` and ``threshold`` are float32, as
+    scikit-learn's trees compare.
     """
     n = x.shape[0]
-    out = np.empty(n)
-    for i in nb.prange(n):
-        total = 0.0
-        for t in range(roots.shape[0]):
-            node = roots[t]
-            while left[node] >= 0:
-                node = left[node] if np.float32(x[i, feature[node]]) <= threshold[node] else right[node]
-            total += leaf_value[node]
-        out[i] = total
+    n_trees = feature.shape[0]
+    n_internal = feature.shape[1]
+    out = np.zeros(n)
+    n_blocks = (n + _FOREST_BLOCK - 1) // _FOREST_BLOCK
+    for b in nb.prange(n_blocks):
+        lo = b * _FOREST_BLOCK
+        hi = min(n, lo + _FOREST_BLOCK)
+        for t in range(n_trees):
+            feat = feature[t]
+            thr = threshold[t]
+            leaves = leaf_value[t]
+            i = lo
+            while i + 4 <= hi:  # four independent walks at once hide the load latency of each step
+                n0 = n1 = n2 = n3 = 0
+                for _ in range(depth):
+                    n0 = 2 * n0 + 1 + (1 if x[i, feat[n0]] > thr[n0] else 0)
+                    n1 = 2 * n1 + 1 + (1 if x[i + 1, feat[n1]] > thr[n1] else 0)
+                    n2 = 2 * n2 + 1 + (1 if x[i + 2, feat[n2]] > thr[n2] else 0)
+                    n3 = 2 * n3 + 1 + (1 if x[i + 3, feat[n3]] > thr[n3] else 0)
+                out[i] += leaves[n0 - n_internal]
+                out[i + 1] += leaves[n1 - n_internal]
+                out[i + 2] += leaves[n2 - n_internal]
+                out[i + 3] += leaves[n3 - n_internal]
+                i += 4
+            while i < hi:
+                node = 0
+                for _ in range(depth):
+                    node = 2 * node + 1 + (1 if x[i, feat[node]] > thr[node] else 0)
+                out[i] += leaves[node - n_internal]
+                i += 1
     return out

@@ -145,23 +145,26 @@ class _ECDFDetector(Detector):
         from scipy.stats import skew
 
         ref = _reference_sample(x, int(self._param("max_reference")), seed=0)
-        self.sorted_ref_ = np.ascontiguousarray(np.sort(ref, axis=0).T)
+        self.ecdf_ = _kernels.build_ecdf(ref)
         sk = np.nan_to_num(skew(x, axis=0), nan=0.0)
         self.skew_sign_ = np.sign(sk).astype(np.float64)
         self.reference_scores_ = self._score(x)
 
+    def _ecdf_score(self, x: np.ndarray, copod: bool) -> np.ndarray:
+        return np.asarray(_kernels.ecdf_outlier_scores(x, *self.ecdf_, self.skew_sign_, copod))
+
     def state(self) -> dict[str, np.ndarray]:
         return {
-            "sorted_ref": self.sorted_ref_,
+            "sorted_ref": self.ecdf_.sorted_ref,
             "skew_sign": self.skew_sign_,
             "reference_scores": self.reference_scores_,
         }
 
     def load_state(self, arrays: dict[str, np.ndarray]) -> None:
-        self.sorted_ref_ = np.ascontiguousarray(arrays["sorted_ref"])
+        self.ecdf_ = _kernels.build_ecdf(np.ascontiguousarray(arrays["sorted_ref"]).T)
         self.skew_sign_ = arrays["skew_sign"]
         self.reference_scores_ = arrays["reference_scores"]
-        self.n_features_ = self.sorted_ref_.shape[0]
+        self.n_features_ = self.ecdf_.sorted_ref.shape[0]
 
 
 class ECODDetector(_ECDFDetector):
@@ -170,8 +173,7 @@ class ECODDetector(_ECDFDetector):
     name = "ecod"
 
     def _score(self, x: np.ndarray) -> np.ndarray:
-        left, right = _kernels.tail_surprisal(x, self.sorted_ref_)
-        return np.asarray(_kernels.ecod_scores(left, right, self.skew_sign_))
+        return self._ecdf_score(x, copod=False)
 
 
 class COPODDetector(_ECDFDetector):
@@ -180,8 +182,7 @@ class COPODDetector(_ECDFDetector):
     name = "copod"
 
     def _score(self, x: np.ndarray) -> np.ndarray:
-        left, right = _kernels.tail_surprisal(x, self.sorted_ref_)
-        return np.asarray(_kernels.copod_scores(left, right, self.skew_sign_))
+        return self._ecdf_score(x, copod=True)
 
 
 class HBOSDetector(Detector):
@@ -270,33 +271,42 @@ class IForestDetector(Detector):
             n_jobs=1,
         ).fit(x)
         forest = model.detector_
-        roots, feats, thr, lefts, rights, values = [], [], [], [], [], []
-        offset = 0
-        for tree_idx, (est, est_features) in enumerate(
-            zip(forest.estimators_, forest.estimators_features_, strict=True)
-        ):
-            t = est.tree_
-            is_leaf = t.children_left < 0
-            leaf_value = forest._decision_path_lengths[tree_idx] + forest._average_path_length_per_tree[tree_idx] - 1.0
-            roots.append(offset)
-            feats.append(np.where(is_leaf, 0, np.asarray(est_features)[np.maximum(t.feature, 0)]))
-            thr.append(t.threshold)
-            lefts.append(np.where(is_leaf, -1, t.children_left + offset))
-            rights.append(np.where(is_leaf, -1, t.children_right + offset))
-            values.append(np.where(is_leaf, leaf_value, 0.0))
-            offset += t.node_count
-        self.roots_ = np.asarray(roots, dtype=np.int64)
-        self.feature_ = np.concatenate(feats).astype(np.int64)
-        self.threshold_ = np.concatenate(thr).astype(np.float64)
-        self.left_ = np.concatenate(lefts).astype(np.int64)
-        self.right_ = np.concatenate(rights).astype(np.int64)
-        self.leaf_value_ = np.concatenate(values).astype(np.float64)
-        self.denominator_ = np.array([len(roots) * _average_path_length(np.array([forest._max_samples]))[0]])
+        depth = max(1, max(est.tree_.max_depth for est in forest.estimators_))
+        n_internal = 2**depth - 1
+        n_trees = len(forest.estimators_)
+        feature = np.zeros((n_trees, n_internal), dtype=np.int32)
+        threshold = np.full((n_trees, n_internal), np.inf, dtype=np.float32)
+        leaf_value = np.zeros((n_trees, n_internal + 1), dtype=np.float64)
+        for t, (est, est_features) in enumerate(zip(forest.estimators_, forest.estimators_features_, strict=True)):
+            tree = est.tree_
+            values = forest._decision_path_lengths[t] + forest._average_path_length_per_tree[t] - 1.0
+            columns = np.asarray(est_features)
+            # float32 x <= float64 t  <=>  float32 x <= (t rounded down to float32): exactly scikit-learn's split
+            thr32 = tree.threshold.astype(np.float32)
+            thr32 = np.where(thr32.astype(np.float64) > tree.threshold, np.nextafter(thr32, np.float32(-np.inf)), thr32)
+            stack = [(0, 0, 0)]  # (scikit-learn node, heap node, level)
+            while stack:
+                node, heap, level = stack.pop()
+                if level == depth:
+                    leaf_value[t, heap - n_internal] = values[node]
+                    continue
+                left, right = tree.children_left[node], tree.children_right[node]
+                if left < 0:  # a leaf above full depth: both sides continue to the same leaf value
+                    stack.append((node, 2 * heap + 1, level + 1))
+                    stack.append((node, 2 * heap + 2, level + 1))
+                    continue
+                feature[t, heap] = columns[tree.feature[node]]
+                threshold[t, heap] = thr32[node]
+                stack.append((left, 2 * heap + 1, level + 1))
+                stack.append((right, 2 * heap + 2, level + 1))
+        self.feature_, self.threshold_, self.leaf_value_ = feature, threshold, leaf_value
+        self.depth_ = depth
+        self.denominator_ = np.array([n_trees * _average_path_length(np.array([forest._max_samples]))[0]])
         self.reference_scores_ = self._score(x)
 
     def _score(self, x: np.ndarray) -> np.ndarray:
         depths = _kernels.forest_depths(
-            x, self.roots_, self.feature_, self.threshold_, self.left_, self.right_, self.leaf_value_
+            np.ascontiguousarray(x, dtype=np.float32), self.feature_, self.threshold_, self.leaf_value_, self.depth_
         )
         denominator = float(self.denominator_[0])
         if denominator == 0:
@@ -306,11 +316,8 @@ class IForestDetector(Detector):
 
     def state(self) -> dict[str, np.ndarray]:
         return {
-            "roots": self.roots_,
             "feature": self.feature_,
             "threshold": self.threshold_,
-            "left": self.left_,
-            "right": self.right_,
             "leaf_value": self.leaf_value_,
             "denominator": self.denominator_,
             "reference_scores": self.reference_scores_,
@@ -318,9 +325,9 @@ class IForestDetector(Detector):
         }
 
     def load_state(self, arrays: dict[str, np.ndarray]) -> None:
-        self.roots_, self.feature_, self.threshold_ = arrays["roots"], arrays["feature"], arrays["threshold"]
-        self.left_, self.right_, self.leaf_value_ = arrays["left"], arrays["right"], arrays["leaf_value"]
-        self.denominator_ = arrays["denominator"]
+        self.feature_, self.threshold_ = arrays["feature"], arrays["threshold"]
+        self.leaf_value_, self.denominator_ = arrays["leaf_value"], arrays["denominator"]
+        self.depth_ = int(np.log2(self.leaf_value_.shape[1]))
         self.reference_scores_ = arrays["reference_scores"]
         self.n_features_ = int(arrays["n_features"][0])
 

@@ -43,14 +43,19 @@ class AnomalyEnsemble:
             return np.asarray(surprisal.max(axis=1))
         return np.asarray(surprisal.mean(axis=1))
 
-    def detector_surprisal(self, x: np.ndarray) -> np.ndarray:
-        """Calibrated surprisal of each detector (rows x detectors)."""
+    def detector_surprisal(self, x: np.ndarray, raw: dict[int, np.ndarray] | None = None) -> np.ndarray:
+        """Calibrated surprisal of each detector (rows x detectors); ``raw`` holds raw scores already computed
+        for some detectors (by index)."""
         if not hasattr(self, "final_"):
             raise NotFittedError("AnomalyEnsemble is not fitted; call fit(matrix) first")
+        raw = raw or {}
         return np.column_stack(
-            [cal.surprisal(det.score_matrix(x)) for det, cal in zip(self.detectors, self.calibrators_, strict=True)]
+            [
+                cal.surprisal(raw[i] if i in raw else det.score_matrix(x))
+                for i, (det, cal) in enumerate(zip(self.detectors, self.calibrators_, strict=True))
+            ]
         )
 
-    def score(self, x: np.ndarray) -> np.ndarray:
+    def score(self, x: np.ndarray, raw: dict[int, np.ndarray] | None = None) -> np.ndarray:
         """``anomaly_score`` in [0, 1] for each row of the prepared matrix."""
-        return np.asarray(self.final_.probability(self._combine(self.detector_surprisal(x))))
+        return np.asarray(self.final_.probability(self._combine(self.detector_surprisal(x, raw))))

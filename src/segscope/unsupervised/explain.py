@@ -30,39 +30,55 @@ class FeatureExplainer:
         self.top_k = top_k
         self.max_reference = max_reference
 
-    def fit(self, x: np.ndarray, feature_names: list[str], expected: list[str]) -> Self:
-        ref = x
-        if x.shape[0] > self.max_reference:
-            idx = np.random.default_rng(1).choice(x.shape[0], size=self.max_reference, replace=False)
-            ref = x[np.sort(idx)]
-        self.sorted_ref_ = np.ascontiguousarray(np.sort(ref, axis=0).T)
+    def fit(
+        self, x: np.ndarray, feature_names: list[str], expected: list[str], ecdf: _kernels.ECDFTable | None = None
+    ) -> Self:
+        """Fit on the prepared reference ``x``; ``ecdf`` reuses a detector's ECDF (then both share lookups)."""
+        if ecdf is None:
+            ref = x
+            if x.shape[0] > self.max_reference:
+                idx = np.random.default_rng(1).choice(x.shape[0], size=self.max_reference, replace=False)
+                ref = x[np.sort(idx)]
+            ecdf = _kernels.build_ecdf(ref)
+        self.ecdf_ = ecdf
         self.feature_names_ = list(feature_names)
         self.expected_ = list(expected)
         return self
 
     def contributions(self, x: np.ndarray) -> np.ndarray:
         """Per-cell contribution (rows x features), >= 0."""
-        if not hasattr(self, "sorted_ref_"):
+        if not hasattr(self, "ecdf_"):
             raise NotFittedError("FeatureExplainer is not fitted; call fit(reference) first")
-        left, right = _kernels.tail_surprisal(x, self.sorted_ref_)
+        left, right = _kernels.tail_surprisal(x, *self.ecdf_)
         return np.asarray(np.maximum(np.maximum(left, right) - _LOG2, 0.0))
 
-    def explain(self, x: np.ndarray, values: pl.DataFrame, expected: np.ndarray | None = None) -> pl.Series:
-        """The ``reasons`` column for prepared rows ``x`` whose readable values are ``values``.
+    def explain(
+        self,
+        x: np.ndarray,
+        numeric_values: np.ndarray,
+        categorical_values: dict[int, pl.Series],
+        expected: np.ndarray | None = None,
+        top: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    ) -> pl.Series:
+        """The ``reasons`` column for prepared rows ``x``.
 
-        ``expected`` optionally gives a per-row expected value (rows x features), e.g. a segment's typical
-        values; by default the fit-time values are used.
+        ``numeric_values`` (rows x features, NaN = missing) and ``categorical_values`` (feature index -> strings)
+        are the readable values (see ``FeaturePreparer.readable_values``). ``expected`` optionally gives per-row
+        expected values (rows x features, strings), e.g. a segment's typical values; by default the fit-time
+        values are used. ``top`` passes precomputed :func:`top_contributions` output.
         """
         n, d = x.shape
         k = min(self.top_k, d)
         if n == 0:
             return pl.Series("reasons", [], dtype=REASON_DTYPE)
-        contrib = self.contributions(x)
-        top = np.argpartition(-contrib, k - 1, axis=1)[:, :k] if k < d else np.tile(np.arange(d), (n, 1))
-        order = np.argsort(-np.take_along_axis(contrib, top, axis=1), axis=1, kind="stable")
-        top = np.take_along_axis(top, order, axis=1)
-        top_contrib = np.take_along_axis(contrib, top, axis=1)
-        totals = contrib.sum(axis=1, keepdims=True)
+        if not hasattr(self, "ecdf_"):
+            raise NotFittedError("FeatureExplainer is not fitted; call fit(reference) first")
+        if top is None:
+            top = self.top_contributions(x)[:3]
+        top_idx, top_contrib, totals = top
+        top = top_idx[:, :k].astype(np.int64)
+        top_contrib = top_contrib[:, :k]
+        totals = totals[:, None]
         share = np.divide(top_contrib, totals, out=np.zeros_like(top_contrib), where=totals > 0)
 
         flat_idx = top.reshape(-1)
@@ -71,27 +87,50 @@ class FeatureExplainer:
             exp = pl.Series("expected", self.expected_, dtype=pl.String).gather(flat_idx)
         else:
             exp = pl.Series("expected", np.take_along_axis(expected, top, axis=1).reshape(-1), dtype=pl.String)
-        value = (
-            values.select(pl.concat_list(pl.all()).alias("v"))
-            .with_columns(idx=pl.Series(top.astype(np.uint32)).reshape((n, k)).arr.to_list())
-            .select(pl.col("v").list.gather(pl.col("idx")))
-            .get_column("v")
-            .explode()
-            .alias("value")
-        )
-        flat = pl.DataFrame([names, value, exp, pl.Series("contribution", share.reshape(-1).round(4))])
+        value = _format_numbers(np.take_along_axis(numeric_values, top, axis=1).reshape(-1))
+        if categorical_values:
+            rows = np.repeat(np.arange(n), k)
+            for j, strings in categorical_values.items():
+                where = np.flatnonzero(flat_idx == j)
+                if where.size:
+                    value = value.scatter(where, strings.gather(rows[where]))
+        flat = pl.DataFrame([names, value.alias("value"), exp, pl.Series("contribution", share.reshape(-1).round(4))])
         return (
             flat.select(pl.struct(pl.all()).alias("reasons")).get_column("reasons").reshape((n, k)).cast(REASON_DTYPE)
         )
 
+    def top_contributions(
+        self, x: np.ndarray, skew_sign: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(top feature indices, their contributions, row totals, ECOD scores if ``skew_sign`` is given)."""
+        if not hasattr(self, "ecdf_"):
+            raise NotFittedError("FeatureExplainer is not fitted; call fit(reference) first")
+        k = min(self.top_k, x.shape[1])
+        with_ecod = skew_sign is not None
+        signs = skew_sign if skew_sign is not None else np.zeros(x.shape[1])
+        idx, val, total, ecod = _kernels.top_contributions(x, *self.ecdf_, k, signs, with_ecod)
+        return idx, val, total, ecod
+
     def state(self) -> dict[str, np.ndarray]:
-        return {"sorted_ref": self.sorted_ref_}
+        return {"sorted_ref": self.ecdf_.sorted_ref}
 
     @classmethod
     def from_state(
         cls, arrays: dict[str, np.ndarray], feature_names: list[str], expected: list[str], top_k: int
     ) -> FeatureExplainer:
         exp = cls(top_k=top_k)
-        exp.sorted_ref_ = np.ascontiguousarray(arrays["sorted_ref"])
+        exp.ecdf_ = _kernels.build_ecdf(np.ascontiguousarray(arrays["sorted_ref"]).T)
         exp.feature_names_, exp.expected_ = list(feature_names), list(expected)
         return exp
+
+
+def _format_numbers(values: np.ndarray) -> pl.Series:
+    """Short human form: integers without '.0', others with 6 significant digits, NaN as 'null'."""
+    v = pl.Series("value", values, dtype=pl.Float64)
+    return pl.select(
+        pl.when(v.is_nan())
+        .then(pl.lit("null"))
+        .when((v == v.round(0)) & (v.abs() < 1e15))
+        .then(v.cast(pl.Int64, strict=False).cast(pl.String))
+        .otherwise(v.round_sig_figs(6).cast(pl.String))
+    ).to_series()

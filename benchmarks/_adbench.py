@@ -1,0 +1,67 @@
+"""ADBench protocol helpers shared by the benchmark scripts (reads ../shared/data, never the package)."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from sklearn.model_selection import train_test_split
+
+ADBENCH_SETS = (
+    "kdd99_http",
+    "kdd99_smtp",
+    "unsw_nb15_backdoor",
+    "thyroid",
+    "annthyroid",
+    "cardio",
+    "satimage2",
+    "mammography",
+    "pendigits",
+)
+SEEDS = (1, 2, 3)
+
+
+def data_dir(arg: str | None = None) -> Path:
+    path = Path(arg or os.environ.get("SEGSCOPE_DATA", "../shared/data"))
+    if not path.is_dir():
+        raise SystemExit(f"data folder {path} not found; pass --data PATH (default ../shared/data)")
+    return path
+
+
+def load_set(data: Path, name: str) -> pl.DataFrame:
+    frame = pl.read_parquet(data / f"{name}.parquet")
+    return frame.select([c for c in frame.columns if c == "label" or frame[c].dtype.is_numeric()])
+
+
+def split(frame: pl.DataFrame, seed: int, max_rows: int = 10_000) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """ADBench: subsample to 10k rows if larger, then a 70/30 stratified split, per seed."""
+    rng = np.random.default_rng(seed)
+    if frame.height > max_rows:
+        frame = frame[np.sort(rng.choice(frame.height, size=max_rows, replace=False))]
+    idx = np.arange(frame.height)
+    tr, te = train_test_split(idx, test_size=0.3, stratify=frame["label"].to_numpy(), random_state=seed)
+    return frame[np.sort(tr)], frame[np.sort(te)]
+
+
+def n_labelled(frame_full_anomalies: int, ratio: float) -> int:
+    """ADBench: ceil(n_anomalies(full data) * 0.7 * gamma), at least one."""
+    return max(1, math.ceil(frame_full_anomalies * 0.7 * ratio))
+
+
+def published(data: Path, metric: str, setting: str = "unsupervised", ratio: str = "") -> dict[str, dict[str, float]]:
+    """{segscope_set: {method: value}} from baselines_adbench.csv."""
+    out: dict[str, dict[str, float]] = {}
+    with (data / "baselines_adbench.csv").open() as fh:
+        for row in csv.DictReader(fh):
+            if row["metric"] != metric or row["setting"] != setting or row["labeled_anomaly_ratio_pct"] != ratio:
+                continue
+            try:
+                value = float(row["value_pct"])
+            except ValueError:
+                continue
+            out.setdefault(row["segscope_set"], {})[row["method"]] = value
+    return out
