@@ -73,21 +73,19 @@ class FeatureExplainer:
             return pl.Series("reasons", [], dtype=REASON_DTYPE)
         if not hasattr(self, "ecdf_"):
             raise NotFittedError("FeatureExplainer is not fitted; call fit(reference) first")
-        if top is None:
-            top = self.top_contributions(x)[:3]
-        top_idx, top_contrib, totals = top
-        top = top_idx[:, :k].astype(np.int64)
+        top_idx, top_contrib, totals = top if top is not None else self.top_contributions(x)[:3]
+        cols = top_idx[:, :k].astype(np.int64)
         top_contrib = top_contrib[:, :k]
         totals = totals[:, None]
         share = np.divide(top_contrib, totals, out=np.zeros_like(top_contrib), where=totals > 0)
 
-        flat_idx = top.reshape(-1)
+        flat_idx = cols.reshape(-1)
         names = pl.Series("feature", self.feature_names_, dtype=pl.String).gather(flat_idx)
         if expected is None:
             exp = pl.Series("expected", self.expected_, dtype=pl.String).gather(flat_idx)
         else:
-            exp = pl.Series("expected", np.take_along_axis(expected, top, axis=1).reshape(-1), dtype=pl.String)
-        value = _format_numbers(np.take_along_axis(numeric_values, top, axis=1).reshape(-1))
+            exp = pl.Series("expected", np.take_along_axis(expected, cols, axis=1).reshape(-1), dtype=pl.String)
+        value = _format_numbers(np.take_along_axis(numeric_values, cols, axis=1).reshape(-1))
         if categorical_values:
             rows = np.repeat(np.arange(n), k)
             for j, strings in categorical_values.items():
