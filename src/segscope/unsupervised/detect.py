@@ -398,14 +398,20 @@ class PyODDetector(Detector):
         model_name = params.pop("model", None)
         if not isinstance(model_name, str):
             raise ConfigError("the 'model' parameter of PyODDetector must name a PyOD class, e.g. 'LOF'")
-        module = importlib.import_module("pyod.models")
         import pkgutil
 
+        package = importlib.import_module("pyod.models")
+        # PyOD keeps each class in a module of its lower-case name (LOF in pyod.models.lof); search as a fallback,
+        # skipping modules whose own optional dependencies (torch, ...) are missing
+        names = [model_name.lower()] + [m.name for m in pkgutil.iter_modules(package.__path__)]
         cls = None
-        for info in pkgutil.iter_modules(module.__path__):
-            mod = importlib.import_module(f"pyod.models.{info.name}")
-            if hasattr(mod, model_name):
-                cls = getattr(mod, model_name)
+        for module_name in names:
+            try:
+                module = importlib.import_module(f"pyod.models.{module_name}")
+            except ImportError:
+                continue
+            if hasattr(module, model_name):
+                cls = getattr(module, model_name)
                 break
         if cls is None:
             raise ConfigError(f"PyOD has no detector class '{model_name}'; see pyod.models for the names")

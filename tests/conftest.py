@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from segscope import cli
+from segscope.config import SegscopeConfig
+from segscope.pipeline import Model
+from segscope.testing.data import make_transactions
+
+
+@pytest.fixture(scope="session")
+def history() -> pl.DataFrame:
+    return make_transactions(4000, seed=0)
+
+
+@pytest.fixture(scope="session")
+def new_records() -> pl.DataFrame:
+    return make_transactions(1500, seed=1)
+
+
+@pytest.fixture(scope="session")
+def config() -> SegscopeConfig:
+    return SegscopeConfig().with_features(id_column="txn_id", drop=("is_fraud",))
+
+
+@pytest.fixture(scope="session")
+def model(history: pl.DataFrame, config: SegscopeConfig) -> Model:
+    return Model(config).fit(history)
+
+
+@pytest.fixture(scope="session")
+def files(tmp_path_factory: pytest.TempPathFactory, history: pl.DataFrame, new_records: pl.DataFrame) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    history.write_parquet(root / "history.parquet")
+    new_records.write_parquet(root / "new.parquet")
+    new_records.write_csv(root / "new.csv")
+    new_records.write_ndjson(root / "new.ndjson")
+    return root
+
+
+@pytest.fixture(scope="session")
+def bundle(files: Path, model: Model) -> Path:
+    path = files / "bundle"
+    model.save(path)
+    return path
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def run_cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Callable[..., CliResult]:
+    """Run `segscope ARGS` in-process through the real entry point (exit code, stdout, stderr)."""
+
+    def run(*args: str | Path) -> CliResult:
+        monkeypatch.setattr(sys, "argv", ["segscope", *map(str, args)])
+        capsys.readouterr()
+        code = 0
+        try:
+            cli.main()
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
