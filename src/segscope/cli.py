@@ -42,7 +42,7 @@ TrustOpt = Annotated[
 @contextmanager
 def _steps() -> Iterator[Any]:
     with Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err, transient=False
+        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err, transient=True
     ) as progress:
         state: dict[str, Any] = {}
 
@@ -57,8 +57,15 @@ def _steps() -> Iterator[Any]:
 
 
 def _row_progress(total: int, label: str) -> Progress:
+    # transient: the bar disappears when done, so a failure leaves only the one-line error
     return Progress(
-        TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("rows"), TimeElapsedColumn(), console=err
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("rows"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
     )
 
 

@@ -264,7 +264,7 @@ class FeaturePreparer:
                 categorical[j] = pl.select(
                     pl.when(col.is_null())
                     .then(pl.lit("null"))
-                    .when(col.is_in(levels))
+                    .when(col.is_in(levels.implode()))
                     .then(col)
                     .otherwise(col + pl.lit(" (unseen)"))
                 ).to_series()

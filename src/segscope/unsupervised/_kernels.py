@@ -20,6 +20,7 @@ class ECDFTable(NamedTuple):
     bucket_start: np.ndarray  # (features, ECDF_BUCKETS + 1): count of reference values below each bucket edge
     low: np.ndarray  # (features,) smallest reference value
     inv_width: np.ndarray  # (features,) buckets per unit (0 for a constant column)
+    tail_width: np.ndarray  # (features, 2): spread of the lowest / highest 1% of the reference
 
 
 def build_ecdf(reference: np.ndarray) -> ECDFTable:
@@ -34,7 +35,12 @@ def build_ecdf(reference: np.ndarray) -> ECDFTable:
         if inv_width[j] > 0:
             edges = low[j] + np.arange(ECDF_BUCKETS + 1) / inv_width[j]
             bucket_start[j] = np.searchsorted(sorted_ref[j], edges, side="left")
-    return ECDFTable(sorted_ref, bucket_start, low, inv_width)
+    m = sorted_ref.shape[1]
+    q = max(1, int(0.01 * (m - 1)))
+    tails = np.column_stack([sorted_ref[:, q] - sorted_ref[:, 0], sorted_ref[:, -1] - sorted_ref[:, m - 1 - q]])
+    fallback = np.where(span > 0, span / max(m, 1), 1.0)[:, None]
+    tail_width = np.where(tails > 0, tails, fallback)
+    return ECDFTable(sorted_ref, bucket_start, low, inv_width, np.ascontiguousarray(tail_width))
 
 
 @nb.njit(cache=True, inline="always")
@@ -72,17 +78,38 @@ def _counts(ref: np.ndarray, starts: np.ndarray, low: float, inv_width: float, v
 
 
 @nb.njit(cache=True, inline="always")
+def _beyond(ref: np.ndarray, tail_width: np.ndarray, v: float) -> float:
+    """Extra surprisal of a value outside the reference range, growing with log(1 + distance / tail width):
+    without it every value past the largest seen would score the same as that largest value."""
+    m = ref.shape[0]
+    if v > ref[m - 1]:
+        return math.log1p((v - ref[m - 1]) / tail_width[1])
+    if v < ref[0]:
+        return math.log1p((ref[0] - v) / tail_width[0])
+    return 0.0
+
+
+@nb.njit(cache=True, inline="always")
 def _tails(
-    ref: np.ndarray, starts: np.ndarray, low: float, inv_width: float, v: float, log_m1: float
+    ref: np.ndarray, starts: np.ndarray, low: float, inv_width: float, tail_width: np.ndarray, v: float, log_m1: float
 ) -> tuple[float, float]:
-    """Left and right tail surprisal of ``v``: -log P(ref <= v), -log P(ref >= v), smoothed (count+1)/(m+1)."""
+    """Left and right tail surprisal of ``v``: -log P(ref <= v), -log P(ref >= v), smoothed (count+1)/(m+1),
+    plus :func:`_beyond` on the side where ``v`` leaves the reference range."""
     le, lt = _counts(ref, starts, low, inv_width, v)
-    return log_m1 - math.log(le + 1.0), log_m1 - math.log(ref.shape[0] - lt + 1.0)
+    extra = _beyond(ref, tail_width, v)
+    ul = log_m1 - math.log(le + 1.0) + (extra if le == 0 else 0.0)
+    ur = log_m1 - math.log(ref.shape[0] - lt + 1.0) + (extra if lt == ref.shape[0] else 0.0)
+    return ul, ur
 
 
 @nb.njit(cache=True, parallel=True)
 def tail_surprisal(
-    x: np.ndarray, sorted_ref: np.ndarray, starts: np.ndarray, low: np.ndarray, inv_width: np.ndarray
+    x: np.ndarray,
+    sorted_ref: np.ndarray,
+    starts: np.ndarray,
+    low: np.ndarray,
+    inv_width: np.ndarray,
+    tail_width: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Left and right tail surprisal per cell."""
     n, d = x.shape
@@ -91,7 +118,9 @@ def tail_surprisal(
     right = np.empty((n, d))
     for i in nb.prange(n):
         for j in range(d):
-            left[i, j], right[i, j] = _tails(sorted_ref[j], starts[j], low[j], inv_width[j], x[i, j], log_m1)
+            left[i, j], right[i, j] = _tails(
+                sorted_ref[j], starts[j], low[j], inv_width[j], tail_width[j], x[i, j], log_m1
+            )
     return left, right
 
 
@@ -105,6 +134,7 @@ def ecdf_outlier_scores(
     starts: np.ndarray,
     low: np.ndarray,
     inv_width: np.ndarray,
+    tail_width: np.ndarray,
     skew_sign: np.ndarray,
     copod: bool,
 ) -> np.ndarray:
@@ -121,20 +151,23 @@ def ecdf_outlier_scores(
         lo = b * _ECDF_BLOCK
         hi = min(n, lo + _ECDF_BLOCK)
         for j in range(d):
-            ref, st, lw, iw = sorted_ref[j], starts[j], low[j], inv_width[j]
+            ref, st, lw, iw, tw = sorted_ref[j], starts[j], low[j], inv_width[j], tail_width[j]
             s = skew_sign[j]
             m = ref.shape[0]
             for i in range(lo, hi):
-                le, lt = _counts(ref, st, lw, iw, x[i, j])
+                v = x[i, j]
+                le, lt = _counts(ref, st, lw, iw, v)
                 cl, cr = le + 1.0, m - lt + 1.0  # smoothed left / right tail counts
+                extra = _beyond(ref, tw, v)
                 if copod:
-                    ul, ur = log_m1 - math.log(cl), log_m1 - math.log(cr)
+                    ul = log_m1 - math.log(cl) + (extra if le == 0 else 0.0)
+                    ur = log_m1 - math.log(cr) + (extra if lt == m else 0.0)
                     uskew = ul if s < 0 else (ur if s > 0 else ul + ur)
                     out[i] += max(uskew, 0.5 * (ul + ur))
                 elif s == 0:  # ECOD with a symmetric column: both tails add up (one log)
-                    out[i] += 2.0 * log_m1 - math.log(cl * cr)
+                    out[i] += 2.0 * log_m1 - math.log(cl * cr) + extra
                 else:  # max(left, right, skew tail) = the smaller tail count's surprisal (one log)
-                    out[i] += log_m1 - math.log(min(cl, cr))
+                    out[i] += log_m1 - math.log(min(cl, cr)) + extra
     return out
 
 
@@ -145,6 +178,7 @@ def top_contributions(
     starts: np.ndarray,
     low: np.ndarray,
     inv_width: np.ndarray,
+    tail_width: np.ndarray,
     k: int,
     skew_sign: np.ndarray,
     with_ecod: bool,
@@ -164,15 +198,17 @@ def top_contributions(
         lo = b * _ECDF_BLOCK
         hi = min(n, lo + _ECDF_BLOCK)
         for j in range(d):
-            ref, st, lw, iw = sorted_ref[j], starts[j], low[j], inv_width[j]
+            ref, st, lw, iw, tw = sorted_ref[j], starts[j], low[j], inv_width[j], tail_width[j]
             m = ref.shape[0]
             symmetric = skew_sign[j] == 0
             for i in range(lo, hi):
-                le, lt = _counts(ref, st, lw, iw, x[i, j])
+                v = x[i, j]
+                le, lt = _counts(ref, st, lw, iw, v)
                 cl, cr = le + 1.0, m - lt + 1.0
-                u = log_m1 - math.log(min(cl, cr))
+                extra = _beyond(ref, tw, v)
+                u = log_m1 - math.log(min(cl, cr)) + extra
                 if with_ecod:
-                    ecod[i] += 2.0 * log_m1 - math.log(cl * cr) if symmetric else u
+                    ecod[i] += 2.0 * log_m1 - math.log(cl * cr) + extra if symmetric else u
                 c = max(u - log2, 0.0)
                 total[i] += c
                 if c > val[i, k - 1]:  # insert into the row's descending top-k list

@@ -125,10 +125,15 @@ class FeatureExplainer:
 def _format_numbers(values: np.ndarray) -> pl.Series:
     """Short human form: integers without '.0', others with 6 significant digits, NaN as 'null'."""
     v = pl.Series("value", values, dtype=pl.Float64)
-    return pl.select(
+    out = pl.select(
         pl.when(v.is_nan())
         .then(pl.lit("null"))
         .when((v == v.round(0)) & (v.abs() < 1e15))
         .then(v.cast(pl.Int64, strict=False).cast(pl.String))
         .otherwise(v.round_sig_figs(6).cast(pl.String))
     ).to_series()
+    magnitude = np.abs(values)
+    odd = np.flatnonzero((magnitude >= 1e15) | ((magnitude < 1e-4) & (magnitude > 0)))  # rare: Python formats them
+    if odd.size:
+        out = out.scatter(odd, pl.Series([f"{values[i]:.6g}" for i in odd], dtype=pl.String))
+    return out
