@@ -103,6 +103,10 @@ class FileSink:
 
     def abort(self) -> None:
         if hasattr(self, "handle_"):
+            if self.parquet_writer_ is not None:
+                with contextlib.suppress(Exception):
+                    self.parquet_writer_.close()
+                self.parquet_writer_ = None
             with contextlib.suppress(OSError):
                 self.handle_.close()
             with contextlib.suppress(OSError):
