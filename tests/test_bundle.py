@@ -25,7 +25,8 @@ def test_manifest_contents(bundle: Path, model: Model) -> None:
     assert manifest["label_snapshot"] is None
     assert manifest["executes_code"] == []
     for rel, digest in manifest["files"].items():
-        assert (bundle / rel).is_file() and len(digest) == 64
+        assert (bundle / rel).is_file()
+        assert len(digest) == 64
     # artifacts are NumPy archives without pickled objects
     for npz in (bundle / "arrays").glob("*.npz"):
         with np.load(npz, allow_pickle=False) as data:

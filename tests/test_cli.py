@@ -45,10 +45,13 @@ def test_fit_score_evaluate_inspect(run_cli, files: Path, tmp_path: Path) -> Non
     evaluate = run_cli("evaluate", files / "new.parquet", "--bundle", bundle, "--label-column", "is_fraud", "--json")
     assert evaluate.code == 0, evaluate.err
     metrics = json.loads(evaluate.out)
-    assert metrics["aucroc"] > 0.9 and 0 <= metrics["aucpr"] <= 1
+    assert metrics["aucroc"] > 0.9
+    assert 0 <= metrics["aucpr"] <= 1
     assert {"precision_at_10", "alert_precision", "alert_recall"} <= set(metrics)
     inspect = run_cli("inspect", bundle)
-    assert inspect.code == 0 and "checksums OK" in inspect.out and "iforest" in inspect.out
+    assert inspect.code == 0
+    assert "checksums OK" in inspect.out
+    assert "iforest" in inspect.out
 
 
 @pytest.mark.parametrize("name", ["out.csv", "out.ndjson", "out.parquet"])
@@ -57,7 +60,8 @@ def test_output_format_by_extension(run_cli, files: Path, bundle: Path, tmp_path
     assert run_cli("score", files / "new.csv", "--bundle", bundle, "--out", out).code == 0
     reader = {".csv": pl.read_csv, ".ndjson": pl.read_ndjson, ".parquet": pl.read_parquet}[out.suffix]
     frame = reader(out)
-    assert frame.height == 1500 and "reasons" in frame.columns
+    assert frame.height == 1500
+    assert "reasons" in frame.columns
     if out.suffix == ".csv":
         assert json.loads(frame["reasons"][0])[0].keys() == {"feature", "value", "expected", "contribution"}
 
@@ -66,14 +70,16 @@ def test_stdout_is_ndjson(run_cli, files: Path, bundle: Path) -> None:
     result = run_cli("score", files / "new.ndjson", "--bundle", bundle, "--out", "-")
     assert result.code == 0
     records = [json.loads(line) for line in result.out.splitlines()]
-    assert len(records) == 1500 and set(SCORED_COLUMNS) <= set(records[0])
+    assert len(records) == 1500
+    assert set(SCORED_COLUMNS) <= set(records[0])
 
 
 def test_input_formats_give_the_same_scores(model, files: Path) -> None:
     from segscope.pipeline import iter_scored
 
     scores = {ext: pl.concat(iter_scored(model, files / f"new.{ext}"))["score"] for ext in ("parquet", "csv", "ndjson")}
-    assert scores["csv"].equals(scores["parquet"]) and scores["ndjson"].equals(scores["parquet"])
+    assert scores["csv"].equals(scores["parquet"])
+    assert scores["ndjson"].equals(scores["parquet"])
 
 
 def test_real_process_exit_code_and_no_traceback(files: Path, tmp_path: Path) -> None:
@@ -81,10 +87,13 @@ def test_real_process_exit_code_and_no_traceback(files: Path, tmp_path: Path) ->
     empty.write_text("")
     proc = subprocess.run(
         [sys.executable, "-m", "segscope.cli", "fit", str(empty), "--bundle", str(tmp_path / "b")],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip().startswith("error:") and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().startswith("error:")
+    assert "Traceback" not in proc.stderr
     assert not (tmp_path / "b").exists()
 
 
@@ -94,7 +103,8 @@ def test_empty_file(run_cli, tmp_path: Path, bundle: Path) -> None:
     empty.write_bytes(b"")
     _one_line_error(run_cli("fit", empty, "--bundle", tmp_path / "b"), "the file is empty")
     _one_line_error(run_cli("score", empty, "--bundle", bundle, "--out", tmp_path / "o.parquet"), "empty")
-    assert not (tmp_path / "b").exists() and not (tmp_path / "o.parquet").exists()
+    assert not (tmp_path / "b").exists()
+    assert not (tmp_path / "o.parquet").exists()
 
 
 def test_header_only_csv(run_cli, tmp_path: Path) -> None:
@@ -174,10 +184,14 @@ def test_garbage_in_numeric_column_at_fit(run_cli, tmp_path: Path) -> None:
 def test_nan_is_missing_but_inf_is_refused(run_cli, files: Path, bundle: Path, tmp_path: Path) -> None:
     frame = pl.read_parquet(files / "new.parquet")
     nan = tmp_path / "nan.parquet"
-    frame.with_columns(pl.when(pl.int_range(pl.len()) < 5).then(float("nan")).otherwise(pl.col("amount")).alias("amount")).write_parquet(nan)
+    frame.with_columns(
+        pl.when(pl.int_range(pl.len()) < 5).then(float("nan")).otherwise(pl.col("amount")).alias("amount")
+    ).write_parquet(nan)
     assert run_cli("score", nan, "--bundle", bundle, "--out", tmp_path / "ok.parquet").code == 0
     inf = tmp_path / "inf.parquet"
-    frame.with_columns(pl.when(pl.int_range(pl.len()) == 7).then(float("inf")).otherwise(pl.col("amount")).alias("amount")).write_parquet(inf)
+    frame.with_columns(
+        pl.when(pl.int_range(pl.len()) == 7).then(float("inf")).otherwise(pl.col("amount")).alias("amount")
+    ).write_parquet(inf)
     out = tmp_path / "o.parquet"
     _one_line_error(run_cli("score", inf, "--bundle", bundle, "--out", out), "infinite value at row 7")
     assert not out.exists()
@@ -189,12 +203,15 @@ def test_nan_is_missing_but_inf_is_refused(run_cli, files: Path, bundle: Path, t
 def test_huge_values_are_scored_as_extreme(run_cli, files: Path, bundle: Path, tmp_path: Path) -> None:
     frame = pl.read_parquet(files / "new.parquet").head(20)
     path = tmp_path / "huge.parquet"
-    frame.with_columns(pl.when(pl.int_range(pl.len()) == 3).then(1e300).otherwise(pl.col("amount")).alias("amount")).write_parquet(path)
+    frame.with_columns(
+        pl.when(pl.int_range(pl.len()) == 3).then(1e300).otherwise(pl.col("amount")).alias("amount")
+    ).write_parquet(path)
     out = tmp_path / "o.parquet"
     assert run_cli("score", path, "--bundle", bundle, "--out", out).code == 0
     scored = pl.read_parquet(out)
     assert scored["score"][3] == scored["score"].max()
-    assert scored["reasons"][3][0]["feature"] == "amount" and scored["reasons"][3][0]["value"] == "1e+300"
+    assert scored["reasons"][3][0]["feature"] == "amount"
+    assert scored["reasons"][3][0]["value"] == "1e+300"
 
 
 def test_duplicate_ids(run_cli, files: Path, bundle: Path, tmp_path: Path) -> None:
@@ -204,9 +221,7 @@ def test_duplicate_ids(run_cli, files: Path, bundle: Path, tmp_path: Path) -> No
     out = tmp_path / "o.parquet"
     _one_line_error(run_cli("score", path, "--bundle", bundle, "--out", out), "duplicate values", "t01-0000010")
     assert not out.exists()
-    _one_line_error(
-        run_cli("fit", path, "--bundle", tmp_path / "b", "--id-column", "txn_id"), "duplicate values"
-    )
+    _one_line_error(run_cli("fit", path, "--bundle", tmp_path / "b", "--id-column", "txn_id"), "duplicate values")
 
 
 def test_bundle_from_a_newer_format(run_cli, files: Path, bundle: Path, tmp_path: Path) -> None:
@@ -224,22 +239,31 @@ def test_bundle_from_a_newer_format(run_cli, files: Path, bundle: Path, tmp_path
 def test_missing_bundle_and_bad_config(run_cli, files: Path, tmp_path: Path) -> None:
     _one_line_error(
         run_cli("score", files / "new.parquet", "--bundle", tmp_path / "none", "--out", tmp_path / "o.csv"),
-        "does not exist", "segscope fit",
+        "does not exist",
+        "segscope fit",
     )
     cfg = tmp_path / "c.toml"
     cfg.write_text('[[detectors]]\nname = "nope"\n')
-    _one_line_error(run_cli("fit", files / "history.parquet", "--bundle", tmp_path / "b", "--config", cfg), "detectors.0.name")
+    _one_line_error(
+        run_cli("fit", files / "history.parquet", "--bundle", tmp_path / "b", "--config", cfg), "detectors.0.name"
+    )
 
 
 def test_label_column_checks(run_cli, files: Path, bundle: Path) -> None:
-    _one_line_error(run_cli("evaluate", files / "new.parquet", "--bundle", bundle, "--label-column", "nope"), "not found")
+    _one_line_error(
+        run_cli("evaluate", files / "new.parquet", "--bundle", bundle, "--label-column", "nope"), "not found"
+    )
 
 
 def test_demo_runs(run_cli, tmp_path: Path) -> None:
     result = run_cli("demo", "--out-dir", tmp_path / "demo", "--rows", "5000")
     assert result.code == 0, result.err
-    assert "top" in result.out and "AUCROC" in result.out
-    assert (tmp_path / "demo" / "scored.parquet").is_file() and (tmp_path / "demo" / "bundle" / "manifest.json").is_file()
+    assert "top" in result.out
+    assert "AUCROC" in result.out
+    assert (tmp_path / "demo" / "scored.parquet").is_file()
+    assert (
+        tmp_path / "demo" / "bundle" / "manifest.json"
+    ).is_file()
 
 
 def test_make_transactions_is_deterministic() -> None:

@@ -17,7 +17,8 @@ def test_there_are_example_configs() -> None:
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_example_config_loads(path: Path) -> None:
     cfg = load_config(path)
-    assert isinstance(cfg, SegscopeConfig) and cfg.detectors
+    assert isinstance(cfg, SegscopeConfig)
+    assert cfg.detectors
 
 
 def test_default_toml_is_the_default() -> None:

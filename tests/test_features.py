@@ -11,16 +11,18 @@ from segscope.features.prepare import FeaturePreparer
 
 
 def _frame() -> pl.DataFrame:
-    return pl.DataFrame({
-        "id": [1, 2, 3, 4, 5, 6],
-        "amount": [1.0, 2.0, None, 4.0, float("nan"), 6.0],
-        "kind": ["a", "a", "a", "b", None, "a"],
-        "flag": [True, False, True, True, False, True],
-        "when": [datetime(2026, 1, d, h) for d, h in [(1, 1), (2, 5), (3, 9), (4, 13), (5, 17), (6, 21)]],
-        "constant": [7, 7, 7, 7, 7, 7],
-        "empty": pl.Series([None] * 6, dtype=pl.Float64),
-        "label": [0, 0, 0, 0, 0, 1],
-    })
+    return pl.DataFrame(
+        {
+            "id": [1, 2, 3, 4, 5, 6],
+            "amount": [1.0, 2.0, None, 4.0, float("nan"), 6.0],
+            "kind": ["a", "a", "a", "b", None, "a"],
+            "flag": [True, False, True, True, False, True],
+            "when": [datetime(2026, 1, d, h) for d, h in [(1, 1), (2, 5), (3, 9), (4, 13), (5, 17), (6, 21)]],
+            "constant": [7, 7, 7, 7, 7, 7],
+            "empty": pl.Series([None] * 6, dtype=pl.Float64),
+            "label": [0, 0, 0, 0, 0, 1],
+        }
+    )
 
 
 def test_schema_inference_and_derived_features() -> None:
@@ -28,7 +30,12 @@ def test_schema_inference_and_derived_features() -> None:
     kinds = {c.name: c.kind for c in prep.schema_.columns}
     assert kinds == {"amount": "numeric", "kind": "categorical", "flag": "boolean", "when": "datetime"}
     assert prep.schema_.features == (
-        "amount", "amount__missing", "kind", "flag", "when__hour", "when__weekday",
+        "amount",
+        "amount__missing",
+        "kind",
+        "flag",
+        "when__hour",
+        "when__weekday",
     )
     assert prep.dropped_ == {"constant": "constant (one value only)", "empty": "all values are null"}
 
@@ -37,9 +44,11 @@ def test_transform_is_robust_scaled_rarity_encoded_and_imputed() -> None:
     frame = _frame()
     prep = FeaturePreparer(id_column="id", drop=("label",)).fit(frame)
     x = prep.transform(prep.validate(frame))
-    assert x.shape == (6, 6) and x.dtype == np.float64
+    assert x.shape == (6, 6)
+    assert x.dtype == np.float64
     amount = x[:, 0]
-    assert amount[2] == 0.0 and amount[4] == 0.0  # null and NaN imputed at the median (0 after centring)
+    assert amount[2] == 0.0
+    assert amount[4] == 0.0
     np.testing.assert_array_equal(x[:, 1], [0, 0, 1, 0, 1, 0])  # missing indicator
     rarity = x[:, 2]
     assert rarity[3] > rarity[0]  # "b" is rarer than "a"
@@ -62,7 +71,8 @@ def test_huge_values_are_clipped_not_overflowing() -> None:
     prep = FeaturePreparer(id_column="id", drop=("label",)).fit(frame)
     huge = frame.head(1).with_columns(pl.lit(1e300).alias("amount"))
     x = prep.transform(prep.validate(huge))
-    assert np.isfinite(x).all() and x[0, 0] == prep.clip
+    assert np.isfinite(x).all()
+    assert x[0, 0] == prep.clip
 
 
 def test_missing_column_at_score_time_is_refused() -> None:
@@ -81,9 +91,7 @@ def test_wrong_type_at_score_time_names_the_value() -> None:
 def test_numeric_strings_are_cast() -> None:
     prep = FeaturePreparer(id_column="id", drop=("label",)).fit(_frame())
     as_text = _frame().with_columns(pl.col("amount").cast(pl.String))
-    np.testing.assert_array_equal(
-        prep.transform(prep.validate(as_text)), prep.transform(prep.validate(_frame()))
-    )
+    np.testing.assert_array_equal(prep.transform(prep.validate(as_text)), prep.transform(prep.validate(_frame())))
 
 
 def test_infinite_values_are_refused() -> None:
@@ -117,7 +125,8 @@ def test_unknown_drop_column() -> None:
 def test_identifier_like_strings_are_dropped() -> None:
     frame = pl.DataFrame({"ref": [f"r{i}" for i in range(50)], "v": np.arange(50.0)})
     prep = FeaturePreparer(max_categories=10).fit(frame)
-    assert "ref" in prep.dropped_ and prep.schema_.features == ("v",)
+    assert "ref" in prep.dropped_
+    assert prep.schema_.features == ("v",)
 
 
 def test_state_round_trip() -> None:

@@ -19,12 +19,16 @@ def test_scored_columns_types_and_ranges(model: Model, new_records: pl.DataFrame
     assert scored.columns == [*new_records.columns, *SCORED_COLUMNS]
     assert scored.select(new_records.columns).equals(new_records)  # input columns untouched
     schema = scored.schema
-    assert schema["score"] == pl.Float64 and schema["anomaly_score"] == pl.Float64
-    assert schema["supervised_score"] == pl.Float64 and scored["supervised_score"].null_count() == scored.height
+    assert schema["score"] == pl.Float64
+    assert schema["anomaly_score"] == pl.Float64
+    assert schema["supervised_score"] == pl.Float64
+    assert scored["supervised_score"].null_count() == scored.height
     assert schema["is_alert"] == pl.Boolean
-    assert schema["segment"] == pl.Int32 and (scored["segment"] == -1).all()
+    assert schema["segment"] == pl.Int32
+    assert (scored["segment"] == -1).all()
     assert schema["reasons"] == REASON_DTYPE
-    assert schema["model_version"] == pl.String and (scored["model_version"] == model.version).all()
+    assert schema["model_version"] == pl.String
+    assert (scored["model_version"] == model.version).all()
     assert scored["anomaly_score"].is_between(0.0, 1.0).all()
     assert scored["score"].equals(scored["anomaly_score"])
 
@@ -36,21 +40,24 @@ def test_planted_fraud_ranks_high(model: Model, new_records: pl.DataFrame) -> No
 
 
 def test_reasons_name_the_planted_feature(model: Model) -> None:
-    frame = pl.DataFrame({
-        "txn_id": ["a", "b"],
-        "ts": pl.Series(["2026-02-01 13:00:00", "2026-02-01 14:00:00"]).str.to_datetime(),
-        "amount": [35.0, 90_000.0],
-        "merchant_category": ["grocery", "grocery"],
-        "country": ["US", "US"],
-        "card_present": [True, True],
-        "n_txn_24h": [3, 3],
-        "distance_km": [5.0, 5.0],
-        "is_fraud": [0, 1],
-    })
+    frame = pl.DataFrame(
+        {
+            "txn_id": ["a", "b"],
+            "ts": pl.Series(["2026-02-01 13:00:00", "2026-02-01 14:00:00"]).str.to_datetime(),
+            "amount": [35.0, 90_000.0],
+            "merchant_category": ["grocery", "grocery"],
+            "country": ["US", "US"],
+            "card_present": [True, True],
+            "n_txn_24h": [3, 3],
+            "distance_km": [5.0, 5.0],
+            "is_fraud": [0, 1],
+        }
+    )
     scored = model.score(frame)
     assert scored["score"][1] > scored["score"][0]
     top = scored["reasons"][1][0]
-    assert top["feature"] == "amount" and top["value"] == "90000"
+    assert top["feature"] == "amount"
+    assert top["value"] == "90000"
     assert float(top["expected"]) == pytest.approx(float(model.preparer_.expected_["amount"]))
     assert 0 < top["contribution"] <= 1
 
@@ -59,7 +66,8 @@ def test_unseen_category_is_scored_with_a_reason(model: Model, new_records: pl.D
     frame = new_records.head(3).with_columns(pl.lit("XX-never-seen").alias("country"))
     reasons = model.score(frame)["reasons"].to_list()
     values = [r["value"] for row in reasons for r in row if r["feature"] == "country"]
-    assert values and all(v == "XX-never-seen (unseen)" for v in values)
+    assert values
+    assert all(v == "XX-never-seen (unseen)" for v in values)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -143,4 +151,5 @@ def test_model_must_be_fitted(new_records: pl.DataFrame) -> None:
 
 def test_empty_frame_scores_to_empty(model: Model, new_records: pl.DataFrame) -> None:
     scored = model.score(new_records.head(0))
-    assert scored.height == 0 and scored.columns == [*new_records.columns, *SCORED_COLUMNS]
+    assert scored.height == 0
+    assert scored.columns == [*new_records.columns, *SCORED_COLUMNS]

@@ -25,8 +25,9 @@ def test_write_batches_round_trip_and_atomic_failure(tmp_path: Path, ext: str) -
     frame = pl.DataFrame({"a": [1, 2, 3], "b": ["x", "y", "z"]})
     out = tmp_path / f"out.{ext}"
     assert write_batches(iter([frame, frame]), frame.schema, out) == 6
-    assert pl.concat([frame, frame]).equals({"parquet": pl.read_parquet, "csv": pl.read_csv,
-                                             "ndjson": pl.read_ndjson}[ext](out))
+    assert pl.concat([frame, frame]).equals(
+        {"parquet": pl.read_parquet, "csv": pl.read_csv, "ndjson": pl.read_ndjson}[ext](out)
+    )
 
     def failing() -> Iterator[pl.DataFrame]:
         yield frame
@@ -56,7 +57,8 @@ def test_list_sink() -> None:
     sink.write(pl.DataFrame({"a": [1]}))
     sink.write(pl.DataFrame({"a": [2]}))
     sink.close()
-    assert sink.closed and sink.frame()["a"].to_list() == [1, 2]
+    assert sink.closed
+    assert sink.frame()["a"].to_list() == [1, 2]
 
 
 def test_errors(tmp_path: Path) -> None:

@@ -52,13 +52,15 @@ def check_score_shape_and_frame_api(det: Detector) -> None:
     frame = pl.DataFrame(x, schema=[f"c{i}" for i in range(x.shape[1])])
     det.fit(frame)
     scores = det.score(frame)
-    assert isinstance(scores, pl.Series) and scores.len() == frame.height
-    assert scores.dtype == pl.Float64 and scores.is_finite().all()
+    assert isinstance(scores, pl.Series)
+    assert scores.len() == frame.height
+    assert scores.dtype == pl.Float64
+    assert scores.is_finite().all()
     assert det.reference_scores_.shape == (frame.height,)
 
 
 def check_higher_is_more_anomalous(det: Detector) -> None:
-    x, y = planted_matrix()
+    x, _y = planted_matrix()
     det.fit_matrix(x)
     test, labels = planted_matrix(seed=1)
     auc = roc_auc_score(labels, det.score_matrix(test))
