@@ -409,8 +409,47 @@ def score_file(
         sink.close()
     else:
         detect_format(out)
-        write_batches(batches(), scored_schema(model, scan_file(path).collect_schema()), out)
+        schema = scored_schema(model, scan_file(path).collect_schema())
+        write_batches(_prefetch(batches()), schema, out)
     return ScoreSummary(rows=counts["rows"], alerts=counts["alerts"], seconds=time.perf_counter() - start, out=str(out))
+
+
+def _prefetch(items: Iterator[pl.DataFrame], depth: int = 2) -> Iterator[pl.DataFrame]:
+    """Run ``items`` one step ahead in a thread, so scoring the next batch overlaps writing the last one
+    (the compiled kernels and Polars' writer release the GIL). Errors re-raise in the consumer."""
+    import queue
+    import threading
+
+    slots: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                slots.put(("item", item))
+            slots.put(("done", None))
+        except BaseException as exc:  # handed to the consumer
+            slots.put(("error", exc))
+
+    worker = threading.Thread(target=produce, name="segscope-score", daemon=True)
+    worker.start()
+    try:
+        while True:
+            kind, value = slots.get()
+            if kind == "done":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                slots.get_nowait()
+            except queue.Empty:
+                worker.join(timeout=0.05)
 
 
 def scored_schema(model: Model, input_schema: pl.Schema) -> pl.Schema:

@@ -9,7 +9,7 @@ from typing import NamedTuple
 import numba as nb
 import numpy as np
 
-ECDF_BUCKETS = 2048
+ECDF_BUCKETS = 16384
 
 
 class ECDFTable(NamedTuple):
@@ -30,7 +30,7 @@ def build_ecdf(reference: np.ndarray) -> ECDFTable:
     low = sorted_ref[:, 0].copy()
     span = sorted_ref[:, -1] - low
     inv_width = np.where(span > 0, ECDF_BUCKETS / np.where(span > 0, span, 1.0), 0.0)
-    bucket_start = np.zeros((d, ECDF_BUCKETS + 1), dtype=np.int64)
+    bucket_start = np.zeros((d, ECDF_BUCKETS + 1), dtype=np.int32)
     for j in range(d):
         if inv_width[j] > 0:
             edges = low[j] + np.arange(ECDF_BUCKETS + 1) / inv_width[j]
@@ -53,10 +53,14 @@ def _counts(ref: np.ndarray, starts: np.ndarray, low: float, inv_width: float, v
         return m, m
     lo, hi = 0, m
     if inv_width > 0.0:
-        k = int((v - low) * inv_width)
-        # one bucket of slack on each side absorbs rounding in the bucket arithmetic
-        lo = starts[max(k - 1, 0)]
-        hi = starts[min(k + 2, ECDF_BUCKETS)] if k + 2 <= ECDF_BUCKETS else m
+        k = min(int((v - low) * inv_width), ECDF_BUCKETS - 1)
+        lo = starts[k]
+        hi = starts[k + 1] if k + 1 < ECDF_BUCKETS else m
+        # rounding in the bucket arithmetic can put v one bucket off: widen until the range is right
+        while lo > 0 and ref[lo - 1] > v:
+            lo -= 1
+        while hi < m and ref[hi] <= v:
+            hi += 1
     a, b = lo, hi
     while a < b:  # first index with ref > v
         mid = (a + b) >> 1
@@ -102,7 +106,7 @@ def _tails(
     return ul, ur
 
 
-@nb.njit(cache=True, parallel=True)
+@nb.njit(cache=True, parallel=True, nogil=True)
 def tail_surprisal(
     x: np.ndarray,
     sorted_ref: np.ndarray,
@@ -127,7 +131,7 @@ def tail_surprisal(
 _ECDF_BLOCK = 2048
 
 
-@nb.njit(cache=True, parallel=True)
+@nb.njit(cache=True, parallel=True, nogil=True)
 def ecdf_outlier_scores(
     x: np.ndarray,
     sorted_ref: np.ndarray,
@@ -171,7 +175,7 @@ def ecdf_outlier_scores(
     return out
 
 
-@nb.njit(cache=True, parallel=True)
+@nb.njit(cache=True, parallel=True, nogil=True)
 def top_contributions(
     x: np.ndarray,
     sorted_ref: np.ndarray,
@@ -222,7 +226,7 @@ def top_contributions(
     return idx, np.maximum(val, 0.0), total, ecod
 
 
-@nb.njit(cache=True, parallel=True)
+@nb.njit(cache=True, parallel=True, nogil=True)
 def hbos_scores(
     x: np.ndarray, lo: np.ndarray, width: np.ndarray, heights: np.ndarray, alpha: float, tol: float
 ) -> np.ndarray:
@@ -252,7 +256,7 @@ def hbos_scores(
 _FOREST_BLOCK = 256
 
 
-@nb.njit(cache=True, parallel=True)
+@nb.njit(cache=True, parallel=True, nogil=True)
 def forest_depths(
     x: np.ndarray, feature: np.ndarray, threshold: np.ndarray, leaf_value: np.ndarray, depth: int
 ) -> np.ndarray:
@@ -276,18 +280,26 @@ def forest_depths(
             thr = threshold[t]
             leaves = leaf_value[t]
             i = lo
-            while i + 4 <= hi:  # four independent walks at once hide the load latency of each step
-                n0 = n1 = n2 = n3 = 0
+            while i + 8 <= hi:  # eight independent walks at once hide the load latency of each step
+                n0 = n1 = n2 = n3 = n4 = n5 = n6 = n7 = 0
                 for _ in range(depth):
                     n0 = 2 * n0 + 1 + (1 if x[i, feat[n0]] > thr[n0] else 0)
                     n1 = 2 * n1 + 1 + (1 if x[i + 1, feat[n1]] > thr[n1] else 0)
                     n2 = 2 * n2 + 1 + (1 if x[i + 2, feat[n2]] > thr[n2] else 0)
                     n3 = 2 * n3 + 1 + (1 if x[i + 3, feat[n3]] > thr[n3] else 0)
+                    n4 = 2 * n4 + 1 + (1 if x[i + 4, feat[n4]] > thr[n4] else 0)
+                    n5 = 2 * n5 + 1 + (1 if x[i + 5, feat[n5]] > thr[n5] else 0)
+                    n6 = 2 * n6 + 1 + (1 if x[i + 6, feat[n6]] > thr[n6] else 0)
+                    n7 = 2 * n7 + 1 + (1 if x[i + 7, feat[n7]] > thr[n7] else 0)
                 out[i] += leaves[n0 - n_internal]
                 out[i + 1] += leaves[n1 - n_internal]
                 out[i + 2] += leaves[n2 - n_internal]
                 out[i + 3] += leaves[n3 - n_internal]
-                i += 4
+                out[i + 4] += leaves[n4 - n_internal]
+                out[i + 5] += leaves[n5 - n_internal]
+                out[i + 6] += leaves[n6 - n_internal]
+                out[i + 7] += leaves[n7 - n_internal]
+                i += 8
             while i < hi:
                 node = 0
                 for _ in range(depth):

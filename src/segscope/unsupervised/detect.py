@@ -73,7 +73,8 @@ class Detector:
         self.params = params
 
     def get_params(self) -> dict[str, Any]:
-        return dict(self.params)
+        """Effective parameters: the defaults, overridden by what was given."""
+        return {**self._defaults(), **self.params}
 
     def _param(self, key: str) -> Any:
         return self.params.get(key, self._defaults()[key])
