@@ -171,7 +171,9 @@ class FeaturePreparer:
                 scale = 1.0
             if kind == "boolean":
                 median, scale = float(np.round(np.mean(arr))), 1.0
-            out[feat] = {"center": median, "scale": scale, "kind": kind, "expected": _fmt(median)}
+            minutes = round(median * 60)
+            expected = f"{minutes // 60:02d}:{minutes % 60:02d}" if feat.endswith("__hour") else _fmt(median)
+            out[feat] = {"center": median, "scale": scale, "kind": kind, "expected": expected}
             if values.null_count() > 0:
                 out[f"{feat}__missing"] = {"center": 0.0, "scale": 1.0, "kind": "missing", "expected": "0"}
         return out

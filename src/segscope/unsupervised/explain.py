@@ -85,7 +85,11 @@ class FeatureExplainer:
             exp = pl.Series("expected", self.expected_, dtype=pl.String).gather(flat_idx)
         else:
             exp = pl.Series("expected", np.take_along_axis(expected, cols, axis=1).reshape(-1), dtype=pl.String)
-        value = _format_numbers(np.take_along_axis(numeric_values, cols, axis=1).reshape(-1))
+        numbers = np.take_along_axis(numeric_values, cols, axis=1).reshape(-1)
+        value = _format_numbers(numbers)
+        hours = np.flatnonzero(np.isin(flat_idx, self._hour_features()))
+        if hours.size:  # hour-of-day parts read as clock times
+            value = value.scatter(hours, _format_clock(numbers[hours]))
         if categorical_values:
             rows = np.repeat(np.arange(n), k)
             for j, strings in categorical_values.items():
@@ -96,6 +100,9 @@ class FeatureExplainer:
         return (
             flat.select(pl.struct(pl.all()).alias("reasons")).get_column("reasons").reshape((n, k)).cast(REASON_DTYPE)
         )
+
+    def _hour_features(self) -> np.ndarray:
+        return np.array([j for j, name in enumerate(self.feature_names_) if name.endswith("__hour")], dtype=np.int64)
 
     def top_contributions(
         self, x: np.ndarray, skew_sign: np.ndarray | None = None
@@ -137,3 +144,13 @@ def _format_numbers(values: np.ndarray) -> pl.Series:
     if odd.size:
         out = out.scatter(odd, pl.Series([f"{values[i]:.6g}" for i in odd], dtype=pl.String))
     return out
+
+
+def _format_clock(hours: np.ndarray) -> pl.Series:
+    """Hours of day as HH:MM ('null' for missing)."""
+    minutes = pl.Series(np.round(np.nan_to_num(hours, nan=0.0) * 60.0)).cast(pl.Int64)
+    text = pl.select(
+        pl.format("{}:{}", (minutes // 60).cast(pl.String).str.zfill(2), (minutes % 60).cast(pl.String).str.zfill(2))
+    ).to_series()
+    return text.scatter(np.flatnonzero(np.isnan(hours)), "null") if np.isnan(hours).any() else text
+
