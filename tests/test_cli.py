@@ -261,9 +261,7 @@ def test_demo_runs(run_cli, tmp_path: Path) -> None:
     assert "top" in result.out
     assert "AUCROC" in result.out
     assert (tmp_path / "demo" / "scored.parquet").is_file()
-    assert (
-        tmp_path / "demo" / "bundle" / "manifest.json"
-    ).is_file()
+    assert (tmp_path / "demo" / "bundle" / "manifest.json").is_file()
 
 
 def test_make_transactions_is_deterministic() -> None:

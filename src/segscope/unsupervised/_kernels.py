@@ -93,41 +93,6 @@ def _beyond(ref: np.ndarray, tail_width: np.ndarray, v: float) -> float:
     return 0.0
 
 
-@nb.njit(cache=True, inline="always")
-def _tails(
-    ref: np.ndarray, starts: np.ndarray, low: float, inv_width: float, tail_width: np.ndarray, v: float, log_m1: float
-) -> tuple[float, float]:
-    """Left and right tail surprisal of ``v``: -log P(ref <= v), -log P(ref >= v), smoothed (count+1)/(m+1),
-    plus :func:`_beyond` on the side where ``v`` leaves the reference range."""
-    le, lt = _counts(ref, starts, low, inv_width, v)
-    extra = _beyond(ref, tail_width, v)
-    ul = log_m1 - math.log(le + 1.0) + (extra if le == 0 else 0.0)
-    ur = log_m1 - math.log(ref.shape[0] - lt + 1.0) + (extra if lt == ref.shape[0] else 0.0)
-    return ul, ur
-
-
-@nb.njit(cache=True, parallel=True, nogil=True)
-def tail_surprisal(
-    x: np.ndarray,
-    sorted_ref: np.ndarray,
-    starts: np.ndarray,
-    low: np.ndarray,
-    inv_width: np.ndarray,
-    tail_width: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Left and right tail surprisal per cell."""
-    n, d = x.shape
-    log_m1 = math.log(sorted_ref.shape[1] + 1.0)
-    left = np.empty((n, d))
-    right = np.empty((n, d))
-    for i in nb.prange(n):
-        for j in range(d):
-            left[i, j], right[i, j] = _tails(
-                sorted_ref[j], starts[j], low[j], inv_width[j], tail_width[j], x[i, j], log_m1
-            )
-    return left, right
-
-
 _ECDF_BLOCK = 2048
 
 

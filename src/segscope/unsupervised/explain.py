@@ -20,7 +20,6 @@ __all__ = ["REASON_DTYPE", "FeatureExplainer"]
 REASON_DTYPE = pl.List(
     pl.Struct({"feature": pl.String, "value": pl.String, "expected": pl.String, "contribution": pl.Float64})
 )
-_LOG2 = float(np.log(2.0))
 
 
 class FeatureExplainer:
@@ -44,13 +43,6 @@ class FeatureExplainer:
         self.feature_names_ = list(feature_names)
         self.expected_ = list(expected)
         return self
-
-    def contributions(self, x: np.ndarray) -> np.ndarray:
-        """Per-cell contribution (rows x features), >= 0."""
-        if not hasattr(self, "ecdf_"):
-            raise NotFittedError("FeatureExplainer is not fitted; call fit(reference) first")
-        left, right = _kernels.tail_surprisal(x, *self.ecdf_)
-        return np.asarray(np.maximum(np.maximum(left, right) - _LOG2, 0.0))
 
     def explain(
         self,
@@ -153,4 +145,3 @@ def _format_clock(hours: np.ndarray) -> pl.Series:
         pl.format("{}:{}", (minutes // 60).cast(pl.String).str.zfill(2), (minutes % 60).cast(pl.String).str.zfill(2))
     ).to_series()
     return text.scatter(np.flatnonzero(np.isnan(hours)), "null") if np.isnan(hours).any() else text
-

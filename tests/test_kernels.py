@@ -1,0 +1,64 @@
+"""The compiled kernels against plain NumPy brute force, including ties and values outside the reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from segscope.unsupervised import _kernels
+
+
+def _brute(x: np.ndarray, ref: np.ndarray, skew: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ECOD scores and per-cell contributions, computed directly from counts."""
+    m = ref.shape[0]
+    le = (ref[None, :, :] <= x[:, None, :]).sum(axis=1)
+    ge = (ref[None, :, :] >= x[:, None, :]).sum(axis=1)
+    lo, hi = ref.min(axis=0), ref.max(axis=0)
+    table = _kernels.build_ecdf(ref)
+    with np.errstate(all="ignore"):  # np.where evaluates both branches
+        beyond = np.where(
+            x > hi,
+            np.log1p((x - hi) / table.tail_width[:, 1]),
+            np.where(x < lo, np.log1p((lo - x) / table.tail_width[:, 0]), 0),
+        )
+    ul = np.log(m + 1) - np.log(le + 1) + np.where(le == 0, beyond, 0)
+    ur = np.log(m + 1) - np.log(ge + 1) + np.where(ge == 0, beyond, 0)
+    uskew = np.where(skew < 0, ul, np.where(skew > 0, ur, ul + ur))
+    ecod = np.maximum(np.maximum(ul, ur), uskew).sum(axis=1)
+    contrib = np.maximum(np.maximum(ul, ur) - np.log(2), 0)
+    return ecod, contrib
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), levels=st.sampled_from([0, 3, 40]), m=st.integers(2, 400))
+def test_fused_ecdf_kernel_matches_brute_force(seed: int, levels: int, m: int) -> None:
+    rng = np.random.default_rng(seed)
+    ref = rng.normal(size=(m, 4)) * [1, 100, 1e-3, 1]
+    if levels:  # discrete columns: many ties
+        ref[:, 0] = rng.integers(0, levels, size=m)
+    ref[:, 3] = 5.0 if seed % 3 == 0 else ref[:, 3]  # sometimes a constant column
+    x = np.concatenate([ref[: m // 2], rng.normal(size=(60, 4)) * [3, 300, 3e-3, 3]])
+    skew = np.array([-1.0, 0.0, 1.0, 0.0])
+    table = _kernels.build_ecdf(ref)
+    idx, val, total, ecod = _kernels.top_contributions(x, *table, 2, skew, True)
+    want_ecod, want_contrib = _brute(x, ref, skew)
+    np.testing.assert_allclose(ecod, want_ecod, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(total, want_contrib.sum(axis=1), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(val, -np.sort(-want_contrib, axis=1)[:, :2], rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(_kernels.ecdf_outlier_scores(x, *table, skew, False), want_ecod, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("depth_samples", [2, 17, 256, 1000])
+def test_forest_matches_scikit_learn_for_any_depth(depth_samples: int) -> None:
+    from sklearn.ensemble import IsolationForest
+
+    from segscope.unsupervised.detect import IForestDetector
+
+    rng = np.random.default_rng(depth_samples)
+    x = np.round(rng.normal(size=(1200, 3)), 1)  # ties make shallow leaves
+    det = IForestDetector(n_estimators=20, max_samples=depth_samples).fit_matrix(x)
+    ref = IsolationForest(n_estimators=20, max_samples=depth_samples, random_state=0).fit(x)
+    test = rng.normal(size=(517, 3)) * 2
+    np.testing.assert_array_equal(det.score_matrix(test), -ref.score_samples(test))
