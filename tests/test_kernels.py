@@ -42,7 +42,7 @@ def test_fused_ecdf_kernel_matches_brute_force(seed: int, levels: int, m: int) -
     x = np.concatenate([ref[: m // 2], rng.normal(size=(60, 4)) * [3, 300, 3e-3, 3]])
     skew = np.array([-1.0, 0.0, 1.0, 0.0])
     table = _kernels.build_ecdf(ref)
-    idx, val, total, ecod = _kernels.top_contributions(x, *table, 2, skew, True)
+    _, val, total, ecod = _kernels.top_contributions(x, *table, 2, skew, True)
     want_ecod, want_contrib = _brute(x, ref, skew)
     np.testing.assert_allclose(ecod, want_ecod, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(total, want_contrib.sum(axis=1), rtol=1e-10, atol=1e-10)
