@@ -60,6 +60,8 @@ class Model:
 
     #: The manifest a loaded model came from (set by :meth:`load`).
     manifest_: dict[str, Any]
+    #: The fine-tuned learner, when this version has one (``supervised_score`` is null otherwise).
+    supervised_: Any = None
 
     def __init__(self, config: SegscopeConfig | None = None) -> None:
         self.config = config if config is not None else SegscopeConfig()
@@ -121,31 +123,61 @@ class Model:
             raise NotFittedError("Model is not fitted; call fit(frame) or Model.load(bundle) first")
 
     @property
+    def n_features(self) -> int:
+        """Number of prepared features (the first columns of :meth:`supervision_matrix`)."""
+        self._check_fitted()
+        return len(self.preparer_.schema_.features)
+
+    @property
     def version(self) -> str:
         self._check_fitted()
         return self.version_
 
     # ---------------------------------------------------------------- score
+    def _unsupervised(
+        self, frame: pl.DataFrame, *, with_reasons: bool = True
+    ) -> tuple[pl.DataFrame, np.ndarray, np.ndarray, np.ndarray, pl.Series]:
+        """(validated frame, prepared matrix, anomaly_score, its parts, reasons)."""
+        validated = self.preparer_.validate(frame)
+        x = self.preparer_.transform(validated)
+        if not frame.height:
+            parts = np.empty((0, len(self.ensemble_.detectors) + 1))
+            return validated, x, np.empty(0), parts, pl.Series("reasons", [], dtype=REASON_DTYPE)
+        # ECOD and the reasons look up the same ECDF: one fused pass computes both
+        shared = self.shared_ecod_
+        skew = self.ensemble_.detectors[shared].skew_sign_ if shared is not None else None  # type: ignore[attr-defined]
+        idx, val, total, ecod = self.explainer_.top_contributions(x, skew)
+        anomaly, parts = self.ensemble_.score_with_parts(x, {shared: ecod} if shared is not None else None)
+        reasons = pl.Series("reasons", [], dtype=REASON_DTYPE)
+        if with_reasons:
+            reasons = self.explainer_.explain(x, *self.preparer_.readable_values(validated), top=(idx, val, total))
+        return validated, x, anomaly, parts, reasons
+
+    def supervision_matrix(self, frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(features for the supervised layer, +1/0 monotone constraints, anomaly_score): the prepared features
+        plus every detector's calibrated surprisal and the ensemble's (the XGBOD idea)."""
+        self._check_fitted()
+        _, x, anomaly, parts, _ = self._unsupervised(frame, with_reasons=False)
+        monotone = np.concatenate([np.zeros(x.shape[1]), np.ones(parts.shape[1])])
+        return np.hstack([x, parts]), monotone, anomaly
+
     def score(self, frame: pl.DataFrame) -> pl.DataFrame:
         """Input columns plus :data:`SCORED_COLUMNS`. Never changes the model; batch-independent scores."""
         self._check_fitted()
-        validated = self.preparer_.validate(frame)
-        x = self.preparer_.transform(validated)
-        if frame.height:
-            # ECOD and the reasons look up the same ECDF: one fused pass computes both
-            shared = self.shared_ecod_
-            skew = self.ensemble_.detectors[shared].skew_sign_ if shared is not None else None  # type: ignore[attr-defined]
-            idx, val, total, ecod = self.explainer_.top_contributions(x, skew)
-            anomaly = self.ensemble_.score(x, {shared: ecod} if shared is not None else None)
-            reasons = self.explainer_.explain(x, *self.preparer_.readable_values(validated), top=(idx, val, total))
-        else:
-            anomaly = np.empty(0)
-            reasons = pl.Series("reasons", [], dtype=REASON_DTYPE)
-        alerts = self.policy_.decide(anomaly, validated)
+        validated, x, anomaly, parts, reasons = self._unsupervised(frame)
+        supervised = None
+        if self.supervised_ is not None and frame.height:
+            supervised = self.supervised_.predict_proba(np.hstack([x, parts]))
+        elif self.supervised_ is not None:
+            supervised = np.empty(0)
+        score = supervised if supervised is not None else anomaly
+        alerts = self.policy_.decide(score, validated)
         return frame.with_columns(
-            pl.Series("score", anomaly, dtype=pl.Float64),
+            pl.Series("score", score, dtype=pl.Float64),
             pl.Series("anomaly_score", anomaly, dtype=pl.Float64),
-            pl.lit(None, dtype=pl.Float64).alias("supervised_score"),
+            pl.Series("supervised_score", supervised, dtype=pl.Float64)
+            if supervised is not None
+            else pl.lit(None, dtype=pl.Float64).alias("supervised_score"),
             pl.Series("is_alert", alerts, dtype=pl.Boolean),
             pl.lit(-1, dtype=pl.Int32).alias("segment"),
             reasons.alias("reasons"),

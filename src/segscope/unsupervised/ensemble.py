@@ -58,4 +58,13 @@ class AnomalyEnsemble:
 
     def score(self, x: np.ndarray, raw: dict[int, np.ndarray] | None = None) -> np.ndarray:
         """``anomaly_score`` in [0, 1] for each row of the prepared matrix."""
-        return np.asarray(self.final_.probability(self._combine(self.detector_surprisal(x, raw))))
+        return self.score_with_parts(x, raw)[0]
+
+    def score_with_parts(
+        self, x: np.ndarray, raw: dict[int, np.ndarray] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``anomaly_score`` and the parts behind it: each detector's calibrated surprisal and the ensemble's
+        (rows x detectors + 1), which the supervised layer uses as features."""
+        surprisal = self.detector_surprisal(x, raw)
+        final = self.final_.surprisal(self._combine(surprisal))
+        return np.asarray(-np.expm1(-final)), np.column_stack([surprisal, final])

@@ -1,0 +1,114 @@
+"""Label-informed quality under ADBench's protocol (gamma_l = 1%, 5%, 10% of training anomalies labelled).
+
+    python benchmarks/adbench_label_informed.py [--data ../shared/data] [--learners xgboost,torch] [--quick]
+
+Per set and seed (1-3): 10k subsample where larger, 70/30 stratified split; segscope's unsupervised layer is
+fitted on the train split without labels; then ceil(n_anomalies(full) * 0.7 * gamma) training anomalies are
+revealed (the rest of the train split is unlabelled, as ADBench's semi-supervised setting) and each learner is
+fine-tuned; AUCROC/AUCPR on the test split, next to ADBench's published label-informed methods and our own
+unsupervised ensemble. Writes benchmarks/results/adbench_label_informed.json and prints Markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from _adbench import ADBENCH_SETS, SEEDS, data_dir, load_set, n_labelled, published, split
+from segscope.config import SegscopeConfig
+from segscope.pipeline import Model
+from segscope.supervised.base import FineTuned
+from segscope.supervised.finetune import make_learner
+
+GAMMAS = (0.01, 0.05, 0.10)
+PUBLISHED = ("XGBOD", "DevNet", "DeepSAD", "PReNet", "CatB", "XGB")
+
+
+def run(data: Path, sets: tuple[str, ...], seeds: tuple[int, ...], learners: list[str]) -> dict:
+    out: dict = {}
+    for name in sets:
+        frame = load_set(data, name)
+        n_anomalies = int(frame["label"].sum())
+        for seed in seeds:
+            train, test = split(frame, seed)
+            cfg = SegscopeConfig(seed=seed).with_features(id_column=None, drop=("label",))
+            model = Model(cfg).fit(train)
+            x_train, monotone, _ = model.supervision_matrix(train)
+            x_test, _, anomaly_test = model.supervision_matrix(test)
+            y_test = test["label"].to_numpy()
+            rec = out.setdefault("unsupervised", {}).setdefault(name, {"aucroc": [], "aucpr": []})
+            rec["aucroc"].append(100 * roc_auc_score(y_test, anomaly_test))
+            rec["aucpr"].append(100 * average_precision_score(y_test, anomaly_test))
+            train_pos = np.flatnonzero(train["label"].to_numpy() == 1)
+            for gamma in GAMMAS:
+                k = min(n_labelled(n_anomalies, gamma), train_pos.size)
+                chosen = np.random.default_rng(seed).choice(train_pos, size=k, replace=False)
+                y = np.zeros(train.height, dtype=np.int64)
+                y[chosen] = 1
+                labelled = y == 1
+                for learner_name in learners:
+                    t0 = time.perf_counter()
+                    tuned = FineTuned(make_learner(learner_name, seed=seed), n_features=model.n_features, seed=seed)
+                    tuned.fit(x_train, y, labelled, monotone)
+                    proba = tuned.predict_proba(x_test)
+                    seconds = time.perf_counter() - t0
+                    key = f"{learner_name}@{int(gamma * 100)}"
+                    rec = out.setdefault(key, {}).setdefault(name, {"aucroc": [], "aucpr": [], "seconds": []})
+                    rec["aucroc"].append(100 * roc_auc_score(y_test, proba))
+                    rec["aucpr"].append(100 * average_precision_score(y_test, proba))
+                    rec["seconds"].append(seconds)
+            print(f"{name} seed {seed} done", flush=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=None)
+    parser.add_argument("--learners", default="xgboost")
+    parser.add_argument("--quick", action="store_true", help="seed 1 only")
+    parser.add_argument("--sets", default=",".join(ADBENCH_SETS))
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "adbench_label_informed.json"))
+    args = parser.parse_args()
+    data = data_dir(args.data)
+    sets = tuple(args.sets.split(","))
+    learners = args.learners.split(",")
+    results = run(data, sets, (1,) if args.quick else SEEDS, learners)
+    summary = {
+        key: {s: {m: float(np.mean(v[m])) for m in ("aucroc", "aucpr")} for s, v in per_set.items()}
+        for key, per_set in results.items()
+    }
+    for gamma in GAMMAS:
+        pct = int(gamma * 100)
+        for metric, table in (("AUCPR", "D7" if pct == 1 else "D9" if pct == 5 else "D11"), ("AUCROC", "")):
+            pub = published(data, metric, "label-informed", str(pct))
+            cols = [f"{lr}@{pct}" for lr in learners]
+            print(f"\n### gamma_l = {pct}% - {metric}\n")
+            print(
+                "| set | "
+                + " | ".join(f"segscope {c.split('@')[0]}" for c in cols)
+                + " | segscope unsup. | "
+                + " | ".join(PUBLISHED)
+                + " | best of 16 |"
+            )
+            print("|---" * (len(cols) + len(PUBLISHED) + 3) + "|")
+            means: dict[str, list[float]] = {}
+            for s in sets:
+                row = [summary[c][s][metric.lower()] for c in cols] + [summary["unsupervised"][s][metric.lower()]]
+                row += [pub.get(s, {}).get(m, float("nan")) for m in PUBLISHED]
+                row += [max(v for v in pub.get(s, {}).values()) if pub.get(s) else float("nan")]
+                for i, v in enumerate(row):
+                    means.setdefault(str(i), []).append(v)
+                print(f"| {s} | " + " | ".join(f"{v:.2f}" for v in row) + " |")
+            print("| **mean** | " + " | ".join(f"**{np.nanmean(v):.2f}**" for v in means.values()) + " |")
+    Path(args.out).write_text(json.dumps({"results": results, "summary": summary}, indent=1))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""Analyst labels from files: ``id,label[,category]`` (Parquet or CSV; NDJSON too)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from segscope.exceptions import DataError, SchemaError
+from segscope.sources.files import read_file
+
+__all__ = ["LABEL_SCHEMA", "load_labels", "normalise_labels"]
+
+#: Labels as segscope holds them: the record id as text, 1 = anomaly / 0 = normal, an optional category.
+LABEL_SCHEMA = pl.Schema({"id": pl.String, "label": pl.Int8, "category": pl.String})
+
+_ANOMALY = {"1", "anomaly", "true", "fraud", "attack", "yes"}
+_NORMAL = {"0", "normal", "false", "no", "benign"}
+
+
+def normalise_labels(frame: pl.DataFrame, *, source: str = "labels") -> pl.DataFrame:
+    """Check and convert a label frame to :data:`LABEL_SCHEMA`; the last label of an id wins."""
+    missing = [c for c in ("id", "label") if c not in frame.columns]
+    if missing:
+        raise SchemaError(f"{source}: column(s) {missing} missing; labels need columns id,label[,category]")
+    text = frame.get_column("label").cast(pl.String).str.strip_chars().str.to_lowercase()
+    bad = ~(text.is_in(sorted(_ANOMALY | _NORMAL)) & text.is_not_null())
+    if bad.any():
+        row = int(bad.arg_true()[0])
+        raise DataError(f"{source}: label at row {row} is {frame['label'][row]!r}; use anomaly/normal (or 1/0)")
+    ids = frame.get_column("id").cast(pl.String)
+    if ids.null_count():
+        raise DataError(f"{source}: id is empty at row {int(ids.is_null().arg_true()[0])}; every label needs an id")
+    category = (
+        frame.get_column("category").cast(pl.String)
+        if "category" in frame.columns
+        else pl.Series("category", [None] * frame.height, dtype=pl.String)
+    )
+    out = pl.DataFrame({"id": ids, "label": text.is_in(sorted(_ANOMALY)).cast(pl.Int8), "category": category})
+    return out.unique("id", keep="last", maintain_order=True)
+
+
+def load_labels(path: str | Path) -> pl.DataFrame:
+    """Read a labels file (Parquet, CSV or NDJSON) into :data:`LABEL_SCHEMA`."""
+    frame = read_file(path)
+    return normalise_labels(frame, source=str(path))
