@@ -17,14 +17,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from _adbench import ADBENCH_SETS, SEEDS, data_dir, load_set, n_labelled, published, split
 from segscope.config import SegscopeConfig
 from segscope.pipeline import Model
 from segscope.supervised.base import FineTuned
 from segscope.supervised.finetune import make_learner
+
+from _adbench import ADBENCH_SETS, SEEDS, data_dir, load_set, n_labelled, published, split
 
 GAMMAS = (0.01, 0.05, 0.10)
 PUBLISHED = ("XGBOD", "DevNet", "DeepSAD", "PReNet", "CatB", "XGB")
@@ -85,7 +85,7 @@ def main() -> None:
     }
     for gamma in GAMMAS:
         pct = int(gamma * 100)
-        for metric, table in (("AUCPR", "D7" if pct == 1 else "D9" if pct == 5 else "D11"), ("AUCROC", "")):
+        for metric in ("AUCPR", "AUCROC"):
             pub = published(data, metric, "label-informed", str(pct))
             cols = [f"{lr}@{pct}" for lr in learners]
             print(f"\n### gamma_l = {pct}% - {metric}\n")

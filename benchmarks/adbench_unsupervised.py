@@ -17,11 +17,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _adbench import ADBENCH_SETS, SEEDS, data_dir, load_set, published, split
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from segscope.config import DetectorConfig, SegscopeConfig
 from segscope.pipeline import Model
+
+from _adbench import ADBENCH_SETS, SEEDS, data_dir, load_set, published, split
 
 DETECTORS = ("iforest", "ecod", "copod", "hbos", "knn")
 
