@@ -95,7 +95,7 @@ class FineTuned:
         weight = self.weights(y, labelled)
         self.learner_weight_ = float(pos.size / (pos.size + self.prior))
         rng = np.random.default_rng(self.seed)
-        folds: np.ndarray = rng.integers(0, 3, size=x.shape[0])
+        folds = np.asarray(rng.integers(0, 3, size=x.shape[0]), dtype=np.int64)
         folds[pos] = rng.permutation(np.arange(pos.size) % 3)  # spread the few anomalies over the folds
         oof = np.zeros(x.shape[0])
         for k in range(3):
