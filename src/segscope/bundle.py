@@ -54,6 +54,7 @@ def write_bundle(
     json_files: dict[str, Any],
     arrays: dict[str, dict[str, np.ndarray]],
     pickles: dict[str, bytes] | None = None,
+    raw_files: dict[str, bytes] | None = None,
 ) -> Path:
     """Write a bundle folder atomically; an existing bundle at ``target`` is replaced."""
     target = Path(target)
@@ -73,6 +74,9 @@ def write_bundle(
                 np.savez(fh, allow_pickle=False, **values)
         for part, blob in (pickles or {}).items():
             _fsync_write(tmp / "arrays" / f"{part}.pkl", blob)
+        for rel, blob in (raw_files or {}).items():  # native formats (e.g. XGBoost JSON)
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            _fsync_write(tmp / rel, blob)
         for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
             files[path.relative_to(tmp).as_posix()] = _sha256(path)
         full = {
@@ -151,6 +155,9 @@ class BundleReader:
     def arrays(self, part: str) -> dict[str, np.ndarray]:
         with np.load(self.path / "arrays" / f"{part}.npz", allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
+
+    def raw(self, rel: str) -> bytes:
+        return (self.path / rel).read_bytes()
 
     def pickle_bytes(self, part: str) -> bytes | None:
         path = self.path / "arrays" / f"{part}.pkl"

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from segscope.exceptions import BundleError as BundleError_
 from segscope.exceptions import SegscopeError
 
 if TYPE_CHECKING:
@@ -171,6 +172,14 @@ def inspect(
         out.print_json(json.dumps(manifest))
         return
     train = manifest["training"]
+    from segscope import registry
+
+    if registry.is_registry(bundle):
+        current = registry.current_version(bundle)
+        out.print(
+            f"[bold]registry[/] {bundle}: versions "
+            + ", ".join(f"[bold]{v}[/] (current)" if v == current else v for v in registry.list_versions(bundle))
+        )
     out.print(f"[bold]bundle[/] {bundle}  (format {manifest['format_version']}, checksums OK)")
     out.print(f"model version  {manifest['model_version']}   created {manifest['created_at']}")
     out.print(
@@ -199,6 +208,95 @@ def inspect(
         detail = comp.get("params") or comp.get("note") or ""
         out.print(f"  {comp['role']:<10} {comp['name'] or '-':<14} {detail}")
     out.print(f"alert policy   {manifest['policy']}")
+    if manifest.get("label_snapshot"):
+        out.print(f"labels         {manifest['label_snapshot']}")
+        out.print(f"tuned from     {manifest['parent_version']}; decision: {manifest['promotion']['reason']}")
+
+
+@app.command()
+def finetune(
+    bundle: BundleOpt,
+    labels: Annotated[Path, typer.Option("--labels", help="Labels file: id,label[,category] (.parquet or .csv).")],
+    data: Annotated[Path, typer.Option("--data", help="History holding the labelled (and unlabelled) records.")],
+    learner: Annotated[str, typer.Option("--learner", help="xgboost or torch.")] = "xgboost",
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Registry for the new version (default: the bundle, as a registry).")
+    ] = None,
+    holdout: Annotated[float, typer.Option(help="Share of records held out to compare versions.")] = 0.3,
+    metric: Annotated[str, typer.Option(help="Promotion metric: aucpr or aucroc.")] = "aucpr",
+    trust_bundle: TrustOpt = False,
+) -> None:
+    """Fine-tune a new version on analyst labels; promote it only if it beats the current one on held-out labels."""
+    from segscope.pipeline import finetune_file
+    from segscope.registry import current_version
+    from segscope.supervised.finetune import LEARNERS
+
+    if learner not in LEARNERS:
+        raise typer.BadParameter(f"--learner must be one of {list(LEARNERS)}; got {learner!r}")
+    if metric not in ("aucpr", "aucroc"):
+        raise typer.BadParameter(f"--metric must be aucpr or aucroc; got {metric!r}")
+    with _steps() as step:
+        candidate, report, target = finetune_file(
+            bundle,
+            data,
+            labels,
+            learner=learner,
+            out=out_dir,
+            holdout=holdout,
+            metric=metric,
+            trusted=trust_bundle,
+            on_step=step,
+        )
+    sup = report["supervised"]
+    err.print(
+        f"[green]fine-tuned[/] {candidate.version} ({sup['learner']}, {sup['labelled_anomalies']} labelled "
+        f"anomalies, {sup['mode']}, learner weight {sup['learner_weight']:.2f}) from {candidate.parent_version_}"
+    )
+    err.print(f"  held out: {report['split']}, {report['held_out_labelled_anomalies']} labelled anomalies")
+    if "candidate" in report:
+        cur, new = report["current"], report["candidate"]
+        err.print(f"  current   AUCPR {cur['aucpr']:.4f}  AUCROC {cur['aucroc']:.4f}")
+        err.print(
+            f"  candidate AUCPR {new['aucpr']:.4f}  AUCROC {new['aucroc']:.4f}  "
+            f"(Brier {report['calibration']['brier']:.4f}, ECE {report['calibration']['ece']:.4f})"
+        )
+    verdict = "[green]promoted[/]" if report["promote"] else "[yellow]not promoted[/]"
+    err.print(f"{verdict}: {report['reason']} -> registry [bold]{target}[/] (current: {current_version(target)})")
+
+
+@app.command()
+def promote(
+    registry_dir: Annotated[Path, typer.Argument(help="Registry folder.")],
+    version: Annotated[str | None, typer.Option("--version", help="Version to make current (default: newest).")] = None,
+) -> None:
+    """Make a version current by hand."""
+    from segscope import registry
+
+    _require_registry(registry_dir)
+    target = version or registry.list_versions(registry_dir)[-1]
+    registry.set_current(registry_dir, target, action="promote", detail={"reason": "by hand"})
+    err.print(f"[green]current[/] version of {registry_dir} is now {target}")
+
+
+@app.command()
+def rollback(registry_dir: Annotated[Path, typer.Argument(help="Registry folder.")]) -> None:
+    """Go back to the version that was current before the last promotion."""
+    from segscope import registry
+
+    _require_registry(registry_dir)
+    now = registry.current_version(registry_dir)
+    earlier = [e["previous"] for e in registry.log(registry_dir) if e["version"] == now and e.get("previous")]
+    if not earlier:
+        raise BundleError_(f"registry {registry_dir}: version {now} has no earlier current version to roll back to")
+    registry.set_current(registry_dir, earlier[-1], action="rollback", detail={"reason": f"rolled back from {now}"})
+    err.print(f"[green]rolled back[/] {registry_dir} from {now} to {earlier[-1]}")
+
+
+def _require_registry(path: Path) -> None:
+    from segscope import registry
+
+    if not registry.is_registry(path):
+        raise BundleError_(f"{path} is not a registry (no CURRENT file); `segscope finetune` creates one")
 
 
 def _reason_text(reasons: list[dict[str, Any]]) -> str:

@@ -6,6 +6,7 @@ CLI calls.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import platform
@@ -62,6 +63,10 @@ class Model:
     manifest_: dict[str, Any]
     #: The fine-tuned learner, when this version has one (``supervised_score`` is null otherwise).
     supervised_: Any = None
+    #: For fine-tuned versions: the labels used, the version it was tuned from, and the promotion decision.
+    label_snapshot_: dict[str, Any] | None = None
+    parent_version_: str | None = None
+    promotion_: dict[str, Any] | None = None
 
     def __init__(self, config: SegscopeConfig | None = None) -> None:
         self.config = config if config is not None else SegscopeConfig()
@@ -220,12 +225,26 @@ class Model:
                     "artifact": "arrays/explainer.npz",
                 },
                 {"role": "segmenter", "name": None, "note": "not fitted (segment = -1)"},
-                {"role": "supervised", "name": None, "note": "no fine-tuned model (supervised_score = null)"},
+                self._supervised_component(),
             ],
             "config": self.config.model_dump(mode="json"),
             "policy": self.policy_.describe(),
             "training": self.training_,
-            "label_snapshot": None,
+            "label_snapshot": self.label_snapshot_,
+            "parent_version": self.parent_version_,
+            "promotion": self.promotion_,
+        }
+
+    def _supervised_component(self) -> dict[str, Any]:
+        if self.supervised_ is None:
+            return {"role": "supervised", "name": None, "note": "no fine-tuned model (supervised_score = null)"}
+        name, _ = self.supervised_.learner.artifact()
+        return {
+            "role": "supervised",
+            "name": self.supervised_.learner.name,
+            "params": self.supervised_.describe(),
+            "artifact": f"supervised/{name}",
+            "arrays": "arrays/supervised.npz",
         }
 
     def save(self, path: str | Path) -> Path:
@@ -246,21 +265,28 @@ class Model:
         calibration["reference_scores"] = self.ensemble_.reference_scores_
         arrays["calibration"] = calibration
         arrays["explainer"] = self.explainer_.state()
+        raw_files: dict[str, bytes] = {}
+        if self.supervised_ is not None:
+            arrays["supervised"] = self.supervised_.state()
+            name, blob = self.supervised_.learner.artifact()
+            raw_files[f"supervised/{name}"] = blob
         return bundle_io.write_bundle(
             path,
             manifest=self.manifest(),
             json_files={"features.json": self.preparer_.to_state()},
             arrays=arrays,
             pickles=pickles,
+            raw_files=raw_files,
         )
 
     @classmethod
     def load(cls, path: str | Path, *, trusted: bool = False) -> Model:
         """Load and verify a bundle folder (see :mod:`segscope.bundle`)."""
         from segscope.config import config_from_dict
+        from segscope.registry import resolve
         from segscope.unsupervised.calibrate import ReferenceCalibrator
 
-        reader = bundle_io.BundleReader(path, trusted=trusted)
+        reader = bundle_io.BundleReader(resolve(path), trusted=trusted)
         manifest = reader.open()
         try:
             model = cls(config_from_dict(manifest["config"], source=f"bundle {path}"))
@@ -313,10 +339,31 @@ class Model:
         model.created_at_ = manifest["created_at"]
         model.training_ = manifest["training"]
         model.manifest_ = manifest
+        model.label_snapshot_ = manifest.get("label_snapshot")
+        model.parent_version_ = manifest.get("parent_version")
+        model.promotion_ = manifest.get("promotion")
+        supervised = next((c for c in manifest["components"] if c["role"] == "supervised" and c["name"]), None)
+        if supervised is not None:
+            model.supervised_ = _load_supervised(reader, supervised, model.n_features)
         return model
 
 
 # ------------------------------------------------------------------ file jobs
+def _load_supervised(reader: bundle_io.BundleReader, component: dict[str, Any], n_features: int) -> Any:
+    from segscope.supervised.base import FineTuned
+    from segscope.supervised.finetune import make_learner
+
+    described = component["params"]
+    tuned = FineTuned(
+        make_learner(component["name"], **described["learner_params"]),
+        n_features=n_features,
+        prior=described["prior"],
+        unlabelled_weight=described["unlabelled_weight"],
+    )
+    tuned.load_state(reader.arrays("supervised"), reader.raw(component["artifact"]))
+    return tuned
+
+
 def _ecod_index(ensemble: AnomalyEnsemble) -> int | None:
     from segscope.unsupervised.detect import ECODDetector
 
@@ -525,3 +572,195 @@ def evaluate_file(model: Model, path: str | Path, label_column: str, *, batch_si
         scores.append(scored.get_column("score").to_numpy())
         alerts.append(scored.get_column("is_alert").to_numpy())
     return evaluate_scores(np.concatenate(labels), np.concatenate(scores), np.concatenate(alerts))
+
+
+# ------------------------------------------------------------------ fine-tuning
+def _time_column(model: Model, frame: pl.DataFrame) -> str | None:
+    """The column that orders records in time: the alert policy's, else the first datetime feature column."""
+    policy_column = model.config.policy.time_column
+    if policy_column and policy_column in frame.columns:
+        return policy_column
+    return next((c.name for c in model.preparer_.schema_.columns if c.kind == "datetime"), None)
+
+
+def finetune(
+    current: Model,
+    history: pl.DataFrame,
+    labels: pl.DataFrame,
+    *,
+    learner: str = "xgboost",
+    holdout: float = 0.3,
+    metric: str = "aucpr",
+    labels_source: str = "labels",
+    on_step: Callable[[str], None] | None = None,
+) -> tuple[Model, dict[str, Any]]:
+    """Fine-tune a new version of ``current`` on analyst labels and decide whether it should be promoted.
+
+    ``history`` holds the labelled records (joined by the bundle's id column) and unlabelled ones. Records are
+    split in time (the latest ``holdout`` share, when there is a time column) or at random; the candidate is
+    trained on the earlier part and both models are compared on the held-out part, with labelled anomalies
+    as positives and everything else there (confirmed normals and unlabelled records) as negatives. The
+    candidate is to be promoted only when it is better by ``metric``. Returns (candidate, report).
+    """
+    from segscope.evaluate import evaluate_scores
+    from segscope.supervised.base import FineTuned
+    from segscope.supervised.finetune import make_learner
+
+    step = on_step or (lambda _: None)
+    current._check_fitted()
+    id_col = current.preparer_.schema_.id_column
+    if id_col is None:
+        raise DataError("fine-tuning joins labels to records by id, and this bundle has none; refit with --id-column")
+    if id_col not in history.columns:
+        raise SchemaError(f"the history has no id column '{id_col}'; pass the --data the bundle was fitted on")
+    if not 0.05 <= holdout <= 0.9:
+        raise DataError(f"--holdout must be between 0.05 and 0.9; got {holdout}")
+    check_unique_ids(history, id_col)
+    ids = history.get_column(id_col).cast(pl.String)
+    unknown = labels.filter(~pl.col("id").is_in(ids.implode()))
+    if unknown.height:
+        raise DataError(
+            f"{unknown.height} label(s) in {labels_source} refer to ids not in the history (e.g. "
+            f"{unknown['id'][0]!r}); pass the --data that holds the labelled records"
+        )
+    joined = history.with_columns(ids.alias("__id")).join(
+        labels.select(pl.col("id").alias("__id"), pl.col("label").alias("__label")), on="__id", how="left"
+    )
+    label = joined.get_column("__label")
+    y = (label == 1).fill_null(False).to_numpy().astype(np.int64)
+    labelled = label.is_not_null().to_numpy()
+    time_col = _time_column(current, history)
+    rng = np.random.default_rng(current.config.seed)
+    if time_col is not None:
+        order = np.argsort(history.get_column(time_col).to_physical().fill_null(0).to_numpy(), kind="stable")
+        is_held = np.zeros(history.height, dtype=bool)
+        is_held[order[round(history.height * (1 - holdout)) :]] = True
+        split_kind = f"time-ordered on '{time_col}' (latest {holdout:.0%} held out)"
+    else:
+        is_held = rng.random(history.height) < holdout
+        split_kind = f"random {holdout:.0%} held out (no time column)"
+    train_rows, held_rows = np.flatnonzero(~is_held), np.flatnonzero(is_held)
+    if not y[train_rows].any():
+        raise DataError(
+            f"no labelled anomaly falls in the training part ({split_kind}); label more anomalies or lower --holdout"
+        )
+    # a bounded training set: every labelled record plus a sample of the unlabelled ones
+    cap = current.config.max_fit_rows
+    unlabelled_train = train_rows[~labelled[train_rows]]
+    if unlabelled_train.size > cap:
+        unlabelled_train = np.sort(rng.choice(unlabelled_train, size=cap, replace=False))
+    fit_rows = np.sort(np.concatenate([train_rows[labelled[train_rows]], unlabelled_train]))
+    step(f"preparing {fit_rows.size:,} training records ({int(y[fit_rows].sum())} labelled anomalies)")
+    x_fit, monotone, _ = current.supervision_matrix(history[fit_rows])
+    init = None
+    if current.supervised_ is not None and current.supervised_.learner.name == learner:
+        init = current.supervised_.learner.artifact()[1]  # continue from the previous booster
+    step(f"fine-tuning the {learner} learner" + (" (continued from the current version)" if init else ""))
+    tuned = FineTuned(
+        make_learner(learner, seed=current.config.seed), n_features=current.n_features, seed=current.config.seed
+    )
+    tuned.fit(x_fit, y[fit_rows], labelled[fit_rows], monotone, init=init)
+
+    step("calibrating the alert policy on the supervised score")
+    candidate = copy.copy(current)
+    candidate.supervised_ = tuned
+    reference_rows = fit_rows if fit_rows.size <= cap else np.sort(rng.choice(fit_rows, size=cap, replace=False))
+    reference = tuned.predict_proba(x_fit[np.searchsorted(fit_rows, reference_rows)])
+    candidate.policy_ = make_policy(current.config.policy).fit(reference, history[reference_rows])
+    created = datetime.now(UTC)
+    label_digest = hashlib.sha256(labels.sort("id").write_csv().encode()).hexdigest()
+    candidate.created_at_ = created.isoformat(timespec="seconds")
+    candidate.version_ = f"{created:%Y%m%d-%H%M%S}-{label_digest[:8]}"
+    candidate.parent_version_ = current.version
+    candidate.label_snapshot_ = {
+        "source": labels_source,
+        "sha256": label_digest,
+        "labels": int(labels.height),
+        "anomalies": int((labels["label"] == 1).sum()),
+        "normals": int((labels["label"] == 0).sum()),
+        "used_for_training": int(labelled[fit_rows].sum()),
+    }
+
+    step("comparing with the current version on the held-out records")
+    held = history[held_rows]
+    y_held = y[held_rows]
+    report: dict[str, Any] = {
+        "metric": metric,
+        "split": split_kind,
+        "held_out_records": int(held_rows.size),
+        "held_out_labelled_anomalies": int(y_held.sum()),
+        "supervised": tuned.describe(),
+        "continued_from": current.version if init else None,
+    }
+    if y_held.sum() == 0 or y_held.sum() == y_held.size:
+        report.update(promote=False, reason="no labelled anomaly among the held-out records: cannot show it is better")
+    else:
+        cur = evaluate_scores(y_held, current.score(held)["score"].to_numpy())
+        new_scores = candidate.score(held)["score"].to_numpy()
+        new = evaluate_scores(y_held, new_scores)
+        better = new[metric] > cur[metric]
+        report.update(
+            current={k: cur[k] for k in ("aucroc", "aucpr")},
+            candidate={k: new[k] for k in ("aucroc", "aucpr")},
+            calibration=_reliability(y_held, new_scores),
+            promote=bool(better),
+            reason=f"{metric} {new[metric]:.4f} vs {cur[metric]:.4f}: " + ("better" if better else "not better"),
+        )
+    candidate.promotion_ = report
+    return candidate, report
+
+
+def _reliability(y: np.ndarray, p: np.ndarray, bins: int = 10) -> dict[str, Any]:
+    """Brier score and expected calibration error of probabilities ``p`` against labels ``y``."""
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(p, edges) - 1, 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            ece += mask.mean() * abs(p[mask].mean() - y[mask].mean())
+    return {"brier": float(np.mean((p - y) ** 2)), "ece": float(ece)}
+
+
+def finetune_file(
+    bundle: str | Path,
+    data: str | Path,
+    labels_path: str | Path,
+    *,
+    learner: str = "xgboost",
+    out: str | Path | None = None,
+    holdout: float = 0.3,
+    metric: str = "aucpr",
+    trusted: bool = False,
+    on_step: Callable[[str], None] | None = None,
+) -> tuple[Model, dict[str, Any], Path]:
+    """The `segscope finetune` job: load, fine-tune, add the candidate to the registry at ``out`` (default: the
+    bundle itself, turned into a registry) and promote it when it is better. Returns (candidate, report, path)."""
+    from segscope import registry
+    from segscope.supervised.labels import load_labels
+
+    step = on_step or (lambda _: None)
+    current = Model.load(bundle, trusted=trusted)
+    labels = load_labels(labels_path)
+    step("reading history")
+    history = read_file(data)
+    candidate, report = finetune(
+        current,
+        history,
+        labels,
+        learner=learner,
+        holdout=holdout,
+        metric=metric,
+        labels_source=str(labels_path),
+        on_step=on_step,
+    )
+    target = Path(out) if out is not None else Path(bundle)
+    if target.resolve() == Path(bundle).resolve():
+        registry.ensure_registry(target)
+    else:
+        registry.ensure_registry(target, seed_bundle=registry.resolve(bundle))
+    step(f"writing version {candidate.version}")
+    candidate.save(target / registry.VERSIONS / candidate.version)
+    if report["promote"]:
+        registry.set_current(target, candidate.version, action="promote", detail={"reason": report["reason"]})
+    return candidate, report, target

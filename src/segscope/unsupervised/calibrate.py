@@ -62,7 +62,9 @@ class ReferenceCalibrator:
         body = np.minimum(body, self.tail_p_)
         out = -np.log1p(-body)
         tail = raw > self.tail_q_
-        out[tail] = -np.log1p(-self.tail_p_) + (raw[tail] - self.tail_q_) / self.tail_scale_
+        with np.errstate(over="ignore"):  # a degenerate (near-constant) reference: cap, never overflow
+            excess = (raw[tail] - self.tail_q_) / self.tail_scale_
+        out[tail] = -np.log1p(-self.tail_p_) + np.minimum(excess, 1e12)
         return np.asarray(out)
 
     def probability(self, raw: np.ndarray) -> np.ndarray:
