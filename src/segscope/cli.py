@@ -285,7 +285,11 @@ def rollback(registry_dir: Annotated[Path, typer.Argument(help="Registry folder.
 
     _require_registry(registry_dir)
     now = registry.current_version(registry_dir)
-    earlier = [e["previous"] for e in registry.log(registry_dir) if e["version"] == now and e.get("previous")]
+    earlier = [
+        e["previous"]
+        for e in registry.log(registry_dir)
+        if e["version"] == now and e.get("previous") and e["previous"] != now
+    ]
     if not earlier:
         raise BundleError_(f"registry {registry_dir}: version {now} has no earlier current version to roll back to")
     registry.set_current(registry_dir, earlier[-1], action="rollback", detail={"reason": f"rolled back from {now}"})

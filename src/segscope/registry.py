@@ -78,6 +78,8 @@ def set_current(path: str | Path, version: str, *, action: str, detail: dict[str
     if version not in list_versions(path):
         raise BundleError(f"registry {path} has no version {version}; versions: {list_versions(path)}")
     previous = current_version(path) if is_registry(path) else None
+    if previous == version:
+        return  # already current: nothing to change or log
     _write_pointer(path, version)
     entry = {
         "at": datetime.now(UTC).isoformat(timespec="seconds"),

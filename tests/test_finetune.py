@@ -1,0 +1,161 @@
+"""Fine-tuning on analyst labels, the registry, promotion and rollback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from sklearn.metrics import average_precision_score
+
+from segscope import DataError, Model, SchemaError
+from segscope import registry as reg
+from segscope.config import SegscopeConfig
+from segscope.pipeline import finetune
+from segscope.supervised.labels import load_labels, normalise_labels
+from segscope.testing.data import make_transactions
+
+
+@pytest.fixture(scope="module")
+def big_history() -> pl.DataFrame:
+    return make_transactions(12_000, seed=0)
+
+
+@pytest.fixture(scope="module")
+def base(big_history: pl.DataFrame) -> Model:
+    return Model(SegscopeConfig().with_features(id_column="txn_id", drop=("is_fraud",))).fit(big_history)
+
+
+def _labels(frame: pl.DataFrame, n: int, seed: int = 1, normals: int = 0) -> pl.DataFrame:
+    fraud = frame.filter(pl.col("is_fraud") == 1).sample(n, seed=seed)
+    rows = {"id": fraud["txn_id"].to_list(), "label": ["anomaly"] * n}
+    if normals:
+        ok = frame.filter(pl.col("is_fraud") == 0).sample(normals, seed=seed)
+        rows["id"] += ok["txn_id"].to_list()
+        rows["label"] += ["normal"] * normals
+    return normalise_labels(pl.DataFrame(rows))
+
+
+def test_fine_tuning_improves_precision_on_new_data(base: Model, big_history: pl.DataFrame) -> None:
+    candidate, report = finetune(base, big_history, _labels(big_history, 60, normals=30))
+    new = make_transactions(4000, seed=7)
+    y = new["is_fraud"].to_numpy()
+    before = average_precision_score(y, base.score(new)["score"].to_numpy())
+    scored = candidate.score(new)
+    after = average_precision_score(y, scored["score"].to_numpy())
+    assert after > before
+    assert scored["supervised_score"].null_count() == 0
+    assert scored["score"].equals(scored["supervised_score"])
+    assert scored["anomaly_score"].equals(base.score(new)["anomaly_score"])  # the unsupervised layer is unchanged
+    assert report["supervised"]["labelled_anomalies"] > 0
+    assert candidate.parent_version_ == base.version and candidate.version != base.version
+
+
+def test_supervised_score_is_a_calibrated_probability(base: Model, big_history: pl.DataFrame) -> None:
+    candidate, report = finetune(base, big_history, _labels(big_history, 80))
+    assert report["calibration"]["ece"] < 0.02
+    assert report["calibration"]["brier"] < 0.02
+    scores = candidate.score(make_transactions(3000, seed=8))["supervised_score"]
+    assert scores.is_between(0.0, 1.0).all()
+
+
+def test_one_labelled_anomaly_never_makes_the_served_model_worse(
+    base: Model, big_history: pl.DataFrame, tmp_path: Path
+) -> None:
+    from segscope.pipeline import finetune_file
+
+    history = tmp_path / "history.parquet"
+    big_history.write_parquet(history)
+    base.save(tmp_path / "reg")
+    for seed in range(4):  # the one anomaly lands in the training or the held-out part
+        labels = tmp_path / f"one-{seed}.csv"
+        _labels(big_history, 1, seed=seed).write_csv(labels)
+        served_before = Model.load(tmp_path / "reg")
+        try:
+            candidate, report, _ = finetune_file(tmp_path / "reg", history, labels)
+        except DataError as exc:
+            assert "no labelled anomaly falls in the training part" in str(exc)
+            continue
+        served_after = Model.load(tmp_path / "reg")
+        if report["promote"]:
+            assert served_after.version == candidate.version
+            assert report["candidate"]["aucpr"] > report["current"]["aucpr"]
+        else:
+            assert served_after.version == served_before.version
+            assert "cannot show it is better" in report["reason"] or "not better" in report["reason"]
+
+
+def test_registry_promote_rollback_and_hot_path(base: Model, big_history: pl.DataFrame, tmp_path: Path) -> None:
+    from segscope.pipeline import finetune_file
+
+    history, labels = tmp_path / "h.parquet", tmp_path / "labels.csv"
+    big_history.write_parquet(history)
+    _labels(big_history, 80).write_csv(labels)
+    base.save(tmp_path / "bundle")
+    candidate, report, target = finetune_file(tmp_path / "bundle", history, labels)
+    assert target == tmp_path / "bundle" and reg.is_registry(target)
+    assert reg.list_versions(target) == sorted([base.version, candidate.version])
+    expected = candidate.version if report["promote"] else base.version
+    assert reg.current_version(target) == expected
+    assert Model.load(target).version == expected
+    # a second round continues from the previous booster
+    second, report2, _ = finetune_file(target, history, labels, out=tmp_path / "elsewhere")
+    assert reg.is_registry(tmp_path / "elsewhere")
+    if Model.load(target).supervised_ is not None:
+        assert report2["continued_from"] == Model.load(target).version
+    manifest = json.loads((tmp_path / "elsewhere" / "versions" / second.version / "manifest.json").read_text())
+    sup = next(c for c in manifest["components"] if c["role"] == "supervised")
+    assert sup["name"] == "xgboost" and sup["artifact"] == "supervised/xgboost.json"
+    assert manifest["label_snapshot"]["anomalies"] == 80 and manifest["promotion"]["metric"] == "aucpr"
+    reg.set_current(target, base.version, action="rollback")
+    assert Model.load(target).supervised_ is None
+
+
+def test_cli_finetune_promote_rollback(run_cli, big_history: pl.DataFrame, base: Model, tmp_path: Path) -> None:
+    history, labels = tmp_path / "h.parquet", tmp_path / "labels.parquet"
+    big_history.write_parquet(history)
+    _labels(big_history, 80).write_parquet(labels)
+    base.save(tmp_path / "reg")
+    result = run_cli("finetune", "--bundle", tmp_path / "reg", "--labels", labels, "--data", history)
+    assert result.code == 0, result.err
+    assert "fine-tuned" in result.err and ("promoted" in result.err or "not promoted" in result.err)
+    newest = reg.list_versions(tmp_path / "reg")[-1]
+    assert run_cli("promote", tmp_path / "reg", "--version", newest).code == 0
+    assert reg.current_version(tmp_path / "reg") == newest
+    assert run_cli("rollback", tmp_path / "reg").code == 0
+    assert reg.current_version(tmp_path / "reg") != newest
+    inspect = run_cli("inspect", tmp_path / "reg")
+    assert "registry" in inspect.out and "(current)" in inspect.out
+
+
+def test_label_errors(base: Model, big_history: pl.DataFrame, tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="label at row 1 is 'maybe'"):
+        normalise_labels(pl.DataFrame({"id": ["a", "b"], "label": ["anomaly", "maybe"]}))
+    with pytest.raises(SchemaError, match="labels need columns id,label"):
+        normalise_labels(pl.DataFrame({"id": ["a"]}))
+    unknown = normalise_labels(pl.DataFrame({"id": ["nope"], "label": [1]}))
+    with pytest.raises(DataError, match="refer to ids not in the history"):
+        finetune(base, big_history, unknown)
+    normals = _labels(big_history, 0, normals=5)
+    with pytest.raises(DataError, match="at least one record labelled 'anomaly'|no labelled anomaly"):
+        finetune(base, big_history, normals)
+    path = tmp_path / "l.csv"
+    pl.DataFrame({"id": ["x", "x"], "label": ["anomaly", "normal"], "category": ["card testing", None]}).write_csv(path)
+    loaded = load_labels(path)
+    assert loaded.height == 1 and loaded["label"][0] == 0  # the last label of an id wins
+
+
+def test_bundle_without_id_column_cannot_be_fine_tuned(big_history: pl.DataFrame) -> None:
+    model = Model(SegscopeConfig().with_features(id_column=None, drop=("is_fraud", "txn_id"))).fit(big_history)
+    with pytest.raises(DataError, match="refit with --id-column"):
+        finetune(model, big_history, _labels(big_history, 5))
+
+
+def test_fine_tuned_scores_are_batch_independent(base: Model, big_history: pl.DataFrame) -> None:
+    candidate, _ = finetune(base, big_history, _labels(big_history, 40))
+    rows = make_transactions(600, seed=9)
+    whole = candidate.score(rows)["score"].to_numpy()
+    parts = np.concatenate([candidate.score(rows[i : i + 97])["score"].to_numpy() for i in range(0, 600, 97)])
+    np.testing.assert_array_equal(whole, parts)
