@@ -34,8 +34,19 @@ class Learner(Protocol):
 
     def get_params(self) -> dict[str, Any]: ...
 
+    def pretrain(self, x: np.ndarray) -> Any:
+        """Label-free preparation shared by every fit on the same rows (e.g. an encoder), or None."""
+        ...
+
     def fit(
-        self, x: np.ndarray, y: np.ndarray, weight: np.ndarray, monotone: np.ndarray, *, init: bytes | None = None
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        weight: np.ndarray,
+        monotone: np.ndarray,
+        *,
+        init: bytes | None = None,
+        pretrained: Any = None,
     ) -> Self: ...
 
     def predict_raw(self, x: np.ndarray) -> np.ndarray: ...
@@ -93,6 +104,7 @@ class FineTuned:
         if pos.size == 0:
             raise DataError("fine-tuning needs at least one record labelled 'anomaly'; label some and retry")
         weight = self.weights(y, labelled)
+        shared = self.learner.pretrain(x) if init is None else None  # once, label-free, reused by every fold
         self.learner_weight_ = float(pos.size / (pos.size + self.prior))
         rng = np.random.default_rng(self.seed)
         folds = np.asarray(rng.integers(0, 3, size=x.shape[0]), dtype=np.int64)
@@ -106,11 +118,12 @@ class FineTuned:
             raw = np.full(held.sum(), 0.5)
             if (y[rest] == 1).any():
                 fold_learner = type(self.learner)(**self.learner.get_params())
-                raw = fold_learner.fit(x[rest], y[rest], weight[rest], monotone, init=init).predict_raw(x[held])
+                fold_learner.fit(x[rest], y[rest], weight[rest], monotone, init=init, pretrained=shared)
+                raw = fold_learner.predict_raw(x[held])
             exemplars = self._exemplars(x, np.flatnonzero((y == 1) & rest))
             oof[held] = self._decision(raw, x[held], exemplars, self.learner_weight_)
         self.platt_ = _fit_platt(oof, y)
-        self.learner.fit(x, y, weight, monotone, init=init)
+        self.learner.fit(x, y, weight, monotone, init=init, pretrained=shared)
         self.exemplars_ = self._exemplars(x, pos)
         self.n_positives_ = int(pos.size)
         self.n_labelled_ = int(labelled.sum())

@@ -18,7 +18,7 @@ def make_learner(name: str, **params: Any) -> Any:
 
         return XGBoostLearner(**params)
     if name == "torch":
-        from segscope.supervised.nn import TorchLearner  # type: ignore[import-not-found]
+        from segscope.supervised.nn import TorchLearner
 
         return TorchLearner(**params)
     raise ConfigError(f"unknown learner '{name}'; choose one of {list(LEARNERS)}")

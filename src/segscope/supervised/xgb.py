@@ -38,8 +38,19 @@ class XGBoostLearner:
             "seed": self.seed,
         }
 
+    def pretrain(self, x: np.ndarray) -> None:
+        """Trees need no pre-training."""
+        return None
+
     def fit(
-        self, x: np.ndarray, y: np.ndarray, weight: np.ndarray, monotone: np.ndarray, *, init: bytes | None = None
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        weight: np.ndarray,
+        monotone: np.ndarray,
+        *,
+        init: bytes | None = None,
+        pretrained: Any = None,
     ) -> Self:
         xgb = require("xgboost", extra="xgboost", feature="the XGBoost learner")
         for key in ("n_estimators", "max_depth"):

@@ -1,0 +1,185 @@
+"""PyTorch learner: an encoder pre-trained without labels, then fine-tuned with a deviation loss.
+
+* **pre-training** (no labels): a denoising autoencoder on the whole (unlabelled) history learns an encoder of
+  the supervision matrix (prepared features plus the unsupervised layer's outputs);
+* **fine-tuning**: a scoring head on the encoder is trained with DevNet's deviation loss (Pang et al., KDD
+  2019), which fits "a few labelled anomalies, the rest unlabelled": unlabelled scores are pulled towards a
+  N(0, 1) reference, labelled anomalies pushed at least ``margin`` standard deviations above it, in batches
+  that are half labelled anomalies;
+* CPU, deterministic for a seed; weights stored as safetensors (no pickle).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Self
+
+import numpy as np
+
+from segscope._deps import require
+from segscope.exceptions import NotFittedError
+
+__all__ = ["TorchLearner"]
+
+
+class TorchLearner:
+    """``pretrain(x)`` (optional, shared across folds), ``fit(x, y, weight, monotone)``, ``predict_raw(x)``."""
+
+    name = "torch"
+
+    def __init__(
+        self,
+        *,
+        hidden: int = 64,
+        latent: int = 16,
+        pretrain_epochs: int = 8,
+        finetune_steps: int = 300,
+        batch_size: int = 256,
+        learning_rate: float = 1e-3,
+        margin: float = 5.0,
+        seed: int = 0,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> None:
+        self.hidden = hidden
+        self.latent = latent
+        self.pretrain_epochs = pretrain_epochs
+        self.finetune_steps = finetune_steps
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.margin = margin
+        self.seed = seed
+        self.progress = progress
+
+    def get_params(self) -> dict[str, Any]:
+        return {
+            "hidden": self.hidden,
+            "latent": self.latent,
+            "pretrain_epochs": self.pretrain_epochs,
+            "finetune_steps": self.finetune_steps,
+            "batch_size": self.batch_size,
+            "learning_rate": self.learning_rate,
+            "margin": self.margin,
+            "seed": self.seed,
+        }
+
+    # ------------------------------------------------------------------ model
+    def _torch(self) -> Any:
+        torch = require("torch", extra="torch", feature="the PyTorch learner")
+        torch.manual_seed(self.seed)
+        torch.set_num_threads(2)
+        torch.use_deterministic_algorithms(True)
+        return torch
+
+    def _build(self, n_in: int) -> tuple[Any, Any, Any]:
+        torch = self._torch()
+        nn = torch.nn
+        encoder = nn.Sequential(nn.Linear(n_in, self.hidden), nn.ReLU(), nn.Linear(self.hidden, self.latent), nn.ReLU())
+        decoder = nn.Sequential(nn.Linear(self.latent, self.hidden), nn.ReLU(), nn.Linear(self.hidden, n_in))
+        head = nn.Linear(self.latent, 1)
+        return encoder, decoder, head
+
+    def _standardise(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(np.clip((x - self.mean_) / self.std_, -10.0, 10.0), dtype=np.float32)
+
+    def _report(self, phase: str, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(phase, done, total)
+
+    def pretrain(self, x: np.ndarray) -> dict[str, Any]:
+        """Denoising-autoencoder pre-training on all rows (no labels); returns the encoder state to share."""
+        torch = self._torch()
+        self.mean_ = x.mean(axis=0)
+        self.std_ = np.where(x.std(axis=0) > 0, x.std(axis=0), 1.0)
+        data = torch.from_numpy(self._standardise(x))
+        encoder, decoder, _ = self._build(x.shape[1])
+        optimiser = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=self.learning_rate)
+        generator = torch.Generator().manual_seed(self.seed)
+        for epoch in range(self.pretrain_epochs):
+            order = torch.randperm(data.shape[0], generator=generator)
+            for start in range(0, data.shape[0], self.batch_size):
+                batch = data[order[start : start + self.batch_size]]
+                noisy = batch + 0.1 * torch.randn(batch.shape, generator=generator)
+                loss = torch.mean((decoder(encoder(noisy)) - batch) ** 2)
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+            self._report("pre-training", epoch + 1, self.pretrain_epochs)
+        return {"encoder": {k: v.clone() for k, v in encoder.state_dict().items()}, "mean": self.mean_,
+                "std": self.std_}
+
+    def fit(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        weight: np.ndarray,
+        monotone: np.ndarray,
+        *,
+        init: bytes | None = None,
+        pretrained: dict[str, Any] | None = None,
+    ) -> Self:
+        torch = self._torch()
+        if init is not None:  # continue from the previous version's weights
+            self._load_bytes(init, x.shape[1])
+        else:
+            shared = pretrained if pretrained is not None else self.pretrain(x)
+            self.mean_, self.std_ = shared["mean"], shared["std"]
+            self.encoder_, _, self.head_ = self._build(x.shape[1])
+            self.encoder_.load_state_dict(shared["encoder"])
+        data = torch.from_numpy(self._standardise(x))
+        pos = torch.from_numpy(np.flatnonzero(y == 1))
+        rest = torch.from_numpy(np.flatnonzero(y != 1))
+        optimiser = torch.optim.Adam([*self.encoder_.parameters(), *self.head_.parameters()], lr=self.learning_rate)
+        generator = torch.Generator().manual_seed(self.seed + 1)
+        reference = torch.randn(5000, generator=generator)
+        mu, sigma = reference.mean(), reference.std()
+        half = self.batch_size // 2
+        for step in range(self.finetune_steps):
+            p = pos[torch.randint(len(pos), (half,), generator=generator)]
+            u = rest[torch.randint(len(rest), (half,), generator=generator)] if len(rest) else p
+            rows = torch.cat([p, u])
+            target = torch.cat([torch.ones(half), torch.zeros(len(u))])
+            dev = (self.head_(self.encoder_(data[rows])).squeeze(1) - mu) / sigma
+            loss = torch.mean((1 - target) * dev.abs() + target * torch.clamp(self.margin - dev, min=0))
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            if (step + 1) % 50 == 0 or step + 1 == self.finetune_steps:
+                self._report("fine-tuning", step + 1, self.finetune_steps)
+        self.sigma_ = float(sigma)
+        self.mu_ = float(mu)
+        return self
+
+    def predict_raw(self, x: np.ndarray) -> np.ndarray:
+        if not hasattr(self, "head_"):
+            raise NotFittedError("TorchLearner is not fitted; call fit first")
+        torch = self._torch()
+        with torch.no_grad():
+            data = torch.from_numpy(self._standardise(x))
+            dev = (self.head_(self.encoder_(data)).squeeze(1) - self.mu_) / self.sigma_
+        # the deviation is a logit: FineTuned takes logit(predict_raw) back to it
+        return np.asarray(torch.sigmoid(dev).double().numpy())
+
+    # ------------------------------------------------------------ persist
+    def artifact(self) -> tuple[str, bytes]:
+        safetensors = require("safetensors.torch", extra="torch", feature="saving the PyTorch learner")
+        torch = self._torch()
+        tensors = {f"encoder.{k}": v.contiguous() for k, v in self.encoder_.state_dict().items()}
+        tensors |= {f"head.{k}": v.contiguous() for k, v in self.head_.state_dict().items()}
+        tensors["mean"] = torch.from_numpy(np.asarray(self.mean_, dtype=np.float64))
+        tensors["std"] = torch.from_numpy(np.asarray(self.std_, dtype=np.float64))
+        tensors["mu_sigma"] = torch.tensor([self.mu_, self.sigma_], dtype=torch.float64)
+        return "torch.safetensors", bytes(safetensors.save(tensors))
+
+    def _load_bytes(self, blob: bytes, n_in: int | None = None) -> None:
+        safetensors = require("safetensors.torch", extra="torch", feature="loading the PyTorch learner")
+        tensors = safetensors.load(blob)
+        self.mean_ = tensors["mean"].numpy()
+        self.std_ = tensors["std"].numpy()
+        self.mu_, self.sigma_ = (float(v) for v in tensors["mu_sigma"])
+        self.encoder_, _, self.head_ = self._build(n_in or self.mean_.shape[0])
+        self.encoder_.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("encoder.")})
+        self.head_.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("head.")})
+
+    def load_artifact(self, blob: bytes) -> None:
+        self._load_bytes(blob)
+
