@@ -12,12 +12,14 @@ $(PY):
 	$(PIP) install -q --upgrade pip
 
 # Re-install only when the project definition changes.
+# The demo runs the loop through fine-tuning, so it installs the XGBoost learner too.
 $(VENV)/.installed: pyproject.toml | $(PY)
-	$(PIP) install -q -e .
+	$(PIP) install -q -e '.[xgboost]'
 	touch $@
 
+# Tests need every learner: torch from PyPI is the CUDA build (a few GB), installed here and only here.
 $(VENV)/.installed-dev: pyproject.toml | $(PY)
-	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q -e '.[dev,xgboost,torch]'
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed
@@ -35,6 +37,8 @@ test: lint
 
 bench: install-dev
 	$(PY) benchmarks/adbench_unsupervised.py --data $(SHARED_DATA)
+	$(PY) benchmarks/adbench_label_informed.py --data $(SHARED_DATA) --learners xgboost,torch
+	$(PY) benchmarks/finetune_speed.py
 	$(PY) benchmarks/score_speed.py
 
 clean:

@@ -326,15 +326,20 @@ def demo(
         "segscope-demo"
     ),
     rows: Annotated[int, typer.Option(help="History rows to generate.", min=1000)] = 50_000,
+    review: Annotated[int, typer.Option(help="How many top alerts the simulated analysts label.", min=1)] = 100,
 ) -> None:
     """Run the main job end to end on generated card transactions (no server, no external data)."""
+    import shutil
+
     import polars as pl
 
     from segscope.config import SegscopeConfig
-    from segscope.pipeline import evaluate_file, fit_file, score_file
+    from segscope.exceptions import MissingDependencyError
+    from segscope.pipeline import Model, evaluate_file, finetune_file, fit_file, score_file
     from segscope.testing.data import make_transactions
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out_dir / "bundle", ignore_errors=True)  # the demo's own bundle/registry from a last run
     history_path, new_path = out_dir / "history.parquet", out_dir / "new.parquet"
     scored_path, bundle = out_dir / "scored.parquet", out_dir / "bundle"
     with _steps() as step:
@@ -360,9 +365,42 @@ def demo(
         f"({metrics['alerts']} alerts)"
     )
     out.print("segments: none yet (segment = -1); UMAP + HDBSCAN segmentation is not part of this bundle")
+
+    # the loop: analysts review the history's top alerts, chargebacks report fraud the alerts missed, and
+    # those labels fine-tune a new version
+    labels_path = out_dir / "labels.csv"
+    history = pl.read_parquet(history_path).pipe(model.score).sort("score", descending=True)
+    reviewed = history.head(review)
+    missed = history.slice(review).filter(pl.col("is_fraud") == 1).sample(fraction=0.3, seed=0)
+    labelled = pl.concat([reviewed, missed])
+    pl.DataFrame(
+        {
+            "id": labelled["txn_id"],
+            "label": labelled["is_fraud"].replace_strict({1: "anomaly", 0: "normal"}, return_dtype=pl.String),
+            "category": ["alert review"] * reviewed.height + ["chargeback"] * missed.height,
+        }
+    ).write_csv(labels_path)
+    confirmed = int(reviewed["is_fraud"].sum())
     out.print(
-        f"outputs: bundle [bold]{bundle}[/], scored records [bold]{scored_path}[/] "
-        f"({summary.rows:,} rows), inputs {history_path}, {new_path}"
+        f"analysts review the history's top {review} alerts ({confirmed} confirmed, {review - confirmed} dismissed) "
+        f"and chargebacks report {missed.height} frauds the alerts missed -> {labels_path}"
+    )
+    try:
+        with _steps() as step:
+            tuned, report, registry_dir = finetune_file(bundle, history_path, labels_path, on_step=step)
+    except MissingDependencyError as exc:
+        out.print(f"fine-tuning skipped: {exc}")
+    else:
+        after = evaluate_file(Model.load(registry_dir), new_path, "is_fraud")
+        verdict = "promoted" if report["promote"] else "not promoted"
+        out.print(
+            f"fine-tuned {tuned.version} ({report['supervised']['mode']}): {verdict} ({report['reason']}); "
+            f"on the new records AUCPR {metrics['aucpr']:.3f} -> {after['aucpr']:.3f}, "
+            f"alert precision {metrics['alert_precision']:.2f} -> {after['alert_precision']:.2f}"
+        )
+    out.print(
+        f"outputs: registry [bold]{bundle}[/], scored records [bold]{scored_path}[/] "
+        f"({summary.rows:,} rows), inputs {history_path}, {new_path}, {labels_path}"
     )
     out.print(
         f"next: segscope inspect {bundle}  |  segscope evaluate {new_path} --bundle {bundle} --label-column is_fraud"

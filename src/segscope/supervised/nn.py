@@ -104,8 +104,11 @@ class TorchLearner:
                 loss.backward()
                 optimiser.step()
             self._report("pre-training", epoch + 1, self.pretrain_epochs)
-        return {"encoder": {k: v.clone() for k, v in encoder.state_dict().items()}, "mean": self.mean_,
-                "std": self.std_}
+        return {
+            "encoder": {k: v.clone() for k, v in encoder.state_dict().items()},
+            "mean": self.mean_,
+            "std": self.std_,
+        }
 
     def fit(
         self,
@@ -182,4 +185,3 @@ class TorchLearner:
 
     def load_artifact(self, blob: bytes) -> None:
         self._load_bytes(blob)
-
