@@ -261,7 +261,8 @@ def test_demo_runs(run_cli, tmp_path: Path) -> None:
     assert "top" in result.out
     assert "AUCROC" in result.out
     assert (tmp_path / "demo" / "scored.parquet").is_file()
-    assert (tmp_path / "demo" / "bundle" / "manifest.json").is_file()
+    assert (tmp_path / "demo" / "bundle" / "CURRENT").is_file()  # the fine-tuning step made it a registry
+    assert "fine-tuned" in result.out
 
 
 def test_make_transactions_is_deterministic() -> None:
