@@ -128,7 +128,7 @@ def test_cli_finetune_promote_rollback(run_cli, big_history: pl.DataFrame, base:
     result = run_cli("finetune", "--bundle", tmp_path / "reg", "--labels", labels, "--data", history)
     assert result.code == 0, result.err
     assert "fine-tuned" in result.err
-    assert ("promoted" in result.err or "not promoted" in result.err)
+    assert "promoted" in result.err or "not promoted" in result.err
     newest = reg.list_versions(tmp_path / "reg")[-1]
     assert run_cli("promote", tmp_path / "reg", "--version", newest).code == 0
     assert reg.current_version(tmp_path / "reg") == newest

@@ -235,7 +235,26 @@ def finetune(
         raise typer.BadParameter(f"--learner must be one of {list(LEARNERS)}; got {learner!r}")
     if metric not in ("aucpr", "aucroc"):
         raise typer.BadParameter(f"--metric must be aucpr or aucroc; got {metric!r}")
-    with _steps() as step:
+    with (
+        _steps() as step,
+        Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+        ) as bars,
+    ):
+        tasks: dict[str, Any] = {}
+
+        def epoch(phase: str, done: int, total: int) -> None:  # the torch learner's epochs and steps
+            if phase not in tasks:
+                tasks[phase] = bars.add_task(phase, total=total)
+            bars.update(tasks[phase], completed=done, total=total)
+            if done == total:  # each fold trains again: the bar starts over next time
+                bars.remove_task(tasks.pop(phase))
+
         candidate, report, target = finetune_file(
             bundle,
             data,
@@ -246,6 +265,7 @@ def finetune(
             metric=metric,
             trusted=trust_bundle,
             on_step=step,
+            on_progress=epoch,
         )
     sup = report["supervised"]
     err.print(

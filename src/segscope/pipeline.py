@@ -593,6 +593,7 @@ def finetune(
     metric: str = "aucpr",
     labels_source: str = "labels",
     on_step: Callable[[str], None] | None = None,
+    on_progress: Callable[[str, int, int], None] | None = None,
 ) -> tuple[Model, dict[str, Any]]:
     """Fine-tune a new version of ``current`` on analyst labels and decide whether it should be promoted.
 
@@ -656,8 +657,11 @@ def finetune(
     if current.supervised_ is not None and current.supervised_.learner.name == learner:
         init = current.supervised_.learner.artifact()[1]  # continue from the previous booster
     step(f"fine-tuning the {learner} learner" + (" (continued from the current version)" if init else ""))
+    extra = {"progress": on_progress} if learner == "torch" else {}
     tuned = FineTuned(
-        make_learner(learner, seed=current.config.seed), n_features=current.n_features, seed=current.config.seed
+        make_learner(learner, seed=current.config.seed, **extra),
+        n_features=current.n_features,
+        seed=current.config.seed,
     )
     tuned.fit(x_fit, y[fit_rows], labelled[fit_rows], monotone, init=init)
 
@@ -670,7 +674,8 @@ def finetune(
     created = datetime.now(UTC)
     label_digest = hashlib.sha256(labels.sort("id").write_csv().encode()).hexdigest()
     candidate.created_at_ = created.isoformat(timespec="seconds")
-    candidate.version_ = f"{created:%Y%m%d-%H%M%S}-{label_digest[:8]}"
+    version_digest = hashlib.sha256(f"{label_digest}|{learner}|{current.version}".encode()).hexdigest()
+    candidate.version_ = f"{created:%Y%m%d-%H%M%S}-{version_digest[:8]}"
     candidate.parent_version_ = current.version
     candidate.label_snapshot_ = {
         "source": labels_source,
@@ -733,6 +738,7 @@ def finetune_file(
     metric: str = "aucpr",
     trusted: bool = False,
     on_step: Callable[[str], None] | None = None,
+    on_progress: Callable[[str, int, int], None] | None = None,
 ) -> tuple[Model, dict[str, Any], Path]:
     """The `segscope finetune` job: load, fine-tune, add the candidate to the registry at ``out`` (default: the
     bundle itself, turned into a registry) and promote it when it is better. Returns (candidate, report, path)."""
@@ -753,6 +759,7 @@ def finetune_file(
         metric=metric,
         labels_source=str(labels_path),
         on_step=on_step,
+        on_progress=on_progress,
     )
     target = Path(out) if out is not None else Path(bundle)
     if target.resolve() == Path(bundle).resolve():
