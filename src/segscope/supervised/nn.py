@@ -18,14 +18,16 @@ import numpy as np
 
 from segscope._deps import require
 from segscope.exceptions import NotFittedError
+from segscope.supervised.base import StoresParams
 
 __all__ = ["TorchLearner"]
 
 
-class TorchLearner:
+class TorchLearner(StoresParams):
     """``pretrain(x)`` (optional, shared across folds), ``fit(x, y, weight, monotone)``, ``predict_raw(x)``."""
 
     name = "torch"
+    _not_params = ("progress",)  # a display hook, not part of the model
 
     def __init__(
         self,
@@ -49,18 +51,6 @@ class TorchLearner:
         self.margin = margin
         self.seed = seed
         self.progress = progress
-
-    def get_params(self) -> dict[str, Any]:
-        return {
-            "hidden": self.hidden,
-            "latent": self.latent,
-            "pretrain_epochs": self.pretrain_epochs,
-            "finetune_steps": self.finetune_steps,
-            "batch_size": self.batch_size,
-            "learning_rate": self.learning_rate,
-            "margin": self.margin,
-            "seed": self.seed,
-        }
 
     # ------------------------------------------------------------------ model
     def _torch(self) -> Any:

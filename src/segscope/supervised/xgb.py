@@ -13,11 +13,12 @@ import numpy as np
 
 from segscope._deps import require
 from segscope.exceptions import ConfigError, NotFittedError
+from segscope.supervised.base import StoresParams
 
 __all__ = ["XGBoostLearner"]
 
 
-class XGBoostLearner:
+class XGBoostLearner(StoresParams):
     """``fit(x, y, weight, monotone)`` then ``predict_raw(x)`` (a probability-like score in (0, 1))."""
 
     name = "xgboost"
@@ -29,14 +30,6 @@ class XGBoostLearner:
         self.max_depth = max_depth
         self.learning_rate = learning_rate
         self.seed = seed
-
-    def get_params(self) -> dict[str, Any]:
-        return {
-            "n_estimators": self.n_estimators,
-            "max_depth": self.max_depth,
-            "learning_rate": self.learning_rate,
-            "seed": self.seed,
-        }
 
     def pretrain(self, x: np.ndarray) -> None:
         """Trees need no pre-training."""
