@@ -323,6 +323,57 @@ def _require_registry(path: Path) -> None:
         raise BundleError_(f"{path} is not a registry (no CURRENT file); `segscope finetune` creates one")
 
 
+@app.command()
+def stream(
+    bundle: BundleOpt,
+    bootstrap: Annotated[str, typer.Option("--bootstrap", help="Kafka bootstrap address, HOST:PORT.")],
+    in_topic: Annotated[str, typer.Option("--in-topic", help="Topic of JSON records to score.")],
+    out_topic: Annotated[str, typer.Option("--out-topic", help="Topic for every scored record.")],
+    alerts_topic: Annotated[str | None, typer.Option("--alerts-topic", help="Topic for alerts too.")] = None,
+    dlq_topic: Annotated[
+        str | None, typer.Option("--dlq-topic", help="Dead-letter topic (default: <in-topic>.dlq).")
+    ] = None,
+    group: Annotated[str, typer.Option("--group", help="Consumer group; run more processes to share partitions.")] = (
+        "segscope"
+    ),
+    batch_size: Annotated[int, typer.Option(help="Records per micro-batch.", min=1)] = 5000,
+    max_message_bytes: Annotated[int, typer.Option(help="Larger messages are dead-lettered.", min=1)] = 65_536,
+    stats_interval: Annotated[float, typer.Option(help="Seconds between stats lines.")] = 10.0,
+    metrics_port: Annotated[int | None, typer.Option(help="Serve Prometheus metrics on 127.0.0.1:PORT.")] = None,
+    idle_exit: Annotated[
+        float | None, typer.Option(help="Exit after this many seconds without messages (drain and stop).")
+    ] = None,
+    trust_bundle: TrustOpt = False,
+) -> None:
+    """Score a Kafka topic continuously (at-least-once; SIGTERM drains, commits and exits 0)."""
+    import logging
+
+    from segscope.stream import StreamOptions, run_stream
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    logging.getLogger("kafka").setLevel(logging.WARNING)  # the client's connection chatter
+    options = StreamOptions(
+        bundle=bundle,
+        bootstrap=bootstrap,
+        in_topic=in_topic,
+        out_topic=out_topic,
+        alerts_topic=alerts_topic,
+        dlq_topic=dlq_topic,
+        group=group,
+        batch_size=batch_size,
+        max_message_bytes=max_message_bytes,
+        stats_interval=stats_interval,
+        metrics_port=metrics_port,
+        idle_exit=idle_exit,
+        trusted=trust_bundle,
+    )
+    stats = run_stream(options, on_stats=lambda line: err.print(line, highlight=False))
+    err.print(
+        f"[green]stream stopped[/]: {stats.records_in:,} in, {stats.records_out:,} scored, {stats.alerts:,} alerts, "
+        f"{stats.dead_letters:,} dead letters, model versions {', '.join(stats.model_versions)}"
+    )
+
+
 def _reason_text(reasons: list[dict[str, Any]]) -> str:
     return "; ".join(f"{r['feature']}={r['value']} (usual {r['expected']}, {r['contribution']:.0%})" for r in reasons)
 
