@@ -22,6 +22,12 @@ $(VENV)/.installed-dev: pyproject.toml | $(PY)
 	$(PIP) install -q -e '.[dev,xgboost,torch,kafka]'
 	touch $@ $(VENV)/.installed
 
+# The Kafka broker's jars, resolved from Maven Central once (not committed).
+KAFKA_LIB := .kafka/lib
+$(KAFKA_LIB)/.resolved: connectors/kafka/pom.xml
+	mvn -B -q -f connectors/kafka/pom.xml dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory=$(CURDIR)/$(KAFKA_LIB)
+	touch $@
+
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
@@ -32,7 +38,7 @@ lint: install-dev
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/mypy
 
-test: lint
+test: lint $(KAFKA_LIB)/.resolved
 	$(VENV)/bin/pytest -q
 
 bench: install-dev

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,3 +74,23 @@ def run_cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch)
         return CliResult(code, captured.out, captured.err)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Apache Kafka broker for the session, started and stopped by connectors/kafka/broker."""
+    from tests.kafka_helpers import broker, free_port
+
+    data = tmp_path_factory.mktemp("kafka")
+    bootstrap = broker("start", data, free_port())
+    try:
+        yield bootstrap
+    finally:
+        broker("stop", data)
+
+
+@pytest.fixture(scope="session")
+def stream_bundle(tmp_path_factory: pytest.TempPathFactory, history: pl.DataFrame, config: SegscopeConfig) -> Path:
+    path = tmp_path_factory.mktemp("stream") / "bundle"
+    Model(config).fit(history).save(path)
+    return path

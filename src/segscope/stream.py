@@ -178,7 +178,12 @@ def run_stream(options: StreamOptions, *, on_stats: Any = None) -> StreamStats:
                     # the group rebalanced while we scored: another member re-delivers this batch (same ids)
                     stats.commit_retries += 1
                     log.warning("commit failed after a rebalance; the batch will be re-delivered")
-            elif options.idle_exit is not None and now - last_message > options.idle_exit:
+            elif (
+                options.idle_exit is not None
+                and now - last_message > options.idle_exit
+                and consumer.assignment()  # a joining member may wait for a dead one's session to expire
+                and _lag(consumer) == 0
+            ):
                 break
             if now - last_stats >= options.stats_interval:
                 lag = _lag(consumer)

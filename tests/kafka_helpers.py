@@ -1,0 +1,104 @@
+"""Helpers for tests against the real Kafka broker (connectors/kafka/broker)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.admin import KafkaAdminClient, NewTopic
+
+ROOT = Path(__file__).resolve().parent.parent
+BROKER = ROOT / "connectors" / "kafka" / "broker"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def broker(action: str, data: Path, port: int | None = None) -> str:
+    args = [str(BROKER), action, "--data", str(data)] + (["--port", str(port)] if port else [])
+    out = subprocess.run(args, capture_output=True, text=True, check=True, timeout=180)
+    return out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
+
+
+def create_topic(bootstrap: str, name: str, partitions: int = 3) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.create_topics([NewTopic(name, partitions, 1)])
+    finally:
+        admin.close()
+
+
+def produce(bootstrap: str, topic: str, values: Iterable[bytes], keys: Iterable[bytes | None] | None = None) -> int:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_request_size=2_000_000)
+    n = 0
+    for i, value in enumerate(values):
+        key = None if keys is None else list(keys)[i]
+        producer.send(topic, key=key, value=value)
+        n += 1
+    producer.flush()
+    producer.close()
+    return n
+
+
+def records(frame) -> list[bytes]:  # type: ignore[no-untyped-def]
+    import polars as pl
+
+    rows = frame.with_columns(pl.col("ts").cast(pl.String)).iter_rows(named=True)
+    return [json.dumps(r).encode() for r in rows]
+
+
+def consume_all(bootstrap: str, topic: str, idle: float = 3.0) -> list[dict]:
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=int(idle * 1000),
+        max_poll_records=10_000,
+        fetch_max_bytes=64 * 1024 * 1024,
+    )
+    out = [json.loads(m.value) for m in consumer]
+    consumer.close()
+    return out
+
+
+def count(bootstrap: str, topic: str) -> int:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        from kafka.structs import TopicPartition
+
+        tps = [TopicPartition(topic, p) for p in parts]
+        return int(sum(consumer.end_offsets(tps).values())) if tps else 0
+    finally:
+        consumer.close()
+
+
+def start_stream(bundle: Path, bootstrap: str, *args: str) -> subprocess.Popen[str]:
+    cmd = [sys.executable, "-m", "segscope.cli", "stream", "--bundle", str(bundle), "--bootstrap", bootstrap, *args]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def wait_until(predicate, timeout: float = 120.0, every: float = 0.3) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(every)
+
+
+def terminate(proc: subprocess.Popen[str], sig: int = signal.SIGTERM, timeout: float = 60) -> tuple[int, str]:
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=timeout)
+    return proc.returncode, err

@@ -1,0 +1,209 @@
+"""`segscope stream` against a real Apache Kafka broker (started by connectors/kafka/broker)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from segscope import SCORED_COLUMNS, Model
+from segscope import registry as reg
+from segscope.testing.data import make_transactions
+from tests.kafka_helpers import (
+    broker,
+    consume_all,
+    count,
+    create_topic,
+    free_port,
+    produce,
+    records,
+    start_stream,
+    terminate,
+    wait_until,
+)
+
+
+def _topics(name: str) -> dict[str, str]:
+    return {"in": f"{name}.in", "out": f"{name}.out", "alerts": f"{name}.alerts", "dlq": f"{name}.dlq"}
+
+
+def _args(t: dict[str, str], group: str, *extra: str) -> list[str]:
+    return [
+        "--in-topic",
+        t["in"],
+        "--out-topic",
+        t["out"],
+        "--alerts-topic",
+        t["alerts"],
+        "--dlq-topic",
+        t["dlq"],
+        "--group",
+        group,
+        "--stats-interval",
+        "1",
+        *extra,
+    ]
+
+
+def test_scores_every_record_and_dead_letters_poison(kafka_bootstrap: str, stream_bundle: Path) -> None:
+    t = _topics("poison")
+    create_topic(kafka_bootstrap, t["in"])
+    good = records(make_transactions(5000, seed=11).drop("is_fraud"))
+    template = json.loads(good[0])
+    poison = {
+        "invalid JSON": [b'{"amount": 3,'] * 50,
+        "not an object": [b"[1, 2, 3]"] * 50,
+        "missing field": [json.dumps({k: v for k, v in template.items() if k != "amount"}).encode()] * 50,
+        "mistyped field": [json.dumps({**template, "n_txn_24h": "many"}).encode()] * 50,
+        "oversized": [json.dumps({**template, "note": "x" * 70_000}).encode()] * 50,
+    }
+    values = good + [v for vs in poison.values() for v in vs]
+    sent = produce(kafka_bootstrap, t["in"], values)
+    proc = start_stream(
+        stream_bundle, kafka_bootstrap, *_args(t, "g-poison", "--idle-exit", "4", "--metrics-port", str(free_port()))
+    )
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err
+    out, dlq, alerts = (consume_all(kafka_bootstrap, t[k]) for k in ("out", "dlq", "alerts"))
+    assert len(out) + len(dlq) == sent  # count in = count out + count dead-lettered
+    assert len(dlq) == 250
+    reasons = Counter(d["reason"].split(":")[0].split(" (")[0] for d in dlq)
+    assert reasons["invalid JSON"] == 50 and reasons["a message must be one JSON object, got a JSON list"] == 50
+    assert reasons["missing field 'amount'"] == 50
+    assert sum(v for k, v in reasons.items() if k.startswith("field 'n_txn_24h' must be a number")) == 50
+    assert sum(v for k, v in reasons.items() if k.startswith("message of")) == 50
+    assert all({"topic", "partition", "offset", "original"} <= set(d) for d in dlq)
+    assert {r["txn_id"] for r in out} == {json.loads(v)["txn_id"] for v in good}
+    assert set(SCORED_COLUMNS) | {"id"} <= set(out[0])
+    assert len(alerts) == sum(r["is_alert"] for r in out) and all(a["is_alert"] for a in alerts)
+    # the stream's scores are exactly `segscope score`'s
+    model = Model.load(stream_bundle)
+    frame = make_transactions(5000, seed=11).drop("is_fraud")
+    expected = dict(zip(frame["txn_id"], model.score(frame)["score"], strict=True))
+    assert all(abs(r["score"] - expected[r["txn_id"]]) < 1e-12 for r in out)
+    assert "stream:" in err and "dead letters" in err
+
+
+def test_sigkill_loses_nothing_and_duplicates_carry_the_same_id(kafka_bootstrap: str, stream_bundle: Path) -> None:
+    t = _topics("kill")
+    create_topic(kafka_bootstrap, t["in"])
+    values = records(make_transactions(100_000, seed=12).drop("is_fraud"))
+    produce(kafka_bootstrap, t["in"], values)
+    args = _args(t, "g-kill", "--batch-size", "2000")
+    for kill in range(3):  # kill -9 mid-stream, three times
+        proc = start_stream(stream_bundle, kafka_bootstrap, *args)
+        target = (kill + 1) * 20_000
+        wait_until(lambda target=target: count(kafka_bootstrap, t["out"]) >= target, timeout=240)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+    proc = start_stream(stream_bundle, kafka_bootstrap, *args, "--idle-exit", "4")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    out = consume_all(kafka_bootstrap, t["out"], idle=5)
+    ids = Counter(r["id"] for r in out)
+    assert set(ids) == {json.loads(v)["txn_id"] for v in values}  # every input record has an output: 0 lost
+    duplicates = sum(c - 1 for c in ids.values())
+    assert duplicates <= 3 * 2000 * 3  # at most the uncommitted batches of each killed process
+    print(f"SIGKILL x3 over 100k records: 0 lost, {duplicates} duplicates")
+
+
+def test_sigterm_drains_commits_and_exits_zero(kafka_bootstrap: str, stream_bundle: Path) -> None:
+    t = _topics("term")
+    create_topic(kafka_bootstrap, t["in"])
+    produce(kafka_bootstrap, t["in"], records(make_transactions(20_000, seed=13).drop("is_fraud")))
+    proc = start_stream(stream_bundle, kafka_bootstrap, *_args(t, "g-term", "--batch-size", "1000"))
+    wait_until(lambda: count(kafka_bootstrap, t["out"]) >= 3000)
+    code, err = terminate(proc, signal.SIGTERM)
+    assert code == 0, err
+    assert "stream stopped" in err
+    first = count(kafka_bootstrap, t["out"])
+    proc = start_stream(stream_bundle, kafka_bootstrap, *_args(t, "g-term", "--idle-exit", "4"))
+    proc.communicate(timeout=180)
+    out = consume_all(kafka_bootstrap, t["out"])
+    ids = Counter(r["id"] for r in out)
+    assert len(ids) == 20_000
+    assert sum(ids.values()) == 20_000  # a clean stop committed everything it produced: no duplicates
+    assert first < 20_000
+
+
+def test_broker_restart_mid_stream(tmp_path: Path, stream_bundle: Path) -> None:
+    data = tmp_path / "kafka"
+    bootstrap = broker("start", data, free_port())
+    try:
+        t = _topics("restart")
+        create_topic(bootstrap, t["in"])
+        produce(bootstrap, t["in"], records(make_transactions(30_000, seed=14).drop("is_fraud")))
+        proc = start_stream(stream_bundle, bootstrap, *_args(t, "g-restart", "--batch-size", "1000"))
+        wait_until(lambda: count(bootstrap, t["out"]) >= 5000)
+        broker("stop", data)
+        time.sleep(2)
+        assert broker("start", data) == bootstrap  # same port, same data
+        wait_until(lambda: count(bootstrap, t["out"]) >= 30_000, timeout=240)
+        code, err = terminate(proc)
+        assert code == 0, err
+        ids = {r["id"] for r in consume_all(bootstrap, t["out"])}
+        assert len(ids) == 30_000
+    finally:
+        broker("stop", data)
+
+
+def test_two_consumers_share_partitions_and_survive_a_rebalance(kafka_bootstrap: str, stream_bundle: Path) -> None:
+    t = _topics("rebalance")
+    create_topic(kafka_bootstrap, t["in"], partitions=4)
+    produce(kafka_bootstrap, t["in"], records(make_transactions(40_000, seed=15).drop("is_fraud")))
+    args = _args(t, "g-rebalance", "--batch-size", "1000")
+    first = start_stream(stream_bundle, kafka_bootstrap, *args)
+    wait_until(lambda: count(kafka_bootstrap, t["out"]) >= 4000)
+    second = start_stream(stream_bundle, kafka_bootstrap, *args, "--idle-exit", "6")  # joins: a rebalance
+    wait_until(lambda: count(kafka_bootstrap, t["out"]) >= 40_000, timeout=240)
+    _, err2 = second.communicate(timeout=120)
+    code, err1 = terminate(first)
+    assert code == 0, err1
+    ids = Counter(r["id"] for r in consume_all(kafka_bootstrap, t["out"]))
+    assert len(ids) == 40_000  # nothing lost across the rebalance
+    in_second = int(err2.split("stream stopped: ")[1].split(" in")[0].replace(",", ""))
+    assert in_second > 0  # the second process really got partitions
+
+
+def test_hot_swap_to_a_promoted_version(kafka_bootstrap: str, tmp_path: Path, history: pl.DataFrame, config) -> None:
+    from segscope.pipeline import finetune
+    from segscope.supervised.labels import normalise_labels
+
+    base = Model(config).fit(history)
+    base.save(tmp_path / "reg")
+    reg.ensure_registry(tmp_path / "reg")
+    fraud = history.filter(pl.col("is_fraud") == 1)
+    tuned, _ = finetune(
+        base, history, normalise_labels(pl.DataFrame({"id": fraud["txn_id"], "label": [1] * fraud.height}))
+    )
+    tuned.save(tmp_path / "reg" / "versions" / tuned.version)
+    t = _topics("swap")
+    create_topic(kafka_bootstrap, t["in"])
+    proc = start_stream(tmp_path / "reg", kafka_bootstrap, *_args(t, "g-swap", "--batch-size", "500"))
+    produce(kafka_bootstrap, t["in"], records(make_transactions(3000, seed=16).drop("is_fraud")))
+    wait_until(lambda: count(kafka_bootstrap, t["out"]) >= 3000)
+    reg.set_current(tmp_path / "reg", tuned.version, action="promote")
+    time.sleep(1.5)
+    produce(kafka_bootstrap, t["in"], records(make_transactions(3000, seed=17).drop("is_fraud")))
+    wait_until(lambda: count(kafka_bootstrap, t["out"]) >= 6000)
+    code, err = terminate(proc)
+    assert code == 0, err
+    out = consume_all(kafka_bootstrap, t["out"])
+    ids = Counter(r["id"] for r in out)
+    assert len(ids) == 6000 and max(ids.values()) == 1  # nothing lost, nothing scored twice
+    versions = Counter(r["model_version"] for r in out)
+    assert versions[base.version] == 3000 and versions[tuned.version] == 3000
+    assert all(r["supervised_score"] is not None for r in out if r["model_version"] == tuned.version)
+    assert f"model versions {base.version}, {tuned.version}" in " ".join(err.split())
+
+
+def test_missing_bundle_fails_at_start_up(kafka_bootstrap: str, tmp_path: Path) -> None:
+    proc = start_stream(tmp_path / "nope", kafka_bootstrap, "--in-topic", "a", "--out-topic", "b")
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert err.strip().startswith("error:") and "does not exist" in err and "Traceback" not in err
