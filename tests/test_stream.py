@@ -9,7 +9,6 @@ from collections import Counter
 from pathlib import Path
 
 import polars as pl
-import pytest
 
 from segscope import SCORED_COLUMNS, Model
 from segscope import registry as reg
