@@ -11,13 +11,14 @@ over without a restart, and ``model_version`` shows the switch.
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from segscope._deps import require
 from segscope.exceptions import SegscopeError, SinkError
@@ -228,7 +229,7 @@ def _process(
         for record, record_id, key, out in zip(
             decoded.records, decoded.ids, decoded.keys, scored.iter_rows(named=True), strict=True
         ):
-            value = json.dumps({**record, "id": record_id, **out}, default=str).encode()
+            value = orjson.dumps({**record, "id": record_id, **out}, default=str)
             sends.append((options.out_topic, key, value))
             if out["is_alert"]:
                 alerts += 1

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import polars as pl
 
 from segscope.schema import ColumnSpec, FeatureSchema
@@ -103,8 +104,8 @@ def decode_messages(messages: list[Any], schema: FeatureSchema, *, max_bytes: in
             dead(f"message of {len(raw)} bytes is larger than --max-message-bytes {max_bytes}")
             continue
         try:
-            record = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            record = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
             dead(f"invalid JSON: {str(exc)[:120]}")
             continue
         if not isinstance(record, dict):
