@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -115,8 +116,18 @@ def test_sigterm_drains_commits_and_exits_zero(kafka_bootstrap: str, stream_bund
     t = _topics("term")
     create_topic(kafka_bootstrap, t["in"])
     produce(kafka_bootstrap, t["in"], records(make_transactions(20_000, seed=13).drop("is_fraud")))
-    proc = start_stream(stream_bundle, kafka_bootstrap, *_args(t, "g-term", "--batch-size", "1000"))
+    port = free_port()
+    proc = start_stream(
+        stream_bundle, kafka_bootstrap, *_args(t, "g-term", "--batch-size", "1000", "--metrics-port", str(port))
+    )
     wait_until(lambda: count(kafka_bootstrap, t["out"]) >= 3000)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:  # Prometheus
+        metrics = response.read().decode()
+    scraped = {
+        line.split()[0]: float(line.split()[1]) for line in metrics.splitlines() if line.startswith("segscope_")
+    }
+    assert scraped["segscope_records_in_total"] >= 3000
+    assert "segscope_consumer_lag" in scraped and "segscope_batch_seconds_count" in scraped
     code, err = terminate(proc, signal.SIGTERM)
     assert code == 0, err
     assert "stream stopped" in err
