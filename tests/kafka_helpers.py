@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -20,9 +21,18 @@ BROKER = ROOT / "connectors" / "kafka" / "broker"
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free port below the kernel's ephemeral range (32768+): a broker restarted on it cannot find it taken
+    by a client's outgoing connection (clients reconnecting to the stopped broker use ephemeral ports)."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-32000")
 
 
 def broker(action: str, data: Path, port: int | None = None) -> str:
@@ -90,11 +100,18 @@ def start_stream(bundle: Path, bootstrap: str, *args: str) -> subprocess.Popen[s
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
-def wait_until(predicate, timeout: float = 120.0, every: float = 0.3) -> None:  # type: ignore[no-untyped-def]
+def wait_until(predicate, timeout: float = 120.0, every: float = 0.3, proc=None) -> None:  # type: ignore[no-untyped-def]
+    """Wait for ``predicate``; on time-out, stop ``proc`` (a stream) and show what it printed."""
     deadline = time.monotonic() + timeout
     while not predicate():
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the stream exited with {proc.returncode}: {proc.communicate()[1][-3000:]}")
         if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
+            detail = ""
+            if proc is not None:
+                proc.kill()
+                detail = proc.communicate()[1][-3000:]
+            raise AssertionError(f"condition not reached in {timeout} s {detail}")
         time.sleep(every)
 
 

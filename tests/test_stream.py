@@ -123,9 +123,7 @@ def test_sigterm_drains_commits_and_exits_zero(kafka_bootstrap: str, stream_bund
     wait_until(lambda: count(kafka_bootstrap, t["out"]) >= 3000)
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:  # Prometheus
         metrics = response.read().decode()
-    scraped = {
-        line.split()[0]: float(line.split()[1]) for line in metrics.splitlines() if line.startswith("segscope_")
-    }
+    scraped = {line.split()[0]: float(line.split()[1]) for line in metrics.splitlines() if line.startswith("segscope_")}
     assert scraped["segscope_records_in_total"] >= 3000
     assert "segscope_consumer_lag" in scraped and "segscope_batch_seconds_count" in scraped
     code, err = terminate(proc, signal.SIGTERM)
@@ -149,11 +147,11 @@ def test_broker_restart_mid_stream(tmp_path: Path, stream_bundle: Path) -> None:
         create_topic(bootstrap, t["in"])
         produce(bootstrap, t["in"], records(make_transactions(30_000, seed=14).drop("is_fraud")))
         proc = start_stream(stream_bundle, bootstrap, *_args(t, "g-restart", "--batch-size", "1000"))
-        wait_until(lambda: count(bootstrap, t["out"]) >= 5000)
+        wait_until(lambda: count(bootstrap, t["out"]) >= 5000, proc=proc)
         broker("stop", data)
         time.sleep(2)
         assert broker("start", data) == bootstrap  # same port, same data
-        wait_until(lambda: count(bootstrap, t["out"]) >= 30_000, timeout=240)
+        wait_until(lambda: count(bootstrap, t["out"]) >= 30_000, timeout=240, proc=proc)
         code, err = terminate(proc)
         assert code == 0, err
         ids = {r["id"] for r in consume_all(bootstrap, t["out"])}

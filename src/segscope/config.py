@@ -17,6 +17,7 @@ __all__ = [
     "DetectorConfig",
     "FeatureConfig",
     "PolicyConfig",
+    "SegmentsConfig",
     "SegscopeConfig",
     "load_config",
 ]
@@ -82,6 +83,18 @@ class FeatureConfig(_Frozen):
     clip: float = Field(default=1e6, gt=0)
 
 
+class SegmentsConfig(_Frozen):
+    """UMAP + HDBSCAN segmentation (``pip install 'segscope[segments]'``); off by default while its costs are
+    measured (UMAP's first call compiles for ~45 s)."""
+
+    enabled: bool = False
+    sample_size: int = Field(default=20_000, ge=100)
+    n_neighbors: int = Field(default=15, ge=2)
+    n_components: int = Field(default=5, ge=2)
+    min_cluster_size: int | None = Field(default=None, ge=2)
+    min_confidence: float = Field(default=0.5, ge=0.0, le=1.0)
+
+
 class SegscopeConfig(_Frozen):
     """Everything ``segscope fit`` needs beyond the data."""
 
@@ -93,6 +106,7 @@ class SegscopeConfig(_Frozen):
     top_k_reasons: int = Field(default=3, ge=1, le=20)
     features: FeatureConfig = Field(default_factory=FeatureConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    segments: SegmentsConfig = Field(default_factory=SegmentsConfig)
 
     @model_validator(mode="after")
     def _unique_detectors(self) -> SegscopeConfig:

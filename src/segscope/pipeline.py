@@ -61,6 +61,9 @@ class Model:
 
     #: The manifest a loaded model came from (set by :meth:`load`).
     manifest_: dict[str, Any]
+    #: The segmenter and its profile cards, when segmentation is enabled (``segment`` is -1 otherwise).
+    segmenter_: Any = None
+    segment_profiles_: list[dict[str, Any]] | None = None
     #: The fine-tuned learner, when this version has one (``supervised_score`` is null otherwise).
     supervised_: Any = None
     #: For fine-tuned versions: the labels used, the version it was tuned from, and the promotion decision.
@@ -104,6 +107,25 @@ class Model:
             ecdf=ensemble.detectors[shared].ecdf_ if shared is not None else None,  # type: ignore[attr-defined]
         )
         policy = make_policy(cfg.policy).fit(ensemble.reference_scores_, frame)
+        self.segmenter_ = None
+        self.segment_profiles_: list[dict[str, Any]] = []
+        if cfg.segments.enabled:
+            from segscope.unsupervised.segment import Segmenter
+
+            step("segmenting (UMAP + HDBSCAN on a sample, distilled into a forest)")
+            s = cfg.segments
+            self.segmenter_ = Segmenter(
+                sample_size=s.sample_size,
+                n_neighbors=s.n_neighbors,
+                n_components=s.n_components,
+                min_cluster_size=s.min_cluster_size,
+                min_confidence=s.min_confidence,
+                seed=cfg.seed,
+            ).fit(x)
+            alerts = policy.decide(ensemble.reference_scores_, frame) if cfg.policy.kind != "budget" else None
+            self.segment_profiles_ = _segment_profiles(
+                self.segmenter_, x, prep, prep.readable_values(validated)[0], alerts
+            )
         created = datetime.now(UTC)
         fingerprint = fingerprint or _frame_fingerprint(frame)
         self.preparer_, self.ensemble_, self.explainer_, self.policy_ = prep, ensemble, explainer, policy
@@ -177,6 +199,7 @@ class Model:
             supervised = np.empty(0)
         score = supervised if supervised is not None else anomaly
         alerts = self.policy_.decide(score, validated)
+        segment = self.segmenter_.assign(x)[0] if self.segmenter_ is not None else None
         return frame.with_columns(
             pl.Series("score", score, dtype=pl.Float64),
             pl.Series("anomaly_score", anomaly, dtype=pl.Float64),
@@ -184,7 +207,9 @@ class Model:
             if supervised is not None
             else pl.lit(None, dtype=pl.Float64).alias("supervised_score"),
             pl.Series("is_alert", alerts, dtype=pl.Boolean),
-            pl.lit(-1, dtype=pl.Int32).alias("segment"),
+            pl.Series("segment", segment, dtype=pl.Int32)
+            if segment is not None
+            else pl.lit(-1, dtype=pl.Int32).alias("segment"),
             reasons.alias("reasons"),
             pl.lit(self.version_, dtype=pl.String).alias("model_version"),
         )
@@ -224,7 +249,7 @@ class Model:
                     "params": {"top_k": self.explainer_.top_k},
                     "artifact": "arrays/explainer.npz",
                 },
-                {"role": "segmenter", "name": None, "note": "not fitted (segment = -1)"},
+                self._segmenter_component(),
                 self._supervised_component(),
             ],
             "config": self.config.model_dump(mode="json"),
@@ -233,6 +258,22 @@ class Model:
             "label_snapshot": self.label_snapshot_,
             "parent_version": self.parent_version_,
             "promotion": self.promotion_,
+        }
+
+    def _segmenter_component(self) -> dict[str, Any]:
+        if self.segmenter_ is None:
+            return {"role": "segmenter", "name": None, "note": "not fitted (segment = -1)"}
+        return {
+            "role": "segmenter",
+            "name": "umap-hdbscan-forest",
+            "params": self.segmenter_.get_params(),
+            "artifact": "arrays/segmenter.npz",
+            "segments": int(self.segmenter_.segments_.size),
+            "agreement_with_fit_labels": {
+                "fit_sample": self.segmenter_.agreement_fit_,
+                "held_out": self.segmenter_.agreement_held_out_,
+            },
+            "profiles": self.segment_profiles_,
         }
 
     def _supervised_component(self) -> dict[str, Any]:
@@ -266,6 +307,8 @@ class Model:
         arrays["calibration"] = calibration
         arrays["explainer"] = self.explainer_.state()
         raw_files: dict[str, bytes] = {}
+        if self.segmenter_ is not None:
+            arrays["segmenter"] = self.segmenter_.state()
         if self.supervised_ is not None:
             arrays["supervised"] = self.supervised_.state()
             name, blob = self.supervised_.learner.artifact()
@@ -342,6 +385,13 @@ class Model:
         model.label_snapshot_ = manifest.get("label_snapshot")
         model.parent_version_ = manifest.get("parent_version")
         model.promotion_ = manifest.get("promotion")
+        segmenter = next((c for c in manifest["components"] if c["role"] == "segmenter" and c["name"]), None)
+        if segmenter is not None:
+            from segscope.unsupervised.segment import Segmenter
+
+            model.segmenter_ = Segmenter(**segmenter["params"])
+            model.segmenter_.load_state(reader.arrays("segmenter"))
+            model.segment_profiles_ = segmenter["profiles"]
         supervised = next((c for c in manifest["components"] if c["role"] == "supervised" and c["name"]), None)
         if supervised is not None:
             model.supervised_ = _load_supervised(reader, supervised, model.n_features)
@@ -349,6 +399,44 @@ class Model:
 
 
 # ------------------------------------------------------------------ file jobs
+def _segment_profiles(
+    segmenter: Any, x: np.ndarray, prep: FeaturePreparer, readable: np.ndarray, alerts: np.ndarray | None
+) -> list[dict[str, Any]]:
+    """A profile card per segment: size, anomaly rate, and the features that set it apart (standardised mean
+    difference against the rest), with typical values."""
+    labels, _ = segmenter.assign(x)
+    names = list(prep.schema_.features)
+    cards = []
+    for seg in [*segmenter.segments_.tolist(), -1]:
+        members = labels == seg
+        if not members.any():
+            continue
+        rest = ~members
+        mean_in, mean_out = x[members].mean(axis=0), x[rest].mean(axis=0) if rest.any() else x.mean(axis=0)
+        pooled = np.sqrt((x[members].var(axis=0) + (x[rest].var(axis=0) if rest.any() else 0)) / 2) + 1e-9
+        effect = (mean_in - mean_out) / pooled
+        top = np.argsort(-np.abs(effect))[:5]
+        typical = np.nanmedian(readable[members], axis=0) if readable.size else np.full(len(names), np.nan)
+        cards.append(
+            {
+                "segment": int(seg),
+                "size": int(members.sum()),
+                "share": float(members.mean()),
+                "anomaly_rate": float(alerts[members].mean()) if alerts is not None else None,
+                "distinguishing": [
+                    {
+                        "feature": names[j],
+                        "effect_size": round(float(effect[j]), 3),
+                        "typical": None if np.isnan(typical[j]) else round(float(typical[j]), 4),
+                        "expected_overall": prep.expected_[names[j]],
+                    }
+                    for j in top
+                ],
+            }
+        )
+    return cards
+
+
 def _load_supervised(reader: bundle_io.BundleReader, component: dict[str, Any], n_features: int) -> Any:
     from segscope.supervised.base import FineTuned
     from segscope.supervised.finetune import make_learner

@@ -173,12 +173,7 @@ def run_stream(options: StreamOptions, *, on_stats: Any = None) -> StreamStats:
                     metrics.batch_seconds.observe(time.perf_counter() - started)
                 window_in += sent["in"]
                 offsets = {tp: OffsetAndMetadata(msgs[-1].offset + 1, "", -1) for tp, msgs in batch.items()}
-                try:
-                    consumer.commit(offsets)
-                except CommitFailedError:
-                    # the group rebalanced while we scored: another member re-delivers this batch (same ids)
-                    stats.commit_retries += 1
-                    log.warning("commit failed after a rebalance; the batch will be re-delivered")
+                _commit(consumer, offsets, stats, CommitFailedError, KafkaError)
             elif (
                 options.idle_exit is not None
                 and now - last_message > options.idle_exit
@@ -202,6 +197,31 @@ def run_stream(options: StreamOptions, *, on_stats: Any = None) -> StreamStats:
         consumer.close(autocommit=False)
         producer.close(timeout=30)
     return stats
+
+
+def _commit(
+    consumer: Any,
+    offsets: dict[Any, Any],
+    stats: StreamStats,
+    rebalanced: type[BaseException],
+    kafka_error: type[BaseException],
+) -> None:
+    """Commit after the outputs are acknowledged. A failed commit is safe (the batch is re-delivered, with the
+    same ids), so it is retried briefly and then left to the next batch's commit, never raised."""
+    for attempt in range(5):
+        try:
+            consumer.commit(offsets)
+            return
+        except rebalanced:
+            # the group rebalanced while we scored: another member re-delivers this batch (same ids)
+            stats.commit_retries += 1
+            log.warning("commit failed after a rebalance; the batch will be re-delivered")
+            return
+        except kafka_error as exc:  # e.g. the coordinator is restarting
+            stats.commit_retries += 1
+            log.warning("commit failed (%s), attempt %d; retrying", exc, attempt + 1)
+            time.sleep(1.0 + attempt)
+    log.warning("commit still failing; the next batch's commit covers these offsets")
 
 
 def _lag(consumer: Any) -> int:

@@ -272,3 +272,34 @@ def forest_depths(
                 out[i] += leaves[node - n_internal]
                 i += 1
     return out
+
+
+@nb.njit(cache=True, parallel=True, nogil=True)
+def forest_class_proba(
+    x: np.ndarray,
+    roots: np.ndarray,
+    feature: np.ndarray,
+    threshold: np.ndarray,
+    left: np.ndarray,
+    right: np.ndarray,
+    value: np.ndarray,
+) -> np.ndarray:
+    """Mean class distribution over the trees of a classification forest, per row.
+
+    Nodes of all trees are concatenated (``roots`` = each tree's first node; ``left < 0`` marks a leaf);
+    ``value`` is (nodes, classes), each leaf's class distribution. Splits compare in float32 as scikit-learn's.
+    """
+    n = x.shape[0]
+    n_classes = value.shape[1]
+    n_trees = roots.shape[0]
+    out = np.zeros((n, n_classes))
+    for i in nb.prange(n):
+        for t in range(n_trees):
+            node = roots[t]
+            while left[node] >= 0:
+                node = left[node] if x[i, feature[node]] <= threshold[node] else right[node]
+            for c in range(n_classes):
+                out[i, c] += value[node, c]
+        for c in range(n_classes):
+            out[i, c] /= n_trees
+    return out

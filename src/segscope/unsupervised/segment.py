@@ -1,0 +1,200 @@
+"""Segments: UMAP + HDBSCAN on a sample of the prepared history, served by a distilled forest.
+
+UMAP + HDBSCAN finds good segments but serves new records badly: ``UMAP.transform`` is slow and depends on
+the batch, and ``hdbscan.approximate_predict`` can return labels the model never had. So the fit clusters a
+sample, then *distils* the segmentation into a random forest on the prepared features (the sample's segment
+labels, noise included, as classes). Assignment is the forest's vote, compiled in Numba: per record,
+deterministic, fast, and it can only return segments the model has (or -1 = noise / unlike any segment, also
+when the vote's confidence is below ``min_confidence``). The agreement of the distilled assignment with the
+fit-time labels is measured on the sample and on held-out rows and stored in the manifest.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Self
+
+import numpy as np
+
+from segscope._deps import require
+from segscope.exceptions import NotFittedError
+from segscope.unsupervised import _kernels
+
+__all__ = ["Segmenter"]
+
+
+class Segmenter:
+    """``fit(x)`` on the prepared matrix; ``assign(x)`` -> (segment ids, confidence)."""
+
+    def __init__(
+        self,
+        *,
+        sample_size: int = 20_000,
+        n_neighbors: int = 15,
+        n_components: int = 5,
+        min_cluster_size: int | None = None,
+        n_trees: int = 30,
+        max_depth: int = 14,
+        min_confidence: float = 0.5,
+        seed: int = 0,
+    ) -> None:
+        self.sample_size = sample_size
+        self.n_neighbors = n_neighbors
+        self.n_components = n_components
+        self.min_cluster_size = min_cluster_size
+        self.n_trees = n_trees
+        self.max_depth = max_depth
+        self.min_confidence = min_confidence
+        self.seed = seed
+
+    def get_params(self) -> dict[str, Any]:
+        return {
+            k: getattr(self, k)
+            for k in (
+                "sample_size",
+                "n_neighbors",
+                "n_components",
+                "min_cluster_size",
+                "n_trees",
+                "max_depth",
+                "min_confidence",
+                "seed",
+            )
+        }
+
+    def fit(self, x: np.ndarray) -> Self:
+        umap = require("umap", extra="segments", feature="segmentation (UMAP)")
+        hdbscan = require("hdbscan", extra="segments", feature="segmentation (HDBSCAN)")
+        from sklearn.ensemble import RandomForestClassifier
+
+        rng = np.random.default_rng(self.seed)
+        n = x.shape[0]
+        order = rng.permutation(n)
+        take = min(self.sample_size, n)
+        sample_rows = np.sort(order[:take])
+        held_rows = np.sort(order[take : take + min(5000, n - take)])
+        sample = x[sample_rows]
+        embedding = umap.UMAP(
+            n_neighbors=self.n_neighbors,
+            n_components=min(self.n_components, max(2, x.shape[1] - 1)),
+            min_dist=0.0,
+            random_state=self.seed,
+            n_jobs=1,
+        ).fit_transform(sample)
+        mcs = self.min_cluster_size or max(15, take // 200)
+        clusterer = hdbscan.HDBSCAN(min_cluster_size=mcs, min_samples=max(5, mcs // 3), prediction_data=True)
+        labels = clusterer.fit_predict(embedding)
+        self.segments_ = np.unique(labels[labels >= 0]).astype(np.int32)
+        forest = RandomForestClassifier(
+            n_estimators=self.n_trees,
+            max_depth=self.max_depth,
+            min_samples_leaf=2,
+            random_state=self.seed,
+            n_jobs=2,
+        ).fit(sample.astype(np.float32), labels)
+        self._compile(forest)
+        assigned, _ = self.assign(sample)
+        self.sample_labels_ = labels.astype(np.int32)
+        self.agreement_fit_ = float((assigned == labels).mean())
+        self.agreement_held_out_ = None
+        if held_rows.size:  # held-out rows: HDBSCAN's own out-of-sample labels through UMAP.transform
+            reducer_rows = x[held_rows]
+            # the reference for held-out agreement; slow, so measured on at most 5,000 rows, once, at fit
+            held_embedding = self._reducer_transform(umap, sample, reducer_rows)
+            reference, _ = hdbscan.approximate_predict(clusterer, held_embedding)
+            self.agreement_held_out_ = float((self.assign(reducer_rows)[0] == reference).mean())
+        self.sample_rows_ = sample_rows
+        self.embedding_ = embedding[:, :2].astype(np.float32)
+        return self
+
+    def _reducer_transform(self, umap: Any, sample: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        reducer = umap.UMAP(
+            n_neighbors=self.n_neighbors,
+            n_components=min(self.n_components, max(2, sample.shape[1] - 1)),
+            min_dist=0.0,
+            random_state=self.seed,
+            n_jobs=1,
+        ).fit(sample)
+        return np.asarray(reducer.transform(rows))
+
+    def _compile(self, forest: Any) -> None:
+        classes = forest.classes_.astype(np.int32)
+        roots, feats, thr, lefts, rights, values = [], [], [], [], [], []
+        offset = 0
+        for est in forest.estimators_:
+            t = est.tree_
+            leaf = t.children_left < 0
+            roots.append(offset)
+            feats.append(np.where(leaf, 0, t.feature))
+            thr64 = t.threshold
+            thr32 = thr64.astype(np.float32)
+            thr.append(np.where(thr32.astype(np.float64) > thr64, np.nextafter(thr32, np.float32(-np.inf)), thr32))
+            lefts.append(np.where(leaf, -1, t.children_left + offset))
+            rights.append(np.where(leaf, -1, t.children_right + offset))
+            dist = t.value[:, 0, :]
+            values.append(dist / np.maximum(dist.sum(axis=1, keepdims=True), 1e-12))
+            offset += t.node_count
+        self.classes_ = classes
+        self.roots_ = np.asarray(roots, dtype=np.int64)
+        self.feature_ = np.concatenate(feats).astype(np.int64)
+        self.threshold_ = np.concatenate(thr).astype(np.float32)
+        self.left_ = np.concatenate(lefts).astype(np.int64)
+        self.right_ = np.concatenate(rights).astype(np.int64)
+        self.value_ = np.concatenate(values).astype(np.float64)
+
+    def assign(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(segment id per row, -1 = noise / unlike any segment; confidence in [0, 1])."""
+        if not hasattr(self, "classes_"):
+            raise NotFittedError("Segmenter is not fitted; call fit(matrix) first")
+        if x.shape[0] == 0:
+            return np.empty(0, dtype=np.int32), np.empty(0)
+        proba = _kernels.forest_class_proba(
+            np.ascontiguousarray(x, dtype=np.float32),
+            self.roots_,
+            self.feature_,
+            self.threshold_,
+            self.left_,
+            self.right_,
+            self.value_,
+        )
+        best = proba.argmax(axis=1)
+        confidence = proba[np.arange(x.shape[0]), best]
+        segment = self.classes_[best]
+        segment = np.where(confidence >= self.min_confidence, segment, -1).astype(np.int32)
+        return segment, np.asarray(confidence)
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {
+            "classes": self.classes_,
+            "roots": self.roots_,
+            "feature": self.feature_,
+            "threshold": self.threshold_,
+            "left": self.left_,
+            "right": self.right_,
+            "value": self.value_,
+            "segments": self.segments_,
+            "sample_labels": self.sample_labels_,
+            "sample_rows": self.sample_rows_,
+            "embedding": self.embedding_,
+            "agreement": np.array(
+                [self.agreement_fit_, np.nan if self.agreement_held_out_ is None else self.agreement_held_out_]
+            ),
+        }
+
+    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
+        for key in (
+            "classes",
+            "roots",
+            "feature",
+            "threshold",
+            "left",
+            "right",
+            "value",
+            "segments",
+            "sample_labels",
+            "sample_rows",
+            "embedding",
+        ):
+            setattr(self, f"{key}_", arrays[key])
+        self.agreement_fit_ = float(arrays["agreement"][0])
+        held = float(arrays["agreement"][1])
+        self.agreement_held_out_ = None if np.isnan(held) else held
