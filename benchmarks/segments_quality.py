@@ -22,9 +22,10 @@ import polars as pl
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
-from _adbench import data_dir
 from segscope.features.prepare import FeaturePreparer
 from segscope.unsupervised.segment import Segmenter
+
+from _adbench import data_dir
 
 
 def main() -> None:
@@ -51,8 +52,9 @@ def main() -> None:
         result[name] = {
             "true_k": k,
             "ari_segscope": adjusted_rand_score(labels, ours),
-            "ari_segscope_fit_labels": adjusted_rand_score(labels, seg.sample_labels_) if seg.sample_rows_.size == len(
-                labels) else None,
+            "ari_segscope_fit_labels": adjusted_rand_score(labels, seg.sample_labels_)
+            if seg.sample_rows_.size == len(labels)
+            else None,
             "ari_kmeans_true_k": adjusted_rand_score(labels, km),
             "ari_hdbscan_no_umap": adjusted_rand_score(labels, plain),
         }
