@@ -208,6 +208,30 @@ def inspect(
         detail = comp.get("params") or comp.get("note") or ""
         out.print(f"  {comp['role']:<10} {comp['name'] or '-':<14} {detail}")
     out.print(f"alert policy   {manifest['policy']}")
+    segmenter = next((c for c in manifest["components"] if c["role"] == "segmenter" and c.get("name")), None)
+    if segmenter is not None:
+        agreement = segmenter["agreement_with_fit_labels"]
+        held = agreement["held_out"]
+        cards = Table(
+            title=f"{segmenter['segments']} segments (assignment agrees with the fit-time labels on "
+            f"{agreement['fit_sample']:.1%} of the sample" + (f", {held:.1%} held out)" if held is not None else ")")
+        )
+        for col in ("segment", "size", "share", "anomaly rate", "what sets it apart (effect size: typical vs overall)"):
+            cards.add_column(col)
+        for card in segmenter["profiles"]:
+            rate = card["anomaly_rate"]
+            apart = "; ".join(
+                f"{d['feature']} {d['effect_size']:+.1f} ({d['typical']} vs {d['expected_overall']})"
+                for d in card["distinguishing"][:3]
+            )
+            cards.add_row(
+                "noise" if card["segment"] == -1 else str(card["segment"]),
+                f"{card['size']:,}",
+                f"{card['share']:.1%}",
+                "-" if rate is None else f"{rate:.1%}",
+                apart,
+            )
+        out.print(cards)
     if manifest.get("label_snapshot"):
         out.print(f"labels         {manifest['label_snapshot']}")
         out.print(f"tuned from     {manifest['parent_version']}; decision: {manifest['promotion']['reason']}")

@@ -11,6 +11,7 @@ import hashlib
 import io
 import platform
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -124,7 +125,7 @@ class Model:
             ).fit(x)
             alerts = policy.decide(ensemble.reference_scores_, frame) if cfg.policy.kind != "budget" else None
             self.segment_profiles_ = _segment_profiles(
-                self.segmenter_, x, prep, prep.readable_values(validated)[0], alerts
+                self.segmenter_, x, prep, *prep.readable_values(validated), alerts
             )
         created = datetime.now(UTC)
         fingerprint = fingerprint or _frame_fingerprint(frame)
@@ -400,7 +401,12 @@ class Model:
 
 # ------------------------------------------------------------------ file jobs
 def _segment_profiles(
-    segmenter: Any, x: np.ndarray, prep: FeaturePreparer, readable: np.ndarray, alerts: np.ndarray | None
+    segmenter: Any,
+    x: np.ndarray,
+    prep: FeaturePreparer,
+    readable: np.ndarray,
+    categorical: dict[int, pl.Series],
+    alerts: np.ndarray | None,
 ) -> list[dict[str, Any]]:
     """A profile card per segment: size, anomaly rate, and the features that set it apart (standardised mean
     difference against the rest), with typical values."""
@@ -416,7 +422,12 @@ def _segment_profiles(
         pooled = np.sqrt((x[members].var(axis=0) + (x[rest].var(axis=0) if rest.any() else 0)) / 2) + 1e-9
         effect = (mean_in - mean_out) / pooled
         top = np.argsort(-np.abs(effect))[:5]
-        typical = np.nanmedian(readable[members], axis=0) if readable.size else np.full(len(names), np.nan)
+        with warnings.catch_warnings():  # categorical columns are all-NaN here: their typical value is the mode
+            warnings.simplefilter("ignore", RuntimeWarning)
+            medians = np.nanmedian(readable[members], axis=0)
+        typical: list[Any] = [None if np.isnan(v) else round(float(v), 4) for v in medians]
+        for j, strings in categorical.items():
+            typical[j] = strings.filter(pl.Series(members)).mode().sort()[0]
         cards.append(
             {
                 "segment": int(seg),
@@ -427,7 +438,7 @@ def _segment_profiles(
                     {
                         "feature": names[j],
                         "effect_size": round(float(effect[j]), 3),
-                        "typical": None if np.isnan(typical[j]) else round(float(typical[j]), 4),
+                        "typical": typical[j],
                         "expected_overall": prep.expected_[names[j]],
                     }
                     for j in top

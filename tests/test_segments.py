@@ -1,0 +1,71 @@
+"""Segmentation: UMAP + HDBSCAN on a sample, served by the distilled forest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from sklearn.metrics import adjusted_rand_score
+
+from segscope import Model
+from segscope.config import SegmentsConfig, SegscopeConfig
+from segscope.unsupervised.segment import Segmenter
+
+
+def _blobs(n: int = 1500, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centres = np.array([[0, 0, 0, 0], [8, 8, 0, 0], [0, 8, 8, 8]], dtype=float)
+    truth = rng.integers(0, 3, size=n)
+    return centres[truth] + rng.normal(size=(n, 4)), truth
+
+
+@pytest.fixture(scope="module")
+def segmenter() -> Segmenter:
+    x, _ = _blobs()
+    return Segmenter(sample_size=1200, min_cluster_size=30).fit(x)
+
+
+def test_finds_the_planted_groups(segmenter: Segmenter) -> None:
+    x, truth = _blobs(seed=1)
+    labels, confidence = segmenter.assign(x)
+    assert segmenter.segments_.size >= 3
+    assert adjusted_rand_score(truth, labels) > 0.9
+    assert ((confidence >= 0) & (confidence <= 1)).all()
+    assert segmenter.agreement_fit_ > 0.9
+    assert segmenter.agreement_held_out_ is not None and segmenter.agreement_held_out_ > 0.9
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=arrays(np.float64, st.tuples(st.integers(1, 40), st.just(4)), elements=st.floats(-1e6, 1e6)))
+def test_never_returns_an_unknown_segment(segmenter: Segmenter, rows: np.ndarray) -> None:
+    labels, _ = segmenter.assign(rows)
+    assert set(labels.tolist()) <= {*segmenter.segments_.tolist(), -1}
+    single = np.array([segmenter.assign(rows[i : i + 1])[0][0] for i in range(rows.shape[0])])
+    np.testing.assert_array_equal(single, labels)  # per record, whatever the batch
+
+
+def test_model_with_segments(tmp_path: Path, run_cli) -> None:
+    from segscope.testing.data import make_transactions
+
+    history = make_transactions(3000, seed=0)
+    config = SegscopeConfig(segments=SegmentsConfig(enabled=True, sample_size=2000)).with_features(
+        id_column="txn_id", drop=("is_fraud",)
+    )
+    model = Model(config).fit(history)
+    new = make_transactions(800, seed=1)
+    scored = model.score(new)
+    assert scored.schema["segment"] == pl.Int32
+    assert set(scored["segment"].unique().to_list()) <= {*model.segmenter_.segments_.tolist(), -1}
+    assert (scored["segment"] >= 0).mean() > 0.5
+    model.save(tmp_path / "b")
+    assert Model.load(tmp_path / "b").score(new)["segment"].equals(scored["segment"])
+    cards = model.segment_profiles_
+    assert sum(c["size"] for c in cards) == 3000
+    assert all({"segment", "size", "share", "anomaly_rate", "distinguishing"} <= set(c) for c in cards)
+    inspect = run_cli("inspect", tmp_path / "b")
+    assert inspect.code == 0 and "segments (assignment agrees" in inspect.out
