@@ -28,6 +28,44 @@ from segscope.unsupervised.segment import Segmenter
 from _adbench import data_dir
 
 
+def image_segments() -> dict:
+    """river's bundled ImageSegments (2,310 rows, 7 classes)."""
+    from river import datasets
+
+    rows = [(x, y) for x, y in datasets.ImageSegments()]
+    frame = pl.DataFrame([x for x, _ in rows])
+    truth = np.array([y for _, y in rows])
+    prep = FeaturePreparer().fit(frame)
+    x = prep.transform(prep.validate(frame))
+    labels, _ = Segmenter(sample_size=len(rows)).fit(x).assign(x)
+    return {
+        "rows": len(rows),
+        "true_k": 7,
+        "ari_segscope": adjusted_rand_score(truth, labels),
+        "ari_kmeans_true_k": adjusted_rand_score(truth, KMeans(n_clusters=7, n_init=4, random_state=0).fit_predict(x)),
+        "ari_hdbscan_no_umap": adjusted_rand_score(truth, hdbscan.HDBSCAN(min_cluster_size=15).fit_predict(x)),
+    }
+
+
+def fit_one_million() -> float:
+    """`segscope fit` with segments on a 1M-row x 20-column Parquet file (the default 100k-row fit sample)."""
+    import sys
+    import tempfile
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from score_speed import write_table
+
+    from segscope.config import SegmentsConfig, SegscopeConfig
+    from segscope.pipeline import fit_file
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "big.parquet"
+        write_table(path, 1_000_000, seed=0)
+        start = time.perf_counter()
+        fit_file(path, SegscopeConfig(segments=SegmentsConfig(enabled=True)))
+        return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=None)
@@ -59,6 +97,10 @@ def main() -> None:
             "ari_hdbscan_no_umap": adjusted_rand_score(labels, plain),
         }
         print(name, json.dumps(result[name]), flush=True)
+    result["image_segments"] = image_segments()
+    print("image_segments", json.dumps(result["image_segments"]), flush=True)
+    result["fit_1m_x_20_seconds"] = fit_one_million()
+    print(f"fit on 1M x 20 with segments: {result['fit_1m_x_20_seconds']:.1f} s", flush=True)
     big = np.repeat(x, int(np.ceil(1_000_000 / x.shape[0])), axis=0)[:1_000_000]
     seg.assign(big[:1000])
     start = time.perf_counter()

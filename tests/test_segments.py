@@ -53,7 +53,7 @@ def test_model_with_segments(tmp_path: Path, run_cli) -> None:
     from segscope.testing.data import make_transactions
 
     history = make_transactions(3000, seed=0)
-    config = SegscopeConfig(segments=SegmentsConfig(enabled=True, sample_size=2000)).with_features(
+    config = SegscopeConfig(segments=SegmentsConfig(enabled=True, sample_size=2000, aware_scoring=True)).with_features(
         id_column="txn_id", drop=("is_fraud",)
     )
     model = Model(config).fit(history)
@@ -62,8 +62,18 @@ def test_model_with_segments(tmp_path: Path, run_cli) -> None:
     assert scored.schema["segment"] == pl.Int32
     assert set(scored["segment"].unique().to_list()) <= {*model.segmenter_.segments_.tolist(), -1}
     assert (scored["segment"] >= 0).mean() > 0.5
+    # segment-aware scoring: segments with enough members are calibrated on their own, per record
+    assert model.segment_calibrators_
+    assert scored["anomaly_score"].is_between(0.0, 1.0).all()
+    parts = pl.concat([model.score(new[i : i + 101]) for i in range(0, new.height, 101)])
+    assert parts["anomaly_score"].equals(scored["anomaly_score"])
+    assert not scored["anomaly_score"].equals(
+        Model(config.model_copy(update={"segments": SegmentsConfig()})).fit(history).score(new)["anomaly_score"]
+    )
     model.save(tmp_path / "b")
-    assert Model.load(tmp_path / "b").score(new)["segment"].equals(scored["segment"])
+    loaded = Model.load(tmp_path / "b").score(new)
+    assert loaded["segment"].equals(scored["segment"])
+    assert loaded["anomaly_score"].equals(scored["anomaly_score"])
     cards = model.segment_profiles_
     assert sum(c["size"] for c in cards) == 3000
     assert all({"segment", "size", "share", "anomaly_rate", "distinguishing"} <= set(c) for c in cards)

@@ -93,6 +93,10 @@ class SegmentsConfig(_Frozen):
     n_components: int = Field(default=5, ge=2)
     min_cluster_size: int | None = Field(default=None, ge=2)
     min_confidence: float = Field(default=0.5, ge=0.0, le=1.0)
+    #: Calibrate each segment's anomaly scores against its own members (noise: globally).
+    aware_scoring: bool = False
+    #: Segments with fewer fit-time members than this are calibrated globally.
+    min_segment_size: int = Field(default=50, ge=10)
 
 
 class SegscopeConfig(_Frozen):

@@ -65,6 +65,8 @@ class Model:
     #: The segmenter and its profile cards, when segmentation is enabled (``segment`` is -1 otherwise).
     segmenter_: Any = None
     segment_profiles_: list[dict[str, Any]] | None = None
+    #: Per-segment calibration of the ensemble's combined score (segment-aware scoring), by segment id.
+    segment_calibrators_: dict[int, Any] | None = None
     #: The fine-tuned learner, when this version has one (``supervised_score`` is null otherwise).
     supervised_: Any = None
     #: For fine-tuned versions: the labels used, the version it was tuned from, and the promotion decision.
@@ -123,6 +125,11 @@ class Model:
                 min_confidence=s.min_confidence,
                 seed=cfg.seed,
             ).fit(x)
+            self.segment_calibrators_ = {}
+            if s.aware_scoring:
+                self.segment_calibrators_ = _fit_segment_calibrators(
+                    ensemble, x, self.segmenter_.assign(x)[0], s.min_segment_size
+                )
             alerts = policy.decide(ensemble.reference_scores_, frame) if cfg.policy.kind != "budget" else None
             self.segment_profiles_ = _segment_profiles(
                 self.segmenter_, x, prep, *prep.readable_values(validated), alerts
@@ -162,6 +169,21 @@ class Model:
         return self.version_
 
     # ---------------------------------------------------------------- score
+    def _segment_aware(self, x: np.ndarray, anomaly: np.ndarray, parts: np.ndarray) -> np.ndarray:
+        """Re-calibrate the combined score of records in segments that have their own calibration."""
+        if not self.segment_calibrators_ or self.segmenter_ is None:
+            return anomaly
+        segments, _ = self.segmenter_.assign(x)
+        combined = self.ensemble_._combine(parts[:, :-1])
+        anomaly = anomaly.copy()
+        for seg, calibrator in self.segment_calibrators_.items():
+            rows = segments == seg
+            if rows.any():
+                surprisal = calibrator.surprisal(combined[rows])
+                parts[rows, -1] = surprisal
+                anomaly[rows] = -np.expm1(-surprisal)
+        return anomaly
+
     def _unsupervised(
         self, frame: pl.DataFrame, *, with_reasons: bool = True
     ) -> tuple[pl.DataFrame, np.ndarray, np.ndarray, np.ndarray, pl.Series]:
@@ -176,6 +198,7 @@ class Model:
         skew = self.ensemble_.detectors[shared].skew_sign_ if shared is not None else None  # type: ignore[attr-defined]
         idx, val, total, ecod = self.explainer_.top_contributions(x, skew)
         anomaly, parts = self.ensemble_.score_with_parts(x, {shared: ecod} if shared is not None else None)
+        anomaly = self._segment_aware(x, anomaly, parts)
         reasons = pl.Series("reasons", [], dtype=REASON_DTYPE)
         if with_reasons:
             reasons = self.explainer_.explain(x, *self.preparer_.readable_values(validated), top=(idx, val, total))
@@ -198,9 +221,9 @@ class Model:
             supervised = self.supervised_.predict_proba(np.hstack([x, parts]))
         elif self.supervised_ is not None:
             supervised = np.empty(0)
+        segment = self.segmenter_.assign(x)[0] if self.segmenter_ is not None and frame.height else None
         score = supervised if supervised is not None else anomaly
         alerts = self.policy_.decide(score, validated)
-        segment = self.segmenter_.assign(x)[0] if self.segmenter_ is not None else None
         return frame.with_columns(
             pl.Series("score", score, dtype=pl.Float64),
             pl.Series("anomaly_score", anomaly, dtype=pl.Float64),
@@ -310,6 +333,11 @@ class Model:
         raw_files: dict[str, bytes] = {}
         if self.segmenter_ is not None:
             arrays["segmenter"] = self.segmenter_.state()
+            arrays["segment_calibration"] = {
+                f"{seg}_{key}": value
+                for seg, cal in (self.segment_calibrators_ or {}).items()
+                for key, value in cal.state().items()
+            }
         if self.supervised_ is not None:
             arrays["supervised"] = self.supervised_.state()
             name, blob = self.supervised_.learner.artifact()
@@ -393,6 +421,14 @@ class Model:
             model.segmenter_ = Segmenter(**segmenter["params"])
             model.segmenter_.load_state(reader.arrays("segmenter"))
             model.segment_profiles_ = segmenter["profiles"]
+            from segscope.unsupervised.calibrate import ReferenceCalibrator as _Cal
+
+            packed = reader.arrays("segment_calibration")
+            segs = sorted({int(k.split("_", 1)[0]) for k in packed})
+            model.segment_calibrators_ = {
+                seg: _Cal.from_state({k.split("_", 1)[1]: v for k, v in packed.items() if k.startswith(f"{seg}_")})
+                for seg in segs
+            }
         supervised = next((c for c in manifest["components"] if c["role"] == "supervised" and c["name"]), None)
         if supervised is not None:
             model.supervised_ = _load_supervised(reader, supervised, model.n_features)
@@ -400,6 +436,20 @@ class Model:
 
 
 # ------------------------------------------------------------------ file jobs
+def _fit_segment_calibrators(
+    ensemble: AnomalyEnsemble, x: np.ndarray, segments: np.ndarray, min_size: int
+) -> dict[int, Any]:
+    """A calibrator of the combined score per segment with enough members (noise stays global)."""
+    from segscope.unsupervised.calibrate import ReferenceCalibrator
+
+    combined = ensemble._combine(ensemble.detector_surprisal(x))
+    return {
+        int(seg): ReferenceCalibrator().fit(combined[segments == seg])
+        for seg in np.unique(segments)
+        if seg >= 0 and (segments == seg).sum() >= min_size
+    }
+
+
 def _segment_profiles(
     segmenter: Any,
     x: np.ndarray,
