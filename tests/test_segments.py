@@ -79,3 +79,19 @@ def test_model_with_segments(tmp_path: Path, run_cli) -> None:
     assert all({"segment", "size", "share", "anomaly_rate", "distinguishing"} <= set(c) for c in cards)
     inspect = run_cli("inspect", tmp_path / "b")
     assert inspect.code == 0 and "segments (assignment agrees" in inspect.out
+
+
+def test_segment_ids_keep_their_meaning_across_refits(segmenter: Segmenter) -> None:
+    rng = np.random.default_rng(5)
+    x, _ = _blobs(seed=3)
+    new_blob = np.array([20.0, -20.0, 20.0, -20.0]) + rng.normal(size=(400, 4))  # a pattern the old one lacks
+    x_new = np.concatenate([x[::-1], new_blob])  # other rows, other order, one more group
+    refit = Segmenter(sample_size=1900, min_cluster_size=30, seed=7).fit(x_new, previous=segmenter)
+    centres = np.array([[0, 0, 0, 0], [8, 8, 0, 0], [0, 8, 8, 8]], dtype=float)
+    old_ids, _ = segmenter.assign(centres)
+    new_ids, _ = refit.assign(centres)
+    np.testing.assert_array_equal(new_ids, old_ids)  # each group keeps its id
+    born = refit.assign(np.array([[20.0, -20.0, 20.0, -20.0]]))[0][0]
+    assert born > segmenter.segments_.max()  # a new segment gets a fresh id
+    assert born in refit.lineage_["births"]
+    assert refit.lineage_["deaths"] == [] or set(refit.lineage_["deaths"]).isdisjoint(old_ids.tolist())

@@ -90,13 +90,17 @@ def fit(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="Config file (.toml or .yaml).")] = None,
     id_column: Annotated[str | None, typer.Option("--id-column", help="Column that identifies a record.")] = None,
     drop: Annotated[list[str] | None, typer.Option("--drop", help="Column to leave out (repeatable).")] = None,
+    previous: Annotated[
+        Path | None, typer.Option("--previous", help="Last bundle: segment ids keep their meaning across refits.")
+    ] = None,
 ) -> None:
     """Fit the unsupervised layer on history and write a bundle."""
-    from segscope.pipeline import fit_file
+    from segscope.pipeline import Model, fit_file
 
     cfg = _load_config(config, id_column, drop or [])
+    last = Model.load(previous) if previous is not None else None
     with _steps() as step:
-        model = fit_file(data, cfg, on_step=step)
+        model = fit_file(data, cfg, on_step=step, previous=last)
         step(f"writing bundle {bundle}")
         model.save(bundle)
     dropped = model.preparer_.dropped_

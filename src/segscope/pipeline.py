@@ -85,6 +85,7 @@ class Model:
         fingerprint: str | None = None,
         total_rows: int | None = None,
         on_step: Callable[[str], None] | None = None,
+        previous: Model | None = None,
     ) -> Self:
         """Fit on history (already sampled to at most ``config.max_fit_rows`` rows by the caller)."""
         step = on_step or (lambda _: None)
@@ -124,7 +125,7 @@ class Model:
                 min_cluster_size=s.min_cluster_size,
                 min_confidence=s.min_confidence,
                 seed=cfg.seed,
-            ).fit(x)
+            ).fit(x, previous=previous.segmenter_ if previous is not None else None)
             self.segment_calibrators_ = {}
             if s.aware_scoring:
                 self.segment_calibrators_ = _fit_segment_calibrators(
@@ -298,6 +299,7 @@ class Model:
                 "held_out": self.segmenter_.agreement_held_out_,
             },
             "profiles": self.segment_profiles_,
+            "lineage": getattr(self.segmenter_, "lineage_", {}),
         }
 
     def _supervised_component(self) -> dict[str, Any]:
@@ -421,6 +423,7 @@ class Model:
             model.segmenter_ = Segmenter(**segmenter["params"])
             model.segmenter_.load_state(reader.arrays("segmenter"))
             model.segment_profiles_ = segmenter["profiles"]
+            model.segmenter_.lineage_ = segmenter.get("lineage", {})
             from segscope.unsupervised.calibrate import ReferenceCalibrator as _Cal
 
             packed = reader.arrays("segment_calibration")
@@ -532,7 +535,11 @@ def _sample_rows(path: str | Path, total: int, max_rows: int, seed: int) -> pl.D
 
 
 def fit_file(
-    path: str | Path, config: SegscopeConfig | None = None, *, on_step: Callable[[str], None] | None = None
+    path: str | Path,
+    config: SegscopeConfig | None = None,
+    *,
+    on_step: Callable[[str], None] | None = None,
+    previous: Model | None = None,
 ) -> Model:
     """Fit a model on a history file (a uniform sample of at most ``max_fit_rows`` rows)."""
     cfg = config if config is not None else SegscopeConfig()
@@ -544,7 +551,9 @@ def fit_file(
     sample = _sample_rows(path, total, cfg.max_fit_rows, cfg.seed)
     if cfg.features.id_column is not None and total > sample.height and cfg.features.id_column in sample.columns:
         _check_unique_ids_lazy(path, cfg.features.id_column)
-    return Model(cfg).fit(sample, fingerprint=bundle_io.fingerprint_file(path), total_rows=total, on_step=on_step)
+    return Model(cfg).fit(
+        sample, fingerprint=bundle_io.fingerprint_file(path), total_rows=total, on_step=on_step, previous=previous
+    )
 
 
 def _check_unique_ids_lazy(path: str | Path, id_column: str) -> None:

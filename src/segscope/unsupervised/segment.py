@@ -61,7 +61,10 @@ class Segmenter:
             )
         }
 
-    def fit(self, x: np.ndarray) -> Self:
+    def fit(self, x: np.ndarray, previous: Segmenter | None = None) -> Self:
+        """Segment ``x``. With ``previous`` (the last version's segmenter), new segments take the ids of the old
+        ones they overlap most (Hungarian matching on member overlap), so ids keep their meaning; births,
+        deaths, merges and splits are recorded in ``lineage_``."""
         umap = require("umap", extra="segments", feature="segmentation (UMAP)")
         hdbscan = require("hdbscan", extra="segments", feature="segmentation (HDBSCAN)")
         from sklearn.ensemble import RandomForestClassifier
@@ -83,6 +86,9 @@ class Segmenter:
         mcs = self.min_cluster_size or max(15, take // 200)
         clusterer = hdbscan.HDBSCAN(min_cluster_size=mcs, min_samples=max(5, mcs // 3), prediction_data=True)
         labels = clusterer.fit_predict(embedding)
+        self.lineage_: dict[str, Any] = {}
+        if previous is not None:
+            labels, self.lineage_ = _match_to_previous(labels, previous.assign(sample)[0])
         self.segments_ = np.unique(labels[labels >= 0]).astype(np.int32)
         forest = RandomForestClassifier(
             n_estimators=self.n_trees,
@@ -198,3 +204,53 @@ class Segmenter:
         self.agreement_fit_ = float(arrays["agreement"][0])
         held = float(arrays["agreement"][1])
         self.agreement_held_out_ = None if np.isnan(held) else held
+        self.lineage_ = {}
+
+
+def _match_to_previous(new: np.ndarray, old: np.ndarray, min_jaccard: float = 0.3) -> tuple[np.ndarray, dict[str, Any]]:
+    """Relabel ``new`` clusters with the ids of the ``old`` segments (the previous model's assignment of the same
+    rows) they overlap most; unmatched new clusters get fresh ids. Returns (labels, lineage)."""
+    from scipy.optimize import linear_sum_assignment
+
+    new_ids = np.unique(new[new >= 0])
+    old_ids = np.unique(old[old >= 0])
+    if new_ids.size == 0 or old_ids.size == 0:
+        return new, {"matched": {}, "births": new_ids.tolist(), "deaths": old_ids.tolist(), "merges": [], "splits": []}
+    inter = np.array([[np.sum((new == i) & (old == j)) for j in old_ids] for i in new_ids], dtype=np.float64)
+    size_new = np.array([np.sum(new == i) for i in new_ids], dtype=np.float64)
+    size_old = np.array([np.sum(old == j) for j in old_ids], dtype=np.float64)
+    jaccard = inter / (size_new[:, None] + size_old[None, :] - inter)
+    rows, cols = linear_sum_assignment(-jaccard)
+    mapping: dict[int, int] = {}
+    for r, c in zip(rows, cols, strict=True):
+        if jaccard[r, c] >= min_jaccard:
+            mapping[int(new_ids[r])] = int(old_ids[c])
+    next_id = int(old_ids.max()) + 1
+    births = []
+    for i in new_ids:
+        if int(i) not in mapping:
+            mapping[int(i)] = next_id
+            births.append(next_id)
+            next_id += 1
+    relabelled = np.array([mapping.get(int(v), -1) if v >= 0 else -1 for v in new], dtype=np.int64)
+    # merges: a new segment holding >= 30% of two or more old ones; splits: an old one spread over >= 2 new ones
+    share_of_old = inter / size_old[None, :]
+    merges = [
+        {"into": mapping[int(new_ids[r])], "from": [int(old_ids[c]) for c in np.flatnonzero(share_of_old[r] >= 0.3)]}
+        for r in range(new_ids.size)
+        if (share_of_old[r] >= 0.3).sum() >= 2
+    ]
+    splits = [
+        {"from": int(old_ids[c]), "into": [mapping[int(new_ids[r])] for r in np.flatnonzero(share_of_old[:, c] >= 0.3)]}
+        for c in range(old_ids.size)
+        if (share_of_old[:, c] >= 0.3).sum() >= 2
+    ]
+    kept = set(mapping[int(i)] for i in new_ids)
+    lineage = {
+        "matched": {str(k): v for k, v in mapping.items() if v not in births},
+        "births": births,
+        "deaths": [int(j) for j in old_ids if int(j) not in kept],
+        "merges": merges,
+        "splits": splits,
+    }
+    return relabelled, lineage
