@@ -21,24 +21,13 @@ from typing import Any, Protocol, Self
 
 import numpy as np
 
+from segscope._params import StoresParams
 from segscope.exceptions import DataError, NotFittedError
 
 __all__ = ["FineTuned", "Learner", "StoresParams"]
 
 #: At most this many confirmed anomalies are kept as exemplars for the proximity term.
 MAX_EXEMPLARS = 512
-
-
-class StoresParams:
-    """``get_params`` from ``__init__``'s keyword names (scikit-learn's convention); display hooks excluded."""
-
-    _not_params: tuple[str, ...] = ()
-
-    def get_params(self) -> dict[str, Any]:
-        import inspect
-
-        names = inspect.signature(type(self).__init__).parameters
-        return {n: getattr(self, n) for n in names if n != "self" and n not in self._not_params}
 
 
 class Learner(Protocol):

@@ -16,13 +16,14 @@ from typing import Any, Self
 import numpy as np
 
 from segscope._deps import require
+from segscope._params import StoresParams
 from segscope.exceptions import NotFittedError
 from segscope.unsupervised import _kernels
 
 __all__ = ["Segmenter"]
 
 
-class Segmenter:
+class Segmenter(StoresParams):
     """``fit(x)`` on the prepared matrix; ``assign(x)`` -> (segment ids, confidence)."""
 
     def __init__(
@@ -46,21 +47,6 @@ class Segmenter:
         self.min_confidence = min_confidence
         self.seed = seed
 
-    def get_params(self) -> dict[str, Any]:
-        return {
-            k: getattr(self, k)
-            for k in (
-                "sample_size",
-                "n_neighbors",
-                "n_components",
-                "min_cluster_size",
-                "n_trees",
-                "max_depth",
-                "min_confidence",
-                "seed",
-            )
-        }
-
     def fit(self, x: np.ndarray, previous: Segmenter | None = None) -> Self:
         """Segment ``x``. With ``previous`` (the last version's segmenter), new segments take the ids of the old
         ones they overlap most (Hungarian matching on member overlap), so ids keep their meaning; births,
@@ -76,13 +62,14 @@ class Segmenter:
         sample_rows = np.sort(order[:take])
         held_rows = np.sort(order[take : take + min(5000, n - take)])
         sample = x[sample_rows]
-        embedding = umap.UMAP(
+        reducer = umap.UMAP(
             n_neighbors=self.n_neighbors,
             n_components=min(self.n_components, max(2, x.shape[1] - 1)),
             min_dist=0.0,
             random_state=self.seed,
             n_jobs=1,
-        ).fit_transform(sample)
+        ).fit(sample)
+        embedding = reducer.embedding_
         mcs = self.min_cluster_size or max(15, take // 200)
         clusterer = hdbscan.HDBSCAN(min_cluster_size=mcs, min_samples=max(5, mcs // 3), prediction_data=True)
         labels = clusterer.fit_predict(embedding)
@@ -105,22 +92,12 @@ class Segmenter:
         if held_rows.size:  # held-out rows: HDBSCAN's own out-of-sample labels through UMAP.transform
             reducer_rows = x[held_rows]
             # the reference for held-out agreement; slow, so measured on at most 5,000 rows, once, at fit
-            held_embedding = self._reducer_transform(umap, sample, reducer_rows)
+            held_embedding = reducer.transform(reducer_rows)
             reference, _ = hdbscan.approximate_predict(clusterer, held_embedding)
             self.agreement_held_out_ = float((self.assign(reducer_rows)[0] == reference).mean())
         self.sample_rows_ = sample_rows
         self.embedding_ = embedding[:, :2].astype(np.float32)
         return self
-
-    def _reducer_transform(self, umap: Any, sample: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        reducer = umap.UMAP(
-            n_neighbors=self.n_neighbors,
-            n_components=min(self.n_components, max(2, sample.shape[1] - 1)),
-            min_dist=0.0,
-            random_state=self.seed,
-            n_jobs=1,
-        ).fit(sample)
-        return np.asarray(reducer.transform(rows))
 
     def _compile(self, forest: Any) -> None:
         classes = forest.classes_.astype(np.int32)
