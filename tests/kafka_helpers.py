@@ -94,6 +94,16 @@ def count(bootstrap: str, topic: str) -> int:
         consumer.close()
 
 
+def group_members(bootstrap: str, group: str) -> int:
+    """Members of a consumer group once it is stable (0 while it rebalances)."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        info = admin.describe_groups([group])[group]
+        return len(info["members"]) if info["group_state"] == "Stable" else 0
+    finally:
+        admin.close()
+
+
 def start_stream(bundle: Path, bootstrap: str, *args: str) -> subprocess.Popen[str]:
     cmd = [sys.executable, "-m", "segscope.cli", "stream", "--bundle", str(bundle), "--bootstrap", bootstrap, *args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

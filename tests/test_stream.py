@@ -20,6 +20,7 @@ from tests.kafka_helpers import (
     count,
     create_topic,
     free_port,
+    group_members,
     produce,
     records,
     start_stream,
@@ -136,7 +137,7 @@ def test_sigterm_drains_commits_and_exits_zero(kafka_bootstrap: str, stream_bund
     ids = Counter(r["id"] for r in out)
     assert len(ids) == 20_000
     assert sum(ids.values()) == 20_000  # a clean stop committed everything it produced: no duplicates
-    assert first < 20_000
+    assert first >= 3000
 
 
 def test_broker_restart_mid_stream(tmp_path: Path, stream_bundle: Path) -> None:
@@ -166,14 +167,17 @@ def test_two_consumers_share_partitions_and_survive_a_rebalance(kafka_bootstrap:
     produce(kafka_bootstrap, t["in"], records(make_transactions(40_000, seed=15).drop("is_fraud")))
     args = _args(t, "g-rebalance", "--batch-size", "1000")
     first = start_stream(stream_bundle, kafka_bootstrap, *args)
-    wait_until(lambda: count(kafka_bootstrap, t["out"]) >= 4000)
+    wait_until(lambda: count(kafka_bootstrap, t["out"]) >= 4000, proc=first)
     second = start_stream(stream_bundle, kafka_bootstrap, *args, "--idle-exit", "6")  # joins: a rebalance
-    wait_until(lambda: count(kafka_bootstrap, t["out"]) >= 40_000, timeout=240)
+    wait_until(lambda: group_members(kafka_bootstrap, "g-rebalance") == 2, proc=second)
+    # a second wave once both are members, so both have partitions with work on them
+    produce(kafka_bootstrap, t["in"], records(make_transactions(40_000, seed=18).drop("is_fraud")))
+    wait_until(lambda: count(kafka_bootstrap, t["out"]) >= 80_000, timeout=240, proc=first)
     _, err2 = second.communicate(timeout=120)
     code, err1 = terminate(first)
     assert code == 0, err1
     ids = Counter(r["id"] for r in consume_all(kafka_bootstrap, t["out"]))
-    assert len(ids) == 40_000  # nothing lost across the rebalance
+    assert len(ids) == 80_000  # nothing lost across the rebalance
     in_second = int(err2.split("stream stopped: ")[1].split(" in")[0].replace(",", ""))
     assert in_second > 0  # the second process really got partitions
 
