@@ -37,7 +37,9 @@ def free_port() -> int:
 
 def broker(action: str, data: Path, port: int | None = None) -> str:
     args = [str(BROKER), action, "--data", str(data)] + (["--port", str(port)] if port else [])
-    out = subprocess.run(args, capture_output=True, text=True, check=True, timeout=180)
+    out = subprocess.run(args, capture_output=True, text=True, check=False, timeout=180)
+    if out.returncode != 0:
+        raise RuntimeError(f"connectors/kafka/broker {action} failed ({out.returncode}): {out.stderr[-3000:]}")
     return out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
 
 
