@@ -41,11 +41,14 @@ lint: install-dev
 test: lint $(KAFKA_LIB)/.resolved
 	$(VENV)/bin/pytest -q
 
-bench: install-dev
+bench: install-dev $(KAFKA_LIB)/.resolved
 	$(PY) benchmarks/adbench_unsupervised.py --data $(SHARED_DATA)
 	$(PY) benchmarks/adbench_label_informed.py --data $(SHARED_DATA) --learners xgboost,torch
 	$(PY) benchmarks/finetune_speed.py
 	$(PY) benchmarks/score_speed.py
+	$(PY) benchmarks/stream_throughput.py
+	$(PY) benchmarks/segments_quality.py --data $(SHARED_DATA)
+	$(PY) benchmarks/adbench_segments.py --data $(SHARED_DATA)
 
 clean:
 	rm -rf $(VENV) segscope-demo .pytest_cache .mypy_cache .ruff_cache
