@@ -13,7 +13,6 @@ Writing goes to a temporary sibling folder that is renamed into place, so a cras
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -171,8 +170,3 @@ class BundleReader:
 def fingerprint_file(path: str | Path) -> str:
     """sha256 of a data file's bytes: the training-data fingerprint."""
     return _sha256(Path(path))
-
-
-def remove_quietly(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        path.unlink()

@@ -126,14 +126,13 @@ class Model:
                 min_confidence=s.min_confidence,
                 seed=cfg.seed,
             ).fit(x, previous=previous.segmenter_ if previous is not None else None)
+            labels = self.segmenter_.assign(x)[0]  # once, for both the calibrators and the profile cards
             self.segment_calibrators_ = {}
             if s.aware_scoring:
-                self.segment_calibrators_ = _fit_segment_calibrators(
-                    ensemble, x, self.segmenter_.assign(x)[0], s.min_segment_size
-                )
+                self.segment_calibrators_ = _fit_segment_calibrators(ensemble, x, labels, s.min_segment_size)
             alerts = policy.decide(ensemble.reference_scores_, frame) if cfg.policy.kind != "budget" else None
             self.segment_profiles_ = _segment_profiles(
-                self.segmenter_, x, prep, *prep.readable_values(validated), alerts
+                self.segmenter_, labels, x, prep, *prep.readable_values(validated), alerts
             )
         created = datetime.now(UTC)
         fingerprint = fingerprint or _frame_fingerprint(frame)
@@ -170,11 +169,10 @@ class Model:
         return self.version_
 
     # ---------------------------------------------------------------- score
-    def _segment_aware(self, x: np.ndarray, anomaly: np.ndarray, parts: np.ndarray) -> np.ndarray:
+    def _segment_aware(self, segments: np.ndarray | None, anomaly: np.ndarray, parts: np.ndarray) -> np.ndarray:
         """Re-calibrate the combined score of records in segments that have their own calibration."""
-        if not self.segment_calibrators_ or self.segmenter_ is None:
+        if not self.segment_calibrators_ or segments is None:
             return anomaly
-        segments, _ = self.segmenter_.assign(x)
         combined = self.ensemble_._combine(parts[:, :-1])
         anomaly = anomaly.copy()
         for seg, calibrator in self.segment_calibrators_.items():
@@ -187,42 +185,42 @@ class Model:
 
     def _unsupervised(
         self, frame: pl.DataFrame, *, with_reasons: bool = True
-    ) -> tuple[pl.DataFrame, np.ndarray, np.ndarray, np.ndarray, pl.Series]:
-        """(validated frame, prepared matrix, anomaly_score, its parts, reasons)."""
+    ) -> tuple[pl.DataFrame, np.ndarray, np.ndarray, np.ndarray, pl.Series, np.ndarray | None]:
+        """(validated frame, prepared matrix, anomaly_score, its parts, reasons, segments or None)."""
         validated = self.preparer_.validate(frame)
         x = self.preparer_.transform(validated)
         if not frame.height:
             parts = np.empty((0, len(self.ensemble_.detectors) + 1))
-            return validated, x, np.empty(0), parts, pl.Series("reasons", [], dtype=REASON_DTYPE)
+            return validated, x, np.empty(0), parts, pl.Series("reasons", [], dtype=REASON_DTYPE), None
         # ECOD and the reasons look up the same ECDF: one fused pass computes both
         shared = self.shared_ecod_
         skew = self.ensemble_.detectors[shared].skew_sign_ if shared is not None else None  # type: ignore[attr-defined]
         idx, val, total, ecod = self.explainer_.top_contributions(x, skew)
         anomaly, parts = self.ensemble_.score_with_parts(x, {shared: ecod} if shared is not None else None)
-        anomaly = self._segment_aware(x, anomaly, parts)
+        segments = self.segmenter_.assign(x)[0] if self.segmenter_ is not None else None  # once per batch
+        anomaly = self._segment_aware(segments, anomaly, parts)
         reasons = pl.Series("reasons", [], dtype=REASON_DTYPE)
         if with_reasons:
             reasons = self.explainer_.explain(x, *self.preparer_.readable_values(validated), top=(idx, val, total))
-        return validated, x, anomaly, parts, reasons
+        return validated, x, anomaly, parts, reasons, segments
 
     def supervision_matrix(self, frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(features for the supervised layer, +1/0 monotone constraints, anomaly_score): the prepared features
         plus every detector's calibrated surprisal and the ensemble's (the XGBOD idea)."""
         self._check_fitted()
-        _, x, anomaly, parts, _ = self._unsupervised(frame, with_reasons=False)
+        _, x, anomaly, parts, _, _ = self._unsupervised(frame, with_reasons=False)
         monotone = np.concatenate([np.zeros(x.shape[1]), np.ones(parts.shape[1])])
         return np.hstack([x, parts]), monotone, anomaly
 
     def score(self, frame: pl.DataFrame) -> pl.DataFrame:
         """Input columns plus :data:`SCORED_COLUMNS`. Never changes the model; batch-independent scores."""
         self._check_fitted()
-        validated, x, anomaly, parts, reasons = self._unsupervised(frame)
+        validated, x, anomaly, parts, reasons, segment = self._unsupervised(frame)
         supervised = None
         if self.supervised_ is not None and frame.height:
             supervised = self.supervised_.predict_proba(np.hstack([x, parts]))
         elif self.supervised_ is not None:
             supervised = np.empty(0)
-        segment = self.segmenter_.assign(x)[0] if self.segmenter_ is not None and frame.height else None
         score = supervised if supervised is not None else anomaly
         alerts = self.policy_.decide(score, validated)
         return frame.with_columns(
@@ -455,6 +453,7 @@ def _fit_segment_calibrators(
 
 def _segment_profiles(
     segmenter: Any,
+    labels: np.ndarray,
     x: np.ndarray,
     prep: FeaturePreparer,
     readable: np.ndarray,
@@ -463,7 +462,6 @@ def _segment_profiles(
 ) -> list[dict[str, Any]]:
     """A profile card per segment: size, anomaly rate, and the features that set it apart (standardised mean
     difference against the rest), with typical values."""
-    labels, _ = segmenter.assign(x)
     names = list(prep.schema_.features)
     cards = []
     for seg in [*segmenter.segments_.tolist(), -1]:

@@ -68,7 +68,6 @@ class XGBoostLearner(StoresParams):
             previous.load_model(bytearray(init))
         data = xgb.DMatrix(x, label=y, weight=weight)
         self.booster_ = xgb.train(params, data, num_boost_round=self.n_estimators, xgb_model=previous)
-        self.continued_ = previous is not None
         return self
 
     def predict_raw(self, x: np.ndarray) -> np.ndarray:
@@ -85,4 +84,3 @@ class XGBoostLearner(StoresParams):
         xgb = require("xgboost", extra="xgboost", feature="the XGBoost learner")
         self.booster_ = xgb.Booster()
         self.booster_.load_model(bytearray(blob))
-        self.continued_ = False

@@ -126,11 +126,15 @@ class Detector:
         raise NotImplementedError
 
 
+def _reference_rows(n: int, max_rows: int, seed: int) -> np.ndarray:
+    """Indices of a uniform sample of at most ``max_rows`` of ``n`` rows (all of them when n is small)."""
+    if n <= max_rows:
+        return np.arange(n)
+    return np.asarray(np.sort(np.random.default_rng(seed).choice(n, size=max_rows, replace=False)), dtype=np.int64)
+
+
 def _reference_sample(x: np.ndarray, max_rows: int, seed: int) -> np.ndarray:
-    if x.shape[0] <= max_rows:
-        return x
-    idx = np.sort(np.random.default_rng(seed).choice(x.shape[0], size=max_rows, replace=False))
-    return x[idx]
+    return x[_reference_rows(x.shape[0], max_rows, seed)]
 
 
 class _ECDFDetector(Detector):
@@ -349,19 +353,15 @@ class KNNDetector(Detector):
         return {"n_neighbors": 5, "max_reference": 10_000}
 
     def _fit(self, x: np.ndarray) -> None:
-        self.reference_ = _reference_sample(x, int(self._param("max_reference")), seed=0)
+        rows = _reference_rows(x.shape[0], int(self._param("max_reference")), seed=0)
+        self.reference_ = x[rows]
         k = min(int(self._param("n_neighbors")), self.reference_.shape[0] - 1)
         self.k_ = max(k, 1)
         # fit rows that are in the reference must not count themselves: query k+1 and drop the zero distance
         dist, _ = self._tree().query(x, k=min(self.k_ + 1, self.reference_.shape[0]))
-        in_ref = self._in_reference(x)
+        in_ref = np.zeros(x.shape[0], dtype=bool)
+        in_ref[rows] = True
         self.reference_scores_ = np.where(in_ref, dist[:, -1], dist[:, self.k_ - 1])
-
-    def _in_reference(self, x: np.ndarray) -> np.ndarray:
-        if x.shape[0] == self.reference_.shape[0]:
-            return np.ones(x.shape[0], dtype=bool)
-        ref_rows = {row.tobytes() for row in self.reference_}
-        return np.fromiter((row.tobytes() in ref_rows for row in x), dtype=bool, count=x.shape[0])
 
     def _tree(self) -> Any:
         if not hasattr(self, "tree_"):
