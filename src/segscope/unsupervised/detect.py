@@ -134,7 +134,7 @@ def _reference_rows(n: int, max_rows: int, seed: int) -> np.ndarray:
 
 
 def _reference_sample(x: np.ndarray, max_rows: int, seed: int) -> np.ndarray:
-    return x[_reference_rows(x.shape[0], max_rows, seed)]
+    return np.asarray(x[_reference_rows(x.shape[0], max_rows, seed)])
 
 
 class _ECDFDetector(Detector):
