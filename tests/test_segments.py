@@ -77,6 +77,14 @@ def test_model_with_segments(tmp_path: Path, run_cli) -> None:
     cards = model.segment_profiles_
     assert sum(c["size"] for c in cards) == 3000
     assert all({"segment", "size", "share", "anomaly_rate", "distinguishing"} <= set(c) for c in cards)
+    # reasons compare a member's value with its own segment's typical value; noise with the overall one
+    typical = {c["segment"]: c["typical_values"] for c in cards if c["segment"] >= 0}
+    overall = model.preparer_.expected_
+    for seg, reasons in scored.select("segment", "reasons").rows()[:200]:
+        for reason in reasons:
+            want = typical[seg] if seg >= 0 else overall
+            assert reason["expected"] == want[reason["feature"]]
+    assert loaded["reasons"].equals(scored["reasons"])
     inspect = run_cli("inspect", tmp_path / "b")
     assert inspect.code == 0 and "segments (assignment agrees" in inspect.out
 

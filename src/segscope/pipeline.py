@@ -30,7 +30,7 @@ from segscope.sinks.files import open_sink, write_batches
 from segscope.sources.files import count_rows, detect_format, iter_batches, read_file, scan_file
 from segscope.unsupervised.detect import make_detector
 from segscope.unsupervised.ensemble import AnomalyEnsemble
-from segscope.unsupervised.explain import REASON_DTYPE, FeatureExplainer
+from segscope.unsupervised.explain import REASON_DTYPE, FeatureExplainer, readable_typical
 from segscope.unsupervised.threshold import make_policy, restore_policy
 
 __all__ = ["SCORED_COLUMNS", "Model", "ScoreSummary", "evaluate_file", "fit_file", "score_file"]
@@ -67,6 +67,8 @@ class Model:
     segment_profiles_: list[dict[str, Any]] | None = None
     #: Per-segment calibration of the ensemble's combined score (segment-aware scoring), by segment id.
     segment_calibrators_: dict[int, Any] | None = None
+    #: Per-segment typical values for reasons (built lazily from the profile cards).
+    segment_expected_: tuple[pl.Series, np.ndarray] | None = None
     #: The fine-tuned learner, when this version has one (``supervised_score`` is null otherwise).
     supervised_: Any = None
     #: For fine-tuned versions: the labels used, the version it was tuned from, and the promotion decision.
@@ -113,6 +115,7 @@ class Model:
         policy = make_policy(cfg.policy).fit(ensemble.reference_scores_, frame)
         self.segmenter_ = None
         self.segment_profiles_: list[dict[str, Any]] = []
+        self.segment_expected_ = None
         if cfg.segments.enabled:
             from segscope.unsupervised.segment import Segmenter
 
@@ -183,6 +186,24 @@ class Model:
                 anomaly[rows] = -np.expm1(-surprisal)
         return anomaly
 
+    def _segment_expected(self, segments: np.ndarray | None) -> tuple[pl.Series, np.ndarray] | None:
+        """Reasons compare a segment member's values with its segment's typical values (noise: the overall ones)."""
+        if segments is None or not self.segment_profiles_:
+            return None
+        if self.segment_expected_ is None:
+            cards = [c for c in self.segment_profiles_ if c["segment"] >= 0 and "typical_values" in c]
+            names = list(self.preparer_.schema_.features)
+            overall = [self.preparer_.expected_[f] for f in names]
+            rows = [*([c["typical_values"][f] for f in names] for c in cards), overall]
+            table = pl.Series("expected", [v for row in rows for v in row], dtype=pl.String)
+            # segment id -> row of the table; the last row (overall values) for noise
+            lookup = np.full(max([c["segment"] for c in cards], default=0) + 2, len(cards), dtype=np.int64)
+            for i, c in enumerate(cards):
+                lookup[c["segment"]] = i
+            self.segment_expected_ = (table, lookup)
+        table, lookup = self.segment_expected_
+        return table, lookup[np.where((segments >= 0) & (segments < lookup.size - 1), segments, lookup.size - 1)]
+
     def _unsupervised(
         self, frame: pl.DataFrame, *, with_reasons: bool = True
     ) -> tuple[pl.DataFrame, np.ndarray, np.ndarray, np.ndarray, pl.Series, np.ndarray | None]:
@@ -201,7 +222,9 @@ class Model:
         anomaly = self._segment_aware(segments, anomaly, parts)
         reasons = pl.Series("reasons", [], dtype=REASON_DTYPE)
         if with_reasons:
-            reasons = self.explainer_.explain(x, *self.preparer_.readable_values(validated), top=(idx, val, total))
+            expected = self._segment_expected(segments)
+            readable = self.preparer_.readable_values(validated)
+            reasons = self.explainer_.explain(x, *readable, expected=expected, top=(idx, val, total))
         return validated, x, anomaly, parts, reasons, segments
 
     def supervision_matrix(self, frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -477,8 +500,9 @@ def _segment_profiles(
             warnings.simplefilter("ignore", RuntimeWarning)
             medians = np.nanmedian(readable[members], axis=0)
         typical: list[Any] = [None if np.isnan(v) else round(float(v), 4) for v in medians]
+        typical_text = readable_typical(medians, names)
         for j, strings in categorical.items():
-            typical[j] = strings.filter(pl.Series(members)).mode().sort()[0]
+            typical[j] = typical_text[j] = strings.filter(pl.Series(members)).mode().sort()[0]
         cards.append(
             {
                 "segment": int(seg),
@@ -494,6 +518,8 @@ def _segment_profiles(
                     }
                     for j in top
                 ],
+                # every feature's typical value in the segment: what reasons compare a member's values with
+                "typical_values": dict(zip(names, typical_text, strict=True)),
             }
         )
     return cards

@@ -15,7 +15,7 @@ import polars as pl
 from segscope.exceptions import NotFittedError
 from segscope.unsupervised import _kernels
 
-__all__ = ["REASON_DTYPE", "FeatureExplainer"]
+__all__ = ["REASON_DTYPE", "FeatureExplainer", "readable_typical"]
 
 REASON_DTYPE = pl.List(
     pl.Struct({"feature": pl.String, "value": pl.String, "expected": pl.String, "contribution": pl.Float64})
@@ -49,15 +49,16 @@ class FeatureExplainer:
         x: np.ndarray,
         numeric_values: np.ndarray,
         categorical_values: dict[int, pl.Series],
-        expected: np.ndarray | None = None,
+        expected: tuple[pl.Series, np.ndarray] | None = None,
         top: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     ) -> pl.Series:
         """The ``reasons`` column for prepared rows ``x``.
 
         ``numeric_values`` (rows x features, NaN = missing) and ``categorical_values`` (feature index -> strings)
         are the readable values (see ``FeaturePreparer.readable_values``). ``expected`` optionally gives per-row
-        expected values (rows x features, strings), e.g. a segment's typical values; by default the fit-time
-        values are used. ``top`` passes precomputed :func:`top_contributions` output.
+        expected values as (table, group): ``table`` holds groups x features strings flattened row-major (e.g. each
+        segment's typical values), ``group`` each row's group index; by default the fit-time values are used.
+        ``top`` passes precomputed :func:`top_contributions` output.
         """
         n, d = x.shape
         k = min(self.top_k, d)
@@ -76,7 +77,8 @@ class FeatureExplainer:
         if expected is None:
             exp = pl.Series("expected", self.expected_, dtype=pl.String).gather(flat_idx)
         else:
-            exp = pl.Series("expected", np.take_along_axis(expected, cols, axis=1).reshape(-1), dtype=pl.String)
+            table, group = expected
+            exp = table.gather(np.repeat(group.astype(np.int64) * d, k) + flat_idx).alias("expected")
         numbers = np.take_along_axis(numeric_values, cols, axis=1).reshape(-1)
         value = _format_numbers(numbers)
         hours = np.flatnonzero(np.isin(flat_idx, self._hour_features()))
@@ -94,7 +96,7 @@ class FeatureExplainer:
         )
 
     def _hour_features(self) -> np.ndarray:
-        return np.array([j for j, name in enumerate(self.feature_names_) if name.endswith("__hour")], dtype=np.int64)
+        return _hour_indices(self.feature_names_)
 
     def top_contributions(
         self, x: np.ndarray, skew_sign: np.ndarray | None = None
@@ -119,6 +121,19 @@ class FeatureExplainer:
         exp.ecdf_ = _kernels.build_ecdf(np.ascontiguousarray(arrays["sorted_ref"]).T)
         exp.feature_names_, exp.expected_ = list(feature_names), list(expected)
         return exp
+
+
+def readable_typical(values: np.ndarray, feature_names: list[str]) -> list[str]:
+    """Typical values (one per feature, NaN = none) in the form reasons print them."""
+    text = _format_numbers(values)
+    hours = _hour_indices(feature_names)
+    if hours.size:
+        text = text.scatter(hours, _format_clock(values[hours]))
+    return text.to_list()
+
+
+def _hour_indices(feature_names: list[str]) -> np.ndarray:
+    return np.array([j for j, name in enumerate(feature_names) if name.endswith("__hour")], dtype=np.int64)
 
 
 def _format_numbers(values: np.ndarray) -> pl.Series:
