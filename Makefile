@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 SHARED_DATA ?= ../shared/data
 
-.PHONY: demo test lint bench install install-dev clean
+.PHONY: demo test lint bench install install-dev clean .deb-packages
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml | $(PY)
 
 # Tests need every learner: torch from PyPI is the CUDA build (a few GB), installed here and only here.
 $(VENV)/.installed-dev: pyproject.toml | $(PY)
-	$(PIP) install -q -e '.[dev,xgboost,torch,kafka,segments]'
+	$(PIP) install -q -e '.[dev,xgboost,torch,kafka,segments,report]'
 	touch $@ $(VENV)/.installed
 
 # The Kafka broker's jars, resolved from Maven Central once (not committed).
@@ -27,6 +27,17 @@ KAFKA_LIB := .kafka/lib
 $(KAFKA_LIB)/.resolved: connectors/kafka/pom.xml
 	mvn -B -q -f connectors/kafka/pom.xml dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory=$(CURDIR)/$(KAFKA_LIB)
 	touch $@
+
+# Debian packages the tests use: Chromium (report and analyst-page browser tests) and a PostgreSQL server (label
+# store tests run against a real server). Installed only when missing; root or sudo needed once.
+DEB_PACKAGES := chromium chromium-driver postgresql
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+.deb-packages:
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:" $$missing; \
+		$(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
+	fi
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
@@ -38,7 +49,7 @@ lint: install-dev
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/mypy
 
-test: lint $(KAFKA_LIB)/.resolved
+test: lint $(KAFKA_LIB)/.resolved .deb-packages
 	$(VENV)/bin/pytest -q
 
 bench: install-dev $(KAFKA_LIB)/.resolved

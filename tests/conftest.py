@@ -51,6 +51,20 @@ def bundle(files: Path, model: Model) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def segments_history() -> pl.DataFrame:
+    return make_transactions(3000, seed=0)
+
+
+@pytest.fixture(scope="session")
+def segments_model(segments_history: pl.DataFrame) -> Model:
+    """A model with segments and segment-aware scoring (UMAP + HDBSCAN take ~30 s: fitted once per session)."""
+    from segscope.config import SegmentsConfig
+
+    config = SegscopeConfig(segments=SegmentsConfig(enabled=True, sample_size=2000, aware_scoring=True))
+    return Model(config.with_features(id_column="txn_id", drop=("is_fraud",))).fit(segments_history)
+
+
 @dataclass
 class CliResult:
     code: int

@@ -13,7 +13,7 @@ from hypothesis.extra.numpy import arrays
 from sklearn.metrics import adjusted_rand_score
 
 from segscope import Model
-from segscope.config import SegmentsConfig, SegscopeConfig
+from segscope.config import SegmentsConfig
 from segscope.unsupervised.segment import Segmenter
 
 
@@ -49,14 +49,10 @@ def test_never_returns_an_unknown_segment(segmenter: Segmenter, rows: np.ndarray
     np.testing.assert_array_equal(single, labels)  # per record, whatever the batch
 
 
-def test_model_with_segments(tmp_path: Path, run_cli) -> None:
+def test_model_with_segments(tmp_path: Path, run_cli, segments_model: Model, segments_history: pl.DataFrame) -> None:
     from segscope.testing.data import make_transactions
 
-    history = make_transactions(3000, seed=0)
-    config = SegscopeConfig(segments=SegmentsConfig(enabled=True, sample_size=2000, aware_scoring=True)).with_features(
-        id_column="txn_id", drop=("is_fraud",)
-    )
-    model = Model(config).fit(history)
+    model, history, config = segments_model, segments_history, segments_model.config
     new = make_transactions(800, seed=1)
     scored = model.score(new)
     assert scored.schema["segment"] == pl.Int32

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from segscope.exceptions import BundleError
+from segscope.sinks.files import publish
 
 __all__ = ["FORMAT_VERSION", "BundleReader", "write_bundle"]
 
@@ -89,7 +90,7 @@ def write_bundle(
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=parent))
             os.replace(target, old / "bundle")
-        os.replace(tmp, target)
+        publish(tmp, target)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:

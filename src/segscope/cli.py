@@ -225,7 +225,8 @@ def inspect(
         for card in segmenter["profiles"]:
             rate = card["anomaly_rate"]
             apart = "; ".join(
-                f"{d['feature']} {d['effect_size']:+.1f} ({d['typical']} vs {d['expected_overall']})"
+                f"{d['feature']} {d['effect_size']:+.1f} "
+                f"({card.get('typical_values', {}).get(d['feature'], d['typical'])} vs {d['expected_overall']})"
                 for d in card["distinguishing"][:3]
             )
             cards.add_row(
@@ -239,6 +240,43 @@ def inspect(
     if manifest.get("label_snapshot"):
         out.print(f"labels         {manifest['label_snapshot']}")
         out.print(f"tuned from     {manifest['parent_version']}; decision: {manifest['promotion']['reason']}")
+
+
+@app.command()
+def report(
+    bundle: BundleOpt,
+    data: Annotated[Path | None, typer.Argument(help="Data to score and show (optional).")] = None,
+    out_path: Annotated[Path, typer.Option("--out", "-o", help="The HTML file to write.")] = Path("report.html"),
+    label_column: Annotated[
+        str | None, typer.Option("--label-column", "-l", help="0/1 column of DATA for PR curves.")
+    ] = None,
+    labels: Annotated[Path | None, typer.Option("--labels", help="Labels file (id,label) for PR curves.")] = None,
+    max_rows: Annotated[int, typer.Option("--max-rows", help="Score a uniform sample of this many rows.")] = 200_000,
+    map_rows: Annotated[int, typer.Option("--map-rows", help="Records drawn on the map.")] = 3000,
+    trust_bundle: TrustOpt = False,
+) -> None:
+    """Write a self-contained HTML report: segment map, score distributions, profile cards, PR curves."""
+    from segscope.report import load_report_data, write_report
+
+    if label_column is not None and labels is not None:
+        raise typer.BadParameter("give --label-column or --labels, not both")
+    if data is None and (label_column is not None or labels is not None):
+        raise typer.BadParameter("labels need DATA to join with; pass the data file too")
+    model = _load_model(bundle, trust_bundle)
+    with _steps() as step:
+        report_data = None
+        if data is not None:
+            from segscope.supervised.labels import load_labels
+
+            step(f"scoring {data.name}")
+            label_frame = load_labels(labels) if labels is not None else None
+            report_data = load_report_data(
+                model, data, label_column=label_column, labels=label_frame, max_rows=max_rows
+            )
+        step("drawing the report")
+        path = write_report(model, out_path, report_data, map_rows=map_rows)
+    size = path.stat().st_size / 2**20
+    err.print(f"[green]wrote[/] {path} ({size:.1f} MiB, self-contained: open it in any browser)")
 
 
 @app.command()

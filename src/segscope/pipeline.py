@@ -27,7 +27,7 @@ from segscope.config import SegscopeConfig
 from segscope.exceptions import BundleError, DataError, NotFittedError, SchemaError
 from segscope.features.prepare import FeaturePreparer, check_unique_ids
 from segscope.sinks.files import open_sink, write_batches
-from segscope.sources.files import count_rows, detect_format, iter_batches, read_file, scan_file
+from segscope.sources.files import count_rows, detect_format, iter_batches, read_file, sample_rows, scan_file
 from segscope.unsupervised.detect import make_detector
 from segscope.unsupervised.ensemble import AnomalyEnsemble
 from segscope.unsupervised.explain import REASON_DTYPE, FeatureExplainer, readable_typical
@@ -546,18 +546,6 @@ def _ecod_index(ensemble: AnomalyEnsemble) -> int | None:
     return next((i for i, d in enumerate(ensemble.detectors) if isinstance(d, ECODDetector)), None)
 
 
-def _sample_rows(path: str | Path, total: int, max_rows: int, seed: int) -> pl.DataFrame:
-    if total <= max_rows:
-        return read_file(path)
-    keep = np.sort(np.random.default_rng(seed).choice(total, size=max_rows, replace=False))
-    lf = (
-        scan_file(path)
-        .with_row_index("__segscope_row")
-        .filter(pl.col("__segscope_row").is_in(pl.Series(keep, dtype=pl.get_index_type())))
-    )
-    return lf.collect(engine="streaming").drop("__segscope_row")
-
-
 def fit_file(
     path: str | Path,
     config: SegscopeConfig | None = None,
@@ -572,7 +560,7 @@ def fit_file(
     total = count_rows(path)
     if total == 0:
         raise DataError(f"{path}: the file has a header but no rows; fit needs at least one row")
-    sample = _sample_rows(path, total, cfg.max_fit_rows, cfg.seed)
+    sample = sample_rows(path, total, cfg.max_fit_rows, cfg.seed)
     if cfg.features.id_column is not None and total > sample.height and cfg.features.id_column in sample.columns:
         _check_unique_ids_lazy(path, cfg.features.id_column)
     return Model(cfg).fit(

@@ -23,6 +23,7 @@ from typing import Any
 
 from segscope.bundle import MANIFEST
 from segscope.exceptions import BundleError
+from segscope.sinks.files import write_text_atomic
 
 __all__ = ["current_version", "ensure_registry", "is_registry", "list_versions", "log", "resolve", "set_current"]
 
@@ -64,12 +65,7 @@ def log(path: str | Path) -> list[dict[str, Any]]:
 
 
 def _write_pointer(path: Path, version: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".CURRENT.", dir=path)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(version + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path / CURRENT)
+    write_text_atomic(path / CURRENT, version + "\n")
 
 
 def set_current(path: str | Path, version: str, *, action: str, detail: dict[str, Any] | None = None) -> None:

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from segscope.exceptions import SinkError
 from segscope.sources.files import detect_format
 
-__all__ = ["FileSink", "ListSink", "Sink", "open_sink", "write_batches"]
+__all__ = ["FileSink", "ListSink", "Sink", "open_sink", "publish", "write_batches", "write_text_atomic"]
 
 
 class Sink(Protocol):
@@ -99,7 +99,7 @@ class FileSink:
         self.handle_.flush()
         os.fsync(self.handle_.fileno())
         self.handle_.close()
-        os.replace(self.tmp_path_, self.path)
+        publish(self.tmp_path_, self.path)
 
     def abort(self) -> None:
         if hasattr(self, "handle_"):
@@ -158,6 +158,34 @@ class ListSink:
         return pl.concat(self.frames, how="vertical") if self.frames else pl.DataFrame()
 
 
+# read once at import (setting the umask to read it is not thread-safe)
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def publish(tmp: str | Path, path: str | Path) -> None:
+    """Rename a finished temporary file or folder into place, with the permissions a plain create would give
+    (mkstemp/mkdtemp make them private)."""
+    os.chmod(tmp, (0o777 if Path(tmp).is_dir() else 0o666) & ~_UMASK)
+    os.replace(tmp, path)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write a text file whole or not at all (temporary sibling, fsync, rename)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        publish(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 def write_batches(batches: Iterator[pl.DataFrame], schema: pl.Schema, path: str | Path) -> int:
     """Stream ``batches`` (all with ``schema``) into one file with Polars' own writers, atomically.
 
@@ -195,7 +223,7 @@ def write_batches(batches: Iterator[pl.DataFrame], schema: pl.Schema, path: str 
             lazy.sink_csv(tmp)
         else:
             lazy.sink_ndjson(tmp)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()

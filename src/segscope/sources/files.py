@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from segscope._typing import FileFormat
 from segscope.exceptions import SourceError
 
-__all__ = ["count_rows", "detect_format", "iter_batches", "read_file", "scan_file"]
+__all__ = ["count_rows", "detect_format", "iter_batches", "read_file", "sample_rows", "scan_file"]
 
 _EXTENSIONS: dict[str, FileFormat] = {
     ".parquet": "parquet",
@@ -63,9 +64,9 @@ def scan_file(path: str | Path) -> pl.LazyFrame:
     return lf
 
 
-def _collect(lf: pl.LazyFrame, path: str | Path) -> pl.DataFrame:
+def _collect(lf: pl.LazyFrame, path: str | Path, *, streaming: bool = False) -> pl.DataFrame:
     try:
-        return lf.collect()
+        return lf.collect(engine="streaming") if streaming else lf.collect()
     except pl.exceptions.ComputeError as exc:
         raise SourceError(
             f"{path}: cannot read it ({_describe(exc)}); if a column changes type part-way through, "
@@ -89,6 +90,19 @@ def read_file(path: str | Path, *, columns: list[str] | None = None) -> pl.DataF
 def count_rows(path: str | Path) -> int:
     """Count rows without loading the data."""
     return int(_collect(scan_file(path).select(pl.len()), path).item())
+
+
+def sample_rows(path: str | Path, total: int, max_rows: int, seed: int) -> pl.DataFrame:
+    """A uniform sample of at most ``max_rows`` of the file's ``total`` rows, in file order."""
+    if total <= max_rows:
+        return read_file(path)
+    keep = np.sort(np.random.default_rng(seed).choice(total, size=max_rows, replace=False))
+    lf = (
+        scan_file(path)
+        .with_row_index("__segscope_row")
+        .filter(pl.col("__segscope_row").is_in(pl.Series(keep, dtype=pl.get_index_type())))
+    )
+    return _collect(lf.drop("__segscope_row"), path, streaming=True)
 
 
 def iter_batches(path: str | Path, *, batch_size: int = 200_000) -> Iterator[pl.DataFrame]:

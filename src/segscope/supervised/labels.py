@@ -9,7 +9,7 @@ import polars as pl
 from segscope.exceptions import DataError, SchemaError
 from segscope.sources.files import read_file
 
-__all__ = ["LABEL_SCHEMA", "load_labels", "normalise_labels"]
+__all__ = ["LABEL_SCHEMA", "label_values", "load_labels", "normalise_labels"]
 
 #: Labels as segscope holds them: the record id as text, 1 = anomaly / 0 = normal, an optional category.
 LABEL_SCHEMA = pl.Schema({"id": pl.String, "label": pl.Int8, "category": pl.String})
@@ -23,11 +23,7 @@ def normalise_labels(frame: pl.DataFrame, *, source: str = "labels") -> pl.DataF
     missing = [c for c in ("id", "label") if c not in frame.columns]
     if missing:
         raise SchemaError(f"{source}: column(s) {missing} missing; labels need columns id,label[,category]")
-    text = frame.get_column("label").cast(pl.String).str.strip_chars().str.to_lowercase()
-    bad = ~(text.is_in(sorted(_ANOMALY | _NORMAL)) & text.is_not_null())
-    if bad.any():
-        row = int(bad.arg_true()[0])
-        raise DataError(f"{source}: label at row {row} is {frame['label'][row]!r}; use anomaly/normal (or 1/0)")
+    values = label_values(frame.get_column("label"), source=source)
     ids = frame.get_column("id").cast(pl.String)
     if ids.null_count():
         raise DataError(f"{source}: id is empty at row {int(ids.is_null().arg_true()[0])}; every label needs an id")
@@ -36,8 +32,18 @@ def normalise_labels(frame: pl.DataFrame, *, source: str = "labels") -> pl.DataF
         if "category" in frame.columns
         else pl.Series("category", [None] * frame.height, dtype=pl.String)
     )
-    out = pl.DataFrame({"id": ids, "label": text.is_in(sorted(_ANOMALY)).cast(pl.Int8), "category": category})
+    out = pl.DataFrame({"id": ids, "label": values, "category": category})
     return out.unique("id", keep="last", maintain_order=True)
+
+
+def label_values(column: pl.Series, *, source: str = "labels") -> pl.Series:
+    """A label column as Int8 (1 = anomaly, 0 = normal); anything else is refused with its row."""
+    text = column.cast(pl.String).str.strip_chars().str.to_lowercase()
+    bad = ~(text.is_in(sorted(_ANOMALY | _NORMAL)) & text.is_not_null())
+    if bad.any():
+        row = int(bad.arg_true()[0])
+        raise DataError(f"{source}: label at row {row} is {column[row]!r}; use anomaly/normal (or 1/0)")
+    return text.is_in(sorted(_ANOMALY)).cast(pl.Int8).alias("label")
 
 
 def load_labels(path: str | Path) -> pl.DataFrame:
