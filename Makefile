@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml | $(PY)
 
 # Tests need every learner: torch from PyPI is the CUDA build (a few GB), installed here and only here.
 $(VENV)/.installed-dev: pyproject.toml | $(PY)
-	$(PIP) install -q -e '.[dev,xgboost,torch,kafka,segments,report]'
+	$(PIP) install -q -e '.[dev,xgboost,torch,kafka,segments,report,web,store]'
 	touch $@ $(VENV)/.installed
 
 # The Kafka broker's jars, resolved from Maven Central once (not committed).
