@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
     from segscope.config import SegscopeConfig
     from segscope.pipeline import Model
+    from segscope.store import LabelStore
 
 app = typer.Typer(
     name="segscope",
@@ -35,6 +36,9 @@ err = Console(stderr=True)
 out = Console()
 
 BundleOpt = Annotated[Path, typer.Option("--bundle", "-b", help="Bundle folder.")]
+StoreOpt = Annotated[
+    str | None, typer.Option("--store", help="Label store: a SQLite file or a postgresql://user@host:port/db URL.")
+]
 TrustOpt = Annotated[
     bool, typer.Option("--trust-bundle", help="Allow loading pickled components (only for bundles you trust).")
 ]
@@ -75,6 +79,12 @@ def _load_config(config: Path | None, id_column: str | None, drop: list[str]) ->
 
     cfg = load_config(config) if config is not None else SegscopeConfig()
     return cfg.with_features(id_column=id_column, drop=tuple(drop))
+
+
+def _open_store(url: str) -> LabelStore:
+    from segscope.store import LabelStore
+
+    return LabelStore.open(url)
 
 
 def _load_model(bundle: Path, trusted: bool) -> Model:
@@ -120,6 +130,7 @@ def score(
         str, typer.Option("--out", "-o", help="Output file; format by extension; '-' = NDJSON on stdout.")
     ],
     batch_size: Annotated[int, typer.Option(help="Rows per batch (memory bound).", min=1)] = 200_000,
+    store: StoreOpt = None,
     trust_bundle: TrustOpt = False,
 ) -> None:
     """Score a file: input columns + score, anomaly_score, supervised_score, is_alert, segment, reasons,
@@ -128,15 +139,25 @@ def score(
     from segscope.sources.files import count_rows
 
     model = _load_model(bundle, trust_bundle)
+    label_store = _open_store(store) if store is not None else None
     total = count_rows(data)
     with _row_progress(total, f"scoring {data.name}") as progress:
         task = progress.add_task("score", total=total)
-        summary = score_file(model, data, out_path, batch_size=batch_size, on_batch=lambda n: progress.advance(task, n))
+        summary = score_file(
+            model,
+            data,
+            out_path,
+            batch_size=batch_size,
+            on_batch=lambda n: progress.advance(task, n),
+            store=label_store,
+        )
     rate = summary.rows / summary.seconds if summary.seconds else 0.0
     err.print(
         f"[green]scored[/] {summary.rows:,} rows ({rate:,.0f} rows/s), {summary.alerts:,} alerts, "
         f"model {model.version} -> [bold]{summary.out}[/]"
     )
+    if label_store is not None:
+        err.print(f"  {summary.stored:,} alerts and queue candidates kept in the label store {store}")
 
 
 @app.command()
@@ -282,8 +303,11 @@ def report(
 @app.command()
 def finetune(
     bundle: BundleOpt,
-    labels: Annotated[Path, typer.Option("--labels", help="Labels file: id,label[,category] (.parquet or .csv).")],
     data: Annotated[Path, typer.Option("--data", help="History holding the labelled (and unlabelled) records.")],
+    labels: Annotated[
+        Path | None, typer.Option("--labels", help="Labels file: id,label[,category] (.parquet or .csv).")
+    ] = None,
+    store: Annotated[str | None, typer.Option("--store", help="Take the current labels from this label store.")] = None,
     learner: Annotated[str, typer.Option("--learner", help="xgboost or torch.")] = "xgboost",
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="Registry for the new version (default: the bundle, as a registry).")
@@ -301,6 +325,17 @@ def finetune(
         raise typer.BadParameter(f"--learner must be one of {list(LEARNERS)}; got {learner!r}")
     if metric not in ("aucpr", "aucroc"):
         raise typer.BadParameter(f"--metric must be aucpr or aucroc; got {metric!r}")
+    if (labels is None) == (store is None):
+        raise typer.BadParameter("give the labels as --labels FILE or --store URL (one of them)")
+    label_source: Path | pl.DataFrame
+    if store is not None:
+        with _open_store(store) as label_store:
+            label_source = label_store.training_labels()
+        if not label_source.height:
+            raise typer.BadParameter(f"the label store {store} holds no labels yet; label records first")
+    else:
+        assert labels is not None
+        label_source = labels
     with (
         _steps() as step,
         Progress(
@@ -324,7 +359,8 @@ def finetune(
         candidate, report, target = finetune_file(
             bundle,
             data,
-            labels,
+            label_source,
+            labels_source=f"label store {store}" if store is not None else None,
             learner=learner,
             out=out_dir,
             holdout=holdout,
@@ -438,6 +474,146 @@ def stream(
         f"[green]stream stopped[/]: {stats.records_in:,} in, {stats.records_out:,} scored, {stats.alerts:,} alerts, "
         f"{stats.dead_letters:,} dead letters, model versions {', '.join(stats.model_versions)}"
     )
+
+
+label_app = typer.Typer(help="The label store from the command line: queue, add, import, export.", no_args_is_help=True)
+app.add_typer(label_app, name="label")
+StoreReq = Annotated[
+    str, typer.Option("--store", help="Label store: a SQLite file or a postgresql://user@host:port/db URL.")
+]
+AnalystOpt = Annotated[str, typer.Option("--analyst", help="Who labels (default: $USER).")]
+MixOpt = Annotated[
+    str | None, typer.Option("--mix", help="Queue shares, e.g. top=0.5,uncertain=0.3,coverage=0.2.")
+]
+BudgetOpt = Annotated[int | None, typer.Option("--daily-budget", help="Labels per analyst per day.", min=1)]
+
+
+def _default_analyst() -> str:
+    import getpass
+
+    return getpass.getuser()
+
+
+@label_app.command("queue")
+def label_queue(
+    store: StoreReq,
+    limit: Annotated[int, typer.Option("--limit", "-n", help="How many records.", min=1)] = 20,
+    analyst: Annotated[str | None, typer.Option("--analyst", help="Respect this analyst's daily budget.")] = None,
+    segment: Annotated[int | None, typer.Option("--segment", help="Only this segment.")] = None,
+    mix: MixOpt = None,
+    daily_budget: BudgetOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+) -> None:
+    """Show the next records to review (highest scores, uncertain ones, segment coverage)."""
+    from segscope.queue import parse_mix
+
+    with _open_store(store) as label_store:
+        items = label_store.queue(limit, parse_mix(mix, daily_budget), analyst=analyst, segment=segment)
+    if as_json:
+        for item in items:
+            out.print_json(json.dumps({k: v for k, v in item.items() if k != "vector"}, default=str))
+        return
+    table = Table(title=f"review queue ({len(items)} records)")
+    for col in ("id", "score", "segment", "why picked", "why unusual"):
+        table.add_column(col)
+    for item in items:
+        table.add_row(
+            item["id"], f"{item['score']:.4f}", str(item["segment"]), item["why"], _reason_text(item["reasons"])
+        )
+    out.print(table)
+
+
+@label_app.command("add")
+def label_add(
+    store: StoreReq,
+    record_id: Annotated[str, typer.Argument(help="The record's id.")],
+    label: Annotated[str, typer.Argument(help="anomaly or normal.")],
+    category: Annotated[str | None, typer.Option("--category", help="e.g. 'card testing'.")] = None,
+    analyst: Annotated[str | None, typer.Option("--analyst", help="Who labels (default: $USER).")] = None,
+    note: Annotated[str | None, typer.Option("--note", help="Free text.")] = None,
+) -> None:
+    """Label one record."""
+    from segscope.store import LabelIn
+
+    with _open_store(store) as label_store:
+        added = label_store.add_labels(
+            [LabelIn(record_id, label, analyst or _default_analyst(), category, note)], source="cli"
+        )
+    err.print(f"[green]labelled[/] {record_id}" if added.added else f"{record_id} already has that label")
+
+
+@label_app.command("import")
+def label_import(
+    store: StoreReq,
+    path: Annotated[Path, typer.Argument(help="Labels file: id,label[,category] (.parquet, .csv or .ndjson).")],
+    analyst: Annotated[str | None, typer.Option("--analyst", help="Who labels (default: $USER).")] = None,
+) -> None:
+    """Import labels from a file (all or nothing)."""
+    import polars as pl
+
+    from segscope.sources.files import read_file
+    from segscope.store import LabelIn
+    from segscope.supervised.labels import normalise_labels
+
+    frame = read_file(path)
+    checked = normalise_labels(frame, source=str(path))
+    who = analyst or _default_analyst()
+    notes = frame.get_column("note").cast(pl.String) if "note" in frame.columns else None
+    items = [
+        LabelIn(i, "anomaly" if v == 1 else "normal", who, c, notes[n] if notes is not None else None)
+        for n, (i, v, c) in enumerate(checked.iter_rows())
+    ]
+    with _open_store(store) as label_store:
+        added = label_store.add_labels(items, source="import")
+    err.print(f"[green]imported[/] {added.added:,} labels ({added.unchanged:,} unchanged) from {path}")
+
+
+@label_app.command("export")
+def label_export(
+    store: StoreReq,
+    out_path: Annotated[Path, typer.Option("--out", "-o", help="Output file (.parquet, .csv or .ndjson).")],
+    history: Annotated[bool, typer.Option("--history", help="Every label, not only the current one.")] = False,
+) -> None:
+    """Export labels: id,label,category,analyst,note,source,created_at (current label per record by default)."""
+    from segscope.sinks.files import write_batches
+
+    with _open_store(store) as label_store:
+        frame = label_store.labels(history=history).drop("label_id")
+    write_batches(iter([frame]), frame.schema, out_path)
+    err.print(f"[green]exported[/] {frame.height:,} labels -> {out_path}")
+
+
+@app.command()
+def serve(
+    store: StoreReq,
+    bundle: Annotated[
+        Path | None, typer.Option("--bundle", "-b", help="Re-score stored records with this bundle's current version.")
+    ] = None,
+    host: Annotated[str, typer.Option("--host", help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port.", min=1, max=65535)] = 8000,
+    token: Annotated[
+        str | None, typer.Option("--token", envvar="SEGSCOPE_TOKEN", help="Required when not on loopback.")
+    ] = None,
+    mix: MixOpt = None,
+    daily_budget: BudgetOpt = None,
+    trust_bundle: TrustOpt = False,
+) -> None:
+    """Serve the analyst page and its JSON API (GET /api/queue, POST /api/labels, GET /api/labels)."""
+    import uvicorn
+
+    from segscope.queue import parse_mix
+    from segscope.web import create_app
+
+    if host not in ("127.0.0.1", "localhost", "::1") and not token:
+        raise typer.BadParameter(f"binding to {host} exposes the labels: pass --token (or set SEGSCOPE_TOKEN)")
+    queue_mix = parse_mix(mix, daily_budget)
+    label_store = _open_store(store)
+    if bundle is not None:
+        model = _load_model(bundle, trust_bundle)
+        updated = label_store.rescore(model)
+        err.print(f"model {model.version}: {updated:,} stored records re-scored")
+    err.print(f"[green]serving[/] http://{host}:{port}/  (label store {store}; Ctrl-C stops)")
+    uvicorn.run(create_app(label_store, token=token, mix=queue_mix), host=host, port=port, log_level="warning")
 
 
 def _reason_text(reasons: list[dict[str, Any]]) -> str:

@@ -28,6 +28,7 @@ from segscope.exceptions import BundleError, DataError, NotFittedError, SchemaEr
 from segscope.features.prepare import FeaturePreparer, check_unique_ids
 from segscope.sinks.files import open_sink, write_batches
 from segscope.sources.files import count_rows, detect_format, iter_batches, read_file, sample_rows, scan_file
+from segscope.store.labelstore import LabelStore, candidate_rows
 from segscope.unsupervised.detect import make_detector
 from segscope.unsupervised.ensemble import AnomalyEnsemble
 from segscope.unsupervised.explain import REASON_DTYPE, FeatureExplainer, readable_typical
@@ -592,6 +593,8 @@ class ScoreSummary:
     alerts: int
     seconds: float
     out: str
+    #: records added to the label store (alerts and queue candidates), when one was given
+    stored: int = 0
 
 
 def _check_columns(path: str | Path, model: Model) -> None:
@@ -638,15 +641,20 @@ def score_file(
     *,
     batch_size: int = 200_000,
     on_batch: Callable[[int], None] | None = None,
+    store: LabelStore | None = None,
 ) -> ScoreSummary:
-    """Score ``path`` into ``out`` (format by extension, ``-`` = NDJSON on stdout). All or nothing."""
+    """Score ``path`` into ``out`` (format by extension, ``-`` = NDJSON on stdout). All or nothing. With ``store``,
+    each batch's alerts and queue candidates are added to the label store once the output is complete."""
     start = time.perf_counter()
     counts = {"rows": 0, "alerts": 0}
+    kept: list[pl.DataFrame] = []
 
     def batches() -> Iterator[pl.DataFrame]:
         for scored in iter_scored(model, path, batch_size=batch_size):
             counts["rows"] += scored.height
             counts["alerts"] += int(scored.get_column("is_alert").sum())
+            if store is not None:
+                kept.append(scored[candidate_rows(model, scored, limit=2000)])
             if on_batch is not None:
                 on_batch(scored.height)
             yield scored
@@ -660,7 +668,10 @@ def score_file(
         detect_format(out)
         schema = scored_schema(model, scan_file(path).collect_schema())
         write_batches(_prefetch(batches()), schema, out)
-    return ScoreSummary(rows=counts["rows"], alerts=counts["alerts"], seconds=time.perf_counter() - start, out=str(out))
+    stored = store.add_records(model, pl.concat(kept), source=Path(path).name) if store is not None and kept else 0
+    return ScoreSummary(
+        rows=counts["rows"], alerts=counts["alerts"], seconds=time.perf_counter() - start, out=str(out), stored=stored
+    )
 
 
 def _prefetch(items: Iterator[pl.DataFrame], depth: int = 2) -> Iterator[pl.DataFrame]:
@@ -900,8 +911,9 @@ def _reliability(y: np.ndarray, p: np.ndarray, bins: int = 10) -> dict[str, Any]
 def finetune_file(
     bundle: str | Path,
     data: str | Path,
-    labels_path: str | Path,
+    labels_path: str | Path | pl.DataFrame,
     *,
+    labels_source: str | None = None,
     learner: str = "xgboost",
     out: str | Path | None = None,
     holdout: float = 0.3,
@@ -917,7 +929,7 @@ def finetune_file(
 
     step = on_step or (lambda _: None)
     current = Model.load(bundle, trusted=trusted)
-    labels = load_labels(labels_path)
+    labels = labels_path if isinstance(labels_path, pl.DataFrame) else load_labels(labels_path)
     step("reading history")
     history = read_file(data)
     candidate, report = finetune(
@@ -927,7 +939,7 @@ def finetune_file(
         learner=learner,
         holdout=holdout,
         metric=metric,
-        labels_source=str(labels_path),
+        labels_source=labels_source or str(labels_path),
         on_step=on_step,
         on_progress=on_progress,
     )

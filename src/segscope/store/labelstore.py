@@ -21,6 +21,7 @@ import polars as pl
 from segscope._deps import require
 from segscope.exceptions import ConfigError, DataError
 from segscope.queue import QueueMix, select_queue
+from segscope.supervised.labels import label_name
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -47,8 +48,8 @@ class LabelIn:
     note: str | None = None
 
     def checked(self) -> LabelIn:
-        label = str(self.label).strip().lower()
-        if label not in ("anomaly", "normal"):
+        label = label_name(self.label)
+        if label is None:
             raise DataError(f"label for {self.id!r} is {self.label!r}; use 'anomaly' or 'normal'")
         if not str(self.id):
             raise DataError("a label needs the record's id")
@@ -134,14 +135,18 @@ class LabelStore:
         self.close()
 
     # ------------------------------------------------------------- records
-    def add_records(self, model: Model, scored: pl.DataFrame, *, source: str) -> int:
+    def add_records(
+        self, model: Model, scored: pl.DataFrame, *, source: str, ids: Sequence[str] | None = None
+    ) -> int:
         """Keep scored rows (``Model.score`` output) as records; a known id is updated to its latest scores.
-        Returns the number of rows written."""
+        ``ids`` default to the model's id column. Returns the number of rows written."""
         if not scored.height:
             return 0
         id_column = model.preparer_.schema_.id_column
-        if id_column is None or id_column not in scored.columns:
-            raise ConfigError("the label store needs record ids: fit the bundle with --id-column")
+        if ids is None:
+            if id_column is None or id_column not in scored.columns:
+                raise ConfigError("the label store needs record ids: fit the bundle with --id-column")
+            ids = [str(v) for v in scored.get_column(id_column).to_list()]
         prep = model.preparer_
         vectors = prep.transform(prep.validate(scored))
         threshold = model.policy_.describe().get("threshold")
@@ -151,7 +156,7 @@ class LabelStore:
         for i, row in enumerate(scored.iter_rows(named=True)):
             rows.append(
                 {
-                    "id": str(row[id_column]),
+                    "id": str(ids[i]),
                     "model_version": row["model_version"],
                     "score": float(row["score"]),
                     "anomaly_score": float(row["anomaly_score"]),
@@ -169,7 +174,7 @@ class LabelStore:
             )
         from segscope.store.schema import Record
 
-        updated = [k for k in rows[0] if k not in ("id", "first_seen")]
+        updated = [k for k in rows[0] if k not in ("id", "first_seen", "source")]
         with self._write() as conn:
             insert = _dialect_insert(self.engine)
             for chunk in _chunks(rows, _CHUNK):
@@ -179,10 +184,37 @@ class LabelStore:
                 )
         return len(rows)
 
-    def add_candidates(self, model: Model, scored: pl.DataFrame, *, source: str, per_batch: int = 2000) -> int:
+    def add_candidates(
+        self,
+        model: Model,
+        scored: pl.DataFrame,
+        *,
+        source: str,
+        ids: Sequence[str] | None = None,
+        per_batch: int = 2000,
+    ) -> int:
         """Keep a batch's alerts and queue candidates: the alerts, the rows nearest the threshold, and the top rows
         of each segment, at most ``per_batch`` rows in all (highest scores first)."""
-        return self.add_records(model, candidate_rows(model, scored, per_batch), source=source)
+        rows = candidate_rows(model, scored, per_batch)
+        chosen_ids = [ids[i] for i in rows] if ids is not None else None
+        return self.add_records(model, scored[rows], source=source, ids=chosen_ids)
+
+    def rescore(self, model: Model, *, batch_size: int = 5000) -> int:
+        """Re-score stored records that another model version scored (e.g. after a promotion), from their stored
+        values, so the queue ranks by the current model. Returns how many were updated."""
+        from sqlalchemy import select
+
+        from segscope.store.schema import Record
+
+        query = select(Record.id, Record.values).where(Record.model_version != model.version).order_by(Record.id)
+        with self.engine.connect() as conn:
+            stale = [(r.id, r.values) for r in conn.execute(query)]
+        done = 0
+        for chunk in _chunks(stale, batch_size):
+            frame = pl.DataFrame([values for _, values in chunk], infer_schema_length=None)
+            scored = model.score(frame)
+            done += self.add_records(model, scored, source="rescore", ids=[i for i, _ in chunk])
+        return done
 
     def record_count(self) -> int:
         from sqlalchemy import func, select
@@ -377,11 +409,11 @@ class LabelStore:
 _SCORED = ("score", "anomaly_score", "supervised_score", "is_alert", "segment", "reasons", "model_version")
 
 
-def candidate_rows(model: Model, scored: pl.DataFrame, limit: int) -> pl.DataFrame:
-    """The rows of a scored batch worth keeping for the queue: alerts, rows nearest the alert threshold, and the
-    top rows of each segment (at most ``limit``, highest scores first)."""
+def candidate_rows(model: Model, scored: pl.DataFrame, limit: int) -> np.ndarray:
+    """Positions of the rows of a scored batch worth keeping for the queue: alerts, rows nearest the alert
+    threshold, and the top rows of each segment (at most ``limit``, highest scores first)."""
     if scored.height <= limit:
-        return scored
+        return np.arange(scored.height)
     score = scored["score"].to_numpy()
     keep = np.zeros(scored.height, dtype=bool)
     threshold = model.policy_.describe().get("threshold")
@@ -395,7 +427,7 @@ def candidate_rows(model: Model, scored: pl.DataFrame, limit: int) -> pl.DataFra
         keep[members[np.argsort(-score[members])][:5]] = True
     chosen = np.flatnonzero(keep)
     chosen = chosen[np.argsort(-score[chosen])][:limit]
-    return scored[np.sort(chosen)]
+    return np.sort(chosen)
 
 
 def _current_labels(conn: Any, ids: list[str]) -> dict[str, tuple[Any, ...]]:

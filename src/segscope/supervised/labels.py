@@ -9,7 +9,7 @@ import polars as pl
 from segscope.exceptions import DataError, SchemaError
 from segscope.sources.files import read_file
 
-__all__ = ["LABEL_SCHEMA", "label_values", "load_labels", "normalise_labels"]
+__all__ = ["LABEL_SCHEMA", "label_name", "label_values", "load_labels", "normalise_labels"]
 
 #: Labels as segscope holds them: the record id as text, 1 = anomaly / 0 = normal, an optional category.
 LABEL_SCHEMA = pl.Schema({"id": pl.String, "label": pl.Int8, "category": pl.String})
@@ -34,6 +34,12 @@ def normalise_labels(frame: pl.DataFrame, *, source: str = "labels") -> pl.DataF
     )
     out = pl.DataFrame({"id": ids, "label": values, "category": category})
     return out.unique("id", keep="last", maintain_order=True)
+
+
+def label_name(value: object) -> str | None:
+    """"anomaly" / "normal" for any accepted spelling (anomaly, 1, true, fraud, ... / normal, 0, false, ...)."""
+    text = str(value).strip().lower() if value is not None else ""
+    return "anomaly" if text in _ANOMALY else "normal" if text in _NORMAL else None
 
 
 def label_values(column: pl.Series, *, source: str = "labels") -> pl.Series:
