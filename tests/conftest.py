@@ -108,3 +108,28 @@ def stream_bundle(tmp_path_factory: pytest.TempPathFactory, history: pl.DataFram
     path = tmp_path_factory.mktemp("stream") / "bundle"
     Model(config).fit(history).save(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A real PostgreSQL server for the session (Debian's package, initdb in a temporary folder)."""
+    from tests.postgres_helpers import postgres_server
+
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty label store: a SQLite file, or a new database on the session's PostgreSQL server."""
+    if request.param == "sqlite":
+        return str(tmp_path / "labels.db")
+    import uuid
+
+    import psycopg
+
+    server = request.getfixturevalue("postgres_url")
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server.replace("postgresql://", "postgresql://", 1), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return server.rsplit("/", 1)[0] + "/" + name

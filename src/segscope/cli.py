@@ -445,6 +445,11 @@ def stream(
     idle_exit: Annotated[
         float | None, typer.Option(help="Exit after this many seconds without messages (drain and stop).")
     ] = None,
+    store: StoreOpt = None,
+    labels_topic: Annotated[
+        str | None,
+        typer.Option("--labels-topic", help="Topic of analyst labels (JSON id,label,analyst) to consume into --store."),
+    ] = None,
     trust_bundle: TrustOpt = False,
 ) -> None:
     """Score a Kafka topic continuously (at-least-once; SIGTERM drains, commits and exits 0)."""
@@ -468,11 +473,14 @@ def stream(
         metrics_port=metrics_port,
         idle_exit=idle_exit,
         trusted=trust_bundle,
+        store=store,
+        labels_topic=labels_topic,
     )
     stats = run_stream(options, on_stats=lambda line: err.print(line, highlight=False))
     err.print(
         f"[green]stream stopped[/]: {stats.records_in:,} in, {stats.records_out:,} scored, {stats.alerts:,} alerts, "
         f"{stats.dead_letters:,} dead letters, model versions {', '.join(stats.model_versions)}"
+        + (f"; {stats.stored:,} kept in the label store, {stats.labels_in:,} labels consumed" if store else "")
     )
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from segscope.exceptions import ConfigError
 
@@ -63,10 +63,10 @@ def parse_mix(text: str | None, daily_budget: int | None = None) -> QueueMix:
         values["daily_budget"] = daily_budget
     try:
         return QueueMix(**values)  # type: ignore[arg-type]
-    except ValueError as exc:
-        first = str(exc).splitlines()
-        detail = first[2].strip() if len(first) > 2 else str(exc)
-        raise ConfigError(f"--mix {text!r}: {detail}") from None
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(p) for p in error["loc"])
+        raise ConfigError(f"--mix {text!r}: {where + ': ' if where else ''}{error['msg']}") from None
 
 
 @dataclass(frozen=True)

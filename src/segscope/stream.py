@@ -21,9 +21,10 @@ from typing import Any
 import orjson
 
 from segscope._deps import require
-from segscope.exceptions import SegscopeError, SinkError
+from segscope.exceptions import DataError, SegscopeError, SinkError
 from segscope.pipeline import SCORED_COLUMNS, Model
 from segscope.sources.kafka import decode_messages, records_frame
+from segscope.store.labelstore import LabelIn, LabelStore
 
 __all__ = ["StreamOptions", "StreamStats", "run_stream"]
 
@@ -46,6 +47,10 @@ class StreamOptions:
     metrics_port: int | None = None
     idle_exit: float | None = None
     trusted: bool = False
+    #: label store URL: alerts and queue candidates of every batch are kept there (before the commit)
+    store: str | None = None
+    #: topic of analyst labels (JSON: id, label, analyst[, category, note]) consumed into the store
+    labels_topic: str | None = None
 
     @property
     def dead_letter_topic(self) -> str:
@@ -58,6 +63,8 @@ class StreamStats:
     records_out: int = 0
     alerts: int = 0
     dead_letters: int = 0
+    stored: int = 0
+    labels_in: int = 0
     batches: int = 0
     commit_retries: int = 0
     model_versions: list[str] = field(default_factory=list)
@@ -120,6 +127,9 @@ def run_stream(options: StreamOptions, *, on_stats: Any = None) -> StreamStats:
     from kafka.structs import OffsetAndMetadata
 
     watcher = _ModelWatcher(options.bundle, options.trusted)  # a missing/unreadable bundle fails here, first
+    if options.labels_topic is not None and options.store is None:
+        raise SinkError("--labels-topic needs --store: labels are consumed into the label store")
+    store = LabelStore.open(options.store) if options.store is not None else None
     metrics = _Metrics(options.metrics_port)
     stats = StreamStats(model_versions=[watcher.model.version])
     try:
@@ -145,6 +155,16 @@ def run_stream(options: StreamOptions, *, on_stats: Any = None) -> StreamStats:
     except KafkaError as exc:
         raise SinkError(f"cannot connect to Kafka at {options.bootstrap} ({exc}); check --bootstrap") from None
     consumer.subscribe([options.in_topic])
+    labels_consumer = None
+    if options.labels_topic is not None:
+        labels_consumer = kafka.KafkaConsumer(
+            bootstrap_servers=options.bootstrap,
+            group_id=f"{options.group}.labels",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=10_000,
+        )
+        labels_consumer.subscribe([options.labels_topic])
     state = {"running": True}
     _stop_on_signals(state)
     if metrics.enabled:
@@ -164,7 +184,7 @@ def run_stream(options: StreamOptions, *, on_stats: Any = None) -> StreamStats:
             if batch:
                 last_message = now
                 started = time.perf_counter()
-                sent = _process(batch, watcher.model, producer, options, stats)
+                sent = _process(batch, watcher.model, producer, options, stats, store)
                 if metrics.enabled:
                     metrics.records_in.inc(sent["in"])
                     metrics.records_out.inc(sent["out"])
@@ -174,7 +194,9 @@ def run_stream(options: StreamOptions, *, on_stats: Any = None) -> StreamStats:
                 window_in += sent["in"]
                 offsets = {tp: OffsetAndMetadata(msgs[-1].offset + 1, "", -1) for tp, msgs in batch.items()}
                 _commit(consumer, offsets, stats, CommitFailedError, KafkaError)
-            elif (
+            if labels_consumer is not None and store is not None:
+                _consume_labels(labels_consumer, store, producer, options, stats, (CommitFailedError, KafkaError))
+            if not batch and (
                 options.idle_exit is not None
                 and now - last_message > options.idle_exit
                 and consumer.assignment()  # a joining member may wait for a dead one's session to expire
@@ -195,8 +217,75 @@ def run_stream(options: StreamOptions, *, on_stats: Any = None) -> StreamStats:
                 last_stats, window_start, window_in = now, now, 0
     finally:
         consumer.close(autocommit=False)
+        if labels_consumer is not None:
+            labels_consumer.close(autocommit=False)
         producer.close(timeout=30)
+        if store is not None:
+            store.close()
     return stats
+
+
+def _consume_labels(
+    consumer: Any,
+    store: LabelStore,
+    producer: Any,
+    options: StreamOptions,
+    stats: StreamStats,
+    errors: tuple[type[BaseException], type[BaseException]],
+) -> None:
+    """Move whatever the labels topic holds into the store (source "kafka"); a message that is not a valid label
+    for a stored record goes to ``<labels-topic>.dlq`` with the reason. Committed after the store write: a crash
+    re-delivers, and re-adding a label is a no-op (idempotent)."""
+    from kafka.structs import OffsetAndMetadata
+
+    batch = consumer.poll(timeout_ms=0, max_records=5000)
+    if not batch:
+        return
+    assert options.labels_topic is not None
+    messages = [m for msgs in batch.values() for m in msgs]
+    parsed: list[tuple[Any, LabelIn]] = []
+    dead: list[tuple[Any, str]] = []
+    for message in messages:
+        try:
+            body = orjson.loads(message.value)
+            if not isinstance(body, dict):
+                raise ValueError("not a JSON object")
+            item = LabelIn(
+                str(body.get("id") or ""),
+                str(body.get("label")),
+                str(body.get("analyst") or ""),
+                body.get("category"),
+                body.get("note"),
+            ).checked()
+            parsed.append((message, item))
+        except (orjson.JSONDecodeError, ValueError, DataError) as exc:
+            dead.append((message, f"not a label: {exc}; send JSON with id, label (anomaly/normal), analyst"))
+    known = store.records([item.id for _, item in parsed])
+    for message, item in parsed:
+        if item.id not in known:
+            dead.append((message, f"unknown record id {item.id!r}: only records in the store can be labelled"))
+    store.add_labels([item for _, item in parsed if item.id in known], source="kafka")
+    letters = [
+        (
+            f"{options.labels_topic}.dlq",
+            message.key,
+            orjson.dumps(
+                {
+                    "reason": reason,
+                    "topic": message.topic,
+                    "partition": message.partition,
+                    "offset": message.offset,
+                    "value": message.value.decode("utf-8", "replace") if message.value else None,
+                }
+            ),
+        )
+        for message, reason in dead
+    ]
+    _send_all(producer, letters)
+    stats.labels_in += len(messages) - len(dead)
+    stats.dead_letters += len(dead)
+    offsets = {tp: OffsetAndMetadata(msgs[-1].offset + 1, "", -1) for tp, msgs in batch.items()}
+    _commit(consumer, offsets, stats, *errors)
 
 
 def _commit(
@@ -236,7 +325,12 @@ def _lag(consumer: Any) -> int:
 
 
 def _process(
-    batch: dict[Any, list[Any]], model: Model, producer: Any, options: StreamOptions, stats: StreamStats
+    batch: dict[Any, list[Any]],
+    model: Model,
+    producer: Any,
+    options: StreamOptions,
+    stats: StreamStats,
+    store: LabelStore | None = None,
 ) -> dict[str, int]:
     """Score one micro-batch and send everything it produces; returns counts once all sends succeeded."""
     messages = [m for msgs in batch.values() for m in msgs]
@@ -245,7 +339,8 @@ def _process(
     sends: list[tuple[str, bytes | None, bytes]] = []
     alerts = 0
     if decoded.rows:
-        scored = model.score(records_frame(decoded.rows, schema)).select(SCORED_COLUMNS)
+        full = model.score(records_frame(decoded.rows, schema))
+        scored = full.select(SCORED_COLUMNS)
         for record, record_id, key, out in zip(
             decoded.records, decoded.ids, decoded.keys, scored.iter_rows(named=True), strict=True
         ):
@@ -258,6 +353,8 @@ def _process(
     for letter in decoded.dead:
         sends.append((options.dead_letter_topic, letter.key, letter.payload()))
     _send_all(producer, sends)
+    if store is not None and decoded.rows:  # before the commit: a crash re-delivers, and re-adding is an update
+        stats.stored += store.add_candidates(model, full, source=options.in_topic, ids=decoded.ids)
     stats.records_in += len(messages)
     stats.records_out += len(decoded.rows)
     stats.alerts += alerts
