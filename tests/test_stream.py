@@ -219,3 +219,52 @@ def test_missing_bundle_fails_at_start_up(kafka_bootstrap: str, tmp_path: Path) 
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2
     assert err.strip().startswith("error:") and "does not exist" in err and "Traceback" not in err
+
+
+def test_store_keeps_alerts_and_the_labels_topic_feeds_it(
+    kafka_bootstrap: str, stream_bundle: Path, tmp_path: Path
+) -> None:
+    from segscope.store import LabelStore
+
+    t = _topics("store")
+    labels_topic = "store.labels"
+    create_topic(kafka_bootstrap, t["in"])
+    create_topic(kafka_bootstrap, labels_topic, partitions=1)
+    store = tmp_path / "labels.db"
+    produce(kafka_bootstrap, t["in"], records(make_transactions(6000, seed=21).drop("is_fraud")))
+    proc = start_stream(
+        stream_bundle,
+        kafka_bootstrap,
+        *_args(t, "g-store", "--batch-size", "2000", "--store", str(store), "--labels-topic", labels_topic),
+    )
+    wait_until(lambda: count(kafka_bootstrap, t["out"]) >= 6000, proc=proc)
+    alerts = {r["id"] for r in consume_all(kafka_bootstrap, t["alerts"])}
+    with LabelStore.open(store) as opened:
+        wait_until(lambda: opened.record_count() >= len(alerts), proc=proc)
+        kept = opened.records(sorted(alerts))
+    assert set(kept) == alerts  # every alert is in the store, under the stream's id
+    chosen = sorted(alerts)[:3]
+    messages = [
+        json.dumps({"id": chosen[0], "label": "anomaly", "analyst": "ann", "category": "card testing"}).encode(),
+        json.dumps({"id": chosen[1], "label": "normal", "analyst": "bob"}).encode(),
+        json.dumps({"id": chosen[2], "label": 1, "analyst": "ann"}).encode(),
+        json.dumps({"id": chosen[2], "label": 1, "analyst": "ann"}).encode(),  # a repeat: stored once
+        json.dumps({"id": "no-such-record", "label": "anomaly", "analyst": "ann"}).encode(),
+        b"not json",
+    ]
+    produce(kafka_bootstrap, labels_topic, messages)
+    with LabelStore.open(store) as opened:
+        wait_until(lambda: opened.labels(history=True).height >= 3, proc=proc)
+        time.sleep(2)  # anything more would show up now
+        history = opened.labels(history=True)
+    code, err = terminate(proc, signal.SIGTERM)
+    assert code == 0, err
+    got = {(r["id"], r["label"], r["analyst"], r["source"]) for r in history.iter_rows(named=True)}
+    assert got == {
+        (chosen[0], "anomaly", "ann", "kafka"),
+        (chosen[1], "normal", "bob", "kafka"),
+        (chosen[2], "anomaly", "ann", "kafka"),
+    }
+    letters = consume_all(kafka_bootstrap, f"{labels_topic}.dlq")
+    reasons = sorted(letter["reason"].split(":")[0] for letter in letters)
+    assert reasons == ["not a label", "unknown record id 'no-such-record'"]

@@ -518,8 +518,8 @@ def label_queue(
     with _open_store(store) as label_store:
         items = label_store.queue(limit, parse_mix(mix, daily_budget), analyst=analyst, segment=segment)
     if as_json:
-        for item in items:
-            out.print_json(json.dumps({k: v for k, v in item.items() if k != "vector"}, default=str))
+        for item in items:  # JSON Lines: one record per line, for scripts
+            sys.stdout.write(json.dumps({k: v for k, v in item.items() if k != "vector"}, default=str) + "\n")
         return
     table = Table(title=f"review queue ({len(items)} records)")
     for col in ("id", "score", "segment", "why picked", "why unusual"):

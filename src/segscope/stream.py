@@ -124,7 +124,7 @@ def run_stream(options: StreamOptions, *, on_stats: Any = None) -> StreamStats:
     """Run until SIGTERM/SIGINT (or ``idle_exit`` seconds without messages); returns the counts."""
     kafka = require("kafka", extra="kafka", feature="Kafka streaming")
     from kafka.errors import CommitFailedError, KafkaError
-    from kafka.structs import OffsetAndMetadata
+    from kafka.structs import OffsetAndMetadata, TopicPartition
 
     watcher = _ModelWatcher(options.bundle, options.trusted)  # a missing/unreadable bundle fails here, first
     if options.labels_topic is not None and options.store is None:
@@ -164,7 +164,9 @@ def run_stream(options: StreamOptions, *, on_stats: Any = None) -> StreamStats:
             auto_offset_reset="earliest",
             session_timeout_ms=10_000,
         )
-        labels_consumer.subscribe([options.labels_topic])
+        # every stream process reads every label partition (assigned, no group join to wait for): labels are few,
+        # and a label added twice is stored once
+        labels_consumer.assign(_partitions(labels_consumer, options.labels_topic, TopicPartition))
     state = {"running": True}
     _stop_on_signals(state)
     if metrics.enabled:
@@ -223,6 +225,18 @@ def run_stream(options: StreamOptions, *, on_stats: Any = None) -> StreamStats:
         if store is not None:
             store.close()
     return stats
+
+
+def _partitions(consumer: Any, topic: str, topic_partition: Any, wait: float = 15.0) -> list[Any]:
+    deadline = time.monotonic() + wait
+    while True:
+        parts = consumer.partitions_for_topic(topic)
+        if parts:
+            return [topic_partition(topic, p) for p in sorted(parts)]
+        if time.monotonic() > deadline:
+            raise SinkError(f"labels topic {topic!r} does not exist on the broker; create it or fix --labels-topic")
+        consumer.topics()  # refresh metadata
+        time.sleep(0.5)
 
 
 def _consume_labels(

@@ -84,7 +84,7 @@ def create_app(store: LabelStore, *, token: str | None = None, mix: QueueMix | N
                 "budget": mix.daily_budget,
                 "done": done,
                 "back": "/?" + urlencode(filters),
-                "segments": sorted({i["segment"] for i in items}),
+                "segments": sorted({i["segment"] for i in items if i["segment"] >= 0}),
             },
         )
         if analyst:
