@@ -60,6 +60,7 @@ bench: install-dev $(KAFKA_LIB)/.resolved
 	$(PY) benchmarks/stream_throughput.py
 	$(PY) benchmarks/segments_quality.py --data $(SHARED_DATA)
 	$(PY) benchmarks/adbench_segments.py --data $(SHARED_DATA)
+	$(PY) benchmarks/queue_quality.py --data $(SHARED_DATA)
 
 clean:
 	rm -rf $(VENV) segscope-demo .pytest_cache .mypy_cache .ruff_cache

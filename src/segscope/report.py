@@ -203,32 +203,20 @@ def _distributions(model: Model, data: ReportData) -> tuple[str, str]:
     score = scored["score"].to_numpy()
     fig = make_subplots(rows=1, cols=2, column_widths=[0.55, 0.45], subplot_titles=("score", "score by segment"))
     if data.labels is not None and (data.labels >= 0).any():
-        for value, name, colour in ((0, "labelled normal", "#1f77b4"), (1, "labelled anomaly", _ALERT_COLOUR)):
-            fig.add_trace(
-                go.Histogram(
-                    x=score[data.labels == value],
-                    name=name,
-                    nbinsx=60,
-                    histnorm="probability",
-                    marker_color=colour,
-                    opacity=0.6,
-                ),
-                row=1,
-                col=1,
-            )
-        if (data.labels < 0).any():
-            fig.add_trace(
-                go.Histogram(
-                    x=score[data.labels < 0],
-                    name="unlabelled",
-                    nbinsx=60,
-                    histnorm="probability",
-                    marker_color=_NOISE_COLOUR,
-                    opacity=0.6,
-                ),
-                row=1,
-                col=1,
-            )
+        groups = (
+            (data.labels == 0, "labelled normal", "#1f77b4"),
+            (data.labels == 1, "labelled anomaly", _ALERT_COLOUR),
+            (data.labels < 0, "unlabelled", _NOISE_COLOUR),
+        )
+        for rows, name, colour in groups:
+            if rows.any():
+                fig.add_trace(
+                    go.Histogram(
+                        x=score[rows], name=name, nbinsx=60, histnorm="probability", marker_color=colour, opacity=0.6
+                    ),
+                    row=1,
+                    col=1,
+                )
         fig.update_layout(barmode="overlay")
     else:
         fig.add_trace(go.Histogram(x=score, name="all records", nbinsx=60, marker_color="#1f77b4"), row=1, col=1)
