@@ -29,11 +29,12 @@ from segscope.supervised.finetune import make_learner
 
 from _adbench import ADBENCH_SETS, data_dir, load_set, split
 
-STRATEGIES = {
-    "top-score order": QueueMix(top=1.0, uncertain=0.0, coverage=0.0),
-    "queue 0.7/0.2/0.1": QueueMix(top=0.7, uncertain=0.2, coverage=0.1),
-    "queue 0.5/0.3/0.2": QueueMix(top=0.5, uncertain=0.3, coverage=0.2),
-    "queue 0.3/0.4/0.3": QueueMix(top=0.3, uncertain=0.4, coverage=0.3),
+STRATEGIES = {  # name: (mix, distinct top, boundary 0.5 once supervised)
+    "top-score order": (QueueMix(top=1.0, uncertain=0.0, coverage=0.0), False, False),
+    "queue 1/0/0": (QueueMix(top=1.0, uncertain=0.0, coverage=0.0), True, True),
+    "queue 0.8/0.2/0": (QueueMix(top=0.8, uncertain=0.2, coverage=0.0), True, True),
+    "queue 0.8/0.1/0.1": (QueueMix(top=0.8, uncertain=0.1, coverage=0.1), True, True),
+    "queue 0.5/0.3/0.2": (QueueMix(top=0.5, uncertain=0.3, coverage=0.2), True, True),
 }
 
 
@@ -46,7 +47,8 @@ def simulate(name: str, seed: int, data: Path, rounds: int, per_round: int) -> d
     truth, y_test = train["label"].to_numpy(), test["label"].to_numpy()
     vectors = x_pool[:, : model.n_features]
     out: dict[str, dict[str, list[float]]] = {}
-    for strategy, mix in STRATEGIES.items():
+    for strategy, (mix, distinct, boundary) in STRATEGIES.items():
+        supervised = False
         labelled = np.zeros(train.height, dtype=bool)
         score_pool, score_test = unsupervised_pool, unsupervised_test
         found, aucpr = [], []
@@ -56,9 +58,10 @@ def simulate(name: str, seed: int, data: Path, rounds: int, per_round: int) -> d
                 score_pool[free],
                 per_round,
                 mix,
-                threshold=float(np.quantile(score_pool, 0.99)),  # the default 1% alert rate
+                threshold=0.5 if boundary and supervised else float(np.quantile(score_pool, 0.99)),
                 vectors=vectors[free],
                 labelled_vectors=vectors[labelled],
+                distinct_top=distinct,
                 seed=seed,
             )
             labelled[free[pick.index]] = True
@@ -68,6 +71,7 @@ def simulate(name: str, seed: int, data: Path, rounds: int, per_round: int) -> d
                 tuned = FineTuned(make_learner("xgboost", seed=seed), n_features=model.n_features, seed=seed)
                 tuned.fit(x_pool, y, labelled, monotone)
                 score_pool, score_test = tuned.predict_proba(x_pool), tuned.predict_proba(x_test)
+                supervised = True
             aucpr.append(100 * average_precision_score(y_test, score_test))
         out[strategy] = {"found": found, "aucpr": aucpr}
     return out

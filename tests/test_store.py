@@ -180,3 +180,16 @@ def test_bad_store_urls(tmp_path: Path) -> None:
         LabelStore.open("mysql://x@y/z")
     with pytest.raises(ConfigError, match="cannot open the label store"):
         LabelStore.open("postgresql://nobody@127.0.0.1:1/none")
+
+
+def test_top_share_skips_near_duplicates() -> None:
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(30, 4)) * 5
+    vectors[1] = vectors[0] + 1e-3  # the runner-up is a copy of the top record
+    score = np.linspace(1.0, 0.1, 30)
+    top = QueueMix(top=1, uncertain=0, coverage=0)
+    assert select_queue(score, 2, top, vectors=vectors, distinct_top=False).index.tolist() == [0, 1]
+    assert select_queue(score, 2, top, vectors=vectors).index.tolist() == [0, 2]
+    # a copy of an already-labelled record is skipped too
+    labelled = vectors[[0]] + 1e-3
+    assert select_queue(score, 2, top, vectors=vectors, labelled_vectors=labelled).index.tolist() == [2, 3]

@@ -1,14 +1,15 @@
 """Which records an analyst should look at next: a mix of the highest scores, the records whose labels teach the
 model most, and coverage across segments.
 
-Top-score order alone finds the obvious anomalies and teaches the model little: its labels all sit where the model
-is already sure, and a kind of anomaly the model scores low is never looked at (the demo and the finetune
-promotion gate both show it). So a share of each queue goes to
+Top-score order spends much of the budget on near-copies of one another (a burst of card testing, a scan): the
+same answer again teaches the re-fitted model nothing. So
 
-- *uncertain* records: nearest the alert threshold, spread out by farthest-point sampling so that they are also
-  far from anything already labelled (when feature vectors are given);
-- *coverage*: the highest-scoring record of each segment, segments with the fewest labels first (without segments:
-  farthest-point picks among the upper half of the scores).
+- the *top* share walks down the score order but skips near-duplicates (closer than the 10th percentile of the
+  distances among the top candidates) of records already picked or labelled, when feature vectors are given;
+- the *uncertain* share takes records nearest the decision boundary (the alert threshold; 0.5 for a fine-tuned
+  model's probability), spread out by farthest-point sampling so that they are also far from anything labelled;
+- the *coverage* share takes the highest-scoring record of each segment, segments with the fewest labels first
+  (without segments: farthest-point picks among the upper half of the scores).
 
 :func:`select_queue` is a pure function of arrays, shared by the label store's queue, the CLI and the benchmark.
 """
@@ -87,11 +88,14 @@ def select_queue(
     vectors: np.ndarray | None = None,
     labelled_vectors: np.ndarray | None = None,
     labelled_segment: np.ndarray | None = None,
+    distinct_top: bool = True,
     seed: int = 0,
 ) -> QueuePick:
     """Pick ``n`` of the unlabelled candidates (``score`` etc. describe only those).
 
-    ``threshold``: the alert threshold on ``score`` (default: the 99th percentile of the candidates).
+    ``threshold``: the decision boundary on ``score`` (the alert threshold, or 0.5 for a fine-tuned model's
+    probability; default: the 99th percentile of the candidates). ``distinct_top``: skip near-duplicates in the
+    top share (needs ``vectors``).
     ``vectors``/``labelled_vectors``: prepared feature vectors of the candidates and of labelled records, for
     "far from anything labelled"; ``labelled_segment``: segments of labelled records, for coverage."""
     score = np.asarray(score, dtype=np.float64)
@@ -113,7 +117,10 @@ def select_queue(
                 why.append(reason)
 
     by_score = np.argsort(-score, kind="stable")
-    take(by_score[:n_top], "top score")
+    if distinct_top and vectors is not None and n_top:
+        take(_distinct_in_order(vectors, by_score, n_top, labelled_vectors), "top score")
+    else:
+        take(by_score[:n_top], "top score")
     if n_uncertain:
         thr = float(threshold) if threshold is not None else float(np.quantile(score, 0.99))
         free = np.flatnonzero(~taken)
@@ -137,6 +144,33 @@ def select_queue(
     if len(order) < n:  # pools ran dry: fill with the next highest scores
         take([r for r in by_score if not taken[r]][: n - len(order)], "top score")
     return QueuePick(np.asarray(order, dtype=np.int64), why)
+
+
+def _distinct_in_order(vectors: np.ndarray, order: np.ndarray, k: int, labelled: np.ndarray | None) -> np.ndarray:
+    """The first ``k`` of ``order`` skipping near-duplicates (closer than the 10th percentile of the distances
+    between the top candidates) of records already picked or labelled: the same answer twice teaches nothing."""
+    pool = order[: min(order.size, 10 * k)]
+    points = vectors[pool]
+    dist = np.sqrt(((points[:, None, :] - points[None, :, :]) ** 2).sum(axis=2))
+    off = dist[np.triu_indices(pool.size, 1)]
+    radius = float(np.quantile(off, 0.1)) if off.size else 0.0
+    near_labelled = np.zeros(pool.size, dtype=bool)
+    if labelled is not None and labelled.size and radius > 0:
+        for start in range(0, labelled.shape[0], 2048):
+            chunk = labelled[start : start + 2048]
+            d = np.sqrt(((points[:, None, :] - chunk[None, :, :]) ** 2).sum(axis=2))
+            near_labelled |= (d < radius).any(axis=1)
+    picked: list[int] = []
+    for i in range(pool.size):
+        if len(picked) == k:
+            break
+        if near_labelled[i] or (picked and (dist[i, picked] < radius).any()):
+            continue
+        picked.append(i)
+    if len(picked) < k:  # not enough distinct ones: the rest in score order
+        rest = [i for i in range(pool.size) if i not in set(picked)]
+        picked += rest[: k - len(picked)]
+    return pool[np.asarray(picked, dtype=np.int64)]
 
 
 def _anchors(vectors: np.ndarray, taken: np.ndarray, labelled: np.ndarray | None) -> np.ndarray:

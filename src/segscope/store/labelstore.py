@@ -387,11 +387,13 @@ class LabelStore:
         vectors = _matrix([r["vector"] for r in rows])
         labelled_vectors = _matrix([r["vector"] for r in labelled]) if labelled else None
         thresholds = [r["threshold"] for r in rows if r["threshold"] is not None]
+        supervised = all(r["supervised_score"] is not None for r in rows)
+        boundary = 0.5 if supervised else float(np.median(thresholds)) if thresholds else None
         pick = select_queue(
             score,
             limit,
             mix,
-            threshold=float(np.median(thresholds)) if thresholds else None,
+            threshold=boundary,  # a fine-tuned model's probability: its decision boundary
             segment=np.array([r["segment"] for r in rows]),
             vectors=vectors,
             labelled_vectors=labelled_vectors,
