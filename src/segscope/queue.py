@@ -33,9 +33,11 @@ class QueueMix(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    top: float = Field(default=0.5, ge=0.0, le=1.0)
-    uncertain: float = Field(default=0.3, ge=0.0, le=1.0)
-    coverage: float = Field(default=0.2, ge=0.0, le=1.0)
+    # 0.8/0.2/0 had a higher test AUCPR than top-score order after every round, on the mean of 9 sets x 3 seeds;
+    # a coverage share cost AUCPR there (no segments in those runs), so it is opt-in
+    top: float = Field(default=0.8, ge=0.0, le=1.0)
+    uncertain: float = Field(default=0.2, ge=0.0, le=1.0)
+    coverage: float = Field(default=0.0, ge=0.0, le=1.0)
     daily_budget: int = Field(default=200, ge=1)
 
     @model_validator(mode="after")
