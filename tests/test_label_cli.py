@@ -67,9 +67,12 @@ def test_the_loop_through_the_store(run_cli, bundle: Path, files: Path, tmp_path
     )
     tuned = run_cli("finetune", "--bundle", registry, "--store", store, "--data", history)
     assert tuned.code == 0, tuned.err
-    newest = reg.list_versions(registry)[-1]
-    manifest = json.loads((registry / "versions" / newest / "manifest.json").read_text())
-    assert "label store" in json.dumps(manifest["label_snapshot"])
+    manifests = [
+        json.loads((registry / "versions" / v / "manifest.json").read_text()) for v in reg.list_versions(registry)
+    ]
+    tuned_versions = [m for m in manifests if m.get("label_snapshot")]  # names sort by second: find it by content
+    assert len(tuned_versions) == 1
+    assert "label store" in json.dumps(tuned_versions[0]["label_snapshot"])
     both = run_cli(
         "finetune", "--bundle", registry, "--store", store, "--labels", tmp_path / "labels.parquet", "--data", history
     )

@@ -53,8 +53,14 @@ def current_version(path: str | Path) -> str:
 
 
 def list_versions(path: str | Path) -> list[str]:
+    """Versions, oldest first: by the creation second in the name, then by when the manifest was written (two
+    versions made within one second would otherwise sort by their fingerprints)."""
     folder = Path(path) / VERSIONS
-    return sorted(p.name for p in folder.iterdir() if (p / MANIFEST).is_file()) if folder.is_dir() else []
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if (p / MANIFEST).is_file()]
+    found.sort(key=lambda p: (p.name[:15], (p / MANIFEST).stat().st_mtime_ns, p.name))
+    return [p.name for p in found]
 
 
 def log(path: str | Path) -> list[dict[str, Any]]:
