@@ -99,3 +99,37 @@ def test_segment_ids_keep_their_meaning_across_refits(segmenter: Segmenter) -> N
     assert born > segmenter.segments_.max()  # a new segment gets a fresh id
     assert born in refit.lineage_["births"]
     assert refit.lineage_["deaths"] == [] or set(refit.lineage_["deaths"]).isdisjoint(old_ids.tolist())
+
+
+def test_learner_sees_segment_membership_and_confidence(
+    tmp_path: Path, segments_model: Model, segments_history: pl.DataFrame
+) -> None:
+    from segscope.pipeline import finetune
+
+    history = segments_history
+    fraud = history.filter(pl.col("is_fraud") == 1)["txn_id"].head(25)
+    normal = history.filter(pl.col("is_fraud") == 0)["txn_id"].head(100)
+    labels = pl.DataFrame(
+        {
+            "id": [*fraud.to_list(), *normal.to_list()],
+            "label": [1] * fraud.len() + [0] * normal.len(),
+            "category": [None] * (fraud.len() + normal.len()),
+        },
+        schema={"id": pl.String, "label": pl.Int8, "category": pl.String},
+    )
+    matrix, monotone, _ = segments_model.supervision_matrix(history)
+    n_parts = len(segments_model.ensemble_.detectors) + 1
+    n_segments = segments_model.segmenter_.segments_.size
+    assert matrix.shape[1] == segments_model.n_features + n_parts + n_segments + 1
+    segment_block = matrix[:, segments_model.n_features + n_parts : -1]
+    assert set(np.unique(segment_block.sum(axis=1))) <= {0.0, 1.0}  # one-hot (noise: all zero)
+    assert ((matrix[:, -1] >= 0) & (matrix[:, -1] <= 1)).all()  # confidence
+    assert monotone.sum() == n_parts  # only the detector surprisals are monotone
+    candidate, _ = finetune(segments_model, history, labels)
+    assert candidate.supervised_segment_features_
+    scored = candidate.score(history.head(500))
+    assert scored["supervised_score"].is_not_null().all()
+    candidate.save(tmp_path / "tuned")
+    loaded = Model.load(tmp_path / "tuned")
+    assert loaded.supervised_segment_features_
+    assert loaded.score(history.head(500))["supervised_score"].equals(scored["supervised_score"])

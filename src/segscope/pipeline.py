@@ -72,6 +72,8 @@ class Model:
     segment_expected_: tuple[pl.Series, np.ndarray] | None = None
     #: The fine-tuned learner, when this version has one (``supervised_score`` is null otherwise).
     supervised_: Any = None
+    #: Whether the learner also sees segment membership (one-hot) and assignment confidence.
+    supervised_segment_features_: bool = False
     #: For fine-tuned versions: the labels used, the version it was tuned from, and the promotion decision.
     label_snapshot_: dict[str, Any] | None = None
     parent_version_: str | None = None
@@ -207,8 +209,8 @@ class Model:
 
     def _unsupervised(
         self, frame: pl.DataFrame, *, with_reasons: bool = True
-    ) -> tuple[pl.DataFrame, np.ndarray, np.ndarray, np.ndarray, pl.Series, np.ndarray | None]:
-        """(validated frame, prepared matrix, anomaly_score, its parts, reasons, segments or None)."""
+    ) -> tuple[pl.DataFrame, np.ndarray, np.ndarray, np.ndarray, pl.Series, tuple[np.ndarray, np.ndarray] | None]:
+        """(validated frame, prepared matrix, anomaly_score, its parts, reasons, (segments, confidence) or None)."""
         validated = self.preparer_.validate(frame)
         x = self.preparer_.transform(validated)
         if not frame.height:
@@ -219,30 +221,49 @@ class Model:
         skew = self.ensemble_.detectors[shared].skew_sign_ if shared is not None else None  # type: ignore[attr-defined]
         idx, val, total, ecod = self.explainer_.top_contributions(x, skew)
         anomaly, parts = self.ensemble_.score_with_parts(x, {shared: ecod} if shared is not None else None)
-        segments = self.segmenter_.assign(x)[0] if self.segmenter_ is not None else None  # once per batch
+        assigned = self.segmenter_.assign(x) if self.segmenter_ is not None else None  # once per batch
+        segments = assigned[0] if assigned is not None else None
         anomaly = self._segment_aware(segments, anomaly, parts)
         reasons = pl.Series("reasons", [], dtype=REASON_DTYPE)
         if with_reasons:
             expected = self._segment_expected(segments)
             readable = self.preparer_.readable_values(validated)
             reasons = self.explainer_.explain(x, *readable, expected=expected, top=(idx, val, total))
-        return validated, x, anomaly, parts, reasons, segments
+        return validated, x, anomaly, parts, reasons, assigned
 
-    def supervision_matrix(self, frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def supervision_matrix(
+        self, frame: pl.DataFrame, *, with_segments: bool | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(features for the supervised layer, +1/0 monotone constraints, anomaly_score): the prepared features
-        plus every detector's calibrated surprisal and the ensemble's (the XGBOD idea)."""
+        plus every detector's calibrated surprisal and the ensemble's (the XGBOD idea), and, when the model has
+        segments (``with_segments`` defaults to that), segment membership one-hot and assignment confidence."""
         self._check_fitted()
-        _, x, anomaly, parts, _, _ = self._unsupervised(frame, with_reasons=False)
-        monotone = np.concatenate([np.zeros(x.shape[1]), np.ones(parts.shape[1])])
-        return np.hstack([x, parts]), monotone, anomaly
+        _, x, anomaly, parts, _, assigned = self._unsupervised(frame, with_reasons=False)
+        with_segments = self.segmenter_ is not None if with_segments is None else with_segments
+        matrix = self._learner_matrix(x, parts, assigned if with_segments else None)
+        monotone = np.zeros(matrix.shape[1])
+        monotone[x.shape[1] : x.shape[1] + parts.shape[1]] = 1.0
+        return matrix, monotone, anomaly
+
+    def _learner_matrix(
+        self, x: np.ndarray, parts: np.ndarray, assigned: tuple[np.ndarray, np.ndarray] | None
+    ) -> np.ndarray:
+        """What the learner sees: prepared features, detector surprisals, then (optionally) segment columns."""
+        if assigned is None:
+            return np.hstack([x, parts])
+        segments, confidence = assigned
+        onehot = (segments[:, None] == self.segmenter_.segments_[None, :]).astype(np.float64)
+        return np.hstack([x, parts, onehot, confidence[:, None]])
 
     def score(self, frame: pl.DataFrame) -> pl.DataFrame:
         """Input columns plus :data:`SCORED_COLUMNS`. Never changes the model; batch-independent scores."""
         self._check_fitted()
-        validated, x, anomaly, parts, reasons, segment = self._unsupervised(frame)
+        validated, x, anomaly, parts, reasons, assigned = self._unsupervised(frame)
+        segment = assigned[0] if assigned is not None else None
         supervised = None
         if self.supervised_ is not None and frame.height:
-            supervised = self.supervised_.predict_proba(np.hstack([x, parts]))
+            learner_input = self._learner_matrix(x, parts, assigned if self.supervised_segment_features_ else None)
+            supervised = self.supervised_.predict_proba(learner_input)
         elif self.supervised_ is not None:
             supervised = np.empty(0)
         score = supervised if supervised is not None else anomaly
@@ -334,6 +355,7 @@ class Model:
             "params": self.supervised_.describe(),
             "artifact": f"supervised/{name}",
             "arrays": "arrays/supervised.npz",
+            "segment_features": self.supervised_segment_features_,
         }
 
     def save(self, path: str | Path) -> Path:
@@ -457,6 +479,7 @@ class Model:
         supervised = next((c for c in manifest["components"] if c["role"] == "supervised" and c["name"]), None)
         if supervised is not None:
             model.supervised_ = _load_supervised(reader, supervised, model.n_features)
+            model.supervised_segment_features_ = bool(supervised.get("segment_features", False))
         return model
 
 
@@ -833,9 +856,11 @@ def finetune(
         unlabelled_train = np.sort(rng.choice(unlabelled_train, size=cap, replace=False))
     fit_rows = np.sort(np.concatenate([train_rows[labelled[train_rows]], unlabelled_train]))
     step(f"preparing {fit_rows.size:,} training records ({int(y[fit_rows].sum())} labelled anomalies)")
-    x_fit, monotone, _ = current.supervision_matrix(history[fit_rows])
+    with_segments = current.segmenter_ is not None
+    x_fit, monotone, _ = current.supervision_matrix(history[fit_rows], with_segments=with_segments)
     init = None
-    if current.supervised_ is not None and current.supervised_.learner.name == learner:
+    same_inputs = current.supervised_segment_features_ == with_segments
+    if current.supervised_ is not None and current.supervised_.learner.name == learner and same_inputs:
         init = current.supervised_.learner.artifact()[1]  # continue from the previous booster
     step(f"fine-tuning the {learner} learner" + (" (continued from the current version)" if init else ""))
     extra = {"progress": on_progress} if learner == "torch" else {}
@@ -849,6 +874,7 @@ def finetune(
     step("calibrating the alert policy on the supervised score")
     candidate = copy.copy(current)
     candidate.supervised_ = tuned
+    candidate.supervised_segment_features_ = with_segments
     reference_rows = fit_rows if fit_rows.size <= cap else np.sort(rng.choice(fit_rows, size=cap, replace=False))
     reference = tuned.predict_proba(x_fit[np.searchsorted(fit_rows, reference_rows)])
     candidate.policy_ = make_policy(current.config.policy).fit(reference, history[reference_rows])

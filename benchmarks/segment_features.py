@@ -1,0 +1,74 @@
+"""Do segment membership and confidence help the fine-tuned learner?
+
+    python benchmarks/segment_features.py [--data ../shared/data] [--seeds 1,2,3]
+
+ADBench's label-informed protocol (see adbench_label_informed.py) with segments enabled: the same fitted model,
+the same revealed labels (gamma_l = 1% and 5% of the training anomalies), the XGBoost learner fine-tuned once on
+the supervision matrix without and once with the segment columns (one-hot membership + assignment confidence).
+Test AUCPR per set, mean over seeds. Writes benchmarks/results/segment_features.json and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import average_precision_score
+
+from segscope.config import SegmentsConfig, SegscopeConfig
+from segscope.pipeline import Model
+from segscope.supervised.base import FineTuned
+from segscope.supervised.finetune import make_learner
+
+from _adbench import ADBENCH_SETS, data_dir, load_set, n_labelled, split
+
+GAMMAS = (0.01, 0.05)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=None)
+    parser.add_argument("--sets", default=",".join(ADBENCH_SETS))
+    parser.add_argument("--seeds", default="1,2,3")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "segment_features.json"))
+    args = parser.parse_args()
+    data = data_dir(args.data)
+    results: dict[str, dict[str, list[float]]] = {}
+    for name in args.sets.split(","):
+        frame = load_set(data, name)
+        n_anomalies = int(frame["label"].sum())
+        for seed in (int(s) for s in args.seeds.split(",")):
+            train, test = split(frame, seed)
+            cfg = SegscopeConfig(seed=seed, segments=SegmentsConfig(enabled=True))
+            model = Model(cfg.with_features(id_column=None, drop=("label",))).fit(train)
+            y_test = test["label"].to_numpy()
+            train_pos = np.flatnonzero(train["label"].to_numpy() == 1)
+            for gamma in GAMMAS:
+                k = min(n_labelled(n_anomalies, gamma), train_pos.size)
+                y = np.zeros(train.height, dtype=np.int64)
+                y[np.random.default_rng(seed).choice(train_pos, size=k, replace=False)] = 1
+                for with_segments in (False, True):
+                    x_train, monotone, _ = model.supervision_matrix(train, with_segments=with_segments)
+                    x_test, _, _ = model.supervision_matrix(test, with_segments=with_segments)
+                    tuned = FineTuned(make_learner("xgboost", seed=seed), n_features=model.n_features, seed=seed)
+                    tuned.fit(x_train, y, y == 1, monotone)
+                    key = f"{'with' if with_segments else 'without'} segments @ {int(gamma * 100)}%"
+                    ap = 100 * average_precision_score(y_test, tuned.predict_proba(x_test))
+                    results.setdefault(name, {}).setdefault(key, []).append(ap)
+            print(name, seed, {k: round(v[-1], 2) for k, v in results[name].items()}, flush=True)
+    keys = list(next(iter(results.values())))
+    print("\n| set | " + " | ".join(keys) + " |\n|---|" + "---|" * len(keys))
+    for name, by in results.items():
+        print(f"| {name} | " + " | ".join(f"{np.mean(by[k]):.2f}" for k in keys) + " |")
+    print(
+        "| **mean** | "
+        + " | ".join(f"**{np.mean([np.mean(by[k]) for by in results.values()]):.2f}**" for k in keys)
+        + " |"
+    )
+    Path(args.out).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
