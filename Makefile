@@ -39,6 +39,11 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 		$(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
 	fi
 
+# Benchmarks need the dev set plus their own data helpers (river's bundled ImageSegments).
+$(VENV)/.installed-bench: $(VENV)/.installed-dev
+	$(PIP) install -q -e '.[bench]'
+	touch $@
+
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
@@ -52,7 +57,7 @@ lint: install-dev
 test: lint $(KAFKA_LIB)/.resolved .deb-packages
 	$(VENV)/bin/pytest -q
 
-bench: install-dev $(KAFKA_LIB)/.resolved
+bench: $(VENV)/.installed-bench $(KAFKA_LIB)/.resolved
 	$(PY) benchmarks/adbench_unsupervised.py --data $(SHARED_DATA)
 	$(PY) benchmarks/adbench_label_informed.py --data $(SHARED_DATA) --learners xgboost,torch
 	$(PY) benchmarks/finetune_speed.py

@@ -38,6 +38,13 @@ def kmeans_labels(x: np.ndarray, k: int, *, standardise: bool) -> np.ndarray:
     return KMeans(n_clusters=k, n_init=4, random_state=0).fit_predict(data)
 
 
+def versions() -> dict[str, str]:
+    """UMAP's and HDBSCAN's output (so the ARIs) move with library versions: record them next to the figures."""
+    from importlib.metadata import version
+
+    return {p: version(p) for p in ("umap-learn", "hdbscan", "pynndescent", "numba", "scikit-learn", "numpy")}
+
+
 def image_segments() -> dict:
     """river's bundled ImageSegments (2,310 rows, 7 classes)."""
     from river import datasets
@@ -87,7 +94,7 @@ def main() -> None:
     truth = {c: frame[c].to_numpy() for c in ("attack_category", "attack_type")}
     prep = FeaturePreparer(drop=("attack_category", "attack_type", "label", "difficulty", "split")).fit(frame)
     x = prep.transform(prep.validate(frame))
-    result: dict = {"rows": args.rows, "held_out_rows": 5000, "features": x.shape[1]}
+    result: dict = {"rows": args.rows, "held_out_rows": 5000, "features": x.shape[1], "versions": versions()}
     start = time.perf_counter()
     seg = Segmenter(sample_size=args.rows).fit(x)
     result["segscope_fit_seconds"] = time.perf_counter() - start

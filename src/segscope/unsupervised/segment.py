@@ -30,7 +30,7 @@ class Segmenter(StoresParams):
         self,
         *,
         sample_size: int = 20_000,
-        n_neighbors: int = 15,
+        n_neighbors: int = 30,
         n_components: int = 5,
         min_cluster_size: int | None = None,
         n_trees: int = 30,
