@@ -66,6 +66,8 @@ bench: $(VENV)/.installed-bench $(KAFKA_LIB)/.resolved
 	$(PY) benchmarks/segments_quality.py --data $(SHARED_DATA)
 	$(PY) benchmarks/adbench_segments.py --data $(SHARED_DATA)
 	$(PY) benchmarks/queue_quality.py --data $(SHARED_DATA)
+	$(PY) benchmarks/hdbscan_choice.py --data $(SHARED_DATA)
+	$(PY) benchmarks/segment_features.py --data $(SHARED_DATA)
 
 clean:
 	rm -rf $(VENV) segscope-demo .pytest_cache .mypy_cache .ruff_cache
