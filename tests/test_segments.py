@@ -104,9 +104,18 @@ def test_segment_ids_keep_their_meaning_across_refits(segmenter: Segmenter) -> N
 def test_learner_sees_segment_membership_and_confidence(
     tmp_path: Path, segments_model: Model, segments_history: pl.DataFrame
 ) -> None:
+    import copy
+
     from segscope.pipeline import finetune
 
     history = segments_history
+    plain_matrix, _, _ = segments_model.supervision_matrix(history.head(50))  # off by default (it hurt AUCPR)
+    n_parts = len(segments_model.ensemble_.detectors) + 1
+    assert plain_matrix.shape[1] == segments_model.n_features + n_parts
+    segments_model = copy.copy(segments_model)
+    cfg = segments_model.config
+    opted_in = cfg.segments.model_copy(update={"learner_features": True})
+    segments_model.config = cfg.model_copy(update={"segments": opted_in})
     fraud = history.filter(pl.col("is_fraud") == 1)["txn_id"].head(25)
     normal = history.filter(pl.col("is_fraud") == 0)["txn_id"].head(100)
     labels = pl.DataFrame(
@@ -118,7 +127,6 @@ def test_learner_sees_segment_membership_and_confidence(
         schema={"id": pl.String, "label": pl.Int8, "category": pl.String},
     )
     matrix, monotone, _ = segments_model.supervision_matrix(history)
-    n_parts = len(segments_model.ensemble_.detectors) + 1
     n_segments = segments_model.segmenter_.segments_.size
     assert matrix.shape[1] == segments_model.n_features + n_parts + n_segments + 1
     segment_block = matrix[:, segments_model.n_features + n_parts : -1]

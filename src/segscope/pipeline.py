@@ -235,15 +235,19 @@ class Model:
         self, frame: pl.DataFrame, *, with_segments: bool | None = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(features for the supervised layer, +1/0 monotone constraints, anomaly_score): the prepared features
-        plus every detector's calibrated surprisal and the ensemble's (the XGBOD idea), and, when the model has
-        segments (``with_segments`` defaults to that), segment membership one-hot and assignment confidence."""
+        plus every detector's calibrated surprisal and the ensemble's (the XGBOD idea), and, with segments and
+        ``[segments] learner_features`` (``with_segments`` defaults to that), segment membership one-hot and
+        assignment confidence."""
         self._check_fitted()
         _, x, anomaly, parts, _, assigned = self._unsupervised(frame, with_reasons=False)
-        with_segments = self.segmenter_ is not None if with_segments is None else with_segments
+        with_segments = self._learner_sees_segments() if with_segments is None else with_segments
         matrix = self._learner_matrix(x, parts, assigned if with_segments else None)
         monotone = np.zeros(matrix.shape[1])
         monotone[x.shape[1] : x.shape[1] + parts.shape[1]] = 1.0
         return matrix, monotone, anomaly
+
+    def _learner_sees_segments(self) -> bool:
+        return self.segmenter_ is not None and self.config.segments.learner_features
 
     def _learner_matrix(
         self, x: np.ndarray, parts: np.ndarray, assigned: tuple[np.ndarray, np.ndarray] | None
@@ -856,7 +860,7 @@ def finetune(
         unlabelled_train = np.sort(rng.choice(unlabelled_train, size=cap, replace=False))
     fit_rows = np.sort(np.concatenate([train_rows[labelled[train_rows]], unlabelled_train]))
     step(f"preparing {fit_rows.size:,} training records ({int(y[fit_rows].sum())} labelled anomalies)")
-    with_segments = current.segmenter_ is not None
+    with_segments = current._learner_sees_segments()
     x_fit, monotone, _ = current.supervision_matrix(history[fit_rows], with_segments=with_segments)
     init = None
     same_inputs = current.supervised_segment_features_ == with_segments
