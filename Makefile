@@ -39,7 +39,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 		$(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
 	fi
 
-# Benchmarks need the dev set plus their own data helpers (river's bundled ImageSegments).
+# Benchmarks need the dev set plus the `bench` extra: river (its bundled ImageSegments) and fast_hdbscan (compared).
 $(VENV)/.installed-bench: $(VENV)/.installed-dev
 	$(PIP) install -q -e '.[bench]'
 	touch $@
@@ -66,6 +66,8 @@ bench: $(VENV)/.installed-bench $(KAFKA_LIB)/.resolved
 	$(PY) benchmarks/segments_quality.py --data $(SHARED_DATA)
 	$(PY) benchmarks/adbench_segments.py --data $(SHARED_DATA)
 	$(PY) benchmarks/queue_quality.py --data $(SHARED_DATA)
+	$(PY) benchmarks/segments_defaults.py --data $(SHARED_DATA)
+	$(PY) benchmarks/segments_fit_time.py
 	$(PY) benchmarks/hdbscan_choice.py --data $(SHARED_DATA)
 	$(PY) benchmarks/segment_features.py --data $(SHARED_DATA)
 

@@ -1,4 +1,5 @@
-"""ADBench protocol helpers shared by the benchmark scripts (reads ../shared/data, never the package)."""
+"""Helpers shared by the benchmark scripts: ADBench's protocol, and the sets with known groups that the segment
+benchmarks use (reads ../shared/data, never the package)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,29 @@ def data_dir(arg: str | None = None) -> Path:
 def load_set(data: Path, name: str) -> pl.DataFrame:
     frame = pl.read_parquet(data / f"{name}.parquet")
     return frame.select([c for c in frame.columns if c == "label" or frame[c].dtype.is_numeric()])
+
+
+def load_nslkdd(data: Path, rows: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """nslkdd's prepared features (``rows`` sampled rows, the attack columns, label, difficulty and split dropped
+    before fitting) and its true groups {attack_category, attack_type}."""
+    from segscope.features.prepare import FeaturePreparer
+
+    frame = pl.read_parquet(data / "nslkdd.parquet").sample(rows, seed=0)
+    truth = {c: frame[c].to_numpy() for c in ("attack_category", "attack_type")}
+    prep = FeaturePreparer(drop=("attack_category", "attack_type", "label", "difficulty", "split")).fit(frame)
+    return prep.transform(prep.validate(frame)), truth
+
+
+def load_image_segments() -> tuple[np.ndarray, np.ndarray]:
+    """river's bundled ImageSegments (2,310 rows, 7 classes): prepared features and the classes."""
+    from river import datasets
+
+    from segscope.features.prepare import FeaturePreparer
+
+    rows = [(x, y) for x, y in datasets.ImageSegments()]
+    frame = pl.DataFrame([x for x, _ in rows])
+    prep = FeaturePreparer().fit(frame)
+    return prep.transform(prep.validate(frame)), np.array([y for _, y in rows])
 
 
 def split(frame: pl.DataFrame, seed: int, max_rows: int = 10_000) -> tuple[pl.DataFrame, pl.DataFrame]:

@@ -19,13 +19,10 @@ from pathlib import Path
 import fast_hdbscan
 import hdbscan
 import numpy as np
-import polars as pl
 import umap
 from sklearn.metrics import adjusted_rand_score
 
-from segscope.features.prepare import FeaturePreparer
-
-from _adbench import data_dir
+from _adbench import data_dir, load_nslkdd
 
 
 def main() -> None:
@@ -34,13 +31,10 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "hdbscan_choice.json"))
     args = parser.parse_args()
-    frame = pl.read_parquet(data_dir(args.data) / "nslkdd.parquet").sample(args.rows, seed=0)
-    prep = FeaturePreparer(drop=("attack_category", "attack_type", "label", "difficulty", "split")).fit(frame)
-    x = prep.transform(prep.validate(frame))
+    x, truth = load_nslkdd(data_dir(args.data), args.rows)
     embedding = umap.UMAP(n_neighbors=30, n_components=5, min_dist=0.0, random_state=0, n_jobs=1).fit(x).embedding_
     mcs = max(15, args.rows // 200)  # the segmenter's defaults
     ms = max(5, mcs // 3)
-    truth = {c: frame[c].to_numpy() for c in ("attack_category", "attack_type")}
     fast_hdbscan.HDBSCAN(min_cluster_size=mcs, min_samples=ms).fit_predict(embedding[:1000])  # Numba compile
     makers = {
         "hdbscan": lambda: hdbscan.HDBSCAN(min_cluster_size=mcs, min_samples=ms, prediction_data=True),
