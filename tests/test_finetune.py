@@ -152,9 +152,12 @@ def test_label_errors(base: Model, big_history: pl.DataFrame, tmp_path: Path) ->
         finetune(base, big_history, normals)
     path = tmp_path / "l.csv"
     pl.DataFrame({"id": ["x", "x"], "label": ["anomaly", "normal"], "category": ["card testing", None]}).write_csv(path)
-    loaded = load_labels(path)
+    with pytest.raises(DataError, match="id 'x' has conflicting labels at rows \\[0, 1\\]"):
+        load_labels(path)  # refused, not "last wins"
+    pl.DataFrame({"id": ["x", "x"], "label": ["anomaly", "1"]}).write_csv(path)
+    loaded = load_labels(path)  # the same label twice is one label
     assert loaded.height == 1
-    assert loaded["label"][0] == 0
+    assert loaded["label"][0] == 1
 
 
 def test_bundle_without_id_column_cannot_be_fine_tuned(big_history: pl.DataFrame) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,6 +24,17 @@ from tests.kafka_helpers import free_port
 HOSTILE = "<script>document.title='pwned'</script>"
 
 
+def _client(app) -> TestClient:
+    """A test client that addresses the app as a browser on this machine would (Host: 127.0.0.1)."""
+    return TestClient(app, base_url="http://127.0.0.1")
+
+
+def _csrf(client: TestClient) -> str:
+    """The form token a page carries (its cookie is set on the client by the same request)."""
+    page = client.get("/", params={"analyst": "bob"}).text
+    return re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+
+
 @pytest.fixture
 def store(tmp_path: Path, model: Model, new_records: pl.DataFrame):
     records = new_records.head(300).with_columns(
@@ -37,7 +49,7 @@ def store(tmp_path: Path, model: Model, new_records: pl.DataFrame):
 
 
 def test_api_queue_labels_and_errors(store: LabelStore) -> None:
-    client = TestClient(create_app(store))
+    client = _client(create_app(store))
     queue = client.get("/api/queue", params={"limit": 5}).json()
     assert len(queue) == 5
     assert {"id", "score", "segment", "reasons", "why", "nearest", "values", "model_version"} <= set(queue[0])
@@ -58,7 +70,7 @@ def test_api_queue_labels_and_errors(store: LabelStore) -> None:
 
 
 def test_token_required_when_given(store: LabelStore) -> None:
-    client = TestClient(create_app(store, token="s3cret"))
+    client = _client(create_app(store, token="s3cret"))
     assert client.get("/api/queue").status_code == 401
     assert client.get("/", headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert client.get("/api/queue", headers={"Authorization": "Bearer s3cret"}).status_code == 200
@@ -69,7 +81,7 @@ def test_token_required_when_given(store: LabelStore) -> None:
 
 
 def test_page_escapes_record_values(store: LabelStore, new_records: pl.DataFrame) -> None:
-    client = TestClient(create_app(store))
+    client = _client(create_app(store))
     page = client.get("/", params={"analyst": "ann", "limit": 300}).text
     assert new_records["txn_id"][0] in page
     assert HOSTILE not in page
@@ -77,17 +89,20 @@ def test_page_escapes_record_values(store: LabelStore, new_records: pl.DataFrame
 
 
 def test_page_forms_label_and_bulk(store: LabelStore) -> None:
-    client = TestClient(create_app(store))
+    client = _client(create_app(store))
     rid = store.queue(1)[0]["id"]
+    token = _csrf(client)
     done = client.post(
         "/label",
-        data={"id": rid, "label": "normal", "analyst": "bob", "category": "", "back": "/"},
+        data={"id": rid, "label": "normal", "analyst": "bob", "category": "", "back": "/", "csrf_token": token},
         follow_redirects=False,
     )
     assert done.status_code == 303 and done.headers["location"].startswith("/?")
     assert store.labels()["id"].to_list() == [rid]
-    assert client.post("/label", data={"id": "nope", "label": "normal", "analyst": "bob"}).status_code == 404
-    assert client.post("/label", data={"id": rid, "label": "normal"}).status_code == 400  # who?
+    form = {"label": "normal", "csrf_token": token}
+    assert client.post("/label", data={**form, "id": "nope", "analyst": "bob"}).status_code == 404
+    client.cookies.delete("segscope_analyst")
+    assert client.post("/label", data={**form, "id": rid}).status_code == 400  # who?
     page = client.get("/labels").text
     assert rid in page and "bob" in page
 

@@ -16,9 +16,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+import stat
 import tempfile
-from pathlib import Path
+import zipfile
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -26,7 +29,7 @@ import numpy as np
 from segscope.exceptions import BundleError
 from segscope.sinks.files import publish
 
-__all__ = ["FORMAT_VERSION", "BundleReader", "write_bundle"]
+__all__ = ["FORMAT_VERSION", "BundleReader", "is_version_name", "write_bundle"]
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -99,73 +102,169 @@ def write_bundle(
     return target
 
 
+#: What a version name (and so a folder name in a registry) may look like: no separators, no "..".
+VERSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+#: Artifact types that hold data only; ``.pkl`` runs code when loaded and needs ``trusted=True``.
+_DATA_SUFFIXES = {".json", ".npz", ".safetensors"}
+_CODE_SUFFIXES = {".pkl"}
+
+
+def is_version_name(name: object) -> bool:
+    """A plain version name: letters, digits, ``.``, ``_``, ``-``; no path separators, not ``.``/``..``."""
+    return isinstance(name, str) and bool(VERSION_NAME.match(name)) and name not in (".", "..")
+
+
+def _safe_relative(rel: object) -> str | None:
+    """``rel`` when it is a plain relative POSIX path inside the bundle, else None."""
+    if not isinstance(rel, str) or not rel or "\\" in rel or "\x00" in rel:
+        return None
+    parts = PurePosixPath(rel).parts
+    if PurePosixPath(rel).is_absolute() or any(p in ("", ".", "..") for p in parts) or "/".join(parts) != rel:
+        return None
+    return rel
+
+
 class BundleReader:
-    """Opens a bundle, checks format version and checksums, and hands out its parts."""
+    """Opens a bundle, checks format version and checksums, and hands out its parts.
+
+    What the bundle may do is decided here, never by its manifest: every file in the folder must be listed
+    in ``files`` with a matching sha256 (an unlisted file, a symlink or a path leaving the folder is refused),
+    artifacts that can run code (``.pkl``) need ``trusted=True`` whatever the manifest claims, and arrays are
+    read with ``allow_pickle=False`` and refused when they hold bytes rather than numbers.
+    """
 
     def __init__(self, path: str | Path, *, trusted: bool = False) -> None:
         self.path = Path(path)
         self.trusted = trusted
+
+    def _fail(self, problem: str, fix: str = "restore the original bundle or refit") -> BundleError:
+        return BundleError(f"bundle {self.path}: {problem}; {fix}")
 
     def open(self) -> dict[str, Any]:
         """Read and verify the manifest; returns it."""
         manifest_path = self.path / MANIFEST
         if not self.path.exists():
             raise BundleError(f"bundle {self.path} does not exist; run `segscope fit DATA --bundle {self.path}` first")
+        if self.path.is_symlink() or manifest_path.is_symlink():
+            raise self._fail("is a symbolic link", "pass the bundle folder itself")
         if not manifest_path.is_file():
             raise BundleError(
                 f"{self.path} is not a segscope bundle (no manifest.json); pass the folder `segscope fit` wrote"
             )
         try:
-            manifest: dict[str, Any] = json.loads(manifest_path.read_text(encoding="utf-8"))
+            manifest = json.loads(manifest_path.read_bytes().decode("utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise BundleError(
-                f"bundle {self.path}: manifest.json is not valid JSON ({str(exc).splitlines()[0]}); refit the bundle"
-            ) from None
+            reason = str(exc).splitlines()[0]
+            raise self._fail(f"manifest.json is not valid JSON ({reason})", "refit the bundle") from None
+        except OSError as exc:
+            raise self._fail(f"cannot read manifest.json ({exc.strerror})", "check the folder's permissions") from None
+        if not isinstance(manifest, dict):
+            raise self._fail("manifest.json does not hold a JSON object", "refit the bundle")
         version = manifest.get("format_version")
-        if not isinstance(version, int):
-            raise BundleError(f"bundle {self.path}: manifest.json has no format_version; refit the bundle")
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise self._fail("manifest.json has no format_version", "refit the bundle")
         if version > FORMAT_VERSION:
             raise BundleError(
                 f"bundle {self.path} has format version {version}, newer than this segscope supports "
                 f"({FORMAT_VERSION}); upgrade segscope (pip install -U segscope) to load it"
             )
-        files = manifest.get("files", {})
-        for rel, expected in files.items():
-            file = self.path / rel
-            if not file.is_file():
-                raise BundleError(
-                    f"bundle {self.path}: file {rel} listed in manifest.json is missing; restore or refit the bundle"
-                )
-            if _sha256(file) != expected:
-                raise BundleError(
-                    f"bundle {self.path}: {rel} does not match its checksum in manifest.json (changed after it "
-                    "was saved); restore the original bundle or refit"
-                )
-        if manifest.get("executes_code") and not self.trusted:
+        if not is_version_name(manifest.get("model_version")):
+            raise self._fail(
+                f"model_version {str(manifest.get('model_version'))[:60]!r} is not a plain name (letters, digits, "
+                "'.', '_', '-')"
+            )
+        self.files_ = self._verify_files(manifest.get("files"))
+        needs_trust = sorted(rel for rel in self.files_ if PurePosixPath(rel).suffix in _CODE_SUFFIXES)
+        if needs_trust and not self.trusted:
             raise BundleError(
-                f"bundle {self.path} holds pickled components ({', '.join(manifest['executes_code'])}) that run "
-                "code when loaded; load it only if you trust its origin, with --trust-bundle (trusted=True)"
+                f"bundle {self.path} holds pickled components ({', '.join(needs_trust)}) that run code when "
+                "loaded; load it only if you trust its origin, with --trust-bundle (trusted=True)"
             )
         self.manifest_ = manifest
         return manifest
 
+    def _verify_files(self, files: object) -> dict[str, str]:
+        """Every file on disk listed, every listed file present, regular, inside the folder and unchanged."""
+        if not isinstance(files, dict) or not files:
+            raise self._fail("manifest.json has no 'files' table of checksums, so nothing in it can be verified")
+        for rel, digest in files.items():
+            if _safe_relative(rel) is None:
+                raise self._fail(f"manifest.json lists the path {str(rel)[:80]!r}, which leaves the bundle folder")
+            if rel == MANIFEST:
+                raise self._fail("manifest.json lists itself among its files")
+            suffix = PurePosixPath(rel).suffix
+            if suffix not in _DATA_SUFFIXES | _CODE_SUFFIXES:
+                raise self._fail(f"{rel} is not an artifact type segscope writes (.json, .npz, .safetensors, .pkl)")
+            if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+                raise self._fail(f"the checksum of {rel} in manifest.json is not a sha256")
+        root = self.path.resolve()
+        on_disk: set[str] = set()
+        for folder, dirs, names in os.walk(self.path, followlinks=False):
+            for name in [*dirs, *names]:
+                full = Path(folder) / name
+                rel = full.relative_to(self.path).as_posix()
+                if full.is_symlink():
+                    raise self._fail(f"{rel} is a symbolic link (bundles hold only regular files)")
+                if name in names:
+                    if not stat.S_ISREG(full.lstat().st_mode):  # a pipe or device would block or lie
+                        raise self._fail(f"{rel} is not a regular file")
+                    on_disk.add(rel)
+        unlisted = sorted(on_disk - set(files) - {MANIFEST})
+        if unlisted:
+            raise self._fail(f"{unlisted[0]} is not listed in manifest.json (unlisted files are refused)")
+        for rel, expected in files.items():
+            file = self.path / rel
+            if rel not in on_disk:
+                raise BundleError(
+                    f"bundle {self.path}: file {rel} listed in manifest.json is missing; restore or refit the bundle"
+                )
+            if not file.resolve().is_relative_to(root):
+                raise self._fail(f"{rel} resolves outside the bundle folder")
+            try:
+                actual = _sha256(file)
+            except OSError as exc:
+                raise self._fail(f"cannot read {rel} ({exc.strerror})", "check the folder's permissions") from None
+            if actual != expected:
+                raise BundleError(
+                    f"bundle {self.path}: {rel} does not match its checksum in manifest.json (changed after it "
+                    "was saved); restore the original bundle or refit"
+                )
+        return dict(files)
+
+    def _listed(self, rel: str) -> Path:
+        if rel not in getattr(self, "files_", {}):
+            raise self._fail(f"{rel} is not one of the files listed in manifest.json")
+        return self.path / rel
+
     def json(self, name: str) -> Any:
-        return json.loads((self.path / name).read_text(encoding="utf-8"))
+        try:
+            return json.loads(self._listed(name).read_bytes().decode("utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise self._fail(f"{name} is not valid JSON ({str(exc).splitlines()[0]})") from None
 
     def arrays(self, part: str) -> dict[str, np.ndarray]:
-        with np.load(self.path / "arrays" / f"{part}.npz", allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
+        rel = f"arrays/{part}.npz"
+        try:
+            with np.load(self._listed(rel), allow_pickle=False) as data:
+                arrays = {k: data[k] for k in data.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise self._fail(f"{rel} is not a readable NumPy archive ({str(exc)[:120]})") from None
+        for key, value in arrays.items():
+            # model state is numbers; bytes in an array are how a pickle would be smuggled past the trust check
+            if key == "pickle" or value.dtype.kind not in "biuf" or (value.dtype.kind in "iu" and value.itemsize == 1):
+                raise self._fail(f"{rel} holds '{key}' as {value.dtype} bytes, not model state (a hidden pickle?)")
+        return arrays
 
     def raw(self, rel: str) -> bytes:
-        return (self.path / rel).read_bytes()
+        return self._listed(rel).read_bytes()
 
     def pickle_bytes(self, part: str) -> bytes | None:
-        path = self.path / "arrays" / f"{part}.pkl"
-        if not path.is_file():
+        rel = f"arrays/{part}.pkl"
+        if rel not in getattr(self, "files_", {}):
             return None
-        if not self.trusted:  # pragma: no cover - open() already refused
-            raise BundleError("refusing to read a pickle from an untrusted bundle")
-        return path.read_bytes()
+        if not self.trusted:  # open() already refused; never hand out a pickle from an untrusted bundle
+            raise BundleError("refusing to read a pickle from an untrusted bundle; pass --trust-bundle")
+        return self._listed(rel).read_bytes()
 
 
 def fingerprint_file(path: str | Path) -> str:

@@ -81,10 +81,11 @@ def _load_config(config: Path | None, id_column: str | None, drop: list[str]) ->
     return cfg.with_features(id_column=id_column, drop=tuple(drop))
 
 
-def _open_store(url: str) -> LabelStore:
+def _open_store(url: str, *, create: bool = False) -> LabelStore:
+    """Open a label store; only commands that write records into it create a missing SQLite file."""
     from segscope.store import LabelStore
 
-    return LabelStore.open(url)
+    return LabelStore.open(url, create=create)
 
 
 def _load_model(bundle: Path, trusted: bool) -> Model:
@@ -139,18 +140,22 @@ def score(
     from segscope.sources.files import count_rows
 
     model = _load_model(bundle, trust_bundle)
-    label_store = _open_store(store) if store is not None else None
+    label_store = _open_store(store, create=True) if store is not None else None
     total = count_rows(data)
+    written = {"rows": 0}
+
+    def advance(n: int) -> None:
+        written["rows"] += n
+        progress.advance(task, n)
+
     with _row_progress(total, f"scoring {data.name}") as progress:
         task = progress.add_task("score", total=total)
-        summary = score_file(
-            model,
-            data,
-            out_path,
-            batch_size=batch_size,
-            on_batch=lambda n: progress.advance(task, n),
-            store=label_store,
-        )
+        try:
+            summary = score_file(model, data, out_path, batch_size=batch_size, on_batch=advance, store=label_store)
+        except SegscopeError as exc:
+            if out_path == "-" and written["rows"]:  # stdout streams: say what a reader already received
+                raise type(exc)(f"{exc} ({written['rows']:,} scored rows were already written to stdout)") from None
+            raise
     rate = summary.rows / summary.seconds if summary.seconds else 0.0
     err.print(
         f"[green]scored[/] {summary.rows:,} rows ({rate:,.0f} rows/s), {summary.alerts:,} alerts, "
@@ -406,16 +411,8 @@ def rollback(registry_dir: Annotated[Path, typer.Argument(help="Registry folder.
     from segscope import registry
 
     _require_registry(registry_dir)
-    now = registry.current_version(registry_dir)
-    earlier = [
-        e["previous"]
-        for e in registry.log(registry_dir)
-        if e["version"] == now and e.get("previous") and e["previous"] != now
-    ]
-    if not earlier:
-        raise BundleError_(f"registry {registry_dir}: version {now} has no earlier current version to roll back to")
-    registry.set_current(registry_dir, earlier[-1], action="rollback", detail={"reason": f"rolled back from {now}"})
-    err.print(f"[green]rolled back[/] {registry_dir} from {now} to {earlier[-1]}")
+    now, earlier = registry.rollback(registry_dir)
+    err.print(f"[green]rolled back[/] {registry_dir} from {now} to {earlier}")
 
 
 def _require_registry(path: Path) -> None:
@@ -604,16 +601,32 @@ def serve(
     ] = None,
     mix: MixOpt = None,
     daily_budget: BudgetOpt = None,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allowed-host",
+            help="A host name the page is reached by, besides loopback and --host (repeatable; guards against "
+            "DNS rebinding).",
+        ),
+    ] = None,
     trust_bundle: TrustOpt = False,
 ) -> None:
     """Serve the analyst page and its JSON API (GET /api/queue, POST /api/labels, GET /api/labels)."""
-    import uvicorn
+    import socket
 
+    from segscope._deps import require
     from segscope.queue import parse_mix
-    from segscope.web import create_app
 
-    if host not in ("127.0.0.1", "localhost", "::1") and not token:
+    uvicorn = require("uvicorn", extra="web", feature="segscope serve")
+    from segscope.web import LOOPBACK_HOSTS, create_app
+
+    if host not in LOOPBACK_HOSTS and not token:
         raise typer.BadParameter(f"binding to {host} exposes the labels: pass --token (or set SEGSCOPE_TOKEN)")
+    hosts = [*(allowed_host or [])]
+    if host in ("0.0.0.0", "::"):  # every interface: the names this machine is reached by
+        hosts += [socket.gethostname(), socket.getfqdn()]
+    elif host not in LOOPBACK_HOSTS:
+        hosts.append(host)
     queue_mix = parse_mix(mix, daily_budget)
     label_store = _open_store(store)
     if bundle is not None:
@@ -621,7 +634,8 @@ def serve(
         updated = label_store.rescore(model)
         err.print(f"model {model.version}: {updated:,} stored records re-scored")
     err.print(f"[green]serving[/] http://{host}:{port}/  (label store {store}; Ctrl-C stops)")
-    uvicorn.run(create_app(label_store, token=token, mix=queue_mix), host=host, port=port, log_level="warning")
+    app_ = create_app(label_store, token=token, mix=queue_mix, allowed_hosts=hosts)
+    uvicorn.run(app_, host=host, port=port, log_level="warning")
 
 
 def _reason_text(reasons: list[dict[str, Any]]) -> str:
@@ -728,16 +742,28 @@ def demo(
     )
 
 
+def _show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    err.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+
 def main() -> None:
-    """Entry point: one-line errors, non-zero exit codes, no tracebacks for expected problems."""
-    try:
-        app()
-    except SegscopeError as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        err.print("[yellow]interrupted[/]")
-        sys.exit(130)
+    """Entry point: one-line errors, non-zero exit codes, no tracebacks for expected problems; segscope's
+    warnings as one ``warning:`` line each."""
+    import warnings
+
+    from segscope.exceptions import SegscopeWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", SegscopeWarning)
+        warnings.showwarning = _show_warning
+        try:
+            app()
+        except SegscopeError as exc:
+            err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            err.print("[yellow]interrupted[/]")
+            sys.exit(130)
 
 
 if __name__ == "__main__":

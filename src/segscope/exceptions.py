@@ -14,6 +14,9 @@ as one line and exits non-zero, without a traceback.
     ├── SinkError              an output cannot be written
     ├── BundleError            a bundle is missing, tampered with, untrusted or incompatible
     └── MissingDependencyError an optional dependency is not installed
+
+    SegscopeWarning (a UserWarning) something worked but deserves a look (drift, an all-null column, ...);
+                                the CLI prints each as one ``warning:`` line
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ __all__ = [
     "NotFittedError",
     "SchemaError",
     "SegscopeError",
+    "SegscopeWarning",
     "SinkError",
     "SourceError",
 ]
@@ -65,3 +69,7 @@ class BundleError(SegscopeError):
 
 class MissingDependencyError(SegscopeError, ImportError):
     """An optional dependency is needed for this feature."""
+
+
+class SegscopeWarning(UserWarning):
+    """Something worked but deserves a look; the CLI prints it as one ``warning:`` line."""

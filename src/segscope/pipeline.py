@@ -24,9 +24,18 @@ import polars as pl
 
 from segscope import bundle as bundle_io
 from segscope.config import SegscopeConfig
-from segscope.exceptions import BundleError, DataError, NotFittedError, SchemaError
+from segscope.exceptions import (
+    BundleError,
+    DataError,
+    NotFittedError,
+    SchemaError,
+    SegscopeError,
+    SegscopeWarning,
+    SinkError,
+)
 from segscope.features.prepare import FeaturePreparer, check_unique_ids
 from segscope.sinks.files import open_sink, write_batches
+from segscope.sources.files import check_unique_ids as check_file_ids
 from segscope.sources.files import count_rows, detect_format, iter_batches, read_file, sample_rows, scan_file
 from segscope.store.labelstore import LabelStore, candidate_rows
 from segscope.unsupervised.detect import make_detector
@@ -368,11 +377,11 @@ class Model:
         arrays: dict[str, dict[str, np.ndarray]] = {}
         pickles: dict[str, bytes] = {}
         for i, det in enumerate(self.ensemble_.detectors):
-            state = det.state()
             part = f"detector-{i}-{det.name}"
-            if det.needs_pickle:
-                pickles[part] = state.pop("pickle").tobytes()
-            arrays[part] = state
+            blob = det.pickled()
+            if blob is not None:
+                pickles[part] = blob
+            arrays[part] = det.state()
         calibration: dict[str, np.ndarray] = {}
         for i, cal in enumerate([*self.ensemble_.calibrators_, self.ensemble_.final_]):
             for key, value in cal.state().items():
@@ -404,48 +413,51 @@ class Model:
     @classmethod
     def load(cls, path: str | Path, *, trusted: bool = False) -> Model:
         """Load and verify a bundle folder (see :mod:`segscope.bundle`)."""
-        from segscope.config import config_from_dict
         from segscope.registry import resolve
-        from segscope.unsupervised.calibrate import ReferenceCalibrator
 
         reader = bundle_io.BundleReader(resolve(path), trusted=trusted)
         manifest = reader.open()
         try:
-            model = cls(config_from_dict(manifest["config"], source=f"bundle {path}"))
-            prep = FeaturePreparer.from_state(reader.json("features.json"))
-            if prep.schema_.hash != manifest["feature_schema_hash"]:
-                raise BundleError(f"bundle {path}: features.json does not match the manifest's schema hash; refit")
-            detectors = []
-            for comp in (c for c in manifest["components"] if c["role"] == "detector"):
-                det = make_detector(comp["name"], comp["params"])
-                part = Path(comp["artifact"]).stem
-                state = reader.arrays(part)
-                blob = reader.pickle_bytes(part)
-                if blob is not None:
-                    state["pickle"] = np.frombuffer(blob, dtype=np.uint8)
-                det.load_state(state)
-                detectors.append(det)
-            ensemble = AnomalyEnsemble(detectors, combine=model.config.combine)
-            cal = reader.arrays("calibration")
-            calibrators = []
-            for i in range(len(detectors) + 1):
-                calibrators.append(
-                    ReferenceCalibrator.from_state(
-                        {k.split("_", 1)[1]: v for k, v in cal.items() if k.startswith(f"{i}_")}
-                    )
+            return cls._from_bundle(reader, manifest, path)
+        except SegscopeError:
+            raise
+        except Exception as exc:  # anything else a damaged or hand-made bundle can raise: one clear error
+            raise BundleError(
+                f"bundle {path} is incomplete or damaged ({type(exc).__name__}: {str(exc)[:120]}); refit the bundle"
+            ) from None
+
+    @classmethod
+    def _from_bundle(cls, reader: bundle_io.BundleReader, manifest: dict[str, Any], path: str | Path) -> Model:
+        from segscope.config import config_from_dict
+        from segscope.unsupervised.calibrate import ReferenceCalibrator
+
+        model = cls(config_from_dict(manifest["config"], source=f"bundle {path}"))
+        prep = FeaturePreparer.from_state(reader.json("features.json"))
+        if prep.schema_.hash != manifest["feature_schema_hash"]:
+            raise BundleError(f"bundle {path}: features.json does not match the manifest's schema hash; refit")
+        detectors = []
+        for comp in (c for c in manifest["components"] if c["role"] == "detector"):
+            det = make_detector(comp["name"], comp["params"])
+            part = Path(comp["artifact"]).stem
+            det.load_state(reader.arrays(part), pickled=reader.pickle_bytes(part) if det.needs_pickle else None)
+            detectors.append(det)
+        ensemble = AnomalyEnsemble(detectors, combine=model.config.combine)
+        cal = reader.arrays("calibration")
+        calibrators = []
+        for i in range(len(detectors) + 1):
+            calibrators.append(
+                ReferenceCalibrator.from_state(
+                    {k.split("_", 1)[1]: v for k, v in cal.items() if k.startswith(f"{i}_")}
                 )
-            ensemble.calibrators_, ensemble.final_ = calibrators[:-1], calibrators[-1]
-            ensemble.reference_scores_ = cal["reference_scores"]
-            explainer = FeatureExplainer.from_state(
-                reader.arrays("explainer"),
-                list(prep.schema_.features),
-                [prep.expected_[f] for f in prep.schema_.features],
-                model.config.top_k_reasons,
             )
-        except (KeyError, ValueError, TypeError) as exc:
-            if isinstance(exc, BundleError):
-                raise
-            raise BundleError(f"bundle {path} is incomplete or damaged ({exc!r}); refit the bundle") from None
+        ensemble.calibrators_, ensemble.final_ = calibrators[:-1], calibrators[-1]
+        ensemble.reference_scores_ = cal["reference_scores"]
+        explainer = FeatureExplainer.from_state(
+            reader.arrays("explainer"),
+            list(prep.schema_.features),
+            [prep.expected_[f] for f in prep.schema_.features],
+            model.config.top_k_reasons,
+        )
         shared = _ecod_index(ensemble)
         if shared is not None and np.array_equal(
             ensemble.detectors[shared].ecdf_.sorted_ref,  # type: ignore[attr-defined]
@@ -589,29 +601,27 @@ def fit_file(
     if total == 0:
         raise DataError(f"{path}: the file has a header but no rows; fit needs at least one row")
     sample = sample_rows(path, total, cfg.max_fit_rows, cfg.seed)
+    if detect_format(path) == "csv":
+        _warn_other_separator(path, sample.columns)
     if cfg.features.id_column is not None and total > sample.height and cfg.features.id_column in sample.columns:
-        _check_unique_ids_lazy(path, cfg.features.id_column)
+        check_file_ids(path, cfg.features.id_column)
     return Model(cfg).fit(
         sample, fingerprint=bundle_io.fingerprint_file(path), total_rows=total, on_step=on_step, previous=previous
     )
 
 
-def _check_unique_ids_lazy(path: str | Path, id_column: str) -> None:
-    stats = (
-        scan_file(path)
-        .select(pl.len().alias("n"), pl.col(id_column).n_unique().alias("u"), pl.col(id_column).null_count().alias("z"))
-        .collect(engine="streaming")
-    )
-    n, unique, nulls = (int(stats[c][0]) for c in ("n", "u", "z"))
-    if nulls or unique != n:
-        # find an example with the in-memory check on the duplicated values only
-        dups = (
-            scan_file(path)
-            .filter(pl.col(id_column).is_duplicated() | pl.col(id_column).is_null())
-            .select(id_column)
-            .collect(engine="streaming")
-        )
-        check_unique_ids(dups, id_column)
+def _warn_other_separator(path: str | Path, columns: list[str]) -> None:
+    """A ';'- or tab-separated file read as CSV becomes one wide column; say so instead of fitting on it."""
+    for name in columns:
+        for sep, label in ((";", "semicolon"), ("\t", "tab"), ("|", "pipe")):
+            if sep in name:
+                warnings.warn(
+                    f"{path}: column {name[:60]!r} holds {label}s: the file looks {label}-separated, but CSV files "
+                    "are read comma-separated; convert it to commas (or Parquet) and fit again",
+                    SegscopeWarning,
+                    stacklevel=3,
+                )
+                return
 
 
 @dataclass(frozen=True)
@@ -638,21 +648,36 @@ def _check_columns(path: str | Path, model: Model) -> None:
 
 
 def iter_scored(model: Model, path: str | Path, *, batch_size: int = 200_000) -> Iterator[pl.DataFrame]:
-    """Score a file batch by batch (bounded memory); checks the schema and ids before the first batch."""
+    """Score a file batch by batch (bounded memory); checks the schema and ids before the first batch, and warns
+    when a fitted numeric column is null in every row of the file."""
     model._check_fitted()
     _check_columns(path, model)
     id_col = model.preparer_.schema_.id_column
     if id_col is not None:
-        _check_unique_ids_lazy(path, id_col)
+        check_file_ids(path, id_col)
     model.reset_policy()
     offset = 0
+    numeric = [c.name for c in model.preparer_.schema_.columns if c.kind == "numeric"]
+    present = dict.fromkeys(numeric, 0)
     for batch in iter_batches(path, batch_size=batch_size):
         try:
             yield model.score(batch)
         except (SchemaError, DataError) as exc:
             # row numbers in messages are batch-relative; make them file-relative
             raise type(exc)(_shift_row(str(exc), offset)) from None
+        for name in numeric:
+            present[name] += batch.height - batch.get_column(name).null_count()
         offset += batch.height
+    if offset == 0:
+        raise DataError(f"{path}: the file has a header but no rows; there is nothing to score")
+    empty = [name for name, count in present.items() if count == 0]
+    if empty:
+        warnings.warn(
+            f"{path}: column(s) {empty} are null in every row (numeric at fit): scored as missing, which lowers "
+            "their records' scores; check the input or refit without them (--drop)",
+            SegscopeWarning,
+            stacklevel=2,
+        )
 
 
 def _shift_row(message: str, offset: int) -> str:
@@ -672,6 +697,8 @@ def score_file(
 ) -> ScoreSummary:
     """Score ``path`` into ``out`` (format by extension, ``-`` = NDJSON on stdout). All or nothing. With ``store``,
     each batch's alerts and queue candidates are added to the label store once the output is complete."""
+    if str(out) != "-" and Path(out).exists() and Path(out).resolve() == Path(path).resolve():
+        raise SinkError(f"--out {out} is the input file; write the scores to another file (the input is kept)")
     start = time.perf_counter()
     counts = {"rows": 0, "alerts": 0}
     kept: list[pl.DataFrame] = []
@@ -978,8 +1005,26 @@ def finetune_file(
         registry.ensure_registry(target)
     else:
         registry.ensure_registry(target, seed_bundle=registry.resolve(bundle))
-    step(f"writing version {candidate.version}")
-    candidate.save(target / registry.VERSIONS / candidate.version)
-    if report["promote"]:
-        registry.set_current(target, candidate.version, action="promote", detail={"reason": report["reason"]})
+    with registry.locked(target):  # judged against current.version: promote only if it is still current
+        now = registry.current_version(target)
+        if report["promote"] and now != current.version:
+            report.update(
+                promote=False,
+                reason=f"{report['reason']}, but the current version changed from {current.version} to {now} while "
+                "fine-tuning; run finetune again to compare with it",
+            )
+        base, n = candidate.version, 1
+        while (target / registry.VERSIONS / candidate.version).exists():  # the same tuning twice in one second
+            candidate.version_ = f"{base}-{n}"
+            n += 1
+        step(f"writing version {candidate.version}")
+        candidate.save(target / registry.VERSIONS / candidate.version)
+        if report["promote"]:
+            registry.set_current(
+                target,
+                candidate.version,
+                action="promote",
+                detail={"reason": report["reason"]},
+                expected=current.version,
+            )
     return candidate, report, target

@@ -9,27 +9,51 @@
 
 ``Model.load(registry)`` loads the current version, so every command that takes ``--bundle`` takes a registry;
 a running stream can watch ``CURRENT`` to pick up promotions between batches.
+
+``CURRENT`` may only name a folder in ``versions/`` (a plain version name, never a path). Changes to the pointer
+and the log happen under an exclusive lock on the registry folder (``flock``), so concurrent promotions from
+several processes are serialised: each log entry's ``previous`` is the version that really was current, and a
+promotion can be made conditional on the version it was judged against still being current (compare-and-swap).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from segscope.bundle import MANIFEST
+from segscope.bundle import MANIFEST, is_version_name
 from segscope.exceptions import BundleError
-from segscope.sinks.files import write_text_atomic
+from segscope.sinks.files import publish, write_text_atomic
 
-__all__ = ["current_version", "ensure_registry", "is_registry", "list_versions", "log", "resolve", "set_current"]
+__all__ = [
+    "PromotionConflictError",
+    "current_version",
+    "ensure_registry",
+    "is_registry",
+    "list_versions",
+    "locked",
+    "log",
+    "resolve",
+    "rollback",
+    "set_current",
+]
 
 CURRENT = "CURRENT"
 VERSIONS = "versions"
 LOG = "promotions.jsonl"
+
+
+class PromotionConflictError(BundleError):
+    """The current version changed after a candidate was judged against it."""
 
 
 def is_registry(path: str | Path) -> bool:
@@ -43,13 +67,31 @@ def resolve(path: str | Path) -> Path:
         return path
     version = current_version(path)
     target = path / VERSIONS / version
-    if not target.is_dir():
+    if target.is_symlink() or not target.is_dir():
         raise BundleError(f"registry {path}: CURRENT names version {version}, which is missing; run segscope rollback")
+    if not target.resolve().is_relative_to((path / VERSIONS).resolve()):
+        raise BundleError(f"registry {path}: version {version} resolves outside {path / VERSIONS}; repair the registry")
     return target
 
 
 def current_version(path: str | Path) -> str:
-    return (Path(path) / CURRENT).read_text(encoding="utf-8").strip()
+    """The version ``CURRENT`` names; refused unless it is a plain version name (never a path)."""
+    file = Path(path) / CURRENT
+    try:
+        raw = file.read_bytes()
+    except OSError as exc:
+        raise BundleError(f"registry {path}: cannot read CURRENT ({exc.strerror}); check its permissions") from None
+    try:
+        version = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        version = None
+    if version is None or not is_version_name(version):
+        shown = repr(raw[:40]) if version is None else repr(version[:60])
+        raise BundleError(
+            f"registry {path}: CURRENT holds {shown}, not a version name from {VERSIONS}/; "
+            f"point it at one with `segscope promote {path} --version V`"
+        )
+    return version
 
 
 def list_versions(path: str | Path) -> list[str]:
@@ -58,40 +100,124 @@ def list_versions(path: str | Path) -> list[str]:
     folder = Path(path) / VERSIONS
     if not folder.is_dir():
         return []
-    found = [p for p in folder.iterdir() if (p / MANIFEST).is_file()]
+    found = [
+        p for p in folder.iterdir() if is_version_name(p.name) and not p.is_symlink() and (p / MANIFEST).is_file()
+    ]
     found.sort(key=lambda p: (p.name[:15], (p / MANIFEST).stat().st_mtime_ns, p.name))
     return [p.name for p in found]
 
 
 def log(path: str | Path) -> list[dict[str, Any]]:
+    """The promotion log, oldest first (a line cut short by a crash is skipped)."""
     file = Path(path) / LOG
     if not file.is_file():
         return []
-    return [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    entries = []
+    for line in file.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(entry, dict):
+            entries.append(entry)
+    return entries
 
 
-def _write_pointer(path: Path, version: str) -> None:
-    write_text_atomic(path / CURRENT, version + "\n")
+_held: dict[str, int] = {}
+_held_guard = threading.Lock()
 
 
-def set_current(path: str | Path, version: str, *, action: str, detail: dict[str, Any] | None = None) -> None:
-    """Point CURRENT at ``version`` (atomically) and log why."""
+@contextmanager
+def locked(path: str | Path) -> Iterator[None]:
+    """Hold the registry's exclusive lock (``flock`` on the folder itself; re-entrant within a process)."""
+    key = str(Path(path).resolve())
+    with _held_guard:
+        if _held.get(key):
+            _held[key] += 1
+            fd = None
+        else:
+            fd = os.open(key, os.O_RDONLY | os.O_DIRECTORY)
+    if fd is None:
+        try:
+            yield
+        finally:
+            with _held_guard:
+                _held[key] -= 1
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with _held_guard:
+            _held[key] = 1
+        try:
+            yield
+        finally:
+            with _held_guard:
+                _held.pop(key, None)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def set_current(
+    path: str | Path,
+    version: str,
+    *,
+    action: str,
+    detail: dict[str, Any] | None = None,
+    expected: str | None = None,
+) -> None:
+    """Point CURRENT at ``version`` (atomically, under the registry lock) and log why. With ``expected``, only
+    if that version is still current (else :class:`PromotionConflictError`)."""
     path = Path(path)
-    if version not in list_versions(path):
-        raise BundleError(f"registry {path} has no version {version}; versions: {list_versions(path)}")
-    previous = current_version(path) if is_registry(path) else None
-    if previous == version:
-        return  # already current: nothing to change or log
-    _write_pointer(path, version)
-    entry = {
-        "at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "action": action,
-        "version": version,
-        "previous": previous,
-        **(detail or {}),
-    }
-    with (path / LOG).open("a", encoding="utf-8") as fh:
-        fh.write(json.dumps(entry, sort_keys=True) + "\n")
+    with locked(path):
+        if version not in list_versions(path):
+            raise BundleError(f"registry {path} has no version {version}; versions: {list_versions(path)}")
+        previous = current_version(path) if is_registry(path) else None
+        if expected is not None and previous != expected:
+            raise PromotionConflictError(
+                f"registry {path}: the current version changed from {expected} to {previous} in the meantime"
+            )
+        if previous == version:
+            return  # already current: nothing to change or log
+        write_text_atomic(path / CURRENT, version + "\n")
+        entry = {
+            "at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "action": action,
+            "version": version,
+            "previous": previous,
+            **(detail or {}),
+        }
+        with (path / LOG).open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(entry, sort_keys=True) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def rollback(path: str | Path) -> tuple[str, str]:
+    """Make current again the version that was current before the current one was promoted; returns
+    (from, to)."""
+    path = Path(path)
+    with locked(path):
+        now = current_version(path)
+        earlier = [
+            e["previous"]
+            for e in log(path)
+            if e.get("version") == now and is_version_name(e.get("previous")) and e["previous"] != now
+        ]
+        if not earlier:
+            raise BundleError(f"registry {path}: version {now} has no earlier current version to roll back to")
+        set_current(path, earlier[-1], action="rollback", detail={"reason": f"rolled back from {now}"})
+        return now, earlier[-1]
+
+
+def _manifest_version(bundle: Path) -> str:
+    try:
+        version = json.loads((bundle / MANIFEST).read_bytes().decode("utf-8")).get("model_version")
+    except (OSError, ValueError, AttributeError):
+        version = None
+    if not is_version_name(version):
+        raise BundleError(f"bundle {bundle}: its manifest has no plain model_version; refit the bundle")
+    return str(version)
 
 
 def ensure_registry(path: str | Path, *, seed_bundle: str | Path | None = None) -> Path:
@@ -100,21 +226,26 @@ def ensure_registry(path: str | Path, *, seed_bundle: str | Path | None = None) 
     path = Path(path)
     if is_registry(path):
         return path
-    if (path / MANIFEST).is_file():  # a plain bundle: move it into versions/<its version>
-        version = json.loads((path / MANIFEST).read_text(encoding="utf-8"))["model_version"]
-        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.reg-", dir=path.parent))
-        os.replace(path, staging / "bundle")
-        (staging / VERSIONS).mkdir()
-        os.replace(staging / "bundle", staging / VERSIONS / version)
-        os.replace(staging, path)
-        set_current(path, version, action="created", detail={"reason": "registry created from a plain bundle"})
+    parent = path.parent if str(path.parent) else Path(".")
+    parent.mkdir(parents=True, exist_ok=True)
+    with locked(parent):  # two processes turning the same bundle into a registry: one does it
+        if is_registry(path):
+            return path
+        if (path / MANIFEST).is_file():  # a plain bundle: move it into versions/<its version>
+            version = _manifest_version(path)
+            staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.reg-", dir=parent))
+            os.replace(path, staging / "bundle")
+            (staging / VERSIONS).mkdir()
+            os.replace(staging / "bundle", staging / VERSIONS / version)
+            publish(staging, path)  # the permissions a plain mkdir gives, not mkdtemp's 0700
+            set_current(path, version, action="created", detail={"reason": "registry created from a plain bundle"})
+            return path
+        if path.exists() and any(path.iterdir()):
+            raise BundleError(f"{path} exists and is neither a bundle nor a registry; choose an empty or new folder")
+        if seed_bundle is None:
+            raise BundleError(f"{path} is empty; a registry needs a first version")
+        path.mkdir(parents=True, exist_ok=True)
+        version = _manifest_version(Path(seed_bundle))
+        shutil.copytree(seed_bundle, path / VERSIONS / version, symlinks=True)
+        set_current(path, version, action="created", detail={"reason": f"registry seeded from {seed_bundle}"})
         return path
-    if path.exists() and any(path.iterdir()):
-        raise BundleError(f"{path} exists and is neither a bundle nor a registry; choose an empty or new folder")
-    if seed_bundle is None:
-        raise BundleError(f"{path} is empty; a registry needs a first version")
-    path.mkdir(parents=True, exist_ok=True)
-    version = json.loads((Path(seed_bundle) / MANIFEST).read_text(encoding="utf-8"))["model_version"]
-    shutil.copytree(seed_bundle, path / VERSIONS / version)
-    set_current(path, version, action="created", detail={"reason": f"registry seeded from {seed_bundle}"})
-    return path

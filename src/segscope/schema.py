@@ -24,6 +24,8 @@ _NUMERIC = (
     pl.UInt16,
     pl.UInt32,
     pl.UInt64,
+    pl.Int128,
+    pl.UInt128,
     pl.Decimal,
 )
 

@@ -329,8 +329,28 @@ def _target_dtype(spec: ColumnSpec) -> pl.DataType:
     return pl.Date() if spec.dtype == "Date" else pl.Datetime("us")
 
 
+def _refuse_other_kind(col: pl.Series, spec: ColumnSpec) -> None:
+    """A column whose type means something else than at fit is refused, not cast: a Date where a Datetime was
+    fitted would read as midnight, true/false where counts were fitted as 0/1, a struct not at all."""
+    kind = infer_kind(col.dtype)
+    if col.dtype in (pl.String, pl.Null) or kind == spec.kind:
+        if spec.kind == "datetime" and spec.dtype != "Date" and col.dtype == pl.Date:
+            raise SchemaError(
+                f"column '{spec.name}' holds dates without a time of day (Date) but was fitted on date-times "
+                f"({spec.dtype}): its hour would read as midnight; pass date-times, or refit on dates"
+            )
+        return
+    if spec.kind == "categorical" and kind in ("numeric", "boolean"):
+        return  # codes written as numbers are still categories
+    raise SchemaError(
+        f"column '{spec.name}' is {col.dtype} here but was {spec.kind} ({spec.dtype}) at fit; pass the column with "
+        "the fitted type, or refit the bundle on data of this type"
+    )
+
+
 def _cast_or_explain(col: pl.Series, spec: ColumnSpec, target: pl.DataType) -> pl.Series:
     """Cast a column to the fit-time type, or raise a SchemaError that shows an offending value."""
+    _refuse_other_kind(col, spec)
     if spec.kind == "categorical":
         return col.cast(pl.String)
     if spec.kind == "datetime" and isinstance(col.dtype, pl.Datetime | pl.Date):

@@ -15,7 +15,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from segscope.exceptions import SinkError
+from segscope.exceptions import SegscopeError, SinkError
 from segscope.sources.files import detect_format
 
 __all__ = ["FileSink", "ListSink", "Sink", "open_sink", "publish", "write_batches", "write_text_atomic"]
@@ -56,6 +56,20 @@ def _json_text(value: Any) -> str:
     return json.dumps(value, default=str, separators=(",", ":"))
 
 
+def _temporary_beside(path: Path) -> tuple[int, str]:
+    """A temporary file in the target's folder (so the final rename is atomic), or a one-line SinkError."""
+    if path.is_dir():
+        raise SinkError(f"{path} is a folder; pass a file name for the output (e.g. {path / 'out.parquet'})")
+    parent = path.parent
+    if not parent.exists():
+        raise SinkError(f"{path}: folder {parent} does not exist; create it first")
+    try:
+        return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    except OSError as exc:
+        reason = exc.strerror or exc
+        raise SinkError(f"{path}: cannot write in {parent} ({reason}); choose a folder you can write to") from None
+
+
 class FileSink:
     """Append frames to one output file; the file appears (by rename) only when ``close`` succeeds."""
 
@@ -64,10 +78,7 @@ class FileSink:
 
     def _open(self) -> None:
         self.format_ = detect_format(self.path)
-        parent = self.path.parent
-        if not parent.exists():
-            raise SinkError(f"{self.path}: folder {parent} does not exist; create it first")
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=parent)
+        fd, tmp = _temporary_beside(self.path)
         self.tmp_path_ = Path(tmp)
         self.handle_: IO[bytes] = os.fdopen(fd, "wb")
         self.parquet_writer_: pq.ParquetWriter | None = None
@@ -196,8 +207,9 @@ def write_batches(batches: Iterator[pl.DataFrame], schema: pl.Schema, path: str 
 
     path = Path(path)
     fmt = detect_format(path)
-    if not path.parent.exists():
-        raise SinkError(f"{path}: folder {path.parent} does not exist; create it first")
+    fd, tmp_name = _temporary_beside(path)
+    os.close(fd)
+    tmp = Path(tmp_name)
     nested = fmt == "csv"
     out_schema = pl.Schema(
         {n: (pl.String() if nested and isinstance(t, pl.List | pl.Struct | pl.Array) else t) for n, t in schema.items()}
@@ -213,9 +225,6 @@ def write_batches(batches: Iterator[pl.DataFrame], schema: pl.Schema, path: str 
             yield _flatten_nested(frame) if nested else frame
 
     lazy = register_io_source(source, schema=out_schema)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
     try:
         if fmt == "parquet":
             lazy.sink_parquet(tmp, compression="zstd", compression_level=1)  # level 1: same size here, 30% faster
@@ -224,6 +233,13 @@ def write_batches(batches: Iterator[pl.DataFrame], schema: pl.Schema, path: str 
         else:
             lazy.sink_ndjson(tmp)
         publish(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(exc, SegscopeError):  # a source's or a check's own error, raised through the writer
+            raise
+        reason = exc.strerror or exc
+        raise SinkError(f"{path}: cannot write output ({reason}); check disk space and permissions") from None
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()

@@ -9,9 +9,18 @@ import numpy as np
 import polars as pl
 
 from segscope._typing import FileFormat
-from segscope.exceptions import SourceError
+from segscope.exceptions import DataError, SourceError
 
-__all__ = ["count_rows", "detect_format", "iter_batches", "read_file", "sample_rows", "scan_file"]
+__all__ = [
+    "check_csv",
+    "check_unique_ids",
+    "count_rows",
+    "detect_format",
+    "iter_batches",
+    "read_file",
+    "sample_rows",
+    "scan_file",
+]
 
 _EXTENSIONS: dict[str, FileFormat] = {
     ".parquet": "parquet",
@@ -36,7 +45,65 @@ def detect_format(path: str | Path) -> FileFormat:
 
 
 def _describe(exc: Exception) -> str:
-    return " ".join(str(exc).split())[:300]
+    text = " ".join(str(exc).split())
+    if "utf-8" in text.lower() or "utf8" in text.lower():
+        return "it is not UTF-8 text (latin-1 or another encoding?); convert it, e.g. iconv -f latin1 -t utf-8"
+    return text[:300]
+
+
+def _csv_header(path: Path) -> list[str]:
+    """The header's column names (first line, CSV quoting rules)."""
+    import csv
+
+    with path.open("rb") as fh:
+        first = fh.readline(1 << 20)
+    try:
+        text = first.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise SourceError(f"{path}: cannot read it as csv ({_describe(ValueError('utf-8'))})") from None
+    return next(csv.reader([text.rstrip("\r\n")]), [])
+
+
+_CHECKED: dict[tuple[str, int, int], None] = {}
+
+
+def check_csv(path: str | Path) -> None:
+    """Refuse a CSV that Polars would read silently wrong: a column named twice (Polars renames the second) and
+    rows with fewer or more fields than the header (Polars fills or stops). Checked once per file version."""
+    path = Path(path)
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    if key in _CHECKED:
+        return
+    header = _csv_header(path)
+    twice = sorted({name for name in header if header.count(name) > 1})
+    if twice:
+        raise SourceError(f"{path}: column(s) {twice} appear twice in the header; rename or remove the repeats")
+    # a field count per line, quoted sections removed first; lines inside a multi-line quoted field would be
+    # miscounted, so files that have them are left to the CSV reader
+    lines = pl.scan_lines(path, name="text", row_index_name="line", row_index_offset=1)
+    text = pl.col("text").str.strip_chars_end("\r")
+    fields = text.str.replace_all('"[^"]*"', "").str.count_matches(",", literal=True) + 1
+    odd_quotes = text.str.count_matches('"', literal=True) % 2 == 1
+    try:
+        found = (
+            lines.filter(pl.col("line") > 1, text != "")
+            .select(
+                odd_quotes.any().alias("multiline"),
+                pl.col("line").filter(fields != len(header)).first().alias("bad"),
+                fields.filter(fields != len(header)).first().alias("fields"),
+            )
+            .collect(engine="streaming")
+        )
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise SourceError(f"{path}: cannot read it as csv ({_describe(exc)}); check the file") from None
+    multiline, bad, fields_found = found.row(0)
+    if not multiline and bad is not None:
+        raise SourceError(
+            f"{path}: line {bad} has {fields_found} fields but the header has {len(header)}; fix that row "
+            "(a missing or extra separator?) and retry"
+        )
+    _CHECKED[key] = None
 
 
 def scan_file(path: str | Path) -> pl.LazyFrame:
@@ -49,6 +116,8 @@ def scan_file(path: str | Path) -> pl.LazyFrame:
         raise SourceError(f"{path}: is a directory; pass a data file (.parquet, .csv, .ndjson)")
     if path.stat().st_size == 0:
         raise SourceError(f"{path}: the file is empty; pass a file with a header and at least one row")
+    if fmt == "csv":
+        check_csv(path)
     try:
         if fmt == "parquet":
             lf = pl.scan_parquet(path)
@@ -114,3 +183,34 @@ def iter_batches(path: str | Path, *, batch_size: int = 200_000) -> Iterator[pl.
                 yield from batch.iter_slices(batch_size) if batch.height > batch_size else (batch,)
     except pl.exceptions.PolarsError as exc:
         raise SourceError(f"{path}: cannot read it ({_describe(exc)}); check the file") from None
+
+
+def check_unique_ids(path: str | Path, id_column: str) -> None:
+    """Refuse null or duplicate ids in a file (labels refer to ids, so each must name one record), naming the
+    first offending row of the file, without loading the data."""
+    lf = scan_file(path)
+    stats = _collect(
+        lf.select(
+            pl.len().alias("n"), pl.col(id_column).n_unique().alias("u"), pl.col(id_column).null_count().alias("z")
+        ),
+        path,
+        streaming=True,
+    )
+    n, unique, nulls = (int(stats[c][0]) for c in ("n", "u", "z"))
+    if nulls:
+        row = _collect(
+            lf.with_row_index("__row").filter(pl.col(id_column).is_null()).select("__row").head(1), path, streaming=True
+        ).item()
+        raise DataError(f"id column '{id_column}' is null at row {row}; every record needs an id")
+    if unique != n:
+        dups = _collect(
+            lf.with_row_index("__row").filter(pl.col(id_column).is_duplicated()).select("__row", id_column),
+            path,
+            streaming=True,
+        )
+        value = dups[id_column][0]
+        raise DataError(
+            f"id column '{id_column}' has duplicate values (e.g. {value!r} appears "
+            f"{int((dups[id_column] == value).sum())} times, first at row {dups['__row'][0]}); ids must be unique: "
+            "de-duplicate the input or choose another --id-column"
+        )

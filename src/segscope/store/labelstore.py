@@ -9,6 +9,7 @@ on SQLite), so concurrent analysts lose nothing and the same label posted twice 
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
@@ -50,14 +51,34 @@ class LabelIn:
     def checked(self) -> LabelIn:
         label = label_name(self.label)
         if label is None:
-            raise DataError(f"label for {self.id!r} is {self.label!r}; use 'anomaly' or 'normal'")
+            raise DataError(f"label for {str(self.id)[:80]!r} is {str(self.label)[:40]!r}; use 'anomaly' or 'normal'")
         if not str(self.id):
             raise DataError("a label needs the record's id")
-        if not str(self.analyst).strip():
-            raise DataError(f"label for {self.id!r} has no analyst; say who labelled it")
-        category = self.category.strip() if self.category and self.category.strip() else None
-        note = self.note if self.note else None
-        return LabelIn(str(self.id), label, str(self.analyst).strip(), category, note)
+        record_id = _clean_text(str(self.id), "the record id", 255)
+        analyst = _clean_text(str(self.analyst), f"the analyst of the label for {record_id!r}", 255).strip()
+        if not analyst:
+            raise DataError(f"label for {record_id!r} has no analyst; say who labelled it")
+        category = _clean_text(self.category, f"the category of {record_id!r}", 255).strip() if self.category else ""
+        note = _clean_text(self.note, f"the note on {record_id!r}", 10_000, newlines=True) if self.note else ""
+        return LabelIn(record_id, label, analyst, category or None, note or None)
+
+
+def _clean_text(text: str, what: str, limit: int, *, newlines: bool = False) -> str:
+    """NFC-normalised text without control or bidirectional-override characters (which can hide or reorder
+    what an analyst's name or note shows elsewhere), at most ``limit`` characters."""
+    text = unicodedata.normalize("NFC", str(text))
+    allowed = "\u200c\u200d" + ("\n\t" if newlines else "")  # joiners are part of many scripts' spelling
+    bad = next(
+        (c for c in text if unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp") and c not in allowed), None
+    )
+    if bad is not None:
+        raise DataError(
+            f"{what} holds the control character U+{ord(bad):04X}; use plain text (no control or "
+            "direction-override characters)"
+        )
+    if len(text) > limit:
+        raise DataError(f"{what} is {len(text):,} characters long; at most {limit:,} are kept")
+    return text
 
 
 @dataclass(frozen=True)
@@ -87,10 +108,12 @@ class LabelStore:
 
     # ------------------------------------------------------------- opening
     @classmethod
-    def open(cls, url: str | Path) -> LabelStore:
+    def open(cls, url: str | Path, *, create: bool = True) -> LabelStore:
+        """Open (and migrate) a store. ``create=False`` refuses a SQLite file that does not exist yet, so a
+        mistyped path is an error instead of a new, empty store."""
         sqlalchemy = require("sqlalchemy", extra="store", feature="the label store")
         from sqlalchemy import event
-        from sqlalchemy.exc import ArgumentError, OperationalError
+        from sqlalchemy.exc import ArgumentError, DBAPIError
 
         full = store_url(url)
         try:
@@ -98,15 +121,23 @@ class LabelStore:
                 path = full.split(":///", 1)[-1]
                 if path and path != ":memory:" and not Path(path).parent.is_dir():
                     raise ConfigError(f"--store {url}: folder {Path(path).parent} does not exist; create it first")
+                if path and path != ":memory:" and not create and not Path(path).is_file():
+                    raise ConfigError(
+                        f"--store {url}: no label store there (the file does not exist); check the path, or create "
+                        "one with `segscope score DATA --bundle B --out OUT --store FILE`"
+                    )
                 engine = sqlalchemy.create_engine(full, connect_args={"timeout": 60, "check_same_thread": False})
                 _sqlite_locking(engine, event)
             else:
                 engine = sqlalchemy.create_engine(full, pool_size=10, max_overflow=10, pool_pre_ping=True)
             store = cls(engine)
             store._migrate()
-        except OperationalError as exc:
-            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-            raise ConfigError(f"--store {url}: cannot open the label store ({reason})") from None
+        except DBAPIError as exc:  # not a database, a truncated file, a server that refuses, ...
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc).splitlines()[0]
+            raise ConfigError(
+                f"--store {url}: cannot open the label store ({reason}); pass a segscope label store (a SQLite file "
+                "or a postgresql:// URL)"
+            ) from None
         except ArgumentError as exc:
             raise ConfigError(f"--store {url}: not a database URL ({exc})") from None
         return store

@@ -19,7 +19,8 @@ _NORMAL = {"0", "normal", "false", "no", "benign"}
 
 
 def normalise_labels(frame: pl.DataFrame, *, source: str = "labels") -> pl.DataFrame:
-    """Check and convert a label frame to :data:`LABEL_SCHEMA`; the last label of an id wins."""
+    """Check and convert a label frame to :data:`LABEL_SCHEMA`; an id given twice must carry the same label and
+    category both times (conflicting labels are refused, not resolved silently)."""
     missing = [c for c in ("id", "label") if c not in frame.columns]
     if missing:
         raise SchemaError(f"{source}: column(s) {missing} missing; labels need columns id,label[,category]")
@@ -33,6 +34,16 @@ def normalise_labels(frame: pl.DataFrame, *, source: str = "labels") -> pl.DataF
         else pl.Series("category", [None] * frame.height, dtype=pl.String)
     )
     out = pl.DataFrame({"id": ids, "label": values, "category": category})
+    conflicts = out.with_row_index("row").filter(
+        (pl.struct("label", "category").n_unique().over("id") > 1) & pl.col("id").is_duplicated()
+    )
+    if conflicts.height:
+        first = conflicts["id"][0]
+        rows = conflicts.filter(pl.col("id") == first)["row"].to_list()
+        raise DataError(
+            f"{source}: id {first!r} has conflicting labels at rows {rows[:5]} ({conflicts['id'].n_unique()} id(s) "
+            "in all); keep one label per id and retry"
+        )
     return out.unique("id", keep="last", maintain_order=True)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import warnings
 from typing import Any, ClassVar, Self
 
 import numpy as np
@@ -118,11 +119,16 @@ class Detector:
     def _score(self, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    # persistence: parameters as JSON, fitted state as NumPy arrays (or pickle bytes when needs_pickle)
+    # persistence: parameters as JSON, fitted state as numeric NumPy arrays; a detector that needs_pickle also
+    # hands out pickle bytes, which the bundle keeps in a .pkl file that only a trusted load reads
     def state(self) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
-    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
+    def pickled(self) -> bytes | None:
+        """Pickle bytes of state that has no array form (only when ``needs_pickle``)."""
+        return None
+
+    def load_state(self, arrays: dict[str, np.ndarray], *, pickled: bytes | None = None) -> None:
         raise NotImplementedError
 
 
@@ -153,7 +159,9 @@ class _ECDFDetector(Detector):
 
         ref = _reference_sample(x, int(self._param("max_reference")), seed=0)
         self.ecdf_ = _kernels.build_ecdf(ref)
-        sk = np.nan_to_num(skew(x, axis=0), nan=0.0)
+        with warnings.catch_warnings():  # near-constant columns: scipy warns, and their skew sign is moot
+            warnings.simplefilter("ignore", RuntimeWarning)
+            sk = np.nan_to_num(skew(x, axis=0), nan=0.0)
         self.skew_sign_ = np.sign(sk).astype(np.float64)
         self.reference_scores_ = self._score(x)
 
@@ -167,7 +175,7 @@ class _ECDFDetector(Detector):
             "reference_scores": self.reference_scores_,
         }
 
-    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
+    def load_state(self, arrays: dict[str, np.ndarray], *, pickled: bytes | None = None) -> None:
         self.ecdf_ = _kernels.build_ecdf(np.ascontiguousarray(arrays["sorted_ref"]).T)
         self.skew_sign_ = arrays["skew_sign"]
         self.reference_scores_ = arrays["reference_scores"]
@@ -233,7 +241,7 @@ class HBOSDetector(Detector):
             "reference_scores": self.reference_scores_,
         }
 
-    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
+    def load_state(self, arrays: dict[str, np.ndarray], *, pickled: bytes | None = None) -> None:
         self.lo_, self.width_, self.heights_ = arrays["lo"], arrays["width"], arrays["heights"]
         self.reference_scores_ = arrays["reference_scores"]
         self.n_features_ = self.lo_.shape[0]
@@ -331,7 +339,7 @@ class IForestDetector(Detector):
             "n_features": np.array([self.n_features_]),
         }
 
-    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
+    def load_state(self, arrays: dict[str, np.ndarray], *, pickled: bytes | None = None) -> None:
         self.feature_, self.threshold_ = arrays["feature"], arrays["threshold"]
         self.leaf_value_, self.denominator_ = arrays["leaf_value"], arrays["denominator"]
         self.depth_ = int(np.log2(self.leaf_value_.shape[1]))
@@ -377,7 +385,7 @@ class KNNDetector(Detector):
     def state(self) -> dict[str, np.ndarray]:
         return {"reference": self.reference_, "k": np.array([self.k_]), "reference_scores": self.reference_scores_}
 
-    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
+    def load_state(self, arrays: dict[str, np.ndarray], *, pickled: bytes | None = None) -> None:
         self.reference_ = np.ascontiguousarray(arrays["reference"])
         self.k_ = int(arrays["k"][0])
         self.reference_scores_ = arrays["reference_scores"]
@@ -435,18 +443,22 @@ class PyODDetector(Detector):
         return np.asarray(self.model_.decision_function(x), dtype=np.float64)
 
     def state(self) -> dict[str, np.ndarray]:
+        return {"reference_scores": self.reference_scores_, "n_features": np.array([self.n_features_])}
+
+    def pickled(self) -> bytes:
         buffer = io.BytesIO()
         pickle.dump(self.model_, buffer)
-        return {
-            "pickle": np.frombuffer(buffer.getvalue(), dtype=np.uint8),
-            "reference_scores": self.reference_scores_,
-            "n_features": np.array([self.n_features_]),
-        }
+        return buffer.getvalue()
 
-    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
-        if "pickle" not in arrays:
-            raise BundleError("PyOD detector state has no pickle payload; the bundle is damaged")
-        self.model_ = pickle.loads(arrays["pickle"].tobytes())
+    def load_state(self, arrays: dict[str, np.ndarray], *, pickled: bytes | None = None) -> None:
+        # the pickle only ever comes from the bundle's .pkl file, which BundleReader hands out to a trusted load;
+        # nothing in ``arrays`` is ever unpickled
+        if pickled is None:
+            raise BundleError(
+                "the PyOD detector is stored as a pickle, which runs code when loaded; load the bundle with "
+                "--trust-bundle (trusted=True) only if you trust its origin"
+            )
+        self.model_ = pickle.loads(pickled)
         self.reference_scores_ = arrays["reference_scores"]
         self.n_features_ = int(arrays["n_features"][0])
 
