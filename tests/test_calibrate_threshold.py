@@ -69,9 +69,13 @@ def test_budget_per_rows_never_exceeds_and_carries_across_batches() -> None:
     ref = rng.uniform(size=10_000)
     policy = AlertBudget(5, per="rows", rows=100).fit(ref)
     scores = rng.uniform(size=1000) ** 0.1  # many high scores
-    decided = np.concatenate([policy.decide(scores[i : i + 70], pl.DataFrame()) for i in range(0, 1000, 70)])
+    state = policy.new_state()
+    decided = np.concatenate([policy.decide(scores[i : i + 70], pl.DataFrame(), state) for i in range(0, 1000, 70)])
     per_window = decided.reshape(10, 100).sum(axis=1)
     assert (per_window == 5).all()
+    # the fitted policy never changes: without a state each batch is decided on its own
+    assert policy.decide(scores[:70], pl.DataFrame()).sum() == 5
+    assert policy.decide(scores[:70], pl.DataFrame()).sum() == 5
 
 
 def test_budget_per_day_uses_the_time_column() -> None:

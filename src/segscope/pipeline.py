@@ -41,7 +41,7 @@ from segscope.store.labelstore import LabelStore, candidate_rows
 from segscope.unsupervised.detect import make_detector
 from segscope.unsupervised.ensemble import AnomalyEnsemble
 from segscope.unsupervised.explain import REASON_DTYPE, FeatureExplainer, readable_typical
-from segscope.unsupervised.threshold import make_policy, restore_policy
+from segscope.unsupervised.threshold import PolicyState, make_policy, restore_policy
 
 __all__ = ["SCORED_COLUMNS", "Model", "ScoreSummary", "evaluate_file", "fit_file", "score_file"]
 
@@ -77,7 +77,7 @@ class Model:
     segment_profiles_: list[dict[str, Any]] | None = None
     #: Per-segment calibration of the ensemble's combined score (segment-aware scoring), by segment id.
     segment_calibrators_: dict[int, Any] | None = None
-    #: Per-segment typical values for reasons (built lazily from the profile cards).
+    #: Per-segment typical values for reasons (built from the profile cards at fit and load).
     segment_expected_: tuple[pl.Series, np.ndarray] | None = None
     #: The fine-tuned learner, when this version has one (``supervised_score`` is null otherwise).
     supervised_: Any = None
@@ -164,8 +164,7 @@ class Model:
             if cfg.policy.kind != "budget"
             else None,
         }
-        if cfg.policy.kind == "budget":
-            self.policy_ = restore_policy(cfg.policy, policy.describe())
+        self.segment_expected_ = self._segment_expected_table()
         return self
 
     def _check_fitted(self) -> None:
@@ -198,21 +197,25 @@ class Model:
                 anomaly[rows] = -np.expm1(-surprisal)
         return anomaly
 
+    def _segment_expected_table(self) -> tuple[pl.Series, np.ndarray] | None:
+        """Per-segment typical values for reasons, from the profile cards: (table of values, segment id -> row;
+        the last row holds the overall values, for noise). Built once at fit or load, never while scoring."""
+        if not self.segment_profiles_:
+            return None
+        cards = [c for c in self.segment_profiles_ if c["segment"] >= 0 and "typical_values" in c]
+        names = list(self.preparer_.schema_.features)
+        overall = [self.preparer_.expected_[f] for f in names]
+        rows = [*([c["typical_values"][f] for f in names] for c in cards), overall]
+        table = pl.Series("expected", [v for row in rows for v in row], dtype=pl.String)
+        lookup = np.full(max([c["segment"] for c in cards], default=0) + 2, len(cards), dtype=np.int64)
+        for i, c in enumerate(cards):
+            lookup[c["segment"]] = i
+        return table, lookup
+
     def _segment_expected(self, segments: np.ndarray | None) -> tuple[pl.Series, np.ndarray] | None:
         """Reasons compare a segment member's values with its segment's typical values (noise: the overall ones)."""
-        if segments is None or not self.segment_profiles_:
+        if segments is None or self.segment_expected_ is None:
             return None
-        if self.segment_expected_ is None:
-            cards = [c for c in self.segment_profiles_ if c["segment"] >= 0 and "typical_values" in c]
-            names = list(self.preparer_.schema_.features)
-            overall = [self.preparer_.expected_[f] for f in names]
-            rows = [*([c["typical_values"][f] for f in names] for c in cards), overall]
-            table = pl.Series("expected", [v for row in rows for v in row], dtype=pl.String)
-            # segment id -> row of the table; the last row (overall values) for noise
-            lookup = np.full(max([c["segment"] for c in cards], default=0) + 2, len(cards), dtype=np.int64)
-            for i, c in enumerate(cards):
-                lookup[c["segment"]] = i
-            self.segment_expected_ = (table, lookup)
         table, lookup = self.segment_expected_
         return table, lookup[np.where((segments >= 0) & (segments < lookup.size - 1), segments, lookup.size - 1)]
 
@@ -268,8 +271,15 @@ class Model:
         onehot = (segments[:, None] == self.segmenter_.segments_[None, :]).astype(np.float64)
         return np.hstack([x, parts, onehot, confidence[:, None]])
 
-    def score(self, frame: pl.DataFrame) -> pl.DataFrame:
-        """Input columns plus :data:`SCORED_COLUMNS`. Never changes the model; batch-independent scores."""
+    def new_state(self) -> PolicyState:
+        """Scoring state that carries over between batches (an alert budget's counts): one per file or stream."""
+        self._check_fitted()
+        return self.policy_.new_state()
+
+    def score(self, frame: pl.DataFrame, *, state: PolicyState | None = None) -> pl.DataFrame:
+        """Input columns plus :data:`SCORED_COLUMNS`. Never changes the model; batch-independent scores. Pass
+        the same ``state`` (:meth:`new_state`) for every batch of one file or stream, so that an alert budget
+        counts across them; without it each call is decided on its own."""
         self._check_fitted()
         validated, x, anomaly, parts, reasons, assigned = self._unsupervised(frame)
         segment = assigned[0] if assigned is not None else None
@@ -280,7 +290,7 @@ class Model:
         elif self.supervised_ is not None:
             supervised = np.empty(0)
         score = supervised if supervised is not None else anomaly
-        alerts = self.policy_.decide(score, validated)
+        alerts = self.policy_.decide(score, validated, state)
         return frame.with_columns(
             pl.Series("score", score, dtype=pl.Float64),
             pl.Series("anomaly_score", anomaly, dtype=pl.Float64),
@@ -294,11 +304,6 @@ class Model:
             reasons.alias("reasons"),
             pl.lit(self.version_, dtype=pl.String).alias("model_version"),
         )
-
-    def reset_policy(self) -> None:
-        """Start a new run of the alert policy (an alert budget's per-period counts restart)."""
-        self._check_fitted()
-        self.policy_ = restore_policy(self.config.policy, self.policy_.describe())
 
     # ------------------------------------------------------------- persist
     def manifest(self) -> dict[str, Any]:
@@ -492,6 +497,7 @@ class Model:
                 seg: _Cal.from_state({k.split("_", 1)[1]: v for k, v in packed.items() if k.startswith(f"{seg}_")})
                 for seg in segs
             }
+        model.segment_expected_ = model._segment_expected_table()
         supervised = next((c for c in manifest["components"] if c["role"] == "supervised" and c["name"]), None)
         if supervised is not None:
             model.supervised_ = _load_supervised(reader, supervised, model.n_features)
@@ -655,13 +661,13 @@ def iter_scored(model: Model, path: str | Path, *, batch_size: int = 200_000) ->
     id_col = model.preparer_.schema_.id_column
     if id_col is not None:
         check_file_ids(path, id_col)
-    model.reset_policy()
+    state = model.new_state()
     offset = 0
     numeric = [c.name for c in model.preparer_.schema_.columns if c.kind == "numeric"]
     present = dict.fromkeys(numeric, 0)
     for batch in iter_batches(path, batch_size=batch_size):
         try:
-            yield model.score(batch)
+            yield model.score(batch, state=state)
         except (SchemaError, DataError) as exc:
             # row numbers in messages are batch-relative; make them file-relative
             raise type(exc)(_shift_row(str(exc), offset)) from None

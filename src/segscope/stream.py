@@ -25,6 +25,7 @@ from segscope.exceptions import DataError, SegscopeError, SinkError
 from segscope.pipeline import SCORED_COLUMNS, Model
 from segscope.sources.kafka import decode_messages, records_frame
 from segscope.store.labelstore import LabelIn, LabelStore
+from segscope.unsupervised.threshold import PolicyState
 
 __all__ = ["StreamOptions", "StreamStats", "run_stream"]
 
@@ -132,6 +133,7 @@ def run_stream(options: StreamOptions, *, on_stats: Any = None) -> StreamStats:
     store = LabelStore.open(options.store) if options.store is not None else None
     metrics = _Metrics(options.metrics_port)
     stats = StreamStats(model_versions=[watcher.model.version])
+    scoring = watcher.model.new_state()  # the alert budget counts across batches, for the life of the stream
     try:
         consumer = kafka.KafkaConsumer(
             bootstrap_servers=options.bootstrap,
@@ -178,6 +180,7 @@ def run_stream(options: StreamOptions, *, on_stats: Any = None) -> StreamStats:
         while state["running"]:
             if watcher.refresh():
                 stats.model_versions.append(watcher.model.version)
+                scoring = watcher.model.new_state()
                 log.info("switched to model version %s", watcher.model.version)
                 if metrics.enabled:
                     metrics.version.info({"version": watcher.model.version})
@@ -186,7 +189,7 @@ def run_stream(options: StreamOptions, *, on_stats: Any = None) -> StreamStats:
             if batch:
                 last_message = now
                 started = time.perf_counter()
-                sent = _process(batch, watcher.model, producer, options, stats, store)
+                sent = _process(batch, watcher.model, scoring, producer, options, stats, store)
                 if metrics.enabled:
                     metrics.records_in.inc(sent["in"])
                     metrics.records_out.inc(sent["out"])
@@ -341,6 +344,7 @@ def _lag(consumer: Any) -> int:
 def _process(
     batch: dict[Any, list[Any]],
     model: Model,
+    scoring: PolicyState,
     producer: Any,
     options: StreamOptions,
     stats: StreamStats,
@@ -353,7 +357,7 @@ def _process(
     sends: list[tuple[str, bytes | None, bytes]] = []
     alerts = 0
     if decoded.rows:
-        full = model.score(records_frame(decoded.rows, schema))
+        full = model.score(records_frame(decoded.rows, schema), state=scoring)
         scored = full.select(SCORED_COLUMNS)
         for record, record_id, key, out in zip(
             decoded.records, decoded.ids, decoded.keys, scored.iter_rows(named=True), strict=True

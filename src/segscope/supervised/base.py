@@ -21,10 +21,9 @@ from typing import Any, Protocol, Self
 
 import numpy as np
 
-from segscope._params import StoresParams
 from segscope.exceptions import DataError, NotFittedError
 
-__all__ = ["FineTuned", "Learner", "StoresParams"]
+__all__ = ["FineTuned", "Learner"]
 
 #: At most this many confirmed anomalies are kept as exemplars for the proximity term.
 MAX_EXEMPLARS = 512

@@ -12,13 +12,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 import numpy as np
 
 from segscope._deps import require
+from segscope._params import Constraint, Interval, StoresParams
 from segscope.exceptions import NotFittedError
-from segscope.supervised.base import StoresParams
 
 __all__ = ["TorchLearner"]
 
@@ -28,6 +28,16 @@ class TorchLearner(StoresParams):
 
     name = "torch"
     _not_params = ("progress",)  # a display hook, not part of the model
+    _constraints: ClassVar[dict[str, Constraint]] = {
+        "hidden": Interval(int, 1, 100_000),
+        "latent": Interval(int, 1, 100_000),
+        "pretrain_epochs": Interval(int, 0, 10_000),
+        "finetune_steps": Interval(int, 1, 10_000_000),
+        "batch_size": Interval(int, 2, 1_000_000),
+        "learning_rate": Interval(float, 0.0, 1.0, closed="right"),
+        "margin": Interval(float, 0.0, 1000.0, closed="right"),
+        "seed": Interval(int, 0, 2**32 - 1),
+    }
 
     def __init__(
         self,
@@ -77,6 +87,7 @@ class TorchLearner(StoresParams):
 
     def pretrain(self, x: np.ndarray) -> dict[str, Any]:
         """Denoising-autoencoder pre-training on all rows (no labels); returns the encoder state to share."""
+        self.check_params()
         torch = self._torch()
         self.mean_ = x.mean(axis=0)
         self.std_ = np.where(x.std(axis=0) > 0, x.std(axis=0), 1.0)
@@ -110,6 +121,7 @@ class TorchLearner(StoresParams):
         init: bytes | None = None,
         pretrained: dict[str, Any] | None = None,
     ) -> Self:
+        self.check_params()
         torch = self._torch()
         if init is not None:  # continue from the previous version's weights
             self._load_bytes(init, x.shape[1])

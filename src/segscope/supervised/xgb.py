@@ -7,13 +7,13 @@ a lower probability for it, which carries the unsupervised ranking through when 
 
 from __future__ import annotations
 
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 import numpy as np
 
 from segscope._deps import require
-from segscope.exceptions import ConfigError, NotFittedError
-from segscope.supervised.base import StoresParams
+from segscope._params import Constraint, Interval, StoresParams
+from segscope.exceptions import NotFittedError
 
 __all__ = ["XGBoostLearner"]
 
@@ -22,6 +22,12 @@ class XGBoostLearner(StoresParams):
     """``fit(x, y, weight, monotone)`` then ``predict_raw(x)`` (a probability-like score in (0, 1))."""
 
     name = "xgboost"
+    _constraints: ClassVar[dict[str, Constraint]] = {
+        "n_estimators": Interval(int, 1, 100_000),
+        "max_depth": Interval(int, 1, 64),
+        "learning_rate": Interval(float, 0.0, 1.0, closed="right"),
+        "seed": Interval(int, 0, 2**32 - 1),
+    }
 
     def __init__(
         self, *, n_estimators: int = 200, max_depth: int = 4, learning_rate: float = 0.1, seed: int = 0
@@ -45,11 +51,8 @@ class XGBoostLearner(StoresParams):
         init: bytes | None = None,
         pretrained: Any = None,
     ) -> Self:
+        self.check_params()
         xgb = require("xgboost", extra="xgboost", feature="the XGBoost learner")
-        for key in ("n_estimators", "max_depth"):
-            value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"the '{key}' parameter of XGBoostLearner must be an int >= 1; got {value!r}")
         params = {
             "objective": "binary:logistic",
             "max_depth": self.max_depth,

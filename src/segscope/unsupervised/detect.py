@@ -22,8 +22,9 @@ from typing import Any, ClassVar, Self
 import numpy as np
 import polars as pl
 
+from segscope._params import Constraint, Interval, IsInstance, StoresParams, check_params
 from segscope.exceptions import BundleError, ConfigError, NotFittedError
-from segscope.unsupervised import _kernels
+from segscope.unsupervised import _kernels, _trees
 
 __all__ = [
     "DETECTORS",
@@ -44,45 +45,15 @@ def _as_matrix(frame: pl.DataFrame | np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(frame, dtype=np.float64)
 
 
-def _check_params(owner: str, params: dict[str, Any], constraints: dict[str, tuple[type, float, float]]) -> None:
-    """One message template for every parameter check."""
-    for key, value in params.items():
-        if key not in constraints:
-            raise ConfigError(f"{owner} has no parameter '{key}'; known parameters: {sorted(constraints)}")
-        kind, low, high = constraints[key]
-        kinds: tuple[type, ...] = (int, float) if kind is float else (kind,)
-        ok = isinstance(value, int | float) and isinstance(value, kinds) and not isinstance(value, bool)
-        ok = ok and low <= float(value) <= high
-        if not ok:
-            raise ConfigError(
-                f"the '{key}' parameter of {owner} must be a {kind.__name__} in [{low}, {high}]; got {value!r} instead"
-            )
-
-
-class Detector:
-    """Base class: stores parameters in ``__init__``, validates them in ``fit``."""
+class Detector(StoresParams):
+    """Base class: ``__init__`` stores keyword parameters as attributes, ``fit`` validates them."""
 
     name: ClassVar[str]
-    _constraints: ClassVar[dict[str, tuple[type, float, float]]] = {}
     #: True when persisting the detector needs pickle (loading then requires ``trusted=True``).
     needs_pickle: ClassVar[bool] = False
     #: Scores of the fit rows, computed the way new rows are scored (set by fit).
     reference_scores_: np.ndarray
     n_features_: int
-
-    def __init__(self, **params: Any) -> None:
-        self.params = params
-
-    def get_params(self) -> dict[str, Any]:
-        """Effective parameters: the defaults, overridden by what was given."""
-        return {**self._defaults(), **self.params}
-
-    def _param(self, key: str) -> Any:
-        return self.params.get(key, self._defaults()[key])
-
-    @classmethod
-    def _defaults(cls) -> dict[str, Any]:
-        return {}
 
     @classmethod
     def _test_params(cls) -> dict[str, Any]:
@@ -97,7 +68,7 @@ class Detector:
         return pl.Series(self.name, self.score_matrix(_as_matrix(frame)), dtype=pl.Float64)
 
     def fit_matrix(self, x: np.ndarray) -> Self:
-        _check_params(type(self).__name__, self.params, self._constraints)
+        self.check_params()
         if x.ndim != 2 or x.shape[0] < 2 or x.shape[1] < 1:
             raise ConfigError(f"{type(self).__name__} needs at least 2 rows and 1 feature; got shape {x.shape}")
         self.n_features_ = x.shape[1]
@@ -146,18 +117,17 @@ def _reference_sample(x: np.ndarray, max_rows: int, seed: int) -> np.ndarray:
 class _ECDFDetector(Detector):
     """Shared state for ECOD/COPOD: the fit-time column ECDFs and skewness signs."""
 
-    _constraints: ClassVar[dict[str, tuple[type, float, float]]] = {"max_reference": (int, 100, 10_000_000)}
+    _constraints: ClassVar[dict[str, Constraint]] = {"max_reference": Interval(int, 100, 10_000_000)}
 
-    @classmethod
-    def _defaults(cls) -> dict[str, Any]:
+    def __init__(self, *, max_reference: int = 20_000) -> None:
         # 20k reference rows: tail resolution 5e-5 (values beyond extend the tail, see _kernels._beyond) and
         # ECDF lookups that stay in cache (30% faster scoring than 50k)
-        return {"max_reference": 20_000}
+        self.max_reference = max_reference
 
     def _fit(self, x: np.ndarray) -> None:
         from scipy.stats import skew
 
-        ref = _reference_sample(x, int(self._param("max_reference")), seed=0)
+        ref = _reference_sample(x, self.max_reference, seed=0)
         self.ecdf_ = _kernels.build_ecdf(ref)
         with warnings.catch_warnings():  # near-constant columns: scipy warns, and their skew sign is moot
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -204,18 +174,19 @@ class HBOSDetector(Detector):
     """Histogram-based outlier score with static bins (PyOD's HBOS defaults: 10 bins, alpha 0.1, tol 0.5)."""
 
     name = "hbos"
-    _constraints: ClassVar[dict[str, tuple[type, float, float]]] = {
-        "n_bins": (int, 2, 10_000),
-        "alpha": (float, 1e-12, 1.0),
-        "tol": (float, 0.0, 1e6),
+    _constraints: ClassVar[dict[str, Constraint]] = {
+        "n_bins": Interval(int, 2, 10_000),
+        "alpha": Interval(float, 0.0, 1.0, closed="right"),
+        "tol": Interval(float, 0.0, 1e6),
     }
 
-    @classmethod
-    def _defaults(cls) -> dict[str, Any]:
-        return {"n_bins": 10, "alpha": 0.1, "tol": 0.5}
+    def __init__(self, *, n_bins: int = 10, alpha: float = 0.1, tol: float = 0.5) -> None:
+        self.n_bins = n_bins
+        self.alpha = alpha
+        self.tol = tol
 
     def _fit(self, x: np.ndarray) -> None:
-        n_bins = int(self._param("n_bins"))
+        n_bins = self.n_bins
         lo = x.min(axis=0)
         hi = x.max(axis=0)
         width = np.where(hi > lo, (hi - lo) / n_bins, 1.0)
@@ -229,7 +200,7 @@ class HBOSDetector(Detector):
     def _score(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(
             _kernels.hbos_scores(
-                x, self.lo_, self.width_, self.heights_, float(self._param("alpha")), float(self._param("tol"))
+                x, self.lo_, self.width_, self.heights_, float(self.alpha), float(self.tol)
             )
         )
 
@@ -261,15 +232,16 @@ class IForestDetector(Detector):
     """Isolation forest fitted by PyOD's ``IForest``, scored by a compiled copy of its trees."""
 
     name = "iforest"
-    _constraints: ClassVar[dict[str, tuple[type, float, float]]] = {
-        "n_estimators": (int, 1, 10_000),
-        "max_samples": (int, 2, 10_000_000),
-        "random_state": (int, 0, 2**32 - 1),
+    _constraints: ClassVar[dict[str, Constraint]] = {
+        "n_estimators": Interval(int, 1, 10_000),
+        "max_samples": Interval(int, 2, 10_000_000),
+        "random_state": Interval(int, 0, 2**32 - 1),
     }
 
-    @classmethod
-    def _defaults(cls) -> dict[str, Any]:
-        return {"n_estimators": 100, "max_samples": 256, "random_state": 0}
+    def __init__(self, *, n_estimators: int = 100, max_samples: int = 256, random_state: int = 0) -> None:
+        self.n_estimators = n_estimators
+        self.max_samples = max_samples
+        self.random_state = random_state
 
     @classmethod
     def _test_params(cls) -> dict[str, Any]:
@@ -278,11 +250,11 @@ class IForestDetector(Detector):
     def _fit(self, x: np.ndarray) -> None:
         from pyod.models.iforest import IForest
 
-        max_samples = min(int(self._param("max_samples")), x.shape[0])
+        max_samples = min(self.max_samples, x.shape[0])
         model = IForest(
-            n_estimators=int(self._param("n_estimators")),
+            n_estimators=self.n_estimators,
             max_samples=max_samples,
-            random_state=int(self._param("random_state")),
+            random_state=self.random_state,
             n_jobs=1,
         ).fit(x)
         forest = model.detector_
@@ -296,9 +268,7 @@ class IForestDetector(Detector):
             tree = est.tree_
             values = forest._decision_path_lengths[t] + forest._average_path_length_per_tree[t] - 1.0
             columns = np.asarray(est_features)
-            # float32 x <= float64 t  <=>  float32 x <= (t rounded down to float32): exactly scikit-learn's split
-            thr32 = tree.threshold.astype(np.float32)
-            thr32 = np.where(thr32.astype(np.float64) > tree.threshold, np.nextafter(thr32, np.float32(-np.inf)), thr32)
+            thr32 = _trees.float32_thresholds(tree.threshold)
             stack = [(0, 0, 0)]  # (scikit-learn node, heap node, level)
             while stack:
                 node, heap, level = stack.pop()
@@ -351,19 +321,19 @@ class KNNDetector(Detector):
     """Distance to the k-th nearest neighbour among a fixed reference sample (PyOD's KNN, method 'largest')."""
 
     name = "knn"
-    _constraints: ClassVar[dict[str, tuple[type, float, float]]] = {
-        "n_neighbors": (int, 1, 1000),
-        "max_reference": (int, 10, 10_000_000),
+    _constraints: ClassVar[dict[str, Constraint]] = {
+        "n_neighbors": Interval(int, 1, 1000),
+        "max_reference": Interval(int, 10, 10_000_000),
     }
 
-    @classmethod
-    def _defaults(cls) -> dict[str, Any]:
-        return {"n_neighbors": 5, "max_reference": 10_000}
+    def __init__(self, *, n_neighbors: int = 5, max_reference: int = 10_000) -> None:
+        self.n_neighbors = n_neighbors
+        self.max_reference = max_reference
 
     def _fit(self, x: np.ndarray) -> None:
-        rows = _reference_rows(x.shape[0], int(self._param("max_reference")), seed=0)
+        rows = _reference_rows(x.shape[0], self.max_reference, seed=0)
         self.reference_ = x[rows]
-        k = min(int(self._param("n_neighbors")), self.reference_.shape[0] - 1)
+        k = min(self.n_neighbors, self.reference_.shape[0] - 1)
         self.k_ = max(k, 1)
         # fit rows that are in the reference must not count themselves: query k+1 and drop the zero distance
         dist, _ = self._tree().query(x, k=min(self.k_ + 1, self.reference_.shape[0]))
@@ -401,14 +371,24 @@ class PyODDetector(Detector):
 
     name = "pyod"
     needs_pickle = True
+    _constraints: ClassVar[dict[str, Constraint]] = {"model": IsInstance((str,))}
+
+    def __init__(self, *, model: str | None = None, **params: Any) -> None:
+        self.model = model
+        self.params = params  # handed to the PyOD class, which checks them
+
+    def get_params(self) -> dict[str, Any]:
+        return {"model": self.model, **self.params}
+
+    def check_params(self) -> None:
+        check_params(type(self).__name__, {"model": self.model}, self._constraints)
 
     def fit_matrix(self, x: np.ndarray) -> Self:
         import importlib
 
+        self.check_params()
         params = dict(self.params)
-        model_name = params.pop("model", None)
-        if not isinstance(model_name, str):
-            raise ConfigError("the 'model' parameter of PyODDetector must name a PyOD class, e.g. 'LOF'")
+        model_name = str(self.model)
         import pkgutil
 
         package = importlib.import_module("pyod.models")
@@ -474,4 +454,7 @@ def make_detector(name: str, params: dict[str, Any] | None = None) -> Detector:
         cls = DETECTORS[name]
     except KeyError:
         raise ConfigError(f"unknown detector '{name}'; choose one of {sorted(DETECTORS)}") from None
-    return cls(**(params or {}))
+    params = params or {}
+    if cls is not PyODDetector:  # refuse unknown keys before they reach __init__
+        check_params(cls.__name__, {k: v for k, v in params.items() if k not in cls._constraints}, cls._constraints)
+    return cls(**params)

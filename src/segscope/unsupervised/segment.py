@@ -11,20 +11,31 @@ fit-time labels is measured on the sample and on held-out rows and stored in the
 
 from __future__ import annotations
 
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 import numpy as np
 
 from segscope._deps import require
-from segscope._params import StoresParams
+from segscope._params import Constraint, Interval, StoresParams
 from segscope.exceptions import NotFittedError
-from segscope.unsupervised import _kernels
+from segscope.unsupervised import _kernels, _trees
 
 __all__ = ["Segmenter"]
 
 
 class Segmenter(StoresParams):
     """``fit(x)`` on the prepared matrix; ``assign(x)`` -> (segment ids, confidence)."""
+
+    _constraints: ClassVar[dict[str, Constraint]] = {
+        "sample_size": Interval(int, 100, None),
+        "n_neighbors": Interval(int, 2, 1000),
+        "n_components": Interval(int, 2, 100),
+        "min_cluster_size": Interval(int, 2, None, nullable=True),
+        "n_trees": Interval(int, 1, 1000),
+        "max_depth": Interval(int, 1, 64),
+        "min_confidence": Interval(float, 0.0, 1.0),
+        "seed": Interval(int, 0, 2**32 - 1),
+    }
 
     def __init__(
         self,
@@ -51,6 +62,7 @@ class Segmenter(StoresParams):
         """Segment ``x``. With ``previous`` (the last version's segmenter), new segments take the ids of the old
         ones they overlap most (Hungarian matching on member overlap), so ids keep their meaning; births,
         deaths, merges and splits are recorded in ``lineage_``."""
+        self.check_params()
         umap = require("umap", extra="segments", feature="segmentation (UMAP)")
         hdbscan = require("hdbscan", extra="segments", feature="segmentation (HDBSCAN)")
         from sklearn.ensemble import RandomForestClassifier
@@ -108,9 +120,7 @@ class Segmenter(StoresParams):
             leaf = t.children_left < 0
             roots.append(offset)
             feats.append(np.where(leaf, 0, t.feature))
-            thr64 = t.threshold
-            thr32 = thr64.astype(np.float32)
-            thr.append(np.where(thr32.astype(np.float64) > thr64, np.nextafter(thr32, np.float32(-np.inf)), thr32))
+            thr.append(_trees.float32_thresholds(t.threshold))
             lefts.append(np.where(leaf, -1, t.children_left + offset))
             rights.append(np.where(leaf, -1, t.children_right + offset))
             dist = t.value[:, 0, :]

@@ -1,55 +1,76 @@
 """Alert policies: separate objects that turn scores into ``is_alert``.
 
 Each policy is fitted on the fit-time reference scores (so a threshold means the same thing on every batch)
-and then decides batch after batch. ``AlertBudget`` keeps a count per period across batches, so "at most 200
-alerts a day" holds over a whole file or stream, in arrival order.
+and then decides batch after batch. A fitted policy never changes while deciding: what must carry over from
+one batch to the next (an alert budget's count per period, "at most 200 alerts a day" over a whole file or
+stream) lives in a :class:`PolicyState` that the caller owns (``policy.new_state()``; the stream keeps one for
+its life, a file job one per file). Without a state, a batch is decided on its own.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol, Self
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, Self
 
 import numpy as np
 import polars as pl
 
+from segscope._params import Constraint, Interval, IsInstance, Options, StoresParams
 from segscope._typing import BudgetPeriod
 from segscope.config import PolicyConfig
 from segscope.exceptions import ConfigError, NotFittedError, SchemaError
 
 __all__ = [
+    "POLICIES",
     "AlertBudget",
     "AlertPolicy",
     "ContaminationThreshold",
     "FixedThreshold",
+    "PolicyState",
     "QuantileThreshold",
     "make_policy",
     "restore_policy",
 ]
 
 _PERIOD_EVERY = {"hour": "1h", "day": "1d", "week": "1w"}
+_UNIT = Interval(float, 0.0, 1.0, closed="neither")
+
+
+@dataclass
+class PolicyState:
+    """What a policy carries across batches: alerts used per period, and rows seen (for budgets per rows)."""
+
+    used: dict[int, int] = field(default_factory=dict)
+    rows_seen: int = 0
 
 
 class AlertPolicy(Protocol):
     def fit(self, reference: np.ndarray, frame: pl.DataFrame | None = None) -> Self: ...
 
-    def decide(self, scores: np.ndarray, frame: pl.DataFrame) -> np.ndarray: ...
+    def decide(self, scores: np.ndarray, frame: pl.DataFrame, state: PolicyState | None = None) -> np.ndarray: ...
+
+    def new_state(self) -> PolicyState: ...
 
     def describe(self) -> dict[str, Any]: ...
 
 
-class FixedThreshold:
+class FixedThreshold(StoresParams):
     """Alert when ``score >= threshold``."""
+
+    _constraints: ClassVar[dict[str, Constraint]] = {"threshold": Interval(float, 0.0, 1.0)}
 
     def __init__(self, threshold: float) -> None:
         self.threshold = threshold
 
     def fit(self, reference: np.ndarray, frame: pl.DataFrame | None = None) -> Self:
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ConfigError(f"the 'threshold' of FixedThreshold must be in [0, 1]; got {self.threshold}")
+        self.check_params()
         self.threshold_ = float(self.threshold)
         return self
 
-    def decide(self, scores: np.ndarray, frame: pl.DataFrame) -> np.ndarray:
+    def new_state(self) -> PolicyState:
+        return PolicyState()
+
+    def decide(self, scores: np.ndarray, frame: pl.DataFrame, state: PolicyState | None = None) -> np.ndarray:
         if not hasattr(self, "threshold_"):
             raise NotFittedError(f"{type(self).__name__} is not fitted; call fit(reference_scores) first")
         return np.asarray(scores >= self.threshold_)
@@ -61,15 +82,19 @@ class FixedThreshold:
 class QuantileThreshold(FixedThreshold):
     """Alert above the ``quantile`` of the fit-time reference scores."""
 
+    _constraints: ClassVar[dict[str, Constraint]] = {"quantile": _UNIT}
+
     def __init__(self, quantile: float) -> None:
         self.quantile = quantile
 
+    def _quantile(self) -> float:
+        return float(self.quantile)
+
     def fit(self, reference: np.ndarray, frame: pl.DataFrame | None = None) -> Self:
-        if not 0.0 < self.quantile < 1.0:
-            raise ConfigError(f"the 'quantile' of QuantileThreshold must be in (0, 1); got {self.quantile}")
-        self.threshold_ = float(np.quantile(reference, self.quantile, method="higher"))
+        self.check_params()
+        threshold = float(np.quantile(reference, self._quantile(), method="higher"))
         # strictly above: exactly (1 - quantile) of the reference alerts
-        self.threshold_ = float(np.nextafter(self.threshold_, np.inf))
+        self.threshold_ = float(np.nextafter(threshold, np.inf))
         return self
 
     def describe(self) -> dict[str, Any]:
@@ -79,28 +104,33 @@ class QuantileThreshold(FixedThreshold):
 class ContaminationThreshold(QuantileThreshold):
     """Alert the top ``contamination`` share, as measured on the fit-time reference."""
 
+    _constraints: ClassVar[dict[str, Constraint]] = {"contamination": _UNIT}
+
     def __init__(self, contamination: float) -> None:
         self.contamination = contamination
-        self.quantile = 1.0 - contamination
 
-    def fit(self, reference: np.ndarray, frame: pl.DataFrame | None = None) -> Self:
-        if not 0.0 < self.contamination < 1.0:
-            raise ConfigError(
-                f"the 'contamination' of ContaminationThreshold must be in (0, 1); got {self.contamination}"
-            )
-        return super().fit(reference, frame)
+    def _quantile(self) -> float:
+        return 1.0 - float(self.contamination)
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "contamination", "contamination": self.contamination, "threshold": self.threshold_}
 
 
-class AlertBudget:
+class AlertBudget(StoresParams):
     """At most ``max_alerts`` per period (hour/day/week of ``time_column``, or every ``rows`` records).
 
     The threshold is set so that the reference history would have used the budget (its share of records per
     period); within a period, alerts above it are granted in arrival order until the budget is spent.
     ``threshold`` is a floor below which nothing alerts.
     """
+
+    _constraints: ClassVar[dict[str, Constraint]] = {
+        "max_alerts": Interval(int, 1, None),
+        "per": Options(("hour", "day", "week", "rows")),
+        "rows": Interval(int, 1, None),
+        "time_column": IsInstance((str,), nullable=True),
+        "threshold": Interval(float, 0.0, 1.0),
+    }
 
     def __init__(
         self,
@@ -117,9 +147,8 @@ class AlertBudget:
         self.time_column = time_column
         self.threshold = threshold
 
-    def _periods(self, frame: pl.DataFrame, n: int) -> np.ndarray:
+    def _periods(self, frame: pl.DataFrame, n: int, start: int) -> np.ndarray:
         if self.per == "rows":
-            start = getattr(self, "rows_seen_", 0)
             return (np.arange(start, start + n, dtype=np.int64)) // self.rows
         if self.time_column is None or self.time_column not in frame.columns:
             raise SchemaError(
@@ -133,34 +162,35 @@ class AlertBudget:
         return np.asarray(truncated.fill_null(-1).to_numpy(), dtype=np.int64)
 
     def fit(self, reference: np.ndarray, frame: pl.DataFrame | None = None) -> Self:
-        if self.max_alerts < 1:
-            raise ConfigError(f"the 'max_alerts' of AlertBudget must be >= 1; got {self.max_alerts}")
+        self.check_params()
         if self.per == "rows":
             per_period = float(self.rows)
         else:
             if frame is None:
                 raise ConfigError("an alert budget per time unit needs the history's time column at fit")
-            periods = self._periods(frame, frame.height)
+            periods = self._periods(frame, frame.height, 0)
             per_period = float(np.median(np.unique(periods, return_counts=True)[1]))
         share = min(1.0, self.max_alerts / max(per_period, 1.0))
         cut = float(np.quantile(reference, 1.0 - share, method="higher")) if share < 1.0 else 0.0
         self.threshold_ = max(cut, float(self.threshold))
         self.records_per_period_ = per_period
-        self.used_: dict[int, int] = {}
-        self.rows_seen_ = 0
         return self
 
-    def decide(self, scores: np.ndarray, frame: pl.DataFrame) -> np.ndarray:
+    def new_state(self) -> PolicyState:
+        return PolicyState()
+
+    def decide(self, scores: np.ndarray, frame: pl.DataFrame, state: PolicyState | None = None) -> np.ndarray:
         if not hasattr(self, "threshold_"):
             raise NotFittedError("AlertBudget is not fitted; call fit(reference_scores) first")
-        periods = self._periods(frame, scores.shape[0])
-        self.rows_seen_ += scores.shape[0]
+        state = state if state is not None else self.new_state()
+        periods = self._periods(frame, scores.shape[0], state.rows_seen)
+        state.rows_seen += scores.shape[0]
         out = np.zeros(scores.shape[0], dtype=bool)
         for i in np.flatnonzero(scores >= self.threshold_):
             period = int(periods[i])
-            used = self.used_.get(period, 0)
+            used = state.used.get(period, 0)
             if used < self.max_alerts:
-                self.used_[period] = used + 1
+                state.used[period] = used + 1
                 out[i] = True
         return out
 
@@ -174,6 +204,15 @@ class AlertBudget:
             "threshold": self.threshold_,
             "records_per_period": self.records_per_period_,
         }
+
+
+#: Policy classes by the ``kind`` of :class:`~segscope.config.PolicyConfig`.
+POLICIES: dict[str, type[Any]] = {
+    "fixed": FixedThreshold,
+    "quantile": QuantileThreshold,
+    "contamination": ContaminationThreshold,
+    "budget": AlertBudget,
+}
 
 
 def make_policy(config: PolicyConfig) -> AlertPolicy:
@@ -195,6 +234,4 @@ def restore_policy(config: PolicyConfig, described: dict[str, Any]) -> AlertPoli
     policy.threshold_ = float(described["threshold"])  # type: ignore[attr-defined]
     if isinstance(policy, AlertBudget):
         policy.records_per_period_ = float(described["records_per_period"])
-        policy.used_ = {}
-        policy.rows_seen_ = 0
     return policy
