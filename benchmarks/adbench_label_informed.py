@@ -20,9 +20,8 @@ import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from segscope.config import SegscopeConfig
-from segscope.pipeline import Model
-from segscope.supervised.base import FineTuned
-from segscope.supervised.finetune import make_learner
+from segscope.model import Model
+from segscope.supervised.learners import make_finetuned
 
 from _adbench import ADBENCH_SETS, SEEDS, data_dir, load_set, n_labelled, published, split
 
@@ -54,7 +53,7 @@ def run(data: Path, sets: tuple[str, ...], seeds: tuple[int, ...], learners: lis
                 labelled = y == 1
                 for learner_name in learners:
                     t0 = time.perf_counter()
-                    tuned = FineTuned(make_learner(learner_name, seed=seed), n_features=model.n_features, seed=seed)
+                    tuned = make_finetuned(learner_name, n_features=model.n_features, seed=seed)
                     tuned.fit(x_train, y, labelled, monotone)
                     proba = tuned.predict_proba(x_test)
                     seconds = time.perf_counter() - t0

@@ -17,7 +17,7 @@ import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from segscope.config import SegmentsConfig, SegscopeConfig
-from segscope.pipeline import Model
+from segscope.model import Model
 
 from _adbench import ADBENCH_SETS, SEEDS, data_dir, load_set, split
 

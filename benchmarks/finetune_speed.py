@@ -20,9 +20,9 @@ import polars as pl
 
 from segscope import Model
 from segscope.config import SegscopeConfig
-from segscope.pipeline import finetune
-from segscope.supervised.labels import normalise_labels
+from segscope.labels.parse import normalise_labels
 from segscope.testing.data import make_transactions
+from segscope.tuning import finetune
 
 
 def main() -> None:

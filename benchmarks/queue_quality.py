@@ -22,10 +22,9 @@ import numpy as np
 from sklearn.metrics import average_precision_score
 
 from segscope.config import SegscopeConfig
-from segscope.pipeline import Model
-from segscope.queue import QueueMix, select_queue
-from segscope.supervised.base import FineTuned
-from segscope.supervised.finetune import make_learner
+from segscope.labels.queue import QueueMix, select_queue
+from segscope.model import Model
+from segscope.supervised.learners import make_finetuned
 
 from _adbench import ADBENCH_SETS, data_dir, load_set, split
 
@@ -68,7 +67,7 @@ def simulate(name: str, seed: int, data: Path, rounds: int, per_round: int) -> d
             y = np.where(labelled, truth, 0)
             found.append(int(y.sum()))
             if y.sum():  # re-fit the supervised layer on every label so far
-                tuned = FineTuned(make_learner("xgboost", seed=seed), n_features=model.n_features, seed=seed)
+                tuned = make_finetuned("xgboost", n_features=model.n_features, seed=seed)
                 tuned.fit(x_pool, y, labelled, monotone)
                 score_pool, score_test = tuned.predict_proba(x_pool), tuned.predict_proba(x_test)
                 supervised = True

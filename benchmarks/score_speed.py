@@ -48,7 +48,8 @@ def write_table(path: Path, rows: int, seed: int, chunk: int = 1_000_000) -> Non
 
 
 def time_segscope(bundle: Path, data: Path, out: Path) -> float:
-    from segscope.pipeline import Model, score_file
+    from segscope.model import Model
+    from segscope.pipeline import score_file
 
     model = Model.load(bundle)
     start = time.perf_counter()

@@ -18,9 +18,8 @@ import numpy as np
 from sklearn.metrics import average_precision_score
 
 from segscope.config import SegmentsConfig, SegscopeConfig
-from segscope.pipeline import Model
-from segscope.supervised.base import FineTuned
-from segscope.supervised.finetune import make_learner
+from segscope.model import Model
+from segscope.supervised.learners import make_finetuned
 
 from _adbench import ADBENCH_SETS, data_dir, load_set, n_labelled, split
 
@@ -52,7 +51,7 @@ def main() -> None:
                 for with_segments in (False, True):
                     x_train, monotone, _ = model.supervision_matrix(train, with_segments=with_segments)
                     x_test, _, _ = model.supervision_matrix(test, with_segments=with_segments)
-                    tuned = FineTuned(make_learner("xgboost", seed=seed), n_features=model.n_features, seed=seed)
+                    tuned = make_finetuned("xgboost", n_features=model.n_features, seed=seed)
                     tuned.fit(x_train, y, y == 1, monotone)
                     key = f"{'with' if with_segments else 'without'} segments @ {int(gamma * 100)}%"
                     ap = 100 * average_precision_score(y_test, tuned.predict_proba(x_test))

@@ -10,7 +10,7 @@ import pytest
 
 from segscope import cli
 from segscope.config import SegscopeConfig
-from segscope.pipeline import Model
+from segscope.model import Model
 from segscope.testing.data import make_transactions
 
 

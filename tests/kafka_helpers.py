@@ -70,8 +70,9 @@ def records(frame) -> list[bytes]:  # type: ignore[no-untyped-def]
     return [json.dumps(r).encode() for r in rows]
 
 
-def consume_all(bootstrap: str, topic: str, idle: float = 3.0) -> list[dict]:
-    consumer = KafkaConsumer(
+def _reader(bootstrap: str, topic: str, idle: float) -> KafkaConsumer:
+    """Reads the whole topic from the start, stopping after ``idle`` seconds without a message."""
+    return KafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,
         auto_offset_reset="earliest",
@@ -79,7 +80,25 @@ def consume_all(bootstrap: str, topic: str, idle: float = 3.0) -> list[dict]:
         max_poll_records=10_000,
         fetch_max_bytes=64 * 1024 * 1024,
     )
+
+
+def consume_all(bootstrap: str, topic: str, idle: float = 3.0) -> list[dict]:
+    consumer = _reader(bootstrap, topic, idle)
     out = [json.loads(m.value) for m in consumer]
+    consumer.close()
+    return out
+
+
+def consume_dead_letters(bootstrap: str, topic: str, idle: float = 3.0) -> list[dict]:
+    """Dead letters as dicts: the ``segscope.dlq.*`` headers (without the prefix), plus the record's ``key``,
+    raw ``value`` and the original ``headers``."""
+    consumer = _reader(bootstrap, topic, idle)
+    out = []
+    for m in consumer:
+        headers = list(m.headers or [])
+        letter = {k.removeprefix("segscope.dlq."): v.decode() for k, v in headers if k.startswith("segscope.dlq.")}
+        letter.update(key=m.key, value=m.value, headers=[(k, v) for k, v in headers if not k.startswith("segscope.")])
+        out.append(letter)
     consumer.close()
     return out
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from segscope.store import LabelStore
+from segscope.labels import LabelStore
 from tests.unprivileged import run_cli_unprivileged
 
 
@@ -193,7 +193,7 @@ def test_a_file_that_is_not_a_store(run_cli, tmp_path: Path, model, new_records:
     _one_line_error(run_cli("label", "queue", "--store", text), "cannot open the label store")
     real = tmp_path / "labels.db"
     with LabelStore.open(real) as store:
-        store.add_records(model, model.score(new_records.head(50)), source="t")
+        store.add_records(model.for_review(model.score(new_records.head(50))), source="t")
     with sqlite3.connect(real) as conn:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     truncated = tmp_path / "truncated.db"
@@ -204,7 +204,7 @@ def test_a_file_that_is_not_a_store(run_cli, tmp_path: Path, model, new_records:
 def test_label_export_to_a_folder(run_cli, tmp_path: Path, model, new_records: pl.DataFrame) -> None:
     store_path = tmp_path / "labels.db"
     with LabelStore.open(store_path) as store:
-        store.add_records(model, model.score(new_records.head(20)), source="t")
+        store.add_records(model.for_review(model.score(new_records.head(20))), source="t")
     folder = tmp_path / "labels.csv"
     folder.mkdir()
     _one_line_error(run_cli("label", "export", "--store", store_path, "--out", folder), "is a folder")
@@ -213,7 +213,7 @@ def test_label_export_to_a_folder(run_cli, tmp_path: Path, model, new_records: p
 def test_conflicting_labels_in_one_import(run_cli, tmp_path: Path, model, new_records: pl.DataFrame) -> None:
     store_path = tmp_path / "labels.db"
     with LabelStore.open(store_path) as store:
-        store.add_records(model, model.score(new_records.head(20)), source="t")
+        store.add_records(model.for_review(model.score(new_records.head(20))), source="t")
     ids = new_records["txn_id"].head(3).to_list()
     path = tmp_path / "l.csv"
     pl.DataFrame({"id": [ids[0], ids[1], ids[0]], "label": ["anomaly", "normal", "normal"]}).write_csv(path)
@@ -226,7 +226,7 @@ def test_conflicting_labels_in_one_import(run_cli, tmp_path: Path, model, new_re
 def test_hostile_analyst_names_on_the_command_line(run_cli, tmp_path: Path, model, new_records, analyst: str) -> None:
     store_path = tmp_path / "labels.db"
     with LabelStore.open(store_path) as store:
-        store.add_records(model, model.score(new_records.head(5)), source="t")
+        store.add_records(model.for_review(model.score(new_records.head(5))), source="t")
     rid = new_records["txn_id"][0]
     _one_line_error(run_cli("label", "add", "--store", store_path, rid, "anomaly", "--analyst", analyst), "U+")
 

@@ -13,9 +13,9 @@ from sklearn.metrics import average_precision_score
 from segscope import DataError, Model, SchemaError
 from segscope import registry as reg
 from segscope.config import SegscopeConfig
-from segscope.pipeline import finetune
-from segscope.supervised.labels import load_labels, normalise_labels
+from segscope.labels.parse import load_labels, normalise_labels
 from segscope.testing.data import make_transactions
+from segscope.tuning import finetune
 
 
 @pytest.fixture(scope="module")

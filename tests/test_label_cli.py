@@ -8,7 +8,7 @@ from pathlib import Path
 import polars as pl
 
 from segscope import registry as reg
-from segscope.store import LabelStore
+from segscope.labels import LabelStore
 
 
 def test_the_loop_through_the_store(run_cli, bundle: Path, files: Path, tmp_path: Path) -> None:

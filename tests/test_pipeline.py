@@ -1,4 +1,4 @@
-"""The scoring contract of PRODUCT.md on the library API."""
+"""The scoring contract (README, "What a scored record holds") on the library API."""
 
 from __future__ import annotations
 

@@ -13,6 +13,7 @@ def test_public_surface_is_pinned() -> None:
         "SchemaError",
         "SegscopeConfig",
         "SegscopeError",
+        "SegscopeWarning",
         "SinkError",
         "SourceError",
         "__version__",

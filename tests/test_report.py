@@ -8,7 +8,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from segscope.pipeline import Model
+from segscope.model import Model
 from segscope.testing.data import make_transactions
 from tests.browser import render
 

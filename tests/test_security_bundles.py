@@ -98,7 +98,7 @@ def test_pickle_hidden_in_an_array_never_runs(
     marker = tmp_path / "pwned"
     bundle = _smuggle(pyod_bundle, tmp_path / "evil", marker, key=key)
     store = tmp_path / "labels.db"
-    from segscope.store import LabelStore
+    from segscope.labels import LabelStore
 
     LabelStore.open(store).close()
     _one_line_error(run_cli("inspect", bundle), "not model state")

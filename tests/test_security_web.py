@@ -20,8 +20,8 @@ import polars as pl
 import pytest
 from fastapi.testclient import TestClient
 
-from segscope.pipeline import Model
-from segscope.store import LabelStore
+from segscope.labels import LabelStore
+from segscope.model import Model
 from segscope.web import create_app
 from tests.browser import chromium
 from tests.kafka_helpers import free_port
@@ -30,7 +30,7 @@ from tests.kafka_helpers import free_port
 @pytest.fixture
 def store(tmp_path: Path, model: Model, new_records: pl.DataFrame) -> Iterator[LabelStore]:
     with LabelStore.open(tmp_path / "labels.db") as opened:
-        opened.add_records(model, model.score(new_records.head(600)), source="new.parquet")
+        opened.add_records(model.for_review(model.score(new_records.head(600))), source="new.parquet")
         yield opened
 
 

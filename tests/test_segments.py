@@ -59,7 +59,7 @@ def test_model_with_segments(tmp_path: Path, run_cli, segments_model: Model, seg
     assert set(scored["segment"].unique().to_list()) <= {*model.segmenter_.segments_.tolist(), -1}
     assert (scored["segment"] >= 0).mean() > 0.5
     # segment-aware scoring: segments with enough members are calibrated on their own, per record
-    assert model.segment_calibrators_
+    assert model.segment_calibration_ is not None and model.segment_calibration_.calibrators_
     assert scored["anomaly_score"].is_between(0.0, 1.0).all()
     parts = pl.concat([model.score(new[i : i + 101]) for i in range(0, new.height, 101)])
     assert parts["anomaly_score"].equals(scored["anomaly_score"])
@@ -106,7 +106,7 @@ def test_learner_sees_segment_membership_and_confidence(
 ) -> None:
     import copy
 
-    from segscope.pipeline import finetune
+    from segscope.tuning import finetune
 
     history = segments_history
     plain_matrix, _, _ = segments_model.supervision_matrix(history.head(50))  # off by default (it hurt AUCPR)

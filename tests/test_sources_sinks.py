@@ -1,14 +1,14 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
 import pytest
 
-from segscope.exceptions import SinkError, SourceError
-from segscope.sinks.files import FileSink, ListSink, write_batches
-from segscope.sources.files import count_rows, detect_format, iter_batches, scan_file
+from segscope._io import detect_format
+from segscope.exceptions import SchemaError, SinkError, SourceError
+from segscope.sinks import FileSink, ListSink, write_frame
+from segscope.sources.files import count_rows, iter_batches, scan_file
 
 
 def test_iter_batches_keeps_order_and_bounds(tmp_path: Path) -> None:
@@ -20,24 +20,17 @@ def test_iter_batches_keeps_order_and_bounds(tmp_path: Path) -> None:
     assert count_rows(tmp_path / "f.parquet") == 10_000
 
 
-@pytest.mark.parametrize("ext", ["parquet", "csv", "ndjson"])
-def test_write_batches_round_trip_and_atomic_failure(tmp_path: Path, ext: str) -> None:
-    frame = pl.DataFrame({"a": [1, 2, 3], "b": ["x", "y", "z"]})
-    out = tmp_path / f"out.{ext}"
-    assert write_batches(iter([frame, frame]), frame.schema, out) == 6
-    assert pl.concat([frame, frame]).equals(
-        {"parquet": pl.read_parquet, "csv": pl.read_csv, "ndjson": pl.read_ndjson}[ext](out)
-    )
+def test_a_failing_source_leaves_no_output(tmp_path: Path, files: Path, model) -> None:
+    from segscope.pipeline import score_file
 
-    def failing() -> Iterator[pl.DataFrame]:
-        yield frame
-        raise SourceError("boom")
-
-    out2 = tmp_path / f"failed.{ext}"
-    with pytest.raises(SourceError, match="boom"):
-        write_batches(failing(), frame.schema, out2)
-    assert not out2.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f"out.{ext}"]
+    frame = pl.read_parquet(files / "new.parquet")
+    bad = frame.with_columns(pl.col("amount").cast(pl.String))
+    row = pl.int_range(pl.len()) == 1200
+    bad = bad.with_columns(pl.when(row).then(pl.lit("x")).otherwise("amount").alias("amount"))
+    bad.write_parquet(tmp_path / "bad.parquet")
+    with pytest.raises(SchemaError, match="row 1200"):
+        score_file(model, tmp_path / "bad.parquet", tmp_path / "out.parquet", batch_size=500)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.parquet"]
 
 
 def test_file_sink_is_atomic(tmp_path: Path) -> None:
@@ -68,4 +61,4 @@ def test_errors(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="is a directory"):
         scan_file(tmp_path / "d.parquet")
     with pytest.raises(SinkError, match="does not exist"):
-        write_batches(iter([]), pl.Schema({"a": pl.Int64}), tmp_path / "missing" / "o.parquet")
+        write_frame(pl.DataFrame({"a": [1]}), tmp_path / "missing" / "o.parquet")

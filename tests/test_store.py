@@ -12,15 +12,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from segscope.exceptions import ConfigError
-from segscope.pipeline import Model
-from segscope.queue import QueueMix, parse_mix, select_queue
-from segscope.store import LabelIn, LabelStore, UnknownRecordError
+from segscope.labels import LabelIn, LabelStore, UnknownRecordError
+from segscope.labels.queue import QueueMix, parse_mix, select_queue
+from segscope.model import Model
 
 
 @pytest.fixture
 def store(store_url: str, model: Model, new_records: pl.DataFrame):
     with LabelStore.open(store_url) as opened:
-        opened.add_records(model, model.score(new_records), source="new.parquet")
+        opened.add_records(model.for_review(model.score(new_records)), source="new.parquet")
         yield opened
 
 
@@ -95,7 +95,7 @@ def test_eight_writers_lose_nothing(store: LabelStore) -> None:
 def test_migrations_bring_a_store_to_head(store_url: str) -> None:
     import sqlalchemy as sa
 
-    from segscope.store.labelstore import store_url as full_url
+    from segscope.labels.store import store_url as full_url
 
     LabelStore.open(store_url).close()
     LabelStore.open(store_url).close()  # re-opening is a no-op
@@ -123,11 +123,13 @@ def test_queue_mixes_and_respects_the_daily_budget(store: LabelStore) -> None:
 
 
 def test_rescore_updates_records_to_the_current_model(store: LabelStore, history: pl.DataFrame, config) -> None:
+    from segscope.pipeline import rescore_store
+
     newer = Model(config.model_copy(update={"seed": 7})).fit(history)
-    assert store.rescore(newer) == store.record_count()
+    assert rescore_store(store, newer) == store.record_count()
     versions = {r["model_version"] for r in store.records(_ids(store, 50)).values()}
     assert versions == {newer.version}
-    assert store.rescore(newer) == 0
+    assert rescore_store(store, newer) == 0
 
 
 @settings(max_examples=60, deadline=None)

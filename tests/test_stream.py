@@ -17,6 +17,7 @@ from segscope.testing.data import make_transactions
 from tests.kafka_helpers import (
     broker,
     consume_all,
+    consume_dead_letters,
     count,
     create_topic,
     free_port,
@@ -70,7 +71,8 @@ def test_scores_every_record_and_dead_letters_poison(kafka_bootstrap: str, strea
     )
     _, err = proc.communicate(timeout=180)
     assert proc.returncode == 0, err
-    out, dlq, alerts = (consume_all(kafka_bootstrap, t[k]) for k in ("out", "dlq", "alerts"))
+    out, alerts = (consume_all(kafka_bootstrap, t[k]) for k in ("out", "alerts"))
+    dlq = consume_dead_letters(kafka_bootstrap, t["dlq"])
     assert len(out) + len(dlq) == sent  # count in = count out + count dead-lettered
     assert len(dlq) == 250
     reasons = Counter(d["reason"].split(":")[0].split(" (")[0] for d in dlq)
@@ -78,7 +80,11 @@ def test_scores_every_record_and_dead_letters_poison(kafka_bootstrap: str, strea
     assert reasons["missing field 'amount'"] == 50
     assert sum(v for k, v in reasons.items() if k.startswith("field 'n_txn_24h' must be a number")) == 50
     assert sum(v for k, v in reasons.items() if k.startswith("message of")) == 50
-    assert all({"topic", "partition", "offset", "original"} <= set(d) for d in dlq)
+    assert all({"topic", "partition", "offset", "length", "sha256", "tombstone"} <= set(d) for d in dlq)
+    # the original bytes, unchanged (oversized ones cut at 64 KiB, with their full length and hash)
+    assert all(d["value"] == b'{"amount": 3,' for d in dlq if d["reason"].startswith("invalid JSON"))
+    big = [d for d in dlq if d["reason"].startswith("message of")]
+    assert all(len(d["value"]) == 65_536 and d["truncated"] == "true" and int(d["length"]) > 70_000 for d in big)
     assert {r["txn_id"] for r in out} == {json.loads(v)["txn_id"] for v in good}
     assert set(SCORED_COLUMNS) | {"id"} <= set(out[0])
     assert len(alerts) == sum(r["is_alert"] for r in out) and all(a["is_alert"] for a in alerts)
@@ -183,8 +189,8 @@ def test_two_consumers_share_partitions_and_survive_a_rebalance(kafka_bootstrap:
 
 
 def test_hot_swap_to_a_promoted_version(kafka_bootstrap: str, tmp_path: Path, history: pl.DataFrame, config) -> None:
-    from segscope.pipeline import finetune
-    from segscope.supervised.labels import normalise_labels
+    from segscope.labels.parse import normalise_labels
+    from segscope.tuning import finetune
 
     base = Model(config).fit(history)
     base.save(tmp_path / "reg")
@@ -224,7 +230,7 @@ def test_missing_bundle_fails_at_start_up(kafka_bootstrap: str, tmp_path: Path) 
 def test_store_keeps_alerts_and_the_labels_topic_feeds_it(
     kafka_bootstrap: str, stream_bundle: Path, tmp_path: Path
 ) -> None:
-    from segscope.store import LabelStore
+    from segscope.labels import LabelStore
 
     t = _topics("store")
     labels_topic = "store.labels"
@@ -265,6 +271,62 @@ def test_store_keeps_alerts_and_the_labels_topic_feeds_it(
         (chosen[1], "normal", "bob", "kafka"),
         (chosen[2], "anomaly", "ann", "kafka"),
     }
-    letters = consume_all(kafka_bootstrap, f"{labels_topic}.dlq")
+    letters = consume_dead_letters(kafka_bootstrap, f"{labels_topic}.dlq")
     reasons = sorted(letter["reason"].split(":")[0] for letter in letters)
     assert reasons == ["not a label", "unknown record id 'no-such-record'"]
+
+
+def test_kafka_source_and_sink_contracts(kafka_bootstrap: str, stream_bundle: Path) -> None:
+    """The Kafka source yields every message once (rows or dead letters, ids and keys aligned) and, once committed,
+    never again to its group; the Kafka sink writes all or, aborted, nothing, and keeps keys and headers."""
+    from segscope.sinks.kafka import KafkaSink
+    from segscope.sources.kafka import KafkaSource
+
+    model = Model.load(stream_bundle)
+    t = _topics("contract")
+    create_topic(kafka_bootstrap, t["in"])
+    good = records(make_transactions(3000, seed=31).drop("is_fraud"))
+    produce(kafka_bootstrap, t["in"], [*good, b"not json"], keys=[f"k{i}".encode() for i in range(3001)])
+
+    def source() -> KafkaSource:
+        opened = KafkaSource(
+            bootstrap=kafka_bootstrap, topic=t["in"], group="g-contract", schema=model.preparer_.schema_, batch_size=700
+        )
+        opened.open()
+        return opened
+
+    first = source()
+    batches = []
+    deadline = time.monotonic() + 60
+    while sum(b.size for b in batches) < 3001 and time.monotonic() < deadline:
+        batch = first.poll()
+        if batch is not None:
+            assert batch.size <= 700
+            assert len(batch.ids) == len(batch.keys) == len(batch.records) == batch.frame.height
+            batches.append(batch)
+            first.commit(batch)
+    first.close()
+    assert sum(b.frame.height for b in batches) == 3000 and sum(len(b.dead) for b in batches) == 1
+    assert {i for b in batches for i in b.ids} == {json.loads(v)["txn_id"] for v in good}
+    again = source()
+    assert all(again.poll(timeout_ms=1000) is None for _ in range(3))  # committed: nothing comes back
+    again.close()
+
+    sink = KafkaSink(bootstrap=kafka_bootstrap, topic=t["out"], dead_letter_topic=t["dlq"], alerts_topic=t["alerts"])
+    sink.open()
+    batch = batches[0]
+    sink.write(model.score(batch.frame), batch)
+    sink.abort()  # queued, never flushed: nothing reaches the topic
+    assert count(kafka_bootstrap, t["out"]) == 0
+    sink = KafkaSink(bootstrap=kafka_bootstrap, topic=t["out"], dead_letter_topic=t["dlq"])
+    sink.open()
+    for batch in batches:
+        sink.write(model.score(batch.frame), batch)
+        sink.dead_letters(batch.dead)
+    sink.flush()
+    sink.close()
+    out = consume_all(kafka_bootstrap, t["out"])
+    assert sorted(r["id"] for r in out) == sorted(i for b in batches for i in b.ids)
+    assert set(SCORED_COLUMNS) <= set(out[0])
+    (letter,) = consume_dead_letters(kafka_bootstrap, t["dlq"])
+    assert letter["value"] == b"not json" and letter["key"] == b"k3000" and letter["tombstone"] == "false"

@@ -11,10 +11,10 @@ from sklearn.metrics import average_precision_score
 
 from segscope import Model
 from segscope.config import SegscopeConfig
-from segscope.pipeline import finetune
-from segscope.supervised.labels import normalise_labels
+from segscope.labels.parse import normalise_labels
 from segscope.supervised.nn import TorchLearner
 from segscope.testing.data import make_transactions
+from segscope.tuning import finetune
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ import polars as pl
 import pytest
 from fastapi.testclient import TestClient
 
-from segscope.pipeline import Model
-from segscope.store import LabelStore
+from segscope.labels import LabelStore
+from segscope.model import Model
 from segscope.web import create_app
 from tests.browser import ARTIFACTS, chromium
 from tests.kafka_helpers import free_port
@@ -44,7 +44,7 @@ def store(tmp_path: Path, model: Model, new_records: pl.DataFrame):
         .alias("merchant_category")
     )
     with LabelStore.open(tmp_path / "labels.db") as opened:
-        opened.add_records(model, model.score(records), source="new.parquet")
+        opened.add_records(model.for_review(model.score(records)), source="new.parquet")
         yield opened
 
 

@@ -20,10 +20,13 @@ from segscope.exceptions import (
     NotFittedError,
     SchemaError,
     SegscopeError,
+    SegscopeWarning,
     SinkError,
     SourceError,
 )
-from segscope.pipeline import SCORED_COLUMNS, Model, evaluate_file, fit_file, score_file
+from segscope.model import Model
+from segscope.pipeline import evaluate_file, fit_file, score_file
+from segscope.schema import SCORED_COLUMNS
 
 __version__ = "0.1.0"
 
@@ -38,6 +41,7 @@ __all__ = [
     "SchemaError",
     "SegscopeConfig",
     "SegscopeError",
+    "SegscopeWarning",
     "SinkError",
     "SourceError",
     "__version__",

@@ -13,7 +13,6 @@ Writing goes to a temporary sibling folder that is renamed into place, so a cras
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -26,28 +25,13 @@ from typing import Any
 
 import numpy as np
 
+from segscope._io import fsync_write, publish, sha256_file
 from segscope.exceptions import BundleError
-from segscope.sinks.files import publish
 
 __all__ = ["FORMAT_VERSION", "BundleReader", "is_version_name", "write_bundle"]
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _fsync_write(path: Path, data: bytes) -> None:
-    with path.open("wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 def write_bundle(
@@ -69,26 +53,26 @@ def write_bundle(
     try:
         files: dict[str, str] = {}
         for name, payload in json_files.items():
-            _fsync_write(tmp / name, json.dumps(payload, indent=1, sort_keys=True).encode())
+            fsync_write(tmp / name, json.dumps(payload, indent=1, sort_keys=True).encode())
         (tmp / "arrays").mkdir()
         for part, values in arrays.items():
             path = tmp / "arrays" / f"{part}.npz"
             with path.open("wb") as fh:
                 np.savez(fh, allow_pickle=False, **values)
         for part, blob in (pickles or {}).items():
-            _fsync_write(tmp / "arrays" / f"{part}.pkl", blob)
+            fsync_write(tmp / "arrays" / f"{part}.pkl", blob)
         for rel, blob in (raw_files or {}).items():  # native formats (e.g. XGBoost JSON)
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            _fsync_write(tmp / rel, blob)
+            fsync_write(tmp / rel, blob)
         for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
-            files[path.relative_to(tmp).as_posix()] = _sha256(path)
+            files[path.relative_to(tmp).as_posix()] = sha256_file(path)
         full = {
             **manifest,
             "format_version": FORMAT_VERSION,
             "files": files,
             "executes_code": sorted(f"arrays/{p}.pkl" for p in (pickles or {})),
         }
-        _fsync_write(tmp / MANIFEST, json.dumps(full, indent=1, sort_keys=True).encode())
+        fsync_write(tmp / MANIFEST, json.dumps(full, indent=1, sort_keys=True).encode())
         old = None
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=parent))
@@ -221,7 +205,7 @@ class BundleReader:
             if not file.resolve().is_relative_to(root):
                 raise self._fail(f"{rel} resolves outside the bundle folder")
             try:
-                actual = _sha256(file)
+                actual = sha256_file(file)
             except OSError as exc:
                 raise self._fail(f"cannot read {rel} ({exc.strerror})", "check the folder's permissions") from None
             if actual != expected:
@@ -265,8 +249,3 @@ class BundleReader:
         if not self.trusted:  # open() already refused; never hand out a pickle from an untrusted bundle
             raise BundleError("refusing to read a pickle from an untrusted bundle; pass --trust-bundle")
         return self._listed(rel).read_bytes()
-
-
-def fingerprint_file(path: str | Path) -> str:
-    """sha256 of a data file's bytes: the training-data fingerprint."""
-    return _sha256(Path(path))

@@ -30,9 +30,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from segscope._io import publish, write_text_atomic
 from segscope.bundle import MANIFEST, is_version_name
 from segscope.exceptions import BundleError
-from segscope.sinks.files import publish, write_text_atomic
 
 __all__ = [
     "PromotionConflictError",

@@ -16,13 +16,14 @@ import numpy as np
 import polars as pl
 
 from segscope._deps import require
+from segscope._io import write_text_atomic
 from segscope.exceptions import ConfigError, DataError, SchemaError
-from segscope.sinks.files import write_text_atomic
+from segscope.labels.parse import label_values
 from segscope.sources.files import count_rows, sample_rows
-from segscope.supervised.labels import label_values
+from segscope.unsupervised.profiles import card_view
 
 if TYPE_CHECKING:
-    from segscope.pipeline import Model
+    from segscope.model import Model
 
 __all__ = ["ReportData", "build_report", "load_report_data", "write_report"]
 
@@ -282,27 +283,25 @@ def _profile_cards(model: Model, data: ReportData | None) -> str:
         for seg, n, rate in data.scored.group_by("segment").agg(pl.len(), pl.col("is_alert").mean()).iter_rows():
             live[int(seg)] = (int(n), float(rate))
     cards = []
-    for card in model.segment_profiles_ or []:
-        seg = card["segment"]
-        name = "noise" if seg < 0 else f"segment {seg}"
-        rate = card["anomaly_rate"]
-        facts = f"{card['size']:,} fit rows ({card['share']:.1%})"
-        if rate is not None:
-            facts += f", alert rate at fit {rate:.1%}"
-        if seg in live:
-            facts += f"; in this data {live[seg][0]:,} rows, alert rate {live[seg][1]:.1%}"
+    for view in map(card_view, model.segment_profiles_ or []):
+        facts = f"{view.size:,} fit rows ({view.share:.1%})"
+        if view.anomaly_rate is not None:
+            facts += f", alert rate at fit {view.anomaly_rate:.1%}"
+        if view.segment in live:
+            facts += f"; in this data {live[view.segment][0]:,} rows, alert rate {live[view.segment][1]:.1%}"
         rows = "".join(
             "<tr><td>{f}</td><td class='bar'><span style='width:{w}%;background:{c}'></span>{e:+.2f}</td>"
             "<td>{t}</td><td>{o}</td></tr>".format(
-                f=html.escape(d["feature"]),
-                w=min(100, abs(d["effect_size"]) * 25),
-                c="#2ca02c" if d["effect_size"] > 0 else "#9467bd",
-                e=d["effect_size"],
-                t=html.escape(str(card.get("typical_values", {}).get(d["feature"], d["typical"]))),
-                o=html.escape(str(d["expected_overall"])),
+                f=html.escape(feature),
+                w=min(100, abs(effect) * 25),
+                c="#2ca02c" if effect > 0 else "#9467bd",
+                e=effect,
+                t=html.escape(typical),
+                o=html.escape(overall),
             )
-            for d in card["distinguishing"]
+            for feature, effect, typical, overall in view.distinguishing
         )
+        name = view.name
         cards.append(
             f"<div class='card'><h3>{html.escape(name)}</h3><p>{html.escape(facts)}</p>"
             "<table><tr><th>feature</th><th>effect size</th><th>typical here</th><th>overall</th></tr>"

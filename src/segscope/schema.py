@@ -1,4 +1,5 @@
-"""The feature schema: which input columns a model needs, of which kind, and a hash that pins it."""
+"""Data contracts: the feature schema (which input columns a model needs, of which kind, and a hash that pins it)
+and the columns every scored record gains."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ import polars as pl
 
 from segscope._typing import FeatureKind
 
-__all__ = ["ColumnSpec", "FeatureSchema", "infer_kind"]
+__all__ = ["SCORED_COLUMNS", "ColumnSpec", "FeatureSchema", "infer_kind"]
+
+#: Columns every scored frame gains, in this order (the README's "What a scored record holds").
+SCORED_COLUMNS = ("score", "anomaly_score", "supervised_score", "is_alert", "segment", "reasons", "model_version")
 
 _NUMERIC = (
     pl.Float32,

@@ -283,6 +283,17 @@ class FeaturePreparer:
         matrix = frame.select(self.feature_exprs()).to_numpy()
         return np.ascontiguousarray(matrix, dtype=np.float64)
 
+    def describe_columns(self) -> list[tuple[str, str, str, str, str]]:
+        """Per input column: (name, kind, dtype at fit, its features, their expected values), for people."""
+        self._check_fitted()
+        rows: list[tuple[str, str, str, str, str]] = []
+        for spec in self.schema_.columns:
+            feats = [f for f in self.schema_.features if self.source_column_[f] == spec.name]
+            rows.append(
+                (spec.name, spec.kind, spec.dtype, ", ".join(feats), ", ".join(self.expected_[f] for f in feats))
+            )
+        return rows
+
     # --------------------------------------------------------- persistence
     def to_state(self) -> dict[str, Any]:
         self._check_fitted()

@@ -1,34 +1,27 @@
-"""Write scored frames to Parquet, CSV or NDJSON atomically (temporary file, then rename)."""
+"""Scored frames to a Parquet, CSV or NDJSON file (the format by extension), written to a temporary file that is
+renamed into place only when complete; or NDJSON to standard output (``-``)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Protocol, Self
+from typing import Any, Self
 
 import polars as pl
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from segscope.exceptions import SegscopeError, SinkError
-from segscope.sources.files import detect_format
+from segscope._io import detect_format, publish
+from segscope.exceptions import SinkError
+from segscope.sinks.base import Sink
+from segscope.sources.base import Batch
 
-__all__ = ["FileSink", "ListSink", "Sink", "open_sink", "publish", "write_batches", "write_text_atomic"]
-
-
-class Sink(Protocol):
-    """A sink takes frames with ``write`` and finishes with ``close`` (or ``abort`` on failure)."""
-
-    def write(self, frame: pl.DataFrame) -> None: ...
-
-    def close(self) -> None: ...
-
-    def abort(self) -> None: ...
+__all__ = ["FileSink", "StdoutSink", "open_sink", "write_frame"]
 
 
 def _flatten_nested(frame: pl.DataFrame) -> pl.DataFrame:
@@ -70,56 +63,106 @@ def _temporary_beside(path: Path) -> tuple[int, str]:
         raise SinkError(f"{path}: cannot write in {parent} ({reason}); choose a folder you can write to") from None
 
 
+class _Stop(Exception):
+    """Raised into the writer's frame stream by ``abort``."""
+
+
 class FileSink:
-    """Append frames to one output file; the file appears (by rename) only when ``close`` succeeds."""
+    """Append frames to one output file; the file appears (by rename) only when ``close`` succeeds.
+
+    Frames are written by Polars' own streaming writers (``sink_parquet``/``sink_csv``/``sink_ndjson``, fed from
+    a queue in a writer thread), so every Polars type is written as Polars writes it, memory stays bounded by a
+    couple of frames, and scoring the next batch overlaps writing this one.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
 
-    def _open(self) -> None:
+    def _open(self, schema: pl.Schema) -> None:
+        from polars.io.plugins import register_io_source
+
         self.format_ = detect_format(self.path)
         fd, tmp = _temporary_beside(self.path)
+        os.close(fd)
         self.tmp_path_ = Path(tmp)
-        self.handle_: IO[bytes] = os.fdopen(fd, "wb")
-        self.parquet_writer_: pq.ParquetWriter | None = None
-        self.rows_ = 0
+        nested = self.format_ == "csv"  # CSV cannot hold lists or structs: they become JSON text
+        nested_types = pl.List | pl.Struct | pl.Array
+        flattened = {n: pl.String() for n, t in schema.items() if nested and isinstance(t, nested_types)}
+        self.schema_ = pl.Schema({n: flattened.get(n, t) for n, t in schema.items()})
+        self.queue_: queue.Queue[pl.DataFrame | _Stop | None] = queue.Queue(maxsize=2)
+        self.error_: BaseException | None = None
 
-    def write(self, frame: pl.DataFrame) -> None:
-        if not hasattr(self, "handle_"):
-            self._open()
+        def frames(*_: Any) -> Iterator[pl.DataFrame]:
+            while True:
+                item = self.queue_.get()
+                if item is None:
+                    return
+                if isinstance(item, _Stop):
+                    raise item
+                yield _flatten_nested(item) if nested else item
+
+        lazy = register_io_source(frames, schema=self.schema_)
+        self.thread_ = threading.Thread(target=self._run, args=(lazy,), name="segscope-writer", daemon=True)
+        self.thread_.start()
+
+    def _run(self, lazy: pl.LazyFrame) -> None:
         try:
             if self.format_ == "parquet":
-                table = frame.to_arrow()
-                if self.parquet_writer_ is None:
-                    self.parquet_writer_ = pq.ParquetWriter(self.handle_, table.schema, compression="zstd")
-                self.parquet_writer_.write_table(table.cast(self.parquet_writer_.schema))
+                lazy.sink_parquet(self.tmp_path_, compression="zstd", compression_level=1)  # level 1: same size, faster
             elif self.format_ == "csv":
-                _flatten_nested(frame).write_csv(self.handle_, include_header=self.rows_ == 0)
+                lazy.sink_csv(self.tmp_path_)
             else:
-                frame.write_ndjson(self.handle_)
-        except (OSError, pa.ArrowException, pl.exceptions.PolarsError) as exc:
-            self.abort()
-            raise SinkError(f"{self.path}: cannot write output ({exc}); check disk space and permissions") from None
-        self.rows_ += frame.height
+                lazy.sink_ndjson(self.tmp_path_)
+        except BaseException as exc:  # reported by write/close in the caller's thread
+            self.error_ = exc
+            while True:  # let a caller blocked on a full queue go on
+                try:
+                    self.queue_.get_nowait()
+                except queue.Empty:
+                    break
 
-    def close(self) -> None:
-        if not hasattr(self, "handle_"):
-            self._open()  # no rows at all: still produce a valid (empty) file
-        if self.parquet_writer_ is not None:
-            self.parquet_writer_.close()
-        self.handle_.flush()
-        os.fsync(self.handle_.fileno())
-        self.handle_.close()
-        publish(self.tmp_path_, self.path)
+    def _raise_if_failed(self) -> None:
+        if self.error_ is not None and not isinstance(self.error_, _Stop):
+            error = self.error_
+            self.abort()
+            reason = getattr(error, "strerror", None) or " ".join(str(error).split())[:200]
+            raise SinkError(f"{self.path}: cannot write output ({reason}); check disk space and permissions")
+
+    def write(self, frame: pl.DataFrame, batch: Batch | None = None) -> None:
+        if not hasattr(self, "queue_"):
+            self._open(frame.schema)
+        self._raise_if_failed()
+        self._put(frame)
+
+    def _put(self, item: pl.DataFrame | _Stop | None) -> None:
+        """Hand ``item`` to the writer, unless it stopped (then its error is raised by the caller's check)."""
+        while self.thread_.is_alive():
+            try:
+                self.queue_.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def flush(self) -> None:
+        self._raise_if_failed()
+
+    def close(self, schema: pl.Schema | None = None) -> None:
+        """Finish the file and rename it into place. With no rows written, an empty file of ``schema``."""
+        if not hasattr(self, "queue_"):
+            self._open(schema if schema is not None else pl.Schema())
+        self._put(None)
+        self.thread_.join()
+        self._raise_if_failed()
+        try:
+            publish(self.tmp_path_, self.path)
+        except OSError as exc:
+            self.abort()
+            raise SinkError(f"{self.path}: cannot write output ({exc.strerror or exc}); check disk space") from None
 
     def abort(self) -> None:
-        if hasattr(self, "handle_"):
-            if self.parquet_writer_ is not None:
-                with contextlib.suppress(Exception):
-                    self.parquet_writer_.close()
-                self.parquet_writer_ = None
-            with contextlib.suppress(OSError):
-                self.handle_.close()
+        if hasattr(self, "queue_"):
+            self._put(_Stop())
+            self.thread_.join()
             with contextlib.suppress(OSError):
                 self.tmp_path_.unlink()
 
@@ -136,12 +179,15 @@ class FileSink:
 
 
 class StdoutSink:
-    """NDJSON to standard output (``--out -``)."""
+    """NDJSON to standard output (``--out -``); it streams: what was written stays written."""
 
-    def write(self, frame: pl.DataFrame) -> None:
+    def write(self, frame: pl.DataFrame, batch: Batch | None = None) -> None:
         sys.stdout.write(frame.write_ndjson())
         sys.stdout.flush()
 
+    def flush(self) -> None:
+        sys.stdout.flush()
+
     def close(self) -> None:
         sys.stdout.flush()
 
@@ -149,102 +195,6 @@ class StdoutSink:
         sys.stdout.flush()
 
 
-class ListSink:
-    """Collects frames in memory; for tests and notebooks."""
-
-    def __init__(self) -> None:
-        self.frames: list[pl.DataFrame] = []
-        self.closed = False
-
-    def write(self, frame: pl.DataFrame) -> None:
-        self.frames.append(frame)
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.frames.clear()
-
-    def frame(self) -> pl.DataFrame:
-        return pl.concat(self.frames, how="vertical") if self.frames else pl.DataFrame()
-
-
-# read once at import (setting the umask to read it is not thread-safe)
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
-
-
-def publish(tmp: str | Path, path: str | Path) -> None:
-    """Rename a finished temporary file or folder into place, with the permissions a plain create would give
-    (mkstemp/mkdtemp make them private)."""
-    os.chmod(tmp, (0o777 if Path(tmp).is_dir() else 0o666) & ~_UMASK)
-    os.replace(tmp, path)
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write a text file whole or not at all (temporary sibling, fsync, rename)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        publish(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def write_batches(batches: Iterator[pl.DataFrame], schema: pl.Schema, path: str | Path) -> int:
-    """Stream ``batches`` (all with ``schema``) into one file with Polars' own writers, atomically.
-
-    The batches feed a lazy Polars source that is sunk to a temporary file in the target folder, renamed into
-    place only when every batch was written; memory stays bounded by a batch.
-    """
-    from polars.io.plugins import register_io_source
-
-    path = Path(path)
-    fmt = detect_format(path)
-    fd, tmp_name = _temporary_beside(path)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    nested = fmt == "csv"
-    out_schema = pl.Schema(
-        {n: (pl.String() if nested and isinstance(t, pl.List | pl.Struct | pl.Array) else t) for n, t in schema.items()}
-    )
-    rows = 0
-
-    def source(
-        with_columns: list[str] | None, predicate: pl.Expr | None, n_rows: int | None, batch_size: int | None
-    ) -> Iterator[pl.DataFrame]:
-        nonlocal rows
-        for frame in batches:
-            rows += frame.height
-            yield _flatten_nested(frame) if nested else frame
-
-    lazy = register_io_source(source, schema=out_schema)
-    try:
-        if fmt == "parquet":
-            lazy.sink_parquet(tmp, compression="zstd", compression_level=1)  # level 1: same size here, 30% faster
-        elif fmt == "csv":
-            lazy.sink_csv(tmp)
-        else:
-            lazy.sink_ndjson(tmp)
-        publish(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if isinstance(exc, SegscopeError):  # a source's or a check's own error, raised through the writer
-            raise
-        reason = exc.strerror or exc
-        raise SinkError(f"{path}: cannot write output ({reason}); check disk space and permissions") from None
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    return rows
 
 
 def open_sink(target: str | Path) -> Sink:
@@ -253,3 +203,9 @@ def open_sink(target: str | Path) -> Sink:
         return StdoutSink()
     detect_format(target)  # fail before any work on an unknown extension
     return FileSink(target)
+
+
+def write_frame(frame: pl.DataFrame, path: str | Path) -> None:
+    """Write one frame to ``path`` (format by extension), whole or not at all."""
+    with FileSink(path) as sink:
+        sink.write(frame)

@@ -8,40 +8,24 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from segscope._typing import FileFormat
+from segscope._io import detect_format
 from segscope.exceptions import DataError, SourceError
+from segscope.sources.base import Batch
 
 __all__ = [
+    "CSV_INFER_ROWS",
+    "FileSource",
     "check_csv",
     "check_unique_ids",
     "count_rows",
-    "detect_format",
     "iter_batches",
     "read_file",
     "sample_rows",
     "scan_file",
 ]
 
-_EXTENSIONS: dict[str, FileFormat] = {
-    ".parquet": "parquet",
-    ".pq": "parquet",
-    ".csv": "csv",
-    ".ndjson": "ndjson",
-    ".jsonl": "ndjson",
-}
-
 #: CSV type inference looks at this many rows; a column that changes type later is reported clearly.
 CSV_INFER_ROWS = 50_000
-
-
-def detect_format(path: str | Path) -> FileFormat:
-    """Return the file format implied by the extension of ``path``."""
-    suffix = Path(path).suffix.lower()
-    try:
-        return _EXTENSIONS[suffix]
-    except KeyError:
-        known = ", ".join(sorted(_EXTENSIONS))
-        raise SourceError(f"{path}: unknown file extension '{suffix or '(none)'}'; use one of {known}") from None
 
 
 def _describe(exc: Exception) -> str:
@@ -214,3 +198,30 @@ def check_unique_ids(path: str | Path, id_column: str) -> None:
             f"{int((dups[id_column] == value).sum())} times, first at row {dups['__row'][0]}); ids must be unique: "
             "de-duplicate the input or choose another --id-column"
         )
+
+
+class FileSource:
+    """A Parquet, CSV or NDJSON file read lazily in batches of at most ``batch_size`` rows (bounded memory)."""
+
+    def __init__(self, path: str | Path, *, batch_size: int = 200_000) -> None:
+        self.path = Path(path)
+        self.batch_size = batch_size
+
+    @property
+    def schema(self) -> pl.Schema:
+        return scan_file(self.path).collect_schema()
+
+    def open(self) -> None:
+        scan_file(self.path)  # a missing, empty or unreadable file fails here, before any work
+
+    def iter_batches(self) -> Iterator[Batch]:
+        start = 0
+        for frame in iter_batches(self.path, batch_size=self.batch_size):
+            yield Batch(frame, start=start)
+            start += frame.height
+
+    def commit(self, batch: Batch) -> None:
+        return None
+
+    def close(self) -> None:
+        return None

@@ -78,8 +78,16 @@ class TorchLearner(StoresParams):
         head = nn.Linear(self.latent, 1)
         return encoder, decoder, head
 
-    def _standardise(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(np.clip((x - self.mean_) / self.std_, -10.0, 10.0), dtype=np.float32)
+    def _standardise(self, x: np.ndarray, dtype: type = np.float32) -> np.ndarray:
+        return np.asarray(np.clip((x - self.mean_) / self.std_, -10.0, 10.0), dtype=dtype)
+
+    def _freeze(self) -> None:
+        """A float64 copy of the fitted network for scoring: float32 matrix products are summed in an order that
+        depends on the batch's size, so a record's score would move in the 7th digit with its batch-mates."""
+        import copy
+
+        torch = self._torch()
+        self.scorer_ = torch.nn.Sequential(copy.deepcopy(self.encoder_), copy.deepcopy(self.head_)).double().eval()
 
     def _report(self, phase: str, done: int, total: int) -> None:
         if self.progress is not None:
@@ -152,6 +160,7 @@ class TorchLearner(StoresParams):
                 self._report("fine-tuning", step + 1, self.finetune_steps)
         self.sigma_ = float(sigma)
         self.mu_ = float(mu)
+        self._freeze()
         return self
 
     def predict_raw(self, x: np.ndarray) -> np.ndarray:
@@ -159,10 +168,10 @@ class TorchLearner(StoresParams):
             raise NotFittedError("TorchLearner is not fitted; call fit first")
         torch = self._torch()
         with torch.no_grad():
-            data = torch.from_numpy(self._standardise(x))
-            dev = (self.head_(self.encoder_(data)).squeeze(1) - self.mu_) / self.sigma_
+            data = torch.from_numpy(self._standardise(x, np.float64))
+            dev = (self.scorer_(data).squeeze(1) - self.mu_) / self.sigma_
         # the deviation is a logit: FineTuned takes logit(predict_raw) back to it
-        return np.asarray(torch.sigmoid(dev).double().numpy())
+        return np.asarray(torch.sigmoid(dev).numpy())
 
     # ------------------------------------------------------------ persist
     def artifact(self) -> tuple[str, bytes]:
@@ -187,3 +196,4 @@ class TorchLearner(StoresParams):
 
     def load_artifact(self, blob: bytes) -> None:
         self._load_bytes(blob)
+        self._freeze()

@@ -335,21 +335,21 @@ class KNNDetector(Detector):
         self.reference_ = x[rows]
         k = min(self.n_neighbors, self.reference_.shape[0] - 1)
         self.k_ = max(k, 1)
+        self._build_tree()
         # fit rows that are in the reference must not count themselves: query k+1 and drop the zero distance
-        dist, _ = self._tree().query(x, k=min(self.k_ + 1, self.reference_.shape[0]))
+        dist, _ = self.tree_.query(x, k=min(self.k_ + 1, self.reference_.shape[0]))
         in_ref = np.zeros(x.shape[0], dtype=bool)
         in_ref[rows] = True
         self.reference_scores_ = np.where(in_ref, dist[:, -1], dist[:, self.k_ - 1])
 
-    def _tree(self) -> Any:
-        if not hasattr(self, "tree_"):
-            from sklearn.neighbors import KDTree
+    def _build_tree(self) -> None:
+        """The search index over the reference, built at fit and load (never while scoring)."""
+        from sklearn.neighbors import KDTree
 
-            self.tree_ = KDTree(self.reference_)
-        return self.tree_
+        self.tree_ = KDTree(self.reference_)
 
     def _score(self, x: np.ndarray) -> np.ndarray:
-        dist, _ = self._tree().query(x, k=self.k_)
+        dist, _ = self.tree_.query(x, k=self.k_)
         return np.asarray(dist[:, -1])
 
     def state(self) -> dict[str, np.ndarray]:
@@ -357,6 +357,7 @@ class KNNDetector(Detector):
 
     def load_state(self, arrays: dict[str, np.ndarray], *, pickled: bytes | None = None) -> None:
         self.reference_ = np.ascontiguousarray(arrays["reference"])
+        self._build_tree()
         self.k_ = int(arrays["k"][0])
         self.reference_scores_ = arrays["reference_scores"]
         self.n_features_ = self.reference_.shape[1]

@@ -13,10 +13,11 @@ import numpy as np
 
 from segscope._typing import CombineMethod
 from segscope.exceptions import NotFittedError
+from segscope.unsupervised._kernels import ECDFTable
 from segscope.unsupervised.calibrate import ReferenceCalibrator
-from segscope.unsupervised.detect import Detector
+from segscope.unsupervised.detect import Detector, ECODDetector
 
-__all__ = ["AnomalyEnsemble"]
+__all__ = ["AnomalyEnsemble", "SegmentCalibration"]
 
 
 class AnomalyEnsemble:
@@ -37,6 +38,10 @@ class AnomalyEnsemble:
         self.final_ = ReferenceCalibrator().fit(self._combine(reference))
         self.reference_scores_ = self.final_.probability(self._combine(reference))
         return self
+
+    def combine_surprisal(self, surprisal: np.ndarray) -> np.ndarray:
+        """Combine per-detector surprisals (rows x detectors) into one raw ensemble score per row."""
+        return self._combine(surprisal)
 
     def _combine(self, surprisal: np.ndarray) -> np.ndarray:
         if self.combine == "max":
@@ -68,3 +73,87 @@ class AnomalyEnsemble:
         surprisal = self.detector_surprisal(x, raw)
         final = self.final_.surprisal(self._combine(surprisal))
         return np.asarray(-np.expm1(-final)), np.column_stack([surprisal, final])
+
+    # ------------------------------------------------------------------ shared ECDF
+    def ecod_index(self) -> int | None:
+        """Index of the ECOD detector, whose ECDF look-ups the reasons can share (one fused pass)."""
+        return next((i for i, d in enumerate(self.detectors) if isinstance(d, ECODDetector)), None)
+
+    def _ecod(self) -> ECODDetector | None:
+        index = self.ecod_index()
+        detector = self.detectors[index] if index is not None else None
+        return detector if isinstance(detector, ECODDetector) else None
+
+    def shared_ecdf(self) -> ECDFTable | None:
+        ecod = self._ecod()
+        return ecod.ecdf_ if ecod is not None else None
+
+    def ecod_skew(self) -> np.ndarray | None:
+        ecod = self._ecod()
+        return ecod.skew_sign_ if ecod is not None else None
+
+    # ------------------------------------------------------------------ persistence
+    def state(self) -> dict[str, np.ndarray]:
+        """The calibrators (one per detector, then the ensemble's) and the reference scores, as arrays; each
+        detector stores its own state."""
+        out: dict[str, np.ndarray] = {}
+        for i, cal in enumerate([*self.calibrators_, self.final_]):
+            out.update({f"{i}_{key}": value for key, value in cal.state().items()})
+        out["reference_scores"] = self.reference_scores_
+        return out
+
+    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
+        """Restore what :meth:`state` wrote (the detectors must be loaded already)."""
+        calibrators = [
+            ReferenceCalibrator.from_state(_unpack(arrays, str(i))) for i in range(len(self.detectors) + 1)
+        ]
+        self.calibrators_, self.final_ = calibrators[:-1], calibrators[-1]
+        self.reference_scores_ = arrays["reference_scores"]
+
+
+def _unpack(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    return {k.split("_", 1)[1]: v for k, v in arrays.items() if k.split("_", 1)[0] == prefix}
+
+
+class SegmentCalibration:
+    """Segment-aware scoring: the ensemble's combined score calibrated against each segment's own members (segments
+    with fewer than ``min_size`` members, and noise, keep the global calibration)."""
+
+    def __init__(self, *, min_size: int = 50) -> None:
+        self.min_size = min_size
+
+    def fit(self, ensemble: AnomalyEnsemble, x: np.ndarray, segments: np.ndarray) -> SegmentCalibration:
+        combined = ensemble.combine_surprisal(ensemble.detector_surprisal(x))
+        self.calibrators_ = {
+            int(seg): ReferenceCalibrator().fit(combined[segments == seg])
+            for seg in np.unique(segments)
+            if seg >= 0 and (segments == seg).sum() >= self.min_size
+        }
+        return self
+
+    def apply(
+        self, ensemble: AnomalyEnsemble, segments: np.ndarray, anomaly: np.ndarray, parts: np.ndarray
+    ) -> np.ndarray:
+        """``anomaly_score`` with members of calibrated segments re-scored; ``parts``' last column (the
+        ensemble surprisal the learner sees) is updated in place to match."""
+        if not self.calibrators_:
+            return anomaly
+        combined = ensemble.combine_surprisal(parts[:, :-1])
+        anomaly = anomaly.copy()
+        for seg, calibrator in self.calibrators_.items():
+            rows = segments == seg
+            if rows.any():
+                surprisal = calibrator.surprisal(combined[rows])
+                parts[rows, -1] = surprisal
+                anomaly[rows] = -np.expm1(-surprisal)
+        return anomaly
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {f"{seg}_{key}": value for seg, cal in self.calibrators_.items() for key, value in cal.state().items()}
+
+    @classmethod
+    def from_state(cls, arrays: dict[str, np.ndarray]) -> SegmentCalibration:
+        out = cls()
+        segments = sorted({int(k.split("_", 1)[0]) for k in arrays})
+        out.calibrators_ = {seg: ReferenceCalibrator.from_state(_unpack(arrays, str(seg))) for seg in segments}
+        return out

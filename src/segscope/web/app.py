@@ -34,8 +34,8 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from segscope.exceptions import DataError
-from segscope.queue import QueueMix
-from segscope.store import LabelIn, LabelStore, UnknownRecordError
+from segscope.labels import LabelIn, LabelStore, UnknownRecordError
+from segscope.labels.queue import QueueMix
 
 __all__ = ["LOOPBACK_HOSTS", "create_app"]
 

@@ -1,6 +1,7 @@
 """The label store: records shown to analysts (with features, scores, reasons, segment, model version) and every
 label they gave, in SQLite (a file, the default) or PostgreSQL (by URL). Schema changes are Alembic migrations,
-applied when a store is opened.
+applied when a store is opened. The store knows nothing of models: it takes plain data (:class:`ReviewRecords`:
+scored rows, their ids, feature vectors and the alert threshold) and hands plain data back.
 
 Concurrency: label writes lock the labelled records (``SELECT ... FOR UPDATE`` on PostgreSQL, ``BEGIN IMMEDIATE``
 on SQLite), so concurrent analysts lose nothing and the same label posted twice is stored once.
@@ -9,7 +10,6 @@ on SQLite), so concurrent analysts lose nothing and the same label posted twice 
 from __future__ import annotations
 
 import math
-import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
@@ -21,15 +21,14 @@ import polars as pl
 
 from segscope._deps import require
 from segscope.exceptions import ConfigError, DataError
-from segscope.queue import QueueMix, select_queue
-from segscope.supervised.labels import label_name
+from segscope.labels.parse import LabelIn
+from segscope.labels.queue import QueueMix, select_queue
+from segscope.schema import SCORED_COLUMNS
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
-    from segscope.pipeline import Model
-
-__all__ = ["LabelIn", "LabelStore", "UnknownRecordError", "store_url"]
+__all__ = ["LabelIn", "LabelStore", "ReviewRecords", "UnknownRecordError", "store_url"]
 
 _CHUNK = 500
 
@@ -39,46 +38,17 @@ class UnknownRecordError(DataError):
 
 
 @dataclass(frozen=True)
-class LabelIn:
-    """One label to add. ``label``: "anomaly" or "normal"."""
+class ReviewRecords:
+    """Scored rows to keep for review: ``scored`` (input columns + the scored columns), one id and one prepared
+    feature vector per row, and the alert threshold they were decided with (None for an alert budget)."""
 
-    id: str
-    label: str
-    analyst: str
-    category: str | None = None
-    note: str | None = None
+    scored: pl.DataFrame
+    ids: list[str]
+    vectors: np.ndarray
+    threshold: float | None
 
-    def checked(self) -> LabelIn:
-        label = label_name(self.label)
-        if label is None:
-            raise DataError(f"label for {str(self.id)[:80]!r} is {str(self.label)[:40]!r}; use 'anomaly' or 'normal'")
-        if not str(self.id):
-            raise DataError("a label needs the record's id")
-        record_id = _clean_text(str(self.id), "the record id", 255)
-        analyst = _clean_text(str(self.analyst), f"the analyst of the label for {record_id!r}", 255).strip()
-        if not analyst:
-            raise DataError(f"label for {record_id!r} has no analyst; say who labelled it")
-        category = _clean_text(self.category, f"the category of {record_id!r}", 255).strip() if self.category else ""
-        note = _clean_text(self.note, f"the note on {record_id!r}", 10_000, newlines=True) if self.note else ""
-        return LabelIn(record_id, label, analyst, category or None, note or None)
-
-
-def _clean_text(text: str, what: str, limit: int, *, newlines: bool = False) -> str:
-    """NFC-normalised text without control or bidirectional-override characters (which can hide or reorder
-    what an analyst's name or note shows elsewhere), at most ``limit`` characters."""
-    text = unicodedata.normalize("NFC", str(text))
-    allowed = "\u200c\u200d" + ("\n\t" if newlines else "")  # joiners are part of many scripts' spelling
-    bad = next(
-        (c for c in text if unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp") and c not in allowed), None
-    )
-    if bad is not None:
-        raise DataError(
-            f"{what} holds the control character U+{ord(bad):04X}; use plain text (no control or "
-            "direction-override characters)"
-        )
-    if len(text) > limit:
-        raise DataError(f"{what} is {len(text):,} characters long; at most {limit:,} are kept")
-    return text
+    def subset(self, rows: np.ndarray) -> ReviewRecords:
+        return ReviewRecords(self.scored[rows], [self.ids[i] for i in rows], self.vectors[rows], self.threshold)
 
 
 @dataclass(frozen=True)
@@ -166,44 +136,34 @@ class LabelStore:
         self.close()
 
     # ------------------------------------------------------------- records
-    def add_records(
-        self, model: Model, scored: pl.DataFrame, *, source: str, ids: Sequence[str] | None = None
-    ) -> int:
-        """Keep scored rows (``Model.score`` output) as records; a known id is updated to its latest scores.
-        ``ids`` default to the model's id column. Returns the number of rows written."""
+    def add_records(self, records: ReviewRecords, *, source: str) -> int:
+        """Keep scored rows as records; a known id is updated to its latest scores. Returns the rows written."""
+        scored = records.scored
         if not scored.height:
             return 0
-        id_column = model.preparer_.schema_.id_column
-        if ids is None:
-            if id_column is None or id_column not in scored.columns:
-                raise ConfigError("the label store needs record ids: fit the bundle with --id-column")
-            ids = [str(v) for v in scored.get_column(id_column).to_list()]
-        prep = model.preparer_
-        vectors = prep.transform(prep.validate(scored))
-        threshold = model.policy_.describe().get("threshold")
-        inputs = [c for c in scored.columns if c not in _SCORED]
+        inputs = [c for c in scored.columns if c not in SCORED_COLUMNS]
         now = datetime.now(UTC)
         rows = []
         for i, row in enumerate(scored.iter_rows(named=True)):
             rows.append(
                 {
-                    "id": str(ids[i]),
+                    "id": str(records.ids[i]),
                     "model_version": row["model_version"],
                     "score": float(row["score"]),
                     "anomaly_score": float(row["anomaly_score"]),
                     "supervised_score": row["supervised_score"],
-                    "threshold": threshold,
+                    "threshold": records.threshold,
                     "is_alert": bool(row["is_alert"]),
                     "segment": int(row["segment"]),
                     "reasons": row["reasons"] or [],
                     "values": {c: _jsonable(row[c]) for c in inputs},
-                    "vector": [round(float(v), 6) for v in vectors[i]],
+                    "vector": [round(float(v), 6) for v in records.vectors[i]],
                     "source": source,
                     "first_seen": now,
                     "last_seen": now,
                 }
             )
-        from segscope.store.schema import Record
+        from segscope.labels.schema import Record
 
         updated = [k for k in rows[0] if k not in ("id", "first_seen", "source")]
         with self._write() as conn:
@@ -215,42 +175,23 @@ class LabelStore:
                 )
         return len(rows)
 
-    def add_candidates(
-        self,
-        model: Model,
-        scored: pl.DataFrame,
-        *,
-        source: str,
-        ids: Sequence[str] | None = None,
-        per_batch: int = 2000,
-    ) -> int:
-        """Keep a batch's alerts and queue candidates: the alerts, the rows nearest the threshold, and the top rows
-        of each segment, at most ``per_batch`` rows in all (highest scores first)."""
-        rows = candidate_rows(model, scored, per_batch)
-        chosen_ids = [ids[i] for i in rows] if ids is not None else None
-        return self.add_records(model, scored[rows], source=source, ids=chosen_ids)
-
-    def rescore(self, model: Model, *, batch_size: int = 5000) -> int:
-        """Re-score stored records that another model version scored (e.g. after a promotion), from their stored
-        values, so the queue ranks by the current model. Returns how many were updated."""
+    def stale_records(self, version: str, *, batch_size: int = 5000) -> Iterator[tuple[list[str], pl.DataFrame]]:
+        """(ids, input values as a frame) of stored records scored by another model version than ``version``, in
+        batches: what a new version re-scores so that the queue ranks by the model that serves."""
         from sqlalchemy import select
 
-        from segscope.store.schema import Record
+        from segscope.labels.schema import Record
 
-        query = select(Record.id, Record.values).where(Record.model_version != model.version).order_by(Record.id)
+        query = select(Record.id, Record.values).where(Record.model_version != version).order_by(Record.id)
         with self.engine.connect() as conn:
             stale = [(r.id, r.values) for r in conn.execute(query)]
-        done = 0
         for chunk in _chunks(stale, batch_size):
-            frame = pl.DataFrame([values for _, values in chunk], infer_schema_length=None)
-            scored = model.score(frame)
-            done += self.add_records(model, scored, source="rescore", ids=[i for i, _ in chunk])
-        return done
+            yield [i for i, _ in chunk], pl.DataFrame([values for _, values in chunk], infer_schema_length=None)
 
     def record_count(self) -> int:
         from sqlalchemy import func, select
 
-        from segscope.store.schema import Record
+        from segscope.labels.schema import Record
 
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(Record)).scalar_one())
@@ -258,7 +199,7 @@ class LabelStore:
     def records(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         from sqlalchemy import select
 
-        from segscope.store.schema import Record
+        from segscope.labels.schema import Record
 
         out: dict[str, dict[str, Any]] = {}
         with self.engine.connect() as conn:
@@ -273,7 +214,7 @@ class LabelStore:
         to the record's current one (same label, category, analyst and note) is not stored again."""
         from sqlalchemy import insert, select
 
-        from segscope.store.schema import LABEL_SOURCES, Label, Record
+        from segscope.labels.schema import LABEL_SOURCES, Label, Record
 
         if source not in LABEL_SOURCES:
             raise ConfigError(f"label source {source!r}: use one of {list(LABEL_SOURCES)}")
@@ -323,7 +264,7 @@ class LabelStore:
         unless ``history``, newest first."""
         from sqlalchemy import func, select
 
-        from segscope.store.schema import Label
+        from segscope.labels.schema import Label
 
         query = select(
             Label.record_id.label("id"),
@@ -366,7 +307,7 @@ class LabelStore:
     def labelled_today(self, analyst: str) -> int:
         from sqlalchemy import func, select
 
-        from segscope.store.schema import Label
+        from segscope.labels.schema import Label
 
         start = datetime.combine(date.today(), time(0), tzinfo=UTC)
         query = select(func.count()).where(Label.analyst == analyst, Label.created_at >= start)
@@ -388,7 +329,7 @@ class LabelStore:
         labelled records. With ``analyst``, at most what is left of their daily budget."""
         from sqlalchemy import select
 
-        from segscope.store.schema import Label, Record
+        from segscope.labels.schema import Label, Record
 
         mix = mix or QueueMix()
         if analyst is not None:
@@ -439,34 +380,12 @@ class LabelStore:
         return out
 
 
-_SCORED = ("score", "anomaly_score", "supervised_score", "is_alert", "segment", "reasons", "model_version")
-
-
-def candidate_rows(model: Model, scored: pl.DataFrame, limit: int) -> np.ndarray:
-    """Positions of the rows of a scored batch worth keeping for the queue: alerts, rows nearest the alert
-    threshold, and the top rows of each segment (at most ``limit``, highest scores first)."""
-    if scored.height <= limit:
-        return np.arange(scored.height)
-    score = scored["score"].to_numpy()
-    keep = np.zeros(scored.height, dtype=bool)
-    threshold = model.policy_.describe().get("threshold")
-    alerts = np.flatnonzero(scored["is_alert"].to_numpy())
-    keep[alerts[np.argsort(-score[alerts])][: limit // 2]] = True
-    thr = float(threshold) if threshold is not None else float(np.quantile(score, 0.99))
-    keep[np.argsort(np.abs(score - thr))[: limit // 4]] = True
-    segment = scored["segment"].to_numpy()
-    for s in np.unique(segment):
-        members = np.flatnonzero(segment == s)
-        keep[members[np.argsort(-score[members])][:5]] = True
-    chosen = np.flatnonzero(keep)
-    chosen = chosen[np.argsort(-score[chosen])][:limit]
-    return np.sort(chosen)
 
 
 def _current_labels(conn: Any, ids: list[str]) -> dict[str, tuple[Any, ...]]:
     from sqlalchemy import func, select
 
-    from segscope.store.schema import Label
+    from segscope.labels.schema import Label
 
     out: dict[str, tuple[Any, ...]] = {}
     for chunk in _chunks(ids, _CHUNK):

@@ -19,11 +19,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from segscope.exceptions import ConfigError
 
-__all__ = ["QueueMix", "QueuePick", "parse_mix", "select_queue"]
+__all__ = ["QueueMix", "QueuePick", "candidate_rows", "parse_mix", "select_queue"]
 
 
 class QueueMix(BaseModel):
@@ -226,3 +227,23 @@ def _segment_round_robin(
             if queues[s] and len(picks) < k:
                 picks.append(int(queues[s].pop(0)))
     return picks
+
+
+def candidate_rows(scored: pl.DataFrame, threshold: float | None, limit: int) -> np.ndarray:
+    """Positions of the rows of a scored batch worth keeping for the queue: alerts, rows nearest the alert
+    ``threshold``, and the top rows of each segment (at most ``limit``, highest scores first)."""
+    if scored.height <= limit:
+        return np.arange(scored.height)
+    score = scored["score"].to_numpy()
+    keep = np.zeros(scored.height, dtype=bool)
+    alerts = np.flatnonzero(scored["is_alert"].to_numpy())
+    keep[alerts[np.argsort(-score[alerts])][: limit // 2]] = True
+    thr = float(threshold) if threshold is not None else float(np.quantile(score, 0.99))
+    keep[np.argsort(np.abs(score - thr))[: limit // 4]] = True
+    segment = scored["segment"].to_numpy()
+    for s in np.unique(segment):
+        members = np.flatnonzero(segment == s)
+        keep[members[np.argsort(-score[members])][:5]] = True
+    chosen = np.flatnonzero(keep)
+    chosen = chosen[np.argsort(-score[chosen])][:limit]
+    return np.sort(chosen)

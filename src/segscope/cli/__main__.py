@@ -1,0 +1,3 @@
+from segscope.cli import main
+
+main()

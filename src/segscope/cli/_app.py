@@ -1,0 +1,145 @@
+"""The shared parts of the ``segscope`` command: the Typer app, consoles, option types and small helpers."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from segscope.exceptions import SegscopeError
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from segscope.config import SegscopeConfig
+    from segscope.labels import LabelStore
+    from segscope.model import Model
+
+app = typer.Typer(
+    name="segscope",
+    help="Find segments and anomalies in tabular and streaming data, and learn from what analysts confirm.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+# Status and progress go to stderr so that `--out -` (NDJSON on stdout) stays clean.
+err = Console(stderr=True)
+out = Console()
+
+BundleOpt = Annotated[Path, typer.Option("--bundle", "-b", help="Bundle folder.")]
+StoreOpt = Annotated[
+    str | None, typer.Option("--store", help="Label store: a SQLite file or a postgresql://user@host:port/db URL.")
+]
+StoreReq = Annotated[
+    str, typer.Option("--store", help="Label store: a SQLite file or a postgresql://user@host:port/db URL.")
+]
+TrustOpt = Annotated[
+    bool, typer.Option("--trust-bundle", help="Allow loading pickled components (only for bundles you trust).")
+]
+MixOpt = Annotated[
+    str | None, typer.Option("--mix", help="Queue shares, e.g. top=0.5,uncertain=0.3,coverage=0.2.")
+]
+BudgetOpt = Annotated[int | None, typer.Option("--daily-budget", help="Labels per analyst per day.", min=1)]
+
+
+@contextmanager
+def steps() -> Iterator[Any]:
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err, transient=True
+    ) as progress:
+        state: dict[str, Any] = {}
+
+        def step(text: str) -> None:
+            if "task" in state:
+                progress.update(state["task"], completed=1, total=1)
+            state["task"] = progress.add_task(text, total=None)
+
+        yield step
+        if "task" in state:
+            progress.update(state["task"], completed=1, total=1)
+
+
+def row_progress(total: int, label: str) -> Progress:
+    # transient: the bar disappears when done, so a failure leaves only the one-line error
+    return Progress(
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("rows"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    )
+
+
+def load_config(config: Path | None, id_column: str | None, drop: list[str]) -> SegscopeConfig:
+    from segscope.config import SegscopeConfig, load_config
+
+    cfg = load_config(config) if config is not None else SegscopeConfig()
+    return cfg.with_features(id_column=id_column, drop=tuple(drop))
+
+
+def open_store(url: str, *, create: bool = False) -> LabelStore:
+    """Open a label store; only commands that write records into it create a missing SQLite file."""
+    from segscope.labels import LabelStore
+
+    return LabelStore.open(url, create=create)
+
+
+def load_model(bundle: Path, trusted: bool) -> Model:
+    from segscope.pipeline import Model
+
+    return Model.load(bundle, trusted=trusted)
+
+
+
+def reason_text(reasons: list[dict[str, Any]]) -> str:
+    return "; ".join(f"{r['feature']}={r['value']} (usual {r['expected']}, {r['contribution']:.0%})" for r in reasons)
+
+
+def print_top_alerts(scored: pl.DataFrame, *, id_column: str | None, limit: int = 10) -> None:
+    import polars as pl
+
+    top = scored.filter(pl.col("is_alert")).sort("score", descending=True).head(limit)
+    table = Table(title=f"top {top.height} alerts of {int(scored['is_alert'].sum())}")
+    table.add_column("id" if id_column else "row")
+    table.add_column("score", justify="right")
+    table.add_column("top reasons (value, usual value, share of the anomaly)")
+    for row in top.iter_rows(named=True):
+        table.add_row(str(row[id_column]) if id_column else "-", f"{row['score']:.4f}", reason_text(row["reasons"]))
+    out.print(table)
+
+
+def _show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    err.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+
+def main() -> None:
+    """Entry point: one-line errors, non-zero exit codes, no tracebacks for expected problems; segscope's
+    warnings as one ``warning:`` line each."""
+    import warnings
+
+    from segscope.exceptions import SegscopeWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", SegscopeWarning)
+        warnings.showwarning = _show_warning
+        try:
+            app()
+        except SegscopeError as exc:
+            err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            err.print("[yellow]interrupted[/]")
+            sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,297 @@
+"""Commands on files and bundles: ``fit``, ``score``, ``evaluate``, ``inspect``, ``report``, ``demo``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from segscope.cli._app import (
+    BundleOpt,
+    StoreOpt,
+    TrustOpt,
+    app,
+    err,
+    load_config,
+    load_model,
+    open_store,
+    out,
+    print_top_alerts,
+    row_progress,
+    steps,
+)
+from segscope.exceptions import SegscopeError
+
+
+@app.command()
+def fit(
+    data: Annotated[Path, typer.Argument(help="History file (.parquet, .csv, .ndjson).")],
+    bundle: BundleOpt,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="Config file (.toml or .yaml).")] = None,
+    id_column: Annotated[str | None, typer.Option("--id-column", help="Column that identifies a record.")] = None,
+    drop: Annotated[list[str] | None, typer.Option("--drop", help="Column to leave out (repeatable).")] = None,
+    previous: Annotated[
+        Path | None, typer.Option("--previous", help="Last bundle: segment ids keep their meaning across refits.")
+    ] = None,
+) -> None:
+    """Fit the unsupervised layer on history and write a bundle."""
+    from segscope.pipeline import Model, fit_file
+
+    cfg = load_config(config, id_column, drop or [])
+    last = Model.load(previous) if previous is not None else None
+    with steps() as step:
+        model = fit_file(data, cfg, on_step=step, previous=last)
+        step(f"writing bundle {bundle}")
+        model.save(bundle)
+    dropped = model.preparer_.dropped_
+    err.print(
+        f"[green]fitted[/] {model.version} on {model.training_['fit_rows']:,} of {model.training_['rows']:,} rows, "
+        f"{len(model.preparer_.schema_.features)} features -> [bold]{bundle}[/]"
+    )
+    for name, why in dropped.items():
+        err.print(f"  [yellow]dropped[/] {name}: {why}")
+
+
+@app.command()
+def score(
+    data: Annotated[Path, typer.Argument(help="File to score (.parquet, .csv, .ndjson).")],
+    bundle: BundleOpt,
+    out_path: Annotated[
+        str, typer.Option("--out", "-o", help="Output file; format by extension; '-' = NDJSON on stdout.")
+    ],
+    batch_size: Annotated[int, typer.Option(help="Rows per batch (memory bound).", min=1)] = 200_000,
+    store: StoreOpt = None,
+    trust_bundle: TrustOpt = False,
+) -> None:
+    """Score a file: input columns + score, anomaly_score, supervised_score, is_alert, segment, reasons,
+    model_version."""
+    from segscope.pipeline import score_file
+    from segscope.sources.files import count_rows
+
+    model = load_model(bundle, trust_bundle)
+    label_store = open_store(store, create=True) if store is not None else None
+    total = count_rows(data)
+    written = {"rows": 0}
+
+    def advance(n: int) -> None:
+        written["rows"] += n
+        progress.advance(task, n)
+
+    with row_progress(total, f"scoring {data.name}") as progress:
+        task = progress.add_task("score", total=total)
+        try:
+            summary = score_file(model, data, out_path, batch_size=batch_size, on_batch=advance, store=label_store)
+        except SegscopeError as exc:
+            if out_path == "-" and written["rows"]:  # stdout streams: say what a reader already received
+                raise type(exc)(f"{exc} ({written['rows']:,} scored rows were already written to stdout)") from None
+            raise
+    rate = summary.rows / summary.seconds if summary.seconds else 0.0
+    err.print(
+        f"[green]scored[/] {summary.rows:,} rows ({rate:,.0f} rows/s), {summary.alerts:,} alerts, "
+        f"model {model.version} -> [bold]{summary.out}[/]"
+    )
+    if label_store is not None:
+        err.print(f"  {summary.stored:,} alerts and queue candidates kept in the label store {store}")
+
+
+@app.command()
+def evaluate(
+    data: Annotated[Path, typer.Argument(help="Labelled file.")],
+    bundle: BundleOpt,
+    label_column: Annotated[str, typer.Option("--label-column", "-l", help="0/1 column, 1 = anomaly.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+    trust_bundle: TrustOpt = False,
+) -> None:
+    """Compare scores with labels: AUCROC, AUCPR, precision@k, alert precision/recall."""
+    from segscope.pipeline import evaluate_file
+
+    model = load_model(bundle, trust_bundle)
+    metrics = evaluate_file(model, data, label_column)
+    if as_json:
+        out.print_json(json.dumps(metrics))
+        return
+    table = Table(title=f"{data.name} vs '{label_column}' (model {model.version})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else f"{value:,}")
+    out.print(table)
+
+
+@app.command()
+def inspect(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole manifest as JSON.")] = False,
+    trust_bundle: TrustOpt = False,
+) -> None:
+    """Show what a bundle holds (verifies its checksums)."""
+    model = load_model(bundle, trust_bundle)
+    manifest = model.manifest_
+    if as_json:
+        out.print_json(json.dumps(manifest))
+        return
+    train = manifest["training"]
+    from segscope import registry
+
+    if registry.is_registry(bundle):
+        current = registry.current_version(bundle)
+        out.print(
+            f"[bold]registry[/] {bundle}: versions "
+            + ", ".join(f"[bold]{v}[/] (current)" if v == current else v for v in registry.list_versions(bundle))
+        )
+    out.print(f"[bold]bundle[/] {bundle}  (format {manifest['format_version']}, checksums OK)")
+    out.print(f"model version  {manifest['model_version']}   created {manifest['created_at']}")
+    out.print(
+        f"segscope {manifest['versions']['segscope']}, python {manifest['versions']['python']}, "
+        f"pyod {manifest['versions']['pyod']}, polars {manifest['versions']['polars']}"
+    )
+    out.print(
+        f"training       {train['fit_rows']:,} of {train['rows']:,} rows, fingerprint {train['fingerprint'][:16]}…"
+    )
+    out.print(
+        f"schema hash    {manifest['feature_schema_hash'][:16]}…  id column: "
+        f"{manifest['feature_schema']['id_column'] or '(none)'}"
+    )
+    table = Table(title="input columns")
+    for col in ("column", "kind", "dtype at fit", "features", "expected"):
+        table.add_column(col)
+    for column in model.preparer_.describe_columns():
+        table.add_row(*column)
+    out.print(table)
+    for name, why in manifest["dropped_columns"].items():
+        out.print(f"  dropped {name}: {why}")
+    out.print("components:")
+    for comp in manifest["components"]:
+        detail = comp.get("params") or comp.get("note") or ""
+        out.print(f"  {comp['role']:<10} {comp['name'] or '-':<14} {detail}")
+    out.print(f"alert policy   {manifest['policy']}")
+    segmenter = next((c for c in manifest["components"] if c["role"] == "segmenter" and c.get("name")), None)
+    if segmenter is not None:
+        agreement = segmenter["agreement_with_fit_labels"]
+        held = agreement["held_out"]
+        cards = Table(
+            title=f"{segmenter['segments']} segments (assignment agrees with the fit-time labels on "
+            f"{agreement['fit_sample']:.1%} of the sample" + (f", {held:.1%} held out)" if held is not None else ")")
+        )
+        for col in ("segment", "size", "share", "anomaly rate", "what sets it apart (effect size: typical vs overall)"):
+            cards.add_column(col)
+        from segscope.unsupervised.profiles import card_view
+
+        for view in map(card_view, segmenter["profiles"]):
+            apart = "; ".join(f"{f} {e:+.1f} ({typ} vs {overall})" for f, e, typ, overall in view.distinguishing[:3])
+            rate = "-" if view.anomaly_rate is None else f"{view.anomaly_rate:.1%}"
+            cards.add_row(
+                "noise" if view.segment < 0 else str(view.segment), f"{view.size:,}", f"{view.share:.1%}", rate, apart
+            )
+        out.print(cards)
+    if manifest.get("label_snapshot"):
+        out.print(f"labels         {manifest['label_snapshot']}")
+        out.print(f"tuned from     {manifest['parent_version']}; decision: {manifest['promotion']['reason']}")
+
+
+@app.command()
+def report(
+    bundle: BundleOpt,
+    data: Annotated[Path | None, typer.Argument(help="Data to score and show (optional).")] = None,
+    out_path: Annotated[Path, typer.Option("--out", "-o", help="The HTML file to write.")] = Path("report.html"),
+    label_column: Annotated[
+        str | None, typer.Option("--label-column", "-l", help="0/1 column of DATA for PR curves.")
+    ] = None,
+    labels: Annotated[Path | None, typer.Option("--labels", help="Labels file (id,label) for PR curves.")] = None,
+    max_rows: Annotated[int, typer.Option("--max-rows", help="Score a uniform sample of this many rows.")] = 200_000,
+    map_rows: Annotated[int, typer.Option("--map-rows", help="Records drawn on the map.")] = 3000,
+    trust_bundle: TrustOpt = False,
+) -> None:
+    """Write a self-contained HTML report: segment map, score distributions, profile cards, PR curves."""
+    from segscope.report import load_report_data, write_report
+
+    if label_column is not None and labels is not None:
+        raise typer.BadParameter("give --label-column or --labels, not both")
+    if data is None and (label_column is not None or labels is not None):
+        raise typer.BadParameter("labels need DATA to join with; pass the data file too")
+    model = load_model(bundle, trust_bundle)
+    with steps() as step:
+        report_data = None
+        if data is not None:
+            from segscope.labels.parse import load_labels
+
+            step(f"scoring {data.name}")
+            label_frame = load_labels(labels) if labels is not None else None
+            report_data = load_report_data(
+                model, data, label_column=label_column, labels=label_frame, max_rows=max_rows
+            )
+        step("drawing the report")
+        path = write_report(model, out_path, report_data, map_rows=map_rows)
+    size = path.stat().st_size / 2**20
+    err.print(f"[green]wrote[/] {path} ({size:.1f} MiB, self-contained: open it in any browser)")
+
+
+@app.command()
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="Where the demo writes its files.")] = Path(
+        "segscope-demo"
+    ),
+    rows: Annotated[int, typer.Option(help="History rows to generate.", min=1000)] = 50_000,
+    review: Annotated[int, typer.Option(help="How many top alerts the simulated analysts label.", min=1)] = 100,
+) -> None:
+    """Run the main job end to end on generated card transactions (no server, no external data)."""
+    import polars as pl
+
+    from segscope.config import SegscopeConfig
+    from segscope.demo import generate, simulate_analysts
+    from segscope.exceptions import MissingDependencyError
+    from segscope.pipeline import Model, evaluate_file, finetune_file, fit_file, score_file
+
+    with steps() as step:
+        step(f"generating {rows:,} historical and {rows // 5:,} new card transactions (1% planted fraud)")
+        files = generate(out_dir, rows)
+        cfg = SegscopeConfig().with_features(id_column="txn_id", drop=("is_fraud",))
+        model = fit_file(files.history, cfg, on_step=step)
+        step(f"writing bundle {files.bundle}")
+        model.save(files.bundle)
+    total = rows // 5
+    with row_progress(total, "scoring new.parquet") as progress:
+        task = progress.add_task("score", total=total)
+        summary = score_file(
+            model, files.new, files.scored, batch_size=5_000, on_batch=lambda n: progress.advance(task, n)
+        )
+    print_top_alerts(pl.read_parquet(files.scored), id_column="txn_id")
+    metrics = evaluate_file(model, files.new, "is_fraud")
+    out.print(
+        f"against the planted labels: AUCROC {metrics['aucroc']:.3f}, AUCPR {metrics['aucpr']:.3f}, "
+        f"alert precision {metrics['alert_precision']:.2f}, recall {metrics['alert_recall']:.2f} "
+        f"({metrics['alerts']} alerts)"
+    )
+    out.print("segments: none yet (segment = -1); UMAP + HDBSCAN segmentation is not part of this bundle")
+    simulated = simulate_analysts(model, files.history, files.labels, review=review)
+    out.print(
+        f"analysts review the history's top {simulated.reviewed} alerts ({simulated.confirmed} confirmed, "
+        f"{simulated.reviewed - simulated.confirmed} dismissed) and chargebacks report {simulated.chargebacks} "
+        f"frauds the alerts missed -> {files.labels}"
+    )
+    try:
+        with steps() as step:
+            tuned, report, registry_dir = finetune_file(files.bundle, files.history, files.labels, on_step=step)
+    except MissingDependencyError as exc:
+        out.print(f"fine-tuning skipped: {exc}")
+    else:
+        after = evaluate_file(Model.load(registry_dir), files.new, "is_fraud")
+        verdict = "promoted" if report["promote"] else "not promoted"
+        out.print(
+            f"fine-tuned {tuned.version} ({report['supervised']['mode']}): {verdict} ({report['reason']}); "
+            f"on the new records AUCPR {metrics['aucpr']:.3f} -> {after['aucpr']:.3f}, "
+            f"alert precision {metrics['alert_precision']:.2f} -> {after['alert_precision']:.2f}"
+        )
+    out.print(
+        f"outputs: registry [bold]{files.bundle}[/], scored records [bold]{files.scored}[/] "
+        f"({summary.rows:,} rows), inputs {files.history}, {files.new}, {files.labels}"
+    )
+    out.print(
+        f"next: segscope inspect {files.bundle}  |  segscope evaluate {files.new} --bundle {files.bundle} "
+        "--label-column is_fraud"
+    )
+
+

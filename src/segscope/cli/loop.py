@@ -1,0 +1,258 @@
+"""Commands of the loop: ``finetune``, ``promote``, ``rollback``, ``stream`` and ``serve``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from segscope.cli._app import (
+    BudgetOpt,
+    BundleOpt,
+    MixOpt,
+    StoreOpt,
+    StoreReq,
+    TrustOpt,
+    app,
+    err,
+    load_model,
+    open_store,
+    steps,
+)
+from segscope.exceptions import BundleError
+
+if TYPE_CHECKING:
+    import polars as pl
+
+
+@app.command()
+def finetune(
+    bundle: BundleOpt,
+    data: Annotated[Path, typer.Option("--data", help="History holding the labelled (and unlabelled) records.")],
+    labels: Annotated[
+        Path | None, typer.Option("--labels", help="Labels file: id,label[,category] (.parquet or .csv).")
+    ] = None,
+    store: Annotated[str | None, typer.Option("--store", help="Take the current labels from this label store.")] = None,
+    learner: Annotated[str, typer.Option("--learner", help="xgboost or torch.")] = "xgboost",
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Registry for the new version (default: the bundle, as a registry).")
+    ] = None,
+    holdout: Annotated[float, typer.Option(help="Share of records held out to compare versions.")] = 0.3,
+    metric: Annotated[str, typer.Option(help="Promotion metric: aucpr or aucroc.")] = "aucpr",
+    trust_bundle: TrustOpt = False,
+) -> None:
+    """Fine-tune a new version on analyst labels; promote it only if it beats the current one on held-out labels."""
+    from segscope.pipeline import finetune_file
+    from segscope.registry import current_version
+    from segscope.supervised.learners import LEARNERS
+
+    if learner not in LEARNERS:
+        raise typer.BadParameter(f"--learner must be one of {list(LEARNERS)}; got {learner!r}")
+    if metric not in ("aucpr", "aucroc"):
+        raise typer.BadParameter(f"--metric must be aucpr or aucroc; got {metric!r}")
+    if (labels is None) == (store is None):
+        raise typer.BadParameter("give the labels as --labels FILE or --store URL (one of them)")
+    label_source: Path | pl.DataFrame
+    if store is not None:
+        with open_store(store) as label_store:
+            label_source = label_store.training_labels()
+        if not label_source.height:
+            raise typer.BadParameter(f"the label store {store} holds no labels yet; label records first")
+    else:
+        assert labels is not None
+        label_source = labels
+    with (
+        steps() as step,
+        Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+        ) as bars,
+    ):
+        tasks: dict[str, Any] = {}
+
+        def epoch(phase: str, done: int, total: int) -> None:  # the torch learner's epochs and steps
+            if phase not in tasks:
+                tasks[phase] = bars.add_task(phase, total=total)
+            bars.update(tasks[phase], completed=done, total=total)
+            if done == total:  # each fold trains again: the bar starts over next time
+                bars.remove_task(tasks.pop(phase))
+
+        candidate, report, target = finetune_file(
+            bundle,
+            data,
+            label_source,
+            labels_source=f"label store {store}" if store is not None else None,
+            learner=learner,
+            out=out_dir,
+            holdout=holdout,
+            metric=metric,
+            trusted=trust_bundle,
+            on_step=step,
+            on_progress=epoch,
+        )
+    sup = report["supervised"]
+    err.print(
+        f"[green]fine-tuned[/] {candidate.version} ({sup['learner']}, {sup['labelled_anomalies']} labelled "
+        f"anomalies, {sup['mode']}, learner weight {sup['learner_weight']:.2f}) from {candidate.parent_version_}"
+    )
+    err.print(f"  held out: {report['split']}, {report['held_out_labelled_anomalies']} labelled anomalies")
+    if "candidate" in report:
+        cur, new = report["current"], report["candidate"]
+        err.print(f"  current   AUCPR {cur['aucpr']:.4f}  AUCROC {cur['aucroc']:.4f}")
+        err.print(
+            f"  candidate AUCPR {new['aucpr']:.4f}  AUCROC {new['aucroc']:.4f}  "
+            f"(Brier {report['calibration']['brier']:.4f}, ECE {report['calibration']['ece']:.4f})"
+        )
+    verdict = "[green]promoted[/]" if report["promote"] else "[yellow]not promoted[/]"
+    err.print(f"{verdict}: {report['reason']} -> registry [bold]{target}[/] (current: {current_version(target)})")
+
+
+@app.command()
+def promote(
+    registry_dir: Annotated[Path, typer.Argument(help="Registry folder.")],
+    version: Annotated[str | None, typer.Option("--version", help="Version to make current (default: newest).")] = None,
+) -> None:
+    """Make a version current by hand."""
+    from segscope import registry
+
+    _require_registry(registry_dir)
+    target = version or registry.list_versions(registry_dir)[-1]
+    registry.set_current(registry_dir, target, action="promote", detail={"reason": "by hand"})
+    err.print(f"[green]current[/] version of {registry_dir} is now {target}")
+
+
+@app.command()
+def rollback(registry_dir: Annotated[Path, typer.Argument(help="Registry folder.")]) -> None:
+    """Go back to the version that was current before the last promotion."""
+    from segscope import registry
+
+    _require_registry(registry_dir)
+    now, earlier = registry.rollback(registry_dir)
+    err.print(f"[green]rolled back[/] {registry_dir} from {now} to {earlier}")
+
+
+def _require_registry(path: Path) -> None:
+    from segscope import registry
+
+    if not registry.is_registry(path):
+        raise BundleError(f"{path} is not a registry (no CURRENT file); `segscope finetune` creates one")
+
+
+@app.command()
+def stream(
+    bundle: BundleOpt,
+    bootstrap: Annotated[str, typer.Option("--bootstrap", help="Kafka bootstrap address, HOST:PORT.")],
+    in_topic: Annotated[str, typer.Option("--in-topic", help="Topic of JSON records to score.")],
+    out_topic: Annotated[str, typer.Option("--out-topic", help="Topic for every scored record.")],
+    alerts_topic: Annotated[str | None, typer.Option("--alerts-topic", help="Topic for alerts too.")] = None,
+    dlq_topic: Annotated[
+        str | None, typer.Option("--dlq-topic", help="Dead-letter topic (default: <in-topic>.dlq).")
+    ] = None,
+    group: Annotated[str, typer.Option("--group", help="Consumer group; run more processes to share partitions.")] = (
+        "segscope"
+    ),
+    batch_size: Annotated[int, typer.Option(help="Records per micro-batch.", min=1)] = 5000,
+    max_message_bytes: Annotated[int, typer.Option(help="Larger messages are dead-lettered.", min=1)] = 65_536,
+    stats_interval: Annotated[float, typer.Option(help="Seconds between stats lines.")] = 10.0,
+    metrics_port: Annotated[int | None, typer.Option(help="Serve Prometheus metrics on 127.0.0.1:PORT.")] = None,
+    idle_exit: Annotated[
+        float | None, typer.Option(help="Exit after this many seconds without messages (drain and stop).")
+    ] = None,
+    store: StoreOpt = None,
+    labels_topic: Annotated[
+        str | None,
+        typer.Option("--labels-topic", help="Topic of analyst labels (JSON id,label,analyst) to consume into --store."),
+    ] = None,
+    trust_bundle: TrustOpt = False,
+) -> None:
+    """Score a Kafka topic continuously (at-least-once; SIGTERM drains, commits and exits 0)."""
+    import logging
+
+    from segscope.stream import StreamOptions, run_stream
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    logging.getLogger("kafka").setLevel(logging.WARNING)  # the client's connection chatter
+    options = StreamOptions(
+        bundle=bundle,
+        bootstrap=bootstrap,
+        in_topic=in_topic,
+        out_topic=out_topic,
+        alerts_topic=alerts_topic,
+        dlq_topic=dlq_topic,
+        group=group,
+        batch_size=batch_size,
+        max_message_bytes=max_message_bytes,
+        stats_interval=stats_interval,
+        metrics_port=metrics_port,
+        idle_exit=idle_exit,
+        trusted=trust_bundle,
+        store=store,
+        labels_topic=labels_topic,
+    )
+    stats = run_stream(options, on_stats=lambda line: err.print(line, highlight=False))
+    err.print(
+        f"[green]stream stopped[/]: {stats.records_in:,} in, {stats.records_out:,} scored, {stats.alerts:,} alerts, "
+        f"{stats.dead_letters:,} dead letters, model versions {', '.join(stats.model_versions)}"
+        + (f"; {stats.stored:,} kept in the label store, {stats.labels_in:,} labels consumed" if store else "")
+    )
+
+
+@app.command()
+def serve(
+    store: StoreReq,
+    bundle: Annotated[
+        Path | None, typer.Option("--bundle", "-b", help="Re-score stored records with this bundle's current version.")
+    ] = None,
+    host: Annotated[str, typer.Option("--host", help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port.", min=1, max=65535)] = 8000,
+    token: Annotated[
+        str | None, typer.Option("--token", envvar="SEGSCOPE_TOKEN", help="Required when not on loopback.")
+    ] = None,
+    mix: MixOpt = None,
+    daily_budget: BudgetOpt = None,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allowed-host",
+            help="A host name the page is reached by, besides loopback and --host (repeatable; guards against "
+            "DNS rebinding).",
+        ),
+    ] = None,
+    trust_bundle: TrustOpt = False,
+) -> None:
+    """Serve the analyst page and its JSON API (GET /api/queue, POST /api/labels, GET /api/labels)."""
+    import socket
+
+    from segscope._deps import require
+    from segscope.labels.queue import parse_mix
+
+    uvicorn = require("uvicorn", extra="web", feature="segscope serve")
+    from segscope.web import LOOPBACK_HOSTS, create_app
+
+    if host not in LOOPBACK_HOSTS and not token:
+        raise typer.BadParameter(f"binding to {host} exposes the labels: pass --token (or set SEGSCOPE_TOKEN)")
+    hosts = [*(allowed_host or [])]
+    if host in ("0.0.0.0", "::"):  # every interface: the names this machine is reached by
+        hosts += [socket.gethostname(), socket.getfqdn()]
+    elif host not in LOOPBACK_HOSTS:
+        hosts.append(host)
+    queue_mix = parse_mix(mix, daily_budget)
+    label_store = open_store(store)
+    if bundle is not None:
+        model = load_model(bundle, trust_bundle)
+        from segscope.pipeline import rescore_store
+
+        updated = rescore_store(label_store, model)
+        err.print(f"model {model.version}: {updated:,} stored records re-scored")
+    err.print(f"[green]serving[/] http://{host}:{port}/  (label store {store}; Ctrl-C stops)")
+    app_ = create_app(label_store, token=token, mix=queue_mix, allowed_hosts=hosts)
+    uvicorn.run(app_, host=host, port=port, log_level="warning")
+
+

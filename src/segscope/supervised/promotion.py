@@ -1,0 +1,89 @@
+"""How a fine-tuned candidate is trained and judged: the held-out split, the bounded training rows, and the
+promotion decision against the current version (plus the candidate's calibration on held-out labels).
+
+Records are split in time (the latest ``holdout`` share, when there is a time column) or at random; the
+candidate trains on the earlier part and both versions are compared on the held-out part, with labelled
+anomalies as positives and everything else there (confirmed normals and unlabelled records) as negatives. A
+candidate is promoted only when it is better by the chosen metric; with no labelled anomaly held out there is
+nothing to show, so no promotion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from segscope.exceptions import DataError
+from segscope.metrics import evaluate_scores
+
+__all__ = ["HeldOut", "compare", "reliability", "split_holdout", "training_rows"]
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """Row indices of the training and held-out parts, and how they were chosen."""
+
+    train: np.ndarray
+    held: np.ndarray
+    kind: str
+
+
+def split_holdout(
+    n: int, holdout: float, *, times: np.ndarray | None, column: str | None, rng: np.random.Generator
+) -> HeldOut:
+    """The latest ``holdout`` share by ``times`` (physical values, nulls first), else a random share."""
+    if not 0.05 <= holdout <= 0.9:
+        raise DataError(f"--holdout must be between 0.05 and 0.9; got {holdout}")
+    if times is not None:
+        order = np.argsort(times, kind="stable")
+        is_held = np.zeros(n, dtype=bool)
+        is_held[order[round(n * (1 - holdout)) :]] = True
+        kind = f"time-ordered on '{column}' (latest {holdout:.0%} held out)"
+    else:
+        is_held = rng.random(n) < holdout
+        kind = f"random {holdout:.0%} held out (no time column)"
+    return HeldOut(np.flatnonzero(~is_held), np.flatnonzero(is_held), kind)
+
+
+def training_rows(
+    split: HeldOut, y: np.ndarray, labelled: np.ndarray, *, cap: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Every labelled record of the training part plus at most ``cap`` unlabelled ones (sorted indices)."""
+    train = split.train
+    if not y[train].any():
+        raise DataError(
+            f"no labelled anomaly falls in the training part ({split.kind}); label more anomalies or lower --holdout"
+        )
+    unlabelled = train[~labelled[train]]
+    if unlabelled.size > cap:
+        unlabelled = np.sort(rng.choice(unlabelled, size=cap, replace=False))
+    return np.sort(np.concatenate([train[labelled[train]], unlabelled]))
+
+
+def compare(y_held: np.ndarray, current: np.ndarray, candidate: np.ndarray, metric: str) -> dict[str, Any]:
+    """The promotion decision: ``promote`` (candidate better by ``metric``), the figures and a reason."""
+    if y_held.sum() == 0 or y_held.sum() == y_held.size:
+        return {"promote": False, "reason": "no labelled anomaly among the held-out records: cannot show it is better"}
+    cur, new = evaluate_scores(y_held, current), evaluate_scores(y_held, candidate)
+    better = new[metric] > cur[metric]
+    return {
+        "current": {k: cur[k] for k in ("aucroc", "aucpr")},
+        "candidate": {k: new[k] for k in ("aucroc", "aucpr")},
+        "calibration": reliability(y_held, candidate),
+        "promote": bool(better),
+        "reason": f"{metric} {new[metric]:.4f} vs {cur[metric]:.4f}: " + ("better" if better else "not better"),
+    }
+
+
+def reliability(y: np.ndarray, p: np.ndarray, bins: int = 10) -> dict[str, Any]:
+    """Brier score and expected calibration error of probabilities ``p`` against labels ``y``."""
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(p, edges) - 1, 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            ece += mask.mean() * abs(p[mask].mean() - y[mask].mean())
+    return {"brier": float(np.mean((p - y) ** 2)), "ece": float(ece)}

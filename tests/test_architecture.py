@@ -1,0 +1,122 @@
+"""The layering that ``docs/ARCHITECTURE.md`` describes, pinned: data flows one way, every module imports only its
+own package or layers to its left (imports inside functions and under TYPE_CHECKING count too), there is no
+import cycle, and no source file grows past about 500 lines."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "segscope"
+
+#: Left to right. A module may import the layers to its left and its own package (folder or module).
+LAYERS: list[set[str]] = [
+    {"_typing", "exceptions"},
+    {"_params", "_deps", "_io", "config", "schema", "metrics"},
+    {"bundle"},
+    {"registry"},
+    {"sources"},
+    {"features"},
+    {"unsupervised"},
+    {"supervised"},
+    {"labels"},
+    {"sinks"},
+    {"model"},
+    {"tuning", "testing"},
+    {"pipeline", "stream"},
+    {"demo", "report"},
+    {"web"},
+    {"cli"},
+    {"__init__"},
+]
+
+
+def _module(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _part(module: str) -> str:
+    """The top-level part of ``segscope.<part>...`` (``__init__`` for the package itself)."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def _imports() -> dict[str, set[str]]:
+    modules = {_module(p): p for p in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "segscope":
+                submodules = {f"{node.module}.{a.name}" for a in node.names} & set(modules)
+                found |= submodules  # `from segscope import registry` imports the module, not the package
+                if len(submodules) < len(node.names):
+                    found.add(node.module)
+            elif isinstance(node, ast.Import):
+                found.update(a.name for a in node.names if a.name.split(".")[0] == "segscope")
+        graph[name] = {m for m in found if m in modules} - {name}
+    return graph
+
+
+def _layer(module: str) -> int:
+    part = _part(module)
+    return next(i for i, layer in enumerate(LAYERS) if part in layer)
+
+
+def test_every_module_has_a_layer() -> None:
+    parts = {_part(m) for m in _imports()}
+    assert parts <= set().union(*LAYERS), parts - set().union(*LAYERS)
+
+
+def test_imports_only_go_left_or_within_a_package() -> None:
+    wrong = []
+    for module, targets in _imports().items():
+        for target in targets:
+            if target == "segscope" and module != "segscope":
+                wrong.append(f"{module} imports the package root")
+            elif _part(target) != _part(module) and _layer(target) >= _layer(module):
+                wrong.append(f"{module} -> {target}")
+    assert not wrong, "\n".join(sorted(wrong))
+
+
+def test_no_import_cycles() -> None:
+    graph = _imports()
+    state: dict[str, int] = {}  # 1 on the stack, 2 done
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycle = [*path[path.index(nxt) :], nxt] if nxt in path else [node, nxt]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if nxt not in state:
+                visit(nxt, [*path, nxt])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+
+
+def test_no_source_file_over_500_lines() -> None:
+    long = {
+        path.relative_to(PACKAGE).as_posix(): n
+        for path in PACKAGE.rglob("*.py")
+        if (n := len(path.read_text().splitlines())) > 500
+    }
+    assert not long, long
+
+
+def test_the_architecture_page_names_every_module_and_folder() -> None:
+    import re
+
+    page = (PACKAGE.parents[1] / "docs" / "ARCHITECTURE.md").read_text()
+    table = page.split("```")[1]
+    for path in PACKAGE.iterdir():
+        if path.name in ("__init__.py", "py.typed") or path.name.startswith(".") or path.suffix not in ("", ".py"):
+            continue
+        if path.is_dir() and not (path / "__init__.py").exists():
+            continue
+        name = f"{path.name}/" if path.is_dir() else path.stem
+        assert re.search(rf"(^|[\s,]){re.escape(name)}([\s,]|$)", table, re.M), f"ARCHITECTURE.md omits {name}"
