@@ -28,9 +28,9 @@ $(KAFKA_LIB)/.resolved: connectors/kafka/pom.xml
 	mvn -B -q -f connectors/kafka/pom.xml dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory=$(CURDIR)/$(KAFKA_LIB)
 	touch $@
 
-# Debian packages the tests use: Chromium (report and analyst-page browser tests) and a PostgreSQL server (label
-# store tests run against a real server). Installed only when missing; root or sudo needed once.
-DEB_PACKAGES := chromium chromium-driver postgresql
+# Debian packages the tests use: Chromium (report and analyst-page browser tests), a PostgreSQL server (label
+# store tests run against a real server) and kcat (librdkafka's command-line client: tests produce with it). Installed only when missing; root or sudo needed once.
+DEB_PACKAGES := chromium chromium-driver postgresql kcat
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 .deb-packages:
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || echo $$p; done); \

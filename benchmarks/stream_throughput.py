@@ -1,13 +1,19 @@
 """Streaming throughput and latency against a real Kafka broker (started by connectors/kafka/broker).
 
-    python benchmarks/stream_throughput.py [--records 200000] [--latency-seconds 30]
+    python benchmarks/stream_throughput.py [--records 200000] [--repeats 3] [--latency-seconds 30] [--rate 5000]
 
-1. Throughput: the same ~200-byte JSON card transactions on a 3-partition topic, consumed -> produced by
-   (a) a plain kafka-python passthrough (consume, produce unchanged, flush, commit per batch) and
-   (b) `segscope stream` with the default model (decode, check, score, reasons, produce, flush, commit).
+1. Throughput, the same ~200-byte JSON card transactions on a 3-partition topic, each run in its own process:
+   (a) a confluent-kafka passthrough: consume 5,000, produce them unchanged, flush (acks=all), commit, repeat;
+   (b) `segscope stream` at-least-once (confluent-kafka, the default client);
+   (c) `segscope stream --exactly-once` (one transaction per batch);
+   (d) `segscope stream --client kafka-python`.
    Rate = records / (time of the last output - time of the first output), so process start-up is excluded.
-2. Latency: a producer sends records at a steady 5,000/s with their send time inside; `segscope stream`
-   scores them; latency = timestamp of the scored record - send time; p50/p99 after a 5 s warm-up.
+   Runs alternate (a, b, c, d, a, b, ...) so all see the same machine; medians over --repeats.
+2. Where the time goes: the stream's stages run in this process on the same records (consume, decode, score,
+   encode + produce, commit), in microseconds per record.
+3. Latency: a confluent-kafka producer in another process sends records at a steady --rate with their send time
+   inside; `segscope stream` scores them; latency = the scored record's timestamp - send time; p50/p99 after a 5 s
+   warm-up.
 Writes benchmarks/results/stream_throughput.json.
 """
 
@@ -15,24 +21,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import statistics
 import sys
 import tempfile
-import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import polars as pl  # noqa: E402
-from kafka import KafkaConsumer, KafkaProducer  # noqa: E402
-from kafka.structs import OffsetAndMetadata  # noqa: E402
 
 from segscope import Model  # noqa: E402
 from segscope.config import SegscopeConfig  # noqa: E402
 from segscope.testing.data import make_transactions  # noqa: E402
-from tests.kafka_helpers import broker, count, create_topic, free_port, produce, start_stream  # noqa: E402
+from tests.kafka_helpers import broker, count, create_topic, free_port, start_stream  # noqa: E402
 
 
 def payloads(n: int, seed: int) -> list[bytes]:
@@ -42,6 +47,20 @@ def payloads(n: int, seed: int) -> list[bytes]:
         json.dumps({**r, "merchant": f"merchant {i % 997:04d}, main st."}, separators=(",", ":")).encode()
         for i, r in enumerate(frame.iter_rows(named=True))
     ]
+
+
+def fill(bootstrap: str, topic: str, values: list[bytes]) -> None:
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all"})
+    for value in values:
+        while True:
+            try:
+                producer.produce(topic, value)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    producer.flush(60)
 
 
 def watch_rate(bootstrap: str, topic: str, n: int, timeout: float = 900) -> float:
@@ -54,31 +73,95 @@ def watch_rate(bootstrap: str, topic: str, n: int, timeout: float = 900) -> floa
             first = (now, c)
         if c >= n and first is not None:
             return (c - first[1]) / max(now - first[0], 1e-9)
-        time.sleep(0.1)
+        time.sleep(0.05)
     raise RuntimeError(f"{topic} did not reach {n} records")
 
 
-def passthrough(bootstrap: str, source: str, target: str, n: int, batch: int, group: str) -> None:
-    consumer = KafkaConsumer(
-        source,
-        bootstrap_servers=bootstrap,
-        group_id=group,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        max_poll_records=batch,
-        fetch_max_bytes=64 * 1024 * 1024,
+def passthrough(bootstrap: str, source: str, target: str, n: int, group: str) -> None:
+    """Consume 5,000, produce unchanged, flush (acks=all), commit: the client's own speed, no work."""
+    from confluent_kafka import Consumer, Producer
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": group,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
     )
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, batch_size=512 * 1024)
+    consumer.subscribe([source])
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 5})
     done = 0
     while done < n:
-        polled = consumer.poll(timeout_ms=500, max_records=batch)
-        futures = [producer.send(target, key=m.key, value=m.value) for msgs in polled.values() for m in msgs]
-        producer.flush()
-        assert all(f.succeeded() for f in futures)
-        consumer.commit({tp: OffsetAndMetadata(msgs[-1].offset + 1, "", -1) for tp, msgs in polled.items()})
-        done += len(futures)
+        messages = [m for m in consumer.consume(5000, 0.1) if m.error() is None]
+        for m in messages:
+            producer.produce(target, m.value(), m.key())
+        producer.flush(60)
+        if messages:
+            consumer.commit(asynchronous=False)
+        done += len(messages)
     consumer.close()
-    producer.close()
+
+
+def steady_producer(bootstrap: str, topic: str, values: list[bytes], rate: int, start_at: float) -> None:
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1, "acks": "all"})
+    while time.time() < start_at:
+        time.sleep(0.001)
+    for i, value in enumerate(values):
+        record = json.loads(value)
+        record["sent_at"] = time.time()
+        producer.produce(topic, json.dumps(record).encode())
+        producer.poll(0)
+        ahead = start_at + (i + 1) / rate - time.time()
+        if ahead > 0:
+            time.sleep(ahead)
+    producer.flush(60)
+
+
+def stages(bootstrap: str, bundle: Path, topic: str, n: int) -> dict[str, float]:
+    """The stream's stages on the same records, in this process: microseconds per record."""
+    from segscope.sinks.kafka import KafkaSink, encode
+    from segscope.sources.kafka import KafkaSource, decode
+
+    model = Model.load(bundle)
+    source = KafkaSource(bootstrap=bootstrap, topic=topic, group="stages", schema=model.preparer_.schema_)
+    sink = KafkaSink(bootstrap=bootstrap, topic="stages.out", dead_letter_topic="stages.dlq")
+    source.open()
+    sink.open()
+    spent: Counter[str] = Counter()
+    state, seen = model.new_state(), 0
+    while seen < n:
+        t0 = time.perf_counter()
+        polled = source.consumer_.poll(5000, 0.5)
+        t1 = time.perf_counter()
+        if polled is None:
+            continue
+        batch = decode(polled, source.schema, max_bytes=65_536)
+        t2 = time.perf_counter()
+        scored = model.score(batch.frame, state=state)
+        t3 = time.perf_counter()
+        encode(scored, batch)
+        t4 = time.perf_counter()
+        sink.write(scored, batch)  # encodes again and produces
+        t5 = time.perf_counter()
+        source.commit_positions(sink.done_positions())
+        t6 = time.perf_counter()
+        for name, spent_s in (
+            ("consume", t1 - t0),
+            ("decode (JSON, checks, frame)", t2 - t1),
+            ("score (features, detectors, reasons, policy)", t3 - t2),
+            ("encode (append the scored fields)", t4 - t3),
+            ("produce", (t5 - t4) - (t4 - t3)),
+            ("commit", t6 - t5),
+        ):
+            spent[name] += spent_s
+        seen += len(polled)
+    sink.flush()
+    source.close()
+    sink.close()
+    return {name: spent_s / seen * 1e6 for name, spent_s in spent.items()}
 
 
 def main() -> None:
@@ -89,7 +172,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "stream_throughput.json"))
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="segscope-stream-bench-") as tmp_name:
+    spawn = multiprocessing.get_context("spawn")
+    modes = {
+        "segscope (at-least-once)": [],
+        "segscope --exactly-once": ["--exactly-once"],
+        "segscope --client kafka-python": ["--client", "kafka-python"],
+    }
+    with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         bootstrap = broker("start", tmp / "kafka", free_port())
         try:
@@ -99,104 +188,81 @@ def main() -> None:
             ).save(bundle)
             values = payloads(args.records, seed=1)
             size = statistics.mean(len(v) for v in values)
-            for topic in ("bench.in", "lat.in", "lat.out"):
+            for topic in ("bench.in", "lat.in"):
                 create_topic(bootstrap, topic, partitions=3)
-            produce(bootstrap, "bench.in", values)
-            plains, ours_runs = [], []
-            for r in range(args.repeats):  # alternate, so both see the same machine
-                create_topic(bootstrap, f"bench.pass{r}", partitions=3)
-                create_topic(bootstrap, f"bench.out{r}", partitions=3)
-                thread = threading.Thread(
-                    target=passthrough, args=(bootstrap, "bench.in", f"bench.pass{r}", args.records, 5000, f"pass{r}")
-                )
-                thread.start()
-                plains.append(watch_rate(bootstrap, f"bench.pass{r}", args.records))
-                thread.join()
-                proc = start_stream(
-                    bundle,
-                    bootstrap,
-                    "--in-topic",
-                    "bench.in",
-                    "--out-topic",
-                    f"bench.out{r}",
-                    "--group",
-                    f"bench{r}",
-                    "--idle-exit",
-                    "5",
-                )
-                ours_runs.append(watch_rate(bootstrap, f"bench.out{r}", args.records))
-                proc.communicate(timeout=120)
-                print(
-                    f"run {r + 1}: passthrough {plains[-1]:,.0f}/s, segscope stream {ours_runs[-1]:,.0f}/s", flush=True
-                )
-            plain, ours = statistics.median(plains), statistics.median(ours_runs)
-            print(
-                f"medians: passthrough {plain:,.0f} records/s, segscope stream {ours:,.0f} records/s = "
-                f"{ours / plain:.0%} of the passthrough",
-                flush=True,
-            )
+            fill(bootstrap, "bench.in", values)
+            rates: dict[str, list[float]] = {"confluent-kafka passthrough": [], **{m: [] for m in modes}}
+            for r in range(args.repeats):
+                target = f"bench.pass{r}"
+                create_topic(bootstrap, target, partitions=3)
+                worker = spawn.Process(target=passthrough, args=(bootstrap, "bench.in", target, args.records, f"p{r}"))
+                worker.start()
+                rates["confluent-kafka passthrough"].append(watch_rate(bootstrap, target, args.records))
+                worker.join()
+                for m, (mode, extra) in enumerate(modes.items()):
+                    target = f"bench.out{r}.{m}"
+                    create_topic(bootstrap, target, partitions=3)
+                    proc = start_stream(
+                        bundle, bootstrap, "--in-topic", "bench.in", "--out-topic", target, "--group", f"b{r}.{m}",
+                        "--idle-exit", "3", *extra,
+                    )  # fmt: skip
+                    rates[mode].append(watch_rate(bootstrap, target, args.records))
+                    proc.communicate(timeout=300)
+                print(f"run {r + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}/s" for k, v in rates.items()), flush=True)
+            medians = {k: statistics.median(v) for k, v in rates.items()}
+            plain = medians["confluent-kafka passthrough"]
+            for k, v in medians.items():
+                print(f"  {k}: {v:,.0f} records/s ({v / plain:.2f}x the passthrough)", flush=True)
+            breakdown = stages(bootstrap, bundle, "bench.in", min(args.records, 100_000))
+            print("where the time goes (us/record): " + ", ".join(f"{k} {v:.1f}" for k, v in breakdown.items()))
 
-            # latency at a steady rate
             proc = start_stream(
-                bundle,
-                bootstrap,
-                "--in-topic",
-                "lat.in",
-                "--out-topic",
-                "lat.out",
-                "--group",
-                "lat",
-                "--batch-size",
-                "1000",
-            )
-            time.sleep(4)  # start-up
+                bundle, bootstrap, "--in-topic", "lat.in", "--out-topic", "lat.out", "--group", "lat",
+            )  # fmt: skip
+            time.sleep(5)  # start-up
             total = int(args.rate * args.latency_seconds)
-            steady = payloads(total, seed=2)
-            producer = KafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=1)
-            start = time.time()
-            for i, value in enumerate(steady):
-                record = json.loads(value)
-                record["sent_at"] = time.time()
-                producer.send("lat.in", json.dumps(record).encode())
-                ahead = start + (i + 1) / args.rate - time.time()
-                if ahead > 0:
-                    time.sleep(ahead)
-            producer.flush()
-            consumer = KafkaConsumer(
-                "lat.out",
-                bootstrap_servers=bootstrap,
-                auto_offset_reset="earliest",
-                consumer_timeout_ms=8000,
-                max_poll_records=10_000,
+            start_at = time.time() + 1
+            sender = spawn.Process(
+                target=steady_producer, args=(bootstrap, "lat.in", payloads(total, seed=2), args.rate, start_at)
             )
-            latencies = []
-            for msg in consumer:
-                record = json.loads(msg.value)
-                if record["sent_at"] - start > 5:  # warm-up excluded
-                    latencies.append(msg.timestamp / 1000.0 - record["sent_at"])
-            consumer.close()
+            sender.start()
+            sender.join()
+            from confluent_kafka import Consumer
+
+            reader = Consumer(
+                {"bootstrap.servers": bootstrap, "group.id": "lat-reader", "auto.offset.reset": "earliest"}
+            )
+            reader.subscribe(["lat.out"])
+            latencies: list[float] = []
+            idle_since = time.monotonic()
+            while time.monotonic() - idle_since < 8 and len(latencies) < total:
+                messages = [m for m in reader.consume(10_000, 0.5) if m.error() is None]
+                if messages:
+                    idle_since = time.monotonic()
+                for m in messages:
+                    sent = json.loads(m.value())["sent_at"]
+                    if sent - start_at > 5:  # warm-up excluded
+                        latencies.append(m.timestamp()[1] / 1000.0 - sent)
+            reader.close()
             proc.terminate()
             proc.communicate(timeout=60)
             latencies.sort()
             p50 = latencies[len(latencies) // 2] * 1000
             p99 = latencies[int(len(latencies) * 0.99)] * 1000
-            achieved = total / (time.time() - start)
             print(f"latency at {args.rate:,}/s: p50 {p50:.0f} ms, p99 {p99:.0f} ms over {len(latencies):,} records")
             result = {
                 "records": args.records,
                 "partitions": 3,
                 "mean_record_bytes": size,
                 "repeats": args.repeats,
-                "passthrough_runs": plains,
-                "segscope_runs": ours_runs,
-                "passthrough_records_per_s": plain,
-                "segscope_records_per_s": ours,
-                "ratio": ours / plain,
+                "runs_records_per_s": rates,
+                "median_records_per_s": medians,
+                "ratio_to_passthrough": {k: v / plain for k, v in medians.items()},
+                "stages_us_per_record": breakdown,
                 "latency_rate_per_s": args.rate,
                 "latency_records": len(latencies),
                 "latency_p50_ms": p50,
                 "latency_p99_ms": p99,
-                "producer_rate_achieved": achieved,
             }
         finally:
             broker("stop", tmp / "kafka")

@@ -91,16 +91,22 @@ def run_cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch)
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real Apache Kafka broker for the session, started and stopped by connectors/kafka/broker."""
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A real Apache Kafka broker for the session, started and stopped by connectors/kafka/broker: (bootstrap
+    address, its data folder)."""
     from tests.kafka_helpers import broker, free_port
 
     data = tmp_path_factory.mktemp("kafka")
     bootstrap = broker("start", data, free_port())
     try:
-        yield bootstrap
+        yield bootstrap, data
     finally:
         broker("stop", data)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(kafka_broker: tuple[str, Path]) -> str:
+    return kafka_broker[0]
 
 
 @pytest.fixture(scope="session")

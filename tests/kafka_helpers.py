@@ -103,6 +103,35 @@ def consume_dead_letters(bootstrap: str, topic: str, idle: float = 3.0) -> list[
     return out
 
 
+def read_committed(bootstrap: str, topic: str, timeout: float = 60.0) -> list[bytes]:
+    """Every value a read_committed reader (confluent-kafka, i.e. librdkafka) sees, reading each partition until its
+    position passes the partition's end (the end of the last transaction included)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{time.monotonic_ns()}",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        }
+    )
+    parts = sorted(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
+    consumer.assign([TopicPartition(topic, p, 0) for p in parts])
+    ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
+    out: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out += [m.value() for m in consumer.consume(10_000, 0.5) if m.error() is None]
+        positions = {tp.partition: tp.offset for tp in consumer.position([TopicPartition(topic, p) for p in parts])}
+        if all(positions[p] >= ends[p] or ends[p] == 0 for p in parts):
+            break
+    else:
+        raise AssertionError(f"{topic}: a read_committed reader did not reach the end in {timeout} s")
+    consumer.close()
+    return out
+
+
 def count(bootstrap: str, topic: str) -> int:
     consumer = KafkaConsumer(bootstrap_servers=bootstrap)
     try:
@@ -117,10 +146,14 @@ def count(bootstrap: str, topic: str) -> int:
 
 def group_members(bootstrap: str, group: str) -> int:
     """Members of a consumer group once it is stable (0 while it rebalances)."""
+    from kafka.errors import KafkaError
+
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     try:
         info = admin.describe_groups([group])[group]
         return len(info["members"]) if info["group_state"] == "Stable" else 0
+    except KafkaError:  # the group's coordinator is not there yet (a new group on a new broker)
+        return 0
     finally:
         admin.close()
 

@@ -13,6 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "segscope"
 LAYERS: list[set[str]] = [
     {"_typing", "exceptions"},
     {"_params", "_deps", "_io", "config", "schema", "metrics"},
+    {"_kafka"},
     {"bundle"},
     {"registry"},
     {"sources"},

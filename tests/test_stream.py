@@ -23,6 +23,7 @@ from tests.kafka_helpers import (
     free_port,
     group_members,
     produce,
+    read_committed,
     records,
     start_stream,
     terminate,
@@ -283,7 +284,7 @@ def test_kafka_source_and_sink_contracts(kafka_bootstrap: str, stream_bundle: Pa
     from segscope.sources.kafka import KafkaSource
 
     model = Model.load(stream_bundle)
-    t = _topics("contract")
+    t = {**_topics("contract"), "aborted": "contract.aborted"}
     create_topic(kafka_bootstrap, t["in"])
     good = records(make_transactions(3000, seed=31).drop("is_fraud"))
     produce(kafka_bootstrap, t["in"], [*good, b"not json"], keys=[f"k{i}".encode() for i in range(3001)])
@@ -312,12 +313,18 @@ def test_kafka_source_and_sink_contracts(kafka_bootstrap: str, stream_bundle: Pa
     assert all(again.poll(timeout_ms=1000) is None for _ in range(3))  # committed: nothing comes back
     again.close()
 
-    sink = KafkaSink(bootstrap=kafka_bootstrap, topic=t["out"], dead_letter_topic=t["dlq"], alerts_topic=t["alerts"])
+    # a transactional sink that aborts: nothing becomes visible to a read_committed reader
+    sink = KafkaSink(
+        bootstrap=kafka_bootstrap, topic=t["aborted"], dead_letter_topic=t["dlq"], transactional_id="contract-tx"
+    )
     sink.open()
-    batch = batches[0]
-    sink.write(model.score(batch.frame), batch)
-    sink.abort()  # queued, never flushed: nothing reaches the topic
-    assert count(kafka_bootstrap, t["out"]) == 0
+    sink.begin()
+    sink.write(model.score(batches[0].frame), batches[0])
+    sink.flush()
+    sink.abort()
+    sink.close()
+    assert count(kafka_bootstrap, t["aborted"]) > 700  # written to the log ...
+    assert read_committed(kafka_bootstrap, t["aborted"]) == []  # ... but never committed
     sink = KafkaSink(bootstrap=kafka_bootstrap, topic=t["out"], dead_letter_topic=t["dlq"])
     sink.open()
     for batch in batches:

@@ -170,15 +170,45 @@ def stream(
         str | None,
         typer.Option("--labels-topic", help="Topic of analyst labels (JSON id,label,analyst) to consume into --store."),
     ] = None,
+    exactly_once: Annotated[
+        bool,
+        typer.Option(
+            "--exactly-once",
+            help="Outputs and consumer offsets in one Kafka transaction per batch (read outputs with read_committed).",
+        ),
+    ] = False,
+    transactional_id: Annotated[
+        str | None,
+        typer.Option("--transactional-id", help="With --exactly-once (default: group, topic, host and a free slot)."),
+    ] = None,
+    isolation: Annotated[
+        str,
+        typer.Option(
+            "--isolation-level", help="read_committed (skip aborted and open transactions) or read_uncommitted."
+        ),
+    ] = "read_committed",
+    client: Annotated[
+        str, typer.Option("--client", help="confluent (librdkafka) or kafka-python (pure Python).")
+    ] = "confluent",
+    compression: Annotated[
+        str, typer.Option("--compression", help="Codec of the outputs: none, gzip, snappy, lz4 or zstd.")
+    ] = "lz4",
     trust_bundle: TrustOpt = False,
 ) -> None:
-    """Score a Kafka topic continuously (at-least-once; SIGTERM drains, commits and exits 0)."""
+    """Score a Kafka topic continuously (at-least-once, or --exactly-once; SIGTERM drains, commits and exits 0)."""
     import logging
 
     from segscope.stream import StreamOptions, run_stream
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     logging.getLogger("kafka").setLevel(logging.WARNING)  # the client's connection chatter
+    for name, value, allowed in (
+        ("--isolation-level", isolation, ("read_committed", "read_uncommitted")),
+        ("--client", client, ("confluent", "kafka-python")),
+        ("--compression", compression, ("none", "gzip", "snappy", "lz4", "zstd")),
+    ):
+        if value not in allowed:
+            raise typer.BadParameter(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
     options = StreamOptions(
         bundle=bundle,
         bootstrap=bootstrap,
@@ -195,11 +225,17 @@ def stream(
         trusted=trust_bundle,
         store=store,
         labels_topic=labels_topic,
+        exactly_once=exactly_once,
+        transactional_id=transactional_id,
+        read_committed=isolation == "read_committed",
+        client=client,  # type: ignore[arg-type]
+        compression=compression,
     )
     stats = run_stream(options, on_stats=lambda line: err.print(line, highlight=False))
     err.print(
         f"[green]stream stopped[/]: {stats.records_in:,} in, {stats.records_out:,} scored, {stats.alerts:,} alerts, "
         f"{stats.dead_letters:,} dead letters, model versions {', '.join(stats.model_versions)}"
+        + (f", {stats.aborted:,} transactions aborted and retried" if stats.aborted else "")
         + (f"; {stats.stored:,} kept in the label store, {stats.labels_in:,} labels consumed" if store else "")
     )
 

@@ -1,6 +1,17 @@
 """Kafka topics as a sink: every scored record to the scored topic (and alerts to the alerts topic), with the
-input message's key and headers; dead letters to the dead-letter topic. ``flush`` returns only when the broker
-acknowledged everything (acks=all), re-sending what failed, so offsets are committed only past written output.
+input message's key and headers; dead letters to the dead-letter topic.
+
+**Delivery.** At-least-once (the default): batches are produced without waiting, several in flight; a batch is
+*done* when the broker acknowledged every one of its outputs (acks=all), and :meth:`KafkaSink.done_positions`
+hands the source the consumer positions of the batches done, in order, to commit. An output the broker refuses
+for good (too large, invalid) is replaced by a dead letter of its input message; an output that cannot be
+delivered within the delivery timeout (the broker is gone) stops the stream with an error, and nothing past it
+is committed. Exactly-once (``transactional_id``): each batch's outputs and its consumer positions are one
+transaction (:meth:`KafkaSink.commit_transaction`), readable with ``read_committed``.
+
+**Output.** The scored fields are appended to the message's own JSON bytes (``{...original..., "id": ...,
+"score": ..., ...}``): the input is never re-encoded, so numbers keep their spelling. A message that already has
+a field of the same name as one segscope adds is merged as a JSON object instead (segscope's value wins).
 
 **The dead-letter format** (one, for every dead letter segscope writes; the convention of Kafka Connect's
 dead-letter queues): the record's key is the original key, its value the original bytes unchanged (at most
@@ -16,13 +27,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 import polars as pl
 
-from segscope._deps import require
-from segscope.exceptions import SegscopeError, SinkError
+from segscope._kafka import TP, Client, make_producer
+from segscope.exceptions import SinkError
 from segscope.schema import SCORED_COLUMNS
 from segscope.sources.base import Batch, DeadLetter
 
@@ -32,8 +45,7 @@ log = logging.getLogger("segscope.stream")
 
 #: Prefix of the headers that describe a dead letter.
 DLQ_HEADER = "segscope.dlq."
-
-Send = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]
+_RESERVED = frozenset({"id", *SCORED_COLUMNS})
 
 
 def dead_letter_headers(letter: DeadLetter, *, kept: int) -> list[tuple[str, bytes]]:
@@ -54,8 +66,49 @@ def dead_letter_headers(letter: DeadLetter, *, kept: int) -> list[tuple[str, byt
     return original + [(DLQ_HEADER + k, v.encode("utf-8", "replace")) for k, v in described.items()]
 
 
+def encode(scored: pl.DataFrame, batch: Batch | None) -> list[bytes]:
+    """One output value per scored row: the input message with ``id`` and the scored columns appended."""
+    ids = batch.ids if batch is not None and batch.ids is not None else None
+    tail = scored.select(SCORED_COLUMNS)
+    if ids is not None:
+        tail = tail.select(pl.Series("id", ids, dtype=pl.String), *SCORED_COLUMNS)
+    if batch is None or batch.raw is None or batch.records is None:  # not from Kafka: the whole scored rows
+        return scored.write_ndjson().encode().splitlines()
+    lines = tail.write_ndjson().encode().splitlines()
+    out = []
+    for raw, record, line in zip(batch.raw, batch.records, lines, strict=False):
+        body = raw.rstrip() if raw is not None else b""
+        if _RESERVED.isdisjoint(record) and body.endswith(b"}"):
+            out.append(body[:-1] + b"," + line[1:])
+        else:  # a field of the same name: merge as objects, segscope's values win
+            out.append(orjson.dumps({**record, **orjson.loads(line)}))
+    return out
+
+
+@dataclass
+class _Ticket:
+    """The outputs of one batch in flight."""
+
+    positions: dict[TP, int]
+    batch: Batch | None
+    values: list[bytes] = field(default_factory=list)  # the scored outputs, to find a refused one's row
+    pending: int = 0
+    refused: list[tuple[bytes | None, str]] = field(default_factory=list)  # (value, error) refused for good
+    failed: str | None = None  # an error retrying cannot fix in time
+    callback: Any = None
+
+    def delivered(self, error: str | None, permanent: bool, value: bytes | None) -> None:
+        self.pending -= 1
+        if error is None:
+            return
+        if permanent:
+            self.refused.append((value, error))
+        else:
+            self.failed = self.failed or error
+
+
 class KafkaSink:
-    """Scored records, alerts and dead letters to their topics; ``flush`` waits for the acknowledgements."""
+    """Scored records, alerts and dead letters to their topics (see the module docstring for delivery)."""
 
     def __init__(
         self,
@@ -66,6 +119,10 @@ class KafkaSink:
         alerts_topic: str | None = None,
         max_request_bytes: int = 1_048_576,
         max_value_bytes: int = 65_536,
+        compression: str = "lz4",
+        client: Client = "confluent",
+        transactional_id: str | None = None,
+        max_in_flight: int = 4,
     ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
@@ -73,75 +130,187 @@ class KafkaSink:
         self.alerts_topic = alerts_topic
         self.max_request_bytes = max_request_bytes
         self.max_value_bytes = max_value_bytes
+        self.compression = compression
+        self.client = client
+        self.transactional_id = transactional_id
+        self.max_in_flight = max_in_flight
 
     def open(self) -> None:
-        kafka = require("kafka", extra="kafka", feature="Kafka streaming")
-        from kafka.errors import KafkaError
+        self.producer_ = make_producer(
+            self.client,
+            bootstrap=self.bootstrap,
+            max_request_bytes=self.max_request_bytes,
+            compression=self.compression,
+            transactional_id=self.transactional_id,
+        )
+        self.tickets_: deque[_Ticket] = deque()
+        self.done_: dict[TP, int] = {}
+        if self.transactional_id is not None:
+            self.producer_.init_transactions()
 
-        try:
-            self.producer_ = kafka.KafkaProducer(
-                bootstrap_servers=self.bootstrap,
-                acks="all",
-                linger_ms=5,
-                batch_size=512 * 1024,
-                max_request_size=self.max_request_bytes,
-                delivery_timeout_ms=120_000,
-            )
-        except KafkaError as exc:
-            raise SinkError(f"cannot connect to Kafka at {self.bootstrap} ({exc}); check --bootstrap") from None
-        self.pending_: list[Send] = []
+    # ------------------------------------------------------------------ producing
+    def _ticket(self, batch: Batch | None) -> _Ticket:
+        while len(self.tickets_) >= self.max_in_flight:  # backpressure: wait for the oldest batch
+            self.producer_.poll(0.05)
+            self._reap()
+        ticket = _Ticket(dict(batch.position or {}) if batch is not None else {}, batch)
+        ticket.callback = self.producer_.callback(ticket.delivered)
+        self.tickets_.append(ticket)
+        return ticket
 
     def write(self, scored: pl.DataFrame, batch: Batch | None = None) -> None:
-        """Queue one output record per scored row: the message as it arrived (all its fields), its ``id`` and
-        the scored columns, with the message's key and headers."""
-        n = scored.height
-        records = batch.records if batch is not None and batch.records is not None else [{}] * n
-        ids = batch.ids if batch is not None and batch.ids is not None else [None] * n
-        keys = batch.keys if batch is not None and batch.keys is not None else [None] * n
-        headers = batch.headers if batch is not None and batch.headers is not None else [()] * n
-        out = scored.select(SCORED_COLUMNS) if records and records[0] else scored
-        rows = out.iter_rows(named=True)
-        for record, record_id, key, extra, row in zip(records, ids, keys, headers, rows, strict=True):
-            body = {**record, "id": record_id, **row} if record_id is not None else {**record, **row}
-            value = orjson.dumps(body, default=str)
-            kept = [(k, v if v is not None else b"") for k, v in extra]
-            self.pending_.append((self.topic, key, value, kept))
-            if row["is_alert"] and self.alerts_topic:
-                self.pending_.append((self.alerts_topic, key, value, kept))
+        """Produce one output per scored row (and the alerts), without waiting for the broker."""
+        ticket = self._ticket(batch)
+        values = ticket.values = encode(scored, batch)
+        keys = batch.keys if batch is not None and batch.keys is not None else [None] * len(values)
+        headers = batch.headers if batch is not None and batch.headers is not None else [()] * len(values)
+        produce, callback, topic = self.producer_.produce, ticket.callback, self.topic
+        ticket.pending += len(values)
+        for value, key, extra in zip(values, keys, headers, strict=True):
+            produce(topic, value, key, extra, callback)
+        if self.alerts_topic:
+            rows = scored.get_column("is_alert").arg_true().to_list()
+            ticket.pending += len(rows)
+            for row in rows:
+                produce(self.alerts_topic, values[row], keys[row], headers[row], callback)
+        self.producer_.poll(0)
 
     def dead_letters(self, letters: list[DeadLetter], topic: str | None = None) -> None:
-        """Queue dead letters (to ``topic``, default the sink's dead-letter topic), in the format above."""
+        """Dead letters, in the format above, as part of the latest batch (or on their own)."""
+        if not letters:
+            return
+        ticket = self.tickets_[-1] if self.tickets_ else self._ticket(None)
         for letter in letters:
             value = letter.value[: self.max_value_bytes] if letter.value is not None else None
             headers = dead_letter_headers(letter, kept=self.max_value_bytes)
-            self.pending_.append((topic or self.dead_letter_topic, letter.key, value, headers))
+            ticket.pending += 1
+            self.producer_.produce(topic or self.dead_letter_topic, value, letter.key, headers, ticket.callback)
 
-    def flush(self, attempts: int = 10) -> None:
-        """Send what is queued and wait for the broker; re-send what failed (a broker restart). Raises after
-        ``attempts`` so that nothing is committed past a lost output."""
-        pending, self.pending_ = self.pending_, []
-        for attempt in range(attempts):
-            futures = [
-                (item, self.producer_.send(item[0], key=item[1], value=item[2], headers=item[3])) for item in pending
-            ]
-            self.producer_.flush(timeout=120)
-            pending = [item for item, future in futures if not future.succeeded()]
-            if not pending:
-                return
-            log.warning("%d sends failed (attempt %d); retrying", len(pending), attempt + 1)
-            time.sleep(min(2.0 * (attempt + 1), 10.0))
-        raise SegscopeError(
-            f"{len(pending)} records could not be produced after {attempts} attempts; nothing committed, "
-            "restart the stream once the broker is reachable"
-        )
+    # ------------------------------------------------------------------ at-least-once
+    def _settle(self) -> None:
+        """Replace outputs the broker refused for good by dead letters of their inputs; stop on lost outputs."""
+        for ticket in self.tickets_:
+            if ticket.failed is not None:
+                raise SinkError(
+                    f"an output could not be delivered ({ticket.failed}); nothing was committed past it: restart "
+                    "the stream once the broker is reachable"
+                )
+            if ticket.refused:
+                refused, ticket.refused = ticket.refused, []
+                self._replace_refused(ticket, refused)
+
+    def _replace_refused(self, ticket: _Ticket, refused: list[tuple[bytes | None, str]]) -> None:
+        batch = ticket.batch
+        rows = {value: row for row, value in enumerate(ticket.values)}
+        letters = []
+        for value, error in refused:
+            row = rows.get(value) if value is not None else None
+            if row is None or batch is None or batch.raw is None or batch.origin is None:
+                # a dead letter or an alert copy itself was refused: nothing safe to replace it with
+                ticket.failed = ticket.failed or f"a dead letter was refused ({error})"
+                continue
+            topic, partition, offset, timestamp = batch.origin(row)
+            letters.append(
+                DeadLetter(
+                    f"the scored record could not be produced: {error}",
+                    topic,
+                    partition,
+                    offset,
+                    batch.keys[row] if batch.keys is not None else None,
+                    batch.raw[row],
+                    timestamp,
+                    batch.headers[row] if batch.headers is not None else (),
+                )
+            )
+        for letter in letters:
+            value = letter.value[: self.max_value_bytes] if letter.value is not None else None
+            ticket.pending += 1
+            headers = dead_letter_headers(letter, kept=self.max_value_bytes)
+            self.producer_.produce(self.dead_letter_topic, value, letter.key, headers, ticket.callback)
+        if ticket.failed is not None:
+            self._settle()
+
+    def _reap(self) -> None:
+        """Move the batches at the front of the flight whose outputs are all acknowledged to ``done_``."""
+        self._settle()
+        while self.tickets_ and self.tickets_[0].pending == 0 and not self.tickets_[0].refused:
+            self.done_.update(self.tickets_.popleft().positions)
+
+    def done_positions(self) -> dict[TP, int]:
+        """Consumer positions of the batches whose outputs are all acknowledged (merged, in order) since the last
+        call: what the source may commit."""
+        self.producer_.poll(0)
+        self._reap()
+        done, self.done_ = self.done_, {}
+        return done
+
+    def in_flight(self) -> int:
+        return len(self.tickets_)
+
+    def flush(self, timeout: float = 180.0) -> None:
+        """Wait until every batch in flight is acknowledged (or raise: nothing past a lost output is committed)."""
+        deadline = time.monotonic() + timeout
+        while any(t.pending or t.refused for t in self.tickets_):
+            self.producer_.flush(1.0)
+            self._settle()
+            if time.monotonic() > deadline:
+                raise SinkError(
+                    f"outputs not acknowledged within {timeout:.0f} s; nothing was committed past them: restart "
+                    "the stream once the broker is reachable"
+                )
+
+    # ------------------------------------------------------------------ exactly-once
+    def begin(self) -> None:
+        self.producer_.begin()
+
+    def commit_transaction(self, positions: dict[TP, int], group_metadata: Any) -> bool:
+        """Commit the open transaction with the consumer positions; False when it had to be aborted (the caller
+        rewinds to the committed positions and processes the batch again)."""
+        for attempt in range(5):
+            try:
+                if attempt == 0 and positions:
+                    self.producer_.send_offsets(positions, group_metadata)
+                self.producer_.commit()
+                self.tickets_.clear()
+                return True
+            except Exception as exc:
+                verdict = _transaction_error(exc)
+                if verdict == "retry" and attempt < 4:
+                    continue
+                if verdict != "abort":
+                    raise SinkError(f"the transactional producer stopped ({exc}); restart the stream") from None
+                log.warning("transaction aborted (%s); the batch is processed again", str(exc).splitlines()[0])
+                try:
+                    self.producer_.abort()
+                except Exception as abort_exc:
+                    raise SinkError(f"the transaction could not be aborted ({abort_exc}); restart the stream") from None
+                self.tickets_.clear()
+                return False
+        return False  # pragma: no cover - the loop returns or raises
 
     def close(self) -> None:
         if hasattr(self, "producer_"):
-            self.producer_.close(timeout=30)
+            self.producer_.close()
 
     def abort(self) -> None:
-        self.pending_ = []
-        self.close()
+        """Give up: with transactions the open one is aborted (its outputs never become visible to read_committed
+        readers); at-least-once, what was produced may already be written (nothing was committed past it)."""
+        self.tickets_ = deque()
+        if hasattr(self, "producer_") and self.transactional_id is not None:
+            try:
+                self.producer_.abort()
+            except Exception as exc:  # no transaction open
+                log.debug("abort: %s", exc)
 
-    def describe(self) -> dict[str, Any]:
-        return {"topic": self.topic, "alerts_topic": self.alerts_topic, "dead_letter_topic": self.dead_letter_topic}
+
+def _transaction_error(exc: Exception) -> str:
+    """"retry" (commit again), "abort" (abort, rewind, process again) or "fatal" (another instance took over)."""
+    error: Any = exc.args[0] if exc.args else None
+    if hasattr(error, "txn_requires_abort"):  # confluent-kafka's KafkaError
+        if error.fatal():
+            return "fatal"
+        if error.txn_requires_abort():
+            return "abort"
+        return "retry" if error.retriable() else "fatal"
+    fatal = ("ProducerFencedError", "InvalidProducerEpochError", "TransactionalIdAuthorizationFailedError")
+    return "fatal" if type(exc).__name__ in fatal else "abort"

@@ -8,7 +8,7 @@ become :class:`DeadLetter` s of the batch instead, so one bad record never stops
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -29,7 +29,7 @@ class DeadLetter:
     key: bytes | None
     value: bytes | None
     timestamp: int | None = None
-    headers: tuple[tuple[str, bytes | None], ...] = ()
+    headers: Sequence[tuple[str, bytes | None]] = ()
 
 
 @dataclass
@@ -42,9 +42,13 @@ class Batch:
     start: int = 0
     ids: list[str] | None = None
     keys: list[bytes | None] | None = None
-    headers: list[tuple[tuple[str, bytes | None], ...]] | None = None
-    #: The records as they arrived (all fields, including those the model does not use), for the output.
+    headers: list[Sequence[tuple[str, bytes | None]]] | None = None
+    #: The records as they arrived (all fields, including those the model does not use), for the output, and
+    #: their original bytes (a Kafka sink appends the scored fields to them instead of re-encoding).
     records: list[dict[str, Any]] | None = None
+    raw: list[bytes | None] | None = None
+    #: Where row ``i`` came from: (topic, partition, offset, timestamp), for dead letters written later.
+    origin: Callable[[int], tuple[str, int, int, int | None]] | None = None
     dead: list[DeadLetter] = field(default_factory=list)
     #: What :meth:`Source.commit` needs to mark this batch done (source-specific).
     position: Any = None

@@ -3,41 +3,56 @@
 Every message becomes exactly one of: a valid record (a JSON object whose fields match the bundle's schema,
 converted to the fit-time types, with its id: the configured id column or ``topic/partition/offset``), or a
 :class:`~segscope.sources.base.DeadLetter` (the reason and the original bytes). Checks are per message, so one
-bad message never stops a batch. :meth:`KafkaSource.commit` commits the batch's offsets once its outputs are
-acknowledged: at-least-once delivery. (``extra: kafka``)
+bad message never stops a batch; they run a column at a time (a message is only looked at on its own when its
+column holds something unexpected), which keeps decoding a small share of the stream's time.
+
+The consumer reads ``read_committed`` by default (records of aborted or open transactions are never scored) and
+:meth:`KafkaSource.commit` commits the consumer's positions after a batch, past transaction markers, so a
+group's lag reaches 0 on transactional input. (``extra: kafka``)
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 import polars as pl
 
-from segscope._deps import require
-from segscope.exceptions import SourceError
-from segscope.schema import ColumnSpec, FeatureSchema
+from segscope._kafka import TP, Client, Polled, make_consumer
+from segscope.schema import SCORED_COLUMNS, ColumnSpec, FeatureSchema
 from segscope.sources.base import Batch, DeadLetter
 
-__all__ = ["KafkaSource", "TopicReader", "decode_messages", "records_frame"]
+__all__ = ["KafkaSource", "TopicReader", "decode"]
 
 log = logging.getLogger("segscope.stream")
+
+_MISSING = object()
+_NONE = type(None)
+_ALLOWED: dict[str, set[type]] = {
+    "numeric": {int, float, _NONE},
+    "boolean": {bool, _NONE},
+    "categorical": {str, _NONE},
+    "datetime": {str, _NONE},
+}
+_DTYPES: dict[str, pl.DataType] = {"numeric": pl.Float64(), "boolean": pl.Boolean(), "categorical": pl.String()}
+_EPOCH = datetime(1970, 1, 1)
+_MICROSECOND = timedelta(microseconds=1)
+#: Output fields segscope adds; a record that already has one is merged as a dict instead of spliced as bytes.
+RESERVED = frozenset({"id", *SCORED_COLUMNS})
 
 
 def _check(value: Any, spec: ColumnSpec) -> tuple[Any, str | None]:
     """(converted value, error) for one field against its column spec; None is a missing value."""
+    if value is _MISSING:
+        return None, f"missing field '{spec.name}'"
     if value is None:
         return None, None
     if spec.kind == "numeric":
         if isinstance(value, bool) or not isinstance(value, int | float):
             return None, f"field '{spec.name}' must be a number, got {type(value).__name__} {str(value)[:40]!r}"
-        if isinstance(value, float) and math.isinf(value):
-            return None, f"field '{spec.name}' is infinite"
         return float(value), None
     if spec.kind == "boolean":
         if not isinstance(value, bool):
@@ -55,145 +70,97 @@ def _check(value: Any, spec: ColumnSpec) -> tuple[Any, str | None]:
         return None, f"field '{spec.name}' is not an ISO-8601 date/time: {value[:40]!r}"
     if parsed.tzinfo is not None:
         parsed = parsed.astimezone(UTC).replace(tzinfo=None)
-    return parsed, None
+    return (parsed - _EPOCH) // _MICROSECOND, None
 
 
-def _headers(msg: Any) -> tuple[tuple[str, bytes | None], ...]:
-    return tuple((str(k), v) for k, v in (getattr(msg, "headers", None) or ()))
+def _column(values: list[Any], spec: ColumnSpec, errors: list[str | None]) -> pl.Series:
+    """One column as a typed Series; rows whose value does not fit get their first error in ``errors``."""
+    if set(map(type, values)) <= _ALLOWED[spec.kind] and spec.kind != "datetime":
+        return pl.Series(spec.name, values, dtype=_DTYPES[spec.kind], strict=False)
+    converted = []
+    for i, value in enumerate(values):
+        out, error = _check(value, spec)
+        if error is not None and errors[i] is None:
+            errors[i] = error
+        converted.append(out)
+    if spec.kind == "datetime":
+        return pl.Series(spec.name, converted, dtype=pl.Int64).cast(pl.Datetime("us"))
+    return pl.Series(spec.name, converted, dtype=_DTYPES[spec.kind], strict=False)
 
 
-def decode_messages(messages: list[Any], schema: FeatureSchema, *, max_bytes: int) -> Batch:
-    """Check each ConsumerRecord-like message (topic, partition, offset, key, value, timestamp, headers)."""
-    rows: list[dict[str, Any]] = []
-    records: list[dict[str, Any]] = []
-    ids: list[str] = []
-    keys: list[bytes | None] = []
-    headers: list[tuple[tuple[str, bytes | None], ...]] = []
-    dead_letters: list[DeadLetter] = []
-    id_column = schema.id_column
-    for msg in messages:
+def _why_not_json(raw: bytes, exc: Exception) -> str:
+    if not raw:
+        return "empty message: the value has 0 bytes (not a tombstone: it has a value, an empty one)"
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return (
+            f"not UTF-8 text: byte 0x{raw[bad.start]:02x} at position {bad.start} cannot start or continue a "
+            "UTF-8 character (JSON messages must be UTF-8; binary data is kept as it came in the dead letter)"
+        )
+    return f"invalid JSON: {str(exc)[:120]}"
 
-        def dead(reason: str, msg: Any = msg) -> None:
-            dead_letters.append(
-                DeadLetter(
-                    reason,
-                    msg.topic,
-                    msg.partition,
-                    msg.offset,
-                    msg.key,
-                    msg.value,
-                    getattr(msg, "timestamp", None),
-                    _headers(msg),
-                )
-            )
 
-        raw = msg.value
+def decode(polled: Polled, schema: FeatureSchema, *, max_bytes: int) -> Batch:
+    """The batch of rows (the bundle's input columns, fit-time types) and dead letters of one poll."""
+    values = polled.values
+    errors: list[str | None] = [None] * len(values)
+    parsed: list[Any] = [None] * len(values)
+    loads = orjson.loads
+    for i, raw in enumerate(values):
         if raw is None:
-            dead("tombstone: the message has no value (null), so there is no record to score")
-            continue
-        if len(raw) > max_bytes:
-            dead(f"message of {len(raw)} bytes is larger than --max-message-bytes {max_bytes}")
-            continue
-        try:
-            record = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            dead(f"invalid JSON: {str(exc)[:120]}" if raw else "invalid JSON: the message value is empty (0 bytes)")
-            continue
-        if not isinstance(record, dict):
-            dead(f"a message must be one JSON object, got a JSON {type(record).__name__}")
-            continue
-        row: dict[str, Any] = {}
-        error = None
-        for spec in schema.columns:
-            if spec.name not in record:
-                error = f"missing field '{spec.name}'"
-                break
-            row[spec.name], error = _check(record[spec.name], spec)
-            if error:
-                break
-        if error is not None:
-            dead(error)
-            continue
-        if id_column is not None:
-            if record.get(id_column) is None:
-                dead(f"missing id field '{id_column}'")
-                continue
-            record_id = str(record[id_column])
+            errors[i] = "tombstone: the message has no value (null), so there is no record to score"
+        elif len(raw) > max_bytes:
+            errors[i] = f"message of {len(raw)} bytes is larger than --max-message-bytes {max_bytes}"
         else:
-            record_id = f"{msg.topic}/{msg.partition}/{msg.offset}"
-        records.append(record)
-        rows.append(row)
-        ids.append(record_id)
-        keys.append(msg.key)
-        headers.append(_headers(msg))
-    frame = records_frame(rows, schema)
-    return Batch(frame, ids=ids, keys=keys, headers=headers, records=records, dead=dead_letters)
-
-
-def records_frame(rows: list[dict[str, Any]], schema: FeatureSchema) -> pl.DataFrame:
-    """The bundle's input columns of checked rows as a frame with the fit-time types."""
-    columns: dict[str, list[Any]] = {spec.name: [row[spec.name] for row in rows] for spec in schema.columns}
-    dtypes = {"numeric": pl.Float64, "boolean": pl.Boolean, "categorical": pl.String}
-    return pl.DataFrame(
-        {
-            spec.name: pl.Series(spec.name, columns[spec.name], dtype=dtypes.get(spec.kind, pl.Datetime("us")))
-            for spec in schema.columns
-        }
+            try:
+                record = loads(raw)
+            except orjson.JSONDecodeError as exc:
+                errors[i] = _why_not_json(raw, exc)
+                continue
+            if type(record) is dict:
+                parsed[i] = record
+            else:
+                errors[i] = f"a message must be one JSON object, got a JSON {type(record).__name__}"
+    rows = [i for i, e in enumerate(errors) if e is None]
+    records = [parsed[i] for i in rows]
+    row_errors: list[str | None] = [None] * len(rows)
+    columns = [_column([r.get(s.name, _MISSING) for r in records], s, row_errors) for s in schema.columns]
+    if schema.id_column is not None:
+        raw_ids = [r.get(schema.id_column) for r in records]
+        for j, value in enumerate(raw_ids):
+            if value is None and row_errors[j] is None:
+                row_errors[j] = f"missing id field '{schema.id_column}'"
+        ids = [str(v) for v in raw_ids]
+    else:
+        ids = ["{}/{}/{}".format(*polled.origin(i)[:3]) for i in rows]
+    for j, error in enumerate(row_errors):
+        if error is not None:
+            errors[rows[j]] = error
+    keep = [j for j, e in enumerate(row_errors) if e is None]
+    frame = pl.DataFrame(columns)
+    if len(keep) < len(rows):
+        frame = frame[keep]
+    kept = [rows[j] for j in keep]
+    dead = [
+        DeadLetter(error, *polled.origin(i)[:3], polled.keys[i], values[i], polled.origin(i)[3], polled.headers[i])
+        for i, error in enumerate(errors)
+        if error is not None
+    ]
+    return Batch(
+        frame,
+        ids=[ids[j] for j in keep],
+        keys=[polled.keys[i] for i in kept],
+        headers=[polled.headers[i] for i in kept],
+        records=[records[j] for j in keep],
+        raw=[values[i] for i in kept],
+        origin=lambda j: polled.origin(kept[j]),
+        dead=dead,
+        position=polled.positions,
     )
 
 
-def _next_offsets(batch: dict[Any, list[Any]]) -> dict[Any, int]:
-    return {tp: msgs[-1].offset + 1 for tp, msgs in batch.items()}
-
-
-class _Consumer:
-    """What both Kafka readers share: the client, offset commits that survive rebalances and coordinator
-    restarts, and lag."""
-
-    consumer_: Any
-    commit_retries: int = 0
-
-    def _commit_offsets(self, offsets: dict[Any, int]) -> None:
-        """Commit after the outputs are acknowledged. A failed commit is safe (the batch is re-delivered, with
-        the same ids), so it is retried briefly and then left to the next batch's commit, never raised."""
-        from kafka.errors import CommitFailedError, KafkaError
-        from kafka.structs import OffsetAndMetadata
-
-        if not offsets:
-            return
-        request = {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items()}
-        for attempt in range(5):
-            try:
-                self.consumer_.commit(request)
-                return
-            except CommitFailedError:
-                # the group rebalanced while we scored: another member re-delivers this batch (same ids)
-                self.commit_retries += 1
-                log.warning("commit failed after a rebalance; the batch will be re-delivered")
-                return
-            except KafkaError as exc:  # e.g. the coordinator is restarting
-                self.commit_retries += 1
-                log.warning("commit failed (%s), attempt %d; retrying", exc, attempt + 1)
-                time.sleep(1.0 + attempt)
-        log.warning("commit still failing; the next batch's commit covers these offsets")
-
-    def lag(self) -> int:
-        """Messages between this member's positions and the ends of its partitions (-1 when unknown)."""
-        assigned = self.consumer_.assignment()
-        if not assigned:
-            return 0
-        try:
-            ends = self.consumer_.end_offsets(list(assigned))
-            return int(sum(max(0, ends[tp] - self.consumer_.position(tp)) for tp in assigned))
-        except Exception:  # lag is informational: never let it stop the stream
-            return -1
-
-    def close(self) -> None:
-        if hasattr(self, "consumer_"):
-            self.consumer_.close(autocommit=False)
-
-
-class KafkaSource(_Consumer):
+class KafkaSource:
     """A topic consumed in a consumer group; :meth:`poll` returns the next :class:`Batch` (or None)."""
 
     def __init__(
@@ -205,7 +172,9 @@ class KafkaSource(_Consumer):
         schema: FeatureSchema,
         batch_size: int = 5000,
         max_message_bytes: int = 65_536,
-        poll_timeout_ms: int = 500,
+        poll_timeout_ms: int = 100,
+        read_committed: bool = True,
+        client: Client = "confluent",
     ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
@@ -214,37 +183,25 @@ class KafkaSource(_Consumer):
         self.batch_size = batch_size
         self.max_message_bytes = max_message_bytes
         self.poll_timeout_ms = poll_timeout_ms
+        self.read_committed = read_committed
+        self.client = client
 
-    def open(self) -> None:
-        kafka = require("kafka", extra="kafka", feature="Kafka streaming")
-        from kafka.errors import KafkaError
-
-        try:
-            self.consumer_ = kafka.KafkaConsumer(
-                bootstrap_servers=self.bootstrap,
-                group_id=self.group,
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                max_poll_records=self.batch_size,
-                max_poll_interval_ms=300_000,
-                session_timeout_ms=10_000,
-                heartbeat_interval_ms=3_000,
-                fetch_max_bytes=64 * 1024 * 1024,
-            )
-        except KafkaError as exc:
-            raise SourceError(f"cannot connect to Kafka at {self.bootstrap} ({exc}); check --bootstrap") from None
-        self.consumer_.subscribe([self.topic])
+    def open(self, on_revoke: Any = None) -> None:
+        self.consumer_ = make_consumer(
+            self.client,
+            bootstrap=self.bootstrap,
+            group=self.group,
+            batch_size=self.batch_size,
+            read_committed=self.read_committed,
+        )
+        self.consumer_.subscribe(self.topic, on_revoke)
 
     def poll(self, timeout_ms: int | None = None) -> Batch | None:
-        polled = self.consumer_.poll(
-            timeout_ms=self.poll_timeout_ms if timeout_ms is None else timeout_ms, max_records=self.batch_size
-        )
-        if not polled:
+        timeout = (self.poll_timeout_ms if timeout_ms is None else timeout_ms) / 1000
+        polled = self.consumer_.poll(self.batch_size, timeout)
+        if polled is None:
             return None
-        messages = [m for msgs in polled.values() for m in msgs]
-        batch = decode_messages(messages, self.schema, max_bytes=self.max_message_bytes)
-        batch.position = _next_offsets(polled)
-        return batch
+        return decode(polled, self.schema, max_bytes=self.max_message_bytes)
 
     def iter_batches(self) -> Iterator[Batch]:
         while True:
@@ -253,48 +210,79 @@ class KafkaSource(_Consumer):
                 yield batch
 
     def commit(self, batch: Batch) -> None:
-        self._commit_offsets(batch.position or {})
+        self.commit_positions(batch.position or {})
+
+    def commit_positions(self, positions: dict[TP, int]) -> None:
+        """Commit positions; a failure (a rebalance, a restarting coordinator) is safe: the records come again
+        with the same ids, and the next commit covers them, so it is logged, never raised."""
+        try:
+            self.consumer_.commit(positions)
+        except Exception as exc:
+            log.warning("commit failed (%s); the next commit covers these records", str(exc).splitlines()[0])
+
+    def group_metadata(self) -> Any:
+        """What a transactional producer needs to commit this consumer's positions (KIP-447 fencing)."""
+        return self.consumer_.group_metadata()
+
+    def rewind(self) -> None:
+        """Go back to the group's committed positions (after an aborted transaction: the batch comes again)."""
+        parts = self.consumer_.assignment()
+        committed = self.consumer_.committed(parts)
+        marks = self.consumer_.watermarks(parts)
+        self.consumer_.seek({tp: committed[tp] if committed.get(tp, -1) >= 0 else marks[tp][0] for tp in parts})
 
     def assigned(self) -> bool:
         """Whether the group gave this member partitions (a joining member may wait for a dead one's session)."""
         return bool(self.consumer_.assignment())
 
+    def lag(self) -> int:
+        """Records between this member's positions and the ends of its partitions (-1 when unknown)."""
+        try:
+            positions = self.consumer_.positions()
+            ends = self.consumer_.watermarks(list(positions))
+            return int(sum(max(0, ends[tp][1] - offset) for tp, offset in positions.items()))
+        except Exception:  # lag is informational: never let it stop the stream
+            return -1
 
-class TopicReader(_Consumer):
+    def group_done(self) -> bool:
+        """Whether the whole group has committed up to the end of every partition of the topic: another member
+        dying with work left shows here as lag, even if this member's own partitions are done."""
+        try:
+            parts = [(self.topic, p) for p in self.consumer_.partitions(self.topic)]
+            committed = self.consumer_.committed(parts)
+            marks = self.consumer_.watermarks(parts)
+        except Exception:
+            return False
+        return bool(parts) and all(max(committed.get(tp, -1), marks[tp][0]) >= marks[tp][1] for tp in parts)
+
+    def close(self) -> None:
+        if hasattr(self, "consumer_"):
+            self.consumer_.close()
+
+
+class TopicReader:
     """Every partition of a topic, assigned (no group join to wait for), as raw messages: for small topics every
     process reads whole, such as analyst labels (re-adding a label is a no-op)."""
 
-    def __init__(self, *, bootstrap: str, topic: str, group: str) -> None:
+    def __init__(self, *, bootstrap: str, topic: str, group: str, client: Client = "confluent") -> None:
         self.bootstrap = bootstrap
         self.topic = topic
         self.group = group
+        self.client = client
 
     def open(self, wait: float = 15.0) -> None:
-        kafka = require("kafka", extra="kafka", feature="Kafka streaming")
-        from kafka.structs import TopicPartition
+        self.consumer_ = make_consumer(self.client, bootstrap=self.bootstrap, group=self.group, batch_size=5000)
+        self.consumer_.assign_all(self.topic, wait)
 
-        self.consumer_ = kafka.KafkaConsumer(
-            bootstrap_servers=self.bootstrap,
-            group_id=self.group,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            session_timeout_ms=10_000,
-        )
-        deadline = time.monotonic() + wait
-        while True:
-            parts = self.consumer_.partitions_for_topic(self.topic)
-            if parts:
-                break
-            if time.monotonic() > deadline:
-                raise SourceError(f"topic {self.topic!r} does not exist on the broker; create it or fix its name")
-            self.consumer_.topics()  # refresh metadata
-            time.sleep(0.5)
-        self.consumer_.assign([TopicPartition(self.topic, p) for p in sorted(parts)])
+    def poll(self, max_records: int = 5000) -> Polled | None:
+        return self.consumer_.poll(max_records, 0.0)
 
-    def poll(self, max_records: int = 5000) -> tuple[list[Any], dict[Any, int]]:
-        """(messages, the offsets to commit once they are handled)."""
-        polled = self.consumer_.poll(timeout_ms=0, max_records=max_records)
-        return [m for msgs in polled.values() for m in msgs], _next_offsets(polled)
+    def commit(self, positions: dict[TP, int]) -> None:
+        try:
+            self.consumer_.commit(positions)
+        except Exception as exc:
+            log.warning("labels commit failed (%s); they are read again, and stored once", exc)
 
-    def commit(self, offsets: dict[Any, int]) -> None:
-        self._commit_offsets(offsets)
+    def close(self) -> None:
+        if hasattr(self, "consumer_"):
+            self.consumer_.close()

@@ -1,0 +1,453 @@
+"""Two Kafka clients behind one small interface: confluent-kafka (librdkafka: every codec, transactions, fast; the
+default) and kafka-python (pure Python). The source (``sources/kafka.py``) and the sink (``sinks/kafka.py``) use
+only this interface, so each works with either client.
+
+A poll returns messages as columns (values, keys, ...), which is what decoding wants, plus the consumer's
+positions right after the batch: positions, not "last offset + 1", are what is committed, because a
+transactional producer's commit markers sit after the last record and a consumer reading ``read_committed``
+moves past them (committing last + 1 would leave the group's lag at 1 forever).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from segscope._deps import require
+from segscope.exceptions import SinkError, SourceError
+
+__all__ = ["CLIENTS", "Polled", "make_consumer", "make_producer"]
+
+log = logging.getLogger("segscope.stream")
+
+Client = Literal["confluent", "kafka-python"]
+CLIENTS: tuple[Client, ...] = ("confluent", "kafka-python")
+TP = tuple[str, int]
+Headers = Sequence[tuple[str, bytes | None]]
+Origin = tuple[str, int, int, int | None]
+#: Told of each produced message's fate: (error text or None, whether retrying cannot help, the value sent).
+OnDelivery = Callable[[str | None, bool, bytes | None], None]
+
+
+@dataclass
+class Polled:
+    """One poll's messages as columns (what decoding reads for every message), where message ``i`` came from
+    (``origin(i)``: topic, partition, offset, timestamp; asked only for the few that need it), and the consumer's
+    positions after the poll (what to commit once its work is done)."""
+
+    values: list[bytes | None]
+    keys: list[bytes | None]
+    headers: list[Headers]
+    origin: Callable[[int], Origin]
+    positions: dict[TP, int]
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+# ------------------------------------------------------------------------------------------ confluent-kafka
+class _ConfluentConsumer:
+    def __init__(self, config: dict[str, Any]) -> None:
+        ck = require("confluent_kafka", extra="kafka", feature="Kafka streaming (confluent-kafka)")
+        self.ck = ck
+        self.consumer = ck.Consumer({**config, "error_cb": _log_error, "log_level": 2})
+
+    def subscribe(self, topic: str, on_revoke: Callable[[list[TP]], None] | None = None) -> None:
+        def revoked(_: Any, parts: list[Any]) -> None:
+            if on_revoke is not None:
+                on_revoke([(p.topic, p.partition) for p in parts])
+
+        self.consumer.subscribe([topic], on_revoke=revoked)
+
+    def assign_all(self, topic: str, wait: float) -> None:
+        parts = _wait_for_partitions(lambda: self.partitions(topic), topic, wait)
+        self.consumer.assign([self.ck.TopicPartition(topic, p) for p in parts])
+
+    def poll(self, max_records: int, timeout: float) -> Polled | None:
+        messages = self.consumer.consume(max_records, timeout)
+        if not messages:
+            return None
+        good = []
+        for m in messages:
+            error = m.error()
+            if error is None:
+                good.append(m)
+            elif error.fatal():
+                raise SourceError(f"the Kafka consumer stopped: {error.str()}")
+            else:
+                log.warning("consumer: %s", error.str())
+        if not good:
+            return None
+
+        def origin(i: int) -> Origin:
+            m = good[i]
+            kind, stamp = m.timestamp()
+            return m.topic(), m.partition(), m.offset(), stamp if kind else None
+
+        return Polled(
+            [m.value() for m in good],
+            [m.key() for m in good],
+            [m.headers() or () for m in good],
+            origin,
+            self.positions(),
+        )
+
+    def positions(self) -> dict[TP, int]:
+        assigned = self.consumer.assignment()
+        if not assigned:
+            return {}
+        return {(p.topic, p.partition): p.offset for p in self.consumer.position(assigned) if p.offset >= 0}
+
+    def commit(self, offsets: dict[TP, int]) -> None:
+        if offsets:
+            parts = [self.ck.TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+            self.consumer.commit(offsets=parts, asynchronous=False)
+
+    def committed(self, parts: list[TP]) -> dict[TP, int]:
+        found = self.consumer.committed([self.ck.TopicPartition(t, p) for t, p in parts], timeout=10)
+        return {(p.topic, p.partition): p.offset for p in found}
+
+    def watermarks(self, parts: list[TP]) -> dict[TP, tuple[int, int]]:
+        """(first, end) offset of each partition."""
+        out = {}
+        for t, p in parts:
+            low, high = self.consumer.get_watermark_offsets(self.ck.TopicPartition(t, p), timeout=10, cached=False)
+            out[(t, p)] = (int(low), int(high))
+        return out
+
+    def partitions(self, topic: str) -> list[int]:
+        meta = self.consumer.list_topics(topic, timeout=10).topics.get(topic)
+        if meta is None or meta.error is not None:
+            return []
+        return sorted(meta.partitions)
+
+    def assignment(self) -> list[TP]:
+        return [(p.topic, p.partition) for p in self.consumer.assignment()]
+
+    def seek(self, offsets: dict[TP, int]) -> None:
+        for (t, p), o in offsets.items():
+            self.consumer.seek(self.ck.TopicPartition(t, p, o))
+
+    def group_metadata(self) -> Any:
+        return self.consumer.consumer_group_metadata()
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+class _ConfluentProducer:
+    def __init__(self, config: dict[str, Any]) -> None:
+        ck = require("confluent_kafka", extra="kafka", feature="Kafka streaming (confluent-kafka)")
+        self.ck = ck
+        self.producer = ck.Producer({**config, "error_cb": _log_error, "log_level": 2})
+
+    def callback(self, on_delivery: OnDelivery) -> Any:
+        """The native delivery callback for ``on_delivery`` (made once per batch, not per message)."""
+
+        def report(err: Any, msg: Any) -> None:
+            if err is None:
+                on_delivery(None, False, None)
+            else:
+                on_delivery(err.str(), not err.retriable(), msg.value())
+
+        return report
+
+    def produce(self, topic: str, value: bytes | None, key: bytes | None, headers: Headers, callback: Any) -> None:
+        while True:
+            try:
+                self.producer.produce(topic, value, key, headers=headers or None, on_delivery=callback)
+                return
+            except BufferError:  # the local queue is full: serve deliveries until there is room
+                self.producer.poll(0.05)
+            except self.ck.KafkaException as exc:  # refused before sending (e.g. larger than message.max.bytes)
+                callback(exc.args[0] if exc.args else exc, _Refused(value))
+                return
+
+    def poll(self, timeout: float = 0.0) -> None:
+        self.producer.poll(timeout)
+
+    def flush(self, timeout: float) -> int:
+        return int(self.producer.flush(timeout))
+
+    def init_transactions(self, timeout: float = 60.0) -> None:
+        self.producer.init_transactions(timeout)
+
+    def begin(self) -> None:
+        self.producer.begin_transaction()
+
+    def send_offsets(self, offsets: dict[TP, int], group_metadata: Any) -> None:
+        parts = [self.ck.TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        self.producer.send_offsets_to_transaction(parts, group_metadata)
+
+    def commit(self) -> None:
+        self.producer.commit_transaction()
+
+    def abort(self) -> None:
+        self.producer.abort_transaction()
+
+    def close(self) -> None:
+        self.producer.flush(30)
+
+
+class _Refused:
+    """Stands in for the message a producer refused before sending, in its delivery callback."""
+
+    def __init__(self, value: bytes | None) -> None:
+        self._value = value
+
+    def value(self) -> bytes | None:
+        return self._value
+
+
+def _log_error(err: Any) -> None:
+    """librdkafka's errors (its own log lines are off: they repeat every connection attempt)."""
+    log.warning("kafka: %s", err.str() if hasattr(err, "str") else err)
+
+
+# ------------------------------------------------------------------------------------------ kafka-python
+def _kafka_python() -> Any:
+    return require("kafka", extra="kafka", feature="Kafka streaming (kafka-python)")
+
+
+class _PythonConsumer:
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.kafka = _kafka_python()
+        from kafka.structs import TopicPartition
+
+        self.tp = TopicPartition
+        try:
+            self.consumer = self.kafka.KafkaConsumer(**config)
+        except self.kafka.errors.KafkaError as exc:
+            raise SourceError(f"cannot connect to Kafka ({exc}); check --bootstrap") from None
+
+    def subscribe(self, topic: str, on_revoke: Callable[[list[TP]], None] | None = None) -> None:
+        kafka = self.kafka
+
+        class Listener(kafka.ConsumerRebalanceListener):  # type: ignore[misc, name-defined]
+            def on_partitions_revoked(self, revoked: Any) -> None:
+                if on_revoke is not None:
+                    on_revoke([(p.topic, p.partition) for p in revoked])
+
+            def on_partitions_assigned(self, assigned: Any) -> None:
+                return None
+
+        self.consumer.subscribe([topic], listener=Listener())
+
+    def assign_all(self, topic: str, wait: float) -> None:
+        parts = _wait_for_partitions(lambda: self.partitions(topic), topic, wait)
+        self.consumer.assign([self.tp(topic, p) for p in parts])
+
+    def poll(self, max_records: int, timeout: float) -> Polled | None:
+        from kafka.errors import UnsupportedCodecError
+
+        try:
+            batch = self.consumer.poll(timeout_ms=int(timeout * 1000), max_records=max_records)
+        except UnsupportedCodecError as exc:
+            raise SourceError(
+                f"a message is compressed with a codec kafka-python cannot read here ({exc}); install the codecs "
+                "with pip install 'segscope[kafka]', or use --client confluent"
+            ) from None
+        messages = [m for records in batch.values() for m in records]
+        if not messages:
+            return None
+
+        def origin(i: int) -> Origin:
+            m = messages[i]
+            return m.topic, m.partition, m.offset, m.timestamp
+
+        return Polled(
+            [m.value for m in messages],
+            [m.key for m in messages],
+            [m.headers or () for m in messages],
+            origin,
+            self.positions(),
+        )
+
+    def positions(self) -> dict[TP, int]:
+        return {(tp.topic, tp.partition): self.consumer.position(tp) for tp in self.consumer.assignment()}
+
+    def commit(self, offsets: dict[TP, int]) -> None:
+        from kafka.structs import OffsetAndMetadata
+
+        if offsets:
+            self.consumer.commit({self.tp(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()})
+
+    def committed(self, parts: list[TP]) -> dict[TP, int]:
+        out = {}
+        for t, p in parts:
+            offset = self.consumer.committed(self.tp(t, p))
+            out[(t, p)] = -1 if offset is None else int(offset)
+        return out
+
+    def watermarks(self, parts: list[TP]) -> dict[TP, tuple[int, int]]:
+        """(first, end) offset of each partition."""
+        tps = [self.tp(t, p) for t, p in parts]
+        first, end = self.consumer.beginning_offsets(tps), self.consumer.end_offsets(tps)
+        return {(tp.topic, tp.partition): (int(first[tp]), int(end[tp])) for tp in tps}
+
+    def partitions(self, topic: str) -> list[int]:
+        self.consumer.topics()  # refresh metadata
+        return sorted(self.consumer.partitions_for_topic(topic) or ())
+
+    def assignment(self) -> list[TP]:
+        return [(tp.topic, tp.partition) for tp in self.consumer.assignment()]
+
+    def seek(self, offsets: dict[TP, int]) -> None:
+        for (t, p), o in offsets.items():
+            self.consumer.seek(self.tp(t, p), o)
+
+    def group_metadata(self) -> Any:
+        return self.consumer.group_metadata()
+
+    def close(self) -> None:
+        self.consumer.close(autocommit=False)
+
+
+class _PythonProducer:
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.kafka = _kafka_python()
+        try:
+            self.producer = self.kafka.KafkaProducer(**config)
+        except self.kafka.errors.KafkaError as exc:
+            raise SinkError(f"cannot connect to Kafka ({exc}); check --bootstrap") from None
+
+    def callback(self, on_delivery: OnDelivery) -> Any:
+        return on_delivery
+
+    def produce(self, topic: str, value: bytes | None, key: bytes | None, headers: Headers, callback: Any) -> None:
+        from kafka.errors import KafkaError
+
+        kept = [(k, v if v is not None else b"") for k, v in headers]
+        try:
+            future = self.producer.send(topic, value=value, key=key, headers=kept)
+        except KafkaError as exc:  # refused before sending (e.g. larger than max_request_size)
+            callback(str(exc), True, value)
+            return
+        future.add_callback(lambda _: callback(None, False, None))
+        future.add_errback(lambda exc: callback(str(exc), not getattr(exc, "retriable", False), value))
+
+    def poll(self, timeout: float = 0.0) -> None:
+        return None
+
+    def flush(self, timeout: float) -> int:
+        try:
+            self.producer.flush(timeout=timeout)
+        except self.kafka.errors.KafkaTimeoutError:
+            return 1
+        return 0
+
+    def init_transactions(self, timeout: float = 60.0) -> None:
+        self.producer.init_transactions()
+
+    def begin(self) -> None:
+        self.producer.begin_transaction()
+
+    def send_offsets(self, offsets: dict[TP, int], group_metadata: Any) -> None:
+        from kafka.structs import OffsetAndMetadata, TopicPartition
+
+        request = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
+        self.producer.send_offsets_to_transaction(request, group_metadata)
+
+    def commit(self) -> None:
+        self.producer.commit_transaction()
+
+    def abort(self) -> None:
+        self.producer.abort_transaction()
+
+    def close(self) -> None:
+        self.producer.close(timeout=30)
+
+
+# ------------------------------------------------------------------------------------------ factories
+def make_consumer(
+    client: Client,
+    *,
+    bootstrap: str,
+    group: str,
+    batch_size: int,
+    read_committed: bool = True,
+) -> _ConfluentConsumer | _PythonConsumer:
+    """A consumer in ``group`` that never commits by itself and starts at the beginning of new partitions."""
+    if client == "confluent":
+        return _ConfluentConsumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": group,
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+                "isolation.level": "read_committed" if read_committed else "read_uncommitted",
+                "session.timeout.ms": 10_000,
+                "heartbeat.interval.ms": 3_000,
+                "max.poll.interval.ms": 300_000,
+                "fetch.max.bytes": 64 * 1024 * 1024,
+                "queued.max.messages.kbytes": 65_536,
+            }
+        )
+    return _PythonConsumer(
+        {
+            "bootstrap_servers": bootstrap,
+            "group_id": group,
+            "enable_auto_commit": False,
+            "auto_offset_reset": "earliest",
+            "isolation_level": "read_committed" if read_committed else "read_uncommitted",
+            "max_poll_records": batch_size,
+            "max_poll_interval_ms": 300_000,
+            "session_timeout_ms": 10_000,
+            "heartbeat_interval_ms": 3_000,
+            "fetch_max_bytes": 64 * 1024 * 1024,
+        }
+    )
+
+
+def make_producer(
+    client: Client,
+    *,
+    bootstrap: str,
+    max_request_bytes: int = 1_048_576,
+    compression: str = "lz4",
+    transactional_id: str | None = None,
+) -> _ConfluentProducer | _PythonProducer:
+    """An idempotent producer that waits for every in-sync replica (acks=all); transactional with an id."""
+    if client == "confluent":
+        config: dict[str, Any] = {
+            "bootstrap.servers": bootstrap,
+            "acks": "all",
+            "enable.idempotence": True,
+            "linger.ms": 5,
+            "compression.type": compression,
+            "message.max.bytes": max_request_bytes,
+            "delivery.timeout.ms": 120_000,
+            "queue.buffering.max.messages": 500_000,
+        }
+        if transactional_id is not None:
+            # a dead process's open transaction blocks read_committed readers until it times out: keep it short
+            config |= {"transactional.id": transactional_id, "transaction.timeout.ms": 20_000}
+            config["delivery.timeout.ms"] = 20_000  # librdkafka: no longer than the transaction may stay open
+        return _ConfluentProducer(config)
+    pconfig: dict[str, Any] = {
+        "bootstrap_servers": bootstrap,
+        "acks": "all",
+        "linger_ms": 5,
+        "batch_size": 512 * 1024,
+        "compression_type": None if compression == "none" else compression,
+        "max_request_size": max_request_bytes,
+        "delivery_timeout_ms": 120_000,
+    }
+    if transactional_id is not None:
+        pconfig |= {"transactional_id": transactional_id, "transaction_timeout_ms": 20_000}
+    return _PythonProducer(pconfig)
+
+
+def _wait_for_partitions(find: Callable[[], list[int]], topic: str, wait: float) -> list[int]:
+    deadline = time.monotonic() + wait
+    while True:
+        parts = find()
+        if parts:
+            return parts
+        if time.monotonic() > deadline:
+            raise SourceError(f"topic {topic!r} does not exist on the broker; create it or fix its name")
+        time.sleep(0.5)

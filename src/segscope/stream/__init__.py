@@ -1,0 +1,224 @@
+"""`segscope stream`: the loop. A :class:`~segscope.sources.kafka.KafkaSource` hands out micro-batches, the model
+scores them with exactly the code of `segscope score`, a :class:`~segscope.sinks.kafka.KafkaSink` writes the
+scored records, alerts and dead letters, and the source commits.
+
+* **At-least-once** (default): batches are produced without waiting; a batch's consumer positions are committed
+  once the broker acknowledged all its outputs, in order. A crash re-delivers at most the batches in flight,
+  whose records come out again with the same ``id``.
+* **Exactly-once** (``exactly_once``): each batch's outputs and its consumer positions are one Kafka
+  transaction; readers of the outputs with ``read_committed`` see every input record once.
+
+Processes with the same ``group`` share the topic's partitions. A registry given as ``bundle`` is watched between
+batches: a promoted version takes over without a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from segscope._kafka import TP, Client
+from segscope.exceptions import SinkError
+from segscope.labels.queue import candidate_rows
+from segscope.labels.store import LabelStore
+from segscope.sinks.kafka import KafkaSink
+from segscope.sources.base import Batch
+from segscope.sources.kafka import KafkaSource, TopicReader
+from segscope.stream.parts import Metrics, ModelWatcher, consume_labels, stop_on_signals, transactional_id
+
+__all__ = ["StreamOptions", "StreamStats", "run_stream"]
+
+log = logging.getLogger("segscope.stream")
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    bundle: Path
+    bootstrap: str
+    in_topic: str
+    out_topic: str
+    alerts_topic: str | None = None
+    dlq_topic: str | None = None
+    group: str = "segscope"
+    batch_size: int = 5000
+    #: how long a poll waits to fill a batch: bounds the latency at low rates
+    poll_timeout_ms: int = 100
+    max_message_bytes: int = 65_536
+    stats_interval: float = 10.0
+    metrics_port: int | None = None
+    idle_exit: float | None = None
+    trusted: bool = False
+    #: label store URL: alerts and queue candidates of every batch are kept there (before the commit)
+    store: str | None = None
+    #: topic of analyst labels (JSON: id, label, analyst[, category, note]) consumed into the store
+    labels_topic: str | None = None
+    #: outputs and consumer positions in one transaction per batch
+    exactly_once: bool = False
+    transactional_id: str | None = None
+    #: skip records of aborted and open transactions (Kafka's default for consumers is read_uncommitted)
+    read_committed: bool = True
+    client: Client = "confluent"
+    compression: str = "lz4"
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return self.dlq_topic or f"{self.in_topic}.dlq"
+
+
+@dataclass
+class StreamStats:
+    records_in: int = 0
+    records_out: int = 0
+    alerts: int = 0
+    dead_letters: int = 0
+    stored: int = 0
+    labels_in: int = 0
+    batches: int = 0
+    aborted: int = 0
+    model_versions: list[str] = field(default_factory=list)
+
+
+def _write_batch(batch: Batch, watcher: ModelWatcher, sink: KafkaSink, store: LabelStore | None, topic: str) -> int:
+    """Score one batch and hand everything it produces to the sink (and the store); returns its alerts."""
+    alerts = 0
+    if batch.frame.height:
+        scored = watcher.model.score(batch.frame, state=watcher.state)
+        sink.write(scored, batch)
+        alerts = int(scored["is_alert"].sum())
+        if store is not None:  # before the commit: a crash re-delivers, and re-adding is an update
+            review = watcher.model.for_review(scored, ids=batch.ids)
+            store.add_records(review.subset(candidate_rows(scored, review.threshold, 2000)), source=topic)
+    sink.dead_letters(batch.dead)
+    return alerts
+
+
+def run_stream(options: StreamOptions, *, on_stats: Callable[[str], None] | None = None) -> StreamStats:
+    """Run until SIGTERM/SIGINT (or ``idle_exit`` seconds without messages once the whole group is done)."""
+    watcher = ModelWatcher(options.bundle, options.trusted)  # a missing/unreadable bundle fails here, first
+    if options.labels_topic is not None and options.store is None:
+        raise SinkError("--labels-topic needs --store: labels are consumed into the label store")
+    eos = options.exactly_once
+    store = LabelStore.open(options.store) if options.store is not None else None
+    metrics = Metrics(options.metrics_port)
+    stats = StreamStats(model_versions=[watcher.model.version])
+    source = KafkaSource(
+        bootstrap=options.bootstrap,
+        topic=options.in_topic,
+        group=options.group,
+        schema=watcher.model.preparer_.schema_,
+        batch_size=options.batch_size,
+        max_message_bytes=options.max_message_bytes,
+        poll_timeout_ms=options.poll_timeout_ms,
+        read_committed=options.read_committed,
+        client=options.client,
+    )
+    sink = KafkaSink(
+        bootstrap=options.bootstrap,
+        topic=options.out_topic,
+        dead_letter_topic=options.dead_letter_topic,
+        alerts_topic=options.alerts_topic,
+        max_request_bytes=max(1_048_576, options.max_message_bytes * 2),
+        compression=options.compression,
+        client=options.client,
+        transactional_id=(options.transactional_id or transactional_id(options.group, options.in_topic))
+        if eos
+        else None,
+    )
+    labels = None
+    if options.labels_topic is not None:
+        labels = TopicReader(
+            bootstrap=options.bootstrap,
+            topic=options.labels_topic,
+            group=f"{options.group}.labels",
+            client=options.client,
+        )
+
+    def settle(wait: bool = False) -> None:
+        """At-least-once: commit the positions of the batches the broker acknowledged (all of them, with wait)."""
+        if not eos:
+            if wait:
+                sink.flush()
+            done: dict[TP, int] = sink.done_positions()
+            if done:
+                source.commit_positions(done)
+
+    state = {"running": True}
+    try:
+        sink.open()
+        source.open(on_revoke=lambda _: settle(wait=True))  # partitions leave only after their work is committed
+        if labels is not None:
+            labels.open()
+        stop_on_signals(state)
+        if metrics.enabled:
+            metrics.version.info({"version": watcher.model.version})
+        last_stats = last_message = window_start = time.monotonic()
+        window_in = aborted_in_a_row = 0
+        while state["running"]:
+            if watcher.refresh():
+                stats.model_versions.append(watcher.model.version)
+                log.info("switched to model version %s", watcher.model.version)
+                if metrics.enabled:
+                    metrics.version.info({"version": watcher.model.version})
+            batch = source.poll()
+            now = time.monotonic()
+            if batch is not None:
+                last_message = now
+                started = time.perf_counter()
+                if eos:
+                    sink.begin()
+                alerts = _write_batch(batch, watcher, sink, store, options.in_topic)
+                if eos and not sink.commit_transaction(batch.position or {}, source.group_metadata()):
+                    stats.aborted += 1
+                    aborted_in_a_row += 1
+                    if aborted_in_a_row >= 3:
+                        raise SinkError(
+                            "the same batch's transaction was aborted 3 times in a row (a record the broker refuses "
+                            "in every attempt?); nothing was committed past it: see the warnings above"
+                        )
+                    source.rewind()  # the aborted batch comes again
+                    continue
+                aborted_in_a_row = 0
+                stats.records_in += batch.size
+                stats.records_out += batch.frame.height
+                stats.alerts += alerts
+                stats.dead_letters += len(batch.dead)
+                stats.batches += 1
+                window_in += batch.size
+                if metrics.enabled:
+                    metrics.records_in.inc(batch.size)
+                    metrics.records_out.inc(batch.frame.height)
+                    metrics.alerts.inc(alerts)
+                    metrics.dead.inc(len(batch.dead))
+                    metrics.batch_seconds.observe(time.perf_counter() - started)
+            settle()
+            if labels is not None and store is not None and options.labels_topic is not None:
+                taken, dead = consume_labels(labels, store, sink, options.labels_topic, eos)
+                stats.labels_in += taken
+                stats.dead_letters += dead
+            if batch is None and options.idle_exit is not None and now - last_message > options.idle_exit:
+                settle(wait=True)
+                if source.group_done():  # every partition of the topic, not only this member's
+                    break
+            if now - last_stats >= options.stats_interval:
+                lag = source.lag()
+                rate = window_in / max(now - window_start, 1e-9)
+                (on_stats or log.info)(
+                    f"stream: {stats.records_in:,} in ({rate:,.0f}/s), {stats.records_out:,} out, "
+                    f"{stats.alerts:,} alerts, {stats.dead_letters:,} dead letters, lag {lag:,}, "
+                    f"model {watcher.model.version}"
+                )
+                if metrics.enabled:
+                    metrics.lag.set(lag)
+                last_stats, window_start, window_in = now, now, 0
+        settle(wait=True)  # SIGTERM: drain what is in flight and commit it
+    finally:
+        source.close()
+        if labels is not None:
+            labels.close()
+        sink.close()
+        if store is not None:
+            store.close()
+    return stats

@@ -1,0 +1,140 @@
+"""The pieces the stream loop uses besides its source and sink: the model it scores with (and hot-swaps), the
+Prometheus metrics, the labels topic, the transactional id of an exactly-once process, and the signal handlers."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from segscope import registry
+from segscope._deps import require
+from segscope.exceptions import DataError
+from segscope.labels.parse import LabelIn, label_from_message
+from segscope.labels.store import LabelStore
+from segscope.model import Model
+from segscope.sinks.kafka import KafkaSink
+from segscope.sources.base import DeadLetter
+from segscope.sources.kafka import TopicReader
+
+__all__ = ["Metrics", "ModelWatcher", "consume_labels", "stop_on_signals", "transactional_id"]
+
+log = logging.getLogger("segscope.stream")
+
+
+class ModelWatcher:
+    """Holds the scoring model and its scoring state; reloads both when a registry's CURRENT pointer moves."""
+
+    def __init__(self, bundle: Path, trusted: bool) -> None:
+        self.bundle, self.trusted = bundle, trusted
+        self.model = Model.load(bundle, trusted=trusted)
+        self.state = self.model.new_state()  # an alert budget counts across batches, for the life of the stream
+        self.pointer = registry.current_version(bundle) if registry.is_registry(bundle) else None
+
+    def refresh(self) -> bool:
+        if self.pointer is None:
+            return False
+        try:
+            pointer = registry.current_version(self.bundle)
+        except Exception:  # a pointer being replaced or damaged: keep scoring with the current model
+            return False
+        if pointer == self.pointer:
+            return False
+        self.model = Model.load(self.bundle, trusted=self.trusted)
+        self.state = self.model.new_state()
+        self.pointer = pointer
+        return True
+
+
+class Metrics:
+    """Prometheus counters and gauges on 127.0.0.1:``port`` (nothing without a port)."""
+
+    def __init__(self, port: int | None) -> None:
+        self.enabled = port is not None
+        if not self.enabled:
+            return
+        prom = require("prometheus_client", extra="kafka", feature="the metrics endpoint")
+        registry_ = prom.CollectorRegistry()
+        self.records_in = prom.Counter("segscope_records_in", "Messages consumed", registry=registry_)
+        self.records_out = prom.Counter("segscope_records_out", "Scored records produced", registry=registry_)
+        self.alerts = prom.Counter("segscope_alerts", "Alerts produced", registry=registry_)
+        self.dead = prom.Counter("segscope_dead_letters", "Messages dead-lettered", registry=registry_)
+        self.lag = prom.Gauge("segscope_consumer_lag", "Messages behind the end of the topic", registry=registry_)
+        self.batch_seconds = prom.Histogram("segscope_batch_seconds", "Time per micro-batch", registry=registry_)
+        self.version = prom.Info("segscope_model", "The model version scoring", registry=registry_)
+        prom.start_http_server(port, addr="127.0.0.1", registry=registry_)
+
+
+def stop_on_signals(state: dict[str, bool]) -> None:
+    def handler(signum: int, frame: Any) -> None:
+        state["running"] = False
+        log.info("signal %s: finishing the current batch, committing, exiting", signum)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+_SLOTS: list[int] = []  # lock files held for the life of the process
+
+
+def transactional_id(group: str, topic: str, *, slots: int = 64) -> str:
+    """A transactional id that is the same after a restart (so the restarted process fences its dead self and
+    aborts its open transaction at once, instead of read_committed readers waiting for it to time out) and
+    different for every process of the group on this host: the first free slot, held by a lock file for the
+    life of the process (a killed process's lock goes with it)."""
+    folder = Path(tempfile.gettempdir()) / "segscope-transactions"
+    folder.mkdir(exist_ok=True)
+    stem = "".join(c if c.isalnum() or c in "._-" else "_" for c in f"{group}.{topic}")
+    for slot in range(slots):
+        fd = os.open(folder / f"{stem}.{slot}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        _SLOTS.append(fd)
+        return f"segscope.{group}.{topic}.{socket.gethostname()}.{slot}"
+    raise DataError(
+        f"more than {slots} exactly-once processes of group {group!r} on this host; pass --transactional-id"
+    )
+
+
+def consume_labels(reader: TopicReader, store: LabelStore, sink: KafkaSink, topic: str, eos: bool) -> tuple[int, int]:
+    """Move what the labels topic holds into the store (source "kafka"); a message that is not a valid label for a
+    stored record is dead-lettered to ``<labels-topic>.dlq`` with the reason. Committed after the store write
+    (re-adding a label is a no-op). Returns (labels taken, dead letters)."""
+    polled = reader.poll()
+    if polled is None:
+        return 0, 0
+    parsed: list[tuple[int, LabelIn]] = []
+    dead: list[tuple[int, str]] = []
+    for i, value in enumerate(polled.values):
+        try:
+            parsed.append((i, label_from_message(value)))
+        except DataError as exc:
+            dead.append((i, str(exc)))
+    known = store.records([item.id for _, item in parsed])
+    for i, item in parsed:
+        if item.id not in known:
+            dead.append((i, f"unknown record id {item.id!r}: only records in the store can be labelled"))
+    store.add_labels([item for _, item in parsed if item.id in known], source="kafka")
+    if dead:
+        letters = []
+        for i, why in dead:
+            topic_, partition, offset, stamp = polled.origin(i)
+            key, value, headers = polled.keys[i], polled.values[i], polled.headers[i]
+            letters.append(DeadLetter(why, topic_, partition, offset, key, value, stamp, headers))
+        if eos:  # a transactional producer writes only inside transactions
+            sink.begin()
+            sink.dead_letters(letters, topic=f"{topic}.dlq")
+            sink.commit_transaction({}, None)
+        else:
+            sink.dead_letters(letters, topic=f"{topic}.dlq")
+            sink.flush()
+    reader.commit(polled.positions)
+    return len(polled) - len(dead), len(dead)
