@@ -179,6 +179,20 @@ class Model:
         self._check_fitted()
         return self.preparer_.schema_.id_column
 
+    def input_dtypes(self) -> dict[str, pl.DataType]:
+        """How a text file's columns are read for this model: numbers as their fitted integer or float type, the
+        rest as text (categories, true/false and dates are converted by the model's own checks)."""
+        self._check_fitted()
+        plain = {"Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16", "UInt32", "UInt64", "Float32", "Float64"}
+        return {
+            c.name: getattr(pl, c.dtype)() if c.kind == "numeric" and c.dtype in plain else pl.String()
+            for c in self.preparer_.schema_.columns
+        }
+
+    def date_columns(self) -> tuple[str, ...]:
+        self._check_fitted()
+        return tuple(c.name for c in self.preparer_.schema_.columns if c.kind == "datetime")
+
     @property
     def alert_threshold(self) -> float | None:
         """The score at or above which the policy alerts (a budget may still decline some)."""

@@ -32,7 +32,7 @@ from segscope.metrics import evaluate_scores
 from segscope.model import Model
 from segscope.schema import SCORED_COLUMNS
 from segscope.sinks.files import FileSink, open_sink
-from segscope.sources.files import FileSource, check_unique_ids, count_rows, read_file, sample_rows, scan_file
+from segscope.sources.files import FileSource, check_unique_ids, count_rows, read_file, sample_rows
 from segscope.tuning import finetune
 
 __all__ = [
@@ -101,7 +101,7 @@ class ScoreSummary:
 
 
 def _check_columns(path: str | Path, model: Model) -> None:
-    schema = scan_file(path).collect_schema()
+    schema = FileSource(path, dtypes=model.input_dtypes()).schema
     missing = [c.name for c in model.preparer_.schema_.columns if c.name not in schema]
     if model.id_column is not None and model.id_column not in schema:
         missing.append(model.id_column)
@@ -112,29 +112,44 @@ def _check_columns(path: str | Path, model: Model) -> None:
         )
 
 
-def iter_scored(model: Model, path: str | Path, *, batch_size: int = 200_000) -> Iterator[pl.DataFrame]:
-    """Score a file batch by batch (bounded memory, one scoring state for the file); checks the schema and ids
-    before the first batch, and warns when a fitted numeric column is null in every row of the file."""
+def iter_scored(
+    model: Model, path: str | Path, *, batch_size: int = 200_000, ids_first: bool = True
+) -> Iterator[pl.DataFrame]:
+    """Score a file batch by batch (bounded memory, one read of the file, one scoring state for it); warns when a
+    fitted numeric column is null in every row. Ids are checked before the first batch (``ids_first``, for
+    outputs that stream) or as the batches go, a duplicate being reported after the last batch and before the
+    caller publishes anything."""
     model._check_fitted()
     _check_columns(path, model)
-    if model.id_column is not None:
-        check_unique_ids(path, model.id_column)
+    id_column = model.id_column
+    if id_column is not None and ids_first:
+        check_unique_ids(path, id_column)
     state = model.new_state()
-    source = FileSource(path, batch_size=batch_size)
+    source = FileSource(path, batch_size=batch_size, dtypes=model.input_dtypes(), dates=model.date_columns())
     numeric = [c.name for c in model.preparer_.schema_.columns if c.kind == "numeric"]
     present = dict.fromkeys(numeric, 0)
+    ids: list[pl.Series] = []
     rows = 0
     for batch in source.iter_batches():
+        frame = batch.frame
+        if id_column is not None and not ids_first:
+            column = frame.get_column(id_column)
+            if column.null_count():
+                row = batch.start + int(column.is_null().arg_true()[0])
+                raise DataError(f"id column '{id_column}' is null at row {row}; every record needs an id")
+            ids.append(column)
         try:
-            yield model.score(batch.frame, state=state)
+            yield model.score(frame, state=state)
         except (SchemaError, DataError) as exc:
             # row numbers in messages are batch-relative; make them file-relative
             raise type(exc)(_shift_row(str(exc), batch.start)) from None
         for name in numeric:
-            present[name] += batch.frame.height - batch.frame.get_column(name).null_count()
-        rows += batch.frame.height
+            present[name] += frame.height - frame.get_column(name).null_count()
+        rows += frame.height
     if rows == 0:
         raise DataError(f"{path}: the file has a header but no rows; there is nothing to score")
+    if ids:
+        _refuse_duplicate_ids(pl.concat(ids), id_column or "")
     empty = [name for name, count in present.items() if count == 0]
     if empty:
         warnings.warn(
@@ -142,6 +157,17 @@ def iter_scored(model: Model, path: str | Path, *, batch_size: int = 200_000) ->
             "their records' scores; check the input or refit without them (--drop)",
             SegscopeWarning,
             stacklevel=2,
+        )
+
+
+def _refuse_duplicate_ids(ids: pl.Series, id_column: str) -> None:
+    duplicated = ids.is_duplicated()
+    if duplicated.any():
+        first = int(duplicated.arg_true()[0])
+        value = ids[first]
+        raise DataError(
+            f"id column '{id_column}' has duplicate values (e.g. {value!r} appears {int((ids == value).sum())} "
+            f"times, first at row {first}); ids must be unique: de-duplicate the input or choose another --id-column"
         )
 
 
@@ -166,7 +192,9 @@ def score_file(
     counts = {"rows": 0, "alerts": 0}
     kept: list[Any] = []
     sink = open_sink(out)
-    batches = iter_scored(model, path, batch_size=batch_size)
+    # a file output is published only at the end, so ids are checked as the batches go (one read of the file);
+    # stdout streams, so they are checked first
+    batches = iter_scored(model, path, batch_size=batch_size, ids_first=not isinstance(sink, FileSink))
     try:
         # scoring the next batch overlaps writing the last one (the kernels and the writers release the GIL)
         for scored in _prefetch(batches) if isinstance(sink, FileSink) else batches:
@@ -179,7 +207,7 @@ def score_file(
             if on_batch is not None:
                 on_batch(scored.height)
         if isinstance(sink, FileSink):
-            sink.close(schema=scored_schema(model, scan_file(path).collect_schema()))
+            sink.close(schema=scored_schema(model, FileSource(path, dtypes=model.input_dtypes()).schema))
         else:
             sink.close()
     except BaseException:
@@ -242,11 +270,11 @@ def evaluate_file(model: Model, path: str | Path, label_column: str, *, batch_si
             f"the label column '{label_column}' is a feature of this bundle, so the model has seen the answer; "
             f"refit with --drop {label_column}"
         )
-    schema = scan_file(path).collect_schema()
+    schema = FileSource(path, dtypes=model.input_dtypes()).schema
     if label_column not in schema:
         raise SchemaError(f"{path}: label column '{label_column}' not found; columns are {list(schema)[:20]}")
     labels, scores, alerts = [], [], []
-    for scored in iter_scored(model, path, batch_size=batch_size):
+    for scored in iter_scored(model, path, batch_size=batch_size, ids_first=False):
         lab = scored.get_column(label_column)
         if lab.null_count():
             raise DataError(

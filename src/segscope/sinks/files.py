@@ -131,7 +131,18 @@ class FileSink:
     def write(self, frame: pl.DataFrame, batch: Batch | None = None) -> None:
         if not hasattr(self, "queue_"):
             self._open(frame.schema)
+            self.first_schema_ = frame.schema
         self._raise_if_failed()
+        if frame.schema != self.first_schema_:  # one file has one schema: later batches take the first one's types
+            try:
+                frame = frame.cast(dict(self.first_schema_), strict=True)  # type: ignore[arg-type]
+            except pl.exceptions.PolarsError:
+                changed = [n for n in frame.columns if frame.schema[n] != self.first_schema_.get(n)]
+                self.abort()
+                raise SinkError(
+                    f"{self.path}: column(s) {changed[:5]} change type part-way through the input; convert the "
+                    "input to Parquet with explicit types, or make those values consistent"
+                ) from None
         self._put(frame)
 
     def _put(self, item: pl.DataFrame | _Stop | None) -> None:

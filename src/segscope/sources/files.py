@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -90,8 +91,22 @@ def check_csv(path: str | Path) -> None:
     _CHECKED[key] = None
 
 
-def scan_file(path: str | Path) -> pl.LazyFrame:
-    """Lazily scan a data file; problems with the file itself are raised here, not at collect time."""
+_SCHEMAS: dict[tuple[Any, ...], pl.Schema] = {}
+
+
+def _file_key(path: Path) -> tuple[str, int, int]:
+    stat = path.stat()
+    return str(path.resolve()), stat.st_mtime_ns, stat.st_size
+
+
+def scan_file(path: str | Path, *, dtypes: dict[str, pl.DataType] | None = None) -> pl.LazyFrame:
+    """Lazily scan a data file; problems with the file itself are raised here, not at collect time.
+
+    CSV is read without guessing dates (Polars' date guessing costs more than the rest of the read): columns named
+    in ``dtypes`` get those types, the others are inferred once per file version and the result is reused by every
+    later scan of the file. Which CSV text columns hold dates is decided where it matters: at fit
+    (:func:`parse_dates`) and, at score time, by the bundle's schema.
+    """
     path = Path(path)
     fmt = detect_format(path)
     if not path.exists():
@@ -106,7 +121,14 @@ def scan_file(path: str | Path) -> pl.LazyFrame:
         if fmt == "parquet":
             lf = pl.scan_parquet(path)
         elif fmt == "csv":
-            lf = pl.scan_csv(path, infer_schema_length=CSV_INFER_ROWS, try_parse_dates=True)
+            key = (*_file_key(path), tuple(sorted((dtypes or {}).items(), key=lambda kv: kv[0])))
+            known = _SCHEMAS.get(key)
+            if known is not None:
+                lf = pl.scan_csv(path, schema=known)
+            else:
+                header = _csv_header(path)
+                overrides = {k: v for k, v in (dtypes or {}).items() if k in header}
+                lf = pl.scan_csv(path, infer_schema_length=CSV_INFER_ROWS, schema_overrides=overrides)
         else:
             lf = pl.scan_ndjson(path, infer_schema_length=CSV_INFER_ROWS)
         schema = lf.collect_schema()
@@ -114,7 +136,41 @@ def scan_file(path: str | Path) -> pl.LazyFrame:
         raise SourceError(f"{path}: cannot read it as {fmt} ({_describe(exc)}); check the file") from None
     if len(schema) == 0:
         raise SourceError(f"{path}: the file has no columns; pass a file with a header and at least one row")
+    if fmt == "csv":
+        _SCHEMAS[key] = schema
     return lf
+
+
+def parse_dates(frame: pl.DataFrame, *, sample: int = 1000) -> pl.DataFrame:
+    """Text columns whose values all read as dates or date-times become Date/Datetime columns (text formats have
+    no types; Parquet keeps its own). A column is tested on a sample of its values first, so the cost is paid
+    only for columns that hold dates."""
+    parsed = []
+    for name, dtype in frame.schema.items():
+        if dtype != pl.String:
+            continue
+        values = frame.get_column(name).drop_nulls()
+        if values.len() == 0 or not values.head(sample).str.contains(r"^\s*\d{4}-\d{2}-\d{2}").all():
+            continue
+        column = _as_date(frame.get_column(name))
+        if column is not None:
+            parsed.append(column)
+    return frame.with_columns(parsed) if parsed else frame
+
+
+def _as_date(column: pl.Series) -> pl.Series | None:
+    """The column as Date (all values dates) or Datetime, when every non-null value parses; else None."""
+    text = column.str.strip_chars()
+    for as_date in (True, False):
+        try:
+            out = text.str.to_date(strict=False) if as_date else text.str.to_datetime(strict=False, time_unit="us")
+        except pl.exceptions.PolarsError:
+            continue
+        if out.null_count() == column.null_count():
+            if getattr(out.dtype, "time_zone", None):
+                out = out.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
+            return out.alias(column.name)
+    return None
 
 
 def _collect(lf: pl.LazyFrame, path: str | Path, *, streaming: bool = False) -> pl.DataFrame:
@@ -130,14 +186,14 @@ def _collect(lf: pl.LazyFrame, path: str | Path, *, streaming: bool = False) -> 
 
 
 def read_file(path: str | Path, *, columns: list[str] | None = None) -> pl.DataFrame:
-    """Read a whole data file into memory."""
+    """Read a whole data file into memory (dates in text formats parsed, see :func:`parse_dates`)."""
     lf = scan_file(path)
     if columns is not None:
         lf = lf.select(columns)
     frame = _collect(lf, path)
     if frame.height == 0:
         raise SourceError(f"{path}: the file has a header but no rows; pass a file with at least one row")
-    return frame
+    return parse_dates(frame) if detect_format(path) != "parquet" else frame
 
 
 def count_rows(path: str | Path) -> int:
@@ -155,12 +211,15 @@ def sample_rows(path: str | Path, total: int, max_rows: int, seed: int) -> pl.Da
         .with_row_index("__segscope_row")
         .filter(pl.col("__segscope_row").is_in(pl.Series(keep, dtype=pl.get_index_type())))
     )
-    return _collect(lf.drop("__segscope_row"), path, streaming=True)
+    frame = _collect(lf.drop("__segscope_row"), path, streaming=True)
+    return parse_dates(frame) if detect_format(path) != "parquet" else frame
 
 
-def iter_batches(path: str | Path, *, batch_size: int = 200_000) -> Iterator[pl.DataFrame]:
+def iter_batches(
+    path: str | Path, *, batch_size: int = 200_000, dtypes: dict[str, pl.DataType] | None = None
+) -> Iterator[pl.DataFrame]:
     """Yield the file as frames of at most ``batch_size`` rows, in file order, in bounded memory."""
-    lf = scan_file(path)
+    lf = scan_file(path, dtypes=dtypes)
     try:
         for batch in lf.collect_batches(chunk_size=batch_size, maintain_order=True):
             if batch.height:
@@ -201,27 +260,83 @@ def check_unique_ids(path: str | Path, id_column: str) -> None:
 
 
 class FileSource:
-    """A Parquet, CSV or NDJSON file read lazily in batches of at most ``batch_size`` rows (bounded memory)."""
+    """A Parquet, CSV or NDJSON file read lazily in batches of at most ``batch_size`` rows (bounded memory).
 
-    def __init__(self, path: str | Path, *, batch_size: int = 200_000) -> None:
+    For text formats, ``dtypes`` gives the types of the columns a model knows (read as such, nothing guessed) and
+    ``dates`` the text columns that hold dates there (parsed per batch when every value reads as a date; when
+    one does not, the column stays text and the model's checks name the row). A value that does not fit its
+    type makes the source read those columns as text instead, for the same reason.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        batch_size: int = 200_000,
+        dtypes: dict[str, pl.DataType] | None = None,
+        dates: tuple[str, ...] = (),
+    ) -> None:
         self.path = Path(path)
         self.batch_size = batch_size
+        self.dtypes = dtypes
+        self.dates = dates
 
     @property
     def schema(self) -> pl.Schema:
-        return scan_file(self.path).collect_schema()
+        return scan_file(self.path, dtypes=self._dtypes()).collect_schema()
+
+    def _dtypes(self) -> dict[str, pl.DataType] | None:
+        return self.dtypes if detect_format(self.path) != "parquet" else None
 
     def open(self) -> None:
-        scan_file(self.path)  # a missing, empty or unreadable file fails here, before any work
+        scan_file(self.path, dtypes=self._dtypes())  # a missing, empty or unreadable file fails here, first
 
     def iter_batches(self) -> Iterator[Batch]:
         start = 0
-        for frame in iter_batches(self.path, batch_size=self.batch_size):
-            yield Batch(frame, start=start)
-            start += frame.height
+        dtypes = self._dtypes()
+        try:
+            for frame in iter_batches(self.path, batch_size=self.batch_size, dtypes=dtypes):
+                yield Batch(self._dated(frame), start=start)
+                start += frame.height
+        except SourceError:
+            if not dtypes:
+                raise
+            # a value that does not fit the fitted type: read the model's columns as text from where it failed,
+            # so the model's own checks report the row and the value
+            text: dict[str, pl.DataType] = {name: pl.String() for name in dtypes}
+            seen = 0  # rows of the text read passed so far
+            for frame in iter_batches(self.path, batch_size=self.batch_size, dtypes=text):
+                if seen + frame.height > start:
+                    rest = _retyped(frame.slice(max(0, start - seen)), dtypes)
+                    yield Batch(self._dated(rest), start=start)
+                    start += rest.height
+                seen += frame.height
+
+    def _dated(self, frame: pl.DataFrame) -> pl.DataFrame:
+        parsed = [
+            column
+            for name in self.dates
+            if name in frame.columns and frame.schema[name] == pl.String
+            for column in [_as_date(frame.get_column(name))]
+            if column is not None
+        ]
+        return frame.with_columns(parsed) if parsed else frame
 
     def commit(self, batch: Batch) -> None:
         return None
 
     def close(self) -> None:
         return None
+
+
+def _retyped(frame: pl.DataFrame, dtypes: dict[str, pl.DataType]) -> pl.DataFrame:
+    """Text columns back to their types where every value fits (the batches keep one schema); a column with a
+    value that does not fit stays text, for the model's checks to name the row."""
+    out = []
+    for name, dtype in dtypes.items():
+        if name in frame.columns and frame.schema[name] == pl.String and dtype != pl.String:
+            try:
+                out.append(frame.get_column(name).str.strip_chars().cast(dtype, strict=True))
+            except pl.exceptions.PolarsError:
+                continue
+    return frame.with_columns(out) if out else frame
