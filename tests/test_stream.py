@@ -147,6 +147,35 @@ def test_sigterm_drains_commits_and_exits_zero(kafka_bootstrap: str, stream_bund
     assert first >= 3000
 
 
+def test_stats_line_and_metrics_name_drift(kafka_bootstrap: str, stream_bundle: Path) -> None:
+    t = _topics("drift")
+    create_topic(kafka_bootstrap, t["in"])
+    drifted = make_transactions(30_000, seed=14).drop("is_fraud").with_columns(pl.col("amount") * 10)
+    produce(kafka_bootstrap, t["in"], records(drifted))
+    port = free_port()
+    proc = start_stream(
+        stream_bundle, kafka_bootstrap, *_args(t, "g-drift", "--batch-size", "500", "--metrics-port", str(port))
+    )
+
+    def scrape() -> dict[str, float]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+                text = response.read().decode()
+        except OSError:  # not serving yet
+            return {}
+        return {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line.startswith("segscope_")}
+
+    wait_until(lambda: 'segscope_drift_psi{column="amount"}' in scrape(), timeout=120)
+    scraped = scrape()
+    assert scraped['segscope_drift_psi{column="amount"}'] > 0.25  # amounts ten times the fit's
+    assert scraped['segscope_drift_psi{column="distance_km"}'] < 0.25  # an untouched column stays low
+    assert scraped["segscope_alert_rate"] > scraped["segscope_expected_alert_rate"]
+    code, err = terminate(proc, signal.SIGTERM)
+    assert code == 0, err
+    stats = [line for line in err.splitlines() if "stream:" in line and "; drift: " in line]
+    assert stats and "amount: " in stats[0] and "drop the column or refit" in stats[0]
+
+
 def test_broker_restart_mid_stream(tmp_path: Path, stream_bundle: Path) -> None:
     data = tmp_path / "kafka"
     bootstrap = broker("start", data, free_port())

@@ -124,7 +124,7 @@ def iter_scored(
     id_column = model.id_column
     if id_column is not None and ids_first:
         check_unique_ids(path, id_column)
-    state = model.new_state()
+    state, drift = model.new_state(), model.drift_tracker()
     source = FileSource(path, batch_size=batch_size, dtypes=model.input_dtypes(), dates=model.date_columns())
     numeric = [c.name for c in model.preparer_.schema_.columns if c.kind == "numeric"]
     present = dict.fromkeys(numeric, 0)
@@ -139,7 +139,7 @@ def iter_scored(
                 raise DataError(f"id column '{id_column}' is null at row {row}; every record needs an id")
             ids.append(column)
         try:
-            yield model.score(frame, state=state)
+            yield model.score(frame, state=state, drift=drift)
         except (SchemaError, DataError) as exc:
             # row numbers in messages are batch-relative; make them file-relative
             raise type(exc)(_shift_row(str(exc), batch.start)) from None
@@ -150,6 +150,9 @@ def iter_scored(
         raise DataError(f"{path}: the file has a header but no rows; there is nothing to score")
     if ids:
         _refuse_duplicate_ids(pl.concat(ids), id_column or "")
+    drifted = drift.report().warning() if drift is not None else None
+    if drifted:
+        warnings.warn(drifted, SegscopeWarning, stacklevel=2)
     empty = [name for name, count in present.items() if count == 0]
     if empty:
         warnings.warn(

@@ -20,6 +20,7 @@ from segscope._io import write_text_atomic
 from segscope.exceptions import ConfigError, DataError, SchemaError
 from segscope.labels.parse import label_values
 from segscope.sources.files import count_rows, sample_rows
+from segscope.unsupervised.drift import DriftReport
 from segscope.unsupervised.profiles import card_view
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ class ReportData:
     labels: np.ndarray | None = None
     source: str = ""
     total_rows: int | None = None
+    drift: DriftReport | None = None
 
 
 def build_report(
@@ -54,6 +56,8 @@ def build_report(
             sections.append(_section("Precision-recall", *_pr_curves(data)))
     if model.segment_profiles_:
         sections.append(_section("Segment profiles", _profile_cards(model, data), ""))
+    if data is not None and data.drift is not None:
+        sections.append(_section("Drift against the fit data", _drift(data.drift), ""))
     if data is not None:
         sections.append(_section("Top alerts", _top_alerts(model, data), ""))
     from plotly.offline import get_plotlyjs
@@ -87,8 +91,10 @@ def load_report_data(
             raise SchemaError("labels are joined on the id column; the bundle has none (fit with --id-column)")
         joined = frame.select(pl.col(id_column).cast(pl.String).alias("id")).join(labels, on="id", how="left")
         values = joined["label"].fill_null(-1).to_numpy()
-    scored = model.score(frame)
-    return ReportData(scored=scored, labels=values, source=Path(path).name, total_rows=total)
+    drift = model.drift_tracker()
+    scored = model.score(frame, drift=drift)
+    report = drift.report() if drift is not None else None
+    return ReportData(scored=scored, labels=values, source=Path(path).name, total_rows=total, drift=report)
 
 
 def write_report(model: Model, out: str | Path, data: ReportData | None = None, **options: Any) -> Path:
@@ -312,6 +318,28 @@ def _profile_cards(model: Model, data: ReportData | None) -> str:
     )
 
 
+def _drift(report: DriftReport, limit: int = 15) -> str:
+    """The columns that moved most since the fit (PSI, share outside the fit range, unseen categories)."""
+    warning = report.warning()
+    expected = report.expected_alert_rate
+    lines = [
+        f"<p>alert rate {report.alert_rate:.1%}"
+        + (f" (the policy expects {expected:.1%} on data like the fit data)" if expected is not None else "")
+        + "</p>",
+        f"<p class='warn'>{html.escape(warning)}</p>" if warning else "<p>no column drifted past the thresholds</p>",
+        "<table class='alerts'><tr><th>column</th><th>PSI</th><th>outside the fit range</th><th>unseen categories</th>"
+        "<th>fit range</th></tr>",
+    ]
+    for column in sorted(report.columns, key=lambda c: -c.psi)[:limit]:
+        mark = " class='warn'" if column.shifted else ""
+        lines.append(
+            f"<tr{mark}><td>{html.escape(column.name)}</td><td>{column.psi:.3f}</td><td>{column.outside:.1%}</td>"
+            f"<td>{column.unseen:.1%}</td><td>{html.escape(column.fit_range)}</td></tr>"
+        )
+    lines.append("</table><p>PSI above 0.25 is the usual threshold of a major shift.</p>")
+    return "".join(lines)
+
+
 def _top_alerts(model: Model, data: ReportData, limit: int = 25) -> str:
     id_column = model.preparer_.schema_.id_column
     top = data.scored.sort("score", descending=True).head(limit)
@@ -406,6 +434,7 @@ table{border-collapse:collapse;font-size:.9rem}th,td{text-align:left;padding:.25
 .card table{font-size:.82rem;width:100%}
 .bar{position:relative;min-width:90px}.bar span{display:inline-block;height:.7rem;margin-right:.4rem;opacity:.7}
 .alerts td:last-child{font-size:.85rem}
+.warn{color:#a12;font-weight:600}
 """
 
 _PAGE = """<!DOCTYPE html>

@@ -30,7 +30,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 # Status and progress go to stderr so that `--out -` (NDJSON on stdout) stays clean.
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # one line per message: logs are grepped
 out = Console()
 
 BundleOpt = Annotated[Path, typer.Option("--bundle", "-b", help="Bundle folder.")]

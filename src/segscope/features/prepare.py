@@ -144,7 +144,7 @@ class FeaturePreparer:
             if col.dtype == pl.Date:
                 parts[f"{name}__weekday"] = col.dt.weekday().cast(pl.Float64)
             else:
-                parts[f"{name}__hour"] = (col.dt.hour() + col.dt.minute() / 60.0).cast(pl.Float64)
+                parts[f"{name}__hour"] = pl.select(_hour_of_day(pl.lit(col))).to_series()
                 parts[f"{name}__weekday"] = col.dt.weekday().cast(pl.Float64)
         else:
             values = col.cast(pl.Float64)
@@ -236,7 +236,10 @@ class FeaturePreparer:
             if stats["kind"] == "missing":
                 expr = base.is_null().cast(pl.Float64)
             else:
-                expr = ((base - stats["center"]) / stats["scale"]).clip(-self.clip, self.clip).fill_null(0.0)
+                # times the reciprocal, not divided: Polars divides a long column by a scalar as a multiplication by
+                # its reciprocal but a one-row column exactly, so a record's features (and its place among tied
+                # reference values) would depend on its batch
+                expr = ((base - stats["center"]) * (1.0 / stats["scale"])).clip(-self.clip, self.clip).fill_null(0.0)
             exprs.append(expr.alias(feat))
         return exprs
 
@@ -248,7 +251,7 @@ class FeaturePreparer:
             part = part[: -len("__missing")]
         col = pl.col(name)
         if part == "__hour":
-            return (col.dt.hour() + col.dt.minute() / 60.0).cast(pl.Float64)
+            return _hour_of_day(col)
         if part == "__weekday":
             return col.dt.weekday().cast(pl.Float64)
         return col.cast(pl.Float64).fill_nan(None)
@@ -328,6 +331,11 @@ class FeaturePreparer:
         prep.expected_ = state["expected"]
         prep.source_column_ = state["source_column"]
         return prep
+
+
+def _hour_of_day(col: pl.Expr) -> pl.Expr:
+    """Hour of day with minutes as a fraction; times the reciprocal of 60 for the same bits in every batch."""
+    return (col.dt.hour().cast(pl.Float64) + col.dt.minute().cast(pl.Float64) * (1.0 / 60.0)).cast(pl.Float64)
 
 
 def _target_dtype(spec: ColumnSpec) -> pl.DataType:

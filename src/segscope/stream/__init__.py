@@ -85,7 +85,7 @@ def _write_batch(batch: Batch, watcher: ModelWatcher, sink: KafkaSink, store: La
     """Score one batch and hand everything it produces to the sink (and the store); returns its alerts."""
     alerts = 0
     if batch.frame.height:
-        scored = watcher.model.score(batch.frame, state=watcher.state)
+        scored = watcher.model.score(batch.frame, state=watcher.state, drift=watcher.drift)
         sink.write(scored, batch)
         alerts = int(scored["is_alert"].sum())
         if store is not None:  # before the commit: a crash re-delivers, and re-adding is an update
@@ -205,10 +205,16 @@ def run_stream(options: StreamOptions, *, on_stats: Callable[[str], None] | None
             if now - last_stats >= options.stats_interval:
                 lag = source.lag()
                 rate = window_in / max(now - window_start, 1e-9)
+                drifted = None
+                if watcher.drift is not None and watcher.drift.rows:  # this window's records vs the fit data
+                    report = watcher.drift.report()
+                    drifted = report.warning()
+                    metrics.drift(report)
+                    watcher.drift = watcher.model.drift_tracker()
                 (on_stats or log.info)(
                     f"stream: {stats.records_in:,} in ({rate:,.0f}/s), {stats.records_out:,} out, "
                     f"{stats.alerts:,} alerts, {stats.dead_letters:,} dead letters, lag {lag:,}, "
-                    f"model {watcher.model.version}"
+                    f"model {watcher.model.version}" + (f"; drift: {drifted}" if drifted else "")
                 )
                 if metrics.enabled:
                     metrics.lag.set(lag)

@@ -21,6 +21,7 @@ from segscope.model import Model
 from segscope.sinks.kafka import KafkaSink
 from segscope.sources.base import DeadLetter
 from segscope.sources.kafka import TopicReader
+from segscope.unsupervised.drift import DriftReport
 
 __all__ = ["Metrics", "ModelWatcher", "consume_labels", "stop_on_signals", "transactional_id"]
 
@@ -34,6 +35,7 @@ class ModelWatcher:
         self.bundle, self.trusted = bundle, trusted
         self.model = Model.load(bundle, trusted=trusted)
         self.state = self.model.new_state()  # an alert budget counts across batches, for the life of the stream
+        self.drift = self.model.drift_tracker()  # a new one every stats window
         self.pointer = registry.current_version(bundle) if registry.is_registry(bundle) else None
 
     def refresh(self) -> bool:
@@ -47,6 +49,7 @@ class ModelWatcher:
             return False
         self.model = Model.load(self.bundle, trusted=self.trusted)
         self.state = self.model.new_state()
+        self.drift = self.model.drift_tracker()
         self.pointer = pointer
         return True
 
@@ -67,7 +70,32 @@ class Metrics:
         self.lag = prom.Gauge("segscope_consumer_lag", "Messages behind the end of the topic", registry=registry_)
         self.batch_seconds = prom.Histogram("segscope_batch_seconds", "Time per micro-batch", registry=registry_)
         self.version = prom.Info("segscope_model", "The model version scoring", registry=registry_)
+        self.alert_rate = prom.Gauge("segscope_alert_rate", "Alert rate in the last stats window", registry=registry_)
+        self.expected_rate = prom.Gauge(
+            "segscope_expected_alert_rate", "Alert rate the policy expects (on the fit data)", registry=registry_
+        )
+        self.psi = prom.Gauge(
+            "segscope_drift_psi", "Population stability index vs the fit data", ["column"], registry=registry_
+        )
+        self.outside = prom.Gauge(
+            "segscope_drift_outside_share", "Share of values outside the fit range", ["column"], registry=registry_
+        )
+        self.unseen = prom.Gauge(
+            "segscope_drift_unseen_share", "Share of categories never seen at fit", ["column"], registry=registry_
+        )
         prom.start_http_server(port, addr="127.0.0.1", registry=registry_)
+
+
+    def drift(self, report: DriftReport) -> None:
+        if not self.enabled:
+            return
+        self.alert_rate.set(report.alert_rate)
+        if report.expected_alert_rate is not None:
+            self.expected_rate.set(report.expected_alert_rate)
+        for column in report.columns:
+            self.psi.labels(column.name).set(column.psi)
+            self.outside.labels(column.name).set(column.outside)
+            self.unseen.labels(column.name).set(column.unseen)
 
 
 def stop_on_signals(state: dict[str, bool]) -> None:

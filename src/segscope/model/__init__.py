@@ -11,45 +11,29 @@ from __future__ import annotations
 
 import hashlib
 import io
-import platform
+import warnings
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Self
 
 import numpy as np
 import polars as pl
 
-from segscope import bundle as bundle_io
-from segscope.config import SegscopeConfig, config_from_dict
-from segscope.exceptions import BundleError, ConfigError, NotFittedError, SegscopeError
+from segscope.config import SegscopeConfig
+from segscope.exceptions import ConfigError, NotFittedError, SegscopeWarning
 from segscope.features.prepare import FeaturePreparer
 from segscope.labels.store import ReviewRecords
-from segscope.registry import resolve
 from segscope.schema import SCORED_COLUMNS
 from segscope.supervised.base import FineTuned
-from segscope.supervised.learners import make_finetuned
 from segscope.unsupervised.detect import make_detector
+from segscope.unsupervised.drift import DriftReference, DriftTracker, time_like_columns
 from segscope.unsupervised.ensemble import AnomalyEnsemble, SegmentCalibration
 from segscope.unsupervised.explain import REASON_DTYPE, FeatureExplainer
 from segscope.unsupervised.profiles import expected_rows, expected_table, profile_cards
-from segscope.unsupervised.threshold import PolicyState, make_policy, restore_policy
+from segscope.unsupervised.threshold import PolicyState, make_policy
 
 __all__ = ["SCORED_COLUMNS", "Model"]
-
-_LIBRARIES = ("segscope", "polars", "numpy", "scipy", "scikit-learn", "pyod", "numba", "pyarrow")
-
-
-def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for lib in _LIBRARIES:
-        try:
-            out[lib] = metadata.version(lib)
-        except metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
-            out[lib] = "unknown"
-    return out
-
 
 def _frame_fingerprint(frame: pl.DataFrame) -> str:
     buffer = io.BytesIO()
@@ -73,6 +57,8 @@ class Model:
     supervised_: FineTuned | None = None
     #: Whether the learner also sees segment membership (one-hot) and assignment confidence.
     supervised_segment_features_: bool = False
+    #: What the fit data looked like, to tell when scored data does not (None for bundles older than that).
+    drift_: DriftReference | None = None
     #: For fine-tuned versions: the labels used, the version it was tuned from, and the promotion decision.
     label_snapshot_: dict[str, Any] | None = None
     parent_version_: str | None = None
@@ -118,6 +104,17 @@ class Model:
         if cfg.segments.enabled:
             step("segmenting (UMAP + HDBSCAN on a sample, distilled into a forest)")
             self._fit_segments(x, validated, alerts, previous)
+        columns = [(c.name, c.kind) for c in prep.schema_.columns]
+        rate = float(alerts.mean()) if alerts is not None else None
+        self.drift_ = DriftReference().fit(validated, columns, rate)
+        time_like = time_like_columns(frame, columns)
+        for name, why in time_like.items():
+            warnings.warn(
+                f"column '{name}' {why}: it drifts by construction, so new data will look anomalous on it; "
+                f"--drop {name} unless that is what you want",
+                SegscopeWarning,
+                stacklevel=2,
+            )
         created = datetime.now(UTC)
         fingerprint = fingerprint or _frame_fingerprint(frame)
         self.created_at_ = created.isoformat(timespec="seconds")
@@ -127,7 +124,8 @@ class Model:
             "fit_rows": int(frame.height),
             "fingerprint": fingerprint,
             "columns": frame.columns,
-            "reference_alert_rate": float(alerts.mean()) if alerts is not None else None,
+            "reference_alert_rate": rate,
+            "time_like_columns": time_like,
         }
         self.segment_expected_ = self._expected_table()
         return self
@@ -258,15 +256,24 @@ class Model:
         onehot = (segments[:, None] == self.segmenter_.segments_[None, :]).astype(np.float64)
         return np.hstack([x, parts, onehot, confidence[:, None]])
 
+    def drift_tracker(self) -> DriftTracker | None:
+        """A tracker of how scored data compares with the fit data (one per file or stream window); None for
+        bundles fitted before segscope kept the reference."""
+        self._check_fitted()
+        return self.drift_.tracker() if self.drift_ is not None else None
+
     def new_state(self) -> PolicyState:
         """Scoring state that carries over between batches (an alert budget's counts): one per file or stream."""
         self._check_fitted()
         return self.policy_.new_state()
 
-    def score(self, frame: pl.DataFrame, *, state: PolicyState | None = None) -> pl.DataFrame:
+    def score(
+        self, frame: pl.DataFrame, *, state: PolicyState | None = None, drift: DriftTracker | None = None
+    ) -> pl.DataFrame:
         """Input columns plus :data:`SCORED_COLUMNS`. Never changes the model; batch-independent scores. Pass
         the same ``state`` (:meth:`new_state`) for every batch of one file or stream, so that an alert budget
-        counts across them; without it each call is decided on its own."""
+        counts across them; without it each call is decided on its own. ``drift`` counts the batch in a
+        :meth:`drift_tracker`."""
         self._check_fitted()
         validated, x, anomaly, parts, reasons, assigned = self._unsupervised(frame)
         segment = assigned[0] if assigned is not None else None
@@ -278,6 +285,8 @@ class Model:
             supervised = np.empty(0)
         score = supervised if supervised is not None else anomaly
         alerts = self.policy_.decide(score, validated, state)
+        if drift is not None:
+            drift.add(validated, alerts)
         return frame.with_columns(
             pl.Series("score", score, dtype=pl.Float64),
             pl.Series("anomaly_score", anomaly, dtype=pl.Float64),
@@ -305,172 +314,20 @@ class Model:
 
     # ------------------------------------------------------------- persist
     def manifest(self) -> dict[str, Any]:
-        self._check_fitted()
-        schema = self.preparer_.schema_
-        return {
-            "segscope_bundle": True,
-            "model_version": self.version_,
-            "created_at": self.created_at_,
-            "versions": _versions(),
-            "feature_schema": schema.to_dict(),
-            "feature_schema_hash": schema.hash,
-            "dropped_columns": self.preparer_.dropped_,
-            "components": [
-                {
-                    "role": "detector",
-                    "name": det.name,
-                    "class": type(det).__name__,
-                    "params": det.get_params(),
-                    "artifact": f"arrays/detector-{i}-{det.name}.npz",
-                }
-                for i, det in enumerate(self.ensemble_.detectors)
-            ]
-            + [
-                {"role": "combiner", "name": self.ensemble_.combine, "artifact": "arrays/calibration.npz"},
-                {
-                    "role": "explainer",
-                    "name": "tail-surprisal",
-                    "params": {"top_k": self.explainer_.top_k},
-                    "artifact": "arrays/explainer.npz",
-                },
-                self._segmenter_component(),
-                self._supervised_component(),
-            ],
-            "config": self.config.model_dump(mode="json"),
-            "policy": self.policy_.describe(),
-            "training": self.training_,
-            "label_snapshot": self.label_snapshot_,
-            "parent_version": self.parent_version_,
-            "promotion": self.promotion_,
-        }
+        """The bundle manifest (see :mod:`segscope.model.persist`)."""
+        from segscope.model import persist
 
-    def _segmenter_component(self) -> dict[str, Any]:
-        if self.segmenter_ is None:
-            return {"role": "segmenter", "name": None, "note": "not fitted (segment = -1)"}
-        return {
-            "role": "segmenter",
-            "name": "umap-hdbscan-forest",
-            "params": self.segmenter_.get_params(),
-            "artifact": "arrays/segmenter.npz",
-            "segments": int(self.segmenter_.segments_.size),
-            "agreement_with_fit_labels": {
-                "fit_sample": self.segmenter_.agreement_fit_,
-                "held_out": self.segmenter_.agreement_held_out_,
-            },
-            "profiles": self.segment_profiles_,
-            "lineage": getattr(self.segmenter_, "lineage_", {}),
-        }
-
-    def _supervised_component(self) -> dict[str, Any]:
-        if self.supervised_ is None:
-            return {"role": "supervised", "name": None, "note": "no fine-tuned model (supervised_score = null)"}
-        name, _ = self.supervised_.learner.artifact()
-        return {
-            "role": "supervised",
-            "name": self.supervised_.learner.name,
-            "params": self.supervised_.describe(),
-            "artifact": f"supervised/{name}",
-            "arrays": "arrays/supervised.npz",
-            "segment_features": self.supervised_segment_features_,
-        }
+        return persist.manifest(self)
 
     def save(self, path: str | Path) -> Path:
         """Write the bundle folder (atomically)."""
-        self._check_fitted()
-        arrays: dict[str, dict[str, np.ndarray]] = {}
-        pickles: dict[str, bytes] = {}
-        for i, det in enumerate(self.ensemble_.detectors):
-            part = f"detector-{i}-{det.name}"
-            blob = det.pickled()
-            if blob is not None:
-                pickles[part] = blob
-            arrays[part] = det.state()
-        arrays["calibration"] = self.ensemble_.state()
-        arrays["explainer"] = self.explainer_.state()
-        raw_files: dict[str, bytes] = {}
-        if self.segmenter_ is not None:
-            arrays["segmenter"] = self.segmenter_.state()
-            calibration = self.segment_calibration_
-            arrays["segment_calibration"] = calibration.state() if calibration is not None else {}
-        if self.supervised_ is not None:
-            arrays["supervised"] = self.supervised_.state()
-            name, blob = self.supervised_.learner.artifact()
-            raw_files[f"supervised/{name}"] = blob
-        return bundle_io.write_bundle(
-            path,
-            manifest=self.manifest(),
-            json_files={"features.json": self.preparer_.to_state()},
-            arrays=arrays,
-            pickles=pickles,
-            raw_files=raw_files,
-        )
+        from segscope.model import persist
+
+        return persist.save(self, path)
 
     @classmethod
     def load(cls, path: str | Path, *, trusted: bool = False) -> Model:
         """Load and verify a bundle folder, or a registry's current version (see :mod:`segscope.bundle`)."""
-        reader = bundle_io.BundleReader(resolve(path), trusted=trusted)
-        manifest = reader.open()
-        try:
-            return cls._from_bundle(reader, manifest, path)
-        except SegscopeError:
-            raise
-        except Exception as exc:  # anything else a damaged or hand-made bundle can raise: one clear error
-            raise BundleError(
-                f"bundle {path} is incomplete or damaged ({type(exc).__name__}: {str(exc)[:120]}); refit the bundle"
-            ) from None
+        from segscope.model import persist
 
-    @classmethod
-    def _from_bundle(cls, reader: bundle_io.BundleReader, manifest: dict[str, Any], path: str | Path) -> Model:
-        model = cls(config_from_dict(manifest["config"], source=f"bundle {path}"))
-        prep = FeaturePreparer.from_state(reader.json("features.json"))
-        if prep.schema_.hash != manifest["feature_schema_hash"]:
-            raise BundleError(f"bundle {path}: features.json does not match the manifest's schema hash; refit")
-        detectors = []
-        for comp in (c for c in manifest["components"] if c["role"] == "detector"):
-            det = make_detector(comp["name"], comp["params"])
-            part = Path(comp["artifact"]).stem
-            det.load_state(reader.arrays(part), pickled=reader.pickle_bytes(part) if det.needs_pickle else None)
-            detectors.append(det)
-        ensemble = AnomalyEnsemble(detectors, combine=model.config.combine)
-        ensemble.load_state(reader.arrays("calibration"))
-        names = list(prep.schema_.features)
-        explainer = FeatureExplainer.from_state(
-            reader.arrays("explainer"), names, [prep.expected_[f] for f in names], model.config.top_k_reasons
-        )
-        shared = ensemble.shared_ecdf()
-        if shared is not None and np.array_equal(shared.sorted_ref, explainer.ecdf_.sorted_ref):
-            explainer.ecdf_ = shared  # one fused pass computes ECOD and the reasons
-        model.preparer_, model.ensemble_, model.explainer_ = prep, ensemble, explainer
-        model.policy_ = restore_policy(model.config.policy, manifest["policy"])
-        model.version_ = manifest["model_version"]
-        model.created_at_ = manifest["created_at"]
-        model.training_ = manifest["training"]
-        model.manifest_ = manifest
-        model.label_snapshot_ = manifest.get("label_snapshot")
-        model.parent_version_ = manifest.get("parent_version")
-        model.promotion_ = manifest.get("promotion")
-        segmenter = next((c for c in manifest["components"] if c["role"] == "segmenter" and c["name"]), None)
-        if segmenter is not None:
-            from segscope.unsupervised.segment import Segmenter
-
-            model.segmenter_ = Segmenter(**segmenter["params"])
-            model.segmenter_.load_state(reader.arrays("segmenter"))
-            model.segmenter_.lineage_ = segmenter.get("lineage", {})
-            model.segment_profiles_ = segmenter["profiles"]
-            packed = reader.arrays("segment_calibration")
-            model.segment_calibration_ = SegmentCalibration.from_state(packed) if packed else None
-        model.segment_expected_ = model._expected_table()
-        supervised = next((c for c in manifest["components"] if c["role"] == "supervised" and c["name"]), None)
-        if supervised is not None:
-            described = supervised["params"]
-            tuned = make_finetuned(
-                supervised["name"],
-                n_features=model.n_features,
-                learner_params=described["learner_params"],
-                prior=described["prior"],
-                unlabelled_weight=described["unlabelled_weight"],
-            )
-            tuned.load_state(reader.arrays("supervised"), reader.raw(supervised["artifact"]))
-            model.supervised_ = tuned
-            model.supervised_segment_features_ = bool(supervised.get("segment_features", False))
-        return model
+        return persist.load(cls, path, trusted=trusted)

@@ -1,0 +1,218 @@
+"""A model's bundle: the manifest, and laying out each component's own state in the bundle folder and back
+(``Model.save`` and ``Model.load`` call these)."""
+
+from __future__ import annotations
+
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from segscope import bundle as bundle_io
+from segscope.config import config_from_dict
+from segscope.exceptions import BundleError, SegscopeError
+from segscope.features.prepare import FeaturePreparer
+from segscope.registry import resolve
+from segscope.supervised.learners import make_finetuned
+from segscope.unsupervised.detect import make_detector
+from segscope.unsupervised.drift import DriftReference
+from segscope.unsupervised.ensemble import AnomalyEnsemble, SegmentCalibration
+from segscope.unsupervised.explain import FeatureExplainer
+from segscope.unsupervised.threshold import restore_policy
+
+if TYPE_CHECKING:
+    from segscope.model import Model
+
+__all__ = ["load", "manifest", "save"]
+
+_LIBRARIES = ("segscope", "polars", "numpy", "scipy", "scikit-learn", "pyod", "numba", "pyarrow")
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for lib in _LIBRARIES:
+        try:
+            out[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
+            out[lib] = "unknown"
+    return out
+
+
+def manifest(self: Model) -> dict[str, Any]:
+    """The bundle manifest of ``self``: versions, schema, components with their parameters, config, policy..."""
+    self._check_fitted()
+    schema = self.preparer_.schema_
+    return {
+        "segscope_bundle": True,
+        "model_version": self.version_,
+        "created_at": self.created_at_,
+        "versions": _versions(),
+        "feature_schema": schema.to_dict(),
+        "feature_schema_hash": schema.hash,
+        "dropped_columns": self.preparer_.dropped_,
+        "components": [
+            {
+                "role": "detector",
+                "name": det.name,
+                "class": type(det).__name__,
+                "params": det.get_params(),
+                "artifact": f"arrays/detector-{i}-{det.name}.npz",
+            }
+            for i, det in enumerate(self.ensemble_.detectors)
+        ]
+        + [
+            {"role": "combiner", "name": self.ensemble_.combine, "artifact": "arrays/calibration.npz"},
+            {
+                "role": "explainer",
+                "name": "tail-surprisal",
+                "params": {"top_k": self.explainer_.top_k},
+                "artifact": "arrays/explainer.npz",
+            },
+            _segmenter_component(self),
+            _supervised_component(self),
+        ],
+        "config": self.config.model_dump(mode="json"),
+        "policy": self.policy_.describe(),
+        "training": self.training_,
+        "label_snapshot": self.label_snapshot_,
+        "parent_version": self.parent_version_,
+        "promotion": self.promotion_,
+    }
+
+def _segmenter_component(self: Model) -> dict[str, Any]:
+    if self.segmenter_ is None:
+        return {"role": "segmenter", "name": None, "note": "not fitted (segment = -1)"}
+    return {
+        "role": "segmenter",
+        "name": "umap-hdbscan-forest",
+        "params": self.segmenter_.get_params(),
+        "artifact": "arrays/segmenter.npz",
+        "segments": int(self.segmenter_.segments_.size),
+        "agreement_with_fit_labels": {
+            "fit_sample": self.segmenter_.agreement_fit_,
+            "held_out": self.segmenter_.agreement_held_out_,
+        },
+        "profiles": self.segment_profiles_,
+        "lineage": getattr(self.segmenter_, "lineage_", {}),
+    }
+
+def _supervised_component(self: Model) -> dict[str, Any]:
+    if self.supervised_ is None:
+        return {"role": "supervised", "name": None, "note": "no fine-tuned model (supervised_score = null)"}
+    name, _ = self.supervised_.learner.artifact()
+    return {
+        "role": "supervised",
+        "name": self.supervised_.learner.name,
+        "params": self.supervised_.describe(),
+        "artifact": f"supervised/{name}",
+        "arrays": "arrays/supervised.npz",
+        "segment_features": self.supervised_segment_features_,
+    }
+
+def save(self: Model, path: str | Path) -> Path:
+    """Write the bundle folder (atomically)."""
+    self._check_fitted()
+    arrays: dict[str, dict[str, np.ndarray]] = {}
+    pickles: dict[str, bytes] = {}
+    for i, det in enumerate(self.ensemble_.detectors):
+        part = f"detector-{i}-{det.name}"
+        blob = det.pickled()
+        if blob is not None:
+            pickles[part] = blob
+        arrays[part] = det.state()
+    arrays["calibration"] = self.ensemble_.state()
+    arrays["explainer"] = self.explainer_.state()
+    raw_files: dict[str, bytes] = {}
+    if self.segmenter_ is not None:
+        arrays["segmenter"] = self.segmenter_.state()
+        calibration = self.segment_calibration_
+        arrays["segment_calibration"] = calibration.state() if calibration is not None else {}
+    if self.supervised_ is not None:
+        arrays["supervised"] = self.supervised_.state()
+        name, blob = self.supervised_.learner.artifact()
+        raw_files[f"supervised/{name}"] = blob
+    json_files = {"features.json": self.preparer_.to_state()}
+    if self.drift_ is not None:
+        json_files["drift.json"] = self.drift_.to_state()
+    return bundle_io.write_bundle(
+        path,
+        manifest=manifest(self),
+        json_files=json_files,
+        arrays=arrays,
+        pickles=pickles,
+        raw_files=raw_files,
+    )
+
+def load(cls: type[Model], path: str | Path, *, trusted: bool = False) -> Model:
+    """Load and verify a bundle folder, or a registry's current version (see :mod:`segscope.bundle`)."""
+    reader = bundle_io.BundleReader(resolve(path), trusted=trusted)
+    manifest = reader.open()
+    try:
+        return _from_bundle(cls, reader, manifest, path)
+    except SegscopeError:
+        raise
+    except Exception as exc:  # anything else a damaged or hand-made bundle can raise: one clear error
+        raise BundleError(
+            f"bundle {path} is incomplete or damaged ({type(exc).__name__}: {str(exc)[:120]}); refit the bundle"
+        ) from None
+
+def _from_bundle(
+    cls: type[Model], reader: bundle_io.BundleReader, manifest: dict[str, Any], path: str | Path
+) -> Model:
+    model = cls(config_from_dict(manifest["config"], source=f"bundle {path}"))
+    prep = FeaturePreparer.from_state(reader.json("features.json"))
+    if prep.schema_.hash != manifest["feature_schema_hash"]:
+        raise BundleError(f"bundle {path}: features.json does not match the manifest's schema hash; refit")
+    detectors = []
+    for comp in (c for c in manifest["components"] if c["role"] == "detector"):
+        det = make_detector(comp["name"], comp["params"])
+        part = Path(comp["artifact"]).stem
+        det.load_state(reader.arrays(part), pickled=reader.pickle_bytes(part) if det.needs_pickle else None)
+        detectors.append(det)
+    ensemble = AnomalyEnsemble(detectors, combine=model.config.combine)
+    ensemble.load_state(reader.arrays("calibration"))
+    names = list(prep.schema_.features)
+    explainer = FeatureExplainer.from_state(
+        reader.arrays("explainer"), names, [prep.expected_[f] for f in names], model.config.top_k_reasons
+    )
+    shared = ensemble.shared_ecdf()
+    if shared is not None and np.array_equal(shared.sorted_ref, explainer.ecdf_.sorted_ref):
+        explainer.ecdf_ = shared  # one fused pass computes ECOD and the reasons
+    model.preparer_, model.ensemble_, model.explainer_ = prep, ensemble, explainer
+    model.policy_ = restore_policy(model.config.policy, manifest["policy"])
+    if "drift.json" in reader.files_:
+        model.drift_ = DriftReference.from_state(reader.json("drift.json"))
+    model.version_ = manifest["model_version"]
+    model.created_at_ = manifest["created_at"]
+    model.training_ = manifest["training"]
+    model.manifest_ = manifest
+    model.label_snapshot_ = manifest.get("label_snapshot")
+    model.parent_version_ = manifest.get("parent_version")
+    model.promotion_ = manifest.get("promotion")
+    segmenter = next((c for c in manifest["components"] if c["role"] == "segmenter" and c["name"]), None)
+    if segmenter is not None:
+        from segscope.unsupervised.segment import Segmenter
+
+        model.segmenter_ = Segmenter(**segmenter["params"])
+        model.segmenter_.load_state(reader.arrays("segmenter"))
+        model.segmenter_.lineage_ = segmenter.get("lineage", {})
+        model.segment_profiles_ = segmenter["profiles"]
+        packed = reader.arrays("segment_calibration")
+        model.segment_calibration_ = SegmentCalibration.from_state(packed) if packed else None
+    model.segment_expected_ = model._expected_table()
+    supervised = next((c for c in manifest["components"] if c["role"] == "supervised" and c["name"]), None)
+    if supervised is not None:
+        described = supervised["params"]
+        tuned = make_finetuned(
+            supervised["name"],
+            n_features=model.n_features,
+            learner_params=described["learner_params"],
+            prior=described["prior"],
+            unlabelled_weight=described["unlabelled_weight"],
+        )
+        tuned.load_state(reader.arrays("supervised"), reader.raw(supervised["artifact"]))
+        model.supervised_ = tuned
+        model.supervised_segment_features_ = bool(supervised.get("segment_features", False))
+    return model
