@@ -38,7 +38,7 @@ def run(data: Path, sets: tuple[str, ...], seeds: tuple[int, ...], learners: lis
             train, test = split(frame, seed)
             cfg = SegscopeConfig(seed=seed).with_features(id_column=None, drop=("label",))
             model = Model(cfg).fit(train)
-            x_train, monotone, _ = model.supervision_matrix(train)
+            x_train, layout, _ = model.supervision_matrix(train)
             x_test, _, anomaly_test = model.supervision_matrix(test)
             y_test = test["label"].to_numpy()
             rec = out.setdefault("unsupervised", {}).setdefault(name, {"aucroc": [], "aucpr": []})
@@ -54,7 +54,7 @@ def run(data: Path, sets: tuple[str, ...], seeds: tuple[int, ...], learners: lis
                 for learner_name in learners:
                     t0 = time.perf_counter()
                     tuned = make_finetuned(learner_name, n_features=model.n_features, seed=seed)
-                    tuned.fit(x_train, y, labelled, monotone)
+                    tuned.fit(x_train, y, labelled, layout)
                     proba = tuned.predict_proba(x_test)
                     seconds = time.perf_counter() - t0
                     key = f"{learner_name}@{int(gamma * 100)}"

@@ -41,7 +41,7 @@ def simulate(name: str, seed: int, data: Path, rounds: int, per_round: int) -> d
     frame = load_set(data, name)
     train, test = split(frame, seed)
     model = Model(SegscopeConfig(seed=seed).with_features(id_column=None, drop=("label",))).fit(train)
-    x_pool, monotone, unsupervised_pool = model.supervision_matrix(train)
+    x_pool, layout, unsupervised_pool = model.supervision_matrix(train)
     x_test, _, unsupervised_test = model.supervision_matrix(test)
     truth, y_test = train["label"].to_numpy(), test["label"].to_numpy()
     vectors = x_pool[:, : model.n_features]
@@ -68,7 +68,7 @@ def simulate(name: str, seed: int, data: Path, rounds: int, per_round: int) -> d
             found.append(int(y.sum()))
             if y.sum():  # re-fit the supervised layer on every label so far
                 tuned = make_finetuned("xgboost", n_features=model.n_features, seed=seed)
-                tuned.fit(x_pool, y, labelled, monotone)
+                tuned.fit(x_pool, y, labelled, layout)
                 score_pool, score_test = tuned.predict_proba(x_pool), tuned.predict_proba(x_test)
                 supervised = True
             aucpr.append(100 * average_precision_score(y_test, score_test))

@@ -49,10 +49,10 @@ def main() -> None:
                 y = np.zeros(train.height, dtype=np.int64)
                 y[np.random.default_rng(seed).choice(train_pos, size=k, replace=False)] = 1
                 for with_segments in (False, True):
-                    x_train, monotone, _ = model.supervision_matrix(train, with_segments=with_segments)
+                    x_train, layout, _ = model.supervision_matrix(train, with_segments=with_segments)
                     x_test, _, _ = model.supervision_matrix(test, with_segments=with_segments)
                     tuned = make_finetuned("xgboost", n_features=model.n_features, seed=seed)
-                    tuned.fit(x_train, y, y == 1, monotone)
+                    tuned.fit(x_train, y, y == 1, layout)
                     key = f"{'with' if with_segments else 'without'} segments @ {int(gamma * 100)}%"
                     ap = 100 * average_precision_score(y_test, tuned.predict_proba(x_test))
                     results.setdefault(name, {}).setdefault(key, []).append(ap)

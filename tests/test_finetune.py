@@ -172,3 +172,60 @@ def test_fine_tuned_scores_are_batch_independent(base: Model, big_history: pl.Da
     whole = candidate.score(rows)["score"].to_numpy()
     parts = np.concatenate([candidate.score(rows[i : i + 97])["score"].to_numpy() for i in range(0, 600, 97)])
     np.testing.assert_array_equal(whole, parts)
+
+
+def _by_channel(n: int, seed: int) -> pl.DataFrame:
+    """Transactions whose fraud is one sales channel among four equally common ones: rarity cannot tell the
+    channels apart, only their identity can."""
+    frame = make_transactions(n, seed=seed).drop("is_fraud")
+    channel = pl.Series("channel", ["web", "app", "phone", "branch"] * (n // 4))
+    fraud = (channel == "phone") & pl.Series(np.random.default_rng(seed).random(n) < 0.3)
+    return frame.with_columns(channel, fraud.cast(pl.Int64).alias("is_fraud"))
+
+
+def test_the_learner_sees_which_category(tmp_path: Path) -> None:
+    history = _by_channel(8000, seed=0)
+    model = Model(SegscopeConfig().with_features(id_column="txn_id", drop=("is_fraud",))).fit(history)
+    assert len(set(model.preparer_.categorical_["channel"]["rarity"])) == 1  # four levels, one rarity
+    candidate, report = finetune(model, history, _labels(history, 60, normals=200))
+    assert report["supervised"]["categories"] == {"codes": 3, "target_encoded": 0}  # channel, merchant, country
+    new = _by_channel(4000, seed=1)
+    y = new["is_fraud"].to_numpy()
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(y, model.score(new)["score"].to_numpy()) < 0.6  # the unsupervised layer cannot see it
+    assert roc_auc_score(y, candidate.score(new)["score"].to_numpy()) > 0.9
+    assert report["promote"]
+    candidate.save(tmp_path / "b")  # the codes round-trip with the bundle
+    assert Model.load(tmp_path / "b").score(new)["score"].equals(candidate.score(new)["score"])
+
+
+def test_high_cardinality_categories_are_target_encoded(tmp_path: Path) -> None:
+    history = make_transactions(6000, seed=0)
+    shops = pl.Series("shop", [f"s{i % 300}" for i in range(6000)])  # 300 shops, 20 rows each
+    history = history.with_columns(shops)
+    model = Model(SegscopeConfig().with_features(id_column="txn_id", drop=("is_fraud",))).fit(history)
+    candidate, report = finetune(model, history, _labels(history, 50, normals=100))
+    assert report["supervised"]["categories"] == {"codes": 2, "target_encoded": 1}
+    new = make_transactions(500, seed=3).with_columns(pl.Series("shop", [f"s{i % 400}" for i in range(500)]))
+    scored = candidate.score(new)  # shops never seen at fit get the overall share
+    assert scored["supervised_score"].is_finite().all()
+    candidate.save(tmp_path / "b")
+    assert Model.load(tmp_path / "b").score(new)["score"].equals(scored["score"])
+
+
+def test_the_gate_refuses_a_model_trained_on_wrong_labels(base: Model, big_history: pl.DataFrame) -> None:
+    normal = big_history.filter(pl.col("is_fraud") == 0).sample(80, seed=3)  # "anomalies" that are not
+    wrong = normalise_labels(pl.DataFrame({"id": normal["txn_id"].to_list(), "label": ["anomaly"] * 80}))
+    _, report = finetune(base, big_history, wrong)
+    assert not report["promote"] and "not better" in report["reason"]
+
+
+def test_blend_is_chosen_out_of_fold_and_never_below_the_learner(base: Model, big_history: pl.DataFrame) -> None:
+    _, report = finetune(base, big_history, _labels(big_history, 60, normals=30))
+    chosen = report["supervised"]
+    oof = chosen["out_of_fold_aucpr"]
+    assert set(oof) == {"learner", "unsupervised", "stack"}
+    assert chosen["blend"] in ("learner", "stack")
+    if chosen["blend"] == "stack":
+        assert oof["stack"] > oof["learner"] and min(chosen["blend_weights"].values()) >= 0

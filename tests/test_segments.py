@@ -109,9 +109,10 @@ def test_learner_sees_segment_membership_and_confidence(
     from segscope.tuning import finetune
 
     history = segments_history
-    plain_matrix, _, _ = segments_model.supervision_matrix(history.head(50))  # off by default (it hurt AUCPR)
+    plain_matrix, plain, _ = segments_model.supervision_matrix(history.head(50))  # off by default (it hurt AUCPR)
     n_parts = len(segments_model.ensemble_.detectors) + 1
-    assert plain_matrix.shape[1] == segments_model.n_features + n_parts
+    n_codes = len(plain.categories)  # one code column per categorical feature, last
+    assert plain_matrix.shape[1] == segments_model.n_features + n_parts + n_codes == plain.width
     segments_model = copy.copy(segments_model)
     cfg = segments_model.config
     opted_in = cfg.segments.model_copy(update={"learner_features": True})
@@ -126,13 +127,15 @@ def test_learner_sees_segment_membership_and_confidence(
         },
         schema={"id": pl.String, "label": pl.Int8, "category": pl.String},
     )
-    matrix, monotone, _ = segments_model.supervision_matrix(history)
+    matrix, layout, _ = segments_model.supervision_matrix(history)
     n_segments = segments_model.segmenter_.segments_.size
-    assert matrix.shape[1] == segments_model.n_features + n_parts + n_segments + 1
-    segment_block = matrix[:, segments_model.n_features + n_parts : -1]
+    assert matrix.shape[1] == segments_model.n_features + n_parts + n_segments + 1 + n_codes
+    end = matrix.shape[1] - n_codes
+    segment_block = matrix[:, segments_model.n_features + n_parts : end - 1]
     assert set(np.unique(segment_block.sum(axis=1))) <= {0.0, 1.0}  # one-hot (noise: all zero)
-    assert ((matrix[:, -1] >= 0) & (matrix[:, -1] <= 1)).all()  # confidence
-    assert monotone.sum() == n_parts  # only the detector surprisals are monotone
+    assert ((matrix[:, end - 1] >= 0) & (matrix[:, end - 1] <= 1)).all()  # confidence
+    assert sum(layout.monotone) == n_parts  # only the detector surprisals are monotone
+    assert layout.surprisal == segments_model.n_features + n_parts - 1
     candidate, _ = finetune(segments_model, history, labels)
     assert candidate.supervised_segment_features_
     scored = candidate.score(history.head(500))

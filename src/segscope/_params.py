@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Literal
 
 from segscope.exceptions import ConfigError
 
-__all__ = ["Constraint", "Interval", "Options", "StoresParams", "check_params", "invalid_values"]
+__all__ = ["Constraint", "Interval", "Options", "Sizes", "StoresParams", "check_params", "invalid_values"]
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,22 @@ class IsInstance:
         return f"a {names}" + (" or None" if self.nullable else "")
 
 
-Constraint = Interval | Options | IsInstance
+@dataclass(frozen=True)
+class Sizes:
+    """A list of ints, each at least ``low`` (e.g. the number of levels of each categorical column)."""
+
+    low: int = 0
+
+    def accepts(self, value: Any) -> bool:
+        return isinstance(value, list | tuple) and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= self.low for v in value
+        )
+
+    def describe(self) -> str:
+        return f"a list of ints >= {self.low}"
+
+
+Constraint = Interval | Options | IsInstance | Sizes
 
 
 def _number(value: float) -> str:
@@ -129,6 +144,10 @@ def invalid_values(constraint: Constraint) -> Iterator[Any]:
     elif isinstance(constraint, Options):
         yield "not-an-option"
         yield 12345
+    elif isinstance(constraint, Sizes):
+        yield "12"
+        yield [constraint.low - 1]
+        yield [1.5]
     else:
         yield object()
 

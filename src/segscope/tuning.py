@@ -87,14 +87,20 @@ def finetune(
     fit_rows = training_rows(split, y, labelled, cap=cap, rng=rng)
     step(f"preparing {fit_rows.size:,} training records ({int(y[fit_rows].sum())} labelled anomalies)")
     with_segments = current.learner_sees_segments()
-    x_fit, monotone, _ = current.supervision_matrix(history[fit_rows], with_segments=with_segments)
+    x_fit, layout, _ = current.supervision_matrix(history[fit_rows], with_segments=with_segments)
     init = None
-    same_inputs = current.supervised_segment_features_ == with_segments
-    if current.supervised_ is not None and current.supervised_.learner.name == learner and same_inputs:
-        init = current.supervised_.learner.artifact()[1]  # continue from the previous booster
+    previous = current.supervised_
+    same_inputs = (
+        previous is not None
+        and previous.uses_layout
+        and previous.layout_ == layout
+        and current.supervised_segment_features_ == with_segments
+    )
+    if previous is not None and previous.learner.name == learner and same_inputs:
+        init = previous.learner.artifact()[1]  # continue from the previous booster
     step(f"fine-tuning the {learner} learner" + (" (continued from the current version)" if init else ""))
     tuned = make_finetuned(learner, n_features=current.n_features, seed=current.config.seed, progress=on_progress)
-    tuned.fit(x_fit, y[fit_rows], labelled[fit_rows], monotone, init=init)
+    tuned.fit(x_fit, y[fit_rows], labelled[fit_rows], layout, init=init)
 
     step("calibrating the alert policy on the supervised score")
     candidate = copy.copy(current)

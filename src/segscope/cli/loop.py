@@ -98,9 +98,13 @@ def finetune(
             on_progress=epoch,
         )
     sup = report["supervised"]
+    oof = sup.get("out_of_fold_aucpr", {})
+    chosen = f"scores with {sup['mode']}" + (
+        " (out-of-fold AUCPR " + ", ".join(f"{k} {v:.3f}" for k, v in oof.items()) + ")" if oof else ""
+    )
     err.print(
         f"[green]fine-tuned[/] {candidate.version} ({sup['learner']}, {sup['labelled_anomalies']} labelled "
-        f"anomalies, {sup['mode']}, learner weight {sup['learner_weight']:.2f}) from {candidate.parent_version_}"
+        f"anomalies) from {candidate.parent_version_}; {chosen}"
     )
     err.print(f"  held out: {report['split']}, {report['held_out_labelled_anomalies']} labelled anomalies")
     if "candidate" in report:

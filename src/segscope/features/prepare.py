@@ -281,6 +281,31 @@ class FeaturePreparer:
         matrix = frame.select(numeric_exprs).to_numpy().astype(np.float64, copy=False)
         return np.ascontiguousarray(matrix), categorical
 
+    def category_cardinalities(self) -> tuple[int, ...]:
+        """Number of fit-time levels of each categorical feature, in feature order (the columns of
+        :meth:`category_codes`)."""
+        self._check_fitted()
+        return tuple(len(self.categorical_[name]["levels"]) for name in self._categorical_features())
+
+    def _categorical_features(self) -> list[str]:
+        """Categorical features in feature order (a loaded bundle's table is keyed in another order)."""
+        return [f for f in self.schema_.features if f in self.categorical_]
+
+    def category_codes(self, frame: pl.DataFrame) -> np.ndarray:
+        """Which category each row holds, for learners that can use identity (rarity alone merges levels of
+        equal frequency): per categorical feature, the level's index at fit (most common first; null is a level
+        when the fit saw it) and NaN for a value never seen at fit. A validated frame in, rows x categoricals."""
+        self._check_fitted()
+        if not self.categorical_:
+            return np.empty((frame.height, 0))
+        exprs = []
+        for name in self._categorical_features():
+            levels = self.categorical_[name]["levels"]
+            code = pl.col(name).cast(pl.String).fill_null(_NULL_LEVEL)
+            exprs.append(code.replace_strict(levels, list(range(len(levels))), default=None, return_dtype=pl.Float64))
+        matrix = frame.select(exprs).to_numpy()
+        return np.ascontiguousarray(matrix, dtype=np.float64)
+
     def transform(self, frame: pl.DataFrame) -> np.ndarray:
         """The feature matrix (rows x features, float64, C order) of a validated frame."""
         matrix = frame.select(self.feature_exprs()).to_numpy()

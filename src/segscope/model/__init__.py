@@ -25,7 +25,7 @@ from segscope.exceptions import ConfigError, NotFittedError, SegscopeWarning
 from segscope.features.prepare import FeaturePreparer
 from segscope.labels.store import ReviewRecords
 from segscope.schema import SCORED_COLUMNS
-from segscope.supervised.base import FineTuned
+from segscope.supervised.base import FineTuned, Layout
 from segscope.unsupervised.detect import make_detector
 from segscope.unsupervised.drift import DriftReference, DriftTracker, time_like_columns
 from segscope.unsupervised.ensemble import AnomalyEnsemble, SegmentCalibration
@@ -230,31 +230,46 @@ class Model:
 
     def supervision_matrix(
         self, frame: pl.DataFrame, *, with_segments: bool | None = None
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(features for the supervised layer, +1/0 monotone constraints, anomaly_score): the prepared features
-        plus every detector's calibrated surprisal and the ensemble's (the XGBOD idea), and, with segments and
-        ``[segments] learner_features`` (``with_segments`` defaults to that), segment membership one-hot and
-        assignment confidence."""
+    ) -> tuple[np.ndarray, Layout, np.ndarray]:
+        """(features for the supervised layer, their :class:`~segscope.supervised.base.Layout`, anomaly_score):
+        the prepared features, every detector's calibrated surprisal and the ensemble's (the XGBOD idea), with
+        segments and ``[segments] learner_features`` (``with_segments`` defaults to that) segment membership
+        one-hot and assignment confidence, then each categorical feature's level code."""
         self._check_fitted()
-        _, x, anomaly, parts, _, assigned = self._unsupervised(frame, with_reasons=False)
+        validated, x, anomaly, parts, _, assigned = self._unsupervised(frame, with_reasons=False)
         with_segments = self.learner_sees_segments() if with_segments is None else with_segments
-        matrix = self._learner_matrix(x, parts, assigned if with_segments else None)
-        monotone = np.zeros(matrix.shape[1])
+        codes = self.preparer_.category_codes(validated)
+        matrix = self._learner_matrix(x, parts, assigned if with_segments else None, codes)
+        monotone = np.zeros(matrix.shape[1] - codes.shape[1])
         monotone[x.shape[1] : x.shape[1] + parts.shape[1]] = 1.0
-        return matrix, monotone, anomaly
+        layout = Layout(
+            n_features=x.shape[1],
+            surprisal=x.shape[1] + parts.shape[1] - 1,  # the ensemble's, after each detector's
+            monotone=tuple(monotone.tolist()),
+            categories=self.preparer_.category_cardinalities(),
+        )
+        return matrix, layout, anomaly
 
     def learner_sees_segments(self) -> bool:
         return self.segmenter_ is not None and self.config.segments.learner_features
 
     def _learner_matrix(
-        self, x: np.ndarray, parts: np.ndarray, assigned: tuple[np.ndarray, np.ndarray] | None
+        self,
+        x: np.ndarray,
+        parts: np.ndarray,
+        assigned: tuple[np.ndarray, np.ndarray] | None,
+        codes: np.ndarray | None,
     ) -> np.ndarray:
-        """What the learner sees: prepared features, detector surprisals, then (optionally) segment columns."""
-        if assigned is None:
-            return np.hstack([x, parts])
-        segments, confidence = assigned
-        onehot = (segments[:, None] == self.segmenter_.segments_[None, :]).astype(np.float64)
-        return np.hstack([x, parts, onehot, confidence[:, None]])
+        """What the learner sees: prepared features, detector surprisals, (optionally) segment columns, then
+        category codes (None for models fine-tuned before the learner saw them)."""
+        blocks = [x, parts]
+        if assigned is not None:
+            segments, confidence = assigned
+            onehot = (segments[:, None] == self.segmenter_.segments_[None, :]).astype(np.float64)
+            blocks += [onehot, confidence[:, None]]
+        if codes is not None:
+            blocks.append(codes)
+        return np.hstack(blocks)
 
     def drift_tracker(self) -> DriftTracker | None:
         """A tracker of how scored data compares with the fit data (one per file or stream window); None for
@@ -279,7 +294,9 @@ class Model:
         segment = assigned[0] if assigned is not None else None
         supervised = None
         if self.supervised_ is not None and frame.height:
-            learner_input = self._learner_matrix(x, parts, assigned if self.supervised_segment_features_ else None)
+            codes = self.preparer_.category_codes(validated) if self.supervised_.uses_layout else None
+            segments = assigned if self.supervised_segment_features_ else None
+            learner_input = self._learner_matrix(x, parts, segments, codes)
             supervised = self.supervised_.predict_proba(learner_input)
         elif self.supervised_ is not None:
             supervised = np.empty(0)

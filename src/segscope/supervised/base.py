@@ -1,35 +1,78 @@
-"""The supervised layer: a learner fine-tuned on analyst labels, blended with what the labels cannot yet teach.
+"""The supervised layer: a learner fine-tuned on analyst labels, blended with the unsupervised score only where
+held-out data says the blend helps.
 
 Analysts label few records, mostly anomalies, and the rest of the history is unlabelled, not normal. So:
 
-* **weights** (positive-unlabelled): confirmed normals are full negatives, unlabelled rows are negatives with
-  a small weight, labelled anomalies are up-weighted to balance the classes;
-* **decision** ``z = w * logit(learner) + s - log(1 + d)``: ``s`` is the unsupervised ensemble's surprisal (the
-  ranking that holds before any label), ``d`` the distance (in prepared-feature space) to the nearest
-  *confirmed anomaly* (records like a known case are likely the same case), and ``w = n / (n + prior)`` the
-  learner's weight, which grows with the number ``n`` of labelled anomalies: with 1-5 anomalies the blend
-  leans on the unsupervised score (it cannot do much worse than it), with hundreds on the learner;
-* **calibration**: Platt scaling of ``z`` fitted on out-of-fold decisions (3 folds, the anomalies spread over
-  them), so ``supervised_score`` is a probability of "an analyst would confirm this".
+* **inputs** (:class:`Layout`): the prepared features (categories as rarity), the unsupervised detectors'
+  surprisals (monotone: more anomalous never lowers the probability), optional segment columns, and each
+  category's identity: level codes for XGBoost's native categorical splits (one-vs-rest, as one-hot would) or
+  torch embeddings, and out-of-fold target encoding for columns with more than ``max_onehot`` levels;
+* **weights** (positive-unlabelled): confirmed normals are full negatives, unlabelled rows negatives with a small
+  weight (``unlabelled_weight``), labelled anomalies up-weighted to balance the classes;
+* **blend**, decided on out-of-fold predictions (3 folds, the anomalies spread over them): the learner alone, the
+  unsupervised surprisal alone (what a handful of labels cannot beat yet), or a logistic stack of both. Each
+  candidate's AUCPR is measured on rows its own fit did not see (the stack is itself cross-fitted), and the
+  stack or the surprisal is chosen only when strictly better than the learner alone;
+* **calibration**: the chosen blend is a logistic regression on out-of-fold values, so ``supervised_score`` is a
+  probability of "an analyst would confirm this".
 
-Measured on ADBench's label-informed protocol in ``benchmarks/adbench_label_informed.py``.
+Bundles fine-tuned before this design (no layout in their state) keep their own blend (``w * logit(learner) +
+surprisal - log(1 + distance to the nearest confirmed anomaly)``, Platt-scaled) and score as they always did.
+
+Measured in ``benchmarks/real_fraud.py`` (with an ablation of each part) and
+``benchmarks/adbench_label_informed.py``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol, Self
 
 import numpy as np
 
-from segscope.exceptions import DataError, NotFittedError
+from segscope.exceptions import ConfigError, DataError, NotFittedError
+from segscope.supervised.encoding import TargetEncoding
 
-__all__ = ["FineTuned", "Learner"]
+__all__ = ["BLENDS", "FineTuned", "Layout", "Learner"]
 
-#: At most this many confirmed anomalies are kept as exemplars for the proximity term.
+#: At most this many confirmed anomalies are kept as exemplars (legacy blend only).
 MAX_EXEMPLARS = 512
+#: Blend choices: "auto" picks on out-of-fold AUCPR; the others force one (for ablations).
+BLENDS = ("auto", "learner", "unsupervised", "stack")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What the columns of a supervision matrix hold: ``n_features`` prepared features first, then the detector
+    surprisals and optional segment columns (``monotone`` has one entry per column up to here; the ensemble's
+    surprisal is column ``surprisal``), then one category code per categorical feature (``categories``: their
+    fit-time number of levels; NaN = a value never seen at fit)."""
+
+    n_features: int
+    surprisal: int
+    monotone: tuple[float, ...]
+    categories: tuple[int, ...] = ()
+
+    @property
+    def width(self) -> int:
+        return len(self.monotone) + len(self.categories)
+
+    def to_array(self) -> np.ndarray:
+        head = [self.n_features, self.surprisal, len(self.monotone), len(self.categories)]
+        return np.asarray([*head, *self.monotone, *self.categories], dtype=np.float64)
+
+    @classmethod
+    def from_array(cls, values: np.ndarray) -> Layout:
+        n_features, surprisal, n_monotone, n_categories = (int(v) for v in values[:4])
+        monotone = tuple(float(v) for v in values[4 : 4 + n_monotone])
+        categories = tuple(int(v) for v in values[4 + n_monotone : 4 + n_monotone + n_categories])
+        return cls(n_features, surprisal, monotone, categories)
 
 
 class Learner(Protocol):
+    """A supervised learner. Its ``categories`` parameter (if it has one) lists the number of levels of the
+    trailing columns of ``x`` that hold category codes."""
+
     name: str
 
     def get_params(self) -> dict[str, Any]: ...
@@ -71,17 +114,34 @@ def _nearest(x: np.ndarray, exemplars: np.ndarray) -> np.ndarray:
     return np.asarray(dist[:, 0])
 
 
+def _aucpr(y: np.ndarray, score: np.ndarray) -> float:
+    from sklearn.metrics import average_precision_score
+
+    return float(average_precision_score(y, score)) if 0 < y.sum() < y.size else 0.0
+
+
 class FineTuned:
-    """A learner plus the blend and calibration above; ``fit`` on the supervision matrix, ``predict_proba``."""
+    """A learner plus the inputs, blend and calibration above: ``fit`` on a supervision matrix and its
+    :class:`Layout`, then ``predict_proba``."""
 
     def __init__(
-        self, learner: Learner, *, n_features: int, prior: float = 5.0, unlabelled_weight: float = 0.2, seed: int = 0
+        self,
+        learner: Learner,
+        *,
+        n_features: int,
+        prior: float = 5.0,
+        unlabelled_weight: float = 0.2,
+        seed: int = 0,
+        blend: str = "auto",
+        max_onehot: int = 64,
     ) -> None:
         self.learner = learner
         self.n_features = n_features
         self.prior = prior
         self.unlabelled_weight = unlabelled_weight
         self.seed = seed
+        self.blend = blend
+        self.max_onehot = max_onehot
 
     def weights(self, y: np.ndarray, labelled: np.ndarray) -> np.ndarray:
         w = np.where(labelled, 1.0, self.unlabelled_weight)
@@ -90,86 +150,190 @@ class FineTuned:
             w[pos] = w[~pos].sum() / pos.sum()
         return np.asarray(w)
 
-    def _decision(self, raw: np.ndarray, x: np.ndarray, exemplars: np.ndarray, weight: float) -> np.ndarray:
-        distance = _nearest(x[:, : self.n_features], exemplars)
-        proximity = np.where(np.isfinite(distance), np.log1p(distance), 0.0)
-        return np.asarray(weight * _logit(raw) + x[:, -1] - proximity)
+    # ------------------------------------------------------------------ inputs
+    def _split_categories(self, layout: Layout) -> tuple[list[int], list[int]]:
+        """Indices (into ``layout.categories``) of the columns given as codes and of those target-encoded."""
+        codes = [j for j, n in enumerate(layout.categories) if n <= self.max_onehot]
+        encoded = [j for j, n in enumerate(layout.categories) if n > self.max_onehot]
+        return codes, encoded
 
+    def _learner_input(self, x: np.ndarray, layout: Layout, encoded_values: np.ndarray) -> np.ndarray:
+        """[features, surprisals, segments | target encodings | category codes]: codes last, as the learner's
+        ``categories`` parameter says."""
+        base = len(layout.monotone)
+        codes, _ = self._split_categories(layout)
+        return np.hstack([x[:, :base], encoded_values, x[:, [base + j for j in codes]]])
+
+    def _encoded_codes(self, x: np.ndarray, layout: Layout) -> np.ndarray:
+        _, encoded = self._split_categories(layout)
+        return x[:, [len(layout.monotone) + j for j in encoded]]
+
+    # --------------------------------------------------------------------- fit
     def fit(
-        self, x: np.ndarray, y: np.ndarray, labelled: np.ndarray, monotone: np.ndarray, *, init: bytes | None = None
+        self, x: np.ndarray, y: np.ndarray, labelled: np.ndarray, layout: Layout, *, init: bytes | None = None
     ) -> Self:
-        """``x``: supervision matrix (prepared features, detector surprisals, ensemble surprisal last); ``y``: 1
-        for labelled anomalies; ``labelled``: rows an analyst labelled (anomaly or normal)."""
+        """``x``: supervision matrix laid out as ``layout`` says; ``y``: 1 for labelled anomalies;
+        ``labelled``: rows an analyst labelled (anomaly or normal)."""
+        if self.blend not in BLENDS:
+            raise ConfigError(f"blend must be one of {list(BLENDS)}; got {self.blend!r}")
+        if x.shape[1] != layout.width:
+            raise DataError(f"the supervision matrix has {x.shape[1]} columns; its layout says {layout.width}")
         pos = np.flatnonzero(y == 1)
         if pos.size == 0:
             raise DataError("fine-tuning needs at least one record labelled 'anomaly'; label some and retry")
+        codes, encoded = self._split_categories(layout)
+        if "categories" in self.learner.get_params():  # the learner treats the trailing code columns as categories
+            self.learner.categories = [layout.categories[j] for j in codes]  # type: ignore[attr-defined]
+        self.layout_ = layout
         weight = self.weights(y, labelled)
-        shared = self.learner.pretrain(x) if init is None else None  # once, label-free, reused by every fold
-        self.learner_weight_ = float(pos.size / (pos.size + self.prior))
         rng = np.random.default_rng(self.seed)
         folds = np.asarray(rng.integers(0, 3, size=x.shape[0]), dtype=np.int64)
         folds[pos] = rng.permutation(np.arange(pos.size) % 3)  # spread the few anomalies over the folds
-        oof = np.zeros(x.shape[0])
+        cards = tuple(layout.categories[j] for j in encoded)
+        raw_codes = self._encoded_codes(x, layout)
+        encoding = TargetEncoding()
+        inputs = self._learner_input(x, layout, encoding.out_of_fold(raw_codes, y, cards, folds))
+        self.encoding_ = encoding.fit(raw_codes, y, cards)
+        monotone = np.concatenate([np.asarray(layout.monotone), np.zeros(inputs.shape[1] - len(layout.monotone))])
+        shared = self.learner.pretrain(inputs) if init is None else None  # once, label-free, reused by every fold
+        oof = np.full(x.shape[0], 0.5)
         for k in range(3):
-            held = folds == k
-            rest = ~held
-            if not held.any():
-                continue
-            raw = np.full(held.sum(), 0.5)
-            if (y[rest] == 1).any():
+            held, rest = folds == k, folds != k
+            if held.any() and (y[rest] == 1).any():
                 fold_learner = type(self.learner)(**self.learner.get_params())
-                fold_learner.fit(x[rest], y[rest], weight[rest], monotone, init=init, pretrained=shared)
-                raw = fold_learner.predict_raw(x[held])
-            exemplars = self._exemplars(x, np.flatnonzero((y == 1) & rest))
-            oof[held] = self._decision(raw, x[held], exemplars, self.learner_weight_)
-        self.platt_ = _fit_platt(oof, y)
-        self.learner.fit(x, y, weight, monotone, init=init, pretrained=shared)
-        self.exemplars_ = self._exemplars(x, pos)
+                fold_learner.fit(inputs[rest], y[rest], weight[rest], monotone, init=init, pretrained=shared)
+                oof[held] = fold_learner.predict_raw(inputs[held])
+        self.blend_, self.blend_kind_, self.oof_aucpr_ = self._choose_blend(
+            _logit(oof), x[:, layout.surprisal], y, folds
+        )
+        self.learner.fit(inputs, y, weight, monotone, init=init, pretrained=shared)
         self.n_positives_ = int(pos.size)
         self.n_labelled_ = int(labelled.sum())
         return self
 
-    def _exemplars(self, x: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        if rows.size > MAX_EXEMPLARS:
-            rows = np.sort(np.random.default_rng(self.seed).choice(rows, size=MAX_EXEMPLARS, replace=False))
-        return np.ascontiguousarray(x[rows, : self.n_features])
+    def _choose_blend(
+        self, learner: np.ndarray, surprisal: np.ndarray, y: np.ndarray, folds: np.ndarray
+    ) -> tuple[np.ndarray, str, dict[str, float]]:
+        """(a, b, c) of ``a * logit(learner) + b * surprisal + c``, its name, and the candidates' out-of-fold
+        AUCPR. The stack is cross-fitted to be judged, and taken only when strictly better than the learner."""
+        both = np.column_stack([learner, surprisal])
+        stacked = np.zeros(y.size)
+        for k in np.unique(folds):
+            held = folds == k
+            a, b, c = _fit_stack(both[~held], y[~held])
+            stacked[held] = a * learner[held] + b * surprisal[held] + c
+        scores = {"learner": _aucpr(y, learner), "unsupervised": _aucpr(y, surprisal), "stack": _aucpr(y, stacked)}
+        kind = self.blend
+        if kind == "auto":
+            kind = "stack" if scores["stack"] > scores["learner"] else "learner"
+        if kind == "stack":
+            return _fit_stack(both, y), kind, scores
+        a, c = _fit_platt(learner if kind == "learner" else surprisal, y)
+        return (np.array([a, 0.0, c]) if kind == "learner" else np.array([0.0, a, c])), kind, scores
 
+    # ----------------------------------------------------------------- predict
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        if not hasattr(self, "platt_"):
-            raise NotFittedError("FineTuned is not fitted; call fit first")
         from scipy.special import expit
 
-        z = self._decision(self.learner.predict_raw(x), x, self.exemplars_, self.learner_weight_)
-        a, b = self.platt_
-        return np.asarray(expit(a * z + b))
+        if hasattr(self, "blend_"):
+            layout = self.layout_
+            inputs = self._learner_input(x, layout, self.encoding_.transform(self._encoded_codes(x, layout)))
+            a, b, c = self.blend_
+            raw = self.learner.predict_raw(inputs) if a != 0.0 else np.full(x.shape[0], 0.5)
+            return np.asarray(expit(a * _logit(raw) + b * x[:, layout.surprisal] + c))
+        if not hasattr(self, "platt_"):
+            raise NotFittedError("FineTuned is not fitted; call fit first")
+        z = self._legacy_decision(self.learner.predict_raw(x), x)
+        a, c = self.platt_
+        return np.asarray(expit(a * z + c))
 
+    def _legacy_decision(self, raw: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """The blend of bundles fine-tuned before layouts (the ensemble surprisal read from the last column)."""
+        distance = _nearest(x[:, : self.n_features], self.exemplars_)
+        proximity = np.where(np.isfinite(distance), np.log1p(distance), 0.0)
+        return np.asarray(self.learner_weight_ * _logit(raw) + x[:, -1] - proximity)
+
+    @property
+    def uses_layout(self) -> bool:
+        """Whether this fine-tuned model takes category codes after the other columns (all but legacy ones)."""
+        return not hasattr(self, "platt_")
+
+    # ----------------------------------------------------------------- persist
     def describe(self) -> dict[str, Any]:
-        mode = "blend (leans on the unsupervised score)" if self.learner_weight_ < 0.5 else "learner-led blend"
-        return {
+        common = {
             "learner": self.learner.name,
             "learner_params": self.learner.get_params(),
-            "mode": mode,
-            "learner_weight": round(self.learner_weight_, 4),
             "labelled_anomalies": self.n_positives_,
             "labelled_records": self.n_labelled_,
             "prior": self.prior,
             "unlabelled_weight": self.unlabelled_weight,
-            "platt": list(self.platt_),
+        }
+        if not self.uses_layout:
+            mode = "blend (leans on the unsupervised score)" if self.learner_weight_ < 0.5 else "learner-led blend"
+            weight = round(self.learner_weight_, 4)
+            return {**common, "mode": mode, "learner_weight": weight, "platt": list(self.platt_)}
+        codes, encoded = self._split_categories(self.layout_)
+        names = {"learner": "the learner alone", "unsupervised": "the unsupervised score", "stack": "a stack of both"}
+        return {
+            **common,
+            "mode": names[self.blend_kind_],
+            "blend": self.blend_kind_,
+            "blend_weights": {"learner": float(self.blend_[0]), "unsupervised": float(self.blend_[1])},
+            "out_of_fold_aucpr": {k: round(v, 4) for k, v in self.oof_aucpr_.items()},
+            "categories": {"codes": len(codes), "target_encoded": len(encoded)},
+            "max_onehot": self.max_onehot,
         }
 
     def state(self) -> dict[str, np.ndarray]:
+        if not self.uses_layout:
+            return {
+                "platt": np.asarray(self.platt_),
+                "exemplars": self.exemplars_,
+                "meta": np.array([self.learner_weight_, self.n_positives_, self.n_labelled_], dtype=np.float64),
+            }
+        kinds = {k: i for i, k in enumerate(BLENDS)}
         return {
-            "platt": np.asarray(self.platt_),
-            "exemplars": self.exemplars_,
-            "meta": np.array([self.learner_weight_, self.n_positives_, self.n_labelled_], dtype=np.float64),
+            "blend": np.asarray(self.blend_, dtype=np.float64),
+            "layout": self.layout_.to_array(),
+            "meta": np.array(
+                [self.n_positives_, self.n_labelled_, kinds[self.blend_kind_], self.max_onehot], dtype=np.float64
+            ),
+            "oof_aucpr": np.array([self.oof_aucpr_.get(k, np.nan) for k in BLENDS[1:]], dtype=np.float64),
+            **self.encoding_.state(),
         }
 
     def load_state(self, arrays: dict[str, np.ndarray], blob: bytes) -> None:
-        self.platt_ = (float(arrays["platt"][0]), float(arrays["platt"][1]))
-        self.exemplars_ = np.ascontiguousarray(arrays["exemplars"])
-        self.learner_weight_ = float(arrays["meta"][0])
-        self.n_positives_, self.n_labelled_ = int(arrays["meta"][1]), int(arrays["meta"][2])
+        if "blend" not in arrays:  # fine-tuned before layouts
+            self.platt_ = (float(arrays["platt"][0]), float(arrays["platt"][1]))
+            self.exemplars_ = np.ascontiguousarray(arrays["exemplars"])
+            self.learner_weight_ = float(arrays["meta"][0])
+            self.n_positives_, self.n_labelled_ = int(arrays["meta"][1]), int(arrays["meta"][2])
+            self.learner.load_artifact(blob)
+            return
+        self.blend_ = np.asarray(arrays["blend"], dtype=np.float64)
+        self.layout_ = Layout.from_array(arrays["layout"])
+        meta = arrays["meta"]
+        self.n_positives_, self.n_labelled_ = int(meta[0]), int(meta[1])
+        self.blend_kind_, self.max_onehot = BLENDS[int(meta[2])], int(meta[3])
+        self.oof_aucpr_ = {k: float(v) for k, v in zip(BLENDS[1:], arrays["oof_aucpr"], strict=True) if v == v}
+        _, encoded = self._split_categories(self.layout_)
+        self.encoding_ = TargetEncoding.from_state(arrays, len(encoded))
         self.learner.load_artifact(blob)
+
+
+def _fit_stack(both: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Logistic regression of y on (logit(learner), surprisal) with both weights positive: a part that would
+    get a weight <= 0 is left out (with one label the learner says nothing, and the stack is the surprisal)."""
+    from sklearn.linear_model import LogisticRegression
+
+    if y.min() == y.max():
+        return np.array([1.0, 0.0, 0.0])
+    fit = LogisticRegression(C=1.0).fit(both, y)
+    if (fit.coef_[0] > 0).all():
+        return np.array([*fit.coef_[0], fit.intercept_[0]])
+    keep = int(np.argmax(fit.coef_[0]))  # the part that still raises the score
+    a, c = _fit_platt(both[:, keep], y)
+    return np.array([a, 0.0, c]) if keep == 0 else np.array([0.0, a, c])
 
 
 def _fit_platt(score: np.ndarray, y: np.ndarray) -> tuple[float, float]:

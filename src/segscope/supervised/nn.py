@@ -6,6 +6,8 @@
   2019), which fits "a few labelled anomalies, the rest unlabelled": unlabelled scores are pulled towards a
   N(0, 1) reference, labelled anomalies pushed at least ``margin`` standard deviations above it, in batches
   that are half labelled anomalies;
+* categories: the trailing ``categories`` columns hold level codes, each looked up in an embedding learnt with
+  the encoder (index ``levels`` = a value never seen at fit), so the network sees which category, not a number;
 * CPU, deterministic for a seed; weights stored as safetensors (no pickle).
 """
 
@@ -17,7 +19,7 @@ from typing import Any, ClassVar, Self
 import numpy as np
 
 from segscope._deps import require
-from segscope._params import Constraint, Interval, StoresParams
+from segscope._params import Constraint, Interval, Sizes, StoresParams
 from segscope.exceptions import NotFittedError
 
 __all__ = ["TorchLearner"]
@@ -37,6 +39,7 @@ class TorchLearner(StoresParams):
         "learning_rate": Interval(float, 0.0, 1.0, closed="right"),
         "margin": Interval(float, 0.0, 1000.0, closed="right"),
         "seed": Interval(int, 0, 2**32 - 1),
+        "categories": Sizes(low=1),
     }
 
     def __init__(
@@ -50,6 +53,7 @@ class TorchLearner(StoresParams):
         learning_rate: float = 1e-3,
         margin: float = 5.0,
         seed: int = 0,
+        categories: list[int] | tuple[int, ...] = (),
         progress: Callable[[str, int, int], None] | None = None,
     ) -> None:
         self.hidden = hidden
@@ -60,6 +64,7 @@ class TorchLearner(StoresParams):
         self.learning_rate = learning_rate
         self.margin = margin
         self.seed = seed
+        self.categories = categories
         self.progress = progress
 
     # ------------------------------------------------------------------ model
@@ -70,13 +75,33 @@ class TorchLearner(StoresParams):
         torch.use_deterministic_algorithms(True)
         return torch
 
-    def _build(self, n_in: int) -> tuple[Any, Any, Any]:
+    def _build(self, n_numeric: int) -> tuple[Any, Any, Any, Any]:
+        """(embeddings, encoder, decoder, head): the encoder reads the numeric columns and one embedding per
+        category column; the decoder rebuilds the numeric columns."""
         torch = self._torch()
         nn = torch.nn
+        embeddings = nn.ModuleList([nn.Embedding(n + 1, _embedding_size(n)) for n in self.categories])
+        n_in = n_numeric + sum(_embedding_size(n) for n in self.categories)
         encoder = nn.Sequential(nn.Linear(n_in, self.hidden), nn.ReLU(), nn.Linear(self.hidden, self.latent), nn.ReLU())
-        decoder = nn.Sequential(nn.Linear(self.latent, self.hidden), nn.ReLU(), nn.Linear(self.hidden, n_in))
+        decoder = nn.Sequential(nn.Linear(self.latent, self.hidden), nn.ReLU(), nn.Linear(self.hidden, n_numeric))
         head = nn.Linear(self.latent, 1)
-        return encoder, decoder, head
+        return embeddings, encoder, decoder, head
+
+    def _split(self, x: np.ndarray, dtype: type = np.float32) -> tuple[Any, Any]:
+        """(standardised numeric columns, category indices) as tensors."""
+        torch = self._torch()
+        n_codes = len(self.categories)
+        numeric = x[:, : x.shape[1] - n_codes]
+        codes = x[:, x.shape[1] - n_codes :]
+        levels = np.asarray(self.categories, dtype=np.float64)
+        index = np.where(np.isnan(codes) | (codes < 0) | (codes >= levels), levels, codes).astype(np.int64)
+        return torch.from_numpy(self._standardise(numeric, dtype)), torch.from_numpy(index)
+
+    @staticmethod
+    def _encode(embeddings: Any, encoder: Any, numeric: Any, index: Any) -> Any:
+        torch = require("torch", extra="torch", feature="the PyTorch learner")
+        parts = [numeric, *(e(index[:, j]) for j, e in enumerate(embeddings))]
+        return encoder(torch.cat(parts, dim=1) if len(parts) > 1 else numeric)
 
     def _standardise(self, x: np.ndarray, dtype: type = np.float32) -> np.ndarray:
         return np.asarray(np.clip((x - self.mean_) / self.std_, -10.0, 10.0), dtype=dtype)
@@ -86,8 +111,9 @@ class TorchLearner(StoresParams):
         depends on the batch's size, so a record's score would move in the 7th digit with its batch-mates."""
         import copy
 
-        torch = self._torch()
-        self.scorer_ = torch.nn.Sequential(copy.deepcopy(self.encoder_), copy.deepcopy(self.head_)).double().eval()
+        self.scorer_ = tuple(
+            copy.deepcopy(m).double().eval() for m in (self.embeddings_, self.encoder_, self.head_)
+        )
 
     def _report(self, phase: str, done: int, total: int) -> None:
         if self.progress is not None:
@@ -97,23 +123,28 @@ class TorchLearner(StoresParams):
         """Denoising-autoencoder pre-training on all rows (no labels); returns the encoder state to share."""
         self.check_params()
         torch = self._torch()
-        self.mean_ = x.mean(axis=0)
-        self.std_ = np.where(x.std(axis=0) > 0, x.std(axis=0), 1.0)
-        data = torch.from_numpy(self._standardise(x))
-        encoder, decoder, _ = self._build(x.shape[1])
-        optimiser = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=self.learning_rate)
+        numeric = x[:, : x.shape[1] - len(self.categories)]
+        self.mean_ = numeric.mean(axis=0)
+        self.std_ = np.where(numeric.std(axis=0) > 0, numeric.std(axis=0), 1.0)
+        data, index = self._split(x)
+        embeddings, encoder, decoder, _ = self._build(data.shape[1])
+        optimiser = torch.optim.Adam(
+            [*embeddings.parameters(), *encoder.parameters(), *decoder.parameters()], lr=self.learning_rate
+        )
         generator = torch.Generator().manual_seed(self.seed)
         for epoch in range(self.pretrain_epochs):
             order = torch.randperm(data.shape[0], generator=generator)
             for start in range(0, data.shape[0], self.batch_size):
-                batch = data[order[start : start + self.batch_size]]
+                rows = order[start : start + self.batch_size]
+                batch = data[rows]
                 noisy = batch + 0.1 * torch.randn(batch.shape, generator=generator)
-                loss = torch.mean((decoder(encoder(noisy)) - batch) ** 2)
+                loss = torch.mean((decoder(self._encode(embeddings, encoder, noisy, index[rows])) - batch) ** 2)
                 optimiser.zero_grad()
                 loss.backward()
                 optimiser.step()
             self._report("pre-training", epoch + 1, self.pretrain_epochs)
         return {
+            "embeddings": {k: v.clone() for k, v in embeddings.state_dict().items()},
             "encoder": {k: v.clone() for k, v in encoder.state_dict().items()},
             "mean": self.mean_,
             "std": self.std_,
@@ -132,16 +163,18 @@ class TorchLearner(StoresParams):
         self.check_params()
         torch = self._torch()
         if init is not None:  # continue from the previous version's weights
-            self._load_bytes(init, x.shape[1])
+            self._load_bytes(init)
         else:
             shared = pretrained if pretrained is not None else self.pretrain(x)
             self.mean_, self.std_ = shared["mean"], shared["std"]
-            self.encoder_, _, self.head_ = self._build(x.shape[1])
+            self.embeddings_, self.encoder_, _, self.head_ = self._build(self.mean_.shape[0])
+            self.embeddings_.load_state_dict(shared["embeddings"])
             self.encoder_.load_state_dict(shared["encoder"])
-        data = torch.from_numpy(self._standardise(x))
+        data, index = self._split(x)
         pos = torch.from_numpy(np.flatnonzero(y == 1))
         rest = torch.from_numpy(np.flatnonzero(y != 1))
-        optimiser = torch.optim.Adam([*self.encoder_.parameters(), *self.head_.parameters()], lr=self.learning_rate)
+        parameters = [*self.embeddings_.parameters(), *self.encoder_.parameters(), *self.head_.parameters()]
+        optimiser = torch.optim.Adam(parameters, lr=self.learning_rate)
         generator = torch.Generator().manual_seed(self.seed + 1)
         reference = torch.randn(5000, generator=generator)
         mu, sigma = reference.mean(), reference.std()
@@ -151,7 +184,8 @@ class TorchLearner(StoresParams):
             u = rest[torch.randint(len(rest), (half,), generator=generator)] if len(rest) else p
             rows = torch.cat([p, u])
             target = torch.cat([torch.ones(half), torch.zeros(len(u))])
-            dev = (self.head_(self.encoder_(data[rows])).squeeze(1) - mu) / sigma
+            encoded = self._encode(self.embeddings_, self.encoder_, data[rows], index[rows])
+            dev = (self.head_(encoded).squeeze(1) - mu) / sigma
             loss = torch.mean((1 - target) * dev.abs() + target * torch.clamp(self.margin - dev, min=0))
             optimiser.zero_grad()
             loss.backward()
@@ -167,9 +201,10 @@ class TorchLearner(StoresParams):
         if not hasattr(self, "head_"):
             raise NotFittedError("TorchLearner is not fitted; call fit first")
         torch = self._torch()
+        embeddings, encoder, head = self.scorer_
         with torch.no_grad():
-            data = torch.from_numpy(self._standardise(x, np.float64))
-            dev = (self.scorer_(data).squeeze(1) - self.mu_) / self.sigma_
+            data, index = self._split(x, np.float64)
+            dev = (head(self._encode(embeddings, encoder, data, index)).squeeze(1) - self.mu_) / self.sigma_
         # the deviation is a logit: FineTuned takes logit(predict_raw) back to it
         return np.asarray(torch.sigmoid(dev).numpy())
 
@@ -179,21 +214,28 @@ class TorchLearner(StoresParams):
         torch = self._torch()
         tensors = {f"encoder.{k}": v.contiguous() for k, v in self.encoder_.state_dict().items()}
         tensors |= {f"head.{k}": v.contiguous() for k, v in self.head_.state_dict().items()}
+        tensors |= {f"embeddings.{k}": v.contiguous() for k, v in self.embeddings_.state_dict().items()}
         tensors["mean"] = torch.from_numpy(np.asarray(self.mean_, dtype=np.float64))
         tensors["std"] = torch.from_numpy(np.asarray(self.std_, dtype=np.float64))
         tensors["mu_sigma"] = torch.tensor([self.mu_, self.sigma_], dtype=torch.float64)
         return "torch.safetensors", bytes(safetensors.save(tensors))
 
-    def _load_bytes(self, blob: bytes, n_in: int | None = None) -> None:
+    def _load_bytes(self, blob: bytes) -> None:
         safetensors = require("safetensors.torch", extra="torch", feature="loading the PyTorch learner")
         tensors = safetensors.load(blob)
         self.mean_ = tensors["mean"].numpy()
         self.std_ = tensors["std"].numpy()
         self.mu_, self.sigma_ = (float(v) for v in tensors["mu_sigma"])
-        self.encoder_, _, self.head_ = self._build(n_in or self.mean_.shape[0])
+        self.embeddings_, self.encoder_, _, self.head_ = self._build(self.mean_.shape[0])
+        self.embeddings_.load_state_dict({k[11:]: v for k, v in tensors.items() if k.startswith("embeddings.")})
         self.encoder_.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("encoder.")})
         self.head_.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("head.")})
 
     def load_artifact(self, blob: bytes) -> None:
         self._load_bytes(blob)
         self._freeze()
+
+
+def _embedding_size(levels: int) -> int:
+    """Embedding width for a category with ``levels`` levels (fast.ai's rule of thumb, at most 16)."""
+    return int(min(16, round(1.6 * (levels + 1) ** 0.56)))

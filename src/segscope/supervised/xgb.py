@@ -1,5 +1,7 @@
 """XGBoost learner: gradient-boosted trees on the prepared features plus the unsupervised layer's outputs
-(the XGBOD idea), trained continued from the previous version's booster when there is one.
+(the XGBOD idea), trained continued from the previous version's booster when there is one. Category codes (the
+trailing ``categories`` columns) use XGBoost's native categorical splits, one level against the rest as one-hot
+columns would (partition splits over many levels overfit a few labels).
 
 The unsupervised scores enter with a *monotone increasing* constraint: a more anomalous record can never get
 a lower probability for it, which carries the unsupervised ranking through when labels are scarce.
@@ -12,7 +14,7 @@ from typing import Any, ClassVar, Self
 import numpy as np
 
 from segscope._deps import require
-from segscope._params import Constraint, Interval, StoresParams
+from segscope._params import Constraint, Interval, Sizes, StoresParams
 from segscope.exceptions import NotFittedError
 
 __all__ = ["XGBoostLearner"]
@@ -27,15 +29,30 @@ class XGBoostLearner(StoresParams):
         "max_depth": Interval(int, 1, 64),
         "learning_rate": Interval(float, 0.0, 1.0, closed="right"),
         "seed": Interval(int, 0, 2**32 - 1),
+        "categories": Sizes(low=1),
     }
 
     def __init__(
-        self, *, n_estimators: int = 200, max_depth: int = 4, learning_rate: float = 0.1, seed: int = 0
+        self,
+        *,
+        n_estimators: int = 200,
+        max_depth: int = 4,
+        learning_rate: float = 0.1,
+        seed: int = 0,
+        categories: list[int] | tuple[int, ...] = (),
     ) -> None:
         self.n_estimators = n_estimators
         self.max_depth = max_depth
         self.learning_rate = learning_rate
         self.seed = seed
+        self.categories = categories
+
+    def _matrix(self, x: np.ndarray, **labels: Any) -> Any:
+        xgb = require("xgboost", extra="xgboost", feature="the XGBoost learner")
+        if not self.categories:
+            return xgb.DMatrix(x, **labels)
+        types = ["q"] * (x.shape[1] - len(self.categories)) + ["c"] * len(self.categories)
+        return xgb.DMatrix(x, feature_types=types, enable_categorical=True, **labels)
 
     def pretrain(self, x: np.ndarray) -> None:
         """Trees need no pre-training."""
@@ -65,19 +82,20 @@ class XGBoostLearner(StoresParams):
             "seed": self.seed,
             "monotone_constraints": "(" + ",".join(str(int(v)) for v in monotone) + ")",
         }
+        if self.categories:
+            params["max_cat_to_onehot"] = max(self.categories) + 1  # one level against the rest, always
         previous = None
         if init is not None:
             previous = xgb.Booster()
             previous.load_model(bytearray(init))
-        data = xgb.DMatrix(x, label=y, weight=weight)
+        data = self._matrix(x, label=y, weight=weight)
         self.booster_ = xgb.train(params, data, num_boost_round=self.n_estimators, xgb_model=previous)
         return self
 
     def predict_raw(self, x: np.ndarray) -> np.ndarray:
         if not hasattr(self, "booster_"):
             raise NotFittedError("XGBoostLearner is not fitted; call fit first")
-        xgb = require("xgboost", extra="xgboost", feature="the XGBoost learner")
-        return np.asarray(self.booster_.predict(xgb.DMatrix(x)), dtype=np.float64)
+        return np.asarray(self.booster_.predict(self._matrix(x)), dtype=np.float64)
 
     def artifact(self) -> tuple[str, bytes]:
         """File name and bytes of the fitted model in XGBoost's own JSON format (safe to load)."""

@@ -243,12 +243,40 @@ def check_learner_is_deterministic(learner: Any) -> None:
     np.testing.assert_array_equal(first, again)
 
 
+def _by_category(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Anomalies are the rows of one level of a 6-level column whose levels are equally common (so its rarity
+    says nothing): [2 noise columns, the level code]; about 1% of codes are NaN (a value never seen at fit)."""
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(0, 6, size=1200).astype(np.float64)
+    y = (codes == 3).astype(np.int64)
+    codes[rng.random(1200) < 0.01] = np.nan
+    return np.column_stack([rng.normal(size=(1200, 2)), codes]), y
+
+
+def check_learner_sees_category_identity(learner: Any) -> None:
+    """With ``categories`` set, the trailing code columns are categories: the learner finds the one level that
+    carries the anomalies, scores unseen codes, and round-trips."""
+    params = {**learner.get_params(), "categories": [6]}
+    x, y = _by_category(0)
+    fitted = type(learner)(**params).fit(x, y, np.ones(y.size), np.zeros(3))
+    test, labels = _by_category(1)
+    raw = fitted.predict_raw(test)
+    assert np.all(np.isfinite(raw))
+    assert np.all((raw > 0) & (raw < 1))
+    seen = ~np.isnan(test[:, -1])
+    assert roc_auc_score(labels[seen], raw[seen]) > 0.95
+    copy = type(learner)(**params)
+    copy.load_artifact(fitted.artifact()[1])
+    np.testing.assert_allclose(copy.predict_raw(test), raw, rtol=1e-6, atol=1e-7)
+
+
 def yield_learner_checks(cls: type) -> Iterator[tuple[str, Check]]:
     return _named(
         check_learner_params_stored,
         check_learner_not_fitted,
         check_learner_learns_and_round_trips,
         check_learner_is_deterministic,
+        check_learner_sees_category_identity,
     )
 
 
