@@ -16,8 +16,8 @@ train split's frauds (at least one) and 200 random normals are labelled, and eve
 Ablation rows change one part of ``fine-tuned`` at a time: the blend forced to the learner alone, the stack or the
 unsupervised score; unlabelled rows at weight 1.0 instead of 0.2; the category codes withheld (the learner sees
 categories only as rarity, as before). ``gate`` runs the whole ``finetune`` job (held-out split, promotion
-decision) with the true labels and with the same labels shuffled over the same rows (as if an analyst clicked at
-random): the first should be promoted, the second refused.
+decision) with the true labels and with random labels (as many "frauds" and normals, on rows drawn at random: an
+analyst clicking at random): the first should be promoted, the second refused.
 
 AUCROC / AUCPR on the test split, means over seeds. Writes benchmarks/results/real_fraud.json and .md.
 """
@@ -129,17 +129,22 @@ def run_seed(train: pl.DataFrame, test: pl.DataFrame, drop: tuple[str, ...], id_
 
 
 def gate(model: Model, train: pl.DataFrame, y: np.ndarray, labelled: np.ndarray) -> dict:
-    """The finetune job's promotion decision with the revealed labels, and with them shuffled among the same rows."""
+    """The finetune job's promotion decision with the revealed labels, and with as many labels on random rows."""
     ids = train[model.config.features.id_column].cast(pl.String)
     decisions = {}
-    shuffled = np.random.default_rng(0).permutation(y[labelled])  # same counts, on the wrong rows
-    for kind, values in (("true labels", y[labelled]), ("random labels", shuffled)):
+    rng = np.random.default_rng(0)  # random labels: as many "frauds" and normals, on rows drawn at random
+    noise = rng.choice(y.size, int(labelled.sum()), replace=False)
+    noise_y = np.zeros(y.size, np.int64)
+    noise_y[noise[: int(y.sum())]] = 1
+    noise_labelled = np.zeros(y.size, bool)
+    noise_labelled[noise] = True
+    for kind, values, rows in (("true labels", y, labelled), ("random labels", noise_y, noise_labelled)):
         labels = pl.DataFrame(
-            {"id": ids.filter(pl.Series(labelled)), "label": values.astype(np.int8), "category": None},
+            {"id": ids.filter(pl.Series(rows)), "label": values[rows].astype(np.int8), "category": None},
             schema={"id": pl.String, "label": pl.Int8, "category": pl.String},
         )
         _, report = finetune(model, train, labels)
-        decisions[kind] = {"promote": report["promote"], "reason": report["reason"]}
+        decisions[kind] = {"promote": report["promote"], "reason": report["reason"]}  # with the bootstrap share
     return decisions
 
 

@@ -1,19 +1,25 @@
 """Scoring speed and memory: `segscope score` against the plain script a user would write by hand.
 
-    python benchmarks/score_speed.py [--rows 1000000] [--repeats 3] [--memory-rows 10000000]
+    python benchmarks/score_speed.py [--rows 1000000] [--repeats 3] [--memory-rows 10000000] [--data ../shared/data]
 
-Both run in this process on the same 1M-row x 20-column Parquet file after fitting on a 100k-row history
-(fitting is not timed): segscope's full pipeline (feature preparation, IForest + ECOD ensemble, calibration,
-reasons, alert policy, Parquet output) via `segscope.score_file`, and pandas.read_parquet + PyOD
-IForest.decision_function + DataFrame.to_parquet. Reports medians. Then the peak RSS of the `segscope score`
-command on a 10M-row file (a child process, measured with getrusage). Writes benchmarks/results/score_speed.json.
+Two cases, each on a 1M-row Parquet file after fitting (fitting is not timed):
+
+* numeric: 20 mixed-scale columns, fitted on a 100k-row history;
+* categorical: the vehicle-insurance claims (31 columns, 25 of them text) repeated to 1M rows, fitted on the
+  15,420 original rows.
+
+segscope's full pipeline (read, feature preparation, IForest + ECOD ensemble, calibration, reasons, alert policy,
+drift, Parquet output) via `segscope.score_file`, against pandas.read_parquet + get_dummies aligned to the fit's
+columns + PyOD IForest.decision_function + DataFrame.to_parquet, alternating, in this process; medians. Then
+where segscope's time goes (one serial run, exclusive seconds per stage: see _stages.py), and the peak RSS of the
+`segscope score` command on a 10M-row numeric file (a child process, getrusage). Writes
+benchmarks/results/score_speed.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -24,6 +30,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from _stages import stage_seconds
+
+from _adbench import data_dir
 
 COLUMNS = 20
 
@@ -47,6 +56,15 @@ def write_table(path: Path, rows: int, seed: int, chunk: int = 1_000_000) -> Non
     writer.close()
 
 
+def claims_table(data_dir: Path, path: Path, rows: int) -> None:
+    """The vehicle-insurance claims (label and Year dropped) repeated to ``rows`` rows: 31 columns, most text."""
+    import polars as pl
+
+    claims = pl.read_parquet(data_dir / "fraud_vehicle_insurance.parquet").drop("label", "Year", "PolicyNumber")
+    repeats = -(-rows // claims.height)
+    pl.concat([claims] * repeats).head(rows).write_parquet(path, compression="zstd")
+
+
 def time_segscope(bundle: Path, data: Path, out: Path) -> float:
     from segscope.model import Model
     from segscope.pipeline import score_file
@@ -58,23 +76,60 @@ def time_segscope(bundle: Path, data: Path, out: Path) -> float:
 
 
 def time_plain(history: Path, data: Path, out: Path) -> float:
+    """pandas + PyOD IForest; text columns one-hot encoded with ``get_dummies`` and aligned to the fit's columns."""
     import pandas as pd
     from pyod.models.iforest import IForest
 
-    detector = IForest(random_state=0).fit(pd.read_parquet(history).to_numpy())
+    def encode(frame: pd.DataFrame) -> pd.DataFrame:
+        text = [c for c in frame.columns if frame[c].dtype == object or str(frame[c].dtype) in ("string", "str")]
+        return pd.get_dummies(frame, columns=text, dtype=float) if text else frame
+
+    fitted = encode(pd.read_parquet(history))
+    detector = IForest(random_state=0).fit(fitted.to_numpy(dtype=float))
     start = time.perf_counter()
     frame = pd.read_parquet(data)
-    frame["score"] = detector.decision_function(frame.to_numpy())
+    matrix = encode(frame).reindex(columns=fitted.columns, fill_value=0).to_numpy(dtype=float)
+    frame["score"] = detector.decision_function(matrix)
     frame.to_parquet(out)
     return time.perf_counter() - start
 
 
+def compare(bundle: Path, history: Path, data: Path, tmp: Path, repeats: int, rows: int) -> dict:
+    """Median seconds of segscope and the plain script on ``data`` (alternating runs), the ratio, and the serial
+    stage breakdown of one segscope run."""
+    time_segscope(bundle, history, tmp / "warm.parquet")  # JIT caches warm, as in any later run
+    seg, plain = [], []
+    for _ in range(repeats):
+        seg.append(time_segscope(bundle, data, tmp / "seg.parquet"))
+        plain.append(time_plain(history, data, tmp / "plain.parquet"))
+        print(f"  segscope {seg[-1]:.2f}s, plain {plain[-1]:.2f}s", flush=True)
+    seg_s, plain_s = statistics.median(seg), statistics.median(plain)
+    stages = stage_seconds(bundle, data, tmp / "stages.parquet")
+    print(f"  segscope {rows / seg_s:,.0f} rows/s, plain {rows / plain_s:,.0f} rows/s, ratio {plain_s / seg_s:.2f}x")
+    print("  stages (serial run, s): " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items()), flush=True)
+    return {
+        "segscope_seconds_median": seg_s,
+        "plain_seconds_median": plain_s,
+        "segscope_rows_per_s": rows / seg_s,
+        "plain_rows_per_s": rows / plain_s,
+        "speed_ratio_segscope_over_plain": plain_s / seg_s,
+        "stages_serial_seconds": stages,
+    }
+
+
 def peak_rss_of_cli(bundle: Path, data: Path, out: Path) -> tuple[float, float]:
+    """Peak RSS (MiB) and seconds of one `segscope score` child, from that child's own rusage (wait4), not the
+    largest of every child this process ever had."""
+    import os
+
     start = time.perf_counter()
     cmd = [sys.executable, "-m", "segscope.cli", "score", str(data), "--bundle", str(bundle), "--out", str(out)]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    seconds = time.perf_counter() - start
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0, seconds  # KiB -> MiB
+    child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode:
+        raise SystemExit(f"segscope score failed with exit code {child.returncode}")
+    return usage.ru_maxrss / 1024.0, time.perf_counter() - start  # KiB -> MiB
 
 
 def main() -> None:
@@ -83,10 +138,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--memory-rows", type=int, default=10_000_000, help="0 to skip the memory run")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "score_speed.json"))
+    parser.add_argument("--data", default=None, help="folder with fraud_vehicle_insurance.parquet")
+    parser.add_argument("--no-claims", dest="claims", action="store_false", help="skip the categorical case")
     args = parser.parse_args()
 
+    from segscope.config import SegscopeConfig
     from segscope.pipeline import fit_file
 
+    result: dict = {"rows": args.rows, "repeats": args.repeats}
     with tempfile.TemporaryDirectory(prefix="segscope-bench-") as tmp_name:
         tmp = Path(tmp_name)
         history, data = tmp / "history.parquet", tmp / "new.parquet"
@@ -94,29 +153,17 @@ def main() -> None:
         write_table(data, args.rows, seed=1)
         bundle = tmp / "bundle"
         fit_file(history).save(bundle)
-        time_segscope(bundle, history, tmp / "warm.parquet")  # JIT caches warm, as in any later run
-
-        seg, plain = [], []
-        for _ in range(args.repeats):
-            seg.append(time_segscope(bundle, data, tmp / "seg.parquet"))
-            plain.append(time_plain(history, data, tmp / "plain.parquet"))
-            print(f"segscope {seg[-1]:.2f}s, plain {plain[-1]:.2f}s", flush=True)
-        seg_s, plain_s = statistics.median(seg), statistics.median(plain)
-        result = {
-            "rows": args.rows,
-            "columns": COLUMNS,
-            "repeats": args.repeats,
-            "segscope_seconds_median": seg_s,
-            "plain_seconds_median": plain_s,
-            "segscope_rows_per_s": args.rows / seg_s,
-            "plain_rows_per_s": args.rows / plain_s,
-            "speed_ratio_segscope_over_plain": plain_s / seg_s,
-        }
-        print(
-            f"segscope {args.rows / seg_s:,.0f} rows/s, plain {args.rows / plain_s:,.0f} rows/s, "
-            f"ratio {plain_s / seg_s:.2f}x",
-            flush=True,
-        )
+        print(f"numeric: {args.rows:,} x {COLUMNS} columns", flush=True)
+        result["numeric"] = {"columns": COLUMNS, **compare(bundle, history, data, tmp, args.repeats, args.rows)}
+        if args.claims:
+            claims_history, claims = tmp / "claims-history.parquet", tmp / "claims.parquet"
+            source = data_dir(args.data)
+            claims_table(source, claims_history, 15_420)
+            claims_table(source, claims, args.rows)
+            claims_bundle = tmp / "claims-bundle"
+            fit_file(claims_history, SegscopeConfig()).save(claims_bundle)
+            print(f"categorical: the claims set repeated to {args.rows:,} rows", flush=True)
+            result["categorical"] = compare(claims_bundle, claims_history, claims, tmp, args.repeats, args.rows)
         if args.memory_rows:
             big = tmp / "big.parquet"
             write_table(big, args.memory_rows, seed=2)

@@ -81,6 +81,21 @@ def test_unseen_categories_and_shifted_distributions(model: Model) -> None:
     assert calm.report().warning() is None
 
 
+def test_missing_categories_count_as_missing_not_unseen(model: Model) -> None:
+    """A null category is missing (its own share), never a category unseen at fit; a seen level outside the top
+    levels is neither."""
+    new = make_transactions(2000, seed=7)
+    blanked = new.with_columns(
+        pl.when(pl.int_range(pl.len()) % 5 == 0).then(None).otherwise(pl.col("country")).alias("country")
+    )
+    tracker = model.drift_tracker()
+    assert tracker is not None
+    model.score(blanked, drift=tracker)
+    country = next(c for c in tracker.report().columns if c.name == "country")
+    assert country.missing == pytest.approx(0.2, abs=0.005) and country.unseen == 0.0
+    assert country.more_missing
+
+
 def test_time_like_columns_are_named(model: Model) -> None:
     frame = make_transactions(500, seed=2).with_columns(
         pl.int_range(pl.len()).alias("row_no"), (pl.int_range(pl.len()) * 3 + 1000).alias("counter")

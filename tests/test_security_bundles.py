@@ -336,7 +336,7 @@ def _finetune_at_the_barrier(registry: str, history: str, labels: str, barrier, 
 
 
 def test_concurrent_finetunes_promote_at_most_one(registry: Path, tmp_path: Path) -> None:
-    history = make_transactions(4000, seed=0)
+    history = make_transactions(12_000, seed=0)  # 120 frauds: enough for the gate to see a reliable gain
     history_path = tmp_path / "history.parquet"
     history.write_parquet(history_path)
     frauds = history.filter(pl.col("is_fraud") == 1)

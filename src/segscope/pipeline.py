@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import polars as pl
@@ -48,6 +48,8 @@ __all__ = [
     "score_file",
     "scored_schema",
 ]
+
+_T = TypeVar("_T")
 
 
 # ------------------------------------------------------------------ fit
@@ -130,7 +132,7 @@ def iter_scored(
     present = dict.fromkeys(numeric, 0)
     ids: list[pl.Series] = []
     rows = 0
-    for batch in source.iter_batches():
+    for batch in _prefetch(source.iter_batches(), depth=1):  # the next batch is read while this one scores
         frame = batch.frame
         if id_column is not None and not ids_first:
             column = frame.get_column(id_column)
@@ -222,7 +224,7 @@ def score_file(
     )
 
 
-def _prefetch(items: Iterator[pl.DataFrame], depth: int = 2) -> Iterator[pl.DataFrame]:
+def _prefetch(items: Iterator[_T], depth: int = 2) -> Iterator[_T]:
     """Run ``items`` one step ahead in a thread; errors re-raise in the consumer."""
     slots: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
     stop = threading.Event()

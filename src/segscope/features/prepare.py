@@ -261,25 +261,31 @@ class FeaturePreparer:
         missing or not numeric) and, for categorical features (by feature index), the strings, with categories
         never seen at fit marked "(unseen)"."""
         numeric_exprs: list[pl.Expr] = []
-        categorical: dict[int, pl.Series] = {}
+        text_exprs: dict[int, pl.Expr] = {}
         for j, feat in enumerate(self.schema_.features):
             if feat in self.categorical_:
-                col = frame.get_column(feat).cast(pl.String)
+                col = pl.col(feat).cast(pl.String)
                 levels = pl.Series(self.categorical_[feat]["levels"], dtype=pl.String)
-                categorical[j] = pl.select(
+                text_exprs[j] = (
                     pl.when(col.is_null())
                     .then(pl.lit("null"))
                     .when(col.is_in(levels.implode()))
                     .then(col)
                     .otherwise(col + pl.lit(" (unseen)"))
-                ).to_series()
-                numeric_exprs.append(pl.lit(None, dtype=pl.Float64).alias(feat))
+                    .alias(feat)
+                )
             elif self.numeric_[feat]["kind"] == "missing":
                 numeric_exprs.append(self._raw_expr(feat).is_null().cast(pl.Float64).alias(feat))
             else:
                 numeric_exprs.append(self._raw_expr(feat).alias(feat))
-        matrix = frame.select(numeric_exprs).to_numpy().astype(np.float64, copy=False)
-        return np.ascontiguousarray(matrix), categorical
+        # one select for all the text (columns in parallel), numbers straight into their places in the matrix
+        texts = frame.select(list(text_exprs.values())) if text_exprs else pl.DataFrame()
+        categorical = {j: texts.to_series(i) for i, j in enumerate(text_exprs)}
+        matrix = np.full((frame.height, len(self.schema_.features)), np.nan)
+        if numeric_exprs:
+            numeric = [j for j in range(matrix.shape[1]) if j not in text_exprs]
+            matrix[:, numeric] = frame.select(numeric_exprs).to_numpy()
+        return matrix, categorical
 
     def category_cardinalities(self) -> tuple[int, ...]:
         """Number of fit-time levels of each categorical feature, in feature order (the columns of
@@ -308,7 +314,7 @@ class FeaturePreparer:
 
     def transform(self, frame: pl.DataFrame) -> np.ndarray:
         """The feature matrix (rows x features, float64, C order) of a validated frame."""
-        matrix = frame.select(self.feature_exprs()).to_numpy()
+        matrix = frame.select(self.feature_exprs()).to_numpy(order="c")  # C order built directly: no copy after
         return np.ascontiguousarray(matrix, dtype=np.float64)
 
     def describe_columns(self) -> list[tuple[str, str, str, str, str]]:

@@ -108,7 +108,9 @@ class FileSink:
     def _run(self, lazy: pl.LazyFrame) -> None:
         try:
             if self.format_ == "parquet":
-                lazy.sink_parquet(self.tmp_path_, compression="zstd", compression_level=1)  # level 1: same size, faster
+                # snappy: what Spark, Hive and DuckDB write and read by default; 1.4x faster to write than zstd-1
+                # on scored rows (their reasons), for files about 15% larger
+                lazy.sink_parquet(self.tmp_path_, compression="snappy")
             elif self.format_ == "csv":
                 lazy.sink_csv(self.tmp_path_)
             else:

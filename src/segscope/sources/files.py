@@ -102,10 +102,10 @@ def _file_key(path: Path) -> tuple[str, int, int]:
 def scan_file(path: str | Path, *, dtypes: dict[str, pl.DataType] | None = None) -> pl.LazyFrame:
     """Lazily scan a data file; problems with the file itself are raised here, not at collect time.
 
-    CSV is read without guessing dates (Polars' date guessing costs more than the rest of the read): columns named
-    in ``dtypes`` get those types, the others are inferred once per file version and the result is reused by every
-    later scan of the file. Which CSV text columns hold dates is decided where it matters: at fit
-    (:func:`parse_dates`) and, at score time, by the bundle's schema.
+    CSV is read without guessing dates (Polars' date guessing costs more than the rest of the read); in CSV and
+    NDJSON, columns named in ``dtypes`` get those types, the others are inferred once per file version and the
+    result is reused by every later scan of the file. Which text columns hold dates is decided where it matters:
+    at fit (:func:`parse_dates`) and, at score time, by the bundle's schema.
     """
     path = Path(path)
     fmt = detect_format(path)
@@ -120,23 +120,25 @@ def scan_file(path: str | Path, *, dtypes: dict[str, pl.DataType] | None = None)
     try:
         if fmt == "parquet":
             lf = pl.scan_parquet(path)
-        elif fmt == "csv":
+        else:
             key = (*_file_key(path), tuple(sorted((dtypes or {}).items(), key=lambda kv: kv[0])))
             known = _SCHEMAS.get(key)
-            if known is not None:
+            if fmt == "csv" and known is not None:
                 lf = pl.scan_csv(path, schema=known)
-            else:
+            elif fmt == "csv":
                 header = _csv_header(path)
                 overrides = {k: v for k, v in (dtypes or {}).items() if k in header}
                 lf = pl.scan_csv(path, infer_schema_length=CSV_INFER_ROWS, schema_overrides=overrides)
-        else:
-            lf = pl.scan_ndjson(path, infer_schema_length=CSV_INFER_ROWS)
+            elif known is not None:
+                lf = pl.scan_ndjson(path, schema=known)
+            else:
+                lf = pl.scan_ndjson(path, infer_schema_length=CSV_INFER_ROWS, schema_overrides=dtypes)
         schema = lf.collect_schema()
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise SourceError(f"{path}: cannot read it as {fmt} ({_describe(exc)}); check the file") from None
     if len(schema) == 0:
         raise SourceError(f"{path}: the file has no columns; pass a file with a header and at least one row")
-    if fmt == "csv":
+    if fmt != "parquet":
         _SCHEMAS[key] = schema
     return lf
 

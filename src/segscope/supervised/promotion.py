@@ -4,8 +4,9 @@ promotion decision against the current version (plus the candidate's calibration
 Records are split in time (the latest ``holdout`` share, when there is a time column) or at random; the
 candidate trains on the earlier part and both versions are compared on the held-out part, with labelled
 anomalies as positives and everything else there (confirmed normals and unlabelled records) as negatives. A
-candidate is promoted only when it is better by the chosen metric; with no labelled anomaly held out there is
-nothing to show, so no promotion.
+candidate is promoted only when it is better by the chosen metric, and reliably so: in at least 95% of paired
+bootstrap resamples of the held-out records; with no labelled anomaly held out there is nothing to show, so no
+promotion.
 """
 
 from __future__ import annotations
@@ -62,19 +63,52 @@ def training_rows(
     return np.sort(np.concatenate([train[labelled[train]], unlabelled]))
 
 
-def compare(y_held: np.ndarray, current: np.ndarray, candidate: np.ndarray, metric: str) -> dict[str, Any]:
-    """The promotion decision: ``promote`` (candidate better by ``metric``), the figures and a reason."""
+def compare(
+    y_held: np.ndarray,
+    current: np.ndarray,
+    candidate: np.ndarray,
+    metric: str,
+    *,
+    confidence: float = 0.95,
+    resamples: int = 200,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The promotion decision: ``promote`` (candidate better by ``metric`` on the held-out records, and in at
+    least ``confidence`` of ``resamples`` paired bootstrap resamples of them), the figures and a reason."""
     if y_held.sum() == 0 or y_held.sum() == y_held.size:
         return {"promote": False, "reason": "no labelled anomaly among the held-out records: cannot show it is better"}
     cur, new = evaluate_scores(y_held, current), evaluate_scores(y_held, candidate)
+    share = bootstrap_share_better(y_held, current, candidate, metric, resamples=resamples, seed=seed)
     better = new[metric] > cur[metric]
+    promote = better and share >= confidence
+    verdict = "better" if promote else ("not better" if not better else "not reliably better")
     return {
         "current": {k: cur[k] for k in ("aucroc", "aucpr")},
         "candidate": {k: new[k] for k in ("aucroc", "aucpr")},
         "calibration": reliability(y_held, candidate),
-        "promote": bool(better),
-        "reason": f"{metric} {new[metric]:.4f} vs {cur[metric]:.4f}: " + ("better" if better else "not better"),
+        "share_of_resamples_better": share,
+        "promote": bool(promote),
+        "reason": f"{metric} {new[metric]:.4f} vs {cur[metric]:.4f}, better in {share:.0%} of {resamples} "
+        f"resamples (needs {confidence:.0%}): {verdict}",
     }
+
+
+def bootstrap_share_better(
+    y: np.ndarray, current: np.ndarray, candidate: np.ndarray, metric: str, *, resamples: int, seed: int
+) -> float:
+    """Share of paired bootstrap resamples (anomalies and the rest resampled separately, so each resample keeps
+    their counts) in which ``candidate`` beats ``current`` by ``metric``. A gain that a few held-out anomalies
+    produce by chance (labels that carry no signal) rarely holds in 95% of them (a one-sided test at 5%)."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    score = average_precision_score if metric == "aucpr" else roc_auc_score
+    rng = np.random.default_rng(seed)
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y != 1)
+    wins = 0
+    for _ in range(resamples):
+        rows = np.concatenate([rng.choice(pos, pos.size), rng.choice(neg, neg.size)])
+        wins += score(y[rows], candidate[rows]) > score(y[rows], current[rows])
+    return wins / resamples
 
 
 def reliability(y: np.ndarray, p: np.ndarray, bins: int = 10) -> dict[str, Any]:

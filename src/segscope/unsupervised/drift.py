@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from segscope.unsupervised import _kernels
+
 __all__ = ["DriftReference", "DriftReport", "DriftTracker", "time_like_columns"]
 
 #: A column shifted this much (PSI) is named in the warning; 0.25 is the usual threshold of a major shift.
@@ -226,9 +228,11 @@ class DriftTracker:
         self.rows = 0
         self.alerts = 0
         self.numeric = [np.zeros(len(r.shares)) for _, _, r in reference.numeric_]
+        self.edges = [np.asarray(r.edges, dtype=np.float64) for _, _, r in reference.numeric_]
         self.outside = [0.0 for _ in reference.numeric_]
         self.categorical = [np.zeros(len(r.shares)) for r in reference.categorical_]
         self.unseen = [0.0 for _ in reference.categorical_]
+        self.level_index = [{level: j for j, level in enumerate(r.levels)} for r in reference.categorical_]
 
     def add(self, validated: pl.DataFrame, alerts: np.ndarray) -> None:
         """Count a batch: the model's input columns with their fit-time types, and its alert decisions."""
@@ -236,21 +240,24 @@ class DriftTracker:
         self.alerts += int(np.count_nonzero(alerts))
         for i, (column, part, ref) in enumerate(self.reference.numeric_):
             values = _derived(validated, column, part) if part else validated.get_column(column)
-            arr = values.cast(pl.Float64).fill_nan(None).to_numpy()
-            present = arr[~np.isnan(arr)]
-            bins = np.bincount(np.searchsorted(ref.edges, present, side="left"), minlength=len(ref.edges) + 1)
-            self.numeric[i][:-1] += bins
-            self.numeric[i][-1] += arr.size - present.size
-            self.outside[i] += float(np.count_nonzero((present < ref.low) | (present > ref.high)))
-        for i, cat in enumerate(self.reference.categorical_):
-            text = validated.get_column(cat.name).cast(pl.String)
-            counts = dict(text.fill_null(_MISSING).value_counts().iter_rows())
+            arr = values.cast(pl.Float64).to_numpy()  # nulls and NaN both arrive as NaN: missing
+            counts, outside = _kernels.drift_counts(arr, self.edges[i], ref.low, ref.high)
+            self.numeric[i] += counts
+            self.outside[i] += float(outside)
+        lazy = validated.lazy()
+        counted = pl.collect_all(  # every column's level counts at once, in parallel
+            [
+                lazy.select(pl.col(cat.name).cast(pl.String).fill_null(_MISSING).value_counts())
+                for cat in self.reference.categorical_
+            ]
+        )
+        for i, (cat, level_counts) in enumerate(zip(self.reference.categorical_, counted, strict=True)):
             row = np.zeros(len(cat.shares))
-            for level, n in counts.items():
+            for level, n in level_counts.to_series().struct.unnest().iter_rows():
                 if level == _MISSING:
                     row[-1] += n
-                elif level in cat.levels:
-                    row[cat.levels.index(level)] += n
+                elif level in self.level_index[i]:
+                    row[self.level_index[i][level]] += n
                 else:
                     row[-2] += n
                     if level not in cat.seen:
