@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml | $(PY)
 
 # Tests need every learner: torch from PyPI is the CUDA build (a few GB), installed here and only here.
 $(VENV)/.installed-dev: pyproject.toml | $(PY)
-	$(PIP) install -q -e '.[dev,xgboost,torch,kafka,segments,report,web,store]'
+	$(PIP) install -q -e '.[dev,xgboost,torch,kafka,segments,report,web,store,spark]'
 	touch $@ $(VENV)/.installed
 
 # The Kafka broker's jars, resolved from Maven Central once (not committed).

@@ -24,7 +24,7 @@ LAYERS: list[set[str]] = [
     {"sinks"},
     {"model"},
     {"tuning", "testing"},
-    {"pipeline", "stream"},
+    {"pipeline", "stream", "spark"},
     {"demo", "report"},
     {"web"},
     {"cli"},

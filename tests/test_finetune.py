@@ -14,6 +14,7 @@ from segscope import DataError, Model, SchemaError
 from segscope import registry as reg
 from segscope.config import SegscopeConfig
 from segscope.labels.parse import load_labels, normalise_labels
+from segscope.supervised.base import MIN_ANOMALIES_TO_CHOOSE
 from segscope.testing.data import make_transactions
 from segscope.tuning import finetune
 
@@ -225,7 +226,20 @@ def test_blend_is_chosen_out_of_fold_and_never_below_the_learner(base: Model, bi
     _, report = finetune(base, big_history, _labels(big_history, 60, normals=30))
     chosen = report["supervised"]
     oof = chosen["out_of_fold_aucpr"]
-    assert set(oof) == {"learner", "unsupervised", "stack"}
-    assert chosen["blend"] in ("learner", "stack")
-    if chosen["blend"] == "stack":
-        assert oof["stack"] > oof["learner"] and min(chosen["blend_weights"].values()) >= 0
+    assert set(oof) == {"learner", "unsupervised", "stack", "prior"}
+    assert chosen["labelled_anomalies"] >= MIN_ANOMALIES_TO_CHOOSE  # enough for the out-of-fold choice
+    assert chosen["blend"] in ("learner", "stack", "prior")
+    assert oof[chosen["blend"]] >= oof["learner"]  # never below the learner out of fold
+    assert min(chosen["blend_weights"].values()) >= 0
+
+
+def test_few_anomalies_take_the_prior_blend(base: Model, big_history: pl.DataFrame) -> None:
+    """Out-of-fold AUCPR on a handful of anomalies is noise: the prior blend (learner weight n / (n + 5), the
+    unsupervised score, proximity to the labelled anomalies) is taken, and scores with its exemplars."""
+    candidate, report = finetune(base, big_history, _labels(big_history, 8, normals=30))
+    chosen = report["supervised"]
+    assert chosen["labelled_anomalies"] < MIN_ANOMALIES_TO_CHOOSE and chosen["blend"] == "prior"
+    weights = chosen["blend_weights"]
+    assert weights["proximity"] > 0 and weights["learner"] < weights["unsupervised"]  # leans on the unsupervised
+    scores = candidate.score(big_history.head(500))["supervised_score"]
+    assert scores.is_not_null().all() and scores.is_between(0, 1).all()

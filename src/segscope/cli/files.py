@@ -23,12 +23,22 @@ from segscope.cli._app import (
     row_progress,
     steps,
 )
-from segscope.exceptions import SegscopeError
+from segscope.exceptions import ConfigError, SegscopeError
+
+EngineOpt = Annotated[
+    str,
+    typer.Option(
+        "--engine", help="local (Polars, this process) or spark (pip install 'segscope[spark]').", case_sensitive=False
+    ),
+]
+MasterOpt = Annotated[
+    str | None, typer.Option("--master", help="Spark master URL (default local[*], or what spark-submit set).")
+]
 
 
 @app.command()
 def fit(
-    data: Annotated[Path, typer.Argument(help="History file (.parquet, .csv, .ndjson).")],
+    data: Annotated[str, typer.Argument(help="History file (.parquet, .csv, .ndjson); with Spark, any path it reads.")],
     bundle: BundleOpt,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="Config file (.toml or .yaml).")] = None,
     id_column: Annotated[str | None, typer.Option("--id-column", help="Column that identifies a record.")] = None,
@@ -36,14 +46,24 @@ def fit(
     previous: Annotated[
         Path | None, typer.Option("--previous", help="Last bundle: segment ids keep their meaning across refits.")
     ] = None,
+    engine: EngineOpt = "local",
+    master: MasterOpt = None,
 ) -> None:
     """Fit the unsupervised layer on history and write a bundle."""
     from segscope.pipeline import Model, fit_file
 
     cfg = load_config(config, id_column, drop or [])
     last = Model.load(previous) if previous is not None else None
+    _check_engine(engine)
     with steps() as step:
-        model = fit_file(data, cfg, on_step=step, previous=last)
+        if engine == "spark":
+            from segscope.spark import fit_path
+
+            if previous is not None:
+                raise ConfigError("--previous needs a local fit (--engine local) to keep segment ids across refits")
+            model = fit_path(data, cfg, master=master, on_step=step)
+        else:
+            model = fit_file(data, cfg, on_step=step, previous=last)
         step(f"writing bundle {bundle}")
         model.save(bundle)
     dropped = model.preparer_.dropped_
@@ -57,7 +77,7 @@ def fit(
 
 @app.command()
 def score(
-    data: Annotated[Path, typer.Argument(help="File to score (.parquet, .csv, .ndjson).")],
+    data: Annotated[str, typer.Argument(help="File to score (.parquet, .csv, .ndjson); Spark: any path it reads.")],
     bundle: BundleOpt,
     out_path: Annotated[
         str, typer.Option("--out", "-o", help="Output file; format by extension; '-' = NDJSON on stdout.")
@@ -65,12 +85,22 @@ def score(
     batch_size: Annotated[int, typer.Option(help="Rows per batch (memory bound).", min=1)] = 200_000,
     store: StoreOpt = None,
     trust_bundle: TrustOpt = False,
+    engine: EngineOpt = "local",
+    master: MasterOpt = None,
+    partitions: Annotated[
+        int | None, typer.Option("--partitions", help="Spark: repartition the input into N parts.", min=1)
+    ] = None,
 ) -> None:
     """Score a file: input columns + score, anomaly_score, supervised_score, is_alert, segment, reasons,
-    model_version."""
+    model_version. With --engine spark: a Parquet or CSV file or folder into a Parquet folder."""
     from segscope.pipeline import score_file
     from segscope.sources.files import count_rows
 
+    if _check_engine(engine) == "spark":
+        if store is not None:
+            raise ConfigError("--store is not supported with --engine spark; score locally or import alerts later")
+        _score_on_spark(data, bundle, out_path, master, partitions, trust_bundle)
+        return
     model = load_model(bundle, trust_bundle)
     label_store = open_store(store, create=True) if store is not None else None
     total = count_rows(data)
@@ -80,7 +110,7 @@ def score(
         written["rows"] += n
         progress.advance(task, n)
 
-    with row_progress(total, f"scoring {data.name}") as progress:
+    with row_progress(total, f"scoring {Path(data).name}") as progress:
         task = progress.add_task("score", total=total)
         try:
             summary = score_file(model, data, out_path, batch_size=batch_size, on_batch=advance, store=label_store)
@@ -95,6 +125,29 @@ def score(
     )
     if label_store is not None:
         err.print(f"  {summary.stored:,} alerts and queue candidates kept in the label store {store}")
+
+
+def _check_engine(engine: str) -> str:
+    if engine not in ("local", "spark"):
+        raise ConfigError(f"--engine must be local or spark; got {engine!r}")
+    return engine
+
+
+def _score_on_spark(
+    data: str, bundle: Path, out_path: str, master: str | None, partitions: int | None, trusted: bool
+) -> None:
+    from segscope.spark import score_path
+
+    if out_path == "-":
+        raise ConfigError("--engine spark writes a Parquet folder; give --out a folder path, not '-'")
+    summary = score_path(
+        bundle, data, out_path, master=master, partitions=partitions, trusted=trusted, on_progress=err.print
+    )
+    rate = summary["rows"] / summary["seconds"] if summary["seconds"] else 0.0
+    err.print(
+        f"[green]scored[/] {summary['rows']:,} rows on Spark ({rate:,.0f} rows/s), {summary['alerts']:,} alerts, "
+        f"model {summary['version']} -> [bold]{out_path}[/] (Parquet folder)"
+    )
 
 
 @app.command()

@@ -23,6 +23,7 @@ __all__ = [
     "read_file",
     "sample_rows",
     "scan_file",
+    "type_text_columns",
 ]
 
 #: CSV type inference looks at this many rows; a column that changes type later is reported clearly.
@@ -315,20 +316,33 @@ class FileSource:
                 seen += frame.height
 
     def _dated(self, frame: pl.DataFrame) -> pl.DataFrame:
-        parsed = [
-            column
-            for name in self.dates
-            if name in frame.columns and frame.schema[name] == pl.String
-            for column in [_as_date(frame.get_column(name))]
-            if column is not None
-        ]
-        return frame.with_columns(parsed) if parsed else frame
+        return _parse_dates(frame, self.dates)
 
     def commit(self, batch: Batch) -> None:
         return None
 
     def close(self) -> None:
         return None
+
+
+def type_text_columns(
+    frame: pl.DataFrame, dtypes: dict[str, pl.DataType], dates: tuple[str, ...] = ()
+) -> pl.DataFrame:
+    """Text columns typed as a model knows them, as :class:`FileSource` does for text files: ``dtypes`` where every
+    value fits (else the column stays text and the model's checks name the row), ``dates`` parsed where every
+    value reads as a date. For engines that read text themselves (Spark)."""
+    return _parse_dates(_retyped(frame, dtypes), dates)
+
+
+def _parse_dates(frame: pl.DataFrame, dates: tuple[str, ...]) -> pl.DataFrame:
+    parsed = [
+        column
+        for name in dates
+        if name in frame.columns and frame.schema[name] == pl.String
+        for column in [_as_date(frame.get_column(name))]
+        if column is not None
+    ]
+    return frame.with_columns(parsed) if parsed else frame
 
 
 def _retyped(frame: pl.DataFrame, dtypes: dict[str, pl.DataType]) -> pl.DataFrame:

@@ -9,12 +9,18 @@ Analysts label few records, mostly anomalies, and the rest of the history is unl
   torch embeddings, and out-of-fold target encoding for columns with more than ``max_onehot`` levels;
 * **weights** (positive-unlabelled): confirmed normals are full negatives, unlabelled rows negatives with a small
   weight (``unlabelled_weight``), labelled anomalies up-weighted to balance the classes;
-* **blend**, decided on out-of-fold predictions (3 folds, the anomalies spread over them): the learner alone, the
-  unsupervised surprisal alone (what a handful of labels cannot beat yet), or a logistic stack of both. Each
-  candidate's AUCPR is measured on rows its own fit did not see (the stack is itself cross-fitted), and the
-  stack or the surprisal is chosen only when strictly better than the learner alone;
-* **calibration**: the chosen blend is a logistic regression on out-of-fold values, so ``supervised_score`` is a
-  probability of "an analyst would confirm this".
+* **blend**, decided on out-of-fold predictions (3 folds, the anomalies spread over them), among the learner
+  alone, a logistic stack of the learner and the unsupervised surprisal (non-negative weights), and the prior
+  blend ``w * logit(learner) + surprisal - log(1 + distance to the nearest labelled anomaly)`` with
+  ``w = n / (n + prior)`` for ``n`` labelled anomalies (it leans on the unsupervised score and on the labelled
+  anomalies' neighbourhoods while labels are few). Each candidate's AUCPR is measured on rows its own fit did
+  not see (the stack is cross-fitted, proximity is to the other folds' anomalies); another blend replaces the
+  learner only when it beats it in ``RELIABLY_BETTER`` of bootstrap resamples of those predictions, so the
+  choice never falls below the learner alone out of fold, and a lucky fold does not decide. With fewer than
+  ``MIN_ANOMALIES_TO_CHOOSE`` labelled anomalies out-of-fold AUCPR cannot tell them apart, and the prior blend
+  is taken;
+* **calibration**: the chosen blend is a logistic regression (Platt scaling for the learner and the prior blend),
+  so ``supervised_score`` is a probability of "an analyst would confirm this".
 
 Bundles fine-tuned before this design (no layout in their state) keep their own blend (``w * logit(learner) +
 surprisal - log(1 + distance to the nearest confirmed anomaly)``, Platt-scaled) and score as they always did.
@@ -35,10 +41,17 @@ from segscope.supervised.encoding import TargetEncoding
 
 __all__ = ["BLENDS", "FineTuned", "Layout", "Learner"]
 
-#: At most this many confirmed anomalies are kept as exemplars (legacy blend only).
+#: At most this many confirmed anomalies are kept as exemplars (the "prior" blend's proximity term).
 MAX_EXEMPLARS = 512
 #: Blend choices: "auto" picks on out-of-fold AUCPR; the others force one (for ablations).
-BLENDS = ("auto", "learner", "unsupervised", "stack")
+BLENDS = ("auto", "learner", "unsupervised", "stack", "prior")
+#: With fewer labelled anomalies than this, out-of-fold AUCPR (a few anomalies per fold) cannot tell the
+#: candidates apart, and "auto" takes the prior blend.
+MIN_ANOMALIES_TO_CHOOSE = 30
+#: ... and with more, a blend other than the learner alone must beat it in this share of bootstrap resamples of
+#: the out-of-fold predictions (differences of a few anomalies are the folds' luck, and do not carry to new data).
+RELIABLY_BETTER = 0.95
+_RESAMPLES = 100
 
 
 @dataclass(frozen=True)
@@ -112,6 +125,45 @@ def _nearest(x: np.ndarray, exemplars: np.ndarray) -> np.ndarray:
 
     dist, _ = KDTree(exemplars).query(x, k=1)
     return np.asarray(dist[:, 0])
+
+
+def _share_better(y: np.ndarray, base: np.ndarray, other: np.ndarray, seed: int) -> float:
+    """Share of Poisson-bootstrap resamples (the same weights for both: paired) in which ``other`` has a higher
+    AUCPR than ``base``. Each score is sorted once; a resample costs O(rows)."""
+    rng = np.random.default_rng(seed)
+    prepared = [_sorted_for_ap(y, s) for s in (base, other)]
+    wins = 0
+    for _ in range(_RESAMPLES):
+        weight = rng.poisson(1.0, size=y.size).astype(np.float64)
+        a, b = (_weighted_ap(*p, weight) for p in prepared)
+        wins += b > a
+    return wins / _RESAMPLES
+
+
+def _sorted_for_ap(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(order by descending score, labels in that order, the last index of each run of tied scores)."""
+    order = np.argsort(-score, kind="stable")
+    ranked = score[order]
+    ends = np.flatnonzero(np.r_[ranked[1:] != ranked[:-1], True])
+    return order, y[order].astype(np.float64), ends
+
+
+def _weighted_ap(order: np.ndarray, y: np.ndarray, ends: np.ndarray, weight: np.ndarray) -> float:
+    """Average precision with sample weights, ties as one threshold (as scikit-learn computes it)."""
+    w = weight[order]
+    tp = np.cumsum(w * y)[ends]
+    seen = np.cumsum(w)[ends]
+    if tp[-1] <= 0:
+        return 0.0
+    precision = np.divide(tp, seen, out=np.zeros_like(tp), where=seen > 0)
+    recall_step = np.diff(np.r_[0.0, tp]) / tp[-1]
+    return float(np.sum(recall_step * precision))
+
+
+def _proximity(x: np.ndarray, exemplars: np.ndarray) -> np.ndarray:
+    """log(1 + distance to the nearest exemplar); 0 without exemplars."""
+    distance = _nearest(x, exemplars)
+    return np.asarray(np.where(np.isfinite(distance), np.log1p(distance), 0.0))
 
 
 def _aucpr(y: np.ndarray, score: np.ndarray) -> float:
@@ -203,33 +255,63 @@ class FineTuned:
                 fold_learner = type(self.learner)(**self.learner.get_params())
                 fold_learner.fit(inputs[rest], y[rest], weight[rest], monotone, init=init, pretrained=shared)
                 oof[held] = fold_learner.predict_raw(inputs[held])
+        features = x[:, : layout.n_features]
         self.blend_, self.blend_kind_, self.oof_aucpr_ = self._choose_blend(
-            _logit(oof), x[:, layout.surprisal], y, folds
+            _logit(oof), x[:, layout.surprisal], y, folds, features
         )
+        self.exemplars_ = self._exemplars(features, pos) if self.blend_[2] > 0 else np.empty((0, layout.n_features))
         self.learner.fit(inputs, y, weight, monotone, init=init, pretrained=shared)
         self.n_positives_ = int(pos.size)
         self.n_labelled_ = int(labelled.sum())
         return self
 
     def _choose_blend(
-        self, learner: np.ndarray, surprisal: np.ndarray, y: np.ndarray, folds: np.ndarray
+        self, learner: np.ndarray, surprisal: np.ndarray, y: np.ndarray, folds: np.ndarray, features: np.ndarray
     ) -> tuple[np.ndarray, str, dict[str, float]]:
-        """(a, b, c) of ``a * logit(learner) + b * surprisal + c``, its name, and the candidates' out-of-fold
-        AUCPR. The stack is cross-fitted to be judged, and taken only when strictly better than the learner."""
+        """(a, b, d, c) of ``a * logit(learner) + b * surprisal - d * proximity + c``, its name, and the
+        candidates' out-of-fold AUCPR. The stack is cross-fitted to be judged; proximity is to the labelled
+        anomalies of the other folds. "auto" takes the best of the learner, the stack and the prior blend
+        (the learner on ties); with fewer than ``MIN_ANOMALIES_TO_CHOOSE`` anomalies, the prior blend."""
+        n_pos = int((y == 1).sum())
+        weight = n_pos / (n_pos + self.prior)
         both = np.column_stack([learner, surprisal])
-        stacked = np.zeros(y.size)
+        stacked, proximity = np.zeros(y.size), np.zeros(y.size)
         for k in np.unique(folds):
             held = folds == k
             a, b, c = _fit_stack(both[~held], y[~held])
             stacked[held] = a * learner[held] + b * surprisal[held] + c
-        scores = {"learner": _aucpr(y, learner), "unsupervised": _aucpr(y, surprisal), "stack": _aucpr(y, stacked)}
+            proximity[held] = _proximity(features[held], features[(y == 1) & ~held])
+        prior = weight * learner + surprisal - proximity
+        scores = {
+            "learner": _aucpr(y, learner),
+            "unsupervised": _aucpr(y, surprisal),
+            "stack": _aucpr(y, stacked),
+            "prior": _aucpr(y, prior),
+        }
         kind = self.blend
-        if kind == "auto":
-            kind = "stack" if scores["stack"] > scores["learner"] else "learner"
+        if kind == "auto" and n_pos < MIN_ANOMALIES_TO_CHOOSE:
+            kind = "prior"
+        elif kind == "auto":  # another blend only when it beats the learner reliably, not by the folds' luck
+            reliable = [
+                name
+                for name, score in (("stack", stacked), ("prior", prior))
+                if scores[name] > scores["learner"] and _share_better(y, learner, score, self.seed) >= RELIABLY_BETTER
+            ]
+            kind = max(reliable, key=lambda name: scores[name]) if reliable else "learner"
         if kind == "stack":
-            return _fit_stack(both, y), kind, scores
+            a, b, c = _fit_stack(both, y)
+            return np.array([a, b, 0.0, c]), kind, scores
+        if kind == "prior":
+            scale, c = _fit_platt(prior, y)
+            return np.array([scale * weight, scale, scale, c]), kind, scores
         a, c = _fit_platt(learner if kind == "learner" else surprisal, y)
-        return (np.array([a, 0.0, c]) if kind == "learner" else np.array([0.0, a, c])), kind, scores
+        return (np.array([a, 0.0, 0.0, c]) if kind == "learner" else np.array([0.0, a, 0.0, c])), kind, scores
+
+    def _exemplars(self, features: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        """The labelled anomalies the proximity term measures against (at most ``MAX_EXEMPLARS``)."""
+        if pos.size > MAX_EXEMPLARS:
+            pos = np.sort(np.random.default_rng(self.seed).choice(pos, MAX_EXEMPLARS, replace=False))
+        return np.ascontiguousarray(features[pos])
 
     # ----------------------------------------------------------------- predict
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
@@ -238,9 +320,12 @@ class FineTuned:
         if hasattr(self, "blend_"):
             layout = self.layout_
             inputs = self._learner_input(x, layout, self.encoding_.transform(self._encoded_codes(x, layout)))
-            a, b, c = self.blend_
+            a, b, d, c = self.blend_
             raw = self.learner.predict_raw(inputs) if a != 0.0 else np.full(x.shape[0], 0.5)
-            return np.asarray(expit(a * _logit(raw) + b * x[:, layout.surprisal] + c))
+            decision = a * _logit(raw) + b * x[:, layout.surprisal] + c
+            if d > 0:
+                decision -= d * _proximity(x[:, : layout.n_features], self.exemplars_)
+            return np.asarray(expit(decision))
         if not hasattr(self, "platt_"):
             raise NotFittedError("FineTuned is not fitted; call fit first")
         z = self._legacy_decision(self.learner.predict_raw(x), x)
@@ -249,8 +334,7 @@ class FineTuned:
 
     def _legacy_decision(self, raw: np.ndarray, x: np.ndarray) -> np.ndarray:
         """The blend of bundles fine-tuned before layouts (the ensemble surprisal read from the last column)."""
-        distance = _nearest(x[:, : self.n_features], self.exemplars_)
-        proximity = np.where(np.isfinite(distance), np.log1p(distance), 0.0)
+        proximity = _proximity(x[:, : self.n_features], self.exemplars_)
         return np.asarray(self.learner_weight_ * _logit(raw) + x[:, -1] - proximity)
 
     @property
@@ -273,12 +357,21 @@ class FineTuned:
             weight = round(self.learner_weight_, 4)
             return {**common, "mode": mode, "learner_weight": weight, "platt": list(self.platt_)}
         codes, encoded = self._split_categories(self.layout_)
-        names = {"learner": "the learner alone", "unsupervised": "the unsupervised score", "stack": "a stack of both"}
+        names = {
+            "learner": "the learner alone",
+            "unsupervised": "the unsupervised score",
+            "stack": "a stack of both",
+            "prior": "the prior blend",
+        }
         return {
             **common,
             "mode": names[self.blend_kind_],
             "blend": self.blend_kind_,
-            "blend_weights": {"learner": float(self.blend_[0]), "unsupervised": float(self.blend_[1])},
+            "blend_weights": {
+                "learner": float(self.blend_[0]),
+                "unsupervised": float(self.blend_[1]),
+                "proximity": float(self.blend_[2]),
+            },
             "out_of_fold_aucpr": {k: round(v, 4) for k, v in self.oof_aucpr_.items()},
             "categories": {"codes": len(codes), "target_encoded": len(encoded)},
             "max_onehot": self.max_onehot,
@@ -294,6 +387,7 @@ class FineTuned:
         kinds = {k: i for i, k in enumerate(BLENDS)}
         return {
             "blend": np.asarray(self.blend_, dtype=np.float64),
+            "exemplars": self.exemplars_,
             "layout": self.layout_.to_array(),
             "meta": np.array(
                 [self.n_positives_, self.n_labelled_, kinds[self.blend_kind_], self.max_onehot], dtype=np.float64
@@ -310,12 +404,14 @@ class FineTuned:
             self.n_positives_, self.n_labelled_ = int(arrays["meta"][1]), int(arrays["meta"][2])
             self.learner.load_artifact(blob)
             return
-        self.blend_ = np.asarray(arrays["blend"], dtype=np.float64)
+        blend = np.asarray(arrays["blend"], dtype=np.float64)
+        self.blend_ = np.insert(blend, 2, 0.0) if blend.size == 3 else blend  # (a, b, c) before the prior blend
         self.layout_ = Layout.from_array(arrays["layout"])
+        self.exemplars_ = np.ascontiguousarray(arrays.get("exemplars", np.empty((0, self.layout_.n_features))))
         meta = arrays["meta"]
         self.n_positives_, self.n_labelled_ = int(meta[0]), int(meta[1])
         self.blend_kind_, self.max_onehot = BLENDS[int(meta[2])], int(meta[3])
-        self.oof_aucpr_ = {k: float(v) for k, v in zip(BLENDS[1:], arrays["oof_aucpr"], strict=True) if v == v}
+        self.oof_aucpr_ = {k: float(v) for k, v in zip(BLENDS[1:], arrays["oof_aucpr"], strict=False) if v == v}
         _, encoded = self._split_categories(self.layout_)
         self.encoding_ = TargetEncoding.from_state(arrays, len(encoded))
         self.learner.load_artifact(blob)

@@ -19,7 +19,7 @@ import numpy as np
 from segscope.exceptions import DataError
 from segscope.metrics import evaluate_scores
 
-__all__ = ["HeldOut", "compare", "reliability", "split_holdout", "training_rows"]
+__all__ = ["HeldOut", "break_ties", "compare", "reliability", "split_holdout", "training_rows"]
 
 
 @dataclass(frozen=True)
@@ -78,8 +78,13 @@ def compare(
     if y_held.sum() == 0 or y_held.sum() == y_held.size:
         return {"promote": False, "reason": "no labelled anomaly among the held-out records: cannot show it is better"}
     cur, new = evaluate_scores(y_held, current), evaluate_scores(y_held, candidate)
+    # judged with ties broken at random: AUCPR credits a tie-free ranking, even a random one, over a score with
+    # large tied blocks (many records at one value), so labels that carry no signal could "beat" a tied model
+    rng = np.random.default_rng(seed)
+    current, candidate = break_ties(current, rng), break_ties(candidate, rng)
     share = bootstrap_share_better(y_held, current, candidate, metric, resamples=resamples, seed=seed)
-    better = new[metric] > cur[metric]
+    judged = {name: _metric(metric)(y_held, values) for name, values in (("cur", current), ("new", candidate))}
+    better = judged["new"] > judged["cur"]
     promote = better and share >= confidence
     verdict = "better" if promote else ("not better" if not better else "not reliably better")
     return {
@@ -88,8 +93,8 @@ def compare(
         "calibration": reliability(y_held, candidate),
         "share_of_resamples_better": share,
         "promote": bool(promote),
-        "reason": f"{metric} {new[metric]:.4f} vs {cur[metric]:.4f}, better in {share:.0%} of {resamples} "
-        f"resamples (needs {confidence:.0%}): {verdict}",
+        "reason": f"{metric} {judged['new']:.4f} vs {judged['cur']:.4f} (ties broken at random), better in "
+        f"{share:.0%} of {resamples} resamples (needs {confidence:.0%}): {verdict}",
     }
 
 
@@ -99,9 +104,7 @@ def bootstrap_share_better(
     """Share of paired bootstrap resamples (anomalies and the rest resampled separately, so each resample keeps
     their counts) in which ``candidate`` beats ``current`` by ``metric``. A gain that a few held-out anomalies
     produce by chance (labels that carry no signal) rarely holds in 95% of them (a one-sided test at 5%)."""
-    from sklearn.metrics import average_precision_score, roc_auc_score
-
-    score = average_precision_score if metric == "aucpr" else roc_auc_score
+    score = _metric(metric)
     rng = np.random.default_rng(seed)
     pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y != 1)
     wins = 0
@@ -109,6 +112,21 @@ def bootstrap_share_better(
         rows = np.concatenate([rng.choice(pos, pos.size), rng.choice(neg, neg.size)])
         wins += score(y[rows], candidate[rows]) > score(y[rows], current[rows])
     return wins / resamples
+
+
+def _metric(metric: str) -> Any:
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    return average_precision_score if metric == "aucpr" else roc_auc_score
+
+
+def break_ties(score: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``score`` with tied values put in a random order and every other order kept: a jitter below half the
+    smallest gap between distinct values."""
+    distinct = np.unique(score)
+    gaps = np.diff(distinct)
+    step = float(gaps.min()) if gaps.size else 1.0
+    return np.asarray(score + rng.uniform(0.0, 0.5 * step, size=score.size))
 
 
 def reliability(y: np.ndarray, p: np.ndarray, bins: int = 10) -> dict[str, Any]:

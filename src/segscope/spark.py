@@ -1,0 +1,444 @@
+"""Batch scoring on Apache Spark: the same `Model.score` code on every executor, through ``mapInArrow``.
+
+Spark hands each Python worker Arrow batches of a partition; each batch becomes a Polars frame, is scored by the
+model exactly as ``segscope score`` scores a file batch, and goes back as Arrow with the same columns and types.
+Scores do not depend on the batch, so they equal local scores row for row. The bundle is shipped as a zip with
+``SparkContext.addArchive`` (checksums are verified where it lands) and loaded once per Python worker process.
+
+Text inputs (CSV) are read by Spark as text and typed on the executor the way :class:`FileSource` types them
+(the bundle's numeric types, dates parsed where the fit saw date-times), so a value that does not fit gets the
+same one-line error as local scoring. A Spark failure whose cause is one of segscope's errors is raised as that
+error on the driver. Alert budgets count across a whole file, which partitions scored apart cannot do: bundles
+with a budget policy are refused here.
+
+``pip install 'segscope[spark]'`` (pyspark; Java 17 or later).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import sys
+import tempfile
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from segscope import registry
+from segscope._deps import require
+from segscope._io import detect_format
+from segscope.exceptions import BundleError, ConfigError, DataError, SchemaError, SegscopeError, SourceError
+from segscope.model import Model
+from segscope.pipeline import scored_schema
+from segscope.sources.files import type_text_columns
+
+__all__ = [
+    "fit_path",
+    "fit_sample",
+    "input_format",
+    "read",
+    "score",
+    "score_path",
+    "session",
+    "text_types",
+    "write_parquet",
+]
+
+#: Bundles loaded in this Python worker: (shipped folder, trusted) -> Model. Spark reuses workers across tasks.
+_LOADED: dict[tuple[str, bool], Model] = {}
+_LOCK = threading.Lock()
+
+
+def session(master: str | None = None, *, app_name: str = "segscope", partitions: int | None = None) -> Any:
+    """A SparkSession on ``master`` (default: ``local[*]``, or what spark-submit set), with UTC session time
+    (timestamps reach the model as the naive UTC values it was fitted on) and this Python for the workers
+    unless ``PYSPARK_PYTHON`` says otherwise."""
+    require("pyspark", extra="spark", feature="the Spark engine")
+    import warnings
+
+    from pyspark.sql import SparkSession
+
+    warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas")  # we use Arrow, not pandas
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    # the driver JVM starts with the session, reading its options from here (unless the user set them)
+    os.environ.setdefault("SPARK_SUBMIT_OPTS", f"-Dlog4j2.configurationFile={_quiet_log4j()}")
+    builder = SparkSession.builder.appName(app_name).config("spark.sql.session.timeZone", "UTC")
+    builder = builder.config("spark.ui.showConsoleProgress", "false")
+    # Arrow batches of 100k rows (Spark's default is 10k): the per-batch cost of scoring is paid 10x less often
+    builder = builder.config("spark.sql.execution.arrow.maxRecordsPerBatch", "100000")
+    if master is not None:
+        builder = builder.master(master)
+    if partitions is not None:
+        builder = builder.config("spark.sql.shuffle.partitions", str(partitions))
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+def _quiet_log4j() -> str:
+    """A log4j2 configuration that keeps Spark's console to errors (its startup banner and INFO lines would
+    drown the CLI's own lines); Spark's event logs and UI are unaffected."""
+    path = Path(tempfile.gettempdir()) / "segscope-spark-log4j2.properties"
+    if not path.exists():
+        path.write_text(
+            "rootLogger.level = error\nrootLogger.appenderRef.stderr.ref = console\n"
+            "appender.console.type = Console\nappender.console.name = console\nappender.console.target = SYSTEM_ERR\n"
+            "appender.console.layout.type = PatternLayout\nappender.console.layout.pattern = spark: %p %c{1}: %m%n\n"
+        )
+    return str(path)
+
+
+def read(spark: Any, path: str | Path, model: Model | None = None, *, partitions: int | None = None) -> Any:
+    """A Spark DataFrame of a Parquet or CSV file or folder (any path Spark reads). CSV columns are read as text
+    (typed later, on the executors, as the bundle knows them). ``partitions`` repartitions the input."""
+    text = str(path)
+    fmt = input_format(text)
+    try:
+        if fmt == "parquet":
+            df = spark.read.parquet(text)
+        else:
+            df = spark.read.option("header", True).option("inferSchema", False).option("mode", "FAILFAST").csv(text)
+    except Exception as exc:  # pyspark's AnalysisException: path missing, not readable
+        raise SourceError(f"{text}: cannot read it with Spark ({_first_line(exc)}); check the path") from None
+    if not df.columns:
+        raise SourceError(f"{text}: no columns; pass a file or folder with a header and at least one row")
+    if model is not None:
+        missing = [c.name for c in model.preparer_.schema_.columns if c.name not in df.columns]
+        if missing:
+            raise SchemaError(f"{text}: column(s) {missing[:10]} missing; the bundle was fitted with them")
+    return df.repartition(partitions) if partitions else df
+
+
+def input_format(path: str) -> str:
+    """parquet or csv, from the path (a folder: from its data files, which must all be one or the other)."""
+    if _remote(path):  # s3a://, hdfs://, abfss://...: Spark lists it, not this machine
+        return "csv" if path.rstrip("/").endswith((".csv", ".csv.gz")) else "parquet"
+    p = Path(path)
+    if not p.is_dir():
+        fmt = detect_format(path)
+        if fmt not in ("parquet", "csv"):
+            raise SourceError(f"{path}: the Spark engine reads Parquet or CSV; convert the {fmt} input to Parquet")
+        return fmt
+    names = [f.name for f in p.rglob("*") if f.is_file() and not f.name.startswith((".", "_"))]
+    for fmt in ("parquet", "csv"):
+        if names and all(n.endswith((f".{fmt}", f".{fmt}.gz")) for n in names):
+            return fmt
+    raise SourceError(f"{path}: the folder must hold only .parquet or only .csv files; got {sorted(names)[:5]}")
+
+
+def text_types(df: Any) -> dict[str, pl.DataType]:
+    """The types segscope's own CSV reader gives the text columns of ``df`` (inferred on its first rows, dates not
+    guessed), so that columns the model does not use come out as ``segscope score`` writes them."""
+    from segscope.sources.files import CSV_INFER_ROWS, scan_file
+
+    head = pl.from_arrow(df.limit(CSV_INFER_ROWS).toArrow())
+    assert isinstance(head, pl.DataFrame)
+    with tempfile.TemporaryDirectory(prefix="segscope-spark-") as tmp:
+        path = Path(tmp) / "head.csv"
+        head.write_csv(path)
+        schema = scan_file(path).collect_schema()
+    return {name: dtype for name, dtype in schema.items() if dtype != pl.String and head.schema[name] == pl.String}
+
+
+def score(
+    df: Any, bundle: str | Path, *, trusted: bool = False, types: dict[str, pl.DataType] | None = None
+) -> Any:
+    """``df`` scored by the bundle (a bundle folder or a registry's current version): the input columns plus
+    the scored columns, with the types ``segscope score`` writes. Text columns are typed as the bundle knows
+    them, and others as ``types`` says (see :func:`text_types`). Lazy, like any Spark transformation."""
+    path = registry.resolve(bundle)
+    model = Model.load(path, trusted=trusted)
+    if model.policy_.describe().get("kind") == "budget":
+        raise ConfigError(
+            "this bundle's alert policy is a budget, which counts alerts across a whole file; partitions scored "
+            "apart cannot share it: refit with a contamination, quantile or fixed policy to score on Spark"
+        )
+    from_arrow_schema = _arrow_types().from_arrow_schema
+
+    input_schema = _polars_schema(df.schema)
+    text = {name for name, dtype in input_schema.items() if dtype == pl.String}
+    dtypes = {k: v for k, v in {**(types or {}), **model.input_dtypes()}.items() if k in text}
+    out_arrow = _plain_arrow(pl.DataFrame(schema=scored_schema(model, _typed_schema(model, input_schema, dtypes))))
+    shipped = _ship(df.sparkSession, path)
+    dates = tuple(c for c in model.date_columns() if c in text)
+
+    def score_batches(batches: Iterator[Any]) -> Iterator[Any]:
+        scorer = _worker_model(shipped, trusted)
+        for batch in batches:
+            arrived = pl.from_arrow(batch)
+            assert isinstance(arrived, pl.DataFrame)
+            scored = scorer.score(_from_spark(arrived, dtypes, dates))
+            yield from scored.to_arrow().cast(out_arrow).to_batches()
+
+    import warnings
+
+    with warnings.catch_warnings():  # mapInArrow runs pyspark's pandas check too
+        warnings.simplefilter("ignore", FutureWarning)
+        return df.mapInArrow(score_batches, from_arrow_schema(out_arrow))
+
+
+def _typed_schema(model: Model, schema: pl.Schema, known: dict[str, pl.DataType]) -> pl.Schema:
+    """The input schema after typing text columns (for the output schema's probe)."""
+    dates = set(model.date_columns())
+    out: dict[str, pl.DataType] = {}
+    for name, dtype in schema.items():
+        if dtype == pl.String and name in dates:
+            out[name] = pl.Datetime("us")
+        elif dtype == pl.String and name in known:
+            out[name] = known[name]
+        else:
+            out[name] = dtype
+    return pl.Schema(out)
+
+
+def _from_spark(frame: pl.DataFrame, dtypes: dict[str, pl.DataType], dates: tuple[str, ...]) -> pl.DataFrame:
+    """A Spark Arrow batch as local scoring would read it: UTC timestamps naive, text typed as the bundle knows."""
+    aware = [n for n, t in frame.schema.items() if isinstance(t, pl.Datetime) and t.time_zone is not None]
+    if aware:
+        frame = frame.with_columns(pl.col(n).dt.convert_time_zone("UTC").dt.replace_time_zone(None) for n in aware)
+    return type_text_columns(frame, dtypes, dates) if dtypes or dates else frame
+
+
+def _worker_model(shipped: str, trusted: bool) -> Model:
+    import numba
+    from pyspark import SparkFiles
+
+    # Spark runs one task per core: each worker's compiled kernels keep to the cores its task was given
+    numba.set_num_threads(max(1, min(numba.config.NUMBA_NUM_THREADS, _task_cpus())))  # type: ignore[attr-defined]
+    with _LOCK:
+        key = (shipped, trusted)
+        if key not in _LOADED:
+            _LOADED[key] = Model.load(SparkFiles.get(shipped), trusted=trusted)
+        return _LOADED[key]
+
+
+def _task_cpus() -> int:
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    value = context.cpus() if context is not None else 1
+    return int(value)
+
+
+def _ship(spark: Any, bundle: Path) -> str:
+    """Zip the bundle under a unique name and register it with ``addArchive`` (every executor fetches and unpacks
+    it once; folders cannot be shipped beyond local mode). Returns the name workers find it under."""
+    digest = hashlib.sha256((bundle / "manifest.json").read_bytes()).hexdigest()[:12]
+    name = f"segscope-bundle-{digest}-{uuid.uuid4().hex[:8]}"
+    staging = Path(tempfile.mkdtemp(prefix="segscope-spark-"))
+    archive = shutil.make_archive(str(staging / name), "zip", root_dir=bundle)
+    spark.sparkContext.addArchive(archive)
+    return f"{name}.zip"
+
+
+def _arrow_types() -> Any:
+    """pyspark's Arrow type conversions; importing them checks pandas and warns about pandas 3, which segscope
+    does not use here (Arrow in, Arrow out)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        from pyspark.sql.pandas import types
+
+    return types
+
+
+def _polars_schema(spark_schema: Any) -> pl.Schema:
+    arrow = _arrow_types().to_arrow_schema(spark_schema)
+    return pl.DataFrame(arrow.empty_table()).schema
+
+
+def _plain_arrow(frame: pl.DataFrame) -> Any:
+    """The frame's Arrow schema with the types Spark's Arrow reader takes (no large or view strings/lists)."""
+    import pyarrow as pa
+
+    def plain(t: Any) -> Any:
+        if pa.types.is_large_string(t) or pa.types.is_string_view(t):
+            return pa.string()
+        if pa.types.is_large_binary(t) or pa.types.is_binary_view(t):
+            return pa.binary()
+        if pa.types.is_large_list(t) or pa.types.is_list(t) or pa.types.is_list_view(t):
+            return pa.list_(pa.field(t.value_field.name, plain(t.value_type), t.value_field.nullable))
+        if pa.types.is_struct(t):
+            return pa.struct([pa.field(f.name, plain(f.type), f.nullable) for f in t])
+        return t
+
+    schema = frame.to_arrow().schema
+    return pa.schema([pa.field(f.name, plain(f.type), True) for f in schema])
+
+
+def write_parquet(df: Any, out: str | Path, *, on_progress: Callable[[str], None] | None = None) -> int:
+    """Write ``df`` as a Parquet folder at ``out``, all or nothing: into a hidden sibling first, renamed into place
+    when Spark's job committed. Returns the number of rows written."""
+    if _remote(str(out)):  # object stores have no rename: Spark's own commit protocol makes the folder appear
+        try:
+            df.write.mode("errorifexists").parquet(str(out))
+        except Exception as exc:
+            raise _as_segscope_error(exc) from None
+        return int(df.sparkSession.read.parquet(str(out)).count())
+    out = Path(out)
+    if out.exists():
+        raise SourceError(f"--out {out} exists; the Spark engine writes a new Parquet folder: remove it or pick one")
+    if not out.parent.is_dir():
+        raise SourceError(f"--out {out}: folder {out.parent} does not exist; create it first")
+    staging = out.parent / f".{out.name}.segscope-{uuid.uuid4().hex[:8]}"
+    watcher = _ProgressWatcher(df.sparkSession.sparkContext, on_progress) if on_progress else None
+    try:
+        df.write.parquet(str(staging))
+    except Exception as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise _as_segscope_error(exc) from None
+    finally:
+        if watcher is not None:
+            watcher.stop()
+    os.replace(staging, out)
+    return int(df.sparkSession.read.parquet(str(out)).count())
+
+
+def _as_segscope_error(exc: BaseException) -> BaseException:
+    """One of segscope's errors raised on an executor, as that error (its one line); else the exception."""
+    text = str(exc)
+    kinds = {k.__name__: k for k in (DataError, SchemaError, SourceError, BundleError, ConfigError)}
+    found = re.search(r"segscope\.exceptions\.(\w+): (.+)", text)
+    if found and found.group(1) in kinds:
+        return kinds[found.group(1)](found.group(2).strip())
+    if isinstance(exc, SegscopeError):
+        return exc
+    return SegscopeError(f"the Spark job failed: {_first_line(exc)}; see the Spark logs for the executor's error")
+
+
+def _first_line(exc: BaseException) -> str:
+    """The line that says what went wrong: a Java exception's message when there is one, else the first line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    java = [line for line in lines if re.match(r"^[\w.$]+(Exception|Error): ", line)]
+    return (java or lines or [type(exc).__name__])[0][:300]
+
+
+class _ProgressWatcher:
+    """A line per Spark stage once it completes (tasks done / total), from the status tracker, polled every half
+    second and once more at the end."""
+
+    def __init__(self, context: Any, report: Callable[[str], None]) -> None:
+        self.context, self.report = context, report
+        self.reported: set[int] = set()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="segscope-spark-progress", daemon=True)
+        self.thread.start()
+
+    def _poll(self) -> None:
+        tracker = self.context.statusTracker()
+        for job in tracker.getJobIdsForGroup():
+            info = tracker.getJobInfo(job)
+            for stage in info.stageIds if info is not None else ():
+                stage_info = tracker.getStageInfo(stage)
+                if stage in self.reported or stage_info is None or stage_info.numTasks == 0:
+                    continue
+                if stage_info.numCompletedTasks >= stage_info.numTasks and stage_info.numActiveTasks == 0:
+                    self.reported.add(stage)
+                    name = stage_info.name.split(" at ")[0]
+                    self.report(f"  stage {stage} ({name}): {stage_info.numTasks} tasks done")
+
+    def _run(self) -> None:
+        while not self.done.wait(0.5):
+            self._poll()
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join()
+        self._poll()
+
+
+def fit_sample(df: Any, max_rows: int, seed: int, *, csv: bool) -> tuple[pl.DataFrame, int]:
+    """(a sample of at most ``max_rows`` rows drawn on the cluster with ``seed``, as a Polars frame typed as
+    local reading types it; the total row count). CSV text is typed by writing the sample out and reading it
+    back with segscope's own reader (the same inference and date parsing as a local fit)."""
+    from segscope.sources.files import read_file
+
+    total = int(df.count())
+    if total == 0:
+        raise DataError("the input has a header but no rows; fit needs at least one row")
+    sample = df if total <= max_rows else df.sample(fraction=min(1.0, 1.2 * max_rows / total), seed=seed)
+    frame = pl.from_arrow(sample.limit(max_rows).toArrow())
+    assert isinstance(frame, pl.DataFrame)
+    if not csv:
+        return _from_spark(frame, {}, ()), total
+    with tempfile.TemporaryDirectory(prefix="segscope-spark-") as tmp:
+        text = Path(tmp) / "sample.csv"
+        frame.write_csv(text)
+        return read_file(text), total
+
+
+# ------------------------------------------------------------------ the CLI's jobs
+def score_path(
+    bundle: str | Path,
+    data: str | Path,
+    out: str | Path,
+    *,
+    master: str | None = None,
+    partitions: int | None = None,
+    trusted: bool = False,
+    on_progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """``segscope score --engine spark``: score a Parquet or CSV file or folder into a Parquet folder at ``out``.
+    Returns rows, alerts and seconds."""
+    import time
+
+    start = time.perf_counter()
+    model = Model.load(registry.resolve(bundle), trusted=trusted)
+    spark = session(master, partitions=partitions)
+    try:
+        df = read(spark, data, model, partitions=partitions)
+        types = text_types(df) if input_format(str(data)) == "csv" else None
+        scored = score(df, bundle, trusted=trusted, types=types)
+        rows = write_parquet(scored, out, on_progress=on_progress)
+        alerts = int(spark.read.parquet(str(out)).where("is_alert").count())
+    except Exception as exc:
+        raise _as_segscope_error(exc) from None
+    return {"rows": rows, "alerts": alerts, "seconds": time.perf_counter() - start, "version": model.version}
+
+
+def fit_path(
+    data: str | Path,
+    config: Any,
+    *,
+    master: str | None = None,
+    on_step: Callable[[str], None] | None = None,
+) -> Model:
+    """``segscope fit --engine spark``: sample at most ``max_fit_rows`` rows on the cluster (with the config's
+    seed), fit locally; the sample size, the seed and the input's row count are in the bundle's manifest."""
+    step = on_step or (lambda _: None)
+    step("sampling the history on Spark")
+    spark = session(master)
+    text = str(data)
+    try:
+        sample, total = fit_sample(read(spark, text), config.max_fit_rows, config.seed, csv=input_format(text) == "csv")
+    except Exception as exc:
+        raise _as_segscope_error(exc) from None
+    fingerprint = hashlib.sha256(text.encode()).hexdigest() if _remote(text) else _fingerprint(Path(text))
+    model = Model(config).fit(sample, fingerprint=fingerprint, total_rows=total, on_step=on_step)
+    model.training_["sampled_on"] = "spark"
+    return model
+
+
+def _remote(path: str) -> bool:
+    scheme = path.split("://", 1)[0] if "://" in path else ""
+    return bool(scheme) and scheme != "file"
+
+
+def _fingerprint(path: Path) -> str:
+    """A file's sha256, or for a folder the sha256 of its files' names, sizes and modification times."""
+    from segscope._io import sha256_file
+
+    if path.is_file():
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    for file in sorted(f for f in path.rglob("*") if f.is_file()):
+        stat = file.stat()
+        digest.update(f"{file.relative_to(path)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
