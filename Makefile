@@ -61,7 +61,10 @@ bench: $(VENV)/.installed-bench $(KAFKA_LIB)/.resolved
 	$(PY) benchmarks/adbench_unsupervised.py --data $(SHARED_DATA)
 	$(PY) benchmarks/adbench_label_informed.py --data $(SHARED_DATA) --learners xgboost,torch
 	$(PY) benchmarks/finetune_speed.py
-	$(PY) benchmarks/score_speed.py
+	$(PY) benchmarks/score_speed.py --data $(SHARED_DATA)
+	$(PY) benchmarks/format_speed.py --data $(SHARED_DATA)
+	$(PY) benchmarks/real_fraud.py --data $(SHARED_DATA)
+	$(PY) benchmarks/spark_score.py
 	$(PY) benchmarks/stream_throughput.py
 	$(PY) benchmarks/segments_quality.py --data $(SHARED_DATA)
 	$(PY) benchmarks/adbench_segments.py --data $(SHARED_DATA)

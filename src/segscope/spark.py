@@ -333,16 +333,18 @@ class _ProgressWatcher:
 
     def _poll(self) -> None:
         tracker = self.context.statusTracker()
+        stages: set[int] = set()
         for job in tracker.getJobIdsForGroup():
             info = tracker.getJobInfo(job)
-            for stage in info.stageIds if info is not None else ():
-                stage_info = tracker.getStageInfo(stage)
-                if stage in self.reported or stage_info is None or stage_info.numTasks == 0:
-                    continue
-                if stage_info.numCompletedTasks >= stage_info.numTasks and stage_info.numActiveTasks == 0:
-                    self.reported.add(stage)
-                    name = stage_info.name.split(" at ")[0]
-                    self.report(f"  stage {stage} ({name}): {stage_info.numTasks} tasks done")
+            stages.update(info.stageIds if info is not None else ())
+        for stage in sorted(stages - self.reported):
+            stage_info = tracker.getStageInfo(stage)
+            if stage_info is None or stage_info.numTasks == 0:
+                continue
+            if stage_info.numCompletedTasks >= stage_info.numTasks and stage_info.numActiveTasks == 0:
+                self.reported.add(stage)
+                name = stage_info.name.split(" at ")[0]
+                self.report(f"  stage {stage} ({name}): {stage_info.numTasks} tasks done")
 
     def _run(self) -> None:
         while not self.done.wait(0.5):

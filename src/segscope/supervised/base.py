@@ -38,6 +38,7 @@ import numpy as np
 
 from segscope.exceptions import ConfigError, DataError, NotFittedError
 from segscope.supervised.encoding import TargetEncoding
+from segscope.supervised.promotion import share_better_aucpr
 
 __all__ = ["BLENDS", "FineTuned", "Layout", "Learner"]
 
@@ -125,39 +126,6 @@ def _nearest(x: np.ndarray, exemplars: np.ndarray) -> np.ndarray:
 
     dist, _ = KDTree(exemplars).query(x, k=1)
     return np.asarray(dist[:, 0])
-
-
-def _share_better(y: np.ndarray, base: np.ndarray, other: np.ndarray, seed: int) -> float:
-    """Share of Poisson-bootstrap resamples (the same weights for both: paired) in which ``other`` has a higher
-    AUCPR than ``base``. Each score is sorted once; a resample costs O(rows)."""
-    rng = np.random.default_rng(seed)
-    prepared = [_sorted_for_ap(y, s) for s in (base, other)]
-    wins = 0
-    for _ in range(_RESAMPLES):
-        weight = rng.poisson(1.0, size=y.size).astype(np.float64)
-        a, b = (_weighted_ap(*p, weight) for p in prepared)
-        wins += b > a
-    return wins / _RESAMPLES
-
-
-def _sorted_for_ap(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(order by descending score, labels in that order, the last index of each run of tied scores)."""
-    order = np.argsort(-score, kind="stable")
-    ranked = score[order]
-    ends = np.flatnonzero(np.r_[ranked[1:] != ranked[:-1], True])
-    return order, y[order].astype(np.float64), ends
-
-
-def _weighted_ap(order: np.ndarray, y: np.ndarray, ends: np.ndarray, weight: np.ndarray) -> float:
-    """Average precision with sample weights, ties as one threshold (as scikit-learn computes it)."""
-    w = weight[order]
-    tp = np.cumsum(w * y)[ends]
-    seen = np.cumsum(w)[ends]
-    if tp[-1] <= 0:
-        return 0.0
-    precision = np.divide(tp, seen, out=np.zeros_like(tp), where=seen > 0)
-    recall_step = np.diff(np.r_[0.0, tp]) / tp[-1]
-    return float(np.sum(recall_step * precision))
 
 
 def _proximity(x: np.ndarray, exemplars: np.ndarray) -> np.ndarray:
@@ -295,7 +263,8 @@ class FineTuned:
             reliable = [
                 name
                 for name, score in (("stack", stacked), ("prior", prior))
-                if scores[name] > scores["learner"] and _share_better(y, learner, score, self.seed) >= RELIABLY_BETTER
+                if scores[name] > scores["learner"]
+                and share_better_aucpr(y, learner, score, resamples=_RESAMPLES, seed=self.seed) >= RELIABLY_BETTER
             ]
             kind = max(reliable, key=lambda name: scores[name]) if reliable else "learner"
         if kind == "stack":
