@@ -30,6 +30,7 @@ import json
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -39,7 +40,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from segscope.config import SegscopeConfig
 from segscope.model import Model
 from segscope.supervised.base import FineTuned
-from segscope.supervised.learners import make_learner
+from segscope.supervised.learners import make_finetuned
 from segscope.tuning import finetune
 
 from _adbench import data_dir
@@ -95,8 +96,8 @@ def figures(y: np.ndarray, score: np.ndarray) -> tuple[float, float]:
     return float(roc_auc_score(y, score)), float(average_precision_score(y, score))
 
 
-def fine_tuned(seed: int, n_features: int, **params: float | str) -> FineTuned:
-    return FineTuned(make_learner("xgboost", seed=seed), n_features=n_features, seed=seed, **params)  # type: ignore[arg-type]
+def fine_tuned(seed: int, n_features: int, **params: Any) -> FineTuned:
+    return make_finetuned("xgboost", n_features=n_features, seed=seed, **params)
 
 
 def run_seed(train: pl.DataFrame, test: pl.DataFrame, drop: tuple[str, ...], id_column: str, seed: int) -> dict:

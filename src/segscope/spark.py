@@ -153,7 +153,11 @@ def score(
     the scored columns, with the types ``segscope score`` writes. Text columns are typed as the bundle knows
     them, and others as ``types`` says (see :func:`text_types`). Lazy, like any Spark transformation."""
     path = registry.resolve(bundle)
-    model = Model.load(path, trusted=trusted)
+    return _score(df, path, Model.load(path, trusted=trusted), trusted=trusted, types=types)
+
+
+def _score(df: Any, path: Path, model: Model, *, trusted: bool, types: dict[str, pl.DataType] | None) -> Any:
+    """:func:`score` with the bundle folder ``path`` already loaded as ``model`` (the one the workers load)."""
     if model.policy_.describe().get("kind") == "budget":
         raise ConfigError(
             "this bundle's alert policy is a budget, which counts alerts across a whole file; partitions scored "
@@ -275,30 +279,36 @@ def _plain_arrow(frame: pl.DataFrame) -> Any:
 
 def write_parquet(df: Any, out: str | Path, *, on_progress: Callable[[str], None] | None = None) -> int:
     """Write ``df`` as a Parquet folder at ``out``, all or nothing: into a hidden sibling first, renamed into place
-    when Spark's job committed. Returns the number of rows written."""
-    if _remote(str(out)):  # object stores have no rename: Spark's own commit protocol makes the folder appear
-        try:
-            df.write.mode("errorifexists").parquet(str(out))
-        except Exception as exc:
-            raise _as_segscope_error(exc) from None
-        return int(df.sparkSession.read.parquet(str(out)).count())
-    out = Path(out)
-    if out.exists():
-        raise SourceError(f"--out {out} exists; the Spark engine writes a new Parquet folder: remove it or pick one")
-    if not out.parent.is_dir():
-        raise SourceError(f"--out {out}: folder {out.parent} does not exist; create it first")
-    staging = out.parent / f".{out.name}.segscope-{uuid.uuid4().hex[:8]}"
+    when Spark's job committed (on object stores, which have no rename, Spark's own commit protocol makes the
+    folder appear). Returns the number of rows written."""
+    _write(df, out, on_progress)
+    return int(df.sparkSession.read.parquet(str(out)).count())
+
+
+def _write(df: Any, out: str | Path, on_progress: Callable[[str], None] | None) -> None:
+    remote = _remote(str(out))
+    target = str(out)
+    if not remote:
+        out = Path(out)
+        if out.exists():
+            raise SourceError(
+                f"--out {out} exists; the Spark engine writes a new Parquet folder: remove it or pick one"
+            )
+        if not out.parent.is_dir():
+            raise SourceError(f"--out {out}: folder {out.parent} does not exist; create it first")
+        target = str(out.parent / f".{out.name}.segscope-{uuid.uuid4().hex[:8]}")
     watcher = _ProgressWatcher(df.sparkSession.sparkContext, on_progress) if on_progress else None
     try:
-        df.write.parquet(str(staging))
+        df.write.mode("errorifexists").parquet(target)
     except Exception as exc:
-        shutil.rmtree(staging, ignore_errors=True)
+        if not remote:
+            shutil.rmtree(target, ignore_errors=True)
         raise _as_segscope_error(exc) from None
     finally:
         if watcher is not None:
             watcher.stop()
-    os.replace(staging, out)
-    return int(df.sparkSession.read.parquet(str(out)).count())
+    if not remote:
+        os.replace(target, out)
 
 
 def _as_segscope_error(exc: BaseException) -> BaseException:
@@ -392,16 +402,17 @@ def score_path(
     import time
 
     start = time.perf_counter()
-    model = Model.load(registry.resolve(bundle), trusted=trusted)
+    path = registry.resolve(bundle)
+    model = Model.load(path, trusted=trusted)
     spark = session(master, partitions=partitions)
     try:
         df = read(spark, data, model, partitions=partitions)
         types = text_types(df) if input_format(str(data)) == "csv" else None
-        scored = score(df, bundle, trusted=trusted, types=types)
-        rows = write_parquet(scored, out, on_progress=on_progress)
-        alerts = int(spark.read.parquet(str(out)).where("is_alert").count())
+        _write(_score(df, path, model, trusted=trusted, types=types), out, on_progress)
+        counted = spark.read.parquet(str(out)).selectExpr("count(*)", "count_if(is_alert)").first()
     except Exception as exc:
         raise _as_segscope_error(exc) from None
+    rows, alerts = int(counted[0]), int(counted[1])
     return {"rows": rows, "alerts": alerts, "seconds": time.perf_counter() - start, "version": model.version}
 
 

@@ -35,6 +35,7 @@ def make_finetuned(
     progress: Callable[[str, int, int], None] | None = None,
     prior: float = 5.0,
     unlabelled_weight: float = 0.2,
+    blend: str = "auto",
 ) -> FineTuned:
     """A not-yet-fitted :class:`FineTuned` around the learner ``name``. ``learner_params`` as stored in a bundle
     (they include the seed); otherwise the learner gets ``seed``. ``progress`` reports the torch learner's
@@ -43,5 +44,10 @@ def make_finetuned(
     if progress is not None and name == "torch":
         params["progress"] = progress
     return FineTuned(
-        make_learner(name, **params), n_features=n_features, seed=seed, prior=prior, unlabelled_weight=unlabelled_weight
+        make_learner(name, **params),
+        n_features=n_features,
+        seed=seed,
+        prior=prior,
+        unlabelled_weight=unlabelled_weight,
+        blend=blend,
     )
