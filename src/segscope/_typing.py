@@ -16,6 +16,11 @@ PolicyKind = Literal["contamination", "quantile", "fixed", "budget"]
 #: Time units an alert budget can be counted per.
 BudgetPeriod = Literal["hour", "day", "week", "rows"]
 
+#: Per-entity features (``segscope.features.entity``): windowed aggregates, baselines, lags, seen-value flags.
+EntityFeatureKind = Literal[
+    "count", "sum", "mean", "std", "zscore", "ratio", "since_last", "lag", "delta", "first_seen", "rare", "distinct"
+]
+
 #: Feature kinds the schema infers.
 FeatureKind = Literal["numeric", "categorical", "boolean", "datetime"]
 

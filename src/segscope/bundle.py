@@ -89,7 +89,7 @@ def write_bundle(
 #: What a version name (and so a folder name in a registry) may look like: no separators, no "..".
 VERSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 #: Artifact types that hold data only; ``.pkl`` runs code when loaded and needs ``trusted=True``.
-_DATA_SUFFIXES = {".json", ".npz", ".safetensors"}
+_DATA_SUFFIXES = {".json", ".npz", ".safetensors", ".arrow"}  # .arrow: Arrow IPC tables (entity state), no code
 _CODE_SUFFIXES = {".pkl"}
 
 
@@ -178,7 +178,8 @@ class BundleReader:
                 raise self._fail("manifest.json lists itself among its files")
             suffix = PurePosixPath(rel).suffix
             if suffix not in _DATA_SUFFIXES | _CODE_SUFFIXES:
-                raise self._fail(f"{rel} is not an artifact type segscope writes (.json, .npz, .safetensors, .pkl)")
+                kinds = ".json, .npz, .safetensors, .arrow, .pkl"
+                raise self._fail(f"{rel} is not an artifact type segscope writes ({kinds})")
             if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
                 raise self._fail(f"the checksum of {rel} in manifest.json is not a sha256")
         root = self.path.resolve()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -9,16 +10,19 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from segscope._typing import BudgetPeriod, CombineMethod, DetectorName, PolicyKind
+from segscope._typing import BudgetPeriod, CombineMethod, DetectorName, EntityFeatureKind, PolicyKind
 from segscope.exceptions import ConfigError
 
 __all__ = [
     "DEFAULT_DETECTORS",
     "DetectorConfig",
+    "EntityConfig",
+    "EntityFeatureConfig",
     "FeatureConfig",
     "PolicyConfig",
     "SegmentsConfig",
     "SegscopeConfig",
+    "duration_seconds",
     "load_config",
 ]
 
@@ -83,6 +87,80 @@ class FeatureConfig(_Frozen):
     clip: float = Field(default=1e6, gt=0)
 
 
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d|w)$")
+_SECONDS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+def duration_seconds(text: str | int) -> float:
+    """'30s', '5m', '1h', '30d', '2w' -> seconds; a plain number is a count of events."""
+    if isinstance(text, int) or str(text).isdigit():
+        return float(text)
+    match = _DURATION.match(str(text).strip())
+    if match is None:
+        raise ValueError(
+            f"'{text}' is not a duration: write a number and a unit (30s, 5m, 1h, 30d, 2w) or a count of events"
+        )
+    return float(match.group(1)) * _SECONDS[match.group(2)]
+
+
+class EntityFeatureConfig(_Frozen):
+    """One per-entity feature. ``of`` is a column or a Polars SQL expression (``log(amount + 1)``); ``window`` a
+    duration of event time (``5m``) or, for an entity without a time column, a count of its events."""
+
+    kind: EntityFeatureKind
+    of: str | None = None
+    window: str | int | None = None
+    #: Column name of the feature (default: ``<key>_<of>_<kind>_<window>``); needed when ``of`` is an expression.
+    name: str | None = None
+    #: ``rare``: a value is rare for the entity below this share of its past events.
+    share: float = Field(default=0.05, gt=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _complete(self) -> EntityFeatureConfig:
+        needs_of = self.kind not in {"count", "since_last"}
+        if needs_of and self.of is None:
+            raise ValueError(f"an entity feature of kind '{self.kind}' needs 'of' (a column or expression)")
+        windowed = self.kind in {"count", "sum", "mean", "std", "zscore", "ratio", "distinct"}
+        if windowed and self.window is None:
+            raise ValueError(f"an entity feature of kind '{self.kind}' needs a 'window' (e.g. 5m, 1h, 30d)")
+        if self.window is not None and duration_seconds(self.window) <= 0:
+            raise ValueError("a window must be longer than zero")
+        return self
+
+
+class EntityConfig(_Frozen):
+    """Features computed over each entity's own history (a card, a host, a machine), in arrival order.
+
+    Windows decay exponentially with the window as time constant: for a steady rate a count equals the events
+    of the last window, and the state stays one number per aggregate whatever the rate. An event earlier than its
+    entity's latest counts at that latest time (windows never run backwards); ``allowed_lateness`` bounds how far
+    behind the newest event time an event may be and still find its entity's state (idle entities are forgotten
+    ``ttl`` after their last event)."""
+
+    #: Entity column; none: the whole stream is one entity (a single sensor series).
+    key: str | None = None
+    #: Event-time column (datetime); none: windows count events and order follows the input.
+    time: str | None = None
+    ttl: str | None = None
+    allowed_lateness: str = "1h"
+    features: tuple[EntityFeatureConfig, ...]
+
+    @model_validator(mode="after")
+    def _durations(self) -> EntityConfig:
+        if not self.features:
+            raise ValueError("an entity lists no features; add at least one")
+        duration_seconds(self.allowed_lateness)
+        if self.ttl is not None and duration_seconds(self.ttl) <= 0:
+            raise ValueError("ttl must be longer than zero")
+        for f in self.features:
+            if f.window is not None and self.time is None and not str(f.window).isdigit():
+                raise ValueError(
+                    f"window '{f.window}' is a duration but the entity has no 'time' column: set time, or give the "
+                    "window as a count of events"
+                )
+        return self
+
+
 class SegmentsConfig(_Frozen):
     """UMAP + HDBSCAN segmentation (``pip install 'segscope[segments]'``). Off by default: it costs a UMAP fit
     (about a minute in a fresh process) and, measured, does not raise detection quality (README, Segments)."""
@@ -118,6 +196,11 @@ class SegscopeConfig(_Frozen):
     features: FeatureConfig = Field(default_factory=FeatureConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     segments: SegmentsConfig = Field(default_factory=SegmentsConfig)
+    #: Per-entity features added to each record before the features above (``configs/fraud.yaml``).
+    entities: tuple[EntityConfig, ...] = ()
+    #: With entities: the first share of the history (in arrival order) only builds their state and is not
+    #: fitted on, since its records see every entity as new (a cold start live data does not have).
+    entity_warmup: float = Field(default=0.25, ge=0.0, lt=1.0)
 
     @model_validator(mode="after")
     def _unique_detectors(self) -> SegscopeConfig:

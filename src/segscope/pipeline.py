@@ -67,7 +67,8 @@ def fit_file(
     total = count_rows(path)
     if total == 0:
         raise DataError(f"{path}: the file has a header but no rows; fit needs at least one row")
-    sample = sample_rows(path, total, cfg.max_fit_rows, cfg.seed)
+    # per-entity features need every record of the history, in order; the model samples after computing them
+    sample = read_file(path) if cfg.entities else sample_rows(path, total, cfg.max_fit_rows, cfg.seed)
     if detect_format(path) == "csv":
         _warn_other_separator(path, sample.columns)
     if cfg.features.id_column is not None and total > sample.height and cfg.features.id_column in sample.columns:
@@ -104,7 +105,7 @@ class ScoreSummary:
 
 def _check_columns(path: str | Path, model: Model) -> None:
     schema = FileSource(path, dtypes=model.input_dtypes()).schema
-    missing = [c.name for c in model.preparer_.schema_.columns if c.name not in schema]
+    missing = [c.name for c in model.input_schema().columns if c.name not in schema]
     if model.id_column is not None and model.id_column not in schema:
         missing.append(model.id_column)
     if missing:
@@ -128,7 +129,7 @@ def iter_scored(
         check_unique_ids(path, id_column)
     state, drift = model.new_state(), model.drift_tracker()
     source = FileSource(path, batch_size=batch_size, dtypes=model.input_dtypes(), dates=model.date_columns())
-    numeric = [c.name for c in model.preparer_.schema_.columns if c.kind == "numeric"]
+    numeric = [c.name for c in model.input_schema().columns if c.kind == "numeric"]
     present = dict.fromkeys(numeric, 0)
     ids: list[pl.Series] = []
     rows = 0

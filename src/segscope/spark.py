@@ -109,7 +109,7 @@ def read(spark: Any, path: str | Path, model: Model | None = None, *, partitions
     if not df.columns:
         raise SourceError(f"{text}: no columns; pass a file or folder with a header and at least one row")
     if model is not None:
-        missing = [c.name for c in model.preparer_.schema_.columns if c.name not in df.columns]
+        missing = [c.name for c in model.input_schema().columns if c.name not in df.columns]
         if missing:
             raise SchemaError(f"{text}: column(s) {missing[:10]} missing; the bundle was fitted with them")
     return df.repartition(partitions) if partitions else df

@@ -13,6 +13,7 @@ import hashlib
 import io
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Self
@@ -22,9 +23,11 @@ import polars as pl
 
 from segscope.config import SegscopeConfig
 from segscope.exceptions import ConfigError, NotFittedError, SegscopeWarning
+from segscope.features.entity import EntityFeatures
+from segscope.features.entity_state import EntityState
 from segscope.features.prepare import FeaturePreparer
 from segscope.labels.store import ReviewRecords
-from segscope.schema import SCORED_COLUMNS
+from segscope.schema import SCORED_COLUMNS, ColumnSpec, FeatureSchema, infer_kind
 from segscope.supervised.base import FineTuned, Layout
 from segscope.unsupervised.detect import make_detector
 from segscope.unsupervised.drift import DriftReference, DriftTracker, time_like_columns
@@ -33,7 +36,16 @@ from segscope.unsupervised.explain import REASON_DTYPE, FeatureExplainer
 from segscope.unsupervised.profiles import expected_rows, expected_table, profile_cards
 from segscope.unsupervised.threshold import PolicyState, make_policy
 
-__all__ = ["SCORED_COLUMNS", "Model"]
+__all__ = ["SCORED_COLUMNS", "Model", "ScoringState"]
+
+
+@dataclass
+class ScoringState(PolicyState):
+    """What carries over between the batches of one file or stream: the alert budget's counts and, with
+    ``entities:`` in the config, each entity's state."""
+
+    entities: EntityState | None = None
+
 
 def _frame_fingerprint(frame: pl.DataFrame) -> str:
     buffer = io.BytesIO()
@@ -59,6 +71,9 @@ class Model:
     supervised_segment_features_: bool = False
     #: What the fit data looked like, to tell when scored data does not (None for bundles older than that).
     drift_: DriftReference | None = None
+    #: Per-entity features (``entities:`` in the config) and the input columns they read, as fitted.
+    entities_: EntityFeatures | None = None
+    entity_inputs_: tuple[ColumnSpec, ...] = ()
     #: For fine-tuned versions: the labels used, the version it was tuned from, and the promotion decision.
     label_snapshot_: dict[str, Any] | None = None
     parent_version_: str | None = None
@@ -77,9 +92,23 @@ class Model:
         on_step: Callable[[str], None] | None = None,
         previous: Model | None = None,
     ) -> Self:
-        """Fit on history (already sampled to at most ``config.max_fit_rows`` rows by the caller)."""
+        """Fit on history (already sampled to at most ``config.max_fit_rows`` rows by the caller; with per-entity
+        features, the whole history in arrival order: they are computed over all of it, then sampled)."""
         step = on_step or (lambda _: None)
         cfg = self.config
+        self.entities_, self.entity_inputs_ = None, ()
+        if cfg.entities:
+            step(f"computing {sum(len(e.features) for e in cfg.entities)} entity features over {frame.height:,} rows")
+            self.entities_ = EntityFeatures(cfg.entities)
+            self.entity_inputs_ = tuple(
+                ColumnSpec(c, kind, str(frame.schema[c]))
+                for c in self.entities_.input_columns()
+                if c in frame.columns and (kind := infer_kind(frame.schema[c])) is not None
+            )
+            frame = self.entities_.fit_transform(frame)
+            frame = frame[int(frame.height * cfg.entity_warmup) :]
+            if frame.height > cfg.max_fit_rows:
+                frame = frame.sample(cfg.max_fit_rows, seed=cfg.seed)
         step("preparing features")
         prep = FeaturePreparer(
             id_column=cfg.features.id_column,
@@ -177,19 +206,38 @@ class Model:
         self._check_fitted()
         return self.preparer_.schema_.id_column
 
+    def input_schema(self) -> FeatureSchema:
+        """What an input record must hold: the model's input columns, except the per-entity features it computes
+        itself, plus the columns those read (entity keys, event times, values)."""
+        self._check_fitted()
+        schema = self.preparer_.schema_
+        if self.entities_ is None:
+            return schema
+        derived = set(self.entities_.names)
+        columns = [c for c in schema.columns if c.name not in derived]
+        columns += [c for c in self.entity_inputs_ if c.name not in {x.name for x in columns}]
+        return FeatureSchema(tuple(columns), schema.features, schema.id_column)
+
     def input_dtypes(self) -> dict[str, pl.DataType]:
         """How a text file's columns are read for this model: numbers as their fitted integer or float type, the
         rest as text (categories, true/false and dates are converted by the model's own checks)."""
-        self._check_fitted()
         plain = {"Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16", "UInt32", "UInt64", "Float32", "Float64"}
         return {
             c.name: getattr(pl, c.dtype)() if c.kind == "numeric" and c.dtype in plain else pl.String()
-            for c in self.preparer_.schema_.columns
+            for c in self.input_schema().columns
         }
 
     def date_columns(self) -> tuple[str, ...]:
-        self._check_fitted()
-        return tuple(c.name for c in self.preparer_.schema_.columns if c.kind == "datetime")
+        return tuple(c.name for c in self.input_schema().columns if c.kind == "datetime")
+
+    def with_entities(self, frame: pl.DataFrame, state: PolicyState | None = None) -> pl.DataFrame:
+        """``frame`` with its per-entity features (continuing ``state`` when it is a :class:`ScoringState`;
+        else from the end of the fitting history, keeping nothing). Frames that hold them already (a scored
+        file, records from the label store) are returned as they are."""
+        if self.entities_ is None or all(n in frame.columns for n in self.entities_.names):
+            return frame
+        entities = state.entities if isinstance(state, ScoringState) else None
+        return self.entities_.transform(frame, entities)
 
     @property
     def alert_threshold(self) -> float | None:
@@ -236,7 +284,7 @@ class Model:
         segments and ``[segments] learner_features`` (``with_segments`` defaults to that) segment membership
         one-hot and assignment confidence, then each categorical feature's level code."""
         self._check_fitted()
-        validated, x, anomaly, parts, _, assigned = self._unsupervised(frame, with_reasons=False)
+        validated, x, anomaly, parts, _, assigned = self._unsupervised(self.with_entities(frame), with_reasons=False)
         with_segments = self.learner_sees_segments() if with_segments is None else with_segments
         codes = self.preparer_.category_codes(validated)
         matrix = self._learner_matrix(x, parts, assigned if with_segments else None, codes)
@@ -277,10 +325,13 @@ class Model:
         self._check_fitted()
         return self.drift_.tracker() if self.drift_ is not None else None
 
-    def new_state(self) -> PolicyState:
-        """Scoring state that carries over between batches (an alert budget's counts): one per file or stream."""
+    def new_state(self) -> ScoringState:
+        """Scoring state that carries over between batches (an alert budget's counts, each entity's state): one
+        per file or stream."""
         self._check_fitted()
-        return self.policy_.new_state()
+        policy = self.policy_.new_state()
+        entities = self.entities_.new_state() if self.entities_ is not None else None
+        return ScoringState(used=policy.used, rows_seen=policy.rows_seen, entities=entities)
 
     def score(
         self, frame: pl.DataFrame, *, state: PolicyState | None = None, drift: DriftTracker | None = None
@@ -290,6 +341,7 @@ class Model:
         counts across them; without it each call is decided on its own. ``drift`` counts the batch in a
         :meth:`drift_tracker`."""
         self._check_fitted()
+        frame = self.with_entities(frame, state)
         validated, x, anomaly, parts, reasons, assigned = self._unsupervised(frame)
         segment = assigned[0] if assigned is not None else None
         supervised = None
@@ -326,7 +378,7 @@ class Model:
             if self.id_column is None or self.id_column not in scored.columns:
                 raise ConfigError("the label store needs record ids: fit the bundle with --id-column")
             ids = [str(v) for v in scored.get_column(self.id_column).to_list()]
-        vectors = self.preparer_.transform(self.preparer_.validate(scored))
+        vectors = self.preparer_.transform(self.preparer_.validate(self.with_entities(scored)))
         return ReviewRecords(scored, list(ids), vectors, self.alert_threshold)
 
     # ------------------------------------------------------------- persist

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import platform
+from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,8 +14,10 @@ import numpy as np
 from segscope import bundle as bundle_io
 from segscope.config import config_from_dict
 from segscope.exceptions import BundleError, SegscopeError
+from segscope.features.entity import EntityFeatures
 from segscope.features.prepare import FeaturePreparer
 from segscope.registry import resolve
+from segscope.schema import ColumnSpec
 from segscope.supervised.learners import make_finetuned
 from segscope.unsupervised.detect import make_detector
 from segscope.unsupervised.drift import DriftReference
@@ -72,6 +75,7 @@ def manifest(self: Model) -> dict[str, Any]:
             },
             _segmenter_component(self),
             _supervised_component(self),
+            _entities_component(self),
         ],
         "config": self.config.model_dump(mode="json"),
         "policy": self.policy_.describe(),
@@ -80,6 +84,7 @@ def manifest(self: Model) -> dict[str, Any]:
         "parent_version": self.parent_version_,
         "promotion": self.promotion_,
     }
+
 
 def _segmenter_component(self: Model) -> dict[str, Any]:
     if self.segmenter_ is None:
@@ -98,6 +103,22 @@ def _segmenter_component(self: Model) -> dict[str, Any]:
         "lineage": getattr(self.segmenter_, "lineage_", {}),
     }
 
+
+def _entities_component(self: Model) -> dict[str, Any]:
+    if self.entities_ is None:
+        return {"role": "entities", "name": None, "note": "no per-entity features"}
+    state = self.entities_.state_
+    return {
+        "role": "entities",
+        "name": "entity-features",
+        "features": self.entities_.names,
+        "inputs": [asdict(c) for c in self.entity_inputs_],
+        "artifacts": sorted(self.entities_.to_files()),
+        "entities_at_end_of_history": state.entities,
+        "late_records": state.late,
+    }
+
+
 def _supervised_component(self: Model) -> dict[str, Any]:
     if self.supervised_ is None:
         return {"role": "supervised", "name": None, "note": "no fine-tuned model (supervised_score = null)"}
@@ -110,6 +131,7 @@ def _supervised_component(self: Model) -> dict[str, Any]:
         "arrays": "arrays/supervised.npz",
         "segment_features": self.supervised_segment_features_,
     }
+
 
 def save(self: Model, path: str | Path) -> Path:
     """Write the bundle folder (atomically)."""
@@ -133,6 +155,8 @@ def save(self: Model, path: str | Path) -> Path:
         arrays["supervised"] = self.supervised_.state()
         name, blob = self.supervised_.learner.artifact()
         raw_files[f"supervised/{name}"] = blob
+    if self.entities_ is not None:
+        raw_files.update(self.entities_.to_files())
     json_files = {"features.json": self.preparer_.to_state()}
     if self.drift_ is not None:
         json_files["drift.json"] = self.drift_.to_state()
@@ -144,6 +168,7 @@ def save(self: Model, path: str | Path) -> Path:
         pickles=pickles,
         raw_files=raw_files,
     )
+
 
 def load(cls: type[Model], path: str | Path, *, trusted: bool = False) -> Model:
     """Load and verify a bundle folder, or a registry's current version (see :mod:`segscope.bundle`)."""
@@ -158,9 +183,8 @@ def load(cls: type[Model], path: str | Path, *, trusted: bool = False) -> Model:
             f"bundle {path} is incomplete or damaged ({type(exc).__name__}: {str(exc)[:120]}); refit the bundle"
         ) from None
 
-def _from_bundle(
-    cls: type[Model], reader: bundle_io.BundleReader, manifest: dict[str, Any], path: str | Path
-) -> Model:
+
+def _from_bundle(cls: type[Model], reader: bundle_io.BundleReader, manifest: dict[str, Any], path: str | Path) -> Model:
     model = cls(config_from_dict(manifest["config"], source=f"bundle {path}"))
     prep = FeaturePreparer.from_state(reader.json("features.json"))
     if prep.schema_.hash != manifest["feature_schema_hash"]:
@@ -202,6 +226,11 @@ def _from_bundle(
         packed = reader.arrays("segment_calibration")
         model.segment_calibration_ = SegmentCalibration.from_state(packed) if packed else None
     model.segment_expected_ = model._expected_table()
+    entities = next((c for c in manifest["components"] if c["role"] == "entities" and c["name"]), None)
+    if entities is not None:
+        files = [reader.raw(rel) for rel in entities["artifacts"]]
+        model.entities_ = EntityFeatures.from_files(model.config.entities, files)
+        model.entity_inputs_ = tuple(ColumnSpec(**c) for c in entities["inputs"])
     supervised = next((c for c in manifest["components"] if c["role"] == "supervised" and c["name"]), None)
     if supervised is not None:
         described = supervised["params"]

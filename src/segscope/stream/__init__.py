@@ -108,7 +108,7 @@ def run_stream(options: StreamOptions, *, on_stats: Callable[[str], None] | None
         bootstrap=options.bootstrap,
         topic=options.in_topic,
         group=options.group,
-        schema=watcher.model.preparer_.schema_,
+        schema=watcher.model.input_schema(),
         batch_size=options.batch_size,
         max_message_bytes=options.max_message_bytes,
         poll_timeout_ms=options.poll_timeout_ms,

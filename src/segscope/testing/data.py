@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 import numpy as np
 import polars as pl
 
-__all__ = ["make_transactions"]
+__all__ = ["make_card_stream", "make_transactions"]
 
 _CATEGORIES = {  # name: (share, log-mean amount, log-sd)
     "grocery": (0.34, 3.4, 0.5),
@@ -78,5 +78,67 @@ def make_transactions(
             "n_txn_24h": n_txn_24h.astype(np.int64),
             "distance_km": distance_km,
             "is_fraud": label,
+        }
+    )
+
+
+_CARD_COUNTRIES: tuple[str, ...] = ("FR", "DE", "GB", "ES", "IT", "NL", "US", "PL", "SE", "PT", "BE", "IE")
+
+
+def make_card_stream(
+    n_cards: int = 2_000, *, days: int = 30, seed: int = 0, fraud_rate: float = 0.005, start: datetime | None = None
+) -> pl.DataFrame:
+    """Card payments in time order whose frauds look ordinary one by one: card-testing bursts (8-20 small
+    payments within five minutes), a payment from a country the card never used, and an amount far from the
+    card's own habit (though common among other cards). Columns: txn_id, ts, card_id, merchant, country, amount,
+    is_fraud (1 = fraud)."""
+    rng = np.random.default_rng(seed)
+    start = start or datetime(2025, 3, 1)
+    span = days * 86400.0
+    habit = rng.uniform(2.0, 6.0, n_cards)  # each card's log-mean amount
+    home = rng.integers(0, 6, n_cards)
+    per_card = rng.poisson(rng.uniform(20, 120, n_cards))
+    card = np.repeat(np.arange(n_cards), per_card)
+    n = card.size
+    t = rng.uniform(0, span, n)
+    amount = np.exp(habit[card] + rng.normal(0, 0.35, n))
+    country = np.where(rng.random(n) < 0.98, home[card], rng.integers(0, 6, n))
+    favourite = rng.integers(0, 300, (n_cards, 6))
+    merchant = np.where(rng.random(n) < 0.9, favourite[card, rng.integers(0, 6, n)], rng.integers(0, 300, n))
+    fraud = np.zeros(n, dtype=np.int64)
+    extra: list[tuple[np.ndarray, ...]] = []
+    n_frauds = max(3, int(n * fraud_rate))
+    kinds = rng.integers(0, 3, n_frauds)
+    victims = rng.integers(0, n_cards, n_frauds)
+    when = rng.uniform(span * 0.3, span, n_frauds)
+    for kind, c, at in zip(kinds, victims, when, strict=True):
+        if kind == 0:  # card testing: a burst of small payments at many merchants
+            k = int(rng.integers(8, 21))
+            bt = at + np.sort(rng.uniform(0, 300, k))
+            amt = np.exp(rng.uniform(1.5, 3.0, k))
+            extra.append((np.full(k, c), bt, amt, np.full(k, home[c]), rng.integers(0, 300, k)))
+        elif kind == 1:  # a country this card never used, an amount it often pays
+            away = rng.integers(6, len(_CARD_COUNTRIES))
+            extra.append((np.array([c]), np.array([at]), np.exp(habit[c] + rng.normal(0, 0.35, 1)),
+                          np.array([away]), np.array([favourite[c, 0]])))  # fmt: skip
+        else:  # far from this card's habit, ordinary for others
+            other = habit[c] + (2.5 if habit[c] < 4.0 else -2.5)
+            extra.append((np.array([c]), np.array([at]), np.exp(other + rng.normal(0, 0.2, 1)),
+                          np.array([home[c]]), rng.integers(0, 300, 1)))  # fmt: skip
+    for c_, t_, a_, co_, m_ in extra:
+        card, t, amount = np.concatenate([card, c_]), np.concatenate([t, t_]), np.concatenate([amount, a_])
+        country, merchant = np.concatenate([country, co_]), np.concatenate([merchant, m_])
+        fraud = np.concatenate([fraud, np.ones(c_.size, dtype=np.int64)])
+    order = np.argsort(t, kind="stable")
+    ts = pl.Series("ts", (t[order] * 1e6).astype(np.int64)).cast(pl.Duration("us")) + start
+    return pl.DataFrame(
+        {
+            "txn_id": [f"t{i:07d}" for i in range(order.size)],
+            "ts": ts,
+            "card_id": [f"c{x:05d}" for x in card[order]],
+            "merchant": [f"m{x:03d}" for x in merchant[order]],
+            "country": [_CARD_COUNTRIES[x] for x in country[order]],
+            "amount": np.round(amount[order], 2),
+            "is_fraud": fraud[order],
         }
     )

@@ -1,0 +1,157 @@
+"""The per-entity kernel: one pass over records in arrival order, each record reading its entity's state as it
+was before the record and then updating it. Batch and stream run this same function, so a record's features
+depend only on its entity's earlier records, never on how they were cut into batches."""
+
+from __future__ import annotations
+
+import math
+
+import numba as nb
+import numpy as np
+from numba import types
+from numba.typed import Dict
+
+# feature kinds, as the plan's first column
+COUNT, SUM, MEAN, STD, ZSCORE, RATIO, SINCE_LAST, LAG, DELTA, FIRST_SEEN, RARE, DISTINCT = range(12)
+#: accumulator slots each kind keeps per entity
+SLOTS = (1, 1, 3, 3, 3, 3, 0, 1, 1, 0, 0, 1)
+
+PAIR_KEY = types.UniTuple(types.int64, 2)  # type: ignore[no-untyped-call]
+_COUNT_BITS = 40  # pair value: generation << 40 | count
+
+
+def new_pairs() -> Dict[tuple[int, int], int]:
+    return Dict.empty(key_type=PAIR_KEY, value_type=types.int64)
+
+
+@nb.njit(cache=True)
+def advance(
+    slots: np.ndarray,  # (rows,) entity slot, -1: no entity (null key)
+    times: np.ndarray,  # (rows,) event time in seconds (NaN: unknown); ignored when not use_time
+    values: np.ndarray,  # (rows, value columns) numbers
+    codes: np.ndarray,  # (rows, pair columns) value codes, -1 null
+    last_t: np.ndarray,  # (entities,) state: time of the latest event
+    n_events: np.ndarray,  # (entities,) state: events since the last reset
+    gen: np.ndarray,  # (entities,) state: reset generation (pairs of older generations are forgotten)
+    acc: np.ndarray,  # (entities, accumulators) state
+    pairs: Dict[tuple[int, int], int],  # state: (entity * pair columns + column, code) -> generation/count
+    plan: np.ndarray,  # (features, 4): kind, value column, pair column, first accumulator
+    taus: np.ndarray,  # (features,) window time constants
+    shares: np.ndarray,  # (features,) rare share
+    ttl: float,  # reset after this idle time (0: never)
+    use_time: bool,
+    out: np.ndarray,  # (rows, features)
+) -> float:
+    """Fill ``out`` and update the state; returns the newest event time seen (for eviction)."""
+    n_pairs = codes.shape[1]
+    prior = np.zeros(max(n_pairs, 1), dtype=np.int64)
+    newest = -np.inf
+    mask = (np.int64(1) << _COUNT_BITS) - 1
+    for i in range(slots.shape[0]):
+        s = slots[i]
+        if s < 0:
+            for f in range(plan.shape[0]):
+                out[i, f] = np.nan
+            continue
+        first = n_events[s] == 0
+        if use_time:
+            t = times[i]
+            if math.isnan(t):
+                t = 0.0 if first else last_t[s]
+        else:
+            t = float(n_events[s]) if first else last_t[s] + 1.0
+        if not first and ttl > 0.0 and t - last_t[s] > ttl:  # idle past the ttl: a new start
+            n_events[s] = 0
+            gen[s] += 1
+            acc[s, :] = 0.0
+            first = True
+        if not first and t < last_t[s]:  # late: counts at the entity's latest time
+            t = last_t[s]
+        newest = max(newest, t)
+        dt = 0.0 if first else t - last_t[s]
+        n_prior = n_events[s]
+        for p in range(n_pairs):
+            c = codes[i, p]
+            prior[p] = -1
+            if c >= 0:
+                v = pairs.get((s * n_pairs + p, c), 0)
+                prior[p] = (v & mask) if (v >> _COUNT_BITS) == gen[s] else 0
+        for f in range(plan.shape[0]):
+            kind, col, pc, o = plan[f, 0], plan[f, 1], plan[f, 2], plan[f, 3]
+            decay = 0.0 if first else math.exp(-dt / taus[f]) if taus[f] > 0 else 1.0
+            x = values[i, col] if col >= 0 else np.nan
+            result = np.nan
+            if kind == COUNT:
+                acc[s, o] = acc[s, o] * decay + 1.0
+                result = acc[s, o]
+            elif kind == SUM:
+                acc[s, o] = acc[s, o] * decay + (0.0 if math.isnan(x) else x)
+                result = acc[s, o]
+            elif kind in (MEAN, STD, ZSCORE, RATIO):
+                w, m, ss = acc[s, o] * decay, acc[s, o + 1], acc[s, o + 2] * decay
+                if kind == ZSCORE and n_prior >= 2 and w > 0.0 and not math.isnan(x):
+                    sd = math.sqrt(max(ss / w, 0.0))
+                    result = (x - m) / (sd + 1e-9 * (1.0 + abs(m)))
+                    result = min(max(result, -1e6), 1e6)
+                elif kind == RATIO and n_prior >= 1 and w > 0.0 and not math.isnan(x) and abs(m) > 1e-12:
+                    result = x / m
+                if not math.isnan(x):
+                    w += 1.0
+                    d = x - m
+                    m += d / w
+                    ss += d * (x - m)
+                acc[s, o], acc[s, o + 1], acc[s, o + 2] = w, m, ss
+                if kind == MEAN and w > 0.0:
+                    result = m
+                elif kind == STD and w > 0.0:
+                    result = math.sqrt(max(ss / w, 0.0))
+            elif kind == SINCE_LAST:
+                result = np.nan if first else dt
+            elif kind in (LAG, DELTA):
+                if not first and n_prior > 0:
+                    previous = acc[s, o]
+                    result = previous if kind == LAG else x - previous
+                if not math.isnan(x):
+                    acc[s, o] = x
+                elif first:
+                    acc[s, o] = np.nan
+            elif kind == FIRST_SEEN:
+                result = np.nan if prior[pc] < 0 else (1.0 if prior[pc] == 0 else 0.0)
+            elif kind == RARE:
+                if prior[pc] >= 0:
+                    result = 1.0 if n_prior == 0 or prior[pc] < shares[f] * n_prior else 0.0
+            elif kind == DISTINCT:
+                acc[s, o] = acc[s, o] * decay + (1.0 if prior[pc] == 0 else 0.0)
+                result = acc[s, o]
+            out[i, f] = result
+        for p in range(n_pairs):
+            if prior[p] >= 0:
+                pairs[(s * n_pairs + p, codes[i, p])] = (gen[s] << _COUNT_BITS) | (prior[p] + 1)
+        last_t[s] = t
+        n_events[s] = n_prior + 1
+    return newest
+
+
+@nb.njit(cache=True)
+def dump_pairs(pairs: Dict[tuple[int, int], int], gen: np.ndarray, n_pairs: int) -> np.ndarray:
+    """Live pairs as rows (entity, pair column, code, count): those of each entity's current generation."""
+    rows = np.empty((len(pairs), 4), dtype=np.int64)
+    mask = (np.int64(1) << _COUNT_BITS) - 1
+    k = 0
+    for key, v in pairs.items():
+        s = key[0] // n_pairs
+        if s < gen.shape[0] and (v >> _COUNT_BITS) == gen[s]:
+            rows[k, 0], rows[k, 1], rows[k, 2], rows[k, 3] = s, key[0] % n_pairs, key[1], v & mask
+            k += 1
+    return rows[:k]
+
+
+@nb.njit(cache=True)
+def load_pairs(rows: np.ndarray, gen: np.ndarray, n_pairs: int) -> Dict[tuple[int, int], int]:
+    """The inverse of :func:`dump_pairs` (rows whose entity is -1 are skipped)."""
+    pairs = Dict.empty(key_type=PAIR_KEY, value_type=types.int64)
+    for k in range(rows.shape[0]):
+        s = rows[k, 0]
+        if s >= 0:
+            pairs[(s * n_pairs + rows[k, 1], rows[k, 2])] = (gen[s] << _COUNT_BITS) | rows[k, 3]
+    return pairs

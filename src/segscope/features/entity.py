@@ -1,0 +1,242 @@
+"""Per-entity features (``entities:`` in the config): each record gets its entity's context (velocity, amount
+against the entity's own baseline, a country new for the card, a host's fan-out, a sensor against its recent
+past), computed in arrival order by one kernel (:mod:`segscope.features._entity_kernel`) for history and live
+data alike. :class:`EntityFeatures` is fitted on history, in order, and keeps the state at its end; scoring
+continues from that state, or from a caller's :class:`EntityState` that carries over between batches (one per
+file or stream), so a record's features never depend on how the records were cut into batches.
+
+Rules (also in the README): windows decay exponentially with the window as time constant; an event earlier than
+its entity's latest counts at that latest time; an entity idle for ``ttl`` starts again (and its memory is
+freed once the newest event time is ``ttl + allowed_lateness`` past it); events further than
+``allowed_lateness`` behind the newest event time are counted as late (their entity may have been forgotten).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Self, get_args
+
+import numpy as np
+import polars as pl
+
+from segscope._typing import EntityFeatureKind
+from segscope.config import EntityConfig, EntityFeatureConfig, duration_seconds
+from segscope.exceptions import ConfigError, DataError, NotFittedError
+from segscope.features import _entity_kernel as kernel
+from segscope.features.entity_state import Block, EntityState
+
+__all__ = ["EntityFeatures", "EntityState"]
+
+_KINDS: tuple[str, ...] = get_args(EntityFeatureKind)  # in the kernel's order
+_PAIR_KINDS = {"first_seen", "rare", "distinct"}
+_ONE_ENTITY = "(all)"
+
+
+def feature_name(spec: EntityConfig, feature: EntityFeatureConfig) -> str:
+    if feature.name is not None:
+        return feature.name
+    parts = [spec.key or "all"]
+    if feature.of is not None:
+        parts.append(feature.of)
+    parts.append(feature.kind)
+    if feature.window is not None:
+        parts.append(str(feature.window))
+    return "_".join(parts)
+
+
+@dataclass
+class _Plan:
+    """One entity spec compiled: value and pair columns, the kernel's plan table, output names."""
+
+    spec: EntityConfig
+    names: list[str]
+    value_of: list[str]
+    pair_of: list[str]
+    table: np.ndarray
+    taus: np.ndarray
+    shares: np.ndarray
+    n_acc: int
+    ttl: float
+    lateness: float
+
+    @classmethod
+    def build(cls, spec: EntityConfig) -> _Plan:
+        value_of: list[str] = []
+        pair_of: list[str] = []
+        rows, taus, shares, names, o = [], [], [], [], 0
+        for f in spec.features:
+            kind = _KINDS.index(f.kind)
+            col = pc = -1
+            if f.of is not None and f.kind in _PAIR_KINDS:
+                pair_of += [] if f.of in pair_of else [f.of]
+                pc = pair_of.index(f.of)
+            elif f.of is not None:
+                value_of += [] if f.of in value_of else [f.of]
+                col = value_of.index(f.of)
+            rows.append((kind, col, pc, o))
+            o += kernel.SLOTS[kind]
+            taus.append(duration_seconds(f.window) if f.window is not None else 0.0)
+            shares.append(f.share)
+            names.append(feature_name(spec, f))
+        ttl = duration_seconds(spec.ttl) if spec.ttl is not None else 0.0
+        return cls(
+            spec,
+            names,
+            value_of,
+            pair_of,
+            np.array(rows, dtype=np.int64).reshape(-1, 4),
+            np.array(taus, dtype=np.float64),
+            np.array(shares, dtype=np.float64),
+            o,
+            ttl,
+            duration_seconds(spec.allowed_lateness),
+        )
+
+
+class EntityFeatures:
+    """``fit(history)`` computes the features over history in order and keeps the state at its end;
+    ``transform(frame, state)`` appends them to a batch (``state`` carries over between batches; without it the
+    batch continues from the end of history and nothing is kept)."""
+
+    state_: EntityState
+
+    def __init__(self, specs: tuple[EntityConfig, ...]) -> None:
+        self.specs = specs
+
+    @property
+    def plans(self) -> list[_Plan]:
+        return [_Plan.build(s) for s in self.specs]
+
+    @property
+    def names(self) -> list[str]:
+        return [n for p in self.plans for n in p.names]
+
+    def input_columns(self) -> list[str]:
+        """Columns the features read (keys, times, and the columns of ``of`` that are plain names)."""
+        cols: list[str] = []
+        for s in self.specs:
+            cols += [c for c in (s.key, s.time) if c is not None]
+            cols += [f.of for f in s.features if f.of is not None and f.of.isidentifier()]
+        return list(dict.fromkeys(cols))
+
+    def new_state(self) -> EntityState:
+        """A copy of the state at the end of the fitting history."""
+        if not hasattr(self, "state_"):
+            raise NotFittedError("EntityFeatures is not fitted; call fit(history) first")
+        return self.state_.copy()
+
+    def _empty(self) -> EntityState:
+        return EntityState([Block(p.n_acc, len(p.pair_of)) for p in self.plans])
+
+    def fit_transform(self, history: pl.DataFrame) -> pl.DataFrame:
+        names = self.names
+        clash = [n for n in names if n in history.columns]
+        if clash or len(set(names)) != len(names):
+            raise ConfigError(
+                f"entity feature name(s) {clash or names} clash with input columns or each other; set 'name:'"
+            )
+        self.state_ = self._empty()
+        out = self._apply(history, self.state_)
+        self.state_.clean()
+        for b in self.state_.blocks:
+            b.partition[:] = -1
+        return out
+
+    def fit(self, history: pl.DataFrame) -> Self:
+        self.fit_transform(history)
+        return self
+
+    def transform(self, frame: pl.DataFrame, state: EntityState | None = None) -> pl.DataFrame:
+        return self._apply(frame, state if state is not None else self.new_state())
+
+    def _apply(self, frame: pl.DataFrame, state: EntityState) -> pl.DataFrame:
+        columns: list[pl.Series] = []
+        for plan, block in zip(self.plans, state.blocks, strict=True):
+            columns += self._block(plan, block, frame, state.partitions)
+        return frame.with_columns(columns)
+
+    def _block(self, plan: _Plan, block: Block, frame: pl.DataFrame, partitions: np.ndarray | None) -> list[pl.Series]:
+        spec, n = plan.spec, frame.height
+        if spec.key is None:
+            keys = pl.Series("key", [_ONE_ENTITY] * n, dtype=pl.String)
+        else:
+            keys = _column(frame, spec.key, "key").cast(pl.String)
+        slots = block.slots_for(keys)
+        times = _times(frame, spec.time) if spec.time is not None else np.zeros(n)
+        values = np.zeros((n, len(plan.value_of)))
+        for j, of in enumerate(plan.value_of):
+            values[:, j] = _numbers(frame, of)
+        codes = np.zeros((n, len(plan.pair_of)), dtype=np.int64)
+        for j, of in enumerate(plan.pair_of):
+            codes[:, j] = block.codes_for(j, _evaluate(frame, of).cast(pl.String))
+        if spec.time is not None and n:
+            running = np.fmax.accumulate(np.concatenate([[block.newest], times]))[:-1]
+            block.late += int(np.count_nonzero(times < running - plan.lateness))
+        out = np.empty((n, len(plan.names)))
+        newest = kernel.advance(
+            slots, times, values, codes, block.last_t, block.n_events, block.gen, block.acc, block.pairs,
+            plan.table, plan.taus, plan.shares, plan.ttl, spec.time is not None, out,
+        )  # fmt: skip
+        block.newest = max(block.newest, newest)
+        touched = slots[slots >= 0]
+        block.dirty[touched] = True
+        if partitions is not None:
+            block.partition[touched] = partitions[slots >= 0]
+        block.evict(plan.ttl, plan.lateness)
+        return [pl.Series(name, out[:, j]).fill_nan(None) for j, name in enumerate(plan.names)]
+
+    # ------------------------------------------------------------ persist
+    def to_files(self) -> dict[str, bytes]:
+        return {f"entities/state-{i}.arrow": self.state_.to_bytes(i) for i in range(len(self.specs))}
+
+    @classmethod
+    def from_files(cls, specs: tuple[EntityConfig, ...], files: list[bytes]) -> EntityFeatures:
+        feats = cls(specs)
+        feats.state_ = feats._empty()
+        for i, data in enumerate(files):
+            feats.state_.load_bytes(i, data)
+        feats.state_.clean()
+        return feats
+
+
+def _column(frame: pl.DataFrame, name: str, role: str) -> pl.Series:
+    if name not in frame.columns:
+        raise DataError(f"entity {role} column '{name}' is missing from the input; add it or change the config")
+    return frame.get_column(name)
+
+
+def _evaluate(frame: pl.DataFrame, of: str) -> pl.Series:
+    """``of`` as a column or a Polars SQL expression."""
+    if of.isidentifier() and of not in frame.columns:
+        return _column(frame, of, "value")
+    try:
+        expr = pl.col(of) if of in frame.columns else pl.sql_expr(of)
+        return frame.select(expr.alias("v")).to_series()
+    except Exception as exc:
+        raise DataError(
+            f"entity feature 'of: {of}' cannot be computed on the input ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:120]}); name an input column or a valid SQL expression"
+        ) from None
+
+
+def _numbers(frame: pl.DataFrame, of: str) -> np.ndarray:
+    series = _evaluate(frame, of)
+    try:
+        return series.cast(pl.Float64).fill_null(np.nan).to_numpy()
+    except Exception:
+        raise DataError(f"entity feature 'of: {of}' must be numeric but holds {series.dtype}") from None
+
+
+def _times(frame: pl.DataFrame, name: str) -> np.ndarray:
+    column = _column(frame, name, "time")
+    if column.dtype == pl.String:
+        column = column.str.to_datetime(strict=False)
+    if isinstance(column.dtype, pl.Datetime):
+        seconds = column.dt.epoch("us").cast(pl.Float64) / 1e6
+    elif column.dtype == pl.Date:
+        seconds = column.cast(pl.Datetime("us")).dt.epoch("us").cast(pl.Float64) / 1e6
+    elif column.dtype.is_numeric():
+        seconds = column.cast(pl.Float64)
+    else:
+        raise DataError(f"entity time column '{name}' holds {column.dtype}; give datetimes or epoch seconds")
+    return seconds.fill_null(np.nan).to_numpy()

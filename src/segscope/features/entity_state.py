@@ -1,0 +1,287 @@
+"""The state per-entity features carry between batches (:class:`EntityState`): per entity spec, the entities'
+clocks and accumulators in arrays indexed by slot, and the (entity, value) counts in a compiled dict. It packs to
+one Arrow frame per spec (whole, per input partition, or only what changed) for bundles and stream checkpoints."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from segscope.features import _entity_kernel as kernel
+
+__all__ = ["Block", "EntityState"]
+
+
+@dataclass
+class Block:
+    """The state of one entity spec: slots of entities, their accumulators, the (entity, value) counts."""
+
+    n_acc: int
+    n_pairs: int
+    keys: dict[str, int] = field(default_factory=dict)
+    key_list: list[str] = field(default_factory=list)
+    last_t: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    n_events: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    gen: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    acc: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    #: the input partition that last touched each entity (-1: the fitting history)
+    partition: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
+    dirty: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    pairs: Any = None
+    codes: list[dict[str, int]] = field(default_factory=list)
+    values: list[list[str]] = field(default_factory=list)
+    newest: float = -np.inf
+    late: int = 0
+
+    def __post_init__(self) -> None:
+        if self.pairs is None:
+            self.pairs = kernel.new_pairs()
+        if not self.codes:
+            self.codes = [{} for _ in range(self.n_pairs)]
+            self.values = [[] for _ in range(self.n_pairs)]
+        if self.acc.shape[1] != self.n_acc:
+            self.acc = np.zeros((self.last_t.shape[0], self.n_acc))
+
+    @property
+    def size(self) -> int:
+        return len(self.key_list)
+
+    def slots_for(self, keys: pl.Series) -> np.ndarray:
+        """Each row's entity slot (new entities get new ones; null keys -1)."""
+        unique = keys.drop_nulls().unique(maintain_order=True).to_list()
+        slots = []
+        for key in unique:
+            slot = self.keys.get(key)
+            if slot is None:
+                slot = self.keys[key] = len(self.key_list)
+                self.key_list.append(key)
+            slots.append(slot)
+        self._grow(len(self.key_list))
+        if not unique:
+            return np.full(keys.len(), -1, dtype=np.int64)
+        mapped = keys.replace_strict(unique, slots, default=-1, return_dtype=pl.Int64)
+        return mapped.fill_null(-1).to_numpy().astype(np.int64, copy=False)
+
+    def codes_for(self, column: int, values: pl.Series) -> np.ndarray:
+        table, listed = self.codes[column], self.values[column]
+        unique = values.drop_nulls().unique(maintain_order=True).to_list()
+        for value in unique:
+            if value not in table:
+                table[value] = len(listed)
+                listed.append(value)
+        if not unique:
+            return np.full(values.len(), -1, dtype=np.int64)
+        mapped = values.replace_strict(unique, [table[v] for v in unique], default=-1, return_dtype=pl.Int64)
+        return mapped.fill_null(-1).to_numpy().astype(np.int64, copy=False)
+
+    def _grow(self, n: int) -> None:
+        cap = self.last_t.shape[0]
+        if n <= cap:
+            return
+        new = max(n, 2 * cap, 1024)
+
+        def grown(a: np.ndarray, fill: Any = 0) -> np.ndarray:
+            out = np.full((new, *a.shape[1:]), fill, dtype=a.dtype)
+            out[:cap] = a
+            return out
+
+        self.last_t, self.n_events, self.gen = grown(self.last_t), grown(self.n_events), grown(self.gen)
+        self.acc, self.partition, self.dirty = grown(self.acc), grown(self.partition, -1), grown(self.dirty, False)
+
+    def copy(self) -> Block:
+        rows = self.pairs_rows()
+        block = Block(
+            self.n_acc,
+            self.n_pairs,
+            dict(self.keys),
+            list(self.key_list),
+            self.last_t.copy(),
+            self.n_events.copy(),
+            self.gen.copy(),
+            self.acc.copy(),
+            self.partition.copy(),
+            self.dirty.copy(),
+            None,
+            [dict(c) for c in self.codes],
+            [list(v) for v in self.values],
+            self.newest,
+            self.late,
+        )
+        block.pairs = kernel.load_pairs(rows, block.gen, max(self.n_pairs, 1))
+        return block
+
+    def pairs_rows(self) -> np.ndarray:
+        if self.n_pairs == 0:
+            return np.zeros((0, 4), dtype=np.int64)
+        return kernel.dump_pairs(self.pairs, self.gen[: self.size], self.n_pairs)
+
+    def evict(self, ttl: float, lateness: float) -> int:
+        """Free the entities idle past ``ttl + allowed_lateness`` behind the newest event (they would start again
+        anyway); only when they are a quarter of the state, so that the cost is amortised."""
+        n = self.size
+        if ttl <= 0 or n == 0:
+            return 0
+        idle = self.last_t[:n] < self.newest - ttl - lateness
+        gone = int(idle.sum())
+        if gone < max(1024, n // 4):
+            return 0
+        keep = np.flatnonzero(~idle)
+        remap = np.full(n, -1, dtype=np.int64)
+        remap[keep] = np.arange(keep.size)
+        rows = self.pairs_rows()
+        rows[:, 0] = remap[rows[:, 0]]
+        self.key_list = [self.key_list[i] for i in keep]
+        self.keys = {k: i for i, k in enumerate(self.key_list)}
+        self.last_t, self.n_events, self.gen = self.last_t[keep], self.n_events[keep], self.gen[keep]
+        self.acc, self.partition, self.dirty = self.acc[keep], self.partition[keep], self.dirty[keep]
+        self.pairs = kernel.load_pairs(rows, self.gen, max(self.n_pairs, 1))
+        return gone
+
+    # ------------------------------------------------------------ to and from a frame
+    def to_frame(self, rows: np.ndarray | None = None) -> pl.DataFrame:
+        """Entities (all, or the slots ``rows``) as one frame: key, clocks, accumulators, and their seen values
+        as lists, so that a snapshot is one self-describing file."""
+        n = self.size
+        rows = np.arange(n) if rows is None else rows
+        frame = pl.DataFrame(
+            {
+                "key": [self.key_list[i] for i in rows],
+                "last_t": self.last_t[rows],
+                "n_events": self.n_events[rows],
+                "gen": self.gen[rows],
+                "partition": self.partition[rows],
+                "acc": self.acc[rows] if self.n_acc else np.zeros((rows.size, 1)),
+            },
+            schema_overrides={"key": pl.String},
+        ).with_row_index("slot")
+        pairs = self.pairs_rows()
+        if pairs.shape[0]:
+            lookup = np.full(n, -1, dtype=np.int64)
+            lookup[rows] = np.arange(rows.size)
+            pairs = pairs[lookup[pairs[:, 0]] >= 0]
+            value = [self.values[c][code] for c, code in zip(pairs[:, 1], pairs[:, 2], strict=True)]
+            listed = (
+                pl.DataFrame(
+                    {
+                        "slot": lookup[pairs[:, 0]].astype(np.uint32),
+                        "pair_column": pairs[:, 1].astype(np.int32),
+                        "pair_value": value,
+                        "pair_count": pairs[:, 3],
+                    },
+                    schema_overrides={"pair_value": pl.String},
+                )
+                .group_by("slot")
+                .agg("pair_column", "pair_value", "pair_count")
+            )
+            frame = frame.join(listed, on="slot", how="left")
+        else:
+            frame = frame.with_columns(
+                pl.lit(None, dtype=pl.List(pl.Int32)).alias("pair_column"),
+                pl.lit(None, dtype=pl.List(pl.String)).alias("pair_value"),
+                pl.lit(None, dtype=pl.List(pl.Int64)).alias("pair_count"),
+            )
+        return frame.drop("slot")
+
+    def upsert(self, frame: pl.DataFrame) -> None:
+        """Put the entities of ``frame`` (from :meth:`to_frame`) into this state, replacing those it holds."""
+        if not frame.height:
+            return
+        keys = frame.get_column("key")
+        slots = self.slots_for(keys)
+        self.last_t[slots] = frame.get_column("last_t").to_numpy()
+        self.n_events[slots] = frame.get_column("n_events").to_numpy()
+        self.gen[slots] = frame.get_column("gen").to_numpy()
+        self.partition[slots] = frame.get_column("partition").to_numpy()
+        if self.n_acc:
+            self.acc[slots] = np.asarray(frame.get_column("acc").to_numpy(), dtype=np.float64).reshape(-1, self.n_acc)
+        if self.n_pairs == 0:
+            return
+        exploded = (
+            frame.select(pl.Series("slot", slots), "pair_column", "pair_value", "pair_count")
+            .explode("pair_column", "pair_value", "pair_count")
+            .drop_nulls("pair_column")
+        )
+        rows = self.pairs_rows()
+        rows = rows[~np.isin(rows[:, 0], slots)]
+        fresh = [rows]
+        for column in range(self.n_pairs):
+            part = exploded.filter(pl.col("pair_column") == column)
+            if part.height:
+                codes = self.codes_for(column, part.get_column("pair_value"))
+                fresh.append(
+                    np.column_stack(
+                        [
+                            part.get_column("slot").to_numpy(),
+                            np.full(part.height, column),
+                            codes,
+                            part.get_column("pair_count").to_numpy(),
+                        ]
+                    ).astype(np.int64)
+                )
+        self.pairs = kernel.load_pairs(np.vstack(fresh), self.gen, self.n_pairs)
+
+
+@dataclass
+class EntityState:
+    """What per-entity features carry from one batch to the next: one block per entity spec, the input
+    partition of the batch being scored (for stream checkpoints), and the late records counted."""
+
+    blocks: list[Block]
+    partitions: np.ndarray | None = None
+
+    def copy(self) -> EntityState:
+        return EntityState([b.copy() for b in self.blocks])
+
+    @property
+    def entities(self) -> int:
+        return sum(b.size for b in self.blocks)
+
+    @property
+    def late(self) -> int:
+        return sum(b.late for b in self.blocks)
+
+    def nbytes(self) -> int:
+        """Memory held, approximately: arrays, key strings and the (entity, value) table."""
+        total = 0
+        for b in self.blocks:
+            total += b.last_t.nbytes + b.n_events.nbytes + b.gen.nbytes + b.acc.nbytes + b.partition.nbytes
+            total += sum(len(k) + 49 + 8 + 72 for k in b.key_list)  # str object + list slot + dict entry
+            total += len(b.pairs) * 40 + sum(len(v) + 49 + 80 for vs in b.values for v in vs)
+        return total
+
+    def to_bytes(self, block: int, *, partition: int | None = None, dirty_only: bool = False) -> bytes:
+        b = self.blocks[block]
+        mask = np.ones(b.size, dtype=bool)
+        if partition is not None:
+            mask &= b.partition[: b.size] == partition
+        if dirty_only:
+            mask &= b.dirty[: b.size]
+        buffer = io.BytesIO()
+        frame = b.to_frame(np.flatnonzero(mask))
+        frame = frame.with_columns(pl.lit(b.newest).alias("newest"), pl.lit(b.late).alias("late"))
+        frame.write_ipc(buffer, compression="lz4")
+        return buffer.getvalue()
+
+    def load_bytes(self, block: int, data: bytes) -> None:
+        frame = pl.read_ipc(io.BytesIO(data))
+        b = self.blocks[block]
+        if frame.height:
+            b.newest = max(b.newest, float(frame.get_column("newest")[0]))
+        b.upsert(frame.drop("newest", "late"))
+
+    def clean(self) -> None:
+        for b in self.blocks:
+            b.dirty[:] = False
+
+    def drop_partitions(self, partitions: set[int]) -> None:
+        """Forget the entities last touched from these partitions (they moved to another process)."""
+        for b in self.blocks:
+            keep = ~np.isin(b.partition[: b.size], list(partitions))
+            if not keep.all():
+                fresh = Block(b.n_acc, b.n_pairs, newest=b.newest, late=b.late)
+                fresh.upsert(b.to_frame(np.flatnonzero(keep)))
+                b.__dict__.update(fresh.__dict__)
