@@ -54,8 +54,9 @@ def create_topic(bootstrap: str, name: str, partitions: int = 3) -> None:
 def produce(bootstrap: str, topic: str, values: Iterable[bytes], keys: Iterable[bytes | None] | None = None) -> int:
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_request_size=2_000_000)
     n = 0
+    listed = None if keys is None else list(keys)
     for i, value in enumerate(values):
-        key = None if keys is None else list(keys)[i]
+        key = None if listed is None else listed[i]
         producer.send(topic, key=key, value=value)
         n += 1
     producer.flush()

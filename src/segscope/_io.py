@@ -16,7 +16,15 @@ from pathlib import Path
 from segscope._typing import FileFormat
 from segscope.exceptions import SourceError
 
-__all__ = ["EXTENSIONS", "detect_format", "fsync_write", "publish", "sha256_file", "write_text_atomic"]
+__all__ = [
+    "EXTENSIONS",
+    "detect_format",
+    "fsync_write",
+    "publish",
+    "sha256_file",
+    "write_bytes_atomic",
+    "write_text_atomic",
+]
 
 EXTENSIONS: dict[str, FileFormat] = {
     ".parquet": "parquet",
@@ -58,11 +66,16 @@ def fsync_write(path: Path, data: bytes) -> None:
 
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Write a text file whole or not at all (temporary sibling, fsync, rename)."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write a file whole or not at all (temporary sibling, fsync, rename)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         publish(tmp, path)

@@ -237,10 +237,16 @@ def config_from_dict(data: dict[str, Any], *, source: str = "config") -> Segscop
 
 
 def load_config(path: str | Path) -> SegscopeConfig:
-    """Load a TOML or YAML config file."""
+    """Load a TOML or YAML config file, or a pack by name (``fraud``, ``cyber``, ``maintenance``)."""
     path = Path(path)
+    pack = Path(__file__).parent / "packs" / f"{path}.yaml"
+    if not path.is_file() and path.name == str(path) and pack.is_file():
+        path = pack
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist; pass an existing .toml or .yaml file")
+        raise ConfigError(
+            f"config file {path} does not exist; pass an existing .toml or .yaml file, or a pack: fraud, cyber, "
+            "maintenance"
+        )
     suffix = path.suffix.lower()
     text = path.read_text(encoding="utf-8")
     try:

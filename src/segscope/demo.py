@@ -1,22 +1,28 @@
 """The demo's data and its simulated analysts: everything `segscope demo` does that is not printing.
 
-The demo generates card transactions with planted fraud (:func:`~segscope.testing.data.make_transactions`),
-fits, scores, and closes the loop: analysts review the history's top alerts, chargebacks report some of the
-frauds the alerts missed, and those labels fine-tune a new version.
+The demo generates card payments whose frauds look ordinary one by one (card-testing bursts, a country new for
+the card, an amount far from the card's habit: :func:`~segscope.testing.data.make_card_stream`), fits the fraud
+pack on the first 30 days, scores the last 15 as a stream of small batches into a label store, and closes the
+loop: analysts review the queue, chargebacks report most frauds the alerts missed, and those labels fine-tune a
+new version that is promoted when it is better on held-out records.
 """
 
 from __future__ import annotations
 
 import shutil
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import polars as pl
 
-from segscope.model import Model
-from segscope.testing.data import make_transactions
+from segscope.labels.parse import LabelIn
+from segscope.labels.store import LabelStore
+from segscope.testing.data import make_card_stream
 
 __all__ = ["DemoFiles", "SimulatedReview", "generate", "simulate_analysts"]
+
+HISTORY_DAYS, NEW_DAYS = 30, 15
 
 
 @dataclass(frozen=True)
@@ -26,11 +32,13 @@ class DemoFiles:
     scored: Path
     bundle: Path
     labels: Path
+    store: Path
+    report: Path
 
 
 def generate(out_dir: Path, rows: int) -> DemoFiles:
-    """Write ``rows`` historical and ``rows // 5`` new transactions (1% planted fraud) into ``out_dir``; the
-    demo's own bundle or registry from a last run is removed."""
+    """Write about ``rows`` payments of the first 30 days (history) and the 15 days after them (new) into
+    ``out_dir``; the demo's bundle, registry and label store from a last run are removed."""
     out_dir.mkdir(parents=True, exist_ok=True)
     files = DemoFiles(
         history=out_dir / "history.parquet",
@@ -38,10 +46,16 @@ def generate(out_dir: Path, rows: int) -> DemoFiles:
         scored=out_dir / "scored.parquet",
         bundle=out_dir / "bundle",
         labels=out_dir / "labels.csv",
+        store=out_dir / "labels.db",
+        report=out_dir / "report.html",
     )
     shutil.rmtree(files.bundle, ignore_errors=True)
-    make_transactions(rows, seed=0).write_parquet(files.history)
-    make_transactions(rows // 5, seed=1).write_parquet(files.new)
+    files.store.unlink(missing_ok=True)
+    start = datetime(2025, 3, 1)
+    payments = make_card_stream(max(100, rows // 47), days=HISTORY_DAYS + NEW_DAYS, seed=0, start=start)
+    cut = start + timedelta(days=HISTORY_DAYS)
+    payments.filter(pl.col("ts") < cut).write_parquet(files.history)
+    payments.filter(pl.col("ts") >= cut).write_parquet(files.new)
     return files
 
 
@@ -52,20 +66,20 @@ class SimulatedReview:
     chargebacks: int
 
 
-def simulate_analysts(model: Model, history: Path, labels: Path, *, review: int) -> SimulatedReview:
-    """Analysts label the history's top ``review`` alerts by its planted truth, and chargebacks report 80% of the
-    frauds below them (card fraud is mostly charged back within weeks); the labels go to ``labels``
-    (``id,label,category``)."""
-    scored = pl.read_parquet(history).pipe(model.score).sort("score", descending=True)
-    reviewed = scored.head(review)
-    missed = scored.slice(review).filter(pl.col("is_fraud") == 1).sample(fraction=0.8, seed=0)  # 30%: too few to
-    # show a gain in 95% of resamples of the held-out part
-    labelled = pl.concat([reviewed, missed])
-    pl.DataFrame(
-        {
-            "id": labelled["txn_id"],
-            "label": labelled["is_fraud"].replace_strict({1: "anomaly", 0: "normal"}, return_dtype=pl.String),
-            "category": ["alert review"] * reviewed.height + ["chargeback"] * missed.height,
-        }
-    ).write_csv(labels)
-    return SimulatedReview(reviewed.height, int(reviewed["is_fraud"].sum()), missed.height)
+def simulate_analysts(store: LabelStore, scored: pl.DataFrame, labels: Path, *, review: int) -> SimulatedReview:
+    """Analysts label the first ``review`` records of the store's queue by the planted truth, and chargebacks
+    report 80% of the frauds nobody reviewed (card fraud is mostly charged back within weeks); the labels go to
+    the store and to ``labels`` (``id,label,category``)."""
+    truth = dict(zip(scored["txn_id"].to_list(), scored["is_fraud"].to_list(), strict=True))
+    queued = [str(r["id"]) for r in store.queue(review)]
+    reviewed = set(queued)
+    missed = (
+        scored.filter((pl.col("is_fraud") == 1) & ~pl.col("txn_id").is_in(list(reviewed)))
+        .sample(fraction=0.8, seed=0)["txn_id"]
+        .to_list()
+    )
+    rows = [(i, "anomaly" if truth[i] else "normal", "queue review") for i in queued]
+    rows += [(i, "anomaly", "chargeback") for i in missed]
+    store.add_labels([LabelIn(i, label, "demo-analyst", category) for i, label, category in rows], source="import")
+    pl.DataFrame(rows, schema=["id", "label", "category"], orient="row").write_csv(labels)
+    return SimulatedReview(len(queued), sum(truth[i] for i in queued), len(missed))

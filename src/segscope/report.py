@@ -8,6 +8,7 @@ their reasons. Every value taken from the data is HTML-escaped.
 from __future__ import annotations
 
 import html
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -386,7 +387,9 @@ def _project(model: Model, sample: pl.DataFrame, seed: int) -> tuple[np.ndarray,
             pass
         else:
             reducer = umap.UMAP(n_components=2, n_neighbors=min(15, x.shape[0] - 1), random_state=seed, n_jobs=1)
-            return np.asarray(reducer.fit_transform(x)), "a 2-D UMAP"
+            with warnings.catch_warnings():  # "graph is not fully connected": separate islands, fine for a map
+                warnings.filterwarnings("ignore", message="Graph is not fully connected")
+                return np.asarray(reducer.fit_transform(x)), "a 2-D UMAP"
     from sklearn.decomposition import PCA
 
     k = min(2, x.shape[0], x.shape[1])

@@ -287,64 +287,88 @@ def demo(
     out_dir: Annotated[Path, typer.Option("--out-dir", help="Where the demo writes its files.")] = Path(
         "segscope-demo"
     ),
-    rows: Annotated[int, typer.Option(help="History rows to generate.", min=1000)] = 50_000,
-    review: Annotated[int, typer.Option(help="How many top alerts the simulated analysts label.", min=1)] = 100,
+    rows: Annotated[int, typer.Option(help="About how many history payments to generate.", min=1000)] = 50_000,
+    review: Annotated[int, typer.Option(help="How many queued records the simulated analysts label.", min=1)] = 100,
 ) -> None:
-    """Run the main job end to end on generated card transactions (no server, no external data)."""
+    """The whole loop on generated card payments with the fraud pack: fit, score a stream, queue, labels,
+    fine-tune, promote, report (no server, no external data)."""
     import polars as pl
 
-    from segscope.config import SegscopeConfig
-    from segscope.demo import generate, simulate_analysts
+    from segscope.config import load_config
+    from segscope.demo import HISTORY_DAYS, NEW_DAYS, generate, simulate_analysts
     from segscope.exceptions import MissingDependencyError
+    from segscope.labels.store import LabelStore
+    from segscope.metrics import evaluate_scores
     from segscope.pipeline import Model, evaluate_file, finetune_file, fit_file, score_file
+    from segscope.report import load_report_data, write_report
 
     with steps() as step:
-        step(f"generating {rows:,} historical and {rows // 5:,} new card transactions (1% planted fraud)")
         files = generate(out_dir, rows)
-        cfg = SegscopeConfig().with_features(id_column="txn_id", drop=("is_fraud",))
-        model = fit_file(files.history, cfg, on_step=step)
-        step(f"writing bundle {files.bundle}")
-        model.save(files.bundle)
-    total = rows // 5
-    with row_progress(total, "scoring new.parquet") as progress:
-        task = progress.add_task("score", total=total)
-        summary = score_file(
-            model, files.new, files.scored, batch_size=5_000, on_batch=lambda n: progress.advance(task, n)
+        history, new = pl.read_parquet(files.history), pl.read_parquet(files.new)
+        step(
+            f"generated {history.height:,} payments of {history['card_id'].n_unique():,} cards over {HISTORY_DAYS} "
+            f"days and {new.height:,} in the {NEW_DAYS} days after ({int(new['is_fraud'].sum())} fraudulent: "
+            "card-testing bursts, new countries, amounts off the card's habit)"
         )
-    print_top_alerts(pl.read_parquet(files.scored), id_column="txn_id")
-    metrics = evaluate_file(model, files.new, "is_fraud")
+        model = fit_file(files.history, load_config("fraud"), on_step=step)
+        step(f"writing bundle {files.bundle} (fraud pack: {len(model.entities_.names if model.entities_ else [])} "
+             "per-card features, and each card's state at the end of the history)")  # fmt: skip
+        model.save(files.bundle)
+    store = LabelStore.open(files.store)
+    try:
+        with row_progress(new.height, "scoring new.parquet as a stream of 2,000-record batches") as progress:
+            task = progress.add_task("score", total=new.height)
+            summary = score_file(
+                model, files.new, files.scored, batch_size=2_000, store=store,
+                on_batch=lambda n: progress.advance(task, n),
+            )  # fmt: skip
+        print_top_alerts(pl.read_parquet(files.scored), id_column="txn_id")
+        metrics = evaluate_file(model, files.new, "is_fraud")
+        out.print(
+            f"against the planted labels: AUCROC {metrics['aucroc']:.3f}, AUCPR {metrics['aucpr']:.3f}, "
+            f"alert precision {metrics['alert_precision']:.2f}, recall {metrics['alert_recall']:.2f} "
+            f"({metrics['alerts']} alerts); {summary.stored:,} records kept in the label store {files.store}"
+        )
+        simulated = simulate_analysts(store, pl.read_parquet(files.scored), files.labels, review=review)
+    finally:
+        store.close()
     out.print(
-        f"against the planted labels: AUCROC {metrics['aucroc']:.3f}, AUCPR {metrics['aucpr']:.3f}, "
-        f"alert precision {metrics['alert_precision']:.2f}, recall {metrics['alert_recall']:.2f} "
-        f"({metrics['alerts']} alerts)"
-    )
-    out.print("segments: none yet (segment = -1); UMAP + HDBSCAN segmentation is not part of this bundle")
-    simulated = simulate_analysts(model, files.history, files.labels, review=review)
-    out.print(
-        f"analysts review the history's top {simulated.reviewed} alerts ({simulated.confirmed} confirmed, "
+        f"analysts review the queue's first {simulated.reviewed} records ({simulated.confirmed} confirmed, "
         f"{simulated.reviewed - simulated.confirmed} dismissed) and chargebacks report {simulated.chargebacks} "
-        f"frauds the alerts missed -> {files.labels}"
+        f"frauds nobody reviewed -> {files.labels}"
     )
+    current = model
     try:
         with steps() as step:
-            tuned, report, registry_dir = finetune_file(files.bundle, files.history, files.labels, on_step=step)
+            tuned, report, registry_dir = finetune_file(files.bundle, files.scored, files.labels, on_step=step)
     except MissingDependencyError as exc:
         out.print(f"fine-tuning skipped: {exc}")
     else:
-        after = evaluate_file(Model.load(registry_dir), files.new, "is_fraud")
+        current = Model.load(registry_dir)
+        labelled = pl.read_csv(files.labels)["id"]
+        unseen = []  # judged on the new records nobody labelled
+        for version in (model, current):
+            scored = version.score(new, state=version.new_state()).filter(~pl.col("txn_id").is_in(labelled))
+            truth, score, alerts = (scored[c].to_numpy() for c in ("is_fraud", "score", "is_alert"))
+            unseen.append(evaluate_scores(truth, score, alerts))
+        before, after = unseen
         verdict = "promoted" if report["promote"] else "not promoted"
         out.print(
-            f"fine-tuned {tuned.version} ({report['supervised']['mode']}): {verdict} ({report['reason']}); "
-            f"on the new records AUCPR {metrics['aucpr']:.3f} -> {after['aucpr']:.3f}, "
-            f"alert precision {metrics['alert_precision']:.2f} -> {after['alert_precision']:.2f}"
+            f"fine-tuned {tuned.version} ({report['supervised']['mode']}): {verdict} ({report['reason']}); on the "
+            f"{before['rows']:,} new records nobody labelled AUCPR {before['aucpr']:.3f} -> {after['aucpr']:.3f}, "
+            f"alert precision {before['alert_precision']:.2f} -> {after['alert_precision']:.2f}"
         )
+    with steps() as step:
+        step("drawing the report")
+        data = load_report_data(current, files.scored, label_column="is_fraud", max_rows=20_000)
+        write_report(current, files.report, data, map_rows=5_000)
     out.print(
         f"outputs: registry [bold]{files.bundle}[/], scored records [bold]{files.scored}[/] "
-        f"({summary.rows:,} rows), inputs {files.history}, {files.new}, {files.labels}"
+        f"({summary.rows:,} rows), label store {files.store}, report [bold]{files.report}[/]"
     )
     out.print(
-        f"next: segscope inspect {files.bundle}  |  segscope evaluate {files.new} --bundle {files.bundle} "
-        "--label-column is_fraud"
+        f"next: segscope serve --store {files.store}  |  segscope inspect {files.bundle}  |  "
+        f"segscope evaluate {files.new} --bundle {files.bundle} --label-column is_fraud"
     )
 
 

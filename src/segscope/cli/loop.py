@@ -197,6 +197,14 @@ def stream(
     compression: Annotated[
         str, typer.Option("--compression", help="Codec of the outputs: none, gzip, snappy, lz4 or zstd.")
     ] = "lz4",
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--state-dir",
+            help="Where per-entity state is checkpointed with the offsets (bundles with entities:); a restart, "
+            "SIGKILL or rebalance resumes from it. Shared by the group's processes.",
+        ),
+    ] = None,
     trust_bundle: TrustOpt = False,
 ) -> None:
     """Score a Kafka topic continuously (at-least-once, or --exactly-once; SIGTERM drains, commits and exits 0)."""
@@ -234,6 +242,7 @@ def stream(
         read_committed=isolation == "read_committed",
         client=client,  # type: ignore[arg-type]
         compression=compression,
+        state_dir=state_dir,
     )
     stats = run_stream(options, on_stats=lambda line: err.print(line, highlight=False))
     err.print(

@@ -67,18 +67,21 @@ def dead_letter_headers(letter: DeadLetter, *, kept: int) -> list[tuple[str, byt
 
 
 def encode(scored: pl.DataFrame, batch: Batch | None) -> list[bytes]:
-    """One output value per scored row: the input message with ``id`` and the scored columns appended."""
+    """One output value per scored row: the input message with ``id``, the columns the model derived (per-entity
+    features) and the scored columns appended."""
     ids = batch.ids if batch is not None and batch.ids is not None else None
-    tail = scored.select(SCORED_COLUMNS)
+    given = set(batch.frame.columns) if batch is not None else set(scored.columns)
+    derived = [c for c in scored.columns if c not in given and c not in SCORED_COLUMNS]
+    tail = scored.select(*derived, *SCORED_COLUMNS)
     if ids is not None:
-        tail = tail.select(pl.Series("id", ids, dtype=pl.String), *SCORED_COLUMNS)
+        tail = tail.select(pl.Series("id", ids, dtype=pl.String), *derived, *SCORED_COLUMNS)
     if batch is None or batch.raw is None or batch.records is None:  # not from Kafka: the whole scored rows
         return scored.write_ndjson().encode().splitlines()
     lines = tail.write_ndjson().encode().splitlines()
     out = []
     for raw, record, line in zip(batch.raw, batch.records, lines, strict=False):
         body = raw.rstrip() if raw is not None else b""
-        if _RESERVED.isdisjoint(record) and body.endswith(b"}"):
+        if _RESERVED.isdisjoint(record) and body.endswith(b"}") and not any(c in record for c in derived):
             out.append(body[:-1] + b"," + line[1:])
         else:  # a field of the same name: merge as objects, segscope's values win
             out.append(orjson.dumps({**record, **orjson.loads(line)}))

@@ -27,6 +27,7 @@ from segscope.labels.store import LabelStore
 from segscope.sinks.kafka import KafkaSink
 from segscope.sources.base import Batch
 from segscope.sources.kafka import KafkaSource, TopicReader
+from segscope.stream.checkpoint import EntityCheckpoints
 from segscope.stream.parts import Metrics, ModelWatcher, consume_labels, stop_on_signals, transactional_id
 
 __all__ = ["StreamOptions", "StreamStats", "run_stream"]
@@ -62,6 +63,8 @@ class StreamOptions:
     read_committed: bool = True
     client: Client = "confluent"
     compression: str = "lz4"
+    #: per-entity state checkpoints, with the offsets they belong to (bundles with ``entities:``)
+    state_dir: Path | None = None
 
     @property
     def dead_letter_topic(self) -> str:
@@ -95,12 +98,31 @@ def _write_batch(batch: Batch, watcher: ModelWatcher, sink: KafkaSink, store: La
     return alerts
 
 
+def _checkpoints(options: StreamOptions, watcher: ModelWatcher) -> EntityCheckpoints | None:
+    if watcher.model.entities_ is None:
+        return None
+    if options.state_dir is None:
+        if options.exactly_once:
+            raise SinkError(
+                "--exactly-once with per-entity features needs --state-dir: the entity state must be committed with "
+                "the offsets; give a folder shared by the group's processes"
+            )
+        log.warning(
+            "the bundle has per-entity features but no --state-dir was given: a restart continues from the "
+            "bundle's end-of-history state, not from where this process stopped"
+        )
+        return None
+    options.state_dir.mkdir(parents=True, exist_ok=True)
+    return EntityCheckpoints(options.state_dir, options.in_topic)
+
+
 def run_stream(options: StreamOptions, *, on_stats: Callable[[str], None] | None = None) -> StreamStats:
     """Run until SIGTERM/SIGINT (or ``idle_exit`` seconds without messages once the whole group is done)."""
     watcher = ModelWatcher(options.bundle, options.trusted)  # a missing/unreadable bundle fails here, first
     if options.labels_topic is not None and options.store is None:
         raise SinkError("--labels-topic needs --store: labels are consumed into the label store")
     eos = options.exactly_once
+    checkpoints = _checkpoints(options, watcher)
     store = LabelStore.open(options.store) if options.store is not None else None
     metrics = Metrics(options.metrics_port)
     stats = StreamStats(model_versions=[watcher.model.version])
@@ -144,11 +166,18 @@ def run_stream(options: StreamOptions, *, on_stats: Callable[[str], None] | None
             done: dict[TP, int] = sink.done_positions()
             if done:
                 source.commit_positions(done)
+                if checkpoints is not None:
+                    checkpoints.prune(done)
+
+    def revoked(partitions: list[TP]) -> None:
+        settle(wait=True)  # partitions leave only after their work is committed
+        if checkpoints is not None and watcher.state.entities is not None:
+            checkpoints.forget([p for _, p in partitions], watcher.state.entities)
 
     state = {"running": True}
     try:
         sink.open()
-        source.open(on_revoke=lambda _: settle(wait=True))  # partitions leave only after their work is committed
+        source.open(on_revoke=revoked)
         if labels is not None:
             labels.open()
         stop_on_signals(state)
@@ -169,7 +198,12 @@ def run_stream(options: StreamOptions, *, on_stats: Callable[[str], None] | None
                 started = time.perf_counter()
                 if eos:
                     sink.begin()
+                entities = watcher.state.entities
+                if checkpoints is not None and entities is not None:
+                    checkpoints.prepare(batch, entities)
                 alerts = _write_batch(batch, watcher, sink, store, options.in_topic)
+                if checkpoints is not None and entities is not None:
+                    checkpoints.save(entities, batch.position or {})  # before the offsets are committed
                 if eos and not sink.commit_transaction(batch.position or {}, source.group_metadata()):
                     stats.aborted += 1
                     aborted_in_a_row += 1
@@ -179,7 +213,12 @@ def run_stream(options: StreamOptions, *, on_stats: Callable[[str], None] | None
                             "in every attempt?); nothing was committed past it: see the warnings above"
                         )
                     source.rewind()  # the aborted batch comes again
+                    if checkpoints is not None:  # and the entities go back to the committed offsets
+                        watcher.state.entities = watcher.model.new_state().entities
+                        checkpoints.restored.clear()
                     continue
+                if eos and checkpoints is not None:
+                    checkpoints.prune(batch.position or {})
                 aborted_in_a_row = 0
                 stats.records_in += batch.size
                 stats.records_out += batch.frame.height

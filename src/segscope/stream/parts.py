@@ -47,8 +47,12 @@ class ModelWatcher:
             return False
         if pointer == self.pointer:
             return False
+        before = self.model
         self.model = Model.load(self.bundle, trusted=self.trusted)
+        entities = self.state.entities
         self.state = self.model.new_state()
+        if entities is not None and before.config.entities == self.model.config.entities:
+            self.state.entities = entities  # a promoted version continues each entity where the stream is
         self.drift = self.model.drift_tracker()
         self.pointer = pointer
         return True
