@@ -66,6 +66,8 @@ bench: $(VENV)/.installed-bench $(KAFKA_LIB)/.resolved
 	$(PY) benchmarks/real_fraud.py --data $(SHARED_DATA)
 	$(PY) benchmarks/spark_score.py
 	$(PY) benchmarks/stream_throughput.py
+	$(PY) benchmarks/entity_stream.py
+	$(PY) benchmarks/packs.py --data $(SHARED_DATA)
 	$(PY) benchmarks/segments_quality.py --data $(SHARED_DATA)
 	$(PY) benchmarks/adbench_segments.py --data $(SHARED_DATA)
 	$(PY) benchmarks/queue_quality.py --data $(SHARED_DATA)

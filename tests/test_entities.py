@@ -20,7 +20,7 @@ from segscope.exceptions import ConfigError, DataError
 from segscope.features.entity import EntityFeatures
 from segscope.metrics import evaluate_scores
 from segscope.model import Model
-from segscope.pipeline import fit_file, score_file
+from segscope.pipeline import as_fitted, fit_file, score_file
 from segscope.testing.data import make_card_stream
 
 PACK = Path(__file__).resolve().parents[1] / "configs" / "fraud.yaml"
@@ -186,3 +186,33 @@ def test_fraud_pack_sees_frauds_the_plain_pipeline_misses(pack: SegscopeConfig) 
     ours = evaluate_scores(y, with_pack["anomaly_score"].to_numpy())
     theirs = evaluate_scores(y, plain["anomaly_score"].to_numpy())
     assert ours["aucpr"] >= 3 * theirs["aucpr"]
+
+
+def test_the_fitting_history_gets_its_fit_time_features_back(
+    cards: pl.DataFrame, pack: SegscopeConfig, tmp_path: Path
+) -> None:
+    """Fine-tuning on the history file must not continue its entities from the state at its own end."""
+    history, new = cards[:6000], cards[6000:8000]
+    history.write_parquet(tmp_path / "history.parquet")
+    new.write_parquet(tmp_path / "new.parquet")
+    model = fit_file(tmp_path / "history.parquet", pack)
+    names = EntityFeatures(pack.entities).names
+    again = as_fitted(model, tmp_path / "history.parquet", history)
+    assert_frame_equal(again.select(names), EntityFeatures(pack.entities).fit_transform(history).select(names))
+    assert as_fitted(model, tmp_path / "new.parquet", new) is new  # the model continues it from the end of history
+
+
+def test_cooldown_alerts_once_per_burst_and_the_same_in_any_batches(cards: pl.DataFrame, pack: SegscopeConfig) -> None:
+    history, new = cards[:12_000], cards[12_000:16_000]
+    cooled = pack.model_copy(update={"policy": pack.policy.model_copy(update={"cooldown": "1h"})})
+    loud, quiet = Model(pack).fit(history), Model(cooled).fit(history)
+    every = loud.score(new, state=loud.new_state())
+    once = quiet.score(new, state=quiet.new_state())
+    assert 0 < once["is_alert"].sum() < every["is_alert"].sum()
+    assert once.filter("is_alert").filter(pl.col("ts").diff().over("card_id") < timedelta(hours=1)).height == 0
+    assert (once["is_alert"] <= every["is_alert"]).all()  # the cooldown only withdraws alerts
+    state = quiet.new_state()
+    parts = pl.concat([quiet.score(new[i : i + 333], state=state) for i in range(0, new.height, 333)])
+    assert_frame_equal(once, parts, check_exact=True)
+    with pytest.raises(ConfigError, match="cooldown counts per entity"):
+        config_from_dict({"policy": {"cooldown": "1h"}})

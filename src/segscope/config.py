@@ -47,6 +47,22 @@ DEFAULT_DETECTORS: tuple[DetectorConfig, ...] = (
 )
 
 
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d|w)$")
+_SECONDS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+def duration_seconds(text: str | int) -> float:
+    """'30s', '5m', '1h', '30d', '2w' -> seconds; a plain number is a count of events."""
+    if isinstance(text, int) or str(text).isdigit():
+        return float(text)
+    match = _DURATION.match(str(text).strip())
+    if match is None:
+        raise ValueError(
+            f"'{text}' is not a duration: write a number and a unit (30s, 5m, 1h, 30d, 2w) or a count of events"
+        )
+    return float(match.group(1)) * _SECONDS[match.group(2)]
+
+
 class PolicyConfig(_Frozen):
     """How alerts are decided from ``score``.
 
@@ -65,9 +81,15 @@ class PolicyConfig(_Frozen):
     per: BudgetPeriod = "day"
     rows: int = Field(default=10_000, ge=1)
     time_column: str | None = None
+    #: With ``entities:``: an entity (of the first entity block) alerts at most once per this much event time
+    #: (``1h``, ``1d``), or per this many of its events when it has no time column: one alert per burst or
+    #: failure, not one per record of it (alarm flood suppression).
+    cooldown: str | int | None = None
 
     @model_validator(mode="after")
     def _budget_needs_time(self) -> PolicyConfig:
+        if self.cooldown is not None and duration_seconds(self.cooldown) <= 0:
+            raise ValueError("policy.cooldown must be longer than zero")
         if self.kind == "budget" and self.per != "rows" and self.time_column is None:
             raise ValueError(
                 f"an alert budget per {self.per} needs policy.time_column (a datetime column); "
@@ -85,22 +107,6 @@ class FeatureConfig(_Frozen):
     max_categories: int = Field(default=10_000, ge=2)
     #: Robust-scaled values are clipped to +-clip so that huge values cannot overflow distances.
     clip: float = Field(default=1e6, gt=0)
-
-
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d|w)$")
-_SECONDS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-
-
-def duration_seconds(text: str | int) -> float:
-    """'30s', '5m', '1h', '30d', '2w' -> seconds; a plain number is a count of events."""
-    if isinstance(text, int) or str(text).isdigit():
-        return float(text)
-    match = _DURATION.match(str(text).strip())
-    if match is None:
-        raise ValueError(
-            f"'{text}' is not a duration: write a number and a unit (30s, 5m, 1h, 30d, 2w) or a count of events"
-        )
-    return float(match.group(1)) * _SECONDS[match.group(2)]
 
 
 class EntityFeatureConfig(_Frozen):
@@ -204,6 +210,8 @@ class SegscopeConfig(_Frozen):
 
     @model_validator(mode="after")
     def _unique_detectors(self) -> SegscopeConfig:
+        if self.policy.cooldown is not None and not self.entities:
+            raise ValueError("policy.cooldown counts per entity: add an entities: block, or remove the cooldown")
         names = [d.name for d in self.detectors]
         if not names:
             raise ValueError("detectors is empty; list at least one, e.g. [{name = 'iforest'}]")

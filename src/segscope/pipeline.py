@@ -25,6 +25,7 @@ from segscope import registry
 from segscope._io import detect_format, sha256_file
 from segscope.config import SegscopeConfig
 from segscope.exceptions import DataError, SchemaError, SegscopeWarning, SinkError
+from segscope.features.entity import EntityFeatures
 from segscope.labels.parse import load_labels
 from segscope.labels.queue import candidate_rows
 from segscope.labels.store import LabelStore
@@ -301,6 +302,14 @@ def evaluate_file(model: Model, path: str | Path, label_column: str, *, batch_si
 
 
 # ------------------------------------------------------------------ fine-tune
+def as_fitted(model: Model, path: str | Path, frame: pl.DataFrame) -> pl.DataFrame:
+    """The fitting history itself (same checksum) gets each record's entity features as they were at fit, from an
+    empty state; any other file is left to the model, which continues from the state at the end of history."""
+    if model.entities_ is not None and model.training_.get("fingerprint") == sha256_file(path):
+        return EntityFeatures(model.config.entities).fit_transform(frame)
+    return frame
+
+
 def finetune_file(
     bundle: str | Path,
     data: str | Path,
@@ -321,7 +330,7 @@ def finetune_file(
     current = Model.load(bundle, trusted=trusted)
     labels = labels_path if isinstance(labels_path, pl.DataFrame) else load_labels(labels_path)
     step("reading history")
-    history = read_file(data)
+    history = as_fitted(current, data, read_file(data))
     candidate, report = finetune(
         current,
         history,

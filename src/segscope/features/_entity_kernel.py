@@ -41,6 +41,7 @@ def advance(
     ttl: float,  # reset after this idle time (0: never)
     use_time: bool,
     out: np.ndarray,  # (rows, features)
+    when: np.ndarray,  # (rows,) out: each record's time as counted (late ones at their entity's latest)
 ) -> float:
     """Fill ``out`` and update the state; returns the newest event time seen (for eviction)."""
     n_pairs = codes.shape[1]
@@ -52,6 +53,7 @@ def advance(
         if s < 0:
             for f in range(plan.shape[0]):
                 out[i, f] = np.nan
+            when[i] = np.nan
             continue
         first = n_events[s] == 0
         if use_time:
@@ -68,6 +70,7 @@ def advance(
         if not first and t < last_t[s]:  # late: counts at the entity's latest time
             t = last_t[s]
         newest = max(newest, t)
+        when[i] = t
         dt = 0.0 if first else t - last_t[s]
         n_prior = n_events[s]
         for p in range(n_pairs):
@@ -155,3 +158,16 @@ def load_pairs(rows: np.ndarray, gen: np.ndarray, n_pairs: int) -> Dict[tuple[in
         if s >= 0:
             pairs[(s * n_pairs + rows[k, 1], rows[k, 2])] = (gen[s] << _COUNT_BITS) | rows[k, 3]
     return pairs
+
+
+@nb.njit(cache=True)
+def cool_down(alerts: np.ndarray, slots: np.ndarray, when: np.ndarray, last_alert: np.ndarray, gap: float) -> None:
+    """In order: an entity's alert within ``gap`` of its previous one is withdrawn (``alerts`` and ``last_alert``
+    are updated in place)."""
+    for i in range(alerts.shape[0]):
+        s = slots[i]
+        if alerts[i] and s >= 0 and not math.isnan(when[i]):
+            if when[i] - last_alert[s] < gap:
+                alerts[i] = False
+            else:
+                last_alert[s] = when[i]

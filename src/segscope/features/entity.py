@@ -172,18 +172,31 @@ class EntityFeatures:
         if spec.time is not None and n:
             running = np.fmax.accumulate(np.concatenate([[block.newest], times]))[:-1]
             block.late += int(np.count_nonzero(times < running - plan.lateness))
-        out = np.empty((n, len(plan.names)))
+        out, when = np.empty((n, len(plan.names))), np.empty(n)
         newest = kernel.advance(
             slots, times, values, codes, block.last_t, block.n_events, block.gen, block.acc, block.pairs,
-            plan.table, plan.taus, plan.shares, plan.ttl, spec.time is not None, out,
+            plan.table, plan.taus, plan.shares, plan.ttl, spec.time is not None, out, when,
         )  # fmt: skip
+        block.rows = (slots, when)
         block.newest = max(block.newest, newest)
         touched = slots[slots >= 0]
         block.dirty[touched] = True
         if partitions is not None:
             block.partition[touched] = partitions[slots >= 0]
         block.evict(plan.ttl, plan.lateness)
-        return [pl.Series(name, out[:, j]).fill_nan(None) for j, name in enumerate(plan.names)]
+        return pl.DataFrame(out, schema=plan.names, orient="row").fill_nan(None).get_columns()
+
+    def cool_down(self, alerts: np.ndarray, state: EntityState, gap: str | int) -> np.ndarray:
+        """``alerts`` of the batch just transformed with ``state``, an entity (of the first spec) alerting at most
+        once per ``gap`` (event time, or events for an entity without time); the state keeps when each last
+        alerted."""
+        block = state.blocks[0]
+        if block.rows is None or block.rows[0].shape[0] != alerts.shape[0]:
+            return alerts
+        kept = alerts.copy()
+        kernel.cool_down(kept, block.rows[0], block.rows[1], block.last_alert, duration_seconds(gap))
+        block.dirty[block.rows[0][kept & (block.rows[0] >= 0)]] = True
+        return kept
 
     # ------------------------------------------------------------ persist
     def to_files(self) -> dict[str, bytes]:

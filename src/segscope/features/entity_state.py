@@ -5,7 +5,7 @@ one Arrow frame per spec (whole, per input partition, or only what changed) for 
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -31,6 +31,10 @@ class Block:
     #: the input partition that last touched each entity (-1: the fitting history)
     partition: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
     dirty: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    #: when each entity last alerted (for ``policy.cooldown``; -inf: never)
+    last_alert: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    #: the last batch's rows: (entity slot, time as counted), for the cooldown; not kept
+    rows: tuple[np.ndarray, np.ndarray] | None = None
     pairs: Any = None
     codes: list[dict[str, int]] = field(default_factory=list)
     values: list[list[str]] = field(default_factory=list)
@@ -45,6 +49,8 @@ class Block:
             self.values = [[] for _ in range(self.n_pairs)]
         if self.acc.shape[1] != self.n_acc:
             self.acc = np.zeros((self.last_t.shape[0], self.n_acc))
+        if self.last_alert.shape[0] != self.last_t.shape[0]:
+            self.last_alert = np.full(self.last_t.shape[0], -np.inf)
 
     @property
     def size(self) -> int:
@@ -91,27 +97,20 @@ class Block:
 
         self.last_t, self.n_events, self.gen = grown(self.last_t), grown(self.n_events), grown(self.gen)
         self.acc, self.partition, self.dirty = grown(self.acc), grown(self.partition, -1), grown(self.dirty, False)
+        self.last_alert = grown(self.last_alert, -np.inf)
 
     def copy(self) -> Block:
-        rows = self.pairs_rows()
-        block = Block(
-            self.n_acc,
-            self.n_pairs,
-            dict(self.keys),
-            list(self.key_list),
-            self.last_t.copy(),
-            self.n_events.copy(),
-            self.gen.copy(),
-            self.acc.copy(),
-            self.partition.copy(),
-            self.dirty.copy(),
-            None,
-            [dict(c) for c in self.codes],
-            [list(v) for v in self.values],
-            self.newest,
-            self.late,
+        arrays = ("last_t", "n_events", "gen", "acc", "partition", "dirty", "last_alert")
+        block = replace(
+            self,
+            keys=dict(self.keys),
+            key_list=list(self.key_list),
+            codes=[dict(c) for c in self.codes],
+            values=[list(v) for v in self.values],
+            rows=None,
+            **{name: getattr(self, name).copy() for name in arrays},
         )
-        block.pairs = kernel.load_pairs(rows, block.gen, max(self.n_pairs, 1))
+        block.pairs = kernel.load_pairs(self.pairs_rows(), block.gen, max(self.n_pairs, 1))
         return block
 
     def pairs_rows(self) -> np.ndarray:
@@ -138,6 +137,7 @@ class Block:
         self.keys = {k: i for i, k in enumerate(self.key_list)}
         self.last_t, self.n_events, self.gen = self.last_t[keep], self.n_events[keep], self.gen[keep]
         self.acc, self.partition, self.dirty = self.acc[keep], self.partition[keep], self.dirty[keep]
+        self.last_alert, self.rows = self.last_alert[keep], None
         self.pairs = kernel.load_pairs(rows, self.gen, max(self.n_pairs, 1))
         return gone
 
@@ -154,6 +154,7 @@ class Block:
                 "n_events": self.n_events[rows],
                 "gen": self.gen[rows],
                 "partition": self.partition[rows],
+                "last_alert": self.last_alert[rows],
                 "acc": self.acc[rows] if self.n_acc else np.zeros((rows.size, 1)),
             },
             schema_overrides={"key": pl.String},
@@ -196,6 +197,8 @@ class Block:
         self.n_events[slots] = frame.get_column("n_events").to_numpy()
         self.gen[slots] = frame.get_column("gen").to_numpy()
         self.partition[slots] = frame.get_column("partition").to_numpy()
+        if "last_alert" in frame.columns:
+            self.last_alert[slots] = frame.get_column("last_alert").to_numpy()
         if self.n_acc:
             self.acc[slots] = np.asarray(frame.get_column("acc").to_numpy(), dtype=np.float64).reshape(-1, self.n_acc)
         if self.n_pairs == 0:
@@ -249,6 +252,7 @@ class EntityState:
         total = 0
         for b in self.blocks:
             total += b.last_t.nbytes + b.n_events.nbytes + b.gen.nbytes + b.acc.nbytes + b.partition.nbytes
+            total += b.last_alert.nbytes
             total += sum(len(k) + 49 + 8 + 72 for k in b.key_list)  # str object + list slot + dict entry
             total += len(b.pairs) * 40 + sum(len(v) + 49 + 80 for vs in b.values for v in vs)
         return total

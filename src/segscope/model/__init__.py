@@ -341,7 +341,11 @@ class Model:
         counts across them; without it each call is decided on its own. ``drift`` counts the batch in a
         :meth:`drift_tracker`."""
         self._check_fitted()
-        frame = self.with_entities(frame, state)
+        entities = None
+        if self.entities_ is not None and not all(n in frame.columns for n in self.entities_.names):
+            entities = state.entities if isinstance(state, ScoringState) else None
+            entities = entities if entities is not None else self.entities_.new_state()
+            frame = self.entities_.transform(frame, entities)
         validated, x, anomaly, parts, reasons, assigned = self._unsupervised(frame)
         segment = assigned[0] if assigned is not None else None
         supervised = None
@@ -354,6 +358,9 @@ class Model:
             supervised = np.empty(0)
         score = supervised if supervised is not None else anomaly
         alerts = self.policy_.decide(score, validated, state)
+        cooldown = self.config.policy.cooldown
+        if cooldown is not None and entities is not None and self.entities_ is not None:
+            alerts = self.entities_.cool_down(np.asarray(alerts, dtype=bool), entities, cooldown)
         if drift is not None:
             drift.add(validated, alerts)
         return frame.with_columns(
