@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
@@ -83,24 +84,41 @@ def _reader(bootstrap: str, topic: str, idle: float) -> KafkaConsumer:
     )
 
 
-def consume_all(bootstrap: str, topic: str, idle: float = 3.0) -> list[dict]:
+def _drain(bootstrap: str, topic: str, idle: float, timeout: float = 180.0) -> list[Any]:
+    """Every message of the topic: read until each partition's position reaches its end offset (a pause of
+    ``idle`` seconds alone does not end it: a busy machine or a restarted broker can pause that long)."""
     consumer = _reader(bootstrap, topic, idle)
-    out = [json.loads(m.value) for m in consumer]
-    consumer.close()
-    return out
+    out: list[Any] = []
+    started = time.monotonic()
+    try:
+        while True:
+            out += list(consumer)
+            parts = list(consumer.assignment())
+            if parts:
+                ends = consumer.end_offsets(parts)
+                if all(consumer.position(tp) >= end for tp, end in ends.items()):
+                    return out
+            elif time.monotonic() > started + 3 * idle:
+                return out  # nothing assigned after waiting: a topic that does not exist
+            if time.monotonic() > started + timeout:
+                raise AssertionError(f"{topic}: not read to its end in {timeout:.0f} s ({len(out)} messages)")
+    finally:
+        consumer.close()
+
+
+def consume_all(bootstrap: str, topic: str, idle: float = 3.0) -> list[dict]:
+    return [json.loads(m.value) for m in _drain(bootstrap, topic, idle)]
 
 
 def consume_dead_letters(bootstrap: str, topic: str, idle: float = 3.0) -> list[dict]:
     """Dead letters as dicts: the ``segscope.dlq.*`` headers (without the prefix), plus the record's ``key``,
     raw ``value`` and the original ``headers``."""
-    consumer = _reader(bootstrap, topic, idle)
     out = []
-    for m in consumer:
+    for m in _drain(bootstrap, topic, idle):
         headers = list(m.headers or [])
         letter = {k.removeprefix("segscope.dlq."): v.decode() for k, v in headers if k.startswith("segscope.dlq.")}
         letter.update(key=m.key, value=m.value, headers=[(k, v) for k, v in headers if not k.startswith("segscope.")])
         out.append(letter)
-    consumer.close()
     return out
 
 

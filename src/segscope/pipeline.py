@@ -68,15 +68,38 @@ def fit_file(
     total = count_rows(path)
     if total == 0:
         raise DataError(f"{path}: the file has a header but no rows; fit needs at least one row")
-    # per-entity features need every record of the history, in order; the model samples after computing them
-    sample = read_file(path) if cfg.entities else sample_rows(path, total, cfg.max_fit_rows, cfg.seed)
+    entities = None
+    if cfg.entities:
+        entities, sample = _entity_sample(path, cfg, total, step)
+    else:
+        sample = sample_rows(path, total, cfg.max_fit_rows, cfg.seed)
     if detect_format(path) == "csv":
         _warn_other_separator(path, sample.columns)
     if cfg.features.id_column is not None and total > sample.height and cfg.features.id_column in sample.columns:
         check_unique_ids(path, cfg.features.id_column)
     return Model(cfg).fit(
-        sample, fingerprint=sha256_file(path), total_rows=total, on_step=on_step, previous=previous
+        sample, fingerprint=sha256_file(path), total_rows=total, on_step=on_step, previous=previous, entities=entities
     )
+
+
+def _entity_sample(
+    path: str | Path, cfg: SegscopeConfig, total: int, step: Callable[[str], None]
+) -> tuple[EntityFeatures, pl.DataFrame]:
+    """Per-entity features need every record of the history, in order: read it batch by batch (bounded memory),
+    compute them, and keep a uniform sample (``max_fit_rows``, the config's seed) of the records after the warm-up."""
+    entities = EntityFeatures(cfg.entities)
+    start = int(total * cfg.entity_warmup)
+    rng = np.random.default_rng(cfg.seed)
+    keep = min(cfg.max_fit_rows, total - start)
+    chosen = np.sort(rng.choice(total - start, keep, replace=False)) + start
+    step(f"computing {len(entities.names)} entity features over {total:,} rows in order")
+    source = FileSource(path)
+    parts, offset = [], 0
+    for frame in entities.fit_batches(batch.frame for batch in source.iter_batches()):
+        rows = chosen[np.searchsorted(chosen, offset) : np.searchsorted(chosen, offset + frame.height)] - offset
+        parts.append(frame[rows])
+        offset += frame.height
+    return entities, pl.concat(parts)
 
 
 def _warn_other_separator(path: str | Path, columns: list[str]) -> None:

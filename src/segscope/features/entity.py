@@ -13,6 +13,7 @@ freed once the newest event time is ``ttl + allowed_lateness`` past it); events 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Self, get_args
 
@@ -129,18 +130,24 @@ class EntityFeatures:
         return EntityState([Block(p.n_acc, len(p.pair_of)) for p in self.plans])
 
     def fit_transform(self, history: pl.DataFrame) -> pl.DataFrame:
-        names = self.names
-        clash = [n for n in names if n in history.columns]
-        if clash or len(set(names)) != len(names):
-            raise ConfigError(
-                f"entity feature name(s) {clash or names} clash with input columns or each other; set 'name:'"
-            )
-        self.state_ = self._empty()
-        out = self._apply(history, self.state_)
-        self.state_.clean()
-        for b in self.state_.blocks:
+        return pl.concat(list(self.fit_batches([history])))
+
+    def fit_batches(self, batches: Iterable[pl.DataFrame]) -> Iterator[pl.DataFrame]:
+        """Fit on a history read in order, batch by batch (bounded memory): each batch with its features, and
+        the state at its end kept once the last batch is out."""
+        state = self._empty()
+        for frame in batches:
+            names = self.names
+            clash = [n for n in names if n in frame.columns]
+            if clash or len(set(names)) != len(names):
+                raise ConfigError(
+                    f"entity feature name(s) {clash or names} clash with input columns or each other; set 'name:'"
+                )
+            yield self._apply(frame, state)
+        state.clean()
+        for b in state.blocks:
             b.partition[:] = -1
-        return out
+        self.state_ = state
 
     def fit(self, history: pl.DataFrame) -> Self:
         self.fit_transform(history)

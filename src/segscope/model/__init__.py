@@ -91,24 +91,27 @@ class Model:
         total_rows: int | None = None,
         on_step: Callable[[str], None] | None = None,
         previous: Model | None = None,
+        entities: EntityFeatures | None = None,
     ) -> Self:
         """Fit on history (already sampled to at most ``config.max_fit_rows`` rows by the caller; with per-entity
-        features, the whole history in arrival order: they are computed over all of it, then sampled)."""
+        features, the whole history in arrival order: they are computed over all of it, then sampled; or, with
+        ``entities`` already fitted over the history, the caller's sample of it with their features)."""
         step = on_step or (lambda _: None)
         cfg = self.config
         self.entities_, self.entity_inputs_ = None, ()
         if cfg.entities:
-            step(f"computing {sum(len(e.features) for e in cfg.entities)} entity features over {frame.height:,} rows")
-            self.entities_ = EntityFeatures(cfg.entities)
+            self.entities_ = entities if entities is not None else EntityFeatures(cfg.entities)
             self.entity_inputs_ = tuple(
                 ColumnSpec(c, kind, str(frame.schema[c]))
                 for c in self.entities_.input_columns()
                 if c in frame.columns and (kind := infer_kind(frame.schema[c])) is not None
             )
-            frame = self.entities_.fit_transform(frame)
-            frame = frame[int(frame.height * cfg.entity_warmup) :]
-            if frame.height > cfg.max_fit_rows:
-                frame = frame.sample(cfg.max_fit_rows, seed=cfg.seed)
+            if entities is None:
+                step(f"computing {len(self.entities_.names)} entity features over {frame.height:,} rows")
+                frame = self.entities_.fit_transform(frame)
+                frame = frame[int(frame.height * cfg.entity_warmup) :]
+                if frame.height > cfg.max_fit_rows:
+                    frame = frame.sample(cfg.max_fit_rows, seed=cfg.seed)
         step("preparing features")
         prep = FeaturePreparer(
             id_column=cfg.features.id_column,
