@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
 from segscope.config import EntityConfig, SegscopeConfig, config_from_dict, load_config
-from segscope.exceptions import ConfigError, DataError
+from segscope.exceptions import ConfigError, DataError, SegscopeWarning
 from segscope.features.entity import EntityFeatures
 from segscope.metrics import evaluate_scores
 from segscope.model import Model
@@ -200,6 +200,10 @@ def test_the_fitting_history_gets_its_fit_time_features_back(
     again = as_fitted(model, tmp_path / "history.parquet", history)
     assert_frame_equal(again.select(names), EntityFeatures(pack.entities).fit_transform(history).select(names))
     assert as_fitted(model, tmp_path / "new.parquet", new) is new  # the model continues it from the end of history
+    with pytest.warns(SegscopeWarning, match="missing"):  # its warm-up records see new cards, unlike the fit sample
+        score_file(model, tmp_path / "history.parquet", tmp_path / "again.parquet", batch_size=1000)
+    scored = pl.read_parquet(tmp_path / "again.parquet")
+    assert_frame_equal(scored.select(names), again.select(names))  # scoring the history: its fit-time features
 
 
 def test_cooldown_alerts_once_per_burst_and_the_same_in_any_batches(cards: pl.DataFrame, pack: SegscopeConfig) -> None:

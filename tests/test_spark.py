@@ -141,3 +141,20 @@ def test_standalone_cluster_scores_a_folder_like_local(bundle: Path, parts: Path
     assert done.returncode == 0, done.stderr[-2000:]
     assert "scored" in done.stderr and "on Spark" in done.stderr and "tasks done" in done.stderr
     assert_frame_equal(_spark_out(out), _local(bundle, _concat(parts, tmp_path), tmp_path), check_exact=True)
+
+
+def test_entity_bundles_and_configs_are_refused(spark: Any, files: Path, tmp_path: Path) -> None:
+    """Per-entity features need each entity's records in order through one state: not Spark's partitions."""
+    from segscope.config import load_config
+    from segscope.exceptions import ConfigError
+    from segscope.spark import fit_path, score_path
+    from segscope.testing.data import make_card_stream
+
+    payments = make_card_stream(100, days=5, seed=4)
+    payments.write_parquet(tmp_path / "payments.parquet")
+    Model(load_config("fraud")).fit(payments).save(tmp_path / "pack")
+    with pytest.raises(ConfigError, match="per-entity features"):
+        score_path(tmp_path / "pack", tmp_path / "payments.parquet", tmp_path / "out")
+    with pytest.raises(ConfigError, match="per-entity features"):
+        fit_path(tmp_path / "payments.parquet", load_config("fraud"))
+    assert not (tmp_path / "out").exists()

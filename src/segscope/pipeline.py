@@ -152,6 +152,8 @@ def iter_scored(
     if id_column is not None and ids_first:
         check_unique_ids(path, id_column)
     state, drift = model.new_state(), model.drift_tracker()
+    if model.entities_ is not None and _is_history(model, path):
+        state.entities = model.entities_.empty_state()  # the history's own records: as at fit, not continued
     source = FileSource(path, batch_size=batch_size, dtypes=model.input_dtypes(), dates=model.date_columns())
     numeric = [c.name for c in model.input_schema().columns if c.kind == "numeric"]
     present = dict.fromkeys(numeric, 0)
@@ -325,10 +327,14 @@ def evaluate_file(model: Model, path: str | Path, label_column: str, *, batch_si
 
 
 # ------------------------------------------------------------------ fine-tune
+def _is_history(model: Model, path: str | Path) -> bool:
+    return bool(model.training_.get("fingerprint") == sha256_file(path))
+
+
 def as_fitted(model: Model, path: str | Path, frame: pl.DataFrame) -> pl.DataFrame:
     """The fitting history itself (same checksum) gets each record's entity features as they were at fit, from an
     empty state; any other file is left to the model, which continues from the state at the end of history."""
-    if model.entities_ is not None and model.training_.get("fingerprint") == sha256_file(path):
+    if model.entities_ is not None and _is_history(model, path):
         return EntityFeatures(model.config.entities).fit_transform(frame)
     return frame
 

@@ -8,8 +8,8 @@ Scores do not depend on the batch, so they equal local scores row for row. The b
 Text inputs (CSV) are read by Spark as text and typed on the executor the way :class:`FileSource` types them
 (the bundle's numeric types, dates parsed where the fit saw date-times), so a value that does not fit gets the
 same one-line error as local scoring. A Spark failure whose cause is one of segscope's errors is raised as that
-error on the driver. Alert budgets count across a whole file, which partitions scored apart cannot do: bundles
-with a budget policy are refused here.
+error on the driver. Alert budgets count across a whole file, and per-entity features need each entity's
+records in order through one state, which partitions scored apart cannot do: such bundles are refused here.
 
 ``pip install 'segscope[spark]'`` (pyspark; Java 17 or later).
 """
@@ -162,6 +162,11 @@ def _score(df: Any, path: Path, model: Model, *, trusted: bool, types: dict[str,
         raise ConfigError(
             "this bundle's alert policy is a budget, which counts alerts across a whole file; partitions scored "
             "apart cannot share it: refit with a contamination, quantile or fixed policy to score on Spark"
+        )
+    if model.entities_ is not None:
+        raise ConfigError(
+            "this bundle computes per-entity features, which need each entity's records in order through one "
+            "state; Spark partitions score apart: use segscope score (one process) or segscope stream"
         )
     from_arrow_schema = _arrow_types().from_arrow_schema
 
@@ -425,6 +430,11 @@ def fit_path(
 ) -> Model:
     """``segscope fit --engine spark``: sample at most ``max_fit_rows`` rows on the cluster (with the config's
     seed), fit locally; the sample size, the seed and the input's row count are in the bundle's manifest."""
+    if config.entities:
+        raise ConfigError(
+            "per-entity features are computed over the whole history in order, not over a sample: fit this config "
+            "with segscope fit (one process reads the history batch by batch)"
+        )
     step = on_step or (lambda _: None)
     step("sampling the history on Spark")
     spark = session(master)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Self, get_args
 
 import numpy as np
@@ -104,7 +105,7 @@ class EntityFeatures:
     def __init__(self, specs: tuple[EntityConfig, ...]) -> None:
         self.specs = specs
 
-    @property
+    @cached_property
     def plans(self) -> list[_Plan]:
         return [_Plan.build(s) for s in self.specs]
 
@@ -126,7 +127,8 @@ class EntityFeatures:
             raise NotFittedError("EntityFeatures is not fitted; call fit(history) first")
         return self.state_.copy()
 
-    def _empty(self) -> EntityState:
+    def empty_state(self) -> EntityState:
+        """A state with no entity: where the fitting history itself started."""
         return EntityState([Block(p.n_acc, len(p.pair_of)) for p in self.plans])
 
     def fit_transform(self, history: pl.DataFrame) -> pl.DataFrame:
@@ -135,7 +137,7 @@ class EntityFeatures:
     def fit_batches(self, batches: Iterable[pl.DataFrame]) -> Iterator[pl.DataFrame]:
         """Fit on a history read in order, batch by batch (bounded memory): each batch with its features, and
         the state at its end kept once the last batch is out."""
-        state = self._empty()
+        state = self.empty_state()
         for frame in batches:
             names = self.names
             clash = [n for n in names if n in frame.columns]
@@ -144,6 +146,8 @@ class EntityFeatures:
                     f"entity feature name(s) {clash or names} clash with input columns or each other; set 'name:'"
                 )
             yield self._apply(frame, state)
+        for plan, block in zip(self.plans, state.blocks, strict=True):
+            block.evict(plan.ttl, plan.lateness)  # the bundle keeps no entity that would start again anyway
         state.clean()
         for b in state.blocks:
             b.partition[:] = -1
@@ -164,6 +168,7 @@ class EntityFeatures:
 
     def _block(self, plan: _Plan, block: Block, frame: pl.DataFrame, partitions: np.ndarray | None) -> list[pl.Series]:
         spec, n = plan.spec, frame.height
+        block.evict(plan.ttl, plan.lateness)  # before the batch: its rows' slots stay valid for the cooldown
         if spec.key is None:
             keys = pl.Series("key", [_ONE_ENTITY] * n, dtype=pl.String)
         else:
@@ -190,7 +195,6 @@ class EntityFeatures:
         block.dirty[touched] = True
         if partitions is not None:
             block.partition[touched] = partitions[slots >= 0]
-        block.evict(plan.ttl, plan.lateness)
         return pl.DataFrame(out, schema=plan.names, orient="row").fill_nan(None).get_columns()
 
     def cool_down(self, alerts: np.ndarray, state: EntityState, gap: str | int) -> np.ndarray:
@@ -212,7 +216,7 @@ class EntityFeatures:
     @classmethod
     def from_files(cls, specs: tuple[EntityConfig, ...], files: list[bytes]) -> EntityFeatures:
         feats = cls(specs)
-        feats.state_ = feats._empty()
+        feats.state_ = feats.empty_state()
         for i, data in enumerate(files):
             feats.state_.load_bytes(i, data)
         feats.state_.clean()
