@@ -12,9 +12,9 @@ $(PY):
 	$(PIP) install -q --upgrade pip
 
 # Re-install only when the project definition changes.
-# The demo runs the loop through fine-tuning, so it installs the XGBoost learner too.
+# The demo runs the whole loop: fine-tuning (the XGBoost learner), the label store and the HTML report.
 $(VENV)/.installed: pyproject.toml | $(PY)
-	$(PIP) install -q -e '.[xgboost]'
+	$(PIP) install -q -e '.[xgboost,store,report]'
 	touch $@
 
 # Tests need every learner: torch from PyPI is the CUDA build (a few GB), installed here and only here.
