@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
 from segscope.config import EntityConfig, SegscopeConfig, config_from_dict, load_config
-from segscope.exceptions import ConfigError, DataError, SegscopeWarning
+from segscope.exceptions import ConfigError, DataError, SchemaError, SegscopeWarning
 from segscope.features.entity import EntityFeatures
 from segscope.metrics import evaluate_scores
 from segscope.model import Model
@@ -220,3 +220,19 @@ def test_cooldown_alerts_once_per_burst_and_the_same_in_any_batches(cards: pl.Da
     assert_frame_equal(once, parts, check_exact=True)
     with pytest.raises(ConfigError, match="cooldown counts per entity"):
         config_from_dict({"policy": {"cooldown": "1h"}})
+
+
+def test_text_files_keep_event_time_a_datetime_and_bad_times_are_one_clear_line(
+    cards: pl.DataFrame, pack: SegscopeConfig, tmp_path: Path
+) -> None:
+    cards[:6000].write_csv(tmp_path / "history.csv")
+    model = fit_file(tmp_path / "history.csv", pack)
+    kinds = {c.name: c.kind for c in model.input_schema().columns}
+    assert kinds["ts"] == "datetime"  # so a stream dead-letters a record whose time is not one
+    bad = cards[6000:6100].with_columns(pl.col("ts").cast(pl.String))
+    garbage = pl.when(pl.int_range(pl.len()) == 0).then(pl.lit("not a time")).otherwise(pl.col("ts"))
+    with pytest.raises(DataError, match="'ts' holds 'not a time' at row 0"):  # the first value: no format to infer
+        model.score(bad.with_columns(garbage.alias("ts")))
+    plain = Model(SegscopeConfig().with_features(id_column="txn_id", drop=("is_fraud",))).fit(cards[:2000])
+    with pytest.raises(SchemaError, match="row 0 holds 'not a time'"):  # the same parsing, shared
+        plain.score(bad.with_columns(garbage.alias("ts")))

@@ -15,6 +15,7 @@ from segscope.model import Model
 from segscope.testing.data import make_card_stream
 from tests.kafka_helpers import (
     consume_all,
+    consume_dead_letters,
     count,
     create_topic,
     group_members,
@@ -103,3 +104,28 @@ def test_a_rebalance_hands_each_partition_its_entities(kafka_bootstrap: str, tmp
     assert {r["id"] for r in out} == set(live["txn_id"])
     assert not _same_as_batch(out, whole, names)
     assert int(err2.split("stream stopped: ")[1].split(" in")[0].replace(",", "")) > 0  # it really took partitions
+
+
+def test_hostile_records_are_dead_letters_and_the_entities_go_on(kafka_bootstrap: str, tmp_path: Path) -> None:
+    model, live, names = _fitted(tmp_path, 23)
+    good = records(live[:500])
+    hostile = [
+        b'{"txn_id":"h1","ts":"2025-03-20 10:00:00","merchant":"m1","country":"FR","amount":5.0}',  # no card
+        b'{"txn_id":"h2","card_id":"c00001","ts":"not a time","merchant":"m1","country":"FR","amount":5.0}',
+        b'{"txn_id":"h3","card_id":["c00001"],"ts":"2025-03-20 10:00:00","merchant":"m1","country":"FR","amount":5}',
+        b'{"txn_id":"h4","card_id":"c00001","ts":"2025-03-20 10:00:00","merchant":"m1","country":"FR","amount":"x"}',
+    ]
+    topic = "entities.hostile.in"
+    create_topic(kafka_bootstrap, topic, partitions=1)
+    produce(kafka_bootstrap, topic, [*good[:250], *hostile, *good[250:]])
+    args = ["--in-topic", topic, "--out-topic", "entities.hostile.out", "--group", "g-hostile",
+            "--state-dir", str(tmp_path / "state"), "--idle-exit", "4"]  # fmt: skip
+    proc = start_stream(tmp_path / "bundle", kafka_bootstrap, *args)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    reasons = sorted(d["reason"] for d in consume_dead_letters(kafka_bootstrap, f"{topic}.dlq"))
+    assert len(reasons) == 4 and any("'ts' is not an ISO-8601" in r for r in reasons)
+    assert any("missing field 'card_id'" in r for r in reasons)
+    out = consume_all(kafka_bootstrap, "entities.hostile.out")
+    whole = model.score(live[:500], state=model.new_state())
+    assert len(out) == 500 and not _same_as_batch(out, whole, names)  # the bad records changed no entity

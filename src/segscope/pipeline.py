@@ -26,6 +26,7 @@ from segscope._io import detect_format, sha256_file
 from segscope.config import SegscopeConfig
 from segscope.exceptions import DataError, SchemaError, SegscopeWarning, SinkError
 from segscope.features.entity import EntityFeatures
+from segscope.features.prepare import parse_datetimes
 from segscope.labels.parse import load_labels
 from segscope.labels.queue import candidate_rows
 from segscope.labels.store import LabelStore
@@ -33,7 +34,7 @@ from segscope.metrics import evaluate_scores
 from segscope.model import Model
 from segscope.schema import SCORED_COLUMNS
 from segscope.sinks.files import FileSink, open_sink
-from segscope.sources.files import FileSource, check_unique_ids, count_rows, read_file, sample_rows
+from segscope.sources.files import FileSource, check_unique_ids, count_rows, parse_dates, read_file, sample_rows
 from segscope.tuning import finetune
 
 __all__ = [
@@ -93,13 +94,18 @@ def _entity_sample(
     keep = min(cfg.max_fit_rows, total - start)
     chosen = np.sort(rng.choice(total - start, keep, replace=False)) + start
     step(f"computing {len(entities.names)} entity features over {total:,} rows in order")
-    source = FileSource(path)
+    text = detect_format(path) != "parquet"
+    # text formats: the date columns are those of the first rows, as a sampled fit reads them (parse_dates)
+    first = parse_dates(next(FileSource(path, batch_size=1000).iter_batches()).frame) if text else None
+    dates = tuple(c for c, t in first.schema.items() if t.is_temporal()) if first is not None else ()
     parts, offset = [], 0
-    for frame in entities.fit_batches(batch.frame for batch in source.iter_batches()):
+    for frame in entities.fit_batches(batch.frame for batch in FileSource(path, dates=dates).iter_batches()):
         rows = chosen[np.searchsorted(chosen, offset) : np.searchsorted(chosen, offset + frame.height)] - offset
         parts.append(frame[rows])
         offset += frame.height
-    return entities, pl.concat(parts)
+    if dates:  # a batch where some value is not a date keeps that column as text: read it as the others
+        parts = [p.with_columns(parse_datetimes(p[c]) for c in dates if p.schema[c] == pl.String) for p in parts]
+    return entities, pl.concat(parts, how="vertical_relaxed")
 
 
 def _warn_other_separator(path: str | Path, columns: list[str]) -> None:
@@ -328,6 +334,9 @@ def evaluate_file(model: Model, path: str | Path, label_column: str, *, batch_si
 
 # ------------------------------------------------------------------ fine-tune
 def _is_history(model: Model, path: str | Path) -> bool:
+    """Whether ``path`` is the file the model was fitted on (its row count first: hashing reads the whole file)."""
+    if count_rows(path) != model.training_.get("rows"):
+        return False
     return bool(model.training_.get("fingerprint") == sha256_file(path))
 
 

@@ -26,6 +26,7 @@ from segscope.config import EntityConfig, EntityFeatureConfig, duration_seconds
 from segscope.exceptions import ConfigError, DataError, NotFittedError
 from segscope.features import _entity_kernel as kernel
 from segscope.features.entity_state import Block, EntityState
+from segscope.features.prepare import parse_datetimes
 
 __all__ = ["EntityFeatures", "EntityState"]
 
@@ -210,8 +211,11 @@ class EntityFeatures:
         return kept
 
     # ------------------------------------------------------------ persist
+    def file_names(self) -> list[str]:
+        return [f"entities/state-{i}.arrow" for i in range(len(self.specs))]
+
     def to_files(self) -> dict[str, bytes]:
-        return {f"entities/state-{i}.arrow": self.state_.to_bytes(i) for i in range(len(self.specs))}
+        return {name: self.state_.to_bytes(i) for i, name in enumerate(self.file_names())}
 
     @classmethod
     def from_files(cls, specs: tuple[EntityConfig, ...], files: list[bytes]) -> EntityFeatures:
@@ -254,7 +258,16 @@ def _numbers(frame: pl.DataFrame, of: str) -> np.ndarray:
 def _times(frame: pl.DataFrame, name: str) -> np.ndarray:
     column = _column(frame, name, "time")
     if column.dtype == pl.String:
-        column = column.str.to_datetime(strict=False)
+        column = column.str.strip_chars().replace("", None)
+        parsed = parse_datetimes(column)
+        unread = parsed.is_null() & column.is_not_null()
+        if unread.any():
+            row = int(unread.arg_true()[0])
+            raise DataError(
+                f"entity time column '{name}' holds {column[row]!r} at row {row}, which is not a date-time; "
+                "fix the value (ISO 8601, e.g. 2025-03-01 12:00:00) or leave it empty"
+            )
+        column = parsed
     if isinstance(column.dtype, pl.Datetime):
         seconds = column.dt.epoch("us").cast(pl.Float64) / 1e6
     elif column.dtype == pl.Date:

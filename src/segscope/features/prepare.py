@@ -26,7 +26,7 @@ import polars as pl
 from segscope.exceptions import DataError, NotFittedError, SchemaError
 from segscope.schema import ColumnSpec, FeatureSchema, infer_kind
 
-__all__ = ["FeaturePreparer"]
+__all__ = ["FeaturePreparer", "parse_datetimes"]
 
 _NULL_LEVEL = "\x00null"
 #: A string column counts as "numbers with garbage" when at least this share of its values parse as numbers.
@@ -420,7 +420,7 @@ def _cast_or_explain(col: pl.Series, spec: ColumnSpec, target: pl.DataType) -> p
                 .alias(col.name)
             ).to_series()
         else:
-            converted = text.str.to_datetime(strict=False).cast(target)
+            converted = parse_datetimes(text).cast(target)
     else:
         try:
             converted = col.cast(target, strict=False)
@@ -436,6 +436,22 @@ def _cast_or_explain(col: pl.Series, spec: ColumnSpec, target: pl.DataType) -> p
             f"{col[row]!r}; fix or null those values, or refit the bundle on data of this type"
         )
     return converted.alias(spec.name)
+
+
+def parse_datetimes(text: pl.Series) -> pl.Series:
+    """Text to Datetime, null where a value does not read as one. Polars infers the format from the first value
+    and fails the whole column when that one is garbage: then each value is read on its own."""
+    try:
+        return text.str.to_datetime(strict=False)
+    except pl.exceptions.PolarsError:
+
+        def one(value: str | None) -> object:
+            try:
+                return pl.Series([value]).str.to_datetime(strict=False)[0]
+            except pl.exceptions.PolarsError:
+                return None
+
+        return pl.Series(text.name, [one(v) for v in text.to_list()], dtype=pl.Datetime("us"))
 
 
 def _refuse_numbers_with_garbage(col: pl.Series) -> None:

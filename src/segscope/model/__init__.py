@@ -237,10 +237,15 @@ class Model:
         """``frame`` with its per-entity features (continuing ``state`` when it is a :class:`ScoringState`;
         else from the end of the fitting history, keeping nothing). Frames that hold them already (a scored
         file, records from the label store) are returned as they are."""
+        return self._entities(frame, state)[0]
+
+    def _entities(self, frame: pl.DataFrame, state: PolicyState | None) -> tuple[pl.DataFrame, EntityState | None]:
+        """(:meth:`with_entities`, the entity state it advanced: None when nothing was computed)."""
         if self.entities_ is None or all(n in frame.columns for n in self.entities_.names):
-            return frame
+            return frame, None
         entities = state.entities if isinstance(state, ScoringState) else None
-        return self.entities_.transform(frame, entities)
+        entities = entities if entities is not None else self.entities_.new_state()
+        return self.entities_.transform(frame, entities), entities
 
     @property
     def alert_threshold(self) -> float | None:
@@ -344,11 +349,7 @@ class Model:
         counts across them; without it each call is decided on its own. ``drift`` counts the batch in a
         :meth:`drift_tracker`."""
         self._check_fitted()
-        entities = None
-        if self.entities_ is not None and not all(n in frame.columns for n in self.entities_.names):
-            entities = state.entities if isinstance(state, ScoringState) else None
-            entities = entities if entities is not None else self.entities_.new_state()
-            frame = self.entities_.transform(frame, entities)
+        frame, entities = self._entities(frame, state)
         validated, x, anomaly, parts, reasons, assigned = self._unsupervised(frame)
         segment = assigned[0] if assigned is not None else None
         supervised = None

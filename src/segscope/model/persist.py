@@ -113,7 +113,7 @@ def _entities_component(self: Model) -> dict[str, Any]:
         "name": "entity-features",
         "features": self.entities_.names,
         "inputs": [asdict(c) for c in self.entity_inputs_],
-        "artifacts": sorted(self.entities_.to_files()),
+        "artifacts": self.entities_.file_names(),
         "entities_at_end_of_history": state.entities,
         "late_records": state.late,
     }

@@ -56,12 +56,10 @@ class EntityCheckpoints:
         """Tag each row with its partition, and restore the partitions this process has not restored yet from
         the offset the batch starts at (the group's committed one)."""
         n = batch.frame.height
-        origin = batch.origin
-        partitions = np.array([origin(i)[1] for i in range(n)], dtype=np.int32) if origin is not None else None
-        state.partitions = partitions if partitions is not None else np.full(n, -1, dtype=np.int32)
+        where = [batch.origin(i) for i in range(n)] if batch.origin is not None else []
+        state.partitions = np.array([w[1] for w in where] if where else [-1] * n, dtype=np.int32)
         starts: dict[int, int] = {}
-        for i in range(n):
-            _, p, offset, _ = origin(i) if origin is not None else ("", -1, 0, None)
+        for _, p, offset, _ in where:
             starts[p] = min(starts.get(p, offset), offset)
         for dead in batch.dead:
             starts[dead.partition] = min(starts.get(dead.partition, dead.offset), dead.offset)
