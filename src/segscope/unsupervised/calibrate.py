@@ -59,6 +59,9 @@ class ReferenceCalibrator:
             raise NotFittedError("ReferenceCalibrator is not fitted; call fit(reference_scores) first")
         raw = np.asarray(raw, dtype=np.float64)
         body = np.interp(raw, self.values_, self.probs_, left=0.0)
+        bad = ~np.isfinite(body) & ~np.isnan(raw)
+        if bad.any():  # np.interp's slope overflows between reference values a subnormal apart: interpolate by share
+            body[bad] = self._interpolate_by_share(raw[bad])
         body = np.minimum(body, self.tail_p_)
         out = -np.log1p(-body)
         tail = raw > self.tail_q_
@@ -66,6 +69,16 @@ class ReferenceCalibrator:
             excess = (raw[tail] - self.tail_q_) / self.tail_scale_
         out[tail] = -np.log1p(-self.tail_p_) + np.minimum(excess, 1e12)
         return np.asarray(out)
+
+    def _interpolate_by_share(self, raw: np.ndarray) -> np.ndarray:
+        """The ECDF between reference values as ``p0 + t * (p1 - p0)``, ``t`` the share of the gap covered."""
+        j = np.clip(np.searchsorted(self.values_, raw, side="right") - 1, 0, max(self.values_.shape[0] - 2, 0))
+        k = np.minimum(j + 1, self.values_.shape[0] - 1)
+        gap = self.values_[k] - self.values_[j]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            share = np.clip(np.where(gap > 0, (raw - self.values_[j]) / gap, 1.0), 0.0, 1.0)
+        body = self.probs_[j] + share * (self.probs_[k] - self.probs_[j])
+        return np.asarray(np.where(raw < self.values_[0], 0.0, body))
 
     def probability(self, raw: np.ndarray) -> np.ndarray:
         """Calibrated score in [0, 1]."""
