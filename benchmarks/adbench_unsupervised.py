@@ -24,12 +24,12 @@ from segscope.model import Model
 
 from _adbench import ADBENCH_SETS, SEEDS, data_dir, load_set, published, split
 
-DETECTORS = ("iforest", "ecod", "copod", "hbos", "knn")
+DETECTORS = ("iforest", "ecod", "copod", "hbos", "knn", "cblof")
 
 
 def candidate_ensembles() -> list[tuple[str, ...]]:
     out: list[tuple[str, ...]] = [(d,) for d in DETECTORS]
-    for size in (2, 3, 4, 5):
+    for size in range(2, len(DETECTORS) + 1):
         out.extend(itertools.combinations(DETECTORS, size))
     return out
 
@@ -88,7 +88,7 @@ def main() -> None:
     parser.add_argument("--data", default=None)
     parser.add_argument("--quick", action="store_true", help="seed 1 only")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "adbench_unsupervised.json"))
-    parser.add_argument("--default", default="iforest+ecod+copod+hbos (mean)", help="ensemble to report per set")
+    parser.add_argument("--default", default="iforest+ecod (max)", help="ensemble to report per set")
     args = parser.parse_args()
     data = data_dir(args.data)
     seeds = (1,) if args.quick else SEEDS

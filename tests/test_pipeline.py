@@ -26,6 +26,7 @@ def test_scored_columns_types_and_ranges(model: Model, new_records: pl.DataFrame
     assert schema["is_alert"] == pl.Boolean
     assert schema["segment"] == pl.Int32
     assert (scored["segment"] == -1).all()
+    assert schema["segment_confidence"] == pl.Float64 and scored["segment_confidence"].is_null().all()
     assert schema["reasons"] == REASON_DTYPE
     assert schema["model_version"] == pl.String
     assert (scored["model_version"] == model.version).all()

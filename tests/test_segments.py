@@ -49,6 +49,42 @@ def test_never_returns_an_unknown_segment(segmenter: Segmenter, rows: np.ndarray
     np.testing.assert_array_equal(single, labels)  # per record, whatever the batch
 
 
+def test_every_record_gets_its_nearest_segment_with_a_confidence(segmenter: Segmenter) -> None:
+    """Rows between the groups, and rows far from all of them, still get a segment; the confidence says how sure."""
+    x, _ = _blobs(seed=2)
+    between = (x[:50] + x[50:100]) / 2  # halfway between two records, often two groups
+    far = np.full((20, 4), 1e4)
+    labels, confidence = segmenter.assign(np.vstack([x, between, far]))
+    assert set(labels.tolist()) <= set(segmenter.segments_.tolist())  # no -1: always the nearest segment
+    assert confidence[: x.shape[0]].mean() > confidence[x.shape[0] : x.shape[0] + 50].mean()
+    # the fit sample's noise went to the nearest segment before distillation, and the share is kept
+    assert (segmenter.sample_labels_ >= 0).all()
+    assert 0.0 <= segmenter.noise_share_ < 0.5
+
+
+def test_min_confidence_declines_ambiguous_records(segmenter: Segmenter) -> None:
+    x, _ = _blobs(seed=2)
+    rows = np.vstack([x, (x[:200] + x[200:400]) / 2])
+    labels, confidence = segmenter.assign(rows)
+    strict = Segmenter(**{**segmenter.get_params(), "min_confidence": 0.9})
+    strict.load_state(segmenter.state())
+    declined, same_confidence = strict.assign(rows)
+    np.testing.assert_array_equal(same_confidence, confidence)
+    np.testing.assert_array_equal(declined, np.where(confidence >= 0.9, labels, -1))
+    assert (declined == -1).any()
+
+
+def test_a_bundle_from_before_nearest_segments_loads(segmenter: Segmenter) -> None:
+    """Segmenter state written before the noise share was stored: the share is what its forest learnt as -1."""
+    state = {k: v for k, v in segmenter.state().items() if k != "noise_share"}
+    state["sample_labels"] = np.where(np.arange(state["sample_labels"].size) % 10 == 0, -1, state["sample_labels"])
+    old = Segmenter(**{**segmenter.get_params(), "min_confidence": 0.5})
+    old.load_state(state)
+    assert old.noise_share_ == pytest.approx(0.1, abs=0.01)
+    x, _ = _blobs(seed=1)
+    np.testing.assert_array_equal(old.assign(x)[1], segmenter.assign(x)[1])
+
+
 def test_model_with_segments(tmp_path: Path, run_cli, segments_model: Model, segments_history: pl.DataFrame) -> None:
     from segscope.testing.data import make_transactions
 
@@ -57,7 +93,8 @@ def test_model_with_segments(tmp_path: Path, run_cli, segments_model: Model, seg
     scored = model.score(new)
     assert scored.schema["segment"] == pl.Int32
     assert set(scored["segment"].unique().to_list()) <= {*model.segmenter_.segments_.tolist(), -1}
-    assert (scored["segment"] >= 0).mean() > 0.5
+    assert (scored["segment"] >= 0).all()  # every record gets its nearest segment
+    assert scored["segment_confidence"].is_between(0.0, 1.0).all()
     # segment-aware scoring: segments with enough members are calibrated on their own, per record
     assert model.segment_calibration_ is not None and model.segment_calibration_.calibrators_
     assert scored["anomaly_score"].is_between(0.0, 1.0).all()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 #: Detectors segscope knows by name (see ``segscope.unsupervised.detect.DETECTORS``).
-DetectorName = Literal["iforest", "ecod", "copod", "hbos", "knn", "pyod"]
+DetectorName = Literal["iforest", "ecod", "copod", "hbos", "knn", "cblof", "pyod"]
 
 #: How per-detector calibrated scores are combined into ``anomaly_score``.
 CombineMethod = Literal["mean", "max"]

@@ -15,7 +15,16 @@ from segscope._typing import FeatureKind
 __all__ = ["SCORED_COLUMNS", "ColumnSpec", "FeatureSchema", "infer_kind"]
 
 #: Columns every scored frame gains, in this order (the README's "What a scored record holds").
-SCORED_COLUMNS = ("score", "anomaly_score", "supervised_score", "is_alert", "segment", "reasons", "model_version")
+SCORED_COLUMNS = (
+    "score",
+    "anomaly_score",
+    "supervised_score",
+    "is_alert",
+    "segment",
+    "segment_confidence",
+    "reasons",
+    "model_version",
+)
 
 _NUMERIC = (
     pl.Float32,

@@ -173,6 +173,7 @@ class Model:
             n_neighbors=s.n_neighbors,
             n_components=s.n_components,
             min_cluster_size=s.min_cluster_size,
+            min_samples=s.min_samples,
             min_confidence=s.min_confidence,
             seed=cfg.seed,
         ).fit(x, previous=previous.segmenter_ if previous is not None else None)
@@ -351,7 +352,7 @@ class Model:
         self._check_fitted()
         frame, entities = self._entities(frame, state)
         validated, x, anomaly, parts, reasons, assigned = self._unsupervised(frame)
-        segment = assigned[0] if assigned is not None else None
+        segment, confidence = assigned if assigned is not None else (None, None)
         supervised = None
         if self.supervised_ is not None and frame.height:
             codes = self.preparer_.category_codes(validated) if self.supervised_.uses_layout else None
@@ -377,6 +378,9 @@ class Model:
             pl.Series("segment", segment, dtype=pl.Int32)
             if segment is not None
             else pl.lit(-1, dtype=pl.Int32).alias("segment"),
+            pl.Series("segment_confidence", confidence, dtype=pl.Float64)
+            if confidence is not None
+            else pl.lit(None, dtype=pl.Float64).alias("segment_confidence"),
             reasons.alias("reasons"),
             pl.lit(self.version_, dtype=pl.String).alias("model_version"),
         )

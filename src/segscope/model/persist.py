@@ -95,6 +95,7 @@ def _segmenter_component(self: Model) -> dict[str, Any]:
         "params": self.segmenter_.get_params(),
         "artifact": "arrays/segmenter.npz",
         "segments": int(self.segmenter_.segments_.size),
+        "hdbscan_noise_share": self.segmenter_.noise_share_,
         "agreement_with_fit_labels": {
             "fit_sample": self.segmenter_.agreement_fit_,
             "held_out": self.segmenter_.agreement_held_out_,

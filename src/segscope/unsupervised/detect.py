@@ -20,14 +20,16 @@ import warnings
 from typing import Any, ClassVar, Self
 
 import numpy as np
-import polars as pl
 
-from segscope._params import Constraint, Interval, IsInstance, StoresParams, check_params
-from segscope.exceptions import BundleError, ConfigError, NotFittedError
+from segscope._params import Constraint, Interval, IsInstance, check_params
+from segscope.exceptions import BundleError, ConfigError
 from segscope.unsupervised import _kernels, _trees
+from segscope.unsupervised._detector import Detector, reference_sample
+from segscope.unsupervised.distance import CBLOFDetector, KNNDetector
 
 __all__ = [
     "DETECTORS",
+    "CBLOFDetector",
     "COPODDetector",
     "Detector",
     "ECODDetector",
@@ -37,81 +39,6 @@ __all__ = [
     "PyODDetector",
     "make_detector",
 ]
-
-
-def _as_matrix(frame: pl.DataFrame | np.ndarray) -> np.ndarray:
-    if isinstance(frame, pl.DataFrame):
-        frame = frame.to_numpy()
-    return np.ascontiguousarray(frame, dtype=np.float64)
-
-
-class Detector(StoresParams):
-    """Base class: ``__init__`` stores keyword parameters as attributes, ``fit`` validates them."""
-
-    name: ClassVar[str]
-    #: True when persisting the detector needs pickle (loading then requires ``trusted=True``).
-    needs_pickle: ClassVar[bool] = False
-    #: Scores of the fit rows, computed the way new rows are scored (set by fit).
-    reference_scores_: np.ndarray
-    n_features_: int
-
-    @classmethod
-    def _test_params(cls) -> dict[str, Any]:
-        """Cheap parameters for the conformance suite."""
-        return {}
-
-    # the public, frame-based contract
-    def fit(self, frame: pl.DataFrame | np.ndarray) -> Self:
-        return self.fit_matrix(_as_matrix(frame))
-
-    def score(self, frame: pl.DataFrame | np.ndarray) -> pl.Series:
-        return pl.Series(self.name, self.score_matrix(_as_matrix(frame)), dtype=pl.Float64)
-
-    def fit_matrix(self, x: np.ndarray) -> Self:
-        self.check_params()
-        if x.ndim != 2 or x.shape[0] < 2 or x.shape[1] < 1:
-            raise ConfigError(f"{type(self).__name__} needs at least 2 rows and 1 feature; got shape {x.shape}")
-        self.n_features_ = x.shape[1]
-        self._fit(x)
-        return self
-
-    def score_matrix(self, x: np.ndarray) -> np.ndarray:
-        if not hasattr(self, "n_features_"):
-            raise NotFittedError(f"{type(self).__name__} is not fitted; call fit(frame) first")
-        if x.shape[1] != self.n_features_:
-            raise ConfigError(f"{type(self).__name__} was fitted on {self.n_features_} features; got {x.shape[1]}")
-        if x.shape[0] == 0:
-            return np.empty(0)
-        return self._score(x)
-
-    def _fit(self, x: np.ndarray) -> None:
-        raise NotImplementedError
-
-    def _score(self, x: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
-
-    # persistence: parameters as JSON, fitted state as numeric NumPy arrays; a detector that needs_pickle also
-    # hands out pickle bytes, which the bundle keeps in a .pkl file that only a trusted load reads
-    def state(self) -> dict[str, np.ndarray]:
-        raise NotImplementedError
-
-    def pickled(self) -> bytes | None:
-        """Pickle bytes of state that has no array form (only when ``needs_pickle``)."""
-        return None
-
-    def load_state(self, arrays: dict[str, np.ndarray], *, pickled: bytes | None = None) -> None:
-        raise NotImplementedError
-
-
-def _reference_rows(n: int, max_rows: int, seed: int) -> np.ndarray:
-    """Indices of a uniform sample of at most ``max_rows`` of ``n`` rows (all of them when n is small)."""
-    if n <= max_rows:
-        return np.arange(n)
-    return np.asarray(np.sort(np.random.default_rng(seed).choice(n, size=max_rows, replace=False)), dtype=np.int64)
-
-
-def _reference_sample(x: np.ndarray, max_rows: int, seed: int) -> np.ndarray:
-    return np.asarray(x[_reference_rows(x.shape[0], max_rows, seed)])
 
 
 class _ECDFDetector(Detector):
@@ -127,7 +54,7 @@ class _ECDFDetector(Detector):
     def _fit(self, x: np.ndarray) -> None:
         from scipy.stats import skew
 
-        ref = _reference_sample(x, self.max_reference, seed=0)
+        ref = reference_sample(x, self.max_reference, seed=0)
         self.ecdf_ = _kernels.build_ecdf(ref)
         with warnings.catch_warnings():  # near-constant columns: scipy warns, and their skew sign is moot
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -199,9 +126,7 @@ class HBOSDetector(Detector):
 
     def _score(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(
-            _kernels.hbos_scores(
-                x, self.lo_, self.width_, self.heights_, float(self.alpha), float(self.tol)
-            )
+            _kernels.hbos_scores(x, self.lo_, self.width_, self.heights_, float(self.alpha), float(self.tol))
         )
 
     def state(self) -> dict[str, np.ndarray]:
@@ -317,52 +242,6 @@ class IForestDetector(Detector):
         self.n_features_ = int(arrays["n_features"][0])
 
 
-class KNNDetector(Detector):
-    """Distance to the k-th nearest neighbour among a fixed reference sample (PyOD's KNN, method 'largest')."""
-
-    name = "knn"
-    _constraints: ClassVar[dict[str, Constraint]] = {
-        "n_neighbors": Interval(int, 1, 1000),
-        "max_reference": Interval(int, 10, 10_000_000),
-    }
-
-    def __init__(self, *, n_neighbors: int = 5, max_reference: int = 10_000) -> None:
-        self.n_neighbors = n_neighbors
-        self.max_reference = max_reference
-
-    def _fit(self, x: np.ndarray) -> None:
-        rows = _reference_rows(x.shape[0], self.max_reference, seed=0)
-        self.reference_ = x[rows]
-        k = min(self.n_neighbors, self.reference_.shape[0] - 1)
-        self.k_ = max(k, 1)
-        self._build_tree()
-        # fit rows that are in the reference must not count themselves: query k+1 and drop the zero distance
-        dist, _ = self.tree_.query(x, k=min(self.k_ + 1, self.reference_.shape[0]))
-        in_ref = np.zeros(x.shape[0], dtype=bool)
-        in_ref[rows] = True
-        self.reference_scores_ = np.where(in_ref, dist[:, -1], dist[:, self.k_ - 1])
-
-    def _build_tree(self) -> None:
-        """The search index over the reference, built at fit and load (never while scoring)."""
-        from sklearn.neighbors import KDTree
-
-        self.tree_ = KDTree(self.reference_)
-
-    def _score(self, x: np.ndarray) -> np.ndarray:
-        dist, _ = self.tree_.query(x, k=self.k_)
-        return np.asarray(dist[:, -1])
-
-    def state(self) -> dict[str, np.ndarray]:
-        return {"reference": self.reference_, "k": np.array([self.k_]), "reference_scores": self.reference_scores_}
-
-    def load_state(self, arrays: dict[str, np.ndarray], *, pickled: bytes | None = None) -> None:
-        self.reference_ = np.ascontiguousarray(arrays["reference"])
-        self._build_tree()
-        self.k_ = int(arrays["k"][0])
-        self.reference_scores_ = arrays["reference_scores"]
-        self.n_features_ = self.reference_.shape[1]
-
-
 class PyODDetector(Detector):
     """Any PyOD detector by class name, e.g. ``{name = "pyod", params = {model = "LOF", n_neighbors = 20}}``.
 
@@ -445,7 +324,16 @@ class PyODDetector(Detector):
 
 
 DETECTORS: dict[str, type[Detector]] = {
-    cls.name: cls for cls in (IForestDetector, ECODDetector, COPODDetector, HBOSDetector, KNNDetector, PyODDetector)
+    cls.name: cls
+    for cls in (
+        IForestDetector,
+        ECODDetector,
+        COPODDetector,
+        HBOSDetector,
+        KNNDetector,
+        CBLOFDetector,
+        PyODDetector,
+    )
 }
 
 

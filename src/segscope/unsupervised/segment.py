@@ -2,11 +2,19 @@
 
 UMAP + HDBSCAN finds good segments but serves new records badly: ``UMAP.transform`` is slow and depends on
 the batch, and ``hdbscan.approximate_predict`` can return labels the model never had. So the fit clusters a
-sample, then *distils* the segmentation into a random forest on the prepared features (the sample's segment
-labels, noise included, as classes). Assignment is the forest's vote, compiled in Numba: per record,
-deterministic, fast, and it can only return segments the model has (or -1 = noise / unlike any segment, also
-when the vote's confidence is below ``min_confidence``). The agreement of the distilled assignment with the
-fit-time labels is measured on the sample and on held-out rows and stored in the manifest.
+sample, gives each row HDBSCAN left as noise the segment of its nearest clustered neighbours in the embedding,
+then *distils* the segmentation into a random forest on the prepared features. Assignment is the forest's
+vote, compiled in Numba: per record, deterministic, fast, and it can only return segments the model has. Every
+record gets its nearest segment and the vote's share as its confidence (-1 only when the fit found no segment,
+or below an opt-in ``min_confidence``). The agreement of the distilled assignment with the fit-time labels is
+measured on the sample and on held-out rows and stored in the manifest.
+
+Measured (``benchmarks/segments_quality.py``, UMAP seeds 0-2, ARI against the true groups): HDBSCAN's
+``min_cluster_size`` at 2% of the sample with ``min_samples`` equal to it, on the detection features
+(robust-scaled: standardising or a quantile-normal view lets rare binary flags split nslkdd into small
+segments), and noise given to the nearest segment: nslkdd 0.19 -> 0.30 (KMeans given the true k, standardised:
+0.39), ImageSegments 0.33 -> 0.48 (0.48), handwritten digits 0.70 (0.47), wine 0.77 (0.90); the served
+assignment agrees with the fit-time labels on 98% of held-out rows (77% when it declined ambiguous rows).
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ class Segmenter(StoresParams):
         "n_neighbors": Interval(int, 2, 1000),
         "n_components": Interval(int, 2, 100),
         "min_cluster_size": Interval(int, 2, None, nullable=True),
+        "min_samples": Interval(int, 1, None, nullable=True),
         "n_trees": Interval(int, 1, 1000),
         "max_depth": Interval(int, 1, 64),
         "min_confidence": Interval(float, 0.0, 1.0),
@@ -44,15 +53,17 @@ class Segmenter(StoresParams):
         n_neighbors: int = 30,
         n_components: int = 5,
         min_cluster_size: int | None = None,
+        min_samples: int | None = None,
         n_trees: int = 30,
         max_depth: int = 14,
-        min_confidence: float = 0.5,
+        min_confidence: float = 0.0,
         seed: int = 0,
     ) -> None:
         self.sample_size = sample_size
         self.n_neighbors = n_neighbors
         self.n_components = n_components
         self.min_cluster_size = min_cluster_size
+        self.min_samples = min_samples
         self.n_trees = n_trees
         self.max_depth = max_depth
         self.min_confidence = min_confidence
@@ -82,9 +93,11 @@ class Segmenter(StoresParams):
             n_jobs=1,
         ).fit(sample)
         embedding = reducer.embedding_
-        mcs = self.min_cluster_size or max(15, take // 200)
-        clusterer = hdbscan.HDBSCAN(min_cluster_size=mcs, min_samples=max(5, mcs // 3), prediction_data=True)
-        labels = clusterer.fit_predict(embedding)
+        mcs = self.min_cluster_size or max(15, take // 50)
+        clusterer = hdbscan.HDBSCAN(min_cluster_size=mcs, min_samples=self.min_samples or mcs, prediction_data=True)
+        found = clusterer.fit_predict(embedding)
+        self.noise_share_ = float((found < 0).mean())
+        labels = _to_nearest_segment(embedding, found, embedding, found)
         self.lineage_: dict[str, Any] = {}
         if previous is not None:
             labels, self.lineage_ = _match_to_previous(labels, previous.assign(sample)[0])
@@ -105,7 +118,9 @@ class Segmenter(StoresParams):
             reducer_rows = x[held_rows]
             # the reference for held-out agreement; slow, so measured on at most 5,000 rows, once, at fit
             held_embedding = reducer.transform(reducer_rows)
-            reference, _ = hdbscan.approximate_predict(clusterer, held_embedding)
+            reference = _to_nearest_segment(
+                held_embedding, hdbscan.approximate_predict(clusterer, held_embedding)[0], embedding, found
+            )
             self.agreement_held_out_ = float((self.assign(reducer_rows)[0] == reference).mean())
         self.sample_rows_ = sample_rows
         self.embedding_ = embedding[:, :2].astype(np.float32)
@@ -135,7 +150,8 @@ class Segmenter(StoresParams):
         self.value_ = np.concatenate(values).astype(np.float64)
 
     def assign(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(segment id per row, -1 = noise / unlike any segment; confidence in [0, 1])."""
+        """(nearest segment per row, -1 when the fit found none or the confidence is below ``min_confidence``;
+        confidence in [0, 1]: the share of the forest's vote for that segment)."""
         if not hasattr(self, "classes_"):
             raise NotFittedError("Segmenter is not fitted; call fit(matrix) first")
         if x.shape[0] == 0:
@@ -171,6 +187,7 @@ class Segmenter(StoresParams):
             "agreement": np.array(
                 [self.agreement_fit_, np.nan if self.agreement_held_out_ is None else self.agreement_held_out_]
             ),
+            "noise_share": np.array([self.noise_share_]),
         }
 
     def load_state(self, arrays: dict[str, np.ndarray]) -> None:
@@ -191,7 +208,27 @@ class Segmenter(StoresParams):
         self.agreement_fit_ = float(arrays["agreement"][0])
         held = float(arrays["agreement"][1])
         self.agreement_held_out_ = None if np.isnan(held) else held
+        # bundles from before noise went to the nearest segment: what their forest learnt as -1
+        noise = arrays.get("noise_share")
+        self.noise_share_ = float(noise[0]) if noise is not None else float((self.sample_labels_ < 0).mean())
         self.lineage_ = {}
+
+
+def _to_nearest_segment(
+    points: np.ndarray, labels: np.ndarray, clustered: np.ndarray, clustered_labels: np.ndarray, k: int = 5
+) -> np.ndarray:
+    """``labels`` with each noise point (-1) given the majority segment of its ``k`` nearest clustered points
+    (``clustered`` with ``clustered_labels`` >= 0) in the embedding; unchanged when nothing was clustered."""
+    keep = clustered_labels >= 0
+    noise = labels < 0
+    if not keep.any() or not noise.any():
+        return labels.astype(np.int64)
+    from sklearn.neighbors import KNeighborsClassifier
+
+    vote = KNeighborsClassifier(n_neighbors=min(k, int(keep.sum()))).fit(clustered[keep], clustered_labels[keep])
+    out = labels.astype(np.int64).copy()
+    out[noise] = vote.predict(points[noise])
+    return out
 
 
 def _match_to_previous(new: np.ndarray, old: np.ndarray, min_jaccard: float = 0.3) -> tuple[np.ndarray, dict[str, Any]]:
