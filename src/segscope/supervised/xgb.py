@@ -5,6 +5,12 @@ columns would (partition splits over many levels overfit a few labels).
 
 The unsupervised scores enter with a *monotone increasing* constraint: a more anomalous record can never get
 a lower probability for it, which carries the unsupervised ranking through when labels are scarce.
+
+Trees are stumps by default (``max_depth = 1``: an additive model, one feature per tree). Measured with depths
+1, 2, 3, 4, 6 (``benchmarks/adbench_label_informed.py``, ``benchmarks/real_fraud.py``): with the few labelled
+anomalies analysts give, deeper trees fit the positives' exact corners; stumps raised ADBench's mean AUCPR at
+1 / 5 / 10% labelled from 69.1 / 79.5 / 83.9 (depth 4) to 74.1 / 82.4 / 86.8, and were level or better on both
+fraud sets (Ethereum accounts, 5% labelled: AUCPR 0.965 -> 0.982).
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ class XGBoostLearner(StoresParams):
         self,
         *,
         n_estimators: int = 200,
-        max_depth: int = 4,
+        max_depth: int = 1,
         learning_rate: float = 0.1,
         seed: int = 0,
         categories: list[int] | tuple[int, ...] = (),
