@@ -244,3 +244,31 @@ def test_few_anomalies_take_the_prior_blend(base: Model, big_history: pl.DataFra
     assert weights["proximity"] > 0 and weights["learner"] < weights["unsupervised"]  # leans on the unsupervised
     scores = candidate.score(big_history.head(500))["supervised_score"]
     assert scores.is_not_null().all() and scores.is_between(0, 1).all()
+
+
+def _interaction(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Anomalies that no sum of one-feature effects can rank: an extreme first feature is anomalous only with
+    the second on the *opposite* side (4 prepared features, then a surprisal column that knows nothing)."""
+    rng = np.random.default_rng(seed)
+    x = rng.random((n, 4))
+    y = ((x[:, 0] > 0.9) & (x[:, 1] < 0.5)) | ((x[:, 0] < 0.1) & (x[:, 1] > 0.5))
+    noise = rng.random((n, 1))
+    return np.hstack([x, noise]), y.astype(np.int64)
+
+
+@pytest.mark.parametrize(("labelled", "depth"), [(10, 1), (400, 4)])
+def test_tree_depth_is_chosen_out_of_fold_only_when_labels_show_it(labelled: int, depth: int) -> None:
+    """Stumps by default; depth 4 when enough labelled anomalies show, out of fold, that the anomalies are a
+    combination of features."""
+    from segscope.supervised.base import FineTuned, Layout
+    from segscope.supervised.xgb import XGBoostLearner
+
+    x, truth = _interaction(6000, seed=0)
+    y = np.zeros_like(truth)
+    y[np.flatnonzero(truth)[:labelled]] = 1
+    layout = Layout(n_features=4, surprisal=4, monotone=(0.0, 0.0, 0.0, 0.0, 1.0))
+    tuned = FineTuned(XGBoostLearner(seed=0), n_features=4, seed=0).fit(x, y, y == 1, layout)
+    assert tuned.learner.get_params()["max_depth"] == depth
+    assert tuned.describe()["learner_params"]["max_depth"] == depth  # what the bundle records
+    fixed = FineTuned(XGBoostLearner(seed=0, max_depth=2), n_features=4, seed=0).fit(x, y, y == 1, layout)
+    assert fixed.learner.get_params()["max_depth"] == 2  # a depth the user set is kept

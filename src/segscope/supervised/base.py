@@ -19,6 +19,9 @@ Analysts label few records, mostly anomalies, and the rest of the history is unl
   choice never falls below the learner alone out of fold, and a lucky fold does not decide. With fewer than
   ``MIN_ANOMALIES_TO_CHOOSE`` labelled anomalies out-of-fold AUCPR cannot tell them apart, and the prior blend
   is taken;
+* **the learner's own parameters**, when it offers alternatives (XGBoost: stumps or depth 4), are chosen first by
+  the same rule: the first unless another is reliably better out of fold, and the first with fewer than
+  ``MIN_ANOMALIES_TO_CHOOSE`` labelled anomalies;
 * **calibration**: the chosen blend is a logistic regression (Platt scaling for the learner and the prior blend),
   so ``supervised_score`` is a probability of "an analyst would confirm this".
 
@@ -90,6 +93,11 @@ class Learner(Protocol):
     name: str
 
     def get_params(self) -> dict[str, Any]: ...
+
+    def alternatives(self) -> list[dict[str, Any]]:
+        """Parameter sets to compare out of fold when there are enough labelled anomalies (the first is the
+        default, kept unless another is reliably better); empty when nothing is chosen."""
+        ...
 
     def pretrain(self, x: np.ndarray) -> Any:
         """Label-free preparation shared by every fit on the same rows (e.g. an encoder), or None."""
@@ -216,13 +224,7 @@ class FineTuned:
         self.encoding_ = encoding.fit(raw_codes, y, cards)
         monotone = np.concatenate([np.asarray(layout.monotone), np.zeros(inputs.shape[1] - len(layout.monotone))])
         shared = self.learner.pretrain(inputs) if init is None else None  # once, label-free, reused by every fold
-        oof = np.full(x.shape[0], 0.5)
-        for k in range(3):
-            held, rest = folds == k, folds != k
-            if held.any() and (y[rest] == 1).any():
-                fold_learner = type(self.learner)(**self.learner.get_params())
-                fold_learner.fit(inputs[rest], y[rest], weight[rest], monotone, init=init, pretrained=shared)
-                oof[held] = fold_learner.predict_raw(inputs[held])
+        oof = self._choose_learner(inputs, y, weight, monotone, folds, init, shared)
         features = x[:, : layout.n_features]
         self.blend_, self.blend_kind_, self.oof_aucpr_ = self._choose_blend(
             _logit(oof), x[:, layout.surprisal], y, folds, features
@@ -232,6 +234,53 @@ class FineTuned:
         self.n_positives_ = int(pos.size)
         self.n_labelled_ = int(labelled.sum())
         return self
+
+    def _out_of_fold(
+        self,
+        params: dict[str, Any],
+        data: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+        folds: np.ndarray,
+        init: bytes | None,
+        shared: Any,
+    ) -> np.ndarray:
+        """Each row's prediction by a learner (``params``) fitted on the other folds."""
+        inputs, y, weight, monotone = data
+        oof = np.full(inputs.shape[0], 0.5)
+        for k in range(3):
+            held, rest = folds == k, folds != k
+            if held.any() and (y[rest] == 1).any():
+                fold_learner = type(self.learner)(**params)
+                fold_learner.fit(inputs[rest], y[rest], weight[rest], monotone, init=init, pretrained=shared)
+                oof[held] = fold_learner.predict_raw(inputs[held])
+        return oof
+
+    def _choose_learner(
+        self,
+        inputs: np.ndarray,
+        y: np.ndarray,
+        weight: np.ndarray,
+        monotone: np.ndarray,
+        folds: np.ndarray,
+        init: bytes | None,
+        shared: Any,
+    ) -> np.ndarray:
+        """The learner's out-of-fold predictions, after choosing among its :meth:`Learner.alternatives` (the first
+        unless another beats it in ``RELIABLY_BETTER`` of bootstrap resamples; the first below
+        ``MIN_ANOMALIES_TO_CHOOSE`` labelled anomalies). The learner keeps the chosen parameters."""
+        data = (inputs, y, weight, monotone)
+        options = self.learner.alternatives() or [{}]
+        chosen = options[0]
+        oof = self._out_of_fold({**self.learner.get_params(), **chosen}, data, folds, init, shared)
+        if int((y == 1).sum()) >= MIN_ANOMALIES_TO_CHOOSE:
+            for option in options[1:]:
+                candidate = self._out_of_fold({**self.learner.get_params(), **option}, data, folds, init, shared)
+                if _aucpr(y, candidate) > _aucpr(y, oof) and (
+                    share_better_aucpr(y, oof, candidate, resamples=_RESAMPLES, seed=self.seed) >= RELIABLY_BETTER
+                ):
+                    chosen, oof = option, candidate
+        for key, value in chosen.items():  # parameters are plain attributes (StoresParams)
+            setattr(self.learner, key, value)
+        return oof
 
     def _choose_blend(
         self, learner: np.ndarray, surprisal: np.ndarray, y: np.ndarray, folds: np.ndarray, features: np.ndarray

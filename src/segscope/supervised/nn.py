@@ -111,13 +111,15 @@ class TorchLearner(StoresParams):
         depends on the batch's size, so a record's score would move in the 7th digit with its batch-mates."""
         import copy
 
-        self.scorer_ = tuple(
-            copy.deepcopy(m).double().eval() for m in (self.embeddings_, self.encoder_, self.head_)
-        )
+        self.scorer_ = tuple(copy.deepcopy(m).double().eval() for m in (self.embeddings_, self.encoder_, self.head_))
 
     def _report(self, phase: str, done: int, total: int) -> None:
         if self.progress is not None:
             self.progress(phase, done, total)
+
+    def alternatives(self) -> list[dict[str, Any]]:
+        """No parameters are compared out of fold."""
+        return []
 
     def pretrain(self, x: np.ndarray) -> dict[str, Any]:
         """Denoising-autoencoder pre-training on all rows (no labels); returns the encoder state to share."""
