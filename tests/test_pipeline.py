@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import polars as pl
 import pytest
@@ -138,11 +140,15 @@ def test_ecdf_detectors_rank_training_rows_like_pyod(name: str) -> None:
     assert spearmanr(ours, theirs)[0] > 0.999
 
 
-def test_every_detector_and_combination_runs(history: pl.DataFrame, new_records: pl.DataFrame) -> None:
-    detectors = tuple(DetectorConfig(name=n) for n in ("iforest", "ecod", "copod", "hbos", "knn"))
+def test_every_detector_and_combination_runs(history: pl.DataFrame, new_records: pl.DataFrame, tmp_path: Path) -> None:
+    """Every built-in detector fits, scores, and survives a bundle (its state is plain arrays the loader takes)."""
+    detectors = tuple(DetectorConfig(name=n) for n in ("iforest", "ecod", "copod", "hbos", "knn", "cblof"))
     cfg = SegscopeConfig(detectors=detectors, combine="mean").with_features(id_column="txn_id", drop=("is_fraud",))
-    scored = Model(cfg).fit(history).score(new_records)
+    model = Model(cfg).fit(history)
+    scored = model.score(new_records)
     assert roc_auc_score(scored["is_fraud"].to_numpy(), scored["score"].to_numpy()) > 0.9
+    model.save(tmp_path / "b")
+    assert Model.load(tmp_path / "b").score(new_records)["score"].equals(scored["score"])
 
 
 def test_model_must_be_fitted(new_records: pl.DataFrame) -> None:

@@ -138,9 +138,8 @@ class EntityFeatures:
     def fit_batches(self, batches: Iterable[pl.DataFrame]) -> Iterator[pl.DataFrame]:
         """Fit on a history read in order, batch by batch (bounded memory): each batch with its features, and
         the state at its end kept once the last batch is out."""
-        state = self.empty_state()
+        state, names = self.empty_state(), self.names
         for frame in batches:
-            names = self.names
             clash = [n for n in names if n in frame.columns]
             if clash or len(set(names)) != len(names):
                 raise ConfigError(

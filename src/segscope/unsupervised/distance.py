@@ -63,7 +63,7 @@ class KNNDetector(Detector):
         projection = reference @ self.axis_
         order = np.argsort(projection, kind="stable")
         self.reference_ = np.ascontiguousarray(reference[order])
-        self.projection_ = np.ascontiguousarray(self.reference_ @ self.axis_)
+        self.projection_ = np.ascontiguousarray(projection[order])  # sorted by construction, as the search needs
 
     def _nearest(self, x: np.ndarray, k: int) -> np.ndarray:
         return np.asarray(_kernels.nearest_distances(x, self.reference_, self.projection_, self.axis_, k))
@@ -143,7 +143,7 @@ class CBLOFDetector(Detector):
     def state(self) -> dict[str, np.ndarray]:
         return {
             "centres": self.centres_,
-            "large": self.large_.astype(np.int8),
+            "large": self.large_,  # bool: the bundle refuses one-byte integers (they could hide bytes)
             "k": np.array([self.k_]),
             "reference_scores": self.reference_scores_,
         }
