@@ -246,6 +246,47 @@ def test_few_anomalies_take_the_prior_blend(base: Model, big_history: pl.DataFra
     assert scores.is_not_null().all() and scores.is_between(0, 1).all()
 
 
+def _heavy_tailed(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """60 anomalies that share a corner of four features, a fifth normal feature, a sixth heavy-tailed one that
+    says nothing (Cauchy, prepared values in the thousands), and a surprisal column that knows nothing."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 6))
+    x[:, 5] = rng.standard_cauchy(n) * 20
+    y = np.zeros(n, dtype=np.int64)
+    y[:60] = 1
+    x[:60, :4] = rng.normal(2.5, 0.5, size=(60, 4))
+    return np.hstack([x, rng.random((n, 1))]), y
+
+
+def test_proximity_is_not_decided_by_one_heavy_tailed_column(tmp_path: Path) -> None:
+    """With five labelled anomalies the prior blend leans on the distance to them; measured on clipped features,
+    a noise column's extreme values no longer hide the anomalies' shared corner. The clip is kept with the model,
+    and a state without it (fine-tuned before the clip) scores unclipped, as it always did."""
+    from segscope.supervised.base import FineTuned, Layout
+    from segscope.supervised.xgb import XGBoostLearner
+
+    layout = Layout(6, 6, (0.0,) * 6 + (1.0,))
+    (x_train, _), (x_test, y_test) = _heavy_tailed(4000, 0), _heavy_tailed(4000, 1)
+    labels = np.zeros(4000, dtype=np.int64)
+    labels[:5] = 1
+    aucpr = {}
+    for clip in (5.0, 1e9):
+        tuned = FineTuned(XGBoostLearner(seed=0), n_features=6, seed=0, proximity_clip=clip)
+        tuned.fit(x_train, labels, labels == 1, layout)
+        assert tuned.blend_kind_ == "prior"
+        aucpr[clip] = average_precision_score(y_test, tuned.predict_proba(x_test))
+    assert aucpr[5.0] > 0.8 and aucpr[5.0] > aucpr[1e9] + 0.3
+    assert tuned.describe()["proximity_clip"] == 1e9
+    clipped = FineTuned(XGBoostLearner(seed=0), n_features=6, seed=0).fit(x_train, labels, labels == 1, layout)
+    state = clipped.state()
+    restored = FineTuned(XGBoostLearner(), n_features=6)
+    restored.load_state(state, clipped.learner.artifact()[1])
+    assert np.array_equal(restored.predict_proba(x_test), clipped.predict_proba(x_test))
+    older = FineTuned(XGBoostLearner(), n_features=6)
+    older.load_state({k: v for k, v in state.items() if k != "proximity_clip"}, clipped.learner.artifact()[1])
+    assert average_precision_score(y_test, older.predict_proba(x_test)) < aucpr[5.0] - 0.3
+
+
 def _interaction(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Anomalies that no sum of one-feature effects can rank: an extreme first feature is anomalous only with
     the second on the *opposite* side (4 prepared features, then a surprisal column that knows nothing)."""

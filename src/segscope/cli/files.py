@@ -91,8 +91,9 @@ def score(
         int | None, typer.Option("--partitions", help="Spark: repartition the input into N parts.", min=1)
     ] = None,
 ) -> None:
-    """Score a file: input columns + score, anomaly_score, supervised_score, is_alert, segment, reasons,
-    model_version. With --engine spark: a Parquet or CSV file or folder into a Parquet folder."""
+    """Score a file: input columns + score, anomaly_score, supervised_score, is_alert, segment,
+    segment_confidence, reasons, model_version. With --engine spark: a Parquet or CSV file or folder into a
+    Parquet folder."""
     from segscope.pipeline import score_file
     from segscope.sources.files import count_rows
 
