@@ -163,6 +163,40 @@ def count(bootstrap: str, topic: str) -> int:
         consumer.close()
 
 
+def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    """Each partition's end offset (high watermark)."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    try:
+        from kafka.structs import TopicPartition
+
+        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or set()]
+        return {tp.partition: int(o) for tp, o in sorted(consumer.end_offsets(tps).items())}
+    finally:
+        consumer.close()
+
+
+def committed_offsets(bootstrap: str, group: str) -> dict[str, int]:
+    """The group's committed offsets, as "topic/partition": offset."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        found = admin.list_group_offsets({group: None})[group]
+        return {f"{tp.topic}/{tp.partition}": int(meta.offset) for tp, meta in sorted(found.items())}
+    finally:
+        admin.close()
+
+
+def group_caught_up(bootstrap: str, group: str, topic: str) -> bool:
+    """Whether ``group`` has committed every partition of ``topic`` up to its end: the stream's work is done.
+    (The output topic's size is no such signal: at-least-once, a rebalance or a restart re-sends batches, and
+    their duplicates can make it reach the input's count while records are still to come.)"""
+    ends = end_offsets(bootstrap, topic)
+    try:
+        committed = committed_offsets(bootstrap, group)
+    except Exception:  # the coordinator is not there yet (a restarted broker)
+        return False
+    return bool(ends) and all(committed.get(f"{topic}/{p}", -1) >= end for p, end in ends.items())
+
+
 def group_members(bootstrap: str, group: str) -> int:
     """Members of a consumer group once it is stable (0 while it rebalances)."""
     from kafka.errors import KafkaError
@@ -183,8 +217,9 @@ def start_stream(bundle: Path, bootstrap: str, *args: str) -> subprocess.Popen[s
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
-def wait_until(predicate, timeout: float = 120.0, every: float = 0.3, proc=None) -> None:  # type: ignore[no-untyped-def]
-    """Wait for ``predicate``; on time-out, stop ``proc`` (a stream) and show what it printed."""
+def wait_until(predicate, timeout: float = 120.0, every: float = 0.3, proc=None, explain=None) -> None:  # type: ignore[no-untyped-def]
+    """Wait for ``predicate``; on time-out, stop ``proc`` (a stream) and show what it printed, and what
+    ``explain()`` says (e.g. offsets and the broker's log, to tell a lost output from a slow stream)."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if proc is not None and proc.poll() is not None:
@@ -194,6 +229,8 @@ def wait_until(predicate, timeout: float = 120.0, every: float = 0.3, proc=None)
             if proc is not None:
                 proc.kill()
                 detail = proc.communicate()[1][-3000:]
+            if explain is not None:
+                detail += f"\n{explain()}"
             raise AssertionError(f"condition not reached in {timeout} s {detail}")
         time.sleep(every)
 

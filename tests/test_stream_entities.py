@@ -18,6 +18,7 @@ from tests.kafka_helpers import (
     consume_dead_letters,
     count,
     create_topic,
+    group_caught_up,
     group_members,
     produce,
     records,
@@ -96,7 +97,7 @@ def test_a_rebalance_hands_each_partition_its_entities(kafka_bootstrap: str, tmp
     second = start_stream(tmp_path / "bundle", kafka_bootstrap, *args, "--idle-exit", "6")  # joins: a rebalance
     wait_until(lambda: group_members(kafka_bootstrap, "g-entities-rebalance") == 2, proc=second)
     produce(kafka_bootstrap, topic, records(live[half:]), keys=keys[half:])  # both now have work
-    wait_until(lambda: count(kafka_bootstrap, out_topic) >= live.height, timeout=240, proc=first)
+    wait_until(lambda: group_caught_up(kafka_bootstrap, "g-entities-rebalance", topic), timeout=240, proc=first)
     _, err2 = second.communicate(timeout=120)
     code, err1 = terminate(first)
     assert code == 0, err1[-2000:]

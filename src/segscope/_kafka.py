@@ -53,7 +53,7 @@ class _ConfluentConsumer:
     def __init__(self, config: dict[str, Any]) -> None:
         ck = require("confluent_kafka", extra="kafka", feature="Kafka streaming (confluent-kafka)")
         self.ck = ck
-        self.consumer = ck.Consumer({**config, "error_cb": _log_error, "log_level": 2})
+        self.consumer = ck.Consumer({**config, "error_cb": _log_error, "on_commit": _log_commit, "log_level": 2})
 
     def subscribe(self, topic: str, on_revoke: Callable[[list[TP]], None] | None = None) -> None:
         def revoked(_: Any, parts: list[Any]) -> None:
@@ -102,9 +102,12 @@ class _ConfluentConsumer:
         return {(p.topic, p.partition): p.offset for p in self.consumer.position(assigned) if p.offset >= 0}
 
     def commit(self, offsets: dict[TP, int]) -> None:
+        """Asynchronous: librdkafka's synchronous commit has no time-out, and after a broker restart it blocked a
+        stream for good (SIGTERM included). A commit that fails is logged (``_log_commit``) and the next one covers
+        its records; ``close`` waits for the commits in flight."""
         if offsets:
             parts = [self.ck.TopicPartition(t, p, o) for (t, p), o in offsets.items()]
-            self.consumer.commit(offsets=parts, asynchronous=False)
+            self.consumer.commit(offsets=parts, asynchronous=True)
 
     def committed(self, parts: list[TP]) -> dict[TP, int]:
         found = self.consumer.committed([self.ck.TopicPartition(t, p) for t, p in parts], timeout=10)
@@ -205,6 +208,13 @@ class _Refused:
 def _log_error(err: Any) -> None:
     """librdkafka's errors (its own log lines are off: they repeat every connection attempt)."""
     log.warning("kafka: %s", err.str() if hasattr(err, "str") else err)
+
+
+def _log_commit(err: Any, _: Any) -> None:
+    """The outcome of an asynchronous commit: a failure (a rebalance, a restarting coordinator) is safe, the
+    records come again with the same ids and the next commit covers them."""
+    if err is not None:
+        log.warning("commit failed (%s); the next commit covers these records", err.str())
 
 
 # ------------------------------------------------------------------------------------------ kafka-python
@@ -362,6 +372,12 @@ class _PythonProducer:
 
 
 # ------------------------------------------------------------------------------------------ factories
+#: Also the group's rebalance timeout: after a broker restart the coordinator can hold a rejoining member's
+#: JoinGroup that long (waiting for a member that will not come back), and the stream gets no partitions
+#: meanwhile: 300 s (the clients' default) stalled a stream for minutes; a batch takes well under a second.
+_MAX_POLL_INTERVAL_MS = 60_000
+
+
 def make_consumer(
     client: Client,
     *,
@@ -382,7 +398,7 @@ def make_consumer(
                 "isolation.level": "read_committed" if read_committed else "read_uncommitted",
                 "session.timeout.ms": 10_000,
                 "heartbeat.interval.ms": 3_000,
-                "max.poll.interval.ms": 300_000,
+                "max.poll.interval.ms": _MAX_POLL_INTERVAL_MS,
                 "fetch.max.bytes": 64 * 1024 * 1024,
                 "queued.max.messages.kbytes": 65_536,
             }
@@ -395,7 +411,7 @@ def make_consumer(
             "auto_offset_reset": "earliest",
             "isolation_level": "read_committed" if read_committed else "read_uncommitted",
             "max_poll_records": batch_size,
-            "max_poll_interval_ms": 300_000,
+            "max_poll_interval_ms": _MAX_POLL_INTERVAL_MS,
             "session_timeout_ms": 10_000,
             "heartbeat_interval_ms": 3_000,
             "fetch_max_bytes": 64 * 1024 * 1024,

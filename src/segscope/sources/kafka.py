@@ -236,11 +236,21 @@ class KafkaSource:
         return bool(self.consumer_.assignment())
 
     def lag(self) -> int:
-        """Records between this member's positions and the ends of its partitions (-1 when unknown)."""
+        """Records between this member's positions and the ends of its partitions; for a partition with no
+        position yet, and for the whole topic while the member has no partitions (a rebalance), from the group's
+        committed offsets. -1 when unknown."""
         try:
             positions = self.consumer_.positions()
-            ends = self.consumer_.watermarks(list(positions))
-            return int(sum(max(0, ends[tp][1] - offset) for tp, offset in positions.items()))
+            parts = self.consumer_.assignment() or [(self.topic, p) for p in self.consumer_.partitions(self.topic)]
+            unknown = [tp for tp in parts if tp not in positions]
+            committed = self.consumer_.committed(unknown) if unknown else {}
+            marks = self.consumer_.watermarks(parts)
+            behind = 0
+            for tp in parts:
+                first, end = marks[tp]
+                at = positions.get(tp, committed.get(tp, -1))
+                behind += max(0, end - (at if at >= 0 else first))  # nothing committed: from the first offset
+            return behind
         except Exception:  # lag is informational: never let it stop the stream
             return -1
 
