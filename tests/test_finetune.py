@@ -14,7 +14,7 @@ from segscope import DataError, Model, SchemaError
 from segscope import registry as reg
 from segscope.config import SegscopeConfig
 from segscope.labels.parse import load_labels, normalise_labels
-from segscope.supervised.base import MIN_ANOMALIES_TO_CHOOSE
+from segscope.supervised.base import PRIOR_BELOW
 from segscope.testing.data import make_transactions
 from segscope.tuning import finetune
 
@@ -224,11 +224,11 @@ def test_the_gate_refuses_a_model_trained_on_wrong_labels(base: Model, big_histo
 
 
 def test_blend_is_chosen_out_of_fold_and_never_below_the_learner(base: Model, big_history: pl.DataFrame) -> None:
-    _, report = finetune(base, big_history, _labels(big_history, 60, normals=30))
+    _, report = finetune(base, big_history, _labels(big_history, 120, normals=30))
     chosen = report["supervised"]
     oof = chosen["out_of_fold_aucpr"]
     assert set(oof) == {"learner", "unsupervised", "stack", "prior"}
-    assert chosen["labelled_anomalies"] >= MIN_ANOMALIES_TO_CHOOSE  # enough for the out-of-fold choice
+    assert chosen["labelled_anomalies"] >= PRIOR_BELOW  # enough for the out-of-fold choice
     assert chosen["blend"] in ("learner", "stack", "prior")
     assert oof[chosen["blend"]] >= oof["learner"]  # never below the learner out of fold
     assert min(chosen["blend_weights"].values()) >= 0
@@ -239,7 +239,7 @@ def test_few_anomalies_take_the_prior_blend(base: Model, big_history: pl.DataFra
     unsupervised score, proximity to the labelled anomalies) is taken, and scores with its exemplars."""
     candidate, report = finetune(base, big_history, _labels(big_history, 8, normals=30))
     chosen = report["supervised"]
-    assert chosen["labelled_anomalies"] < MIN_ANOMALIES_TO_CHOOSE and chosen["blend"] == "prior"
+    assert chosen["labelled_anomalies"] < PRIOR_BELOW and chosen["blend"] == "prior"
     weights = chosen["blend_weights"]
     assert weights["proximity"] > 0 and weights["learner"] < weights["unsupervised"]  # leans on the unsupervised
     scores = candidate.score(big_history.head(500))["supervised_score"]
@@ -313,3 +313,25 @@ def test_tree_depth_is_chosen_out_of_fold_only_when_labels_show_it(labelled: int
     assert tuned.describe()["learner_params"]["max_depth"] == depth  # what the bundle records
     fixed = FineTuned(XGBoostLearner(seed=0, max_depth=2), n_features=4, seed=0).fit(x, y, y == 1, layout)
     assert fixed.learner.get_params()["max_depth"] == 2  # a depth the user set is kept
+
+
+def test_the_blend_is_compared_out_of_fold_only_from_prior_below_labelled_anomalies() -> None:
+    """From 30 labelled anomalies the learner's own parameters are compared out of fold, but the blend only from
+    ``prior_below`` (75): with 50, the prior blend is taken even where the learner alone looks better out of fold
+    (the comparison kept the learner where the prior blend was better on new data)."""
+    from segscope.supervised.base import FineTuned, Layout
+    from segscope.supervised.xgb import XGBoostLearner
+
+    x, truth = _interaction(6000, seed=0)
+    y = np.zeros_like(truth)
+    y[np.flatnonzero(truth)[:50]] = 1
+    layout = Layout(n_features=4, surprisal=4, monotone=(0.0, 0.0, 0.0, 0.0, 1.0))
+    kinds = {}
+    for prior_below in (PRIOR_BELOW, 30):
+        tuned = FineTuned(XGBoostLearner(seed=0), n_features=4, seed=0, prior_below=prior_below)
+        tuned.fit(x, y, y == 1, layout)
+        assert tuned.learner.get_params()["max_depth"] == 4  # the learner's depth chosen out of fold either way
+        kinds[prior_below] = tuned.blend_kind_
+        oof = tuned.oof_aucpr_
+    assert oof["learner"] > oof["prior"]
+    assert kinds == {PRIOR_BELOW: "prior", 30: "learner"}

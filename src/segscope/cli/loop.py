@@ -99,9 +99,9 @@ def finetune(
         )
     sup = report["supervised"]
     oof = sup.get("out_of_fold_aucpr", {})
-    chosen = f"scores with {sup['mode']}" + (
-        " (out-of-fold AUCPR " + ", ".join(f"{k} {v:.3f}" for k, v in oof.items()) + ")" if oof else ""
-    )
+    chosen = f"scores with {sup['mode']}" + (f", {sup['blend_by']}" if "blend_by" in sup else "")
+    if oof:
+        chosen += " (out-of-fold AUCPR " + ", ".join(f"{k} {v:.3f}" for k, v in oof.items()) + ")"
     err.print(
         f"[green]fine-tuned[/] {candidate.version} ({sup['learner']}, {sup['labelled_anomalies']} labelled "
         f"anomalies) from {candidate.parent_version_}; {chosen}"
