@@ -241,6 +241,8 @@ def run_stream(options: StreamOptions, *, on_stats: Callable[[str], None] | None
                 settle(wait=True)
                 if source.group_done():  # every partition of the topic, not only this member's
                     break
+                if not eos:  # everything consumed is written now: a lost last commit must not keep the group short
+                    source.commit_consumed()
             if now - last_stats >= options.stats_interval:
                 lag = source.lag()
                 rate = window_in / max(now - window_start, 1e-9)
