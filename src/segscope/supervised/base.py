@@ -19,10 +19,10 @@ Analysts label few records, mostly anomalies, and the rest of the history is unl
   not see (the stack is cross-fitted, proximity is to the other folds' anomalies); another blend replaces the
   learner only when it beats it in ``RELIABLY_BETTER`` of bootstrap resamples of those predictions, so the
   choice never falls below the learner alone out of fold, and a lucky fold does not decide. With fewer than
-  ``prior_below`` labelled anomalies (75: 25 per fold) the prior blend is taken without a choice: below that the
-  out-of-fold comparison keeps the learner where the prior blend is better on new data (from 30, the first
-  threshold, to 74 labelled anomalies: annthyroid at 37 and 74, mammography at 32, 40 on four sets that chose
-  nothing; ``benchmarks/held_out_few_labels.py``);
+  ``prior_below`` labelled anomalies (75, 25 per fold) the prior blend is taken without a comparison: made from
+  30 on, the comparison kept the learner alone where the prior blend ranked new records better (annthyroid with
+  37 and 74 labelled anomalies, mammography with 32, under Overlap's protocol; four sets that chose nothing at
+  40, ``benchmarks/held_out_few_labels.py``);
 * **the learner's own parameters**, when it offers alternatives (XGBoost: stumps or depth 4), are chosen first by
   the same rule: the first unless another is reliably better out of fold, and the first with fewer than
   ``MIN_ANOMALIES_TO_CHOOSE`` labelled anomalies;
