@@ -190,9 +190,10 @@ class SegmentsConfig(_Frozen):
     #: Calibrate each segment's anomaly scores against its own members (noise: globally).
     aware_scoring: bool = False
     #: Give the fine-tuned learner segment membership (one-hot) and assignment confidence. Off: measured on the
-    #: ADBench sets (benchmarks/segment_features.py) it lowers mean AUCPR (69.1 -> 59.9 with 1% of the anomalies
-    #: labelled, 79.2 -> 75.3 with 5%); it helps on pendigits and annthyroid, hurts most on satimage2 and
-    #: mammography, where a few labelled anomalies in their own small segment teach the learner the segment.
+    #: ADBench sets (benchmarks/segment_features.py) it raises mean AUCPR by under a point with stumps and the
+    #: prior blend (81.5 -> 81.8 with 1% of the anomalies labelled, 86.5 -> 87.3 with 5%, mostly pendigits), and
+    #: lowered it badly with deep trees (69.1 -> 59.9 and 79.2 -> 75.3: a few labelled anomalies in their own small
+    #: segment taught the learner the segment); not checked on data that did not choose it.
     learner_features: bool = False
     #: Segments with fewer fit-time members than this are calibrated globally.
     min_segment_size: int = Field(default=50, ge=10)
