@@ -1,11 +1,15 @@
 """Do segment membership and confidence help the fine-tuned learner?
 
     python benchmarks/segment_features.py [--data ../shared/data] [--seeds 1,2,3]
+    python benchmarks/segment_features.py --held-out    # the four sets of held_out_unsupervised.py instead
 
 ADBench's label-informed protocol (see adbench_label_informed.py) with segments enabled: the same fitted model,
 the same revealed labels (gamma_l = 1% and 5% of the training anomalies), the XGBoost learner fine-tuned once on
 the supervision matrix without and once with the segment columns (one-hot membership + assignment confidence).
-Test AUCPR per set, mean over seeds. Writes benchmarks/results/segment_features.json and prints a Markdown table.
+Test AUCPR per set, mean over seeds. With ``--held-out``, the four sets that chose nothing (nslkdd with 5%
+attacks, vehicle claims, Ethereum accounts, AI4I 2020; as benchmarks/held_out_unsupervised.py loads them) with
+5 / 20 / 80 labelled anomalies (all of them where fewer). Writes benchmarks/results/segment_features[_held_out].json
+and prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -22,8 +26,10 @@ from segscope.model import Model
 from segscope.supervised.learners import make_finetuned
 
 from _adbench import ADBENCH_SETS, data_dir, load_set, n_labelled, split
+from held_out_unsupervised import DROP, load
 
 GAMMAS = (0.01, 0.05)
+COUNTS = (5, 20, 80)
 
 
 def main() -> None:
@@ -31,12 +37,15 @@ def main() -> None:
     parser.add_argument("--data", default=None)
     parser.add_argument("--sets", default=",".join(ADBENCH_SETS))
     parser.add_argument("--seeds", default="1,2,3")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "segment_features.json"))
+    parser.add_argument("--held-out", action="store_true", help="the four held-out sets, 5 / 20 / 80 labels")
+    parser.add_argument("--out", default=None)
     args = parser.parse_args()
     data = data_dir(args.data)
+    name_out = "segment_features_held_out.json" if args.held_out else "segment_features.json"
+    out = Path(args.out or Path(__file__).parent / "results" / name_out)
     results: dict[str, dict[str, list[float]]] = {}
-    for name in args.sets.split(","):
-        frame = load_set(data, name)
+    for name in DROP if args.held_out else args.sets.split(","):
+        frame = load(data, name) if args.held_out else load_set(data, name)
         n_anomalies = int(frame["label"].sum())
         for seed in (int(s) for s in args.seeds.split(",")):
             train, test = split(frame, seed)
@@ -44,8 +53,9 @@ def main() -> None:
             model = Model(cfg.with_features(id_column=None, drop=("label",))).fit(train)
             y_test = test["label"].to_numpy()
             train_pos = np.flatnonzero(train["label"].to_numpy() == 1)
-            for gamma in GAMMAS:
-                k = min(n_labelled(n_anomalies, gamma), train_pos.size)
+            for level in COUNTS if args.held_out else GAMMAS:
+                wanted = int(level) if args.held_out else n_labelled(n_anomalies, level)
+                k = min(wanted, train_pos.size)
                 y = np.zeros(train.height, dtype=np.int64)
                 y[np.random.default_rng(seed).choice(train_pos, size=k, replace=False)] = 1
                 for with_segments in (False, True):
@@ -53,7 +63,8 @@ def main() -> None:
                     x_test, _, _ = model.supervision_matrix(test, with_segments=with_segments)
                     tuned = make_finetuned("xgboost", n_features=model.n_features, seed=seed)
                     tuned.fit(x_train, y, y == 1, layout)
-                    key = f"{'with' if with_segments else 'without'} segments @ {int(gamma * 100)}%"
+                    at = f"{level} labelled" if args.held_out else f"{int(level * 100)}%"
+                    key = f"{'with' if with_segments else 'without'} segments @ {at}"
                     ap = 100 * average_precision_score(y_test, tuned.predict_proba(x_test))
                     results.setdefault(name, {}).setdefault(key, []).append(ap)
             print(name, seed, {k: round(v[-1], 2) for k, v in results[name].items()}, flush=True)
@@ -66,7 +77,7 @@ def main() -> None:
         + " | ".join(f"**{np.mean([np.mean(by[k]) for by in results.values()]):.2f}**" for k in keys)
         + " |"
     )
-    Path(args.out).write_text(json.dumps(results, indent=1))
+    out.write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":
