@@ -12,6 +12,10 @@ import numpy as np
 import polars as pl
 from sklearn.model_selection import train_test_split
 
+from segscope.config import SegscopeConfig
+from segscope.model import Model
+from segscope.supervised.base import Layout
+
 ADBENCH_SETS = (
     "kdd99_http",
     "kdd99_smtp",
@@ -69,6 +73,26 @@ def split(frame: pl.DataFrame, seed: int, max_rows: int = 10_000) -> tuple[pl.Da
     idx = np.arange(frame.height)
     tr, te = train_test_split(idx, test_size=0.3, stratify=frame["label"].to_numpy(), random_state=seed)
     return frame[np.sort(tr)], frame[np.sort(te)]
+
+
+def fitted_matrices(
+    train: pl.DataFrame, test: pl.DataFrame, seed: int
+) -> tuple[Model, np.ndarray, Layout, np.ndarray, np.ndarray]:
+    """segscope's unsupervised layer fitted on ``train`` without labels ("label" dropped), and the supervision
+    matrices of both splits: (model, x_train, layout, x_test, the test split's anomaly scores)."""
+    model = Model(SegscopeConfig(seed=seed).with_features(id_column=None, drop=("label",))).fit(train)
+    x_train, layout, _ = model.supervision_matrix(train)
+    x_test, _, anomaly_test = model.supervision_matrix(test)
+    return model, x_train, layout, x_test, anomaly_test
+
+
+def reveal(train: pl.DataFrame, k: int, seed: int) -> np.ndarray:
+    """The labels an analyst gave: ``k`` of the train split's anomalies (all of them where fewer), drawn with
+    ``seed``, as 1; everything else 0 (unlabelled)."""
+    positives = np.flatnonzero(train["label"].to_numpy() == 1)
+    y = np.zeros(train.height, dtype=np.int64)
+    y[np.random.default_rng(seed).choice(positives, size=min(k, positives.size), replace=False)] = 1
+    return y
 
 
 def n_labelled(frame_full_anomalies: int, ratio: float) -> int:

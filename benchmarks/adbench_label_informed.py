@@ -22,11 +22,9 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from segscope.config import SegscopeConfig
-from segscope.model import Model
 from segscope.supervised.learners import make_finetuned
 
-from _adbench import ADBENCH_SETS, SEEDS, data_dir, load_set, n_labelled, published, split
+from _adbench import ADBENCH_SETS, SEEDS, data_dir, fitted_matrices, load_set, n_labelled, published, reveal, split
 
 GAMMAS = (0.01, 0.05, 0.10)
 COUNTS = (5, 10, 20)
@@ -42,21 +40,13 @@ def run(data: Path, sets: tuple[str, ...], seeds: tuple[int, ...], learners: lis
         n_anomalies = int(frame["label"].sum())
         for seed in seeds:
             train, test = split(frame, seed)
-            cfg = SegscopeConfig(seed=seed).with_features(id_column=None, drop=("label",))
-            model = Model(cfg).fit(train)
-            x_train, layout, _ = model.supervision_matrix(train)
-            x_test, _, anomaly_test = model.supervision_matrix(test)
+            model, x_train, layout, x_test, anomaly_test = fitted_matrices(train, test, seed)
             y_test = test["label"].to_numpy()
             rec = out.setdefault("unsupervised", {}).setdefault(name, {"aucroc": [], "aucpr": []})
             rec["aucroc"].append(100 * roc_auc_score(y_test, anomaly_test))
             rec["aucpr"].append(100 * average_precision_score(y_test, anomaly_test))
-            train_pos = np.flatnonzero(train["label"].to_numpy() == 1)
             for level in COUNTS if counts else GAMMAS:
-                wanted = int(level) if counts else n_labelled(n_anomalies, level)
-                k = min(wanted, train_pos.size)
-                chosen = np.random.default_rng(seed).choice(train_pos, size=k, replace=False)
-                y = np.zeros(train.height, dtype=np.int64)
-                y[chosen] = 1
+                y = reveal(train, int(level) if counts else n_labelled(n_anomalies, level), seed)
                 labelled = y == 1
                 for learner_name in learners:
                     t0 = time.perf_counter()

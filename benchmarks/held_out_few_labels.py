@@ -23,12 +23,10 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from segscope.config import SegscopeConfig
-from segscope.model import Model
 from segscope.supervised.base import MIN_ANOMALIES_TO_CHOOSE, FineTuned
 from segscope.supervised.xgb import XGBoostLearner
 
-from _adbench import SEEDS, data_dir, split
+from _adbench import SEEDS, data_dir, fitted_matrices, reveal, split
 from held_out_unsupervised import DROP, load
 
 VARIANTS = {
@@ -51,15 +49,10 @@ def main() -> None:
         frame = load(data, name)
         for seed in SEEDS:
             train, test = split(frame, seed)
-            model = Model(SegscopeConfig(seed=seed).with_features(id_column=None, drop=("label",))).fit(train)
-            x_train, layout, _ = model.supervision_matrix(train)
-            x_test, _, _ = model.supervision_matrix(test)
+            model, x_train, layout, x_test, _ = fitted_matrices(train, test, seed)
             y_test = test["label"].to_numpy()
-            positives = np.flatnonzero(train["label"].to_numpy() == 1)
             for count in counts:
-                chosen = np.random.default_rng(seed).choice(positives, size=min(count, positives.size), replace=False)
-                y = np.zeros(train.height, dtype=np.int64)
-                y[chosen] = 1
+                y = reveal(train, count, seed)
                 for label, params in VARIANTS.items():
                     if params.get("prior_below") and count < MIN_ANOMALIES_TO_CHOOSE:
                         continue  # the same model as shipped below 30

@@ -20,15 +20,11 @@ import json
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 from sklearn.metrics import average_precision_score, roc_auc_score
-from sklearn.model_selection import train_test_split
 
-from segscope.config import SegscopeConfig
-from segscope.model import Model
 from segscope.supervised.learners import make_finetuned
 
-from _adbench import data_dir, load_set
+from _adbench import data_dir, fitted_matrices, load_set, reveal, split
 
 SETS = {
     "http": "kdd99_http",
@@ -44,33 +40,20 @@ RATIOS = (0.05, 0.10, 0.20)
 PUBLISHED = {"ADSD (Overlap)": (81.7, 84.7, 87.2), "per-set best of 16": (86.8, 87.7, 88.7)}
 
 
-def protocol_split(frame: pl.DataFrame, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
-    rng = np.random.default_rng(seed)
-    if frame.height > 10_000:
-        frame = frame[np.sort(rng.choice(frame.height, 10_000, replace=False))]
-    rows = np.arange(frame.height)
-    train, test = train_test_split(rows, test_size=0.3, stratify=frame["label"].to_numpy(), random_state=seed)
-    return frame[np.sort(train)], frame[np.sort(test)]
-
-
 def run(data: Path, seeds: list[int], learners: list[str]) -> dict:
     out: dict = {}
     for paper_name, name in SETS.items():
         frame = load_set(data, name)
         for seed in seeds:
-            train, test = protocol_split(frame, seed)
-            model = Model(SegscopeConfig(seed=seed).with_features(id_column=None, drop=("label",))).fit(train)
-            x_train, layout, _ = model.supervision_matrix(train)
-            x_test, _, _ = model.supervision_matrix(test)
+            train, test = split(frame, seed)  # their split: the same draws as ADBench's (10,000 rows, 70/30)
+            model, x_train, layout, x_test, _ = fitted_matrices(train, test, seed)
             y_test = test["label"].to_numpy()
-            anomalies = np.flatnonzero(train["label"].to_numpy() == 1)
+            n_anomalies = int(train["label"].sum())
             for ratio in RATIOS:
-                k = int(ratio * anomalies.size)
+                k = int(ratio * n_anomalies)
                 if k == 0:  # their protocol can label none; no learner can be fine-tuned then
                     continue
-                chosen = np.random.default_rng(seed).choice(anomalies, size=k, replace=False)
-                y = np.zeros(train.height, dtype=np.int64)
-                y[chosen] = 1
+                y = reveal(train, k, seed)
                 for learner in learners:
                     tuned = make_finetuned(learner, n_features=model.n_features, seed=seed)
                     proba = tuned.fit(x_train, y, y == 1, layout).predict_proba(x_test)

@@ -25,7 +25,7 @@ from segscope.config import SegmentsConfig, SegscopeConfig
 from segscope.model import Model
 from segscope.supervised.learners import make_finetuned
 
-from _adbench import ADBENCH_SETS, data_dir, load_set, n_labelled, split
+from _adbench import ADBENCH_SETS, data_dir, load_set, n_labelled, reveal, split
 from held_out_unsupervised import DROP, load
 
 GAMMAS = (0.01, 0.05)
@@ -52,12 +52,8 @@ def main() -> None:
             cfg = SegscopeConfig(seed=seed, segments=SegmentsConfig(enabled=True))
             model = Model(cfg.with_features(id_column=None, drop=("label",))).fit(train)
             y_test = test["label"].to_numpy()
-            train_pos = np.flatnonzero(train["label"].to_numpy() == 1)
             for level in COUNTS if args.held_out else GAMMAS:
-                wanted = int(level) if args.held_out else n_labelled(n_anomalies, level)
-                k = min(wanted, train_pos.size)
-                y = np.zeros(train.height, dtype=np.int64)
-                y[np.random.default_rng(seed).choice(train_pos, size=k, replace=False)] = 1
+                y = reveal(train, int(level) if args.held_out else n_labelled(n_anomalies, level), seed)
                 for with_segments in (False, True):
                     x_train, layout, _ = model.supervision_matrix(train, with_segments=with_segments)
                     x_test, _, _ = model.supervision_matrix(test, with_segments=with_segments)

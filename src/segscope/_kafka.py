@@ -19,7 +19,7 @@ from typing import Any, Literal
 from segscope._deps import require
 from segscope.exceptions import SinkError, SourceError
 
-__all__ = ["CLIENTS", "Polled", "make_consumer", "make_producer"]
+__all__ = ["CLIENTS", "Polled", "log_commit_failure", "make_consumer", "make_producer"]
 
 log = logging.getLogger("segscope.stream")
 
@@ -210,11 +210,16 @@ def _log_error(err: Any) -> None:
     log.warning("kafka: %s", err.str() if hasattr(err, "str") else err)
 
 
+def log_commit_failure(reason: str) -> None:
+    """A failed commit (a rebalance, a restarting coordinator) is safe: the records come again with the same ids
+    and the next commit covers them."""
+    log.warning("commit failed (%s); the next commit covers these records", reason)
+
+
 def _log_commit(err: Any, _: Any) -> None:
-    """The outcome of an asynchronous commit: a failure (a rebalance, a restarting coordinator) is safe, the
-    records come again with the same ids and the next commit covers them."""
+    """The outcome of an asynchronous commit (confluent-kafka's ``on_commit``)."""
     if err is not None:
-        log.warning("commit failed (%s); the next commit covers these records", err.str())
+        log_commit_failure(err.str())
 
 
 # ------------------------------------------------------------------------------------------ kafka-python

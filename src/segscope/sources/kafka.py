@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 import polars as pl
 
-from segscope._kafka import TP, Client, Polled, make_consumer
+from segscope._kafka import TP, Client, Polled, log_commit_failure, make_consumer
 from segscope.schema import SCORED_COLUMNS, ColumnSpec, FeatureSchema
 from segscope.sources.base import Batch, DeadLetter
 
@@ -218,18 +218,7 @@ class KafkaSource:
         try:
             self.consumer_.commit(positions)
         except Exception as exc:
-            log.warning("commit failed (%s); the next commit covers these records", str(exc).splitlines()[0])
-
-    def commit_consumed(self) -> None:
-        """Commit this member's positions where the group's commits are behind them. Only for an idle member whose
-        outputs are all acknowledged (every record it consumed is written): a commit that failed with its last batch
-        would otherwise leave the group short of the end until another record arrives (an idle exit waits on it)."""
-        try:
-            positions = self.consumer_.positions()
-            committed = self.consumer_.committed(list(positions)) if positions else {}
-        except Exception:  # asked again on the next idle poll
-            return
-        self.commit_positions({tp: at for tp, at in positions.items() if committed.get(tp, -1) < at})
+            log_commit_failure(str(exc).splitlines()[0])
 
     def group_metadata(self) -> Any:
         """What a transactional producer needs to commit this consumer's positions (KIP-447 fencing)."""
@@ -265,16 +254,23 @@ class KafkaSource:
         except Exception:  # lag is informational: never let it stop the stream
             return -1
 
-    def group_done(self) -> bool:
+    def group_done(self, recommit: bool = False) -> bool:
         """Whether the whole group has committed up to the end of every partition of the topic: another member
-        dying with work left shows here as lag, even if this member's own partitions are done."""
+        dying with work left shows here as lag, even if this member's own partitions are done. With ``recommit``
+        (only for an idle member whose outputs are all acknowledged: every record it consumed is written), this
+        member's positions are committed again where the group's commits are behind them: a commit lost with the
+        last batch would otherwise keep the group short of the end until another record arrives."""
         try:
             parts = [(self.topic, p) for p in self.consumer_.partitions(self.topic)]
             committed = self.consumer_.committed(parts)
             marks = self.consumer_.watermarks(parts)
-        except Exception:
+            positions = self.consumer_.positions() if recommit else {}
+        except Exception:  # asked again on the next idle poll
             return False
-        return bool(parts) and all(max(committed.get(tp, -1), marks[tp][0]) >= marks[tp][1] for tp in parts)
+        if all(max(committed.get(tp, -1), marks[tp][0]) >= marks[tp][1] for tp in parts):
+            return bool(parts)
+        self.commit_positions({tp: at for tp, at in positions.items() if committed.get(tp, -1) < at})
+        return False
 
     def close(self) -> None:
         if hasattr(self, "consumer_"):

@@ -239,10 +239,10 @@ def run_stream(options: StreamOptions, *, on_stats: Callable[[str], None] | None
                 stats.dead_letters += dead
             if batch is None and options.idle_exit is not None and now - last_message > options.idle_exit:
                 settle(wait=True)
-                if source.group_done():  # every partition of the topic, not only this member's
+                # every partition of the topic, not only this member's; everything consumed is written now, so
+                # (at-least-once) a lost last commit is made again rather than keeping the group short for good
+                if source.group_done(recommit=not eos):
                     break
-                if not eos:  # everything consumed is written now: a lost last commit must not keep the group short
-                    source.commit_consumed()
             if now - last_stats >= options.stats_interval:
                 lag = source.lag()
                 rate = window_in / max(now - window_start, 1e-9)
