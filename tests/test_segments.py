@@ -122,12 +122,38 @@ def test_model_with_segments(tmp_path: Path, run_cli, segments_model: Model, seg
     assert inspect.code == 0 and "segments (assignment agrees" in inspect.out
 
 
+def test_boundaries_between_touching_groups_follow_the_features() -> None:
+    """Two groups that touch: HDBSCAN finds them in the embedding, and the rows between them (noise, or on the
+    embedding's side of the gap) are labelled where the features put the boundary, close to the best possible
+    split; the embedding's own boundary is measurably worse on new records."""
+
+    def touching(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng(seed)
+        truth = rng.integers(0, 2, size=n)
+        x = rng.normal(size=(n, 4))
+        x[:, 0] += 3.0 * truth
+        return x, truth
+
+    x, _ = touching(1500, 2)
+    new, truth = touching(2000, 102)
+    best = adjusted_rand_score(truth, (new[:, 0] > 1.5).astype(int))  # the Bayes split
+    linear = Segmenter(sample_size=1200, min_cluster_size=30, seed=2).fit(x)
+    embedding = Segmenter(**{**linear.get_params(), "boundaries": "embedding"}).fit(x)
+    assert linear.segments_.size == embedding.segments_.size == 2
+    ari_linear = adjusted_rand_score(truth, linear.assign(new)[0])
+    assert ari_linear > best - 0.05
+    assert ari_linear > adjusted_rand_score(truth, embedding.assign(new)[0]) + 0.05
+    assert linear.agreement_held_out_ is not None and linear.agreement_held_out_ > 0.95
+
+
 def test_segment_ids_keep_their_meaning_across_refits(segmenter: Segmenter) -> None:
     rng = np.random.default_rng(5)
     x, _ = _blobs(seed=3)
     new_blob = np.array([20.0, -20.0, 20.0, -20.0]) + rng.normal(size=(400, 4))  # a pattern the old one lacks
     x_new = np.concatenate([x[::-1], new_blob])  # other rows, other order, one more group
-    refit = Segmenter(sample_size=1900, min_cluster_size=30, seed=7).fit(x_new, previous=segmenter)
+    refit = Segmenter(sample_size=1500, min_cluster_size=30, seed=7).fit(x_new, previous=segmenter)
+    # held-out agreement compares the served ids with the fit-time segmentation in the same (matched) ids
+    assert refit.agreement_held_out_ is not None and refit.agreement_held_out_ > 0.9
     centres = np.array([[0, 0, 0, 0], [8, 8, 0, 0], [0, 8, 8, 8]], dtype=float)
     old_ids, _ = segmenter.assign(centres)
     new_ids, _ = refit.assign(centres)

@@ -10,6 +10,10 @@ DetectorName = Literal["iforest", "ecod", "copod", "hbos", "knn", "cblof", "pyod
 #: How per-detector calibrated scores are combined into ``anomaly_score``.
 CombineMethod = Literal["mean", "max"]
 
+#: Where segments' boundaries are drawn at fit (``segscope.unsupervised.segment``): in the prepared features
+#: (a linear discriminant taught by HDBSCAN's clustered rows) or in the UMAP embedding (noise to its neighbours).
+SegmentBoundaries = Literal["linear", "embedding"]
+
 #: Alert policies (``segscope.unsupervised.threshold``).
 PolicyKind = Literal["contamination", "quantile", "fixed", "budget"]
 

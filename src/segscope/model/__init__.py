@@ -175,6 +175,7 @@ class Model:
             min_cluster_size=s.min_cluster_size,
             min_samples=s.min_samples,
             min_confidence=s.min_confidence,
+            boundaries=s.boundaries,
             seed=cfg.seed,
         ).fit(x, previous=previous.segmenter_ if previous is not None else None)
         labels = self.segmenter_.assign(x)[0]  # once, for both the calibration and the profile cards
