@@ -151,7 +151,9 @@ def test_segment_ids_keep_their_meaning_across_refits(segmenter: Segmenter) -> N
     x, _ = _blobs(seed=3)
     new_blob = np.array([20.0, -20.0, 20.0, -20.0]) + rng.normal(size=(400, 4))  # a pattern the old one lacks
     x_new = np.concatenate([x[::-1], new_blob])  # other rows, other order, one more group
-    refit = Segmenter(sample_size=1500, min_cluster_size=30, seed=7).fit(x_new, previous=segmenter)
+    refit = Segmenter(sample_size=1500, min_cluster_size=30, seed=7).fit(
+        x_new, previous_segments=segmenter.assign(x_new)[0]
+    )
     # held-out agreement compares the served ids with the fit-time segmentation in the same (matched) ids
     assert refit.agreement_held_out_ is not None and refit.agreement_held_out_ > 0.9
     centres = np.array([[0, 0, 0, 0], [8, 8, 0, 0], [0, 8, 8, 8]], dtype=float)
@@ -207,3 +209,56 @@ def test_learner_sees_segment_membership_and_confidence(
     loaded = Model.load(tmp_path / "tuned")
     assert loaded.supervised_segment_features_
     assert loaded.score(history.head(500))["supervised_score"].equals(scored["supervised_score"])
+
+
+def test_a_refit_matches_segments_through_the_previous_models_own_features(
+    tmp_path: Path, run_cli, segments_model: Model
+) -> None:
+    """`fit --previous`: the previous model segments the new rows through its own preparer (the new file has one
+    more column and a new merchant category, so this fit's prepared features are laid out differently), so ids
+    are matched on what the previous model really says of those rows; a previous model that cannot read the new
+    data is a one-line error, and nothing is written."""
+    from segscope.testing.data import make_transactions
+
+    rng = np.random.default_rng(4)
+    new_history = make_transactions(3000, seed=4)
+    new_history = new_history.select(
+        pl.Series("terminal_load", rng.normal(size=new_history.height)),
+        pl.all().exclude("merchant_category"),
+        pl.when(pl.int_range(new_history.height) % 7 == 0)
+        .then(pl.lit("crypto"))
+        .otherwise(pl.col("merchant_category"))
+        .alias("merchant_category"),
+    )
+    said_before = segments_model.score(new_history)["segment"].to_numpy()
+    np.testing.assert_array_equal(Model._previous_segments(new_history, segments_model), said_before)
+    refit = Model(segments_model.config).fit(new_history, previous=segments_model)
+    assert refit.segmenter_ is not None and refit.segmenter_.lineage_["matched"]
+    kept = refit.score(new_history)["segment"].to_numpy() == said_before
+    assert kept.mean() > 0.8  # most rows keep their segment id across the refit
+
+    segments_model.save(tmp_path / "old")
+    data, config = tmp_path / "new.csv", tmp_path / "seg.toml"
+    new_history.drop("amount").write_csv(data)
+    config.write_text(
+        '[features]\nid_column = "txn_id"\ndrop = ["is_fraud"]\n[segments]\nenabled = true\nsample_size = 2000\n'
+    )
+    result = run_cli("fit", data, "--config", config, "--bundle", tmp_path / "new", "--previous", tmp_path / "old")
+    assert result.code != 0
+    assert "previous model cannot segment this data" in result.err and "amount" in result.err
+    assert "Traceback" not in result.err and len(result.err.strip().splitlines()) == 1
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_flag_that_marks_exactly_one_segment_gets_a_readable_effect_size() -> None:
+    """Effect sizes are in units of the feature's spread over the history: a flag that is 1 in exactly one
+    segment (no spread inside either group) is sqrt(1 / (p (1 - p))) standard deviations apart, not billions."""
+    from segscope.unsupervised.profiles import profile_cards
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], [50, 950])
+    x = np.column_stack([(labels == 0).astype(float), rng.normal(size=1000)])
+    cards = profile_cards(np.array([0, 1]), labels, x, ["flag", "noise"], {"flag": "0", "noise": "0"}, x, {}, None)
+    flag = next(d for d in cards[0]["distinguishing"] if d["feature"] == "flag")
+    assert flag["effect_size"] == pytest.approx(1 / np.sqrt(0.05 * 0.95), rel=1e-3)
+    assert cards[0]["distinguishing"][0]["feature"] == "flag"

@@ -22,7 +22,7 @@ import numpy as np
 import polars as pl
 
 from segscope.config import SegscopeConfig
-from segscope.exceptions import ConfigError, NotFittedError, SegscopeWarning
+from segscope.exceptions import ConfigError, DataError, NotFittedError, SchemaError, SegscopeWarning
 from segscope.features.entity import EntityFeatures
 from segscope.features.entity_state import EntityState
 from segscope.features.prepare import FeaturePreparer
@@ -112,6 +112,8 @@ class Model:
                 frame = frame[int(frame.height * cfg.entity_warmup) :]
                 if frame.height > cfg.max_fit_rows:
                     frame = frame.sample(cfg.max_fit_rows, seed=cfg.seed)
+        # the previous version's segment of each row, through its own preparer: ids are matched on the same rows
+        previous_segments = self._previous_segments(frame, previous) if cfg.segments.enabled else None
         step("preparing features")
         prep = FeaturePreparer(
             id_column=cfg.features.id_column,
@@ -135,7 +137,7 @@ class Model:
         self.segmenter_, self.segment_profiles_, self.segment_calibration_ = None, [], None
         if cfg.segments.enabled:
             step("segmenting (UMAP + HDBSCAN on a sample, distilled into a forest)")
-            self._fit_segments(x, validated, alerts, previous)
+            self._fit_segments(x, validated, alerts, previous_segments)
         columns = [(c.name, c.kind) for c in prep.schema_.columns]
         rate = float(alerts.mean()) if alerts is not None else None
         self.drift_ = DriftReference().fit(validated, columns, rate)
@@ -162,8 +164,23 @@ class Model:
         self.segment_expected_ = self._expected_table()
         return self
 
+    @staticmethod
+    def _previous_segments(frame: pl.DataFrame, previous: Model | None) -> np.ndarray | None:
+        """The previous model's segment of each row of ``frame``, prepared by the previous model's own preparer
+        (this fit's scaling, one-hot layout and column order may differ); None when it had no segments."""
+        if previous is None or previous.segmenter_ is None:
+            return None
+        try:
+            rows = previous.preparer_.transform(previous.preparer_.validate(frame))
+        except (SchemaError, DataError) as exc:
+            raise SchemaError(
+                f"the previous model cannot segment this data, so segment ids cannot be kept across the refit: {exc}"
+            ) from None
+        segments: np.ndarray = previous.segmenter_.assign(rows)[0]
+        return segments
+
     def _fit_segments(
-        self, x: np.ndarray, validated: pl.DataFrame, alerts: np.ndarray | None, previous: Model | None
+        self, x: np.ndarray, validated: pl.DataFrame, alerts: np.ndarray | None, previous_segments: np.ndarray | None
     ) -> None:
         from segscope.unsupervised.segment import Segmenter
 
@@ -177,7 +194,7 @@ class Model:
             min_confidence=s.min_confidence,
             boundaries=s.boundaries,
             seed=cfg.seed,
-        ).fit(x, previous=previous.segmenter_ if previous is not None else None)
+        ).fit(x, previous_segments=previous_segments)
         labels = self.segmenter_.assign(x)[0]  # once, for both the calibration and the profile cards
         if s.aware_scoring:
             self.segment_calibration_ = SegmentCalibration(min_size=s.min_segment_size).fit(self.ensemble_, x, labels)

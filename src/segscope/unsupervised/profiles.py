@@ -32,14 +32,16 @@ def profile_cards(
     """One card per segment id in ``segments`` (then noise, -1), from the fit rows' assignments ``labels``,
     prepared matrix ``x``, readable values (see ``FeaturePreparer.readable_values``) and alert decisions."""
     cards = []
+    spread = x.std(axis=0)
     for seg in [*segments.tolist(), -1]:
         members = labels == seg
         if not members.any():
             continue
         rest = ~members
         mean_in, mean_out = x[members].mean(axis=0), x[rest].mean(axis=0) if rest.any() else x.mean(axis=0)
-        pooled = np.sqrt((x[members].var(axis=0) + (x[rest].var(axis=0) if rest.any() else 0)) / 2) + 1e-9
-        effect = (mean_in - mean_out) / pooled
+        # in units of the feature's spread over the whole history: a within-group spread (Cohen's d) is 0 for a
+        # flag that is 1 in exactly this segment, and the effect came out in the billions
+        effect = (mean_in - mean_out) / (spread + 1e-9)
         top = np.argsort(-np.abs(effect))[:5]
         with warnings.catch_warnings():  # categorical columns are all-NaN here: their typical value is the mode
             warnings.simplefilter("ignore", RuntimeWarning)

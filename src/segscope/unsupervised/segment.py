@@ -77,11 +77,13 @@ class Segmenter(StoresParams):
         self.boundaries = boundaries
         self.seed = seed
 
-    def fit(self, x: np.ndarray, previous: Segmenter | None = None) -> Self:
-        """Segment ``x``. With ``previous`` (the last version's segmenter), new segments take the ids of the old
-        ones they overlap most (Hungarian matching on member overlap), so ids keep their meaning; births,
-        deaths, merges and splits are recorded in ``lineage_``."""
+    def fit(self, x: np.ndarray, previous_segments: np.ndarray | None = None) -> Self:
+        """Segment ``x``. With ``previous_segments`` (the last version's segment of each row of ``x``), new
+        segments take the ids of the old ones they overlap most (Hungarian matching on member overlap), so ids
+        keep their meaning; births, deaths, merges and splits are recorded in ``lineage_``."""
         self.check_params()
+        if previous_segments is not None and previous_segments.shape[0] != x.shape[0]:
+            raise ValueError(f"previous_segments has {previous_segments.shape[0]} rows; x has {x.shape[0]}")
         umap = require("umap", extra="segments", feature="segmentation (UMAP)")
         hdbscan = require("hdbscan", extra="segments", feature="segmentation (HDBSCAN)")
         from sklearn.ensemble import RandomForestClassifier
@@ -113,8 +115,8 @@ class Segmenter(StoresParams):
         found_labels = linear(sample) if linear is not None else _to_nearest_segment(embedding, found, embedding, found)
         labels = found_labels
         self.lineage_: dict[str, Any] = {}
-        if previous is not None:
-            labels, self.lineage_ = _match_to_previous(found_labels, previous.assign(sample)[0])
+        if previous_segments is not None:
+            labels, self.lineage_ = _match_to_previous(found_labels, previous_segments[sample_rows])
         self.segments_ = np.unique(labels[labels >= 0]).astype(np.int32)
         forest = RandomForestClassifier(
             n_estimators=self.n_trees,
