@@ -4,7 +4,8 @@
 
 Same protocol as adbench_unsupervised.py (10k subsample, 70/30 stratified split, seeds 1-3, no labels). The
 model is fitted once per split with segments enabled; the global score and the segment-aware score are both
-computed from it. Writes benchmarks/results/adbench_segments.json.
+computed from it; --boundaries embedding draws the segments' boundaries as versions before did. Writes
+benchmarks/results/adbench_segments.json.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=None)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--boundaries", default="linear", choices=("linear", "embedding"), help="where segments' boundaries are drawn"
+    )
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "adbench_segments.json"))
     args = parser.parse_args()
     data = data_dir(args.data)
@@ -37,7 +41,9 @@ def main() -> None:
         rows: dict[str, list[float]] = {k: [] for k in ("segments", "g_pr", "s_pr", "g_roc", "s_roc")}
         for seed in seeds:
             train, test = split(load_set(data, name), seed)
-            cfg = SegscopeConfig(seed=seed, segments=SegmentsConfig(enabled=True, aware_scoring=True))
+            cfg = SegscopeConfig(
+                seed=seed, segments=SegmentsConfig(enabled=True, aware_scoring=True, boundaries=args.boundaries)
+            )
             model = Model(cfg.with_features(id_column=None, drop=("label",))).fit(train)
             x = model.preparer_.transform(model.preparer_.validate(test))
             y = test["label"].to_numpy()
