@@ -204,9 +204,9 @@ class SegmentsConfig(_Frozen):
     aware_scoring: bool = False
     #: Give the fine-tuned learner segment membership (one-hot) and assignment confidence. Off: measured on the
     #: ADBench sets (benchmarks/segment_features.py) it raises mean AUCPR by under a point with stumps and the
-    #: prior blend (81.5 -> 81.8 with 1% of the anomalies labelled, 86.5 -> 87.3 with 5%, mostly pendigits), and
+    #: prior blend (81.5 -> 81.9 with 1% of the anomalies labelled, 86.5 -> 86.9 with 5%, mostly pendigits), and
     #: lowered it badly with deep trees (69.1 -> 59.9 and 79.2 -> 75.3: a few labelled anomalies in their own small
-    #: segment taught the learner the segment); on four held-out sets (--held-out) it is slightly lower.
+    #: segment taught the learner the segment); on four held-out sets (--held-out) it is level or lower.
     learner_features: bool = False
     #: Segments with fewer fit-time members than this are calibrated globally.
     min_segment_size: int = Field(default=50, ge=10)
