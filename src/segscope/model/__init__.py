@@ -166,12 +166,12 @@ class Model:
 
     @staticmethod
     def _previous_segments(frame: pl.DataFrame, previous: Model | None) -> np.ndarray | None:
-        """The previous model's segment of each row of ``frame``, prepared by the previous model's own preparer
-        (this fit's scaling, one-hot layout and column order may differ); None when it had no segments."""
+        """The previous model's segment of each row of ``frame``, as it would score them (its own entity features
+        and preparer: this fit's may differ); None when it had no segments."""
         if previous is None or previous.segmenter_ is None:
             return None
         try:
-            rows = previous.preparer_.transform(previous.preparer_.validate(frame))
+            rows = previous.preparer_.transform(previous.preparer_.validate(previous.with_entities(frame)))
         except (SchemaError, DataError) as exc:
             raise SchemaError(
                 f"the previous model cannot segment this data, so segment ids cannot be kept across the refit: {exc}"
