@@ -314,7 +314,7 @@ def _profile_cards(model: Model, data: ReportData | None) -> str:
             "<table><tr><th>feature</th><th>effect size</th><th>typical here</th><th>overall</th></tr>"
             f"{rows}</table></div>"
         )
-    return "<p>Effect size: standardised mean difference of the segment against the rest.</p>" + (
+    return "<p>Effect size: the segment's mean against the rest's, in units of the feature's overall spread.</p>" + (
         f"<div class='cards'>{''.join(cards)}</div>"
     )
 

@@ -2,7 +2,8 @@
 reasons (a member's values are compared with its own segment's typical values).
 
 A card holds the segment's size and share of the history, its alert rate at fit, the features that set it
-apart (standardised mean difference against the rest) and every feature's typical value there.
+apart (mean difference against the rest, in units of the feature's spread over the history) and every
+feature's typical value there.
 """
 
 from __future__ import annotations
