@@ -10,8 +10,18 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    SpinnerColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
+from rich.text import Text
 
 from segscope.exceptions import SegscopeError
 
@@ -30,8 +40,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 # Status and progress go to stderr so that `--out -` (NDJSON on stdout) stays clean.
-err = Console(stderr=True, soft_wrap=True)  # one line per message: logs are grepped
-out = Console()
+# What is printed holds users' text (values, column names, ids, paths, manifests, error messages): neither console
+# reads Rich markup or emoji codes from a string, so `[/x]`, `[link=...]` or `:skull:` print as they are. Style goes
+# in as rich.text.Text (`say`, `Text.assemble`, table cells through `cells`), never as markup in a string.
+err = Console(stderr=True, soft_wrap=True, markup=False, emoji=False)  # one line per message: logs are grepped
+out = Console(markup=False, emoji=False)
 
 BundleOpt = Annotated[Path, typer.Option("--bundle", "-b", help="Bundle folder.")]
 StoreOpt = Annotated[
@@ -43,17 +56,28 @@ StoreReq = Annotated[
 TrustOpt = Annotated[
     bool, typer.Option("--trust-bundle", help="Allow loading pickled components (only for bundles you trust).")
 ]
-MixOpt = Annotated[
-    str | None, typer.Option("--mix", help="Queue shares, e.g. top=0.5,uncertain=0.3,coverage=0.2.")
-]
+MixOpt = Annotated[str | None, typer.Option("--mix", help="Queue shares, e.g. top=0.5,uncertain=0.3,coverage=0.2.")]
 BudgetOpt = Annotated[int | None, typer.Option("--daily-budget", help="Labels per analyst per day.", min=1)]
+
+
+def say(style: str, head: str, rest: object = "") -> Text:
+    """``head`` in ``style``, then ``rest``: both literal text (no markup, no emoji codes)."""
+    return Text.assemble((head, style), str(rest))
+
+
+def cells(*values: object) -> list[Text]:
+    """Table cells as literal text."""
+    return [Text(str(value)) for value in values]
+
+
+def text_column() -> TextColumn:
+    """A progress column showing the task's description as literal text."""
+    return TextColumn("{task.description}", markup=False)
 
 
 @contextmanager
 def steps() -> Iterator[Any]:
-    with Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err, transient=True
-    ) as progress:
+    with Progress(SpinnerColumn(), text_column(), TimeElapsedColumn(), console=err, transient=True) as progress:
         state: dict[str, Any] = {}
 
         def step(text: str) -> None:
@@ -66,10 +90,21 @@ def steps() -> Iterator[Any]:
             progress.update(state["task"], completed=1, total=1)
 
 
+class _Label(ProgressColumn):
+    """A fixed label, as literal text."""
+
+    def __init__(self, label: str) -> None:
+        super().__init__()
+        self.label = Text(label)
+
+    def render(self, task: Task) -> Text:
+        return self.label
+
+
 def row_progress(total: int, label: str) -> Progress:
     # transient: the bar disappears when done, so a failure leaves only the one-line error
     return Progress(
-        TextColumn(label),
+        _Label(label),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("rows"),
@@ -93,11 +128,17 @@ def open_store(url: str, *, create: bool = False) -> LabelStore:
     return LabelStore.open(url, create=create)
 
 
+def shown_store(url: str) -> str:
+    """A --store value as it may be printed: a URL's password as ``***``."""
+    from segscope.labels import hide_password
+
+    return hide_password(url)
+
+
 def load_model(bundle: Path, trusted: bool) -> Model:
     from segscope.pipeline import Model
 
     return Model.load(bundle, trusted=trusted)
-
 
 
 def reason_text(reasons: list[dict[str, Any]]) -> str:
@@ -113,12 +154,12 @@ def print_top_alerts(scored: pl.DataFrame, *, id_column: str | None, limit: int 
     table.add_column("score", justify="right")
     table.add_column("top reasons (value, usual value, share of the anomaly)")
     for row in top.iter_rows(named=True):
-        table.add_row(str(row[id_column]) if id_column else "-", f"{row['score']:.4f}", reason_text(row["reasons"]))
+        table.add_row(*cells(row[id_column] if id_column else "-", f"{row['score']:.4f}", reason_text(row["reasons"])))
     out.print(table)
 
 
 def _show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
-    err.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(say("yellow", "warning:", f" {message}"), highlight=False, soft_wrap=True)
 
 
 def main() -> None:
@@ -134,10 +175,10 @@ def main() -> None:
         try:
             app()
         except SegscopeError as exc:
-            err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err.print(say("red", "error:", f" {exc}"), highlight=False, soft_wrap=True)
             sys.exit(2)
         except KeyboardInterrupt:
-            err.print("[yellow]interrupted[/]")
+            err.print(say("yellow", "interrupted"))
             sys.exit(130)
 
 

@@ -8,12 +8,14 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from segscope.cli._app import (
     BundleOpt,
     StoreOpt,
     TrustOpt,
     app,
+    cells,
     err,
     load_config,
     load_model,
@@ -21,6 +23,8 @@ from segscope.cli._app import (
     out,
     print_top_alerts,
     row_progress,
+    say,
+    shown_store,
     steps,
 )
 from segscope.exceptions import ConfigError, SegscopeError
@@ -68,11 +72,15 @@ def fit(
         model.save(bundle)
     dropped = model.preparer_.dropped_
     err.print(
-        f"[green]fitted[/] {model.version} on {model.training_['fit_rows']:,} of {model.training_['rows']:,} rows, "
-        f"{len(model.preparer_.schema_.features)} features -> [bold]{bundle}[/]"
+        Text.assemble(
+            ("fitted", "green"),
+            f" {model.version} on {model.training_['fit_rows']:,} of {model.training_['rows']:,} rows, "
+            f"{len(model.preparer_.schema_.features)} features -> ",
+            (str(bundle), "bold"),
+        )
     )
     for name, why in dropped.items():
-        err.print(f"  [yellow]dropped[/] {name}: {why}")
+        err.print(Text.assemble("  ", ("dropped", "yellow"), f" {name}: {why}"))
 
 
 @app.command()
@@ -119,13 +127,19 @@ def score(
             if out_path == "-" and written["rows"]:  # stdout streams: say what a reader already received
                 raise type(exc)(f"{exc} ({written['rows']:,} scored rows were already written to stdout)") from None
             raise
+        finally:
+            if label_store is not None:
+                label_store.close()
     rate = summary.rows / summary.seconds if summary.seconds else 0.0
     err.print(
-        f"[green]scored[/] {summary.rows:,} rows ({rate:,.0f} rows/s), {summary.alerts:,} alerts, "
-        f"model {model.version} -> [bold]{summary.out}[/]"
+        Text.assemble(
+            ("scored", "green"),
+            f" {summary.rows:,} rows ({rate:,.0f} rows/s), {summary.alerts:,} alerts, model {model.version} -> ",
+            (str(summary.out), "bold"),
+        )
     )
-    if label_store is not None:
-        err.print(f"  {summary.stored:,} alerts and queue candidates kept in the label store {store}")
+    if store is not None:
+        err.print(f"  {summary.stored:,} alerts and queue candidates kept in the label store {shown_store(store)}")
 
 
 def _check_engine(engine: str) -> str:
@@ -142,13 +156,23 @@ def _score_on_spark(
     if out_path == "-":
         raise ConfigError("--engine spark writes a Parquet folder; give --out a folder path, not '-'")
     summary = score_path(
-        bundle, data, out_path, master=master, partitions=partitions, trusted=trusted, on_progress=err.print
+        bundle, data, out_path, master=master, partitions=partitions, trusted=trusted, on_progress=_say_line
     )
     rate = summary["rows"] / summary["seconds"] if summary["seconds"] else 0.0
     err.print(
-        f"[green]scored[/] {summary['rows']:,} rows on Spark ({rate:,.0f} rows/s), {summary['alerts']:,} alerts, "
-        f"model {summary['version']} -> [bold]{out_path}[/] (Parquet folder)"
+        Text.assemble(
+            ("scored", "green"),
+            f" {summary['rows']:,} rows on Spark ({rate:,.0f} rows/s), {summary['alerts']:,} alerts, "
+            f"model {summary['version']} -> ",
+            (out_path, "bold"),
+            " (Parquet folder)",
+        )
     )
+
+
+def _say_line(line: str) -> None:
+    """A progress line built elsewhere (Spark's stages), printed as it is."""
+    err.print(Text(line), highlight=False)
 
 
 @app.command()
@@ -167,11 +191,11 @@ def evaluate(
     if as_json:
         out.print_json(json.dumps(metrics))
         return
-    table = Table(title=f"{data.name} vs '{label_column}' (model {model.version})")
+    table = Table(title=Text(f"{data.name} vs '{label_column}' (model {model.version})"))
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in metrics.items():
-        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else f"{value:,}")
+        table.add_row(*cells(key, f"{value:.4f}" if isinstance(value, float) else f"{value:,}"))
     out.print(table)
 
 
@@ -192,11 +216,11 @@ def inspect(
 
     if registry.is_registry(bundle):
         current = registry.current_version(bundle)
-        out.print(
-            f"[bold]registry[/] {bundle}: versions "
-            + ", ".join(f"[bold]{v}[/] (current)" if v == current else v for v in registry.list_versions(bundle))
-        )
-    out.print(f"[bold]bundle[/] {bundle}  (format {manifest['format_version']}, checksums OK)")
+        listed: list[str | tuple[str, str]] = []
+        for i, version in enumerate(registry.list_versions(bundle)):
+            listed += ([", "] if i else []) + ([(version, "bold"), " (current)"] if version == current else [version])
+        out.print(Text.assemble(("registry", "bold"), f" {bundle}: versions ", *listed))
+    out.print(Text.assemble(("bundle", "bold"), f" {bundle}  (format {manifest['format_version']}, checksums OK)"))
     out.print(f"model version  {manifest['model_version']}   created {manifest['created_at']}")
     out.print(
         f"segscope {manifest['versions']['segscope']}, python {manifest['versions']['python']}, "
@@ -213,7 +237,7 @@ def inspect(
     for col in ("column", "kind", "dtype at fit", "features", "expected"):
         table.add_column(col)
     for column in model.preparer_.describe_columns():
-        table.add_row(*column)
+        table.add_row(*cells(*column))
     out.print(table)
     for name, why in manifest["dropped_columns"].items():
         out.print(f"  dropped {name}: {why}")
@@ -227,8 +251,11 @@ def inspect(
         agreement = segmenter["agreement_with_fit_labels"]
         held = agreement["held_out"]
         cards = Table(
-            title=f"{segmenter['segments']} segments (assignment agrees with the fit-time labels on "
-            f"{agreement['fit_sample']:.1%} of the sample" + (f", {held:.1%} held out)" if held is not None else ")")
+            title=Text(
+                f"{segmenter['segments']} segments (assignment agrees with the fit-time labels on "
+                f"{agreement['fit_sample']:.1%} of the sample"
+                + (f", {held:.1%} held out)" if held is not None else ")")
+            )
         )
         for col in ("segment", "size", "share", "anomaly rate", "what sets it apart (effect size: typical vs overall)"):
             cards.add_column(col)
@@ -238,11 +265,13 @@ def inspect(
             apart = "; ".join(f"{f} {e:+.1f} ({typ} vs {overall})" for f, e, typ, overall in view.distinguishing[:3])
             rate = "-" if view.anomaly_rate is None else f"{view.anomaly_rate:.1%}"
             cards.add_row(
-                "noise" if view.segment < 0 else str(view.segment), f"{view.size:,}", f"{view.share:.1%}", rate, apart
+                *cells(
+                    "noise" if view.segment < 0 else view.segment, f"{view.size:,}", f"{view.share:.1%}", rate, apart
+                )
             )
         out.print(cards)
     if manifest.get("label_snapshot"):
-        out.print(f"labels         {manifest['label_snapshot']}")
+        out.print(f"labels         {shown_store(str(manifest['label_snapshot']))}")
         out.print(f"tuned from     {manifest['parent_version']}; decision: {manifest['promotion']['reason']}")
 
 
@@ -280,7 +309,7 @@ def report(
         step("drawing the report")
         path = write_report(model, out_path, report_data, map_rows=map_rows)
     size = path.stat().st_size / 2**20
-    err.print(f"[green]wrote[/] {path} ({size:.1f} MiB, self-contained: open it in any browser)")
+    err.print(say("green", "wrote", f" {path} ({size:.1f} MiB, self-contained: open it in any browser)"))
 
 
 @app.command()
@@ -364,12 +393,16 @@ def demo(
         data = load_report_data(current, files.scored, label_column="is_fraud", max_rows=20_000)
         write_report(current, files.report, data, map_rows=5_000)
     out.print(
-        f"outputs: registry [bold]{files.bundle}[/], scored records [bold]{files.scored}[/] "
-        f"({summary.rows:,} rows), label store {files.store}, report [bold]{files.report}[/]"
+        Text.assemble(
+            "outputs: registry ",
+            (str(files.bundle), "bold"),
+            ", scored records ",
+            (str(files.scored), "bold"),
+            f" ({summary.rows:,} rows), label store {files.store}, report ",
+            (str(files.report), "bold"),
+        )
     )
     out.print(
         f"next: segscope serve --store {files.store}  |  segscope inspect {files.bundle}  |  "
         f"segscope evaluate {files.new} --bundle {files.bundle} --label-column is_fraud"
     )
-
-

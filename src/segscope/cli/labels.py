@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
-from segscope.cli._app import BudgetOpt, MixOpt, StoreReq, app, err, open_store, out, reason_text
+from segscope.cli._app import BudgetOpt, MixOpt, StoreReq, app, cells, err, open_store, out, reason_text, say
+
+if TYPE_CHECKING:
+    import polars as pl
 
 label_app = typer.Typer(help="The label store from the command line: queue, add, import, export.", no_args_is_help=True)
 app.add_typer(label_app, name="label")
@@ -42,12 +46,12 @@ def label_queue(
         for item in items:  # JSON Lines: one record per line, for scripts
             sys.stdout.write(json.dumps({k: v for k, v in item.items() if k != "vector"}, default=str) + "\n")
         return
-    table = Table(title=f"review queue ({len(items)} records)")
+    table = Table(title=Text(f"review queue ({len(items)} records)"))
     for col in ("id", "score", "segment", "why picked", "why unusual"):
         table.add_column(col)
     for item in items:
         table.add_row(
-            item["id"], f"{item['score']:.4f}", str(item["segment"]), item["why"], reason_text(item["reasons"])
+            *cells(item["id"], f"{item['score']:.4f}", item["segment"], item["why"], reason_text(item["reasons"]))
         )
     out.print(table)
 
@@ -68,7 +72,7 @@ def label_add(
         added = label_store.add_labels(
             [LabelIn(record_id, label, analyst or _default_analyst(), category, note)], source="cli"
         )
-    err.print(f"[green]labelled[/] {record_id}" if added.added else f"{record_id} already has that label")
+    err.print(say("green", "labelled", f" {record_id}") if added.added else Text(f"{record_id} already has that label"))
 
 
 @label_app.command("import")
@@ -84,7 +88,7 @@ def label_import(
     items = labels_from_frame(read_file(path), analyst=analyst or _default_analyst(), source=str(path))
     with open_store(store) as label_store:
         added = label_store.add_labels(items, source="import")
-    err.print(f"[green]imported[/] {added.added:,} labels ({added.unchanged:,} unchanged) from {path}")
+    err.print(say("green", "imported", f" {added.added:,} labels ({added.unchanged:,} unchanged) from {path}"))
 
 
 @label_app.command("export")
@@ -93,12 +97,33 @@ def label_export(
     out_path: Annotated[Path, typer.Option("--out", "-o", help="Output file (.parquet, .csv or .ndjson).")],
     history: Annotated[bool, typer.Option("--history", help="Every label, not only the current one.")] = False,
 ) -> None:
-    """Export labels: id,label,category,analyst,note,source,created_at (current label per record by default)."""
+    """Export labels: id,label,category,analyst,note,source,created_at (current label per record by default).
+
+    In CSV output a text cell that begins with =, +, -, @, a tab or a carriage return gets a leading ' so that a
+    spreadsheet shows it instead of running it as a formula (OWASP's advice against CSV injection); Parquet and
+    NDJSON hold the labels exactly (use them to import labels again)."""
+    from segscope._io import detect_format
     from segscope.sinks.files import write_frame
 
     with open_store(store) as label_store:
         frame = label_store.labels(history=history).drop("label_id")
+    if detect_format(out_path) == "csv":
+        frame = defuse_formulas(frame)
     write_frame(frame, out_path)
-    err.print(f"[green]exported[/] {frame.height:,} labels -> {out_path}")
+    err.print(say("green", "exported", f" {frame.height:,} labels -> {out_path}"))
 
 
+#: What a spreadsheet reads as the start of a formula (OWASP, CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def defuse_formulas(frame: pl.DataFrame) -> pl.DataFrame:
+    """Text cells that a spreadsheet would run as a formula, prefixed with ``'``; other columns as they are."""
+    import polars as pl
+
+    def defused(name: str) -> pl.Expr:
+        text = pl.col(name)
+        formula = pl.any_horizontal(text.str.starts_with(start) for start in FORMULA_STARTS)
+        return pl.when(formula).then(pl.lit("'") + text).otherwise(text).alias(name)
+
+    return frame.with_columns(defused(name) for name, dtype in frame.schema.items() if dtype == pl.String)

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+from rich.text import Text
 
 from segscope.cli._app import (
     BudgetOpt,
@@ -20,7 +21,10 @@ from segscope.cli._app import (
     err,
     load_model,
     open_store,
+    say,
+    shown_store,
     steps,
+    text_column,
 )
 from segscope.exceptions import BundleError
 
@@ -67,7 +71,7 @@ def finetune(
     with (
         steps() as step,
         Progress(
-            TextColumn("{task.description}"),
+            text_column(),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
@@ -88,7 +92,7 @@ def finetune(
             bundle,
             data,
             label_source,
-            labels_source=f"label store {store}" if store is not None else None,
+            labels_source=f"label store {shown_store(store)}" if store is not None else None,
             learner=learner,
             out=out_dir,
             holdout=holdout,
@@ -103,8 +107,12 @@ def finetune(
     if oof:
         chosen += " (out-of-fold AUCPR " + ", ".join(f"{k} {v:.3f}" for k, v in oof.items()) + ")"
     err.print(
-        f"[green]fine-tuned[/] {candidate.version} ({sup['learner']}, {sup['labelled_anomalies']} labelled "
-        f"anomalies) from {candidate.parent_version_}; {chosen}"
+        say(
+            "green",
+            "fine-tuned",
+            f" {candidate.version} ({sup['learner']}, {sup['labelled_anomalies']} labelled anomalies) from "
+            f"{candidate.parent_version_}; {chosen}",
+        )
     )
     err.print(f"  held out: {report['split']}, {report['held_out_labelled_anomalies']} labelled anomalies")
     if "candidate" in report:
@@ -114,8 +122,15 @@ def finetune(
             f"  candidate AUCPR {new['aucpr']:.4f}  AUCROC {new['aucroc']:.4f}  "
             f"(Brier {report['calibration']['brier']:.4f}, ECE {report['calibration']['ece']:.4f})"
         )
-    verdict = "[green]promoted[/]" if report["promote"] else "[yellow]not promoted[/]"
-    err.print(f"{verdict}: {report['reason']} -> registry [bold]{target}[/] (current: {current_version(target)})")
+    verdict = ("promoted", "green") if report["promote"] else ("not promoted", "yellow")
+    err.print(
+        Text.assemble(
+            verdict,
+            f": {report['reason']} -> registry ",
+            (str(target), "bold"),
+            f" (current: {current_version(target)})",
+        )
+    )
 
 
 @app.command()
@@ -129,7 +144,7 @@ def promote(
     _require_registry(registry_dir)
     target = version or registry.list_versions(registry_dir)[-1]
     registry.set_current(registry_dir, target, action="promote", detail={"reason": "by hand"})
-    err.print(f"[green]current[/] version of {registry_dir} is now {target}")
+    err.print(say("green", "current", f" version of {registry_dir} is now {target}"))
 
 
 @app.command()
@@ -139,7 +154,7 @@ def rollback(registry_dir: Annotated[Path, typer.Argument(help="Registry folder.
 
     _require_registry(registry_dir)
     now, earlier = registry.rollback(registry_dir)
-    err.print(f"[green]rolled back[/] {registry_dir} from {now} to {earlier}")
+    err.print(say("green", "rolled back", f" {registry_dir} from {now} to {earlier}"))
 
 
 def _require_registry(path: Path) -> None:
@@ -244,12 +259,16 @@ def stream(
         compression=compression,
         state_dir=state_dir,
     )
-    stats = run_stream(options, on_stats=lambda line: err.print(line, highlight=False))
+    stats = run_stream(options, on_stats=lambda line: err.print(Text(line), highlight=False))
     err.print(
-        f"[green]stream stopped[/]: {stats.records_in:,} in, {stats.records_out:,} scored, {stats.alerts:,} alerts, "
-        f"{stats.dead_letters:,} dead letters, model versions {', '.join(stats.model_versions)}"
-        + (f", {stats.aborted:,} transactions aborted and retried" if stats.aborted else "")
-        + (f"; {stats.stored:,} kept in the label store, {stats.labels_in:,} labels consumed" if store else "")
+        say(
+            "green",
+            "stream stopped",
+            f": {stats.records_in:,} in, {stats.records_out:,} scored, {stats.alerts:,} alerts, "
+            f"{stats.dead_letters:,} dead letters, model versions {', '.join(stats.model_versions)}"
+            + (f", {stats.aborted:,} transactions aborted and retried" if stats.aborted else "")
+            + (f"; {stats.stored:,} kept in the label store, {stats.labels_in:,} labels consumed" if store else ""),
+        )
     )
 
 
@@ -262,7 +281,13 @@ def serve(
     host: Annotated[str, typer.Option("--host", help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port.", min=1, max=65535)] = 8000,
     token: Annotated[
-        str | None, typer.Option("--token", envvar="SEGSCOPE_TOKEN", help="Required when not on loopback.")
+        str | None,
+        typer.Option(
+            "--token",
+            envvar="SEGSCOPE_TOKEN",
+            help="Required when not on loopback. Scripts send Authorization: Bearer TOKEN; a browser opens "
+            "/?token=TOKEN once (a cookie). The API never reads it from the URL.",
+        ),
     ] = None,
     mix: MixOpt = None,
     daily_budget: BudgetOpt = None,
@@ -300,8 +325,6 @@ def serve(
 
         updated = rescore_store(label_store, model)
         err.print(f"model {model.version}: {updated:,} stored records re-scored")
-    err.print(f"[green]serving[/] http://{host}:{port}/  (label store {store}; Ctrl-C stops)")
+    err.print(say("green", "serving", f" http://{host}:{port}/  (label store {shown_store(store)}; Ctrl-C stops)"))
     app_ = create_app(label_store, token=token, mix=queue_mix, allowed_hosts=hosts)
     uvicorn.run(app_, host=host, port=port, log_level="warning")
-
-

@@ -40,8 +40,9 @@ def normalise_labels(frame: pl.DataFrame, *, source: str = "labels") -> pl.DataF
         raise SchemaError(f"{source}: column(s) {missing} missing; labels need columns id,label[,category]")
     values = label_values(frame.get_column("label"), source=source)
     ids = frame.get_column("id").cast(pl.String)
-    if ids.null_count():
-        raise DataError(f"{source}: id is empty at row {int(ids.is_null().arg_true()[0])}; every label needs an id")
+    empty = ids.is_null() | (ids.str.strip_chars() == "")
+    if empty.any():
+        raise DataError(f"{source}: id is empty at row {int(empty.arg_true()[0])}; every label needs a record id")
     category = (
         frame.get_column("category").cast(pl.String)
         if "category" in frame.columns
@@ -62,7 +63,7 @@ def normalise_labels(frame: pl.DataFrame, *, source: str = "labels") -> pl.DataF
 
 
 def label_name(value: object) -> str | None:
-    """"anomaly" / "normal" for any accepted spelling (anomaly, 1, true, fraud, ... / normal, 0, false, ...)."""
+    """ "anomaly" / "normal" for any accepted spelling (anomaly, 1, true, fraud, ... / normal, 0, false, ...)."""
     text = str(value).strip().lower() if value is not None else ""
     return "anomaly" if text in _ANOMALY else "normal" if text in _NORMAL else None
 
@@ -94,11 +95,14 @@ class LabelIn:
     note: str | None = None
 
     def checked(self) -> LabelIn:
+        if not str(self.id).strip():
+            raise DataError(
+                f"the record id of a label is empty ({str(self.id)!r}); give the id of a record in the store, as "
+                "`segscope label queue` shows it"
+            )
         label = label_name(self.label)
         if label is None:
             raise DataError(f"label for {str(self.id)[:80]!r} is {str(self.label)[:40]!r}; use 'anomaly' or 'normal'")
-        if not str(self.id):
-            raise DataError("a label needs the record's id")
         record_id = _clean_text(str(self.id), "the record id", 255)
         analyst = _clean_text(str(self.analyst), f"the analyst of the label for {record_id!r}", 255).strip()
         if not analyst:
@@ -124,7 +128,6 @@ def _clean_text(text: str, what: str, limit: int, *, newlines: bool = False) -> 
     if len(text) > limit:
         raise DataError(f"{what} is {len(text):,} characters long; at most {limit:,} are kept")
     return text
-
 
 
 def labels_from_frame(frame: pl.DataFrame, *, analyst: str, source: str) -> list[LabelIn]:

@@ -21,6 +21,7 @@ import polars as pl
 
 from segscope._deps import require
 from segscope.exceptions import ConfigError, DataError
+from segscope.labels._open import hide_password, mask_password, refuse_foreign_sqlite, store_url
 from segscope.labels.parse import LabelIn
 from segscope.labels.queue import QueueMix, select_queue
 from segscope.schema import SCORED_COLUMNS
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
 __all__ = ["LabelIn", "LabelStore", "ReviewRecords", "UnknownRecordError", "store_url"]
 
 _CHUNK = 500
+#: The segment ids a store can hold (int32 in scored records; -1 is noise).
+SEGMENT_IDS = (-1, 2**31 - 1)
 
 
 class UnknownRecordError(DataError):
@@ -57,19 +60,6 @@ class AddedLabels:
     unchanged: int
 
 
-def store_url(text: str | Path) -> str:
-    """``labels.db`` / ``sqlite:///labels.db`` / ``postgresql://user@host:port/db`` -> a SQLAlchemy URL."""
-    text = str(text)
-    if "://" not in text:
-        return f"sqlite:///{Path(text).expanduser()}"
-    scheme = text.split("://", 1)[0]
-    if scheme in ("postgresql", "postgres"):
-        return "postgresql+psycopg://" + text.split("://", 1)[1]
-    if scheme.startswith(("sqlite", "postgresql+")):
-        return text
-    raise ConfigError(f"--store {text!r}: use a file path (SQLite) or a postgresql://user@host:port/db URL")
-
-
 class LabelStore:
     """Open with :meth:`open`; one instance may be shared by threads (it holds a connection pool)."""
 
@@ -80,36 +70,48 @@ class LabelStore:
     @classmethod
     def open(cls, url: str | Path, *, create: bool = True) -> LabelStore:
         """Open (and migrate) a store. ``create=False`` refuses a SQLite file that does not exist yet, so a
-        mistyped path is an error instead of a new, empty store."""
+        mistyped path is an error instead of a new, empty store; a SQLite file of another application is refused
+        (segscope adds no tables to it). No message shows the URL's password."""
         sqlalchemy = require("sqlalchemy", extra="store", feature="the label store")
         from sqlalchemy import event
         from sqlalchemy.exc import ArgumentError, DBAPIError
 
-        full = store_url(url)
+        full, shown = store_url(url), hide_password(url)
         try:
             if full.startswith("sqlite"):
                 path = full.split(":///", 1)[-1]
                 if path and path != ":memory:" and not Path(path).parent.is_dir():
-                    raise ConfigError(f"--store {url}: folder {Path(path).parent} does not exist; create it first")
+                    raise ConfigError(f"--store {shown}: folder {Path(path).parent} does not exist; create it first")
                 if path and path != ":memory:" and not create and not Path(path).is_file():
                     raise ConfigError(
-                        f"--store {url}: no label store there (the file does not exist); check the path, or create "
+                        f"--store {shown}: no label store there (the file does not exist); check the path, or create "
                         "one with `segscope score DATA --bundle B --out OUT --store FILE`"
                     )
+                if path and path != ":memory:":
+                    refuse_foreign_sqlite(Path(path), shown)
                 engine = sqlalchemy.create_engine(full, connect_args={"timeout": 60, "check_same_thread": False})
                 _sqlite_locking(engine, event)
             else:
                 engine = sqlalchemy.create_engine(full, pool_size=10, max_overflow=10, pool_pre_ping=True)
             store = cls(engine)
-            store._migrate()
+            try:
+                store._migrate()
+            except BaseException:
+                engine.dispose()
+                raise
         except DBAPIError as exc:  # not a database, a truncated file, a server that refuses, ...
             reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc).splitlines()[0]
             raise ConfigError(
-                f"--store {url}: cannot open the label store ({reason}); pass a segscope label store (a SQLite file "
-                "or a postgresql:// URL)"
+                f"--store {shown}: cannot open the label store ({mask_password(reason, url)}); pass a segscope label "
+                "store (a SQLite file or a postgresql:// URL)"
             ) from None
-        except ArgumentError as exc:
-            raise ConfigError(f"--store {url}: not a database URL ({exc})") from None
+        except ConfigError:
+            raise
+        except (ArgumentError, ValueError) as exc:  # a URL SQLAlchemy cannot read, a port that is not a number
+            raise ConfigError(
+                f"--store {shown}: not a database URL ({mask_password(str(exc), url)}); use a file path (SQLite) or "
+                "postgresql://user:password@host:port/db"
+            ) from None
         return store
 
     def _migrate(self) -> None:
@@ -332,6 +334,11 @@ class LabelStore:
         from segscope.labels.schema import Label, Record
 
         mix = mix or QueueMix()
+        if segment is not None and not SEGMENT_IDS[0] <= segment <= SEGMENT_IDS[1]:
+            raise ConfigError(
+                f"segment {segment}: no such segment; segment ids run from {SEGMENT_IDS[0]} (noise) to "
+                f"{SEGMENT_IDS[1]:,} (`segscope inspect BUNDLE` lists a model's segments)"
+            )
         if analyst is not None:
             limit = min(limit, max(0, mix.daily_budget - self.labelled_today(analyst)))
         if limit <= 0:
@@ -378,8 +385,6 @@ class LabelStore:
             item["nearest"] = _nearest(vectors[i], labelled_vectors, labelled, label_of)
             out.append(item)
         return out
-
-
 
 
 def _current_labels(conn: Any, ids: list[str]) -> dict[str, tuple[Any, ...]]:
