@@ -308,8 +308,9 @@ def serve(
     from segscope.labels.queue import parse_mix
 
     uvicorn = require("uvicorn", extra="web", feature="segscope serve")
-    from segscope.web import LOOPBACK_HOSTS, create_app
+    from segscope.web import LOOPBACK_HOSTS, check_token, create_app
 
+    check_token(token)
     if host not in LOOPBACK_HOSTS and not token:
         raise typer.BadParameter(f"binding to {host} exposes the labels: pass --token (or set SEGSCOPE_TOKEN)")
     hosts = [*(allowed_host or [])]

@@ -1,5 +1,5 @@
 """The analyst page and its JSON API (FastAPI, server-rendered: no JavaScript build step)."""
 
-from segscope.web.app import LOOPBACK_HOSTS, create_app
+from segscope.web.app import LOOPBACK_HOSTS, check_token, create_app
 
-__all__ = ["LOOPBACK_HOSTS", "create_app"]
+__all__ = ["LOOPBACK_HOSTS", "check_token", "create_app"]

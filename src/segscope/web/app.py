@@ -13,8 +13,15 @@ What protects the labels, which feed fine-tuning:
 * **headers**: a strict Content-Security-Policy (no framing, scripts and styles only with the nonce), ``nosniff``,
   ``X-Frame-Options: DENY``, ``Referrer-Policy: same-origin``, ``Cache-Control: no-store``;
 * **size**: request bodies above ``max_body_bytes`` and JSON posts of more than ``max_labels`` labels get 413;
-* **token**: when given (required off loopback), every request needs it (``Authorization: Bearer``, or
-  ``?token=`` once, which sets a same-site cookie).
+  JSON nested too deeply to parse gets 400;
+* **token**: when given (required off loopback), every request needs it: ``Authorization: Bearer`` (scripts) or
+  the same-site cookie a browser gets from a link to a page with ``?token=`` (``GET /`` or ``GET /labels`` only,
+  the one place a browser cannot send a header; the page then takes the token out of its address bar). The API
+  never takes it from the URL, so it stays out of access logs;
+* **who labels**: the analyst name is kept in a cookie (percent-encoded: any script), set or changed by
+  ``?analyst=`` only when the request comes from this site or from the user (``Sec-Fetch-Site: same-origin`` or
+  ``none``; without that header, a Referer of this origin or none). A link or script on another site that names
+  an analyst is ignored (the page says so), so it cannot change whom labels are attributed to.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import secrets
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, unquote, urlencode, urlsplit
 
 from fastapi import FastAPI, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -33,11 +40,12 @@ from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from segscope.exceptions import DataError
+from segscope.exceptions import ConfigError, DataError
 from segscope.labels import LabelIn, LabelStore, UnknownRecordError
 from segscope.labels.queue import QueueMix
+from segscope.labels.store import SEGMENT_IDS
 
-__all__ = ["LOOPBACK_HOSTS", "create_app"]
+__all__ = ["LOOPBACK_HOSTS", "check_token", "create_app"]
 
 _TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 _TOKEN_COOKIE = "segscope_token"
@@ -45,10 +53,12 @@ _ANALYST_COOKIE = "segscope_analyst"
 _CSRF_COOKIE = "segscope_csrf"
 _CSRF_FIELD = "csrf_token"
 _UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
+#: The pages a link may carry ``?token=`` to (a browser cannot add a header to a link).
+_TOKEN_LINK_PAGES = ("/", "/labels")
 #: Host names always served: the loopback interface.
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 #: Segment ids are int32 in scored records; anything outside is refused before it reaches the database.
-_SEGMENT = {"ge": -1, "le": 2**31 - 1}
+_SEGMENT = {"ge": SEGMENT_IDS[0], "le": SEGMENT_IDS[1]}
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -114,6 +124,7 @@ def create_app(
 ) -> FastAPI:
     """The app; ``token`` (when given) is required on every request. ``allowed_hosts``: host names besides the
     loopback ones that requests may be addressed to (the names the server is reached by)."""
+    check_token(token)
     mix = mix or QueueMix()
     hosts = {h.strip().lower().strip("[]") for h in allowed_hosts} | set(LOOPBACK_HOSTS)
     secret = secrets.token_bytes(32)  # per process: CSRF tokens of a previous run stop working on restart
@@ -135,12 +146,21 @@ def create_app(
             )
         if request.method in _UNSAFE and not _same_origin(request):
             return _forbidden(request, "a request from another site was refused (cross-site request forgery)")
+        link = request.method == "GET" and request.url.path in _TOKEN_LINK_PAGES
         if token is not None and request.url.path != "/healthz":
             given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-            given = given or request.cookies.get(_TOKEN_COOKIE, "") or request.query_params.get("token", "")
+            given = given or request.cookies.get(_TOKEN_COOKIE, "")
+            given = given or (request.query_params.get("token", "") if link else "")
             if not hmac.compare_digest(given.encode(), token.encode()):
+                where = (
+                    "; the token is not read from the URL here, send it as a header"
+                    if "token" in request.query_params and not link
+                    else ""
+                )
                 return _secure(
-                    JSONResponse({"detail": "a token is required: Authorization: Bearer <token>"}, status_code=401)
+                    JSONResponse(
+                        {"detail": f"a token is required: Authorization: Bearer <token>{where}"}, status_code=401
+                    )
                 )
         request.state.csp_nonce = secrets.token_urlsafe(16)
         cookie = request.cookies.get(_CSRF_COOKIE, "")
@@ -150,7 +170,7 @@ def create_app(
         request.state.csrf = csrf_for(cookie)
         request.state.csrf_cookie = cookie
         response: Response = await call_next(request)
-        if token is not None and request.query_params.get("token"):
+        if token is not None and link and request.query_params.get("token"):
             response.set_cookie(_TOKEN_COOKIE, token, httponly=True, samesite="strict")
         if fresh and response.headers.get("content-type", "").startswith("text/html"):
             response.set_cookie(_CSRF_COOKIE, cookie, httponly=True, samesite="strict")
@@ -163,7 +183,7 @@ def create_app(
         return _forbidden(request, "this form expired or was not sent by this page; reload the page and try again")
 
     def analyst_of(request: Request, given: str | None) -> str:
-        return (given or request.cookies.get(_ANALYST_COOKIE) or "").strip()
+        return (given or unquote(request.cookies.get(_ANALYST_COOKIE) or "")).strip()
 
     # ------------------------------------------------------------------ pages
     @app.get("/", response_class=HTMLResponse)
@@ -175,6 +195,9 @@ def create_app(
         limit: Annotated[int, Query(ge=1, le=500)] = 25,
         done: Annotated[str | None, Query(max_length=255)] = None,
     ) -> Response:
+        ignored = analyst if analyst and not _from_this_site(request) else None
+        if ignored is not None:  # a link or script on another site may not say who labels
+            analyst = None
         who = analyst_of(request, analyst)
         items = store.queue(limit, mix, analyst=who or None, segment=segment, min_score=min_score)
         left = mix.daily_budget - store.labelled_today(who) if who else None
@@ -191,19 +214,20 @@ def create_app(
                 "left": left,
                 "budget": mix.daily_budget,
                 "done": done,
+                "ignored": ignored,
                 "back": "/?" + urlencode(filters),
                 "segments": sorted({i["segment"] for i in items if i["segment"] >= 0}),
             },
         )
-        if analyst:
-            response.set_cookie(_ANALYST_COOKIE, who, samesite="strict", httponly=True)
+        if analyst and who:  # percent-encoded: a header holds Latin-1 only, names are in any script
+            response.set_cookie(_ANALYST_COOKIE, quote(who, safe=""), samesite="strict", httponly=True)
         return response
 
     @app.post("/label")
     def label_form(
         request: Request,
-        id: Annotated[str, Form(max_length=255)],
         label: Annotated[str, Form(max_length=32)],
+        id: Annotated[str, Form(max_length=255)] = "",
         analyst: Annotated[str, Form(max_length=255)] = "",
         category: Annotated[str, Form(max_length=255)] = "",
         note: Annotated[str, Form(max_length=10_000)] = "",
@@ -216,6 +240,8 @@ def create_app(
         who = analyst_of(request, analyst)
         if not who:
             return _page_error(request, "say who you are first (the analyst field at the top)", 400)
+        if not id.strip():
+            return _page_error(request, "the form sent no record id; reload the page and label the record again", 422)
         try:
             store.add_labels([LabelIn(id, label, who, category or None, note or None)], source="page")
         except UnknownRecordError as exc:
@@ -282,6 +308,11 @@ def create_app(
             )
         try:
             raw = await request.json()
+        except RecursionError:
+            return JSONResponse(
+                {"detail": "the JSON body is nested too deeply to read; send a label object or a list of them"},
+                status_code=400,
+            )
         except ValueError:
             return JSONResponse({"detail": "the body is not valid JSON"}, status_code=400)
         if isinstance(raw, list) and len(raw) > max_labels:
@@ -315,6 +346,22 @@ def create_app(
         return [{**row, "created_at": row["created_at"].isoformat()} for row in frame.to_dicts()]
 
     return app
+
+
+def check_token(token: str | None) -> None:
+    """A token travels in a header and a cookie: visible ASCII only (anything else cannot be sent or set)."""
+    if token is not None and not all("!" <= c <= "~" for c in token):
+        raise ConfigError("--token: use ASCII letters, digits and punctuation only (no spaces or other characters)")
+
+
+def _from_this_site(request: Request) -> bool:
+    """Whether a page request was sent by this site (its own form or link) or by the user (address bar,
+    bookmark), not by a link or script on another site: ``Sec-Fetch-Site``, else the Referer (as for a
+    state-changing request)."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:
+        return site.lower() in ("same-origin", "none")
+    return _same_origin(request)
 
 
 def _same_origin(request: Request) -> bool:
