@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import polars as pl
@@ -52,10 +53,15 @@ def _csv_header(path: Path) -> list[str]:
 
 _CHECKED: dict[tuple[str, int, int], None] = {}
 
+#: The ragged-row check reads a CSV file in chunks of this many bytes: its memory stays bounded whatever the file.
+CSV_CHECK_CHUNK = 1 << 22
+
 
 def check_csv(path: str | Path) -> None:
     """Refuse a CSV that Polars would read silently wrong: a column named twice (Polars renames the second) and
-    rows with fewer or more fields than the header (Polars fills or stops). Checked once per file version."""
+    records with fewer or more fields than the header (Polars fills them with nulls, a blank line included, or
+    stops). Fields are counted per record, not per line: a quoted field may hold separators and newlines
+    (RFC 4180). The file is also checked to be UTF-8 throughout. Checked once per file version."""
     path = Path(path)
     stat = path.stat()
     key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
@@ -65,31 +71,116 @@ def check_csv(path: str | Path) -> None:
     twice = sorted({name for name in header if header.count(name) > 1})
     if twice:
         raise SourceError(f"{path}: column(s) {twice} appear twice in the header; rename or remove the repeats")
-    # a field count per line, quoted sections removed first; lines inside a multi-line quoted field would be
-    # miscounted, so files that have them are left to the CSV reader
-    lines = pl.scan_lines(path, name="text", row_index_name="line", row_index_offset=1)
-    text = pl.col("text").str.strip_chars_end("\r")
-    fields = text.str.replace_all('"[^"]*"', "").str.count_matches(",", literal=True) + 1
-    odd_quotes = text.str.count_matches('"', literal=True) % 2 == 1
     try:
-        found = (
-            lines.filter(pl.col("line") > 1, text != "")
-            .select(
-                odd_quotes.any().alias("multiline"),
-                pl.col("line").filter(fields != len(header)).first().alias("bad"),
-                fields.filter(fields != len(header)).first().alias("fields"),
-            )
-            .collect(engine="streaming")
-        )
-    except (pl.exceptions.PolarsError, OSError) as exc:
+        ragged = _first_ragged(path, len(header))
+    except OSError as exc:
         raise SourceError(f"{path}: cannot read it as csv ({_describe(exc)}); check the file") from None
-    multiline, bad, fields_found = found.row(0)
-    if not multiline and bad is not None:
-        raise SourceError(
-            f"{path}: line {bad} has {fields_found} fields but the header has {len(header)}; fix that row "
-            "(a missing or extra separator?) and retry"
-        )
+    if ragged is not None:
+        raise SourceError(f"{path}: {_ragged_message(ragged, len(header))}")
     _CHECKED[key] = None
+
+
+class _Ragged(NamedTuple):
+    """A record whose field count is not the header's."""
+
+    line: int  # the line it starts on (1-based; the header is on line 1)
+    last_line: int  # the line it ends on
+    record: int  # its number (the header is record 0)
+    fields: int | None  # fields found; None: a quote opened in it is never closed
+    blank: bool  # an empty line
+
+
+def _ragged_message(r: _Ragged, expected: int) -> str:
+    if r.fields is None:
+        return (
+            f'the record starting on line {r.line} opens a quoted field that is never closed (an unmatched " in '
+            "that row?); close or remove the quote and retry"
+        )
+    if r.blank:
+        return (
+            f"line {r.line} is blank but the header has {expected} fields (it would be read as a row of nulls); "
+            "remove blank lines and retry"
+        )
+    if r.last_line > r.line:
+        where = f"lines {r.line}-{r.last_line} (record {r.record}, a quoted field spans lines) have"
+    else:
+        where = f"line {r.line}{f' (record {r.record})' if r.record != r.line - 1 else ''} has"
+    return (
+        f"{where} {r.fields} fields but the header has {expected}; fix that row (a missing or extra separator?) "
+        "and retry"
+    )
+
+
+def _first_ragged(path: Path, expected: int, *, chunk_size: int = CSV_CHECK_CHUNK) -> _Ragged | None:
+    """The first record after the header without ``expected`` fields, or None; also refuses non-UTF-8 bytes.
+
+    One pass over the file in chunks of ``chunk_size`` bytes, vectorised per chunk: a quote toggles "inside a
+    quoted field" (a doubled quote toggles twice, so stays inside), separators and newlines count only outside
+    quotes, and a record ends at a newline outside quotes. This is how Polars splits records too; where a stray
+    quote makes its field parser disagree, Polars refuses the file itself.
+    """
+    utf8 = codecs.getincrementaldecoder("utf-8")()
+    inside = 0  # inside a quoted field where the chunk starts
+    done = 0  # records finished (the header is record 0)
+    seps = 0  # separators counted so far in the unfinished record
+    start = 1  # the line the unfinished record starts on
+    blank = True  # the unfinished record has nothing but carriage returns so far
+    lines = 0  # newlines before the chunk
+    with path.open("rb") as fh:
+        while data := fh.read(chunk_size):
+            if not data.isascii() or utf8.getstate()[0]:
+                _check_utf8(utf8, data, path, lines)
+            a = np.frombuffer(data, dtype=np.uint8)
+            newlines = np.flatnonzero(a == 10)
+            if inside or b'"' in data:
+                state = np.bitwise_xor.accumulate((a == 34).view(np.uint8)) ^ np.uint8(inside)
+                outside = state == 0
+                ends = newlines[outside[newlines]]
+                commas = np.flatnonzero((a == 44) & outside)
+                inside = int(state[-1])
+            else:
+                ends, commas = newlines, np.flatnonzero(a == 44)
+            if len(ends):
+                before = np.searchsorted(commas, ends)  # separators before each record's end
+                fields = np.diff(before, prepend=0) + 1
+                fields[0] += seps
+                bad = np.flatnonzero(fields != expected)
+                bad = bad[done + bad > 0]  # not the header
+                if len(bad):
+                    i = int(bad[0])
+                    begin = int(ends[i - 1]) + 1 if i else 0
+                    first = lines + int(np.searchsorted(newlines, begin)) + 1 if i else start
+                    empty = not data[begin : int(ends[i])].strip(b"\r") and (blank or i > 0)
+                    last = lines + int(np.searchsorted(newlines, ends[i])) + 1
+                    return _Ragged(first, last, done + i, int(fields[i]), empty)
+                done += len(ends)
+                seps = len(commas) - int(before[-1])
+                start = lines + int(np.searchsorted(newlines, ends[-1])) + 2
+                blank = not data[int(ends[-1]) + 1 :].strip(b"\r")
+            else:
+                seps += len(commas)
+                blank = blank and not data.strip(b"\r")
+            lines += len(newlines)
+    _check_utf8(utf8, b"", path, lines, final=True)
+    if inside:
+        return _Ragged(start, lines + 1, done, None, False)
+    if done and not blank and seps + 1 != expected:  # a last record without a newline at the end
+        return _Ragged(start, lines + 1, done, seps + 1, False)
+    return None
+
+
+def _check_utf8(
+    decoder: codecs.IncrementalDecoder, data: bytes, path: Path, lines: int, *, final: bool = False
+) -> None:
+    """Feed ``data`` to the incremental UTF-8 decoder; a bad byte is a one-line error naming its line."""
+    try:
+        decoder.decode(data, final)
+    except UnicodeDecodeError as exc:
+        at = max(0, exc.start - (len(exc.object) - len(data)))
+        line = lines + data.count(b"\n", 0, at) + 1
+        raise SourceError(
+            f"{path}: cannot read it as csv (line {line}: {_describe(ValueError('utf-8'))}); check the file"
+        ) from None
 
 
 _SCHEMAS: dict[tuple[Any, ...], pl.Schema] = {}
