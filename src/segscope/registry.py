@@ -10,10 +10,17 @@
 ``Model.load(registry)`` loads the current version, so every command that takes ``--bundle`` takes a registry;
 a running stream can watch ``CURRENT`` to pick up promotions between batches.
 
-``CURRENT`` may only name a folder in ``versions/`` (a plain version name, never a path). Changes to the pointer
-and the log happen under an exclusive lock on the registry folder (``flock``), so concurrent promotions from
-several processes are serialised: each log entry's ``previous`` is the version that really was current, and a
-promotion can be made conditional on the version it was judged against still being current (compare-and-swap).
+``CURRENT`` may only name a folder in ``versions/`` (a plain version name, never a path). ``versions/`` and every
+version in it are real folders inside the registry: a symbolic link there (which could make the registry load a
+bundle from anywhere) is refused, not skipped. Changes to the pointer and the log happen under an exclusive lock on
+the registry folder (``flock``), so concurrent promotions from several processes are serialised: each log entry's
+``previous`` is the version that really was current, and a promotion can be made conditional on the version it was
+judged against still being current (compare-and-swap).
+
+A version is made current (promotion, rollback, a new registry) only once its bundle verifies: the manifest and
+every file's checksum (:class:`~segscope.bundle.BundleReader`). Whether its pickled components may run is not
+decided here but by whoever loads it (``--trust-bundle``); loading the model is above this layer, so a stream
+watching the registry keeps scoring with its version when a new ``CURRENT`` does not load.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from segscope._io import publish, write_text_atomic
-from segscope.bundle import MANIFEST, is_version_name
+from segscope.bundle import MANIFEST, BundleReader, is_version_name
 from segscope.exceptions import BundleError
 
 __all__ = [
@@ -45,6 +52,7 @@ __all__ = [
     "resolve",
     "rollback",
     "set_current",
+    "verify_version",
 ]
 
 CURRENT = "CURRENT"
@@ -60,13 +68,24 @@ def is_registry(path: str | Path) -> bool:
     return (Path(path) / CURRENT).is_file()
 
 
+def _versions_folder(path: Path) -> Path:
+    """``path/versions``, refused when it is a symbolic link."""
+    folder = path / VERSIONS
+    if folder.is_symlink():
+        raise BundleError(
+            f"registry {path}: {VERSIONS}/ is a symbolic link (to {os.readlink(folder)}); a registry's versions must "
+            f"be a real folder inside it: replace the link with the folder it points to"
+        )
+    return folder
+
+
 def resolve(path: str | Path) -> Path:
     """The bundle folder to load: the current version of a registry, or ``path`` itself."""
     path = Path(path)
     if not is_registry(path):
         return path
     version = current_version(path)
-    target = path / VERSIONS / version
+    target = _versions_folder(path) / version
     if target.is_symlink() or not target.is_dir():
         raise BundleError(f"registry {path}: CURRENT names version {version}, which is missing; run segscope rollback")
     if not target.resolve().is_relative_to((path / VERSIONS).resolve()):
@@ -96,15 +115,34 @@ def current_version(path: str | Path) -> str:
 
 def list_versions(path: str | Path) -> list[str]:
     """Versions, oldest first: by the creation second in the name, then by when the manifest was written (two
-    versions made within one second would otherwise sort by their fingerprints)."""
-    folder = Path(path) / VERSIONS
-    if not folder.is_dir():
-        return []
-    found = [
-        p for p in folder.iterdir() if is_version_name(p.name) and not p.is_symlink() and (p / MANIFEST).is_file()
-    ]
+    versions made within one second would otherwise sort by their fingerprints). A folder that is not a registry
+    has none; a registry with none, or with a symbolic link in ``versions/``, is refused (:class:`BundleError`)."""
+    path = Path(path)
+    folder = _versions_folder(path)
+    entries = list(folder.iterdir()) if folder.is_dir() else []
+    links = sorted(p.name for p in entries if p.is_symlink())
+    if links:
+        raise BundleError(
+            f"registry {path}: {VERSIONS}/{links[0]} is a symbolic link; versions must be real folders inside the "
+            f"registry: remove the link (or replace it with the folder it points to)"
+        )
+    found = [p for p in entries if is_version_name(p.name) and (p / MANIFEST).is_file()]
+    if not found and is_registry(path):
+        raise BundleError(
+            f"registry {path} has no versions (no bundle folder with a {MANIFEST} in {folder}); restore its "
+            f"{VERSIONS}/ folder from a backup, or start again from a bundle `segscope fit` wrote"
+        )
     found.sort(key=lambda p: (p.name[:15], (p / MANIFEST).stat().st_mtime_ns, p.name))
     return [p.name for p in found]
+
+
+def verify_version(path: str | Path, version: str) -> None:
+    """Refuse (:class:`BundleError`) a version whose bundle does not verify: its manifest and every file's
+    checksum. Integrity only: a pickled component is the loader's decision (``trusted``), not a promotion's."""
+    try:
+        BundleReader(_versions_folder(Path(path)) / version, trusted=True).open()
+    except BundleError as exc:
+        raise BundleError(f"registry {path}: version {version} cannot be made current: {exc}") from None
 
 
 def log(path: str | Path) -> list[dict[str, Any]]:
@@ -165,8 +203,10 @@ def set_current(
     action: str,
     detail: dict[str, Any] | None = None,
     expected: str | None = None,
+    verify: bool = True,
 ) -> None:
-    """Point CURRENT at ``version`` (atomically, under the registry lock) and log why. With ``expected``, only
+    """Point CURRENT at ``version`` (atomically, under the registry lock) and log why, once its bundle verifies
+    (:func:`verify_version`; ``verify=False`` for a bundle the caller has just verified). With ``expected``, only
     if that version is still current (else :class:`PromotionConflictError`)."""
     path = Path(path)
     with locked(path):
@@ -179,6 +219,8 @@ def set_current(
             )
         if previous == version:
             return  # already current: nothing to change or log
+        if verify:
+            verify_version(path, version)
         write_text_atomic(path / CURRENT, version + "\n")
         entry = {
             "at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -233,19 +275,23 @@ def ensure_registry(path: str | Path, *, seed_bundle: str | Path | None = None) 
             return path
         if (path / MANIFEST).is_file():  # a plain bundle: move it into versions/<its version>
             version = _manifest_version(path)
+            BundleReader(path, trusted=True).open()  # a damaged bundle stays as it is: nothing moved
             staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.reg-", dir=parent))
             os.replace(path, staging / "bundle")
             (staging / VERSIONS).mkdir()
             os.replace(staging / "bundle", staging / VERSIONS / version)
             publish(staging, path)  # the permissions a plain mkdir gives, not mkdtemp's 0700
-            set_current(path, version, action="created", detail={"reason": "registry created from a plain bundle"})
+            detail = {"reason": "registry created from a plain bundle"}
+            set_current(path, version, action="created", detail=detail, verify=False)  # verified before the move
             return path
         if path.exists() and any(path.iterdir()):
             raise BundleError(f"{path} exists and is neither a bundle nor a registry; choose an empty or new folder")
         if seed_bundle is None:
             raise BundleError(f"{path} is empty; a registry needs a first version")
-        path.mkdir(parents=True, exist_ok=True)
         version = _manifest_version(Path(seed_bundle))
+        BundleReader(seed_bundle, trusted=True).open()  # before anything is created
+        path.mkdir(parents=True, exist_ok=True)
         shutil.copytree(seed_bundle, path / VERSIONS / version, symlinks=True)
-        set_current(path, version, action="created", detail={"reason": f"registry seeded from {seed_bundle}"})
+        detail = {"reason": f"registry seeded from {seed_bundle}"}
+        set_current(path, version, action="created", detail=detail, verify=False)  # verified before the copy
         return path

@@ -9,7 +9,9 @@ scored records, alerts and dead letters, and the source commits.
   transaction; readers of the outputs with ``read_committed`` see every input record once.
 
 Processes with the same ``group`` share the topic's partitions. A registry given as ``bundle`` is watched between
-batches: a promoted version takes over without a restart.
+batches: a promoted version takes over without a restart (one that does not load is logged once and the version
+scoring goes on). With per-entity features, ``state_dir`` keeps each partition's entity state with the offsets
+(:mod:`segscope.stream.checkpoint`: stamped, and refused when damaged or written by another stream).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from segscope.labels.store import LabelStore
 from segscope.sinks.kafka import KafkaSink
 from segscope.sources.base import Batch
 from segscope.sources.kafka import KafkaSource, TopicReader
-from segscope.stream.checkpoint import EntityCheckpoints
+from segscope.stream.checkpoint import EntityCheckpoints, Stamp
 from segscope.stream.parts import Metrics, ModelWatcher, consume_labels, stop_on_signals, transactional_id
 
 __all__ = ["StreamOptions", "StreamStats", "run_stream"]
@@ -112,8 +114,8 @@ def _checkpoints(options: StreamOptions, watcher: ModelWatcher) -> EntityCheckpo
             "bundle's end-of-history state, not from where this process stopped"
         )
         return None
-    options.state_dir.mkdir(parents=True, exist_ok=True)
-    return EntityCheckpoints(options.state_dir, options.in_topic)
+    # the folder is checked (and created) here, before anything connects; each partition's stamp on its restore
+    return EntityCheckpoints(options.state_dir, Stamp.of(watcher.model, options.in_topic, options.group))
 
 
 def run_stream(options: StreamOptions, *, on_stats: Callable[[str], None] | None = None) -> StreamStats:
@@ -186,9 +188,13 @@ def run_stream(options: StreamOptions, *, on_stats: Callable[[str], None] | None
         last_stats = last_message = window_start = time.monotonic()
         window_in = aborted_in_a_row = 0
         while state["running"]:
+            kept = watcher.state.entities
             if watcher.refresh():
                 stats.model_versions.append(watcher.model.version)
                 log.info("switched to model version %s", watcher.model.version)
+                swapped = watcher.state.entities
+                if checkpoints is not None and swapped is not None and swapped is not kept:  # entities restarted
+                    checkpoints.rebase(Stamp.of(watcher.model, options.in_topic, options.group))
                 if metrics.enabled:
                     metrics.version.info({"version": watcher.model.version})
             batch = source.poll()

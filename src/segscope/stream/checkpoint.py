@@ -4,40 +4,168 @@ Every batch writes, for each input partition it touched, the entities it changed
 partition's next offset), before the offsets are committed; every ``full_every`` deltas a partition's whole state
 is written instead. A process that takes over a partition (after a restart, a SIGKILL or a rebalance) starts at the
 group's committed offset ``o`` and rebuilds the partition's entities from the newest full file at or before ``o`` and
-the deltas after it up to ``o``: exactly the state the records before ``o`` left. Files past ``o`` belong to
-batches whose offsets were never committed; they are deleted, and those records come again. Partitions must be
-keyed by entity (the producer's key) so that an entity's records stay in one partition, in order.
+the deltas after it up to ``o``, on top of the bundle's end-of-history state: exactly the state the records before
+``o`` left. Files past ``o`` belong to batches whose offsets were never committed; they are deleted, and those
+records come again. Partitions must be keyed by entity (the producer's key) so that an entity's records stay in one
+partition, in order.
 
-Layout: ``<dir>/<topic>-<partition>/<offset:020>-<block>.<delta|full>.arrow``; every file written to a temporary
-name and renamed, so a killed process never leaves half a file.
+Layout: ``<dir>/<topic>-<partition>/<offset:020>-<block>.<delta|full>.arrow`` and ``stamp.json``; every file
+written to a temporary name and renamed, so a killed process never leaves half a file.
+
+**The stamp.** A restore is right only when the files were written by the same stream: the same input topic and
+partition (the offsets name positions in it), the same consumer group (the offsets it committed decide which files
+are valid, and a restore deletes the files past them: another group's files would be read at the wrong offsets and
+then destroyed), and the same entity config (key, time column, ttl, lateness, and each feature's name, kind, input,
+window and share: :func:`entity_config_hash`; the same layout with another window would be read without an error
+and give other scores). ``stamp.json`` in each partition folder records them with the format version, before the
+folder's first data file, and every restore checks it first, before anything is deleted. The model version is
+recorded but not compared: the files hold only the entities the stream changed, the others come from the bundle,
+and a promoted version with the same entity config continues the stream's entities by design (the model watcher
+keeps them on a hot swap), so a restart after a promotion must restore them too.
+
+**What is refused, and why.** A checkpoint of another topic, partition, group or entity config, or of a newer
+format, is refused (:class:`CheckpointError`: the folder, what differs and the fix): restoring it would score with
+the wrong state without a word. A damaged file (cut short, not Arrow, a block the config does not have, missing
+columns, an accumulator of another width, a full state missing a block) or a damaged stamp is refused as well,
+naming the file: the partition's state at ``o`` cannot be rebuilt, and rebuilding it from the bundle's
+end-of-history state behind the operator's back would lose everything the stream learned since the fit (every
+card's merchants and countries "first seen" again: a burst of false alerts, velocities reset) while looking healthy.
+The stream stops with one line; deleting (or moving aside) the partition's folder is the documented rebuild, a
+decision its cost calls for. Files are written whole (temporary file, fsync, rename), so damage means a failed disk,
+a lost fsync or a hand edit, not a crash.
+
+**Earlier checkpoints** (no ``stamp.json``, written before stamps existed) are adopted: they are checked against
+the entity config's layout (blocks, columns, accumulator widths), restored, and stamped as this stream's, with one
+warning naming the folder; refusing them would cost every running stream its state on upgrade.
+
+**A hot swap to another entity config** (a promoted version whose ``entities:`` differ: the watcher restarts the
+entities from the new version's end-of-history state) restarts the checkpoints of this process's partitions too
+(:meth:`EntityCheckpoints.rebase`: their files deleted, the folders stamped with the new config); a partition
+stamped with the config this process left, taken over in a rebalance from a process that had not swapped yet,
+restarts the same way instead of being refused.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import logging
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import polars as pl
 
 from segscope._io import write_bytes_atomic
 from segscope._kafka import TP
+from segscope.config import EntityConfig, duration_seconds
+from segscope.exceptions import SegscopeError
+from segscope.features.entity import feature_name
 from segscope.features.entity_state import EntityState
 from segscope.sources.base import Batch
 
-__all__ = ["EntityCheckpoints"]
+if TYPE_CHECKING:
+    from segscope.model import Model
+
+__all__ = ["FORMAT", "CheckpointError", "EntityCheckpoints", "Stamp", "entity_config_hash"]
 
 log = logging.getLogger("segscope.stream")
 _NAME = re.compile(r"^(\d{20})-(\d+)\.(delta|full)\.arrow$")
+#: The checkpoint format this code writes and reads (the Arrow files' columns, the layout, the stamp).
+FORMAT = 1
+STAMP = "stamp.json"
+_COLUMNS = {"key", "last_t", "n_events", "gen", "partition", "acc", "pair_column", "pair_value", "pair_count", "newest"}
+_REBUILD = (
+    "to start the partition's entities again from the bundle's end-of-history state (what the stream learned "
+    "since the fit is lost)"
+)
+
+
+class CheckpointError(SegscopeError):
+    """An entity checkpoint cannot be restored (damaged, or written by another stream) or written."""
+
+
+def entity_config_hash(specs: Sequence[EntityConfig]) -> str:
+    """What the entity state means: per entity spec its key, time column, ttl and lateness, and each feature's
+    name, kind, input, window and share (in seconds where durations, so that ``60s`` and ``1m`` agree)."""
+
+    def seconds(value: str | int | None) -> float | None:
+        return None if value is None else duration_seconds(value)
+
+    described = [
+        {
+            "key": s.key,
+            "time": s.time,
+            "ttl": seconds(s.ttl),
+            "allowed_lateness": seconds(s.allowed_lateness),
+            "features": [
+                {"name": feature_name(s, f), "kind": f.kind, "of": f.of, "window": seconds(f.window), "share": f.share}
+                for f in s.features
+            ],
+        }
+        for s in specs
+    ]
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """Whose checkpoints these are: the input topic, the consumer group, the entity config's hash, and the model
+    version that started them (recorded, not compared)."""
+
+    topic: str
+    group: str
+    entities: str
+    version: str = ""
+
+    @classmethod
+    def of(cls, model: Model, topic: str, group: str) -> Stamp:
+        return cls(topic, group, entity_config_hash(model.config.entities), model.version)
+
+    def record(self, partition: int) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "topic": self.topic,
+            "group": self.group,
+            "partition": partition,
+            "entities": self.entities,
+            "version": self.version,
+        }
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return f"{type(exc).__name__}: {text[:160]}"
 
 
 class EntityCheckpoints:
-    """Write and restore one stream's entity state per input partition under ``root``."""
+    """Write and restore one stream's entity state per input partition under ``root`` (created if missing)."""
 
-    def __init__(self, root: Path, topic: str, *, full_every: int = 50) -> None:
-        self.root, self.topic, self.full_every = root, topic, full_every
+    def __init__(self, root: Path, stamp: Stamp, *, full_every: int = 50) -> None:
+        self.root, self.stamp, self.full_every = root, stamp, full_every
+        self.topic = stamp.topic
         self.restored: set[int] = set()
         self.deltas: dict[int, int] = {}
+        #: entity configs this process swapped away from (their partitions restart instead of being refused)
+        self.superseded: set[str] = set()
+        self._unstamped: set[int] = set()  # partitions being restored from an earlier release's files
+        if root.exists() and not root.is_dir():
+            raise CheckpointError(
+                f"--state-dir {root} is a file, not a folder; give a folder for the entity checkpoints (it is "
+                "created if missing)"
+            )
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CheckpointError(
+                f"cannot create the state folder {root} ({_reason(exc)}); give a folder this process can write"
+            ) from None
 
     def _dir(self, partition: int) -> Path:
         return self.root / f"{self.topic}-{partition}"
@@ -45,13 +173,89 @@ class EntityCheckpoints:
     def _files(self, partition: int) -> list[tuple[int, int, str, Path]]:
         found = []
         folder = self._dir(partition)
+        if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+            raise CheckpointError(
+                f"entity checkpoint folder {folder} is not a folder (a file or a symbolic link); delete it {_REBUILD}"
+            )
         if folder.is_dir():
-            for path in folder.iterdir():
+            try:
+                paths = list(folder.iterdir())
+            except OSError as exc:
+                raise CheckpointError(
+                    f"cannot read the entity checkpoint folder {folder} ({_reason(exc)}); check its permissions"
+                ) from None
+            for path in paths:
                 match = _NAME.match(path.name)
                 if match is not None:
                     found.append((int(match.group(1)), int(match.group(2)), match.group(3), path))
         return sorted(found, key=lambda f: (f[0], f[2] == "delta", f[1]))
 
+    # ------------------------------------------------------------------------------------------ the stamp
+    def _write_stamp(self, partition: int) -> None:
+        folder = self._dir(partition)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            write_bytes_atomic(folder / STAMP, json.dumps(self.stamp.record(partition), sort_keys=True).encode())
+        except OSError as exc:
+            raise CheckpointError(
+                f"cannot write {folder / STAMP} ({_reason(exc)}); give a --state-dir this process can write"
+            ) from None
+
+    def _claim(self, partition: int, files: list[tuple[int, int, str, Path]]) -> str:
+        """Check the partition folder's stamp before anything in it is touched: "ours", "fresh" (no stamp, no
+        files), "earlier" (files of an earlier release, no stamp) or "left" (the config this process left)."""
+        folder = self._dir(partition)
+        file = folder / STAMP
+        if not file.exists():
+            return "earlier" if files else "fresh"
+        fix = f"delete {folder} {_REBUILD}"
+        try:
+            stamp = json.loads(file.read_bytes().decode("utf-8"))
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"entity checkpoint stamp {file} is damaged ({_reason(exc)}); {fix}") from None
+        if not isinstance(stamp, dict) or not isinstance(stamp.get("format"), int):
+            raise CheckpointError(f"entity checkpoint stamp {file} is damaged (no format version); {fix}")
+        if stamp["format"] > FORMAT:
+            raise CheckpointError(
+                f"entity checkpoint stamp {file} has format {stamp['format']}, newer than this segscope's ({FORMAT}); "
+                f"upgrade segscope (pip install -U segscope), or {fix}"
+            )
+        ours = self.stamp.record(partition)
+        differ = [k for k in ("topic", "group", "partition") if stamp.get(k) != ours[k]]
+        if not differ and stamp.get("entities") != ours["entities"] and stamp.get("entities") in self.superseded:
+            return "left"
+        if differ or stamp.get("entities") != ours["entities"]:
+            names = {"topic": "topic", "group": "consumer group", "partition": "partition"}
+            theirs = [f"{names[k]} {stamp.get(k)!r}" for k in differ]
+            mine = [f"{names[k]} {ours[k]!r}" for k in differ]
+            if stamp.get("entities") != ours["entities"]:
+                theirs.append(f"the entity config of model version {str(stamp.get('version'))[:64]!r}")
+                mine.append(f"the entity config of model version {self.stamp.version!r}, which differs")
+            raise CheckpointError(
+                f"entity checkpoint {folder} was written for {', '.join(theirs)}, not for this stream "
+                f"({', '.join(mine)}); give each stream (topic, group, entity config) its own --state-dir, or {fix}"
+            )
+        return "ours"
+
+    def _reset(self, partition: int) -> None:
+        """Start the partition's checkpoints again under this stamp (after a swap to another entity config)."""
+        for _, _, _, path in self._files(partition):
+            path.unlink(missing_ok=True)
+        self._write_stamp(partition)
+        self.deltas[partition] = 0
+        log.info("partition %d: entity checkpoints restarted for version %s", partition, self.stamp.version)
+
+    def rebase(self, stamp: Stamp) -> None:
+        """The stream's entity state restarted from another model's end-of-history state (a hot swap to another
+        entity config): the partitions this process holds start their checkpoints again under ``stamp``."""
+        if stamp.entities != self.stamp.entities:
+            self.superseded.add(self.stamp.entities)
+        self.superseded.discard(stamp.entities)
+        self.stamp = stamp
+        for partition in sorted(self.restored):
+            self._reset(partition)
+
+    # ------------------------------------------------------------------------------------------ restore
     def prepare(self, batch: Batch, state: EntityState) -> None:
         """Tag each row with its partition, and restore the partitions this process has not restored yet from
         the offset the batch starts at (the group's committed one)."""
@@ -70,17 +274,36 @@ class EntityCheckpoints:
 
     def _restore(self, partition: int, offset: int, state: EntityState) -> None:
         files = self._files(partition)
-        for start, _, _, path in files:
-            if start > offset:  # from batches whose offsets were never committed: they come again
-                path.unlink(missing_ok=True)
+        claim = self._claim(partition, files)
+        if claim == "left":
+            self._reset(partition)
+            return
+        self._unstamped.discard(partition)
+        if claim == "earlier":
+            self._unstamped.add(partition)
+        past = [path for start, _, _, path in files if start > offset]
         files = [f for f in files if f[0] <= offset]
         fulls = [f[0] for f in files if f[2] == "full"]
         base = max(fulls) if fulls else -1
-        applied = 0
-        for start, block, kind, path in files:
-            if start > base or (start == base and kind == "full"):
-                state.load_bytes(block, path.read_bytes())
-                applied += 1
+        chosen = [f for f in files if f[0] > base or (f[0] == base and f[2] == "full")]
+        loaded = [(block, path, self._read(partition, offset, block, path, state)) for _, block, _, path in chosen]
+        self._check_complete(partition, offset, chosen, len(state.blocks))
+        for block, path, data in loaded:
+            try:
+                state.load_bytes(block, data)
+            except Exception as exc:  # whatever reading it raises, the file cannot be restored
+                raise self._damaged(partition, offset, path, _reason(exc)) from None
+        if claim == "earlier":
+            log.warning(
+                "entity checkpoint %s has no stamp (written before segscope stamped them): restored as this "
+                "stream's (topic %r, group %r, the entity config of model version %s) and stamped now; if another "
+                "group or entity config wrote it, stop the stream and delete the folder",
+                self._dir(partition), self.topic, self.stamp.group, self.stamp.version,
+            )  # fmt: skip
+        if claim != "ours":
+            self._write_stamp(partition)
+        for path in past:  # from batches whose offsets were never committed: they come again
+            path.unlink(missing_ok=True)
         if offset > 0 and not files:
             log.warning(
                 "partition %d starts at offset %d but has no entity checkpoint in %s: its entities continue from "
@@ -90,8 +313,48 @@ class EntityCheckpoints:
                 self.root,
             )
         self.deltas[partition] = sum(1 for f in files if f[0] > base)
-        log.info("partition %d: entity state restored at offset %d (%d files)", partition, offset, applied)
+        log.info("partition %d: entity state restored at offset %d (%d files)", partition, offset, len(chosen))
 
+    def _damaged(self, partition: int, offset: int, path: Path, why: str) -> CheckpointError:
+        folder = self._dir(partition)
+        what = "is damaged or of another entity config (unstamped)" if partition in self._unstamped else "is damaged"
+        return CheckpointError(
+            f"entity checkpoint {path} {what} ({why}): partition {partition}'s entity state at offset {offset} "
+            f"cannot be rebuilt; restore the file, or delete {folder} {_REBUILD}"
+        )
+
+    def _read(self, partition: int, offset: int, block: int, path: Path, state: EntityState) -> bytes:
+        """The file's bytes, once its schema fits the entity block it names (read before anything is applied)."""
+        if block >= len(state.blocks):
+            why = f"it names entity block {block}; the entity config has {len(state.blocks)}"
+            raise self._damaged(partition, offset, path, why)
+        try:
+            data = path.read_bytes()
+            schema = pl.read_ipc_schema(io.BytesIO(data))
+        except Exception as exc:  # OSError, or Polars's errors on a file cut short or not Arrow
+            raise self._damaged(partition, offset, path, _reason(exc)) from None
+        missing = sorted(_COLUMNS - set(schema))
+        if missing:
+            raise self._damaged(partition, offset, path, f"no column {', '.join(missing)}")
+        width = getattr(schema["acc"], "shape", None)
+        n_acc = max(state.blocks[block].n_acc, 1)
+        if width != (n_acc,):
+            why = f"{width[0] if width else 'no'} accumulators per entity; the entity config has {n_acc}"
+            raise self._damaged(partition, offset, path, why)
+        return data
+
+    def _check_complete(self, partition: int, offset: int, chosen: list[tuple[int, int, str, Path]], n: int) -> None:
+        """Every offset restored has one file per entity block (a batch writes them all before its commit)."""
+        written: dict[tuple[int, str], set[int]] = {}
+        for start, block, kind, _ in chosen:
+            written.setdefault((start, kind), set()).add(block)
+        for (start, kind), blocks in written.items():
+            if blocks != set(range(n)):
+                lost = min(set(range(n)) - blocks)
+                path = self._dir(partition) / f"{start:020d}-{lost}.{kind}.arrow"
+                raise self._damaged(partition, offset, path, "missing: the other blocks of its offset are there")
+
+    # ------------------------------------------------------------------------------------------ write
     def save(self, state: EntityState, positions: dict[TP, int]) -> None:
         """After a batch: the changed entities of each partition it touched, named by its next offset."""
         if state.partitions is None:
@@ -102,10 +365,17 @@ class EntityCheckpoints:
                 continue
             full = self.deltas.get(p, 0) + 1 >= self.full_every
             folder = self._dir(p)
-            folder.mkdir(parents=True, exist_ok=True)
             for block in range(len(state.blocks)):
                 data = state.to_bytes(block, partition=p, dirty_only=not full)
-                write_bytes_atomic(folder / f"{offset:020d}-{block}.{'full' if full else 'delta'}.arrow", data)
+                path = folder / f"{offset:020d}-{block}.{'full' if full else 'delta'}.arrow"
+                try:
+                    folder.mkdir(parents=True, exist_ok=True)
+                    write_bytes_atomic(path, data)
+                except OSError as exc:
+                    raise CheckpointError(
+                        f"cannot write the entity checkpoint {path} ({_reason(exc)}); free space or fix the "
+                        f"permissions of {self.root}, then restart: the stream resumes at its last commit"
+                    ) from None
             self.deltas[p] = 0 if full else self.deltas.get(p, 0) + 1
         state.clean()
 
@@ -123,4 +393,3 @@ class EntityCheckpoints:
         """Partitions taken away by a rebalance: their entities leave this process."""
         self.restored -= set(partitions)
         state.drop_partitions(set(partitions))
-

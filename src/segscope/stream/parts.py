@@ -29,7 +29,9 @@ log = logging.getLogger("segscope.stream")
 
 
 class ModelWatcher:
-    """Holds the scoring model and its scoring state; reloads both when a registry's CURRENT pointer moves."""
+    """Holds the scoring model and its scoring state; reloads both when a registry's CURRENT pointer moves. A new
+    CURRENT that does not load (damaged, untrusted, removed) is logged once and the current model keeps scoring:
+    a stream is not stopped by a bad promotion, and a later promotion or a rollback is picked up as usual."""
 
     def __init__(self, bundle: Path, trusted: bool) -> None:
         self.bundle, self.trusted = bundle, trusted
@@ -37,6 +39,7 @@ class ModelWatcher:
         self.state = self.model.new_state()  # an alert budget counts across batches, for the life of the stream
         self.drift = self.model.drift_tracker()  # a new one every stats window
         self.pointer = registry.current_version(bundle) if registry.is_registry(bundle) else None
+        self.refused: str | None = None  # the last CURRENT that did not load (logged once)
 
     def refresh(self) -> bool:
         if self.pointer is None:
@@ -45,10 +48,23 @@ class ModelWatcher:
             pointer = registry.current_version(self.bundle)
         except Exception:  # a pointer being replaced or damaged: keep scoring with the current model
             return False
-        if pointer == self.pointer:
+        if pointer == self.pointer or pointer == self.refused:
+            if pointer == self.pointer:
+                self.refused = None  # rolled back: the same version may be promoted (and tried) again
             return False
         before = self.model
-        self.model = Model.load(self.bundle, trusted=self.trusted)
+        try:
+            model = Model.load(self.bundle, trusted=self.trusted)
+        except Exception as exc:  # whatever the new version's files raise: it does not score, the current one does
+            self.refused = pointer
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            log.error(
+                "registry %s: CURRENT now names version %s, which does not load (%s); still scoring with version "
+                "%s: promote a loadable version or roll back",
+                self.bundle, pointer, reason, before.version,
+            )  # fmt: skip
+            return False
+        self.model = model
         entities = self.state.entities
         self.state = self.model.new_state()
         if entities is not None and before.config.entities == self.model.config.entities:
