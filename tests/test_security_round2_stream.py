@@ -17,8 +17,8 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from segscope import BundleError, Model
+from segscope import bundle as bundle_format
 from segscope import registry as reg
-from segscope.bundle import manifest_digest
 from segscope.config import load_config
 from segscope.exceptions import SegscopeError
 from segscope.features.entity_state import Block, EntityState
@@ -329,7 +329,9 @@ def test_promoting_a_version_that_needs_trust_is_still_allowed(registry: Path) -
     (folder / "extra.pkl").write_bytes(b"never unpickled by a promotion")
     manifest = json.loads((folder / "manifest.json").read_text())
     manifest["files"]["extra.pkl"] = hashlib.sha256((folder / "extra.pkl").read_bytes()).hexdigest()
-    manifest["manifest_sha256"] = manifest_digest(manifest)
+    digest = getattr(bundle_format, "manifest_digest", None)  # the manifest's own checksum, where it has one
+    if digest is not None:
+        manifest["manifest_sha256"] = digest(manifest)
     (folder / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="trust"):
         Model.load(folder)
