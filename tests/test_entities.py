@@ -165,7 +165,9 @@ def test_bad_entity_config_is_one_clear_line(entities: list[dict[str, object]], 
 
 
 def test_bad_expression_and_missing_key_are_one_clear_line(cards: pl.DataFrame) -> None:
-    bad = _spec(features=[{"kind": "mean", "of": "nosuch(amount)", "window": "1d", "name": "x"}])
+    with pytest.raises(ValueError, match=r"nosuch\(\) is not an allowed function"):
+        _spec(features=[{"kind": "mean", "of": "nosuch(amount)", "window": "1d", "name": "x"}])
+    bad = _spec(features=[{"kind": "mean", "of": "lower(amount) * 2", "window": "1d", "name": "x"}])
     with pytest.raises(DataError, match="cannot be computed"):
         EntityFeatures((bad,)).fit_transform(cards[:100])
     with pytest.raises(DataError, match="key column 'card_id' is missing"):

@@ -21,6 +21,7 @@ import pytest
 
 from segscope import BundleError, Model
 from segscope import registry as reg
+from segscope.bundle import manifest_digest
 from segscope.config import DetectorConfig, SegscopeConfig
 from segscope.testing.data import make_transactions
 from tests.unprivileged import run_cli_unprivileged
@@ -53,11 +54,13 @@ def _manifest(bundle: Path) -> dict:
 
 
 def _write_manifest(bundle: Path, manifest: dict, *, rehash: bool = True) -> None:
-    """Rewrite the manifest as an attacker would: checksums recomputed for every listed file."""
+    """Rewrite the manifest as an attacker would: checksums recomputed for every listed file (``rehash``) and the
+    manifest's own checksum always (anyone can compute it: it catches accidents, it does not authenticate)."""
     if rehash:
         for rel in manifest.get("files", {}):
             if (bundle / rel).is_file():
                 manifest["files"][rel] = hashlib.sha256((bundle / rel).read_bytes()).hexdigest()
+    manifest["manifest_sha256"] = manifest_digest(manifest)
     (bundle / "manifest.json").write_text(json.dumps(manifest))
 
 

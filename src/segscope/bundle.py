@@ -13,6 +13,7 @@ Writing goes to a temporary sibling folder that is renamed into place, so a cras
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -30,8 +31,18 @@ from segscope.exceptions import BundleError
 
 __all__ = ["FORMAT_VERSION", "BundleReader", "is_version_name", "write_bundle"]
 
-FORMAT_VERSION = 1
+#: 2: the manifest carries its own checksum (``manifest_sha256``); version-1 bundles load without it.
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
+#: Largest uncompressed array file (and all arrays of one bundle together) a load accepts: a small crafted npz
+#: can otherwise ask for gigabytes. Ten times the largest part seen in a fit of 1M x 100 rows.
+MAX_ARRAY_BYTES = 2 << 30
+
+
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    """sha256 of the manifest without its own ``manifest_sha256`` (keys sorted, compact JSON)."""
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def write_bundle(
@@ -72,6 +83,7 @@ def write_bundle(
             "files": files,
             "executes_code": sorted(f"arrays/{p}.pkl" for p in (pickles or {})),
         }
+        full["manifest_sha256"] = manifest_digest(full)
         fsync_write(tmp / MANIFEST, json.dumps(full, indent=1, sort_keys=True).encode())
         old = None
         if target.exists():
@@ -142,6 +154,8 @@ class BundleReader:
             raise self._fail(f"manifest.json is not valid JSON ({reason})", "refit the bundle") from None
         except OSError as exc:
             raise self._fail(f"cannot read manifest.json ({exc.strerror})", "check the folder's permissions") from None
+        except RecursionError:
+            raise self._fail("manifest.json is nested too deeply to be a manifest", "refit the bundle") from None
         if not isinstance(manifest, dict):
             raise self._fail("manifest.json does not hold a JSON object", "refit the bundle")
         version = manifest.get("format_version")
@@ -151,6 +165,11 @@ class BundleReader:
             raise BundleError(
                 f"bundle {self.path} has format version {version}, newer than this segscope supports "
                 f"({FORMAT_VERSION}); upgrade segscope (pip install -U segscope) to load it"
+            )
+        if version >= 2 and manifest.get("manifest_sha256") != manifest_digest(manifest):
+            raise BundleError(
+                f"bundle {self.path}: manifest.json does not match its own checksum (changed after it was saved); "
+                "restore the original bundle or refit"
             )
         if not is_version_name(manifest.get("model_version")):
             raise self._fail(
@@ -226,19 +245,51 @@ class BundleReader:
             return json.loads(self._listed(name).read_bytes().decode("utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise self._fail(f"{name} is not valid JSON ({str(exc).splitlines()[0]})") from None
+        except RecursionError:
+            raise self._fail(f"{name} is nested too deeply") from None
 
     def arrays(self, part: str) -> dict[str, np.ndarray]:
+        """The arrays of ``arrays/<part>.npz``: numbers only, each no larger than its header says and the archive
+        holds, and all of the bundle's together under :data:`MAX_ARRAY_BYTES`."""
         rel = f"arrays/{part}.npz"
+        path = self._listed(rel)
         try:
-            with np.load(self._listed(rel), allow_pickle=False) as data:
+            with zipfile.ZipFile(path) as archive:
+                self._check_sizes(rel, archive)
+            with np.load(path, allow_pickle=False) as data:
                 arrays = {k: data[k] for k in data.files}
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
             raise self._fail(f"{rel} is not a readable NumPy archive ({str(exc)[:120]})") from None
         for key, value in arrays.items():
             # model state is numbers; bytes in an array are how a pickle would be smuggled past the trust check
             if key == "pickle" or value.dtype.kind not in "biuf" or (value.dtype.kind in "iu" and value.itemsize == 1):
                 raise self._fail(f"{rel} holds '{key}' as {value.dtype} bytes, not model state (a hidden pickle?)")
+            if value.dtype.kind == "b" and value.size and int(value.view(np.uint8).max()) > 1:
+                raise self._fail(f"{rel} holds '{key}' as booleans with other bytes than 0 and 1 (hidden bytes?)")
         return arrays
+
+    def _check_sizes(self, rel: str, archive: zipfile.ZipFile) -> None:
+        """Refuse before allocating: each member's header shape must fit the bytes the member holds."""
+        for info in archive.infolist():
+            self.array_bytes_ = getattr(self, "array_bytes_", 0) + info.file_size
+            if info.file_size > MAX_ARRAY_BYTES or self.array_bytes_ > MAX_ARRAY_BYTES:
+                raise self._fail(
+                    f"{rel} holds {info.file_size:,} bytes in {info.filename}, over the {MAX_ARRAY_BYTES:,}-byte "
+                    "limit for a bundle's arrays"
+                )
+            with archive.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(member, max_header_size=10_000)
+                else:
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(member, max_header_size=10_000)
+                header = member.tell()
+            needed = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+            if needed != info.file_size - header:
+                raise self._fail(
+                    f"{rel}: {info.filename} declares shape {shape} of {dtype} ({needed:,} bytes) but holds "
+                    f"{info.file_size - header:,} bytes"
+                )
 
     def raw(self, rel: str) -> bytes:
         return self._listed(rel).read_bytes()

@@ -19,6 +19,7 @@ from segscope._typing import (
     SegmentBoundaries,
 )
 from segscope.exceptions import ConfigError
+from segscope.expressions import compile_expression
 
 __all__ = [
     "DEFAULT_DETECTORS",
@@ -56,6 +57,8 @@ DEFAULT_DETECTORS: tuple[DetectorConfig, ...] = (
 )
 
 
+#: ``name(`` in an entity feature's ``of``: an expression rather than a column name, so it is checked in the config
+_CALL = re.compile(r"[A-Za-z_]\w*\s*\(")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d|w)$")
 _SECONDS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 
@@ -119,7 +122,8 @@ class FeatureConfig(_Frozen):
 
 
 class EntityFeatureConfig(_Frozen):
-    """One per-entity feature. ``of`` is a column or a Polars SQL expression (``log(amount + 1)``); ``window`` a
+    """One per-entity feature. ``of`` is a column or an expression (``ln(amount + 1)``: columns, arithmetic and
+    the functions of :mod:`segscope.expressions`, nothing that reads a file or the network); ``window`` a
     duration of event time (``5m``) or, for an entity without a time column, a count of its events."""
 
     kind: EntityFeatureKind
@@ -133,6 +137,8 @@ class EntityFeatureConfig(_Frozen):
     @model_validator(mode="after")
     def _complete(self) -> EntityFeatureConfig:
         needs_of = self.kind not in {"count", "since_last"}
+        if self.of is not None and _CALL.search(self.of):  # meant as an expression: check it now, not at fit
+            compile_expression(self.of)
         if needs_of and self.of is None:
             raise ValueError(f"an entity feature of kind '{self.kind}' needs 'of' (a column or expression)")
         windowed = self.kind in {"count", "sum", "mean", "std", "zscore", "ratio", "distinct"}
@@ -254,8 +260,10 @@ class SegscopeConfig(_Frozen):
 
 def _format_validation_error(path: Path | str, exc: ValidationError) -> str:
     first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    return f"config {path}: {where}: {first['msg']} (got {first.get('input')!r}); fix that entry"
+    where = ".".join(str(p) for p in first["loc"])[:200] or "(top level)"
+    got = repr(first.get("input"))
+    got = got if len(got) <= 120 else got[:117] + "..."  # the input can be a whole (huge) table
+    return f"config {path}: {where}: {first['msg']} (got {got}); fix that entry"
 
 
 def config_from_dict(data: dict[str, Any], *, source: str = "config") -> SegscopeConfig:
@@ -264,6 +272,42 @@ def config_from_dict(data: dict[str, Any], *, source: str = "config") -> Segscop
         return SegscopeConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(source, exc)) from None
+
+
+#: A config is a few settings: larger files, or YAML that expands (aliases) past these sizes, are refused.
+MAX_CONFIG_BYTES = 1 << 20
+_MAX_YAML_NODES = 100_000
+_MAX_YAML_DEPTH = 64
+
+
+def _load_yaml(text: str) -> Any:
+    """YAML's safe loader, after checking the document's size *with aliases expanded* (nine levels of aliases
+    expand to billions of nodes) and its depth, on the composed node graph before anything is built."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return {}
+        sizes: dict[int, int] = {}
+
+        def expanded(n: yaml.Node, depth: int) -> int:
+            if depth > _MAX_YAML_DEPTH:
+                raise yaml.YAMLError(f"nested deeper than {_MAX_YAML_DEPTH} levels")
+            if id(n) not in sizes:
+                children: list[yaml.Node] = []
+                if isinstance(n, yaml.SequenceNode):
+                    children = list(n.value)
+                elif isinstance(n, yaml.MappingNode):
+                    children = [part for pair in n.value for part in pair]
+                sizes[id(n)] = 1 + sum(expanded(c, depth + 1) for c in children)
+                if sizes[id(n)] > _MAX_YAML_NODES:
+                    raise yaml.YAMLError(f"it expands to over {_MAX_YAML_NODES:,} values (aliases of aliases?)")
+            return sizes[id(n)]
+
+        expanded(node, 0)
+        return loader.construct_document(node) or {}
+    finally:
+        loader.dispose()
 
 
 def load_config(path: str | Path) -> SegscopeConfig:
@@ -278,17 +322,21 @@ def load_config(path: str | Path) -> SegscopeConfig:
             "maintenance"
         )
     suffix = path.suffix.lower()
-    text = path.read_text(encoding="utf-8")
+    if suffix not in {".toml", ".yaml", ".yml"}:
+        raise ConfigError(f"config file {path} has extension '{suffix}'; use .toml, .yaml or .yml")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is over {MAX_CONFIG_BYTES // 1024} KiB; a config is a few settings")
     try:
-        if suffix == ".toml":
-            data: Any = tomllib.loads(text)
-        elif suffix in {".yaml", ".yml"}:
-            data = yaml.safe_load(text) or {}
-        else:
-            raise ConfigError(f"config file {path} has extension '{suffix}'; use .toml, .yaml or .yml")
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start + 1}); save it as UTF-8") from None
+    try:
+        data: Any = tomllib.loads(text) if suffix == ".toml" else _load_yaml(text)
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
         reason = str(exc).splitlines()[0]
         raise ConfigError(f"config file {path} is not valid {suffix[1:].upper()}: {reason}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path} is nested too deeply to be a config; flatten it") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a table/mapping at the top level")
     return config_from_dict(data, source=str(path))

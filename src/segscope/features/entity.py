@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Self, get_args
 
 import numpy as np
@@ -24,9 +24,11 @@ import polars as pl
 from segscope._typing import EntityFeatureKind
 from segscope.config import EntityConfig, EntityFeatureConfig, duration_seconds
 from segscope.exceptions import ConfigError, DataError, NotFittedError
+from segscope.expressions import compile_expression, expression_columns
 from segscope.features import _entity_kernel as kernel
 from segscope.features.entity_state import Block, EntityState
 from segscope.features.prepare import parse_datetimes
+from segscope.schema import SCORED_COLUMNS
 
 __all__ = ["EntityFeatures", "EntityState"]
 
@@ -115,11 +117,13 @@ class EntityFeatures:
         return [n for p in self.plans for n in p.names]
 
     def input_columns(self) -> list[str]:
-        """Columns the features read (keys, times, and the columns of ``of`` that are plain names)."""
+        """Columns the features read (keys, times, and the columns ``of`` names or its expression reads)."""
         cols: list[str] = []
         for s in self.specs:
             cols += [c for c in (s.key, s.time) if c is not None]
-            cols += [f.of for f in s.features if f.of is not None and f.of.isidentifier()]
+            for f in s.features:
+                if f.of is not None:
+                    cols += [f.of] if f.of.isidentifier() else _columns_of(f.of)
         return list(dict.fromkeys(cols))
 
     def new_state(self) -> EntityState:
@@ -139,6 +143,12 @@ class EntityFeatures:
         """Fit on a history read in order, batch by batch (bounded memory): each batch with its features, and
         the state at its end kept once the last batch is out."""
         state, names = self.empty_state(), self.names
+        reserved = [n for n in names if n in SCORED_COLUMNS or n == "id"]
+        if reserved:
+            raise ConfigError(
+                f"entity feature name(s) {reserved} are columns segscope adds to every scored record; "
+                "set another 'name:'"
+            )
         for frame in batches:
             clash = [n for n in names if n in frame.columns]
             if clash or len(set(names)) != len(names):
@@ -232,17 +242,41 @@ def _column(frame: pl.DataFrame, name: str, role: str) -> pl.Series:
     return frame.get_column(name)
 
 
+def _columns_of(of: str) -> list[str]:
+    try:
+        return expression_columns(of)
+    except ConfigError:
+        return [of]  # a column name that is no expression ("Torque [Nm]"); a missing one is reported when read
+
+
+@lru_cache(maxsize=256)
+def _compiled(of: str) -> pl.Expr:
+    return compile_expression(of)
+
+
 def _evaluate(frame: pl.DataFrame, of: str) -> pl.Series:
-    """``of`` as a column or a Polars SQL expression."""
-    if of.isidentifier() and of not in frame.columns:
+    """``of`` as a column, or an expression of :mod:`segscope.expressions` (never handed to Polars SQL: it could
+    read files)."""
+    if of in frame.columns:
+        return frame.get_column(of)
+    if of.isidentifier():
         return _column(frame, of, "value")
     try:
-        expr = pl.col(of) if of in frame.columns else pl.sql_expr(of)
+        expr = _compiled(of)
+    except ConfigError as exc:
+        raise DataError(f"entity feature 'of': {of!r} is not an input column, and as an {exc}") from None
+    missing = [c for c in _columns_of(of) if c not in frame.columns]
+    if missing:
+        raise DataError(
+            f"entity feature 'of: {of}' reads column(s) {missing} that are missing from the input; add them or "
+            "change the config"
+        )
+    try:
         return frame.select(expr.alias("v")).to_series()
     except Exception as exc:
         raise DataError(
             f"entity feature 'of: {of}' cannot be computed on the input ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:120]}); name an input column or a valid SQL expression"
+            f"{str(exc).splitlines()[0][:120]}); check the columns' types against the expression"
         ) from None
 
 

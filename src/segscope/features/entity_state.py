@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from segscope.exceptions import BundleError
 from segscope.features import _entity_kernel as kernel
 
 __all__ = ["Block", "EntityState"]
@@ -228,6 +229,33 @@ class Block:
         self.pairs = kernel.load_pairs(np.vstack(fresh), self.gen, self.n_pairs)
 
 
+#: numeric columns of an entity state file (besides ``key``, ``acc`` and the pair lists)
+_STATE_NUMBERS = ("last_t", "n_events", "gen", "partition", "newest", "late")
+
+
+def _read_state_file(data: bytes, block: Block) -> pl.DataFrame:
+    import pyarrow as pa
+
+    try:
+        table = pa.ipc.open_file(pa.BufferReader(data)).read_all()
+        table.validate(full=True)
+        frame = pl.from_arrow(table)
+    except (pa.ArrowException, ValueError, OSError, TypeError) as exc:
+        reason = (str(exc).strip().splitlines() or [""])[0][:120]
+        raise BundleError(f"entity state: not a readable Arrow file ({type(exc).__name__}: {reason})") from None
+    assert isinstance(frame, pl.DataFrame)
+    missing = [c for c in ("key", "acc", *_STATE_NUMBERS) if c not in frame.columns]
+    if missing:
+        raise BundleError(f"entity state: the column(s) {missing} are missing")
+    wrong = [c for c in (*_STATE_NUMBERS, "last_alert") if c in frame.columns and not frame.schema[c].is_numeric()]
+    if wrong or frame.schema["key"] != pl.String or frame.get_column("key").null_count():
+        raise BundleError(f"entity state: the column(s) {wrong or ['key']} do not hold what the state writes")
+    acc = frame.schema["acc"]
+    if block.n_acc and acc != pl.Array(pl.Float64, block.n_acc):
+        raise BundleError(f"entity state: 'acc' holds {acc}, expected {block.n_acc} numbers per entity")
+    return frame
+
+
 @dataclass
 class EntityState:
     """What per-entity features carry from one batch to the next: one block per entity spec, the input
@@ -271,7 +299,10 @@ class EntityState:
         return buffer.getvalue()
 
     def load_bytes(self, block: int, data: bytes) -> None:
-        frame = pl.read_ipc(io.BytesIO(data))
+        """Merge a file :meth:`to_bytes` wrote into ``block``. The bytes are read and fully validated by Arrow
+        before Polars sees them (Polars' IPC reader panics on some damaged files), and the columns checked, so a
+        damaged or foreign file is a :class:`BundleError`, never a crash."""
+        frame = _read_state_file(data, self.blocks[block])
         b = self.blocks[block]
         if frame.height:
             b.newest = max(b.newest, float(frame.get_column("newest")[0]))

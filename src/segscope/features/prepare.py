@@ -24,6 +24,7 @@ import numpy as np
 import polars as pl
 
 from segscope.exceptions import DataError, NotFittedError, SchemaError
+from segscope.features.prepared_state import check_state
 from segscope.schema import ColumnSpec, FeatureSchema, infer_kind
 
 __all__ = ["FeaturePreparer", "parse_datetimes"]
@@ -348,6 +349,7 @@ class FeaturePreparer:
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> FeaturePreparer:
+        state = check_state(state)  # typed: numbers as floats, every table where it belongs
         params = state["params"]
         prep = cls(
             id_column=params["id_column"],

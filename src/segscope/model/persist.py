@@ -78,6 +78,8 @@ def manifest(self: Model) -> dict[str, Any]:
             _entities_component(self),
         ],
         "config": self.config.model_dump(mode="json"),
+        # named so that a bundle missing it is refused (it is optional: bundles from before drift have none)
+        "drift_reference": "drift.json" if self.drift_ is not None else None,
         "policy": self.policy_.describe(),
         "training": self.training_,
         "label_snapshot": self.label_snapshot_,
@@ -177,11 +179,15 @@ def load(cls: type[Model], path: str | Path, *, trusted: bool = False) -> Model:
     manifest = reader.open()
     try:
         return _from_bundle(cls, reader, manifest, path)
+    except BundleError as exc:
+        text = str(exc)
+        raise BundleError(text if text.startswith("bundle ") else f"bundle {path}: {text}") from None
     except SegscopeError:
         raise
     except Exception as exc:  # anything else a damaged or hand-made bundle can raise: one clear error
+        reason = (str(exc).strip().splitlines() or [""])[0][:120]
         raise BundleError(
-            f"bundle {path} is incomplete or damaged ({type(exc).__name__}: {str(exc)[:120]}); refit the bundle"
+            f"bundle {path} is incomplete or damaged ({type(exc).__name__}: {reason}); refit the bundle"
         ) from None
 
 
@@ -195,6 +201,11 @@ def _from_bundle(cls: type[Model], reader: bundle_io.BundleReader, manifest: dic
         det = make_detector(comp["name"], comp["params"])
         part = Path(comp["artifact"]).stem
         det.load_state(reader.arrays(part), pickled=reader.pickle_bytes(part) if det.needs_pickle else None)
+        if det.n_features_ != len(prep.schema_.features):
+            raise BundleError(
+                f"detector {det.name} was fitted on {det.n_features_} features but features.json lists "
+                f"{len(prep.schema_.features)}; the bundle is damaged or was edited by hand: refit it"
+            )
         detectors.append(det)
     ensemble = AnomalyEnsemble(detectors, combine=model.config.combine)
     ensemble.load_state(reader.arrays("calibration"))
@@ -207,6 +218,11 @@ def _from_bundle(cls: type[Model], reader: bundle_io.BundleReader, manifest: dic
         explainer.ecdf_ = shared  # one fused pass computes ECOD and the reasons
     model.preparer_, model.ensemble_, model.explainer_ = prep, ensemble, explainer
     model.policy_ = restore_policy(model.config.policy, manifest["policy"])
+    if manifest.get("drift_reference") and "drift.json" not in reader.files_:
+        raise BundleError(
+            f"bundle {path}: the manifest names drift.json but the bundle does not hold it; restore the original "
+            "bundle or refit"
+        )
     if "drift.json" in reader.files_:
         model.drift_ = DriftReference.from_state(reader.json("drift.json"))
     model.version_ = manifest["model_version"]
@@ -221,7 +237,7 @@ def _from_bundle(cls: type[Model], reader: bundle_io.BundleReader, manifest: dic
         from segscope.unsupervised.segment import Segmenter
 
         model.segmenter_ = Segmenter(**segmenter["params"])
-        model.segmenter_.load_state(reader.arrays("segmenter"))
+        model.segmenter_.load_state(reader.arrays("segmenter"), n_features=len(prep.schema_.features))
         model.segmenter_.lineage_ = segmenter.get("lineage", {})
         model.segment_profiles_ = segmenter["profiles"]
         packed = reader.arrays("segment_calibration")

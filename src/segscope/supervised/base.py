@@ -41,13 +41,14 @@ README (grid of clips 2-20 and weights 0.5-10 on that benchmark; checked on four
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Protocol, Self
 
 import numpy as np
 
-from segscope.exceptions import ConfigError, DataError, NotFittedError
+from segscope._arrays import check_indices, take
+from segscope.exceptions import BundleError, ConfigError, DataError, NotFittedError
 from segscope.supervised.encoding import TargetEncoding
+from segscope.supervised.layout import Layout, checked_layout
 from segscope.supervised.promotion import share_better_aucpr
 
 __all__ = ["BLENDS", "FineTuned", "Layout", "Learner"]
@@ -68,34 +69,6 @@ PRIOR_BELOW = 75
 #: the out-of-fold predictions (differences of a few anomalies are the folds' luck, and do not carry to new data).
 RELIABLY_BETTER = 0.95
 _RESAMPLES = 100
-
-
-@dataclass(frozen=True)
-class Layout:
-    """What the columns of a supervision matrix hold: ``n_features`` prepared features first, then the detector
-    surprisals and optional segment columns (``monotone`` has one entry per column up to here; the ensemble's
-    surprisal is column ``surprisal``), then one category code per categorical feature (``categories``: their
-    fit-time number of levels; NaN = a value never seen at fit)."""
-
-    n_features: int
-    surprisal: int
-    monotone: tuple[float, ...]
-    categories: tuple[int, ...] = ()
-
-    @property
-    def width(self) -> int:
-        return len(self.monotone) + len(self.categories)
-
-    def to_array(self) -> np.ndarray:
-        head = [self.n_features, self.surprisal, len(self.monotone), len(self.categories)]
-        return np.asarray([*head, *self.monotone, *self.categories], dtype=np.float64)
-
-    @classmethod
-    def from_array(cls, values: np.ndarray) -> Layout:
-        n_features, surprisal, n_monotone, n_categories = (int(v) for v in values[:4])
-        monotone = tuple(float(v) for v in values[4 : 4 + n_monotone])
-        categories = tuple(int(v) for v in values[4 + n_monotone : 4 + n_monotone + n_categories])
-        return cls(n_features, surprisal, monotone, categories)
 
 
 class Learner(Protocol):
@@ -457,16 +430,26 @@ class FineTuned:
             self.n_positives_, self.n_labelled_ = int(arrays["meta"][1]), int(arrays["meta"][2])
             self.learner.load_artifact(blob)
             return
-        blend = np.asarray(arrays["blend"], dtype=np.float64)
+        owner = "supervised"
+        blend = take(arrays, "blend", owner, shape=(None,), finite=True)
+        if blend.size not in (3, 4):
+            raise BundleError(
+                f"{owner}: 'blend' holds {blend.size} weights, expected 4; the bundle is damaged: refit it"
+            )
         self.blend_ = np.insert(blend, 2, 0.0) if blend.size == 3 else blend  # (a, b, c) before the prior blend
-        self.layout_ = Layout.from_array(arrays["layout"])
-        self.exemplars_ = np.ascontiguousarray(arrays.get("exemplars", np.empty((0, self.layout_.n_features))))
-        meta = arrays["meta"]
+        self.layout_ = checked_layout(take(arrays, "layout", owner, shape=(None,), finite=True), self.n_features)
+        exemplars = arrays.get("exemplars", np.empty((0, self.layout_.n_features)))
+        self.exemplars_ = take({"exemplars": exemplars}, "exemplars", owner, shape=(None, self.layout_.n_features))
+        meta = take(arrays, "meta", owner, shape=(4,), finite=True)
         self.n_positives_, self.n_labelled_ = int(meta[0]), int(meta[1])
+        check_indices(meta[2:3].astype(np.int64), 0, len(BLENDS), owner, "the blend's kind")
         self.blend_kind_, self.max_onehot = BLENDS[int(meta[2])], int(meta[3])
-        self.oof_aucpr_ = {k: float(v) for k, v in zip(BLENDS[1:], arrays["oof_aucpr"], strict=False) if v == v}
+        oof = take(arrays, "oof_aucpr", owner, shape=(None,))
+        self.oof_aucpr_ = {k: float(v) for k, v in zip(BLENDS[1:], oof, strict=False) if v == v}
         self.clip_ = float(arrays["proximity_clip"][0]) if "proximity_clip" in arrays else _NO_CLIP
         _, encoded = self._split_categories(self.layout_)
+        for j in range(len(encoded)):
+            take(arrays, f"target_encoding_{j}", owner, shape=(None,), finite=True, min_size=1)
         self.encoding_ = TargetEncoding.from_state(arrays, len(encoded))
         self.learner.load_artifact(blob)
 

@@ -20,15 +20,123 @@ rows (alerts and chargebacks) did not show it reliably out of fold, and stumps w
 
 from __future__ import annotations
 
+import itertools
+import json
 from typing import Any, ClassVar, Self
 
 import numpy as np
 
 from segscope._deps import require
 from segscope._params import Constraint, Interval, Sizes, StoresParams
-from segscope.exceptions import NotFittedError
+from segscope.exceptions import BundleError, NotFittedError
 
-__all__ = ["XGBoostLearner"]
+__all__ = ["XGBoostLearner", "check_booster_json"]
+
+_OWNER = "supervised/xgboost.json"
+_INVALID_NODE = 2147483647  # XGBoost's parent of a root
+#: Category codes above this are refused: XGBoost sizes a bitset by the largest code (a crafted one asks for
+#: gigabytes). segscope target-encodes columns past 64 levels, so its own codes stay far below.
+_MAX_CATEGORY = 1 << 20
+
+
+def _bad(problem: str) -> BundleError:
+    return BundleError(f"{_OWNER}: {problem}; the bundle is damaged or was edited by hand: refit it")
+
+
+def _ints(tree: dict[str, Any], key: str, n: int) -> np.ndarray:
+    values = tree.get(key)
+    if not isinstance(values, list) or len(values) != n or not all(type(v) is int for v in values):
+        raise _bad(f"a tree's '{key}' is not {n} whole numbers")
+    return np.asarray(values, dtype=np.int64)
+
+
+def check_booster_json(blob: bytes) -> None:
+    """Refuse an XGBoost JSON model whose trees XGBoost would walk out of bounds (it does not check them):
+    every child after its node and inside the tree, each node the child of exactly one parent, feature numbers
+    below the model's feature count, categorical splits within their tables. Only the gbtree booster, which is
+    what segscope writes."""
+    try:
+        model = json.loads(blob)
+        learner = model["learner"]
+        n_features = int(learner["learner_model_param"]["num_feature"])
+        booster = learner["gradient_booster"]
+        trees = booster["model"]["trees"]
+        tree_info = booster["model"]["tree_info"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise _bad(f"it is not an XGBoost JSON model ({type(exc).__name__}: {str(exc)[:80]})") from None
+    if booster.get("name") != "gbtree":
+        raise _bad(f"its booster is {str(booster.get('name'))[:40]!r}; segscope writes only 'gbtree'")
+    if not isinstance(trees, list) or not isinstance(tree_info, list) or len(tree_info) != len(trees):
+        raise _bad("its trees and tree_info do not match")
+    try:
+        groups = max(
+            1, int(learner["learner_model_param"]["num_class"]), int(learner["learner_model_param"]["num_target"])
+        )
+    except (KeyError, TypeError, ValueError):
+        raise _bad("it has no num_class") from None
+    if not all(type(g) is int and 0 <= g < groups for g in tree_info):
+        raise _bad(f"a tree's output group lies outside [0, {groups})")
+    indptr = booster["model"].get("iteration_indptr", [0, len(trees)])
+    if not (
+        isinstance(indptr, list)
+        and all(type(i) is int for i in indptr)
+        and indptr[:1] == [0]
+        and indptr[-1:] == [len(trees)]
+        and all(a <= b for a, b in itertools.pairwise(indptr))
+    ):
+        raise _bad("its iteration_indptr does not index its trees")
+    if not 0 < n_features < 1 << 24:
+        raise _bad(f"num_feature {n_features} is out of range")
+    for position, tree in enumerate(trees):
+        if not isinstance(tree, dict) or tree.get("id") != position or type(tree.get("id")) is not int:
+            raise _bad(f"tree {position} is not a JSON object with id {position}")
+        try:
+            n = int(tree["tree_param"]["num_nodes"])
+            leaf_vector = int(tree["tree_param"].get("size_leaf_vector", "1"))
+        except (KeyError, TypeError, ValueError):
+            raise _bad("a tree has no num_nodes") from None
+        if not 1 <= n < 1 << 24 or leaf_vector not in (0, 1):
+            raise _bad(f"a tree has {n} nodes and leaf vectors of {leaf_vector}")
+        left, right = _ints(tree, "left_children", n), _ints(tree, "right_children", n)
+        parents, split = _ints(tree, "parents", n), _ints(tree, "split_indices", n)
+        kind = _ints(tree, "split_type", n)
+        _ints(tree, "default_left", n)
+        for key in ("split_conditions", "base_weights", "loss_changes", "sum_hessian"):
+            values = tree.get(key)
+            if not isinstance(values, list) or len(values) != n or not all(type(v) is float for v in values):
+                raise _bad(f"a tree's '{key}' does not hold {n} numbers")
+        inner = np.flatnonzero(left != -1)
+        if ((right == -1) != (left == -1)).any():
+            raise _bad("a node has one child")
+        children = np.concatenate([left[inner], right[inner]])
+        if (children >= n).any() or (left[inner] <= inner).any() or (right[inner] <= inner).any():
+            raise _bad("a node's child lies outside the tree or before the node")
+        if np.unique(children).size != children.size or children.size != n - 1:
+            raise _bad("a node is the child of more than one parent, or of none")
+        misplaced = (parents[left[inner]] != inner).any() or (parents[right[inner]] != inner).any()
+        if parents[0] != _INVALID_NODE or misplaced:
+            raise _bad("a node's parent does not match its place in the tree")
+        if ((split[inner] < 0) | (split[inner] >= n_features)).any():
+            raise _bad(f"a split reads a feature number outside [0, {n_features})")
+        _check_categories(tree, n, inner, kind)
+
+
+def _check_categories(tree: dict[str, Any], n: int, inner: np.ndarray, kind: np.ndarray) -> None:
+    nodes = _ints(tree, "categories_nodes", len(tree.get("categories_nodes") or []))
+    segments = _ints(tree, "categories_segments", nodes.size)
+    sizes = _ints(tree, "categories_sizes", nodes.size)
+    codes = _ints(tree, "categories", len(tree.get("categories") or []))
+    if ((kind != 0) & (kind != 1)).any():
+        raise _bad("a split type is neither numerical nor categorical")
+    categorical = np.flatnonzero(kind[inner] == 1)
+    if not np.array_equal(np.sort(inner[categorical]), np.sort(nodes)):
+        raise _bad("the categorical splits and their category lists do not match")
+    if (segments < 0).any() or (sizes < 0).any() or (segments + sizes > codes.size).any():
+        raise _bad("a categorical split's list lies outside the category table")
+    if codes.size and (codes.min() < 0 or codes.max() >= _MAX_CATEGORY):
+        raise _bad(f"a category code lies outside [0, {_MAX_CATEGORY})")
+    if nodes.size and (nodes.min() < 0 or nodes.max() >= n):
+        raise _bad("a categorical split names a node outside the tree")
 
 
 class XGBoostLearner(StoresParams):
@@ -119,5 +227,6 @@ class XGBoostLearner(StoresParams):
 
     def load_artifact(self, blob: bytes) -> None:
         xgb = require("xgboost", extra="xgboost", feature="the XGBoost learner")
+        check_booster_json(blob)
         self.booster_ = xgb.Booster()
         self.booster_.load_model(bytearray(blob))

@@ -13,7 +13,8 @@ from typing import Self
 
 import numpy as np
 
-from segscope.exceptions import NotFittedError
+from segscope._arrays import take
+from segscope.exceptions import BundleError, NotFittedError
 
 __all__ = ["ReferenceCalibrator"]
 
@@ -94,6 +95,10 @@ class ReferenceCalibrator:
     @classmethod
     def from_state(cls, arrays: dict[str, np.ndarray]) -> ReferenceCalibrator:
         cal = cls()
-        cal.values_, cal.probs_ = arrays["values"], arrays["probs"]
-        cal.tail_q_, cal.tail_p_, cal.tail_scale_ = (float(v) for v in arrays["tail"])
+        cal.values_ = take(arrays, "values", "calibration", shape=(None,), min_size=1)
+        cal.probs_ = take(arrays, "probs", "calibration", shape=cal.values_.shape)
+        cal.tail_q_, cal.tail_p_, cal.tail_scale_ = (float(v) for v in take(arrays, "tail", "calibration", shape=(3,)))
+        tail_ok = np.isfinite(cal.tail_q_) and np.isfinite(cal.tail_scale_) and cal.tail_scale_ > 0
+        if not (tail_ok and 0 <= cal.tail_p_ < 1 and ((cal.probs_ >= 0) & (cal.probs_ <= 1)).all()):
+            raise BundleError("calibration: probabilities or tail out of range; the bundle is damaged: refit it")
         return cal

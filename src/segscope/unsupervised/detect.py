@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Self
 
 import numpy as np
 
+from segscope._arrays import check_indices, take
 from segscope._params import Constraint, Interval, IsInstance, check_params
 from segscope.exceptions import BundleError, ConfigError
 from segscope.unsupervised import _kernels, _trees
@@ -73,10 +74,13 @@ class _ECDFDetector(Detector):
         }
 
     def load_state(self, arrays: dict[str, np.ndarray], *, pickled: bytes | None = None) -> None:
-        self.ecdf_ = _kernels.build_ecdf(np.ascontiguousarray(arrays["sorted_ref"]).T)
-        self.skew_sign_ = arrays["skew_sign"]
-        self.reference_scores_ = arrays["reference_scores"]
-        self.n_features_ = self.ecdf_.sorted_ref.shape[0]
+        owner = f"detector {self.name}"
+        sorted_ref = take(arrays, "sorted_ref", owner, shape=(None, None), finite=True, min_size=1)
+        d = sorted_ref.shape[0]
+        self.skew_sign_ = take(arrays, "skew_sign", owner, shape=(d,), finite=True)
+        self.reference_scores_ = take(arrays, "reference_scores", owner, shape=(None,))
+        self.ecdf_ = _kernels.build_ecdf(sorted_ref.T)
+        self.n_features_ = d
 
 
 class ECODDetector(_ECDFDetector):
@@ -138,9 +142,13 @@ class HBOSDetector(Detector):
         }
 
     def load_state(self, arrays: dict[str, np.ndarray], *, pickled: bytes | None = None) -> None:
-        self.lo_, self.width_, self.heights_ = arrays["lo"], arrays["width"], arrays["heights"]
-        self.reference_scores_ = arrays["reference_scores"]
-        self.n_features_ = self.lo_.shape[0]
+        owner = "detector hbos"
+        self.heights_ = take(arrays, "heights", owner, shape=(None, None), min_size=1)
+        d = self.heights_.shape[0]
+        self.lo_ = take(arrays, "lo", owner, shape=(d,))
+        self.width_ = take(arrays, "width", owner, shape=(d,))
+        self.reference_scores_ = take(arrays, "reference_scores", owner, shape=(None,))
+        self.n_features_ = d
 
 
 def _average_path_length(n: np.ndarray) -> np.ndarray:
@@ -235,11 +243,19 @@ class IForestDetector(Detector):
         }
 
     def load_state(self, arrays: dict[str, np.ndarray], *, pickled: bytes | None = None) -> None:
-        self.feature_, self.threshold_ = arrays["feature"], arrays["threshold"]
-        self.leaf_value_, self.denominator_ = arrays["leaf_value"], arrays["denominator"]
-        self.depth_ = int(np.log2(self.leaf_value_.shape[1]))
-        self.reference_scores_ = arrays["reference_scores"]
-        self.n_features_ = int(arrays["n_features"][0])
+        owner = "detector iforest"
+        self.leaf_value_ = take(arrays, "leaf_value", owner, shape=(None, None), min_size=2)
+        trees, leaves = self.leaf_value_.shape
+        if leaves < 2 or leaves & (leaves - 1) or leaves > 2**30:
+            raise BundleError(f"{owner}: 'leaf_value' has {leaves} leaves per tree, not a power of two; refit it")
+        self.depth_ = leaves.bit_length() - 1
+        self.n_features_ = int(take(arrays, "n_features", owner, shape=(1,), kind="i")[0])
+        feature = take(arrays, "feature", owner, shape=(trees, leaves - 1), kind="i")
+        check_indices(feature, 0, self.n_features_, owner, "feature numbers")
+        self.feature_ = feature.astype(np.int32)
+        self.threshold_ = take(arrays, "threshold", owner, shape=(trees, leaves - 1)).astype(np.float32)
+        self.denominator_ = take(arrays, "denominator", owner, shape=(1,), finite=True)
+        self.reference_scores_ = take(arrays, "reference_scores", owner, shape=(None,))
 
 
 class PyODDetector(Detector):
@@ -286,8 +302,23 @@ class PyODDetector(Detector):
                 break
         if cls is None:
             raise ConfigError(f"PyOD has no detector class '{model_name}'; see pyod.models for the names")
+        import inspect
+
+        accepted = set(inspect.signature(cls).parameters)
+        unknown = sorted(set(params) - accepted)
+        if unknown and not any(p.kind is p.VAR_KEYWORD for p in inspect.signature(cls).parameters.values()):
+            raise ConfigError(
+                f"PyOD's {model_name} has no parameter(s) {unknown}; it takes {sorted(accepted)}: fix the "
+                "detector's params"
+            )
         self.n_features_ = x.shape[1]
-        self.model_ = cls(**params).fit(x)
+        try:
+            self.model_ = cls(**params).fit(x)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"PyOD's {model_name} refused its parameters or this data ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:160] if str(exc) else ''}); fix the detector's params"
+            ) from None
         probe = x[: min(64, x.shape[0])]
         alone = self.model_.decision_function(probe)
         mixed = self.model_.decision_function(np.concatenate([probe, x[::-1][:64]]))[: probe.shape[0]]
@@ -319,8 +350,8 @@ class PyODDetector(Detector):
                 "--trust-bundle (trusted=True) only if you trust its origin"
             )
         self.model_ = pickle.loads(pickled)
-        self.reference_scores_ = arrays["reference_scores"]
-        self.n_features_ = int(arrays["n_features"][0])
+        self.reference_scores_ = take(arrays, "reference_scores", "detector pyod", shape=(None,))
+        self.n_features_ = int(take(arrays, "n_features", "detector pyod", shape=(1,), kind="i")[0])
 
 
 DETECTORS: dict[str, type[Detector]] = {

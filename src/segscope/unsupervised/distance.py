@@ -17,7 +17,9 @@ from typing import ClassVar
 
 import numpy as np
 
+from segscope._arrays import check_indices, take
 from segscope._params import Constraint, Interval
+from segscope.exceptions import BundleError
 from segscope.unsupervised import _kernels
 from segscope.unsupervised._detector import Detector, reference_rows
 
@@ -75,9 +77,11 @@ class KNNDetector(Detector):
         return {"reference": self.reference_, "k": np.array([self.k_]), "reference_scores": self.reference_scores_}
 
     def load_state(self, arrays: dict[str, np.ndarray], *, pickled: bytes | None = None) -> None:
-        self._index(arrays["reference"])
-        self.k_ = int(arrays["k"][0])
-        self.reference_scores_ = arrays["reference_scores"]
+        reference = take(arrays, "reference", "detector knn", shape=(None, None), finite=True, min_size=1)
+        self.k_ = int(take(arrays, "k", "detector knn", shape=(1,), kind="i")[0])
+        check_indices(np.array([self.k_]), 1, reference.shape[0] + 1, "detector knn", "k (neighbours)")
+        self._index(reference)
+        self.reference_scores_ = take(arrays, "reference_scores", "detector knn", shape=(None,))
         self.n_features_ = self.reference_.shape[1]
 
 
@@ -149,10 +153,14 @@ class CBLOFDetector(Detector):
         }
 
     def load_state(self, arrays: dict[str, np.ndarray], *, pickled: bytes | None = None) -> None:
-        self.centres_ = np.ascontiguousarray(arrays["centres"], dtype=np.float64)
-        self.large_ = np.asarray(arrays["large"]).astype(np.bool_)
-        self.k_ = int(arrays["k"][0])
-        self.reference_scores_ = arrays["reference_scores"]
+        owner = "detector cblof"
+        self.centres_ = take(arrays, "centres", owner, shape=(None, None), min_size=1)
+        self.large_ = take(arrays, "large", owner, shape=(self.centres_.shape[0],), kind="b")
+        self.k_ = int(take(arrays, "k", owner, shape=(1,), kind="i")[0])
+        check_indices(np.array([self.k_]), 1, self.centres_.shape[0] + 1, owner, "k (clusters per run)")
+        if self.centres_.shape[0] % self.k_:
+            raise BundleError(f"{owner}: {self.centres_.shape[0]} centres are not whole runs of {self.k_}; refit it")
+        self.reference_scores_ = take(arrays, "reference_scores", owner, shape=(None,))
         self.n_features_ = self.centres_.shape[1]
 
 

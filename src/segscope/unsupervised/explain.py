@@ -12,6 +12,7 @@ from typing import Self
 import numpy as np
 import polars as pl
 
+from segscope._arrays import take
 from segscope.exceptions import NotFittedError
 from segscope.unsupervised import _kernels
 
@@ -118,7 +119,8 @@ class FeatureExplainer:
         cls, arrays: dict[str, np.ndarray], feature_names: list[str], expected: list[str], top_k: int
     ) -> FeatureExplainer:
         exp = cls(top_k=top_k)
-        exp.ecdf_ = _kernels.build_ecdf(np.ascontiguousarray(arrays["sorted_ref"]).T)
+        sorted_ref = take(arrays, "sorted_ref", "explainer", shape=(len(feature_names), None), finite=True, min_size=1)
+        exp.ecdf_ = _kernels.build_ecdf(sorted_ref.T)
         exp.feature_names_, exp.expected_ = list(feature_names), list(expected)
         return exp
 

@@ -27,10 +27,11 @@ from typing import Any, ClassVar, Self
 
 import numpy as np
 
+from segscope._arrays import check_indices, take
 from segscope._deps import require
 from segscope._params import Constraint, Interval, Options, StoresParams
 from segscope._typing import SegmentBoundaries
-from segscope.exceptions import NotFittedError
+from segscope.exceptions import BundleError, NotFittedError
 from segscope.unsupervised import _kernels, _trees
 
 __all__ = ["Segmenter"]
@@ -211,21 +212,28 @@ class Segmenter(StoresParams):
             "noise_share": np.array([self.noise_share_]),
         }
 
-    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
-        for key in (
-            "classes",
-            "roots",
-            "feature",
-            "threshold",
-            "left",
-            "right",
-            "value",
-            "segments",
-            "sample_labels",
-            "sample_rows",
-            "embedding",
-        ):
+    def load_state(self, arrays: dict[str, np.ndarray], *, n_features: int | None = None) -> None:
+        """Restore :meth:`state`; the forest is checked to be a forest over ``n_features`` inputs (when given)
+        before the compiled walk ever reads it: children after their parent, indices inside the arrays."""
+        owner = "segmenter"
+        for key in ("segments", "sample_labels", "sample_rows", "embedding"):
             setattr(self, f"{key}_", arrays[key])
+        value = take(arrays, "value", owner, shape=(None, None), min_size=1)
+        nodes, classes = value.shape
+        self.classes_ = take(arrays, "classes", owner, shape=(classes,), kind="i").astype(arrays["classes"].dtype)
+        roots = take(arrays, "roots", owner, shape=(None,), kind="i", min_size=1)
+        feature = take(arrays, "feature", owner, shape=(nodes,), kind="i")
+        left = take(arrays, "left", owner, shape=(nodes,), kind="i")
+        right = take(arrays, "right", owner, shape=(nodes,), kind="i")
+        check_indices(roots, 0, nodes, owner, "tree roots")
+        inner = left >= 0
+        check_indices(left[inner], 0, nodes, owner, "left children")
+        check_indices(right[inner], 0, nodes, owner, "right children")
+        if not (left[inner] > np.flatnonzero(inner)).all() or not (right[inner] > np.flatnonzero(inner)).all():
+            raise BundleError(f"{owner}: a node's child comes before it (a loop); the bundle is damaged: refit it")
+        check_indices(feature[inner], 0, n_features if n_features is not None else 2**31, owner, "feature numbers")
+        self.value_, self.roots_, self.feature_, self.left_, self.right_ = value, roots, feature, left, right
+        self.threshold_ = take(arrays, "threshold", owner, shape=(nodes,)).astype(np.float32)
         self.agreement_fit_ = float(arrays["agreement"][0])
         held = float(arrays["agreement"][1])
         self.agreement_held_out_ = None if np.isnan(held) else held

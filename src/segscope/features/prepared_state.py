@@ -1,0 +1,71 @@
+"""The typed form of ``features.json`` (what :class:`~segscope.features.prepare.FeaturePreparer` saves): a bundle's
+file is checked against it before anything reads it, so wrong types are one :class:`BundleError`, not a failure
+halfway through scoring."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from segscope.exceptions import BundleError
+
+__all__ = ["check_state"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class _NumericStats(_Strict):
+    center: float
+    scale: float
+    kind: Literal["numeric", "boolean", "datetime", "missing"]
+    expected: str
+
+
+class _CategoricalStats(_Strict):
+    levels: list[str]
+    mode: str
+    rarity: list[float]
+    unseen_rarity: float
+
+
+class _Params(_Strict):
+    id_column: str | None
+    drop: list[str]
+    max_categories: int
+    clip: float
+
+
+class _State(_Strict):
+    """What ``features.json`` holds, typed: a bundle's file is checked against it before anything uses it."""
+
+    params: _Params
+    schema_: dict[str, Any] = Field(alias="schema")
+    numeric: dict[str, _NumericStats]
+    categorical: dict[str, _CategoricalStats]
+    dropped: dict[str, str]
+    expected: dict[str, str]
+    source_column: dict[str, str]
+
+
+def check_state(state: Any) -> dict[str, Any]:
+    try:
+        checked = _State.model_validate(state)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])[:120]
+        raise BundleError(
+            f"features.json: {where}: {first['msg']}; the bundle is damaged or edited: refit it"
+        ) from None
+    features = list(checked.numeric) + list(checked.categorical)
+    columns = {c.get("name") for c in checked.schema_.get("columns", []) if isinstance(c, dict)}
+    unknown = [f for f in features if f not in checked.source_column or f not in checked.expected]
+    unknown += [f for f in features if f in checked.source_column and checked.source_column[f] not in columns]
+    if unknown:
+        raise BundleError(f"features.json: feature(s) {unknown[:5]} have no source column; refit the bundle")
+    for name, stats in checked.categorical.items():
+        if len(stats.rarity) != len(stats.levels):
+            raise BundleError(f"features.json: {name} has {len(stats.levels)} levels but {len(stats.rarity)} rarities")
+    return checked.model_dump(by_alias=True)
