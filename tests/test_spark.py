@@ -158,3 +158,68 @@ def test_entity_bundles_and_configs_are_refused(spark: Any, files: Path, tmp_pat
     with pytest.raises(ConfigError, match="per-entity features"):
         fit_path(tmp_path / "payments.parquet", load_config("fraud"))
     assert not (tmp_path / "out").exists()
+
+
+def test_a_header_only_csv_is_refused_as_locally(
+    spark: Any, run_cli: Any, bundle: Path, files: Path, tmp_path: Path
+) -> None:
+    """Local scoring refuses a file with a header and no rows; Spark said 'scored 0 rows' and wrote a folder."""
+    path = tmp_path / "header.csv"
+    path.write_text((files / "new.csv").read_text().splitlines()[0] + "\n")
+    local = run_cli("score", path, "--bundle", bundle, "--out", tmp_path / "local.parquet")
+    remote = run_cli("score", path, "--bundle", bundle, "--out", tmp_path / "scored", "--engine", "spark")
+    assert local.code == remote.code == 2, remote.err
+    lines = [line for line in remote.err.splitlines() if line.strip()]
+    assert lines == [line for line in local.err.splitlines() if line.strip()], remote.err  # the same one line
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "header but no rows" in lines[0]
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    for name in ("a.csv", "b.csv"):
+        (folder / name).write_bytes(path.read_bytes())
+    remote = run_cli("score", folder, "--bundle", bundle, "--out", tmp_path / "scored", "--engine", "spark")
+    assert remote.code == 2 and "header but no rows" in remote.err, remote.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["drop", "header.csv"]  # nothing written
+
+
+@pytest.mark.parametrize("level", [None, "ERROR"])
+def test_a_bad_row_is_one_line_without_java_logs(bundle: Path, files: Path, tmp_path: Path, level: str | None) -> None:
+    """The CLI in its own process (its own driver JVM, local mode): a bad value is the one-line error, with no
+    Java stack traces, log lines or JVM warnings around it; SEGSCOPE_SPARK_LOG_LEVEL brings Spark's logs back."""
+    bad = pl.read_parquet(files / "new.parquet").head(300).with_columns(pl.col("amount").cast(pl.String))
+    typo = pl.when(pl.int_range(pl.len()) == 17).then(pl.lit("12,50")).otherwise("amount")
+    bad = bad.with_columns(typo.alias("amount"))
+    path = tmp_path / "bad.csv"
+    bad.write_csv(path)
+    env = {k: v for k, v in os.environ.items() if k not in ("SEGSCOPE_SPARK_LOG_LEVEL", "SPARK_SUBMIT_OPTS")}
+    env.update({"COLUMNS": "3000"} | ({"SEGSCOPE_SPARK_LOG_LEVEL": level} if level else {}))
+    out = tmp_path / "scored"
+    cmd = [sys.executable, "-m", "segscope.cli", "score", str(path), "--bundle", str(bundle), "--out", str(out),
+           "--engine", "spark", "--master", "local[1]"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert lines and lines[-1].startswith("error: ") and "row 17 holds '12,50'" in lines[-1], done.stderr[-3000:]
+    if level is None:
+        assert len(lines) == 1, done.stderr[-3000:]
+    else:
+        assert any("ERROR Executor" in line for line in lines) and "PythonException" in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.csv"]  # nothing written
+
+
+def test_a_ragged_csv_row_on_spark_says_why(spark: Any, run_cli: Any, files: Path, bundle: Path,
+                                            tmp_path: Path) -> None:
+    """Spark's CSV reader (FAILFAST) refuses a short row or a quoted newline; the one line says so (it said 'An
+    error occurred while calling o53.getResult.')."""
+    lines = (files / "new.csv").read_text().splitlines()
+    short, multi = list(lines), list(lines)
+    short[100] = ",".join(short[100].split(",")[:7])
+    multi[5] = multi[5].replace(",US,", ',"U\nS",', 1)
+    for name, rows in (("short.csv", short), ("multi.csv", multi)):
+        path = tmp_path / name
+        path.write_text("\n".join(rows) + "\n")
+        result = run_cli("score", path, "--bundle", bundle, "--out", tmp_path / "scored", "--engine", "spark")
+        lines_out = [line for line in result.err.splitlines() if line.strip()]
+        assert result.code == 2 and len(lines_out) == 1, result.err
+        assert "Malformed CSV record" in lines_out[0] and "too few or too many fields" in lines_out[0], result.err
+        assert "t01-0000099" in lines_out[0] if name == "short.csv" else "t01-0000004" in lines_out[0]
+    assert not (tmp_path / "scored").exists()

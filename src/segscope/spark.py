@@ -11,11 +11,17 @@ same one-line error as local scoring. A Spark failure whose cause is one of segs
 error on the driver. Alert budgets count across a whole file, and per-entity features need each entity's
 records in order through one state, which partitions scored apart cannot do: such bundles are refused here.
 
+Spark's own output (the driver JVM's warnings, log4j lines, Java stack traces; in local mode the executors' and
+Python workers' too) goes to a log file in a private temporary folder, not the terminal: a failure reads as one line.
+The file is removed at exit unless a message names it. ``SEGSCOPE_SPARK_LOG_LEVEL`` set to a log4j level (``WARN``,
+``INFO``, ``ERROR``...) prints Spark's log on the terminal at that level instead.
+
 ``pip install 'segscope[spark]'`` (pyspark; Java 17 or later).
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
 import re
@@ -39,59 +45,90 @@ from segscope.pipeline import scored_schema
 from segscope.sources.files import type_text_columns
 
 __all__ = [
-    "fit_path",
-    "fit_sample",
-    "input_format",
-    "read",
-    "score",
-    "score_path",
-    "session",
-    "text_types",
-    "write_parquet",
+    "LOG_LEVEL_VARIABLE", "fit_path", "fit_sample", "input_format", "read", "score", "score_path", "session",
+    "text_types", "write_parquet"
 ]
 
 #: Bundles loaded in this Python worker: (shipped folder, trusted) -> Model. Spark reuses workers across tasks.
 _LOADED: dict[tuple[str, bool], Model] = {}
 _LOCK = threading.Lock()
+#: Names a log4j level to print Spark's log on the terminal at (see the module's docstring).
+LOG_LEVEL_VARIABLE = "SEGSCOPE_SPARK_LOG_LEVEL"
+_LOGS: dict[str, Path] = {}  # "folder": this process's private folder for Spark's log; "kept": a log named
 
 
 def session(master: str | None = None, *, app_name: str = "segscope", partitions: int | None = None) -> Any:
     """A SparkSession on ``master`` (default: ``local[*]``, or what spark-submit set), with UTC session time
     (timestamps reach the model as the naive UTC values it was fitted on) and this Python for the workers
-    unless ``PYSPARK_PYTHON`` says otherwise."""
+    unless ``PYSPARK_PYTHON`` says otherwise. Spark's own output goes to a log file (see the module's docstring)."""
     require("pyspark", extra="spark", feature="the Spark engine")
     import warnings
 
+    from pyspark import SparkConf, SparkContext
     from pyspark.sql import SparkSession
 
+    level = os.environ.get(LOG_LEVEL_VARIABLE, "").strip().upper() or None
+    if level not in (None, "OFF", "FATAL", "ERROR", "WARN", "INFO", "DEBUG", "TRACE", "ALL"):
+        raise ConfigError(f"{LOG_LEVEL_VARIABLE} must be a log4j level (OFF, ERROR, WARN, INFO, DEBUG); got {level}")
     warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas")  # we use Arrow, not pandas
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    # the driver JVM starts with the session, reading its options from here (unless the user set them)
-    os.environ.setdefault("SPARK_SUBMIT_OPTS", f"-Dlog4j2.configurationFile={_quiet_log4j()}")
-    builder = SparkSession.builder.appName(app_name).config("spark.sql.session.timeZone", "UTC")
-    builder = builder.config("spark.ui.showConsoleProgress", "false")
+    folder = _log_folder(level or "ERROR", pattern="spark: %p %c{1}: %m%n" if level else "%d{HH:mm:ss} %p %c: %m%n")
+    opts = os.environ.get("SPARK_SUBMIT_OPTS", "")  # the driver JVM's options, read when it starts
+    if "log4j2.configurationFile" not in opts:
+        os.environ["SPARK_SUBMIT_OPTS"] = f"{opts} -Dlog4j2.configurationFile={folder / 'log4j2.properties'}".strip()
+    conf = SparkConf().setAppName(app_name).set("spark.sql.session.timeZone", "UTC")
+    conf.set("spark.ui.showConsoleProgress", "false")
     # Arrow batches of 100k rows (Spark's default is 10k): the per-batch cost of scoring is paid 10x less often
-    builder = builder.config("spark.sql.execution.arrow.maxRecordsPerBatch", "100000")
+    conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "100000")
     if master is not None:
-        builder = builder.master(master)
+        conf.setMaster(master)
     if partitions is not None:
-        builder = builder.config("spark.sql.shuffle.partitions", str(partitions))
-    spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel("ERROR")
+        conf.set("spark.sql.shuffle.partitions", str(partitions))
+    log = folder / "spark.log"
+    seen = log.stat().st_size if log.exists() else 0
+    try:
+        if level is None and SparkContext._gateway is None and "PYSPARK_GATEWAY_PORT" not in os.environ:
+            from pyspark.java_gateway import launch_gateway
+
+            with log.open("ab") as out:  # the driver JVM's stdout and stderr
+                gateway = launch_gateway(conf, popen_kwargs={"stdout": out, "stderr": out})  # type: ignore[no-untyped-call]
+            SparkContext(conf=conf, gateway=gateway)
+        spark = SparkSession.builder.config(conf=conf).getOrCreate()
+    except Exception as exc:  # no Java, a bad master URL...: the JVM's own words, when it said any
+        output = log.read_bytes()[seen : seen + 65536].decode(errors="replace") if log.exists() else ""
+        said = re.search(r"[\w.$]+(?:Exception|Error): (.+)", output)
+        reason = said.group(1).strip() if said else f"{_first_line(exc)}; Java 17 or later?"
+        raise SegscopeError(f"Spark did not start ({reason[:300]}); {_logs()}") from None
+    spark.sparkContext.setLogLevel(level or "ERROR")
     return spark
 
 
-def _quiet_log4j() -> str:
-    """A log4j2 configuration that keeps Spark's console to errors (its startup banner and INFO lines would
-    drown the CLI's own lines); Spark's event logs and UI are unaffected."""
-    path = Path(tempfile.gettempdir()) / "segscope-spark-log4j2.properties"
-    if not path.exists():
-        path.write_text(
-            "rootLogger.level = error\nrootLogger.appenderRef.stderr.ref = console\n"
+def _log_folder(level: str, pattern: str) -> Path:
+    """This process's private folder (mode 0700, removed at exit unless a message named the log in it): the log4j2
+    configuration the driver JVM starts with (its console at ``level``) and, when not the terminal, its output."""
+    if "folder" not in _LOGS:
+        folder = _LOGS["folder"] = Path(tempfile.mkdtemp(prefix="segscope-spark-"))
+        atexit.register(_remove_logs, folder)
+        (folder / "log4j2.properties").write_text(
+            f"rootLogger.level = {level}\nrootLogger.appenderRef.stderr.ref = console\n"
             "appender.console.type = Console\nappender.console.name = console\nappender.console.target = SYSTEM_ERR\n"
-            "appender.console.layout.type = PatternLayout\nappender.console.layout.pattern = spark: %p %c{1}: %m%n\n"
+            f"appender.console.layout.type = PatternLayout\nappender.console.layout.pattern = {pattern}\n"
         )
-    return str(path)
+    return _LOGS["folder"]
+
+
+def _remove_logs(folder: Path) -> None:
+    if "kept" not in _LOGS:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _logs() -> str:
+    """Where Spark's own log of this run is (then kept), for a message about a failure that is not segscope's."""
+    log = _LOGS["folder"] / "spark.log" if "folder" in _LOGS else None
+    if log is not None and log.exists():
+        _LOGS["kept"] = log
+        return f"Spark's log: {log}"
+    return "Spark's log is above" if os.environ.get(LOG_LEVEL_VARIABLE) else f"{LOG_LEVEL_VARIABLE}=WARN shows its log"
 
 
 def read(spark: Any, path: str | Path, model: Model | None = None, *, partitions: int | None = None) -> Any:
@@ -195,15 +232,8 @@ def _score(df: Any, path: Path, model: Model, *, trusted: bool, types: dict[str,
 def _typed_schema(model: Model, schema: pl.Schema, known: dict[str, pl.DataType]) -> pl.Schema:
     """The input schema after typing text columns (for the output schema's probe)."""
     dates = set(model.date_columns())
-    out: dict[str, pl.DataType] = {}
-    for name, dtype in schema.items():
-        if dtype == pl.String and name in dates:
-            out[name] = pl.Datetime("us")
-        elif dtype == pl.String and name in known:
-            out[name] = known[name]
-        else:
-            out[name] = dtype
-    return pl.Schema(out)
+    typed = {n: pl.Datetime("us") if n in dates else known.get(n, t) for n, t in schema.items() if t == pl.String}
+    return pl.Schema({**dict(schema.items()), **typed})  # text columns typed, in their places
 
 
 def _from_spark(frame: pl.DataFrame, dtypes: dict[str, pl.DataType], dates: tuple[str, ...]) -> pl.DataFrame:
@@ -216,23 +246,17 @@ def _from_spark(frame: pl.DataFrame, dtypes: dict[str, pl.DataType], dates: tupl
 
 def _worker_model(shipped: str, trusted: bool) -> Model:
     import numba
-    from pyspark import SparkFiles
+    from pyspark import SparkFiles, TaskContext
 
     # Spark runs one task per core: each worker's compiled kernels keep to the cores its task was given
-    numba.set_num_threads(max(1, min(numba.config.NUMBA_NUM_THREADS, _task_cpus())))  # type: ignore[attr-defined]
+    context = TaskContext.get()
+    cpus = int(context.cpus()) if context is not None else 1
+    numba.set_num_threads(max(1, min(numba.config.NUMBA_NUM_THREADS, cpus)))  # type: ignore[attr-defined]
     with _LOCK:
         key = (shipped, trusted)
         if key not in _LOADED:
             _LOADED[key] = Model.load(SparkFiles.get(shipped), trusted=trusted)
         return _LOADED[key]
-
-
-def _task_cpus() -> int:
-    from pyspark import TaskContext
-
-    context = TaskContext.get()
-    value = context.cpus() if context is not None else 1
-    return int(value)
 
 
 def _ship(spark: Any, bundle: Path) -> str:
@@ -242,6 +266,7 @@ def _ship(spark: Any, bundle: Path) -> str:
     name = f"segscope-bundle-{digest}-{uuid.uuid4().hex[:8]}"
     staging = Path(tempfile.mkdtemp(prefix="segscope-spark-"))
     archive = shutil.make_archive(str(staging / name), "zip", root_dir=bundle)
+    atexit.register(shutil.rmtree, staging, True)  # Spark serves it from here while the session lasts
     spark.sparkContext.addArchive(archive)
     return f"{name}.zip"
 
@@ -325,23 +350,28 @@ def _as_segscope_error(exc: BaseException) -> BaseException:
         return kinds[found.group(1)](found.group(2).strip())
     if isinstance(exc, SegscopeError):
         return exc
-    return SegscopeError(f"the Spark job failed: {_first_line(exc)}; see the Spark logs for the executor's error")
+    said = _first_line(exc)
+    if "MALFORMED_CSV_RECORD" in said:  # FAILFAST: Spark reads a CSV record per line, and its fields as the header's
+        return SourceError(f"{said}: too few or too many fields, or a quoted field holding a newline; fix that row")
+    return SegscopeError(f"the Spark job failed: {said}; {_logs()}")
 
 
 def _first_line(exc: BaseException) -> str:
-    """The line that says what went wrong: a Java exception's message when there is one, else the first line."""
+    """The line that says what went wrong: a Java exception's root cause (the last 'Caused by:') when there is one,
+    else the first line."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    java = [line for line in lines if re.match(r"^[\w.$]+(Exception|Error): ", line)]
-    return (java or lines or [type(exc).__name__])[0][:300]
+    java = [m[1] for line in lines if (m := re.match(r"^(?:: |Caused by: )?[\w.$]+(?:Exception|Error): (.+)", line))]
+    return (java[-1:] or lines or [type(exc).__name__])[0].split(" SQLSTATE: ")[0][:300]
 
 
 class _ProgressWatcher:
-    """A line per Spark stage once it completes (tasks done / total), from the status tracker, polled every half
-    second and once more at the end."""
+    """A line per Spark stage of the jobs started while it runs (the write's, not the reads before it) once the
+    stage completes (tasks done), from the status tracker, polled every half second and once more at the end."""
 
     def __init__(self, context: Any, report: Callable[[str], None]) -> None:
         self.context, self.report = context, report
         self.reported: set[int] = set()
+        self.earlier = set(context.statusTracker().getJobIdsForGroup())  # jobs before this one: not reported
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._run, name="segscope-spark-progress", daemon=True)
         self.thread.start()
@@ -349,14 +379,13 @@ class _ProgressWatcher:
     def _poll(self) -> None:
         tracker = self.context.statusTracker()
         stages: set[int] = set()
-        for job in tracker.getJobIdsForGroup():
+        for job in set(tracker.getJobIdsForGroup()) - self.earlier:
             info = tracker.getJobInfo(job)
             stages.update(info.stageIds if info is not None else ())
         for stage in sorted(stages - self.reported):
             stage_info = tracker.getStageInfo(stage)
-            if stage_info is None or stage_info.numTasks == 0:
-                continue
-            if stage_info.numCompletedTasks >= stage_info.numTasks and stage_info.numActiveTasks == 0:
+            done = stage_info is not None and 0 < stage_info.numTasks <= stage_info.numCompletedTasks
+            if done and stage_info.numActiveTasks == 0:
                 self.reported.add(stage)
                 name = stage_info.name.split(" at ")[0]
                 self.report(f"  stage {stage} ({name}): {stage_info.numTasks} tasks done")
@@ -411,7 +440,11 @@ def score_path(
     model = Model.load(path, trusted=trusted)
     spark = session(master, partitions=partitions)
     try:
-        df = read(spark, data, model, partitions=partitions)
+        df = read(spark, data, model)
+        if df.isEmpty():  # as local scoring refuses it (a cheap job: it stops at the first row)
+            has = "the folder's files have" if Path(str(data)).is_dir() else "the file has"
+            raise DataError(f"{data}: {has} a header but no rows; there is nothing to score")
+        df = df.repartition(partitions) if partitions else df
         types = text_types(df) if input_format(str(data)) == "csv" else None
         _write(_score(df, path, model, trusted=trusted, types=types), out, on_progress)
         counted = spark.read.parquet(str(out)).selectExpr("count(*)", "count_if(is_alert)").first()
@@ -422,11 +455,7 @@ def score_path(
 
 
 def fit_path(
-    data: str | Path,
-    config: Any,
-    *,
-    master: str | None = None,
-    on_step: Callable[[str], None] | None = None,
+    data: str | Path, config: Any, *, master: str | None = None, on_step: Callable[[str], None] | None = None
 ) -> Model:
     """``segscope fit --engine spark``: sample at most ``max_fit_rows`` rows on the cluster (with the config's
     seed), fit locally; the sample size, the seed and the input's row count are in the bundle's manifest."""
