@@ -167,7 +167,8 @@ def test_all_null_numeric_column_warns(run_cli, bundle: Path, files: Path, tmp_p
     assert result.code == 0
     warnings = [line for line in result.err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 2 and "['amount'] are null in every row" in warnings[1]
-    assert warnings[0].startswith("warning: amount: 100% of rows missing vs 0% at fit (PSI ")  # the drift guard
+    assert warnings[0].startswith("warning: drift in 1 column(s): amount: 100% of rows missing vs 0% at fit (PSI ")
+    assert warnings[0].endswith("amount arrive(s) missing more often than at fit: check the input")  # the drift guard
 
 
 def test_semicolon_csv_at_fit_warns(run_cli, files: Path, tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ stream's stats line."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +15,7 @@ from segscope.config import SegscopeConfig
 from segscope.exceptions import SegscopeWarning
 from segscope.model import Model
 from segscope.testing.data import make_transactions
+from segscope.unsupervised.drift import ColumnDrift, DriftReport
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +51,10 @@ def test_a_year_column_is_flagged_at_fit_and_its_drift_at_score(run_cli, yearly,
     scored = run_cli("score", new, "--bundle", bundle, "--out", tmp_path / "o.parquet")
     assert scored.code == 0
     (line,) = _warnings(scored)
-    assert line.startswith("warning: Year: 100% of rows outside the fit range 2024-2025 (PSI ")
-    assert "alert rate" in line and "vs 1.0% expected" in line and line.endswith("drop the column or refit")
+    assert line.startswith("warning: drift in 1 column(s): Year: 100% of rows outside the fit range 2024-2025 (PSI ")
+    assert "alert rate" in line and "vs 1.0% expected" in line
+    assert line.endswith("the alert rate moved with the drift: if Year change(s) by construction (a clock, a counter, "
+                         "a year), refit with --drop Year; else refit on recent data")  # fmt: skip
     evaluated = run_cli("evaluate", new, "--bundle", bundle, "--label-column", "is_fraud")
     assert any("Year: 100% of rows outside" in w for w in _warnings(evaluated))
     quiet = run_cli("score", same, "--bundle", bundle, "--out", tmp_path / "q.parquet")
@@ -118,3 +121,100 @@ def test_the_report_shows_drift(model: Model, tmp_path: Path) -> None:
     assert data.drift is not None and data.drift.warning() is not None
     html = build_report(model, data)
     assert "Drift against the fit data" in html and "amount" in html.split("Drift against the fit data")[1]
+
+
+def _report(alert_rate: float, expected: float | None, *columns: ColumnDrift) -> DriftReport:
+    return DriftReport(10_000, alert_rate, expected, list(columns))
+
+
+def _shift(name: str, psi: float, outside: float = 0.0, part: str = "") -> ColumnDrift:
+    return ColumnDrift(name, psi, outside, 0.0, "0-1", part=part)
+
+
+def test_a_drift_line_names_every_drifted_column_and_advises_dropping_only_when_alerts_moved() -> None:
+    columns = [_shift(f"c{i:02d}", psi=1.0 + i) for i in range(28)] + [_shift("calm", 0.01)]
+    unaffected = _report(0.011, 0.01, *columns).warning()
+    assert unaffected is not None and "drift in 28 column(s)" in unaffected
+    assert all(f"c{i:02d}" in unaffected for i in range(28)) and "calm" not in unaffected  # every one, no "more"
+    assert "more column" not in unaffected and "--drop" not in unaffected and "drop the column" not in unaffected
+    assert unaffected.endswith(
+        "alert rate 1.1% vs 1.0% expected: drift seen but alerts are unaffected (the rate is as expected): no column "
+        "needs dropping"
+    )
+    assert unaffected.index("c27:") < unaffected.index("also ")  # the worst three described first
+    # the alert rate moved: drop only what left its fit range (a clock), not a column that merely shifted
+    clock, shifted = _shift("epoch_s", 9.0, outside=1.0), _shift("amount", 3.0, outside=0.2)
+    hour = _shift("ts__hour", 5.0, outside=0.9, part="hour")
+    moved = _report(0.4, 0.01, clock, shifted, hour).warning()
+    assert moved is not None and "refit with --drop epoch_s; else refit on recent data" in moved
+    assert "--drop amount" not in moved and "--drop ts" not in moved
+    only_shifted = _report(0.4, 0.01, shifted).warning()
+    assert only_shifted is not None and "--drop" not in only_shifted and "refit on recent data" in only_shifted
+    budget = _report(0.002, None, shifted).warning()
+    assert budget is not None and "--drop" not in budget and "cannot show whether alerts are affected" in budget
+    low = _report(0.0005, 0.01, shifted).warning()
+    assert low is not None and "fewer alerts than expected" in low and "--drop" not in low
+    assert _report(0.3, 0.01).warning() == "alert rate 30.0% vs 1.0% expected with no column drifted: check the " + (
+        "input or refit"
+    )
+    assert _report(0.01, 0.01, _shift("calm", 0.01)).warning() is None
+
+
+def test_clocks_and_counters_are_named_at_fit_with_the_drop_to_use(run_cli, tmp_path: Path) -> None:
+    """An hour counter, epoch seconds and epoch milliseconds went in as plain numbers: fit names them in one
+    warning with the exact options, keeps them (nothing dropped silently), and score's drift line points at them
+    once the alert rate moves; refitting with those options quiets both."""
+    rng = np.random.default_rng(0)
+
+    def month(seed: int, start: datetime, first_step: int) -> pl.DataFrame:
+        frame = make_transactions(4000, seed=seed, start=start)
+        epoch = frame["ts"].dt.epoch("s") + rng.integers(-900, 900, frame.height)  # arrival not quite in order
+        return frame.with_columns(
+            (pl.int_range(pl.len()) // 200 + first_step).alias("step"),  # hours since the start, in order
+            epoch.alias("epoch_s"),
+            (epoch * 1000 + rng.integers(0, 1000, frame.height)).alias("epoch_ms"),
+            pl.col("ts").dt.hour().alias("hour"),  # the hour of the day: stays in its range, not named
+            pl.Series("shuffled_step", rng.permutation(frame.height) // 5 + first_step),
+        ).rename({"shuffled_step": "timestep"})
+
+    month(0, datetime(2026, 1, 1), 1).write_parquet(tmp_path / "jan.parquet")
+    month(1, datetime(2026, 3, 1), 1000).write_parquet(tmp_path / "mar.parquet")
+    fit = run_cli("fit", tmp_path / "jan.parquet", "--bundle", tmp_path / "b", "--id-column", "txn_id",
+                  "--drop", "is_fraud")  # fmt: skip
+    assert fit.code == 0, fit.err
+    (line,) = _warnings(fit)
+    assert "'step' rises with the row order (1-20): a clock or a counter" in line
+    assert "'epoch_s' holds epoch seconds (2026-01-01 to 2026-01-30)" in line
+    assert "'epoch_ms' holds epoch milliseconds (" in line and "'timestep' is named like a time counter (" in line
+    assert "'hour'" not in line
+    assert line.endswith("refit with --drop step --drop epoch_s --drop epoch_ms --drop timestep unless that is what "
+                         "you want")  # fmt: skip
+    kept = set(Model.load(tmp_path / "b").preparer_.schema_.features)
+    assert {"step", "epoch_s", "epoch_ms", "timestep", "hour"} <= kept  # named, not dropped
+    scored = run_cli("score", tmp_path / "mar.parquet", "--bundle", tmp_path / "b", "--out", tmp_path / "o.parquet")
+    (drift,) = _warnings(scored)
+    assert "the alert rate moved with the drift" in drift
+    assert "--drop step --drop epoch_s --drop epoch_ms --drop timestep" in drift.replace("--drop ts ", "")
+
+    refit = run_cli("fit", tmp_path / "jan.parquet", "--bundle", tmp_path / "b2", "--id-column", "txn_id",
+                    "--drop", "is_fraud", "--drop", "step", "--drop", "epoch_s", "--drop", "epoch_ms",
+                    "--drop", "timestep")  # fmt: skip
+    assert refit.code == 0 and _warnings(refit) == []
+    again = run_cli("score", tmp_path / "mar.parquet", "--bundle", tmp_path / "b2", "--out", tmp_path / "o2.parquet")
+    assert again.code == 0 and not any("alert rate moved" in w for w in _warnings(again))
+
+
+def test_an_epoch_event_time_is_named_and_its_drop_keeps_the_entity_features() -> None:
+    from segscope.config import load_config
+    from segscope.testing.data import make_card_stream
+
+    pack = load_config(Path(__file__).resolve().parents[1] / "configs" / "fraud.yaml")
+    cards = make_card_stream(200, days=10, seed=4)
+    epoch_ms = cards.with_columns(pl.col("ts").dt.epoch("ms"))
+    keep_ts = pack.features.model_copy(update={"drop": tuple(c for c in pack.features.drop if c != "ts")})
+    with pytest.warns(SegscopeWarning, match=r"column 'ts' holds epoch milliseconds .*; --drop ts unless"):
+        Model(pack.model_copy(update={"features": keep_ts})).fit(epoch_ms)
+    quiet = Model(pack).fit(epoch_ms)  # the pack drops ts
+    names = quiet.entities_.names if quiet.entities_ is not None else []
+    assert names and "ts" in {c.name for c in quiet.input_schema().columns}  # the entities still read it
+    assert all(n in quiet.score(epoch_ms.head(50)).columns for n in names)

@@ -238,3 +238,19 @@ def test_text_files_keep_event_time_a_datetime_and_bad_times_are_one_clear_line(
     plain = Model(SegscopeConfig().with_features(id_column="txn_id", drop=("is_fraud",))).fit(cards[:2000])
     with pytest.raises(SchemaError, match="row 0 holds 'not a time'"):  # the same parsing, shared
         plain.score(bad.with_columns(garbage.alias("ts")))
+
+
+@pytest.mark.parametrize("unit", ["s", "ms", "us", "ns", "ms as text"])
+def test_epoch_event_times_give_the_features_of_the_date_times(cards: pl.DataFrame, pack: SegscopeConfig, unit) -> None:
+    """An entity's event time may be an epoch time (seconds, or the milliseconds many Kafka producers send, micro- or
+    nanoseconds; numbers or text): each value's unit is read from its magnitude, and the features are those of
+    the same instants as date-times."""
+    scale = {"s": 1_000_000, "ms": 1000, "us": 1, "ns": 1}[unit.split()[0]]
+    frame = cards[:4000].with_columns(pl.col("ts").dt.truncate("1s" if unit == "s" else "1ms"))
+    epoch = frame["ts"].dt.epoch("us") // scale * (1000 if unit == "ns" else 1)
+    numeric = frame.with_columns((epoch.cast(pl.String) if unit.endswith("text") else epoch).alias("ts"))
+    expected = EntityFeatures(pack.entities).fit_transform(frame)
+    got = EntityFeatures(pack.entities).fit_transform(numeric)
+    names = EntityFeatures(pack.entities).names
+    assert_frame_equal(got.select(names), expected.select(names), rel_tol=1e-6)
+    assert got.select(names).null_count().sum_horizontal()[0] == expected.select(names).null_count().sum_horizontal()[0]

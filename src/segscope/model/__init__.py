@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import shlex
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -142,10 +143,15 @@ class Model:
         rate = float(alerts.mean()) if alerts is not None else None
         self.drift_ = DriftReference().fit(validated, columns, rate)
         time_like = time_like_columns(frame, columns)
-        for name, why in time_like.items():
+        if time_like:  # one line naming them all, with the options that leave them out
+            named = [f"'{name}' {why}" for name, why in time_like.items()]
+            drop = " ".join(f"--drop {shlex.quote(name)}" for name in time_like)
             warnings.warn(
-                f"column '{name}' {why}: it drifts by construction, so new data will look anomalous on it; "
-                f"--drop {name} unless that is what you want",
+                f"column {named[0]}: it drifts by construction, so new data will look anomalous on it; {drop} "
+                "unless that is what you want"
+                if len(named) == 1
+                else f"columns {'; '.join(named)}: they drift by construction, so new data will look anomalous on "
+                f"them (a later time lies outside the fit range); refit with {drop} unless that is what you want",
                 SegscopeWarning,
                 stacklevel=2,
             )

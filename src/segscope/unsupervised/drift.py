@@ -13,8 +13,11 @@ warning line names the columns and the fix.
 from __future__ import annotations
 
 import math
+import re
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -22,7 +25,7 @@ import polars as pl
 
 from segscope.unsupervised import _kernels
 
-__all__ = ["DriftReference", "DriftReport", "DriftTracker", "time_like_columns"]
+__all__ = ["DriftReference", "DriftReport", "DriftTracker", "epoch_unit", "time_like_columns"]
 
 #: A column shifted this much (PSI) is named in the warning; 0.25 is the usual threshold of a major shift.
 PSI_WARN = 0.25
@@ -166,6 +169,7 @@ class ColumnDrift:
     fit_range: str
     missing: float = 0.0  # share of rows missing now
     fit_missing: float = 0.0  # ... and at fit
+    part: str = ""  # "hour" or "weekday" of a date-time column (named column__part), else ""
 
     @property
     def more_missing(self) -> bool:
@@ -196,28 +200,61 @@ class DriftReport:
     def shifted(self) -> list[ColumnDrift]:
         return sorted((c for c in self.columns if c.shifted), key=lambda c: -c.psi)
 
+    def _sd(self) -> float:
+        expected = self.expected_alert_rate or 0.0
+        return math.sqrt(max(expected * (1 - expected), 1e-12) / max(self.rows, 1))
+
     @property
     def alerts_off(self) -> bool:
-        """The alert rate is far from what the policy expects (beyond 3 binomial standard deviations and 3x)."""
+        """The alert rate is far above what the policy expects (beyond 3 binomial standard deviations and 3x)."""
         expected = self.expected_alert_rate
         if expected is None or self.rows == 0:
             return False
-        sd = math.sqrt(max(expected * (1 - expected), 1e-12) / self.rows)
-        return self.alert_rate > 3 * expected and self.alert_rate - expected > 3 * sd
+        return self.alert_rate > 3 * expected and self.alert_rate - expected > 3 * self._sd()
+
+    @property
+    def alerts_low(self) -> bool:
+        """The alert rate is far below what the policy expects (under a third, beyond 3 standard deviations)."""
+        expected = self.expected_alert_rate
+        if expected is None or self.rows == 0:
+            return False
+        return self.alert_rate < expected / 3 and expected - self.alert_rate > 3 * self._sd()
 
     def warning(self) -> str | None:
-        """One line naming what drifted and the fix, or None when the batch looks like the fit data."""
-        parts = [f"{c.name}: {c.describe()}" for c in self.shifted[:3]]
-        more = len(self.shifted) - 3
-        if more > 0:
-            parts.append(f"{more} more column(s)")
-        if self.alerts_off:
-            assert self.expected_alert_rate is not None
-            parts.append(f"alert rate {self.alert_rate:.1%} vs {self.expected_alert_rate:.1%} expected")
-        if not parts:
+        """One line naming every drifted column (the worst three described, the rest with their PSI) and what to
+        do, or None when the batch looks like the fit data. Dropping a column is advised only when the alert rate
+        moved with the drift, and only for columns whose values mostly left the fit range or its categories (a
+        clock, a counter, a year, a renamed code): a column that merely shifted may carry the signal."""
+        shifted, expected = self.shifted, self.expected_alert_rate
+        if not shifted and not self.alerts_off:
             return None
-        fix = "drop the column or refit" if self.shifted else "check the input or refit"
-        return "; ".join(parts) + f": {fix}"
+        rate = f"alert rate {self.alert_rate:.1%}" + (f" vs {expected:.1%} expected" if expected is not None else "")
+        if not shifted:
+            return f"{rate} with no column drifted: check the input or refit"
+        described = [f"{c.name}: {c.describe()}" for c in shifted[:3]]
+        if len(shifted) > 3:
+            described.append("also " + ", ".join(f"{c.name} (PSI {c.psi:.2f})" for c in shifted[3:]))
+        head = f"drift in {len(shifted)} column(s): " + "; ".join(described)
+        if self.alerts_off:
+            left = [c.name for c in shifted if not c.part and (c.outside >= 0.5 or c.unseen >= 0.5)]
+            fix = (
+                f"the alert rate moved with the drift: if {', '.join(left)} change(s) by construction (a clock, a "
+                f"counter, a year), refit with {' '.join('--drop ' + shlex.quote(n) for n in left)}; else refit on "
+                "recent data"
+                if left
+                else "the alert rate moved with the drift: refit on recent data (no column left its fit range: "
+                "none to drop)"
+            )
+        elif self.alerts_low:
+            fix = "fewer alerts than expected: refit on recent data or check the input"
+        elif expected is not None:
+            fix = "drift seen but alerts are unaffected (the rate is as expected): no column needs dropping"
+        else:
+            fix = "drift seen (an alert budget sets the alert rate, so it cannot show whether alerts are affected)"
+        missing = [c.name for c in shifted if c.more_missing]
+        if missing:  # an upstream field that stopped arriving is an input problem, whatever the alerts do
+            fix += f"; {', '.join(missing)} arrive(s) missing more often than at fit: check the input"
+        return f"{head}; {rate}: {fix}"
 
 
 class DriftTracker:
@@ -266,7 +303,7 @@ class DriftTracker:
 
     def report(self) -> DriftReport:
         columns = []
-        for i, (_, _, num) in enumerate(self.reference.numeric_):
+        for i, (_, part, num) in enumerate(self.reference.numeric_):
             present = self.numeric[i][:-1].sum()
             spec = ".0f" if num.whole else ".4g"
             columns.append(
@@ -278,6 +315,7 @@ class DriftTracker:
                     f"{num.low:{spec}}-{num.high:{spec}}",
                     self.numeric[i][-1] / self.rows if self.rows else 0.0,
                     num.shares[-1],
+                    part,
                 )
             )
         for i, cat in enumerate(self.reference.categorical_):
@@ -296,15 +334,63 @@ class DriftTracker:
         return DriftReport(self.rows, rate, self.reference.alert_rate_, columns)
 
 
+#: Epoch values by unit: the range of 2000-01-01 to 2100-01-01 in each (one unit's range is 1000x the next's, so a
+#: column in one is never read as another).
+_EPOCH_UNITS = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}
+_EPOCH_RANGE = (946_684_800.0, 4_102_444_800.0)
+_EPOCH_NAMES = {"s": "epoch seconds", "ms": "epoch milliseconds", "us": "epoch microseconds", "ns": "epoch nanoseconds"}
+#: A column whose rank follows the row order this closely (Spearman) rises with arrival: a clock or a counter.
+_ORDER_CORRELATION = 0.9
+#: Names that say "a time counter" (lowercase, separators removed), for integer columns read in any order.
+_TIME_NAMES = {"step", "timestep", "time", "ts", "timestamp", "epoch", "unixtime", "tick", "hour", "hours", "elapsed"}
+
+
+def epoch_unit(values: pl.Series) -> str | None:
+    """``s``, ``ms``, ``us`` or ``ns`` when every present value is an epoch time of 2000-2100 in that unit."""
+    if not values.dtype.is_numeric():
+        return None
+    present = values.drop_nulls()
+    if present.dtype.is_float():
+        present = present.drop_nans()
+    if present.len() == 0:
+        return None
+    low, high = float(present.min()), float(present.max())  # type: ignore[arg-type]
+    for unit, scale in _EPOCH_UNITS.items():
+        if _EPOCH_RANGE[0] * scale <= low and high <= _EPOCH_RANGE[1] * scale:
+            return unit
+    return None
+
+
+def _epoch_dates(low: float, high: float, unit: str) -> str:
+    scale = _EPOCH_UNITS[unit]
+    first, last = (datetime.fromtimestamp(v / scale, UTC).date().isoformat() for v in (low, high))
+    return first if first == last else f"{first} to {last}"
+
+
+def _rises_with_rows(present: pl.Series, positions: np.ndarray) -> bool:
+    """Spearman correlation of the values with their row positions at least :data:`_ORDER_CORRELATION`."""
+    ranks = present.rank("average").to_numpy().astype(np.float64)
+    if ranks.std() == 0 or positions.std() == 0:
+        return False
+    return bool(np.corrcoef(ranks, positions)[0, 1] >= _ORDER_CORRELATION)
+
+
 def time_like_columns(frame: pl.DataFrame, columns: Sequence[tuple[str, str]]) -> dict[str, str]:
-    """Numeric columns that look like time or counters (they drift by construction): year-like values, row
-    numbers, values that only grow. Returns column -> why."""
+    """Numeric columns that look like time or counters (they drift by construction, so later records fall outside
+    the fit range): year-like values, epoch times (seconds to nanoseconds), row numbers, values that only grow
+    or rise with the row order (``frame`` in arrival order), integers named like a time counter (``step``,
+    ``timestamp``, an ``hour`` beyond 23). Returns column -> why."""
     out: dict[str, str] = {}
     n = frame.height
     for name, kind in columns:
         if kind != "numeric" or n < 20:
             continue
         col = frame.get_column(name)
+        unit = epoch_unit(col) if col.drop_nulls().len() >= 20 else None
+        if unit is not None:
+            low, high = float(col.min()), float(col.max())  # type: ignore[arg-type]
+            out[name] = f"holds {_EPOCH_NAMES[unit]} ({_epoch_dates(low, high, unit)})"
+            continue
         if not col.dtype.is_integer():
             continue
         present = col.drop_nulls()
@@ -312,10 +398,15 @@ def time_like_columns(frame: pl.DataFrame, columns: Sequence[tuple[str, str]]) -
             continue
         low, high, distinct = int(present.min()), int(present.max()), present.n_unique()  # type: ignore[arg-type]
         named_year = "year" in name.lower() and low >= 1900 and high <= 2100 and distinct <= 60
+        plain = re.sub(r"[^a-z]", "", name.lower())
         if named_year or (low >= 1950 and high <= 2100 and distinct <= 30):
             out[name] = f"looks like a year ({low}-{high})"
         elif distinct == present.len() and (present.diff().drop_nulls() == 1).all():
             out[name] = f"looks like a row number or sequence ({low}-{high})"
         elif distinct > 0.9 * present.len() and (present.diff().drop_nulls() >= 0).all():
             out[name] = f"only grows ({low}-{high}): a counter or a timestamp"
+        elif distinct >= 10 and _rises_with_rows(present, np.flatnonzero(col.is_not_null().to_numpy())):
+            out[name] = f"rises with the row order ({low}-{high}): a clock or a counter"
+        elif plain in _TIME_NAMES and distinct >= 24 and not (plain.startswith("hour") and high <= 23):
+            out[name] = f"is named like a time counter ({low}-{high})"
     return out
