@@ -26,13 +26,16 @@ from segscope._io import detect_format, sha256_file
 from segscope.config import SegscopeConfig
 from segscope.exceptions import DataError, SchemaError, SegscopeWarning, SinkError
 from segscope.features.entity import EntityFeatures
+from segscope.features.prepare import check_unique_ids as check_unique_frame_ids
 from segscope.features.prepare import parse_datetimes
+from segscope.labels._open import hide_password
 from segscope.labels.parse import load_labels
 from segscope.labels.queue import candidate_rows
+from segscope.labels.records import store_labels, training_records
 from segscope.labels.store import LabelStore
 from segscope.metrics import evaluate_scores
 from segscope.model import Model
-from segscope.schema import SCORED_COLUMNS
+from segscope.schema import SCORED_COLUMNS, ColumnSpec
 from segscope.sinks.files import FileSink, open_sink
 from segscope.sources.files import FileSource, check_unique_ids, count_rows, parse_dates, read_file, sample_rows
 from segscope.tuning import finetune
@@ -45,10 +48,12 @@ __all__ = [
     "finetune",
     "finetune_file",
     "fit_file",
+    "history_from_store",
     "iter_scored",
     "rescore_store",
     "score_file",
     "scored_schema",
+    "store_labels",
 ]
 
 _T = TypeVar("_T")
@@ -350,9 +355,10 @@ def as_fitted(model: Model, path: str | Path, frame: pl.DataFrame) -> pl.DataFra
 
 def finetune_file(
     bundle: str | Path,
-    data: str | Path,
-    labels_path: str | Path | pl.DataFrame,
+    data: str | Path | None = None,
+    labels_path: str | Path | pl.DataFrame | None = None,
     *,
+    store: LabelStore | str | Path | None = None,
     labels_source: str | None = None,
     learner: str = "xgboost",
     out: str | Path | None = None,
@@ -363,12 +369,30 @@ def finetune_file(
     on_progress: Callable[[str, int, int], None] | None = None,
 ) -> tuple[Model, dict[str, Any], Path]:
     """The `segscope finetune` job: load, fine-tune, add the candidate to the registry at ``out`` (default: the
-    bundle itself, turned into a registry) and promote it when it is better. Returns (candidate, report, path)."""
+    bundle itself, turned into a registry) and promote it when it is better. Returns (candidate, report, path).
+
+    The training data is the history file ``data``, the label ``store``'s records (their stored input values:
+    labelled ones and the unlabelled rest as background), or both (the union by id, the file's values winning).
+    Labels come from ``labels_path`` or, without it, from the store."""
     step = on_step or (lambda _: None)
+    if data is None and store is None:
+        raise DataError("fine-tuning needs training records: pass --data (a history file) or --store (a label store)")
     current = Model.load(bundle, trusted=trusted)
-    labels = labels_path if isinstance(labels_path, pl.DataFrame) else load_labels(labels_path)
-    step("reading history")
-    history = as_fitted(current, data, read_file(data))
+    opened = LabelStore.open(store, create=False) if isinstance(store, str | Path) else store
+    shown = f"label store {hide_password(store)}" if isinstance(store, str | Path) else "the label store"
+    try:
+        if labels_path is None:
+            if opened is None:
+                raise DataError("fine-tuning needs labels: pass --labels FILE or --store URL")
+            labels, source = store_labels(opened, shown), labels_source or shown
+        else:
+            labels = labels_path if isinstance(labels_path, pl.DataFrame) else load_labels(labels_path)
+            source = labels_source or str(labels_path)
+        step("reading the training records")
+        history, described = _training_data(current, data, opened, shown)
+    finally:
+        if opened is not None and opened is not store:
+            opened.close()
     candidate, report = finetune(
         current,
         history,
@@ -376,10 +400,11 @@ def finetune_file(
         learner=learner,
         holdout=holdout,
         metric=metric,
-        labels_source=labels_source or str(labels_path),
+        labels_source=source,
         on_step=on_step,
         on_progress=on_progress,
     )
+    report["training_data"] = described  # the report is the candidate's promotion record: kept in its manifest
     target = Path(out) if out is not None else Path(bundle)
     if target.resolve() == Path(bundle).resolve():
         registry.ensure_registry(target)
@@ -408,6 +433,55 @@ def finetune_file(
                 expected=current.version,
             )
     return candidate, report, target
+
+
+def history_from_store(store: LabelStore, model: Model, shown: str = "the label store") -> pl.DataFrame:
+    """The store's records as training data for ``model`` (:func:`~segscope.labels.records.training_records`):
+    its input columns (with the per-entity features each record had when scored) and entity keys and times, in
+    the types the bundle was fitted with, and the store's record ids in the bundle's id column (as text)."""
+    model._check_fitted()
+    if model.id_column is None:
+        raise DataError("fine-tuning joins labels to records by id, and this bundle has none; refit with --id-column")
+    columns = list(model.preparer_.schema_.columns)
+    columns += [c for c in model.entity_inputs_ if c.name not in {x.name for x in columns}]
+    budget_time = getattr(model.config.policy, "time_column", None)
+    if budget_time and budget_time not in {c.name for c in columns}:  # an alert budget per day reads it
+        columns.append(ColumnSpec(budget_time, "categorical", "String"))
+    return training_records(store, columns, id_column=model.id_column, shown=shown)
+
+
+def _training_data(
+    model: Model, data: str | Path | None, store: LabelStore | None, shown: str
+) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """(the training records, what they were made of): the file, the store's records, or both by id."""
+    from_file = as_fitted(model, data, read_file(data)) if data is not None else None
+    if store is None:
+        assert from_file is not None
+        return from_file, {"file": str(data), "file_records": from_file.height}
+    stored = history_from_store(store, model, shown)
+    if from_file is None:
+        return stored, {"store_records": stored.height}
+    id_column = model.id_column or ""
+    if id_column not in from_file.columns:
+        raise SchemaError(f"{data} has no id column '{id_column}'; pass the --data the bundle was fitted on")
+    # the file's entity features over the whole file in order (not per training subset), as it would be scored
+    from_file = model.with_entities(from_file).with_columns(pl.col(id_column).cast(pl.String))
+    check_unique_frame_ids(from_file, id_column)
+    extra = stored.filter(~pl.col(id_column).is_in(from_file.get_column(id_column).implode()))
+    try:
+        both = pl.concat([from_file, extra], how="diagonal_relaxed")
+    except pl.exceptions.PolarsError as exc:
+        raise SchemaError(
+            f"{data} and the records in {shown} do not fit in one table ({str(exc).splitlines()[0][:160]}); "
+            "fine-tune on one of them"
+        ) from None
+    described = {
+        "file": str(data),
+        "file_records": from_file.height,
+        "store_records": stored.height,
+        "in_both": stored.height - extra.height,  # the file's values were used for these
+    }
+    return both, described
 
 
 def rescore_store(store: LabelStore, model: Model, *, batch_size: int = 5000) -> int:

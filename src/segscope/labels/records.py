@@ -1,0 +1,210 @@
+"""The label store's records as data: each record's stored input values (JSON in the store) read back into a
+frame with the types a model was fitted with, so that the store itself can be the training data of fine-tuning.
+
+JSON keeps numbers, booleans, text and nulls but not types: date-times come back as ISO text, integers and floats
+as Python numbers, non-finite floats as null. :func:`stored_frame` casts each column to the type its
+:class:`~segscope.schema.ColumnSpec` names (the dtype seen at fit), refusing in one line a value that does not
+read as that type. Like the store, it knows nothing of models: the caller says which columns to read.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+
+from segscope.exceptions import DataError, SegscopeWarning
+from segscope.schema import ColumnSpec
+
+if TYPE_CHECKING:
+    from segscope.labels.store import LabelStore
+
+__all__ = ["StoredRecords", "store_labels", "stored_frame", "training_records"]
+
+_INTEGERS = {"Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16", "UInt32", "UInt64"}
+_DATETIME = re.compile(r"Datetime\(time_unit='(?P<unit>ms|us|ns)', time_zone=(?:'(?P<zone>[^']+)'|None)\)")
+
+
+@dataclass(frozen=True)
+class StoredRecords:
+    """``frame``: one row per stored record (the id column first, as text, then the requested columns), in the
+    order the store first saw them; ``versions``: records per model version that scored them; ``missing``:
+    requested columns some records do not hold (column -> how many records), read as null."""
+
+    frame: pl.DataFrame
+    versions: dict[str, int]
+    missing: dict[str, int]
+
+
+def stored_frame(
+    store: LabelStore, columns: Sequence[ColumnSpec], *, id_column: str, batch_size: int = 20_000
+) -> StoredRecords:
+    """Every stored record's ``columns`` (cast to each spec's type) and its id (the store's record id, as text, in
+    ``id_column``). Columns no record holds are left out (the caller may compute them); a column only some
+    records hold is null for the others, and counted in ``missing``."""
+    specs = [c for c in columns if c.name != id_column]
+    parts: list[pl.DataFrame] = []
+    versions: Counter[str] = Counter()
+    held: Counter[str] = Counter()
+    total = 0
+    for ids, model_versions, values in _batches(store, batch_size):
+        versions.update(model_versions)
+        total += len(ids)
+        for row in values:
+            held.update(row.keys())
+        series = [pl.Series(id_column, ids, dtype=pl.String)]
+        for spec in specs:
+            series.append(_column(spec, [row.get(spec.name) for row in values], ids, model_versions))
+        parts.append(pl.DataFrame(series))
+    present = [c.name for c in specs if held[c.name]]
+    empty = pl.DataFrame(
+        [pl.Series(id_column, [], dtype=pl.String), *(pl.Series(c.name, [], dtype=_dtype(c)) for c in specs)]
+    )
+    frame = pl.concat(parts) if parts else empty
+    return StoredRecords(
+        frame.select(id_column, *present),
+        dict(versions),
+        {name: total - held[name] for name in present if held[name] < total},
+    )
+
+
+def training_records(
+    store: LabelStore, columns: Sequence[ColumnSpec], *, id_column: str, shown: str = "the label store"
+) -> pl.DataFrame:
+    """:func:`stored_frame`'s frame as fine-tuning data: a one-line error for an empty store, a warning naming
+    the columns some records lack (records of another model version), which are read as missing."""
+    stored = stored_frame(store, columns, id_column=id_column)
+    if not stored.frame.height:
+        raise DataError(
+            f"{shown} holds no records: score or stream with --store first (e.g. `segscope score DATA --bundle B "
+            "--out OUT --store S`), or fine-tune on a history file with --data"
+        )
+    if stored.missing:
+        warnings.warn(
+            f"{max(stored.missing.values()):,} of {stored.frame.height:,} records in {shown} hold no value for "
+            f"column(s) {sorted(stored.missing)} (the store holds records of {len(stored.versions)} model "
+            "version(s)): they are fine-tuned on as missing; pass --data holding those records to use its values",
+            SegscopeWarning,
+            stacklevel=3,
+        )
+    return stored.frame
+
+
+def store_labels(store: LabelStore, shown: str = "the label store") -> pl.DataFrame:
+    """The store's current labels for fine-tuning (``id, label, category``); a one-line error when there is
+    nothing to learn from."""
+    labels = store.training_labels()
+    if not labels.height and not store.record_count():
+        raise DataError(
+            f"{shown} holds no records: score or stream with --store first (e.g. `segscope score DATA --bundle B "
+            "--out OUT --store S`), label some of them, then fine-tune"
+        )
+    if not labels.height:
+        raise DataError(
+            f"{shown} holds no labels yet: label records first (`segscope label add` or `label import`, the "
+            "analyst page of `segscope serve`, or --labels-topic), then fine-tune"
+        )
+    if not int(labels["label"].sum()):
+        raise DataError(
+            f"{shown} holds {labels.height:,} label(s) and none is 'anomaly': fine-tuning learns from confirmed "
+            "anomalies; label at least one record as anomaly, then fine-tune"
+        )
+    return labels
+
+
+def _batches(store: LabelStore, batch_size: int) -> Iterator[tuple[list[str], list[str], list[dict[str, Any]]]]:
+    from sqlalchemy import select
+
+    from segscope.labels.schema import Record
+
+    query = select(Record.id, Record.model_version, Record.values).order_by(Record.first_seen, Record.id)
+    with store.engine.connect() as conn:
+        result = conn.execution_options(yield_per=batch_size).execute(query)
+        for rows in result.partitions():
+            yield [r.id for r in rows], [r.model_version for r in rows], [r.values or {} for r in rows]
+
+
+def _dtype(spec: ColumnSpec) -> pl.DataType:
+    """The Polars type a spec's dtype names (categories as text; exotic numbers as Float64)."""
+    if spec.kind == "numeric":
+        return getattr(pl, spec.dtype)() if spec.dtype in _INTEGERS or spec.dtype == "Float32" else pl.Float64()
+    if spec.kind == "boolean":
+        return pl.Boolean()
+    if spec.kind == "categorical":
+        return pl.String()
+    if spec.dtype == "Date":
+        return pl.Date()
+    match = _DATETIME.fullmatch(spec.dtype)
+    if match is None:
+        return pl.Datetime("us")
+    return pl.Datetime(match["unit"], match["zone"])  # type: ignore[arg-type]
+
+
+#: Python types a JSON value of each kind may have as it is (anything else goes through :func:`_value`).
+_AS_IS: dict[str, tuple[type, ...]] = {"numeric": (int, float), "boolean": (bool,), "categorical": (str,)}
+
+
+def _column(spec: ColumnSpec, values: list[Any], ids: list[str], versions: list[str]) -> pl.Series:
+    target = _dtype(spec)
+    as_is = _AS_IS.get(spec.kind, ())
+    if all(v is None or type(v) in as_is for v in values):
+        try:
+            return pl.Series(spec.name, values, dtype=target, strict=True)
+        except (TypeError, OverflowError, pl.exceptions.PolarsError):
+            pass  # e.g. whole floats for an integer column: value by value below
+    converted: list[Any] = []
+    for i, value in enumerate(values):
+        try:
+            item = None if value is None else _value(value, spec.kind, target)
+            if item is not None and target.is_integer():
+                pl.Series([item], dtype=target, strict=True)  # in the type's range
+            converted.append(item)
+        except (TypeError, ValueError, OverflowError, pl.exceptions.PolarsError):
+            raise DataError(
+                f"label store record {ids[i]!r} (scored by model version {versions[i]}) holds {value!r} in column "
+                f"'{spec.name}', which this bundle reads as {spec.kind} ({spec.dtype} at fit); fine-tune a bundle "
+                "fitted on that data, or pass --data holding the record"
+            ) from None
+    return pl.Series(spec.name, converted, dtype=target, strict=True)
+
+
+def _value(value: Any, kind: str, target: pl.DataType) -> Any:
+    """One JSON value as the column's type (TypeError/ValueError when it does not read as one)."""
+    if kind == "categorical":
+        return value if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
+    if kind == "boolean":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.strip().lower() in ("true", "1", "yes")
+        raise ValueError(value)
+    if kind == "numeric":
+        if isinstance(value, bool | dict | list):
+            raise TypeError(value)
+        number = float(value) if isinstance(value, str) else value
+        if target.is_integer():
+            if isinstance(number, float):
+                if not number.is_integer():
+                    raise ValueError(value)
+                return int(number)
+            return int(number)
+        return float(number)
+    if not isinstance(value, str):
+        raise TypeError(value)
+    if target == pl.Date():
+        return date.fromisoformat(value[:10]) if "T" in value or " " in value else date.fromisoformat(value)
+    moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    zone = target.time_zone if isinstance(target, pl.Datetime) else None
+    if zone is None and moment.tzinfo is not None:  # fitted without a zone: the UTC wall time, as Polars casts it
+        return moment.astimezone(UTC).replace(tzinfo=None)
+    if zone is not None and moment.tzinfo is None:  # a naive value in a zoned column: read in UTC
+        return moment.replace(tzinfo=UTC)
+    return moment

@@ -1,0 +1,181 @@
+"""Fine-tuning from the label store: the stored records' input values are the training data (`finetune --store S`
+without --data), read back in the types the bundle was fitted with, on SQLite and a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from segscope import registry as reg
+from segscope.config import SegscopeConfig
+from segscope.exceptions import DataError, SegscopeWarning
+from segscope.labels import LabelStore
+from segscope.labels.queue import candidate_rows
+from segscope.model import Model
+from segscope.pipeline import _training_data, finetune_file, history_from_store, score_file
+from segscope.testing.data import make_transactions
+
+ENTITIES = {"key": "country", "time": "ts", "features": [{"kind": "count", "window": "1h"}]}
+
+
+def _typed(n: int, seed: int, start: datetime | None = None) -> pl.DataFrame:
+    """Transactions with the types JSON does not keep: a zoned date-time, a date, a 32-bit integer, booleans
+    and floats with nulls."""
+    row = pl.int_range(pl.len())
+    return make_transactions(n, seed=seed, start=start).with_columns(
+        pl.col("n_txn_24h").cast(pl.Int32).alias("n32"),
+        pl.col("ts").dt.replace_time_zone("UTC").alias("ts_utc"),
+        pl.col("ts").dt.date().alias("day"),
+        pl.when(row % 7 == 0).then(None).otherwise(pl.col("card_present")).alias("card_present"),
+        pl.when(row % 11 == 0).then(None).otherwise(pl.col("amount")).alias("amount"),
+    )
+
+
+def _config(**entities: object) -> SegscopeConfig:
+    data = {"features": {"id_column": "txn_id", "drop": ["is_fraud"]}, **entities}
+    return SegscopeConfig.model_validate(data)
+
+
+@pytest.mark.filterwarnings("ignore:drift in:segscope.exceptions.SegscopeWarning")
+def test_stored_values_come_back_in_the_fitted_types(store_url: str, tmp_path: Path) -> None:
+    model = Model(_config(entities=[ENTITIES])).fit(_typed(1500, seed=3))
+    new = tmp_path / "new.parquet"
+    _typed(1200, seed=4, start=datetime(2026, 2, 1)).write_parquet(new)  # the month after
+    with LabelStore.open(store_url) as store:
+        score_file(model, new, tmp_path / "scored.parquet", store=store)
+        got = history_from_store(store, model)
+    scored = pl.read_parquet(tmp_path / "scored.parquet")
+    columns = [c.name for c in model.preparer_.schema_.columns] + ["country", "ts"]
+    assert "country_count_1h" in columns  # the entity feature as the record had it when scored, and its inputs
+    assert set(got.columns) == {"txn_id", *columns}
+    expected = scored.select("txn_id", *dict.fromkeys(columns)).sort("txn_id")
+    assert_frame_equal(got.select(expected.columns).sort("txn_id"), expected)  # values and dtypes
+    assert {got.schema["ts_utc"], got.schema["day"], got.schema["n32"]} == {
+        pl.Datetime("us", "UTC"),
+        pl.Date(),
+        pl.Int32(),
+    }
+
+
+@pytest.mark.filterwarnings("ignore:drift in:segscope.exceptions.SegscopeWarning")  # the amounts tripled
+def test_several_model_versions_repeated_ids_and_the_file_winning(store_url: str, tmp_path: Path) -> None:
+    history = make_transactions(3000, seed=5)
+    full = Model(_config()).fit(history)
+    narrow = Model(_config()).fit(history.drop("distance_km"))  # a version fitted without a column
+    first, second = make_transactions(1000, seed=6), make_transactions(600, seed=7)
+    first.write_parquet(tmp_path / "first.parquet")
+    changed = first.head(300).with_columns(pl.col("amount") * 3)  # the same ids again, other values
+    changed.write_parquet(tmp_path / "again.parquet")
+    second.drop("distance_km").write_parquet(tmp_path / "second.parquet")
+    with LabelStore.open(store_url) as store:
+        score_file(full, tmp_path / "first.parquet", tmp_path / "o1.parquet", store=store)
+        score_file(full, tmp_path / "again.parquet", tmp_path / "o2.parquet", store=store)
+        score_file(narrow, tmp_path / "second.parquet", tmp_path / "o3.parquet", store=store)
+        with pytest.warns(SegscopeWarning, match=r"600 of 1,600 records .* column\(s\) \['distance_km'\]"):
+            stored = history_from_store(store, full)
+        assert stored.height == 1600 and stored["txn_id"].n_unique() == 1600
+        assert stored.filter(pl.col("distance_km").is_null()).height == 600
+        again = stored.join(changed.select("txn_id", pl.col("amount").alias("latest")), on="txn_id")
+        assert again.height == 300 and (again["amount"] == again["latest"]).all()  # the latest scoring's values
+        with pytest.warns(SegscopeWarning):
+            both, described = _training_data(full, tmp_path / "first.parquet", store, "the label store")
+    assert described == {"file": str(tmp_path / "first.parquet"), "file_records": 1000, "store_records": 1600,
+                         "in_both": 1000}  # fmt: skip
+    assert both.height == 1600 and both["txn_id"].n_unique() == 1600
+    file_values = both.join(first.select("txn_id", pl.col("amount").alias("in_file")), on="txn_id")
+    assert (file_values["amount"] == file_values["in_file"]).all()  # the file's values win for the same id
+
+
+def test_empty_store_and_no_labelled_anomaly_are_one_line_errors(run_cli, bundle: Path, files: Path, tmp_path) -> None:
+    store = tmp_path / "labels.db"
+    LabelStore.open(store).close()
+    empty = run_cli("finetune", "--bundle", bundle, "--store", store, "--out", tmp_path / "reg")
+    assert empty.code == 2 and "Traceback" not in empty.err
+    assert "holds no records: score or stream with --store first" in empty.err
+    assert len(empty.err.strip().splitlines()) == 1
+    assert run_cli("score", files / "new.parquet", "--bundle", bundle, "--out", tmp_path / "o.parquet",
+                   "--store", store).code == 0  # fmt: skip
+    unlabelled = run_cli("finetune", "--bundle", bundle, "--store", store, "--out", tmp_path / "reg")
+    assert unlabelled.code == 2 and "holds no labels yet" in unlabelled.err
+    normal = pl.read_parquet(files / "new.parquet").filter(pl.col("is_fraud") == 0)["txn_id"][0]
+    assert run_cli("label", "add", "--store", store, normal, "normal").code == 0
+    normals = run_cli("finetune", "--bundle", bundle, "--store", store, "--out", tmp_path / "reg")
+    assert normals.code == 2 and "1 label(s) and none is 'anomaly'" in normals.err
+    assert len(normals.err.strip().splitlines()) == 1 and not (tmp_path / "reg").exists()  # nothing written
+    missing = run_cli("finetune", "--bundle", bundle, "--store", tmp_path / "nope.db")
+    assert missing.code == 2 and "no label store there" in missing.err and not (tmp_path / "nope.db").exists()
+    no_data = run_cli("finetune", "--bundle", bundle, "--labels", tmp_path / "l.csv")
+    assert no_data.code == 2 and "--labels needs --data" in no_data.err
+    with pytest.raises(DataError, match="pass --data .* or --store"):
+        finetune_file(bundle)
+
+
+def test_finetune_from_the_store_alone(run_cli, store_url: str, files: Path, tmp_path: Path) -> None:
+    """fit, score --store, label (add and import), then `finetune --store` with no --data: a new version in the
+    registry, reported as with --data."""
+    registry = tmp_path / "registry"
+    fitted = run_cli("fit", files / "history.parquet", "--bundle", registry, "--id-column", "txn_id",
+                     "--drop", "is_fraud")  # fmt: skip
+    assert fitted.code == 0, fitted.err
+    scored = run_cli("score", files / "new.parquet", "--bundle", registry, "--out", tmp_path / "s.parquet",
+                     "--store", store_url)  # fmt: skip
+    assert scored.code == 0, scored.err
+    truth = pl.read_parquet(files / "new.parquet").select(pl.col("txn_id").alias("id"), pl.col("is_fraud"))
+    frauds = truth.filter(pl.col("is_fraud") == 1)["id"].to_list()
+    added = run_cli("label", "add", "--store", store_url, frauds[0], "anomaly", "--analyst", "ann")
+    assert added.code == 0, added.err
+    chargebacks = pl.concat([truth.filter(pl.col("is_fraud") == 1).slice(1), truth.filter(pl.col("is_fraud") == 0)
+                             .head(200)]).select("id", pl.col("is_fraud").alias("label"))  # fmt: skip
+    chargebacks.write_csv(tmp_path / "chargebacks.csv")
+    imported = run_cli("label", "import", "--store", store_url, tmp_path / "chargebacks.csv", "--analyst", "ops")
+    assert imported.code == 0, imported.err
+    before = reg.list_versions(registry) if reg.is_registry(registry) else []
+
+    tuned = run_cli("finetune", "--bundle", registry, "--store", store_url)
+    assert tuned.code == 0, tuned.err
+    assert "Traceback" not in tuned.err
+    lines = _report(tuned.err)
+    assert lines[0].startswith("fine-tuned ") and lines[1] == "  trained on 1,500 label store records"
+    assert lines[-1].startswith(("promoted: ", "not promoted: "))
+    versions = reg.list_versions(registry)
+    assert len(versions) == len(before) + 1 + (not before)  # the fitted version, then the candidate
+    manifests = [json.loads((registry / "versions" / v / "manifest.json").read_text()) for v in versions]
+    (candidate,) = [m for m in manifests if m.get("label_snapshot")]
+    assert candidate["label_snapshot"]["anomalies"] == len(frauds) and candidate["label_snapshot"]["normals"] == 200
+    assert candidate["label_snapshot"]["source"].startswith("label store ")
+    assert candidate["promotion"]["training_data"] == {"store_records": 1500}
+
+    with_data = run_cli("finetune", "--bundle", registry, "--store", store_url, "--data", files / "new.parquet")
+    assert with_data.code == 0, with_data.err
+    other = _report(with_data.err)
+    assert other[1] == f"  trained on {files / 'new.parquet'} (1,500 records) + 1,500 label store records " + (
+        "(1,500 also in the file: its values used)"
+    )
+    assert [line.split()[0] for line in other[:-1]] == [line.split()[0] for line in lines[:-1]]  # the same report
+
+
+def _report(err: str) -> list[str]:
+    """The finetune report: from the 'fine-tuned' line on."""
+    lines = err.strip().splitlines()
+    return lines[next(i for i, line in enumerate(lines) if line.startswith("fine-tuned ")) :]
+
+
+def test_the_store_keeps_a_uniform_background_sample() -> None:
+    """Besides alerts and records near the threshold, each scored batch leaves a uniform sample in the store:
+    the unlabelled background that fine-tuning from the store alone learns against."""
+    rng = np.random.default_rng(0)
+    score = rng.random(100_000)
+    scored = pl.DataFrame({"score": score, "is_alert": score > 0.99, "segment": np.full(score.size, -1)})
+    kept = candidate_rows(scored, 0.99, 2000)
+    assert kept.size <= 2000 and np.array_equal(kept, candidate_rows(scored, 0.99, 2000))  # the same rows again
+    low = kept[score[kept] < 0.9]
+    assert 400 <= low.size <= 500  # 1% of the batch, at most a quarter of the limit
+    assert abs(float(np.median(score[low])) - 0.45) < 0.05  # spread over the scores below, not the top
+    assert candidate_rows(scored, 0.99, 2000, background=0.0).size < kept.size
+    assert candidate_rows(scored.head(1500), 0.99, 2000).size == 1500  # a small batch: every row
