@@ -15,10 +15,12 @@ from polars.testing import assert_frame_equal
 from segscope import registry as reg
 from segscope.config import SegscopeConfig
 from segscope.exceptions import DataError, SegscopeWarning
-from segscope.labels import LabelStore
+from segscope.labels import LabelStore, ReviewRecords
 from segscope.labels.queue import candidate_rows
+from segscope.labels.records import stored_frame
 from segscope.model import Model
 from segscope.pipeline import _training_data, finetune_file, history_from_store, score_file
+from segscope.schema import ColumnSpec
 from segscope.testing.data import make_transactions
 
 ENTITIES = {"key": "country", "time": "ts", "features": [{"kind": "count", "window": "1h"}]}
@@ -61,6 +63,39 @@ def test_stored_values_come_back_in_the_fitted_types(store_url: str, tmp_path: P
         pl.Date(),
         pl.Int32(),
     }
+
+
+def _raw(store: LabelStore, rows: dict[str, list[object]], version: str = "v1") -> None:
+    """Records written as a stream writes them: values as JSON carried them (text, numbers, true/false)."""
+    n = len(next(iter(rows.values())))
+    scored = pl.DataFrame(rows, strict=False).with_columns(
+        pl.lit(0.5).alias("score"), pl.lit(0.5).alias("anomaly_score"),
+        pl.lit(None, dtype=pl.Float64).alias("supervised_score"), pl.lit(False).alias("is_alert"),
+        pl.lit(-1, dtype=pl.Int32).alias("segment"), pl.lit(version).alias("model_version"),
+        pl.Series("reasons", [[] for _ in range(n)], dtype=pl.List(pl.Struct({"feature": pl.String}))),
+    )  # fmt: skip
+    store.add_records(ReviewRecords(scored, [f"r{i}" for i in range(n)], np.zeros((n, 1)), 0.9), source="test")
+
+
+def test_values_a_stream_sent_as_text_are_read_and_a_bad_one_is_one_line(store_url: str) -> None:
+    specs = [
+        ColumnSpec("ts", "datetime", "Datetime(time_unit='us', time_zone=None)"),
+        ColumnSpec("present", "boolean", "Boolean"),
+        ColumnSpec("n", "numeric", "Int16"),
+        ColumnSpec("amount", "numeric", "Float64"),
+    ]
+    with LabelStore.open(store_url) as store:
+        _raw(store, {"ts": ["2026/01/02 10:00", "2026-01-03T04:05:06Z"], "present": ["true", "0"], "n": ["3", "4.0"],
+                     "amount": [1, 2.5]})  # fmt: skip
+        got = stored_frame(store, specs, id_column="id").frame.sort("id")
+        assert got.to_dicts() == [
+            {"id": "r0", "ts": datetime(2026, 1, 2, 10), "present": True, "n": 3, "amount": 1.0},
+            {"id": "r1", "ts": datetime(2026, 1, 3, 4, 5, 6), "present": False, "n": 4, "amount": 2.5},
+        ]
+        assert got.schema["n"] == pl.Int16()
+        _raw(store, {"ts": ["2026-01-04"], "present": [True], "n": [70_000], "amount": [1.0]}, version="v2")
+        with pytest.raises(DataError, match=r"record 'r0' \(scored by model version v2\) holds 70000 in column 'n'"):
+            stored_frame(store, specs, id_column="id")
 
 
 @pytest.mark.filterwarnings("ignore:drift in:segscope.exceptions.SegscopeWarning")  # the amounts tripled

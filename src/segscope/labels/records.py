@@ -12,14 +12,15 @@ from __future__ import annotations
 import re
 import warnings
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from segscope.exceptions import DataError, SegscopeWarning
+from segscope.features.prepare import parse_datetimes
 from segscope.schema import ColumnSpec
 
 if TYPE_CHECKING:
@@ -53,15 +54,19 @@ def stored_frame(
     versions: Counter[str] = Counter()
     held: Counter[str] = Counter()
     total = 0
-    for ids, model_versions, values in _batches(store, batch_size):
-        versions.update(model_versions)
-        total += len(ids)
-        for row in values:
-            held.update(row.keys())
-        series = [pl.Series(id_column, ids, dtype=pl.String)]
-        for spec in specs:
-            series.append(_column(spec, [row.get(spec.name) for row in values], ids, model_versions))
-        parts.append(pl.DataFrame(series))
+    batches = _batches(store, batch_size)
+    try:
+        for ids, model_versions, values in batches:
+            versions.update(model_versions)
+            total += len(ids)
+            for row in values:
+                held.update(row.keys())
+            series = [pl.Series(id_column, ids, dtype=pl.String)]
+            for spec in specs:
+                series.append(_column(spec, [row.get(spec.name) for row in values], ids, model_versions))
+            parts.append(pl.DataFrame(series))
+    finally:
+        batches.close()  # a value refused mid-way: the cursor is closed now, not when collected
     present = [c.name for c in specs if held[c.name]]
     empty = pl.DataFrame(
         [pl.Series(id_column, [], dtype=pl.String), *(pl.Series(c.name, [], dtype=_dtype(c)) for c in specs)]
@@ -118,15 +123,17 @@ def store_labels(store: LabelStore, shown: str = "the label store") -> pl.DataFr
     return labels
 
 
-def _batches(store: LabelStore, batch_size: int) -> Iterator[tuple[list[str], list[str], list[dict[str, Any]]]]:
+_Batch = tuple[list[str], list[str], list[dict[str, Any]]]  # ids, model versions, stored values
+
+
+def _batches(store: LabelStore, batch_size: int) -> Generator[_Batch, None, None]:
     from sqlalchemy import select
 
     from segscope.labels.schema import Record
 
     query = select(Record.id, Record.model_version, Record.values).order_by(Record.first_seen, Record.id)
-    with store.engine.connect() as conn:
-        result = conn.execution_options(yield_per=batch_size).execute(query)
-        for rows in result.partitions():
+    with store.engine.connect() as conn, conn.execution_options(yield_per=batch_size).execute(query) as result:
+        for rows in result.partitions():  # on PostgreSQL a server-side cursor: closed with the result
             yield [r.id for r in rows], [r.model_version for r in rows], [r.values or {} for r in rows]
 
 
@@ -199,12 +206,23 @@ def _value(value: Any, kind: str, target: pl.DataType) -> Any:
         return float(number)
     if not isinstance(value, str):
         raise TypeError(value)
+    moment = _moment(value.strip())
     if target == pl.Date():
-        return date.fromisoformat(value[:10]) if "T" in value or " " in value else date.fromisoformat(value)
-    moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        return moment.date()
     zone = target.time_zone if isinstance(target, pl.Datetime) else None
     if zone is None and moment.tzinfo is not None:  # fitted without a zone: the UTC wall time, as Polars casts it
         return moment.astimezone(UTC).replace(tzinfo=None)
     if zone is not None and moment.tzinfo is None:  # a naive value in a zoned column: read in UTC
         return moment.replace(tzinfo=UTC)
     return moment
+
+
+def _moment(text: str) -> datetime:
+    """ISO 8601 (what the store writes), else any format the model's own date parsing reads (a stream's text)."""
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        parsed = parse_datetimes(pl.Series([text]))[0]
+        if not isinstance(parsed, datetime):
+            raise
+        return parsed
