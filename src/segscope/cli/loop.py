@@ -1,4 +1,4 @@
-"""Commands of the loop: ``finetune``, ``promote``, ``rollback``, ``stream`` and ``serve``."""
+"""Commands of the loop: ``finetune``, ``promote``, ``rollback``, ``stream``, ``serve`` and ``learn``."""
 
 from __future__ import annotations
 
@@ -346,3 +346,63 @@ def serve(
     err.print(say("green", "serving", f" http://{host}:{port}/  (label store {shown_store(store)}; Ctrl-C stops)"))
     app_ = create_app(label_store, token=token, mix=queue_mix, allowed_hosts=hosts)
     uvicorn.run(app_, host=host, port=port, log_level="warning")
+
+
+@app.command()
+def learn(
+    bundle: Annotated[
+        Path, typer.Option("--bundle", "-b", help="The registry a stream scores from (segscope stream --bundle).")
+    ],
+    store: StoreReq,
+    min_labels: Annotated[int, typer.Option("--min-labels", help="New labels that start a fine-tune.", min=1)] = 50,
+    every: Annotated[float, typer.Option("--every", help="Seconds between two looks at the label store.", min=0.1)] = (
+        30.0
+    ),
+    idle_exit: Annotated[
+        float | None,
+        typer.Option("--idle-exit", help="Exit after this many seconds without a new label (default: run on)."),
+    ] = None,
+    learner: Annotated[str, typer.Option("--learner", help="xgboost or torch.")] = "xgboost",
+    folds: Annotated[
+        int | None, typer.Option(help="Folds of the promotion gate (default: as `segscope finetune`).", min=2)
+    ] = None,
+    init: Annotated[
+        bool, typer.Option("--init", help="Make a plain bundle a registry in place (its version the first).")
+    ] = False,
+    trust_bundle: TrustOpt = False,
+) -> None:
+    """Fine-tune when analysts have given --min-labels new labels (page, API, `label add`, labels topic), on the
+    store's records; the gate promotes or refuses (one line each) and a stream on the registry hot-swaps.
+    SIGTERM exits 0 (a fine-tune in progress is abandoned before anything is written)."""
+    import logging
+
+    from segscope import registry
+    from segscope.pipeline import finetune_file
+    from segscope.stream.learn import LearnLoop, LearnOptions
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    if init and not registry.is_registry(bundle) and bundle.is_dir():
+        registry.ensure_registry(bundle)
+        err.print(say("green", "registry", f" {bundle}: version {registry.current_version(bundle)} is current"))
+    options = LearnOptions(
+        registry=bundle,
+        store=store,
+        min_labels=min_labels,
+        every=every,
+        idle_exit=idle_exit,
+        learner=learner,
+        folds=folds,
+        trusted=trust_bundle,
+    )
+    loop = LearnLoop(options, finetune_file, on_line=lambda line: err.print(Text(line), highlight=False))
+    loop.stop_on_signals()
+    stats = loop.run()
+    promoted = f": {', '.join(stats.promoted)}" if stats.promoted else ""
+    err.print(
+        say(
+            "green",
+            "learn stopped",
+            f": {stats.finetunes + stats.failed:,} fine-tunes, {len(stats.promoted):,} promoted{promoted}, "
+            f"{stats.refused:,} refused, {stats.failed:,} failed",
+        )
+    )

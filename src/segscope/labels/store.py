@@ -301,6 +301,18 @@ class LabelStore:
                 row["created_at"] = row["created_at"].replace(tzinfo=UTC)
         return pl.DataFrame(rows, schema=schema, orient="row")
 
+    def labels_after(self, label_id: int) -> tuple[int, int]:
+        """(how many labels were stored after label ``label_id``, the newest label's id; 0 in an empty store).
+        Every analyst decision counts, a changed label too (an unchanged repeat is not stored)."""
+        from sqlalchemy import case, func, select
+
+        from segscope.labels.schema import Label
+
+        query = select(func.sum(case((Label.label_id > label_id, 1), else_=0)), func.max(Label.label_id))
+        with self.engine.connect() as conn:
+            after, newest = conn.execute(query).one()
+        return int(after or 0), int(newest or 0)
+
     def training_labels(self) -> pl.DataFrame:
         """Current labels in the form fine-tuning takes (``id, label (1/0), category``)."""
         current = self.labels()

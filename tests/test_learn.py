@@ -1,0 +1,287 @@
+"""`segscope learn`: the stream learns from analysts. Labels reach the label store (the page's JSON API here), the
+learner fine-tunes on the store's records when enough are new, the gate promotes, and a stream scoring from the
+registry hot-swaps: tested in-process (the loop's decisions, failures, lock and stop) and end to end through a
+real Kafka broker, `segscope serve` and `segscope learn` in child processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from segscope import registry as reg
+from segscope.config import SegscopeConfig
+from segscope.labels import LabelStore
+from segscope.labels.parse import LabelIn
+from segscope.metrics import evaluate_scores
+from segscope.model import Model
+from segscope.pipeline import finetune_file, score_file
+from segscope.stream.learn import STATE, LearnLoop, LearnOptions, _learning_lock
+from segscope.testing.data import make_transactions
+from tests.kafka_helpers import (
+    consume_all,
+    count,
+    create_topic,
+    free_port,
+    group_caught_up,
+    produce,
+    records,
+    start_stream,
+    terminate,
+    wait_until,
+)
+
+CONFIG = SegscopeConfig().with_features(id_column="txn_id", drop=("is_fraud",))
+
+
+def _by_channel(n: int, seed: int) -> pl.DataFrame:
+    """Transactions whose fraud is one sales channel among four equally common ones: the unsupervised model
+    cannot tell the channels apart (one rarity), labels can (as in test_finetune)."""
+    frame = make_transactions(n, seed=seed).drop("is_fraud")
+    channel = pl.Series("channel", ["web", "app", "phone", "branch"] * (n // 4))
+    fraud = (channel == "phone") & pl.Series(np.random.default_rng(seed).random(n) < 0.3)
+    return frame.with_columns(channel, fraud.cast(pl.Int64).alias("is_fraud"))
+
+
+def _analysts(frame: pl.DataFrame, anomalies: int, normals: int, seed: int) -> list[dict[str, str]]:
+    """Labels analysts give: ``anomalies`` confirmed frauds and ``normals`` cleared records of ``frame``."""
+    fraud = frame.filter(pl.col("is_fraud") == 1).sample(anomalies, seed=seed)["txn_id"].to_list()
+    fine = frame.filter(pl.col("is_fraud") == 0).sample(normals, seed=seed)["txn_id"].to_list()
+    return [{"id": i, "label": "anomaly", "analyst": "ann"} for i in fraud] + [
+        {"id": i, "label": "normal", "analyst": "bob"} for i in fine
+    ]
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Model, pl.DataFrame, Path]:
+    """A model fitted on channel-fraud history, and a store holding 1,500 later records it scored."""
+    root = tmp_path_factory.mktemp("learn")
+    model = Model(CONFIG).fit(_by_channel(3000, seed=0))
+    later = _by_channel(1500, seed=1)
+    later.drop("is_fraud").write_parquet(root / "later.parquet")
+    store = root / "labels.db"
+    with LabelStore.open(store) as opened:
+        score_file(model, root / "later.parquet", root / "scored.parquet", store=opened)
+    return model, later, store
+
+
+def _registry(model: Model, path: Path) -> Path:
+    model.save(path)
+    reg.ensure_registry(path)
+    return path
+
+
+def _copy_store(store: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "labels.db"
+    copy.write_bytes(store.read_bytes())
+    return copy
+
+
+def _add(store: Path, labels: list[dict[str, str]]) -> None:
+    with LabelStore.open(store) as opened:
+        opened.add_labels([LabelIn(x["id"], x["label"], x["analyst"]) for x in labels], source="cli")
+
+
+def test_fails_on_data_then_promotes_and_remembers_where_it_left_off(
+    fitted: tuple[Model, pl.DataFrame, Path], tmp_path: Path
+) -> None:
+    model, later, stored = fitted
+    path, store = _registry(model, tmp_path / "reg"), _copy_store(stored, tmp_path)
+    _add(store, _analysts(later, 0, 30, seed=1))  # cleared records only: nothing to learn a fraud from
+    lines: list[str] = []
+    options = LearnOptions(registry=path, store=str(store), min_labels=20, every=0.1, idle_exit=1.0)
+    stats = LearnLoop(options, finetune_file, on_line=lines.append).run()
+    assert stats.failed == 1 and not stats.promoted and reg.current_version(path) == model.version
+    failed = [line for line in lines if "failed" in line]
+    assert len(failed) == 1 and "none is 'anomaly'" in failed[0] and "waiting for 20 more labels" in failed[0], lines
+    assert "30 labels (0 anomalies, 30 normal)" in failed[0]
+    assert json.loads((path / STATE).read_text())["failed"]
+
+    lines.clear()  # a new learner on the same registry: the 30 labels above are not new any more
+    _add(store, _analysts(later, 40, 10, seed=2))
+    stats = LearnLoop(options, finetune_file, on_line=lines.append).run()
+    assert len(stats.promoted) == 1, lines
+    assert reg.current_version(path) == stats.promoted[0] != model.version
+    promoted = [line for line in lines if "promoted version" in line]
+    assert len(promoted) == 1 and "50 new" in promoted[0] and "80 labels (40 anomalies, 40 normal)" in promoted[0]
+    assert f"(was {model.version})" in promoted[0] and "gate AUCPR" in promoted[0]
+    assert lines[0].endswith("(50 so far), checking every 0.1 s")
+    again = LearnLoop(options, finetune_file, on_line=lines.append).run()  # nothing new: no fine-tune
+    assert again.finetunes == again.failed == 0
+
+
+def test_one_fine_tune_at_a_time_and_a_stop_writes_nothing(
+    fitted: tuple[Model, pl.DataFrame, Path], tmp_path: Path
+) -> None:
+    model, later, stored = fitted
+    path, store = _registry(model, tmp_path / "reg"), _copy_store(stored, tmp_path)
+    _add(store, _analysts(later, 30, 30, seed=3))
+    options = LearnOptions(registry=path, store=str(store), min_labels=10, every=0.1)
+    lines: list[str] = []
+    loop = LearnLoop(options, finetune_file, on_line=lines.append)
+    with _learning_lock(path) as held:  # another learner is fine-tuning this registry
+        assert held is None
+        worker = threading.Thread(target=loop.run)
+        worker.start()
+        wait_until(lambda: any("another learner" in line for line in lines), timeout=30)
+        time.sleep(0.5)
+        loop.stop()
+        worker.join(timeout=30)
+    assert not worker.is_alive()
+    assert sum("another learner" in line for line in lines) == 1  # said once, not at every look
+    assert loop.stats.finetunes == 0 and f"pid {os.getpid()}" in lines[-1]
+
+    lines.clear()  # stopped while fine-tuning: abandoned at its next step, nothing written
+
+    def stop_when_started(line: str) -> None:
+        lines.append(line)
+        if "fine-tuning version" in line:
+            loop.stop()
+
+    loop = LearnLoop(options, finetune_file, on_line=stop_when_started)
+    assert loop.run().finetunes == 0
+    assert lines[-1].startswith("learn: stopped while fine-tuning") and "nothing was written" in lines[-1]
+    assert reg.list_versions(path) == [model.version] and not (path / STATE).exists()
+
+
+def test_bad_input_is_one_line(run_cli, bundle: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    copy = tmp_path / "plain"
+    Model.load(bundle).save(copy)
+    cases = {
+        "plain bundle": (["--bundle", copy, "--store", tmp_path / "s.db"], "add --init"),
+        "no such folder": (["--bundle", tmp_path / "nope", "--store", tmp_path / "s.db"], "does not exist"),
+        "no store": (["--bundle", copy, "--store", tmp_path / "missing.db", "--init"], "no label store there"),
+        "bad learner": (["--bundle", copy, "--store", tmp_path / "s.db", "--learner", "svm"], "use one of"),
+    }
+    for name, (args, expected) in cases.items():
+        done = run_cli("learn", *args)
+        assert done.code == 2, (name, done.err)
+        lines = [line for line in done.err.splitlines() if line.startswith("error:")]
+        assert len(lines) == 1 and expected in lines[0] and "Traceback" not in done.err, (name, done.err)
+    assert reg.is_registry(copy)  # --init made it a registry before the store was refused
+
+
+# ---------------------------------------------------------------- end to end through Kafka
+def _serve(store: Path, token: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    with log.open("w") as sink:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "segscope.cli", "serve", "--store", str(store), "--port", str(port)],
+            stderr=sink,
+            env={**os.environ, "SEGSCOPE_TOKEN": token},
+        )
+    base = f"http://127.0.0.1:{port}"
+    wait_until(lambda: _up(base), timeout=60, every=0.2)
+    return server, base
+
+
+def _up(base: str) -> bool:
+    try:
+        urllib.request.urlopen(base + "/healthz", timeout=1)
+    except OSError:
+        return False
+    return True
+
+
+def _post_labels(base: str, token: str, labels: list[dict[str, str]]) -> dict[str, int]:
+    request = urllib.request.Request(
+        base + "/api/labels",
+        data=json.dumps(labels).encode(),
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status == 201
+        answer: dict[str, int] = json.loads(response.read())
+        return answer
+
+
+def _learn(path: Path, store: Path, log: Path) -> subprocess.Popen[bytes]:
+    args = ["learn", "--bundle", str(path), "--store", str(store), "--min-labels", "50", "--every", "0.5"]
+    with log.open("w") as sink:
+        return subprocess.Popen(
+            [sys.executable, "-m", "segscope.cli", *args],
+            stderr=sink,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+
+def test_labels_posted_to_the_page_api_lead_to_a_new_version_serving(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """A stream scores 2,000 records into the store; analysts post labels through `segscope serve`'s API; `segscope
+    learn` fails once on normal-only labels, then fine-tunes, the gate promotes, the stream hot-swaps; 2,000 more
+    records are all scored by the new version, every record exactly once, and ranked better than the old version
+    would rank them."""
+    model = Model(CONFIG).fit(_by_channel(4000, seed=0))
+    path, store, token = _registry(model, tmp_path / "reg"), tmp_path / "labels.db", "s3cret-token"
+    first, second = _by_channel(2000, seed=1), _by_channel(2000, seed=2)
+    topic_in, topic_out = "learn.in", "learn.out"
+    create_topic(kafka_bootstrap, topic_in)
+    stream = start_stream(
+        path,
+        kafka_bootstrap,
+        *("--in-topic", topic_in, "--out-topic", topic_out, "--group", "g-learn", "--batch-size", "500"),
+        *("--store", str(store), "--stats-interval", "5"),
+    )
+    servers: list[subprocess.Popen[bytes]] = []
+    try:
+        produce(kafka_bootstrap, topic_in, records(first.drop("is_fraud")))
+        wait_until(lambda: group_caught_up(kafka_bootstrap, "g-learn", topic_in), proc=stream)
+        with LabelStore.open(store) as opened:
+            assert opened.record_count() == 2000  # batches of 500: the stream keeps every record
+
+        server, base = _serve(store, token, tmp_path / "serve.log")
+        servers.append(server)
+        learner = _learn(path, store, tmp_path / "learn.log")
+        servers.append(learner)
+        log = tmp_path / "learn.log"
+        wait_until(lambda: "checking every" in log.read_text(), timeout=60)
+        assert _post_labels(base, token, _analysts(first, 0, 60, seed=1))["added"] == 60
+        wait_until(lambda: "failed:" in log.read_text(), timeout=120)
+        assert _post_labels(base, token, _analysts(first, 40, 60, seed=2))["added"] == 100
+        wait_until(lambda: reg.current_version(path) != model.version, timeout=300, every=0.5)
+        new = reg.current_version(path)
+        time.sleep(3)  # the stream looks at CURRENT before every poll
+
+        code, said = terminate(learner)  # type: ignore[arg-type]
+        said = log.read_text()
+        assert code == 0 and "Traceback" not in said, said
+        decisions = [line for line in said.splitlines() if "failed:" in line or "promoted version" in line]
+        assert len(decisions) == 2 and "0 anomalies, 60 normal" in decisions[0], said
+        assert f"promoted version {new} (was {model.version})" in decisions[1], said
+        assert "160 labels (40 anomalies, 120 normal), 100 new" in decisions[1]
+
+        produce(kafka_bootstrap, topic_in, records(second.drop("is_fraud")))
+        wait_until(lambda: count(kafka_bootstrap, topic_out) >= 4000, proc=stream)
+        code, err = terminate(stream)
+        assert code == 0, err
+    finally:
+        for proc in [stream, *servers]:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=60)
+
+    out = consume_all(kafka_bootstrap, topic_out)
+    ids = Counter(r["id"] for r in out)
+    assert len(ids) == 4000 and max(ids.values()) == 1  # nothing lost, nothing scored twice across the swap
+    by_id = {r["id"]: r for r in out}
+    assert {by_id[i]["model_version"] for i in first["txn_id"]} == {model.version}
+    assert {by_id[i]["model_version"] for i in second["txn_id"]} == {new}  # every record after the swap
+    assert f"switched to model version {new}" in err
+
+    y = second["is_fraud"].to_numpy()
+    served = np.array([by_id[i]["score"] for i in second["txn_id"]])
+    old = model.score(second.drop("is_fraud"))["score"].to_numpy()
+    before, after = evaluate_scores(y, old)["aucpr"], evaluate_scores(y, served)["aucpr"]
+    print(f"AUCPR on the records after the swap: {before:.3f} by {model.version}, {after:.3f} by {new}")
+    assert after > before + 0.3, (before, after)
