@@ -116,6 +116,9 @@ def test_fails_on_data_then_promotes_and_remembers_where_it_left_off(
     promoted = [line for line in lines if "promoted version" in line]
     assert len(promoted) == 1 and "50 new" in promoted[0] and "80 labels (40 anomalies, 40 normal)" in promoted[0]
     assert f"(was {model.version})" in promoted[0] and "gate AUCPR" in promoted[0]
+    assert "1,500 stored records re-scored with version" in lines[-2]  # the queue ranks by the new version
+    with LabelStore.open(store) as opened:
+        assert not list(opened.stale_records(stats.promoted[0]))
     assert lines[0].endswith("(50 so far), checking every 0.1 s")
     again = LearnLoop(options, finetune_file, on_line=lines.append).run()  # nothing new: no fine-tune
     assert again.finetunes == again.failed == 0
@@ -169,7 +172,7 @@ def test_bad_input_is_one_line(run_cli, bundle: Path, tmp_path: Path) -> None:  
         assert done.code == 2, (name, done.err)
         lines = [line for line in done.err.splitlines() if line.startswith("error:")]
         assert len(lines) == 1 and expected in lines[0] and "Traceback" not in done.err, (name, done.err)
-    assert reg.is_registry(copy)  # --init made it a registry before the store was refused
+    assert not reg.is_registry(copy)  # the missing store was refused before --init changed the bundle
 
 
 # ---------------------------------------------------------------- end to end through Kafka

@@ -369,11 +369,16 @@ def learn(
     init: Annotated[
         bool, typer.Option("--init", help="Make a plain bundle a registry in place (its version the first).")
     ] = False,
+    rescore: Annotated[
+        bool,
+        typer.Option(help="After a promotion, re-score the stored records with the new version (the queue's order)."),
+    ] = True,
     trust_bundle: TrustOpt = False,
 ) -> None:
     """Fine-tune when analysts have given --min-labels new labels (page, API, `label add`, labels topic), on the
     store's records; the gate promotes or refuses (one line each) and a stream on the registry hot-swaps.
-    SIGTERM exits 0 (a fine-tune in progress is abandoned before anything is written)."""
+    SIGTERM exits 0 (a fine-tune in progress is abandoned before anything is written). A separate process, not a
+    thread of `stream`: a fine-tune's CPU, memory or crash never touches the scoring."""
     import logging
 
     from segscope import registry
@@ -382,6 +387,7 @@ def learn(
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     if init and not registry.is_registry(bundle) and bundle.is_dir():
+        open_store(store).close()  # a store that is not there: refused before the bundle is changed
         registry.ensure_registry(bundle)
         err.print(say("green", "registry", f" {bundle}: version {registry.current_version(bundle)} is current"))
     options = LearnOptions(
@@ -393,6 +399,7 @@ def learn(
         learner=learner,
         folds=folds,
         trusted=trust_bundle,
+        rescore=rescore,
     )
     loop = LearnLoop(options, finetune_file, on_line=lambda line: err.print(Text(line), highlight=False))
     loop.stop_on_signals()

@@ -16,6 +16,8 @@ batches when the gate promotes (:class:`~segscope.stream.parts.ModelWatcher`).
   counts every stored label as new.
 * **Failures**: a fine-tune that fails (a store without a labelled anomaly, a stored value that does not read) is
   one line, and the loop waits for ``min_labels`` more labels; a store it cannot reach is one line, and it retries.
+* **The queue**: after a promotion, the stored records are re-scored with the new version, so the analysts'
+  review queue ranks by the model that serves (``rescore=False`` leaves that to ``segscope serve --bundle``).
 * **Stopping**: :meth:`LearnLoop.stop` (SIGTERM/SIGINT with :meth:`LearnLoop.stop_on_signals`) ends the wait at
   once and abandons a fine-tune in progress at its next step, before anything is written (a candidate is written
   whole or not at all).
@@ -72,6 +74,8 @@ class LearnOptions:
     #: folds of the promotion gate (None: the gate's default)
     folds: int | None = None
     trusted: bool = False
+    #: after a promotion, re-score the stored records with the new version (the queue ranks by it)
+    rescore: bool = True
 
 
 @dataclass
@@ -257,7 +261,23 @@ class LearnLoop:
                 outcome = {"candidate": candidate.version, "promoted": bool(report.get("promote"))}
                 self._decision(version, candidate.version, report, counts, fresh, time.monotonic() - started)
             self._save_state(shown, newest, version, outcome)
+            if outcome.get("promoted") and opts.rescore:
+                self._rescore(store, candidate)
             return True
+
+    def _rescore(self, store: LabelStore, model: Model) -> None:
+        """Re-score the stored records an earlier version scored, so the review queue ranks by the version that
+        now serves (batch by batch: a stop leaves the rest for the next promotion or `serve --bundle`)."""
+        done = 0
+        try:
+            for ids, frame in store.stale_records(model.version):
+                if self._stopping:
+                    break
+                done += store.add_records(model.for_review(model.score(frame), ids=ids), source="rescore")
+        except Exception as exc:  # the queue keeps the old scores: not a reason to stop learning
+            self.say(f"learn: re-scoring the stored records stopped after {done:,}: {_first_line(exc)}")
+            return
+        self.say(f"learn: {done:,} stored records re-scored with version {model.version} (the queue ranks by it)")
 
     def _decision(
         self, version: str, candidate: str, report: dict[str, Any], counts: str, fresh: int, seconds: float
