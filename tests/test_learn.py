@@ -22,7 +22,7 @@ import pytest
 
 from segscope import registry as reg
 from segscope.config import SegscopeConfig
-from segscope.labels import LabelStore
+from segscope.labels import LabelStore, hide_password
 from segscope.labels.parse import LabelIn
 from segscope.metrics import evaluate_scores
 from segscope.model import Model
@@ -139,11 +139,17 @@ def test_one_fine_tune_at_a_time_and_a_stop_writes_nothing(
         worker.start()
         wait_until(lambda: any("another learner" in line for line in lines), timeout=30)
         time.sleep(0.5)
-        loop.stop()
-        worker.join(timeout=30)
+        with LabelStore.open(store) as opened:  # ... on every label there is: it says so when it is done
+            newest = opened.labels_after(0)[1]
+        (path / STATE).write_text(json.dumps({"store": hide_password(str(store)), "label_id": newest}))
+    time.sleep(1)  # the lock is free: this learner looks again, and finds nothing new to fine-tune on
+    loop.stop()
+    worker.join(timeout=30)
     assert not worker.is_alive()
     assert sum("another learner" in line for line in lines) == 1  # said once, not at every look
-    assert loop.stats.finetunes == 0 and f"pid {os.getpid()}" in lines[-1]
+    assert f"pid {os.getpid()}" in lines[-1]  # and nothing after it: no second fine-tune on the same labels
+    assert loop.stats.finetunes == loop.stats.failed == 0
+    (path / STATE).unlink()
 
     lines.clear()  # stopped while fine-tuning: abandoned at its next step, nothing written
 

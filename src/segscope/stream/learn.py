@@ -188,11 +188,11 @@ class LearnLoop:
                 if fresh != before:
                     last_change, before = time.monotonic(), fresh
                 if fresh >= opts.min_labels:
-                    done = self._turn(store, shown, fresh, newest)
+                    done = self._turn(store, shown, seen)
                     if done is None:  # stopped mid-way
                         break
-                    if done:
-                        seen, before, last_change = newest, 0, time.monotonic()
+                    if done != seen:
+                        seen, before, last_change = done, 0, time.monotonic()
                 elif opts.idle_exit is not None and time.monotonic() - last_change > opts.idle_exit:
                     self.say(f"learn: no new label for {opts.idle_exit:g} s; exiting")
                     break
@@ -206,24 +206,31 @@ class LearnLoop:
             self.say(line)
         self._said[kind] = line
 
-    def _turn(self, store: LabelStore, shown: str, fresh: int, newest: int) -> bool | None:
-        """One fine-tune and its decision. False: another learner holds the registry (try again later); None:
-        stopped mid-way (nothing written)."""
+    def _turn(self, store: LabelStore, shown: str, seen: int) -> int | None:
+        """One fine-tune and its decision; returns the newest label id it saw (``seen`` when it did not run:
+        another learner holds the registry, the store went away), None when stopped mid-way (nothing written)."""
         opts, path = self.options, self.options.registry
         with _learning_lock(path) as held:
             if held is not None:
                 other = f"learn: another learner (pid {held}) is fine-tuning registry {path}; waiting for it"
                 self._once("lock", other)
-                return False
+                return seen
             try:
+                fresh, newest = store.labels_after(seen)
+                other_seen = self._load_state(shown)  # another learner may have fine-tuned on these labels meanwhile
+                if seen < other_seen <= newest:
+                    seen = other_seen
+                    fresh, _ = store.labels_after(seen)
+                    if fresh < opts.min_labels:
+                        return seen
                 current = store.labels()
                 version = registry.current_version(path)
             except BundleError as exc:
                 self._once("registry", f"learn: {exc}; waiting")
-                return False
+                return seen
             except Exception as exc:  # the store went away between two looks
                 self._once("store", f"learn: cannot read label store {shown} ({_first_line(exc)}); trying again")
-                return False
+                return seen
             self._said.clear()
             anomalies = int((current["label"] == "anomaly").sum())
             counts = f"{current.height:,} labels ({anomalies:,} anomalies, {current.height - anomalies:,} normal)"
@@ -263,7 +270,7 @@ class LearnLoop:
             self._save_state(shown, newest, version, outcome)
             if outcome.get("promoted") and opts.rescore:
                 self._rescore(store, candidate)
-            return True
+            return newest
 
     def _rescore(self, store: LabelStore, model: Model) -> None:
         """Re-score the stored records an earlier version scored, so the review queue ranks by the version that
