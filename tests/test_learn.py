@@ -164,6 +164,20 @@ def test_one_fine_tune_at_a_time_and_a_stop_writes_nothing(
     assert reg.list_versions(path) == [model.version] and not (path / STATE).exists()
 
 
+def test_labels_after_counts_every_decision(store_url: str, fitted: tuple[Model, pl.DataFrame, Path]) -> None:
+    model, later, _ = fitted
+    with LabelStore.open(store_url) as store:
+        store.add_records(model.for_review(model.score(later.head(20).drop("is_fraud"))), source="test")
+        assert store.labels_after(0) == (0, 0)
+        ids = later["txn_id"].head(3).to_list()
+        store.add_labels([LabelIn(i, "normal", "bob") for i in ids], source="api")
+        after, newest = store.labels_after(0)
+        assert after == 3 and store.labels_after(newest) == (0, newest)
+        store.add_labels([LabelIn(ids[0], "anomaly", "bob"), LabelIn(ids[1], "normal", "bob")], source="page")
+        after, latest = store.labels_after(newest)
+        assert after == 1 and latest > newest  # a changed label counts; the same label again is not stored
+
+
 def test_bad_input_is_one_line(run_cli, bundle: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     copy = tmp_path / "plain"
     Model.load(bundle).save(copy)
