@@ -38,6 +38,7 @@ from segscope.model import Model
 from segscope.schema import SCORED_COLUMNS, ColumnSpec
 from segscope.sinks.files import FileSink, open_sink
 from segscope.sources.files import FileSource, check_unique_ids, count_rows, parse_dates, read_file, sample_rows
+from segscope.supervised.promotion import GATE_FOLDS
 from segscope.tuning import finetune
 
 __all__ = [
@@ -362,7 +363,7 @@ def finetune_file(
     labels_source: str | None = None,
     learner: str = "xgboost",
     out: str | Path | None = None,
-    holdout: float = 0.3,
+    folds: int = GATE_FOLDS,
     metric: str = "aucpr",
     trusted: bool = False,
     on_step: Callable[[str], None] | None = None,
@@ -398,7 +399,7 @@ def finetune_file(
         history,
         labels,
         learner=learner,
-        holdout=holdout,
+        folds=folds,
         metric=metric,
         labels_source=source,
         on_step=on_step,

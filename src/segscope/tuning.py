@@ -1,7 +1,7 @@
-"""Fine-tuning a model version on analyst labels: join the labels to the history, split off held-out records,
-train the supervised layer on the rest (continued from the current learner when it can be), refit the alert
-policy on the supervised score, and judge the candidate against the current version
-(:mod:`segscope.supervised.promotion`). Writing and promoting the candidate is the caller's job
+"""Fine-tuning a model version on analyst labels: join the labels to the history, judge the fine-tuning on every
+label out of fold against the current version (:mod:`segscope.supervised.promotion`: time-ordered when the
+records have an event time), train the candidate on all records (continued from the current learner when it can
+be) and refit the alert policy on its score. Writing and promoting the candidate is the caller's job
 (:func:`segscope.pipeline.finetune_file`)."""
 
 from __future__ import annotations
@@ -18,19 +18,24 @@ import polars as pl
 from segscope.exceptions import DataError, SchemaError
 from segscope.features.prepare import check_unique_ids
 from segscope.model import Model
+from segscope.supervised.base import FineTuned
 from segscope.supervised.learners import make_finetuned
-from segscope.supervised.promotion import compare, split_holdout, training_rows
+from segscope.supervised.promotion import GATE_FOLDS, compare, gate_folds
 from segscope.unsupervised.threshold import make_policy
 
 __all__ = ["finetune", "time_column"]
 
 
 def time_column(model: Model, frame: pl.DataFrame) -> str | None:
-    """The column that orders records in time: the alert policy's, else the first datetime feature column."""
-    policy_column = model.config.policy.time_column
-    if policy_column and policy_column in frame.columns:
-        return policy_column
-    return next((c.name for c in model.preparer_.schema_.columns if c.kind == "datetime"), None)
+    """The column that orders records in time: the alert policy's, else an entity's event time, else the first
+    datetime feature column."""
+    named = [model.config.policy.time_column, *(spec.time for spec in model.config.entities)]
+    for column in named:
+        if column and column in frame.columns:
+            return column
+    return next(
+        (c.name for c in model.preparer_.schema_.columns if c.kind == "datetime" and c.name in frame.columns), None
+    )
 
 
 def _join_labels(current: Model, history: pl.DataFrame, labels: pl.DataFrame, source: str) -> pl.Series:
@@ -60,7 +65,7 @@ def finetune(
     labels: pl.DataFrame,
     *,
     learner: str = "xgboost",
-    holdout: float = 0.3,
+    folds: int = GATE_FOLDS,
     metric: str = "aucpr",
     labels_source: str = "labels",
     on_step: Callable[[str], None] | None = None,
@@ -70,24 +75,28 @@ def finetune(
 
     ``history`` holds the labelled records (joined by the bundle's id column) and unlabelled ones; ``labels`` is
     a :data:`~segscope.labels.parse.LABEL_SCHEMA` frame. Returns (candidate, report); ``report["promote"]`` says
-    whether the candidate beat the current version on held-out records.
+    whether fine-tuning beat the current version out of fold on the labelled records.
     """
     step = on_step or (lambda _: None)
     current._check_fitted()
-    if not 0.05 <= holdout <= 0.9:
-        raise DataError(f"--holdout must be between 0.05 and 0.9; got {holdout}")
     label = _join_labels(current, history, labels, labels_source)
-    y = (label == 1).fill_null(False).to_numpy().astype(np.int64)
-    labelled = label.is_not_null().to_numpy()
-    column = time_column(current, history)
-    times = history.get_column(column).to_physical().fill_null(0).to_numpy() if column is not None else None
     rng = np.random.default_rng(current.config.seed)
-    split = split_holdout(history.height, holdout, times=times, column=column, rng=rng)
+    # every labelled record, and at most max_fit_rows unlabelled ones as the background
+    known = label.is_not_null().to_numpy()
+    unlabelled = np.flatnonzero(~known)
     cap = current.config.max_fit_rows
-    fit_rows = training_rows(split, y, labelled, cap=cap, rng=rng)
-    step(f"preparing {fit_rows.size:,} training records ({int(y[fit_rows].sum())} labelled anomalies)")
+    if unlabelled.size > cap:
+        unlabelled = rng.choice(unlabelled, size=cap, replace=False)
+    rows = np.sort(np.concatenate([np.flatnonzero(known), unlabelled]))
+    frame = history[rows]
+    y = (label.gather(rows) == 1).fill_null(False).to_numpy().astype(np.int64)
+    labelled = known[rows]
+    column = time_column(current, frame)
+    times = frame.get_column(column).to_physical().cast(pl.Float64).fill_null(-np.inf).to_numpy() if column else None
+    gate = gate_folds(y, times=times, column=column, folds=folds, rng=rng)
+    step(f"preparing {rows.size:,} records ({int(y.sum())} labelled anomalies)")
     with_segments = current.learner_sees_segments()
-    x_fit, layout, _ = current.supervision_matrix(history[fit_rows], with_segments=with_segments)
+    x, layout, _ = current.supervision_matrix(frame, with_segments=with_segments)
     init = None
     previous = current.supervised_
     same_inputs = (
@@ -98,17 +107,28 @@ def finetune(
     )
     if previous is not None and previous.learner.name == learner and same_inputs:
         init = previous.learner.artifact()[1]  # continue from the previous booster
-    step(f"fine-tuning the {learner} learner" + (" (continued from the current version)" if init else ""))
-    tuned = make_finetuned(learner, n_features=current.n_features, seed=current.config.seed, progress=on_progress)
-    tuned.fit(x_fit, y[fit_rows], labelled[fit_rows], layout, init=init)
+
+    def fit(part: np.ndarray, progress: Callable[[str, int, int], None] | None = None) -> FineTuned:
+        tuned = make_finetuned(learner, n_features=current.n_features, seed=current.config.seed, progress=progress)
+        return tuned.fit(x[part], y[part], labelled[part], layout, init=init)
+
+    oof = np.full(rows.size, np.nan)
+    for k in range(gate.n_folds):
+        taught, held = gate.training(k), np.flatnonzero(gate.fold == k)
+        if held.size and y[taught].any():
+            step(f"gate {k + 1}/{gate.n_folds}: fine-tuning on {taught.size:,} records, predicting {held.size:,}")
+            oof[held] = fit(taught).predict_proba(x[held])
+    judged = np.flatnonzero(~np.isnan(oof))
+    continued = " (continued from the current version)" if init else ""
+    step(f"fine-tuning the {learner} learner on every record{continued}")
+    tuned = fit(np.arange(rows.size), on_progress)
 
     step("calibrating the alert policy on the supervised score")
     candidate = copy.copy(current)
     candidate.supervised_ = tuned
     candidate.supervised_segment_features_ = with_segments
-    reference_rows = fit_rows if fit_rows.size <= cap else np.sort(rng.choice(fit_rows, size=cap, replace=False))
-    reference = tuned.predict_proba(x_fit[np.searchsorted(fit_rows, reference_rows)])
-    candidate.policy_ = make_policy(current.config.policy).fit(reference, history[reference_rows])
+    reference = np.sort(rng.choice(rows.size, size=cap, replace=False)) if rows.size > cap else np.arange(rows.size)
+    candidate.policy_ = make_policy(current.config.policy).fit(tuned.predict_proba(x[reference]), frame[reference])
     created = datetime.now(UTC)
     label_digest = hashlib.sha256(labels.sort("id").write_csv().encode()).hexdigest()
     candidate.created_at_ = created.isoformat(timespec="seconds")
@@ -121,24 +141,22 @@ def finetune(
         "labels": int(labels.height),
         "anomalies": int((labels["label"] == 1).sum()),
         "normals": int((labels["label"] == 0).sum()),
-        "used_for_training": int(labelled[fit_rows].sum()),
+        "used_for_training": int(labelled.sum()),
     }
 
-    step("comparing with the current version on the held-out records")
-    held = history[split.held]
-    y_held = y[split.held]
+    step(f"comparing with the current version on {judged.size:,} records predicted out of fold")
     report: dict[str, Any] = {
         "metric": metric,
-        "split": split.kind,
-        "held_out_records": int(split.held.size),
-        "held_out_labelled_anomalies": int(y_held.sum()),
+        "split": gate.kind,
+        "held_out_records": int(judged.size),
+        "held_out_labelled_anomalies": int(y[judged].sum()),
         "supervised": tuned.describe(),
         "continued_from": current.version if init else None,
     }
-    if 0 < y_held.sum() < y_held.size:
-        scores = (current.score(held)["score"].to_numpy(), candidate.score(held)["score"].to_numpy())
+    if judged.size:
+        current_scores = current.score(frame[judged])["score"].to_numpy()
+        report.update(compare(y[judged], current_scores, oof[judged], metric))
     else:
-        scores = (np.empty(0), np.empty(0))
-    report.update(compare(y_held, *scores, metric))
+        report.update(promote=False, reason="no fold could be predicted (each needs a labelled anomaly before it)")
     candidate.promotion_ = report
     return candidate, report

@@ -27,6 +27,7 @@ from segscope.cli._app import (
     text_column,
 )
 from segscope.exceptions import BundleError
+from segscope.supervised.promotion import GATE_FOLDS
 
 
 @app.command()
@@ -54,7 +55,13 @@ def finetune(
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="Registry for the new version (default: the bundle, as a registry).")
     ] = None,
-    holdout: Annotated[float, typer.Option(help="Share of records held out to compare versions.")] = 0.3,
+    folds: Annotated[
+        int,
+        typer.Option(
+            help="Folds of the promotion gate: each labelled record is predicted by a candidate that did not see it "
+            "(blocks of time when the data has an event time).",
+        ),
+    ] = GATE_FOLDS,
     metric: Annotated[str, typer.Option(help="Promotion metric: aucpr or aucroc.")] = "aucpr",
     trust_bundle: TrustOpt = False,
 ) -> None:
@@ -98,7 +105,7 @@ def finetune(
             store=store,
             learner=learner,
             out=out_dir,
-            holdout=holdout,
+            folds=folds,
             metric=metric,
             trusted=trust_bundle,
             on_step=step,
@@ -118,7 +125,9 @@ def finetune(
         )
     )
     err.print(Text(f"  trained on {_training_data(report.get('training_data') or {})}"))
-    err.print(f"  held out: {report['split']}, {report['held_out_labelled_anomalies']} labelled anomalies")
+    err.print(
+        f"  gate: {report['split']}; {report['held_out_labelled_anomalies']} labelled anomalies predicted out of fold"
+    )
     if "candidate" in report:
         cur, new = report["current"], report["candidate"]
         err.print(f"  current   AUCPR {cur['aucpr']:.4f}  AUCROC {cur['aucroc']:.4f}")

@@ -174,9 +174,12 @@ class XGBoostLearner(StoresParams):
         return xgb.DMatrix(x, feature_types=types, enable_categorical=True, **labels)
 
     def alternatives(self) -> list[dict[str, Any]]:
-        """Parameters to compare out of fold when the labels allow, the first the default: stumps or depth 4
-        while the depth is not fixed."""
-        return [{"max_depth": 1}, {"max_depth": 4}] if self.max_depth is None else []
+        """Parameters to compare out of fold when the labels allow, the first the default, while the depth is not
+        fixed: stumps, depth 4, and XGBoost's own defaults (depth 6, 100 trees at rate 0.3: what a plain XGBoost
+        would fit, so that the choice is never below it where the labels show it)."""
+        if self.max_depth is not None:
+            return []
+        return [{"max_depth": 1}, {"max_depth": 4}, {"max_depth": 6, "n_estimators": 100, "learning_rate": 0.3}]
 
     def pretrain(self, x: np.ndarray) -> None:
         """Trees need no pre-training."""
