@@ -115,7 +115,7 @@ def test_fails_on_data_then_promotes_and_remembers_where_it_left_off(
     assert reg.current_version(path) == stats.promoted[0] != model.version
     promoted = [line for line in lines if "promoted version" in line]
     assert len(promoted) == 1 and "50 new" in promoted[0] and "80 labels (40 anomalies, 40 normal)" in promoted[0]
-    assert f"(was {model.version})" in promoted[0] and "gate AUCPR" in promoted[0]
+    assert f"(was {model.version})" in promoted[0] and "aucpr" in promoted[0].lower()
     assert "1,500 stored records re-scored with version" in lines[-2]  # the queue ranks by the new version
     with LabelStore.open(store) as opened:
         assert not list(opened.stale_records(stats.promoted[0]))

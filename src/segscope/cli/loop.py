@@ -388,13 +388,10 @@ def learn(
     store's records; the gate promotes or refuses (one line each) and a stream on the registry hot-swaps.
     SIGTERM exits 0 (a fine-tune in progress is abandoned before anything is written). A separate process, not a
     thread of `stream`: a fine-tune's CPU, memory or crash never touches the scoring."""
-    import logging
-
     from segscope import registry
     from segscope.pipeline import finetune_file
     from segscope.stream.learn import LearnLoop, LearnOptions
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     if init and not registry.is_registry(bundle) and bundle.is_dir():
         open_store(store).close()  # a store that is not there: refused before the bundle is changed
         registry.ensure_registry(bundle)

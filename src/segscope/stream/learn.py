@@ -293,8 +293,8 @@ class LearnLoop:
         figures = ""
         if isinstance(report.get("current"), dict) and isinstance(report.get("candidate"), dict):
             before, after = report["current"].get(metric), report["candidate"].get(metric)
-            if isinstance(before, float) and isinstance(after, float):
-                figures = f", gate {metric.upper()} {before:.3f} -> {after:.3f}"
+            if isinstance(before, float) and isinstance(after, float) and f"{after:.4f}" not in str(report["reason"]):
+                figures = f", gate {metric.upper()} {before:.3f} -> {after:.3f}"  # unless the reason says them
         tail = f"; {counts}, {fresh:,} new{figures}; {seconds:.0f} s"
         if report.get("promote"):
             self.stats.promoted.append(candidate)
