@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 SHARED_DATA ?= ../shared/data
 
-.PHONY: demo test lint bench install install-dev clean .deb-packages
+.PHONY: demo test test-fast lint docs bench install install-dev clean .deb-packages
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -17,9 +17,10 @@ $(VENV)/.installed: pyproject.toml | $(PY)
 	$(PIP) install -q -e '.[xgboost,store,report]'
 	touch $@
 
-# Tests need every learner: torch from PyPI is the CUDA build (a few GB), installed here and only here.
+# Tests need every learner: torch from PyPI is the CUDA build (a few GB), installed here and only here. The docs
+# extra (MkDocs) too: the tests build the docs site.
 $(VENV)/.installed-dev: pyproject.toml | $(PY)
-	$(PIP) install -q -e '.[dev,xgboost,torch,kafka,segments,report,web,store,spark]'
+	$(PIP) install -q -e '.[dev,docs,xgboost,torch,kafka,segments,report,web,store,spark]'
 	touch $@ $(VENV)/.installed
 
 # The Kafka broker's jars, resolved from Maven Central once (not committed).
@@ -54,8 +55,18 @@ lint: install-dev
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/mypy
 
+# Everything, CI's run (.ci/run): the services the tests start need the broker's jars and the Debian packages.
 test: lint $(KAFKA_LIB)/.resolved .deb-packages
 	$(VENV)/bin/pytest -q
+
+# The fast lane: no Kafka, Spark, PostgreSQL or Chromium needed, nor the slowest tests (markers set by
+# tests/conftest.py from the fixtures and helpers each test uses); a few minutes on 2 cores.
+test-fast: lint
+	$(VENV)/bin/pytest -q -m "not kafka and not spark and not postgres and not browser and not slow"
+
+# The docs site (docs/, mkdocs.yml) into site/; the tests build it too (tests/test_docs.py).
+docs: install-dev
+	$(VENV)/bin/mkdocs build --strict
 
 bench: $(VENV)/.installed-bench $(KAFKA_LIB)/.resolved
 	$(PY) benchmarks/adbench_unsupervised.py --data $(SHARED_DATA)
@@ -77,4 +88,4 @@ bench: $(VENV)/.installed-bench $(KAFKA_LIB)/.resolved
 	$(PY) benchmarks/segment_features.py --data $(SHARED_DATA)
 
 clean:
-	rm -rf $(VENV) segscope-demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) segscope-demo site .pytest_cache .mypy_cache .ruff_cache

@@ -1,9 +1,14 @@
 from __future__ import annotations
 
+import ast
+import functools
+import inspect
 import sys
-from collections.abc import Callable, Iterator
+import types
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -139,3 +144,129 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     with psycopg.connect(server.replace("postgresql://", "postgresql://", 1), autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")
     return server.rsplit("/", 1)[0] + "/" + name
+
+
+# ------------------------------------------------------------------------------------------------------ lanes
+# Markers are set here from what a test uses, never by hand, so that `make test-fast` (pytest -m "not kafka and not
+# spark and not postgres and not browser and not slow") needs none of the services: a test is `kafka` when it
+# uses a broker fixture or a tests/kafka_helpers function that talks to a broker, `spark` when it uses the
+# `spark` session fixture, tests/spark_helpers, segscope.spark or `--engine spark`, `postgres` when it uses
+# `postgres_url` (store_url's postgresql case), `browser` when it starts Chromium (tests/browser.py). Fixtures
+# count with everything they use in turn, and helper functions of the test's module with what they call.
+SERVICE_FIXTURES = {"kafka_broker": "kafka", "kafka_bootstrap": "kafka", "postgres_url": "postgres", "spark": "spark"}
+#: kafka_helpers functions that need no broker (a free port, record encoding, waiting, stopping a process)
+NO_BROKER = frozenset({"free_port", "records", "wait_until", "terminate"})
+#: The heaviest of the tests that need no service: every one at 10 s or more in `pytest --durations=40` over the
+#: 842 of them (seconds of its call on 2 cores shared with two other test runs, load average 6: 44 min in all, of
+#: which these took 40). A test id, or a parametrized case's full id. `make test` runs them; `make test-fast`
+#: leaves them out. tests/test_lanes.py checks that each still names a test.
+SLOW: dict[str, float] = {
+    "tests/test_torch_learner.py::test_torch_fine_tuning_improves_and_is_deterministic": 456,
+    "tests/test_security_bundles.py::test_concurrent_finetunes_promote_at_most_one": 300,
+    "tests/test_finetune.py::test_the_learner_sees_which_category": 113,
+    "tests/test_finetune.py::test_blend_is_chosen_out_of_fold_and_never_below_the_learner": 107,
+    "tests/test_finetune.py::test_a_few_positive_labels_promote_when_the_evidence_is_there": 102,
+    "tests/test_finetune.py::test_fine_tuning_improves_precision_on_new_data": 101,
+    "tests/test_pipeline.py::test_a_record_scores_the_same_alone": 100,
+    "tests/test_security_round2_cli.py::test_markup_in_data_names_paths_and_ids_is_printed_literally": 87,
+    "tests/test_cli.py::test_demo_runs": 84,
+    "tests/test_finetune.py::test_the_gate_refuses_a_model_trained_on_wrong_labels": 82,
+    "tests/test_finetune.py::test_few_anomalies_take_the_prior_blend": 81,
+    "tests/test_finetune.py::test_the_blend_is_compared_out_of_fold_only_from_prior_below_labelled_anomalies": 71,
+    "tests/test_finetune.py::test_fine_tuned_scores_are_batch_independent": 51,
+    "tests/test_security_model_files.py::test_an_expression_edited_into_a_bundle_reads_nothing": 50,
+    "tests/test_finetune.py::test_registry_promote_rollback_and_hot_path": 49,
+    "tests/test_finetune.py::test_high_cardinality_categories_are_target_encoded": 47,
+    "tests/test_finetune.py::test_cli_finetune_promote_rollback": 46,
+    "tests/test_segments.py::test_learner_sees_segment_membership_and_confidence": 43,
+    "tests/test_finetune.py::test_tree_depth_is_chosen_out_of_fold_only_when_labels_show_it": 51,
+    "tests/test_fuzz_bundles.py::test_mutated_bundles_score_or_are_refused_never_crash[finetuned-20000]": 37,
+    "tests/test_fuzz_bundles.py::test_mutated_bundles_score_or_are_refused_never_crash[detectors-0]": 14,
+    "tests/test_security_model_files.py::test_arrays_of_the_wrong_shape_are_refused": 35,
+    "tests/test_security_model_files.py::test_crafted_detector_arrays_are_refused_not_crashed_on": 80,
+    "tests/test_finetune.py::test_supervised_score_is_a_calibrated_probability": 30,
+    "tests/test_segments.py::test_boundaries_between_touching_groups_follow_the_features": 27,
+    "tests/test_store.py::test_eight_writers_lose_nothing": 24,
+    "tests/test_security_bundles.py::test_concurrent_promotions_keep_the_log_true": 21,
+    "tests/test_torch_learner.py::test_continued_training_starts_from_the_previous_weights": 20,
+    "tests/test_finetune.py::test_the_gate_is_time_ordered_on_an_entity_event_time": 19,
+    "tests/test_finetune.py::test_one_labelled_anomaly_never_makes_the_served_model_worse": 17,
+    "tests/test_segments.py::test_a_refit_matches_segments_through_the_previous_models_own_features": 16,
+    "tests/test_security_bundles.py::test_unreadable_bundle_is_a_one_line_error": 14,
+    "tests/test_torch_learner.py::test_torch_bundle_is_safetensors_and_round_trips": 14,
+    "tests/test_finetune_store.py::test_finetune_from_the_store_alone": 12,
+    "tests/test_finetune.py::test_proximity_is_not_decided_by_one_heavy_tailed_column": 11,
+    "tests/test_common.py::test_learner_conformance[torch-check_learner_learns_and_round_trips]": 11,
+}
+
+
+@functools.cache
+def _helper_marks() -> dict[str, tuple[str, frozenset[str]]]:
+    """{helper module: (marker, the names in it that need the service)}, read from the helpers' source (importing
+    them would import the clients)."""
+
+    def functions(name: str) -> frozenset[str]:
+        tree = ast.parse((Path(__file__).parent / f"{name}.py").read_text())
+        return frozenset(node.name for node in tree.body if isinstance(node, ast.FunctionDef))
+
+    return {
+        "tests.kafka_helpers": ("kafka", functions("kafka_helpers") - NO_BROKER),
+        "tests.spark_helpers": ("spark", functions("spark_helpers")),
+        "tests.postgres_helpers": ("postgres", functions("postgres_helpers")),
+        "tests.browser": ("browser", functions("browser")),
+    }
+
+
+def _unwrap(function: Any) -> Any:
+    inner = getattr(getattr(function, "hypothesis", None), "inner_test", None)  # @given wraps the test
+    return inspect.unwrap(inner if inner is not None else function)
+
+
+def marks_from_code(functions: Iterable[Any]) -> set[str]:
+    """The service markers that the code of ``functions`` needs: through the helpers it calls (imported at module
+    level or inside the function), functions of its own module it calls, segscope.spark, `--engine spark`."""
+    helpers = _helper_marks()
+    marks: set[str] = set()
+    stack = [(f.__code__, f.__globals__) for f in map(_unwrap, functions) if hasattr(f, "__code__")]
+    seen: set[types.CodeType] = set()
+    while stack:
+        code, space = stack.pop()
+        if code in seen:
+            continue
+        seen.add(code)
+        names = set(code.co_names)
+        consts = {c for c in code.co_consts if isinstance(c, str)}
+        if "segscope.spark" in names or {"--engine", "spark"} <= consts:
+            marks.add("spark")
+        for name in names:
+            value = space.get(name)
+            if inspect.isfunction(value):
+                module, marker_needs = value.__module__, helpers.get(value.__module__)
+                if marker_needs is not None and name in marker_needs[1]:
+                    marks.add(marker_needs[0])
+                elif module == space.get("__name__"):  # a helper of the test's own module
+                    stack.append((value.__code__, value.__globals__))
+        for module, (marker, needs) in helpers.items():  # `from tests.x import f` inside the function, `x.f(...)`
+            if (module in names or any(getattr(space.get(n), "__name__", None) == module for n in names)) and (
+                names & needs
+            ):
+                marks.add(marker)
+        stack += [(c, space) for c in code.co_consts if isinstance(c, types.CodeType)]
+    return marks
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if not isinstance(item, pytest.Function):
+            continue
+        marks = {SERVICE_FIXTURES[n] for n in item.fixturenames if n in SERVICE_FIXTURES}
+        params = getattr(item, "callspec", None)
+        if params is not None and params.params.get("store_url") == "postgresql":
+            marks.add("postgres")
+        definitions = item._fixtureinfo.name2fixturedefs.values()
+        fixtures = [d.func for defs in definitions for d in defs if not d.argname.startswith("_")]
+        marks |= marks_from_code([item.obj, *fixtures])
+        if item.nodeid.split("[")[0] in SLOW or item.nodeid in SLOW:
+            marks.add("slow")
+        for name in sorted(marks):
+            item.add_marker(name)

@@ -71,6 +71,7 @@ def test_pickled_components_need_trust(history: pl.DataFrame, new_records: pl.Da
     with pytest.raises(BundleError, match="trust-bundle"):
         Model.load(tmp_path / "b")
     trusted = Model.load(tmp_path / "b", trusted=True)
+    # same process, same CPU: exact
     assert trusted.score(new_records)["score"].equals(model.score(new_records)["score"])
 
 

@@ -123,7 +123,7 @@ def test_a_restored_checkpoint_continues_exactly(fitted, tmp_path: Path) -> None
     whole = model.score(live, state=model.new_state())
     offset = _written(model, live, tmp_path, full_every=3)  # full states and deltas
     restored = _restore(model, tmp_path, live[offset:], offset)
-    assert_frame_equal(restored, whole[offset:], check_exact=True)
+    assert_frame_equal(restored, whole[offset:], check_exact=True)  # same process, same CPU: exact
     stamp = json.loads((tmp_path / f"{TOPIC}-0" / "stamp.json").read_text())
     assert stamp["topic"] == TOPIC and stamp["group"] == GROUP and stamp["partition"] == 0
     assert stamp["entities"] == entity_config_hash(model.config.entities) and stamp["format"] == 1
