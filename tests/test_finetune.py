@@ -372,3 +372,15 @@ def test_the_gate_is_time_ordered_on_an_entity_event_time() -> None:
     _, report = finetune(model, history, labels)
     assert report["split"].startswith("time-ordered on 'event_s'")
     assert 0 < report["held_out_labelled_anomalies"] < 30  # the first block only teaches
+
+
+def test_event_times_order_records_whatever_their_type() -> None:
+    """Datetimes, epoch numbers, and text holding either order the gate's blocks; unreadable values come first."""
+    from segscope.tuning import _event_times
+
+    iso = _event_times(pl.Series(["2025-01-02 10:00:00", "2025-01-01 09:00:00", None]))
+    assert list(np.argsort(iso)) == [2, 1, 0]
+    digits = _event_times(pl.Series(["1700000100", "1700000000", "x"]))
+    assert list(np.argsort(digits)) == [2, 1, 0]
+    stamps = _event_times(pl.Series([3, 1, 2]).cast(pl.Datetime("ms")))
+    assert list(np.argsort(stamps)) == [1, 2, 0]

@@ -16,7 +16,7 @@ import numpy as np
 import polars as pl
 
 from segscope.exceptions import DataError, SchemaError
-from segscope.features.prepare import check_unique_ids
+from segscope.features.prepare import check_unique_ids, parse_datetimes
 from segscope.model import Model
 from segscope.supervised.base import FineTuned
 from segscope.supervised.learners import make_finetuned
@@ -36,6 +36,15 @@ def time_column(model: Model, frame: pl.DataFrame) -> str | None:
     return next(
         (c.name for c in model.preparer_.schema_.columns if c.kind == "datetime" and c.name in frame.columns), None
     )
+
+
+def _event_times(column: pl.Series) -> np.ndarray:
+    """Event times as numbers that order the records (datetimes, epoch numbers, or text holding either); a value
+    that does not read counts as earliest."""
+    if column.dtype == pl.String:
+        parsed = parse_datetimes(column)
+        column = parsed if parsed.null_count() < column.len() else column.cast(pl.Float64, strict=False)
+    return column.to_physical().cast(pl.Float64, strict=False).fill_null(-np.inf).to_numpy()
 
 
 def _join_labels(current: Model, history: pl.DataFrame, labels: pl.DataFrame, source: str) -> pl.Series:
@@ -92,7 +101,7 @@ def finetune(
     y = (label.gather(rows) == 1).fill_null(False).to_numpy().astype(np.int64)
     labelled = known[rows]
     column = time_column(current, frame)
-    times = frame.get_column(column).to_physical().cast(pl.Float64).fill_null(-np.inf).to_numpy() if column else None
+    times = _event_times(frame.get_column(column)) if column else None
     gate = gate_folds(y, times=times, column=column, folds=folds, rng=rng)
     step(f"preparing {rows.size:,} records ({int(y.sum())} labelled anomalies)")
     with_segments = current.learner_sees_segments()
