@@ -57,8 +57,9 @@ DEFAULT_DETECTORS: tuple[DetectorConfig, ...] = (
 )
 
 
-#: ``name(`` in an entity feature's ``of``: an expression rather than a column name, so it is checked in the config
-_CALL = re.compile(r"[A-Za-z_]\w*\s*\(")
+#: ``name(`` (no space) in an entity feature's ``of``: an expression rather than a column name, so it is checked
+#: when the config loads; a column such as ``temp (C)`` is left to be found in the input
+_CALL = re.compile(r"[A-Za-z_]\w*\(")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d|w)$")
 _SECONDS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 
