@@ -27,8 +27,9 @@ from segscope.bundle import manifest_digest
 _VALUES = [0, -1, 1, 2, 7, -(2**31), 2**31 - 1, 2**40, 1e9, -1e9, 1e300, float("nan"), float("inf"), -float("inf")]
 
 
-def _rehash(bundle: Path) -> None:
-    manifest = json.loads((bundle / "manifest.json").read_text())
+def rehash(bundle: Path, manifest: dict[str, Any] | None = None) -> None:
+    """What an attacker does after editing: every checksum recomputed, the manifest's own included."""
+    manifest = manifest if manifest is not None else json.loads((bundle / "manifest.json").read_text())
     for rel in manifest.get("files", {}):
         if (bundle / rel).is_file():
             manifest["files"][rel] = hashlib.sha256((bundle / rel).read_bytes()).hexdigest()
@@ -128,7 +129,7 @@ def run_case(source: Path, data: pl.DataFrame, seed: int, work: Path) -> dict[st
         change = _mutate_json(target, rng)
     else:
         change = _mutate_bytes(target, rng)
-    _rehash(bundle)
+    rehash(bundle)
     case = {"seed": str(seed), "file": rel, "change": change}
     print(json.dumps({**case, "status": "running"}), flush=True)
     try:

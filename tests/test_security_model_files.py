@@ -4,7 +4,6 @@ manifest edited without its checksum. Every case is one line and exit 2, never a
 
 from __future__ import annotations
 
-import hashlib
 import http.server
 import json
 import subprocess
@@ -21,23 +20,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from segscope import BundleError, Model
-from segscope.bundle import manifest_digest
 from segscope.config import SegscopeConfig, load_config
 from segscope.exceptions import ConfigError, DataError
 from segscope.expressions import FUNCTIONS, compile_expression, expression_columns
 from segscope.supervised.xgb import XGBoostLearner, check_booster_json
+from tests.fuzz_bundle import rehash as _rehash
 
 ROOT = Path(__file__).resolve().parents[1]
 SEGSCOPE = [sys.executable, "-m", "segscope.cli"]
-
-
-def _rehash(bundle: Path, manifest: dict | None = None) -> None:
-    """What an attacker does after editing: every checksum recomputed, the manifest's own included."""
-    manifest = manifest if manifest is not None else json.loads((bundle / "manifest.json").read_text())
-    for rel in manifest["files"]:
-        manifest["files"][rel] = hashlib.sha256((bundle / rel).read_bytes()).hexdigest()
-    manifest["manifest_sha256"] = manifest_digest(manifest)
-    (bundle / "manifest.json").write_text(json.dumps(manifest))
 
 
 def _edit_npz(bundle: Path, part: str, edit: Callable[[dict[str, np.ndarray]], None]) -> None:
