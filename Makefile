@@ -29,6 +29,14 @@ $(KAFKA_LIB)/.resolved: connectors/kafka/pom.xml
 	mvn -B -q -f connectors/kafka/pom.xml dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory=$(CURDIR)/$(KAFKA_LIB)
 	touch $@
 
+# A schema registry with Confluent's API (Apicurio Registry, a Java application from Maven Central), resolved once
+# (not committed): the Avro and Protobuf stream tests start one.
+REGISTRY_APP := .schema-registry/.resolved
+$(REGISTRY_APP): connectors/schema-registry/pom.xml
+	rm -rf .schema-registry/apicurio-*
+	SEGSCOPE_REGISTRY_DIR=$(CURDIR)/.schema-registry connectors/schema-registry/registry resolve
+	touch $@
+
 # Debian packages the tests use: Chromium (report and analyst-page browser tests), a PostgreSQL server (label
 # store tests run against a real server) and kcat (librdkafka's command-line client: tests produce with it). Installed only when missing; root or sudo needed once.
 DEB_PACKAGES := chromium chromium-driver postgresql kcat
@@ -56,7 +64,7 @@ lint: install-dev
 	$(VENV)/bin/mypy
 
 # Everything, CI's run (.ci/run): the services the tests start need the broker's jars and the Debian packages.
-test: lint $(KAFKA_LIB)/.resolved .deb-packages
+test: lint $(KAFKA_LIB)/.resolved $(REGISTRY_APP) .deb-packages
 	$(VENV)/bin/pytest -q
 
 # The fast lane: no Kafka, Spark, PostgreSQL or Chromium needed, nor the slowest tests (markers set by
@@ -68,7 +76,7 @@ test-fast: lint
 docs: install-dev
 	$(VENV)/bin/mkdocs build --strict
 
-bench: $(VENV)/.installed-bench $(KAFKA_LIB)/.resolved
+bench: $(VENV)/.installed-bench $(KAFKA_LIB)/.resolved $(REGISTRY_APP)
 	$(PY) benchmarks/adbench_unsupervised.py --data $(SHARED_DATA)
 	$(PY) benchmarks/adbench_label_informed.py --data $(SHARED_DATA) --learners xgboost,torch
 	$(PY) benchmarks/finetune_speed.py

@@ -6,7 +6,7 @@ import inspect
 import sys
 import types
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +114,49 @@ def kafka_bootstrap(kafka_broker: tuple[str, Path]) -> str:
     return kafka_broker[0]
 
 
+@dataclass(frozen=True)
+class Registry:
+    """A schema registry the tests started: its URL, and the basic auth it requires (a password in a file)."""
+
+    url: str
+    user: str
+    password_file: Path
+    data: Path
+    clients: list[Any] = field(default_factory=list)  # closed when the session ends
+
+    @property
+    def auth(self) -> str:
+        return f"{self.user}:{self.password_file.read_text().strip()}"
+
+    def client(self) -> Any:
+        """confluent-kafka's client of it: what a producer outside segscope uses."""
+        from confluent_kafka.schema_registry import SchemaRegistryClient
+
+        client = SchemaRegistryClient({"url": self.url, "basic.auth.user.info": self.auth})
+        self.clients.append(client)
+        return client
+
+
+@pytest.fixture(scope="session")
+def schema_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """A real schema registry for the session (Apicurio Registry from Maven Central, by
+    connectors/schema-registry/registry), requiring basic auth, as a platform's would."""
+    from tests.kafka_helpers import free_port
+    from tests.kafka_helpers import schema_registry as registry
+
+    data = tmp_path_factory.mktemp("registry")
+    secret = data / "password"
+    secret.write_text("s3cret-registry-pw\n")
+    url = registry("start", data, free_port(), "--user", "scorer", "--password-file", str(secret))
+    found = Registry(url, "scorer", secret, data)
+    try:
+        yield found
+    finally:
+        for client in found.clients:
+            client.close()
+        registry("stop", data)
+
+
 @pytest.fixture(scope="session")
 def stream_bundle(tmp_path_factory: pytest.TempPathFactory, history: pl.DataFrame, config: SegscopeConfig) -> Path:
     path = tmp_path_factory.mktemp("stream") / "bundle"
@@ -153,7 +196,13 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 # `spark` session fixture, tests/spark_helpers, segscope.spark or `--engine spark`, `postgres` when it uses
 # `postgres_url` (store_url's postgresql case), `browser` when it starts Chromium (tests/browser.py). Fixtures
 # count with everything they use in turn, and helper functions of the test's module with what they call.
-SERVICE_FIXTURES = {"kafka_broker": "kafka", "kafka_bootstrap": "kafka", "postgres_url": "postgres", "spark": "spark"}
+SERVICE_FIXTURES = {
+    "kafka_broker": "kafka",
+    "kafka_bootstrap": "kafka",
+    "schema_registry": "kafka",  # a Java service started like the broker, used with it
+    "postgres_url": "postgres",
+    "spark": "spark",
+}
 #: kafka_helpers functions that need no broker (a free port, record encoding, waiting, stopping a process)
 NO_BROKER = frozenset({"free_port", "records", "wait_until", "terminate"})
 #: The heaviest of the tests that need no service: every one at 10 s or more in `pytest --durations=40` over the

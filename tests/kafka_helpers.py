@@ -232,3 +232,16 @@ def terminate(proc: subprocess.Popen[str], sig: int = signal.SIGTERM, timeout: f
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=timeout)
     return proc.returncode, err
+
+
+REGISTRY = ROOT / "connectors" / "schema-registry" / "registry"
+
+
+def schema_registry(action: str, data: Path, port: int | None = None, *auth: str) -> str:
+    """Start or stop a real schema registry (Apicurio Registry, Confluent's API) by connectors/schema-registry;
+    ``auth``: ``--user NAME --password-file FILE``. Returns its URL on start."""
+    args = [str(REGISTRY), action, "--data", str(data), *(["--port", str(port)] if port else []), *auth]
+    out = subprocess.run(args, capture_output=True, text=True, check=False, timeout=300)
+    if out.returncode != 0:
+        raise RuntimeError(f"schema-registry/registry {action} failed ({out.returncode}): {out.stderr[-3000:]}")
+    return out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""

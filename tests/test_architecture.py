@@ -14,7 +14,7 @@ LAYERS: list[set[str]] = [
     {"_typing", "exceptions", "packs"},
     {"expressions"},
     {"_params", "_deps", "_io", "_arrays", "config", "schema", "metrics"},
-    {"_kafka"},
+    {"_kafka", "_wire"},
     {"bundle"},
     {"registry"},
     {"sources"},

@@ -30,3 +30,9 @@ FeatureKind = Literal["numeric", "categorical", "boolean", "datetime"]
 
 #: File formats segscope reads and writes, chosen by extension.
 FileFormat = Literal["parquet", "csv", "ndjson"]
+
+#: How a Kafka topic's messages are written: JSON objects, or Avro / Protobuf in a schema registry's wire format.
+MessageFormat = Literal["json", "avro", "protobuf"]
+
+#: How `segscope stream` writes scored records: JSON objects, or Avro (the input's schema plus the scored fields).
+OutputFormat = Literal["json", "avro"]

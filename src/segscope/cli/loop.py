@@ -246,11 +246,38 @@ def stream(
             "SIGKILL or rebalance resumes from it. Shared by the group's processes.",
         ),
     ] = None,
+    message_format: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help="How --in-topic's messages are written: json (default), avro or protobuf (the schema registry's "
+            "wire format: give --schema-registry).",
+        ),
+    ] = None,
+    out_format: Annotated[
+        str | None,
+        typer.Option(
+            "--out-format",
+            help="Scored records as json (default) or avro (Avro input: its schema plus the scored fields, "
+            "registered under <out-topic>-value).",
+        ),
+    ] = None,
+    schema_registry: Annotated[
+        str | None, typer.Option("--schema-registry", help="Schema registry URL (Confluent's REST API).")
+    ] = None,
+    schema_registry_auth: Annotated[
+        str | None,
+        typer.Option(
+            "--schema-registry-auth",
+            help="The registry's basic auth, user:password, read from env:NAME or file:PATH (never the secret).",
+        ),
+    ] = None,
     trust_bundle: TrustOpt = False,
 ) -> None:
     """Score a Kafka topic continuously (at-least-once, or --exactly-once; SIGTERM drains, commits and exits 0)."""
     import logging
 
+    from segscope._wire import wire_settings
     from segscope.stream import StreamOptions, run_stream
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -284,6 +311,9 @@ def stream(
         client=client,  # type: ignore[arg-type]
         compression=compression,
         state_dir=state_dir,
+        wire=wire_settings(
+            fmt=message_format, output=out_format, url=schema_registry, auth=schema_registry_auth, section=None
+        ),
     )
     stats = run_stream(options, on_stats=lambda line: err.print(Text(line), highlight=False))
     err.print(

@@ -28,6 +28,7 @@ import hashlib
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,6 +127,7 @@ class KafkaSink:
         client: Client = "confluent",
         transactional_id: str | None = None,
         max_in_flight: int = 4,
+        encoder: Callable[[pl.DataFrame, Batch | None], list[bytes]] | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
@@ -137,6 +139,8 @@ class KafkaSink:
         self.client = client
         self.transactional_id = transactional_id
         self.max_in_flight = max_in_flight
+        #: one output value per scored row (default :func:`encode`; Avro/Protobuf input: sinks/wire.py)
+        self.encoder = encoder or encode
 
     def open(self) -> None:
         self.producer_ = make_producer(
@@ -164,7 +168,7 @@ class KafkaSink:
     def write(self, scored: pl.DataFrame, batch: Batch | None = None) -> None:
         """Produce one output per scored row (and the alerts), without waiting for the broker."""
         ticket = self._ticket(batch)
-        values = ticket.values = encode(scored, batch)
+        values = ticket.values = self.encoder(scored, batch)
         keys = batch.keys if batch is not None and batch.keys is not None else [None] * len(values)
         headers = batch.headers if batch is not None and batch.headers is not None else [()] * len(values)
         produce, callback, topic = self.producer_.produce, ticket.callback, self.topic

@@ -24,6 +24,7 @@ import polars as pl
 from segscope._kafka import TP, Client, Polled, log_commit_failure, make_consumer
 from segscope.schema import SCORED_COLUMNS, ColumnSpec, FeatureSchema
 from segscope.sources.base import Batch, DeadLetter
+from segscope.sources.wire import WireDecoder
 
 __all__ = ["KafkaSource", "TopicReader", "decode"]
 
@@ -101,12 +102,13 @@ def _why_not_json(raw: bytes, exc: Exception) -> str:
     return f"invalid JSON: {str(exc)[:120]}"
 
 
-def decode(polled: Polled, schema: FeatureSchema, *, max_bytes: int) -> Batch:
-    """The batch of rows (the bundle's input columns, fit-time types) and dead letters of one poll."""
+def decode(polled: Polled, schema: FeatureSchema, *, max_bytes: int, wire: WireDecoder | None = None) -> Batch:
+    """The batch of rows (the bundle's input columns, fit-time types) and dead letters of one poll; messages are
+    JSON objects, or Avro / Protobuf records in the registry's wire format that ``wire`` decodes."""
     values = polled.values
     errors: list[str | None] = [None] * len(values)
     parsed: list[Any] = [None] * len(values)
-    loads = orjson.loads
+    loads, why = (orjson.loads, _why_not_json) if wire is None else (wire.loads, wire.why)
     for i, raw in enumerate(values):
         if raw is None:
             errors[i] = "tombstone: the message has no value (null), so there is no record to score"
@@ -115,8 +117,8 @@ def decode(polled: Polled, schema: FeatureSchema, *, max_bytes: int) -> Batch:
         else:
             try:
                 record = loads(raw)
-            except orjson.JSONDecodeError as exc:
-                errors[i] = _why_not_json(raw, exc)
+            except ValueError as exc:  # orjson.JSONDecodeError, or WireError: what is wrong with this message
+                errors[i] = why(raw, exc)
                 continue
             if type(record) is dict:
                 parsed[i] = record
@@ -175,11 +177,13 @@ class KafkaSource:
         poll_timeout_ms: int = 100,
         read_committed: bool = True,
         client: Client = "confluent",
+        wire: WireDecoder | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
         self.group = group
         self.schema = schema
+        self.wire = wire
         self.batch_size = batch_size
         self.max_message_bytes = max_message_bytes
         self.poll_timeout_ms = poll_timeout_ms
@@ -201,7 +205,7 @@ class KafkaSource:
         polled = self.consumer_.poll(self.batch_size, timeout)
         if polled is None:
             return None
-        return decode(polled, self.schema, max_bytes=self.max_message_bytes)
+        return decode(polled, self.schema, max_bytes=self.max_message_bytes, wire=self.wire)
 
     def iter_batches(self) -> Iterator[Batch]:
         while True:
@@ -275,6 +279,8 @@ class KafkaSource:
     def close(self) -> None:
         if hasattr(self, "consumer_"):
             self.consumer_.close()
+        if self.wire is not None:
+            self.wire.registry.close()
 
 
 class TopicReader:

@@ -23,10 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from segscope._kafka import TP, Client
+from segscope._wire import WireSettings
 from segscope.exceptions import SinkError
 from segscope.labels.queue import candidate_rows
 from segscope.labels.store import LabelStore
 from segscope.sinks.kafka import KafkaSink
+from segscope.sinks.wire import codecs
 from segscope.sources.base import Batch
 from segscope.sources.kafka import KafkaSource, TopicReader
 from segscope.stream.checkpoint import EntityCheckpoints, Stamp
@@ -67,6 +69,8 @@ class StreamOptions:
     compression: str = "lz4"
     #: per-entity state checkpoints, with the offsets they belong to (bundles with ``entities:``)
     state_dir: Path | None = None
+    #: Avro or Protobuf messages with a schema registry (and Avro output); JSON by default
+    wire: WireSettings = field(default_factory=WireSettings)
 
     @property
     def dead_letter_topic(self) -> str:
@@ -128,6 +132,7 @@ def run_stream(options: StreamOptions, *, on_stats: Callable[[str], None] | None
     store = LabelStore.open(options.store) if options.store is not None else None
     metrics = Metrics(options.metrics_port)
     stats = StreamStats(model_versions=[watcher.model.version])
+    decoder, encoder = codecs(options.wire, [t for t in (options.out_topic, options.alerts_topic) if t])
     source = KafkaSource(
         bootstrap=options.bootstrap,
         topic=options.in_topic,
@@ -138,6 +143,7 @@ def run_stream(options: StreamOptions, *, on_stats: Callable[[str], None] | None
         poll_timeout_ms=options.poll_timeout_ms,
         read_committed=options.read_committed,
         client=options.client,
+        wire=decoder,
     )
     sink = KafkaSink(
         bootstrap=options.bootstrap,
@@ -150,6 +156,7 @@ def run_stream(options: StreamOptions, *, on_stats: Callable[[str], None] | None
         transactional_id=(options.transactional_id or transactional_id(options.group, options.in_topic))
         if eos
         else None,
+        encoder=encoder,
     )
     labels = None
     if options.labels_topic is not None:
