@@ -158,6 +158,21 @@ def schema_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Regist
 
 
 @pytest.fixture(scope="session")
+def kafka_secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A second broker with TLS and SASL listeners (tests/kafka_helpers.start_secure_broker), certificates made
+    for it: its addresses by listener name, the certificates' folder ("certs") and its data folder ("data")."""
+    from tests.kafka_helpers import broker, make_certificates, start_secure_broker
+
+    root = tmp_path_factory.mktemp("kafka-secure")
+    certs = make_certificates(root / "certs")
+    data = root / "data"
+    try:
+        yield {**start_secure_broker(data, certs), "certs": certs, "data": data}
+    finally:
+        broker("stop", data)
+
+
+@pytest.fixture(scope="session")
 def stream_bundle(tmp_path_factory: pytest.TempPathFactory, history: pl.DataFrame, config: SegscopeConfig) -> Path:
     path = tmp_path_factory.mktemp("stream") / "bundle"
     Model(config).fit(history).save(path)
@@ -200,11 +215,14 @@ SERVICE_FIXTURES = {
     "kafka_broker": "kafka",
     "kafka_bootstrap": "kafka",
     "schema_registry": "kafka",  # a Java service started like the broker, used with it
+    "kafka_secure": "kafka",
     "postgres_url": "postgres",
     "spark": "spark",
 }
 #: kafka_helpers functions that need no broker (a free port, record encoding, waiting, stopping a process)
-NO_BROKER = frozenset({"free_port", "records", "wait_until", "terminate"})
+NO_BROKER = frozenset(
+    {"free_port", "records", "wait_until", "terminate", "make_certificates", "sasl_options", "misconfiguration"}
+)
 #: The heaviest of the tests that need no service: every one at 10 s or more in `pytest --durations=40` over the
 #: 842 of them (seconds of its call on 2 cores shared with two other test runs, load average 6: 44 min in all, of
 #: which these took 40). A test id, or a parametrized case's full id. `make test` runs them; `make test-fast`

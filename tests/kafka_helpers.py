@@ -245,3 +245,176 @@ def schema_registry(action: str, data: Path, port: int | None = None, *auth: str
     if out.returncode != 0:
         raise RuntimeError(f"schema-registry/registry {action} failed ({out.returncode}): {out.stderr[-3000:]}")
     return out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
+
+
+def make_certificates(folder: Path) -> Path:
+    """A test CA, a broker certificate for 127.0.0.1 signed by it (PKCS#12, the broker's keystore), a client
+    certificate with an encrypted key (password in ``client.key.password``), and a second CA that signed neither."""
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True, timeout=60)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+            "-subj", "/CN=segscope-test-ca")  # fmt: skip
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "other-ca.key", "-out", "other-ca.pem",
+            "-days", "2", "-subj", "/CN=another-ca")  # fmt: skip
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "broker.key", "-out", "broker.csr", "-subj",
+            "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost")  # fmt: skip
+    openssl("x509", "-req", "-in", "broker.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out",
+            "broker.pem", "-days", "2", "-copy_extensions", "copy")  # fmt: skip
+    openssl("pkcs12", "-export", "-in", "broker.pem", "-inkey", "broker.key", "-certfile", "ca.pem", "-out",
+            "broker.p12", "-passout", "pass:broker-store")  # fmt: skip
+    (folder / "client.key.password").write_text("client-key-pass\n")
+    openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-aes256", "-pass",
+            "file:client.key.password", "-out", "client.key")  # fmt: skip
+    openssl("req", "-new", "-key", "client.key", "-passin", "file:client.key.password", "-out", "client.csr",
+            "-subj", "/CN=segscope-client")  # fmt: skip
+    openssl("x509", "-req", "-in", "client.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out",
+            "client.pem", "-days", "2")  # fmt: skip
+    return folder
+
+
+#: SCRAM users the secured broker knows (user: (mechanism, password)), and the PLAIN one of its JAAS config
+SCRAM_USERS = {"alice": ("SCRAM-SHA-256", "alice-Secret-256"), "bob": ("SCRAM-SHA-512", "bob-Secret-512")}
+PLAIN_USER = ("plainuser", "plain-Secret")
+
+
+def start_secure_broker(data: Path, certs: Path) -> dict[str, str]:
+    """The project's broker with three more listeners: SASL_SSL (SCRAM-SHA-256/512, PLAIN and unsecured
+    OAUTHBEARER) and SSL with client certificates required, beside PLAINTEXT (for the test's own admin calls).
+    Returns the addresses by listener name."""
+    ports = {name: free_port() for name in ("PLAINTEXT", "SASL_SSL", "SSL", "CONTROLLER")}
+    props = (ROOT / "connectors" / "kafka" / "server.properties").read_text()
+    props = props.replace("@DATA@", str(data)).replace("@BPORT@", str(ports["PLAINTEXT"]))
+    props = props.replace("@CPORT@", str(ports["CONTROLLER"]))
+    listeners = ",".join(f"{n}://127.0.0.1:{p}" for n, p in ports.items() if n != "CONTROLLER")
+    lines = [line for line in props.splitlines() if not line.startswith(("listeners=", "advertised.listeners=",
+             "listener.security.protocol.map="))]  # fmt: skip
+    user, password = PLAIN_USER
+    module = "org.apache.kafka.common.security"
+    lines += [
+        f"listeners={listeners},CONTROLLER://127.0.0.1:{ports['CONTROLLER']}",
+        f"advertised.listeners={listeners}",
+        "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL",
+        "sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512,PLAIN,OAUTHBEARER",
+        f"listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config={module}.scram.ScramLoginModule required;",
+        f"listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config={module}.scram.ScramLoginModule required;",
+        f"listener.name.sasl_ssl.plain.sasl.jaas.config={module}.plain.PlainLoginModule required "
+        f'user_{user}="{password}";',
+        f"listener.name.sasl_ssl.oauthbearer.sasl.jaas.config={module}.oauthbearer.OAuthBearerLoginModule required;",
+        "ssl.keystore.type=PKCS12",
+        f"ssl.keystore.location={certs / 'broker.p12'}",
+        "ssl.keystore.password=broker-store",
+        "ssl.key.password=broker-store",
+        "listener.name.ssl.ssl.client.auth=required",
+        "listener.name.ssl.ssl.truststore.type=PEM",
+        f"listener.name.ssl.ssl.truststore.location={certs / 'ca.pem'}",
+    ]
+    data.mkdir(parents=True, exist_ok=True)
+    (data / "server.properties").write_text("\n".join(lines) + "\n")
+    plain = broker("start", data)
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient, ScramCredentialInfo, ScramMechanism, UserScramCredentialUpsertion
+
+    admin = AdminClient({"bootstrap.servers": plain})
+    upserts = [
+        UserScramCredentialUpsertion(
+            name, ScramCredentialInfo(getattr(ScramMechanism, m.replace("-", "_")), 4096), secret.encode()
+        )
+        for name, (m, secret) in SCRAM_USERS.items()
+    ]
+    for future in admin.alter_user_scram_credentials(upserts).values():
+        future.result(timeout=60)
+    addresses = {"PLAINTEXT": plain, "SASL_SSL": f"127.0.0.1:{ports['SASL_SSL']}", "SSL": f"127.0.0.1:{ports['SSL']}"}
+    mechanism, secret = SCRAM_USERS["alice"]
+    login = Producer({"bootstrap.servers": addresses["SASL_SSL"], "security.protocol": "SASL_SSL",
+                      "ssl.ca.location": str(certs / "ca.pem"), "sasl.mechanism": mechanism,
+                      "sasl.username": "alice", "sasl.password": secret})  # fmt: skip
+    deadline = time.monotonic() + 60
+    while True:  # the SCRAM credentials reach the listener through the metadata log
+        try:
+            login.list_topics(timeout=2)
+            return addresses
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+
+
+#: A password no broker accepts: never printed by segscope, whatever fails.
+WRONG_PASSWORD = "wr0ng-Pa55word-4f9e"
+#: What can be wrong when a stream connects, each one line (tests/test_kafka_security.py,
+#: benchmarks/stream_misconfig.py); the topic they mean to read is orders.in.
+MISCONFIGURATIONS = (
+    "missing topic",
+    "unreachable bootstrap",
+    "wrong password",
+    "wrong password, from a file",
+    "a CA that did not sign the broker",
+    "no client certificate for mutual TLS",
+    "plaintext client on the TLS listener",
+    "kafka-python, wrong password",
+)
+
+
+def sasl_options(
+    secure: dict[str, Any], user: str = "alice", password: str = "${env:SEGSCOPE_TEST_KAFKA_PASSWORD}"
+) -> list[str]:
+    """--kafka-option arguments for SASL_SSL as ``user`` (a SCRAM user, or PLAIN), the CA the test made."""
+    mechanism = SCRAM_USERS[user][0] if user in SCRAM_USERS else "PLAIN"
+    options = {
+        "security.protocol": "SASL_SSL",
+        "ssl.ca.location": str(secure["certs"] / "ca.pem"),
+        "sasl.mechanism": mechanism,
+        "sasl.username": user,
+        "sasl.password": password,
+    }
+    return [word for key, value in options.items() for word in ("--kafka-option", f"{key}={value}")]
+
+
+def misconfiguration(secure: dict[str, Any], name: str, folder: Path) -> tuple[list[str], dict[str, str], str]:
+    """(stream arguments, environment, what its one line says) for one misconfiguration."""
+    wrong_file = folder / "wrong.password"
+    wrong_file.write_text(WRONG_PASSWORD)
+    sasl = secure["SASL_SSL"]
+    cases: dict[str, tuple[list[str], str]] = {
+        "missing topic": (["--bootstrap", secure["PLAINTEXT"], "--in-topic", "orders.inn"],
+                          "topic 'orders.inn' \\(--in-topic\\) does not exist on 127.0.0.1:.*did you mean 'orders.in'"),
+        "unreachable bootstrap": (["--bootstrap", f"127.0.0.1:{free_port()}", "--in-topic", "orders.in",
+                                   "--connect-timeout", "4"],
+                                  "cannot reach Kafka at 127.0.0.1:.* within 4 s .*Connection refused"),
+        "wrong password": (["--bootstrap", sasl, "--in-topic", "orders.in", *sasl_options(secure)],
+                           f"Kafka at {sasl} refused the credentials .*SCRAM-SHA-256"),
+        "wrong password, from a file": (["--bootstrap", sasl, "--in-topic", "orders.in",
+                                         *sasl_options(secure, "bob", f"${{file:{wrong_file}}}")],
+                                        "refused the credentials .*SCRAM-SHA-512"),
+        "a CA that did not sign the broker": (["--bootstrap", sasl, "--in-topic", "orders.in",
+                                               *sasl_options(secure),
+                                               "--kafka-option",
+                                               f"ssl.ca.location={secure['certs'] / 'other-ca.pem'}"],
+                                              "the TLS handshake with Kafka at .* failed .*certificate verify failed"),
+        "no client certificate for mutual TLS": (["--bootstrap", secure["SSL"], "--in-topic", "orders.in",
+                                                  "--kafka-option", "security.protocol=SSL", "--kafka-option",
+                                                  f"ssl.ca.location={secure['certs'] / 'ca.pem'}"],
+                                                 "the TLS handshake .* failed .*bad certificate"),
+        "plaintext client on the TLS listener": (["--bootstrap", sasl, "--in-topic", "orders.in",
+                                                  "--connect-timeout", "4"],
+                                                 "cannot reach Kafka at .* within 4 s .*security.protocol"),
+        "kafka-python, wrong password": (["--bootstrap", sasl, "--in-topic", "orders.in", "--client",
+                                          "kafka-python", "--connect-timeout", "4", *sasl_options(secure)],
+                                         "cannot reach Kafka at .* within 4 s \\(kafka-python: .*SASL credentials"),
+    }  # fmt: skip
+    args, said = cases[name]
+    return args, {"SEGSCOPE_TEST_KAFKA_PASSWORD": WRONG_PASSWORD}, said
+
+
+MISCONFIGURED = [
+    "missing topic",
+    "unreachable bootstrap",
+    "wrong password",
+    "wrong password, from a file",
+    "a CA that did not sign the broker",
+    "no client certificate for mutual TLS",
+    "plaintext client on the TLS listener",
+    "kafka-python, wrong password",
+]

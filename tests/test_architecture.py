@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "segscope"
 #: Left to right. A module may import the layers to its left and its own package (folder or module).
 LAYERS: list[set[str]] = [
     {"_typing", "exceptions", "packs"},
-    {"expressions"},
+    {"expressions", "_kafka_setup"},
     {"_params", "_deps", "_io", "_arrays", "config", "schema", "metrics"},
     {"_kafka", "_wire"},
     {"bundle"},

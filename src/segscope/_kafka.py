@@ -11,13 +11,22 @@ moves past them (committing last + 1 would leave the group's lag at 1 forever).
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from segscope._deps import require
-from segscope.exceptions import SinkError, SourceError
+from segscope._kafka_setup import (
+    Connects,
+    Contact,
+    KafkaSettings,
+    kafka_python_config,
+    log_commit_failure,
+    log_commit_result,
+    python_client,
+    refused_by_client,
+)
+from segscope.exceptions import ConfigError, SourceError
 
 __all__ = ["CLIENTS", "Polled", "log_commit_failure", "make_consumer", "make_producer"]
 
@@ -49,11 +58,22 @@ class Polled:
 
 
 # ------------------------------------------------------------------------------------------ confluent-kafka
-class _ConfluentConsumer:
-    def __init__(self, config: dict[str, Any]) -> None:
+class _ConfluentConsumer(Connects):
+    def __init__(self, config: dict[str, Any], contact: Contact, connect_timeout: float) -> None:
         ck = require("confluent_kafka", extra="kafka", feature="Kafka streaming (confluent-kafka)")
-        self.ck = ck
-        self.consumer = ck.Consumer({**config, "error_cb": _log_error, "on_commit": _log_commit, "log_level": 2})
+        self.ck, self.contact, self.connect_timeout = ck, contact, connect_timeout
+        try:
+            self.consumer = ck.Consumer({**config, "error_cb": contact.error, "on_commit": log_commit_result})
+        except (ck.KafkaException, ValueError, TypeError) as exc:
+            raise ConfigError(refused_by_client(exc)) from None
+
+    def _topics(self, timeout: float) -> set[str] | None:
+        try:
+            return set(self.consumer.list_topics(timeout=timeout).topics)
+        except self.ck.KafkaException:
+            return None
+        finally:
+            self.consumer.poll(0)  # serves the error callback (nothing is subscribed yet: no message is taken)
 
     def subscribe(self, topic: str, on_revoke: Callable[[list[TP]], None] | None = None) -> None:
         def revoked(_: Any, parts: list[Any]) -> None:
@@ -62,9 +82,8 @@ class _ConfluentConsumer:
 
         self.consumer.subscribe([topic], on_revoke=revoked)
 
-    def assign_all(self, topic: str, wait: float) -> None:
-        parts = _wait_for_partitions(lambda: self.partitions(topic), topic, wait)
-        self.consumer.assign([self.ck.TopicPartition(topic, p) for p in parts])
+    def assign_all(self, topic: str) -> None:
+        self.consumer.assign([self.ck.TopicPartition(topic, p) for p in self.partitions(topic)])
 
     def poll(self, max_records: int, timeout: float) -> Polled | None:
         messages = self.consumer.consume(max_records, timeout)
@@ -103,8 +122,8 @@ class _ConfluentConsumer:
 
     def commit(self, offsets: dict[TP, int]) -> None:
         """Asynchronous: librdkafka's synchronous commit has no time-out, and after a broker restart it blocked a
-        stream for good (SIGTERM included). A commit that fails is logged (``_log_commit``) and the next one covers
-        its records; ``close`` waits for the commits in flight."""
+        stream for good (SIGTERM included). A commit that fails is logged (``log_commit_result``) and the next one
+        covers its records; ``close`` waits for the commits in flight."""
         if offsets:
             parts = [self.ck.TopicPartition(t, p, o) for (t, p), o in offsets.items()]
             self.consumer.commit(offsets=parts, asynchronous=True)
@@ -141,11 +160,22 @@ class _ConfluentConsumer:
         self.consumer.close()
 
 
-class _ConfluentProducer:
-    def __init__(self, config: dict[str, Any]) -> None:
+class _ConfluentProducer(Connects):
+    def __init__(self, config: dict[str, Any], contact: Contact, connect_timeout: float) -> None:
         ck = require("confluent_kafka", extra="kafka", feature="Kafka streaming (confluent-kafka)")
-        self.ck = ck
-        self.producer = ck.Producer({**config, "error_cb": _log_error, "log_level": 2})
+        self.ck, self.contact, self.connect_timeout = ck, contact, connect_timeout
+        try:
+            self.producer = ck.Producer({**config, "error_cb": contact.error})
+        except (ck.KafkaException, ValueError, TypeError) as exc:
+            raise ConfigError(refused_by_client(exc)) from None
+
+    def _topics(self, timeout: float) -> set[str] | None:
+        try:
+            return set(self.producer.list_topics(timeout=timeout).topics)
+        except self.ck.KafkaException:
+            return None
+        finally:
+            self.producer.poll(0)
 
     def callback(self, on_delivery: OnDelivery) -> Any:
         """The native delivery callback for ``on_delivery`` (made once per batch, not per message)."""
@@ -205,38 +235,21 @@ class _Refused:
         return self._value
 
 
-def _log_error(err: Any) -> None:
-    """librdkafka's errors (its own log lines are off: they repeat every connection attempt)."""
-    log.warning("kafka: %s", err.str() if hasattr(err, "str") else err)
-
-
-def log_commit_failure(reason: str) -> None:
-    """A failed commit (a rebalance, a restarting coordinator) is safe: the records come again with the same ids
-    and the next commit covers them."""
-    log.warning("commit failed (%s); the next commit covers these records", reason)
-
-
-def _log_commit(err: Any, _: Any) -> None:
-    """The outcome of an asynchronous commit (confluent-kafka's ``on_commit``)."""
-    if err is not None:
-        log_commit_failure(err.str())
-
-
 # ------------------------------------------------------------------------------------------ kafka-python
 def _kafka_python() -> Any:
     return require("kafka", extra="kafka", feature="Kafka streaming (kafka-python)")
 
 
-class _PythonConsumer:
-    def __init__(self, config: dict[str, Any]) -> None:
+class _PythonConsumer(Connects):
+    def __init__(self, config: dict[str, Any], contact: Contact, connect_timeout: float) -> None:
         self.kafka = _kafka_python()
         from kafka.structs import TopicPartition
 
-        self.tp = TopicPartition
-        try:
-            self.consumer = self.kafka.KafkaConsumer(**config)
-        except self.kafka.errors.KafkaError as exc:
-            raise SourceError(f"cannot connect to Kafka ({exc}); check --bootstrap") from None
+        self.tp, self.contact, self.connect_timeout = TopicPartition, contact, connect_timeout
+        self.consumer = python_client(lambda: self.kafka.KafkaConsumer(**config), contact.bootstrap, connect_timeout)
+
+    def _topics(self, timeout: float) -> set[str] | None:
+        return set(self.consumer.topics())
 
     def subscribe(self, topic: str, on_revoke: Callable[[list[TP]], None] | None = None) -> None:
         kafka = self.kafka
@@ -251,9 +264,8 @@ class _PythonConsumer:
 
         self.consumer.subscribe([topic], listener=Listener())
 
-    def assign_all(self, topic: str, wait: float) -> None:
-        parts = _wait_for_partitions(lambda: self.partitions(topic), topic, wait)
-        self.consumer.assign([self.tp(topic, p) for p in parts])
+    def assign_all(self, topic: str) -> None:
+        self.consumer.assign([self.tp(topic, p) for p in self.partitions(topic)])
 
     def poll(self, max_records: int, timeout: float) -> Polled | None:
         from kafka.errors import UnsupportedCodecError
@@ -321,13 +333,14 @@ class _PythonConsumer:
         self.consumer.close(autocommit=False)
 
 
-class _PythonProducer:
-    def __init__(self, config: dict[str, Any]) -> None:
+class _PythonProducer(Connects):
+    def __init__(self, config: dict[str, Any], contact: Contact, connect_timeout: float) -> None:
         self.kafka = _kafka_python()
-        try:
-            self.producer = self.kafka.KafkaProducer(**config)
-        except self.kafka.errors.KafkaError as exc:
-            raise SinkError(f"cannot connect to Kafka ({exc}); check --bootstrap") from None
+        self.contact, self.connect_timeout = contact, connect_timeout
+        self.producer = python_client(lambda: self.kafka.KafkaProducer(**config), contact.bootstrap, connect_timeout)
+
+    def _topics(self, timeout: float) -> set[str] | None:
+        return set()  # connected in the constructor
 
     def callback(self, on_delivery: OnDelivery) -> Any:
         return on_delivery
@@ -390,38 +403,40 @@ def make_consumer(
     group: str,
     batch_size: int,
     read_committed: bool = True,
+    settings: KafkaSettings | None = None,
 ) -> _ConfluentConsumer | _PythonConsumer:
-    """A consumer in ``group`` that never commits by itself and starts at the beginning of new partitions."""
+    """A consumer in ``group`` that never commits by itself and starts at the beginning of new partitions; the
+    ``settings`` override the defaults here, except what that depends on (refused by :class:`KafkaSettings`)."""
+    settings = settings or KafkaSettings()
+    contact, given = Contact(bootstrap), settings.resolved("consumer")
+    isolation = "read_committed" if read_committed else "read_uncommitted"
     if client == "confluent":
-        return _ConfluentConsumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": group,
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "auto.offset.reset": "earliest",
-                "isolation.level": "read_committed" if read_committed else "read_uncommitted",
-                "session.timeout.ms": 10_000,
-                "heartbeat.interval.ms": 3_000,
-                "max.poll.interval.ms": _MAX_POLL_INTERVAL_MS,
-                "fetch.max.bytes": 64 * 1024 * 1024,
-                "queued.max.messages.kbytes": 65_536,
-            }
-        )
-    return _PythonConsumer(
-        {
-            "bootstrap_servers": bootstrap,
-            "group_id": group,
-            "enable_auto_commit": False,
-            "auto_offset_reset": "earliest",
-            "isolation_level": "read_committed" if read_committed else "read_uncommitted",
-            "max_poll_records": batch_size,
-            "max_poll_interval_ms": _MAX_POLL_INTERVAL_MS,
-            "session_timeout_ms": 10_000,
-            "heartbeat_interval_ms": 3_000,
-            "fetch_max_bytes": 64 * 1024 * 1024,
+        defaults: dict[str, Any] = {
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": 10_000,
+            "heartbeat.interval.ms": 3_000,
+            "max.poll.interval.ms": _MAX_POLL_INTERVAL_MS,
+            "fetch.max.bytes": 64 * 1024 * 1024,
+            "queued.max.messages.kbytes": 65_536,
+            "log_level": 7 if "debug" in given else 2,  # librdkafka's own lines repeat every connection attempt
         }
-    )
+        fixed = {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}
+        fixed |= {"enable.auto.offset.store": False, "isolation.level": isolation}
+        return _ConfluentConsumer(defaults | given | fixed, contact, settings.connect_timeout)
+    known = _kafka_python().KafkaConsumer.DEFAULT_CONFIG
+    pdefaults: dict[str, Any] = {
+        "auto_offset_reset": "earliest",
+        "max_poll_records": batch_size,
+        "max_poll_interval_ms": _MAX_POLL_INTERVAL_MS,
+        "session_timeout_ms": 10_000,
+        "heartbeat_interval_ms": 3_000,
+        "fetch_max_bytes": 64 * 1024 * 1024,
+        "bootstrap_timeout_ms": int(settings.connect_timeout * 1000),
+    }
+    pfixed = {"bootstrap_servers": bootstrap, "group_id": group, "enable_auto_commit": False}
+    pfixed["isolation_level"] = isolation
+    pconfig = pdefaults | kafka_python_config(given, "consumer", known) | pfixed
+    return _PythonConsumer(pconfig, contact, settings.connect_timeout)
 
 
 def make_producer(
@@ -431,44 +446,45 @@ def make_producer(
     max_request_bytes: int = 1_048_576,
     compression: str = "lz4",
     transactional_id: str | None = None,
+    settings: KafkaSettings | None = None,
 ) -> _ConfluentProducer | _PythonProducer:
-    """An idempotent producer that waits for every in-sync replica (acks=all); transactional with an id."""
+    """An idempotent producer that waits for every in-sync replica (acks=all); transactional with an id. The
+    ``settings`` override the defaults here, except what the delivery guarantee depends on."""
+    settings = settings or KafkaSettings()
+    settings.check(exactly_once=transactional_id is not None)
+    contact, given = Contact(bootstrap), settings.resolved("producer")
     if client == "confluent":
         config: dict[str, Any] = {
-            "bootstrap.servers": bootstrap,
             "acks": "all",
             "enable.idempotence": True,
             "linger.ms": 5,
-            "compression.type": compression,
             "message.max.bytes": max_request_bytes,
             "delivery.timeout.ms": 120_000,
             "queue.buffering.max.messages": 500_000,
+            "log_level": 7 if "debug" in given else 2,
         }
+        fixed: dict[str, Any] = {"bootstrap.servers": bootstrap, "compression.type": compression}
         if transactional_id is not None:
-            # a dead process's open transaction blocks read_committed readers until it times out: keep it short
-            config |= {"transactional.id": transactional_id, "transaction.timeout.ms": 20_000}
-            config["delivery.timeout.ms"] = 20_000  # librdkafka: no longer than the transaction may stay open
-        return _ConfluentProducer(config)
+            # a dead process's open transaction blocks read_committed readers until it times out: keep it short;
+            # librdkafka: deliveries no longer than the transaction may stay open
+            config |= {"transaction.timeout.ms": 20_000, "delivery.timeout.ms": 20_000}
+            fixed |= {"transactional.id": transactional_id, "enable.idempotence": True}
+        return _ConfluentProducer(config | given | fixed, contact, settings.connect_timeout)
+    known = _kafka_python().KafkaProducer.DEFAULT_CONFIG
     pconfig: dict[str, Any] = {
-        "bootstrap_servers": bootstrap,
         "acks": "all",
         "linger_ms": 5,
         "batch_size": 512 * 1024,
-        "compression_type": None if compression == "none" else compression,
         "max_request_size": max_request_bytes,
         "delivery_timeout_ms": 120_000,
+        "bootstrap_timeout_ms": int(settings.connect_timeout * 1000),
+    }
+    pfixed: dict[str, Any] = {
+        "bootstrap_servers": bootstrap,
+        "compression_type": None if compression == "none" else compression,
     }
     if transactional_id is not None:
-        pconfig |= {"transactional_id": transactional_id, "transaction_timeout_ms": 20_000}
-    return _PythonProducer(pconfig)
-
-
-def _wait_for_partitions(find: Callable[[], list[int]], topic: str, wait: float) -> list[int]:
-    deadline = time.monotonic() + wait
-    while True:
-        parts = find()
-        if parts:
-            return parts
-        if time.monotonic() > deadline:
-            raise SourceError(f"topic {topic!r} does not exist on the broker; create it or fix its name")
-        time.sleep(0.5)
+        pconfig["transaction_timeout_ms"] = 20_000
+        pfixed |= {"transactional_id": transactional_id, "enable_idempotence": True}
+    pconfig = pconfig | kafka_python_config(given, "producer", known) | pfixed
+    return _PythonProducer(pconfig, contact, settings.connect_timeout)

@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from segscope._kafka_setup import flatten_section
 from segscope._typing import (
     BudgetPeriod,
     CombineMethod,
@@ -27,6 +28,7 @@ __all__ = [
     "EntityConfig",
     "EntityFeatureConfig",
     "FeatureConfig",
+    "KafkaConfig",
     "PolicyConfig",
     "SegmentsConfig",
     "SegscopeConfig",
@@ -219,6 +221,28 @@ class SegmentsConfig(_Frozen):
     min_segment_size: int = Field(default=50, ge=10)
 
 
+class KafkaConfig(_Frozen):
+    """How `segscope stream` connects (its ``--config``): Kafka client properties by their own names (librdkafka's,
+    the Java client's for what they share) for both clients, and under ``consumer`` / ``producer`` for one; a
+    secret (a password, secret, passphrase or private key) as ``${env:NAME}`` or ``${file:/path}``. Never stored in
+    a bundle: the manifest's config leaves this section out."""
+
+    #: Seconds (or a duration: 30s, 2m) to wait for the cluster at start before giving up with one line.
+    connect_timeout: float = Field(default=30.0, gt=0)
+    properties: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    consumer: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    producer: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flatten(cls, data: Any) -> Any:
+        out = flatten_section(data)
+        timeout = out.get("connect_timeout")
+        if isinstance(timeout, str):
+            out["connect_timeout"] = duration_seconds(timeout)
+        return out
+
+
 class SegscopeConfig(_Frozen):
     """Everything ``segscope fit`` needs beyond the data."""
 
@@ -236,6 +260,8 @@ class SegscopeConfig(_Frozen):
     #: With entities: the first share of the history (in arrival order) only builds their state and is not
     #: fitted on, since its records see every entity as new (a cold start live data does not have).
     entity_warmup: float = Field(default=0.25, ge=0.0, lt=1.0)
+    #: How `segscope stream --config` connects to Kafka (TLS, SASL, client properties); left out of bundles.
+    kafka: KafkaConfig = Field(default_factory=KafkaConfig)
 
     @model_validator(mode="after")
     def _unique_detectors(self) -> SegscopeConfig:
@@ -262,6 +288,8 @@ class SegscopeConfig(_Frozen):
 def _format_validation_error(path: Path | str, exc: ValidationError) -> str:
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first["loc"])[:200] or "(top level)"
+    if first["loc"][:1] == ("kafka",):  # its input may hold a secret written where it must not be: never shown
+        return f"config {path}: {where}: {first['msg']}; fix that entry"
     got = repr(first.get("input"))
     got = got if len(got) <= 120 else got[:117] + "..."  # the input can be a whole (huge) table
     return f"config {path}: {where}: {first['msg']} (got {got}); fix that entry"

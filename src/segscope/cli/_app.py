@@ -175,7 +175,9 @@ def main() -> None:
         try:
             app()
         except SegscopeError as exc:
-            err.print(say("red", "error:", f" {exc}"), highlight=False, soft_wrap=True)
+            from segscope._kafka_setup import redact  # a Kafka secret resolved in this process is never shown
+
+            err.print(say("red", "error:", f" {redact(str(exc))}"), highlight=False, soft_wrap=True)
             sys.exit(2)
         except KeyboardInterrupt:
             err.print(say("yellow", "interrupted"))

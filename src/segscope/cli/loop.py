@@ -193,9 +193,34 @@ def _require_registry(path: Path) -> None:
 @app.command()
 def stream(
     bundle: BundleOpt,
-    bootstrap: Annotated[str, typer.Option("--bootstrap", help="Kafka bootstrap address, HOST:PORT.")],
     in_topic: Annotated[str, typer.Option("--in-topic", help="Topic of JSON records to score.")],
     out_topic: Annotated[str, typer.Option("--out-topic", help="Topic for every scored record.")],
+    bootstrap: Annotated[
+        str | None,
+        typer.Option("--bootstrap", help="Kafka bootstrap address(es), HOST:PORT[,HOST:PORT] (or bootstrap.servers)."),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="A config file (or pack) whose kafka section the clients use: TLS, SASL and client properties; the "
+            "model's settings come from the bundle.",
+        ),
+    ] = None,
+    kafka_option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--kafka-option",
+            help="A Kafka client property KEY=VALUE (repeatable; consumer.KEY or producer.KEY for one client), over "
+            "the config's; a secret as ${env:NAME} or ${file:PATH}, never the value itself.",
+        ),
+    ] = None,
+    connect_timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--connect-timeout", help="Seconds to wait for the cluster at start before one error line (default 30)."
+        ),
+    ] = None,
     alerts_topic: Annotated[str | None, typer.Option("--alerts-topic", help="Topic for alerts too.")] = None,
     dlq_topic: Annotated[
         str | None, typer.Option("--dlq-topic", help="Dead-letter topic (default: <in-topic>.dlq).")
@@ -277,11 +302,18 @@ def stream(
     """Score a Kafka topic continuously (at-least-once, or --exactly-once; SIGTERM drains, commits and exits 0)."""
     import logging
 
+    from segscope._kafka_setup import KafkaSettings, QuietKafkaLogs
     from segscope._wire import wire_settings
+    from segscope.config import load_config
     from segscope.stream import StreamOptions, run_stream
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     logging.getLogger("kafka").setLevel(logging.WARNING)  # the client's connection chatter
+    for handler in logging.getLogger().handlers:  # an outage's repeated lines once per 30 s; secrets masked
+        if not any(isinstance(f, QuietKafkaLogs) for f in handler.filters):
+            handler.addFilter(QuietKafkaLogs())
+    section = load_config(config).kafka.model_dump() if config is not None else None
+    settings = KafkaSettings.build(section, kafka_option or [], connect_timeout)
     for name, value, allowed in (
         ("--isolation-level", isolation, ("read_committed", "read_uncommitted")),
         ("--client", client, ("confluent", "kafka-python")),
@@ -291,7 +323,7 @@ def stream(
             raise typer.BadParameter(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
     options = StreamOptions(
         bundle=bundle,
-        bootstrap=bootstrap,
+        bootstrap=settings.bootstrap(bootstrap),
         in_topic=in_topic,
         out_topic=out_topic,
         alerts_topic=alerts_topic,
@@ -314,6 +346,7 @@ def stream(
         wire=wire_settings(
             fmt=message_format, output=out_format, url=schema_registry, auth=schema_registry_auth, section=None
         ),
+        kafka=settings,
     )
     stats = run_stream(options, on_stats=lambda line: err.print(Text(line), highlight=False))
     err.print(

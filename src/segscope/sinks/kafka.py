@@ -36,6 +36,7 @@ import orjson
 import polars as pl
 
 from segscope._kafka import TP, Client, make_producer
+from segscope._kafka_setup import KafkaSettings
 from segscope.exceptions import SinkError
 from segscope.schema import SCORED_COLUMNS
 from segscope.sources.base import Batch, DeadLetter
@@ -128,6 +129,7 @@ class KafkaSink:
         transactional_id: str | None = None,
         max_in_flight: int = 4,
         encoder: Callable[[pl.DataFrame, Batch | None], list[bytes]] | None = None,
+        settings: KafkaSettings | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
@@ -141,17 +143,21 @@ class KafkaSink:
         self.max_in_flight = max_in_flight
         #: one output value per scored row (default :func:`encode`; Avro/Protobuf input: sinks/wire.py)
         self.encoder = encoder or encode
+        self.settings = settings
 
     def open(self) -> None:
+        """Connect (a bounded wait: an unreachable cluster or refused credentials is one line)."""
         self.producer_ = make_producer(
             self.client,
             bootstrap=self.bootstrap,
             max_request_bytes=self.max_request_bytes,
             compression=self.compression,
             transactional_id=self.transactional_id,
+            settings=self.settings,
         )
         self.tickets_: deque[_Ticket] = deque()
         self.done_: dict[TP, int] = {}
+        self.producer_.reach()
         if self.transactional_id is not None:
             self.producer_.init_transactions()
 
@@ -311,7 +317,7 @@ class KafkaSink:
 
 
 def _transaction_error(exc: Exception) -> str:
-    """"retry" (commit again), "abort" (abort, rewind, process again) or "fatal" (another instance took over)."""
+    """ "retry" (commit again), "abort" (abort, rewind, process again) or "fatal" (another instance took over)."""
     error: Any = exc.args[0] if exc.args else None
     if hasattr(error, "txn_requires_abort"):  # confluent-kafka's KafkaError
         if error.fatal():

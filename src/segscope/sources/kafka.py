@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 import polars as pl
 
 from segscope._kafka import TP, Client, Polled, log_commit_failure, make_consumer
+from segscope._kafka_setup import KafkaSettings
 from segscope.schema import SCORED_COLUMNS, ColumnSpec, FeatureSchema
 from segscope.sources.base import Batch, DeadLetter
 from segscope.sources.wire import WireDecoder
@@ -63,15 +64,12 @@ def _check(value: Any, spec: ColumnSpec) -> tuple[Any, str | None]:
         if isinstance(value, dict | list):
             return None, f"field '{spec.name}' must be a string, got {type(value).__name__}"
         return str(value), None
-    if isinstance(value, date):  # a timestamp or date of an Avro or Protobuf message (sources/wire.py)
-        parsed = value if isinstance(value, datetime) else datetime.combine(value, datetime.min.time())
-    elif not isinstance(value, str):
+    if not isinstance(value, str):
         return None, f"field '{spec.name}' must be an ISO-8601 date/time string, got {str(value)[:40]!r}"
-    else:
-        try:
-            parsed = datetime.fromisoformat(value)
-        except ValueError:
-            return None, f"field '{spec.name}' is not an ISO-8601 date/time: {value[:40]!r}"
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None, f"field '{spec.name}' is not an ISO-8601 date/time: {value[:40]!r}"
     if parsed.tzinfo is not None:
         parsed = parsed.astimezone(UTC).replace(tzinfo=None)
     return (parsed - _EPOCH) // _MICROSECOND, None
@@ -181,6 +179,7 @@ class KafkaSource:
         read_committed: bool = True,
         client: Client = "confluent",
         wire: WireDecoder | None = None,
+        settings: KafkaSettings | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
@@ -192,15 +191,20 @@ class KafkaSource:
         self.poll_timeout_ms = poll_timeout_ms
         self.read_committed = read_committed
         self.client = client
+        self.settings = settings
 
     def open(self, on_revoke: Any = None) -> None:
+        """Connect (a bounded wait: an unreachable cluster, refused credentials or a missing topic is one line),
+        then join the group."""
         self.consumer_ = make_consumer(
             self.client,
             bootstrap=self.bootstrap,
             group=self.group,
             batch_size=self.batch_size,
             read_committed=self.read_committed,
+            settings=self.settings,
         )
+        self.consumer_.reach(self.topic, "--in-topic")
         self.consumer_.subscribe(self.topic, on_revoke)
 
     def poll(self, timeout_ms: int | None = None) -> Batch | None:
@@ -290,15 +294,27 @@ class TopicReader:
     """Every partition of a topic, assigned (no group join to wait for), as raw messages: for small topics every
     process reads whole, such as analyst labels (re-adding a label is a no-op)."""
 
-    def __init__(self, *, bootstrap: str, topic: str, group: str, client: Client = "confluent") -> None:
+    def __init__(
+        self,
+        *,
+        bootstrap: str,
+        topic: str,
+        group: str,
+        client: Client = "confluent",
+        settings: KafkaSettings | None = None,
+    ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
         self.group = group
         self.client = client
+        self.settings = settings
 
-    def open(self, wait: float = 15.0) -> None:
-        self.consumer_ = make_consumer(self.client, bootstrap=self.bootstrap, group=self.group, batch_size=5000)
-        self.consumer_.assign_all(self.topic, wait)
+    def open(self) -> None:
+        self.consumer_ = make_consumer(
+            self.client, bootstrap=self.bootstrap, group=self.group, batch_size=5000, settings=self.settings
+        )
+        self.consumer_.reach(self.topic, "--labels-topic")
+        self.consumer_.assign_all(self.topic)
 
     def poll(self, max_records: int = 5000) -> Polled | None:
         return self.consumer_.poll(max_records, 0.0)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from segscope._kafka import TP, Client
+from segscope._kafka_setup import KafkaSettings
 from segscope._wire import WireSettings
 from segscope.exceptions import SinkError
 from segscope.labels.queue import candidate_rows
@@ -32,7 +33,14 @@ from segscope.sinks.wire import codecs
 from segscope.sources.base import Batch
 from segscope.sources.kafka import KafkaSource, TopicReader
 from segscope.stream.checkpoint import EntityCheckpoints, Stamp
-from segscope.stream.parts import Metrics, ModelWatcher, consume_labels, stop_on_signals, transactional_id
+from segscope.stream.parts import (
+    Interrupted,
+    Metrics,
+    ModelWatcher,
+    consume_labels,
+    stop_on_signals,
+    transactional_id,
+)
 
 __all__ = ["StreamOptions", "StreamStats", "run_stream"]
 
@@ -71,6 +79,8 @@ class StreamOptions:
     state_dir: Path | None = None
     #: Avro or Protobuf messages with a schema registry (and Avro output); JSON by default
     wire: WireSettings = field(default_factory=WireSettings)
+    #: client properties (TLS, SASL, timeouts) over the defaults, and how long to wait for the cluster at start
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
 
     @property
     def dead_letter_topic(self) -> str:
@@ -128,6 +138,7 @@ def run_stream(options: StreamOptions, *, on_stats: Callable[[str], None] | None
     if options.labels_topic is not None and options.store is None:
         raise SinkError("--labels-topic needs --store: labels are consumed into the label store")
     eos = options.exactly_once
+    options.kafka.check(exactly_once=eos)
     checkpoints = _checkpoints(options, watcher)
     store = LabelStore.open(options.store) if options.store is not None else None
     metrics = Metrics(options.metrics_port)
@@ -144,6 +155,7 @@ def run_stream(options: StreamOptions, *, on_stats: Callable[[str], None] | None
         read_committed=options.read_committed,
         client=options.client,
         wire=decoder,
+        settings=options.kafka,
     )
     sink = KafkaSink(
         bootstrap=options.bootstrap,
@@ -157,6 +169,7 @@ def run_stream(options: StreamOptions, *, on_stats: Callable[[str], None] | None
         if eos
         else None,
         encoder=encoder,
+        settings=options.kafka,
     )
     labels = None
     if options.labels_topic is not None:
@@ -165,6 +178,7 @@ def run_stream(options: StreamOptions, *, on_stats: Callable[[str], None] | None
             topic=options.labels_topic,
             group=f"{options.group}.labels",
             client=options.client,
+            settings=options.kafka,
         )
 
     def settle(wait: bool = False) -> None:
@@ -183,13 +197,17 @@ def run_stream(options: StreamOptions, *, on_stats: Callable[[str], None] | None
         if checkpoints is not None and watcher.state.entities is not None:
             checkpoints.forget([p for _, p in partitions], watcher.state.entities)
 
-    state = {"running": True}
+    state = {"running": True, "connecting": True}
+    stop_on_signals(state)
     try:
-        sink.open()
-        source.open(on_revoke=revoked)
-        if labels is not None:
-            labels.open()
-        stop_on_signals(state)
+        try:  # each client waits for the cluster (bounded); a signal meanwhile ends the stream at once
+            sink.open()
+            source.open(on_revoke=revoked)
+            if labels is not None:
+                labels.open()
+            state["connecting"] = False
+        except Interrupted:
+            return stats
         if metrics.enabled:
             metrics.version.info({"version": watcher.model.version})
         last_stats = last_message = window_start = time.monotonic()

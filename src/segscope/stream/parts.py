@@ -23,7 +23,7 @@ from segscope.sources.base import DeadLetter
 from segscope.sources.kafka import TopicReader
 from segscope.unsupervised.drift import DriftReport
 
-__all__ = ["Metrics", "ModelWatcher", "consume_labels", "stop_on_signals", "transactional_id"]
+__all__ = ["Interrupted", "Metrics", "ModelWatcher", "consume_labels", "stop_on_signals", "transactional_id"]
 
 log = logging.getLogger("segscope.stream")
 
@@ -105,7 +105,6 @@ class Metrics:
         )
         prom.start_http_server(port, addr="127.0.0.1", registry=registry_)
 
-
     def drift(self, report: DriftReport) -> None:
         if not self.enabled:
             return
@@ -118,9 +117,19 @@ class Metrics:
             self.unseen.labels(column.name).set(column.unseen)
 
 
+class Interrupted(BaseException):
+    """SIGTERM or SIGINT while the stream connects: there is nothing to finish, so it stops at once (a client may
+    be waiting inside its constructor, which no flag reaches)."""
+
+
 def stop_on_signals(state: dict[str, bool]) -> None:
+    """SIGTERM/SIGINT end the loop after the current batch; while ``state["connecting"]``, at once."""
+
     def handler(signum: int, frame: Any) -> None:
         state["running"] = False
+        if state.get("connecting"):
+            log.info("signal %s while connecting to Kafka: exiting", signum)
+            raise Interrupted
         log.info("signal %s: finishing the current batch, committing, exiting", signum)
 
     signal.signal(signal.SIGTERM, handler)
