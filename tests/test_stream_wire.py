@@ -299,3 +299,53 @@ def _raw_values(bootstrap: str, topic: str) -> dict[bytes, bytes]:
     from tests.kafka_helpers import _drain
 
     return {m.key: m.value for m in _drain(bootstrap, topic, 3.0)}
+
+
+def test_schemas_are_fetched_once_per_id_and_an_unknown_id_once_a_minute(registry_auth: Registry, model: Any) -> None:
+    from confluent_kafka.schema_registry.avro import AvroSerializer
+    from confluent_kafka.serialization import MessageField, SerializationContext
+
+    from segscope._kafka import Polled
+    from segscope._wire import RegistrySettings, SchemaRegistry
+    from segscope.sources.kafka import decode
+    from segscope.sources.wire import WireDecoder
+
+    client = registry_auth.client()
+    context = SerializationContext("cached.in", MessageField.VALUE)
+    rows = _rows(make_transactions(600, seed=51).drop("is_fraud"))
+    values = [AvroSerializer(client, json.dumps(V1))(r, context) for r in rows[:300]]
+    values += [AvroSerializer(client, json.dumps(V2))({**r, "channel": "pos"}, context) for r in rows[300:]]
+    values += [b"\x00" + struct.pack(">I", 876_543) + values[0][5:]] * 100
+    polled = Polled(values, [None] * len(values), [()] * len(values), lambda i: ("cached.in", 0, i, None), {})
+    registry = SchemaRegistry(RegistrySettings(registry_auth.url, basic_auth=registry_auth.auth))
+    try:
+        decoder = WireDecoder(registry, "avro")
+        for _ in range(3):  # three polls of the same messages
+            batch = decode(polled, model.input_schema(), max_bytes=65_536, wire=decoder)
+            assert batch.frame.height == 600 and len(batch.dead) == 100
+        assert registry.fetches == 3  # v1, v2 and the unknown id: one call each, however many messages name them
+        assert batch.frame["amount"].to_list() == [r["amount"] for r in rows]
+    finally:
+        registry.close()
+
+
+def test_misconfiguration_is_one_line_before_anything_is_read(
+    registry_auth: Registry, stream_bundle: Path, run_cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = ["stream", "--bundle", stream_bundle, "--bootstrap", "127.0.0.1:1", "--in-topic", "t", "--out-topic", "o"]
+
+    def one_line(*extra: str) -> str:
+        result = run_cli(*base, *extra)
+        lines = [line for line in result.err.splitlines() if line.strip()]
+        assert result.code != 0 and len(lines) == 1 and "Traceback" not in result.err, result.err
+        return lines[0]
+
+    monkeypatch.setenv("WRONG_AUTH", "scorer:not-the-password")
+    registry = ["--format", "avro", "--schema-registry", registry_auth.url]
+    line = one_line(*registry, "--schema-registry-auth", "env:WRONG_AUTH")
+    assert "refused the request" in line and "401" in line and "not-the-password" not in line
+    line = one_line(*registry, "--schema-registry-auth", "scorer:pw")
+    assert "${env:NAME}" in line and "scorer:pw" not in line  # a secret on the command line is refused
+    assert "need a schema registry" in one_line("--format", "avro")
+    assert "needs Avro input" in one_line("--format", "protobuf", "--out-format", "avro", "--schema-registry", "http://x")
+    assert "must be json, avro or protobuf" in one_line("--format", "xml")

@@ -34,8 +34,12 @@ from segscope.sources.wire import WireDecoder
 
 __all__ = ["WireEncoder", "avro_type", "codecs"]
 
-#: Scored fields that are never null (the README's scored record); the others become unions with null.
-NOT_NULL = frozenset({"id", "score", "anomaly_score", "is_alert", "segment", "reasons", "model_version"})
+#: Scored fields that are never null (the README's scored record; a reason always names its feature and share);
+#: the others become unions with null (which also cost fastavro more to write).
+NOT_NULL = frozenset(
+    {"id", "score", "anomaly_score", "is_alert", "segment", "reasons", "model_version", "reasons_feature"}
+    | {"reasons_contribution"}
+)
 _INT = (pl.Int8, pl.Int16, pl.Int32, pl.UInt8, pl.UInt16)
 _LONG = (pl.Int64, pl.UInt32, pl.UInt64)
 
@@ -61,11 +65,15 @@ def avro_type(dtype: Any, name: str) -> Any:
         return {"type": "array", "items": avro_type(dtype.inner, f"{name}_item")}
     if isinstance(dtype, pl.Struct):
         record = "".join(part.capitalize() for part in name.split("_")) or "Item"
-        fields = [_nullable(f.name, avro_type(f.dtype, f"{name}_{f.name}")) for f in dtype.fields]
+        fields = [_field(f"{name}_{f.name}", f.name, avro_type(f.dtype, f"{name}_{f.name}")) for f in dtype.fields]
         return {"type": "record", "name": record, "namespace": "segscope", "fields": fields}
     if isinstance(dtype, pl.Null):
         return "null"
     raise SinkError(f"the scored column '{name}' is of type {dtype}, which has no Avro type here; use JSON output")
+
+
+def _field(path: str, name: str, kind: Any) -> dict[str, Any]:
+    return {"name": name, "type": kind} if path in NOT_NULL else _nullable(name, kind)
 
 
 def _nullable(name: str, kind: Any) -> dict[str, Any]:
@@ -89,19 +97,19 @@ class _Plan:
 
     def __init__(self, prefix: bytes, tail: Any, whole: Any, reader: Any, dropped: frozenset[str]) -> None:
         self.prefix, self.tail, self.whole, self.reader, self.dropped = prefix, tail, whole, reader, dropped
+        self.fastavro = require("fastavro", extra="kafka", feature="Avro output")
 
     def __call__(self, raw: bytes, row: dict[str, Any]) -> bytes:
-        fastavro = require("fastavro", extra="kafka", feature="Avro output")
         out = io.BytesIO()
         out.write(self.prefix)
         if not self.dropped:  # the input's payload as it came, then the scored fields
             out.write(memoryview(raw)[5:])
-            fastavro.schemaless_writer(out, self.tail, row)
+            self.fastavro.schemaless_writer(out, self.tail, row)
         else:
             stream = io.BytesIO(raw)
             stream.seek(5)
-            record = fastavro.schemaless_reader(stream, self.reader, None)
-            fastavro.schemaless_writer(out, self.whole, {**record, **row})
+            record = self.fastavro.schemaless_reader(stream, self.reader, None)
+            self.fastavro.schemaless_writer(out, self.whole, {**record, **row})
         return out.getvalue()
 
 
@@ -124,10 +132,7 @@ class WireEncoder:
         if self.output == "json":  # the decoded records stand in for the messages' bytes
             return encode(scored, replace(batch, raw=[orjson.dumps(r) for r in batch.records]))
         tail = tail_frame(scored, batch)
-        fields = [
-            {"name": n, "type": t} if n in NOT_NULL else _nullable(n, t)
-            for n, t in ((n, avro_type(d, n)) for n, d in tail.schema.items())
-        ]
+        fields = [_field(n, n, avro_type(d, n)) for n, d in tail.schema.items()]
         key = json.dumps(fields)
         out = []
         for raw, row in zip(batch.raw, tail.iter_rows(named=True), strict=True):
@@ -169,6 +174,10 @@ def codecs(settings: WireSettings, topics: list[str]) -> tuple[WireDecoder | Non
     if settings.format == "json" or settings.registry is None:
         return None, None
     registry = SchemaRegistry(settings.registry)
-    registry.check()
+    try:
+        registry.check()
+    except BaseException:
+        registry.close()
+        raise
     decoder = WireDecoder(registry, settings.format)
     return decoder, WireEncoder(decoder, settings.output, topics)

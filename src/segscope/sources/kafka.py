@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -64,12 +64,15 @@ def _check(value: Any, spec: ColumnSpec) -> tuple[Any, str | None]:
         if isinstance(value, dict | list):
             return None, f"field '{spec.name}' must be a string, got {type(value).__name__}"
         return str(value), None
-    if not isinstance(value, str):
+    if isinstance(value, date):  # a timestamp or date of an Avro or Protobuf message (sources/wire.py)
+        parsed = value if isinstance(value, datetime) else datetime.combine(value, datetime.min.time())
+    elif not isinstance(value, str):
         return None, f"field '{spec.name}' must be an ISO-8601 date/time string, got {str(value)[:40]!r}"
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None, f"field '{spec.name}' is not an ISO-8601 date/time: {value[:40]!r}"
+    else:
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            return None, f"field '{spec.name}' is not an ISO-8601 date/time: {value[:40]!r}"
     if parsed.tzinfo is not None:
         parsed = parsed.astimezone(UTC).replace(tzinfo=None)
     return (parsed - _EPOCH) // _MICROSECOND, None

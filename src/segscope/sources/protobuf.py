@@ -121,7 +121,7 @@ def _message(descriptor: Any, done: dict[str, Convert]) -> Convert:
     if name in done:
         return lambda message: done[name](message)
     if name == "google.protobuf.Timestamp":
-        done[name] = lambda m: m.ToDatetime(tzinfo=dt.UTC).isoformat()
+        done[name] = lambda m: m.ToDatetime(tzinfo=dt.UTC)
         return done[name]
     if name == "google.protobuf.Duration":
         done[name] = lambda m: m.ToTimedelta().total_seconds()

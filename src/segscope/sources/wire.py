@@ -7,10 +7,11 @@ schema of the other format, bytes that do not decode with their schema (or leave
 decoded with the schema it was *written* with (its id), so every version of a subject is read as it was written:
 a field added in a new version is one more field of the record, and the model takes the columns it was fitted on.
 
-Values become what a JSON message would hold, so the checks and the JSON output are the same for every format:
-timestamps, dates and times as ISO-8601 text, decimals as numbers, UUIDs as text, bytes as base64 text, Avro
-enums and Protobuf enums by name; Protobuf's ``Timestamp`` as ISO-8601 text, its wrappers as their value, unset
-fields with presence (``optional``, message fields) as null. Avro is read by fastavro; Protobuf by ``protobuf``
+Values become what the JSON path takes (and orjson writes): numbers, text, true/false, null, objects and lists,
+timestamps and dates as ``datetime`` / ``date`` (written as ISO-8601), UUIDs and times as they are; decimals
+become numbers and bytes base64 text. Avro enums and Protobuf enums come by name; Protobuf's ``Timestamp`` is a
+timestamp, its wrappers their value, an unset field with presence (``optional``, a message field) null. Only
+schemas holding decimals or bytes pay for a conversion pass. Avro is read by fastavro; Protobuf by ``protobuf``
 from the descriptors the registry holds (serialized, or ``.proto`` text compiled by grpcio-tools' protoc), one
 descriptor pool per schema id.
 """
@@ -33,11 +34,9 @@ from segscope._wire import SchemaRegistry, WireError, schema_id, zigzag_indexes
 __all__ = ["WireDecoder"]
 
 Reader = Callable[[bytes], dict[str, Any]]
-_PLAIN = (str, int, float, bool, type(None))
-#: Avro types and logical types whose values fastavro returns as something other than JSON's
-_AVRO_CONVERTED = {"bytes", "fixed", "decimal", "uuid", "date", "time-millis", "time-micros"} | {
-    f"{kind}-{unit}" for kind in ("timestamp", "local-timestamp") for unit in ("millis", "micros", "nanos")
-}
+_PLAIN = (str, int, float, bool, type(None), dt.date, dt.time, uuid.UUID)  # dt.date: datetimes too
+#: Avro types whose values fastavro returns as something the JSON path does not take (decimals are bytes or fixed)
+_AVRO_CONVERTED = {"bytes", "fixed"}
 
 
 def plain(value: Any) -> Any:
@@ -48,19 +47,15 @@ def plain(value: Any) -> Any:
         return {k: plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [plain(v) for v in value]
-    if isinstance(value, dt.datetime | dt.date | dt.time):
-        return value.isoformat()
     if isinstance(value, Decimal):
         return float(value)
-    if isinstance(value, uuid.UUID):
-        return str(value)
     if isinstance(value, bytes | bytearray):
         return base64.b64encode(value).decode("ascii")
     return str(value)
 
 
 def _avro_converted(schema: Any) -> bool:
-    """Whether a parsed Avro schema holds a type whose values :func:`plain` changes."""
+    """Whether a parsed Avro schema holds a type whose values :func:`plain` changes (bytes, fixed, decimals)."""
     seen: set[int] = set()
 
     def walk(node: Any) -> bool:
@@ -71,7 +66,7 @@ def _avro_converted(schema: Any) -> bool:
         if not isinstance(node, dict) or id(node) in seen:
             return False
         seen.add(id(node))
-        if node.get("logicalType") in _AVRO_CONVERTED or node.get("type") in ("bytes", "fixed"):
+        if node.get("type") in _AVRO_CONVERTED:
             return True
         children = [f.get("type") for f in node.get("fields", ())] + [node.get(k) for k in ("items", "values")]
         return walk(node.get("type")) if isinstance(node.get("type"), dict | list) else any(walk(c) for c in children)
