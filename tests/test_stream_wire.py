@@ -349,3 +349,50 @@ def test_misconfiguration_is_one_line_before_anything_is_read(
     assert "need a schema registry" in one_line("--format", "avro")
     assert "needs Avro input" in one_line("--format", "protobuf", "--out-format", "avro", "--schema-registry", "http://x")
     assert "must be json, avro or protobuf" in one_line("--format", "xml")
+
+
+def test_a_registry_outage_stops_the_stream_in_one_line_and_a_restart_resumes(
+    kafka_bootstrap: str, stream_bundle: Path, tmp_path: Path
+) -> None:
+    """A registry of its own (stopped mid-test): schemas already fetched keep scoring; a new schema id meets the
+    outage, is retried for the configured timeout, then the stream stops with one line, dead-lettering nothing and
+    committing nothing past it; with the registry back (same storage, same ids), a restart scores the rest."""
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+    from confluent_kafka.schema_registry.avro import AvroSerializer
+    from confluent_kafka.serialization import MessageField, SerializationContext
+
+    from tests.kafka_helpers import count, free_port, schema_registry, wait_until
+
+    data, port, name = tmp_path / "registry", free_port(), "outage"
+    url = schema_registry("start", data, port)
+    topic = f"{name}.in"
+    create_topic(kafka_bootstrap, topic)
+    context = SerializationContext(topic, MessageField.VALUE)
+    rows = _rows(make_transactions(800, seed=61).drop("is_fraud"))
+    try:
+        with SchemaRegistryClient({"url": url}) as client:
+            v1 = [AvroSerializer(client, json.dumps(V1))(r, context) for r in rows[:500]]
+            v2 = [AvroSerializer(client, json.dumps(V2))({**r, "channel": "x"}, context) for r in rows[500:]]
+        produce(kafka_bootstrap, topic, v1)
+        config = tmp_path / "stream.toml"
+        config.write_text(f'[messages]\nformat = "avro"\n\n[messages.schema_registry]\nurl = "{url}"\ntimeout = "3s"\n')
+        args = ["--in-topic", topic, "--out-topic", f"{name}.out", "--dlq-topic", f"{name}.dlq", "--group", "g-out"]
+        proc = start_stream(stream_bundle, kafka_bootstrap, *args, "--config", str(config), "--stats-interval", "1")
+        wait_until(lambda: count(kafka_bootstrap, f"{name}.out") >= 500, proc=proc)
+        schema_registry("stop", data)
+        produce(kafka_bootstrap, topic, v2)  # a schema id the stream has not met
+        _, err = proc.communicate(timeout=120)
+        last = err.strip().splitlines()[-1]
+        assert proc.returncode != 0 and "Traceback" not in err, err
+        assert "did not answer for 3 s" in last and "fetch schema id" in last and "restart it" in last, last
+        assert count(kafka_bootstrap, f"{name}.dlq") == 0 and count(kafka_bootstrap, f"{name}.out") == 500
+
+        assert schema_registry("start", data, port) == url  # back, with the ids it had
+        proc = start_stream(stream_bundle, kafka_bootstrap, *args, "--config", str(config), "--idle-exit", "4")
+        _, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err
+        out = consume_all(kafka_bootstrap, f"{name}.out")
+        assert {r["txn_id"] for r in out} == {r["txn_id"] for r in rows}  # every record scored, none lost
+        assert Counter(r.get("channel") for r in {r["txn_id"]: r for r in out}.values()) == {None: 500, "x": 300}
+    finally:
+        schema_registry("stop", data)

@@ -16,6 +16,8 @@ from segscope._typing import (
     CombineMethod,
     DetectorName,
     EntityFeatureKind,
+    MessageFormat,
+    OutputFormat,
     PolicyKind,
     SegmentBoundaries,
 )
@@ -29,7 +31,9 @@ __all__ = [
     "EntityFeatureConfig",
     "FeatureConfig",
     "KafkaConfig",
+    "MessagesConfig",
     "PolicyConfig",
+    "SchemaRegistryConfig",
     "SegmentsConfig",
     "SegscopeConfig",
     "duration_seconds",
@@ -243,6 +247,44 @@ class KafkaConfig(_Frozen):
         return out
 
 
+_SECRET_REFERENCE = re.compile(r"\$\{(env|file):.+\}")
+
+
+class SchemaRegistryConfig(_Frozen):
+    """The schema registry of Avro or Protobuf messages: any service with Confluent's REST API."""
+
+    url: str | None = None
+    #: ``user:password``, written ``${env:NAME}`` or ``${file:/path}`` (never the secret itself)
+    basic_auth: str | None = None
+    #: Seconds (or a duration: 30s, 2m) to keep retrying a registry that does not answer before the stream stops.
+    timeout: float = Field(default=30.0, gt=0)
+    #: Properties of confluent-kafka's registry client: ssl.ca.location, ssl.certificate.location, ...
+    properties: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _durations(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("timeout"), str):
+            data = {**data, "timeout": duration_seconds(data["timeout"])}
+        return data
+
+    @model_validator(mode="after")
+    def _no_secret_written_out(self) -> SchemaRegistryConfig:
+        if self.basic_auth is not None and not _SECRET_REFERENCE.fullmatch(self.basic_auth.strip()):
+            raise ValueError("write basic_auth as ${env:NAME} or ${file:/path}, not the secret itself")
+        return self
+
+
+class MessagesConfig(_Frozen):
+    """How `segscope stream --config` reads the input topic's messages and writes the scored records."""
+
+    #: json, or avro / protobuf in the schema registry's wire format
+    format: MessageFormat = "json"
+    #: json, or avro (Avro input only: its schema plus the scored fields)
+    output: OutputFormat = "json"
+    schema_registry: SchemaRegistryConfig = Field(default_factory=SchemaRegistryConfig)
+
+
 class SegscopeConfig(_Frozen):
     """Everything ``segscope fit`` needs beyond the data."""
 
@@ -262,6 +304,8 @@ class SegscopeConfig(_Frozen):
     entity_warmup: float = Field(default=0.25, ge=0.0, lt=1.0)
     #: How `segscope stream --config` connects to Kafka (TLS, SASL, client properties); left out of bundles.
     kafka: KafkaConfig = Field(default_factory=KafkaConfig)
+    #: Avro or Protobuf messages with a schema registry (`segscope stream --config`); left out of bundles.
+    messages: MessagesConfig = Field(default_factory=MessagesConfig)
 
     @model_validator(mode="after")
     def _unique_detectors(self) -> SegscopeConfig:
@@ -288,7 +332,7 @@ class SegscopeConfig(_Frozen):
 def _format_validation_error(path: Path | str, exc: ValidationError) -> str:
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first["loc"])[:200] or "(top level)"
-    if first["loc"][:1] == ("kafka",):  # its input may hold a secret written where it must not be: never shown
+    if first["loc"][:1] in (("kafka",), ("messages",)):  # its input may hold a secret written out: never shown
         return f"config {path}: {where}: {first['msg']}; fix that entry"
     got = repr(first.get("input"))
     got = got if len(got) <= 120 else got[:117] + "..."  # the input can be a whole (huge) table

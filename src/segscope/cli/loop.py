@@ -203,8 +203,9 @@ def stream(
         Path | None,
         typer.Option(
             "--config",
-            help="A config file (or pack) whose kafka section the clients use: TLS, SASL and client properties; the "
-            "model's settings come from the bundle.",
+            help="A config file (or pack) whose kafka section the clients use (TLS, SASL and client properties) and "
+            "whose messages section says how messages are written (Avro/Protobuf, the schema registry); the model's "
+            "settings come from the bundle.",
         ),
     ] = None,
     kafka_option: Annotated[
@@ -312,7 +313,8 @@ def stream(
     for handler in logging.getLogger().handlers:  # an outage's repeated lines once per 30 s; secrets masked
         if not any(isinstance(f, QuietKafkaLogs) for f in handler.filters):
             handler.addFilter(QuietKafkaLogs())
-    section = load_config(config).kafka.model_dump() if config is not None else None
+    loaded = load_config(config) if config is not None else None
+    section = loaded.kafka.model_dump() if loaded is not None else None
     settings = KafkaSettings.build(section, kafka_option or [], connect_timeout)
     for name, value, allowed in (
         ("--isolation-level", isolation, ("read_committed", "read_uncommitted")),
@@ -344,7 +346,11 @@ def stream(
         compression=compression,
         state_dir=state_dir,
         wire=wire_settings(
-            fmt=message_format, output=out_format, url=schema_registry, auth=schema_registry_auth, section=None
+            fmt=message_format,
+            output=out_format,
+            url=schema_registry,
+            auth=schema_registry_auth,
+            section=loaded.messages.model_dump() if loaded is not None else None,
         ),
         kafka=settings,
     )

@@ -77,7 +77,7 @@ def manifest(self: Model) -> dict[str, Any]:
             _supervised_component(self),
             _entities_component(self),
         ],
-        "config": self.config.model_dump(mode="json", exclude={"kafka"}),  # connection settings stay out
+        "config": self.config.model_dump(mode="json", exclude={"kafka", "messages"}),  # connection settings stay out
         # named so that a bundle missing it is refused (it is optional: bundles from before drift have none)
         "drift_reference": "drift.json" if self.drift_ is not None else None,
         "policy": self.policy_.describe(),
