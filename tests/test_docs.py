@@ -47,7 +47,7 @@ def test_the_configuration_reference_names_every_key() -> None:
     text = (DOCS / "configuration.md").read_text()
     models: list[Any] = [
         cfg.SegscopeConfig, cfg.DetectorConfig, cfg.FeatureConfig, cfg.PolicyConfig, cfg.SegmentsConfig,
-        cfg.EntityConfig, cfg.EntityFeatureConfig, cfg.KafkaConfig,
+        cfg.EntityConfig, cfg.EntityFeatureConfig, cfg.KafkaConfig, cfg.MessagesConfig, cfg.SchemaRegistryConfig,
     ]
     missing = [f"{m.__name__}.{k}" for m in models for k in m.model_fields if f"| `{k}` |" not in text]
     assert not missing, f"docs/configuration.md has no row for {missing}"

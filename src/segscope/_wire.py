@@ -257,7 +257,14 @@ class SchemaRegistry:
                     text = text.replace(part, "***")
         return text
 
-    def _call(self, what: str, call: Callable[[], _T], stop: type[Exception] = SourceError) -> _T:
+    def _call(
+        self,
+        what: str,
+        call: Callable[[], _T],
+        stop: type[Exception] = SourceError,
+        hint: str = "the stream stops without committing past the last written batch (no record is dead-lettered "
+        "for an outage): restart it once the registry is reachable",
+    ) -> _T:
         """``call()``, retried with back-off while the registry cannot answer, for ``timeout`` seconds; then (and
         on refused credentials at once) ``stop`` with one line. A 4xx other than those is re-raised."""
         registry_error = require("confluent_kafka.schema_registry", extra="kafka", feature="the schema registry")
@@ -281,8 +288,7 @@ class SchemaRegistry:
             if time.monotonic() + wait > deadline:
                 raise stop(
                     f"schema registry {self.shown} did not answer for {self.settings.timeout:.0f} s ({reason}) "
-                    f"when asked to {what}; the stream stops without committing past the last written batch (no "
-                    "record is dead-lettered for an outage): restart it once the registry is reachable"
+                    f"when asked to {what}; {hint}"
                 ) from None
             log.warning("schema registry %s: %s; retrying in %.1f s", self.shown, reason, wait)
             time.sleep(wait)
@@ -298,7 +304,12 @@ class SchemaRegistry:
         ``timeout``) or refused credentials are one line, before any message is read."""
         registry = require("confluent_kafka.schema_registry", extra="kafka", feature="the schema registry")
         with contextlib.suppress(registry.SchemaRegistryError):  # it answered (without that endpoint): reachable
-            self._call("answer", lambda: self.client().get_compatibility())
+            self._call(
+                "answer at start",
+                lambda: self.client().get_compatibility(),
+                hint="check its URL (--schema-registry, or url in the config's messages.schema_registry) and that "
+                "it is up",
+            )
 
     def schema(self, schema: int) -> Any:
         """The registered schema of id ``schema`` (confluent-kafka's ``Schema``: ``schema_str``,

@@ -193,7 +193,7 @@ def _require_registry(path: Path) -> None:
 @app.command()
 def stream(
     bundle: BundleOpt,
-    in_topic: Annotated[str, typer.Option("--in-topic", help="Topic of JSON records to score.")],
+    in_topic: Annotated[str, typer.Option("--in-topic", help="Topic of records to score (JSON, or see --format).")],
     out_topic: Annotated[str, typer.Option("--out-topic", help="Topic for every scored record.")],
     bootstrap: Annotated[
         str | None,
