@@ -240,16 +240,18 @@ def test_protobuf_stream_equals_batch_from_serialized_and_proto_text_schemas(
         for row in _rows(second)
     ]
     wrong_index = prefix_schema_id_serializer(b"", context, SchemaId("PROTOBUF", v2_id, None, [5]))
+    truncated = prefix_schema_id_serializer(b"\x0a\xff\x01", context, framed)  # txn_id: 255 bytes announced, 1 there
     avro_context = SerializationContext("proto.avro", MessageField.VALUE)
     avro = AvroSerializer(client, json.dumps(V1))(_rows(first)[0], avro_context)
-    sent = produce(kafka_bootstrap, topic, [*values, *[wrong_index] * 10, *[avro] * 10])
+    sent = produce(kafka_bootstrap, topic, [*values, *[wrong_index] * 10, *[avro] * 10, *[truncated] * 10])
 
     code, err = _stream(stream_bundle, kafka_bootstrap, registry_auth, name, "--format", "protobuf")
     assert code == 0, err
     out = consume_all(kafka_bootstrap, f"{name}.out")
     dlq = consume_dead_letters(kafka_bootstrap, f"{name}.dlq")
-    assert len(out) + len(dlq) == sent and len(dlq) == 20
+    assert len(out) + len(dlq) == sent and len(dlq) == 30
     assert sum("the message indexes [5] name no message" in d["reason"] for d in dlq) == 10
+    assert sum(f"do not decode with schema id {v2_id} (Protobuf): DecodeError" in d["reason"] for d in dlq) == 10
     assert sum("is a AVRO schema, but the stream reads --format protobuf" in d["reason"] for d in dlq) == 10
     _same_scores(out, _batch_scores(run_cli, stream_bundle, pl.concat([first, second]), tmp_path))
     assert Counter(r.get("channel") for r in out) == {None: 1500, "app": 700}
