@@ -398,3 +398,92 @@ def test_a_registry_outage_stops_the_stream_in_one_line_and_a_restart_resumes(
         assert Counter(r.get("channel") for r in {r["txn_id"]: r for r in out}.values()) == {None: 500, "x": 300}
     finally:
         schema_registry("stop", data)
+
+
+def test_every_avro_and_protobuf_type_becomes_a_value_the_checks_and_json_output_take(registry_auth: Registry) -> None:
+    """What the docs promise per type, decoded from confluent-kafka's serializers' bytes; every record is JSON."""
+    import decimal
+    import uuid
+
+    import orjson
+    from confluent_kafka.schema_registry.avro import AvroSerializer
+    from confluent_kafka.schema_registry.protobuf import ProtobufSerializer
+    from confluent_kafka.serialization import MessageField, SerializationContext
+    from google.protobuf import descriptor_pb2, descriptor_pool, timestamp_pb2, wrappers_pb2
+    from google.protobuf.message_factory import GetMessageClass
+
+    from segscope._wire import RegistrySettings, SchemaRegistry
+    from segscope.sources.wire import WireDecoder
+
+    client = registry_auth.client()
+    money = {"type": "bytes", "logicalType": "decimal", "precision": 12, "scale": 2}
+    address = {"type": "record", "name": "Address", "fields": [{"name": "city", "type": "string"}]}
+    schema = {
+        "type": "record",
+        "name": "Everything",
+        "fields": [
+            {"name": "amount", "type": money},
+            {"name": "raw", "type": "bytes"},
+            {"name": "uid", "type": {"type": "string", "logicalType": "uuid"}},
+            {"name": "day", "type": {"type": "int", "logicalType": "date"}},
+            {"name": "at", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+            {"name": "kind", "type": {"type": "enum", "name": "Kind", "symbols": ["CARD", "WIRE"]}},
+            {"name": "note", "type": ["null", "string"], "default": None},
+            {"name": "address", "type": address},
+            {"name": "tags", "type": {"type": "array", "items": "string"}},
+            {"name": "limits", "type": {"type": "map", "values": "long"}},
+        ],
+    }
+    record = {
+        "amount": decimal.Decimal("1234.50"), "raw": b"\x00\xff", "uid": uuid.UUID(int=7), "day": dt.date(2026, 1, 5),
+        "at": dt.datetime(2026, 1, 5, 14, 5, tzinfo=dt.UTC), "kind": "WIRE", "note": None,
+        "address": {"city": "Lyon"}, "tags": ["a", "b"], "limits": {"day": 500},
+    }  # fmt: skip
+    value = AvroSerializer(client, json.dumps(schema))(record, SerializationContext("types.avro", MessageField.VALUE))
+    registry = SchemaRegistry(RegistrySettings(registry_auth.url, basic_auth=registry_auth.auth))
+    try:
+        got = WireDecoder(registry, "avro").loads(value)
+        assert got["amount"] == 1234.5 and got["raw"] == "AP8=" and got["kind"] == "WIRE" and got["note"] is None
+        assert str(got["uid"]) == str(uuid.UUID(int=7)) and got["day"] == dt.date(2026, 1, 5)
+        assert got["at"] == dt.datetime(2026, 1, 5, 14, 5, tzinfo=dt.UTC)
+        assert got["address"] == {"city": "Lyon"} and got["tags"] == ["a", "b"] and got["limits"] == {"day": 500}
+        assert json.loads(orjson.dumps(got))["at"] == "2026-01-05T14:05:00+00:00"
+
+        kind = descriptor_pb2.FieldDescriptorProto
+        file = descriptor_pb2.FileDescriptorProto(
+            name="types.proto", package="types", syntax="proto3",
+            dependency=["google/protobuf/timestamp.proto", "google/protobuf/wrappers.proto"],
+        )  # fmt: skip
+        file.enum_type.add(name="Kind").value.extend(
+            [descriptor_pb2.EnumValueDescriptorProto(name=n, number=i) for i, n in enumerate(["CARD", "WIRE"])]
+        )
+        message = file.message_type.add(name="Everything")
+        nested = message.nested_type.add(name="Address")
+        nested.field.add(name="city", number=1, type=kind.TYPE_STRING)
+        message.field.add(name="kind", number=1, type=kind.TYPE_ENUM, type_name=".types.Kind")
+        message.field.add(name="raw", number=2, type=kind.TYPE_BYTES)
+        message.field.add(name="at", number=3, type=kind.TYPE_MESSAGE, type_name=".google.protobuf.Timestamp")
+        message.field.add(name="limit", number=4, type=kind.TYPE_MESSAGE, type_name=".google.protobuf.Int64Value")
+        message.field.add(name="address", number=5, type=kind.TYPE_MESSAGE, type_name=".types.Everything.Address")
+        message.field.add(name="tags", number=6, type=kind.TYPE_STRING, label=kind.LABEL_REPEATED)
+        message.field.add(name="count", number=7, type=kind.TYPE_INT64)
+        message.field.add(name="unset", number=8, type=kind.TYPE_MESSAGE, type_name=".types.Everything.Address")
+        pool = descriptor_pool.DescriptorPool()
+        for module in (timestamp_pb2, wrappers_pb2):
+            pool.AddSerializedFile(module.DESCRIPTOR.serialized_pb)
+        pool.Add(file)
+        cls = GetMessageClass(pool.FindMessageTypeByName("types.Everything"))
+        sent = cls(kind=1, raw=b"\x00\xff", tags=["a", "b"], count=0)
+        sent.at.FromDatetime(dt.datetime(2026, 1, 5, 14, 5, tzinfo=dt.UTC))
+        sent.limit.value = 500
+        sent.address.city = "Lyon"
+        serialize = ProtobufSerializer(cls, client, {"use.deprecated.format": False})
+        value = serialize(sent, SerializationContext("types.proto", MessageField.VALUE))
+        got = WireDecoder(registry, "protobuf").loads(value)
+        assert got == {
+            "kind": "WIRE", "raw": "AP8=", "at": dt.datetime(2026, 1, 5, 14, 5, tzinfo=dt.UTC), "limit": 500,
+            "address": {"city": "Lyon"}, "tags": ["a", "b"], "count": 0, "unset": None,
+        }  # fmt: skip
+        orjson.dumps(got)
+    finally:
+        registry.close()
