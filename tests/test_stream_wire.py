@@ -73,6 +73,7 @@ def _stream(bundle: Path, bootstrap: str, registry: Registry, name: str, *extra:
     proc = start_stream(bundle, bootstrap, *args)
     _, err = proc.communicate(timeout=240)
     assert registry.auth.split(":")[1] not in err  # the secret is never printed
+    assert "HTTP Request" not in err  # nor a line per registry request
     return proc.returncode, err
 
 

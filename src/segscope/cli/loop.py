@@ -310,6 +310,7 @@ def stream(
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     logging.getLogger("kafka").setLevel(logging.WARNING)  # the client's connection chatter
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # each schema registry request (httpx logs them at INFO)
     for handler in logging.getLogger().handlers:  # an outage's repeated lines once per 30 s; secrets masked
         if not any(isinstance(f, QuietKafkaLogs) for f in handler.filters):
             handler.addFilter(QuietKafkaLogs())
