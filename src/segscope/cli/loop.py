@@ -310,7 +310,8 @@ def stream(
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     logging.getLogger("kafka").setLevel(logging.WARNING)  # the client's connection chatter
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # each schema registry request (httpx logs them at INFO)
+    for name in ("httpx", "httpx2"):  # each schema registry request, logged at INFO (confluent-kafka's HTTP client)
+        logging.getLogger(name).setLevel(logging.WARNING)
     for handler in logging.getLogger().handlers:  # an outage's repeated lines once per 30 s; secrets masked
         if not any(isinstance(f, QuietKafkaLogs) for f in handler.filters):
             handler.addFilter(QuietKafkaLogs())
