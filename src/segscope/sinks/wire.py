@@ -161,9 +161,7 @@ class WireEncoder:
         tail = fastavro.parse_schema(scored)
         whole = None
         if dropped:
-            named: dict[str, Any] = {}
-            self.decoder._avro_named(found.references, named)
-            whole = fastavro.parse_schema(output, named)
+            whole = fastavro.parse_schema(output, self.decoder.named_schemas(found.references))
         return _Plan(frame(ids[0], b""), tail, whole, self.decoder.parsed.get(schema), dropped)
 
 

@@ -11,7 +11,6 @@ file, as the wire format gives them.
 from __future__ import annotations
 
 import base64
-import binascii
 import datetime as dt
 import tempfile
 from collections.abc import Callable
@@ -37,7 +36,7 @@ def _serialized(text: str) -> Any:
         raw = base64.b64decode(text.strip(), validate=True)
         proto = descriptor_pb2.FileDescriptorProto()
         proto.ParseFromString(raw)
-    except (binascii.Error, ValueError, Exception):
+    except Exception:  # not base64, or not a descriptor: .proto source
         return None
     return proto if proto.name else None
 

@@ -117,18 +117,20 @@ class WireDecoder:
             raise WireError(f"schema id {schema} cannot be used ({type(exc).__name__}: {str(exc)[:160]})") from None
 
     # ------------------------------------------------------------------------------------------------ Avro
-    def _avro_named(self, references: list[Any], named: dict[str, Any]) -> None:
+    def named_schemas(self, references: list[Any] | None, named: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The Avro named types a schema's references define (fetched as the subject versions they name), as
+        fastavro's ``named_schemas`` for parsing the schema itself."""
         fastavro = require("fastavro", extra="kafka", feature="Avro messages")
+        named = {} if named is None else named
         for ref in references or []:
             referenced = self.registry.version(ref.subject, ref.version)
-            self._avro_named(referenced.references, named)
+            self.named_schemas(referenced.references, named)
             fastavro.parse_schema(json.loads(referenced.schema_str), named)
+        return named
 
     def _avro(self, schema: int, found: Any) -> Reader:
         fastavro = require("fastavro", extra="kafka", feature="Avro messages")
-        named: dict[str, Any] = {}
-        self._avro_named(found.references, named)
-        parsed = fastavro.parse_schema(json.loads(found.schema_str), named)
+        parsed = fastavro.parse_schema(json.loads(found.schema_str), self.named_schemas(found.references))
         self.parsed[schema] = parsed
         converted = _avro_converted(parsed)
         read = fastavro.schemaless_reader
