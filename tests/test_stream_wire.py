@@ -488,3 +488,26 @@ def test_every_avro_and_protobuf_type_becomes_a_value_the_checks_and_json_output
         orjson.dumps(got)
     finally:
         registry.close()
+
+
+def test_an_avro_schema_with_references_is_read_with_the_types_they_name(registry_auth: Registry) -> None:
+    from confluent_kafka.schema_registry import Schema, SchemaReference
+    from confluent_kafka.schema_registry.avro import AvroSerializer
+    from confluent_kafka.serialization import MessageField, SerializationContext
+
+    from segscope._wire import RegistrySettings, SchemaRegistry
+    from segscope.sources.wire import WireDecoder
+
+    client = registry_auth.client()
+    money = {"type": "record", "name": "Money", "namespace": "shop", "fields": [{"name": "cents", "type": "long"}]}
+    client.register_schema("shop.Money", Schema(json.dumps(money), "AVRO"))
+    order = {"type": "record", "name": "Order", "fields": [{"name": "price", "type": "shop.Money"}]}
+    schema = Schema(json.dumps(order), "AVRO", [SchemaReference("shop.Money", "shop.Money", 1)])
+    context = SerializationContext("orders", MessageField.VALUE)
+    value = AvroSerializer(client, schema)({"price": {"cents": 150}}, context)
+    registry = SchemaRegistry(RegistrySettings(registry_auth.url, basic_auth=registry_auth.auth))
+    try:
+        assert WireDecoder(registry, "avro").loads(value) == {"price": {"cents": 150}}
+        assert registry.fetches == 2  # the schema, and the subject version its reference names
+    finally:
+        registry.close()
