@@ -52,8 +52,19 @@ class _Lines:
         self.proc = proc
         assert proc.stderr is not None
         stream = proc.stderr
-        self.thread = threading.Thread(target=lambda: [self.lines.append((time.monotonic(), x)) for x in stream])
+        self.thread = threading.Thread(
+            target=lambda: [self.lines.append((time.monotonic(), x)) for x in stream], daemon=True
+        )
         self.thread.start()
+
+    def __enter__(self) -> _Lines:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """A stream a failed assertion left running is killed."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.join()
 
     def join(self) -> None:
         """After the process exited: every line read, the pipes closed."""
@@ -186,17 +197,16 @@ def test_sigterm_while_waiting_for_the_cluster_exits_at_once(stream_bundle: Path
     proc = _stream(
         "--bundle", stream_bundle, "--bootstrap", dead, "--in-topic", "a", "--out-topic", "b", "--client", client
     )
-    lines = _Lines(proc)
-    if client == "confluent":
-        wait_until(lambda: "kafka: waiting up to 30 s" in lines.text(), timeout=60, every=0.1)
-    else:  # kafka-python waits in its constructor, quietly
-        time.sleep(8)
-    assert proc.poll() is None
-    sent = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=30)
-    took = time.monotonic() - sent
-    lines.join()
+    with _Lines(proc) as lines:
+        if client == "confluent":
+            wait_until(lambda: "kafka: waiting up to 30 s" in lines.text(), timeout=60, every=0.1)
+        else:  # kafka-python waits in its constructor, quietly
+            time.sleep(8)
+        assert proc.poll() is None
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        took = time.monotonic() - sent
     print(f"{client}: exited {took:.2f} s after SIGTERM")
     assert proc.returncode == 0, lines.text()
     assert took < 3, f"SIGTERM took {took:.1f} s"
@@ -210,20 +220,19 @@ def test_an_outage_is_a_few_log_lines_not_thousands(kafka_secure: dict[str, Any]
     produce(bootstrap, "outage.in", records(make_transactions(1000, seed=32).drop("is_fraud")))
     args = ["--in-topic", "outage.in", "--out-topic", "outage.out", "--group", "g-outage", "--stats-interval", "3600"]
     proc = _stream("--bundle", stream_bundle, "--bootstrap", bootstrap, *args)
-    lines = _Lines(proc)
-    wait_until(lambda: group_caught_up(bootstrap, "g-outage", "outage.in"), proc=proc)
-    stopped = time.monotonic()
-    broker("stop", data)
-    time.sleep(30)
-    assert broker("start", data) == bootstrap
-    restarted = time.monotonic()
-    during = lines.between(stopped, restarted)
-    print(f"{len(during)} lines during a {restarted - stopped:.0f} s outage:\n" + "".join(during))
-    produce(bootstrap, "outage.in", records(make_transactions(1000, seed=33).drop("is_fraud")))
-    wait_until(lambda: group_caught_up(bootstrap, "g-outage", "outage.in"), timeout=240, proc=proc)
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=60)
-    lines.join()
+    with _Lines(proc) as lines:
+        wait_until(lambda: group_caught_up(bootstrap, "g-outage", "outage.in"))
+        stopped = time.monotonic()
+        broker("stop", data)
+        time.sleep(30)
+        assert broker("start", data) == bootstrap
+        restarted = time.monotonic()
+        during = lines.between(stopped, restarted)
+        print(f"{len(during)} lines during a {restarted - stopped:.0f} s outage:\n" + "".join(during))
+        assert len(during) <= 12, "".join(during)  # librdkafka reports each error again on every reconnect attempt
+        produce(bootstrap, "outage.in", records(make_transactions(1000, seed=33).drop("is_fraud")))
+        wait_until(lambda: group_caught_up(bootstrap, "g-outage", "outage.in"), timeout=240)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
     assert proc.returncode == 0, lines.text()
     assert "2,000 in, 2,000 scored" in lines.text()
-    assert len(during) <= 12, "".join(during)  # librdkafka reports each error again on every reconnect attempt
