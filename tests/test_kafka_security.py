@@ -191,6 +191,23 @@ def test_misconfiguration_is_one_line_within_a_bounded_wait(
     assert took < bound + 20, f"{name}: {took:.1f} s"
 
 
+def test_oauthbearer_settings_reach_the_client(kafka_secure: dict[str, Any], orders: str, stream_bundle: Path) -> None:
+    """librdkafka's unsigned OAUTHBEARER token (a test broker's; OIDC takes the same path with its own keys): the
+    stream logs in and gets the cluster's metadata, shown by the line about a topic it does not find there."""
+    options = {
+        "security.protocol": "SASL_SSL",
+        "ssl.ca.location": str(kafka_secure["certs"] / "ca.pem"),
+        "sasl.mechanism": "OAUTHBEARER",
+        "enable.sasl.oauthbearer.unsecure.jwt": "true",
+        "sasl.oauthbearer.config": "principal=alice",
+    }
+    args = [word for key, value in options.items() for word in ("--kafka-option", f"{key}={value}")]
+    proc = _stream("--bundle", stream_bundle, "--bootstrap", kafka_secure["SASL_SSL"], "--in-topic", "orders.inn",
+                   "--out-topic", "orders.out", *args)  # fmt: skip
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "did you mean 'orders.in'" in err, err
+
+
 @pytest.mark.parametrize("client", ["confluent", "kafka-python"])
 def test_sigterm_while_waiting_for_the_cluster_exits_at_once(stream_bundle: Path, client: str) -> None:
     dead = f"127.0.0.1:{free_port()}"
