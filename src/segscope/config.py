@@ -104,11 +104,17 @@ class PolicyConfig(_Frozen):
     #: (``1h``, ``1d``), or per this many of its events when it has no time column: one alert per burst or
     #: failure, not one per record of it (alarm flood suppression).
     cooldown: str | int | None = None
+    #: With ``entities:``: each entity is held to its own recent past: once it has scores over this much trailing
+    #: event time (``7d``), it alerts only above the highest of them; records that alert never join the window,
+    #: so a failure does not teach it. The window and its clock live in the entity state (checkpoints, bundles).
+    recalibrate: str | int | None = None
 
     @model_validator(mode="after")
     def _budget_needs_time(self) -> PolicyConfig:
         if self.cooldown is not None and duration_seconds(self.cooldown) <= 0:
             raise ValueError("policy.cooldown must be longer than zero")
+        if self.recalibrate is not None and duration_seconds(self.recalibrate) <= 0:
+            raise ValueError("policy.recalibrate must be longer than zero")
         if self.kind == "budget" and self.per != "rows" and self.time_column is None:
             raise ValueError(
                 f"an alert budget per {self.per} needs policy.time_column (a datetime column); "
@@ -311,6 +317,10 @@ class SegscopeConfig(_Frozen):
     def _unique_detectors(self) -> SegscopeConfig:
         if self.policy.cooldown is not None and not self.entities:
             raise ValueError("policy.cooldown counts per entity: add an entities: block, or remove the cooldown")
+        if self.policy.recalibrate is not None and not self.entities:
+            raise ValueError(
+                "policy.recalibrate holds each entity to its own past: add an entities: block, or remove it"
+            )
         names = [d.name for d in self.detectors]
         if not names:
             raise ValueError("detectors is empty; list at least one, e.g. [{name = 'iforest'}]")

@@ -171,3 +171,58 @@ def cool_down(alerts: np.ndarray, slots: np.ndarray, when: np.ndarray, last_aler
                 alerts[i] = False
             else:
                 last_alert[s] = when[i]
+
+
+#: time buckets of an entity's trailing score window (``policy.recalibrate``), and the number of an empty one
+PEAK_BUCKETS = 24
+NO_BUCKET = -(2**62)
+
+
+@nb.njit(cache=True)
+def recalibrate(
+    alerts: np.ndarray,
+    scores: np.ndarray,
+    slots: np.ndarray,
+    when: np.ndarray,
+    peak: np.ndarray,
+    peak_at: np.ndarray,
+    peak_n: np.ndarray,
+    span: float,
+    min_scores: int,
+    last_alert: np.ndarray,
+    gap: float,
+) -> None:
+    """In order: once an entity holds ``min_scores`` of its own scores over the trailing ``span`` of event time,
+    it alerts only above the highest of them; then, with ``gap`` > 0, an alert within ``gap`` of the entity's
+    previous one is withdrawn (as :func:`cool_down`). ``alerts`` is updated in place. Scores join the window (per
+    time bucket: the highest, its bucket number, the count); an alert joins at the level it beat."""
+    buckets = peak.shape[1]
+    width = span / buckets
+    for i in range(alerts.shape[0]):
+        s = slots[i]
+        if s < 0 or math.isnan(when[i]) or math.isnan(scores[i]):
+            continue
+        b = np.int64(math.floor(when[i] / width))
+        top = -np.inf
+        held = 0
+        for k in range(buckets):
+            if b - buckets < peak_at[s, k] and peak_at[s, k] <= b:
+                held += peak_n[s, k]
+                top = max(top, peak[s, k])
+        if held >= min_scores:
+            alerts[i] = scores[i] > top
+        if alerts[i] and gap > 0:
+            if when[i] - last_alert[s] < gap:
+                alerts[i] = False
+            else:
+                last_alert[s] = when[i]
+        # an alert joins the window at the level it beat: it keeps that level in the window for another span
+        # (a run of alerts does not wear the threshold down) and does not raise it (a failure does not teach it)
+        joined = min(scores[i], top) if alerts[i] else scores[i]
+        if not math.isinf(joined):
+            k = b % buckets
+            if peak_at[s, k] != b:
+                peak_at[s, k], peak[s, k], peak_n[s, k] = b, joined, 1
+            else:
+                peak[s, k] = max(peak[s, k], joined)
+                peak_n[s, k] += 1

@@ -219,6 +219,25 @@ class EntityFeatures:
         block.dirty[block.rows[0][kept & (block.rows[0] >= 0)]] = True
         return kept
 
+    def recalibrate(
+        self, alerts: np.ndarray, scores: np.ndarray, state: EntityState, span: str | int, gap: str | int | None
+    ) -> np.ndarray:
+        """``alerts`` of the batch just transformed with ``state``, each entity (of the first spec) held to its own
+        trailing window of scores, then cooled down by ``gap`` (:func:`kernel.recalibrate`); the state keeps the
+        window and when each entity last alerted."""
+        block = state.blocks[0]
+        if block.rows is None or block.rows[0].shape[0] != alerts.shape[0]:
+            return alerts
+        kept = alerts.copy()
+        slots, when = block.rows
+        kernel.recalibrate(
+            kept, np.asarray(scores, dtype=np.float64), slots, when, block.peak, block.peak_at, block.peak_n,
+            duration_seconds(span), RECALIBRATE_MIN_SCORES, block.last_alert,
+            0.0 if gap is None else duration_seconds(gap),
+        )  # fmt: skip
+        block.dirty[slots[slots >= 0]] = True
+        return kept
+
     # ------------------------------------------------------------ persist
     def file_names(self) -> list[str]:
         return [f"entities/state-{i}.arrow" for i in range(len(self.specs))]
@@ -234,6 +253,10 @@ class EntityFeatures:
             feats.state_.load_bytes(i, data)
         feats.state_.clean()
         return feats
+
+
+#: scores an entity holds in its window before its own highest one is its threshold (before: the policy's)
+RECALIBRATE_MIN_SCORES = 50
 
 
 def _column(frame: pl.DataFrame, name: str, role: str) -> pl.Series:

@@ -34,6 +34,11 @@ class Block:
     dirty: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
     #: when each entity last alerted (for ``policy.cooldown``; -inf: never)
     last_alert: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    #: the trailing window of each entity's own scores (``policy.recalibrate``): per time bucket, the highest
+    #: score that did not alert, the bucket's number and how many scores it holds
+    peak: np.ndarray = field(default_factory=lambda: np.zeros((0, kernel.PEAK_BUCKETS)))
+    peak_at: np.ndarray = field(default_factory=lambda: np.zeros((0, kernel.PEAK_BUCKETS), dtype=np.int64))
+    peak_n: np.ndarray = field(default_factory=lambda: np.zeros((0, kernel.PEAK_BUCKETS), dtype=np.int64))
     #: the last batch's rows: (entity slot, time as counted), for the cooldown; not kept
     rows: tuple[np.ndarray, np.ndarray] | None = None
     pairs: Any = None
@@ -52,6 +57,13 @@ class Block:
             self.acc = np.zeros((self.last_t.shape[0], self.n_acc))
         if self.last_alert.shape[0] != self.last_t.shape[0]:
             self.last_alert = np.full(self.last_t.shape[0], -np.inf)
+        if self.peak.shape[0] != self.last_t.shape[0]:
+            cap = (self.last_t.shape[0], kernel.PEAK_BUCKETS)
+            self.peak, self.peak_at, self.peak_n = (
+                np.zeros(cap),
+                np.full(cap, kernel.NO_BUCKET),
+                np.zeros(cap, np.int64),
+            )
 
     @property
     def size(self) -> int:
@@ -99,9 +111,14 @@ class Block:
         self.last_t, self.n_events, self.gen = grown(self.last_t), grown(self.n_events), grown(self.gen)
         self.acc, self.partition, self.dirty = grown(self.acc), grown(self.partition, -1), grown(self.dirty, False)
         self.last_alert = grown(self.last_alert, -np.inf)
+        self.peak, self.peak_at, self.peak_n = (
+            grown(self.peak),
+            grown(self.peak_at, kernel.NO_BUCKET),
+            grown(self.peak_n),
+        )
 
     def copy(self) -> Block:
-        arrays = ("last_t", "n_events", "gen", "acc", "partition", "dirty", "last_alert")
+        arrays = ("last_t", "n_events", "gen", "acc", "partition", "dirty", "last_alert", "peak", "peak_at", "peak_n")
         block = replace(
             self,
             keys=dict(self.keys),
@@ -139,6 +156,7 @@ class Block:
         self.last_t, self.n_events, self.gen = self.last_t[keep], self.n_events[keep], self.gen[keep]
         self.acc, self.partition, self.dirty = self.acc[keep], self.partition[keep], self.dirty[keep]
         self.last_alert, self.rows = self.last_alert[keep], None
+        self.peak, self.peak_at, self.peak_n = self.peak[keep], self.peak_at[keep], self.peak_n[keep]
         self.pairs = kernel.load_pairs(rows, self.gen, max(self.n_pairs, 1))
         return gone
 
@@ -157,6 +175,9 @@ class Block:
                 "partition": self.partition[rows],
                 "last_alert": self.last_alert[rows],
                 "acc": self.acc[rows] if self.n_acc else np.zeros((rows.size, 1)),
+                "peak": self.peak[rows],
+                "peak_at": self.peak_at[rows],
+                "peak_n": self.peak_n[rows],
             },
             schema_overrides={"key": pl.String},
         ).with_row_index("slot")
@@ -200,6 +221,10 @@ class Block:
         self.partition[slots] = frame.get_column("partition").to_numpy()
         if "last_alert" in frame.columns:
             self.last_alert[slots] = frame.get_column("last_alert").to_numpy()
+        if "peak" in frame.columns:
+            for name in ("peak", "peak_at", "peak_n"):
+                values = np.asarray(frame.get_column(name).to_numpy()).reshape(-1, kernel.PEAK_BUCKETS)
+                getattr(self, name)[slots] = values
         if self.n_acc:
             self.acc[slots] = np.asarray(frame.get_column("acc").to_numpy(), dtype=np.float64).reshape(-1, self.n_acc)
         if self.n_pairs == 0:
@@ -250,6 +275,11 @@ def _read_state_file(data: bytes, block: Block) -> pl.DataFrame:
     wrong = [c for c in (*_STATE_NUMBERS, "last_alert") if c in frame.columns and not frame.schema[c].is_numeric()]
     if wrong or frame.schema["key"] != pl.String or frame.get_column("key").null_count():
         raise BundleError(f"entity state: the column(s) {wrong or ['key']} do not hold what the state writes")
+    for name, dtype in (("peak", pl.Float64), ("peak_at", pl.Int64), ("peak_n", pl.Int64)):
+        if name in frame.columns and frame.schema[name] != pl.Array(dtype, kernel.PEAK_BUCKETS):
+            raise BundleError(
+                f"entity state: '{name}' holds {frame.schema[name]}, expected {kernel.PEAK_BUCKETS} per entity"
+            )
     acc = frame.schema["acc"]
     if block.n_acc and acc != pl.Array(pl.Float64, block.n_acc):
         raise BundleError(f"entity state: 'acc' holds {acc}, expected {block.n_acc} numbers per entity")
@@ -280,7 +310,7 @@ class EntityState:
         total = 0
         for b in self.blocks:
             total += b.last_t.nbytes + b.n_events.nbytes + b.gen.nbytes + b.acc.nbytes + b.partition.nbytes
-            total += b.last_alert.nbytes
+            total += b.last_alert.nbytes + b.peak.nbytes + b.peak_at.nbytes + b.peak_n.nbytes
             total += sum(len(k) + 49 + 8 + 72 for k in b.key_list)  # str object + list slot + dict entry
             total += len(b.pairs) * 40 + sum(len(v) + 49 + 80 for vs in b.values for v in vs)
         return total

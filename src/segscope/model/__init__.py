@@ -387,8 +387,10 @@ class Model:
             supervised = np.empty(0)
         score = supervised if supervised is not None else anomaly
         alerts = self.policy_.decide(score, validated, state)
-        cooldown = self.config.policy.cooldown
-        if cooldown is not None and entities is not None and self.entities_ is not None:
+        recalibrate, cooldown = self.config.policy.recalibrate, self.config.policy.cooldown
+        if recalibrate is not None and entities is not None and self.entities_ is not None:
+            alerts = self.entities_.recalibrate(np.asarray(alerts, dtype=bool), score, entities, recalibrate, cooldown)
+        elif cooldown is not None and entities is not None and self.entities_ is not None:
             alerts = self.entities_.cool_down(np.asarray(alerts, dtype=bool), entities, cooldown)
         if drift is not None:
             drift.add(validated, alerts)
