@@ -44,6 +44,20 @@ def broker(action: str, data: Path, port: int | None = None) -> str:
     return out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
 
 
+def kill_broker(data: Path) -> None:
+    """SIGKILL the broker of ``data``: no controlled shutdown (its logs are recovered on the next start)."""
+    pid = int((data / "broker.pid").read_text())
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    (data / "broker.pid").unlink()
+
+
 def create_topic(bootstrap: str, name: str, partitions: int = 3) -> None:
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     try:
@@ -72,7 +86,7 @@ def records(frame) -> list[bytes]:  # type: ignore[no-untyped-def]
     return [json.dumps(r).encode() for r in rows]
 
 
-def _reader(bootstrap: str, topic: str, idle: float) -> KafkaConsumer:
+def _reader(bootstrap: str, topic: str, idle: float, committed: bool = False) -> KafkaConsumer:
     """Reads the whole topic from the start, stopping after ``idle`` seconds without a message."""
     return KafkaConsumer(
         topic,
@@ -81,13 +95,14 @@ def _reader(bootstrap: str, topic: str, idle: float) -> KafkaConsumer:
         consumer_timeout_ms=int(idle * 1000),
         max_poll_records=10_000,
         fetch_max_bytes=64 * 1024 * 1024,
+        isolation_level="read_committed" if committed else "read_uncommitted",
     )
 
 
-def _drain(bootstrap: str, topic: str, idle: float, timeout: float = 180.0) -> list[Any]:
+def _drain(bootstrap: str, topic: str, idle: float, timeout: float = 180.0, committed: bool = False) -> list[Any]:
     """Every message of the topic: read until each partition's position reaches its end offset (a pause of
     ``idle`` seconds alone does not end it: a busy machine or a restarted broker can pause that long)."""
-    consumer = _reader(bootstrap, topic, idle)
+    consumer = _reader(bootstrap, topic, idle, committed)
     out: list[Any] = []
     started = time.monotonic()
     try:
@@ -110,11 +125,11 @@ def consume_all(bootstrap: str, topic: str, idle: float = 3.0) -> list[dict]:
     return [json.loads(m.value) for m in _drain(bootstrap, topic, idle)]
 
 
-def consume_dead_letters(bootstrap: str, topic: str, idle: float = 3.0) -> list[dict]:
+def consume_dead_letters(bootstrap: str, topic: str, idle: float = 3.0, committed: bool = False) -> list[dict]:
     """Dead letters as dicts: the ``segscope.dlq.*`` headers (without the prefix), plus the record's ``key``,
-    raw ``value`` and the original ``headers``."""
+    raw ``value`` and the original ``headers``; with ``committed``, only those of committed transactions."""
     out = []
-    for m in _drain(bootstrap, topic, idle):
+    for m in _drain(bootstrap, topic, idle, committed=committed):
         headers = list(m.headers or [])
         letter = {k.removeprefix("segscope.dlq."): v.decode() for k, v in headers if k.startswith("segscope.dlq.")}
         letter.update(key=m.key, value=m.value, headers=[(k, v) for k, v in headers if not k.startswith("segscope.")])
@@ -204,10 +219,15 @@ def group_members(bootstrap: str, group: str) -> int:
         admin.close()
 
 
-def start_stream(bundle: Path, bootstrap: str, *args: str) -> subprocess.Popen[str]:
+def start_stream(bundle: Path, bootstrap: str, *args: str, log: Path | None = None) -> subprocess.Popen[str]:
+    """``segscope stream`` in a process; its stderr to ``log`` when given (a stream that runs long with nobody
+    reading its pipe would block on a full pipe: an outage's client warnings fill one in a minute)."""
     cmd = [sys.executable, "-m", "segscope.cli", "stream", "--bundle", str(bundle), "--bootstrap", bootstrap, *args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    if log is None:
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    with log.open("w") as stderr:  # the process has its own copy
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
 
 
 def wait_until(predicate, timeout: float = 120.0, every: float = 0.3, proc=None, explain=None) -> None:  # type: ignore[no-untyped-def]
@@ -216,12 +236,12 @@ def wait_until(predicate, timeout: float = 120.0, every: float = 0.3, proc=None,
     deadline = time.monotonic() + timeout
     while not predicate():
         if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"the stream exited with {proc.returncode}: {proc.communicate()[1][-3000:]}")
+            raise AssertionError(f"the stream exited with {proc.returncode}: {(proc.communicate()[1] or '')[-3000:]}")
         if time.monotonic() > deadline:
             detail = ""
             if proc is not None:
                 proc.kill()
-                detail = proc.communicate()[1][-3000:]
+                detail = (proc.communicate()[1] or "")[-3000:]
             if explain is not None:
                 detail += f"\n{explain()}"
             raise AssertionError(f"condition not reached in {timeout} s {detail}")

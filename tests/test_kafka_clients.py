@@ -245,16 +245,34 @@ def test_idle_exit_waits_for_the_whole_group(kafka_bootstrap: str, stream_bundle
     print(f"idle exit: {left:,} records were left on the killed member's partitions; the survivor scored them")
 
 
-def test_outputs_the_broker_refuses_are_dead_lettered(kafka_bootstrap: str, stream_bundle: Path) -> None:
+def _scrape(port: int) -> dict[str, float]:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+    except OSError:  # not serving yet
+        return {}
+    return {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line.startswith("segscope_")}
+
+
+@pytest.mark.parametrize("mode", ["at-least-once", "exactly-once"])
+def test_outputs_the_broker_refuses_are_dead_lettered_and_counted_apart(
+    kafka_bootstrap: str, stream_bundle: Path, mode: str
+) -> None:
     """A scored record larger than the output topic allows (1 MB, the broker's default) is replaced by a dead
-    letter of its input, and the stream goes on."""
+    letter of its input, the stream goes on, and the summary line and the metrics count it as a refused output,
+    apart from the scored records and from the messages that could not be scored."""
     import base64
     import os
 
     from confluent_kafka.admin import AdminClient, NewTopic
 
+    from tests.kafka_helpers import free_port, group_caught_up, produce, terminate
+
+    prefix = f"refuse-{mode}"
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
-    created = admin.create_topics([NewTopic("refuse.in", 1, 1, config={"max.message.bytes": "3000000"})])
+    created = admin.create_topics([NewTopic(f"{prefix}.in", 1, 1, config={"max.message.bytes": "3000000"})])
     for future in created.values():
         future.result()
     frame = make_transactions(2000, seed=48).drop("is_fraud")
@@ -262,19 +280,55 @@ def test_outputs_the_broker_refuses_are_dead_lettered(kafka_bootstrap: str, stre
     huge = range(0, 2000, 400)
     for i in huge:  # 1.2 MB of text that does not compress: accepted in, too large to come out
         values[i]["note"] = base64.b64encode(os.urandom(900_000)).decode()
-    from tests.kafka_helpers import produce
-
-    produce(kafka_bootstrap, "refuse.in", [json.dumps(v).encode() for v in values])
-    args = _args("refuse", "g-refuse", "--idle-exit", "3", "--max-message-bytes", "3000000")
+    produce(kafka_bootstrap, f"{prefix}.in", [json.dumps(v).encode() for v in values] + [b"{not json"] * 3)
+    port = free_port()
+    extra = ["--exactly-once"] if mode == "exactly-once" else []
+    args = _args(prefix, f"g-{prefix}", "--max-message-bytes", "3000000", "--metrics-port", str(port), *extra)
     proc = start_stream(stream_bundle, kafka_bootstrap, *args)
+    wait_until(lambda: group_caught_up(kafka_bootstrap, f"g-{prefix}", f"{prefix}.in"), timeout=180, proc=proc)
+    wait_until(lambda: _scrape(port).get("segscope_records_in_total", 0) >= 2003, timeout=30, proc=proc)
+    scraped = _scrape(port)
+    code, err = terminate(proc)
+    assert code == 0, err
+    out = [json.loads(v) for v in read_committed(kafka_bootstrap, f"{prefix}.out")]
+    letters = consume_dead_letters(kafka_bootstrap, f"{prefix}.dlq", committed=True)
+    assert len(out) == 1995 and len(letters) == 8
+    refused = [d for d in letters if d["reason"].startswith("the scored record could not be produced")]
+    assert len(refused) == 5 and all(int(d["length"]) > 1_200_000 and d["truncated"] == "true" for d in refused)
+    assert {r["txn_id"] for r in out} == {v["txn_id"] for i, v in enumerate(values) if i not in huge}
+    # each record counted once, in exactly one of scored, dead letters (not scorable) and refused outputs
+    assert "2,003 in, 1,995 scored, " in err and " 3 dead letters, 5 refused outputs (dead-lettered)" in err, err
+    assert scraped["segscope_records_in_total"] == 2003 and scraped["segscope_records_out_total"] == 1995
+    assert scraped["segscope_dead_letters_total"] == 3 and scraped["segscope_refused_outputs_total"] == 5
+
+
+def test_outputs_keep_every_byte_of_the_message_read_by_kcat(
+    kafka_bootstrap: str, stream_bundle: Path, tmp_path: Path
+) -> None:
+    """Numbers a float cannot hold, escapes, a field named like a scored one: produced and read back by kcat, each
+    output is the message's own bytes with the scored fields appended, with its key and header."""
+    create_topic(kafka_bootstrap, "bytes.in")
+    spelled = (
+        ', "big": 123456789012345678901234567890, "huge": 1e400, "exact": 0.1000000000000000055511151231257827, '
+        '"text": "caf\\u00e9 \\ud83d\\ude00 \\"q\\"", "nested": {"score": [1e400, {"id": "}"}]}}'
+    )
+    values = [v[:-1] + spelled.encode() for v in records(make_transactions(500, seed=50).drop("is_fraud"))]
+    clash = values[0][:-1] + b', "score": "mine"}'  # a field named like one segscope appends: replaced
+    lines = [f"k{i}:".encode() + v for i, v in enumerate([clash, *values[1:]])]
+    _kcat_produce(kafka_bootstrap, "bytes.in", lines, tmp_path, codec="zstd", header="trace=t1")
+    proc = start_stream(stream_bundle, kafka_bootstrap, *_args("bytes", "g-bytes", "--idle-exit", "3"))
     _, err = proc.communicate(timeout=180)
     assert proc.returncode == 0, err
-    out = consume_all(kafka_bootstrap, "refuse.out")
-    letters = consume_dead_letters(kafka_bootstrap, "refuse.dlq")
-    assert len(out) == 1995 and len(letters) == 5
-    assert all(d["reason"].startswith("the scored record could not be produced") for d in letters)
-    assert all(int(d["length"]) > 1_200_000 and d["truncated"] == "true" for d in letters)
-    assert {r["txn_id"] for r in out} == {v["txn_id"] for i, v in enumerate(values) if i not in huge}
+    out = {line.split("|", 2)[0]: line.split("|", 2) for line in _kcat_read(kafka_bootstrap, "bytes.out")}
+    assert len(out) == 500
+    for i, value in enumerate(values[1:], start=1):
+        _, headers, text = out[f"k{i}"]
+        assert headers == "trace=t1" and text.encode().startswith(value[:-1] + b",")  # every byte, in order
+        record = json.loads(text, parse_int=str, parse_float=str)
+        assert record["big"] == "123456789012345678901234567890" and record["huge"] == "1e400"
+        assert record["id"] == json.loads(value)["txn_id"] and float(record["score"]) >= 0
+    first = json.loads(out["k0"][2])
+    assert first["score"] != "mine" and list(first).count("score") == 1 and first["nested"]["score"][1] == {"id": "}"}
 
 
 @pytest.mark.parametrize("client", ["confluent", "kafka-python"])

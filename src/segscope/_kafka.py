@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from segscope._deps import require
+from segscope._kafka_outcomes import REFUSED, TXN_WAIT, Acknowledges
 from segscope._kafka_setup import (
     Connects,
     Contact,
     KafkaSettings,
     kafka_python_config,
     log_commit_failure,
-    log_commit_result,
     python_client,
     refused_by_client,
 )
@@ -58,12 +58,12 @@ class Polled:
 
 
 # ------------------------------------------------------------------------------------------ confluent-kafka
-class _ConfluentConsumer(Connects):
+class _ConfluentConsumer(Connects, Acknowledges):
     def __init__(self, config: dict[str, Any], contact: Contact, connect_timeout: float) -> None:
         ck = require("confluent_kafka", extra="kafka", feature="Kafka streaming (confluent-kafka)")
         self.ck, self.contact, self.connect_timeout = ck, contact, connect_timeout
         try:
-            self.consumer = ck.Consumer({**config, "error_cb": contact.error, "on_commit": log_commit_result})
+            self.consumer = ck.Consumer({**config, "error_cb": contact.error, "on_commit": self.on_commit})
         except (ck.KafkaException, ValueError, TypeError) as exc:
             raise ConfigError(refused_by_client(exc)) from None
 
@@ -122,7 +122,7 @@ class _ConfluentConsumer(Connects):
 
     def commit(self, offsets: dict[TP, int]) -> None:
         """Asynchronous: librdkafka's synchronous commit has no time-out, and after a broker restart it blocked a
-        stream for good (SIGTERM included). A commit that fails is logged (``log_commit_result``) and the next one
+        stream for good (SIGTERM included). A commit that fails is logged (``on_commit``) and the next one
         covers its records; ``close`` waits for the commits in flight."""
         if offsets:
             parts = [self.ck.TopicPartition(t, p, o) for (t, p), o in offsets.items()]
@@ -184,7 +184,7 @@ class _ConfluentProducer(Connects):
             if err is None:
                 on_delivery(None, False, None)
             else:
-                on_delivery(err.str(), not err.retriable(), msg.value())
+                on_delivery(err.str(), err.code() in REFUSED, msg.value())
 
         return report
 
@@ -213,16 +213,21 @@ class _ConfluentProducer(Connects):
 
     def send_offsets(self, offsets: dict[TP, int], group_metadata: Any) -> None:
         parts = [self.ck.TopicPartition(t, p, o) for (t, p), o in offsets.items()]
-        self.producer.send_offsets_to_transaction(parts, group_metadata)
+        self.producer.send_offsets_to_transaction(parts, group_metadata, TXN_WAIT)
 
     def commit(self) -> None:
-        self.producer.commit_transaction()
+        self.producer.commit_transaction(TXN_WAIT)
 
     def abort(self) -> None:
-        self.producer.abort_transaction()
+        self.producer.abort_transaction(TXN_WAIT)
 
     def close(self) -> None:
         self.producer.flush(30)
+
+    def discard(self) -> None:
+        """Drop what is queued or in flight and let the producer go, without waiting for a broker."""
+        self.producer.purge(in_queue=True, in_flight=True, blocking=False)
+        self.producer.flush(0)
 
 
 class _Refused:
@@ -240,7 +245,7 @@ def _kafka_python() -> Any:
     return require("kafka", extra="kafka", feature="Kafka streaming (kafka-python)")
 
 
-class _PythonConsumer(Connects):
+class _PythonConsumer(Connects, Acknowledges):
     def __init__(self, config: dict[str, Any], contact: Contact, connect_timeout: float) -> None:
         self.kafka = _kafka_python()
         from kafka.structs import TopicPartition
@@ -301,6 +306,7 @@ class _PythonConsumer(Connects):
 
         if offsets:
             self.consumer.commit({self.tp(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()})
+            self.acknowledge(offsets)  # synchronous: confirmed once it returns
 
     def committed(self, parts: list[TP]) -> dict[TP, int]:
         out = {}
@@ -387,6 +393,9 @@ class _PythonProducer(Connects):
 
     def close(self) -> None:
         self.producer.close(timeout=30)
+
+    def discard(self) -> None:
+        self.producer.close(timeout=0)
 
 
 # ------------------------------------------------------------------------------------------ factories

@@ -357,13 +357,17 @@ def stream(
         kafka=settings,
     )
     stats = run_stream(options, on_stats=lambda line: err.print(Text(line), highlight=False))
+    lost = stats.recovered - stats.aborted  # times back to the last commit after outputs lost in an outage
     err.print(
         say(
             "green",
             "stream stopped",
             f": {stats.records_in:,} in, {stats.records_out:,} scored, {stats.alerts:,} alerts, "
-            f"{stats.dead_letters:,} dead letters, model versions {', '.join(stats.model_versions)}"
+            f"{stats.dead_letters:,} dead letters"
+            + (f", {stats.refused:,} refused outputs (dead-lettered)" if stats.refused else "")
+            + f", model versions {', '.join(stats.model_versions)}"
             + (f", {stats.aborted:,} transactions aborted and retried" if stats.aborted else "")
+            + (f", {lost:,} times back to the last commit after lost outputs" if lost else "")
             + (f"; {stats.stored:,} kept in the label store, {stats.labels_in:,} labels consumed" if store else ""),
         )
     )

@@ -3,15 +3,21 @@ input message's key and headers; dead letters to the dead-letter topic.
 
 **Delivery.** At-least-once (the default): batches are produced without waiting, several in flight; a batch is
 *done* when the broker acknowledged every one of its outputs (acks=all), and :meth:`KafkaSink.done_positions`
-hands the source the consumer positions of the batches done, in order, to commit. An output the broker refuses
-for good (too large, invalid) is replaced by a dead letter of its input message; an output that cannot be
-delivered within the delivery timeout (the broker is gone) stops the stream with an error, and nothing past it
-is committed. Exactly-once (``transactional_id``): each batch's outputs and its consumer positions are one
-transaction (:meth:`KafkaSink.commit_transaction`), readable with ``read_committed``.
+hands the source the consumer positions of the batches done, in order, to commit. Exactly-once
+(``transactional_id``): each batch's outputs and its consumer positions are one transaction
+(:meth:`KafkaSink.commit_transaction`), readable with ``read_committed``.
 
-**Output.** The scored fields are appended to the message's own JSON bytes (``{...original..., "id": ...,
-"score": ..., ...}``): the input is never re-encoded, so numbers keep their spelling. A message that already has
-a field of the same name as one segscope adds is merged as a JSON object instead (segscope's value wins).
+**Outcomes.** An output the output topic refuses for good (larger than its ``max.message.bytes``, invalid) is
+replaced by a dead letter of its input message (exactly-once: the transaction is aborted and the batch comes
+again with that record dead-lettered in place of its output). Outputs that cannot be delivered in time (the
+broker is away) raise :class:`DeliveryFailed` (at-least-once) or abort the transaction (exactly-once): the stream
+goes back to its last commit and processes the records after it again, once the broker answers (a producer the
+outage left unusable is replaced by a new one, under the same transactional id). :attr:`KafkaSink.delivered`
+counts what the acknowledged (or committed) batches hold: records in, scored records written, alerts, dead
+letters (messages that could not be scored) and refused outputs, each record in exactly one of the last three.
+
+**Output.** The scored fields are appended to the message's own JSON bytes (:mod:`segscope.sinks.splice`): the
+input is never re-encoded, so every field keeps its bytes.
 
 **The dead-letter format** (one, for every dead letter segscope writes; the convention of Kafka Connect's
 dead-letter queues): the record's key is the original key, its value the original bytes unchanged (at most
@@ -30,24 +36,48 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, Literal
 
-import orjson
 import polars as pl
 
 from segscope._kafka import TP, Client, make_producer
 from segscope._kafka_setup import KafkaSettings
 from segscope.exceptions import SinkError
-from segscope.schema import SCORED_COLUMNS
+from segscope.sinks import transactions
+from segscope.sinks.splice import encode
+from segscope.sinks.transactions import TxnFailed, first_line
 from segscope.sources.base import Batch, DeadLetter
 
-__all__ = ["DLQ_HEADER", "KafkaSink", "dead_letter_headers"]
+__all__ = ["DLQ_HEADER", "Delivered", "DeliveryFailed", "KafkaSink", "dead_letter_headers", "encode"]
 
 log = logging.getLogger("segscope.stream")
 
 #: Prefix of the headers that describe a dead letter.
 DLQ_HEADER = "segscope.dlq."
-_RESERVED = frozenset({"id", *SCORED_COLUMNS})
+
+
+class DeliveryFailed(SinkError):
+    """Outputs were not delivered in time (the broker away past the delivery time-out): nothing past them was
+    committed; the stream goes back to its last commit (:meth:`KafkaSink.reset`)."""
+
+
+@dataclass
+class Delivered:
+    """What the batches whose outputs were acknowledged (at-least-once) or committed (exactly-once) hold. Every
+    record in is exactly one of: scored (its output written), a dead letter (it could not be scored), or a refused
+    output (scored, refused by the output topic, dead-lettered in its place)."""
+
+    records_in: int = 0
+    scored: int = 0
+    alerts: int = 0
+    dead_letters: int = 0
+    refused: int = 0
+    batches: int = 0
+
+
+def _never() -> bool:
+    return False
 
 
 def dead_letter_headers(letter: DeadLetter, *, kept: int) -> list[tuple[str, bytes]]:
@@ -68,48 +98,41 @@ def dead_letter_headers(letter: DeadLetter, *, kept: int) -> list[tuple[str, byt
     return original + [(DLQ_HEADER + k, v.encode("utf-8", "replace")) for k, v in described.items()]
 
 
-def encode(scored: pl.DataFrame, batch: Batch | None) -> list[bytes]:
-    """One output value per scored row: the input message with ``id``, the columns the model derived (per-entity
-    features) and the scored columns appended."""
-    ids = batch.ids if batch is not None and batch.ids is not None else None
-    given = set(batch.frame.columns) if batch is not None else set(scored.columns)
-    derived = [c for c in scored.columns if c not in given and c not in SCORED_COLUMNS]
-    tail = scored.select(*derived, *SCORED_COLUMNS)
-    if ids is not None:
-        tail = tail.select(pl.Series("id", ids, dtype=pl.String), *derived, *SCORED_COLUMNS)
-    if batch is None or batch.raw is None or batch.records is None:  # not from Kafka: the whole scored rows
-        return scored.write_ndjson().encode().splitlines()
-    lines = tail.write_ndjson().encode().splitlines()
-    out = []
-    for raw, record, line in zip(batch.raw, batch.records, lines, strict=False):
-        body = raw.rstrip() if raw is not None else b""
-        if _RESERVED.isdisjoint(record) and body.endswith(b"}") and not any(c in record for c in derived):
-            out.append(body[:-1] + b"," + line[1:])
-        else:  # a field of the same name: merge as objects, segscope's values win
-            out.append(orjson.dumps({**record, **orjson.loads(line)}))
-    return out
+_Kind = Literal["out", "copy", "letter"]
 
 
 @dataclass
 class _Ticket:
-    """The outputs of one batch in flight."""
+    """The outputs of one batch in flight, and what they hold."""
 
     positions: dict[TP, int]
     batch: Batch | None
     values: list[bytes] = field(default_factory=list)  # the scored outputs, to find a refused one's row
     pending: int = 0
-    refused: list[tuple[bytes | None, str]] = field(default_factory=list)  # (value, error) refused for good
-    failed: str | None = None  # an error retrying cannot fix in time
-    callback: Any = None
+    refused: list[tuple[bytes | None, str]] = field(default_factory=list)  # scored outputs refused for good
+    failed: str | None = None  # not delivered in time: retrying the batch can fix it
+    fatal: str | None = None  # a dead letter refused for good: nothing can stand in for it
+    copies_refused: list[tuple[bytes | None, str]] = field(default_factory=list)  # alert copies refused for good
+    callbacks: dict[str, Any] = field(default_factory=dict)
+    # what the batch holds, counted once it is done
+    size: int = 0
+    scored: int = 0
+    alert_rows: set[int] = field(default_factory=set)
+    dead: int = 0
+    refused_outputs: int = 0
 
-    def delivered(self, error: str | None, permanent: bool, value: bytes | None) -> None:
+    def delivered(self, kind: _Kind, error: str | None, permanent: bool, value: bytes | None) -> None:
         self.pending -= 1
         if error is None:
             return
-        if permanent:
-            self.refused.append((value, error))
-        else:
+        if not permanent:
             self.failed = self.failed or error
+        elif kind == "out":
+            self.refused.append((value, error))
+        elif kind == "copy":
+            self.copies_refused.append((value, error))
+        else:
+            self.fatal = self.fatal or error
 
 
 class KafkaSink:
@@ -147,7 +170,20 @@ class KafkaSink:
 
     def open(self) -> None:
         """Connect (a bounded wait: an unreachable cluster or refused credentials is one line)."""
-        self.producer_ = make_producer(
+        self.delivered = Delivered()
+        #: exactly-once: the (topic, partition, offset) of inputs whose outputs the output topic refused in an
+        #: aborted transaction, and why: dead-lettered when the batch comes again
+        self.refuse_: dict[tuple[str, int, int], str] = {}
+        self.skip_copies_: set[tuple[str, int, int]] = set()  # and of inputs whose alert copy was refused
+        self.uncertain_: list[_Ticket] = []  # an aborted attempt's batches (their commit may have gone through)
+        self.fenced_ = 0
+        self._connect()
+        self.producer_.reach()
+        if self.transactional_id is not None:
+            self.producer_.init_transactions()
+
+    def _make(self) -> Any:
+        return make_producer(
             self.client,
             bootstrap=self.bootstrap,
             max_request_bytes=self.max_request_bytes,
@@ -155,11 +191,20 @@ class KafkaSink:
             transactional_id=self.transactional_id,
             settings=self.settings,
         )
+
+    def _connect(self) -> None:
+        self.producer_ = self._make()
         self.tickets_: deque[_Ticket] = deque()
         self.done_: dict[TP, int] = {}
-        self.producer_.reach()
-        if self.transactional_id is not None:
-            self.producer_.init_transactions()
+
+    def _discard(self) -> None:
+        """Drop the producer and what it still holds, without waiting for the broker."""
+        try:
+            self.producer_.discard()
+        except Exception as exc:  # a producer in a fatal state
+            log.debug("discarding the producer: %s", exc)
+        self.tickets_ = deque()
+        self.done_ = {}
 
     # ------------------------------------------------------------------ producing
     def _ticket(self, batch: Batch | None) -> _Ticket:
@@ -167,7 +212,9 @@ class KafkaSink:
             self.producer_.poll(0.05)
             self._reap()
         ticket = _Ticket(dict(batch.position or {}) if batch is not None else {}, batch)
-        ticket.callback = self.producer_.callback(ticket.delivered)
+        ticket.size = batch.size if batch is not None else 0
+        for kind in ("out", "copy", "letter"):
+            ticket.callbacks[kind] = self.producer_.callback(partial(ticket.delivered, kind))
         self.tickets_.append(ticket)
         return ticket
 
@@ -175,79 +222,136 @@ class KafkaSink:
         """Produce one output per scored row (and the alerts), without waiting for the broker."""
         ticket = self._ticket(batch)
         values = ticket.values = self.encoder(scored, batch)
-        keys = batch.keys if batch is not None and batch.keys is not None else [None] * len(values)
-        headers = batch.headers if batch is not None and batch.headers is not None else [()] * len(values)
-        produce, callback, topic = self.producer_.produce, ticket.callback, self.topic
-        ticket.pending += len(values)
-        for value, key, extra in zip(values, keys, headers, strict=True):
-            produce(topic, value, key, extra, callback)
-        if self.alerts_topic:
-            rows = scored.get_column("is_alert").arg_true().to_list()
-            ticket.pending += len(rows)
-            for row in rows:
-                produce(self.alerts_topic, values[row], keys[row], headers[row], callback)
+        n = len(values)
+        keys = batch.keys if batch is not None and batch.keys is not None else [None] * n
+        headers = batch.headers if batch is not None and batch.headers is not None else [()] * n
+        alert_rows = scored.get_column("is_alert").arg_true().to_list()
+        skip: dict[int, str] = {}
+        copies = alert_rows if self.alerts_topic else []
+        if (self.refuse_ or self.skip_copies_) and batch is not None and batch.origin is not None:
+            # exactly-once, after an aborted transaction: what the topics refused is not sent again
+            where = [batch.origin(row)[:3] for row in range(n)]
+            skip = {row: self.refuse_[o] for row, o in enumerate(where) if o in self.refuse_}
+            copies = [row for row in copies if row not in skip and where[row] not in self.skip_copies_]
+        produce, out, topic = self.producer_.produce, ticket.callbacks["out"], self.topic
+        ticket.pending += n - len(skip)
+        ticket.scored += n  # less the refused ones, as their dead letters are made
+        ticket.alert_rows = set(alert_rows) - set(skip)
+        if not skip:
+            for value, key, extra in zip(values, keys, headers, strict=True):
+                produce(topic, value, key, extra, out)
+        else:
+            for row, (value, key, extra) in enumerate(zip(values, keys, headers, strict=True)):
+                if row not in skip:
+                    produce(topic, value, key, extra, out)
+            self._letters(ticket, [self._refused_letter(ticket, row, skip[row]) for row in sorted(skip)], None)
+        copy, alerts_topic = ticket.callbacks["copy"], self.alerts_topic
+        ticket.pending += len(copies)
+        for row in copies:
+            produce(alerts_topic, values[row], keys[row], headers[row], copy)
         self.producer_.poll(0)
 
-    def dead_letters(self, letters: list[DeadLetter], topic: str | None = None) -> None:
-        """Dead letters, in the format above, as part of the latest batch (or on their own)."""
+    def dead_letters(self, letters: list[DeadLetter], topic: str | None = None, batch: Batch | None = None) -> None:
+        """Dead letters, in the format above: of ``batch`` (the batch's own, after its :meth:`write` if it had
+        rows), of the latest batch, or on their own."""
+        if batch is not None and (not self.tickets_ or self.tickets_[-1].batch is not batch):
+            self._ticket(batch)
         if not letters:
             return
         ticket = self.tickets_[-1] if self.tickets_ else self._ticket(None)
+        ticket.dead += len(letters)
+        self._letters(ticket, letters, topic)
+
+    def _letters(self, ticket: _Ticket, letters: list[DeadLetter], topic: str | None) -> None:
+        callback = ticket.callbacks["letter"]
         for letter in letters:
             value = letter.value[: self.max_value_bytes] if letter.value is not None else None
             headers = dead_letter_headers(letter, kept=self.max_value_bytes)
             ticket.pending += 1
-            self.producer_.produce(topic or self.dead_letter_topic, value, letter.key, headers, ticket.callback)
+            self.producer_.produce(topic or self.dead_letter_topic, value, letter.key, headers, callback)
+
+    def _refused_letter(self, ticket: _Ticket, row: int, error: str) -> DeadLetter:
+        """The dead letter that stands in for the refused output of ``row``: its input message, counted."""
+        batch = ticket.batch
+        assert batch is not None
+        assert batch.raw is not None
+        assert batch.origin is not None
+        topic, partition, offset, timestamp = batch.origin(row)
+        ticket.refused_outputs += 1
+        ticket.scored -= 1
+        return DeadLetter(
+            f"the scored record could not be produced: {error}",
+            topic,
+            partition,
+            offset,
+            batch.keys[row] if batch.keys is not None else None,
+            batch.raw[row],
+            timestamp,
+            batch.headers[row] if batch.headers is not None else (),
+        )
+
+    def _refused_rows(self, ticket: _Ticket) -> dict[int, str]:
+        """The rows whose scored output was refused for good (taken off the ticket)."""
+        rows = {value: row for row, value in enumerate(ticket.values)}
+        found = {}
+        for value, error in ticket.refused:
+            row = rows.get(value) if value is not None else None
+            if row is None or ticket.batch is None or ticket.batch.raw is None or ticket.batch.origin is None:
+                ticket.fatal = ticket.fatal or error  # not an output of this batch's rows: nothing stands in
+                continue
+            found[row] = error
+        ticket.refused = []
+        return found
 
     # ------------------------------------------------------------------ at-least-once
     def _settle(self) -> None:
-        """Replace outputs the broker refused for good by dead letters of their inputs; stop on lost outputs."""
+        """Replace outputs refused for good by dead letters of their inputs; raise on lost outputs."""
         for ticket in self.tickets_:
+            self._check(ticket)
             if ticket.failed is not None:
-                raise SinkError(
-                    f"an output could not be delivered ({ticket.failed}); nothing was committed past it: restart "
-                    "the stream once the broker is reachable"
-                )
+                raise DeliveryFailed(f"an output could not be delivered ({ticket.failed})")
             if ticket.refused:
-                refused, ticket.refused = ticket.refused, []
-                self._replace_refused(ticket, refused)
+                refused = self._refused_rows(ticket)
+                self._check(ticket)
+                ticket.alert_rows -= set(refused)
+                self._letters(ticket, [self._refused_letter(ticket, row, why) for row, why in refused.items()], None)
 
-    def _replace_refused(self, ticket: _Ticket, refused: list[tuple[bytes | None, str]]) -> None:
-        batch = ticket.batch
-        rows = {value: row for row, value in enumerate(ticket.values)}
-        letters = []
-        for value, error in refused:
-            row = rows.get(value) if value is not None else None
-            if row is None or batch is None or batch.raw is None or batch.origin is None:
-                # a dead letter or an alert copy itself was refused: nothing safe to replace it with
-                ticket.failed = ticket.failed or f"a dead letter was refused ({error})"
-                continue
-            topic, partition, offset, timestamp = batch.origin(row)
-            letters.append(
-                DeadLetter(
-                    f"the scored record could not be produced: {error}",
-                    topic,
-                    partition,
-                    offset,
-                    batch.keys[row] if batch.keys is not None else None,
-                    batch.raw[row],
-                    timestamp,
-                    batch.headers[row] if batch.headers is not None else (),
-                )
+    def _check(self, ticket: _Ticket) -> None:
+        if ticket.fatal is not None:
+            raise SinkError(
+                f"a dead letter was refused for good ({ticket.fatal}); nothing can stand in for it, so the stream "
+                f"stops before committing past it: check the dead-letter topic {self.dead_letter_topic!r} (its "
+                "max.message.bytes, its permissions)"
             )
-        for letter in letters:
-            value = letter.value[: self.max_value_bytes] if letter.value is not None else None
-            ticket.pending += 1
-            headers = dead_letter_headers(letter, kept=self.max_value_bytes)
-            self.producer_.produce(self.dead_letter_topic, value, letter.key, headers, ticket.callback)
-        if ticket.failed is not None:
-            self._settle()
+        if ticket.copies_refused:
+            log.warning(
+                "%d alert copies were refused by the alerts topic %r (%s); their scored records are in %r",
+                len(ticket.copies_refused), self.alerts_topic, ticket.copies_refused[0][1], self.topic,
+            )  # fmt: skip
+            batch = ticket.batch
+            if self.transactional_id is not None and batch is not None and batch.origin is not None:
+                rows = {value: row for row, value in enumerate(ticket.values)}  # left out when the batch comes again
+                self.skip_copies_.update(batch.origin(rows[v])[:3] for v, _ in ticket.copies_refused if v in rows)
+                ticket.copies_refused = []
+                raise TxnFailed(f"alert copies refused by {self.alerts_topic!r}, left out next time", False)
+            ticket.copies_refused = []
+
+    def _count(self, ticket: _Ticket) -> None:
+        done = self.delivered
+        done.records_in += ticket.size
+        done.scored += ticket.scored
+        done.alerts += len(ticket.alert_rows)
+        done.dead_letters += ticket.dead
+        done.refused += ticket.refused_outputs
+        done.batches += ticket.batch is not None
 
     def _reap(self) -> None:
         """Move the batches at the front of the flight whose outputs are all acknowledged to ``done_``."""
         self._settle()
         while self.tickets_ and self.tickets_[0].pending == 0 and not self.tickets_[0].refused:
-            self.done_.update(self.tickets_.popleft().positions)
+            ticket = self.tickets_.popleft()
+            self._count(ticket)
+            self.done_.update(ticket.positions)
 
     def done_positions(self) -> dict[TP, int]:
         """Consumer positions of the batches whose outputs are all acknowledged (merged, in order) since the last
@@ -267,43 +371,104 @@ class KafkaSink:
             self.producer_.flush(1.0)
             self._settle()
             if time.monotonic() > deadline:
-                raise SinkError(
-                    f"outputs not acknowledged within {timeout:.0f} s; nothing was committed past them: restart "
-                    "the stream once the broker is reachable"
-                )
+                raise DeliveryFailed(f"outputs not acknowledged within {timeout:.0f} s")
+        if self.transactional_id is None:
+            self._reap()
+
+    def reset(self) -> int:
+        """At-least-once, after :class:`DeliveryFailed`: drop the batches in flight (their records come again from
+        the last commit) and start a new producer; returns how many batches were dropped."""
+        dropped = len(self.tickets_)
+        self._discard()
+        self._connect()
+        return dropped
 
     # ------------------------------------------------------------------ exactly-once
-    def begin(self) -> None:
-        self.producer_.begin()
+    def begin(self, stopping: Callable[[], bool] = _never) -> None:
+        try:
+            self.producer_.begin()
+        except Exception as exc:  # left unusable by an error reported meanwhile: a new producer
+            self._replace(f"a transaction could not begin ({first_line(exc)})", stopping)
+            self.producer_.begin()
 
-    def commit_transaction(self, positions: dict[TP, int], group_metadata: Any) -> bool:
-        """Commit the open transaction with the consumer positions; False when it had to be aborted (the caller
-        rewinds to the committed positions and processes the batch again)."""
-        for attempt in range(5):
-            try:
-                if attempt == 0 and positions:
-                    self.producer_.send_offsets(positions, group_metadata)
-                self.producer_.commit()
-                self.tickets_.clear()
-                return True
-            except Exception as exc:
-                verdict = _transaction_error(exc)
-                if verdict == "retry" and attempt < 4:
-                    continue
-                if verdict != "abort":
-                    raise SinkError(f"the transactional producer stopped ({exc}); restart the stream") from None
-                log.warning("transaction aborted (%s); the batch is processed again", str(exc).splitlines()[0])
-                try:
-                    self.producer_.abort()
-                except Exception as abort_exc:
-                    raise SinkError(f"the transaction could not be aborted ({abort_exc}); restart the stream") from None
-                self.tickets_.clear()
-                return False
-        return False  # pragma: no cover - the loop returns or raises
+    def commit_transaction(
+        self, positions: dict[TP, int], group_metadata: Any, stopping: Callable[[], bool] = _never
+    ) -> bool:
+        """Commit the open transaction with the consumer positions; False when it was aborted instead (an output
+        refused, the broker away past the transaction's time-out, a rebalance): the caller goes back to the
+        committed positions (:meth:`settle_uncertain`) and processes the batch again. Waits for the broker in
+        bounded steps until it answers or ``stopping()``."""
+        try:
+            self._deliver_transaction()
+            if positions:
+                transactions.call(lambda: self.producer_.send_offsets(positions, group_metadata))
+            transactions.call(self.producer_.commit)
+        except TxnFailed as failure:
+            self._abort(failure, stopping)
+            return False
+        for ticket in self.tickets_:
+            self._count(ticket)
+        self.tickets_.clear()
+        self.fenced_ = 0
+        return True
+
+    def _deliver_transaction(self) -> None:
+        """Wait for the transaction's outputs; an output refused for good aborts it (noted, for the next try)."""
+        deadline = time.monotonic() + transactions.RETRY_FOR
+        while any(t.pending for t in self.tickets_) and time.monotonic() < deadline:
+            self.producer_.flush(1.0)
+        for ticket in self.tickets_:
+            self._check(ticket)
+            if ticket.refused:
+                refused = self._refused_rows(ticket)
+                self._check(ticket)
+                batch = ticket.batch
+                assert batch is not None  # _refused_rows checked
+                assert batch.origin is not None
+                for row, why in refused.items():
+                    self.refuse_[batch.origin(row)[:3]] = why
+                raise TxnFailed(f"{len(refused)} output(s) refused by {self.topic!r}, dead-lettered next time", False)
+            if ticket.failed is not None:
+                raise TxnFailed(f"an output could not be delivered ({ticket.failed})", False)
+        if any(t.pending for t in self.tickets_):
+            raise TxnFailed(f"outputs not acknowledged within {transactions.RETRY_FOR:.0f} s", False)
+
+    def _abort(self, failure: TxnFailed, stopping: Callable[[], bool]) -> None:
+        """Give the transaction up: a new producer under the same id takes over, and its init_transactions aborts
+        the open transaction. (Not abort_transaction: after outputs timed out in an outage, librdkafka's producer
+        could abort, and then hang for good in the next transaction's send_offsets_to_transaction.)"""
+        log.warning("transaction aborted (%s); the batch is processed again", failure.reason)
+        self.uncertain_ = [t for t in self.tickets_ if t.batch is not None]
+        self.tickets_.clear()
+        self._replace(failure.reason, stopping)
+
+    def _replace(self, reason: str, stopping: Callable[[], bool]) -> None:
+        """A new transactional producer under the same id (:func:`segscope.sinks.transactions.start`)."""
+        if "fenced" in reason.lower():
+            self.fenced_ += 1
+            if self.fenced_ >= 3:
+                raise SinkError(
+                    f"the transactional producer was fenced {self.fenced_} times in a row ({reason}): another "
+                    f"process uses the transactional id {self.transactional_id!r}; give each process its own "
+                    "--transactional-id"
+                )
+        self._discard()
+        self.producer_ = transactions.start(self._make, stopping)
+
+    def settle_uncertain(self, committed: dict[TP, int]) -> None:
+        """After an aborted attempt and the rewind to ``committed``: a batch whose positions the group did commit
+        (the commit went through, its answer was lost) is counted."""
+        for ticket in self.uncertain_:
+            if ticket.positions and all(committed.get(tp, -1) >= at for tp, at in ticket.positions.items()):
+                self._count(ticket)
+        self.uncertain_ = []
 
     def close(self) -> None:
         if hasattr(self, "producer_"):
-            self.producer_.close()
+            try:
+                self.producer_.close()
+            except Exception as exc:  # a producer an outage left unusable: what it held was not committed
+                log.warning("closing the producer: %s", first_line(exc))
 
     def abort(self) -> None:
         """Give up: with transactions the open one is aborted (its outputs never become visible to read_committed
@@ -314,16 +479,3 @@ class KafkaSink:
                 self.producer_.abort()
             except Exception as exc:  # no transaction open
                 log.debug("abort: %s", exc)
-
-
-def _transaction_error(exc: Exception) -> str:
-    """ "retry" (commit again), "abort" (abort, rewind, process again) or "fatal" (another instance took over)."""
-    error: Any = exc.args[0] if exc.args else None
-    if hasattr(error, "txn_requires_abort"):  # confluent-kafka's KafkaError
-        if error.fatal():
-            return "fatal"
-        if error.txn_requires_abort():
-            return "abort"
-        return "retry" if error.retriable() else "fatal"
-    fatal = ("ProducerFencedError", "InvalidProducerEpochError", "TransactionalIdAuthorizationFailedError")
-    return "fatal" if type(exc).__name__ in fatal else "abort"

@@ -41,6 +41,8 @@ class Batch:
     #: Row number (in the whole source) of the batch's first row, for messages about a row.
     start: int = 0
     ids: list[str] | None = None
+    #: The record field the ids come from (None: the ids are the records' places, such as topic/partition/offset).
+    id_field: str | None = None
     keys: list[bytes | None] | None = None
     headers: list[Sequence[tuple[str, bytes | None]]] | None = None
     #: The records as they arrived (all fields, including those the model does not use), for the output, and

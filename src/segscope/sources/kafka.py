@@ -13,8 +13,10 @@ group's lag reaches 0 on transactional input. (``extra: kafka``)
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -23,6 +25,7 @@ import polars as pl
 
 from segscope._kafka import TP, Client, Polled, log_commit_failure, make_consumer
 from segscope._kafka_setup import KafkaSettings
+from segscope.exceptions import SourceError
 from segscope.schema import SCORED_COLUMNS, ColumnSpec, FeatureSchema
 from segscope.sources.base import Batch, DeadLetter
 from segscope.sources.wire import WireDecoder
@@ -42,6 +45,7 @@ _ALLOWED: dict[str, set[type]] = {
 _DTYPES: dict[str, pl.DataType] = {"numeric": pl.Float64(), "boolean": pl.Boolean(), "categorical": pl.String()}
 _EPOCH = datetime(1970, 1, 1)
 _MICROSECOND = timedelta(microseconds=1)
+_INF = float("inf")
 #: Output fields segscope adds; a record that already has one is merged as a dict instead of spliced as bytes.
 RESERVED = frozenset({"id", *SCORED_COLUMNS})
 
@@ -55,6 +59,8 @@ def _check(value: Any, spec: ColumnSpec) -> tuple[Any, str | None]:
     if spec.kind == "numeric":
         if isinstance(value, bool) or not isinstance(value, int | float):
             return None, f"field '{spec.name}' must be a number, got {type(value).__name__} {str(value)[:40]!r}"
+        if value in (_INF, -_INF):
+            return None, f"field '{spec.name}' must be a finite number, got one past the float range"
         return float(value), None
     if spec.kind == "boolean":
         if not isinstance(value, bool):
@@ -81,7 +87,12 @@ def _check(value: Any, spec: ColumnSpec) -> tuple[Any, str | None]:
 def _column(values: list[Any], spec: ColumnSpec, errors: list[str | None]) -> pl.Series:
     """One column as a typed Series; rows whose value does not fit get their first error in ``errors``."""
     if set(map(type, values)) <= _ALLOWED[spec.kind] and spec.kind != "datetime":
-        return pl.Series(spec.name, values, dtype=_DTYPES[spec.kind], strict=False)
+        series = pl.Series(spec.name, values, dtype=_DTYPES[spec.kind], strict=False)
+        if spec.kind == "numeric" and series.is_infinite().any():  # a number past the float range (1e400)
+            for i in series.is_infinite().arg_true().to_list():
+                if errors[i] is None:
+                    errors[i] = f"field '{spec.name}' must be a finite number, got one past the float range"
+        return series
     converted = []
     for i, value in enumerate(values):
         out, error = _check(value, spec)
@@ -106,6 +117,37 @@ def _why_not_json(raw: bytes, exc: Exception) -> str:
     return f"invalid JSON: {str(exc)[:120]}"
 
 
+def _past_the_float_range(raw: bytes, exc: Exception) -> Any:
+    """A JSON object with a number past the float range (``1e400``), which orjson refuses: read by the standard
+    library (the number becomes infinite; its bytes are kept in the output). None when it is not that, or when
+    the text has what JSON does not allow (NaN, Infinity, an unpaired surrogate)."""
+    if not str(exc).startswith("number is infinity"):
+        return None
+
+    def refuse(name: str) -> Any:
+        raise ValueError(name)
+
+    def integer(text: str) -> int | float:  # as orjson reads them: past 64 bits, a float
+        value = int(text)
+        return value if -(2**63) <= value < 2**64 else float(text)
+
+    try:
+        record = json.loads(raw, parse_constant=refuse, parse_int=integer)
+        orjson.dumps(record)  # refuses strings that are not valid UTF-8 (unpaired surrogates)
+    except (ValueError, TypeError, orjson.JSONEncodeError):
+        return None
+    return record
+
+
+def _id_text(value: float, raw: bytes | None, field: str | None) -> str:
+    """An id that JSON spells as an integer past 64 bits (decoded as a float): its digits as written."""
+    if raw is not None and field is not None:
+        text = json.loads(raw, parse_int=str, parse_float=str).get(field)
+        if isinstance(text, str) and text.lstrip("-").isdigit():
+            return text
+    return str(value)
+
+
 def decode(polled: Polled, schema: FeatureSchema, *, max_bytes: int, wire: WireDecoder | None = None) -> Batch:
     """The batch of rows (the bundle's input columns, fit-time types) and dead letters of one poll; messages are
     JSON objects, or Avro / Protobuf records in the registry's wire format that ``wire`` decodes."""
@@ -122,8 +164,10 @@ def decode(polled: Polled, schema: FeatureSchema, *, max_bytes: int, wire: WireD
             try:
                 record = loads(raw)
             except ValueError as exc:  # orjson.JSONDecodeError, or WireError: what is wrong with this message
-                errors[i] = why(raw, exc)
-                continue
+                record = _past_the_float_range(raw, exc) if wire is None else None
+                if record is None:
+                    errors[i] = why(raw, exc)
+                    continue
             if type(record) is dict:
                 parsed[i] = record
             else:
@@ -137,7 +181,8 @@ def decode(polled: Polled, schema: FeatureSchema, *, max_bytes: int, wire: WireD
         for j, value in enumerate(raw_ids):
             if value is None and row_errors[j] is None:
                 row_errors[j] = f"missing id field '{schema.id_column}'"
-        ids = [str(v) for v in raw_ids]
+        field = schema.id_column if wire is None else None  # JSON: an integer past 64 bits keeps its digits
+        ids = [str(v) if type(v) is not float else _id_text(v, values[rows[j]], field) for j, v in enumerate(raw_ids)]
     else:
         ids = ["{}/{}/{}".format(*polled.origin(i)[:3]) for i in rows]
     for j, error in enumerate(row_errors):
@@ -156,6 +201,7 @@ def decode(polled: Polled, schema: FeatureSchema, *, max_bytes: int, wire: WireD
     return Batch(
         frame,
         ids=[ids[j] for j in keep],
+        id_field=schema.id_column,
         keys=[polled.keys[i] for i in kept],
         headers=[polled.headers[i] for i in kept],
         records=[records[j] for j in keep],
@@ -234,16 +280,42 @@ class KafkaSource:
         except Exception as exc:
             log_commit_failure(str(exc).splitlines()[0])
 
+    def confirmed(self) -> dict[TP, int]:
+        """Positions whose commit the broker confirmed since the last call (a commit is asynchronous: what is
+        handed to :meth:`commit_positions` may still be lost, and the group resume before it)."""
+        return self.consumer_.take_acknowledged()
+
     def group_metadata(self) -> Any:
         """What a transactional producer needs to commit this consumer's positions (KIP-447 fencing)."""
         return self.consumer_.group_metadata()
 
-    def rewind(self) -> None:
-        """Go back to the group's committed positions (after an aborted transaction: the batch comes again)."""
-        parts = self.consumer_.assignment()
-        committed = self.consumer_.committed(parts)
-        marks = self.consumer_.watermarks(parts)
-        self.consumer_.seek({tp: committed[tp] if committed.get(tp, -1) >= 0 else marks[tp][0] for tp in parts})
+    def rewind(self, stopping: Callable[[], bool] = lambda: False) -> dict[TP, int]:
+        """Go back to the group's committed positions (after an aborted transaction or outputs lost in an outage:
+        the records after them come again); returns them. The broker may be away: each wait is bounded (10 s) and
+        asked again, with a line every minute, until it answers or ``stopping()``."""
+        started, said = time.monotonic(), 0.0
+        while True:
+            try:
+                parts = self.consumer_.assignment()
+                committed = self.consumer_.committed(parts) if parts else {}
+                missing = [tp for tp in parts if committed.get(tp, -1) < 0]
+                marks = self.consumer_.watermarks(missing) if missing else {}
+                target = {tp: committed[tp] if tp not in marks else marks[tp][0] for tp in parts}
+                self.consumer_.seek(target)
+                if said:
+                    log.warning("the committed positions were read after %.0f s", time.monotonic() - started)
+                return target
+            except Exception as exc:
+                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            if stopping():
+                raise SourceError(
+                    f"stopped while the broker was away ({reason}); nothing past the last commit was committed, "
+                    "and a restart resumes there"
+                )
+            if time.monotonic() - said >= 60:
+                said = time.monotonic()
+                log.warning("waiting for the broker to read the committed positions (%s)", reason)
+            time.sleep(1.0)
 
     def assigned(self) -> bool:
         """Whether the group gave this member partitions (a joining member may wait for a dead one's session)."""

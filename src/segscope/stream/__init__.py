@@ -28,7 +28,7 @@ from segscope._wire import WireSettings
 from segscope.exceptions import SinkError
 from segscope.labels.queue import candidate_rows
 from segscope.labels.store import LabelStore
-from segscope.sinks.kafka import KafkaSink
+from segscope.sinks.kafka import DeliveryFailed, KafkaSink
 from segscope.sinks.wire import codecs
 from segscope.sources.base import Batch
 from segscope.sources.kafka import KafkaSource, TopicReader
@@ -89,29 +89,35 @@ class StreamOptions:
 
 @dataclass
 class StreamStats:
+    """What the stream did; the record counts are of batches whose outputs are acknowledged (at-least-once) or
+    committed (exactly-once), so each record counts once however often an outage made it come again:
+    ``records_in`` = ``records_out`` (scored and written) + ``dead_letters`` (messages that could not be scored)
+    + ``refused`` (scored, but refused by the output topic, dead-lettered in their place). ``dead_letters`` also
+    counts the labels topic's. ``recovered``: times the stream went back to its last commit (aborted
+    transactions included)."""
+
     records_in: int = 0
     records_out: int = 0
     alerts: int = 0
     dead_letters: int = 0
+    refused: int = 0
     stored: int = 0
     labels_in: int = 0
     batches: int = 0
     aborted: int = 0
+    recovered: int = 0
     model_versions: list[str] = field(default_factory=list)
 
 
-def _write_batch(batch: Batch, watcher: ModelWatcher, sink: KafkaSink, store: LabelStore | None, topic: str) -> int:
-    """Score one batch and hand everything it produces to the sink (and the store); returns its alerts."""
-    alerts = 0
+def _write_batch(batch: Batch, watcher: ModelWatcher, sink: KafkaSink, store: LabelStore | None, topic: str) -> None:
+    """Score one batch and hand everything it produces to the sink (and the store)."""
     if batch.frame.height:
         scored = watcher.model.score(batch.frame, state=watcher.state, drift=watcher.drift)
         sink.write(scored, batch)
-        alerts = int(scored["is_alert"].sum())
         if store is not None:  # before the commit: a crash re-delivers, and re-adding is an update
             review = watcher.model.for_review(scored, ids=batch.ids)
             store.add_records(review.subset(candidate_rows(scored, review.threshold, 2000)), source=topic)
-    sink.dead_letters(batch.dead)
-    return alerts
+    sink.dead_letters(batch.dead, batch=batch)
 
 
 def _checkpoints(options: StreamOptions, watcher: ModelWatcher) -> EntityCheckpoints | None:
@@ -181,6 +187,11 @@ def run_stream(options: StreamOptions, *, on_stats: Callable[[str], None] | None
             settings=options.kafka,
         )
 
+    state = {"running": True, "connecting": True}
+
+    def stopping() -> bool:
+        return not state["running"]
+
     def settle(wait: bool = False) -> None:
         """At-least-once: commit the positions of the batches the broker acknowledged (all of them, with wait)."""
         if not eos:
@@ -189,15 +200,49 @@ def run_stream(options: StreamOptions, *, on_stats: Callable[[str], None] | None
             done: dict[TP, int] = sink.done_positions()
             if done:
                 source.commit_positions(done)
-                if checkpoints is not None:
-                    checkpoints.prune(done)
+            if checkpoints is not None:  # only past commits the broker confirmed: the group may resume at them
+                confirmed = source.confirmed()
+                if confirmed:
+                    checkpoints.prune(confirmed)
 
     def revoked(partitions: list[TP]) -> None:
         settle(wait=True)  # partitions leave only after their work is committed
         if checkpoints is not None and watcher.state.entities is not None:
-            checkpoints.forget([p for _, p in partitions], watcher.state.entities)
+            reset_entities()  # those kept too: a kicked-out member resumes them at the commit, behind its state
 
-    state = {"running": True, "connecting": True}
+    def reset_entities() -> None:
+        """Every partition's entities start again from the bundle's end-of-history state and are restored from
+        their checkpoint at the offset they resume at (only dropping a partition's changed entities would lose
+        the end-of-history state of those first changed after the commit)."""
+        assert checkpoints is not None
+        watcher.state.entities = watcher.model.new_state().entities
+        checkpoints.restored.clear()
+
+    def recover() -> None:
+        """Back to the last commit: the outputs in flight are dropped (exactly-once: the transaction was aborted),
+        the consumer goes back to the committed positions and the entities to their checkpoint there."""
+        stats.recovered += 1
+        if not eos:
+            sink.reset()
+        committed = source.rewind(stopping)
+        sink.settle_uncertain(committed)
+        if checkpoints is not None:
+            reset_entities()
+
+    def count() -> int:
+        """Take the sink's counts of what is done into the stats and the metrics; returns the records new."""
+        done = sink.delivered
+        new = done.records_in - stats.records_in
+        if metrics.enabled:
+            metrics.records_in.inc(new)
+            metrics.records_out.inc(done.scored - stats.records_out)
+            metrics.alerts.inc(done.alerts - stats.alerts)
+            metrics.dead.inc(done.dead_letters - stats.dead_letters)
+            metrics.refused.inc(done.refused - stats.refused)
+        stats.records_in, stats.records_out, stats.alerts = done.records_in, done.scored, done.alerts
+        stats.dead_letters, stats.refused, stats.batches = done.dead_letters, done.refused, done.batches
+        return new
+
     stop_on_signals(state)
     try:
         try:  # each client waits for the cluster (bounded); a signal meanwhile ends the stream at once
@@ -211,7 +256,7 @@ def run_stream(options: StreamOptions, *, on_stats: Callable[[str], None] | None
         if metrics.enabled:
             metrics.version.info({"version": watcher.model.version})
         last_stats = last_message = window_start = time.monotonic()
-        window_in = aborted_in_a_row = 0
+        window_in = failed_in_a_row = 0
         while state["running"]:
             kept = watcher.state.entities
             if watcher.refresh():
@@ -222,54 +267,47 @@ def run_stream(options: StreamOptions, *, on_stats: Callable[[str], None] | None
                     checkpoints.rebase(Stamp.of(watcher.model, options.in_topic, options.group))
                 if metrics.enabled:
                     metrics.version.info({"version": watcher.model.version})
-            batch = source.poll()
-            now = time.monotonic()
-            if batch is not None:
-                last_message = now
-                started = time.perf_counter()
-                if eos:
-                    sink.begin()
-                entities = watcher.state.entities
-                if checkpoints is not None and entities is not None:
-                    checkpoints.prepare(batch, entities)
-                alerts = _write_batch(batch, watcher, sink, store, options.in_topic)
-                if checkpoints is not None and entities is not None:
-                    checkpoints.save(entities, batch.position or {})  # before the offsets are committed
-                if eos and not sink.commit_transaction(batch.position or {}, source.group_metadata()):
-                    stats.aborted += 1
-                    aborted_in_a_row += 1
-                    if aborted_in_a_row >= 3:
-                        raise SinkError(
-                            "the same batch's transaction was aborted 3 times in a row (a record the broker refuses "
-                            "in every attempt?); nothing was committed past it: see the warnings above"
-                        )
-                    source.rewind()  # the aborted batch comes again
-                    if checkpoints is not None:  # and the entities go back to the committed offsets
-                        watcher.state.entities = watcher.model.new_state().entities
-                        checkpoints.restored.clear()
-                    continue
-                if eos and checkpoints is not None:
-                    checkpoints.prune(batch.position or {})
-                aborted_in_a_row = 0
-                stats.records_in += batch.size
-                stats.records_out += batch.frame.height
-                stats.alerts += alerts
-                stats.dead_letters += len(batch.dead)
-                stats.batches += 1
-                window_in += batch.size
-                if metrics.enabled:
-                    metrics.records_in.inc(batch.size)
-                    metrics.records_out.inc(batch.frame.height)
-                    metrics.alerts.inc(alerts)
-                    metrics.dead.inc(len(batch.dead))
-                    metrics.batch_seconds.observe(time.perf_counter() - started)
-            settle()
-            if labels is not None and store is not None and options.labels_topic is not None:
-                taken, dead = consume_labels(labels, store, sink, options.labels_topic, eos)
-                stats.labels_in += taken
-                stats.dead_letters += dead
+            try:
+                batch = source.poll()
+                now = time.monotonic()
+                if batch is not None:
+                    last_message = now
+                    started = time.perf_counter()
+                    if eos:
+                        sink.begin(stopping)
+                    entities = watcher.state.entities
+                    if checkpoints is not None and entities is not None:
+                        checkpoints.prepare(batch, entities)
+                    _write_batch(batch, watcher, sink, store, options.in_topic)
+                    if checkpoints is not None and entities is not None:
+                        checkpoints.save(entities, batch.position or {})  # before the offsets are committed
+                    if eos:
+                        if not sink.commit_transaction(batch.position or {}, source.group_metadata(), stopping):
+                            stats.aborted += 1
+                            raise DeliveryFailed("the transaction was aborted")
+                        if checkpoints is not None:
+                            checkpoints.prune(batch.position or {})
+                    if metrics.enabled:
+                        metrics.batch_seconds.observe(time.perf_counter() - started)
+                settle()
+                if labels is not None and store is not None and options.labels_topic is not None:
+                    stats.labels_in += consume_labels(labels, store, sink, options.labels_topic, eos, stopping)
+                failed_in_a_row = 0
+            except DeliveryFailed as failure:  # the broker away (or a refusal, exactly-once): from the last commit
+                failed_in_a_row += 1
+                if not eos:
+                    log.warning("%s; the batches in flight are processed again from the last commit", failure)
+                recover()
+                if failed_in_a_row > 1:  # the same failure again: wait a little longer each time (at most 30 s)
+                    pause = time.monotonic() + min(2.0 ** (failed_in_a_row - 2), 30.0)
+                    while state["running"] and time.monotonic() < pause:
+                        time.sleep(0.2)
+                continue
+            finally:
+                window_in += count()
             if batch is None and options.idle_exit is not None and now - last_message > options.idle_exit:
                 settle(wait=True)
+                count()
                 # every partition of the topic, not only this member's; everything consumed is written now, so
                 # (at-least-once) a lost last commit is made again rather than keeping the group short for good
                 if source.group_done(recommit=not eos):
@@ -285,13 +323,16 @@ def run_stream(options: StreamOptions, *, on_stats: Callable[[str], None] | None
                     watcher.drift = watcher.model.drift_tracker()
                 (on_stats or log.info)(
                     f"stream: {stats.records_in:,} in ({rate:,.0f}/s), {stats.records_out:,} out, "
-                    f"{stats.alerts:,} alerts, {stats.dead_letters:,} dead letters, lag {lag:,}, "
-                    f"model {watcher.model.version}" + (f"; drift: {drifted}" if drifted else "")
+                    f"{stats.alerts:,} alerts, {stats.dead_letters:,} dead letters"
+                    + (f", {stats.refused:,} refused outputs" if stats.refused else "")
+                    + f", lag {lag:,}, model {watcher.model.version}"
+                    + (f"; drift: {drifted}" if drifted else "")
                 )
                 if metrics.enabled:
                     metrics.lag.set(lag)
                 last_stats, window_start, window_in = now, now, 0
         settle(wait=True)  # SIGTERM: drain what is in flight and commit it
+        count()
     finally:
         source.close()
         if labels is not None:

@@ -388,8 +388,3 @@ class EntityCheckpoints:
                 for start, _, _, path in files:
                     if start < max(fulls):
                         path.unlink(missing_ok=True)
-
-    def forget(self, partitions: list[int], state: EntityState) -> None:
-        """Partitions taken away by a rebalance: their entities leave this process."""
-        self.restored -= set(partitions)
-        state.drop_partitions(set(partitions))

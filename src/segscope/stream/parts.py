@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,9 +85,16 @@ class Metrics:
         prom = require("prometheus_client", extra="kafka", feature="the metrics endpoint")
         registry_ = prom.CollectorRegistry()
         self.records_in = prom.Counter("segscope_records_in", "Messages consumed", registry=registry_)
-        self.records_out = prom.Counter("segscope_records_out", "Scored records produced", registry=registry_)
+        self.records_out = prom.Counter("segscope_records_out", "Scored records written", registry=registry_)
         self.alerts = prom.Counter("segscope_alerts", "Alerts produced", registry=registry_)
-        self.dead = prom.Counter("segscope_dead_letters", "Messages dead-lettered", registry=registry_)
+        self.dead = prom.Counter(
+            "segscope_dead_letters", "Messages that could not be scored, dead-lettered", registry=registry_
+        )
+        self.refused = prom.Counter(
+            "segscope_refused_outputs",
+            "Scored records the output topic refused (too large), dead-lettered in their place",
+            registry=registry_,
+        )
         self.lag = prom.Gauge("segscope_consumer_lag", "Messages behind the end of the topic", registry=registry_)
         self.batch_seconds = prom.Histogram("segscope_batch_seconds", "Time per micro-batch", registry=registry_)
         self.version = prom.Info("segscope_model", "The model version scoring", registry=registry_)
@@ -161,13 +169,16 @@ def transactional_id(group: str, topic: str, *, slots: int = 64) -> str:
     )
 
 
-def consume_labels(reader: TopicReader, store: LabelStore, sink: KafkaSink, topic: str, eos: bool) -> tuple[int, int]:
+def consume_labels(
+    reader: TopicReader, store: LabelStore, sink: KafkaSink, topic: str, eos: bool, stopping: Callable[[], bool]
+) -> int:
     """Move what the labels topic holds into the store (source "kafka"); a message that is not a valid label for a
-    stored record is dead-lettered to ``<labels-topic>.dlq`` with the reason. Committed after the store write
-    (re-adding a label is a no-op). Returns (labels taken, dead letters)."""
+    stored record is dead-lettered to ``<labels-topic>.dlq`` with the reason (counted by the sink). Committed after
+    the store write and the dead letters (re-adding a label is a no-op, so labels read again are stored once).
+    Returns the labels taken."""
     polled = reader.poll()
     if polled is None:
-        return 0, 0
+        return 0
     parsed: list[tuple[int, LabelIn]] = []
     dead: list[tuple[int, str]] = []
     for i, value in enumerate(polled.values):
@@ -187,11 +198,15 @@ def consume_labels(reader: TopicReader, store: LabelStore, sink: KafkaSink, topi
             key, value, headers = polled.keys[i], polled.values[i], polled.headers[i]
             letters.append(DeadLetter(why, topic_, partition, offset, key, value, stamp, headers))
         if eos:  # a transactional producer writes only inside transactions
-            sink.begin()
-            sink.dead_letters(letters, topic=f"{topic}.dlq")
-            sink.commit_transaction({}, None)
+            for _ in range(3):
+                sink.begin(stopping)
+                sink.dead_letters(letters, topic=f"{topic}.dlq")
+                if sink.commit_transaction({}, None, stopping):
+                    break
+            else:
+                log.warning("%d dead letters of the labels topic could not be written (aborted 3 times)", len(letters))
         else:
             sink.dead_letters(letters, topic=f"{topic}.dlq")
             sink.flush()
     reader.commit(polled.positions)
-    return len(polled) - len(dead), len(dead)
+    return len(polled) - len(dead)

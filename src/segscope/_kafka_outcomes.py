@@ -1,0 +1,41 @@
+"""What the Kafka clients report about deliveries and commits, read the same way for both (``_kafka``): which
+delivery errors refuse a record for good, how long a transactional call may wait, and which commits the broker
+confirmed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from segscope._kafka_setup import log_commit_result
+
+__all__ = ["REFUSED", "TXN_WAIT", "Acknowledges"]
+
+#: librdkafka's delivery errors that refuse the record itself (MSG_SIZE_TOO_LARGE, RECORD_LIST_TOO_LARGE,
+#: INVALID_TIMESTAMP, INVALID_RECORD): retrying cannot help, so it becomes a dead letter. Any other error (a
+#: time-out, a purge, a producer an outage left unusable) is a delivery that did not happen: the batch comes again.
+REFUSED = frozenset({10, 18, 32, 87})
+#: Seconds a transactional call (send offsets, commit, abort) waits at most: by default librdkafka's wait without
+#: end; a time-out is a retriable error, and the caller asks again.
+TXN_WAIT = 10.0
+
+
+class Acknowledges:
+    """A consumer's commits the broker confirmed (commits are asynchronous), per partition, until taken."""
+
+    _acknowledged: dict[tuple[str, int], int] | None = None
+
+    def acknowledge(self, offsets: dict[tuple[str, int], int]) -> None:
+        if self._acknowledged is None:
+            self._acknowledged = {}
+        self._acknowledged.update(offsets)
+
+    def take_acknowledged(self) -> dict[tuple[str, int], int]:
+        """The offsets confirmed since the last call."""
+        done, self._acknowledged = self._acknowledged or {}, None
+        return done
+
+    def on_commit(self, err: Any, parts: Any) -> None:
+        """confluent-kafka's ``on_commit``: the outcome of an asynchronous commit."""
+        log_commit_result(err, parts)
+        if err is None:
+            self.acknowledge({(p.topic, p.partition): p.offset for p in parts if p.error is None and p.offset >= 0})

@@ -1,0 +1,149 @@
+"""Scored records as JSON: the input message's own bytes with the scored fields appended.
+
+A record that came from Kafka is never re-encoded: its JSON object's bytes are kept as they came (numbers keep
+their spelling, a 30-digit integer or ``1e400`` included; strings keep their escapes; whitespace and key order
+stay), the closing brace is taken off, and ``,"id":...,"score":...}`` is appended. A field of the input with the
+name of one segscope appends (``score``, ``segment``, ...) is taken out of the bytes, member by member, and
+segscope's value is appended in its place; every other member keeps its bytes. The id field itself (a
+record whose id column is ``id``) is kept as it came and not appended again.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection
+
+import orjson
+import polars as pl
+
+from segscope.schema import SCORED_COLUMNS
+from segscope.sources.base import Batch
+
+__all__ = ["encode", "members", "splice"]
+
+_WS = re.compile(rb"[ \t\n\r]*")
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[{}\[\],]', re.DOTALL)  # strings, and what nests or separates
+_SCALAR = re.compile(rb"[^,}\]\s]*")
+
+
+def members(body: bytes) -> list[tuple[str, int, int]]:
+    """The top-level members of a JSON object's bytes (valid JSON, as a decoder accepted it): each as its key
+    (decoded: ``"\\u0069d"`` is ``id``) and the span ``body[start:end]`` of ``"key": value``, up to the ``,`` or
+    ``}`` that ends it."""
+    found: list[tuple[str, int, int]] = []
+    depth, start, key = 0, -1, None
+    for token in _TOKEN.finditer(body):
+        c = body[token.start()]
+        if c == 0x22:  # a string: a key when it opens a member of the top level
+            if depth == 1 and key is None:
+                text = token.group()
+                key, start = (text[1:-1].decode() if b"\\" not in text else orjson.loads(text)), token.start()
+        elif c == 0x2C:  # ,
+            if depth == 1:
+                found.append((key, start, token.start()))  # type: ignore[arg-type]
+                key = None
+        elif c in (0x7B, 0x5B):  # { [
+            depth += 1
+        else:  # } ]
+            depth -= 1
+            if depth == 0:
+                if key is not None:
+                    found.append((key, start, token.start()))
+                return found
+    raise ValueError("not a JSON object")
+
+
+def _found_plainly(body: bytes, names: Collection[str]) -> list[tuple[int, int]] | None:
+    """The spans of the members ``names`` where a plain search finds each once (``"name":``, not after a
+    backslash) with a string or scalar value: the usual case, without reading the message member by member (when
+    the message has a backslash, the caller checks that the cut took them off the top level). None when the
+    search cannot tell."""
+    spans = []
+    for name in names:
+        quoted, found = b'"' + name.encode() + b'"', list[tuple[int, int]]()
+        at = body.find(quoted)
+        while at >= 0 and len(found) < 2:
+            colon = _WS.match(body, at + len(quoted)).end()  # type: ignore[union-attr]
+            if body[colon : colon + 1] == b":" and body[at - 1 : at] != b"\\":
+                found.append((at, colon + 1))
+            at = body.find(quoted, at + 1)
+        if len(found) != 1:
+            return None
+        start, after = found[0]
+        at = _WS.match(body, after).end()  # type: ignore[union-attr]
+        if body[at] == 0x22:
+            end = _STRING.match(body, at).end()  # type: ignore[union-attr]
+        elif body[at] in (0x7B, 0x5B):
+            return None
+        else:
+            end = _SCALAR.match(body, at).end()  # type: ignore[union-attr]
+        end = _WS.match(body, end).end()  # type: ignore[union-attr]
+        if body[end] not in (0x2C, 0x7D):
+            return None
+        spans.append((start, end))
+    return spans
+
+
+def _cut(body: bytes, spans: list[tuple[int, int]]) -> bytes:
+    """``body`` without the members at ``spans`` (each up to its ``,`` or ``}``), and the commas between."""
+    for start, end in sorted(spans, reverse=True):
+        if body[end] == 0x2C:  # a member with one after it: it goes with its comma
+            body = body[:start] + body[end + 1 :]
+        else:  # the last member: it goes with the comma before it
+            head = body[:start].rstrip()
+            body = (head[:-1] if head.endswith(b",") else head) + body[end:]
+    return body
+
+
+def _took_off(body: bytes, names: Collection[str], members_left: int) -> bool:
+    """Whether ``body`` is a JSON object of ``members_left`` members, none named in ``names``."""
+    try:
+        record = orjson.loads(body)
+    except orjson.JSONDecodeError:  # a cut that broke it, or a number orjson cannot read (1e400): no telling
+        return False
+    return type(record) is dict and len(record) == members_left and not any(name in record for name in names)
+
+
+def splice(body: bytes, tail: bytes, drop: Collection[str] = (), members_in: int = -1) -> bytes:
+    """``body`` (a JSON object's bytes, with ``members_in`` distinct top-level names) with the members of
+    ``tail`` (a JSON object's bytes) appended, after the top-level members of ``body`` named in ``drop`` are
+    taken out."""
+    body = body.rstrip()
+    if drop:
+        spans = _found_plainly(body, drop)
+        cut = _cut(body, spans) if spans is not None else b""
+        # without a backslash no name is spelled with escapes and no string holds a quote: the search is sure
+        if spans is None or (b"\\" in body and not _took_off(cut, drop, members_in - len(drop))):
+            cut = _cut(body, [(s, e) for key, s, e in members(body) if key in drop])
+        body = cut
+    head = body[:-1]
+    if len(tail) <= 2 or head.rstrip().endswith(b"{"):  # nothing to append, or an empty object
+        return head + tail[1:]
+    return head + b"," + tail[1:]
+
+
+def encode(scored: pl.DataFrame, batch: Batch | None) -> list[bytes]:
+    """One output value per scored row: the input message with ``id``, the columns the model derived (per-entity
+    features) and the scored columns appended (see the module docstring)."""
+    if batch is None or batch.raw is None or batch.records is None:  # not from Kafka: the whole scored rows
+        return scored.write_ndjson().encode().splitlines()
+    given = set(batch.frame.columns)
+    derived = [c for c in scored.columns if c not in given and c not in SCORED_COLUMNS]
+    lines = scored.select(*derived, *SCORED_COLUMNS).write_ndjson().encode().splitlines()
+    appended = {*derived, *SCORED_COLUMNS}
+    ids = batch.ids
+    own_id = batch.id_field == "id"  # the record's own id field is the id: kept as it came
+    if ids is not None and not own_id:
+        appended.add("id")
+    out = []
+    dumps = orjson.dumps
+    for j, (raw, record, line) in enumerate(zip(batch.raw, batch.records, lines, strict=True)):
+        if ids is not None and not own_id:
+            line = b'{"id":' + dumps(ids[j]) + (b"," + line[1:] if len(line) > 2 else b"}")
+        if raw is None:  # decoded records always have their bytes (a tombstone is a dead letter)
+            out.append(dumps({**record, **orjson.loads(line)}))
+            continue
+        clash = [name for name in appended if name in record] if not appended.isdisjoint(record) else ()
+        out.append(splice(raw, line, clash, len(record)))
+    return out

@@ -1,0 +1,168 @@
+"""`segscope stream` through broker outages: the broker of the test is stopped (a controlled shutdown, or SIGKILL)
+for 5 s and then for 60 s while records arrive and transactions are open, and started again on the same port and
+data. Both streams (exactly-once and at-least-once, each with per-entity features checkpointed in --state-dir)
+must run on by themselves, catch up, and give every input record the features and score of one batch run;
+exactly-once, a read_committed reader sees each input's output once and the summary counts each record once."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from segscope.config import load_config
+from segscope.model import Model
+from segscope.testing.data import make_card_stream
+from tests.kafka_helpers import (
+    broker,
+    committed_offsets,
+    consume_all,
+    create_topic,
+    free_port,
+    group_caught_up,
+    kill_broker,
+    read_committed,
+    records,
+    start_stream,
+    terminate,
+    wait_until,
+)
+
+PACK = Path(__file__).resolve().parents[1] / "configs" / "fraud.yaml"
+FEED_SECONDS = 110  # the input arrives at a steady rate over this long, through both outages
+
+
+class Feeder(threading.Thread):
+    """A producer of the test (idempotent, keyed by card: each card's records stay in order in one partition)
+    that sends ``values`` at a steady rate and rides out the outages (its messages wait up to 5 minutes)."""
+
+    def __init__(self, bootstrap: str, topic: str, values: list[bytes], keys: list[bytes]) -> None:
+        super().__init__(daemon=True)
+        self.bootstrap, self.topic, self.values, self.keys = bootstrap, topic, values, keys
+        self.errors: list[str] = []
+
+    def run(self) -> None:
+        from confluent_kafka import Producer
+
+        producer = Producer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "enable.idempotence": True,
+                "linger.ms": 5,
+                "message.timeout.ms": 300_000,
+                "log_level": 0,
+            }
+        )
+
+        def report(err, _msg) -> None:  # type: ignore[no-untyped-def]
+            if err is not None:
+                self.errors.append(err.str())
+
+        started = time.monotonic()
+        for i, (value, key) in enumerate(zip(self.values, self.keys, strict=True)):
+            producer.produce(self.topic, value, key, on_delivery=report)
+            producer.poll(0)
+            ahead = started + (i + 1) * FEED_SECONDS / len(self.values) - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+        producer.flush(300)
+
+
+def _committed(bootstrap: str, group: str) -> int:
+    try:
+        return sum(committed_offsets(bootstrap, group).values())
+    except Exception:  # the coordinator is not back yet
+        return -1
+
+
+def _tail(log: Path) -> str:
+    """What a stream wrote, without the client's connection warnings of an outage."""
+    lines = log.read_text(errors="replace").splitlines()
+    return "\n".join(line for line in lines if "Connection refused" not in line)[-4000:]
+
+
+def _same_as_batch(out: list[dict], whole, names: list[str]) -> list[str]:  # type: ignore[no-untyped-def]
+    expected = {r["txn_id"]: r for r in whole.select("txn_id", *names, "anomaly_score").iter_rows(named=True)}
+    return [r["id"] for r in out if any(r[c] != expected[r["id"]][c] for c in [*names, "anomaly_score"])]
+
+
+@pytest.mark.parametrize("kind", ["stop", "kill"])
+def test_outages_of_5_and_60_seconds_end_with_every_record_scored_exactly_once(tmp_path: Path, kind: str) -> None:
+    events = make_card_stream(400, days=20, seed=61)
+    cut = int(events.height * 0.6)
+    history, live = events[:cut], events[cut:].drop("is_fraud")
+    model = Model(load_config(PACK)).fit(history)
+    model.save(tmp_path / "bundle")
+    names = model.entities_.names if model.entities_ is not None else []
+    whole = model.score(live, state=model.new_state())
+
+    data = tmp_path / "kafka"
+    bootstrap = broker("start", data, free_port())
+    streams = {}
+    try:
+        create_topic(bootstrap, "outage.in", partitions=3)
+        feeder = Feeder(bootstrap, "outage.in", records(live), [c.encode() for c in live["card_id"]])
+        feeder.start()
+        logs = {mode: tmp_path / f"{mode}.log" for mode in ("eos", "alo")}
+        for mode, extra in (("eos", ["--exactly-once"]), ("alo", [])):
+            streams[mode] = start_stream(
+                tmp_path / "bundle", bootstrap, "--in-topic", "outage.in", "--out-topic", f"outage.{mode}",
+                "--group", f"g-{mode}", "--batch-size", "500", "--state-dir", str(tmp_path / f"state-{mode}"),
+                "--stats-interval", "5", *extra, log=logs[mode],
+            )  # fmt: skip
+
+        def wait(mode: str, predicate, timeout: float) -> None:  # type: ignore[no-untyped-def]
+            wait_until(predicate, timeout=timeout, proc=streams[mode], explain=lambda: f"{mode}: {_tail(logs[mode])}")
+
+        recovery = {}
+        for seconds in (5, 60):
+            marks = {mode: _committed(bootstrap, f"g-{mode}") for mode in streams}
+            for mode in streams:  # both are at work: their commits move
+                wait(mode, lambda m=mode, at=marks[mode]: _committed(bootstrap, f"g-{m}") > at + 300, 120)
+            marks = {mode: _committed(bootstrap, f"g-{mode}") for mode in streams}
+            if kind == "kill":
+                kill_broker(data)
+            else:
+                broker("stop", data)
+            time.sleep(seconds)
+            assert broker("start", data) == bootstrap  # the same port and data
+            back = time.monotonic()
+            for mode in streams:
+                wait(mode, lambda m=mode, at=marks[mode]: _committed(bootstrap, f"g-{m}") > at, 240)
+                recovery[f"{mode} after {seconds} s"] = time.monotonic() - back
+        feeder.join(timeout=400)
+        assert not feeder.is_alive() and not feeder.errors, feeder.errors[:3]
+        for mode, proc in streams.items():
+            wait(mode, lambda m=mode: group_caught_up(bootstrap, f"g-{m}", "outage.in"), 300)
+            assert proc.poll() is None  # still running, by itself
+        err = {}
+        for mode, proc in streams.items():
+            code, _ = terminate(proc)
+            err[mode] = _tail(logs[mode])
+            assert code == 0, err[mode]
+
+        sent = Counter(json.loads(v)["txn_id"] for v in read_committed(bootstrap, "outage.in"))
+        assert set(sent) == set(live["txn_id"]) and max(sent.values()) == 1  # the input, once each
+        eos = [json.loads(v) for v in read_committed(bootstrap, "outage.eos")]
+        once = Counter(r["id"] for r in eos)
+        assert set(once) == set(sent) and max(once.values()) == 1  # exactly once
+        assert not _same_as_batch(eos, whole, names)  # the entity state went back with the offsets
+        assert f"stream stopped: {live.height:,} in, {live.height:,} scored" in err["eos"]  # counted once each
+        alo = consume_all(bootstrap, "outage.alo")
+        assert {r["id"] for r in alo} == set(sent)  # at least once
+        assert not _same_as_batch(alo, whole, names)
+        print(
+            f"broker {kind}: back to committing "
+            + ", ".join(f"{k} {v:.1f} s" for k, v in recovery.items())
+            + f"; at-least-once wrote {len(alo) - len(sent)} duplicates"
+        )
+    finally:
+        for proc in streams.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate(timeout=30)
+        broker("stop", data)
