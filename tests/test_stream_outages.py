@@ -1,7 +1,8 @@
 """`segscope stream` through broker outages: the broker of the test is stopped (a controlled shutdown, or SIGKILL)
 for 5 s and then for 60 s while records arrive and transactions are open, and started again on the same port and
-data. Both streams (exactly-once and at-least-once, each with per-entity features checkpointed in --state-dir)
-must run on by themselves, catch up, and give every input record the features and score of one batch run;
+data. Three streams (exactly-once; at-least-once; at-least-once whose outputs time out after 10 s, so an outage
+loses them and it goes back to its last commit; each with per-entity features checkpointed in --state-dir) must
+run on by themselves, catch up, and give every input record the features and score of one batch run;
 exactly-once, a read_committed reader sees each input's output once and the summary counts each record once."""
 
 from __future__ import annotations
@@ -107,8 +108,9 @@ def test_outages_of_5_and_60_seconds_end_with_every_record_scored_exactly_once(t
         create_topic(bootstrap, "outage.in", partitions=3)
         feeder = Feeder(bootstrap, "outage.in", records(live), [c.encode() for c in live["card_id"]])
         feeder.start()
-        logs = {mode: tmp_path / f"{mode}.log" for mode in ("eos", "alo")}
-        for mode, extra in (("eos", ["--exactly-once"]), ("alo", [])):
+        kinds = {"eos": ["--exactly-once"], "alo": [], "lost": ["--kafka-option", "delivery.timeout.ms=10000"]}
+        logs = {mode: tmp_path / f"{mode}.log" for mode in kinds}
+        for mode, extra in kinds.items():
             streams[mode] = start_stream(
                 tmp_path / "bundle", bootstrap, "--in-topic", "outage.in", "--out-topic", f"outage.{mode}",
                 "--group", f"g-{mode}", "--batch-size", "500", "--state-dir", str(tmp_path / f"state-{mode}"),
@@ -152,13 +154,17 @@ def test_outages_of_5_and_60_seconds_end_with_every_record_scored_exactly_once(t
         assert set(once) == set(sent) and max(once.values()) == 1  # exactly once
         assert not _same_as_batch(eos, whole, names)  # the entity state went back with the offsets
         assert f"stream stopped: {live.height:,} in, {live.height:,} scored" in err["eos"]  # counted once each
-        alo = consume_all(bootstrap, "outage.alo")
-        assert {r["id"] for r in alo} == set(sent)  # at least once
-        assert not _same_as_batch(alo, whole, names)
+        duplicates = {}
+        for mode in ("alo", "lost"):
+            alo = consume_all(bootstrap, f"outage.{mode}")
+            assert {r["id"] for r in alo} == set(sent)  # at least once
+            assert not _same_as_batch(alo, whole, names)
+            duplicates[mode] = len(alo) - len(sent)
+        assert "times back to the last commit after lost outputs" in err["lost"]  # it did lose outputs
         print(
             f"broker {kind}: back to committing "
             + ", ".join(f"{k} {v:.1f} s" for k, v in recovery.items())
-            + f"; at-least-once wrote {len(alo) - len(sent)} duplicates"
+            + f"; at-least-once duplicates {duplicates}"
         )
     finally:
         for proc in streams.values():
