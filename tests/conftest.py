@@ -221,7 +221,16 @@ SERVICE_FIXTURES = {
 }
 #: kafka_helpers functions that need no broker (a free port, record encoding, waiting, stopping a process)
 NO_BROKER = frozenset(
-    {"free_port", "records", "wait_until", "terminate", "make_certificates", "sasl_options", "misconfiguration"}
+    {
+        "free_port",
+        "records",
+        "wait_until",
+        "terminate",
+        "make_certificates",
+        "sasl_options",
+        "misconfiguration",
+        "scrape_metrics",
+    }
 )
 #: The heaviest of the tests that need no service: every one at 10 s or more in `pytest --durations=40` over the
 #: 842 of them (seconds of its call on 2 cores shared with two other test runs, load average 6: 44 min in all, of

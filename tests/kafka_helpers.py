@@ -58,6 +58,18 @@ def kill_broker(data: Path) -> None:
     (data / "broker.pid").unlink()
 
 
+def scrape_metrics(port: int) -> dict[str, float]:
+    """The stream's ``segscope_`` metrics from its /metrics page on ``port`` ({} while it is not serving yet)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    return {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line.startswith("segscope_")}
+
+
 def create_topic(bootstrap: str, name: str, partitions: int = 3) -> None:
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     try:

@@ -24,6 +24,7 @@ from tests.kafka_helpers import (
     create_topic,
     read_committed,
     records,
+    scrape_metrics,
     start_stream,
     wait_until,
 )
@@ -245,17 +246,6 @@ def test_idle_exit_waits_for_the_whole_group(kafka_bootstrap: str, stream_bundle
     print(f"idle exit: {left:,} records were left on the killed member's partitions; the survivor scored them")
 
 
-def _scrape(port: int) -> dict[str, float]:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-            text = response.read().decode()
-    except OSError:  # not serving yet
-        return {}
-    return {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line.startswith("segscope_")}
-
-
 @pytest.mark.parametrize("mode", ["at-least-once", "exactly-once"])
 def test_outputs_the_broker_refuses_are_dead_lettered_and_counted_apart(
     kafka_bootstrap: str, stream_bundle: Path, mode: str
@@ -286,8 +276,8 @@ def test_outputs_the_broker_refuses_are_dead_lettered_and_counted_apart(
     args = _args(prefix, f"g-{prefix}", "--max-message-bytes", "3000000", "--metrics-port", str(port), *extra)
     proc = start_stream(stream_bundle, kafka_bootstrap, *args)
     wait_until(lambda: group_caught_up(kafka_bootstrap, f"g-{prefix}", f"{prefix}.in"), timeout=180, proc=proc)
-    wait_until(lambda: _scrape(port).get("segscope_records_in_total", 0) >= 2003, timeout=30, proc=proc)
-    scraped = _scrape(port)
+    wait_until(lambda: scrape_metrics(port).get("segscope_records_in_total", 0) >= 2003, timeout=30, proc=proc)
+    scraped = scrape_metrics(port)
     code, err = terminate(proc)
     assert code == 0, err
     out = [json.loads(v) for v in read_committed(kafka_bootstrap, f"{prefix}.out")]

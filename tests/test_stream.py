@@ -30,6 +30,7 @@ from tests.kafka_helpers import (
     produce,
     read_committed,
     records,
+    scrape_metrics,
     start_stream,
     terminate,
     wait_until,
@@ -214,16 +215,8 @@ def test_stats_line_and_metrics_name_drift(kafka_bootstrap: str, stream_bundle: 
         stream_bundle, kafka_bootstrap, *_args(t, "g-drift", "--batch-size", "500", "--metrics-port", str(port))
     )
 
-    def scrape() -> dict[str, float]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-                text = response.read().decode()
-        except OSError:  # not serving yet
-            return {}
-        return {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line.startswith("segscope_")}
-
-    wait_until(lambda: 'segscope_drift_psi{column="amount"}' in scrape(), timeout=120)
-    scraped = scrape()
+    wait_until(lambda: 'segscope_drift_psi{column="amount"}' in scrape_metrics(port), timeout=120)
+    scraped = scrape_metrics(port)
     assert scraped['segscope_drift_psi{column="amount"}'] > 0.25  # amounts ten times the fit's
     assert scraped['segscope_drift_psi{column="distance_km"}'] < 0.25  # an untouched column stays low
     assert scraped["segscope_alert_rate"] > scraped["segscope_expected_alert_rate"]

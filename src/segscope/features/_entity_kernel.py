@@ -161,16 +161,23 @@ def load_pairs(rows: np.ndarray, gen: np.ndarray, n_pairs: int) -> Dict[tuple[in
 
 
 @nb.njit(cache=True)
+def _outside_cooldown(when: float, slot: int, last_alert: np.ndarray, gap: float) -> bool:
+    """Whether an alert of entity ``slot`` at ``when`` is past ``gap`` after its previous one (then it becomes
+    the entity's last alert)."""
+    if when - last_alert[slot] < gap:
+        return False
+    last_alert[slot] = when
+    return True
+
+
+@nb.njit(cache=True)
 def cool_down(alerts: np.ndarray, slots: np.ndarray, when: np.ndarray, last_alert: np.ndarray, gap: float) -> None:
     """In order: an entity's alert within ``gap`` of its previous one is withdrawn (``alerts`` and ``last_alert``
     are updated in place)."""
     for i in range(alerts.shape[0]):
         s = slots[i]
         if alerts[i] and s >= 0 and not math.isnan(when[i]):
-            if when[i] - last_alert[s] < gap:
-                alerts[i] = False
-            else:
-                last_alert[s] = when[i]
+            alerts[i] = _outside_cooldown(when[i], s, last_alert, gap)
 
 
 #: time buckets of an entity's trailing score window (``policy.recalibrate``), and the number of an empty one
@@ -212,10 +219,7 @@ def recalibrate(
         if held >= min_scores:
             alerts[i] = scores[i] > top
         if alerts[i] and gap > 0:
-            if when[i] - last_alert[s] < gap:
-                alerts[i] = False
-            else:
-                last_alert[s] = when[i]
+            alerts[i] = _outside_cooldown(when[i], s, last_alert, gap)
         # an alert joins the window at the level it beat: it keeps that level in the window for another span
         # (a run of alerts does not wear the threshold down) and does not raise it (a failure does not teach it)
         joined = min(scores[i], top) if alerts[i] else scores[i]
