@@ -10,6 +10,7 @@ record whose id column is ``id``) is kept as it came and not appended again.
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Collection
 
@@ -61,26 +62,32 @@ def _found_plainly(body: bytes, names: Collection[str]) -> list[tuple[int, int]]
     search cannot tell."""
     spans = []
     for name in names:
-        quoted, found = b'"' + name.encode() + b'"', list[tuple[int, int]]()
-        at = body.find(quoted)
-        while at >= 0 and len(found) < 2:
-            colon = _WS.match(body, at + len(quoted)).end()  # type: ignore[union-attr]
-            if body[colon : colon + 1] == b":" and body[at - 1 : at] != b"\\":
-                found.append((at, colon + 1))
-            at = body.find(quoted, at + 1)
-        if len(found) != 1:
+        quoted = b'"' + name.encode() + b'"'
+        if body.count(quoted) != 1:
             return None
-        start, after = found[0]
-        at = _WS.match(body, after).end()  # type: ignore[union-attr]
-        if body[at] == 0x22:
+        start = body.find(quoted)
+        at = start + len(quoted)
+        if body[at] != 0x3A:  # ':' after spaces
+            at = _WS.match(body, at).end()  # type: ignore[union-attr]
+            if body[at] != 0x3A:
+                return None
+        if body[start - 1] == 0x5C:  # an escaped quote: inside a name or a string
+            return None
+        at += 1
+        if body[at] in b" \t\n\r":
+            at = _WS.match(body, at).end()  # type: ignore[union-attr]
+        first = body[at]
+        if first == 0x22:
             end = _STRING.match(body, at).end()  # type: ignore[union-attr]
-        elif body[at] in (0x7B, 0x5B):
+        elif first in (0x7B, 0x5B):
             return None
-        else:
-            end = _SCALAR.match(body, at).end()  # type: ignore[union-attr]
-        end = _WS.match(body, end).end()  # type: ignore[union-attr]
+        else:  # a number or a literal: up to the ',' or '}' after it
+            comma, brace = body.find(b",", at), body.find(b"}", at)
+            end = brace if comma < 0 else min(comma, brace)
         if body[end] not in (0x2C, 0x7D):
-            return None
+            end = _WS.match(body, end).end()  # type: ignore[union-attr]
+            if body[end] not in (0x2C, 0x7D):
+                return None
         spans.append((start, end))
     return spans
 
@@ -130,20 +137,21 @@ def encode(scored: pl.DataFrame, batch: Batch | None) -> list[bytes]:
         return scored.write_ndjson().encode().splitlines()
     given = set(batch.frame.columns)
     derived = [c for c in scored.columns if c not in given and c not in SCORED_COLUMNS]
-    lines = scored.select(*derived, *SCORED_COLUMNS).write_ndjson().encode().splitlines()
+    tail = scored.select(*derived, *SCORED_COLUMNS)
     appended = {*derived, *SCORED_COLUMNS}
-    ids = batch.ids
-    own_id = batch.id_field == "id"  # the record's own id field is the id: kept as it came
-    if ids is not None and not own_id:
+    if batch.ids is not None and batch.id_field != "id":  # an id field that is the id stays as it came
+        tail = tail.select(pl.Series("id", batch.ids, dtype=pl.String), *tail.columns)
         appended.add("id")
+    written = io.BytesIO()  # bytes as polars writes them (no str to encode again)
+    tail.write_ndjson(written)
+    lines = written.getvalue().splitlines()
     out = []
-    dumps = orjson.dumps
-    for j, (raw, record, line) in enumerate(zip(batch.raw, batch.records, lines, strict=True)):
-        if ids is not None and not own_id:
-            line = b'{"id":' + dumps(ids[j]) + (b"," + line[1:] if len(line) > 2 else b"}")
+    disjoint, common = appended.isdisjoint, appended.intersection
+    for raw, record, line in zip(batch.raw, batch.records, lines, strict=True):
         if raw is None:  # decoded records always have their bytes (a tombstone is a dead letter)
-            out.append(dumps({**record, **orjson.loads(line)}))
-            continue
-        clash = [name for name in appended if name in record] if not appended.isdisjoint(record) else ()
-        out.append(splice(raw, line, clash, len(record)))
+            out.append(orjson.dumps({**record, **orjson.loads(line)}))
+        elif record and disjoint(record):  # the usual case: no name in common, not an empty object
+            out.append(raw.rstrip()[:-1] + b"," + line[1:])
+        else:
+            out.append(splice(raw, line, common(record), len(record)))
     return out

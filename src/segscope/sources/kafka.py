@@ -93,6 +93,13 @@ def _column(values: list[Any], spec: ColumnSpec, errors: list[str | None]) -> pl
                 if errors[i] is None:
                     errors[i] = f"field '{spec.name}' must be a finite number, got one past the float range"
         return series
+    if spec.kind == "datetime" and set(map(type, values)) == {str}:  # the usual case: ISO-8601 strings, no zone
+        try:
+            parsed = [datetime.fromisoformat(v) for v in values]
+        except ValueError:
+            parsed = []
+        if parsed and all(p.tzinfo is None for p in parsed):
+            return pl.Series(spec.name, parsed, dtype=pl.Datetime("us"))
     converted = []
     for i, value in enumerate(values):
         out, error = _check(value, spec)

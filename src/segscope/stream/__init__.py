@@ -17,10 +17,13 @@ scoring goes on). With per-entity features, ``state_dir`` keeps each partition's
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numba
 
 from segscope._kafka import TP, Client
 from segscope._kafka_setup import KafkaSettings
@@ -140,6 +143,10 @@ def _checkpoints(options: StreamOptions, watcher: ModelWatcher) -> EntityCheckpo
 
 def run_stream(options: StreamOptions, *, on_stats: Callable[[str], None] | None = None) -> StreamStats:
     """Run until SIGTERM/SIGINT (or ``idle_exit`` seconds without messages once the whole group is done)."""
+    # one scoring thread: a micro-batch is too small for Numba's parallel kernels to pay off, and their OpenMP
+    # threads spin between batches on the cores the Kafka clients' threads need (CPU per record 3x); a group's
+    # processes are what scales a stream out
+    numba.set_num_threads(1)
     watcher = ModelWatcher(options.bundle, options.trusted)  # a missing/unreadable bundle fails here, first
     if options.labels_topic is not None and options.store is None:
         raise SinkError("--labels-topic needs --store: labels are consumed into the label store")
@@ -244,6 +251,7 @@ def run_stream(options: StreamOptions, *, on_stats: Callable[[str], None] | None
         return new
 
     stop_on_signals(state)
+    warming: threading.Thread | None = watcher.warm_up()
     try:
         try:  # each client waits for the cluster (bounded); a signal meanwhile ends the stream at once
             sink.open()
@@ -272,6 +280,9 @@ def run_stream(options: StreamOptions, *, on_stats: Callable[[str], None] | None
                 now = time.monotonic()
                 if batch is not None:
                     last_message = now
+                    if warming is not None:
+                        warming.join()
+                        warming = None
                     started = time.perf_counter()
                     if eos:
                         sink.begin(stopping)

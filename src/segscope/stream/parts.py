@@ -9,9 +9,13 @@ import os
 import signal
 import socket
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import numba
+import polars as pl
 
 from segscope import registry
 from segscope._deps import require
@@ -41,6 +45,27 @@ class ModelWatcher:
         self.drift = self.model.drift_tracker()  # a new one every stats window
         self.pointer = registry.current_version(bundle) if registry.is_registry(bundle) else None
         self.refused: str | None = None  # the last CURRENT that did not load (logged once)
+
+    def warm_up(self) -> threading.Thread:
+        """Score a record of missing values in a thread, while the clients connect: the first call of each Numba
+        kernel loads it from its cache, and Numba its own modules (about a second), before the first output
+        otherwise. Join it before scoring. Whatever it raises is left to the first batch to say."""
+        kinds = {"numeric": pl.Float64(), "boolean": pl.Boolean(), "categorical": pl.String()}
+        model = self.model
+
+        def run() -> None:
+            numba.set_num_threads(1)  # per thread, as in the loop
+            columns = model.input_schema().columns
+            try:
+                model.score(
+                    pl.DataFrame([pl.Series(c.name, [None], kinds.get(c.kind, pl.Datetime("us"))) for c in columns])
+                )
+            except Exception:
+                log.debug("warm-up scoring failed", exc_info=True)
+
+        thread = threading.Thread(target=run, name="segscope-warm-up", daemon=True)
+        thread.start()
+        return thread
 
     def refresh(self) -> bool:
         if self.pointer is None:
