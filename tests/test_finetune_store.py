@@ -4,6 +4,7 @@ without --data), read back in the types the bundle was fitted with, on SQLite an
 from __future__ import annotations
 
 import json
+import warnings
 from datetime import datetime
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from polars.testing import assert_frame_equal
 from segscope import registry as reg
 from segscope.config import SegscopeConfig
 from segscope.exceptions import DataError, SegscopeWarning
-from segscope.labels import LabelStore, ReviewRecords
+from segscope.labels import LabelIn, LabelStore, ReviewRecords
 from segscope.labels.queue import candidate_rows
 from segscope.labels.records import stored_frame
 from segscope.model import Model
@@ -98,6 +99,26 @@ def test_values_a_stream_sent_as_text_are_read_and_a_bad_one_is_one_line(store_u
             stored_frame(store, specs, id_column="id")
 
 
+def test_a_big_store_is_read_as_its_labelled_records_and_a_sample_of_the_rest(store_url: str) -> None:
+    """Past ``background`` unlabelled records, every labelled one (and each id fine-tuning was asked to keep) is
+    read with a uniform sample of the others, the same one each time, in the order the store first saw them."""
+    specs = [ColumnSpec("amount", "numeric", "Float64")]
+    with LabelStore.open(store_url) as store:
+        _raw(store, {"amount": [float(i) for i in range(300)]})
+        labelled = ["r7", "r150", "r299"]
+        store.add_labels([LabelIn(i, "anomaly" if i == "r7" else "normal", "ann") for i in labelled], source="cli")
+        every = stored_frame(store, specs, id_column="id", background=297)  # as many as the others: all read
+        assert every.frame.height == 300 and every.stored == 300
+        first = stored_frame(store, specs, id_column="id", background=40, keep=["r3"])
+        again = stored_frame(store, specs, id_column="id", background=40, keep=["r3"])
+        assert first.stored == 300 and first.frame.height == 40 + 4
+        assert set(first.frame["id"]) >= {*labelled, "r3"}
+        assert_frame_equal(first.frame, again.frame)
+        assert first.frame["id"].to_list() == sorted(first.frame["id"])  # first-seen order (one batch: by id)
+        values = first.frame.filter(~pl.col("id").is_in([*labelled, "r3"]))["amount"].to_numpy()
+        assert 60 < values.mean() < 240  # drawn from the whole store, not its first or last records
+
+
 @pytest.mark.filterwarnings("ignore:drift in:segscope.exceptions.SegscopeWarning")  # the amounts tripled
 def test_several_model_versions_repeated_ids_and_the_file_winning(store_url: str, tmp_path: Path) -> None:
     history = make_transactions(3000, seed=5)
@@ -120,8 +141,13 @@ def test_several_model_versions_repeated_ids_and_the_file_winning(store_url: str
         assert again.height == 300 and (again["amount"] == again["latest"]).all()  # the latest scoring's values
         with pytest.warns(SegscopeWarning):
             both, described = _training_data(full, tmp_path / "first.parquet", store, "the label store")
+        small = Model(_config(max_fit_rows=100)).fit(history)  # keeps 100 unlabelled records: reads no more
+        with warnings.catch_warnings():  # whether the sample holds records lacking distance_km: not the point
+            warnings.simplefilter("ignore", SegscopeWarning)
+            sampled, held = _training_data(small, None, store, "the label store", [second["txn_id"][5]])
+        assert held == {"store_records": 101, "store_held": 1600} and second["txn_id"][5] in sampled["txn_id"]
     assert described == {"file": str(tmp_path / "first.parquet"), "file_records": 1000, "store_records": 1600,
-                         "in_both": 1000}  # fmt: skip
+                         "store_held": 1600, "in_both": 1000}  # fmt: skip
     assert both.height == 1600 and both["txn_id"].n_unique() == 1600
     file_values = both.join(first.select("txn_id", pl.col("amount").alias("in_file")), on="txn_id")
     assert (file_values["amount"] == file_values["in_file"]).all()  # the file's values win for the same id
@@ -184,7 +210,7 @@ def test_finetune_from_the_store_alone(run_cli, store_url: str, files: Path, tmp
     (candidate,) = [m for m in manifests if m.get("label_snapshot")]
     assert candidate["label_snapshot"]["anomalies"] == len(frauds) and candidate["label_snapshot"]["normals"] == 200
     assert candidate["label_snapshot"]["source"].startswith("label store ")
-    assert candidate["promotion"]["training_data"] == {"store_records": 1500}
+    assert candidate["promotion"]["training_data"] == {"store_records": 1500, "store_held": 1500}
 
     with_data = run_cli("finetune", "--bundle", registry, "--store", store_url, "--data", files / "new.parquet")
     assert with_data.code == 0, with_data.err

@@ -13,7 +13,7 @@ import re
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -373,7 +373,7 @@ def finetune_file(
     bundle itself, turned into a registry) and promote it when it is better. Returns (candidate, report, path).
 
     The training data is the history file ``data``, the label ``store``'s records (their stored input values:
-    labelled ones and the unlabelled rest as background), or both (the union by id, the file's values winning).
+    labelled ones, at most ``max_fit_rows`` others as background), or both (the union by id, the file's winning).
     Labels come from ``labels_path`` or, without it, from the store."""
     step = on_step or (lambda _: None)
     if data is None and store is None:
@@ -390,7 +390,7 @@ def finetune_file(
             labels = labels_path if isinstance(labels_path, pl.DataFrame) else load_labels(labels_path)
             source = labels_source or str(labels_path)
         step("reading the training records")
-        history, described = _training_data(current, data, opened, shown)
+        history, described = _training_data(current, data, opened, shown, labels.get_column("id"))
     finally:
         if opened is not None and opened is not store:
             opened.close()
@@ -436,10 +436,13 @@ def finetune_file(
     return candidate, report, target
 
 
-def history_from_store(store: LabelStore, model: Model, shown: str = "the label store") -> pl.DataFrame:
+def history_from_store(
+    store: LabelStore, model: Model, shown: str = "the label store", keep: Iterable[str] = ()
+) -> pl.DataFrame:
     """The store's records as training data for ``model`` (:func:`~segscope.labels.records.training_records`):
     its input columns (with the per-entity features each record had when scored) and entity keys and times, in
-    the types the bundle was fitted with, and the store's record ids in the bundle's id column (as text)."""
+    the types the bundle was fitted with, and the store's record ids in the bundle's id column (as text). The
+    labelled records and those in ``keep`` are all read, the others up to the config's ``max_fit_rows``."""
     model._check_fitted()
     if model.id_column is None:
         raise DataError("fine-tuning joins labels to records by id, and this bundle has none; refit with --id-column")
@@ -448,20 +451,22 @@ def history_from_store(store: LabelStore, model: Model, shown: str = "the label 
     budget_time = getattr(model.config.policy, "time_column", None)
     if budget_time and budget_time not in {c.name for c in columns}:  # an alert budget per day reads it
         columns.append(ColumnSpec(budget_time, "categorical", "String"))
-    return training_records(store, columns, id_column=model.id_column, shown=shown)
+    cap = model.config.max_fit_rows  # what fine-tuning keeps of the unlabelled records: no more is read
+    return training_records(store, columns, id_column=model.id_column, shown=shown, background=cap, keep=keep)
 
 
 def _training_data(
-    model: Model, data: str | Path | None, store: LabelStore | None, shown: str
+    model: Model, data: str | Path | None, store: LabelStore | None, shown: str, labelled: Iterable[str] = ()
 ) -> tuple[pl.DataFrame, dict[str, Any]]:
     """(the training records, what they were made of): the file, the store's records, or both by id."""
     from_file = as_fitted(model, data, read_file(data)) if data is not None else None
     if store is None:
         assert from_file is not None
         return from_file, {"file": str(data), "file_records": from_file.height}
-    stored = history_from_store(store, model, shown)
+    stored = history_from_store(store, model, shown, labelled)
+    held = {"store_records": stored.height, "store_held": store.record_count()}
     if from_file is None:
-        return stored, {"store_records": stored.height}
+        return stored, held
     id_column = model.id_column or ""
     if id_column not in from_file.columns:
         raise SchemaError(f"{data} has no id column '{id_column}'; pass the --data the bundle was fitted on")
@@ -476,12 +481,8 @@ def _training_data(
             f"{data} and the records in {shown} do not fit in one table ({str(exc).splitlines()[0][:160]}); "
             "fine-tune on one of them"
         ) from None
-    described = {
-        "file": str(data),
-        "file_records": from_file.height,
-        "store_records": stored.height,
-        "in_both": stored.height - extra.height,  # the file's values were used for these
-    }
+    described = {"file": str(data), "file_records": from_file.height, **held}
+    described["in_both"] = stored.height - extra.height  # the file's values were used for these
     return both, described
 
 

@@ -151,9 +151,11 @@ def _training_data(described: dict[str, Any]) -> str:
     if "file" in described:
         parts.append(f"{described['file']} ({described['file_records']:,} records)")
     if "store_records" in described:
-        both = described.get("in_both", 0)
+        both, read = described.get("in_both", 0), described["store_records"]
+        held = described.get("store_held", read)
+        sampled = f"{read:,} of {held:,} label store records (the labelled ones, a sample of the rest)"
         parts.append(
-            f"{described['store_records']:,} label store records"
+            (sampled if held > read else f"{read:,} label store records")
             + (f" ({both:,} also in the file: its values used)" if both else "")
         )
     return " + ".join(parts) or "?"

@@ -12,11 +12,12 @@ from __future__ import annotations
 import re
 import warnings
 from collections import Counter
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import polars as pl
 
 from segscope.exceptions import DataError, SegscopeWarning
@@ -34,27 +35,41 @@ _DATETIME = re.compile(r"Datetime\(time_unit='(?P<unit>ms|us|ns)', time_zone=(?:
 
 @dataclass(frozen=True)
 class StoredRecords:
-    """``frame``: one row per stored record (the id column first, as text, then the requested columns), in the
-    order the store first saw them; ``versions``: records per model version that scored them; ``missing``:
-    requested columns some records do not hold (column -> how many records), read as null."""
+    """``frame``: one row per stored record read (the id column first, as text, then the requested columns), in
+    the order the store first saw them; ``versions``: records per model version that scored them; ``missing``:
+    requested columns some records do not hold (column -> how many records), read as null; ``stored``: how many
+    records the store holds (more than the frame's rows when the unlabelled ones were sampled)."""
 
     frame: pl.DataFrame
     versions: dict[str, int]
     missing: dict[str, int]
+    stored: int = 0
 
 
 def stored_frame(
-    store: LabelStore, columns: Sequence[ColumnSpec], *, id_column: str, batch_size: int = 20_000
+    store: LabelStore,
+    columns: Sequence[ColumnSpec],
+    *,
+    id_column: str,
+    batch_size: int = 20_000,
+    background: int | None = None,
+    keep: Iterable[str] = (),
+    seed: int = 0,
 ) -> StoredRecords:
     """Every stored record's ``columns`` (cast to each spec's type) and its id (the store's record id, as text, in
     ``id_column``). Columns no record holds are left out (the caller may compute them); a column only some
-    records hold is null for the others, and counted in ``missing``."""
+    records hold is null for the others, and counted in ``missing``.
+
+    ``background`` caps the records read besides the labelled ones (and the ids in ``keep``): past it, a uniform
+    sample of that many of the others (drawn with ``seed``), so that a store a stream has filled for months is
+    not read whole, value by value, to keep a fraction of it."""
     specs = [c for c in columns if c.name != id_column]
     parts: list[pl.DataFrame] = []
     versions: Counter[str] = Counter()
     held: Counter[str] = Counter()
     total = 0
-    batches = _batches(store, batch_size)
+    chosen, stored = _sample(store, background, keep, seed)
+    batches = _batches(store, batch_size, chosen)
     try:
         for ids, model_versions, values in batches:
             versions.update(model_versions)
@@ -76,15 +91,42 @@ def stored_frame(
         frame.select(id_column, *present),
         dict(versions),
         {name: total - held[name] for name in present if held[name] < total},
+        total if chosen is None else stored,
     )
 
 
+def _sample(store: LabelStore, background: int | None, keep: Iterable[str], seed: int) -> tuple[list[str] | None, int]:
+    """(the ids to read in first-seen order, or None for all; how many records the store holds)."""
+    if background is None:
+        return None, 0
+    from sqlalchemy import select
+
+    from segscope.labels.schema import Label, Record
+
+    with store.engine.connect() as conn:
+        ids = list(conn.execute(select(Record.id).order_by(Record.first_seen, Record.id)).scalars())
+        kept = set(conn.execute(select(Label.record_id).distinct()).scalars()) | {str(i) for i in keep}
+    others = np.array([i not in kept for i in ids], dtype=bool)
+    if int(others.sum()) <= background:
+        return None, len(ids)
+    take = ~others
+    take[np.random.default_rng(seed).choice(np.flatnonzero(others), size=background, replace=False)] = True
+    return [i for i, keep_it in zip(ids, take, strict=True) if keep_it], len(ids)
+
+
 def training_records(
-    store: LabelStore, columns: Sequence[ColumnSpec], *, id_column: str, shown: str = "the label store"
+    store: LabelStore,
+    columns: Sequence[ColumnSpec],
+    *,
+    id_column: str,
+    shown: str = "the label store",
+    background: int | None = None,
+    keep: Iterable[str] = (),
 ) -> pl.DataFrame:
-    """:func:`stored_frame`'s frame as fine-tuning data: a one-line error for an empty store, a warning naming
-    the columns some records lack (records of another model version), which are read as missing."""
-    stored = stored_frame(store, columns, id_column=id_column)
+    """:func:`stored_frame`'s frame as fine-tuning data (the labelled records, those in ``keep`` and at most
+    ``background`` others): a one-line error for an empty store, a warning naming the columns some records lack
+    (records of another model version), which are read as missing."""
+    stored = stored_frame(store, columns, id_column=id_column, background=background, keep=keep)
     if not stored.frame.height:
         raise DataError(
             f"{shown} holds no records: score or stream with --store first (e.g. `segscope score DATA --bundle B "
@@ -124,14 +166,22 @@ def store_labels(store: LabelStore, shown: str = "the label store") -> pl.DataFr
 
 
 _Batch = tuple[list[str], list[str], list[dict[str, Any]]]  # ids, model versions, stored values
+#: Ids per ``IN (...)`` query when reading a sample (SQLite allows 32,766 bound values, PostgreSQL 65,535).
+_IN_LIST = 5000
 
 
-def _batches(store: LabelStore, batch_size: int) -> Generator[_Batch, None, None]:
+def _batches(store: LabelStore, batch_size: int, ids: list[str] | None = None) -> Generator[_Batch, None, None]:
     from sqlalchemy import select
 
     from segscope.labels.schema import Record
 
     query = select(Record.id, Record.model_version, Record.values).order_by(Record.first_seen, Record.id)
+    if ids is not None:  # chosen ids, in first-seen order: read a slice of them at a time, in the same order
+        with store.engine.connect() as conn:
+            for start in range(0, len(ids), _IN_LIST):
+                rows = conn.execute(query.where(Record.id.in_(ids[start : start + _IN_LIST]))).all()
+                yield [r.id for r in rows], [r.model_version for r in rows], [r.values or {} for r in rows]
+        return
     with store.engine.connect() as conn, conn.execution_options(yield_per=batch_size).execute(query) as result:
         for rows in result.partitions():  # on PostgreSQL a server-side cursor: closed with the result
             yield [r.id for r in rows], [r.model_version for r in rows], [r.values or {} for r in rows]
