@@ -53,6 +53,7 @@ _POLICY_PARAMS: dict[str, dict[str, Any]] = {
     "quantile": {"quantile": 0.95},
     "contamination": {"contamination": 0.05},
     "budget": {"max_alerts": 5, "per": "day", "time_column": "ts"},
+    "new_level": {"columns": ("new",)},
 }
 
 

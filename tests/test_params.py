@@ -22,6 +22,7 @@ VALID: dict[type, dict[str, Any]] = {
     POLICIES["quantile"]: {"quantile": 0.9},
     POLICIES["contamination"]: {"contamination": 0.1},
     POLICIES["budget"]: {"max_alerts": 5, "per": "rows"},
+    POLICIES["new_level"]: {"columns": ("new",)},
 }
 COMPONENTS = [
     *[cls for cls in DETECTORS.values() if cls is not PyODDetector],

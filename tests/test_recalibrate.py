@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from segscope.config import SegscopeConfig, config_from_dict, load_config
+from segscope.config import PolicyConfig, SegscopeConfig, config_from_dict, load_config
 from segscope.exceptions import ConfigError
 from segscope.features._entity_kernel import PEAK_BUCKETS
 from segscope.features.entity import RECALIBRATE_MIN_SCORES
@@ -38,7 +38,7 @@ def _sensors(days: int = 12, seed: int = 0) -> pl.DataFrame:
 
 def _pack(recalibrate: str | None, cooldown: str | None = None) -> SegscopeConfig:
     cfg = load_config("maintenance")
-    policy = cfg.policy.model_copy(update={"recalibrate": recalibrate, "cooldown": cooldown})
+    policy = PolicyConfig(kind="contamination", contamination=0.001, recalibrate=recalibrate, cooldown=cooldown)
     return cfg.model_copy(update={"policy": policy})
 
 

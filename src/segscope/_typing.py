@@ -15,14 +15,26 @@ CombineMethod = Literal["mean", "max"]
 SegmentBoundaries = Literal["linear", "embedding"]
 
 #: Alert policies (``segscope.unsupervised.threshold``).
-PolicyKind = Literal["contamination", "quantile", "fixed", "budget"]
+PolicyKind = Literal["contamination", "quantile", "fixed", "budget", "new_level"]
 
 #: Time units an alert budget can be counted per.
 BudgetPeriod = Literal["hour", "day", "week", "rows"]
 
 #: Per-entity features (``segscope.features.entity``): windowed aggregates, baselines, lags, seen-value flags.
 EntityFeatureKind = Literal[
-    "count", "sum", "mean", "std", "zscore", "ratio", "since_last", "lag", "delta", "first_seen", "rare", "distinct"
+    "count",
+    "sum",
+    "mean",
+    "std",
+    "zscore",
+    "ratio",
+    "since_last",
+    "lag",
+    "delta",
+    "first_seen",
+    "rare",
+    "distinct",
+    "new_level",
 ]
 
 #: Feature kinds the schema infers.

@@ -90,6 +90,8 @@ class PolicyConfig(_Frozen):
     ``fixed``: alert when ``score >= threshold``.
     ``budget``: at most ``max_alerts`` per ``per`` (an hour/day/week of ``time_column``, or ``rows`` rows),
     highest scores first, and only records scoring at least ``threshold``.
+    ``new_level``: alert when a reading is at a level its entity never had (the entity features of kind
+    ``new_level``); ``score`` still ranks the records.
     """
 
     kind: PolicyKind = "contamination"
@@ -115,6 +117,11 @@ class PolicyConfig(_Frozen):
             raise ValueError("policy.cooldown must be longer than zero")
         if self.recalibrate is not None and duration_seconds(self.recalibrate) <= 0:
             raise ValueError("policy.recalibrate must be longer than zero")
+        if self.recalibrate is not None and self.kind == "new_level":
+            raise ValueError(
+                "policy.recalibrate holds scores to a trailing window, but kind 'new_level' alerts on new levels "
+                "whatever the score; remove one of them"
+            )
         if self.kind == "budget" and self.per != "rows" and self.time_column is None:
             raise ValueError(
                 f"an alert budget per {self.per} needs policy.time_column (a datetime column); "
@@ -146,6 +153,9 @@ class EntityFeatureConfig(_Frozen):
     name: str | None = None
     #: ``rare``: a value is rare for the entity below this share of its past events.
     share: float = Field(default=0.05, gt=0.0, lt=1.0)
+    #: ``new_level``: the range of ``of`` over the fit history is cut into this many equal levels (the same step
+    #: continues beyond it); a reading at a level its entity never had is new.
+    levels: int = Field(default=32, ge=2, le=1_000_000)
 
     @model_validator(mode="after")
     def _complete(self) -> EntityFeatureConfig:
@@ -320,6 +330,13 @@ class SegscopeConfig(_Frozen):
         if self.policy.recalibrate is not None and not self.entities:
             raise ValueError(
                 "policy.recalibrate holds each entity to its own past: add an entities: block, or remove it"
+            )
+        if self.policy.kind == "new_level" and not any(
+            f.kind == "new_level" for e in self.entities for f in e.features
+        ):
+            raise ValueError(
+                "policy kind 'new_level' alerts on entity features of kind new_level: add one, e.g. "
+                "{kind: new_level, of: value} under entities:, or choose another policy kind"
             )
         names = [d.name for d in self.detectors]
         if not names:

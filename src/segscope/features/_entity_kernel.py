@@ -12,9 +12,9 @@ from numba import types
 from numba.typed import Dict
 
 # feature kinds, as the plan's first column
-COUNT, SUM, MEAN, STD, ZSCORE, RATIO, SINCE_LAST, LAG, DELTA, FIRST_SEEN, RARE, DISTINCT = range(12)
+COUNT, SUM, MEAN, STD, ZSCORE, RATIO, SINCE_LAST, LAG, DELTA, FIRST_SEEN, RARE, DISTINCT, NEW_LEVEL = range(13)
 #: accumulator slots each kind keeps per entity
-SLOTS = (1, 1, 3, 3, 3, 3, 0, 1, 1, 0, 0, 1)
+SLOTS = (1, 1, 3, 3, 3, 3, 0, 1, 1, 0, 0, 1, 0)
 
 PAIR_KEY = types.UniTuple(types.int64, 2)  # type: ignore[no-untyped-call]
 _COUNT_BITS = 40  # pair value: generation << 40 | count
@@ -118,7 +118,7 @@ def advance(
                     acc[s, o] = x
                 elif first:
                     acc[s, o] = np.nan
-            elif kind == FIRST_SEEN:
+            elif kind in (FIRST_SEEN, NEW_LEVEL):  # a new level: its code never seen for the entity
                 result = np.nan if prior[pc] < 0 else (1.0 if prior[pc] == 0 else 0.0)
             elif kind == RARE:
                 if prior[pc] >= 0:

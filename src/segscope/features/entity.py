@@ -13,6 +13,7 @@ freed once the newest event time is ``ttl + allowed_lateness`` past it); events 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
@@ -23,7 +24,7 @@ import polars as pl
 
 from segscope._typing import EntityFeatureKind
 from segscope.config import EntityConfig, EntityFeatureConfig, duration_seconds
-from segscope.exceptions import ConfigError, DataError, NotFittedError
+from segscope.exceptions import BundleError, ConfigError, DataError, NotFittedError
 from segscope.expressions import compile_expression, expression_columns
 from segscope.features import _entity_kernel as kernel
 from segscope.features.entity_state import Block, EntityState
@@ -33,7 +34,7 @@ from segscope.schema import SCORED_COLUMNS
 __all__ = ["EntityFeatures", "EntityState"]
 
 _KINDS: tuple[str, ...] = get_args(EntityFeatureKind)  # in the kernel's order
-_PAIR_KINDS = {"first_seen", "rare", "distinct"}
+_PAIR_KINDS = {"first_seen", "rare", "distinct", "new_level"}
 _ONE_ENTITY = "(all)"
 
 
@@ -57,6 +58,8 @@ class _Plan:
     names: list[str]
     value_of: list[str]
     pair_of: list[str]
+    #: pair columns that hold levels of a number (``new_level``): column -> (feature name, of, levels)
+    level_of: dict[int, tuple[str, str, int]]
     table: np.ndarray
     taus: np.ndarray
     shares: np.ndarray
@@ -68,11 +71,16 @@ class _Plan:
     def build(cls, spec: EntityConfig) -> _Plan:
         value_of: list[str] = []
         pair_of: list[str] = []
+        level_of: dict[int, tuple[str, str, int]] = {}
         rows, taus, shares, names, o = [], [], [], [], 0
         for f in spec.features:
             kind = _KINDS.index(f.kind)
             col = pc = -1
-            if f.of is not None and f.kind in _PAIR_KINDS:
+            if f.of is not None and f.kind == "new_level":  # a pair column of its own: the levels of its grid
+                pc = len(pair_of)
+                pair_of.append("\0" + feature_name(spec, f))
+                level_of[pc] = (feature_name(spec, f), f.of, f.levels)
+            elif f.of is not None and f.kind in _PAIR_KINDS:
                 pair_of += [] if f.of in pair_of else [f.of]
                 pc = pair_of.index(f.of)
             elif f.of is not None:
@@ -89,6 +97,7 @@ class _Plan:
             names,
             value_of,
             pair_of,
+            level_of,
             np.array(rows, dtype=np.int64).reshape(-1, 4),
             np.array(taus, dtype=np.float64),
             np.array(shares, dtype=np.float64),
@@ -104,6 +113,8 @@ class EntityFeatures:
     batch continues from the end of history and nothing is kept)."""
 
     state_: EntityState
+    #: ``new_level`` features' grids, by feature name: (lowest level's start, step), from the fit history's range
+    grids_: dict[str, tuple[float, float]]
 
     def __init__(self, specs: tuple[EntityConfig, ...]) -> None:
         self.specs = specs
@@ -136,13 +147,30 @@ class EntityFeatures:
         """A state with no entity: where the fitting history itself started."""
         return EntityState([Block(p.n_acc, len(p.pair_of)) for p in self.plans])
 
-    def fit_transform(self, history: pl.DataFrame) -> pl.DataFrame:
-        return pl.concat(list(self.fit_batches([history])))
+    def level_inputs(self) -> dict[str, str]:
+        """``new_level`` features and the column or expression each cuts into levels."""
+        return {name: of for p in self.plans for name, of, _ in p.level_of.values()}
 
-    def fit_batches(self, batches: Iterable[pl.DataFrame]) -> Iterator[pl.DataFrame]:
+    def ranges(self, frame: pl.DataFrame) -> dict[str, tuple[float, float]]:
+        """The finite range of each ``new_level`` input over ``frame`` (batches merge with :func:`widest`)."""
+        out = {}
+        for name, of in self.level_inputs().items():
+            x = _numbers(frame, of)
+            x = x[np.isfinite(x)]
+            out[name] = (float(x.min()), float(x.max())) if x.size else (np.inf, -np.inf)
+        return out
+
+    def fit_transform(self, history: pl.DataFrame) -> pl.DataFrame:
+        return pl.concat(list(self.fit_batches([history], self.ranges(history))))
+
+    def fit_batches(
+        self, batches: Iterable[pl.DataFrame], ranges: dict[str, tuple[float, float]] | None = None
+    ) -> Iterator[pl.DataFrame]:
         """Fit on a history read in order, batch by batch (bounded memory): each batch with its features, and
-        the state at its end kept once the last batch is out."""
+        the state at its end kept once the last batch is out. ``ranges`` (:meth:`ranges` over the whole history)
+        sets the ``new_level`` grids; without it they come from the first batch."""
         state, names = self.empty_state(), self.names
+        self.grids_ = {}
         reserved = [n for n in names if n in SCORED_COLUMNS or n == "id"]
         if reserved:
             raise ConfigError(
@@ -155,6 +183,10 @@ class EntityFeatures:
                 raise ConfigError(
                     f"entity feature name(s) {clash or names} clash with input columns or each other; set 'name:'"
                 )
+            if not self.grids_ and self.level_inputs():
+                self.grids_ = {
+                    n: _grid(n, lo, hi, self._levels(n)) for n, (lo, hi) in (ranges or self.ranges(frame)).items()
+                }
             yield self._apply(frame, state)
         for plan, block in zip(self.plans, state.blocks, strict=True):
             block.evict(plan.ttl, plan.lateness)  # the bundle keeps no entity that would start again anyway
@@ -190,7 +222,8 @@ class EntityFeatures:
             values[:, j] = _numbers(frame, of)
         codes = np.zeros((n, len(plan.pair_of)), dtype=np.int64)
         for j, of in enumerate(plan.pair_of):
-            codes[:, j] = block.codes_for(j, _evaluate(frame, of).cast(pl.String))
+            pairs = self._levels_of(frame, *plan.level_of[j][:2]) if j in plan.level_of else _evaluate(frame, of)
+            codes[:, j] = block.codes_for(j, pairs.cast(pl.String))
         if spec.time is not None and n:
             running = np.fmax.accumulate(np.concatenate([[block.newest], times]))[:-1]
             block.late += int(np.count_nonzero(times < running - plan.lateness))
@@ -206,6 +239,16 @@ class EntityFeatures:
         if partitions is not None:
             block.partition[touched] = partitions[slots >= 0]
         return pl.DataFrame(out, schema=plan.names, orient="row").fill_nan(None).get_columns()
+
+    def _levels(self, name: str) -> int:
+        return next(levels for p in self.plans for n, _, levels in p.level_of.values() if n == name)
+
+    def _levels_of(self, frame: pl.DataFrame, name: str, of: str) -> pl.Series:
+        """Each row's level on the feature's grid (null where the value is missing or not finite)."""
+        start, step = self.grids_[name]
+        x = _numbers(frame, of)
+        level = np.floor(np.clip((x - start) / step, -1e15, 1e15))
+        return pl.Series(name, level).fill_nan(None).cast(pl.Int64)
 
     def cool_down(self, alerts: np.ndarray, state: EntityState, gap: str | int) -> np.ndarray:
         """``alerts`` of the batch just transformed with ``state``, an entity (of the first spec) alerting at most
@@ -240,23 +283,58 @@ class EntityFeatures:
 
     # ------------------------------------------------------------ persist
     def file_names(self) -> list[str]:
-        return [f"entities/state-{i}.arrow" for i in range(len(self.specs))]
+        grids = [_GRIDS_FILE] if self.level_inputs() else []
+        return [f"entities/state-{i}.arrow" for i in range(len(self.specs))] + grids
 
     def to_files(self) -> dict[str, bytes]:
-        return {name: self.state_.to_bytes(i) for i, name in enumerate(self.file_names())}
+        files = {f"entities/state-{i}.arrow": self.state_.to_bytes(i) for i in range(len(self.specs))}
+        if self.level_inputs():
+            files[_GRIDS_FILE] = json.dumps({n: list(g) for n, g in self.grids_.items()}).encode()
+        return files
 
     @classmethod
     def from_files(cls, specs: tuple[EntityConfig, ...], files: list[bytes]) -> EntityFeatures:
         feats = cls(specs)
         feats.state_ = feats.empty_state()
-        for i, data in enumerate(files):
+        for i, data in enumerate(files[: len(specs)]):
             feats.state_.load_bytes(i, data)
         feats.state_.clean()
+        feats.grids_ = _read_grids(files[len(specs) :], set(feats.level_inputs()))
         return feats
 
 
 #: scores an entity holds in its window before its own highest one is its threshold (before: the policy's)
 RECALIBRATE_MIN_SCORES = 50
+_GRIDS_FILE = "entities/levels.json"
+
+
+def widest(a: dict[str, tuple[float, float]], b: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+    """Two batches' :meth:`EntityFeatures.ranges` as one."""
+    return {n: (min(a[n][0], b[n][0]), max(a[n][1], b[n][1])) for n in a} if a else b
+
+
+def _grid(name: str, low: float, high: float, levels: int) -> tuple[float, float]:
+    """Where a ``new_level`` feature's levels start and how wide they are: the fit range cut into ``levels``; a
+    flat range gets levels 1% of its value wide (any move off it is new)."""
+    if not (np.isfinite(low) and np.isfinite(high)):
+        raise DataError(f"entity feature '{name}' (new_level) has no finite value in the fit history to set its levels")
+    step = (high - low) / levels if high > low else max(abs(low), 1e-9) * 0.01
+    return low, step
+
+
+def _read_grids(files: list[bytes], names: set[str]) -> dict[str, tuple[float, float]]:
+    """The grids a bundle keeps, checked: exactly the config's ``new_level`` features, finite starts, positive
+    finite steps."""
+    if not names:
+        return {}
+    try:
+        raw = json.loads(files[0]) if files else {}
+        grids = {str(k): (float(v[0]), float(v[1])) for k, v in raw.items() if len(v) == 2}
+    except (ValueError, TypeError, AttributeError, IndexError, KeyError, UnicodeDecodeError):
+        grids = {}
+    if set(grids) != names or not all(np.isfinite(a) and np.isfinite(b) and b > 0 for a, b in grids.values()):
+        raise BundleError(f"{_GRIDS_FILE} does not hold a level grid for each of {sorted(names)}; refit the bundle")
+    return grids
 
 
 def _column(frame: pl.DataFrame, name: str, role: str) -> pl.Series:

@@ -132,8 +132,11 @@ class Model:
         explainer = FeatureExplainer(top_k=cfg.top_k_reasons).fit(
             x, names, [prep.expected_[f] for f in names], ecdf=ensemble.shared_ecdf()
         )
-        policy = make_policy(cfg.policy).fit(ensemble.reference_scores_, frame)
-        alerts = policy.decide(ensemble.reference_scores_, frame) if cfg.policy.kind != "budget" else None
+        levels = tuple(self.entities_.level_inputs()) if self.entities_ is not None else ()
+        policy = make_policy(cfg.policy, levels).fit(ensemble.reference_scores_, frame)
+        # a budget's rate is its own; new levels in the history are its first readings, not a rate to expect
+        expected = cfg.policy.kind not in ("budget", "new_level")
+        alerts = policy.decide(ensemble.reference_scores_, frame) if expected else None
         self.preparer_, self.ensemble_, self.explainer_, self.policy_ = prep, ensemble, explainer, policy
         self.segmenter_, self.segment_profiles_, self.segment_calibration_ = None, [], None
         if cfg.segments.enabled:

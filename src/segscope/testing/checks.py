@@ -144,7 +144,10 @@ def yield_detector_checks(cls: type[Detector]) -> Iterator[tuple[str, Check]]:
 # ------------------------------------------------------------------------------------------ alert policies
 def _policy_frame(n: int) -> pl.DataFrame:
     start = np.datetime64("2026-01-01T00:00:00", "ms")
-    return pl.DataFrame({"ts": start + np.arange(n).astype("timedelta64[ms]") * 37 * 60_000})
+    # "new": a new_level feature column (1 on every 7th record), for policies that alert on one
+    return pl.DataFrame(
+        {"ts": start + np.arange(n).astype("timedelta64[ms]") * 37 * 60_000, "new": (np.arange(n) % 7 == 0) * 1.0}
+    )
 
 
 def check_policy_params_stored(policy: Any) -> None:

@@ -26,6 +26,7 @@ __all__ = [
     "AlertPolicy",
     "ContaminationThreshold",
     "FixedThreshold",
+    "NewLevelAlerts",
     "PolicyState",
     "QuantileThreshold",
     "make_policy",
@@ -206,17 +207,55 @@ class AlertBudget(StoresParams):
         }
 
 
+class NewLevelAlerts(StoresParams):
+    """Alert where any of ``columns`` (entity features of kind ``new_level``) is 1: a reading at a level its
+    entity never had. Nothing to fit: the levels live in the entity features."""
+
+    _constraints: ClassVar[dict[str, Constraint]] = {"columns": IsInstance((tuple,))}
+
+    def __init__(self, columns: tuple[str, ...]) -> None:
+        self.columns = columns
+
+    def fit(self, reference: np.ndarray, frame: pl.DataFrame | None = None) -> Self:
+        self.check_params()
+        if not self.columns:
+            raise ConfigError("policy kind 'new_level' needs entity features of kind new_level; add one")
+        self.threshold_ = None
+        return self
+
+    def new_state(self) -> PolicyState:
+        return PolicyState()
+
+    def decide(self, scores: np.ndarray, frame: pl.DataFrame, state: PolicyState | None = None) -> np.ndarray:
+        if not hasattr(self, "threshold_"):
+            raise NotFittedError(f"{type(self).__name__} is not fitted; call fit(reference_scores) first")
+        missing = [c for c in self.columns if c not in frame.columns]
+        if missing:
+            raise SchemaError(f"new_level feature column(s) {missing} are missing from the scored frame")
+        new = np.zeros(frame.height, dtype=bool)
+        for c in self.columns:
+            new |= frame.get_column(c).fill_null(0.0).to_numpy() == 1.0
+        return new
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "new_level", "threshold": None, "columns": list(self.columns)}
+
+
 #: Policy classes by the ``kind`` of :class:`~segscope.config.PolicyConfig`.
 POLICIES: dict[str, type[Any]] = {
     "fixed": FixedThreshold,
     "quantile": QuantileThreshold,
     "contamination": ContaminationThreshold,
     "budget": AlertBudget,
+    "new_level": NewLevelAlerts,
 }
 
 
-def make_policy(config: PolicyConfig) -> AlertPolicy:
-    """The policy a :class:`PolicyConfig` describes (not yet fitted)."""
+def make_policy(config: PolicyConfig, new_levels: tuple[str, ...] = ()) -> AlertPolicy:
+    """The policy a :class:`PolicyConfig` describes (not yet fitted); ``new_levels``: the config's entity features
+    of kind ``new_level`` (for that policy kind)."""
+    if config.kind == "new_level":
+        return NewLevelAlerts(new_levels)
     if config.kind == "contamination":
         return ContaminationThreshold(config.contamination)
     if config.kind == "quantile":
@@ -230,6 +269,11 @@ def make_policy(config: PolicyConfig) -> AlertPolicy:
 
 def restore_policy(config: PolicyConfig, described: dict[str, Any]) -> AlertPolicy:
     """Rebuild a fitted policy from its :meth:`describe` output (as stored in a bundle)."""
+    if config.kind == "new_level":
+        columns = described.get("columns")
+        if not isinstance(columns, list) or not columns or not all(isinstance(c, str) for c in columns):
+            raise ConfigError("the bundle's new_level policy lists no feature columns; refit the bundle")
+        return NewLevelAlerts(tuple(columns)).fit(np.empty(0))
     policy = make_policy(config)
     policy.threshold_ = float(described["threshold"])  # type: ignore[attr-defined]
     if isinstance(policy, AlertBudget):

@@ -1,0 +1,178 @@
+"""Entity features of kind new_level and the new_level alert policy: a reading at a level its entity never had
+(the fit range cut into equal levels) is flagged exactly then, whatever the batches, through a bundle and its
+checkpoints; a stuck or flat sensor is a detection, not a fit error."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from polars.testing import assert_frame_equal
+
+from segscope.config import EntityConfig, SegscopeConfig, config_from_dict
+from segscope.exceptions import BundleError, ConfigError
+from segscope.features.entity import EntityFeatures
+from segscope.model import Model
+
+LEVELS = 8
+
+
+def _readings(n: int = 600, seed: int = 0) -> pl.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pl.DataFrame(
+        {
+            "machine_id": rng.choice(["a", "b", None], n).tolist(),
+            "timestamp": [datetime(2024, 1, 1) + timedelta(minutes=5 * i) for i in range(n)],
+            "value": np.round(rng.normal(0, 1, n) * (1 + np.arange(n) / n), 3),
+        }
+    ).with_columns(pl.when(pl.Series(rng.random(n) < 0.05)).then(None).otherwise(pl.col("value")).alias("value"))
+
+
+SPEC = (
+    EntityConfig.model_validate(
+        {"key": "machine_id", "time": "timestamp", "features": [{"kind": "new_level", "of": "value", "levels": LEVELS}]}
+    ),
+)
+
+
+def _by_hand(frame: pl.DataFrame, start: float, step: float) -> list[float | None]:
+    """1.0 where the row's level is one its machine never had before, 0.0 where it had, None without a value or key."""
+    seen: dict[str, set[int]] = {}
+    out: list[float | None] = []
+    for key, value in zip(frame["machine_id"], frame["value"], strict=True):
+        if key is None or value is None:
+            out.append(None)
+            continue
+        level = math.floor((value - start) / step)
+        out.append(0.0 if level in seen.setdefault(key, set()) else 1.0)
+        seen[key].add(level)
+    return out
+
+
+def test_a_level_is_new_exactly_when_its_machine_never_had_it() -> None:
+    frame = _readings()
+    history, later = frame[:200], frame[200:]
+    feats = EntityFeatures(SPEC).fit(history)
+    values = history["value"].drop_nulls()
+    start, step = feats.grids_["machine_id_value_new_level"]
+    assert start == pytest.approx(values.min()) and step == pytest.approx((values.max() - values.min()) / LEVELS)
+    # later readings wander past the fit range: the same step goes on, each level beyond it new once
+    scored = feats.transform(later, feats.new_state())["machine_id_value_new_level"].to_list()
+    expected = _by_hand(frame, start, step)[200:]
+    assert scored == expected
+    assert 0 < sum(v == 1.0 for v in scored if v is not None) < 100
+
+
+@settings(max_examples=20, deadline=None)
+@given(cuts=st.lists(st.integers(1, 399), max_size=10, unique=True))
+def test_any_cut_into_batches_and_a_state_round_trip_give_the_same_levels(cuts: list[int]) -> None:
+    frame = _readings(400, seed=1)
+    feats = EntityFeatures(SPEC).fit(frame[:100])
+    whole = feats.transform(frame[100:], feats.new_state())
+    state, bounds, parts = feats.new_state(), [100, *sorted(c for c in cuts if c > 100), 400], []
+    for a, b in itertools.pairwise(bounds):
+        parts.append(feats.transform(frame[a:b], state))
+        restored = EntityFeatures.from_files(SPEC, list(feats.to_files().values()))
+        restored_state = restored.new_state()
+        restored_state.load_bytes(0, state.to_bytes(0))  # a checkpoint between batches
+        state = restored_state
+        feats = restored
+    assert_frame_equal(whole, pl.concat(parts), check_exact=True)
+
+
+def _pack() -> SegscopeConfig:
+    return config_from_dict(
+        {
+            "features": {"drop": ["machine_id", "timestamp", "value"]},
+            "policy": {"kind": "new_level", "cooldown": "1h"},
+            "entity_warmup": 0.0,
+            "entities": [
+                {
+                    "key": "machine_id",
+                    "time": "timestamp",
+                    "features": [
+                        {"kind": "new_level", "of": "value"},
+                        {"kind": "zscore", "of": "value", "window": "1h"},
+                    ],
+                }
+            ],
+        }
+    )
+
+
+def _machines(hours: int, stuck_at: int | None = None, flat: bool = False) -> pl.DataFrame:
+    """Two machines read every minute, a daily-ish cycle plus noise; machine b sticks at a value it never read
+    from ``stuck_at`` (a frozen sensor), or reads one flat value throughout."""
+    rng = np.random.default_rng(5)
+    n = hours * 60
+    stamps = [datetime(2024, 1, 1) + timedelta(minutes=i) for i in range(n)]
+    rows = []
+    for machine in ("a", "b"):
+        value = 50 + 5 * np.sin(np.arange(n) * 2 * np.pi / 600) + rng.normal(0, 0.5, n)
+        if machine == "b" and flat:
+            value = np.full(n, 20.0)
+        if machine == "b" and stuck_at is not None:
+            value[stuck_at:] = 80.0
+        rows.append(pl.DataFrame({"machine_id": machine, "timestamp": stamps, "value": value}))
+    return pl.concat(rows).sort("timestamp", "machine_id", maintain_order=True)
+
+
+def test_a_stuck_sensor_alerts_once_and_a_steady_machine_stays_quiet(tmp_path: Path) -> None:
+    frame = _machines(48, stuck_at=40 * 60)
+    history, later = (
+        frame.filter(pl.col("timestamp") < datetime(2024, 1, 2)),
+        frame.filter(pl.col("timestamp") >= datetime(2024, 1, 2)),
+    )
+    model = Model(_pack()).fit(history)
+    model.save(tmp_path / "bundle")
+    scored = Model.load(tmp_path / "bundle").score(later, state=model.new_state())
+    b = scored.filter(pl.col("machine_id") == "b")
+    first_stuck = datetime(2024, 1, 1) + timedelta(minutes=40 * 60)
+    alerts_b = b.filter(pl.col("is_alert"))["timestamp"].to_list()
+    assert first_stuck in alerts_b  # the minute it sticks
+    assert len([t for t in alerts_b if t > first_stuck]) == 0  # stuck at one level: new once, then known
+    a_alerts = scored.filter((pl.col("machine_id") == "a") & pl.col("is_alert")).height
+    assert a_alerts <= 5  # the steady machine: its levels were all seen in the first day (edges may be new)
+
+
+def test_a_flat_sensor_at_fit_is_no_error_and_any_move_off_it_is_new() -> None:
+    frame = _machines(24, flat=True).filter(pl.col("machine_id") == "b")  # the grid spans the fit range of all
+    model = Model(_pack()).fit(frame[:1000])
+    later = frame[1000:].with_columns(
+        pl.when((pl.col("machine_id") == "b") & (pl.col("timestamp") == frame["timestamp"][1200]))
+        .then(20.5)
+        .otherwise(pl.col("value"))
+        .alias("value")
+    )
+    scored = model.score(later, state=model.new_state())
+    b = scored.filter(pl.col("machine_id") == "b")
+    assert b.filter(pl.col("is_alert"))["value"].to_list() == [20.5]
+
+
+def test_policy_new_level_without_the_feature_and_a_tampered_grid_are_one_clear_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="policy kind 'new_level' alerts on entity features of kind new_level"):
+        config_from_dict(
+            {"policy": {"kind": "new_level"}, "entities": [{"key": "m", "features": [{"kind": "count", "window": 10}]}]}
+        )
+    with pytest.raises(ConfigError, match="levels"):
+        config_from_dict({"entities": [{"key": "m", "features": [{"kind": "new_level", "of": "v", "levels": 1}]}]})
+    feats = EntityFeatures(SPEC).fit(_readings(100))
+    files = feats.to_files()
+    for bad in (
+        b"[]",
+        b'{"machine_id_value_new_level": [0, 0]}',
+        b'{"other": [0, 1]}',
+        b"\xff",
+        b'{"machine_id_value_new_level": [1e999, 1]}',
+    ):
+        with pytest.raises(BundleError, match="levels.json does not hold a level grid"):
+            EntityFeatures.from_files(SPEC, [*list(files.values())[:-1], bad])
+    assert json.loads(files["entities/levels.json"])["machine_id_value_new_level"][1] > 0
