@@ -176,3 +176,16 @@ def test_policy_new_level_without_the_feature_and_a_tampered_grid_are_one_clear_
         with pytest.raises(BundleError, match="levels.json does not hold a level grid"):
             EntityFeatures.from_files(SPEC, [*list(files.values())[:-1], bad])
     assert json.loads(files["entities/levels.json"])["machine_id_value_new_level"][1] > 0
+
+
+def test_a_file_fit_sets_the_grid_from_the_whole_history(tmp_path: Path) -> None:
+    from segscope.pipeline import fit_file
+
+    frame = _machines(30, stuck_at=25 * 60)
+    frame.write_csv(tmp_path / "history.csv")
+    model = fit_file(tmp_path / "history.csv", _pack())
+    assert model.entities_ is not None
+    start, step = model.entities_.grids_["machine_id_value_new_level"]
+    assert start == pytest.approx(frame["value"].min()) and step == pytest.approx(
+        (frame["value"].max() - frame["value"].min()) / 32
+    )

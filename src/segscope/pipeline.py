@@ -25,7 +25,7 @@ from segscope import registry
 from segscope._io import detect_format, sha256_file
 from segscope.config import SegscopeConfig
 from segscope.exceptions import DataError, SchemaError, SegscopeWarning, SinkError
-from segscope.features.entity import EntityFeatures, widest
+from segscope.features.entity import EntityFeatures
 from segscope.features.prepare import check_unique_ids as check_unique_frame_ids
 from segscope.features.prepare import parse_datetimes
 from segscope.labels._open import hide_password
@@ -104,11 +104,8 @@ def _entity_sample(
     # text formats: the date columns are those of the first rows, as a sampled fit reads them (parse_dates)
     first = parse_dates(next(FileSource(path, batch_size=1000).iter_batches()).frame) if text else None
     dates = tuple(c for c, t in first.schema.items() if t.is_temporal()) if first is not None else ()
-    ranges: dict[str, tuple[float, float]] | None = None
-    if entities.level_inputs():  # new_level grids span the whole history: one read for its range first
-        ranges = {}
-        for batch in FileSource(path, dates=dates).iter_batches():
-            ranges = widest(ranges, entities.ranges(batch.frame))
+    # new_level grids span the whole history: a first read for its range (only with such features)
+    ranges = entities.ranges_over(batch.frame for batch in FileSource(path, dates=dates).iter_batches())
     parts, offset = [], 0
     batches = (batch.frame for batch in FileSource(path, dates=dates).iter_batches())
     for frame in entities.fit_batches(batches, ranges):

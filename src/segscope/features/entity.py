@@ -160,6 +160,15 @@ class EntityFeatures:
             out[name] = (float(x.min()), float(x.max())) if x.size else (np.inf, -np.inf)
         return out
 
+    def ranges_over(self, batches: Iterable[pl.DataFrame]) -> dict[str, tuple[float, float]] | None:
+        """:meth:`ranges` over every batch of a history (None, and nothing read, without ``new_level`` features)."""
+        if not self.level_inputs():
+            return None
+        out: dict[str, tuple[float, float]] = {}
+        for frame in batches:
+            out = widest(out, self.ranges(frame))
+        return out
+
     def fit_transform(self, history: pl.DataFrame) -> pl.DataFrame:
         return pl.concat(list(self.fit_batches([history], self.ranges(history))))
 
