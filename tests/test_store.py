@@ -132,6 +132,21 @@ def test_rescore_updates_records_to_the_current_model(store: LabelStore, history
     assert rescore_store(store, newer) == 0
 
 
+def test_two_rescorers_do_not_rescore_the_same_records(store: LabelStore, history: pl.DataFrame, config) -> None:
+    """`serve --bundle` and `segscope learn` both re-score after a promotion: what one did, the other skips, and
+    neither holds the store's records in memory (a batch is read when asked for)."""
+    newer = Model(config.model_copy(update={"seed": 7})).fit(history)
+    first = store.stale_records(newer.version, batch_size=10)
+    ids, frame = next(first)
+    assert len(ids) == frame.height == 10
+    store.add_records(newer.for_review(newer.score(frame), ids=ids), source="rescore")
+    done = 10
+    for other_ids, other in store.stale_records(newer.version, batch_size=50):  # the other process: the rest
+        assert not set(other_ids) & set(ids)
+        done += store.add_records(newer.for_review(newer.score(other), ids=other_ids), source="rescore")
+    assert done == store.record_count() and next(first, None) is None  # nothing left for the first one
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     n_candidates=st.integers(0, 80),

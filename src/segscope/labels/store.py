@@ -179,16 +179,23 @@ class LabelStore:
 
     def stale_records(self, version: str, *, batch_size: int = 5000) -> Iterator[tuple[list[str], pl.DataFrame]]:
         """(ids, input values as a frame) of stored records scored by another model version than ``version``, in
-        batches: what a new version re-scores so that the queue ranks by the model that serves."""
+        batches: what a new version re-scores so that the queue ranks by the model that serves. Each batch is read
+        when asked for (the next ids after the last one), so a store of millions is never held in memory and a
+        record another process re-scored meanwhile is not read again."""
         from sqlalchemy import select
 
         from segscope.labels.schema import Record
 
         query = select(Record.id, Record.values).where(Record.model_version != version).order_by(Record.id)
-        with self.engine.connect() as conn:
-            stale = [(r.id, r.values) for r in conn.execute(query)]
-        for chunk in _chunks(stale, batch_size):
-            yield [i for i, _ in chunk], pl.DataFrame([values for _, values in chunk], infer_schema_length=None)
+        after: str | None = None
+        while True:
+            with self.engine.connect() as conn:  # a short read each time: no transaction held between batches
+                page = query if after is None else query.where(Record.id > after)
+                rows = conn.execute(page.limit(batch_size)).all()
+            if not rows:
+                return
+            after = rows[-1].id
+            yield [r.id for r in rows], pl.DataFrame([r.values for r in rows], infer_schema_length=None)
 
     def record_count(self) -> int:
         from sqlalchemy import func, select
