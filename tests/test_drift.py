@@ -15,7 +15,7 @@ from segscope.config import SegscopeConfig
 from segscope.exceptions import SegscopeWarning
 from segscope.model import Model
 from segscope.testing.data import make_transactions
-from segscope.unsupervised.drift import ColumnDrift, DriftReport
+from segscope.unsupervised.drift import ColumnDrift, DriftReport, time_like_columns
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +110,23 @@ def test_time_like_columns_are_named(model: Model) -> None:
     assert any("'row_no' looks like a row number" in t for t in texts)
     assert any("'counter' looks like a row number or sequence" in t or "'counter' only grows" in t for t in texts)
     assert set(fitted.training_["time_like_columns"]) == {"row_no", "counter"}
+
+
+def test_counters_written_as_floats_are_named_too() -> None:
+    """An integer column written with a missing value (pandas: 12.0 and NaN) is a counter all the same; whole
+    amounts in no order are not named."""
+    n, rng = 2000, np.random.default_rng(0)
+    hours = (np.arange(n) // 50).astype(np.float64)
+    hours[[5, 700]] = np.nan
+    frame = pl.DataFrame({
+        "hour_counter": hours,
+        "timestep": (rng.permutation(n) // 5).astype(np.float64),
+        "dollars": rng.integers(1, 500, n).astype(np.float64),
+        "amount": rng.gamma(2.0, 30.0, n),
+    })  # fmt: skip
+    named = time_like_columns(frame, [(c, "numeric") for c in frame.columns])
+    assert named == {"hour_counter": "rises with the row order (0-39): a clock or a counter",
+                     "timestep": "is named like a time counter (0-399)"}  # fmt: skip
 
 
 def test_the_report_shows_drift(model: Model, tmp_path: Path) -> None:

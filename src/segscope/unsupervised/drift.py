@@ -106,9 +106,7 @@ def _derived(frame: pl.DataFrame, name: str, part: str) -> pl.Series:
 class DriftReference:
     """Fit-time references of the input columns (see the module docstring)."""
 
-    def fit(
-        self, frame: pl.DataFrame, columns: Sequence[tuple[str, str]], alert_rate: float | None
-    ) -> DriftReference:
+    def fit(self, frame: pl.DataFrame, columns: Sequence[tuple[str, str]], alert_rate: float | None) -> DriftReference:
         """``columns``: (name, kind) of the model's input columns; ``alert_rate``: the policy's rate on the fit
         rows (None for an alert budget, which has no rate)."""
         self.numeric_: list[tuple[str, str, _NumericRef]] = []
@@ -134,8 +132,7 @@ class DriftReference:
         return {
             "alert_rate": self.alert_rate_,
             "numeric": [
-                {"column": c, "part": p, **{k: getattr(r, k) for k in _NUMERIC_FIELDS}}
-                for c, p, r in self.numeric_
+                {"column": c, "part": p, **{k: getattr(r, k) for k in _NUMERIC_FIELDS}} for c, p, r in self.numeric_
             ],
             "categorical": [
                 {"name": r.name, "levels": r.levels, "shares": r.shares, "seen": sorted(r.seen)}
@@ -375,11 +372,20 @@ def _rises_with_rows(present: pl.Series, positions: np.ndarray) -> bool:
     return bool(np.corrcoef(ranks, positions)[0, 1] >= _ORDER_CORRELATION)
 
 
+def _whole_numbers(col: pl.Series) -> pl.Series | None:
+    """A float column holding whole numbers only (NaN as missing) as Int64, else None."""
+    values = col.fill_nan(None)
+    present = values.drop_nulls()
+    if present.len() == 0 or not (present == present.floor()).all() or (present.abs() > 2.0**53).any():
+        return None
+    return values.cast(pl.Int64)
+
+
 def time_like_columns(frame: pl.DataFrame, columns: Sequence[tuple[str, str]]) -> dict[str, str]:
     """Numeric columns that look like time or counters (they drift by construction, so later records fall outside
     the fit range): year-like values, epoch times (seconds to nanoseconds), row numbers, values that only grow
     or rise with the row order (``frame`` in arrival order), integers named like a time counter (``step``,
-    ``timestamp``, an ``hour`` beyond 23). Returns column -> why."""
+    ``timestamp``, an ``hour`` beyond 23); whole numbers held as floats count as integers. Returns column -> why."""
     out: dict[str, str] = {}
     n = frame.height
     for name, kind in columns:
@@ -391,8 +397,10 @@ def time_like_columns(frame: pl.DataFrame, columns: Sequence[tuple[str, str]]) -
             low, high = float(col.min()), float(col.max())  # type: ignore[arg-type]
             out[name] = f"holds {_EPOCH_NAMES[unit]} ({_epoch_dates(low, high, unit)})"
             continue
-        if not col.dtype.is_integer():
+        whole = _whole_numbers(col) if col.dtype.is_float() else col  # 12.0 and NaN: an integer column still
+        if whole is None or not whole.dtype.is_integer():
             continue
+        col = whole
         present = col.drop_nulls()
         if present.len() < 20:
             continue
