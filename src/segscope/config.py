@@ -110,11 +110,17 @@ class PolicyConfig(_Frozen):
     #: event time (``7d``), it alerts only above the highest of them; records that alert never join the window,
     #: so a failure does not teach it. The window and its clock live in the entity state (checkpoints, bundles).
     recalibrate: str | int | None = None
+    #: With ``cooldown``: an entity's cooldown ends early once it has gone this much event time (``10m``), or this
+    #: many of its events, without a record that would alert, shown or held back: back to normal, it is armed
+    #: again, so a false alarm does not hide the fault that follows it.
+    rearm: str | int | None = None
 
     @model_validator(mode="after")
     def _budget_needs_time(self) -> PolicyConfig:
         if self.cooldown is not None and duration_seconds(self.cooldown) <= 0:
             raise ValueError("policy.cooldown must be longer than zero")
+        if self.rearm is not None and (self.cooldown is None or duration_seconds(self.rearm) <= 0):
+            raise ValueError("policy.rearm ends a cooldown early: set a cooldown too, and a rearm longer than zero")
         if self.recalibrate is not None and duration_seconds(self.recalibrate) <= 0:
             raise ValueError("policy.recalibrate must be longer than zero")
         if self.recalibrate is not None and self.kind == "new_level":

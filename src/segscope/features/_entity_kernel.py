@@ -161,23 +161,36 @@ def load_pairs(rows: np.ndarray, gen: np.ndarray, n_pairs: int) -> Dict[tuple[in
 
 
 @nb.njit(cache=True)
-def _outside_cooldown(when: float, slot: int, last_alert: np.ndarray, gap: float) -> bool:
-    """Whether an alert of entity ``slot`` at ``when`` is past ``gap`` after its previous one (then it becomes
-    the entity's last alert)."""
-    if when - last_alert[slot] < gap:
+def _outside_cooldown(
+    when: float, slot: int, last_alert: np.ndarray, last_raw: np.ndarray, gap: float, rearm: float
+) -> bool:
+    """Whether an alert of entity ``slot`` at ``when`` is past ``gap`` after its previous one, or (``rearm`` > 0)
+    comes after ``rearm`` without any alert of the entity, shown or held back (it went back to normal); then it
+    becomes the entity's last alert."""
+    quiet = rearm > 0.0 and when - last_raw[slot] >= rearm
+    last_raw[slot] = when
+    if when - last_alert[slot] < gap and not quiet:
         return False
     last_alert[slot] = when
     return True
 
 
 @nb.njit(cache=True)
-def cool_down(alerts: np.ndarray, slots: np.ndarray, when: np.ndarray, last_alert: np.ndarray, gap: float) -> None:
-    """In order: an entity's alert within ``gap`` of its previous one is withdrawn (``alerts`` and ``last_alert``
-    are updated in place)."""
+def cool_down(
+    alerts: np.ndarray,
+    slots: np.ndarray,
+    when: np.ndarray,
+    last_alert: np.ndarray,
+    last_raw: np.ndarray,
+    gap: float,
+    rearm: float,
+) -> None:
+    """In order: an entity's alert within ``gap`` of its previous one is withdrawn, unless the entity has been
+    ``rearm`` without one (``alerts``, ``last_alert`` and ``last_raw`` are updated in place)."""
     for i in range(alerts.shape[0]):
         s = slots[i]
         if alerts[i] and s >= 0 and not math.isnan(when[i]):
-            alerts[i] = _outside_cooldown(when[i], s, last_alert, gap)
+            alerts[i] = _outside_cooldown(when[i], s, last_alert, last_raw, gap, rearm)
 
 
 #: time buckets of an entity's trailing score window (``policy.recalibrate``), and the number of an empty one
@@ -197,7 +210,9 @@ def recalibrate(
     span: float,
     min_scores: int,
     last_alert: np.ndarray,
+    last_raw: np.ndarray,
     gap: float,
+    rearm: float,
 ) -> None:
     """In order: once an entity holds ``min_scores`` of its own scores over the trailing ``span`` of event time,
     it alerts only above the highest of them; then, with ``gap`` > 0, an alert within ``gap`` of the entity's
@@ -219,7 +234,7 @@ def recalibrate(
         if held >= min_scores:
             alerts[i] = scores[i] > top
         if alerts[i] and gap > 0:
-            alerts[i] = _outside_cooldown(when[i], s, last_alert, gap)
+            alerts[i] = _outside_cooldown(when[i], s, last_alert, last_raw, gap, rearm)
         # an alert joins the window at the level it beat: it keeps that level in the window for another span
         # (a run of alerts does not wear the threshold down) and does not raise it (a failure does not teach it)
         joined = min(scores[i], top) if alerts[i] else scores[i]

@@ -259,20 +259,30 @@ class EntityFeatures:
         level = np.floor(np.clip((x - start) / step, -1e15, 1e15))
         return pl.Series(name, level).fill_nan(None).cast(pl.Int64)
 
-    def cool_down(self, alerts: np.ndarray, state: EntityState, gap: str | int) -> np.ndarray:
+    def cool_down(
+        self, alerts: np.ndarray, state: EntityState, gap: str | int, rearm: str | int | None = None
+    ) -> np.ndarray:
         """``alerts`` of the batch just transformed with ``state``, an entity (of the first spec) alerting at most
-        once per ``gap`` (event time, or events for an entity without time); the state keeps when each last
-        alerted."""
+        once per ``gap`` (event time, or events for an entity without time), or again once it has been ``rearm``
+        without an alert; the state keeps when each last alerted."""
         block = state.blocks[0]
         if block.rows is None or block.rows[0].shape[0] != alerts.shape[0]:
             return alerts
         kept = alerts.copy()
-        kernel.cool_down(kept, block.rows[0], block.rows[1], block.last_alert, duration_seconds(gap))
+        kernel.cool_down(
+            kept, block.rows[0], block.rows[1], block.last_alert, block.last_raw, duration_seconds(gap), _span(rearm)
+        )
         block.dirty[block.rows[0][kept & (block.rows[0] >= 0)]] = True
         return kept
 
     def recalibrate(
-        self, alerts: np.ndarray, scores: np.ndarray, state: EntityState, span: str | int, gap: str | int | None
+        self,
+        alerts: np.ndarray,
+        scores: np.ndarray,
+        state: EntityState,
+        span: str | int,
+        gap: str | int | None,
+        rearm: str | int | None = None,
     ) -> np.ndarray:
         """``alerts`` of the batch just transformed with ``state``, each entity (of the first spec) held to its own
         trailing window of scores, then cooled down by ``gap`` (:func:`kernel.recalibrate`); the state keeps the
@@ -284,8 +294,7 @@ class EntityFeatures:
         slots, when = block.rows
         kernel.recalibrate(
             kept, np.asarray(scores, dtype=np.float64), slots, when, block.peak, block.peak_at, block.peak_n,
-            duration_seconds(span), RECALIBRATE_MIN_SCORES, block.last_alert,
-            0.0 if gap is None else duration_seconds(gap),
+            duration_seconds(span), RECALIBRATE_MIN_SCORES, block.last_alert, block.last_raw, _span(gap), _span(rearm),
         )  # fmt: skip
         block.dirty[slots[slots >= 0]] = True
         return kept
@@ -315,6 +324,10 @@ class EntityFeatures:
 #: scores an entity holds in its window before its own highest one is its threshold (before: the policy's)
 RECALIBRATE_MIN_SCORES = 50
 _GRIDS_FILE = "entities/levels.json"
+
+
+def _span(duration: str | int | None) -> float:
+    return 0.0 if duration is None else duration_seconds(duration)
 
 
 def widest(a: dict[str, tuple[float, float]], b: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:

@@ -34,6 +34,8 @@ class Block:
     dirty: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
     #: when each entity last alerted (for ``policy.cooldown``; -inf: never)
     last_alert: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    #: when each entity last had a record that would alert, shown or held back (``policy.rearm``; -inf: never)
+    last_raw: np.ndarray = field(default_factory=lambda: np.zeros(0))
     #: the trailing window of each entity's own scores (``policy.recalibrate``): per time bucket, the highest
     #: score that did not alert, the bucket's number and how many scores it holds
     peak: np.ndarray = field(default_factory=lambda: np.zeros((0, kernel.PEAK_BUCKETS)))
@@ -57,6 +59,8 @@ class Block:
             self.acc = np.zeros((self.last_t.shape[0], self.n_acc))
         if self.last_alert.shape[0] != self.last_t.shape[0]:
             self.last_alert = np.full(self.last_t.shape[0], -np.inf)
+        if self.last_raw.shape[0] != self.last_t.shape[0]:
+            self.last_raw = np.full(self.last_t.shape[0], -np.inf)
         if self.peak.shape[0] != self.last_t.shape[0]:
             cap = (self.last_t.shape[0], kernel.PEAK_BUCKETS)
             self.peak, self.peak_at, self.peak_n = (
@@ -110,7 +114,7 @@ class Block:
 
         self.last_t, self.n_events, self.gen = grown(self.last_t), grown(self.n_events), grown(self.gen)
         self.acc, self.partition, self.dirty = grown(self.acc), grown(self.partition, -1), grown(self.dirty, False)
-        self.last_alert = grown(self.last_alert, -np.inf)
+        self.last_alert, self.last_raw = grown(self.last_alert, -np.inf), grown(self.last_raw, -np.inf)
         self.peak, self.peak_at, self.peak_n = (
             grown(self.peak),
             grown(self.peak_at, kernel.NO_BUCKET),
@@ -118,7 +122,19 @@ class Block:
         )
 
     def copy(self) -> Block:
-        arrays = ("last_t", "n_events", "gen", "acc", "partition", "dirty", "last_alert", "peak", "peak_at", "peak_n")
+        arrays = (
+            "last_t",
+            "n_events",
+            "gen",
+            "acc",
+            "partition",
+            "dirty",
+            "last_alert",
+            "last_raw",
+            "peak",
+            "peak_at",
+            "peak_n",
+        )
         block = replace(
             self,
             keys=dict(self.keys),
@@ -155,7 +171,7 @@ class Block:
         self.keys = {k: i for i, k in enumerate(self.key_list)}
         self.last_t, self.n_events, self.gen = self.last_t[keep], self.n_events[keep], self.gen[keep]
         self.acc, self.partition, self.dirty = self.acc[keep], self.partition[keep], self.dirty[keep]
-        self.last_alert, self.rows = self.last_alert[keep], None
+        self.last_alert, self.last_raw, self.rows = self.last_alert[keep], self.last_raw[keep], None
         self.peak, self.peak_at, self.peak_n = self.peak[keep], self.peak_at[keep], self.peak_n[keep]
         self.pairs = kernel.load_pairs(rows, self.gen, max(self.n_pairs, 1))
         return gone
@@ -174,6 +190,7 @@ class Block:
                 "gen": self.gen[rows],
                 "partition": self.partition[rows],
                 "last_alert": self.last_alert[rows],
+                "last_raw": self.last_raw[rows],
                 "acc": self.acc[rows] if self.n_acc else np.zeros((rows.size, 1)),
                 "peak": self.peak[rows],
                 "peak_at": self.peak_at[rows],
@@ -221,6 +238,8 @@ class Block:
         self.partition[slots] = frame.get_column("partition").to_numpy()
         if "last_alert" in frame.columns:
             self.last_alert[slots] = frame.get_column("last_alert").to_numpy()
+        if "last_raw" in frame.columns:
+            self.last_raw[slots] = frame.get_column("last_raw").to_numpy()
         if "peak" in frame.columns:
             for name in ("peak", "peak_at", "peak_n"):
                 values = np.asarray(frame.get_column(name).to_numpy()).reshape(-1, kernel.PEAK_BUCKETS)
@@ -272,7 +291,11 @@ def _read_state_file(data: bytes, block: Block) -> pl.DataFrame:
     missing = [c for c in ("key", "acc", *_STATE_NUMBERS) if c not in frame.columns]
     if missing:
         raise BundleError(f"entity state: the column(s) {missing} are missing")
-    wrong = [c for c in (*_STATE_NUMBERS, "last_alert") if c in frame.columns and not frame.schema[c].is_numeric()]
+    wrong = [
+        c
+        for c in (*_STATE_NUMBERS, "last_alert", "last_raw")
+        if c in frame.columns and not frame.schema[c].is_numeric()
+    ]
     if wrong or frame.schema["key"] != pl.String or frame.get_column("key").null_count():
         raise BundleError(f"entity state: the column(s) {wrong or ['key']} do not hold what the state writes")
     for name, dtype in (("peak", pl.Float64), ("peak_at", pl.Int64), ("peak_n", pl.Int64)):
@@ -310,7 +333,7 @@ class EntityState:
         total = 0
         for b in self.blocks:
             total += b.last_t.nbytes + b.n_events.nbytes + b.gen.nbytes + b.acc.nbytes + b.partition.nbytes
-            total += b.last_alert.nbytes + b.peak.nbytes + b.peak_at.nbytes + b.peak_n.nbytes
+            total += b.last_alert.nbytes + b.last_raw.nbytes + b.peak.nbytes + b.peak_at.nbytes + b.peak_n.nbytes
             total += sum(len(k) + 49 + 8 + 72 for k in b.key_list)  # str object + list slot + dict entry
             total += len(b.pairs) * 40 + sum(len(v) + 49 + 80 for vs in b.values for v in vs)
         return total

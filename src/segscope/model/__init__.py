@@ -390,11 +390,16 @@ class Model:
             supervised = np.empty(0)
         score = supervised if supervised is not None else anomaly
         alerts = self.policy_.decide(score, validated, state)
-        recalibrate, cooldown = self.config.policy.recalibrate, self.config.policy.cooldown
+        recalibrate, cooldown, rearm = (
+            self.config.policy.recalibrate,
+            self.config.policy.cooldown,
+            self.config.policy.rearm,
+        )
         if recalibrate is not None and entities is not None and self.entities_ is not None:
-            alerts = self.entities_.recalibrate(np.asarray(alerts, dtype=bool), score, entities, recalibrate, cooldown)
+            raw = np.asarray(alerts, dtype=bool)
+            alerts = self.entities_.recalibrate(raw, score, entities, recalibrate, cooldown, rearm)
         elif cooldown is not None and entities is not None and self.entities_ is not None:
-            alerts = self.entities_.cool_down(np.asarray(alerts, dtype=bool), entities, cooldown)
+            alerts = self.entities_.cool_down(np.asarray(alerts, dtype=bool), entities, cooldown, rearm)
         if drift is not None:
             drift.add(validated, alerts)
         return frame.with_columns(
