@@ -263,6 +263,7 @@ SLOW: dict[str, float] = {
     "tests/test_finetune.py::test_supervised_score_is_a_calibrated_probability": 30,
     "tests/test_segments.py::test_boundaries_between_touching_groups_follow_the_features": 27,
     "tests/test_store.py::test_eight_writers_lose_nothing": 24,
+    "tests/test_learn.py::test_the_loop_on_sqlite_and_postgresql[sqlite]": 27,
     "tests/test_security_bundles.py::test_concurrent_promotions_keep_the_log_true": 21,
     "tests/test_torch_learner.py::test_continued_training_starts_from_the_previous_weights": 20,
     "tests/test_finetune.py::test_the_gate_is_time_ordered_on_an_entity_event_time": 19,

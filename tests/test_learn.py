@@ -124,6 +124,30 @@ def test_fails_on_data_then_promotes_and_remembers_where_it_left_off(
     assert again.finetunes == again.failed == 0
 
 
+def test_the_loop_on_sqlite_and_postgresql(
+    store_url: str, fitted: tuple[Model, pl.DataFrame, Path], tmp_path: Path
+) -> None:
+    """The whole turn against each store: records scored into it, labels, a fine-tune on its records, the
+    promotion, every stored record re-scored by the new version, and where it left off."""
+    model, later, _ = fitted
+    path = _registry(model, tmp_path / "reg")
+    later.drop("is_fraud").write_parquet(tmp_path / "later.parquet")
+    with LabelStore.open(store_url) as opened:
+        score_file(model, tmp_path / "later.parquet", tmp_path / "scored.parquet", store=opened)
+        labels = _analysts(later, 40, 40, seed=3)
+        opened.add_labels([LabelIn(x["id"], x["label"], x["analyst"]) for x in labels], source="api")
+    lines: list[str] = []
+    options = LearnOptions(registry=path, store=store_url, min_labels=50, every=0.1, idle_exit=1.0)
+    stats = LearnLoop(options, finetune_file, on_line=lines.append).run()
+    assert len(stats.promoted) == 1 and reg.current_version(path) == stats.promoted[0], lines
+    assert any("80 labels (40 anomalies, 40 normal)" in line for line in lines), lines
+    with LabelStore.open(store_url) as opened:
+        assert not list(opened.stale_records(stats.promoted[0]))  # the queue ranks by the version that serves
+        newest = opened.labels_after(0)[1]
+    state = json.loads((path / STATE).read_text())
+    assert state["label_id"] == newest and state["store"] == hide_password(store_url) and state["promoted"]
+
+
 def test_one_fine_tune_at_a_time_and_a_stop_writes_nothing(
     fitted: tuple[Model, pl.DataFrame, Path], tmp_path: Path
 ) -> None:
