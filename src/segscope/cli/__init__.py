@@ -3,7 +3,7 @@
 One module per group of commands; importing them registers them on :data:`app`.
 """
 
-from segscope.cli import files, labels, loop  # noqa: F401  (registers the commands)
+from segscope.cli import files, labels, loop, services  # noqa: F401  (registers the commands)
 from segscope.cli._app import app, main
 
 __all__ = ["app", "main"]
