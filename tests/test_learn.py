@@ -22,6 +22,7 @@ import pytest
 
 from segscope import registry as reg
 from segscope.config import SegscopeConfig
+from segscope.exceptions import ConfigError
 from segscope.labels import LabelStore, hide_password
 from segscope.labels.parse import LabelIn
 from segscope.metrics import evaluate_scores
@@ -146,6 +147,31 @@ def test_the_loop_on_sqlite_and_postgresql(
         newest = opened.labels_after(0)[1]
     state = json.loads((path / STATE).read_text())
     assert state["label_id"] == newest and state["store"] == hide_password(store_url) and state["promoted"]
+
+
+def test_a_trickle_of_labels_is_fine_tuned_on_after_max_wait(
+    fitted: tuple[Model, pl.DataFrame, Path], tmp_path: Path
+) -> None:
+    """Fewer labels than --min-labels: without --max-wait the learner waits for more; with it, it fine-tunes on
+    them once the first has waited that long, and says why."""
+    model, later, stored = fitted
+    path, store = _registry(model, tmp_path / "reg"), _copy_store(stored, tmp_path)
+    _add(store, _analysts(later, 10, 30, seed=4))
+    lines: list[str] = []
+    options = LearnOptions(registry=path, store=str(store), min_labels=1000, every=0.1, idle_exit=2.0)
+    assert LearnLoop(options, finetune_file, on_line=lines.append).run().finetunes == 0  # waits for 1,000
+    assert not (path / STATE).exists()
+    lines.clear()
+    waiting = LearnOptions(registry=path, store=str(store), min_labels=1000, every=0.1, idle_exit=3.0, max_wait=1.0)
+    started = time.monotonic()
+    stats = LearnLoop(waiting, finetune_file, on_line=lines.append).run()
+    assert stats.finetunes + stats.failed == 1, lines
+    assert lines[0].endswith("after 1,000 new labels or 1 s after the first of fewer (40 so far), checking every 0.1 s")
+    (turn,) = [line for line in lines if "fine-tuning version" in line]
+    assert turn.startswith("learn: 40 new labels (the first waited 1 s), 40 labels (10 anomalies, 30 normal)")
+    assert time.monotonic() - started > 1.0 and json.loads((path / STATE).read_text())["label_id"] > 0
+    with pytest.raises(ConfigError, match="--max-wait must be a positive"):
+        LearnLoop(LearnOptions(registry=path, store=str(store), max_wait=0), finetune_file)
 
 
 def test_one_fine_tune_at_a_time_and_a_stop_writes_nothing(

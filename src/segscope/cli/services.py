@@ -81,6 +81,14 @@ def learn(
     every: Annotated[float, typer.Option("--every", help="Seconds between two looks at the label store.", min=0.1)] = (
         30.0
     ),
+    max_wait: Annotated[
+        float | None,
+        typer.Option(
+            "--max-wait",
+            help="Fine-tune on fewer than --min-labels new labels once the first has waited this many seconds "
+            "(e.g. 86400: at least daily while labels trickle in; default: wait for --min-labels).",
+        ),
+    ] = None,
     idle_exit: Annotated[
         float | None,
         typer.Option("--idle-exit", help="Exit after this many seconds without a new label (default: run on)."),
@@ -115,6 +123,7 @@ def learn(
         store=store,
         min_labels=min_labels,
         every=every,
+        max_wait=max_wait,
         idle_exit=idle_exit,
         learner=learner,
         folds=folds,

@@ -5,7 +5,9 @@ batches when the gate promotes (:class:`~segscope.stream.parts.ModelWatcher`).
 
 * **When**: the store is polled every ``every`` seconds; the labels stored since the last fine-tune are counted
   (every analyst decision, from the page, the JSON API, ``segscope label add`` or the labels topic a stream
-  consumes; a changed label counts, an unchanged repeat is not stored). At ``min_labels`` it fine-tunes.
+  consumes; a changed label counts, an unchanged repeat is not stored). At ``min_labels`` it fine-tunes, or,
+  with ``max_wait``, on fewer once the first of them has waited that long (counted from when this learner saw
+  it), so a slow trickle of labels still reaches the model.
 * **What**: the fine-tune is the caller's function (:func:`segscope.pipeline.finetune_file`, a layer above this
   one) on the registry and the store: the store's records are the training data, its current labels the labels;
   the candidate is written to the registry whether or not the gate promotes it, and promoted by compare-and-swap.
@@ -68,6 +70,8 @@ class LearnOptions:
     min_labels: int = 50
     #: seconds between two looks at the store
     every: float = 30.0
+    #: fine-tune on fewer than min_labels new labels once the first has waited this many seconds (None: never)
+    max_wait: float | None = None
     #: exit after this many seconds without a new label and with nothing to fine-tune (None: run until stopped)
     idle_exit: float | None = None
     learner: str = "xgboost"
@@ -122,6 +126,8 @@ class LearnLoop:
             raise ConfigError(f"--learner {options.learner!r}: use one of {', '.join(LEARNERS)}")
         if not options.every > 0:
             raise ConfigError(f"--every must be a positive number of seconds; got {options.every}")
+        if options.max_wait is not None and not options.max_wait > 0:
+            raise ConfigError(f"--max-wait must be a positive number of seconds; got {options.max_wait}")
         self.options = options
         self.finetune = finetune
         self.say = on_line or log.info
@@ -169,11 +175,13 @@ class LearnLoop:
         try:
             seen = self._load_state(shown)
             pending, _ = store.labels_after(seen)
+            wait = f" or {opts.max_wait:g} s after the first of fewer" if opts.max_wait is not None else ""
             self.say(
                 f"learn: registry {path} (version {model.version}), label store {shown}: fine-tunes after "
-                f"{opts.min_labels:,} new labels ({pending:,} so far), checking every {opts.every:g} s"
+                f"{opts.min_labels:,} new labels{wait} ({pending:,} so far), checking every {opts.every:g} s"
             )
             last_change, before = time.monotonic(), pending
+            first_new: float | None = None  # when this learner first saw a label not fine-tuned on yet
             while not self._stopping:
                 try:
                     fresh, newest = store.labels_after(seen)
@@ -187,12 +195,14 @@ class LearnLoop:
                     fresh, newest = store.labels_after(seen)
                 if fresh != before:
                     last_change, before = time.monotonic(), fresh
-                if fresh >= opts.min_labels:
-                    done = self._turn(store, shown, seen)
+                first_new = (first_new or time.monotonic()) if fresh else None
+                due = first_new is not None and self._waited(first_new)
+                if fresh >= opts.min_labels or due:
+                    done = self._turn(store, shown, seen, 1 if due else opts.min_labels)
                     if done is None:  # stopped mid-way
                         break
                     if done != seen:
-                        seen, before, last_change = done, 0, time.monotonic()
+                        seen, before, last_change, first_new = done, 0, time.monotonic(), None
                 elif opts.idle_exit is not None and time.monotonic() - last_change > opts.idle_exit:
                     self.say(f"learn: no new label for {opts.idle_exit:g} s; exiting")
                     break
@@ -206,9 +216,13 @@ class LearnLoop:
             self.say(line)
         self._said[kind] = line
 
-    def _turn(self, store: LabelStore, shown: str, seen: int) -> int | None:
-        """One fine-tune and its decision; returns the newest label id it saw (``seen`` when it did not run:
-        another learner holds the registry, the store went away), None when stopped mid-way (nothing written)."""
+    def _waited(self, since: float) -> bool:
+        return self.options.max_wait is not None and time.monotonic() - since >= self.options.max_wait
+
+    def _turn(self, store: LabelStore, shown: str, seen: int, minimum: int) -> int | None:
+        """One fine-tune and its decision when ``minimum`` labels are new; returns the newest label id it saw
+        (``seen`` when it did not run: another learner holds the registry, the store went away), None when
+        stopped mid-way (nothing written)."""
         opts, path = self.options, self.options.registry
         with _learning_lock(path) as held:
             if held is not None:
@@ -221,7 +235,7 @@ class LearnLoop:
                 if seen < other_seen <= newest:
                     seen = other_seen
                     fresh, _ = store.labels_after(seen)
-                    if fresh < opts.min_labels:
+                    if fresh < minimum:
                         return seen
                 current = store.labels()
                 version = registry.current_version(path)
@@ -234,7 +248,8 @@ class LearnLoop:
             self._said.clear()
             anomalies = int((current["label"] == "anomaly").sum())
             counts = f"{current.height:,} labels ({anomalies:,} anomalies, {current.height - anomalies:,} normal)"
-            self.say(f"learn: {fresh:,} new labels, {counts} in all: fine-tuning version {version}")
+            why = f" (the first waited {opts.max_wait:g} s)" if fresh < opts.min_labels else ""
+            self.say(f"learn: {fresh:,} new labels{why}, {counts} in all: fine-tuning version {version}")
             started = time.monotonic()
             outcome: dict[str, Any] = {}
             try:
