@@ -56,6 +56,7 @@ def _entities(history: pl.DataFrame, target: Path) -> Path:
     features = [
         {"kind": "zscore", "of": "ln(amount + 1)", "window": "1d", "name": "z"},
         {"kind": "first_seen", "of": "country"},
+        {"kind": "new_level", "of": "amount"},
     ]
     cfg = SegscopeConfig.model_validate(
         {

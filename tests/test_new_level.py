@@ -19,6 +19,7 @@ from polars.testing import assert_frame_equal
 
 from segscope.config import EntityConfig, SegscopeConfig, config_from_dict
 from segscope.exceptions import BundleError, ConfigError
+from segscope.features import levels
 from segscope.features.entity import EntityFeatures
 from segscope.model import Model
 
@@ -62,7 +63,9 @@ def test_a_level_is_new_exactly_when_its_machine_never_had_it() -> None:
     history, later = frame[:200], frame[200:]
     feats = EntityFeatures(SPEC).fit(history)
     values = history["value"].drop_nulls()
-    start, step = feats.grids_["machine_id_value_new_level"]
+    grids = feats.grids_["machine_id_value_new_level"]
+    assert set(grids) == {levels.ALL}  # fewer than MIN_OWN readings per machine: the grid of all of them
+    start, step = grids[levels.ALL]
     assert start == pytest.approx(values.min()) and step == pytest.approx((values.max() - values.min()) / LEVELS)
     # later readings wander past the fit range: the same step goes on, each level beyond it new once
     scored = feats.transform(later, feats.new_state())["machine_id_value_new_level"].to_list()
@@ -86,6 +89,40 @@ def test_any_cut_into_batches_and_a_state_round_trip_give_the_same_levels(cuts: 
         state = restored_state
         feats = restored
     assert_frame_equal(whole, pl.concat(parts), check_exact=True)
+
+
+MIN = 300
+
+
+def test_machines_with_enough_history_get_their_own_grid_and_new_machines_the_fleet_s() -> None:
+    rng = np.random.default_rng(3)
+    n = 900
+    frame = pl.DataFrame(
+        {
+            "machine_id": ["hot", "cold"] * n + ["new"] * 200,
+            "timestamp": [datetime(2024, 1, 1) + timedelta(minutes=i) for i in range(2 * n + 200)],
+            "value": np.concatenate(
+                [rng.normal(0, 1, 2 * n) + np.tile([500.0, 0.0], n) + np.linspace(0, 6, 2 * n), rng.normal(250, 5, 200)]
+            ),
+        }
+    )
+    history = frame[: 2 * MIN]
+    feats = EntityFeatures(SPEC).fit(history)
+    grids = feats.grids_["machine_id_value_new_level"]
+    assert set(grids) == {levels.ALL, "hot", "cold"}
+    hot = history.filter(pl.col("machine_id") == "hot")["value"]
+    assert grids["hot"] == pytest.approx((hot.min(), (hot.max() - hot.min()) / LEVELS))
+    scored = feats.transform(frame[2 * MIN :], feats.new_state())["machine_id_value_new_level"].to_list()
+    truth: list[float | None] = [None] * frame.height
+    for machine in ("hot", "cold", "new"):
+        rows = frame.with_row_index().filter(pl.col("machine_id") == machine)
+        start, step = grids.get(machine, grids[levels.ALL])
+        for i, v in zip(rows["index"], _by_hand(rows, start, step), strict=True):
+            truth[i] = v
+    assert scored == truth[2 * MIN :]
+    # the cold machine drifts by 4 more on its own grid (about 0.8 wide): new levels the fleet's 60-wide grid misses
+    cold = [v for v, m in zip(scored, frame["machine_id"][2 * MIN :], strict=True) if m == "cold"]
+    assert sum(v == 1.0 for v in cold) >= 3
 
 
 def _pack() -> SegscopeConfig:
@@ -144,7 +181,7 @@ def test_a_stuck_sensor_alerts_once_and_a_steady_machine_stays_quiet(tmp_path: P
 
 
 def test_a_flat_sensor_at_fit_is_no_error_and_any_move_off_it_is_new() -> None:
-    frame = _machines(24, flat=True).filter(pl.col("machine_id") == "b")  # the grid spans the fit range of all
+    frame = _machines(24, flat=True)  # machine b reads 20.0 throughout, a cycles around 50
     model = Model(_pack()).fit(frame[:1000])
     later = frame[1000:].with_columns(
         pl.when((pl.col("machine_id") == "b") & (pl.col("timestamp") == frame["timestamp"][1200]))
@@ -168,14 +205,16 @@ def test_policy_new_level_without_the_feature_and_a_tampered_grid_are_one_clear_
     files = feats.to_files()
     for bad in (
         b"[]",
-        b'{"machine_id_value_new_level": [0, 0]}',
-        b'{"other": [0, 1]}',
+        b'{"machine_id_value_new_level": [0, 1]}',
+        b'{"machine_id_value_new_level": {"a": [0, 1]}}',
+        json.dumps({"machine_id_value_new_level": {levels.ALL: [0, 0]}}).encode(),
+        json.dumps({"other": {levels.ALL: [0, 1]}}).encode(),
+        json.dumps({"machine_id_value_new_level": {levels.ALL: [1e308, 1]}}).replace("1e+308", "1e999").encode(),
         b"\xff",
-        b'{"machine_id_value_new_level": [1e999, 1]}',
     ):
         with pytest.raises(BundleError, match="levels.json does not hold a level grid"):
             EntityFeatures.from_files(SPEC, [*list(files.values())[:-1], bad])
-    assert json.loads(files["entities/levels.json"])["machine_id_value_new_level"][1] > 0
+    assert json.loads(files["entities/levels.json"])["machine_id_value_new_level"][levels.ALL][1] > 0
 
 
 def test_a_file_fit_sets_the_grid_from_the_whole_history(tmp_path: Path) -> None:
@@ -185,7 +224,8 @@ def test_a_file_fit_sets_the_grid_from_the_whole_history(tmp_path: Path) -> None
     frame.write_csv(tmp_path / "history.csv")
     model = fit_file(tmp_path / "history.csv", _pack())
     assert model.entities_ is not None
-    start, step = model.entities_.grids_["machine_id_value_new_level"]
-    assert start == pytest.approx(frame["value"].min()) and step == pytest.approx(
-        (frame["value"].max() - frame["value"].min()) / 32
-    )
+    grids = model.entities_.grids_["machine_id_value_new_level"]
+    for machine, grid in grids.items():
+        values = frame["value"] if machine == levels.ALL else frame.filter(pl.col("machine_id") == machine)["value"]
+        assert grid == pytest.approx((values.min(), (values.max() - values.min()) / 32))
+    assert set(grids) == {levels.ALL, "a", "b"}

@@ -13,7 +13,6 @@ freed once the newest event time is ``ttl + allowed_lateness`` past it); events 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
@@ -24,9 +23,10 @@ import polars as pl
 
 from segscope._typing import EntityFeatureKind
 from segscope.config import EntityConfig, EntityFeatureConfig, duration_seconds
-from segscope.exceptions import BundleError, ConfigError, DataError, NotFittedError
+from segscope.exceptions import ConfigError, DataError, NotFittedError
 from segscope.expressions import compile_expression, expression_columns
 from segscope.features import _entity_kernel as kernel
+from segscope.features import levels
 from segscope.features.entity_state import Block, EntityState
 from segscope.features.prepare import parse_datetimes
 from segscope.schema import SCORED_COLUMNS
@@ -113,8 +113,8 @@ class EntityFeatures:
     batch continues from the end of history and nothing is kept)."""
 
     state_: EntityState
-    #: ``new_level`` features' grids, by feature name: (lowest level's start, step), from the fit history's range
-    grids_: dict[str, tuple[float, float]]
+    #: ``new_level`` features' grids (:mod:`segscope.features.levels`), from the fit history's ranges
+    grids_: levels.Grids
 
     def __init__(self, specs: tuple[EntityConfig, ...]) -> None:
         self.specs = specs
@@ -151,29 +151,29 @@ class EntityFeatures:
         """``new_level`` features and the column or expression each cuts into levels."""
         return {name: of for p in self.plans for name, of, _ in p.level_of.values()}
 
-    def ranges(self, frame: pl.DataFrame) -> dict[str, tuple[float, float]]:
-        """The finite range of each ``new_level`` input over ``frame`` (batches merge with :func:`widest`)."""
+    def ranges(self, frame: pl.DataFrame) -> levels.Ranges:
+        """The finite range of each ``new_level`` input over ``frame``, overall and per entity."""
         out = {}
-        for name, of in self.level_inputs().items():
-            x = _numbers(frame, of)
-            x = x[np.isfinite(x)]
-            out[name] = (float(x.min()), float(x.max())) if x.size else (np.inf, -np.inf)
+        for plan in self.plans:
+            keys = _column(frame, plan.spec.key, "key") if plan.spec.key is not None else None
+            for name, of, _ in plan.level_of.values():
+                out[name] = levels.ranges(_numbers(frame, of), keys)
         return out
 
-    def ranges_over(self, batches: Iterable[pl.DataFrame]) -> dict[str, tuple[float, float]] | None:
+    def ranges_over(self, batches: Iterable[pl.DataFrame]) -> levels.Ranges | None:
         """:meth:`ranges` over every batch of a history (None, and nothing read, without ``new_level`` features)."""
         if not self.level_inputs():
             return None
-        out: dict[str, tuple[float, float]] = {}
+        out: levels.Ranges = {}
         for frame in batches:
-            out = widest(out, self.ranges(frame))
+            out = levels.widest(out, self.ranges(frame))
         return out
 
     def fit_transform(self, history: pl.DataFrame) -> pl.DataFrame:
         return pl.concat(list(self.fit_batches([history], self.ranges(history))))
 
     def fit_batches(
-        self, batches: Iterable[pl.DataFrame], ranges: dict[str, tuple[float, float]] | None = None
+        self, batches: Iterable[pl.DataFrame], ranges: levels.Ranges | None = None
     ) -> Iterator[pl.DataFrame]:
         """Fit on a history read in order, batch by batch (bounded memory): each batch with its features, and
         the state at its end kept once the last batch is out. ``ranges`` (:meth:`ranges` over the whole history)
@@ -193,9 +193,8 @@ class EntityFeatures:
                     f"entity feature name(s) {clash or names} clash with input columns or each other; set 'name:'"
                 )
             if not self.grids_ and self.level_inputs():
-                self.grids_ = {
-                    n: _grid(n, lo, hi, self._levels(n)) for n, (lo, hi) in (ranges or self.ranges(frame)).items()
-                }
+                counts = {n: k for p in self.plans for n, _, k in p.level_of.values()}
+                self.grids_ = levels.grids(ranges or self.ranges(frame), counts)
             yield self._apply(frame, state)
         for plan, block in zip(self.plans, state.blocks, strict=True):
             block.evict(plan.ttl, plan.lateness)  # the bundle keeps no entity that would start again anyway
@@ -231,7 +230,7 @@ class EntityFeatures:
             values[:, j] = _numbers(frame, of)
         codes = np.zeros((n, len(plan.pair_of)), dtype=np.int64)
         for j, of in enumerate(plan.pair_of):
-            pairs = self._levels_of(frame, *plan.level_of[j][:2]) if j in plan.level_of else _evaluate(frame, of)
+            pairs = self._levels_of(frame, plan, j) if j in plan.level_of else _evaluate(frame, of)
             codes[:, j] = block.codes_for(j, pairs.cast(pl.String))
         if spec.time is not None and n:
             running = np.fmax.accumulate(np.concatenate([[block.newest], times]))[:-1]
@@ -249,15 +248,10 @@ class EntityFeatures:
             block.partition[touched] = partitions[slots >= 0]
         return pl.DataFrame(out, schema=plan.names, orient="row").fill_nan(None).get_columns()
 
-    def _levels(self, name: str) -> int:
-        return next(levels for p in self.plans for n, _, levels in p.level_of.values() if n == name)
-
-    def _levels_of(self, frame: pl.DataFrame, name: str, of: str) -> pl.Series:
-        """Each row's level on the feature's grid (null where the value is missing or not finite)."""
-        start, step = self.grids_[name]
-        x = _numbers(frame, of)
-        level = np.floor(np.clip((x - start) / step, -1e15, 1e15))
-        return pl.Series(name, level).fill_nan(None).cast(pl.Int64)
+    def _levels_of(self, frame: pl.DataFrame, plan: _Plan, column: int) -> pl.Series:
+        name, of, _ = plan.level_of[column]
+        keys = _column(frame, plan.spec.key, "key") if plan.spec.key is not None else None
+        return levels.codes(_numbers(frame, of), keys, self.grids_[name])
 
     def cool_down(
         self, alerts: np.ndarray, state: EntityState, gap: str | int, rearm: str | int | None = None
@@ -301,13 +295,13 @@ class EntityFeatures:
 
     # ------------------------------------------------------------ persist
     def file_names(self) -> list[str]:
-        grids = [_GRIDS_FILE] if self.level_inputs() else []
+        grids = [levels.FILE] if self.level_inputs() else []
         return [f"entities/state-{i}.arrow" for i in range(len(self.specs))] + grids
 
     def to_files(self) -> dict[str, bytes]:
         files = {f"entities/state-{i}.arrow": self.state_.to_bytes(i) for i in range(len(self.specs))}
         if self.level_inputs():
-            files[_GRIDS_FILE] = json.dumps({n: list(g) for n, g in self.grids_.items()}).encode()
+            files[levels.FILE] = levels.dump(self.grids_)
         return files
 
     @classmethod
@@ -317,46 +311,17 @@ class EntityFeatures:
         for i, data in enumerate(files[: len(specs)]):
             feats.state_.load_bytes(i, data)
         feats.state_.clean()
-        feats.grids_ = _read_grids(files[len(specs) :], set(feats.level_inputs()))
+        grids = set(feats.level_inputs())
+        feats.grids_ = levels.load(files[len(specs)] if len(files) > len(specs) else None, grids) if grids else {}
         return feats
 
 
 #: scores an entity holds in its window before its own highest one is its threshold (before: the policy's)
 RECALIBRATE_MIN_SCORES = 50
-_GRIDS_FILE = "entities/levels.json"
 
 
 def _span(duration: str | int | None) -> float:
     return 0.0 if duration is None else duration_seconds(duration)
-
-
-def widest(a: dict[str, tuple[float, float]], b: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
-    """Two batches' :meth:`EntityFeatures.ranges` as one."""
-    return {n: (min(a[n][0], b[n][0]), max(a[n][1], b[n][1])) for n in a} if a else b
-
-
-def _grid(name: str, low: float, high: float, levels: int) -> tuple[float, float]:
-    """Where a ``new_level`` feature's levels start and how wide they are: the fit range cut into ``levels``; a
-    flat range gets levels 1% of its value wide (any move off it is new)."""
-    if not (np.isfinite(low) and np.isfinite(high)):
-        raise DataError(f"entity feature '{name}' (new_level) has no finite value in the fit history to set its levels")
-    step = (high - low) / levels if high > low else max(abs(low), 1e-9) * 0.01
-    return low, step
-
-
-def _read_grids(files: list[bytes], names: set[str]) -> dict[str, tuple[float, float]]:
-    """The grids a bundle keeps, checked: exactly the config's ``new_level`` features, finite starts, positive
-    finite steps."""
-    if not names:
-        return {}
-    try:
-        raw = json.loads(files[0]) if files else {}
-        grids = {str(k): (float(v[0]), float(v[1])) for k, v in raw.items() if len(v) == 2}
-    except (ValueError, TypeError, AttributeError, IndexError, KeyError, UnicodeDecodeError):
-        grids = {}
-    if set(grids) != names or not all(np.isfinite(a) and np.isfinite(b) and b > 0 for a, b in grids.values()):
-        raise BundleError(f"{_GRIDS_FILE} does not hold a level grid for each of {sorted(names)}; refit the bundle")
-    return grids
 
 
 def _column(frame: pl.DataFrame, name: str, role: str) -> pl.Series:
