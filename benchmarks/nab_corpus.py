@@ -13,7 +13,9 @@ published per-file results of numenta and ARTime with their published thresholds
 74.85 (standard), which is what says this scorer is NAB's.
 
 Defaults of the pack are chosen on realKnownCause and realAWSCloudwatch only; the other categories are unseen.
-Writes benchmarks/results/nab_corpus[-<config>].json and .md.
+Each series is scored with a drift tracker: its results say whether the drift guard warned (``drift_warning``),
+with the alert rate and the rate the policy expects. Writes benchmarks/results/nab_corpus[-<config>].json and .md
+(or ``--out STEM``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from segscope.config import SegscopeConfig, load_config
 from segscope.exceptions import DataError
 from segscope.metrics import NAB_PROFILES, nab_score
 from segscope.model import Model
+from segscope.unsupervised.drift import adaptation_of
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 CATEGORIES = (
@@ -103,9 +106,17 @@ def run_series(frame: pl.DataFrame, cfg: SegscopeConfig) -> tuple[np.ndarray, di
     n = frame.height
     probation = int(min(np.floor(0.15 * n), 750))
     model = Model(cfg).fit(frame[:probation])
-    scored = model.score(frame[probation:], state=model.new_state())
+    drift = model.drift_tracker()
+    scored = model.score(frame[probation:], state=model.new_state(), drift=drift)
     alerts = np.concatenate([np.zeros(probation, dtype=bool), scored["is_alert"].to_numpy()])
-    return alerts, {"rows": n, "alerts": int(alerts.sum())}
+    report = drift.report(adaptation_of(cfg.policy)) if drift is not None else None
+    guard = {
+        "drift_warning": report.warning() if report is not None else None,
+        "alert_rate": report.alert_rate if report is not None else None,
+        "expected_alert_rate": report.expected_alert_rate if report is not None else None,
+        "shifted_columns": len(report.shifted) if report is not None else None,
+    }
+    return alerts, {"rows": n, "alerts": int(alerts.sum()), **guard}
 
 
 def load_series(nab: Path, name: str) -> pl.DataFrame:
@@ -148,6 +159,11 @@ def main() -> None:
     parser.add_argument("--config", default="maintenance", help="a config in configs/ or a path")
     parser.add_argument("--only", default=None, help="comma-separated categories")
     parser.add_argument("--reproduce", action="store_true")
+    parser.add_argument(
+        "--off", action="append", default=[], choices=["cooldown", "recalibrate"],
+        help="switch a policy setting of the config off (repeatable), to measure it and the drift guard without it",
+    )  # fmt: skip
+    parser.add_argument("--out", default=None, help="results stem (default benchmarks/results/nab_corpus[-config])")
     args = parser.parse_args()
     nab = Path(args.nab)
     if args.reproduce:
@@ -157,13 +173,17 @@ def main() -> None:
     path = Path(args.config) if Path(args.config).is_file() else CONFIGS / f"{args.config}.yaml"
     only = tuple(args.only.split(",")) if args.only else None
     started = time.perf_counter()
-    results = evaluate(nab, load_config(path), only)
+    cfg = load_config(path)
+    if args.off:
+        cfg = cfg.model_copy(update={"policy": cfg.policy.model_copy(update=dict.fromkeys(args.off))})
+    results = evaluate(nab, cfg, only)
     results["seconds"] = time.perf_counter() - started
     print(markdown(results["scores"]))
-    out = Path(__file__).parent / "results"
     stem = f"nab_corpus-{path.stem}" if path.stem != "maintenance" else "nab_corpus"
-    (out / f"{stem}.json").write_text(json.dumps(results, indent=1))
-    (out / f"{stem}.md").write_text(markdown(results["scores"]))
+    stem += "".join(f"-no-{name}" for name in args.off)
+    target = Path(args.out) if args.out else Path(__file__).parent / "results" / stem
+    target.with_suffix(".json").write_text(json.dumps(results, indent=1))
+    target.with_suffix(".md").write_text(markdown(results["scores"]))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "segscope"
 LAYERS: list[set[str]] = [
     {"_typing", "exceptions", "packs"},
     {"expressions", "_kafka_setup"},
+    {"columns"},
     {"_params", "_deps", "_io", "_arrays", "config", "schema", "metrics", "_kafka_outcomes"},
     {"_kafka", "_wire"},
     {"bundle"},

@@ -15,7 +15,7 @@ from segscope.config import SegscopeConfig
 from segscope.exceptions import SegscopeWarning
 from segscope.model import Model
 from segscope.testing.data import make_transactions
-from segscope.unsupervised.drift import ColumnDrift, DriftReport, time_like_columns
+from segscope.unsupervised.drift import ColumnDrift, DriftReference, DriftReport, adaptation_of, time_like_columns
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +150,8 @@ def _shift(name: str, psi: float, outside: float = 0.0, part: str = "") -> Colum
 
 def test_a_drift_line_names_every_drifted_column_and_advises_dropping_only_when_alerts_moved() -> None:
     columns = [_shift(f"c{i:02d}", psi=1.0 + i) for i in range(28)] + [_shift("calm", 0.01)]
-    unaffected = _report(0.011, 0.01, *columns).warning()
+    assert _report(0.011, 0.01, *columns).warning() is None  # drift, alerts as expected: described, no warning
+    unaffected = _report(0.011, 0.01, *columns).summary()
     assert unaffected is not None and "drift in 28 column(s)" in unaffected
     assert all(f"c{i:02d}" in unaffected for i in range(28)) and "calm" not in unaffected  # every one, no "more"
     assert "more column" not in unaffected and "--drop" not in unaffected and "drop the column" not in unaffected
@@ -169,7 +170,7 @@ def test_a_drift_line_names_every_drifted_column_and_advises_dropping_only_when_
     assert only_shifted is not None and "--drop" not in only_shifted and "refit on recent data" in only_shifted
     budget = _report(0.002, None, shifted).warning()
     assert budget is not None and "--drop" not in budget and "cannot show whether alerts are affected" in budget
-    low = _report(0.0005, 0.01, shifted).warning()
+    low = _report(0.0005, 0.01, shifted).summary()
     assert low is not None and "fewer alerts than expected" in low and "--drop" not in low
     assert _report(0.3, 0.01).warning() == "alert rate 30.0% vs 1.0% expected with no column drifted: check the " + (
         "input or refit"
@@ -235,3 +236,28 @@ def test_an_epoch_event_time_is_named_and_its_drop_keeps_the_entity_features() -
     names = quiet.entities_.names if quiet.entities_ is not None else []
     assert names and "ts" in {c.name for c in quiet.input_schema().columns}  # the entities still read it
     assert all(n in quiet.score(epoch_ms.head(50)).columns for n in names)
+
+
+def test_the_warning_comes_where_alerts_explode_and_says_when_the_policy_adapted() -> None:
+    """A stream's columns move all the time; a run is bad when its alerts explode. The fit rows show a rate down to
+    one row in them: 0 alerts among 750 fit rows is not an expected rate of zero that one alert exceeds."""
+    shifted = _shift("machine_value_zscore_1d", 2.0)
+    ref = DriftReference().fit(pl.DataFrame({"v": np.arange(750.0)}), [("v", "numeric")], 0.0)
+    assert ref.expected_alert_rate == pytest.approx(1 / 750)
+    assert DriftReference.from_state(ref.to_state()).expected_alert_rate == pytest.approx(1 / 750)
+    old = {k: v for k, v in ref.to_state().items() if k != "fit_rows"}  # a bundle saved before fit_rows was kept
+    assert DriftReference.from_state(old).expected_alert_rate == 0.0
+    few = DriftReport(4000, 5 / 4000, ref.expected_alert_rate, [shifted], "policy.recalibrate 60d, cooldown 1d")
+    assert few.warning() is None
+    assert "the adaptation took it into account" in (few.summary() or "")
+    many = DriftReport(4000, 40 / 4000, ref.expected_alert_rate, [shifted], "policy.recalibrate 60d, cooldown 1d")
+    warning = many.warning() or ""
+    assert "alert rate 1.0% vs 0.1% expected (adapting: policy.recalibrate 60d, cooldown 1d)" in warning
+    assert "moved with the drift despite the adaptation" in warning
+    frozen = DriftReport(4000, 40 / 4000, ref.expected_alert_rate, [shifted])
+    assert "adapting" not in (frozen.warning() or "") and "despite" not in (frozen.warning() or "")
+    config = SegscopeConfig.model_validate(
+        {"policy": {"recalibrate": "60d", "cooldown": "1d"}, "entities": [{"features": [{"kind": "since_last"}]}]}
+    )
+    assert adaptation_of(config.policy) == "policy.recalibrate 60d, cooldown 1d"
+    assert adaptation_of(SegscopeConfig().policy) == ""

@@ -117,9 +117,15 @@ def test_no_usable_columns() -> None:
         FeaturePreparer().fit(pl.DataFrame({"a": [1, 1, 1], "b": [None, None, None]}))
 
 
-def test_unknown_drop_column() -> None:
-    with pytest.raises(SchemaError, match=r"\['nope'\] named in --id-column/--drop"):
-        FeaturePreparer(drop=("nope",)).fit(_frame())
+def test_a_drop_column_the_data_lacks_is_left_out_and_the_bundle_state_loads() -> None:
+    frame = _frame()
+    prep = FeaturePreparer(drop=("nope", "label")).fit(frame)
+    assert "nope" not in prep.schema_.features and "label" not in prep.schema_.features
+    copy = FeaturePreparer.from_state(prep.to_state())  # features.json's strict check still passes
+    assert copy.drop == ("nope", "label")
+    np.testing.assert_array_equal(copy.transform(copy.validate(frame)), prep.transform(prep.validate(frame)))
+    with pytest.raises(SchemaError, match="id column 'nope' .* is not in the data"):
+        FeaturePreparer(id_column="nope").fit(frame)
 
 
 def test_identifier_like_strings_are_dropped() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from segscope._typing import (
     PolicyKind,
     SegmentBoundaries,
 )
+from segscope.columns import expand_sensors, map_columns
 from segscope.exceptions import ConfigError
 from segscope.expressions import compile_expression
 
@@ -191,6 +193,10 @@ class EntityConfig(_Frozen):
     key: str | None = None
     #: Event-time column (datetime); none: windows count events and order follows the input.
     time: str | None = None
+    #: Repeat the features that read the column ``sensor`` for each sensor column of the data: ``numeric`` (every
+    #: numeric column but the key, time, id and drop columns) or a list of names and patterns (``temp_*``); made
+    #: concrete at fit (the bundle lists the sensors it was fitted on). See :mod:`segscope.columns`.
+    sensors: str | tuple[str, ...] | None = None
     ttl: str | None = None
     allowed_lateness: str = "1h"
     features: tuple[EntityFeatureConfig, ...]
@@ -328,6 +334,15 @@ class SegscopeConfig(_Frozen):
     kafka: KafkaConfig = Field(default_factory=KafkaConfig)
     #: Avro or Protobuf messages with a schema registry (`segscope stream --config`); left out of bundles.
     messages: MessagesConfig = Field(default_factory=MessagesConfig)
+    #: The data's name of each column the config names (``{merchant: merchant_id}``; ``--map merchant=merchant_id``
+    #: on the command line); an empty name: the data has no such column. Applied to every name in the config when
+    #: it loads (:func:`segscope.columns.map_columns`).
+    columns: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _map_columns(cls, data: Any) -> Any:
+        return map_columns(data) if isinstance(data, dict) and data.get("columns") else data
 
     @model_validator(mode="after")
     def _unique_detectors(self) -> SegscopeConfig:
@@ -351,6 +366,15 @@ class SegscopeConfig(_Frozen):
             raise ValueError(f"detectors lists a name twice ({names}); list each detector once")
         return self
 
+    def for_data(self, schema: Mapping[str, Any]) -> SegscopeConfig:
+        """This config with its ``sensors:`` rules made concrete for data of ``schema`` (column name -> Polars
+        type); itself when it has none."""
+        if not any(e.sensors is not None for e in self.entities):
+            return self
+        numeric = [name for name, dtype in schema.items() if dtype.is_numeric()]
+        data = expand_sensors(self.model_dump(), list(schema), numeric)
+        return config_from_dict(data, source="config with its sensors")
+
     def with_features(self, *, id_column: str | None, drop: tuple[str, ...]) -> SegscopeConfig:
         """Return a copy with CLI overrides for the id column and dropped columns."""
         features = self.features.model_copy(
@@ -367,6 +391,8 @@ def _format_validation_error(path: Path | str, exc: ValidationError) -> str:
     where = ".".join(str(p) for p in first["loc"])[:200] or "(top level)"
     if first["loc"][:1] in (("kafka",), ("messages",)):  # its input may hold a secret written out: never shown
         return f"config {path}: {where}: {first['msg']}; fix that entry"
+    if not first["loc"]:  # a rule over the whole config (the column mapping): its input is the whole config
+        return f"config {path}: {first['msg'].removeprefix('Value error, ')}"
     got = repr(first.get("input"))
     got = got if len(got) <= 120 else got[:117] + "..."  # the input can be a whole (huge) table
     return f"config {path}: {where}: {first['msg']} (got {got}); fix that entry"
@@ -416,8 +442,9 @@ def _load_yaml(text: str) -> Any:
         loader.dispose()
 
 
-def load_config(path: str | Path) -> SegscopeConfig:
-    """Load a TOML or YAML config file, or a pack by name (``fraud``, ``cyber``, ``maintenance``)."""
+def load_config(path: str | Path, *, columns: dict[str, str] | None = None) -> SegscopeConfig:
+    """Load a TOML or YAML config file, or a pack by name (``fraud``, ``cyber``, ``maintenance``); ``columns``
+    (``--map``) adds to and overrides the file's column mapping."""
     path = Path(path)
     pack = Path(__file__).parent / "packs" / f"{path}.yaml"
     if not path.is_file() and path.name == str(path) and pack.is_file():
@@ -445,4 +472,6 @@ def load_config(path: str | Path) -> SegscopeConfig:
         raise ConfigError(f"config file {path} is nested too deeply to be a config; flatten it") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a table/mapping at the top level")
+    if columns:
+        data = {**data, "columns": {**(data.get("columns") or {}), **columns}}
     return config_from_dict(data, source=str(path))

@@ -21,7 +21,7 @@ import polars as pl
 
 from segscope.exceptions import ConfigError
 
-__all__ = ["FUNCTIONS", "MAX_LENGTH", "compile_expression", "expression_columns"]
+__all__ = ["FUNCTIONS", "MAX_LENGTH", "compile_expression", "expression_columns", "rename_columns"]
 
 #: Longer expressions are refused (a config line, not a program); nesting is capped by MAX_DEPTH.
 MAX_LENGTH = 1_000
@@ -182,6 +182,7 @@ class _Parser:
         self.i = 0
         self.depth = 0
         self.columns: list[str] = []
+        self.column_tokens: list[_Tok] = []  # where each column was named, for rename_columns
 
     # -- helpers
     @property
@@ -308,6 +309,7 @@ class _Parser:
             return pl.lit(tok.text[1:-1].replace("''", "'"), dtype=pl.String)
         if tok.kind == "quoted":
             self.i += 1
+            self.column_tokens.append(tok)
             return self.column(tok.text[1:-1].replace('""', '"'))
         if self.take_op("("):
             expr = self.nested(self.disjunction)
@@ -330,6 +332,7 @@ class _Parser:
             if lower in _KEYWORDS:
                 raise self.fail(f"unexpected {tok.text.upper()} at character {tok.at + 1}")
             self.i += 1
+            self.column_tokens.append(tok)
             return self.column(tok.text)
         raise self.fail(f"unexpected {tok.text or 'end'!r} at character {tok.at + 1}")
 
@@ -402,3 +405,20 @@ def compile_expression(text: str) -> pl.Expr:
 def expression_columns(text: str) -> list[str]:
     """The columns ``text`` reads, in order of first use."""
     return list(dict.fromkeys(_parse(text)[1]))
+
+
+def rename_columns(text: str, mapping: dict[str, str]) -> str:
+    """``text`` with the columns named in ``mapping`` renamed (written quoted when the new name is not a plain
+    word), everything else as written: ``ln(amount + 1)`` with ``{"amount": "amt EUR"}`` is
+    ``ln("amt EUR" + 1)``."""
+    parser = _Parser(text)
+    parser.parse()
+    out, last = [], 0
+    for tok in parser.column_tokens:
+        name = tok.text[1:-1].replace('""', '"') if tok.kind == "quoted" else tok.text
+        if name in mapping:
+            new = mapping[name]
+            plain = re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", new) and new.lower() not in (*_KEYWORDS, *FUNCTIONS)
+            out += [text[last : tok.at], new if plain else '"' + new.replace('"', '""') + '"']
+            last = tok.at + len(tok.text)
+    return "".join(out) + text[last:]

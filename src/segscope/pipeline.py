@@ -40,6 +40,7 @@ from segscope.sinks.files import FileSink, open_sink
 from segscope.sources.files import FileSource, check_unique_ids, count_rows, parse_dates, read_file, sample_rows
 from segscope.supervised.promotion import GATE_FOLDS
 from segscope.tuning import finetune
+from segscope.unsupervised.drift import adaptation_of
 
 __all__ = [
     "SCORED_COLUMNS",
@@ -75,6 +76,7 @@ def fit_file(
     total = count_rows(path)
     if total == 0:
         raise DataError(f"{path}: the file has a header but no rows; fit needs at least one row")
+    cfg = cfg.for_data(FileSource(path).schema)  # sensors: rules made concrete for this file
     entities = None
     if cfg.entities:
         entities, sample = _entity_sample(path, cfg, total, step)
@@ -194,7 +196,7 @@ def iter_scored(
         raise DataError(f"{path}: the file has a header but no rows; there is nothing to score")
     if ids:
         _refuse_duplicate_ids(pl.concat(ids), id_column or "")
-    drifted = drift.report().warning() if drift is not None else None
+    drifted = drift.report(adaptation_of(model.config.policy)).warning() if drift is not None else None
     if drifted:
         warnings.warn(drifted, SegscopeWarning, stacklevel=2)
     empty = [name for name, count in present.items() if count == 0]

@@ -21,7 +21,7 @@ from segscope._io import write_text_atomic
 from segscope.exceptions import ConfigError, DataError, SchemaError
 from segscope.labels.parse import label_values
 from segscope.sources.files import count_rows, sample_rows
-from segscope.unsupervised.drift import DriftReport
+from segscope.unsupervised.drift import DriftReport, adaptation_of
 from segscope.unsupervised.profiles import card_view
 
 if TYPE_CHECKING:
@@ -94,7 +94,7 @@ def load_report_data(
         values = joined["label"].fill_null(-1).to_numpy()
     drift = model.drift_tracker()
     scored = model.score(frame, drift=drift)
-    report = drift.report() if drift is not None else None
+    report = drift.report(adaptation_of(model.config.policy)) if drift is not None else None
     return ReportData(scored=scored, labels=values, source=Path(path).name, total_rows=total, drift=report)
 
 
@@ -321,7 +321,7 @@ def _profile_cards(model: Model, data: ReportData | None) -> str:
 
 def _drift(report: DriftReport, limit: int = 15) -> str:
     """The columns that moved most since the fit (PSI, share outside the fit range, unseen categories)."""
-    warning = report.warning()
+    warning = report.summary()
     expected = report.expected_alert_rate
     lines = [
         f"<p>alert rate {report.alert_rate:.1%}"

@@ -56,6 +56,14 @@ StoreReq = Annotated[
 TrustOpt = Annotated[
     bool, typer.Option("--trust-bundle", help="Allow loading pickled components (only for bundles you trust).")
 ]
+MapOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--map",
+        help="NAME=COLUMN: the config's (or bundle's) column NAME is COLUMN in the data (repeatable); NAME= for a "
+        "column the data does not have.",
+    ),
+]
 MixOpt = Annotated[str | None, typer.Option("--mix", help="Queue shares, e.g. top=0.5,uncertain=0.3,coverage=0.2.")]
 BudgetOpt = Annotated[int | None, typer.Option("--daily-budget", help="Labels per analyst per day.", min=1)]
 
@@ -114,10 +122,17 @@ def row_progress(total: int, label: str) -> Progress:
     )
 
 
-def load_config(config: Path | None, id_column: str | None, drop: list[str]) -> SegscopeConfig:
-    from segscope.config import SegscopeConfig, load_config
+def load_config(
+    config: Path | None, id_column: str | None, drop: list[str], mapping: list[str] | None = None
+) -> SegscopeConfig:
+    from segscope.columns import parse_mapping
+    from segscope.config import config_from_dict, load_config
 
-    cfg = load_config(config) if config is not None else SegscopeConfig()
+    columns = parse_mapping(mapping or [])
+    if config is not None:
+        cfg = load_config(config, columns=columns)
+    else:
+        cfg = config_from_dict({"columns": columns}, source="--map")
     return cfg.with_features(id_column=id_column, drop=tuple(drop))
 
 

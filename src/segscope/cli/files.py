@@ -12,6 +12,7 @@ from rich.text import Text
 
 from segscope.cli._app import (
     BundleOpt,
+    MapOpt,
     StoreOpt,
     TrustOpt,
     app,
@@ -47,6 +48,7 @@ def fit(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="Config file (.toml or .yaml).")] = None,
     id_column: Annotated[str | None, typer.Option("--id-column", help="Column that identifies a record.")] = None,
     drop: Annotated[list[str] | None, typer.Option("--drop", help="Column to leave out (repeatable).")] = None,
+    mapping: MapOpt = None,
     previous: Annotated[
         Path | None, typer.Option("--previous", help="Last bundle: segment ids keep their meaning across refits.")
     ] = None,
@@ -56,7 +58,7 @@ def fit(
     """Fit the unsupervised layer on history and write a bundle."""
     from segscope.pipeline import Model, fit_file
 
-    cfg = load_config(config, id_column, drop or [])
+    cfg = load_config(config, id_column, drop or [], mapping)
     last = Model.load(previous) if previous is not None else None
     _check_engine(engine)
     with steps() as step:

@@ -11,8 +11,9 @@ Rules (documented in the README, "Input data"):
   look new).
 * missing values: imputed with the fit median; a ``<column>__missing`` indicator is added for columns that had
   missing values at fit time.
-* the id column and ``drop`` columns are never features; all-null, constant and identifier-like (too many
-  categories) columns are dropped at fit, and the manifest says why.
+* the id column and ``drop`` columns are never features (a ``drop`` column the data lacks is simply absent);
+  all-null, constant and identifier-like (too many categories) columns are dropped at fit, and the manifest says
+  why; a constant per-entity feature is kept (``keep_constant``: a flat sensor that moves later is a finding).
 """
 
 from __future__ import annotations
@@ -48,20 +49,25 @@ class FeaturePreparer:
         drop: tuple[str, ...] = (),
         max_categories: int = 10_000,
         clip: float = 1e6,
+        keep_constant: tuple[str, ...] = (),
     ) -> None:
         self.id_column = id_column
         self.drop = drop
         self.max_categories = max_categories
         self.clip = clip
+        #: numeric columns kept even when constant at fit (per-entity features: a sensor flat over the whole fit
+        #: that moves later, or one that sticks, is a finding); fit-time only, the fitted schema carries the result
+        self.keep_constant = keep_constant
 
     # ------------------------------------------------------------------ fit
     def fit(self, frame: pl.DataFrame) -> Self:
         if frame.height == 0:
             raise DataError("the data has no rows; fit needs history with at least one row")
-        missing = [c for c in (*self.drop, *([self.id_column] if self.id_column else [])) if c not in frame.columns]
-        if missing:
+        # a column to drop that the data does not have is already left out (a pack drops its label column, a
+        # file without one is still fitted); the id column is a promise about every record, so it must be there
+        if self.id_column is not None and self.id_column not in frame.columns:
             raise SchemaError(
-                f"column(s) {missing} named in --id-column/--drop are not in the data; "
+                f"id column '{self.id_column}' (--id-column or features.id_column) is not in the data; "
                 f"the data has {frame.columns[:20]}{'...' if frame.width > 20 else ''}"
             )
         if self.id_column is not None:
@@ -159,7 +165,8 @@ class FeaturePreparer:
         out: dict[str, dict[str, Any]] = {}
         for feat, values in parts.items():
             present = values.drop_nulls()
-            if present.n_unique() <= 1 and values.null_count() == 0:
+            kept = kind == "numeric" and feat in self.keep_constant
+            if present.n_unique() <= 1 and values.null_count() == 0 and not kept:
                 self.dropped_[feat] = "constant (one value only)"
                 continue
             arr = present.to_numpy()

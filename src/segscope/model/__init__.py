@@ -98,7 +98,7 @@ class Model:
         features, the whole history in arrival order: they are computed over all of it, then sampled; or, with
         ``entities`` already fitted over the history, the caller's sample of it with their features)."""
         step = on_step or (lambda _: None)
-        cfg = self.config
+        cfg = self.config = self.config.for_data(frame.schema)  # sensors: rules made concrete
         self.entities_, self.entity_inputs_ = None, ()
         if cfg.entities:
             self.entities_ = entities if entities is not None else EntityFeatures(cfg.entities)
@@ -121,6 +121,7 @@ class Model:
             drop=cfg.features.drop,
             max_categories=cfg.features.max_categories,
             clip=cfg.features.clip,
+            keep_constant=tuple(self.entities_.names) if self.entities_ is not None else (),
         ).fit(frame)
         validated = prep.validate(frame)
         x = prep.transform(validated)
@@ -144,6 +145,8 @@ class Model:
             self._fit_segments(x, validated, alerts, previous_segments)
         columns = [(c.name, c.kind) for c in prep.schema_.columns]
         rate = float(alerts.mean()) if alerts is not None else None
+        if cfg.policy.kind == "new_level":  # no rate of its own: the drift guard expects at most one row in the fit's
+            rate = 0.0
         self.drift_ = DriftReference().fit(validated, columns, rate)
         time_like = time_like_columns(frame, columns)
         if time_like:  # one line naming them all, with the options that leave them out

@@ -44,6 +44,7 @@ from segscope.stream.parts import (
     stop_on_signals,
     transactional_id,
 )
+from segscope.unsupervised.drift import adaptation_of
 
 __all__ = ["StreamOptions", "StreamStats", "run_stream"]
 
@@ -328,7 +329,7 @@ def run_stream(options: StreamOptions, *, on_stats: Callable[[str], None] | None
                 rate = window_in / max(now - window_start, 1e-9)
                 drifted = None
                 if watcher.drift is not None and watcher.drift.rows:  # this window's records vs the fit data
-                    report = watcher.drift.report()
+                    report = watcher.drift.report(adaptation_of(watcher.model.config.policy))
                     drifted = report.warning()
                     metrics.drift(report)
                     watcher.drift = watcher.model.drift_tracker()

@@ -6,8 +6,15 @@ the shares of rows in decile bins (plus missing); for categories the shares of t
 "other" and missing). A :class:`DriftTracker` (one per file or stream window, owned by the caller, like the
 alert policy's state) counts the scored rows into the same bins and reports, per column, the population stability
 index (PSI = sum (p - q) ln(p / q); above 0.25 is the usual "major shift"), the share of rows outside the fit range
-and the share of categories never seen at fit, and the alert rate against the rate the policy expects. One
-warning line names the columns and the fix.
+and the share of categories never seen at fit, and the alert rate against the rate the policy expects.
+
+Columns of a live stream move all the time (a sensor's level over weeks, a season), and a model that adapts
+(``policy.recalibrate``, a cooldown) is built to ride that out; what makes a run bad is alerts that explode. So the
+warning line comes when the alert rate is far above what the policy expects (or a column arrives missing, an input
+problem), and names the drifted columns, the fix, and whether the policy's adaptation was on. Drift with alerts as
+expected is no warning: :meth:`DriftReport.summary` describes it (the report page shows it). The expected rate is
+the policy's rate on the fit rows, but never below one row in the fit rows: 0 alerts among 750 fit rows shows a rate
+under about 1/750, not a rate of zero that any alert would exceed.
 """
 
 from __future__ import annotations
@@ -23,9 +30,17 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from segscope.config import PolicyConfig
 from segscope.unsupervised import _kernels
 
-__all__ = ["DriftReference", "DriftReport", "DriftTracker", "epoch_unit", "time_like_columns"]
+__all__ = [
+    "DriftReference",
+    "DriftReport",
+    "DriftTracker",
+    "adaptation_of",
+    "epoch_unit",
+    "time_like_columns",
+]
 
 #: A column shifted this much (PSI) is named in the warning; 0.25 is the usual threshold of a major shift.
 PSI_WARN = 0.25
@@ -106,6 +121,9 @@ def _derived(frame: pl.DataFrame, name: str, part: str) -> pl.Series:
 class DriftReference:
     """Fit-time references of the input columns (see the module docstring)."""
 
+    #: Rows the reference (and the policy's rate) was measured on; None for bundles saved before it was kept.
+    fit_rows_: int | None = None
+
     def fit(self, frame: pl.DataFrame, columns: Sequence[tuple[str, str]], alert_rate: float | None) -> DriftReference:
         """``columns``: (name, kind) of the model's input columns; ``alert_rate``: the policy's rate on the fit
         rows (None for an alert budget, which has no rate)."""
@@ -126,11 +144,20 @@ class DriftReference:
                     if ref is not None:
                         self.numeric_.append((name, part, ref))
         self.alert_rate_ = alert_rate
+        self.fit_rows_ = frame.height
         return self
+
+    @property
+    def expected_alert_rate(self) -> float | None:
+        """The policy's rate on the fit rows, at least one row in the fit rows (None for an alert budget)."""
+        if self.alert_rate_ is None:
+            return None
+        return max(self.alert_rate_, 1.0 / self.fit_rows_) if self.fit_rows_ else self.alert_rate_
 
     def to_state(self) -> dict[str, Any]:
         return {
             "alert_rate": self.alert_rate_,
+            **({"fit_rows": self.fit_rows_} if self.fit_rows_ is not None else {}),
             "numeric": [
                 {"column": c, "part": p, **{k: getattr(r, k) for k in _NUMERIC_FIELDS}} for c, p, r in self.numeric_
             ],
@@ -144,6 +171,8 @@ class DriftReference:
     def from_state(cls, state: dict[str, Any]) -> DriftReference:
         ref = cls()
         ref.alert_rate_ = state["alert_rate"]
+        rows = state.get("fit_rows")
+        ref.fit_rows_ = rows if isinstance(rows, int) and not isinstance(rows, bool) and rows > 0 else None
         ref.numeric_ = [
             (d["column"], d["part"], _NumericRef(d["name"], d["low"], d["high"], d["edges"], d["shares"], d["whole"]))
             for d in state["numeric"]
@@ -192,6 +221,9 @@ class DriftReport:
     alert_rate: float
     expected_alert_rate: float | None
     columns: list[ColumnDrift]
+    #: How the policy adapts to a moving stream ("policy.recalibrate 60d, cooldown 1d"), "" when it does not: the
+    #: warning says whether the alerts it judges came out of that adaptation.
+    adaptation: str = ""
 
     @property
     def shifted(self) -> list[ColumnDrift]:
@@ -217,7 +249,20 @@ class DriftReport:
             return False
         return self.alert_rate < expected / 3 and expected - self.alert_rate > 3 * self._sd()
 
+    @property
+    def alerts_explode(self) -> bool:
+        """What makes a run bad: alerts far above the policy's rate, or a column that stopped arriving."""
+        return self.alerts_off or any(c.more_missing for c in self.shifted)
+
     def warning(self) -> str | None:
+        """One line when the run looks bad (:attr:`alerts_explode`; with an alert budget, which has no rate to
+        judge by, any drift), naming the drifted columns and what to do; None otherwise, drift or not (see
+        :meth:`summary`)."""
+        if self.alerts_explode or (self.expected_alert_rate is None and self.shifted):
+            return self.summary()
+        return None
+
+    def summary(self) -> str | None:
         """One line naming every drifted column (the worst three described, the rest with their PSI) and what to
         do, or None when the batch looks like the fit data. Dropping a column is advised only when the alert rate
         moved with the drift, and only for columns whose values mostly left the fit range or its categories (a
@@ -226,32 +271,45 @@ class DriftReport:
         if not shifted and not self.alerts_off:
             return None
         rate = f"alert rate {self.alert_rate:.1%}" + (f" vs {expected:.1%} expected" if expected is not None else "")
+        adapted = f" (adapting: {self.adaptation})" if self.adaptation else ""
         if not shifted:
-            return f"{rate} with no column drifted: check the input or refit"
+            return f"{rate}{adapted} with no column drifted: check the input or refit"
         described = [f"{c.name}: {c.describe()}" for c in shifted[:3]]
         if len(shifted) > 3:
             described.append("also " + ", ".join(f"{c.name} (PSI {c.psi:.2f})" for c in shifted[3:]))
         head = f"drift in {len(shifted)} column(s): " + "; ".join(described)
         if self.alerts_off:
             left = [c.name for c in shifted if not c.part and (c.outside >= 0.5 or c.unseen >= 0.5)]
+            moved = "the alert rate moved with the drift" + (" despite the adaptation" if self.adaptation else "")
             fix = (
-                f"the alert rate moved with the drift: if {', '.join(left)} change(s) by construction (a clock, a "
-                f"counter, a year), refit with {' '.join('--drop ' + shlex.quote(n) for n in left)}; else refit on "
-                "recent data"
+                f"{moved}: if {', '.join(left)} change(s) by construction (a clock, a counter, a year), refit with "
+                f"{' '.join('--drop ' + shlex.quote(n) for n in left)}; else refit on recent data"
                 if left
-                else "the alert rate moved with the drift: refit on recent data (no column left its fit range: "
-                "none to drop)"
+                else f"{moved}: refit on recent data (no column left its fit range: none to drop)"
             )
         elif self.alerts_low:
             fix = "fewer alerts than expected: refit on recent data or check the input"
         elif expected is not None:
-            fix = "drift seen but alerts are unaffected (the rate is as expected): no column needs dropping"
+            fix = (
+                "drift seen but alerts are unaffected (the rate is as expected"
+                + (", the adaptation took it into account" if self.adaptation else "")
+                + "): no column needs dropping"
+            )
         else:
             fix = "drift seen (an alert budget sets the alert rate, so it cannot show whether alerts are affected)"
         missing = [c.name for c in shifted if c.more_missing]
         if missing:  # an upstream field that stopped arriving is an input problem, whatever the alerts do
             fix += f"; {', '.join(missing)} arrive(s) missing more often than at fit: check the input"
-        return f"{head}; {rate}: {fix}"
+        return f"{head}; {rate}{adapted}: {fix}"
+
+
+def adaptation_of(policy: PolicyConfig) -> str:
+    """The policy's adaptation as a report names it: ``policy.recalibrate 60d, cooldown 1d``; "" without any."""
+    parts = ["new levels learnt from every reading"] if policy.kind == "new_level" else []
+    parts += [f"policy.recalibrate {policy.recalibrate}"] if policy.recalibrate is not None else []
+    parts += [f"cooldown {policy.cooldown}"] if policy.cooldown is not None else []
+    parts += [f"re-armed after {policy.rearm} back to normal"] if policy.rearm is not None else []
+    return ", ".join(parts)
 
 
 class DriftTracker:
@@ -298,7 +356,8 @@ class DriftTracker:
                         self.unseen[i] += n
             self.categorical[i] += row
 
-    def report(self) -> DriftReport:
+    def report(self, adaptation: str = "") -> DriftReport:
+        """What the rows counted so far show; ``adaptation`` names the policy's (:func:`adaptation_of`)."""
         columns = []
         for i, (_, part, num) in enumerate(self.reference.numeric_):
             present = self.numeric[i][:-1].sum()
@@ -328,7 +387,7 @@ class DriftTracker:
                 )
             )
         rate = self.alerts / self.rows if self.rows else 0.0
-        return DriftReport(self.rows, rate, self.reference.alert_rate_, columns)
+        return DriftReport(self.rows, rate, self.reference.expected_alert_rate, columns, adaptation)
 
 
 #: Epoch values by unit: the range of 2000-01-01 to 2100-01-01 in each (one unit's range is 1000x the next's, so a
