@@ -170,7 +170,11 @@ def test_a_stuck_sensor_alerts_once_and_a_steady_machine_stays_quiet(tmp_path: P
     )
     model = Model(_pack()).fit(history)
     model.save(tmp_path / "bundle")
-    scored = Model.load(tmp_path / "bundle").score(later, state=model.new_state())
+    loaded = Model.load(tmp_path / "bundle")
+    entities = next(c for c in loaded.manifest_["components"] if c["role"] == "entities")
+    learned = entities["new_levels"]["machine_id_value_new_level"]  # what inspect shows: the levels it knows
+    assert learned["own_grids"] == 2 and 2 < learned["most_of_one_entity"] <= learned["levels_known"] <= 2 * 32 + 2
+    scored = loaded.score(later, state=model.new_state())
     b = scored.filter(pl.col("machine_id") == "b")
     first_stuck = datetime(2024, 1, 1) + timedelta(minutes=40 * 60)
     alerts_b = b.filter(pl.col("is_alert"))["timestamp"].to_list()

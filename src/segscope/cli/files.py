@@ -245,7 +245,7 @@ def inspect(
         out.print(f"  dropped {name}: {why}")
     out.print("components:")
     for comp in manifest["components"]:
-        detail = comp.get("params") or comp.get("note") or ""
+        detail = comp.get("params") or comp.get("note") or comp.get("new_levels") or ""
         out.print(f"  {comp['role']:<10} {comp['name'] or '-':<14} {detail}")
     out.print(f"alert policy   {manifest['policy']}")
     segmenter = next((c for c in manifest["components"] if c["role"] == "segmenter" and c.get("name")), None)

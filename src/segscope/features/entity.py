@@ -151,6 +151,22 @@ class EntityFeatures:
         """``new_level`` features and the column or expression each cuts into levels."""
         return {name: of for p in self.plans for name, of, _ in p.level_of.values()}
 
+    def levels_known(self, state: EntityState) -> dict[str, dict[str, int]]:
+        """What the ``new_level`` features have learned in ``state``: per feature, the entities with a grid of
+        their own, the levels known over all entities, and the most any one entity knows."""
+        out = {}
+        for plan, block in zip(self.plans, state.blocks, strict=True):
+            rows = block.pairs_rows()
+            for column, (name, _, _) in plan.level_of.items():
+                mine = rows[rows[:, 1] == column]
+                per_entity = np.bincount(mine[:, 0]) if mine.size else np.zeros(0, dtype=np.int64)
+                out[name] = {
+                    "own_grids": len(self.grids_.get(name, {})) - 1,
+                    "levels_known": int(mine.shape[0]),
+                    "most_of_one_entity": int(per_entity.max()) if per_entity.size else 0,
+                }
+        return out
+
     def ranges(self, frame: pl.DataFrame) -> levels.Ranges:
         """The finite range of each ``new_level`` input over ``frame``, overall and per entity."""
         out = {}

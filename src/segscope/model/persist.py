@@ -119,6 +119,7 @@ def _entities_component(self: Model) -> dict[str, Any]:
         "artifacts": self.entities_.file_names(),
         "entities_at_end_of_history": state.entities,
         "late_records": state.late,
+        **({"new_levels": self.entities_.levels_known(state)} if self.entities_.level_inputs() else {}),
     }
 
 
