@@ -1,7 +1,8 @@
 """What labels do to the *served* model: the whole ``finetune`` job (gate included) on real data, judged by what
 the registry serves afterwards, against a plain XGBoost on the same labels and the unsupervised model.
 
-    python benchmarks/served_model.py [--data ../shared/data] [--draws 5] [--sets a,b] [--shares 0.05,0.2]
+    python benchmarks/served_model.py [--data ../shared/data] [--draws 10] [--sets a,b] [--shares 0.05,0.2]
+        [--out served_model] [--resume]
 
 Protocols (every one: the unsupervised model fitted on the training part without labels, then labels revealed,
 ``segscope.tuning.finetune`` run, and the served model = the candidate if the gate promoted it, else the current):
@@ -19,7 +20,9 @@ columns one-hot encoded, unlabelled rows as normal. The gate's two error rates: 
 the candidate is better than the current version on the test part (AUCPR) and the gate promoted it; **false
 promotion** = share of draws where labels put on random rows (as many anomalies and normals) were promoted.
 
-Writes benchmarks/results/served_model.json and .md.
+Writes benchmarks/results/<out>.json and .md after every draw (means ± standard deviations over the draws so
+far); ``--resume`` keeps the draws already written and runs the rest. The plain XGBoost fit is timed too: the
+summary's ``fine-tune / plain fit`` is the median ratio of the whole ``finetune`` (gate included) to it.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import argparse
 import json
 import time
 import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +40,7 @@ import polars as pl
 import xgboost as xgb
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from segscope._io import write_text_atomic
 from segscope.config import SegscopeConfig
 from segscope.model import Model
 from segscope.tuning import finetune
@@ -112,43 +117,83 @@ def figures(y: np.ndarray, score: np.ndarray) -> dict[str, float]:
     return {"aucroc": float(roc_auc_score(y, score)), "aucpr": float(average_precision_score(y, score))}
 
 
-def run_set(data: Path, name: str, shares: list[float], draws: int) -> dict[str, Any]:
-    train, test, drop, id_column = load(data, name)
-    y_train, y_test = train["label"].to_numpy(), test["label"].to_numpy()
-    model = Model(SegscopeConfig().with_features(id_column=id_column, drop=drop)).fit(train)
-    current = figures(y_test, model.score(test)["score"].to_numpy())
-    plain_train, plain_test = one_hot(train, test, drop, id_column)
-    ids = train[id_column].cast(pl.String)
-    out: dict[str, Any] = {"rows": [train.height, test.height], "current": current, "shares": {}}
-    for share in shares:
-        runs = []
-        for draw in range(draws):
-            y, labelled = reveal(name, y_train, share, draw)
-            started = time.perf_counter()
-            candidate, report = finetune(model, train, as_labels(ids, y, labelled))
-            seconds = time.perf_counter() - started
-            cand = figures(y_test, candidate.score(test)["score"].to_numpy())
-            served = cand if report["promote"] else current
-            plain = xgb.XGBClassifier(n_jobs=2, random_state=draw).fit(plain_train, y)
-            noise_y, noise_labelled = shuffled(y, labelled, draw)
-            _, noise_report = finetune(model, train, as_labels(ids, noise_y, noise_labelled))
-            runs.append(
-                {
-                    "labelled_anomalies": int(y.sum()),
-                    "labelled": int(labelled.sum()),
-                    "promoted": bool(report["promote"]),
-                    "reason": report["reason"],
-                    "gate": report["split"],
-                    "candidate": cand,
-                    "served": served,
-                    "plain xgboost": figures(y_test, plain.predict_proba(plain_test)[:, 1]),
-                    "shuffled promoted": bool(noise_report["promote"]),
-                    "seconds": seconds,
-                }
-            )
-            print(f"{name} {share:.0%} draw {draw}: {json.dumps(runs[-1])}", flush=True)
-        out["shares"][f"{share:.0%}"] = runs
-    return out
+def draw_once(
+    model: Model, train: pl.DataFrame, test: pl.DataFrame, prepared: dict[str, Any], share: float, draw: int
+) -> dict[str, Any]:
+    """One draw: fine-tune on the revealed labels and on as many labels put on random rows, and a plain XGBoost."""
+    name, ids, current = prepared["name"], prepared["ids"], prepared["current"]
+    y_test = test["label"].to_numpy()
+    y, labelled = reveal(name, train["label"].to_numpy(), share, draw)
+    started = time.perf_counter()
+    candidate, report = finetune(model, train, as_labels(ids, y, labelled))
+    seconds = time.perf_counter() - started
+    cand = figures(y_test, candidate.score(test)["score"].to_numpy())
+    started = time.perf_counter()
+    plain = xgb.XGBClassifier(n_jobs=2, random_state=draw).fit(prepared["plain_train"], y)
+    plain_seconds = time.perf_counter() - started
+    noise_y, noise_labelled = shuffled(y, labelled, draw)
+    _, noise_report = finetune(model, train, as_labels(ids, noise_y, noise_labelled))
+    return {
+        "draw": draw,
+        "labelled_anomalies": int(y.sum()),
+        "labelled": int(labelled.sum()),
+        "promoted": bool(report["promote"]),
+        "reason": report["reason"],
+        "gate": report["split"],
+        "chosen": report.get("candidates", {}).get("chosen"),
+        "candidate": cand,
+        "served": cand if report["promote"] else current,
+        "plain xgboost": figures(y_test, plain.predict_proba(prepared["plain_test"])[:, 1]),
+        "shuffled promoted": bool(noise_report["promote"]),
+        "shuffled reason": noise_report["reason"],
+        "seconds": seconds,
+        "plain seconds": plain_seconds,
+    }
+
+
+def run(data: Path, names: list[str], shares: list[float], draws: int, out: Path) -> dict[str, Any]:
+    """Every set, share and draw, written to ``out`` after each draw (a run stopped half-way keeps what it did;
+    ``--resume`` starts from it)."""
+    results: dict[str, Any] = json.loads(out.read_text())["results"] if out.exists() else {}
+    for name in names:
+        train, test, drop, id_column = load(data, name)
+        model = Model(SegscopeConfig().with_features(id_column=id_column, drop=drop)).fit(train)
+        current = figures(test["label"].to_numpy(), model.score(test)["score"].to_numpy())
+        plain_train, plain_test = one_hot(train, test, drop, id_column)
+        prepared = {
+            "name": name,
+            "ids": train[id_column].cast(pl.String),
+            "current": current,
+            "plain_train": plain_train,
+            "plain_test": plain_test,
+        }
+        entry = results.setdefault(name, {"shares": {}})
+        entry.update(rows=[train.height, test.height], current=current)
+        for share in shares:
+            runs = entry["shares"].setdefault(f"{share:.0%}", [])
+            for draw in range(draws):
+                if any(r["draw"] == draw for r in runs):
+                    continue
+                runs.append(draw_once(model, train, test, prepared, share, draw))
+                print(f"{name} {share:.0%} draw {draw}: {json.dumps(runs[-1])}", flush=True)
+                write(out, results)
+    return results
+
+
+def write(out: Path, results: dict[str, Any]) -> None:
+    summary = summarise(results)
+    write_text_atomic(out, json.dumps({"results": results, "summary": summary}, indent=1))
+    write_text_atomic(out.with_suffix(".md"), markdown(summary))
+
+
+def _spread(values: list[float]) -> list[float]:
+    """[mean, standard deviation] over the draws."""
+    return [float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0]
+
+
+def _says_what_is_missing(reason: str) -> bool:
+    """A refusal is one line that ends with what to do or what was missing."""
+    return "\n" not in reason and ("label more" in reason or "not better" in reason or "label " in reason)
 
 
 def summarise(results: dict[str, Any]) -> dict[str, Any]:
@@ -156,21 +201,37 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
     better = promoted_when_better = shuffled_promoted = total = 0
     for name, result in results.items():
         for key, runs in result["shares"].items():
-            mean = {
-                variant: {m: float(np.mean([r[variant][m] for r in runs])) for m in ("aucroc", "aucpr")}
+            if not runs:
+                continue
+            spread = {
+                variant: {m: _spread([r[variant][m] for r in runs]) for m in ("aucroc", "aucpr")}
                 for variant in ("served", "candidate", "plain xgboost")
             }
             truly = [r["candidate"]["aucpr"] > result["current"]["aucpr"] for r in runs]
+            refusals = [r["reason"] for r in runs if not r["promoted"]] + [
+                r["shuffled reason"] for r in runs if not r["shuffled promoted"]
+            ]
             summary.setdefault(name, {})[key] = {
-                **mean,
+                **spread,
                 "current": result["current"],
+                "served - plain aucpr": _spread([r["served"]["aucpr"] - r["plain xgboost"]["aucpr"] for r in runs]),
                 "promoted": sum(r["promoted"] for r in runs),
                 "draws": len(runs),
                 "candidate better": sum(truly),
                 "promoted when better": sum(r["promoted"] and t for r, t in zip(runs, truly, strict=True)),
                 "shuffled promoted": sum(r["shuffled promoted"] for r in runs),
+                "refusals saying what is missing": [
+                    sum(
+                        ("label more" in reason or "not better" in reason) and "\n" not in reason for reason in refusals
+                    ),
+                    len(refusals),
+                ],
+                "chosen": dict(Counter(r.get("chosen") for r in runs)),
                 "labelled anomalies": float(np.mean([r["labelled_anomalies"] for r in runs])),
                 "seconds": float(np.median([r["seconds"] for r in runs])),
+                "fine-tune / plain fit": float(
+                    np.median([r["seconds"] / r["plain seconds"] for r in runs if "plain seconds" in r] or [np.nan])
+                ),
             }
             better += sum(truly)
             promoted_when_better += summary[name][key]["promoted when better"]
@@ -185,22 +246,25 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
 
 def markdown(summary: dict[str, Any]) -> str:
     lines = [
-        "| set | labelled | served AUCROC / AUCPR | plain XGBoost | candidate | unsupervised | promoted | "
-        "shuffled promoted |",
-        "|---|---|---|---|---|---|---|---|",
+        "| set | labelled | draws | served AUCPR | plain XGBoost AUCPR | served - plain | served AUCROC | "
+        "plain AUCROC | unsupervised | promoted when better | shuffled promoted |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, by_share in summary.items():
         if name.startswith("_"):
             continue
         for key, row in by_share.items():
 
-            def cell(v: str, row: dict[str, Any] = row) -> str:
-                return f"{row[v]['aucroc']:.3f} / {row[v]['aucpr']:.3f}"
+            def cell(v: str, m: str, row: dict[str, Any] = row) -> str:
+                return f"{row[v][m][0]:.3f} ± {row[v][m][1]:.3f}"
 
+            diff = row["served - plain aucpr"]
             lines.append(
-                f"| {name} | {key} ({row['labelled anomalies']:.0f} anomalies) | **{cell('served')}** | "
-                f"{cell('plain xgboost')} | {cell('candidate')} | {cell('current')} | {row['promoted']}/{row['draws']} "
-                f"| {row['shuffled promoted']}/{row['draws']} |"
+                f"| {name} | {key} ({row['labelled anomalies']:.0f} anomalies) | {row['draws']} | "
+                f"**{cell('served', 'aucpr')}** | {cell('plain xgboost', 'aucpr')} | {diff[0]:+.3f} ± {diff[1]:.3f} | "
+                f"{cell('served', 'aucroc')} | {cell('plain xgboost', 'aucroc')} | "
+                f"{row['current']['aucroc']:.3f} / {row['current']['aucpr']:.3f} | "
+                f"{row['promoted when better']}/{row['candidate better']} | {row['shuffled promoted']}/{row['draws']} |"
             )
     rates = summary["_error rates"]
     lines += ["", *(f"- {k}: {v[0]} of {v[1]}" for k, v in rates.items())]
@@ -210,20 +274,20 @@ def markdown(summary: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=None)
-    parser.add_argument("--draws", type=int, default=5)
+    parser.add_argument("--draws", type=int, default=10)
     parser.add_argument("--sets", default=",".join(SETS))
     parser.add_argument("--shares", default="0.05,0.2")
     parser.add_argument("--out", default="served_model")
+    parser.add_argument("--resume", action="store_true", help="keep the draws already in --out and run the rest")
     args = parser.parse_args()
     warnings.simplefilter("ignore")  # drift lines: the splits are by time or at random, as the protocol says
     data = data_dir(args.data)
-    shares = [float(s) for s in args.shares.split(",")]
-    results = {name: run_set(data, name, shares, args.draws) for name in args.sets.split(",")}
-    summary = summarise(results)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.out}.json").write_text(json.dumps({"results": results, "summary": summary}, indent=1))
-    (RESULTS / f"{args.out}.md").write_text(markdown(summary))
-    print(markdown(summary))
+    out = RESULTS / f"{args.out}.json"
+    if out.exists() and not args.resume:
+        out.unlink()
+    results = run(data, args.sets.split(","), [float(s) for s in args.shares.split(",")], args.draws, out)
+    print(markdown(summarise(results)))
 
 
 if __name__ == "__main__":

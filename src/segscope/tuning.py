@@ -18,9 +18,9 @@ import polars as pl
 from segscope.exceptions import DataError, SchemaError
 from segscope.features.prepare import check_unique_ids, parse_datetimes
 from segscope.model import Model
-from segscope.supervised.base import FineTuned
 from segscope.supervised.learners import make_finetuned
-from segscope.supervised.promotion import GATE_FOLDS, compare, gate_folds
+from segscope.supervised.promotion import GATE_FOLDS, compare, gate_folds, judged_rows
+from segscope.supervised.selection import choose, out_of_fold
 from segscope.unsupervised.threshold import make_policy
 
 __all__ = ["finetune", "time_column"]
@@ -117,20 +117,20 @@ def finetune(
     if previous is not None and previous.learner.name == learner and same_inputs:
         init = previous.learner.artifact()[1]  # continue from the previous booster
 
-    def fit(part: np.ndarray, progress: Callable[[str, int, int], None] | None = None) -> FineTuned:
-        tuned = make_finetuned(learner, n_features=current.n_features, seed=current.config.seed, progress=progress)
-        return tuned.fit(x[part], y[part], labelled[part], layout, init=init)
-
-    oof = np.full(rows.size, np.nan)
-    for k in range(gate.n_folds):
-        taught, held = gate.training(k), np.flatnonzero(gate.fold == k)
-        if held.size and y[taught].any():
-            step(f"gate {k + 1}/{gate.n_folds}: fine-tuning on {taught.size:,} records, predicting {held.size:,}")
-            oof[held] = fit(taught).predict_proba(x[held])
-    judged = np.flatnonzero(~np.isnan(oof))
+    tuned = make_finetuned(learner, n_features=current.n_features, seed=current.config.seed, progress=on_progress)
+    candidates = out_of_fold(tuned, x, y, labelled, layout, gate, init=init, step=step)
+    n_pos = int(y.sum())
+    chosen, oof, name = None, np.empty(0), ""
+    taken: list[str] = []
+    if candidates.y.any():
+        oof, taken = candidates.gate_scores(n_pos, seed=current.config.seed)
+        names = candidates.names(n_pos)
+        name = choose(candidates.y, candidates.values, names, seed=current.config.seed)
+        chosen = candidates.chosen(name, f"{len(names)} candidates compared on the gate's folds")
     continued = " (continued from the current version)" if init else ""
-    step(f"fine-tuning the {learner} learner on every record{continued}")
-    tuned = fit(np.arange(rows.size), on_progress)
+    picked = f" ({name})" if name else ""
+    step(f"fine-tuning the {learner} learner{picked} on every record{continued}")
+    tuned.fit(x, y, labelled, layout, init=init, chosen=chosen)
 
     step("calibrating the alert policy on the supervised score")
     candidate = copy.copy(current)
@@ -156,6 +156,9 @@ def finetune(
         "used_for_training": int(labelled.sum()),
     }
 
+    judged = candidates.rows
+    keep, against = judged_rows(y[judged], labelled[judged])
+    judged, oof = judged[keep], oof[keep] if oof.size else oof
     step(f"comparing with the current version on {judged.size:,} records predicted out of fold")
     report: dict[str, Any] = {
         "metric": metric,
@@ -165,9 +168,10 @@ def finetune(
         "supervised": tuned.describe(),
         "continued_from": current.version if init else None,
     }
-    if judged.size:
+    if chosen is not None:
+        report["candidates"] = {"chosen": name, "taken_by_fold": taken, "out_of_fold_aucpr": candidates.table()}
         current_scores = current.score(frame[judged])["score"].to_numpy()
-        report.update(compare(y[judged], current_scores, oof[judged], metric))
+        report.update(compare(y[judged], current_scores, oof, metric, against=against))
     else:
         report.update(promote=False, reason="no fold could be predicted (each needs a labelled anomaly before it)")
     candidate.promotion_ = report

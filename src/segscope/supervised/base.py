@@ -9,34 +9,28 @@ Analysts label few records, mostly anomalies, and the rest of the history is unl
   torch embeddings, and out-of-fold target encoding for columns with more than ``max_onehot`` levels;
 * **weights** (positive-unlabelled): confirmed normals are full negatives, unlabelled rows negatives with a small
   weight (``unlabelled_weight``), labelled anomalies up-weighted to balance the classes;
-* **blend**, decided on out-of-fold predictions (3 folds, the anomalies spread over them), among the learner
-  alone, a logistic stack of the learner and the unsupervised surprisal (non-negative weights), and the prior
-  blend ``w * logit(learner) + surprisal - k * log(1 + distance to the nearest labelled anomaly)`` with
-  ``w = n / (n + prior)`` for ``n`` labelled anomalies (it leans on the unsupervised score and on the labelled
-  anomalies' neighbourhoods while labels are few). The distance is taken on the prepared features clipped to
-  +-``proximity_clip`` robust deviations (beyond that a value is just "far": one heavy-tailed column no longer
-  decides who is near), and ``k = proximity_weight``. Each candidate's AUCPR is measured on rows its own fit did
-  not see (the stack is cross-fitted, proximity is to the other folds' anomalies); another blend replaces the
-  learner only when it beats it in ``RELIABLY_BETTER`` of bootstrap resamples of those predictions, so the
-  choice never falls below the learner alone out of fold, and a lucky fold does not decide. With fewer than
-  ``prior_below`` labelled anomalies (75, 25 per fold) the prior blend is taken without a comparison: made from
-  30 on, the comparison kept the learner alone where the prior blend ranked new records better (annthyroid with
-  37 and 74 labelled anomalies, mammography with 32, under Overlap's protocol; four sets that chose nothing at
-  40, ``benchmarks/held_out_few_labels.py``);
-* **the learner's own parameters**, when it offers alternatives (XGBoost: stumps or depth 4), are chosen first by
-  the same rule: the first unless another is reliably better out of fold, and the first with fewer than
-  ``MIN_ANOMALIES_TO_CHOOSE`` labelled anomalies;
+* **blend**, among the learner alone, a logistic stack of the learner and the unsupervised surprisal
+  (non-negative weights), and the prior blend ``w * logit(learner) + surprisal - k * log(1 + distance to the
+  nearest labelled anomaly)`` with ``w = n / (n + prior)`` for ``n`` labelled anomalies (it leans on the
+  unsupervised score and on the labelled anomalies' neighbourhoods while labels are few; the distance on the
+  prepared features clipped to +-``proximity_clip`` robust deviations, ``k = proximity_weight``);
+* **the learner's own parameters**, when it offers alternatives (XGBoost: stumps, depth 4, its own defaults);
 * **calibration**: the chosen blend is a logistic regression (Platt scaling for the learner and the prior blend),
   so ``supervised_score`` is a probability of "an analyst would confirm this".
 
+The ``finetune`` job chooses the parameters and the blend together on the promotion gate's folds and passes the
+choice in (:class:`Chosen`, :mod:`segscope.supervised.selection`). Fitted without one, :meth:`FineTuned.fit`
+chooses on 3 folds of its own (the anomalies spread over them): parameters first, the first unless another is
+better in ``RELIABLY_BETTER`` of bootstrap resamples (the first below ``MIN_ANOMALIES_TO_CHOOSE`` labelled
+anomalies), then the blend by the same rule, the prior blend without comparing below ``prior_below`` (75: made
+from 30 on, the comparison kept the learner alone where the prior blend ranked new records better,
+``benchmarks/held_out_few_labels.py``).
+
 Bundles fine-tuned before this design (no layout in their state) keep their own blend (``w * logit(learner) +
 surprisal - log(1 + distance to the nearest confirmed anomaly)``, Platt-scaled) and score as they always did.
-
-Measured in ``benchmarks/real_fraud.py`` (with an ablation of each part) and
-``benchmarks/adbench_label_informed.py``. The proximity term's clip and weight (clip 5, weight 3; was unclipped,
-weight 1) raised ADBench's mean AUCPR at 1 / 5 / 10% labelled from 74.1 / 82.4 / 86.8 to the figures in the
-README (grid of clips 2-20 and weights 0.5-10 on that benchmark; checked on four sets that did not choose them,
-``benchmarks/held_out_few_labels.py``, where it is better at 5, 10 and 20 labelled anomalies).
+Measured in ``benchmarks/real_fraud.py``, ``benchmarks/adbench_label_informed.py`` and
+``benchmarks/served_model.py`` (the proximity clip 5 and weight 3 from a grid on ADBench, checked on four sets that
+did not choose them).
 """
 
 from __future__ import annotations
@@ -47,16 +41,15 @@ import numpy as np
 
 from segscope._arrays import check_indices, take
 from segscope.exceptions import BundleError, ConfigError, DataError, NotFittedError
+from segscope.supervised.blend import NO_CLIP, Chosen, aucpr, fit_platt, fit_stack, logit, proximity
 from segscope.supervised.encoding import TargetEncoding
 from segscope.supervised.layout import Layout, checked_layout
 from segscope.supervised.promotion import share_better_aucpr
 
-__all__ = ["BLENDS", "FineTuned", "Layout", "Learner"]
+__all__ = ["BLENDS", "Chosen", "FineTuned", "Layout", "Learner"]
 
 #: At most this many confirmed anomalies are kept as exemplars (the "prior" blend's proximity term).
 MAX_EXEMPLARS = 512
-#: Bundles fine-tuned before the proximity clip measured distances on the prepared features as they are.
-_NO_CLIP = np.inf
 #: Blend choices: "auto" picks on out-of-fold AUCPR; the others force one (for ablations).
 BLENDS = ("auto", "learner", "unsupervised", "stack", "prior")
 #: With fewer labelled anomalies than this, out-of-fold AUCPR (a few anomalies per fold) cannot tell the
@@ -104,35 +97,6 @@ class Learner(Protocol):
     def artifact(self) -> tuple[str, bytes]: ...
 
     def load_artifact(self, blob: bytes) -> None: ...
-
-
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-9, 1 - 1e-9)
-    return np.asarray(np.log(p / (1 - p)))
-
-
-def _nearest(x: np.ndarray, exemplars: np.ndarray) -> np.ndarray:
-    """Euclidean distance from each row to the nearest exemplar (inf without exemplars)."""
-    if exemplars.shape[0] == 0:
-        return np.full(x.shape[0], np.inf)
-    from sklearn.neighbors import KDTree
-
-    dist, _ = KDTree(exemplars).query(x, k=1)
-    return np.asarray(dist[:, 0])
-
-
-def _proximity(x: np.ndarray, exemplars: np.ndarray, clip: float = _NO_CLIP) -> np.ndarray:
-    """log(1 + distance to the nearest exemplar), both clipped to +-``clip``; 0 without exemplars."""
-    if np.isfinite(clip):
-        x, exemplars = np.clip(x, -clip, clip), np.clip(exemplars, -clip, clip)
-    distance = _nearest(x, exemplars)
-    return np.asarray(np.where(np.isfinite(distance), np.log1p(distance), 0.0))
-
-
-def _aucpr(y: np.ndarray, score: np.ndarray) -> float:
-    from sklearn.metrics import average_precision_score
-
-    return float(average_precision_score(y, score)) if 0 < y.sum() < y.size else 0.0
 
 
 class FineTuned:
@@ -191,10 +155,19 @@ class FineTuned:
 
     # --------------------------------------------------------------------- fit
     def fit(
-        self, x: np.ndarray, y: np.ndarray, labelled: np.ndarray, layout: Layout, *, init: bytes | None = None
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        labelled: np.ndarray,
+        layout: Layout,
+        *,
+        init: bytes | None = None,
+        chosen: Chosen | None = None,
     ) -> Self:
         """``x``: supervision matrix laid out as ``layout`` says; ``y``: 1 for labelled anomalies;
-        ``labelled``: rows an analyst labelled (anomaly or normal)."""
+        ``labelled``: rows an analyst labelled (anomaly or normal). ``chosen``: the learner's parameters and the
+        blend chosen already (on the promotion gate's folds), with the out-of-fold values its weights are fitted
+        on; otherwise both are chosen here, on 3 folds."""
         if self.blend not in BLENDS:
             raise ConfigError(f"blend must be one of {list(BLENDS)}; got {self.blend!r}")
         if not (self.proximity_weight >= 0 and self.proximity_clip > 0):
@@ -207,29 +180,32 @@ class FineTuned:
         pos = np.flatnonzero(y == 1)
         if pos.size == 0:
             raise DataError("fine-tuning needs at least one record labelled 'anomaly'; label some and retry")
-        codes, encoded = self._split_categories(layout)
-        if "categories" in self.learner.get_params():  # the learner treats the trailing code columns as categories
-            self.learner.categories = [layout.categories[j] for j in codes]  # type: ignore[attr-defined]
+        self._use_categories(layout)
         self.layout_ = layout
         self.clip_ = float(self.proximity_clip)
         weight = self.weights(y, labelled)
-        rng = np.random.default_rng(self.seed)
-        folds = np.asarray(rng.integers(0, 3, size=x.shape[0]), dtype=np.int64)
-        folds[pos] = rng.permutation(np.arange(pos.size) % 3)  # spread the few anomalies over the folds
-        cards = tuple(layout.categories[j] for j in encoded)
-        raw_codes = self._encoded_codes(x, layout)
-        encoding = TargetEncoding()
-        inputs = self._learner_input(x, layout, encoding.out_of_fold(raw_codes, y, cards, folds))
-        self.encoding_ = encoding.fit(raw_codes, y, cards)
-        monotone = np.concatenate([np.asarray(layout.monotone), np.zeros(inputs.shape[1] - len(layout.monotone))])
-        shared = self.learner.pretrain(inputs) if init is None else None  # once, label-free, reused by every fold
-        oof = self._choose_learner(inputs, y, weight, monotone, folds, init, shared)
+        inputs, folds, self.encoding_ = self._inputs(x, y, layout)
+        monotone = self._monotone(layout, inputs)
         features = x[:, : layout.n_features]
-        self.blend_, self.blend_kind_, self.oof_aucpr_ = self._choose_blend(
-            _logit(oof), x[:, layout.surprisal], y, folds, features
-        )
+        if chosen is None:
+            shared = self.learner.pretrain(inputs) if init is None else None  # once, label-free, for every fold
+            oof = self._choose_learner(inputs, y, weight, monotone, folds, init, shared)
+            self.blend_, self.blend_kind_, self.oof_aucpr_ = self._choose_blend(
+                logit(oof), x[:, layout.surprisal], y, folds, features
+            )
+        else:
+            shared = chosen.pretrained
+            for key, value in chosen.params.items():  # parameters are plain attributes (StoresParams)
+                setattr(self.learner, key, value)
+            rows = chosen.rows
+            self.blend_kind_, self.oof_aucpr_ = chosen.blend, dict(chosen.figures)
+            self.blend_ = self._blend_weights(
+                chosen.blend, chosen.learner, x[rows, layout.surprisal], chosen.proximity, y[rows], pos.size
+            )
         self.exemplars_ = self._exemplars(features, pos) if self.blend_[2] > 0 else np.empty((0, layout.n_features))
-        if self.blend != "auto":
+        if chosen is not None:
+            self.blend_by_ = chosen.by
+        elif self.blend != "auto":
             self.blend_by_ = f"set by blend = {self.blend}"
         elif pos.size < self.prior_below:
             self.blend_by_ = f"taken below {self.prior_below} labelled anomalies"
@@ -239,6 +215,58 @@ class FineTuned:
         self.n_positives_ = int(pos.size)
         self.n_labelled_ = int(labelled.sum())
         return self
+
+    def _use_categories(self, layout: Layout) -> None:
+        codes, _ = self._split_categories(layout)
+        if "categories" in self.learner.get_params():  # the learner treats the trailing code columns as categories
+            self.learner.categories = [layout.categories[j] for j in codes]  # type: ignore[attr-defined]
+
+    def _inputs(self, x: np.ndarray, y: np.ndarray, layout: Layout) -> tuple[np.ndarray, np.ndarray, TargetEncoding]:
+        """(the learner's inputs, with out-of-fold target encodings; 3 folds, the labelled anomalies spread over
+        them; the target encoding of all rows, for new ones)."""
+        pos = np.flatnonzero(y == 1)
+        rng = np.random.default_rng(self.seed)
+        folds = np.asarray(rng.integers(0, 3, size=x.shape[0]), dtype=np.int64)
+        folds[pos] = rng.permutation(np.arange(pos.size) % 3)  # spread the few anomalies over the folds
+        _, encoded = self._split_categories(layout)
+        cards = tuple(layout.categories[j] for j in encoded)
+        raw_codes = self._encoded_codes(x, layout)
+        encoding = TargetEncoding()
+        inputs = self._learner_input(x, layout, encoding.out_of_fold(raw_codes, y, cards, folds))
+        return inputs, folds, encoding.fit(raw_codes, y, cards)
+
+    @staticmethod
+    def _monotone(layout: Layout, inputs: np.ndarray) -> np.ndarray:
+        return np.concatenate([np.asarray(layout.monotone), np.zeros(inputs.shape[1] - len(layout.monotone))])
+
+    def learner_inputs(self, x: np.ndarray, y: np.ndarray, layout: Layout) -> np.ndarray:
+        """The learner's inputs for every row of ``x`` as :meth:`fit` builds them (for a label-free pre-training
+        shared by several fits, :meth:`Learner.pretrain`)."""
+        self._use_categories(layout)
+        return self._inputs(x, y, layout)[0]
+
+    def fold_predictions(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        labelled: np.ndarray,
+        layout: Layout,
+        taught: np.ndarray,
+        held: np.ndarray,
+        params: dict[str, Any],
+        *,
+        init: bytes | None = None,
+        pretrained: Any = None,
+    ) -> np.ndarray:
+        """The learner's raw predictions for rows ``held`` by a learner with ``params`` taught on rows ``taught``
+        only (its inputs and target encodings built from those rows, as :meth:`fit` builds them)."""
+        self._use_categories(layout)
+        inputs, _, encoding = self._inputs(x[taught], y[taught], layout)
+        learner = type(self.learner)(**{**self.learner.get_params(), **params})
+        weight = self.weights(y[taught], labelled[taught])
+        learner.fit(inputs, y[taught], weight, self._monotone(layout, inputs), init=init, pretrained=pretrained)
+        held_inputs = self._learner_input(x[held], layout, encoding.transform(self._encoded_codes(x[held], layout)))
+        return np.asarray(learner.predict_raw(held_inputs))
 
     def _out_of_fold(
         self,
@@ -269,9 +297,8 @@ class FineTuned:
         init: bytes | None,
         shared: Any,
     ) -> np.ndarray:
-        """The learner's out-of-fold predictions, after choosing among its :meth:`Learner.alternatives` (the first
-        unless another beats it in ``RELIABLY_BETTER`` of bootstrap resamples; the first below
-        ``MIN_ANOMALIES_TO_CHOOSE`` labelled anomalies). The learner keeps the chosen parameters."""
+        """The learner's out-of-fold predictions with the :meth:`Learner.alternatives` chosen (module docstring),
+        which the learner keeps."""
         data = (inputs, y, weight, monotone)
         options = self.learner.alternatives() or [{}]
         chosen = options[0]
@@ -279,7 +306,7 @@ class FineTuned:
         if int((y == 1).sum()) >= MIN_ANOMALIES_TO_CHOOSE:
             for option in options[1:]:
                 candidate = self._out_of_fold({**self.learner.get_params(), **option}, data, folds, init, shared)
-                if _aucpr(y, candidate) > _aucpr(y, oof) and (
+                if aucpr(y, candidate) > aucpr(y, oof) and (
                     share_better_aucpr(y, oof, candidate, resamples=_RESAMPLES, seed=self.seed) >= RELIABLY_BETTER
                 ):
                     chosen, oof = option, candidate
@@ -291,24 +318,22 @@ class FineTuned:
         self, learner: np.ndarray, surprisal: np.ndarray, y: np.ndarray, folds: np.ndarray, features: np.ndarray
     ) -> tuple[np.ndarray, str, dict[str, float]]:
         """(a, b, d, c) of ``a * logit(learner) + b * surprisal - d * proximity + c``, its name, and the
-        candidates' out-of-fold AUCPR. The stack is cross-fitted to be judged; proximity is to the labelled
-        anomalies of the other folds. "auto" takes the best of the learner, the stack and the prior blend
-        (the learner on ties); with fewer than ``prior_below`` anomalies, the prior blend."""
+        candidates' out-of-fold AUCPR (the stack cross-fitted, proximity to the other folds' anomalies)."""
         n_pos = int((y == 1).sum())
         weight = n_pos / (n_pos + self.prior)
         both = np.column_stack([learner, surprisal])
-        stacked, proximity = np.zeros(y.size), np.zeros(y.size)
+        stacked, near = np.zeros(y.size), np.zeros(y.size)
         for k in np.unique(folds):
             held = folds == k
-            a, b, c = _fit_stack(both[~held], y[~held])
+            a, b, c = fit_stack(both[~held], y[~held])
             stacked[held] = a * learner[held] + b * surprisal[held] + c
-            proximity[held] = _proximity(features[held], features[(y == 1) & ~held], self.clip_)
-        prior = weight * learner + surprisal - self.proximity_weight * proximity
+            near[held] = proximity(features[held], features[(y == 1) & ~held], self.clip_)
+        prior = weight * learner + surprisal - self.proximity_weight * near
         scores = {
-            "learner": _aucpr(y, learner),
-            "unsupervised": _aucpr(y, surprisal),
-            "stack": _aucpr(y, stacked),
-            "prior": _aucpr(y, prior),
+            "learner": aucpr(y, learner),
+            "unsupervised": aucpr(y, surprisal),
+            "stack": aucpr(y, stacked),
+            "prior": aucpr(y, prior),
         }
         kind = self.blend
         if kind == "auto" and n_pos < self.prior_below:
@@ -321,14 +346,22 @@ class FineTuned:
                 and share_better_aucpr(y, learner, score, resamples=_RESAMPLES, seed=self.seed) >= RELIABLY_BETTER
             ]
             kind = max(reliable, key=lambda name: scores[name]) if reliable else "learner"
+        return self._blend_weights(kind, learner, surprisal, near, y, n_pos), kind, scores
+
+    def _blend_weights(
+        self, kind: str, learner: np.ndarray, surprisal: np.ndarray, near: np.ndarray, y: np.ndarray, n_pos: int
+    ) -> np.ndarray:
+        """(a, b, d, c) of the blend ``kind`` fitted on out-of-fold values: the learner's logit, the surprisal,
+        the proximity to the other folds' labelled anomalies; ``n_pos`` labelled anomalies in all."""
         if kind == "stack":
-            a, b, c = _fit_stack(both, y)
-            return np.array([a, b, 0.0, c]), kind, scores
+            a, b, c = fit_stack(np.column_stack([learner, surprisal]), y)
+            return np.array([a, b, 0.0, c])
         if kind == "prior":
-            scale, c = _fit_platt(prior, y)
-            return np.array([scale * weight, scale, scale * self.proximity_weight, c]), kind, scores
-        a, c = _fit_platt(learner if kind == "learner" else surprisal, y)
-        return (np.array([a, 0.0, 0.0, c]) if kind == "learner" else np.array([0.0, a, 0.0, c])), kind, scores
+            weight = n_pos / (n_pos + self.prior)
+            scale, c = fit_platt(weight * learner + surprisal - self.proximity_weight * near, y)
+            return np.array([scale * weight, scale, scale * self.proximity_weight, c])
+        a, c = fit_platt(learner if kind == "learner" else surprisal, y)
+        return np.array([a, 0.0, 0.0, c]) if kind == "learner" else np.array([0.0, a, 0.0, c])
 
     def _exemplars(self, features: np.ndarray, pos: np.ndarray) -> np.ndarray:
         """The labelled anomalies the proximity term measures against (at most ``MAX_EXEMPLARS``)."""
@@ -345,9 +378,9 @@ class FineTuned:
             inputs = self._learner_input(x, layout, self.encoding_.transform(self._encoded_codes(x, layout)))
             a, b, d, c = self.blend_
             raw = self.learner.predict_raw(inputs) if a != 0.0 else np.full(x.shape[0], 0.5)
-            decision = a * _logit(raw) + b * x[:, layout.surprisal] + c
+            decision = a * logit(raw) + b * x[:, layout.surprisal] + c
             if d > 0:
-                decision -= d * _proximity(x[:, : layout.n_features], self.exemplars_, self.clip_)
+                decision -= d * proximity(x[:, : layout.n_features], self.exemplars_, self.clip_)
             return np.asarray(expit(decision))
         if not hasattr(self, "platt_"):
             raise NotFittedError("FineTuned is not fitted; call fit first")
@@ -357,8 +390,8 @@ class FineTuned:
 
     def _legacy_decision(self, raw: np.ndarray, x: np.ndarray) -> np.ndarray:
         """The blend of bundles fine-tuned before layouts (the ensemble surprisal read from the last column)."""
-        proximity = _proximity(x[:, : self.n_features], self.exemplars_)
-        return np.asarray(self.learner_weight_ * _logit(raw) + x[:, -1] - proximity)
+        near = proximity(x[:, : self.n_features], self.exemplars_)
+        return np.asarray(self.learner_weight_ * logit(raw) + x[:, -1] - near)
 
     @property
     def uses_layout(self) -> bool:
@@ -446,35 +479,9 @@ class FineTuned:
         self.blend_kind_, self.max_onehot = BLENDS[int(meta[2])], int(meta[3])
         oof = take(arrays, "oof_aucpr", owner, shape=(None,))
         self.oof_aucpr_ = {k: float(v) for k, v in zip(BLENDS[1:], oof, strict=False) if v == v}
-        self.clip_ = float(arrays["proximity_clip"][0]) if "proximity_clip" in arrays else _NO_CLIP
+        self.clip_ = float(arrays["proximity_clip"][0]) if "proximity_clip" in arrays else NO_CLIP
         _, encoded = self._split_categories(self.layout_)
         for j in range(len(encoded)):
             take(arrays, f"target_encoding_{j}", owner, shape=(None,), finite=True, min_size=1)
         self.encoding_ = TargetEncoding.from_state(arrays, len(encoded))
         self.learner.load_artifact(blob)
-
-
-def _fit_stack(both: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Logistic regression of y on (logit(learner), surprisal) with both weights positive: a part that would
-    get a weight <= 0 is left out (with one label the learner says nothing, and the stack is the surprisal)."""
-    from sklearn.linear_model import LogisticRegression
-
-    if y.min() == y.max():
-        return np.array([1.0, 0.0, 0.0])
-    fit = LogisticRegression(C=1.0).fit(both, y)
-    if (fit.coef_[0] > 0).all():
-        return np.array([*fit.coef_[0], fit.intercept_[0]])
-    keep = int(np.argmax(fit.coef_[0]))  # the part that still raises the score
-    a, c = _fit_platt(both[:, keep], y)
-    return np.array([a, 0.0, c]) if keep == 0 else np.array([0.0, a, c])
-
-
-def _fit_platt(score: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Platt scaling: a regularised logistic regression of y on one score, slope kept in (0, 10] so the
-    calibration always keeps the ranking and cannot blow up on separable (tiny) label sets."""
-    from sklearn.linear_model import LogisticRegression
-
-    if y.min() == y.max():
-        return 1.0, 0.0
-    fit = LogisticRegression(C=1.0).fit(score.reshape(-1, 1), y)
-    return float(np.clip(fit.coef_[0, 0], 1e-3, 10.0)), float(fit.intercept_[0])

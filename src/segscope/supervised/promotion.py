@@ -7,7 +7,12 @@ an event time, the folds are blocks of time and each block is predicted by a can
 before it only (forward chaining: the earliest block only teaches), cut so that every block holds about as many
 labelled anomalies; otherwise the folds are random, the labelled anomalies spread evenly over them. Labelled
 anomalies are the positives; confirmed normals and unlabelled records the negatives (positive-unlabelled: a
-random unlabelled record is almost always normal), so labels that name anomalies only are judged too.
+random unlabelled record is almost always normal), so labels that name anomalies only are judged too. When the
+analysts confirmed enough normals (``MIN_CONFIRMED_NORMALS``, and at least as many as the labelled anomalies), the
+labelled anomalies are ranked against those only (:func:`judged_rows`): the unlabelled background holds the
+anomalies nobody labelled yet, which a better model ranks high too, and counting them as normals hid gains that
+were there (cardio, 26 labelled anomalies and 228 normals: out-of-fold AUCPR 0.21 vs 0.18 against the
+background, better in 70% of resamples, while the candidate scored new records at 0.87 against 0.56).
 
 The candidate is promoted when it is better by the chosen metric on those records and reliably so: in at least
 95% of paired bootstrap resamples, anomalies and the rest resampled separately (each resample keeps as many
@@ -33,6 +38,7 @@ __all__ = [
     "break_ties",
     "compare",
     "gate_folds",
+    "judged_rows",
     "reliability",
     "share_better_aucpr",
 ]
@@ -42,6 +48,9 @@ __all__ = [
 #: thirds of the labels, and weak signals then fail the gate (vehicle claims, 36 labelled frauds: 100% of
 #: resamples better with five folds, 94% with three, ``benchmarks/served_model.py``).
 GATE_FOLDS = 5
+#: With at least this many confirmed normals among the predicted records (and as many as labelled anomalies), the
+#: gate ranks the labelled anomalies against them rather than against the unlabelled background.
+MIN_CONFIRMED_NORMALS = 50
 
 
 @dataclass(frozen=True)
@@ -87,19 +96,30 @@ def gate_folds(
     return Folds(fold, k, f"{k} random folds (no time column)", ordered=False)
 
 
+def judged_rows(y: np.ndarray, labelled: np.ndarray) -> tuple[np.ndarray, str]:
+    """Which of the predicted records the gate judges (a mask) and what the labelled anomalies are ranked against:
+    the confirmed normals when there are enough (module docstring), else every other record."""
+    normals = int((labelled & (y != 1)).sum())
+    if normals >= max(MIN_CONFIRMED_NORMALS, int((y == 1).sum())):
+        return labelled.astype(bool), f"{normals:,} confirmed normals"
+    others = int((y != 1).sum())
+    return np.ones(y.size, bool), f"{others:,} other records ({normals} confirmed normals, the rest unlabelled)"
+
+
 def compare(
     y: np.ndarray,
     current: np.ndarray,
     candidate: np.ndarray,
     metric: str,
     *,
+    against: str = "the other records",
     confidence: float = 0.95,
     resamples: int = 400,
     seed: int = 0,
 ) -> dict[str, Any]:
     """The promotion decision on the gate's records: ``promote`` (candidate better by ``metric``, and in at least
     ``confidence`` of ``resamples`` stratified paired bootstrap resamples), the figures and a one-line reason that
-    says what is missing when it is refused."""
+    says what is missing when it is refused; ``against`` names the records the anomalies were ranked against."""
     n_pos = int(y.sum())
     if n_pos == 0 or n_pos == y.size:
         return {"promote": False, "reason": "no labelled anomaly was predicted out of fold: label more anomalies"}
@@ -125,7 +145,8 @@ def compare(
         "share_of_resamples_better": share,
         "promote": promote,
         "reason": f"{metric} {judged['new']:.4f} vs {judged['cur']:.4f} out of fold on {n_pos} labelled anomalies "
-        f"(ties broken at random), better in {share:.0%} of {resamples} resamples (needs {confidence:.0%}): {verdict}",
+        f"against {against} (ties broken at random), "
+        f"better in {share:.0%} of {resamples} resamples (needs {confidence:.0%}): {verdict}",
     }
 
 
