@@ -4,7 +4,8 @@
         [--modes alo,eos,kafka-python] [--baseline OTHER/src] [--id-field] [--no-latency]
 
 1. Throughput, the same ~200-byte JSON card transactions on a 3-partition topic, each run in its own process:
-   (a) a confluent-kafka passthrough: consume 5,000, produce them unchanged, flush (acks=all), commit, repeat;
+   (a) a confluent-kafka passthrough: consume 5,000, produce them unchanged, flush (acks=all), commit, repeat (a
+       Python process that imports confluent-kafka only);
    (b) `segscope stream` at-least-once (confluent-kafka, the default client);
    (c) `segscope stream --exactly-once` (one transaction per batch);
    (d) `segscope stream --client kafka-python`.
@@ -25,10 +26,12 @@ Writes benchmarks/results/stream_throughput.json.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import multiprocessing
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -126,10 +129,13 @@ def passthrough(bootstrap: str, source: str, target: str, n: int, group: str) ->
     consumer.close()
 
 
-def steady_producer(bootstrap: str, topic: str, values: list[bytes], rate: int, start_at: float) -> None:
+def steady_producer(bootstrap: str, topic: str, values: list[bytes], rate: int) -> None:
+    """``values`` at ``rate`` a second from when this process is ready (a start time set by the parent would be
+    past already when a busy machine starts the process late, and the records behind it would go as one burst)."""
     from confluent_kafka import Producer
 
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1, "acks": "all"})
+    start_at = time.time() + 0.2
     while time.time() < start_at:
         time.sleep(0.001)
     for i, value in enumerate(values):
@@ -198,28 +204,27 @@ def latency(bootstrap: str, bundle: Path, rate: int, seconds: float) -> dict[str
     )  # fmt: skip
     time.sleep(5)  # start-up
     total = int(rate * seconds)
-    start_at = time.time() + 1
-    sender = spawn.Process(target=steady_producer, args=(bootstrap, "lat.in", payloads(total, seed=2), rate, start_at))
+    sender = spawn.Process(target=steady_producer, args=(bootstrap, "lat.in", payloads(total, seed=2), rate))
     sender.start()
     sender.join()
     from confluent_kafka import Consumer
 
     reader = Consumer({"bootstrap.servers": bootstrap, "group.id": "lat-reader", "auto.offset.reset": "earliest"})
     reader.subscribe(["lat.out"])
-    latencies: list[float] = []
+    sends: list[tuple[float, float]] = []  # (send time, latency)
     idle_since = time.monotonic()
-    while time.monotonic() - idle_since < 8 and len(latencies) < total:
+    while time.monotonic() - idle_since < 8 and len(sends) < total:
         messages = [m for m in reader.consume(10_000, 0.5) if m.error() is None]
         if messages:
             idle_since = time.monotonic()
         for m in messages:
             sent = json.loads(m.value())["sent_at"]
-            if sent - start_at > 5:  # warm-up excluded
-                latencies.append(m.timestamp()[1] / 1000.0 - sent)
+            sends.append((sent, m.timestamp()[1] / 1000.0 - sent))
     reader.close()
     proc.terminate()
     proc.communicate(timeout=60)
-    latencies.sort()
+    first = min(sent for sent, _ in sends)
+    latencies = sorted(lag for sent, lag in sends if sent - first > 5)  # the first 5 s of sending: warm-up
     p50 = latencies[len(latencies) // 2] * 1000
     p99 = latencies[int(len(latencies) * 0.99)] * 1000
     print(f"latency at {rate:,}/s: p50 {p50:.0f} ms, p99 {p99:.0f} ms over {len(latencies):,} records")
@@ -238,7 +243,6 @@ def main() -> None:
     parser.add_argument("--no-latency", action="store_true", help="throughput and stages only")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "stream_throughput.json"))
     args = parser.parse_args()
-    spawn = multiprocessing.get_context("spawn")
     every = {
         "alo": ("segscope (at-least-once)", []),
         "eos": ("segscope --exactly-once", ["--exactly-once"]),
@@ -276,13 +280,14 @@ def main() -> None:
             for r in range(args.repeats):
                 target = f"bench.pass{r}"
                 create_topic(bootstrap, target, partitions=3)
-                worker = spawn.Process(
-                    target=passthrough, args=(bootstrap, "bench.in", target, args.records, f"p{r}"), daemon=True
-                )
+                # a process of its own importing only confluent-kafka (a spawned child would import this module,
+                # Polars and segscope too: a second of start-up that is not the passthrough's)
+                call = (bootstrap, "bench.in", target, args.records, f"p{r}")
+                code = f"{inspect.getsource(passthrough)}\npassthrough{call!r}"
                 launched = time.monotonic()
-                worker.start()
+                worker = subprocess.Popen([sys.executable, "-c", code])
                 watch("confluent-kafka passthrough", target, launched)
-                worker.join()
+                worker.wait(timeout=300)
                 for m, (mode, extra) in enumerate(modes.items()):
                     target = f"bench.out{r}.{m}"
                     create_topic(bootstrap, target, partitions=3)

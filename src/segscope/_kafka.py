@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from segscope._deps import require
-from segscope._kafka_outcomes import REFUSED, TXN_WAIT, Acknowledges
+from segscope._kafka_outcomes import REFUSED, TXN_WAIT, Acknowledges, Refused
 from segscope._kafka_setup import (
     Connects,
     Contact,
@@ -132,12 +132,16 @@ class _ConfluentConsumer(Connects, Acknowledges):
         found = self.consumer.committed([self.ck.TopicPartition(t, p) for t, p in parts], timeout=10)
         return {(p.topic, p.partition): p.offset for p in found}
 
-    def watermarks(self, parts: list[TP]) -> dict[TP, tuple[int, int]]:
-        """(first, end) offset of each partition."""
+    def watermarks(self, parts: list[TP], cached: bool = False) -> dict[TP, tuple[int, int]]:
+        """(first, end) offset of each partition; ``cached``: as the last fetch responses said (no request; -1
+        where unknown). Asking the broker waits behind the consumer's fetch, up to ``fetch.wait.max.ms`` (500 ms)
+        for each partition when the topic is quiet."""
         out = {}
         for t, p in parts:
-            low, high = self.consumer.get_watermark_offsets(self.ck.TopicPartition(t, p), timeout=10, cached=False)
-            out[(t, p)] = (int(low), int(high))
+            tp = self.ck.TopicPartition(t, p)
+            marks = self.consumer.get_watermark_offsets(tp, cached=True) if cached else None
+            low, high = marks or self.consumer.get_watermark_offsets(tp, timeout=10, cached=False)
+            out[(t, p)] = (max(int(low), -1), max(int(high), -1))
         return out
 
     def partitions(self, topic: str) -> list[int]:
@@ -196,7 +200,7 @@ class _ConfluentProducer(Connects):
             except BufferError:  # the local queue is full: serve deliveries until there is room
                 self.producer.poll(0.05)
             except self.ck.KafkaException as exc:  # refused before sending (e.g. larger than message.max.bytes)
-                callback(exc.args[0] if exc.args else exc, _Refused(value))
+                callback(exc.args[0] if exc.args else exc, Refused(value))
                 return
 
     def poll(self, timeout: float = 0.0) -> None:
@@ -228,16 +232,6 @@ class _ConfluentProducer(Connects):
         """Drop what is queued or in flight and let the producer go, without waiting for a broker."""
         self.producer.purge(in_queue=True, in_flight=True, blocking=False)
         self.producer.flush(0)
-
-
-class _Refused:
-    """Stands in for the message a producer refused before sending, in its delivery callback."""
-
-    def __init__(self, value: bytes | None) -> None:
-        self._value = value
-
-    def value(self) -> bytes | None:
-        return self._value
 
 
 # ------------------------------------------------------------------------------------------ kafka-python
@@ -315,8 +309,8 @@ class _PythonConsumer(Connects, Acknowledges):
             out[(t, p)] = -1 if offset is None else int(offset)
         return out
 
-    def watermarks(self, parts: list[TP]) -> dict[TP, tuple[int, int]]:
-        """(first, end) offset of each partition."""
+    def watermarks(self, parts: list[TP], cached: bool = False) -> dict[TP, tuple[int, int]]:
+        """(first, end) offset of each partition (always asked: kafka-python's answer comes at once)."""
         tps = [self.tp(t, p) for t, p in parts]
         first, end = self.consumer.beginning_offsets(tps), self.consumer.end_offsets(tps)
         return {(tp.topic, tp.partition): (int(first[tp]), int(end[tp])) for tp in tps}

@@ -8,12 +8,24 @@ from typing import Any
 
 from segscope._kafka_setup import log_commit_result
 
-__all__ = ["REFUSED", "TXN_WAIT", "Acknowledges"]
+__all__ = ["REFUSED", "TXN_WAIT", "Acknowledges", "Refused"]
 
 #: librdkafka's delivery errors that refuse the record itself (MSG_SIZE_TOO_LARGE, RECORD_LIST_TOO_LARGE,
 #: INVALID_TIMESTAMP, INVALID_RECORD): retrying cannot help, so it becomes a dead letter. Any other error (a
 #: time-out, a purge, a producer an outage left unusable) is a delivery that did not happen: the batch comes again.
 REFUSED = frozenset({10, 18, 32, 87})
+
+
+class Refused:
+    """Stands in for the message a producer refused before sending, in its delivery callback."""
+
+    def __init__(self, value: bytes | None) -> None:
+        self._value = value
+
+    def value(self) -> bytes | None:
+        return self._value
+
+
 #: Seconds a transactional call (send offsets, commit, abort) waits at most: by default librdkafka's wait without
 #: end; a time-out is a retriable error, and the caller asks again.
 TXN_WAIT = 10.0

@@ -329,15 +329,17 @@ class KafkaSource:
         return bool(self.consumer_.assignment())
 
     def lag(self) -> int:
-        """Records between this member's positions and the ends of its partitions; for a partition with no
-        position yet, and for the whole topic while the member has no partitions (a rebalance), from the group's
-        committed offsets. -1 when unknown."""
+        """Records between this member's positions and the ends of its partitions (as the last fetch said: the
+        loop is not held up asking); for a partition with no position yet, and for the whole topic while the
+        member has no partitions (a rebalance), from the group's committed offsets. -1 when unknown."""
         try:
             positions = self.consumer_.positions()
             parts = self.consumer_.assignment() or [(self.topic, p) for p in self.consumer_.partitions(self.topic)]
             unknown = [tp for tp in parts if tp not in positions]
             committed = self.consumer_.committed(unknown) if unknown else {}
-            marks = self.consumer_.watermarks(parts)
+            marks = self.consumer_.watermarks(parts, cached=True)  # asked every stats interval: no waiting
+            asked = [tp for tp in parts if marks[tp][1] < 0 or (marks[tp][0] < 0 and tp not in positions)]
+            marks |= self.consumer_.watermarks(asked) if asked else {}
             behind = 0
             for tp in parts:
                 first, end = marks[tp]
