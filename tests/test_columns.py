@@ -33,7 +33,7 @@ def test_a_mapping_renames_every_column_the_config_names() -> None:
     cfg = load_config("fraud", columns={"merchant": "merchant_id", "amount": "amount_eur", "is_fraud": ""})
     assert cfg.features.drop == ("card_id", "ts", "merchant_id", "country")
     ofs = [f.of for f in cfg.entities[0].features]
-    assert "merchant_id" in ofs and 'ln(amount_eur + 1)' in ofs and "amount_eur" in ofs and "merchant" not in ofs
+    assert "merchant_id" in ofs and "ln(amount_eur + 1)" in ofs and "amount_eur" in ofs and "merchant" not in ofs
     assert load_config("fraud", columns=dict(cfg.columns)) == cfg  # applied once: a bundle's config loads as fitted
     with pytest.raises(ConfigError, match=r"columns renames \['merchnt'\], which this config never names"):
         load_config("fraud", columns={"merchnt": "merchant_id"})
@@ -103,7 +103,7 @@ def test_the_maintenance_pack_takes_every_sensor_of_a_file(run_cli, tmp_path: Pa
     assert result.code == 0, result.err
     features = json.loads((bundle / "manifest.json").read_text())["feature_schema"]["features"]
     sensors = ("Temperature", "Pressure", "Volume Flow RateRMS")
-    assert len(features) == 6 * len(sensors)  # the pack's six features for each sensor, label and changepoint left
+    assert len(features) == 7 * len(sensors)  # the pack's seven features for each sensor, label and changepoint left
     assert all(any(f == f"experiment_{s}_std_1h" for f in features) for s in sensors)
     assert not any("changepoint" in f or "label" in f for f in features)
     loaded = Model.load(bundle)
@@ -114,7 +114,8 @@ def test_the_maintenance_pack_takes_every_sensor_of_a_file(run_cli, tmp_path: Pa
     frame = _machines(n_days=3)
     fitted = Model(named).fit(frame).preparer_.schema_.features
     assert [f for f in fitted if f.startswith("experiment_")] == [
-        f"experiment_Temperature_{k}" for k in ("new_level", "zscore_1h", "zscore_1d", "delta", "std_1h", "ratio_1d")
+        f"experiment_Temperature_{k}"
+        for k in ("new_level", "stuck", "zscore_1h", "zscore_1d", "delta", "std_1h", "ratio_1d")
     ]
     assert "Pressure" in fitted and "Temperature" not in fitted  # not a sensor here: a plain column
     nothing = named.model_copy(update={"entities": (named.entities[0].model_copy(update={"sensors": ("vib*",)}),)})
@@ -124,8 +125,8 @@ def test_the_maintenance_pack_takes_every_sensor_of_a_file(run_cli, tmp_path: Pa
 
 def test_a_flat_sensor_is_a_finding_not_a_fit_error(run_cli, tmp_path: Path) -> None:
     """A file of one machine (no machine column: ``--map machine_id=``) whose sensor is flat over the whole fit (a
-    constant column, once a fit error): it fits, and when the sensor comes alive that reading alerts, its reasons
-    naming the sensor."""
+    constant column, once a fit error): it fits, it alarms as stuck when scoring starts, and when the sensor comes
+    alive that reading alerts, its reasons naming the sensor."""
     n, alive = 6 * 144, 4 * 144 + 36
     stamps = [datetime(2024, 1, 1) + timedelta(minutes=10 * i) for i in range(n)]
     value = np.full(n, 3.0)
@@ -140,7 +141,9 @@ def test_a_flat_sensor_is_a_finding_not_a_fit_error(run_cli, tmp_path: Path) -> 
     assert "all_value_std_1h" in model.preparer_.schema_.features  # constant at fit, kept
     scored = model.score(frame[3 * 144 :], state=model.new_state())
     alerts = scored.filter(pl.col("is_alert"))
-    assert alerts["timestamp"][0] == stamps[alive]  # flat: quiet; alive: the first reading alerts (and new levels on)
+    assert alerts["timestamp"][0] == stamps[3 * 144]  # flat since the history began: stuck as scoring starts
+    after = [t for t in alerts["timestamp"] if t >= stamps[alive]]  # alive: new levels, once the cooldown of the
+    assert after and after[0] <= stamps[alive] + timedelta(hours=12)  # last stuck alarm (every 12 hours) allows
     assert alerts["reasons"][0][0]["feature"].startswith("all_value_")
     out = tmp_path / "scored.csv"
     assert run_cli("score", path, "--bundle", bundle, "--out", out).code == 0

@@ -34,7 +34,7 @@ EntityFeatureKind = Literal[
     "first_seen",
     "rare",
     "distinct",
-    "new_level",
+    "new_level", "stuck",
 ]
 
 #: Feature kinds the schema infers.

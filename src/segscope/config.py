@@ -353,10 +353,10 @@ class SegscopeConfig(_Frozen):
                 "policy.recalibrate holds each entity to its own past: add an entities: block, or remove it"
             )
         if self.policy.kind == "new_level" and not any(
-            f.kind == "new_level" for e in self.entities for f in e.features
+            f.kind in ("new_level", "stuck") for e in self.entities for f in e.features
         ):
             raise ValueError(
-                "policy kind 'new_level' alerts on entity features of kind new_level: add one, e.g. "
+                "policy kind 'new_level' alerts on entity features of kind new_level or stuck: add one, e.g. "
                 "{kind: new_level, of: value} under entities:, or choose another policy kind"
             )
         names = [d.name for d in self.detectors]

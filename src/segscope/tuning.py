@@ -137,7 +137,7 @@ def finetune(
     candidate.supervised_ = tuned
     candidate.supervised_segment_features_ = with_segments
     reference = np.sort(rng.choice(rows.size, size=cap, replace=False)) if rows.size > cap else np.arange(rows.size)
-    levels = tuple(current.entities_.level_inputs()) if current.entities_ is not None else ()
+    levels = tuple(current.entities_.alarm_features()) if current.entities_ is not None else ()
     candidate.policy_ = make_policy(current.config.policy, levels).fit(
         tuned.predict_proba(x[reference]), frame[reference]
     )

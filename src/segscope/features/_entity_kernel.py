@@ -12,9 +12,9 @@ from numba import types
 from numba.typed import Dict
 
 # feature kinds, as the plan's first column
-COUNT, SUM, MEAN, STD, ZSCORE, RATIO, SINCE_LAST, LAG, DELTA, FIRST_SEEN, RARE, DISTINCT, NEW_LEVEL = range(13)
+COUNT, SUM, MEAN, STD, ZSCORE, RATIO, SINCE_LAST, LAG, DELTA, FIRST_SEEN, RARE, DISTINCT, NEW_LEVEL, STUCK = range(14)
 #: accumulator slots each kind keeps per entity
-SLOTS = (1, 1, 3, 3, 3, 3, 0, 1, 1, 0, 0, 1, 0)
+SLOTS = (1, 1, 3, 3, 3, 3, 0, 1, 1, 0, 0, 1, 0, 3)
 
 PAIR_KEY = types.UniTuple(types.int64, 2)  # type: ignore[no-untyped-call]
 _COUNT_BITS = 40  # pair value: generation << 40 | count
@@ -123,6 +123,18 @@ def advance(
             elif kind == RARE:
                 if prior[pc] >= 0:
                     result = 1.0 if n_prior == 0 or prior[pc] < shares[f] * n_prior else 0.0
+            elif kind == STUCK:  # slots: the value held (NaN: none yet), since when, the longest hold before
+                if first:
+                    acc[s, o], acc[s, o + 1], acc[s, o + 2] = x, t, 0.0
+                    result = np.nan if math.isnan(x) else 0.0
+                elif not math.isnan(x):
+                    if math.isnan(acc[s, o]) or x != acc[s, o]:
+                        if not math.isnan(acc[s, o]):
+                            acc[s, o + 2] = max(acc[s, o + 2], last_t[s] - acc[s, o + 1])
+                        acc[s, o], acc[s, o + 1] = x, t
+                        result = 0.0
+                    else:  # held longer than any value before it: a stuck sensor
+                        result = 1.0 if t - acc[s, o + 1] > acc[s, o + 2] else 0.0
             elif kind == DISTINCT:
                 acc[s, o] = acc[s, o] * decay + (1.0 if prior[pc] == 0 else 0.0)
                 result = acc[s, o]

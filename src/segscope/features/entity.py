@@ -147,6 +147,11 @@ class EntityFeatures:
         """A state with no entity: where the fitting history itself started."""
         return EntityState([Block(p.n_acc, len(p.pair_of)) for p in self.plans])
 
+    def alarm_features(self) -> list[str]:
+        """The features ``policy: {kind: new_level}`` alerts on: of kind ``new_level`` and ``stuck``."""
+        kinds = ("new_level", "stuck")
+        return [feature_name(p.spec, f) for p in self.plans for f in p.spec.features if f.kind in kinds]
+
     def level_inputs(self) -> dict[str, str]:
         """``new_level`` features and the column or expression each cuts into levels."""
         return {name: of for p in self.plans for name, of, _ in p.level_of.values()}

@@ -133,7 +133,7 @@ class Model:
         explainer = FeatureExplainer(top_k=cfg.top_k_reasons).fit(
             x, names, [prep.expected_[f] for f in names], ecdf=ensemble.shared_ecdf()
         )
-        levels = tuple(self.entities_.level_inputs()) if self.entities_ is not None else ()
+        levels = tuple(self.entities_.alarm_features()) if self.entities_ is not None else ()
         policy = make_policy(cfg.policy, levels).fit(ensemble.reference_scores_, frame)
         # a budget's rate is its own; new levels in the history are its first readings, not a rate to expect
         expected = cfg.policy.kind not in ("budget", "new_level")

@@ -1,0 +1,97 @@
+"""Entity features of kind stuck: 1 while a sensor has held one value longer than it ever held any before (a frozen
+sensor at a usual value), the same in any batches; the maintenance pack alarms on it."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import datetime, timedelta
+
+import numpy as np
+import polars as pl
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from polars.testing import assert_frame_equal
+
+from segscope.config import EntityConfig, load_config
+from segscope.features.entity import EntityFeatures
+from segscope.model import Model
+
+SPEC = (
+    EntityConfig.model_validate(
+        {"key": "machine_id", "time": "timestamp", "features": [{"kind": "stuck", "of": "value"}]}
+    ),
+)
+
+
+def _quantised(n: int, seed: int) -> pl.DataFrame:
+    """Two machines whose readings repeat now and then (a sensor with a coarse resolution), some missing."""
+    rng = np.random.default_rng(seed)
+    values = np.round(rng.normal(0, 1, n), 0)
+    values[rng.random(n) < 0.03] = np.nan
+    return pl.DataFrame(
+        {
+            "machine_id": rng.choice(["a", "b"], n).tolist(),
+            "timestamp": [datetime(2024, 1, 1) + timedelta(seconds=float(s)) for s in np.cumsum(rng.uniform(1, 60, n))],
+            "value": values,
+        }
+    ).with_columns(pl.col("value").fill_nan(None))
+
+
+def _by_hand(frame: pl.DataFrame) -> list[float | None]:
+    held: dict[str, tuple[float, float]] = {}  # machine -> (value, since)
+    longest: dict[str, float] = {}
+    last: dict[str, float] = {}
+    out: list[float | None] = []
+    for key, when, value in zip(frame["machine_id"], frame["timestamp"], frame["value"], strict=True):
+        t = when.timestamp()
+        if value is None:
+            out.append(None)
+        elif key not in held or held[key][0] != value:
+            if key in held:
+                longest[key] = max(longest.get(key, 0.0), last[key] - held[key][1])
+            held[key] = (value, t)
+            out.append(0.0)
+        else:
+            out.append(1.0 if t - held[key][1] > longest.get(key, 0.0) else 0.0)
+        last[key] = t
+    return out
+
+
+def test_stuck_is_one_exactly_while_a_hold_is_the_longest_yet() -> None:
+    frame = _quantised(3000, seed=1)
+    got = EntityFeatures(SPEC).fit_transform(frame)["machine_id_value_stuck"].to_list()
+    assert got == _by_hand(frame)
+    assert 0 < sum(v == 1.0 for v in got[1000:]) < 100  # rare once each machine has held values for a while
+
+
+@settings(max_examples=15, deadline=None)
+@given(cuts=st.lists(st.integers(1, 599), max_size=10, unique=True))
+def test_any_cut_into_batches_gives_the_same_holds(cuts: list[int]) -> None:
+    frame = _quantised(600, seed=2)
+    feats = EntityFeatures(SPEC).fit(frame[:0])
+    whole = feats.transform(frame, feats.new_state())
+    state, bounds = feats.new_state(), [0, *sorted(cuts), 600]
+    parts = [feats.transform(frame[a:b], state) for a, b in itertools.pairwise(bounds)]
+    assert_frame_equal(whole, pl.concat(parts), check_exact=True)
+
+
+def test_the_maintenance_pack_alarms_on_a_sensor_frozen_at_a_usual_value() -> None:
+    rng = np.random.default_rng(8)
+    n = 4 * 1440
+    value = 60 + 3 * np.sin(np.arange(n) * 2 * np.pi / 1440) + rng.normal(0, 0.4, n)
+    frozen_at = 3 * 1440
+    value[frozen_at : frozen_at + 360] = value[frozen_at - 1]  # six hours frozen at its last reading
+    frame = pl.DataFrame(
+        {
+            "machine_id": "pump",
+            "timestamp": [datetime(2024, 2, 1) + timedelta(minutes=i) for i in range(n)],
+            "temperature": np.round(value, 2),
+        }
+    )
+    model = Model(load_config("maintenance")).fit(frame[:1440])
+    scored = model.score(frame[1440:], state=model.new_state())
+    alerts = scored.filter(pl.col("is_alert"))["timestamp"].to_list()
+    start = frame["timestamp"][frozen_at]
+    frozen = [t for t in alerts if start <= t < start + timedelta(hours=6)]
+    assert frozen and frozen[0] <= start + timedelta(minutes=10)  # frozen readings at rounding precision differ
+    assert len(alerts) <= 6  # the rest: a few new levels at most
