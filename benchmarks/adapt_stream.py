@@ -5,10 +5,10 @@ kept in the entity state) as a ratio to the same pack frozen at fit, against a r
 
 Sensor readings of --machines machines every minute (a daily cycle plus noise, some machines drifting), JSON keyed
 by machine on a 3-partition topic, scored by `segscope stream` (at-least-once, entity state checkpointed in
---state-dir) with two bundles fitted on the same first day: (a) frozen: the pack's features without ``new_level``,
-alerting on the 0.1% threshold of the fit scores (``contamination``), same cooldown; (b) the pack as shipped
-(``new_level`` alarms). Each run in its own process, runs alternate; rate = records / (last output - first
-output); medians over --repeats. Writes benchmarks/results/adapt_stream.json.
+--state-dir) with two bundles fitted on the same first day: (a) frozen: the pack's features without ``new_level``
+and ``stuck``, alerting on the 0.1% threshold of the fit scores (``contamination``), same cooldown; (b) the pack as
+shipped (``new_level`` and ``stuck`` alarms). Each run in its own process, runs alternate; rate = records / (last
+output - first output); medians over --repeats. Writes benchmarks/results/adapt_stream.json.
 """
 
 from __future__ import annotations
@@ -61,7 +61,8 @@ def main() -> None:
     keys = [m.encode() for m in live["machine_id"]]
     pack = load_config("maintenance")
     spec = pack.entities[0]
-    frozen_spec = spec.model_copy(update={"features": tuple(f for f in spec.features if f.kind != "new_level")})
+    learning = ("new_level", "stuck")
+    frozen_spec = spec.model_copy(update={"features": tuple(f for f in spec.features if f.kind not in learning)})
     frozen = pack.model_copy(
         update={
             "entities": (frozen_spec,),
