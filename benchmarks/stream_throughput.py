@@ -37,6 +37,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -75,7 +76,9 @@ def fill(bootstrap: str, topic: str, values: list[bytes]) -> None:
     producer.flush(60)
 
 
-def watch_rate(bootstrap: str, topic: str, n: int, launched: float, timeout: float = 900) -> tuple[float, float, float]:
+def watch_rate(
+    bootstrap: str, topic: str, n: int, launched: float, proc: subprocess.Popen[Any], timeout: float = 900
+) -> tuple[float, float, float]:
     """(records/s start to end: from ``launched`` (time.monotonic() at the process's start) to the last output;
     records/s from the first output to the last; seconds from ``launched`` to the first output). One client asks
     for the end offsets every 50 ms (a new client each time would take CPU from the process measured)."""
@@ -84,7 +87,7 @@ def watch_rate(bootstrap: str, topic: str, n: int, launched: float, timeout: flo
     watcher = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-watch"})
     parts = [TopicPartition(topic, p) for p in watcher.list_topics(topic, timeout=10).topics[topic].partitions]
     first = None
-    deadline = time.monotonic() + timeout
+    deadline, exited = time.monotonic() + timeout, time.monotonic()
     try:
         while time.monotonic() < deadline:
             try:
@@ -98,9 +101,13 @@ def watch_rate(bootstrap: str, topic: str, n: int, launched: float, timeout: flo
             if c >= n and first is not None:
                 return n / (now - launched), (c - first[1]) / max(now - first[0], 1e-9), first[0] - launched
             time.sleep(0.05)
+            if proc.poll() is not None and time.monotonic() > exited + 10:  # gone for 10 s: not coming
+                break
+            if proc.poll() is None:
+                exited = time.monotonic()
     finally:
         watcher.close()
-    raise RuntimeError(f"{topic} did not reach {n} records")
+    raise RuntimeError(f"{topic} did not reach {n} records (the process exited with {proc.returncode})")
 
 
 def passthrough(bootstrap: str, source: str, target: str, n: int, group: str) -> None:
@@ -271,8 +278,8 @@ def main() -> None:
             steady: dict[str, list[float]] = {m: [] for m in names}
             first: dict[str, list[float]] = {m: [] for m in names}
 
-            def watch(mode: str, target: str, launched: float) -> None:
-                rate, between, first_s = watch_rate(bootstrap, target, args.records, launched)
+            def watch(mode: str, target: str, launched: float, proc: subprocess.Popen[Any]) -> None:
+                rate, between, first_s = watch_rate(bootstrap, target, args.records, launched, proc)
                 rates[mode].append(rate)
                 steady[mode].append(between)
                 first[mode].append(first_s)
@@ -286,7 +293,7 @@ def main() -> None:
                 code = f"{inspect.getsource(passthrough)}\npassthrough{call!r}"
                 launched = time.monotonic()
                 worker = subprocess.Popen([sys.executable, "-c", code])
-                watch("confluent-kafka passthrough", target, launched)
+                watch("confluent-kafka passthrough", target, launched, worker)
                 worker.wait(timeout=300)
                 for m, (mode, extra) in enumerate(modes.items()):
                     target = f"bench.out{r}.{m}"
@@ -297,13 +304,17 @@ def main() -> None:
                         os.environ["PYTHONPATH"] = str(source[mode])
                     proc = start_stream(
                         bundle, bootstrap, "--in-topic", "bench.in", "--out-topic", target, "--group", f"b{r}.{m}",
-                        "--idle-exit", "3", *extra,
+                        "--idle-exit", "3", *extra, log=tmp / f"{target}.log",
                     )  # fmt: skip
                     if saved is None:
                         os.environ.pop("PYTHONPATH", None)
                     else:
                         os.environ["PYTHONPATH"] = saved
-                    watch(mode, target, launched)
+                    try:
+                        watch(mode, target, launched, proc)
+                    except RuntimeError:
+                        print((tmp / f"{target}.log").read_text()[-3000:], file=sys.stderr)
+                        raise
                     proc.communicate(timeout=300)
                 print(
                     f"run {r + 1}: "
