@@ -179,6 +179,9 @@ def test_a_stuck_sensor_alerts_once_and_a_steady_machine_stays_quiet(tmp_path: P
     first_stuck = datetime(2024, 1, 1) + timedelta(minutes=40 * 60)
     alerts_b = b.filter(pl.col("is_alert"))["timestamp"].to_list()
     assert first_stuck in alerts_b  # the minute it sticks
+    reasons = b.filter(pl.col("timestamp") == first_stuck)["reasons"][0]
+    assert reasons[0]["feature"] == "machine_id_value_new_level"  # the alarm says why first
+    assert len(reasons) <= 3 and sum(r["feature"] == "machine_id_value_new_level" for r in reasons) == 1
     assert len([t for t in alerts_b if t > first_stuck]) == 0  # stuck at one level: new once, then known
     a_alerts = scored.filter((pl.col("machine_id") == "a") & pl.col("is_alert")).height
     assert a_alerts <= 5  # the steady machine: its levels were all seen in the first day (edges may be new)

@@ -35,7 +35,7 @@ from segscope.unsupervised.drift import DriftReference, DriftTracker, time_like_
 from segscope.unsupervised.ensemble import AnomalyEnsemble, SegmentCalibration
 from segscope.unsupervised.explain import REASON_DTYPE, FeatureExplainer
 from segscope.unsupervised.profiles import expected_rows, expected_table, profile_cards
-from segscope.unsupervised.threshold import PolicyState, make_policy
+from segscope.unsupervised.threshold import NewLevelAlerts, PolicyState, make_policy
 
 __all__ = ["SCORED_COLUMNS", "Model", "ScoringState"]
 
@@ -405,6 +405,8 @@ class Model:
             alerts = self.entities_.cool_down(np.asarray(alerts, dtype=bool), entities, cooldown, rearm)
         if drift is not None:
             drift.add(validated, alerts)
+        if isinstance(self.policy_, NewLevelAlerts):
+            reasons = _alarms_first(validated, reasons, self.policy_.columns, self.config.top_k_reasons)
         return frame.with_columns(
             pl.Series("score", score, dtype=pl.Float64),
             pl.Series("anomaly_score", anomaly, dtype=pl.Float64),
@@ -452,3 +454,20 @@ class Model:
         from segscope.model import persist
 
         return persist.load(cls, path, trusted=trusted)
+
+
+def _alarms_first(frame: pl.DataFrame, reasons: pl.Series, columns: tuple[str, ...], k: int) -> pl.Series:
+    """A reading a ``new_level`` policy alarms on gives that alarm (a new level, a stuck sensor) as its first
+    reason, ahead of what the detectors found."""
+    listed = pl.col("__reasons")
+    for name in reversed([c for c in columns if c in frame.columns]):
+        head = pl.struct(
+            pl.lit(name).alias("feature"),
+            pl.lit("1").alias("value"),
+            pl.lit("0").alias("expected"),
+            listed.list.first().struct.field("contribution").fill_null(0.0).alias("contribution"),
+        )
+        rest = listed.list.eval(pl.element().filter(pl.element().struct.field("feature") != name))
+        listed = pl.when(pl.col(name) == 1.0).then(pl.concat_list([head, rest]).list.head(k)).otherwise(listed)
+    picked = frame.select([c for c in columns if c in frame.columns]).with_columns(reasons.alias("__reasons"))
+    return picked.select(listed.cast(REASON_DTYPE).alias("reasons")).to_series()
