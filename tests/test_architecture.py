@@ -137,3 +137,17 @@ def test_the_architecture_page_names_every_module_and_folder() -> None:
             continue
         name = f"{path.name}/" if path.is_dir() else path.stem
         assert re.search(rf"(^|[\s,]){re.escape(name)}([\s,]|$)", table, re.M), f"ARCHITECTURE.md omits {name}"
+
+
+def test_entity_feature_kinds_are_in_the_kernel_s_order() -> None:
+    """An entity aggregate is a name in ``_typing.EntityFeatureKind``, a constant of the same rank in the kernel and
+    its slot count in ``SLOTS`` (docs/ARCHITECTURE.md, "where a new piece goes"): a kind added in one place only
+    would compute another kind's aggregate."""
+    from typing import get_args
+
+    from segscope._typing import EntityFeatureKind
+    from segscope.features import _entity_kernel as kernel
+
+    kinds = get_args(EntityFeatureKind)
+    assert [getattr(kernel, k.upper()) for k in kinds] == list(range(len(kinds)))
+    assert len(kernel.SLOTS) == len(kinds)

@@ -18,7 +18,6 @@ if TYPE_CHECKING:
 
 label_app = typer.Typer(help="The label store from the command line: queue, add, import, export.", no_args_is_help=True)
 app.add_typer(label_app, name="label")
-AnalystOpt = Annotated[str, typer.Option("--analyst", help="Who labels (default: $USER).")]
 
 
 def _default_analyst() -> str:

@@ -10,7 +10,6 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = ["Base", "Label", "Record"]
 
-LABEL_VALUES = ("anomaly", "normal")
 LABEL_SOURCES = ("page", "api", "cli", "import", "kafka")
 
 

@@ -51,7 +51,6 @@ _EPS = 1e-4
 _TOP_LEVELS = 30
 _MISSING = "\x00missing"
 _NUMERIC_FIELDS = ("name", "low", "high", "edges", "shares", "whole")
-_OTHER = "\x00other"
 
 
 @dataclass

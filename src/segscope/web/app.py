@@ -51,7 +51,6 @@ _TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 _TOKEN_COOKIE = "segscope_token"
 _ANALYST_COOKIE = "segscope_analyst"
 _CSRF_COOKIE = "segscope_csrf"
-_CSRF_FIELD = "csrf_token"
 _UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
 #: The pages a link may carry ``?token=`` to (a browser cannot add a header to a link).
 _TOKEN_LINK_PAGES = ("/", "/labels")
