@@ -252,19 +252,14 @@ POLICIES: dict[str, type[Any]] = {
 
 
 def make_policy(config: PolicyConfig, new_levels: tuple[str, ...] = ()) -> AlertPolicy:
-    """The policy a :class:`PolicyConfig` describes (not yet fitted); ``new_levels``: the config's entity features
-    of kind ``new_level`` (for that policy kind)."""
-    if config.kind == "new_level":
-        return NewLevelAlerts(new_levels)
-    if config.kind == "contamination":
-        return ContaminationThreshold(config.contamination)
-    if config.kind == "quantile":
-        return QuantileThreshold(config.quantile)
-    if config.kind == "fixed":
-        return FixedThreshold(config.threshold)
-    return AlertBudget(
-        config.max_alerts, per=config.per, rows=config.rows, time_column=config.time_column, threshold=config.threshold
-    )
+    """The policy a :class:`PolicyConfig` describes (not yet fitted): its class from :data:`POLICIES`, its
+    parameters (the names of its ``_constraints``) from the config's fields of the same names; ``new_levels``: the
+    config's entity features a ``new_level`` policy alerts on."""
+    cls = POLICIES[config.kind]
+    given = {"columns": new_levels}
+    params = {name: given[name] if name in given else getattr(config, name) for name in cls._constraints}
+    policy: AlertPolicy = cls(**params)
+    return policy
 
 
 def restore_policy(config: PolicyConfig, described: dict[str, Any]) -> AlertPolicy:
