@@ -361,9 +361,6 @@ class KafkaSink:
         done, self.done_ = self.done_, {}
         return done
 
-    def in_flight(self) -> int:
-        return len(self.tickets_)
-
     def flush(self, timeout: float = 180.0) -> None:
         """Wait until every batch in flight is acknowledged (or raise: nothing past a lost output is committed)."""
         deadline = time.monotonic() + timeout

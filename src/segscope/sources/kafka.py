@@ -26,7 +26,7 @@ import polars as pl
 from segscope._kafka import TP, Client, Polled, log_commit_failure, make_consumer
 from segscope._kafka_setup import KafkaSettings
 from segscope.exceptions import SourceError
-from segscope.schema import SCORED_COLUMNS, ColumnSpec, FeatureSchema
+from segscope.schema import ColumnSpec, FeatureSchema
 from segscope.sources.base import Batch, DeadLetter
 from segscope.sources.wire import WireDecoder
 
@@ -46,8 +46,6 @@ _DTYPES: dict[str, pl.DataType] = {"numeric": pl.Float64(), "boolean": pl.Boolea
 _EPOCH = datetime(1970, 1, 1)
 _MICROSECOND = timedelta(microseconds=1)
 _INF = float("inf")
-#: Output fields segscope adds; a record that already has one is merged as a dict instead of spliced as bytes.
-RESERVED = frozenset({"id", *SCORED_COLUMNS})
 
 
 def _check(value: Any, spec: ColumnSpec) -> tuple[Any, str | None]:
