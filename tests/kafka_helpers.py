@@ -450,3 +450,15 @@ MISCONFIGURED = [
     "plaintext client on the TLS listener",
     "kafka-python, wrong password",
 ]
+
+
+def stream_killed_midway(bundle: Path, bootstrap: str, args: list[str], out_topic: str, n: int) -> None:
+    """``segscope stream`` with ``args`` SIGKILLed once ``out_topic`` holds half of ``n`` outputs, then run again
+    until it idles: the second run must go on from the committed offsets (and the checkpoints) and exit 0."""
+    proc = start_stream(bundle, bootstrap, *args)
+    wait_until(lambda: count(bootstrap, out_topic) >= n // 2, timeout=240, proc=proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    proc = start_stream(bundle, bootstrap, *args, "--idle-exit", "4")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]

@@ -5,7 +5,6 @@ SIGKILL in the middle (entity state checkpointed with the offsets in --state-dir
 from __future__ import annotations
 
 import json
-import signal
 from collections import Counter
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -15,7 +14,7 @@ import polars as pl
 
 from segscope.config import load_config
 from segscope.model import Model
-from tests.kafka_helpers import consume_all, count, create_topic, produce, start_stream, wait_until
+from tests.kafka_helpers import consume_all, create_topic, produce, stream_killed_midway
 
 
 def _machines(days: int) -> pl.DataFrame:
@@ -61,13 +60,7 @@ def test_the_adapting_pack_streams_what_the_file_in_order_gives_through_a_sigkil
         "--in-topic", topic, "--out-topic", "adapt.out", "--group", "g-adapt", "--batch-size", "500",
         "--state-dir", str(tmp_path / "state"),
     ]  # fmt: skip
-    proc = start_stream(tmp_path / "bundle", kafka_bootstrap, *args)
-    wait_until(lambda: count(kafka_bootstrap, "adapt.out") >= live.height // 2, timeout=240, proc=proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=30)
-    proc = start_stream(tmp_path / "bundle", kafka_bootstrap, *args, "--idle-exit", "4")
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err[-2000:]
+    stream_killed_midway(tmp_path / "bundle", kafka_bootstrap, args, "adapt.out", live.height)
 
     out = consume_all(kafka_bootstrap, "adapt.out", idle=5)
     assert set(Counter(r["id"] for r in out)) == set(live["reading_id"])  # every reading scored

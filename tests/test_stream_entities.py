@@ -3,7 +3,6 @@ killed with SIGKILL mid-way (its entity state checkpointed with the offsets in -
 
 from __future__ import annotations
 
-import signal
 from collections import Counter
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from tests.kafka_helpers import (
     produce,
     records,
     start_stream,
+    stream_killed_midway,
     terminate,
     wait_until,
 )
@@ -62,13 +62,7 @@ def test_one_batch_small_batches_and_a_killed_stream_give_identical_features_and
         "--in-topic", topic, "--out-topic", "entities.out", "--group", "g-entities", "--batch-size", "300",
         "--state-dir", str(tmp_path / "state"), "--stats-interval", "2",
     ]  # fmt: skip
-    proc = start_stream(tmp_path / "bundle", kafka_bootstrap, *args)
-    wait_until(lambda: count(kafka_bootstrap, "entities.out") >= live.height // 2, timeout=240, proc=proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=30)
-    proc = start_stream(tmp_path / "bundle", kafka_bootstrap, *args, "--idle-exit", "4")
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err[-2000:]
+    stream_killed_midway(tmp_path / "bundle", kafka_bootstrap, args, "entities.out", live.height)
 
     out = consume_all(kafka_bootstrap, "entities.out", idle=5)
     seen = Counter(r["id"] for r in out)
