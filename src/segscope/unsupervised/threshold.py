@@ -55,7 +55,18 @@ class AlertPolicy(Protocol):
     def describe(self) -> dict[str, Any]: ...
 
 
-class FixedThreshold(StoresParams):
+class _Policy(StoresParams):
+    """What every policy shares: a fresh :class:`PolicyState`, and no deciding before ``fit``."""
+
+    def new_state(self) -> PolicyState:
+        return PolicyState()
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "threshold_"):
+            raise NotFittedError(f"{type(self).__name__} is not fitted; call fit(reference_scores) first")
+
+
+class FixedThreshold(_Policy):
     """Alert when ``score >= threshold``."""
 
     _constraints: ClassVar[dict[str, Constraint]] = {"threshold": Interval(float, 0.0, 1.0)}
@@ -68,12 +79,8 @@ class FixedThreshold(StoresParams):
         self.threshold_ = float(self.threshold)
         return self
 
-    def new_state(self) -> PolicyState:
-        return PolicyState()
-
     def decide(self, scores: np.ndarray, frame: pl.DataFrame, state: PolicyState | None = None) -> np.ndarray:
-        if not hasattr(self, "threshold_"):
-            raise NotFittedError(f"{type(self).__name__} is not fitted; call fit(reference_scores) first")
+        self._check_fitted()
         return np.asarray(scores >= self.threshold_)
 
     def describe(self) -> dict[str, Any]:
@@ -117,7 +124,7 @@ class ContaminationThreshold(QuantileThreshold):
         return {"kind": "contamination", "contamination": self.contamination, "threshold": self.threshold_}
 
 
-class AlertBudget(StoresParams):
+class AlertBudget(_Policy):
     """At most ``max_alerts`` per period (hour/day/week of ``time_column``, or every ``rows`` records).
 
     The threshold is set so that the reference history would have used the budget (its share of records per
@@ -177,12 +184,8 @@ class AlertBudget(StoresParams):
         self.records_per_period_ = per_period
         return self
 
-    def new_state(self) -> PolicyState:
-        return PolicyState()
-
     def decide(self, scores: np.ndarray, frame: pl.DataFrame, state: PolicyState | None = None) -> np.ndarray:
-        if not hasattr(self, "threshold_"):
-            raise NotFittedError("AlertBudget is not fitted; call fit(reference_scores) first")
+        self._check_fitted()
         state = state if state is not None else self.new_state()
         periods = self._periods(frame, scores.shape[0], state.rows_seen)
         state.rows_seen += scores.shape[0]
@@ -207,7 +210,7 @@ class AlertBudget(StoresParams):
         }
 
 
-class NewLevelAlerts(StoresParams):
+class NewLevelAlerts(_Policy):
     """Alert where any of ``columns`` (entity features of kind ``new_level``) is 1: a reading at a level its
     entity never had. Nothing to fit: the levels live in the entity features."""
 
@@ -223,12 +226,8 @@ class NewLevelAlerts(StoresParams):
         self.threshold_ = None
         return self
 
-    def new_state(self) -> PolicyState:
-        return PolicyState()
-
     def decide(self, scores: np.ndarray, frame: pl.DataFrame, state: PolicyState | None = None) -> np.ndarray:
-        if not hasattr(self, "threshold_"):
-            raise NotFittedError(f"{type(self).__name__} is not fitted; call fit(reference_scores) first")
+        self._check_fitted()
         missing = [c for c in self.columns if c not in frame.columns]
         if missing:
             raise SchemaError(f"new_level feature column(s) {missing} are missing from the scored frame")
