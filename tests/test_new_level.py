@@ -201,6 +201,15 @@ def test_a_flat_sensor_at_fit_is_no_error_and_any_move_off_it_is_new() -> None:
     assert b.filter(pl.col("is_alert"))["value"].to_list() == [20.5]
 
 
+@pytest.mark.parametrize(("low", "high"), [(5.0, 5.0), (0.0, 5e-324), (-1.7e308, 1.7e308)])
+def test_a_grid_always_has_a_finite_positive_step(low: float, high: float) -> None:
+    history = pl.DataFrame({"machine_id": ["a", "a"], "timestamp": [datetime(2024, 1, 1)] * 2, "value": [low, high]})
+    feats = EntityFeatures(SPEC).fit(history)
+    start, step = feats.grids_["machine_id_value_new_level"][levels.ALL]
+    assert start == low and np.isfinite(step) and step > 0
+    EntityFeatures.from_files(SPEC, list(feats.to_files().values()))  # and the bundle's copy loads
+
+
 def test_policy_new_level_without_the_feature_and_a_tampered_grid_are_one_clear_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="policy kind 'new_level' alerts on entity features of kind new_level"):
         config_from_dict(

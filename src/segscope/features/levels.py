@@ -53,8 +53,12 @@ def widest(a: Ranges, b: Ranges) -> Ranges:
 
 
 def _grid(low: float, high: float, levels: int) -> tuple[float, float]:
-    """The range cut into ``levels``; a flat range gets levels 1% of its value wide (any move off it is new)."""
-    return low, (high - low) / levels if high > low else max(abs(low), 1e-9) * 0.01
+    """The range cut into ``levels``; a flat range (or one too narrow or too wide for a float step) gets levels 1%
+    of its largest value wide (any move off it is new)."""
+    step = (high - low) / levels
+    if not (np.isfinite(step) and step > 0):
+        step = max(abs(low), abs(high), 1e-9) * 0.01
+    return low, step
 
 
 def grids(history: Ranges, levels: dict[str, int]) -> Grids:
@@ -85,7 +89,8 @@ def codes(values: np.ndarray, keys: pl.Series | None, grid: dict[str, tuple[floa
             return mapped.fill_null(default).to_numpy()
 
         starts, steps = per_row(0, start), per_row(1, step)
-    level = np.floor(np.clip((values - starts) / steps, -1e15, 1e15))
+    with np.errstate(over="ignore", invalid="ignore"):  # values past a float's range: the farthest level
+        level = np.floor(np.clip((values - starts) / steps, -1e15, 1e15))
     return pl.Series("level", level).fill_nan(None).cast(pl.Int64)
 
 
