@@ -88,7 +88,7 @@ def main() -> None:
                         tmp / bundle, bootstrap, "--in-topic", "sensors.in", "--out-topic", target,
                         "--group", f"s{r}.{m}", "--idle-exit", "3", "--state-dir", str(tmp / f"state{r}.{m}"),
                     )  # fmt: skip
-                    rates[mode].append(watch_rate(bootstrap, target, len(values), launched)[1])
+                    rates[mode].append(watch_rate(bootstrap, target, len(values), launched, proc)[1])
                     proc.communicate(timeout=300)
                 print(f"run {r + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}/s" for k, v in rates.items()), flush=True)
         finally:

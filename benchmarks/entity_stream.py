@@ -22,6 +22,7 @@ import json
 import statistics
 import sys
 import tempfile
+import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -109,11 +110,12 @@ def main() -> None:
                     target = f"cards.out{r}.{m}"
                     create_topic(bootstrap, target, partitions=3)
                     flags = [*extra, str(tmp / f"state{r}.{m}")] if extra else []
+                    launched = time.monotonic()
                     proc = start_stream(
                         tmp / bundle, bootstrap, "--in-topic", "cards.in", "--out-topic", target,
                         "--group", f"c{r}.{m}", "--idle-exit", "3", *flags,
                     )  # fmt: skip
-                    rates[mode].append(watch_rate(bootstrap, target, len(values)))
+                    rates[mode].append(watch_rate(bootstrap, target, len(values), launched, proc)[1])
                     proc.communicate(timeout=300)
                 print(f"run {r + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}/s" for k, v in rates.items()), flush=True)
         finally:
