@@ -26,8 +26,6 @@ from segscope._io import detect_format, sha256_file
 from segscope.config import SegscopeConfig
 from segscope.exceptions import DataError, SchemaError, SegscopeWarning, SinkError
 from segscope.features.entity import EntityFeatures
-from segscope.features.prepare import check_unique_ids as check_unique_frame_ids
-from segscope.features.prepare import parse_datetimes
 from segscope.labels._open import hide_password
 from segscope.labels.parse import load_labels
 from segscope.labels.queue import candidate_rows
@@ -37,7 +35,8 @@ from segscope.metrics import evaluate_scores
 from segscope.model import Model
 from segscope.schema import SCORED_COLUMNS, ColumnSpec
 from segscope.sinks.files import FileSink, open_sink
-from segscope.sources.files import FileSource, check_unique_ids, count_rows, parse_dates, read_file, sample_rows
+from segscope.sources.files import FileSource, check_file_ids, count_rows, read_file, sample_rows
+from segscope.sources.frames import check_ids_present, check_ids_unique, check_unique_ids, parse_dates, parse_datetimes
 from segscope.supervised.promotion import GATE_FOLDS
 from segscope.tuning import finetune
 from segscope.unsupervised.drift import adaptation_of
@@ -85,7 +84,7 @@ def fit_file(
     if detect_format(path) == "csv":
         _warn_other_separator(path, sample.columns)
     if cfg.features.id_column is not None and total > sample.height and cfg.features.id_column in sample.columns:
-        check_unique_ids(path, cfg.features.id_column)
+        check_file_ids(path, cfg.features.id_column)
     return Model(cfg).fit(
         sample, fingerprint=sha256_file(path), total_rows=total, on_step=on_step, previous=previous, entities=entities
     )
@@ -167,7 +166,7 @@ def iter_scored(
     _check_columns(path, model)
     id_column = model.id_column
     if id_column is not None and ids_first:
-        check_unique_ids(path, id_column)
+        check_file_ids(path, id_column)
     state, drift = model.new_state(), model.drift_tracker()
     if model.entities_ is not None and _is_history(model, path):
         state.entities = model.entities_.empty_state()  # the history's own records: as at fit, not continued
@@ -179,11 +178,8 @@ def iter_scored(
     for batch in _prefetch(source.iter_batches(), depth=1):  # the next batch is read while this one scores
         frame = batch.frame
         if id_column is not None and not ids_first:
-            column = frame.get_column(id_column)
-            if column.null_count():
-                row = batch.start + int(column.is_null().arg_true()[0])
-                raise DataError(f"id column '{id_column}' is null at row {row}; every record needs an id")
-            ids.append(column)
+            check_ids_present(frame.get_column(id_column), id_column, start=batch.start)
+            ids.append(frame.get_column(id_column))
         try:
             yield model.score(frame, state=state, drift=drift)
         except (SchemaError, DataError) as exc:
@@ -195,7 +191,7 @@ def iter_scored(
     if rows == 0:
         raise DataError(f"{path}: the file has a header but no rows; there is nothing to score")
     if ids:
-        _refuse_duplicate_ids(pl.concat(ids), id_column or "")
+        check_ids_unique(pl.concat(ids), id_column or "")
     drifted = drift.report(adaptation_of(model.config.policy)).warning() if drift is not None else None
     if drifted:
         warnings.warn(drifted, SegscopeWarning, stacklevel=2)
@@ -206,17 +202,6 @@ def iter_scored(
             "their records' scores; check the input or refit without them (--drop)",
             SegscopeWarning,
             stacklevel=2,
-        )
-
-
-def _refuse_duplicate_ids(ids: pl.Series, id_column: str) -> None:
-    duplicated = ids.is_duplicated()
-    if duplicated.any():
-        first = int(duplicated.arg_true()[0])
-        value = ids[first]
-        raise DataError(
-            f"id column '{id_column}' has duplicate values (e.g. {value!r} appears {int((ids == value).sum())} "
-            f"times, first at row {first}); ids must be unique: de-duplicate the input or choose another --id-column"
         )
 
 
@@ -477,7 +462,7 @@ def _training_data(
         raise SchemaError(f"{data} has no id column '{id_column}'; pass the --data the bundle was fitted on")
     # the file's entity features over the whole file in order (not per training subset), as it would be scored
     from_file = model.with_entities(from_file).with_columns(pl.col(id_column).cast(pl.String))
-    check_unique_frame_ids(from_file, id_column)
+    check_unique_ids(from_file, id_column)
     extra = stored.filter(~pl.col(id_column).is_in(from_file.get_column(id_column).implode()))
     try:
         both = pl.concat([from_file, extra], how="diagonal_relaxed")

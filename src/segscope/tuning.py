@@ -16,8 +16,8 @@ import numpy as np
 import polars as pl
 
 from segscope.exceptions import DataError, SchemaError
-from segscope.features.prepare import check_unique_ids, parse_datetimes
 from segscope.model import Model
+from segscope.sources.frames import check_unique_ids, parse_datetimes
 from segscope.supervised.learners import make_finetuned
 from segscope.supervised.promotion import GATE_FOLDS, compare, gate_folds, judged_rows
 from segscope.supervised.selection import choose, out_of_fold

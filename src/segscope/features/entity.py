@@ -28,8 +28,8 @@ from segscope.expressions import compile_expression, expression_columns
 from segscope.features import _entity_kernel as kernel
 from segscope.features import levels
 from segscope.features.entity_state import Block, EntityState
-from segscope.features.prepare import parse_datetimes
 from segscope.schema import SCORED_COLUMNS
+from segscope.sources.frames import parse_datetimes
 
 __all__ = ["EntityFeatures", "EntityState"]
 

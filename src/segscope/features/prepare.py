@@ -27,8 +27,9 @@ import polars as pl
 from segscope.exceptions import DataError, NotFittedError, SchemaError
 from segscope.features.prepared_state import check_state
 from segscope.schema import ColumnSpec, FeatureSchema, infer_kind
+from segscope.sources.frames import check_unique_ids, parse_datetimes
 
-__all__ = ["FeaturePreparer", "parse_datetimes"]
+__all__ = ["FeaturePreparer"]
 
 _NULL_LEVEL = "\x00null"
 #: A string column counts as "numbers with garbage" when at least this share of its values parse as numbers.
@@ -447,22 +448,6 @@ def _cast_or_explain(col: pl.Series, spec: ColumnSpec, target: pl.DataType) -> p
     return converted.alias(spec.name)
 
 
-def parse_datetimes(text: pl.Series) -> pl.Series:
-    """Text to Datetime, null where a value does not read as one. Polars infers the format from the first value
-    and fails the whole column when that one is garbage: then each value is read on its own."""
-    try:
-        return text.str.to_datetime(strict=False)
-    except pl.exceptions.PolarsError:
-
-        def one(value: str | None) -> object:
-            try:
-                return pl.Series([value]).str.to_datetime(strict=False)[0]
-            except pl.exceptions.PolarsError:
-                return None
-
-        return pl.Series(text.name, [one(v) for v in text.to_list()], dtype=pl.Datetime("us"))
-
-
 def _refuse_numbers_with_garbage(col: pl.Series) -> None:
     if col.dtype != pl.String:
         return
@@ -477,20 +462,4 @@ def _refuse_numbers_with_garbage(col: pl.Series) -> None:
         raise DataError(
             f"column '{col.name}' looks numeric ({share:.1%} of values are numbers) but holds non-numeric "
             f"values such as {bad[0]!r}; clean those values, or --drop the column"
-        )
-
-
-def check_unique_ids(frame: pl.DataFrame, id_column: str) -> None:
-    """Refuse duplicate or null ids: labels refer to ids, so each must name one record."""
-    ids = frame.get_column(id_column)
-    if ids.null_count():
-        row = int(ids.is_null().arg_true()[0])
-        raise DataError(f"id column '{id_column}' is null at row {row}; every record needs an id")
-    dup = ids.is_duplicated()
-    if dup.any():
-        value = ids.filter(dup)[0]
-        count = int((ids == value).sum())
-        raise DataError(
-            f"id column '{id_column}' has duplicate values (e.g. {value!r} appears {count} times); "
-            "ids must be unique: de-duplicate the input or choose another --id-column"
         )

@@ -21,8 +21,8 @@ import numpy as np
 import polars as pl
 
 from segscope.exceptions import DataError, SegscopeWarning
-from segscope.features.prepare import parse_datetimes
 from segscope.schema import ColumnSpec
+from segscope.sources.frames import parse_datetimes
 
 if TYPE_CHECKING:
     from segscope.labels.store import LabelStore

@@ -11,14 +11,15 @@ import numpy as np
 import polars as pl
 
 from segscope._io import detect_format
-from segscope.exceptions import DataError, SourceError
+from segscope.exceptions import SourceError
 from segscope.sources.base import Batch
+from segscope.sources.frames import duplicate_id_error, null_id_error, parse_date_columns, parse_dates
 
 __all__ = [
     "CSV_INFER_ROWS",
     "FileSource",
     "check_csv",
-    "check_unique_ids",
+    "check_file_ids",
     "count_rows",
     "iter_batches",
     "read_file",
@@ -197,7 +198,7 @@ def scan_file(path: str | Path, *, dtypes: dict[str, pl.DataType] | None = None)
     CSV is read without guessing dates (Polars' date guessing costs more than the rest of the read); in CSV and
     NDJSON, columns named in ``dtypes`` get those types, the others are inferred once per file version and the
     result is reused by every later scan of the file. Which text columns hold dates is decided where it matters:
-    at fit (:func:`parse_dates`) and, at score time, by the bundle's schema.
+    at fit (:func:`~segscope.sources.frames.parse_dates`) and, at score time, by the bundle's schema.
     """
     path = Path(path)
     fmt = detect_format(path)
@@ -235,38 +236,6 @@ def scan_file(path: str | Path, *, dtypes: dict[str, pl.DataType] | None = None)
     return lf
 
 
-def parse_dates(frame: pl.DataFrame, *, sample: int = 1000) -> pl.DataFrame:
-    """Text columns whose values all read as dates or date-times become Date/Datetime columns (text formats have
-    no types; Parquet keeps its own). A column is tested on a sample of its values first, so the cost is paid
-    only for columns that hold dates."""
-    parsed = []
-    for name, dtype in frame.schema.items():
-        if dtype != pl.String:
-            continue
-        values = frame.get_column(name).drop_nulls()
-        if values.len() == 0 or not values.head(sample).str.contains(r"^\s*\d{4}-\d{2}-\d{2}").all():
-            continue
-        column = _as_date(frame.get_column(name))
-        if column is not None:
-            parsed.append(column)
-    return frame.with_columns(parsed) if parsed else frame
-
-
-def _as_date(column: pl.Series) -> pl.Series | None:
-    """The column as Date (all values dates) or Datetime, when every non-null value parses; else None."""
-    text = column.str.strip_chars()
-    for as_date in (True, False):
-        try:
-            out = text.str.to_date(strict=False) if as_date else text.str.to_datetime(strict=False, time_unit="us")
-        except pl.exceptions.PolarsError:
-            continue
-        if out.null_count() == column.null_count():
-            if getattr(out.dtype, "time_zone", None):
-                out = out.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
-            return out.alias(column.name)
-    return None
-
-
 def _collect(lf: pl.LazyFrame, path: str | Path, *, streaming: bool = False) -> pl.DataFrame:
     try:
         return lf.collect(engine="streaming") if streaming else lf.collect()
@@ -280,7 +249,8 @@ def _collect(lf: pl.LazyFrame, path: str | Path, *, streaming: bool = False) -> 
 
 
 def read_file(path: str | Path, *, columns: list[str] | None = None) -> pl.DataFrame:
-    """Read a whole data file into memory (dates in text formats parsed, see :func:`parse_dates`)."""
+    """Read a whole data file into memory (dates in text formats parsed:
+    :func:`~segscope.sources.frames.parse_dates`)."""
     lf = scan_file(path)
     if columns is not None:
         lf = lf.select(columns)
@@ -322,9 +292,10 @@ def iter_batches(
         raise SourceError(f"{path}: cannot read it ({_describe(exc)}); check the file") from None
 
 
-def check_unique_ids(path: str | Path, id_column: str) -> None:
+def check_file_ids(path: str | Path, id_column: str) -> None:
     """Refuse null or duplicate ids in a file (labels refer to ids, so each must name one record), naming the
-    first offending row of the file, without loading the data."""
+    first offending row of the file, without loading the data (a frame in memory:
+    :func:`~segscope.sources.frames.check_unique_ids`)."""
     lf = scan_file(path)
     stats = _collect(
         lf.select(
@@ -338,7 +309,7 @@ def check_unique_ids(path: str | Path, id_column: str) -> None:
         row = _collect(
             lf.with_row_index("__row").filter(pl.col(id_column).is_null()).select("__row").head(1), path, streaming=True
         ).item()
-        raise DataError(f"id column '{id_column}' is null at row {row}; every record needs an id")
+        raise null_id_error(id_column, row)
     if unique != n:
         dups = _collect(
             lf.with_row_index("__row").filter(pl.col(id_column).is_duplicated()).select("__row", id_column),
@@ -346,11 +317,7 @@ def check_unique_ids(path: str | Path, id_column: str) -> None:
             streaming=True,
         )
         value = dups[id_column][0]
-        raise DataError(
-            f"id column '{id_column}' has duplicate values (e.g. {value!r} appears "
-            f"{int((dups[id_column] == value).sum())} times, first at row {dups['__row'][0]}); ids must be unique: "
-            "de-duplicate the input or choose another --id-column"
-        )
+        raise duplicate_id_error(id_column, value, int((dups[id_column] == value).sum()), dups["__row"][0])
 
 
 class FileSource:
@@ -407,7 +374,7 @@ class FileSource:
                 seen += frame.height
 
     def _dated(self, frame: pl.DataFrame) -> pl.DataFrame:
-        return _parse_dates(frame, self.dates)
+        return parse_date_columns(frame, self.dates)
 
     def commit(self, batch: Batch) -> None:
         return None
@@ -416,24 +383,11 @@ class FileSource:
         return None
 
 
-def type_text_columns(
-    frame: pl.DataFrame, dtypes: dict[str, pl.DataType], dates: tuple[str, ...] = ()
-) -> pl.DataFrame:
+def type_text_columns(frame: pl.DataFrame, dtypes: dict[str, pl.DataType], dates: tuple[str, ...] = ()) -> pl.DataFrame:
     """Text columns typed as a model knows them, as :class:`FileSource` does for text files: ``dtypes`` where every
     value fits (else the column stays text and the model's checks name the row), ``dates`` parsed where every
     value reads as a date. For engines that read text themselves (Spark)."""
-    return _parse_dates(_retyped(frame, dtypes), dates)
-
-
-def _parse_dates(frame: pl.DataFrame, dates: tuple[str, ...]) -> pl.DataFrame:
-    parsed = [
-        column
-        for name in dates
-        if name in frame.columns and frame.schema[name] == pl.String
-        for column in [_as_date(frame.get_column(name))]
-        if column is not None
-    ]
-    return frame.with_columns(parsed) if parsed else frame
+    return parse_date_columns(_retyped(frame, dtypes), dates)
 
 
 def _retyped(frame: pl.DataFrame, dtypes: dict[str, pl.DataType]) -> pl.DataFrame:

@@ -19,6 +19,7 @@ from segscope._params import Constraint, Interval, IsInstance, Options, StoresPa
 from segscope._typing import BudgetPeriod
 from segscope.config import PolicyConfig
 from segscope.exceptions import ConfigError, NotFittedError, SchemaError
+from segscope.sources.frames import parse_datetimes
 
 __all__ = [
     "POLICIES",
@@ -165,7 +166,7 @@ class AlertBudget(_Policy):
             )
         col = frame.get_column(self.time_column)
         if not isinstance(col.dtype, pl.Datetime | pl.Date):
-            col = col.cast(pl.String).str.to_datetime(strict=False)
+            col = parse_datetimes(col.cast(pl.String))
         truncated = col.dt.truncate(_PERIOD_EVERY[self.per]).cast(pl.Datetime("us")).to_physical()
         return np.asarray(truncated.fill_null(-1).to_numpy(), dtype=np.int64)
 

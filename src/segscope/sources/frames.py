@@ -1,0 +1,119 @@
+"""What every source's frames are held to, and the layers after them too: the id rule (every record has an id and
+no id names two records: labels refer to ids) and dates written as text read as dates.
+
+Reading dates comes in two strengths: :func:`parse_date_columns` and :func:`parse_dates` type a column only when
+every value reads as a date (a text file's columns, decided once), :func:`parse_datetimes` reads what it can and
+leaves the rest null (a model's checks then name the row that did not read).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import polars as pl
+
+from segscope.exceptions import DataError
+
+__all__ = [
+    "check_ids_present",
+    "check_ids_unique",
+    "check_unique_ids",
+    "duplicate_id_error",
+    "null_id_error",
+    "parse_date_columns",
+    "parse_dates",
+    "parse_datetimes",
+]
+
+
+# ------------------------------------------------------------------ ids
+def null_id_error(id_column: str, row: int) -> DataError:
+    return DataError(f"id column '{id_column}' is null at row {row}; every record needs an id")
+
+
+def duplicate_id_error(id_column: str, value: object, count: int, row: int) -> DataError:
+    return DataError(
+        f"id column '{id_column}' has duplicate values (e.g. {value!r} appears {count} times, first at row {row}); "
+        "ids must be unique: de-duplicate the input or choose another --id-column"
+    )
+
+
+def check_ids_present(ids: pl.Series, id_column: str, *, start: int = 0) -> None:
+    """Refuse a null id; ``start`` is the row of ``ids[0]`` in the input, so the message names the input's row."""
+    if ids.null_count():
+        raise null_id_error(id_column, start + int(ids.is_null().arg_true()[0]))
+
+
+def check_ids_unique(ids: pl.Series, id_column: str) -> None:
+    """Refuse an id that names two records (``ids`` is the whole input, in order)."""
+    duplicated = ids.is_duplicated()
+    if duplicated.any():
+        first = int(duplicated.arg_true()[0])
+        value = ids[first]
+        raise duplicate_id_error(id_column, value, int((ids == value).sum()), first)
+
+
+def check_unique_ids(frame: pl.DataFrame, id_column: str) -> None:
+    """Refuse null or duplicate ids in a frame held in memory (a file: :func:`segscope.sources.files.check_file_ids`
+    checks it without loading it)."""
+    ids = frame.get_column(id_column)
+    check_ids_present(ids, id_column)
+    check_ids_unique(ids, id_column)
+
+
+# ------------------------------------------------------------------ dates
+def parse_datetimes(text: pl.Series) -> pl.Series:
+    """Text to Datetime, null where a value does not read as one. Polars infers the format from the first value
+    and fails the whole column when that one is garbage: then each value is read on its own."""
+    try:
+        return text.str.to_datetime(strict=False)
+    except pl.exceptions.PolarsError:
+
+        def one(value: str | None) -> object:
+            try:
+                return pl.Series([value]).str.to_datetime(strict=False)[0]
+            except pl.exceptions.PolarsError:
+                return None
+
+        return pl.Series(text.name, [one(v) for v in text.to_list()], dtype=pl.Datetime("us"))
+
+
+def parse_dates(frame: pl.DataFrame, *, sample: int = 1000) -> pl.DataFrame:
+    """Text columns whose values all read as dates or date-times become Date/Datetime columns (text formats have
+    no types; Parquet keeps its own). A column is tested on a sample of its values first, so the cost is paid
+    only for columns that hold dates."""
+    candidates = []
+    for name, dtype in frame.schema.items():
+        if dtype != pl.String:
+            continue
+        values = frame.get_column(name).drop_nulls()
+        if values.len() and values.head(sample).str.contains(r"^\s*\d{4}-\d{2}-\d{2}").all():
+            candidates.append(name)
+    return parse_date_columns(frame, candidates)
+
+
+def parse_date_columns(frame: pl.DataFrame, dates: Iterable[str]) -> pl.DataFrame:
+    """The text columns named in ``dates`` as Date/Datetime where every value reads as one; the others as they are."""
+    parsed = [
+        column
+        for name in dates
+        if name in frame.columns and frame.schema[name] == pl.String
+        for column in [_as_date(frame.get_column(name))]
+        if column is not None
+    ]
+    return frame.with_columns(parsed) if parsed else frame
+
+
+def _as_date(column: pl.Series) -> pl.Series | None:
+    """The column as Date (all values dates) or Datetime, when every non-null value parses; else None."""
+    text = column.str.strip_chars()
+    for as_date in (True, False):
+        try:
+            out = text.str.to_date(strict=False) if as_date else text.str.to_datetime(strict=False, time_unit="us")
+        except pl.exceptions.PolarsError:
+            continue
+        if out.null_count() == column.null_count():
+            if getattr(out.dtype, "time_zone", None):
+                out = out.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
+            return out.alias(column.name)
+    return None
