@@ -460,7 +460,10 @@ def _alarms_first(frame: pl.DataFrame, reasons: pl.Series, columns: tuple[str, .
     """A reading a ``new_level`` policy alarms on gives that alarm (a new level, a stuck sensor) as its first
     reason, ahead of what the detectors found."""
     listed = pl.col("__reasons")
-    for name in reversed([c for c in columns if c in frame.columns]):
+    alarms = [c for c in columns if c in frame.columns]
+    picked = frame.select(alarms).with_columns(reasons.cast(REASON_DTYPE).alias("__reasons"))
+    # one column at a time, materialised: an expression nested per column would grow 3^columns nodes
+    for name in reversed(alarms):
         head = pl.struct(
             pl.lit(name).alias("feature"),
             pl.lit("1").alias("value"),
@@ -468,6 +471,6 @@ def _alarms_first(frame: pl.DataFrame, reasons: pl.Series, columns: tuple[str, .
             listed.list.first().struct.field("contribution").fill_null(0.0).alias("contribution"),
         )
         rest = listed.list.eval(pl.element().filter(pl.element().struct.field("feature") != name))
-        listed = pl.when(pl.col(name) == 1.0).then(pl.concat_list([head, rest]).list.head(k)).otherwise(listed)
-    picked = frame.select([c for c in columns if c in frame.columns]).with_columns(reasons.alias("__reasons"))
-    return picked.select(listed.cast(REASON_DTYPE).alias("reasons")).to_series()
+        moved = pl.when(pl.col(name) == 1.0).then(pl.concat_list([head, rest]).list.head(k)).otherwise(listed)
+        picked = picked.with_columns(moved.cast(REASON_DTYPE).alias("__reasons"))
+    return picked.get_column("__reasons").alias("reasons")
