@@ -234,6 +234,7 @@ def test_a_refit_matches_segments_through_the_previous_models_own_features(
     more column and a new merchant category, so this fit's prepared features are laid out differently), so ids
     are matched on what the previous model really says of those rows; a previous model that cannot read the new
     data is a one-line error, and nothing is written."""
+    from segscope.model.fitting import previous_segments
     from segscope.testing.data import make_transactions
 
     rng = np.random.default_rng(4)
@@ -247,7 +248,7 @@ def test_a_refit_matches_segments_through_the_previous_models_own_features(
         .alias("merchant_category"),
     )
     said_before = segments_model.score(new_history)["segment"].to_numpy()
-    np.testing.assert_array_equal(Model._previous_segments(new_history, segments_model), said_before)
+    np.testing.assert_array_equal(previous_segments(new_history, segments_model), said_before)
     refit = Model(segments_model.config).fit(new_history, previous=segments_model)
     assert refit.segmenter_ is not None and refit.segmenter_.lineage_["matched"]
     kept = refit.score(new_history)["segment"].to_numpy() == said_before

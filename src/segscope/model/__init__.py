@@ -9,13 +9,8 @@ on the other records of its batch.
 
 from __future__ import annotations
 
-import hashlib
-import io
-import shlex
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Self
 
@@ -23,19 +18,18 @@ import numpy as np
 import polars as pl
 
 from segscope.config import SegscopeConfig
-from segscope.exceptions import ConfigError, DataError, NotFittedError, SchemaError, SegscopeWarning
+from segscope.exceptions import ConfigError, NotFittedError
 from segscope.features.entity import EntityFeatures
 from segscope.features.entity_state import EntityState
 from segscope.features.prepare import FeaturePreparer
 from segscope.labels.store import ReviewRecords
-from segscope.schema import SCORED_COLUMNS, ColumnSpec, FeatureSchema, infer_kind
+from segscope.schema import SCORED_COLUMNS, ColumnSpec, FeatureSchema
 from segscope.supervised.base import FineTuned, Layout
-from segscope.unsupervised.detect import make_detector
-from segscope.unsupervised.drift import DriftReference, DriftTracker, time_like_columns
+from segscope.unsupervised.drift import DriftReference, DriftTracker
 from segscope.unsupervised.ensemble import AnomalyEnsemble, SegmentCalibration
 from segscope.unsupervised.explain import REASON_DTYPE, FeatureExplainer
-from segscope.unsupervised.profiles import expected_rows, expected_table, profile_cards
-from segscope.unsupervised.threshold import NewLevelAlerts, PolicyState, make_policy
+from segscope.unsupervised.profiles import expected_rows, expected_table
+from segscope.unsupervised.threshold import AlertPolicy, NewLevelAlerts, PolicyState
 
 __all__ = ["SCORED_COLUMNS", "Model", "ScoringState"]
 
@@ -48,15 +42,18 @@ class ScoringState(PolicyState):
     entities: EntityState | None = None
 
 
-def _frame_fingerprint(frame: pl.DataFrame) -> str:
-    buffer = io.BytesIO()
-    frame.write_ipc(buffer)
-    return hashlib.sha256(buffer.getvalue()).hexdigest()
-
-
 class Model:
     """The fitted unsupervised layer plus its alert policy: ``fit(frame)``, ``score(frame)``, ``save(dir)``."""
 
+    #: The fitted layers (set by :meth:`fit` or :meth:`load`): features, detectors, reasons, alert policy.
+    preparer_: FeaturePreparer
+    ensemble_: AnomalyEnsemble
+    explainer_: FeatureExplainer
+    policy_: AlertPolicy
+    #: This version's name, when it was made and what it was fitted on.
+    version_: str
+    created_at_: str
+    training_: dict[str, Any]
     #: The manifest a loaded model came from (set by :meth:`load`).
     manifest_: dict[str, Any]
     #: The segmenter and its profile cards, when segmentation is enabled (``segment`` is -1 otherwise).
@@ -97,124 +94,18 @@ class Model:
         """Fit on history (already sampled to at most ``config.max_fit_rows`` rows by the caller; with per-entity
         features, the whole history in arrival order: they are computed over all of it, then sampled; or, with
         ``entities`` already fitted over the history, the caller's sample of it with their features)."""
-        step = on_step or (lambda _: None)
-        cfg = self.config = self.config.for_data(frame.schema)  # sensors: rules made concrete
-        self.entities_, self.entity_inputs_ = None, ()
-        if cfg.entities:
-            self.entities_ = entities if entities is not None else EntityFeatures(cfg.entities)
-            self.entity_inputs_ = tuple(
-                ColumnSpec(c, kind, str(frame.schema[c]))
-                for c in self.entities_.input_columns()
-                if c in frame.columns and (kind := infer_kind(frame.schema[c])) is not None
-            )
-            if entities is None:
-                step(f"computing {len(self.entities_.names)} entity features over {frame.height:,} rows")
-                frame = self.entities_.fit_transform(frame)
-                frame = frame[int(frame.height * cfg.entity_warmup) :]
-                if frame.height > cfg.max_fit_rows:
-                    frame = frame.sample(cfg.max_fit_rows, seed=cfg.seed)
-        # the previous version's segment of each row, through its own preparer: ids are matched on the same rows
-        previous_segments = self._previous_segments(frame, previous) if cfg.segments.enabled else None
-        step("preparing features")
-        prep = FeaturePreparer(
-            id_column=cfg.features.id_column,
-            drop=cfg.features.drop,
-            max_categories=cfg.features.max_categories,
-            clip=cfg.features.clip,
-            keep_constant=tuple(self.entities_.names) if self.entities_ is not None else (),
-        ).fit(frame)
-        validated = prep.validate(frame)
-        x = prep.transform(validated)
-        step(f"fitting {len(cfg.detectors)} detectors on {x.shape[0]:,} rows x {x.shape[1]} features")
-        ensemble = AnomalyEnsemble([make_detector(d.name, d.params) for d in cfg.detectors], combine=cfg.combine)
-        ensemble.fit(x)
-        step("calibrating and fitting the alert policy")
-        names = list(prep.schema_.features)
-        explainer = FeatureExplainer(top_k=cfg.top_k_reasons).fit(
-            x, names, [prep.expected_[f] for f in names], ecdf=ensemble.shared_ecdf()
+        from segscope.model import fitting
+
+        fitting.fit(
+            self,
+            frame,
+            fingerprint=fingerprint,
+            total_rows=total_rows,
+            on_step=on_step,
+            previous=previous,
+            entities=entities,
         )
-        levels = tuple(self.entities_.alarm_features()) if self.entities_ is not None else ()
-        policy = make_policy(cfg.policy, levels).fit(ensemble.reference_scores_, frame)
-        # a budget's rate is its own; new levels in the history are its first readings, not a rate to expect
-        expected = cfg.policy.kind not in ("budget", "new_level")
-        alerts = policy.decide(ensemble.reference_scores_, frame) if expected else None
-        self.preparer_, self.ensemble_, self.explainer_, self.policy_ = prep, ensemble, explainer, policy
-        self.segmenter_, self.segment_profiles_, self.segment_calibration_ = None, [], None
-        if cfg.segments.enabled:
-            step("segmenting (UMAP + HDBSCAN on a sample, distilled into a forest)")
-            self._fit_segments(x, validated, alerts, previous_segments)
-        columns = [(c.name, c.kind) for c in prep.schema_.columns]
-        rate = float(alerts.mean()) if alerts is not None else None
-        if cfg.policy.kind == "new_level":  # no rate of its own: the drift guard expects at most one row in the fit's
-            rate = 0.0
-        self.drift_ = DriftReference().fit(validated, columns, rate)
-        time_like = time_like_columns(frame, columns)
-        if time_like:  # one line naming them all, with the options that leave them out
-            named = [f"'{name}' {why}" for name, why in time_like.items()]
-            drop = " ".join(f"--drop {shlex.quote(name)}" for name in time_like)
-            warnings.warn(
-                f"column {named[0]}: it drifts by construction, so new data will look anomalous on it; {drop} "
-                "unless that is what you want"
-                if len(named) == 1
-                else f"columns {'; '.join(named)}: they drift by construction, so new data will look anomalous on "
-                f"them (a later time lies outside the fit range); refit with {drop} unless that is what you want",
-                SegscopeWarning,
-                stacklevel=2,
-            )
-        created = datetime.now(UTC)
-        fingerprint = fingerprint or _frame_fingerprint(frame)
-        self.created_at_ = created.isoformat(timespec="seconds")
-        self.version_ = f"{created:%Y%m%d-%H%M%S}-{fingerprint[:8]}"
-        self.training_ = {
-            "rows": int(total_rows if total_rows is not None else frame.height),
-            "fit_rows": int(frame.height),
-            "fingerprint": fingerprint,
-            "columns": frame.columns,
-            "reference_alert_rate": rate,
-            "time_like_columns": time_like,
-        }
-        self.segment_expected_ = self._expected_table()
         return self
-
-    @staticmethod
-    def _previous_segments(frame: pl.DataFrame, previous: Model | None) -> np.ndarray | None:
-        """The previous model's segment of each row of ``frame``, as it would score them (its own entity features
-        and preparer: this fit's may differ); None when it had no segments."""
-        if previous is None or previous.segmenter_ is None:
-            return None
-        try:
-            rows = previous.preparer_.transform(previous.preparer_.validate(previous.with_entities(frame)))
-        except (SchemaError, DataError) as exc:
-            raise SchemaError(
-                f"the previous model cannot segment this data, so segment ids cannot be kept across the refit: {exc}"
-            ) from None
-        segments: np.ndarray = previous.segmenter_.assign(rows)[0]
-        return segments
-
-    def _fit_segments(
-        self, x: np.ndarray, validated: pl.DataFrame, alerts: np.ndarray | None, previous_segments: np.ndarray | None
-    ) -> None:
-        from segscope.unsupervised.segment import Segmenter
-
-        cfg, s = self.config, self.config.segments
-        self.segmenter_ = Segmenter(
-            sample_size=s.sample_size,
-            n_neighbors=s.n_neighbors,
-            n_components=s.n_components,
-            min_cluster_size=s.min_cluster_size,
-            min_samples=s.min_samples,
-            min_confidence=s.min_confidence,
-            boundaries=s.boundaries,
-            seed=cfg.seed,
-        ).fit(x, previous_segments=previous_segments)
-        labels = self.segmenter_.assign(x)[0]  # once, for both the calibration and the profile cards
-        if s.aware_scoring:
-            self.segment_calibration_ = SegmentCalibration(min_size=s.min_segment_size).fit(self.ensemble_, x, labels)
-        names = list(self.preparer_.schema_.features)
-        readable, categorical = self.preparer_.readable_values(validated)
-        self.segment_profiles_ = profile_cards(
-            self.segmenter_.segments_, labels, x, names, self.preparer_.expected_, readable, categorical, alerts
-        )
 
     def _expected_table(self) -> tuple[pl.Series, np.ndarray] | None:
         names = list(self.preparer_.schema_.features)
