@@ -27,7 +27,7 @@ LAYERS: list[set[str]] = [
     {"model"},
     {"tuning", "testing"},
     {"pipeline", "stream"},
-    {"spark"},
+    {"spark", "watch"},
     {"demo", "report"},
     {"web"},
     {"cli"},

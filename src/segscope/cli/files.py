@@ -408,3 +408,56 @@ def demo(
         f"next: segscope serve --store {files.store}  |  segscope inspect {files.bundle}  |  "
         f"segscope evaluate {files.new} --bundle {files.bundle} --label-column is_fraud"
     )
+
+
+@app.command()
+def watch(
+    folder: Annotated[Path, typer.Argument(help="Folder to watch for files (.parquet, .csv, .ndjson).")],
+    bundle: BundleOpt,
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="Folder for the outputs and the ledger.")],
+    out_format: Annotated[str, typer.Option("--format", help="Output format: parquet, csv or ndjson.")] = "parquet",
+    every: Annotated[float, typer.Option("--every", help="Seconds between looks at the folder.", min=0.05)] = 2.0,
+    settle: Annotated[
+        float, typer.Option("--settle", help="A file is taken once unchanged this many seconds.", min=0.0)
+    ] = 2.0,
+    once: Annotated[bool, typer.Option("--once", help="Score what is there now and exit (cron).")] = False,
+    idle_exit: Annotated[
+        float | None, typer.Option("--idle-exit", help="Exit after this many seconds without a new file.", min=0.0)
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Rows per batch (memory bound).", min=1)] = 200_000,
+    store: StoreOpt = None,
+    trust_bundle: TrustOpt = False,
+) -> None:
+    """Score every file that lands in FOLDER, once, into --out-dir/<name>.scored.<format>; a ledger there
+    (.segscope-watch.json) keeps what was done across restarts, and a file that changes is scored again."""
+    import logging
+
+    from segscope.watch import FolderWatch, Outcome, ledger_summary
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    label_store = open_store(store, create=True) if store is not None else None
+
+    def said(name: str, outcome: Outcome) -> None:
+        if outcome.status == "scored":
+            err.print(
+                say("green", "scored", f" {name}: {outcome.rows:,} rows, {outcome.alerts:,} alerts -> {outcome.out}")
+            )
+        else:
+            err.print(say("red", "failed", f" {name}: {outcome.error}"), highlight=False, soft_wrap=True)
+
+    job = FolderWatch(
+        folder, bundle, out_dir, trusted=trust_bundle, out_format=out_format, settle=settle,
+        batch_size=batch_size, store=label_store,
+    )  # fmt: skip
+    try:
+        did = job.run(every=every, once=once, idle_exit=idle_exit, on_file=said)
+    finally:
+        if label_store is not None:
+            label_store.close()
+    counts = ledger_summary(did)
+    err.print(f"{counts['scored']} file(s) scored ({counts['rows']:,} rows, {counts['alerts']:,} alerts), "
+              f"{counts['failed']} failed")  # fmt: skip
+    if job.waiting:
+        err.print(f"  {len(job.waiting)} file(s) changed in the last {settle:g} s, not taken yet: run again")
+    if counts["failed"]:
+        raise typer.Exit(1)
