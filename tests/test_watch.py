@@ -58,7 +58,7 @@ def test_each_file_is_scored_once_as_score_would_and_a_restart_takes_only_what_i
 
 
 def test_a_bad_file_is_one_recorded_line_and_no_output_while_the_others_are_scored(
-    folders: tuple[Path, Path], bundle: Path, new_records: pl.DataFrame, run_cli
+    folders: tuple[Path, Path], bundle: Path, new_records: pl.DataFrame, run_cli, tmp_path: Path
 ) -> None:
     inbox, out = folders
     pl.DataFrame({"txn_id": ["x"], "nothing": [1]}).write_csv(inbox / "wrong.csv")
@@ -66,6 +66,8 @@ def test_a_bad_file_is_one_recorded_line_and_no_output_while_the_others_are_scor
     duplicated.write_parquet(inbox / "dup.parquet")
     for name in ("notes.txt", ".hidden.csv", "coming.csv.part", "coming.parquet.tmp"):
         (inbox / name).write_text("not a data file")
+    (tmp_path / "secret.csv").write_text("txn_id,amount\nkey,1\n")
+    (inbox / "link.csv").symlink_to(tmp_path / "secret.csv")  # a drop folder never reads a file elsewhere
     args = ("--bundle", bundle, "--out-dir", out, "--once", "--settle", "0")
     result = run_cli("watch", inbox, *args, "--batch-size", "100")
     assert result.code == 1 and "Traceback" not in result.err

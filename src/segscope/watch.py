@@ -6,8 +6,8 @@ output is in place), so a restart scores only what is new; a file whose size or 
 new again. A file is taken once it has kept its size for ``settle`` seconds (writers that write in place); a
 writer that renames a finished file into the folder is always safe, and names that start with a dot or end in
 ``.tmp``/``.part`` are never taken. A file that fails is recorded with its one-line reason and left alone
-until it changes. With a registry as the bundle, each file is scored with the version CURRENT names when the
-file starts.
+until it changes; symbolic links are never followed. With a registry as the bundle, each file is scored with
+the version CURRENT names when the file starts.
 """
 
 from __future__ import annotations
@@ -114,7 +114,8 @@ class FolderWatch:
                 stat = path.stat()
             except OSError:  # removed between the listing and the look
                 continue
-            if path.is_file():
+            # a link could make a drop folder read any local file into an output others see: regular files only
+            if path.is_file() and not path.is_symlink():
                 found[name] = (stat.st_size, stat.st_mtime_ns)
         return found
 
