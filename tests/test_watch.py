@@ -15,6 +15,7 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from segscope import registry
+from segscope.exceptions import ConfigError
 from segscope.model import Model
 from segscope.pipeline import score_file
 from segscope.watch import LEDGER, FolderWatch
@@ -76,7 +77,9 @@ def test_a_bad_file_is_one_recorded_line_and_no_output_while_the_others_are_scor
     assert sorted(ledger) == ["day1.parquet", "day2.csv", "dup.parquet", "wrong.csv"]  # the others never taken
     assert "are missing" in str(ledger["wrong.csv"]["error"]) and "\n" not in str(ledger["wrong.csv"]["error"])
     assert "duplicate" in str(ledger["dup.parquet"]["error"]).lower()
-    assert sorted(p.name for p in out.iterdir()) == sorted([LEDGER, "day1.scored.parquet", "day2.scored.parquet"])
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [LEDGER, ".segscope-watch.lock", "day1.scored.parquet", "day2.scored.parquet"]
+    )
     rerun = run_cli("watch", inbox, *args)
     assert rerun.code == 0 and "0 file(s) scored" in rerun.err  # a failed file waits until it changes
 
@@ -122,6 +125,9 @@ def test_a_running_watch_picks_up_new_files_and_a_promoted_version(
     job = FolderWatch(inbox, reg, out, settle=0.1)
     runner = threading.Thread(target=job.run, kwargs={"every": 0.1, "idle_exit": 3.0})
     runner.start()
+    time.sleep(0.5)
+    with pytest.raises(ConfigError, match="another segscope watch writes to"):  # one watcher per output folder
+        FolderWatch(inbox, reg, out).run(once=True)
 
     def land(name: str, frame: pl.DataFrame) -> None:  # as a careful writer does: a temporary name, then rename
         frame.write_parquet(inbox / f"{name}.tmp")

@@ -12,8 +12,10 @@ the version CURRENT names when the file starts.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -192,6 +194,22 @@ class FolderWatch:
         """Poll every ``every`` seconds until interrupted; ``once``: score what is there (settled) and return;
         ``idle_exit``: return after that many seconds without a new file. Returns what this run did."""
         self._check()
+        lock = os.open(self.out_dir / ".segscope-watch.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when the process ends, however it ends
+        except BlockingIOError:
+            os.close(lock)
+            raise ConfigError(
+                f"another segscope watch writes to {self.out_dir}: stop it, or give this one its own --out-dir"
+            ) from None
+        try:
+            return self._loop(every, once, idle_exit, on_file)
+        finally:
+            os.close(lock)
+
+    def _loop(
+        self, every: float, once: bool, idle_exit: float | None, on_file: Callable[[str, Outcome], None] | None
+    ) -> list[tuple[str, Outcome]]:
         self.ledger()  # an unreadable ledger is an error before any work
         seen: dict[str, tuple[int, int]] = {}
         model: Model | None = None
