@@ -205,6 +205,67 @@ def test_idle_exit_is_not_held_by_a_lost_last_commit(kafka_bootstrap: str, strea
     }
 
 
+_STRAND_THE_CONSUMER = """
+import sys
+from segscope import _kafka
+from segscope.cli import main
+
+topic, after = sys.argv[1], int(sys.argv[2])
+poll, seen = _kafka._ConfluentConsumer.poll, {"records": 0, "stranded": False}
+
+def stranding(self, max_records, timeout):  # once idle after `after` records, the client loses every broker
+    got = poll(self, max_records, timeout)
+    seen["records"] += len(got) if got is not None else 0
+    if got is None and seen["records"] >= after and not seen["stranded"]:
+        seen["stranded"] = True
+        self.consumer.close()  # leaves the group, as a client that lost its brokers does when its session ends
+        self.consumer = self.ck.Consumer({"bootstrap.servers": "127.0.0.1:9", "group.id": "stranded", "log_level": 0})
+        self.consumer.subscribe([topic])
+        print("the consumer lost every broker", file=sys.stderr, flush=True)
+    return got
+
+_kafka._ConfluentConsumer.poll = stranding
+sys.argv = ["segscope", "stream", *sys.argv[3:]]
+main()
+"""
+
+
+def test_a_consumer_that_lost_every_broker_is_replaced(
+    kafka_bootstrap: str, stream_bundle: Path, tmp_path: Path
+) -> None:
+    """librdkafka drops the brokers a metadata response does not list, and a broker shutting down or starting up
+    lists none: the client is left without a broker and never looks for one again (librdkafka issue 5301), so an
+    exactly-once stream sat idle after a broker outage, its lag read as 0. A member whose client has lost the
+    cluster while a new client reaches it is replaced, and scores what comes after, exactly once. The loss is
+    injected into the real client (the broker's timing cannot be provoked on cue): its connection goes to a port
+    where nothing listens."""
+    t = _topics("stranded")
+    create_topic(kafka_bootstrap, t["in"])
+    values = records(make_transactions(2000, seed=43).drop("is_fraud"))
+    produce(kafka_bootstrap, t["in"], values[:1000])
+    script, log = tmp_path / "strand.py", tmp_path / "stream.log"
+    script.write_text(_STRAND_THE_CONSUMER)
+    args = _args(t, "g-stranded", "--batch-size", "500", "--exactly-once")
+    cmd = [sys.executable, str(script), t["in"], "1000", "--bundle", str(stream_bundle), "--bootstrap", kafka_bootstrap]
+    with log.open("w") as stderr:
+        proc = subprocess.Popen([*cmd, *args], stderr=stderr, text=True)
+    try:
+        wait_until(lambda: "the consumer lost every broker" in log.read_text(), timeout=120, proc=proc)
+        produce(kafka_bootstrap, t["in"], values[1000:])  # only a new client can read these
+        wait_until(lambda: group_caught_up(kafka_bootstrap, "g-stranded", t["in"]), timeout=120, proc=proc)
+        assert terminate(proc)[0] == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+    text = log.read_text()
+    assert "lost the cluster, which answers a new client: a new consumer takes over" in text, text[-3000:]
+    assert "lag unknown (the cluster does not answer)" in text  # the stranded client's lag was not read as 0
+    out = [json.loads(v)["id"] for v in read_committed(kafka_bootstrap, t["out"])]
+    assert sorted(out) == sorted(json.loads(v)["txn_id"] for v in values)  # every record, exactly once
+    assert "stream stopped: 2,000 in, 2,000 scored" in text
+
+
 def test_stats_line_and_metrics_name_drift(kafka_bootstrap: str, stream_bundle: Path) -> None:
     t = _topics("drift")
     create_topic(kafka_bootstrap, t["in"])

@@ -144,8 +144,8 @@ class _ConfluentConsumer(Connects, Acknowledges):
             out[(t, p)] = (max(int(low), -1), max(int(high), -1))
         return out
 
-    def partitions(self, topic: str) -> list[int]:
-        meta = self.consumer.list_topics(topic, timeout=10).topics.get(topic)
+    def partitions(self, topic: str, timeout: float = 10.0) -> list[int]:
+        meta = self.consumer.list_topics(topic, timeout=timeout).topics.get(topic)
         if meta is None or meta.error is not None:
             return []
         return sorted(meta.partitions)
@@ -315,8 +315,8 @@ class _PythonConsumer(Connects, Acknowledges):
         first, end = self.consumer.beginning_offsets(tps), self.consumer.end_offsets(tps)
         return {(tp.topic, tp.partition): (int(first[tp]), int(end[tp])) for tp in tps}
 
-    def partitions(self, topic: str) -> list[int]:
-        self.consumer.topics()  # refresh metadata
+    def partitions(self, topic: str, timeout: float = 10.0) -> list[int]:
+        self.consumer.topics()  # refresh metadata (kafka-python's own time-outs)
         return sorted(self.consumer.partitions_for_topic(topic) or ())
 
     def assignment(self) -> list[TP]:

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import polars as pl
@@ -29,6 +30,9 @@ from segscope.exceptions import SourceError
 from segscope.schema import ColumnSpec, FeatureSchema
 from segscope.sources.base import Batch, DeadLetter
 from segscope.sources.wire import WireDecoder
+
+if TYPE_CHECKING:
+    from segscope._kafka import _ConfluentConsumer, _PythonConsumer
 
 __all__ = ["KafkaSource", "TopicReader", "decode"]
 
@@ -43,6 +47,8 @@ _ALLOWED: dict[str, set[type]] = {
     "datetime": {str, _NONE},
 }
 _DTYPES: dict[str, pl.DataType] = {"numeric": pl.Float64(), "boolean": pl.Boolean(), "categorical": pl.String()}
+#: How often (seconds) an idle or rewinding member checks that its client still reaches the cluster.
+STRANDED_CHECK = 10.0
 _EPOCH = datetime(1970, 1, 1)
 _MICROSECOND = timedelta(microseconds=1)
 _INF = float("inf")
@@ -250,7 +256,15 @@ class KafkaSource:
     def open(self, on_revoke: Any = None) -> None:
         """Connect (a bounded wait: an unreachable cluster, refused credentials or a missing topic is one line),
         then join the group."""
-        self.consumer_ = make_consumer(
+        self.on_revoke_ = on_revoke
+        self.suspect_: float | None = None  # when the client was first seen stranded (see stranded())
+        self.checked_ = time.monotonic()
+        self.consumer_ = self._consumer()
+        self.consumer_.reach(self.topic, "--in-topic")
+        self._subscribe()
+
+    def _consumer(self) -> _ConfluentConsumer | _PythonConsumer:
+        return make_consumer(
             self.client,
             bootstrap=self.bootstrap,
             group=self.group,
@@ -258,8 +272,54 @@ class KafkaSource:
             read_committed=self.read_committed,
             settings=self.settings,
         )
-        self.consumer_.reach(self.topic, "--in-topic")
-        self.consumer_.subscribe(self.topic, on_revoke)
+
+    def _subscribe(self) -> None:
+        consumer = self.consumer_
+
+        def revoked(parts: list[TP]) -> None:  # a replaced client's revocations are no longer this member's
+            if consumer is self.consumer_ and self.on_revoke_ is not None:
+                self.on_revoke_(parts)
+
+        consumer.subscribe(self.topic, revoked)
+
+    def stranded(self) -> bool:
+        """Whether this member's client has lost the cluster while the cluster answers a new client, at two checks
+        :data:`STRANDED_CHECK` seconds apart (checked at most that often; a client back from an outage has
+        reconnected by then). librdkafka drops every broker a metadata response does not list, and a broker
+        shutting down or starting lists none: a client left with no broker never looks for one again
+        (librdkafka issue 5301), and would consume nothing for good while its loop runs on."""
+        now = time.monotonic()
+        if self.client != "confluent" or now - self.checked_ < STRANDED_CHECK:
+            return False
+        self.checked_ = now
+        try:
+            self.consumer_.partitions(self.topic, timeout=2.0)
+            self.suspect_ = None
+            return False
+        except Exception:  # no answer: an outage, or a client that lost its brokers
+            pass
+        probe = self._consumer()  # a new client starts from bootstrap.servers
+        try:
+            answers = bool(probe.partitions(self.topic, timeout=5.0))
+        except Exception:
+            answers = False
+        finally:
+            probe.close()
+        if not answers:  # the cluster is away: nothing to tell
+            self.suspect_ = None
+            return False
+        if self.suspect_ is None:
+            self.suspect_ = now
+            return False
+        return True
+
+    def renew(self) -> None:
+        """A new client in place of a stranded one; it joins the group and starts at the committed positions. The
+        old one is closed in the background (closing waits for a coordinator it cannot find)."""
+        old, self.suspect_ = self.consumer_, None
+        self.consumer_ = self._consumer()
+        self._subscribe()
+        threading.Thread(target=old.close, name="segscope-stranded-consumer", daemon=True).start()
 
     def poll(self, timeout_ms: int | None = None) -> Batch | None:
         timeout = (self.poll_timeout_ms if timeout_ms is None else timeout_ms) / 1000
@@ -298,10 +358,12 @@ class KafkaSource:
         """Go back to the group's committed positions (after an aborted transaction or outputs lost in an outage:
         the records after them come again); returns them. The broker may be away: each wait is bounded (10 s) and
         asked again, with a line every minute, until it answers or ``stopping()``."""
-        started, said = time.monotonic(), 0.0
+        started, said, renewed = time.monotonic(), 0.0, False
         while True:
             try:
                 parts = self.consumer_.assignment()
+                if renewed and not parts:  # a new client: the group assigns it the committed positions
+                    return self.consumer_.committed([(self.topic, p) for p in self.consumer_.partitions(self.topic)])
                 committed = self.consumer_.committed(parts) if parts else {}
                 missing = [tp for tp in parts if committed.get(tp, -1) < 0]
                 marks = self.consumer_.watermarks(missing) if missing else {}
@@ -320,22 +382,31 @@ class KafkaSource:
             if time.monotonic() - said >= 60:
                 said = time.monotonic()
                 log.warning("waiting for the broker to read the committed positions (%s)", reason)
+            if self.stranded():
+                log.warning("the consumer lost the cluster, which answers a new client: a new consumer takes over")
+                self.renew()
+                renewed = True
             time.sleep(1.0)
 
     def assigned(self) -> bool:
         """Whether the group gave this member partitions (a joining member may wait for a dead one's session)."""
         return bool(self.consumer_.assignment())
 
-    def lag(self) -> int:
+    def lag(self, ask: bool = False) -> int:
         """Records between this member's positions and the ends of its partitions (as the last fetch said: the
-        loop is not held up asking); for a partition with no position yet, and for the whole topic while the
-        member has no partitions (a rebalance), from the group's committed offsets. -1 when unknown."""
+        loop is not held up asking; with ``ask``, for a member that consumed nothing lately, the broker is asked:
+        a client that stopped fetching keeps the ends its last fetch saw); for a partition with no position yet,
+        and for the whole topic while the member has no partitions (a rebalance), from the group's committed
+        offsets. -1 when unknown (``ask``: the cluster does not answer this client)."""
         try:
             positions = self.consumer_.positions()
-            parts = self.consumer_.assignment() or [(self.topic, p) for p in self.consumer_.partitions(self.topic)]
+            every = self.consumer_.partitions(self.topic, timeout=2.0) if ask else None  # raises without an answer
+            parts = self.consumer_.assignment() or [
+                (self.topic, p) for p in every or self.consumer_.partitions(self.topic)
+            ]
             unknown = [tp for tp in parts if tp not in positions]
             committed = self.consumer_.committed(unknown) if unknown else {}
-            marks = self.consumer_.watermarks(parts, cached=True)  # asked every stats interval: no waiting
+            marks = self.consumer_.watermarks(parts, cached=not ask)
             asked = [tp for tp in parts if marks[tp][1] < 0 or (marks[tp][0] < 0 and tp not in positions)]
             marks |= self.consumer_.watermarks(asked) if asked else {}
             behind = 0

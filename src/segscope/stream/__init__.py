@@ -34,7 +34,7 @@ from segscope.labels.store import LabelStore
 from segscope.sinks.kafka import DeliveryFailed, KafkaSink
 from segscope.sinks.wire import codecs
 from segscope.sources.base import Batch
-from segscope.sources.kafka import KafkaSource, TopicReader
+from segscope.sources.kafka import STRANDED_CHECK, KafkaSource, TopicReader
 from segscope.stream.checkpoint import EntityCheckpoints, Stamp
 from segscope.stream.parts import (
     Interrupted,
@@ -226,13 +226,16 @@ def run_stream(options: StreamOptions, *, on_stats: Callable[[str], None] | None
         watcher.state.entities = watcher.model.new_state().entities
         checkpoints.restored.clear()
 
-    def recover() -> None:
+    def recover(renew: bool = False) -> None:
         """Back to the last commit: the outputs in flight are dropped (exactly-once: the transaction was aborted),
-        the consumer goes back to the committed positions and the entities to their checkpoint there."""
+        the consumer goes back to the committed positions (``renew``: a new consumer starts there) and the
+        entities to their checkpoint there."""
         stats.recovered += 1
         if not eos:
             sink.reset()
-        committed = source.rewind(stopping)
+        if renew:
+            source.renew()
+        committed = {} if renew else source.rewind(stopping)
         sink.settle_uncertain(committed)
         if checkpoints is not None:
             reset_entities()
@@ -317,6 +320,13 @@ def run_stream(options: StreamOptions, *, on_stats: Callable[[str], None] | None
                 continue
             finally:
                 window_in += count()
+            if batch is None and now - last_message >= STRANDED_CHECK and source.stranded():
+                log.warning(
+                    "the consumer has fetched nothing for %.0f s and lost the cluster, which answers a new client: a "
+                    "new consumer takes over from the last commit", now - last_message,
+                )  # fmt: skip
+                recover(renew=True)
+                continue
             if batch is None and options.idle_exit is not None and now - last_message > options.idle_exit:
                 settle(wait=True)
                 count()
@@ -325,7 +335,7 @@ def run_stream(options: StreamOptions, *, on_stats: Callable[[str], None] | None
                 if source.group_done(recommit=not eos):
                     break
             if now - last_stats >= options.stats_interval:
-                lag = source.lag()
+                lag = source.lag(ask=window_in == 0)  # nothing consumed lately: the ends as the broker says
                 rate = window_in / max(now - window_start, 1e-9)
                 drifted = None
                 if watcher.drift is not None and watcher.drift.rows:  # this window's records vs the fit data
@@ -337,7 +347,8 @@ def run_stream(options: StreamOptions, *, on_stats: Callable[[str], None] | None
                     f"stream: {stats.records_in:,} in ({rate:,.0f}/s), {stats.records_out:,} out, "
                     f"{stats.alerts:,} alerts, {stats.dead_letters:,} dead letters"
                     + (f", {stats.refused:,} refused outputs" if stats.refused else "")
-                    + f", lag {lag:,}, model {watcher.model.version}"
+                    + (f", lag {lag:,}" if lag >= 0 else ", lag unknown (the cluster does not answer)")
+                    + f", model {watcher.model.version}"
                     + (f"; drift: {drifted}" if drifted else "")
                 )
                 if metrics.enabled:
