@@ -9,9 +9,16 @@ Library use mirrors the CLI::
     scored = model.score(new_records)              # Polars frame out: input + scored columns
     model.save("bundle/")
     model = segscope.Model.load("bundle/")
+
+The names below other than the exceptions are imported on first use, so a command imports only what it needs
+(``segscope stream`` neither the file pipeline nor its readers and writers).
 """
 
-from segscope.config import SegscopeConfig, load_config
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from segscope.exceptions import (
     BundleError,
     ConfigError,
@@ -24,9 +31,12 @@ from segscope.exceptions import (
     SinkError,
     SourceError,
 )
-from segscope.model import Model
-from segscope.pipeline import evaluate_file, fit_file, score_file
-from segscope.schema import SCORED_COLUMNS
+
+if TYPE_CHECKING:
+    from segscope.config import SegscopeConfig, load_config
+    from segscope.model import Model
+    from segscope.pipeline import evaluate_file, fit_file, score_file
+    from segscope.schema import SCORED_COLUMNS
 
 __version__ = "0.1.0"
 
@@ -50,3 +60,26 @@ __all__ = [
     "load_config",
     "score_file",
 ]
+
+#: Where each name imported on first use lives.
+_LAZY = {
+    "SCORED_COLUMNS": "segscope.schema",
+    "Model": "segscope.model",
+    "SegscopeConfig": "segscope.config",
+    "load_config": "segscope.config",
+    "evaluate_file": "segscope.pipeline",
+    "fit_file": "segscope.pipeline",
+    "score_file": "segscope.pipeline",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'segscope' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value  # once: later lookups find it without this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

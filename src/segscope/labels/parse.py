@@ -12,7 +12,6 @@ from typing import Any
 import polars as pl
 
 from segscope.exceptions import DataError, SchemaError
-from segscope.sources.files import read_file
 
 __all__ = [
     "LABEL_SCHEMA",
@@ -80,6 +79,8 @@ def label_values(column: pl.Series, *, source: str = "labels") -> pl.Series:
 
 def load_labels(path: str | Path) -> pl.DataFrame:
     """Read a labels file (Parquet, CSV or NDJSON) into :data:`LABEL_SCHEMA`."""
+    from segscope.sources.files import read_file  # on first use: the stream's labels come from a topic
+
     frame = read_file(path)
     return normalise_labels(frame, source=str(path))
 

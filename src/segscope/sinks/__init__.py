@@ -1,7 +1,26 @@
-"""Everything that consumes scored frames: files (atomic), stdout, memory, and Kafka topics (``sinks.kafka``)."""
+"""Everything that consumes scored frames: files (atomic), stdout, memory, and Kafka topics (``sinks.kafka``). The
+names of the file and memory sinks are imported on first use (a stream writes no files)."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from segscope.sinks.base import Sink
-from segscope.sinks.files import FileSink, StdoutSink, open_sink, write_frame
-from segscope.sinks.memory import ListSink
+
+if TYPE_CHECKING:
+    from segscope.sinks.files import FileSink, StdoutSink, open_sink, write_frame
+    from segscope.sinks.memory import ListSink
 
 __all__ = ["FileSink", "ListSink", "Sink", "StdoutSink", "open_sink", "write_frame"]
+
+_LAZY = {name: "segscope.sinks.files" for name in ("FileSink", "StdoutSink", "open_sink", "write_frame")}
+_LAZY["ListSink"] = "segscope.sinks.memory"
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'segscope.sinks' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value

@@ -1,9 +1,17 @@
 """Everything that produces records as Polars frames: files (lazy scans), in-memory frames, and Kafka topics
-(``sources.kafka``), all behind one contract (:class:`~segscope.sources.base.Source`)."""
+(``sources.kafka``), all behind one contract (:class:`~segscope.sources.base.Source`). The names of the file and
+memory sources are imported on first use (a stream reads no files)."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from segscope.sources.base import Batch, DeadLetter, Source
-from segscope.sources.files import FileSource, count_rows, iter_batches, read_file, scan_file
-from segscope.sources.memory import FrameSource
+
+if TYPE_CHECKING:
+    from segscope.sources.files import FileSource, count_rows, iter_batches, read_file, scan_file
+    from segscope.sources.memory import FrameSource
 
 __all__ = [
     "Batch",
@@ -16,3 +24,15 @@ __all__ = [
     "read_file",
     "scan_file",
 ]
+
+_FILES = ("FileSource", "count_rows", "iter_batches", "read_file", "scan_file")
+_LAZY = {name: "segscope.sources.files" for name in _FILES}
+_LAZY["FrameSource"] = "segscope.sources.memory"
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'segscope.sources' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
