@@ -151,3 +151,34 @@ def test_entity_feature_kinds_are_in_the_kernel_s_order() -> None:
     kinds = get_args(EntityFeatureKind)
     assert [getattr(kernel, k.upper()) for k in kinds] == list(range(len(kinds)))
     assert len(kernel.SLOTS) == len(kinds)
+
+
+def _model_state_names() -> set[str]:
+    """The Model's fitted state: the ``_``-suffixed names its class declares or its methods assign."""
+    tree = ast.parse((PACKAGE / "model" / "__init__.py").read_text())
+    model = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == "Model")
+    names = {s.target.id for s in model.body if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name)}
+    names |= {
+        n.attr
+        for n in ast.walk(model)
+        if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "self"
+    }
+    return {n for n in names if n.endswith("_") and not n.startswith("__")}
+
+
+def test_only_the_model_package_touches_a_model_s_fitted_state() -> None:
+    """Outside ``model/``, a Model is read through its properties and methods (``version``, ``feature_schema``,
+    ``training``, ``supervised``, ``prepared(frame)`` ...) and a new version made with ``with_supervised`` or
+    ``with_version``: no module reads or writes its ``_``-suffixed attributes (another class's attribute of the
+    same name is read through ``self`` only, or renamed)."""
+    names = _model_state_names()
+    assert {"preparer_", "policy_", "version_", "supervised_", "training_"} <= names, names
+    touched = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.relative_to(PACKAGE).parts[0] == "model":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            own = isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self"
+            if isinstance(node, ast.Attribute) and node.attr in names and not own:
+                touched.append(f"{path.relative_to(PACKAGE)}:{node.lineno} .{node.attr}")
+    assert not touched, "\n".join(touched)

@@ -167,9 +167,8 @@ def iter_scored(
     id_column = model.id_column
     if id_column is not None and ids_first:
         check_file_ids(path, id_column)
-    state, drift = model.new_state(), model.drift_tracker()
-    if model.entities_ is not None and _is_history(model, path):
-        state.entities = model.entities_.empty_state()  # the history's own records: as at fit, not continued
+    # the history's own records get their entity features as at fit, not continued from its end
+    state, drift = model.new_state(from_start=model.has_entities and _is_history(model, path)), model.drift_tracker()
     source = FileSource(path, batch_size=batch_size, dtypes=model.input_dtypes(), dates=model.date_columns())
     numeric = [c.name for c in model.input_schema().columns if c.kind == "numeric"]
     present = dict.fromkeys(numeric, 0)
@@ -299,7 +298,7 @@ def scored_schema(model: Model, input_schema: pl.Schema) -> pl.Schema:
 def evaluate_file(model: Model, path: str | Path, label_column: str, *, batch_size: int = 200_000) -> dict[str, Any]:
     """Score a labelled file and compare with its labels (1 = anomaly)."""
     model._check_fitted()
-    if label_column in {c.name for c in model.preparer_.schema_.columns}:
+    if label_column in {c.name for c in model.feature_schema.columns}:
         raise SchemaError(
             f"the label column '{label_column}' is a feature of this bundle, so the model has seen the answer; "
             f"refit with --drop {label_column}"
@@ -331,15 +330,15 @@ def evaluate_file(model: Model, path: str | Path, label_column: str, *, batch_si
 # ------------------------------------------------------------------ fine-tune
 def _is_history(model: Model, path: str | Path) -> bool:
     """Whether ``path`` is the file the model was fitted on (its row count first: hashing reads the whole file)."""
-    if count_rows(path) != model.training_.get("rows"):
+    if count_rows(path) != model.training.get("rows"):
         return False
-    return bool(model.training_.get("fingerprint") == sha256_file(path))
+    return bool(model.training.get("fingerprint") == sha256_file(path))
 
 
 def as_fitted(model: Model, path: str | Path, frame: pl.DataFrame) -> pl.DataFrame:
     """The fitting history itself (same checksum) gets each record's entity features as they were at fit, from an
     empty state; any other file is left to the model, which continues from the state at the end of history."""
-    if model.entities_ is not None and _is_history(model, path):
+    if model.has_entities and _is_history(model, path):
         return EntityFeatures(model.config.entities).fit_transform(frame)
     return frame
 
@@ -411,7 +410,7 @@ def finetune_file(
             )
         base, n = candidate.version, 1
         while (target / registry.VERSIONS / candidate.version).exists():  # the same tuning twice in one second
-            candidate.version_ = f"{base}-{n}"
+            candidate = candidate.with_version(f"{base}-{n}")
             n += 1
         step(f"writing version {candidate.version}")
         candidate.save(target / registry.VERSIONS / candidate.version)
@@ -436,8 +435,8 @@ def history_from_store(
     model._check_fitted()
     if model.id_column is None:
         raise DataError("fine-tuning joins labels to records by id, and this bundle has none; refit with --id-column")
-    columns = list(model.preparer_.schema_.columns)
-    columns += [c for c in model.entity_inputs_ if c.name not in {x.name for x in columns}]
+    columns = list(model.feature_schema.columns)
+    columns += [c for c in model.entity_inputs if c.name not in {x.name for x in columns}]
     budget_time = getattr(model.config.policy, "time_column", None)
     if budget_time and budget_time not in {c.name for c in columns}:  # an alert budget per day reads it
         columns.append(ColumnSpec(budget_time, "categorical", "String"))

@@ -55,7 +55,7 @@ def build_report(
         sections.append(_section("Score distributions", *_distributions(model, data)))
         if data.labels is not None and (data.labels >= 0).any():
             sections.append(_section("Precision-recall", *_pr_curves(data)))
-    if model.segment_profiles_:
+    if model.segment_profiles:
         sections.append(_section("Segment profiles", _profile_cards(model, data), ""))
     if data is not None and data.drift is not None:
         sections.append(_section("Drift against the fit data", _drift(data.drift), ""))
@@ -87,7 +87,7 @@ def load_report_data(
             raise SchemaError(f"{path}: no column '{label_column}'; --label-column must name a 0/1 column of DATA")
         values = label_values(frame.get_column(label_column), source=f"{path}: column '{label_column}'").to_numpy()
     elif labels is not None:
-        id_column = model.preparer_.schema_.id_column
+        id_column = model.id_column
         if id_column is None or id_column not in frame.columns:
             raise SchemaError("labels are joined on the id column; the bundle has none (fit with --id-column)")
         joined = frame.select(pl.col(id_column).cast(pl.String).alias("id")).join(labels, on="id", how="left")
@@ -111,10 +111,10 @@ def write_report(model: Model, out: str | Path, data: ReportData | None = None, 
 
 # ------------------------------------------------------------------ sections
 def _header(model: Model, data: ReportData | None, title: str) -> str:
-    facts = [("model version", model.version), ("created", model.created_at_)]
-    if model.supervised_ is not None:
+    facts = [("model version", model.version), ("created", model.created_at)]
+    if model.supervised is not None:
         facts.append(("learner", "fine-tuned on analyst labels"))
-    segmenter = model.segmenter_
+    segmenter = model.segmenter
     if segmenter is not None:
         held = segmenter.agreement_held_out_
         agreement = f"{segmenter.agreement_fit_:.1%} of the fit sample" + (
@@ -142,7 +142,7 @@ def _map(model: Model, data: ReportData | None, map_rows: int, seed: int) -> tup
     fig = go.Figure()
     score = None
     if data is None:
-        segmenter = model.segmenter_
+        segmenter = model.segmenter
         if segmenter is None:
             return "<p>Give a data file to draw the map.</p>", ""
         xy, segment, alert, hover = segmenter.embedding_, segmenter.sample_labels_, None, None
@@ -158,7 +158,7 @@ def _map(model: Model, data: ReportData | None, map_rows: int, seed: int) -> tup
             f"{sample.height:,} records ({int(alert.sum()):,} alerts, all shown when they fit) placed by {how} of "
             "their prepared features, coloured by segment; alerts are ringed in red."
         )
-    has_segments = model.segmenter_ is not None
+    has_segments = model.segmenter is not None
     if has_segments:
         for seg in sorted(set(segment.tolist()), key=lambda s: (s < 0, s)):
             pick = segment == seg
@@ -228,7 +228,7 @@ def _distributions(model: Model, data: ReportData) -> tuple[str, str]:
         fig.update_layout(barmode="overlay")
     else:
         fig.add_trace(go.Histogram(x=score, name="all records", nbinsx=60, marker_color="#1f77b4"), row=1, col=1)
-    threshold = model.policy_.describe().get("threshold")
+    threshold = model.alert_threshold
     if threshold is not None:
         fig.add_vline(x=threshold, line_dash="dash", line_color=_ALERT_COLOUR, row=1, col=1)
     fig.update_yaxes(type="log", row=1, col=1)
@@ -290,7 +290,7 @@ def _profile_cards(model: Model, data: ReportData | None) -> str:
         for seg, n, rate in data.scored.group_by("segment").agg(pl.len(), pl.col("is_alert").mean()).iter_rows():
             live[int(seg)] = (int(n), float(rate))
     cards = []
-    for view in map(card_view, model.segment_profiles_ or []):
+    for view in map(card_view, model.segment_profiles):
         facts = f"{view.size:,} fit rows ({view.share:.1%})"
         if view.anomaly_rate is not None:
             facts += f", alert rate at fit {view.anomaly_rate:.1%}"
@@ -342,7 +342,7 @@ def _drift(report: DriftReport, limit: int = 15) -> str:
 
 
 def _top_alerts(model: Model, data: ReportData, limit: int = 25) -> str:
-    id_column = model.preparer_.schema_.id_column
+    id_column = model.id_column
     top = data.scored.sort("score", descending=True).head(limit)
     head = "".join(f"<th>{h}</th>" for h in ("id", "score", "alert", "segment", "why (value vs expected, share)"))
     body = []
@@ -379,7 +379,7 @@ def _map_sample(scored: pl.DataFrame, map_rows: int, seed: int) -> np.ndarray:
 
 def _project(model: Model, sample: pl.DataFrame, seed: int) -> tuple[np.ndarray, str]:
     """2-D coordinates of the sample's prepared features: UMAP when installed, else PCA."""
-    x = model.preparer_.transform(model.preparer_.validate(sample))
+    x = model.prepared(sample)
     if x.shape[0] >= 10:
         try:
             import umap
@@ -400,7 +400,7 @@ def _project(model: Model, sample: pl.DataFrame, seed: int) -> tuple[np.ndarray,
 
 
 def _hover_text(model: Model, sample: pl.DataFrame) -> list[str]:
-    id_column = model.preparer_.schema_.id_column
+    id_column = model.id_column
     texts = []
     for i, row in enumerate(
         sample.select(*([id_column] if id_column else []), "score", "segment", "reasons").iter_rows(named=True)

@@ -195,12 +195,12 @@ def score(
 
 def _score(df: Any, path: Path, model: Model, *, trusted: bool, types: dict[str, pl.DataType] | None) -> Any:
     """:func:`score` with the bundle folder ``path`` already loaded as ``model`` (the one the workers load)."""
-    if model.policy_.describe().get("kind") == "budget":
+    if model.describe_policy().get("kind") == "budget":
         raise ConfigError(
             "this bundle's alert policy is a budget, which counts alerts across a whole file; partitions scored "
             "apart cannot share it: refit with a contamination, quantile or fixed policy to score on Spark"
         )
-    if model.entities_ is not None:
+    if model.has_entities:
         raise ConfigError(
             "this bundle computes per-entity features, which need each entity's records in order through one "
             "state; Spark partitions score apart: use segscope score (one process) or segscope stream"
@@ -473,9 +473,7 @@ def fit_path(
     except Exception as exc:
         raise _as_segscope_error(exc) from None
     fingerprint = hashlib.sha256(text.encode()).hexdigest() if _remote(text) else _fingerprint(Path(text))
-    model = Model(config).fit(sample, fingerprint=fingerprint, total_rows=total, on_step=on_step)
-    model.training_["sampled_on"] = "spark"
-    return model
+    return Model(config).fit(sample, fingerprint=fingerprint, total_rows=total, on_step=on_step, sampled_on="spark")
 
 
 def _remote(path: str) -> bool:

@@ -6,7 +6,6 @@ be) and refit the alert policy on its score. Writing and promoting the candidate
 
 from __future__ import annotations
 
-import copy
 import hashlib
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -21,7 +20,6 @@ from segscope.sources.frames import check_unique_ids, parse_datetimes
 from segscope.supervised.learners import make_finetuned
 from segscope.supervised.promotion import GATE_FOLDS, compare, gate_folds, judged_rows
 from segscope.supervised.selection import choose, out_of_fold
-from segscope.unsupervised.threshold import make_policy
 
 __all__ = ["finetune", "time_column"]
 
@@ -34,7 +32,7 @@ def time_column(model: Model, frame: pl.DataFrame) -> str | None:
         if column and column in frame.columns:
             return column
     return next(
-        (c.name for c in model.preparer_.schema_.columns if c.kind == "datetime" and c.name in frame.columns), None
+        (c.name for c in model.feature_schema.columns if c.kind == "datetime" and c.name in frame.columns), None
     )
 
 
@@ -107,12 +105,12 @@ def finetune(
     with_segments = current.learner_sees_segments()
     x, layout, _ = current.supervision_matrix(frame, with_segments=with_segments)
     init = None
-    previous = current.supervised_
+    previous = current.supervised
     same_inputs = (
         previous is not None
         and previous.uses_layout
         and previous.layout_ == layout
-        and current.supervised_segment_features_ == with_segments
+        and current.supervised_sees_segments == with_segments
     )
     if previous is not None and previous.learner.name == learner and same_inputs:
         init = previous.learner.artifact()[1]  # continue from the previous booster
@@ -132,22 +130,11 @@ def finetune(
     step(f"fine-tuning the {learner} learner{picked} on every record{continued}")
     tuned.fit(x, y, labelled, layout, init=init, chosen=chosen)
 
-    step("calibrating the alert policy on the supervised score")
-    candidate = copy.copy(current)
-    candidate.supervised_ = tuned
-    candidate.supervised_segment_features_ = with_segments
     reference = np.sort(rng.choice(rows.size, size=cap, replace=False)) if rows.size > cap else np.arange(rows.size)
-    levels = tuple(current.entities_.alarm_features()) if current.entities_ is not None else ()
-    candidate.policy_ = make_policy(current.config.policy, levels).fit(
-        tuned.predict_proba(x[reference]), frame[reference]
-    )
     created = datetime.now(UTC)
     label_digest = hashlib.sha256(labels.sort("id").write_csv().encode()).hexdigest()
-    candidate.created_at_ = created.isoformat(timespec="seconds")
     version_digest = hashlib.sha256(f"{label_digest}|{learner}|{current.version}".encode()).hexdigest()
-    candidate.version_ = f"{created:%Y%m%d-%H%M%S}-{version_digest[:8]}"
-    candidate.parent_version_ = current.version
-    candidate.label_snapshot_ = {
+    snapshot = {
         "source": labels_source,
         "sha256": label_digest,
         "labels": int(labels.height),
@@ -174,5 +161,15 @@ def finetune(
         report.update(compare(y[judged], current_scores, oof, metric, against=against))
     else:
         report.update(promote=False, reason="no fold could be predicted (each needs a labelled anomaly before it)")
-    candidate.promotion_ = report
+    step("calibrating the alert policy on the supervised score")
+    candidate = current.with_supervised(
+        tuned,
+        sees_segments=with_segments,
+        scores=tuned.predict_proba(x[reference]),
+        frame=frame[reference],
+        version=f"{created:%Y%m%d-%H%M%S}-{version_digest[:8]}",
+        created_at=created.isoformat(timespec="seconds"),
+        labels=snapshot,
+        promotion=report,  # the report is the version's promotion record (the caller completes it)
+    )
     return candidate, report

@@ -72,12 +72,12 @@ def fit(
             model = fit_file(data, cfg, on_step=step, previous=last)
         step(f"writing bundle {bundle}")
         model.save(bundle)
-    dropped = model.preparer_.dropped_
+    dropped = model.dropped_columns
     err.print(
         Text.assemble(
             ("fitted", "green"),
-            f" {model.version} on {model.training_['fit_rows']:,} of {model.training_['rows']:,} rows, "
-            f"{len(model.preparer_.schema_.features)} features -> ",
+            f" {model.version} on {model.training['fit_rows']:,} of {model.training['rows']:,} rows, "
+            f"{model.n_features} features -> ",
             (str(bundle), "bold"),
         )
     )
@@ -209,7 +209,7 @@ def inspect(
 ) -> None:
     """Show what a bundle holds (verifies its checksums)."""
     model = load_model(bundle, trust_bundle)
-    manifest = model.manifest_
+    manifest = model.bundle_manifest()
     if as_json:
         out.print_json(json.dumps(manifest))
         return
@@ -238,7 +238,7 @@ def inspect(
     table = Table(title="input columns")
     for col in ("column", "kind", "dtype at fit", "features", "expected"):
         table.add_column(col)
-    for column in model.preparer_.describe_columns():
+    for column in model.describe_columns():
         table.add_row(*cells(*column))
     out.print(table)
     for name, why in manifest["dropped_columns"].items():
@@ -343,7 +343,7 @@ def demo(
             "card-testing bursts, new countries, amounts off the card's habit)"
         )
         model = fit_file(files.history, load_config("fraud"), on_step=step)
-        step(f"writing bundle {files.bundle} (fraud pack: {len(model.entities_.names if model.entities_ else [])} "
+        step(f"writing bundle {files.bundle} (fraud pack: {len(model.entity_features)} "
              "per-card features, and each card's state at the end of the history)")  # fmt: skip
         model.save(files.bundle)
     store = LabelStore.open(files.store)

@@ -115,7 +115,7 @@ def finetune(
             "green",
             "fine-tuned",
             f" {candidate.version} ({sup['learner']}, {sup['labelled_anomalies']} labelled anomalies) from "
-            f"{candidate.parent_version_}; {chosen}",
+            f"{candidate.parent_version}; {chosen}",
         )
     )
     err.print(Text(f"  trained on {_training_data(report.get('training_data') or {})}"))

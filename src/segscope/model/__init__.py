@@ -9,10 +9,12 @@ on the other records of its batch.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import copy
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 import polars as pl
@@ -27,9 +29,12 @@ from segscope.schema import SCORED_COLUMNS, ColumnSpec, FeatureSchema
 from segscope.supervised.base import FineTuned, Layout
 from segscope.unsupervised.drift import DriftReference, DriftTracker
 from segscope.unsupervised.ensemble import AnomalyEnsemble, SegmentCalibration
-from segscope.unsupervised.explain import REASON_DTYPE, FeatureExplainer
+from segscope.unsupervised.explain import REASON_DTYPE, FeatureExplainer, alarms_first
 from segscope.unsupervised.profiles import expected_rows, expected_table
-from segscope.unsupervised.threshold import AlertPolicy, NewLevelAlerts, PolicyState
+from segscope.unsupervised.threshold import AlertPolicy, NewLevelAlerts, PolicyState, make_policy
+
+if TYPE_CHECKING:
+    from segscope.unsupervised.segment import Segmenter
 
 __all__ = ["SCORED_COLUMNS", "Model", "ScoringState"]
 
@@ -57,7 +62,7 @@ class Model:
     #: The manifest a loaded model came from (set by :meth:`load`).
     manifest_: dict[str, Any]
     #: The segmenter and its profile cards, when segmentation is enabled (``segment`` is -1 otherwise).
-    segmenter_: Any = None
+    segmenter_: Segmenter | None = None
     segment_profiles_: list[dict[str, Any]] | None = None
     #: Segment-aware scoring (``[segments] aware_scoring``): each segment's own calibration of the ensemble score.
     segment_calibration_: SegmentCalibration | None = None
@@ -90,10 +95,12 @@ class Model:
         on_step: Callable[[str], None] | None = None,
         previous: Model | None = None,
         entities: EntityFeatures | None = None,
+        sampled_on: str | None = None,
     ) -> Self:
         """Fit on history (already sampled to at most ``config.max_fit_rows`` rows by the caller; with per-entity
         features, the whole history in arrival order: they are computed over all of it, then sampled; or, with
-        ``entities`` already fitted over the history, the caller's sample of it with their features)."""
+        ``entities`` already fitted over the history, the caller's sample of it with their features; ``sampled_on``:
+        where another engine drew that sample, e.g. ``"spark"``, kept with the training facts)."""
         from segscope.model import fitting
 
         fitting.fit(
@@ -104,6 +111,7 @@ class Model:
             on_step=on_step,
             previous=previous,
             entities=entities,
+            sampled_on=sampled_on,
         )
         return self
 
@@ -130,6 +138,127 @@ class Model:
     def id_column(self) -> str | None:
         self._check_fitted()
         return self.preparer_.schema_.id_column
+
+    # ------------------------------------------------------- what it holds
+    @property
+    def created_at(self) -> str:
+        self._check_fitted()
+        return self.created_at_
+
+    @property
+    def parent_version(self) -> str | None:
+        """The version this one was fine-tuned from (None for a fitted one)."""
+        self._check_fitted()
+        return self.parent_version_
+
+    @property
+    def training(self) -> Mapping[str, Any]:
+        """What it was fitted on (``rows``, ``fit_rows``, ``fingerprint``, ``columns`` ...), read-only."""
+        self._check_fitted()
+        return MappingProxyType(self.training_)
+
+    def bundle_manifest(self) -> dict[str, Any]:
+        """The manifest of the bundle it was loaded from (a copy); :meth:`manifest` for one fitted here."""
+        self._check_fitted()
+        return copy.deepcopy(self.manifest_) if hasattr(self, "manifest_") else self.manifest()
+
+    @property
+    def feature_schema(self) -> FeatureSchema:
+        """The columns it was fitted on and their features (:meth:`input_schema`: what an input must hold)."""
+        self._check_fitted()
+        return self.preparer_.schema_
+
+    @property
+    def dropped_columns(self) -> dict[str, str]:
+        """The columns left out at fit, each with why."""
+        self._check_fitted()
+        return dict(self.preparer_.dropped_)
+
+    def describe_columns(self) -> list[tuple[str, str, str, str, str]]:
+        """Per input column: (name, kind, dtype at fit, its features, their expected values), for people."""
+        self._check_fitted()
+        return self.preparer_.describe_columns()
+
+    @property
+    def has_entities(self) -> bool:
+        """Whether it computes per-entity features (``entities:`` in the config)."""
+        self._check_fitted()
+        return self.entities_ is not None
+
+    @property
+    def entity_features(self) -> tuple[str, ...]:
+        self._check_fitted()
+        return tuple(self.entities_.names) if self.entities_ is not None else ()
+
+    @property
+    def entity_inputs(self) -> tuple[ColumnSpec, ...]:
+        """The input columns the per-entity features read (keys, event times, values), as at fit."""
+        self._check_fitted()
+        return self.entity_inputs_
+
+    @property
+    def segmenter(self) -> Segmenter | None:
+        self._check_fitted()
+        return self.segmenter_
+
+    @property
+    def segment_profiles(self) -> list[dict[str, Any]]:
+        """Each segment's profile card (none without segments)."""
+        self._check_fitted()
+        return list(self.segment_profiles_ or [])
+
+    @property
+    def supervised(self) -> FineTuned | None:
+        """The fine-tuned learner, when this version has one."""
+        self._check_fitted()
+        return self.supervised_
+
+    @property
+    def supervised_sees_segments(self) -> bool:
+        self._check_fitted()
+        return self.supervised_segment_features_
+
+    def describe_policy(self) -> dict[str, Any]:
+        """The alert policy as the bundle keeps it (``kind``, ``threshold`` ...)."""
+        self._check_fitted()
+        return self.policy_.describe()
+
+    def prepared(self, frame: pl.DataFrame) -> np.ndarray:
+        """The prepared feature matrix the detectors see (per-entity features computed first when missing)."""
+        self._check_fitted()
+        return self.preparer_.transform(self.preparer_.validate(self.with_entities(frame)))
+
+    # ------------------------------------------------------- new versions
+    def with_supervised(
+        self,
+        tuned: FineTuned,
+        *,
+        sees_segments: bool,
+        scores: np.ndarray,
+        frame: pl.DataFrame,
+        version: str,
+        created_at: str,
+        labels: dict[str, Any],
+        promotion: dict[str, Any],
+    ) -> Model:
+        """A new version: these unsupervised layers, ``tuned`` as its supervised layer (``sees_segments``: fed the
+        segment columns), the alert policy refit on its ``scores`` of ``frame``, this version as its parent,
+        ``labels`` (what was learnt from) and ``promotion`` (the decision, kept as it is until saved)."""
+        self._check_fitted()
+        new = copy.copy(self)
+        new.supervised_, new.supervised_segment_features_ = tuned, sees_segments
+        levels = tuple(self.entities_.alarm_features()) if self.entities_ is not None else ()
+        new.policy_ = make_policy(self.config.policy, levels).fit(scores, frame)
+        new.version_, new.created_at_, new.parent_version_ = version, created_at, self.version
+        new.label_snapshot_, new.promotion_ = labels, promotion
+        return new
+
+    def with_version(self, version: str) -> Model:
+        """The same model under another version name (a registry that holds the name already)."""
+        self._check_fitted()
+        new = copy.copy(self)
+        new.version_ = version
+        return new
 
     def input_schema(self) -> FeatureSchema:
         """What an input record must hold: the model's input columns, except the per-entity features it computes
@@ -241,7 +370,7 @@ class Model:
         """What the learner sees: prepared features, detector surprisals, (optionally) segment columns, then
         category codes (None for models fine-tuned before the learner saw them)."""
         blocks = [x, parts]
-        if assigned is not None:
+        if assigned is not None and self.segmenter_ is not None:
             segments, confidence = assigned
             onehot = (segments[:, None] == self.segmenter_.segments_[None, :]).astype(np.float64)
             blocks += [onehot, confidence[:, None]]
@@ -255,12 +384,15 @@ class Model:
         self._check_fitted()
         return self.drift_.tracker() if self.drift_ is not None else None
 
-    def new_state(self) -> ScoringState:
+    def new_state(self, *, from_start: bool = False) -> ScoringState:
         """Scoring state that carries over between batches (an alert budget's counts, each entity's state): one
-        per file or stream."""
+        per file or stream. Each entity continues from the end of the history, or from nothing (``from_start``:
+        the history's own records, as at fit)."""
         self._check_fitted()
         policy = self.policy_.new_state()
-        entities = self.entities_.new_state() if self.entities_ is not None else None
+        entities = None
+        if self.entities_ is not None:
+            entities = self.entities_.empty_state() if from_start else self.entities_.new_state()
         return ScoringState(used=policy.used, rows_seen=policy.rows_seen, entities=entities)
 
     def score(
@@ -297,7 +429,7 @@ class Model:
         if drift is not None:
             drift.add(validated, alerts)
         if isinstance(self.policy_, NewLevelAlerts):
-            reasons = _alarms_first(validated, reasons, self.policy_.columns, self.config.top_k_reasons)
+            reasons = alarms_first(validated, reasons, self.policy_.columns, self.config.top_k_reasons)
         return frame.with_columns(
             pl.Series("score", score, dtype=pl.Float64),
             pl.Series("anomaly_score", anomaly, dtype=pl.Float64),
@@ -323,8 +455,7 @@ class Model:
             if self.id_column is None or self.id_column not in scored.columns:
                 raise ConfigError("the label store needs record ids: fit the bundle with --id-column")
             ids = [str(v) for v in scored.get_column(self.id_column).to_list()]
-        vectors = self.preparer_.transform(self.preparer_.validate(self.with_entities(scored)))
-        return ReviewRecords(scored, list(ids), vectors, self.alert_threshold)
+        return ReviewRecords(scored, list(ids), self.prepared(scored), self.alert_threshold)
 
     # ------------------------------------------------------------- persist
     def manifest(self) -> dict[str, Any]:
@@ -345,23 +476,3 @@ class Model:
         from segscope.model import persist
 
         return persist.load(cls, path, trusted=trusted)
-
-
-def _alarms_first(frame: pl.DataFrame, reasons: pl.Series, columns: tuple[str, ...], k: int) -> pl.Series:
-    """A reading a ``new_level`` policy alarms on gives that alarm (a new level, a stuck sensor) as its first
-    reason, ahead of what the detectors found."""
-    listed = pl.col("__reasons")
-    alarms = [c for c in columns if c in frame.columns]
-    picked = frame.select(alarms).with_columns(reasons.cast(REASON_DTYPE).alias("__reasons"))
-    # one column at a time, materialised: an expression nested per column would grow 3^columns nodes
-    for name in reversed(alarms):
-        head = pl.struct(
-            pl.lit(name).alias("feature"),
-            pl.lit("1").alias("value"),
-            pl.lit("0").alias("expected"),
-            listed.list.first().struct.field("contribution").fill_null(0.0).alias("contribution"),
-        )
-        rest = listed.list.eval(pl.element().filter(pl.element().struct.field("feature") != name))
-        moved = pl.when(pl.col(name) == 1.0).then(pl.concat_list([head, rest]).list.head(k)).otherwise(listed)
-        picked = picked.with_columns(moved.cast(REASON_DTYPE).alias("__reasons"))
-    return picked.get_column("__reasons").alias("reasons")

@@ -40,6 +40,7 @@ def fit(
     on_step: Callable[[str], None] | None,
     previous: Model | None,
     entities: EntityFeatures | None,
+    sampled_on: str | None = None,
 ) -> Model:
     """:meth:`Model.fit <segscope.model.Model.fit>`: ``model``'s fitted state, set in place."""
     step = on_step or (lambda _: None)
@@ -118,6 +119,8 @@ def fit(
         "reference_alert_rate": rate,
         "time_like_columns": time_like,
     }
+    if sampled_on is not None:
+        model.training_["sampled_on"] = sampled_on
     model.segment_expected_ = model._expected_table()
     return model
 
@@ -128,7 +131,7 @@ def previous_segments(frame: pl.DataFrame, previous: Model | None) -> np.ndarray
     if previous is None or previous.segmenter_ is None:
         return None
     try:
-        rows = previous.preparer_.transform(previous.preparer_.validate(previous.with_entities(frame)))
+        rows = previous.prepared(frame)
     except (SchemaError, DataError) as exc:
         raise SchemaError(
             f"the previous model cannot segment this data, so segment ids cannot be kept across the refit: {exc}"

@@ -125,7 +125,7 @@ def _write_batch(batch: Batch, watcher: ModelWatcher, sink: KafkaSink, store: La
 
 
 def _checkpoints(options: StreamOptions, watcher: ModelWatcher) -> EntityCheckpoints | None:
-    if watcher.model.entities_ is None:
+    if not watcher.model.has_entities:
         return None
     if options.state_dir is None:
         if options.exactly_once:

@@ -16,7 +16,7 @@ from segscope._arrays import take
 from segscope.exceptions import NotFittedError
 from segscope.unsupervised import _kernels
 
-__all__ = ["REASON_DTYPE", "FeatureExplainer", "readable_typical"]
+__all__ = ["REASON_DTYPE", "FeatureExplainer", "alarms_first", "readable_typical"]
 
 REASON_DTYPE = pl.List(
     pl.Struct({"feature": pl.String, "value": pl.String, "expected": pl.String, "contribution": pl.Float64})
@@ -162,3 +162,23 @@ def _format_clock(hours: np.ndarray) -> pl.Series:
         pl.format("{}:{}", (minutes // 60).cast(pl.String).str.zfill(2), (minutes % 60).cast(pl.String).str.zfill(2))
     ).to_series()
     return text.scatter(np.flatnonzero(np.isnan(hours)), "null") if np.isnan(hours).any() else text
+
+
+def alarms_first(frame: pl.DataFrame, reasons: pl.Series, columns: tuple[str, ...], k: int) -> pl.Series:
+    """A reading a ``new_level`` policy alarms on gives that alarm (a new level, a stuck sensor) as its first
+    reason, ahead of what the detectors found."""
+    listed = pl.col("__reasons")
+    alarms = [c for c in columns if c in frame.columns]
+    picked = frame.select(alarms).with_columns(reasons.cast(REASON_DTYPE).alias("__reasons"))
+    # one column at a time, materialised: an expression nested per column would grow 3^columns nodes
+    for name in reversed(alarms):
+        head = pl.struct(
+            pl.lit(name).alias("feature"),
+            pl.lit("1").alias("value"),
+            pl.lit("0").alias("expected"),
+            listed.list.first().struct.field("contribution").fill_null(0.0).alias("contribution"),
+        )
+        rest = listed.list.eval(pl.element().filter(pl.element().struct.field("feature") != name))
+        moved = pl.when(pl.col(name) == 1.0).then(pl.concat_list([head, rest]).list.head(k)).otherwise(listed)
+        picked = picked.with_columns(moved.cast(REASON_DTYPE).alias("__reasons"))
+    return picked.get_column("__reasons").alias("reasons")
