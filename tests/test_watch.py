@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -153,3 +154,61 @@ def test_a_running_watch_picks_up_new_files_and_a_promoted_version(
         second.version,  # the damaged version did not load: the last good one kept scoring
     ]
     assert all(entry["status"] == "scored" for entry in ledger.values())
+
+
+def test_a_name_is_one_file_never_a_pattern_nor_a_link_swapped_in(
+    folders: tuple[Path, Path], bundle: Path, new_records: pl.DataFrame, model: Model, tmp_path: Path, run_cli
+) -> None:
+    inbox, out = folders
+    new_records.head(7).write_csv(inbox / "[ab].csv")  # a pattern that day1/day2 do not match, a.csv/b.csv would
+    new_records.head(100).write_csv(inbox / "a.csv")
+    new_records.head(100).write_csv(inbox / "b.csv")
+    new_records.head(9).write_csv(tmp_path / "lone[x].csv")
+    new_records.head(100).write_csv(tmp_path / "lonex.csv")
+    scored = run_cli("score", tmp_path / "lone[x].csv", "--bundle", bundle, "--out", tmp_path / "lone.parquet")
+    assert scored.code == 0 and pl.read_parquet(tmp_path / "lone.parquet").height == 9  # score reads the name too
+    weird = os.fsencode(inbox) + b"/caf\xff.csv"  # not UTF-8: still one file, read through its descriptor
+    with open(weird, "wb") as fh:
+        fh.write((inbox / "a.csv").read_bytes())
+    job = FolderWatch(inbox, bundle, out, settle=0)
+    odd = os.fsdecode(weird).rsplit("/", 1)[1]
+    did = dict(job.run(once=True))
+    assert {n: o.rows for n, o in did.items()} == {
+        "[ab].csv": 7, "a.csv": 100, "b.csv": 100, "day1.parquet": 600, "day2.csv": 500, odd: 100
+    }  # fmt: skip
+    assert did[odd].out == "caf\\xff.scored.parquet"
+    # a file listed, then swapped for a link to a secret before it is opened: refused, nothing of the secret read
+    (tmp_path / "secret.csv").write_text("txn_id,amount\nSECRET,1\n")
+    new_records.head(20).write_csv(inbox / "late.csv")
+    key = job._candidates()["late.csv"]
+    (inbox / "late.csv").unlink()
+    (inbox / "late.csv").symlink_to(tmp_path / "secret.csv")
+    outcome = job._score("late.csv", key, model, {})
+    assert outcome.status == "failed" and "link" in str(outcome.error)
+    assert not (out / "late.scored.parquet").exists() and not list(out.glob(".staging.*"))
+
+
+def test_set_up_problems_are_one_line_and_a_killed_watch_leaves_nothing_behind(
+    folders: tuple[Path, Path], bundle: Path, tmp_path: Path, run_cli
+) -> None:
+    inbox, out = folders
+    (tmp_path / "afile").write_text("x")
+    as_file = run_cli("watch", inbox, "--bundle", bundle, "--out-dir", tmp_path / "afile", "--once")
+    assert as_file.code == 2 and "cannot write there" in as_file.err and "Traceback" not in as_file.err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    no_bundle = run_cli("watch", empty, "--bundle", tmp_path / "nope", "--out-dir", out, "--idle-exit", "0")
+    assert no_bundle.code == 2 and "Traceback" not in no_bundle.err  # said at start-up, not at the first file
+    out.mkdir(exist_ok=True)
+    (out / ".day1.scored.parquet.k3j2h1.tmp").write_bytes(b"half a file")  # what a SIGKILL mid-file leaves
+    (out / ".staging.abc").mkdir()
+    (out / "mine.tmp").write_text("a user's file")
+    assert run_cli("watch", inbox, "--bundle", bundle, "--out-dir", out, "--once", "--settle", "0").code == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [LEDGER, ".segscope-watch.lock", "day1.scored.parquet", "day2.scored.parquet", "mine.tmp"]
+    )
+    job = FolderWatch(inbox, bundle, out, settle=0)
+    job.ledger()
+    shutil.rmtree(inbox)
+    with pytest.raises(ConfigError, match="the watched folder is gone"):
+        job.poll({}, None)

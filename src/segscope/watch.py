@@ -6,8 +6,10 @@ output is in place), so a restart scores only what is new; a file whose size or 
 new again. A file is taken once it has kept its size for ``settle`` seconds (writers that write in place); a
 writer that renames a finished file into the folder is always safe, and names that start with a dot or end in
 ``.tmp``/``.part`` are never taken. A file that fails is recorded with its one-line reason and left alone
-until it changes; symbolic links are never followed. With a registry as the bundle, each file is scored with
-the version CURRENT names when the file starts.
+until it changes. Only regular files are read, through the descriptor opened (without following a link) when
+the file was chosen: a name swapped for a link meanwhile, or a name that is a pattern (``[ab].csv``), never
+reads another file. With a registry as the bundle, each file is scored with the version CURRENT names when the
+file starts.
 """
 
 from __future__ import annotations
@@ -16,15 +18,20 @@ import fcntl
 import json
 import logging
 import os
+import shutil
+import stat
+import tempfile
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from segscope import registry
 from segscope._io import EXTENSIONS, write_text_atomic
-from segscope.exceptions import BundleError, ConfigError, SegscopeError
+from segscope.exceptions import BundleError, ConfigError, SegscopeError, SegscopeWarning, SourceError
 from segscope.labels.store import LabelStore
 from segscope.model import Model
 from segscope.pipeline import score_file
@@ -41,7 +48,7 @@ _FORMATS = ("parquet", "csv", "ndjson")
 
 @dataclass(frozen=True)
 class Outcome:
-    """What became of one input file (a ledger entry)."""
+    """What became of one input file (a ledger entry); ``out`` is the output's name in the output folder."""
 
     size: int
     mtime_ns: int
@@ -51,6 +58,10 @@ class Outcome:
     alerts: int = 0
     model_version: str | None = None
     error: str | None = None
+    inode: int = 0
+
+
+_Key = tuple[int, int, int]  # size, modification time, inode: a file replaced by another is new
 
 
 class FolderWatch:
@@ -72,6 +83,7 @@ class FolderWatch:
         self.trusted, self.out_format, self.settle = trusted, out_format, settle
         self.batch_size, self.store = batch_size, store
         self._refused: str | None = None  # the last promotion that did not load (logged once)
+        self._done: dict[str, Outcome] | None = None  # the ledger, read once (the lock makes this the only writer)
         self.waiting: list[str] = []  # files of the last poll not settled yet
 
     # ------------------------------------------------------------- set-up
@@ -80,45 +92,77 @@ class FolderWatch:
             raise ConfigError(f"--format must be one of {', '.join(_FORMATS)}; got {self.out_format!r}")
         if not self.folder.is_dir():
             raise ConfigError(f"{self.folder}: no such folder to watch; create it or name an existing one")
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"--out-dir {self.out_dir}: {self._cannot(exc)}") from None
         if self.out_dir.resolve() == self.folder.resolve():
             raise ConfigError(
                 f"--out-dir {self.out_dir} is the watched folder: outputs would be scored as inputs; "
                 "write them to another folder"
             )
 
+    @staticmethod
+    def _cannot(exc: OSError) -> str:
+        return f"cannot write there ({exc.strerror or type(exc).__name__}); choose a folder you can write to"
+
     def ledger(self) -> dict[str, Outcome]:
         """What was done so far, by input file name."""
+        if self._done is not None:
+            return self._done
         path = self.out_dir / LEDGER
         if not path.exists():
-            return {}
+            self._done = {}
+            return self._done
         try:
             raw = json.loads(path.read_text())
-            return {str(name): Outcome(**entry) for name, entry in raw["files"].items()}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            self._done = {str(name): Outcome(**entry) for name, entry in raw["files"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             raise ConfigError(
                 f"{path}: the watch ledger is unreadable ({type(exc).__name__}); move it away to score every "
                 "file of the folder again"
             ) from None
+        return self._done
 
-    def _save(self, done: dict[str, Outcome]) -> None:
-        files = {name: asdict(outcome) for name, outcome in sorted(done.items())}
-        write_text_atomic(self.out_dir / LEDGER, json.dumps({"files": files}, indent=1) + "\n")
+    def _save(self, done: dict[str, Outcome], present: set[str]) -> None:
+        """The ledger of the files still in the folder (a deleted input's entry goes: the ledger stays small)."""
+        files = {name: asdict(outcome) for name, outcome in sorted(done.items()) if name in present}
+        try:
+            write_text_atomic(self.out_dir / LEDGER, json.dumps({"files": files}, indent=1) + "\n")
+        except OSError as exc:
+            raise ConfigError(f"--out-dir {self.out_dir}: {self._cannot(exc)}") from None
+
+    def _sweep(self) -> None:
+        """Remove what a watch killed mid-file left in the output folder (outputs and ledgers not yet renamed
+        into place, staging folders); the lock says no other watch is writing there."""
+        for path in self.out_dir.iterdir():
+            name = path.name
+            ours = ".scored." in name or name.startswith(f"{LEDGER}.")
+            if name.startswith(".") and name.endswith(".tmp") and ours and path.is_file():
+                path.unlink(missing_ok=True)
+            elif name.startswith(".staging.") and path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
 
     # ------------------------------------------------------------- one pass
-    def _candidates(self) -> dict[str, tuple[int, int]]:
+    def _candidates(self) -> dict[str, _Key]:
         found = {}
-        for path in self.folder.iterdir():
-            name = path.name
-            if name.startswith(".") or name.lower().endswith(_PARTIAL) or path.suffix.lower() not in EXTENSIONS:
+        try:
+            entries = list(os.scandir(self.folder))
+        except OSError as exc:
+            raise ConfigError(
+                f"{self.folder}: the watched folder is gone or unreadable ({exc.strerror or exc}); restore it"
+            ) from None
+        for entry in entries:
+            name = entry.name
+            if name.startswith(".") or name.lower().endswith(_PARTIAL) or Path(name).suffix.lower() not in EXTENSIONS:
                 continue
             try:
-                stat = path.stat()
+                info = entry.stat(follow_symlinks=False)
             except OSError:  # removed between the listing and the look
                 continue
             # a link could make a drop folder read any local file into an output others see: regular files only
-            if path.is_file() and not path.is_symlink():
-                found[name] = (stat.st_size, stat.st_mtime_ns)
+            if stat.S_ISREG(info.st_mode):
+                found[name] = (info.st_size, info.st_mtime_ns, info.st_ino)
         return found
 
     def _model(self, current: Model | None) -> Model:
@@ -138,49 +182,90 @@ class FolderWatch:
                 self._refused = str(exc)
             return current
 
-    def _output(self, name: str, done: dict[str, Outcome]) -> Path:
-        out = self.out_dir / f"{Path(name).stem}.scored.{self.out_format}"
-        clash = [other for other, o in done.items() if o.out == str(out) and other != name]
+    def _output(self, name: str, done: dict[str, Outcome]) -> str:
+        stem = os.fsencode(Path(name).stem).decode("utf-8", "backslashreplace")  # writers need a UTF-8 name
+        out = f"{stem}.scored.{self.out_format}"
+        clash = [other for other, o in done.items() if o.out == out and other != name]
         if clash:
-            raise ConfigError(f"{name} and {clash[0]} would both be scored into {out.name}: rename one of them")
+            raise ConfigError(f"{name} and {clash[0]} would both be scored into {out}: rename one of them")
         return out
 
     def poll(
-        self, seen: dict[str, tuple[int, int]], model: Model | None, *, wait: bool = True
+        self,
+        seen: dict[str, _Key],
+        model: Model | None,
+        *,
+        wait: bool = True,
+        on_file: Callable[[str, Outcome], None] | None = None,
     ) -> tuple[list[tuple[str, Outcome]], Model | None]:
         """Score every settled file not in the ledger as it is; ``seen`` holds the sizes of the last poll (a
         file is settled once unchanged between two polls and older than ``settle``). ``wait=False`` takes every
-        file older than ``settle`` at once."""
+        file older than ``settle`` at once. ``on_file`` hears of each file as it is done."""
         done = self.ledger()
         results: list[tuple[str, Outcome]] = []
         found = self._candidates()
         now = time.time_ns()
         self.waiting = []
-        for name, (size, mtime_ns) in sorted(found.items()):
+        for name, key in sorted(found.items()):
             before = done.get(name)
-            if before is not None and (before.size, before.mtime_ns) == (size, mtime_ns):
+            if before is not None and (before.size, before.mtime_ns, before.inode) == key:
                 continue
-            steady = not wait or seen.get(name) == (size, mtime_ns)
-            if not steady or now - mtime_ns < self.settle * 1e9:
+            steady = not wait or seen.get(name) == key
+            if not steady or now - key[1] < self.settle * 1e9:
                 self.waiting.append(name)
                 continue
             model = self._model(model)
-            outcome = self._score(name, size, mtime_ns, model, done)
+            outcome = self._score(name, key, model, done)
             done[name] = outcome
-            self._save(done)
+            self._save(done, set(found))
             results.append((name, outcome))
+            if on_file is not None:
+                on_file(name, outcome)
         seen.clear()
         seen.update(found)
         return results, model
 
-    def _score(self, name: str, size: int, mtime_ns: int, model: Model, done: dict[str, Outcome]) -> Outcome:
+    @contextmanager
+    def _staged(self, name: str, key: _Key) -> Iterator[Path]:
+        """The file as chosen: opened without following a link, checked to be the regular file that was listed,
+        and handed to the readers under a plain name that leads to that descriptor (``/proc/self/fd``)."""
+        try:
+            fd = os.open(self.folder / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            raise SourceError(
+                f"cannot open it ({exc.strerror or exc}): it was replaced, removed or is a link"
+            ) from None
+        staging = Path(tempfile.mkdtemp(prefix=".staging.", dir=self.out_dir))
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_ino != key[2]:
+                raise SourceError("it changed between the listing and the read: it is taken at the next look")
+            staged = staging / f"input{Path(name).suffix.lower()}"
+            os.symlink(f"/proc/self/fd/{fd}", staged)
+            yield staged
+        finally:
+            os.close(fd)
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _score(self, name: str, key: _Key, model: Model, done: dict[str, Outcome]) -> Outcome:
+        size, mtime_ns, inode = key
+        staged = ""
         try:
             out = self._output(name, done)
-            summary = score_file(model, self.folder / name, out, batch_size=self.batch_size, store=self.store)
+            with warnings.catch_warnings(record=True) as said, self._staged(name, key) as path:
+                warnings.simplefilter("always", SegscopeWarning)
+                staged = str(path)
+                summary = score_file(model, path, self.out_dir / out, batch_size=self.batch_size, store=self.store)
+            for warning in said:  # each warning names the file it is about
+                warnings.warn(f"{name}: {str(warning.message).replace(staged + ': ', '')}", SegscopeWarning, 2)
         except SegscopeError as exc:
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            return Outcome(size, mtime_ns, "failed", model_version=model.version, error=reason)
-        return Outcome(size, mtime_ns, "scored", str(out), summary.rows, summary.alerts, model.version)
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].replace(staged + ": ", "")
+            return Outcome(size, mtime_ns, "failed", model_version=model.version, error=reason, inode=inode)
+        except Exception as exc:  # one file must not stop the folder: said, recorded, the others scored
+            log.exception("%s: scoring failed unexpectedly", ascii(name))
+            reason = f"internal error ({type(exc).__name__}: {str(exc).strip()[:200]}); please report it"
+            return Outcome(size, mtime_ns, "failed", model_version=model.version, error=reason, inode=inode)
+        return Outcome(size, mtime_ns, "scored", out, summary.rows, summary.alerts, model.version, inode=inode)
 
     # ------------------------------------------------------------- the loop
     def run(
@@ -194,7 +279,10 @@ class FolderWatch:
         """Poll every ``every`` seconds until interrupted; ``once``: score what is there (settled) and return;
         ``idle_exit``: return after that many seconds without a new file. Returns what this run did."""
         self._check()
-        lock = os.open(self.out_dir / ".segscope-watch.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            lock = os.open(self.out_dir / ".segscope-watch.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise ConfigError(f"--out-dir {self.out_dir}: {self._cannot(exc)}") from None
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when the process ends, however it ends
         except BlockingIOError:
@@ -210,16 +298,15 @@ class FolderWatch:
     def _loop(
         self, every: float, once: bool, idle_exit: float | None, on_file: Callable[[str, Outcome], None] | None
     ) -> list[tuple[str, Outcome]]:
+        self._done = None
         self.ledger()  # an unreadable ledger is an error before any work
-        seen: dict[str, tuple[int, int]] = {}
-        model: Model | None = None
+        self._sweep()
+        seen: dict[str, _Key] = {}
+        model: Model | None = self._model(None)  # a bundle that does not load is an error at start-up
         did: list[tuple[str, Outcome]] = []
         last = time.monotonic()
         while True:
-            results, model = self.poll(seen, model, wait=not once)
-            for name, outcome in results:
-                if on_file is not None:
-                    on_file(name, outcome)
+            results, model = self.poll(seen, model, wait=not once, on_file=on_file)
             did += results
             if once:
                 return did
@@ -231,11 +318,13 @@ class FolderWatch:
 
 
 def ledger_summary(outcomes: list[tuple[str, Outcome]]) -> dict[str, Any]:
-    """Counts of a run, for the closing line."""
-    scored = [o for _, o in outcomes if o.status == "scored"]
+    """Counts of a run, for the closing line: each file by how it ended (a file that failed while being written
+    and was scored once complete counts as scored)."""
+    last = dict(outcomes)
+    scored = [o for o in last.values() if o.status == "scored"]
     return {
         "scored": len(scored),
-        "failed": len(outcomes) - len(scored),
+        "failed": len(last) - len(scored),
         "rows": sum(o.rows for o in scored),
         "alerts": sum(o.alerts for o in scored),
     }

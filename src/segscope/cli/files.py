@@ -431,19 +431,21 @@ def watch(
     """Score every file that lands in FOLDER, once, into --out-dir/<name>.scored.<format>; a ledger there
     (.segscope-watch.json) keeps what was done across restarts, and a file that changes is scored again."""
     import logging
+    import signal
 
     from segscope.watch import FolderWatch, Outcome, ledger_summary
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a stop: the file being scored is abandoned cleanly
     label_store = open_store(store, create=True) if store is not None else None
 
     def said(name: str, outcome: Outcome) -> None:
+        shown = name if name.isprintable() else ascii(name)  # a name cannot forge a log line
         if outcome.status == "scored":
-            err.print(
-                say("green", "scored", f" {name}: {outcome.rows:,} rows, {outcome.alerts:,} alerts -> {outcome.out}")
-            )
+            target = out_dir / (outcome.out or "")
+            err.print(say("green", "scored", f" {shown}: {outcome.rows:,} rows, {outcome.alerts:,} alerts -> {target}"))
         else:
-            err.print(say("red", "failed", f" {name}: {outcome.error}"), highlight=False, soft_wrap=True)
+            err.print(say("red", "failed", f" {shown}: {outcome.error}"), highlight=False, soft_wrap=True)
 
     job = FolderWatch(
         folder, bundle, out_dir, trusted=trust_bundle, out_format=out_format, settle=settle,

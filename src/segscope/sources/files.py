@@ -210,18 +210,21 @@ def scan_file(path: str | Path, *, dtypes: dict[str, pl.DataType] | None = None)
         raise SourceError(f"{path}: the file is empty; pass a file with a header and at least one row")
     if fmt == "csv":
         check_csv(path)
+    if fmt == "ndjson" and any(c in path.name for c in "*?["):  # Polars reads such a name as a pattern
+        raise SourceError(f"{path}: NDJSON file names with *, ? or [ are read as patterns; rename the file")
     try:
+        # a name is one file, never a pattern: '[ab].csv' must not read a.csv and b.csv
         if fmt == "parquet":
-            lf = pl.scan_parquet(path)
+            lf = pl.scan_parquet(path, glob=False)
         else:
             key = (*_file_key(path), tuple(sorted((dtypes or {}).items(), key=lambda kv: kv[0])))
             known = _SCHEMAS.get(key)
             if fmt == "csv" and known is not None:
-                lf = pl.scan_csv(path, schema=known)
+                lf = pl.scan_csv(path, schema=known, glob=False)
             elif fmt == "csv":
                 header = _csv_header(path)
                 overrides = {k: v for k, v in (dtypes or {}).items() if k in header}
-                lf = pl.scan_csv(path, infer_schema_length=CSV_INFER_ROWS, schema_overrides=overrides)
+                lf = pl.scan_csv(path, infer_schema_length=CSV_INFER_ROWS, schema_overrides=overrides, glob=False)
             elif known is not None:
                 lf = pl.scan_ndjson(path, schema=known)
             else:
