@@ -239,10 +239,7 @@ def score_file(
             sink.write(scored)
             if on_batch is not None:
                 on_batch(scored.height)
-        if isinstance(sink, FileSink):
-            sink.close(schema=scored_schema(model, FileSource(path, dtypes=model.input_dtypes()).schema))
-        else:
-            sink.close()
+        sink.close()  # iter_scored refuses a file without rows: some batch has set the output's schema
     except BaseException:
         sink.abort()
         raise
