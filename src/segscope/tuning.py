@@ -158,7 +158,8 @@ def finetune(
     if chosen is not None:
         report["candidates"] = {"chosen": name, "taken_by_fold": taken, "out_of_fold_aucpr": candidates.table()}
         current_scores = current.score(frame[judged])["score"].to_numpy()
-        report.update(compare(y[judged], current_scores, oof, metric, against=against))
+        folds_judged = candidates.fold[keep]
+        report.update(compare(y[judged], current_scores, oof, metric, against=against, folds=folds_judged))
     else:
         report.update(promote=False, reason="no fold could be predicted (each needs a labelled anomaly before it)")
     step("calibrating the alert policy on the supervised score")
