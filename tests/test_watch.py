@@ -126,7 +126,11 @@ def test_a_running_watch_picks_up_new_files_and_a_promoted_version(
     job = FolderWatch(inbox, reg, out, settle=0.1)
     runner = threading.Thread(target=job.run, kwargs={"every": 0.1, "idle_exit": 3.0})
     runner.start()
-    time.sleep(0.5)
+    deadline = time.monotonic() + 20
+    while not (out / ".segscope-watch.lock").exists():  # the running watch has taken its output folder
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(0.1)
     with pytest.raises(ConfigError, match="another segscope watch writes to"):  # one watcher per output folder
         FolderWatch(inbox, reg, out).run(once=True)
 
