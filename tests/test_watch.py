@@ -16,7 +16,7 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from segscope import registry
-from segscope.exceptions import ConfigError
+from segscope.exceptions import ConfigError, SegscopeWarning
 from segscope.model import Model
 from segscope.pipeline import score_file
 from segscope.watch import LEDGER, FolderWatch
@@ -216,3 +216,17 @@ def test_set_up_problems_are_one_line_and_a_killed_watch_leaves_nothing_behind(
     shutil.rmtree(inbox)
     with pytest.raises(ConfigError, match="the watched folder is gone"):
         job.poll({}, None)
+
+
+def test_a_warning_names_the_file_it_is_about_not_where_it_was_read(
+    folders: tuple[Path, Path], bundle: Path, new_records: pl.DataFrame
+) -> None:
+    inbox, out = folders
+    new_records.head(50).with_columns(pl.lit(None, dtype=pl.Float64).alias("amount")).write_parquet(
+        inbox / "nulls.parquet"
+    )
+    with pytest.warns(SegscopeWarning) as said:
+        FolderWatch(inbox, bundle, out, settle=0).run(once=True)
+    messages = [str(w.message) for w in said]
+    assert messages and all(m.startswith("nulls.parquet: ") and "staging" not in m for m in messages)
+    assert any("column(s) ['amount'] are null in every row" in m for m in messages)

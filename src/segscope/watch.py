@@ -257,7 +257,11 @@ class FolderWatch:
                 staged = str(path)
                 summary = score_file(model, path, self.out_dir / out, batch_size=self.batch_size, store=self.store)
             for warning in said:  # each warning names the file it is about
-                warnings.warn(f"{name}: {str(warning.message).replace(staged + ': ', '')}", SegscopeWarning, 2)
+                message = str(warning.message).replace(staged + ": ", "")
+                if issubclass(warning.category, SegscopeWarning):
+                    warnings.warn(f"{name}: {message}", SegscopeWarning, 2)
+                else:  # a library's own warning, as it came
+                    warnings.warn_explicit(message, warning.category, warning.filename, warning.lineno)
         except SegscopeError as exc:
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].replace(staged + ": ", "")
             return Outcome(size, mtime_ns, "failed", model_version=model.version, error=reason, inode=inode)
