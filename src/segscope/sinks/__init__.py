@@ -3,9 +3,9 @@ names of the file and memory sinks are imported on first use (a stream writes no
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from segscope._deps import lazy_names
 from segscope.sinks.base import Sink
 
 if TYPE_CHECKING:
@@ -18,9 +18,4 @@ _LAZY = {name: "segscope.sinks.files" for name in ("FileSink", "StdoutSink", "op
 _LAZY["ListSink"] = "segscope.sinks.memory"
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module 'segscope.sinks' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name]), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_names(__name__, _LAZY)

@@ -4,9 +4,9 @@ memory sources are imported on first use (a stream reads no files)."""
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from segscope._deps import lazy_names
 from segscope.sources.base import Batch, DeadLetter, Source
 
 if TYPE_CHECKING:
@@ -30,9 +30,4 @@ _LAZY = {name: "segscope.sources.files" for name in _FILES}
 _LAZY["FrameSource"] = "segscope.sources.memory"
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module 'segscope.sources' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name]), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_names(__name__, _LAZY)
