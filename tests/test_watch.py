@@ -104,13 +104,13 @@ def test_a_file_still_being_written_waits_until_it_settles(folders: tuple[Path, 
     job.run(once=True)  # just written: younger than settle
     assert job.waiting == ["day1.parquet", "day2.csv"] and not (out / "day1.scored.parquet").exists()
     seen: dict[str, tuple[int, int]] = {}
-    assert job.poll(seen, None)[0] == []  # first sight: not yet known to be steady
+    assert job.poll(seen) == []  # first sight: not yet known to be steady
     time.sleep(0.4)
     with (inbox / "day2.csv").open("a") as growing:  # still growing: waits another round
         growing.write((inbox / "day2.csv").read_text().splitlines()[1] + "\n")
     os.utime(inbox / "day2.csv", ns=(time.time_ns() - 10**9,) * 2)
-    assert [n for n, _ in job.poll(seen, None)[0]] == ["day1.parquet"]
-    assert [n for n, _ in job.poll(seen, None)[0]] == ["day2.csv"]
+    assert [n for n, _ in job.poll(seen)] == ["day1.parquet"]
+    assert [n for n, _ in job.poll(seen)] == ["day2.csv"]
 
 
 def test_a_running_watch_picks_up_new_files_and_a_promoted_version(
@@ -215,7 +215,7 @@ def test_set_up_problems_are_one_line_and_a_killed_watch_leaves_nothing_behind(
     job.ledger()
     shutil.rmtree(inbox)
     with pytest.raises(ConfigError, match="the watched folder is gone"):
-        job.poll({}, None)
+        job.poll({})
 
 
 def test_a_warning_names_the_file_it_is_about_not_where_it_was_read(

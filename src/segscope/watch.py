@@ -29,11 +29,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from segscope import registry
 from segscope._io import EXTENSIONS, write_text_atomic
-from segscope.exceptions import BundleError, ConfigError, SegscopeError, SegscopeWarning, SourceError
+from segscope.exceptions import ConfigError, SegscopeError, SegscopeWarning, SourceError
 from segscope.labels.store import LabelStore
 from segscope.model import Model
+from segscope.model.watcher import ModelWatcher
 from segscope.pipeline import score_file
 
 __all__ = ["LEDGER", "FolderWatch", "Outcome", "ledger_summary"]
@@ -82,7 +82,7 @@ class FolderWatch:
         self.folder, self.bundle, self.out_dir = Path(folder), Path(bundle), Path(out_dir)
         self.trusted, self.out_format, self.settle = trusted, out_format, settle
         self.batch_size, self.store = batch_size, store
-        self._refused: str | None = None  # the last promotion that did not load (logged once)
+        self._watcher: ModelWatcher | None = None  # the model, reloaded when a registry's CURRENT moves
         self._done: dict[str, Outcome] | None = None  # the ledger, read once (the lock makes this the only writer)
         self.waiting: list[str] = []  # files of the last poll not settled yet
 
@@ -165,23 +165,6 @@ class FolderWatch:
                 found[name] = (info.st_size, info.st_mtime_ns, info.st_ino)
         return found
 
-    def _model(self, current: Model | None) -> Model:
-        """The model for the next file: loaded once, again when a registry's CURRENT moves. A promoted version
-        that does not load is logged and the current one keeps scoring (a bad promotion stops no watch)."""
-        if current is None:
-            return Model.load(self.bundle, trusted=self.trusted)
-        if not registry.is_registry(self.bundle):
-            return current
-        try:
-            if registry.current_version(self.bundle) == current.version:
-                return current
-            return Model.load(self.bundle, trusted=self.trusted)
-        except BundleError as exc:
-            if str(exc) != self._refused:
-                log.error("%s; still scoring with version %s", exc, current.version)
-                self._refused = str(exc)
-            return current
-
     def _output(self, name: str, done: dict[str, Outcome]) -> str:
         stem = os.fsencode(Path(name).stem).decode("utf-8", "backslashreplace")  # writers need a UTF-8 name
         out = f"{stem}.scored.{self.out_format}"
@@ -193,11 +176,10 @@ class FolderWatch:
     def poll(
         self,
         seen: dict[str, _Key],
-        model: Model | None,
         *,
         wait: bool = True,
         on_file: Callable[[str, Outcome], None] | None = None,
-    ) -> tuple[list[tuple[str, Outcome]], Model | None]:
+    ) -> list[tuple[str, Outcome]]:
         """Score every settled file not in the ledger as it is; ``seen`` holds the sizes of the last poll (a
         file is settled once unchanged between two polls and older than ``settle``). ``wait=False`` takes every
         file older than ``settle`` at once. ``on_file`` hears of each file as it is done."""
@@ -214,8 +196,7 @@ class FolderWatch:
             if not steady or now - key[1] < self.settle * 1e9:
                 self.waiting.append(name)
                 continue
-            model = self._model(model)
-            outcome = self._score(name, key, model, done)
+            outcome = self._score(name, key, self._model(), done)
             done[name] = outcome
             self._save(done, set(found))
             results.append((name, outcome))
@@ -223,7 +204,16 @@ class FolderWatch:
                 on_file(name, outcome)
         seen.clear()
         seen.update(found)
-        return results, model
+        return results
+
+    def _model(self) -> Model:
+        """The model for the next file (a promoted version that does not load is logged by the watcher, and the
+        current one keeps scoring: a bad promotion stops no watch)."""
+        if self._watcher is None:
+            self._watcher = ModelWatcher(self.bundle, self.trusted)
+        else:
+            self._watcher.refresh()
+        return self._watcher.model
 
     @contextmanager
     def _staged(self, name: str, key: _Key) -> Iterator[Path]:
@@ -306,11 +296,12 @@ class FolderWatch:
         self.ledger()  # an unreadable ledger is an error before any work
         self._sweep()
         seen: dict[str, _Key] = {}
-        model: Model | None = self._model(None)  # a bundle that does not load is an error at start-up
+        self._watcher = None
+        self._model()  # a bundle that does not load is an error at start-up
         did: list[tuple[str, Outcome]] = []
         last = time.monotonic()
         while True:
-            results, model = self.poll(seen, model, wait=not once, on_file=on_file)
+            results = self.poll(seen, wait=not once, on_file=on_file)
             did += results
             if once:
                 return did
