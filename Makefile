@@ -61,6 +61,7 @@ demo: install
 
 lint: install-dev
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/mypy
 
 # Everything, CI's run (.ci/run): the services the tests start need the broker's jars and the Debian packages.

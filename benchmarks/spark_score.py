@@ -99,16 +99,36 @@ def main() -> None:
         bundle = str(tmp / "bundle")
         runs = {
             "segscope score (one process)": ["score", str(single), "--bundle", bundle, "--out", str(tmp / "a.parquet")],
-            "spark local[2]": ["score", str(folder), "--bundle", bundle, "--out", str(tmp / "b"), "--engine", "spark",
-                               "--master", "local[2]"],
+            "spark local[2]": [
+                "score",
+                str(folder),
+                "--bundle",
+                bundle,
+                "--out",
+                str(tmp / "b"),
+                "--engine",
+                "spark",
+                "--master",
+                "local[2]",
+            ],
         }
         for name, cli in runs.items():
             result[name] = run_cli(cli)
             print(name, {k: round(v, 1) for k, v in result[name].items()}, flush=True)
         if args.cluster:
             with standalone_cluster(tmp / "cluster") as master:
-                cli = ["score", str(folder), "--bundle", bundle, "--out", str(tmp / "c"), "--engine", "spark",
-                       "--master", master]
+                cli = [
+                    "score",
+                    str(folder),
+                    "--bundle",
+                    bundle,
+                    "--out",
+                    str(tmp / "c"),
+                    "--engine",
+                    "spark",
+                    "--master",
+                    master,
+                ]
                 result["spark standalone (2 workers x 1 core)"] = run_cli(cli)
             print("cluster", {k: round(v, 1) for k, v in result["spark standalone (2 workers x 1 core)"].items()})
     base = result["segscope score (one process)"]["seconds"]

@@ -58,18 +58,41 @@ def standalone_cluster(root: Path, workers: int = 2) -> Iterator[str]:
     try:
         processes.append(
             subprocess.Popen(
-                [launcher, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
-                 "--webui-port", str(ui)],
-                env=env, stdout=log, stderr=subprocess.STDOUT,
+                [
+                    launcher,
+                    "org.apache.spark.deploy.master.Master",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--webui-port",
+                    str(ui),
+                ],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         )
         _wait_for(f"http://127.0.0.1:{ui}/json/", '"status" : "ALIVE"')
         for _ in range(workers):
             processes.append(
                 subprocess.Popen(
-                    [launcher, "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1", "--cores", "1",
-                     "--memory", "1g", "--webui-port", str(free_port()), master_url],
-                    env=env, stdout=log, stderr=subprocess.STDOUT,
+                    [
+                        launcher,
+                        "org.apache.spark.deploy.worker.Worker",
+                        "--host",
+                        "127.0.0.1",
+                        "--cores",
+                        "1",
+                        "--memory",
+                        "1g",
+                        "--webui-port",
+                        str(free_port()),
+                        master_url,
+                    ],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
                 )
             )
         _wait_for(f"http://127.0.0.1:{ui}/json/", f'"aliveworkers" : {workers}')

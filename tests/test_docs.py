@@ -30,7 +30,12 @@ def test_the_docs_site_builds_strictly(tmp_path: Path) -> None:
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
     out = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        check=False,
     )
     hint = "mkdocs build --strict failed (`make install-dev` installs mkdocs)"
     assert out.returncode == 0, f"{hint}:\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}"
@@ -46,8 +51,16 @@ def test_every_public_name_is_in_the_api_reference() -> None:
 def test_the_configuration_reference_names_every_key() -> None:
     text = (DOCS / "configuration.md").read_text()
     models: list[Any] = [
-        cfg.SegscopeConfig, cfg.DetectorConfig, cfg.FeatureConfig, cfg.PolicyConfig, cfg.SegmentsConfig,
-        cfg.EntityConfig, cfg.EntityFeatureConfig, cfg.KafkaConfig, cfg.MessagesConfig, cfg.SchemaRegistryConfig,
+        cfg.SegscopeConfig,
+        cfg.DetectorConfig,
+        cfg.FeatureConfig,
+        cfg.PolicyConfig,
+        cfg.SegmentsConfig,
+        cfg.EntityConfig,
+        cfg.EntityFeatureConfig,
+        cfg.KafkaConfig,
+        cfg.MessagesConfig,
+        cfg.SchemaRegistryConfig,
     ]
     missing = [f"{m.__name__}.{k}" for m in models for k in m.model_fields if f"| `{k}` |" not in text]
     assert not missing, f"docs/configuration.md has no row for {missing}"

@@ -312,8 +312,7 @@ def test_concurrent_promotions_keep_the_log_true(registry: Path, model: Model) -
     versions = [first, *others]
     context = multiprocessing.get_context("spawn")
     workers = [
-        context.Process(target=_promote_many, args=(str(registry), versions[k:] + versions[:k], 60))
-        for k in range(4)
+        context.Process(target=_promote_many, args=(str(registry), versions[k:] + versions[:k], 60)) for k in range(4)
     ]
     for w in workers:
         w.start()

@@ -145,9 +145,7 @@ def test_absurd_query_values_are_422_not_500(store: LabelStore, path: str, param
     assert _client(create_app(store)).get(path, params=params).status_code == 422
 
 
-@pytest.mark.parametrize(
-    "analyst", ["ann\x00", "\u202eeciла", "ann\u2066x", "a\nb", "x" * 300, "ann\u200fx"]
-)
+@pytest.mark.parametrize("analyst", ["ann\x00", "\u202eeciла", "ann\u2066x", "a\nb", "x" * 300, "ann\u200fx"])
 def test_hostile_analyst_names_are_refused(store: LabelStore, analyst: str) -> None:
     client = _client(create_app(store))
     rid = store.queue(1)[0]["id"]

@@ -137,8 +137,23 @@ def test_standalone_cluster_scores_a_folder_like_local(bundle: Path, parts: Path
     process (its own driver), against the cluster."""
     with standalone_cluster(tmp_path / "cluster") as master:
         out = tmp_path / "scored"
-        cmd = [sys.executable, "-m", "segscope.cli", "score", str(parts), "--bundle", str(bundle), "--out", str(out),
-               "--engine", "spark", "--master", master, "--partitions", "4"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "segscope.cli",
+            "score",
+            str(parts),
+            "--bundle",
+            str(bundle),
+            "--out",
+            str(out),
+            "--engine",
+            "spark",
+            "--master",
+            master,
+            "--partitions",
+            "4",
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "scored" in done.stderr and "on Spark" in done.stderr and "tasks done" in done.stderr
@@ -195,8 +210,21 @@ def test_a_bad_row_is_one_line_without_java_logs(bundle: Path, files: Path, tmp_
     env = {k: v for k, v in os.environ.items() if k not in ("SEGSCOPE_SPARK_LOG_LEVEL", "SPARK_SUBMIT_OPTS")}
     env.update({"COLUMNS": "3000"} | ({"SEGSCOPE_SPARK_LOG_LEVEL": level} if level else {}))
     out = tmp_path / "scored"
-    cmd = [sys.executable, "-m", "segscope.cli", "score", str(path), "--bundle", str(bundle), "--out", str(out),
-           "--engine", "spark", "--master", "local[1]"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "segscope.cli",
+        "score",
+        str(path),
+        "--bundle",
+        str(bundle),
+        "--out",
+        str(out),
+        "--engine",
+        "spark",
+        "--master",
+        "local[1]",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == 2, done.stderr[-3000:]
@@ -208,8 +236,9 @@ def test_a_bad_row_is_one_line_without_java_logs(bundle: Path, files: Path, tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.csv"]  # nothing written
 
 
-def test_a_ragged_csv_row_on_spark_says_why(spark: Any, run_cli: Any, files: Path, bundle: Path,
-                                            tmp_path: Path) -> None:
+def test_a_ragged_csv_row_on_spark_says_why(
+    spark: Any, run_cli: Any, files: Path, bundle: Path, tmp_path: Path
+) -> None:
     """Spark's CSV reader (FAILFAST) refuses a short row or a quoted newline; the one line says so (it said 'An
     error occurred while calling o53.getResult.')."""
     lines = (files / "new.csv").read_text().splitlines()

@@ -350,7 +350,9 @@ def test_misconfiguration_is_one_line_before_anything_is_read(
     line = one_line(*registry, "--schema-registry-auth", "scorer:pw")
     assert "${env:NAME}" in line and "scorer:pw" not in line  # a secret on the command line is refused
     assert "need a schema registry" in one_line("--format", "avro")
-    assert "needs Avro input" in one_line("--format", "protobuf", "--out-format", "avro", "--schema-registry", "http://x")
+    assert "needs Avro input" in one_line(
+        "--format", "protobuf", "--out-format", "avro", "--schema-registry", "http://x"
+    )
     assert "must be json, avro or protobuf" in one_line("--format", "xml")
 
 

@@ -34,7 +34,8 @@ EntityFeatureKind = Literal[
     "first_seen",
     "rare",
     "distinct",
-    "new_level", "stuck",
+    "new_level",
+    "stuck",
 ]
 
 #: Feature kinds the schema infers.

@@ -69,8 +69,7 @@ def schema_id(raw: bytes) -> int:
         first = f"first byte 0x{raw[0]:02x}" if raw[0] != MAGIC else f"only {len(raw)} bytes"
         hint = " (a JSON message? use --format json)" if raw[:1] in (b"{", b"[", b" ") else ""
         raise WireError(
-            f"not in the schema registry's wire format: {first}, expected the magic byte 0 and a 4-byte schema "
-            f"id{hint}"
+            f"not in the schema registry's wire format: {first}, expected the magic byte 0 and a 4-byte schema id{hint}"
         )
     return int.from_bytes(raw[1:5], "big")
 

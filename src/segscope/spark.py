@@ -45,8 +45,16 @@ from segscope.pipeline import scored_schema
 from segscope.sources.files import type_text_columns
 
 __all__ = [
-    "LOG_LEVEL_VARIABLE", "fit_path", "fit_sample", "input_format", "read", "score", "score_path", "session",
-    "text_types", "write_parquet"
+    "LOG_LEVEL_VARIABLE",
+    "fit_path",
+    "fit_sample",
+    "input_format",
+    "read",
+    "score",
+    "score_path",
+    "session",
+    "text_types",
+    "write_parquet",
 ]
 
 #: Bundles loaded in this Python worker: (shipped folder, trusted) -> Model. Spark reuses workers across tasks.
@@ -183,9 +191,7 @@ def text_types(df: Any) -> dict[str, pl.DataType]:
     return {name: dtype for name, dtype in schema.items() if dtype != pl.String and head.schema[name] == pl.String}
 
 
-def score(
-    df: Any, bundle: str | Path, *, trusted: bool = False, types: dict[str, pl.DataType] | None = None
-) -> Any:
+def score(df: Any, bundle: str | Path, *, trusted: bool = False, types: dict[str, pl.DataType] | None = None) -> Any:
     """``df`` scored by the bundle (a bundle folder or a registry's current version): the input columns plus
     the scored columns, with the types ``segscope score`` writes. Text columns are typed as the bundle knows
     them, and others as ``types`` says (see :func:`text_types`). Lazy, like any Spark transformation."""

@@ -4,6 +4,7 @@ XGBoost version, written by segscope before the architecture moves, plus their s
 Run once with segscope at commit 9435906:
 ``PYTHONPATH=<that checkout>/src python tests/golden/make_golden.py tests/golden``
 """
+
 import shutil
 import sys
 from pathlib import Path
@@ -46,6 +47,7 @@ candidate, report, _ = finetune_file(out / "registry", out / "history.parquet", 
 print("promoted", report["promote"], report["reason"])
 if not report["promote"]:
     from segscope import registry
+
     registry.set_current(out / "registry", candidate.version, action="promote", detail={"reason": "golden: by hand"})
 (out / "history.parquet").unlink()
 (out / "labels.csv").unlink()

@@ -208,8 +208,6 @@ class StdoutSink:
         sys.stdout.flush()
 
 
-
-
 def open_sink(target: str | Path) -> Sink:
     """A sink for ``target``: ``-`` is NDJSON on stdout, else a file whose extension sets the format."""
     if str(target) == "-":

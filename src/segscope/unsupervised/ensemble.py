@@ -104,9 +104,7 @@ class AnomalyEnsemble:
 
     def load_state(self, arrays: dict[str, np.ndarray]) -> None:
         """Restore what :meth:`state` wrote (the detectors must be loaded already)."""
-        calibrators = [
-            ReferenceCalibrator.from_state(_unpack(arrays, str(i))) for i in range(len(self.detectors) + 1)
-        ]
+        calibrators = [ReferenceCalibrator.from_state(_unpack(arrays, str(i))) for i in range(len(self.detectors) + 1)]
         self.calibrators_, self.final_ = calibrators[:-1], calibrators[-1]
         self.reference_scores_ = arrays["reference_scores"]
 
