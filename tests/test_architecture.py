@@ -182,3 +182,53 @@ def test_only_the_model_package_touches_a_model_s_fitted_state() -> None:
             if isinstance(node, ast.Attribute) and node.attr in names and not own:
                 touched.append(f"{path.relative_to(PACKAGE)}:{node.lineno} .{node.attr}")
     assert not touched, "\n".join(touched)
+
+
+def test_the_tests_read_a_model_through_its_api() -> None:
+    """The tests use a Model as users do (its properties, ``with_version`` ...); a white-box check of a component's
+    fitted arrays says so on its line (``# white-box``), so the exceptions are few and visible."""
+    names = _model_state_names()
+    touched = []
+    for path in sorted((PACKAGE.parents[1] / "tests").rglob("*.py")):
+        lines = path.read_text().splitlines()
+        for node in ast.walk(ast.parse(path.read_text())):
+            own = isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self"
+            marked = isinstance(node, ast.Attribute) and "# white-box" in lines[node.lineno - 1]
+            if isinstance(node, ast.Attribute) and node.attr in names and not own and not marked:
+                touched.append(f"tests/{path.name}:{node.lineno} .{node.attr}")
+    assert not touched, "\n".join(touched)
+
+
+def _private_names(path: Path) -> set[str]:
+    """The ``_``-prefixed names a module defines: functions, methods, classes and attributes it assigns."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            out.add(node.name)
+        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+            out.add(node.attr)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            out.add(node.id)
+    return {n for n in out if n.startswith("_") and not n.startswith("__")}
+
+
+def test_no_module_reaches_into_another_package_s_private_names() -> None:
+    """``obj._name`` (``obj`` not ``self``/``cls``) only where ``_name`` is defined in the same package: a private
+    method or attribute is not another package's API. Third-party privates (pyspark's gateway, scikit-learn's forest
+    internals) are outside this rule: segscope defines no such names."""
+    paths = sorted(PACKAGE.rglob("*.py"))
+    defined: dict[str, set[str]] = {}
+    for path in paths:
+        defined.setdefault(_part(_module(path)), set()).update(_private_names(path))
+    ours = set().union(*defined.values())
+    reached = []
+    for path in paths:
+        part = _part(_module(path))
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Attribute) or not node.attr.startswith("_") or node.attr.startswith("__"):
+                continue
+            if isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"):
+                continue
+            if node.attr in ours and node.attr not in defined[part]:
+                reached.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {ast.unparse(node)}")
+    assert not reached, "\n".join(reached)

@@ -18,7 +18,7 @@ def test_manifest_contents(bundle: Path, model: Model) -> None:
     assert manifest["format_version"] == FORMAT_VERSION
     assert manifest["model_version"] == model.version
     assert {"segscope", "polars", "numpy", "pyod", "scikit-learn", "python"} <= set(manifest["versions"])
-    assert manifest["feature_schema_hash"] == model.preparer_.schema_.hash
+    assert manifest["feature_schema_hash"] == model.feature_schema.hash
     assert manifest["feature_schema"]["id_column"] == "txn_id"
     assert [c["name"] for c in manifest["components"] if c["role"] == "detector"] == ["iforest", "ecod"]
     assert len(manifest["training"]["fingerprint"]) == 64

@@ -112,7 +112,7 @@ def test_the_maintenance_pack_takes_every_sensor_of_a_file(run_cli, tmp_path: Pa
     listed = load_config("maintenance", columns={"machine_id": "experiment"})
     named = listed.model_copy(update={"entities": (listed.entities[0].model_copy(update={"sensors": ("Temp*",)}),)})
     frame = _machines(n_days=3)
-    fitted = Model(named).fit(frame).preparer_.schema_.features
+    fitted = Model(named).fit(frame).feature_schema.features
     assert [f for f in fitted if f.startswith("experiment_")] == [
         f"experiment_Temperature_{k}"
         for k in ("new_level", "stuck", "zscore_1h", "zscore_1d", "delta", "std_1h", "ratio_1d")
@@ -138,7 +138,7 @@ def test_a_flat_sensor_is_a_finding_not_a_fit_error(run_cli, tmp_path: Path) -> 
     assert result.code == 0, result.err  # NAB's art_flatline was refused: "no usable feature columns"
     frame = pl.DataFrame({"timestamp": stamps, "value": value})
     model = Model(load_config("maintenance", columns={"machine_id": ""})).fit(frame[: 3 * 144])
-    assert "all_value_std_1h" in model.preparer_.schema_.features  # constant at fit, kept
+    assert "all_value_std_1h" in model.feature_schema.features  # constant at fit, kept
     scored = model.score(frame[3 * 144 :], state=model.new_state())
     alerts = scored.filter(pl.col("is_alert"))
     assert alerts["timestamp"][0] == stamps[3 * 144]  # flat since the history began: stuck as scoring starts

@@ -109,7 +109,7 @@ def test_time_like_columns_are_named(model: Model) -> None:
     texts = [str(w.message) for w in caught]
     assert any("'row_no' looks like a row number" in t for t in texts)
     assert any("'counter' looks like a row number or sequence" in t or "'counter' only grows" in t for t in texts)
-    assert set(fitted.training_["time_like_columns"]) == {"row_no", "counter"}
+    assert set(fitted.training["time_like_columns"]) == {"row_no", "counter"}
 
 
 def test_counters_written_as_floats_are_named_too() -> None:
@@ -207,7 +207,7 @@ def test_clocks_and_counters_are_named_at_fit_with_the_drop_to_use(run_cli, tmp_
     assert "'hour'" not in line
     assert line.endswith("refit with --drop step --drop epoch_s --drop epoch_ms --drop timestep unless that is what "
                          "you want")  # fmt: skip
-    kept = set(Model.load(tmp_path / "b").preparer_.schema_.features)
+    kept = set(Model.load(tmp_path / "b").feature_schema.features)
     assert {"step", "epoch_s", "epoch_ms", "timestep", "hour"} <= kept  # named, not dropped
     scored = run_cli("score", tmp_path / "mar.parquet", "--bundle", tmp_path / "b", "--out", tmp_path / "o.parquet")
     (drift,) = _warnings(scored)
@@ -233,7 +233,7 @@ def test_an_epoch_event_time_is_named_and_its_drop_keeps_the_entity_features() -
     with pytest.warns(SegscopeWarning, match=r"column 'ts' holds epoch milliseconds .*; --drop ts unless"):
         Model(pack.model_copy(update={"features": keep_ts})).fit(epoch_ms)
     quiet = Model(pack).fit(epoch_ms)  # the pack drops ts
-    names = quiet.entities_.names if quiet.entities_ is not None else []
+    names = list(quiet.entity_features)
     assert names and "ts" in {c.name for c in quiet.input_schema().columns}  # the entities still read it
     assert all(n in quiet.score(epoch_ms.head(50)).columns for n in names)
 

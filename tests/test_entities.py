@@ -63,7 +63,7 @@ def test_model_scores_identically_in_one_batch_and_in_many(cards: pl.DataFrame, 
         parts.append(model.score(new[i : i + int(size)], state=state))
         i += int(size)
     assert_frame_equal(whole, pl.concat(parts), check_exact=True)
-    names = model.entities_.names if model.entities_ is not None else []
+    names = list(model.entity_features)
     assert len(names) == 10 and all(n in whole.columns for n in names)
 
 
@@ -79,7 +79,7 @@ def test_bundle_continues_from_the_end_of_history(cards: pl.DataFrame, pack: Seg
     one_pass = EntityFeatures(pack.entities).fit_transform(pl.concat([history, new]))[10_000:]
     names = EntityFeatures(pack.entities).names
     assert_frame_equal(scored.select(names), one_pass.select(names), check_exact=True)
-    assert Model.load(tmp_path / "bundle").entities_ is not None
+    assert Model.load(tmp_path / "bundle").has_entities
 
 
 @settings(max_examples=25, deadline=None)

@@ -51,7 +51,7 @@ def test_fine_tuning_improves_precision_on_new_data(base: Model, big_history: pl
     assert scored["score"].equals(scored["supervised_score"])
     assert scored["anomaly_score"].equals(base.score(new)["anomaly_score"])  # the unsupervised layer is unchanged
     assert report["supervised"]["labelled_anomalies"] > 0
-    assert candidate.parent_version_ == base.version
+    assert candidate.parent_version == base.version
     assert candidate.version != base.version
 
 
@@ -111,7 +111,7 @@ def test_registry_promote_rollback_and_hot_path(base: Model, big_history: pl.Dat
     # a second round continues from the previous booster
     second, report2, _ = finetune_file(target, history, labels, out=tmp_path / "elsewhere")
     assert reg.is_registry(tmp_path / "elsewhere")
-    if Model.load(target).supervised_ is not None:
+    if Model.load(target).supervised is not None:
         assert report2["continued_from"] == Model.load(target).version
     manifest = json.loads((tmp_path / "elsewhere" / "versions" / second.version / "manifest.json").read_text())
     sup = next(c for c in manifest["components"] if c["role"] == "supervised")
@@ -120,7 +120,7 @@ def test_registry_promote_rollback_and_hot_path(base: Model, big_history: pl.Dat
     assert manifest["label_snapshot"]["anomalies"] == 80
     assert manifest["promotion"]["metric"] == "aucpr"
     reg.set_current(target, base.version, action="rollback")
-    assert Model.load(target).supervised_ is None
+    assert Model.load(target).supervised is None
 
 
 def test_cli_finetune_promote_rollback(run_cli, big_history: pl.DataFrame, base: Model, tmp_path: Path) -> None:
@@ -189,7 +189,7 @@ def _by_channel(n: int, seed: int) -> pl.DataFrame:
 def test_the_learner_sees_which_category(tmp_path: Path) -> None:
     history = _by_channel(8000, seed=0)
     model = Model(SegscopeConfig().with_features(id_column="txn_id", drop=("is_fraud",))).fit(history)
-    assert len(set(model.preparer_.categorical_["channel"]["rarity"])) == 1  # four levels, one rarity
+    assert len(set(model.preparer_.categorical_["channel"]["rarity"])) == 1  # white-box: four levels, one rarity
     candidate, report = finetune(model, history, _labels(history, 60, normals=200))
     assert report["supervised"]["categories"] == {"codes": 3, "target_encoded": 0}  # channel, merchant, country
     new = _by_channel(4000, seed=1)
@@ -280,7 +280,7 @@ def test_proximity_is_not_decided_by_one_heavy_tailed_column() -> None:
     assert aucpr[5.0] > 0.8 and aucpr[5.0] > aucpr[1e9] + 0.3
     assert tuned.describe()["proximity_clip"] == 1e9
     clipped = FineTuned(XGBoostLearner(seed=0), n_features=6, seed=0).fit(x_train, labels, labels == 1, layout)
-    state = clipped.state()
+    state = clipped.to_state()
     restored = FineTuned(XGBoostLearner(), n_features=6)
     restored.load_state(state, clipped.learner.artifact()[1])
     assert np.array_equal(restored.predict_proba(x_test), clipped.predict_proba(x_test))

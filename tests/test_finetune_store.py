@@ -54,7 +54,7 @@ def test_stored_values_come_back_in_the_fitted_types(store_url: str, tmp_path: P
         score_file(model, new, tmp_path / "scored.parquet", store=store)
         got = history_from_store(store, model)
     scored = pl.read_parquet(tmp_path / "scored.parquet")
-    columns = [c.name for c in model.preparer_.schema_.columns] + ["country", "ts"]
+    columns = [c.name for c in model.feature_schema.columns] + ["country", "ts"]
     assert "country_count_1h" in columns  # the entity feature as the record had it when scored, and its inputs
     assert set(got.columns) == {"txn_id", *columns}
     expected = scored.select("txn_id", *dict.fromkeys(columns)).sort("txn_id")

@@ -47,7 +47,7 @@ def _fine_tuned(history: pl.DataFrame, target: Path) -> Path:
     names = ["anomaly"] * len(fraud) + ["normal"] * len(normal)
     labels = normalise_labels(pl.DataFrame({"id": fraud + normal, "label": names}))
     candidate, _ = finetune(base, history, labels)
-    assert candidate.supervised_ is not None
+    assert candidate.supervised is not None
     candidate.save(target)
     return target
 

@@ -46,10 +46,10 @@ def _close(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def _near_a_forest_split(model: Model, inputs: pl.DataFrame) -> np.ndarray:
     """Rows whose path through the segment forest passes a split closer than the tolerance (the forest compares
     in float32: a row is near when its feature, moved by the tolerance either way, rounds to either side)."""
-    assert model.segmenter_ is not None
+    assert model.segmenter is not None
     matrix, layout, _ = model.supervision_matrix(inputs, with_segments=False)
     x = matrix[:, : layout.n_features]
-    state = model.segmenter_.state()
+    state = model.segmenter.to_state()
     feature, threshold, left, right = (state[k] for k in ("feature", "threshold", "left", "right"))
     slack = ATOL + RTOL * np.abs(x)
     x32, low, high = (v.astype(np.float32) for v in (x, x - slack, x + slack))
@@ -81,11 +81,11 @@ def _assert_scores_match(model: Model, scored: pl.DataFrame, expected: pl.DataFr
     """Every column the bundle scored when it was made (columns added since are extra): floats within the
     tolerance, decisions exactly where they were decided far from a threshold."""
     undecided = np.zeros(expected.height, dtype=bool)
-    if model.segmenter_ is not None:
+    if model.segmenter is not None:
         # segment-aware scoring: a row whose segment may flip may also change its anomaly score
         undecided |= _near_a_forest_split(model, inputs)
         confidence = scored["segment_confidence"].to_numpy()
-        undecided |= _close(confidence, np.full_like(confidence, model.segmenter_.min_confidence))
+        undecided |= _close(confidence, np.full_like(confidence, model.segmenter.min_confidence))
     threshold = model.alert_threshold
     assert threshold is not None
     want = expected["score"].to_numpy()
@@ -124,10 +124,10 @@ def test_golden_bundles_load_and_score_as_they_did(name: str, tmp_path: Path) ->
     scored = model.score(inputs)
     _assert_scores_match(model, scored, expected, inputs)
     if name == "registry":
-        assert reg.is_registry(copy) and model.supervised_ is not None
+        assert reg.is_registry(copy) and model.supervised is not None
         assert scored["supervised_score"].is_not_null().all()
     else:
-        assert model.segmenter_ is not None and (scored["segment"] >= 0).any()
+        assert model.segmenter is not None and (scored["segment"] >= 0).any()
         # a bundle from before nearest segments still declines below its min_confidence (0.5), now with the figure
         declined = scored.filter(pl.col("segment") == -1)["segment_confidence"]
         assert declined.len() and (declined < 0.5).all()

@@ -83,7 +83,7 @@ def test_any_cut_into_batches_and_a_state_round_trip_give_the_same_levels(cuts: 
     state, bounds, parts = feats.new_state(), [100, *sorted(c for c in cuts if c > 100), 400], []
     for a, b in itertools.pairwise(bounds):
         parts.append(feats.transform(frame[a:b], state))
-        restored = EntityFeatures.from_files(SPEC, list(feats.to_files().values()))
+        restored = EntityFeatures.from_state(SPEC, list(feats.to_state().values()))
         restored_state = restored.new_state()
         restored_state.load_bytes(0, state.to_bytes(0))  # a checkpoint between batches
         state = restored_state
@@ -171,7 +171,7 @@ def test_a_stuck_sensor_alerts_once_and_a_steady_machine_stays_quiet(tmp_path: P
     model = Model(_pack()).fit(history)
     model.save(tmp_path / "bundle")
     loaded = Model.load(tmp_path / "bundle")
-    entities = next(c for c in loaded.manifest_["components"] if c["role"] == "entities")
+    entities = next(c for c in loaded.bundle_manifest()["components"] if c["role"] == "entities")
     learned = entities["new_levels"]["machine_id_value_new_level"]  # what inspect shows: the levels it knows
     assert learned["own_grids"] == 2 and 2 < learned["most_of_one_entity"] <= learned["levels_known"] <= 2 * 32 + 2
     scored = loaded.score(later, state=model.new_state())
@@ -207,7 +207,7 @@ def test_a_grid_always_has_a_finite_positive_step(low: float, high: float) -> No
     feats = EntityFeatures(SPEC).fit(history)
     start, step = feats.grids_["machine_id_value_new_level"][levels.ALL]
     assert start == low and np.isfinite(step) and step > 0
-    EntityFeatures.from_files(SPEC, list(feats.to_files().values()))  # and the bundle's copy loads
+    EntityFeatures.from_state(SPEC, list(feats.to_state().values()))  # and the bundle's copy loads
 
 
 def test_policy_new_level_without_the_feature_and_a_tampered_grid_are_one_clear_line(tmp_path: Path) -> None:
@@ -218,7 +218,7 @@ def test_policy_new_level_without_the_feature_and_a_tampered_grid_are_one_clear_
     with pytest.raises(ConfigError, match="levels"):
         config_from_dict({"entities": [{"key": "m", "features": [{"kind": "new_level", "of": "v", "levels": 1}]}]})
     feats = EntityFeatures(SPEC).fit(_readings(100))
-    files = feats.to_files()
+    files = feats.to_state()
     for bad in (
         b"[]",
         b'{"machine_id_value_new_level": [0, 1]}',
@@ -229,7 +229,7 @@ def test_policy_new_level_without_the_feature_and_a_tampered_grid_are_one_clear_
         b"\xff",
     ):
         with pytest.raises(BundleError, match="levels.json does not hold a level grid"):
-            EntityFeatures.from_files(SPEC, [*list(files.values())[:-1], bad])
+            EntityFeatures.from_state(SPEC, [*list(files.values())[:-1], bad])
     assert json.loads(files["entities/levels.json"])["machine_id_value_new_level"][levels.ALL][1] > 0
 
 
@@ -239,8 +239,8 @@ def test_a_file_fit_sets_the_grid_from_the_whole_history(tmp_path: Path) -> None
     frame = _machines(30, stuck_at=25 * 60)
     frame.write_csv(tmp_path / "history.csv")
     model = fit_file(tmp_path / "history.csv", _pack())
-    assert model.entities_ is not None
-    grids = model.entities_.grids_["machine_id_value_new_level"]
+    assert model.has_entities
+    grids = model.entities_.grids_["machine_id_value_new_level"]  # white-box: the fitted grids
     for machine, grid in grids.items():
         values = frame["value"] if machine == levels.ALL else frame.filter(pl.col("machine_id") == machine)["value"]
         assert grid == pytest.approx((values.min(), (values.max() - values.min()) / 32))

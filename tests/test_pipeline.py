@@ -61,7 +61,7 @@ def test_reasons_name_the_planted_feature(model: Model) -> None:
     top = scored["reasons"][1][0]
     assert top["feature"] == "amount"
     assert top["value"] == "90000"
-    assert float(top["expected"]) == pytest.approx(float(model.preparer_.expected_["amount"]))
+    assert float(top["expected"]) == pytest.approx(float(model.expected_values["amount"]))
     assert 0 < top["contribution"] <= 1
 
 

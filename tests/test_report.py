@@ -68,7 +68,7 @@ def test_report_renders_in_chromium(report_files: Path, run_cli) -> None:
     assert plots["scores"].count('class="point"') + plots["scores"].count("<path") > 20  # bars and boxes
     assert re.search(r"score \(AP 0\.\d{3}\)", plots["pr"])  # a PR curve with its average precision
     assert "Segment profiles" in dom and dom.count('class="card"') == len(
-        [c for c in Model.load(report_files / "bundle").segment_profiles_ or []]
+        [c for c in Model.load(report_files / "bundle").segment_profiles]
     )
     # the hostile value is shown as text and never runs
     assert "pwned" not in re.search(r"<title>(.*?)</title>", dom).group(1)

@@ -305,8 +305,7 @@ def test_concurrent_promotions_keep_the_log_true(registry: Path, model: Model) -
     others = []
     for i in range(3):
         version = f"{first[:15]}-race{i}"
-        model_copy = Model.load(registry)
-        model_copy.version_ = version
+        model_copy = Model.load(registry).with_version(version)
         model_copy.save(registry / "versions" / version)
         others.append(version)
     versions = [first, *others]

@@ -446,8 +446,7 @@ def test_a_promotion_to_another_entity_config_restamps_the_checkpoints_and_a_res
     model, live, bundle = fitted
     events = make_card_stream(150, days=12, seed=31)
     other = Model(model.config.model_copy(update={"entities": _other_entity_config(model)}))
-    other.fit(events[: int(events.height * 0.6)])
-    other.version_ = f"{model.version[:15]}-entities-b"
+    other = other.fit(events[: int(events.height * 0.6)]).with_version(f"{model.version[:15]}-entities-b")
     registry = tmp_path / "reg"
     reg.ensure_registry(registry, seed_bundle=bundle)
     other.save(registry / "versions" / other.version)

@@ -67,7 +67,7 @@ def test_min_confidence_declines_ambiguous_records(segmenter: Segmenter) -> None
     rows = np.vstack([x, (x[:200] + x[200:400]) / 2])
     labels, confidence = segmenter.assign(rows)
     strict = Segmenter(**{**segmenter.get_params(), "min_confidence": 0.9})
-    strict.load_state(segmenter.state())
+    strict.load_state(segmenter.to_state())
     declined, same_confidence = strict.assign(rows)
     np.testing.assert_array_equal(same_confidence, confidence)
     np.testing.assert_array_equal(declined, np.where(confidence >= 0.9, labels, -1))
@@ -76,7 +76,7 @@ def test_min_confidence_declines_ambiguous_records(segmenter: Segmenter) -> None
 
 def test_a_bundle_from_before_nearest_segments_loads(segmenter: Segmenter) -> None:
     """Segmenter state written before the noise share was stored: the share is what its forest learnt as -1."""
-    state = {k: v for k, v in segmenter.state().items() if k != "noise_share"}
+    state = {k: v for k, v in segmenter.to_state().items() if k != "noise_share"}
     state["sample_labels"] = np.where(np.arange(state["sample_labels"].size) % 10 == 0, -1, state["sample_labels"])
     old = Segmenter(**{**segmenter.get_params(), "min_confidence": 0.5})
     old.load_state(state)
@@ -92,11 +92,11 @@ def test_model_with_segments(tmp_path: Path, run_cli, segments_model: Model, seg
     new = make_transactions(800, seed=1)
     scored = model.score(new)
     assert scored.schema["segment"] == pl.Int32
-    assert set(scored["segment"].unique().to_list()) <= {*model.segmenter_.segments_.tolist(), -1}
+    assert set(scored["segment"].unique().to_list()) <= {*model.segmenter.segments_.tolist(), -1}
     assert (scored["segment"] >= 0).all()  # every record gets its nearest segment
     assert scored["segment_confidence"].is_between(0.0, 1.0).all()
     # segment-aware scoring: segments with enough members are calibrated on their own, per record
-    assert model.segment_calibration_ is not None and model.segment_calibration_.calibrators_
+    assert model.segment_calibration_ is not None and model.segment_calibration_.calibrators_  # white-box
     assert scored["anomaly_score"].is_between(0.0, 1.0).all()
     parts = pl.concat([model.score(new[i : i + 101]) for i in range(0, new.height, 101)])
     assert parts["anomaly_score"].equals(scored["anomaly_score"])
@@ -107,12 +107,12 @@ def test_model_with_segments(tmp_path: Path, run_cli, segments_model: Model, seg
     loaded = Model.load(tmp_path / "b").score(new)
     assert loaded["segment"].equals(scored["segment"])  # save/load in one process: exact
     assert loaded["anomaly_score"].equals(scored["anomaly_score"])
-    cards = model.segment_profiles_
+    cards = model.segment_profiles
     assert sum(c["size"] for c in cards) == 3000
     assert all({"segment", "size", "share", "anomaly_rate", "distinguishing"} <= set(c) for c in cards)
     # reasons compare a member's value with its own segment's typical value; noise with the overall one
     typical = {c["segment"]: c["typical_values"] for c in cards if c["segment"] >= 0}
-    overall = model.preparer_.expected_
+    overall = model.expected_values
     for seg, reasons in scored.select("segment", "reasons").rows()[:200]:
         for reason in reasons:
             want = typical[seg] if seg >= 0 else overall
@@ -191,7 +191,7 @@ def test_learner_sees_segment_membership_and_confidence(
 
     history = segments_history
     plain_matrix, plain, _ = segments_model.supervision_matrix(history.head(50))  # off by default (it hurt AUCPR)
-    n_parts = len(segments_model.ensemble_.detectors) + 1
+    n_parts = len(segments_model.detector_names) + 1
     n_codes = len(plain.categories)  # one code column per categorical feature, last
     assert plain_matrix.shape[1] == segments_model.n_features + n_parts + n_codes == plain.width
     segments_model = copy.copy(segments_model)
@@ -209,7 +209,7 @@ def test_learner_sees_segment_membership_and_confidence(
         schema={"id": pl.String, "label": pl.Int8, "category": pl.String},
     )
     matrix, layout, _ = segments_model.supervision_matrix(history)
-    n_segments = segments_model.segmenter_.segments_.size
+    n_segments = segments_model.segmenter.segments_.size
     assert matrix.shape[1] == segments_model.n_features + n_parts + n_segments + 1 + n_codes
     end = matrix.shape[1] - n_codes
     segment_block = matrix[:, segments_model.n_features + n_parts : end - 1]
@@ -218,12 +218,12 @@ def test_learner_sees_segment_membership_and_confidence(
     assert sum(layout.monotone) == n_parts  # only the detector surprisals are monotone
     assert layout.surprisal == segments_model.n_features + n_parts - 1
     candidate, _ = finetune(segments_model, history, labels)
-    assert candidate.supervised_segment_features_
+    assert candidate.supervised_sees_segments
     scored = candidate.score(history.head(500))
     assert scored["supervised_score"].is_not_null().all()
     candidate.save(tmp_path / "tuned")
     loaded = Model.load(tmp_path / "tuned")
-    assert loaded.supervised_segment_features_
+    assert loaded.supervised_sees_segments
     assert loaded.score(history.head(500))["supervised_score"].equals(scored["supervised_score"])
 
 
@@ -250,7 +250,7 @@ def test_a_refit_matches_segments_through_the_previous_models_own_features(
     said_before = segments_model.score(new_history)["segment"].to_numpy()
     np.testing.assert_array_equal(previous_segments(new_history, segments_model), said_before)
     refit = Model(segments_model.config).fit(new_history, previous=segments_model)
-    assert refit.segmenter_ is not None and refit.segmenter_.lineage_["matched"]
+    assert refit.segmenter is not None and refit.segmenter.lineage_["matched"]
     kept = refit.score(new_history)["segment"].to_numpy() == said_before
     assert kept.mean() > 0.8  # most rows keep their segment id across the refit
 

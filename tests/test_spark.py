@@ -123,8 +123,8 @@ def test_fit_samples_on_spark_and_records_it(spark: Any, parts: Path, files: Pat
     config = SegscopeConfig(max_fit_rows=600, seed=7).with_features(id_column="txn_id", drop=("is_fraud",))
     model = fit_path(parts, config)
     total = pl.read_parquet(parts / "*.parquet").height
-    assert model.training_["rows"] == total and 0 < model.training_["fit_rows"] <= 600
-    assert model.training_["sampled_on"] == "spark" and model.config.seed == 7
+    assert model.training["rows"] == total and 0 < model.training["fit_rows"] <= 600
+    assert model.training["sampled_on"] == "spark" and model.config.seed == 7
     model.save(tmp_path / "b")
     manifest = (tmp_path / "b" / "manifest.json").read_text()
     assert '"sampled_on": "spark"' in manifest and '"fit_rows": ' in manifest

@@ -441,7 +441,7 @@ def test_kafka_source_and_sink_contracts(kafka_bootstrap: str, stream_bundle: Pa
 
     def source() -> KafkaSource:
         opened = KafkaSource(
-            bootstrap=kafka_bootstrap, topic=t["in"], group="g-contract", schema=model.preparer_.schema_, batch_size=700
+            bootstrap=kafka_bootstrap, topic=t["in"], group="g-contract", schema=model.feature_schema, batch_size=700
         )
         opened.open()
         return opened

@@ -64,7 +64,7 @@ def test_the_adapting_pack_streams_what_the_file_in_order_gives_through_a_sigkil
 
     out = consume_all(kafka_bootstrap, "adapt.out", idle=5)
     assert set(Counter(r["id"] for r in out)) == set(live["reading_id"])  # every reading scored
-    names = [*(model.entities_.names if model.entities_ is not None else []), "anomaly_score", "is_alert"]
+    names = [*model.entity_features, "anomaly_score", "is_alert"]
     expected = {r["reading_id"]: r for r in whole.select("reading_id", *names).iter_rows(named=True)}
     # exact: the stream runs on this machine (another process, the same CPU and libraries), and JSON keeps floats
     differ = [r["id"] for r in out if any(r[c] != expected[r["id"]][c] for c in names)]

@@ -36,7 +36,7 @@ def _fitted(tmp_path: Path, seed: int) -> tuple[Model, pl.DataFrame, list[str]]:
     history, live = events[:cut], events[cut:].drop("is_fraud")
     model = Model(load_config(PACK)).fit(history)
     model.save(tmp_path / "bundle")
-    return model, live, model.entities_.names if model.entities_ is not None else []
+    return model, live, list(model.entity_features)
 
 
 def _same_as_batch(out: list[dict], whole: pl.DataFrame, names: list[str]) -> list[str]:

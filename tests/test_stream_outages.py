@@ -98,7 +98,7 @@ def test_outages_of_5_and_60_seconds_end_with_every_record_scored_exactly_once(t
     history, live = events[:cut], events[cut:].drop("is_fraud")
     model = Model(load_config(PACK)).fit(history)
     model.save(tmp_path / "bundle")
-    names = model.entities_.names if model.entities_ is not None else []
+    names = list(model.entity_features)
     whole = model.score(live, state=model.new_state())
 
     data = tmp_path / "kafka"

@@ -56,7 +56,7 @@ def test_continued_training_starts_from_the_previous_weights(setup) -> None:
     tuned, _ = finetune(model, history, labels, learner="torch")
     again, report = finetune(tuned, history, labels, learner="torch")
     assert report["continued_from"] == tuned.version
-    assert again.parent_version_ == tuned.version
+    assert again.parent_version == tuned.version
 
 
 def test_pretraining_is_label_free_and_shared() -> None:

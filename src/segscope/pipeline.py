@@ -162,7 +162,7 @@ def iter_scored(
     fitted numeric column is null in every row. Ids are checked before the first batch (``ids_first``, for
     outputs that stream) or as the batches go, a duplicate being reported after the last batch and before the
     caller publishes anything."""
-    model._check_fitted()
+    model.check_fitted()
     _check_columns(path, model)
     id_column = model.id_column
     if id_column is not None and ids_first:
@@ -294,7 +294,7 @@ def scored_schema(model: Model, input_schema: pl.Schema) -> pl.Schema:
 
 def evaluate_file(model: Model, path: str | Path, label_column: str, *, batch_size: int = 200_000) -> dict[str, Any]:
     """Score a labelled file and compare with its labels (1 = anomaly)."""
-    model._check_fitted()
+    model.check_fitted()
     if label_column in {c.name for c in model.feature_schema.columns}:
         raise SchemaError(
             f"the label column '{label_column}' is a feature of this bundle, so the model has seen the answer; "
@@ -429,7 +429,7 @@ def history_from_store(
     its input columns (with the per-entity features each record had when scored) and entity keys and times, in
     the types the bundle was fitted with, and the store's record ids in the bundle's id column (as text). The
     labelled records and those in ``keep`` are all read, the others up to the config's ``max_fit_rows``."""
-    model._check_fitted()
+    model.check_fitted()
     if model.id_column is None:
         raise DataError("fine-tuning joins labels to records by id, and this bundle has none; refit with --id-column")
     columns = list(model.feature_schema.columns)

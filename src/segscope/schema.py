@@ -76,9 +76,9 @@ class FeatureSchema:
     @property
     def hash(self) -> str:
         """A stable hash of the schema; two bundles with the same hash accept the same records."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+        return hashlib.sha256(json.dumps(self.to_state(), sort_keys=True).encode()).hexdigest()
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_state(self) -> dict[str, Any]:
         return {
             "columns": [asdict(c) for c in self.columns],
             "features": list(self.features),
@@ -86,7 +86,7 @@ class FeatureSchema:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> FeatureSchema:
+    def from_state(cls, data: dict[str, Any]) -> FeatureSchema:
         return cls(
             columns=tuple(ColumnSpec(**c) for c in data["columns"]),
             features=tuple(data["features"]),

@@ -85,7 +85,7 @@ def finetune(
     whether fine-tuning beat the current version out of fold on the labelled records.
     """
     step = on_step or (lambda _: None)
-    current._check_fitted()
+    current.check_fitted()
     label = _join_labels(current, history, labels, labels_source)
     rng = np.random.default_rng(current.config.seed)
     # every labelled record, and at most max_fit_rows unlabelled ones as the background

@@ -319,14 +319,14 @@ class EntityFeatures:
         grids = [levels.FILE] if self.level_inputs() else []
         return [f"entities/state-{i}.arrow" for i in range(len(self.specs))] + grids
 
-    def to_files(self) -> dict[str, bytes]:
+    def to_state(self) -> dict[str, bytes]:
         files = {f"entities/state-{i}.arrow": self.state_.to_bytes(i) for i in range(len(self.specs))}
         if self.level_inputs():
             files[levels.FILE] = levels.dump(self.grids_)
         return files
 
     @classmethod
-    def from_files(cls, specs: tuple[EntityConfig, ...], files: list[bytes]) -> EntityFeatures:
+    def from_state(cls, specs: tuple[EntityConfig, ...], files: list[bytes]) -> EntityFeatures:
         feats = cls(specs)
         feats.state_ = feats.empty_state()
         for i, data in enumerate(files[: len(specs)]):

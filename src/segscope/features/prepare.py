@@ -347,7 +347,7 @@ class FeaturePreparer:
                 "max_categories": self.max_categories,
                 "clip": self.clip,
             },
-            "schema": self.schema_.to_dict(),
+            "schema": self.schema_.to_state(),
             "numeric": self.numeric_,
             "categorical": self.categorical_,
             "dropped": self.dropped_,
@@ -365,7 +365,7 @@ class FeaturePreparer:
             max_categories=params["max_categories"],
             clip=params["clip"],
         )
-        prep.schema_ = FeatureSchema.from_dict(state["schema"])
+        prep.schema_ = FeatureSchema.from_state(state["schema"])
         prep.numeric_ = state["numeric"]
         prep.categorical_ = state["categorical"]
         prep.dropped_ = state["dropped"]

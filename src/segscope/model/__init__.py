@@ -119,113 +119,126 @@ class Model:
         names = list(self.preparer_.schema_.features)
         return expected_table(self.segment_profiles_ or [], names, [self.preparer_.expected_[f] for f in names])
 
-    def _check_fitted(self) -> None:
+    def check_fitted(self) -> None:
+        """Raise NotFittedError unless it was fitted or loaded."""
         if not hasattr(self, "ensemble_"):
             raise NotFittedError("Model is not fitted; call fit(frame) or Model.load(bundle) first")
 
     @property
     def n_features(self) -> int:
         """Number of prepared features (the first columns of :meth:`supervision_matrix`)."""
-        self._check_fitted()
+        self.check_fitted()
         return len(self.preparer_.schema_.features)
 
     @property
     def version(self) -> str:
-        self._check_fitted()
+        self.check_fitted()
         return self.version_
 
     @property
     def id_column(self) -> str | None:
-        self._check_fitted()
+        self.check_fitted()
         return self.preparer_.schema_.id_column
 
     # ------------------------------------------------------- what it holds
     @property
     def created_at(self) -> str:
-        self._check_fitted()
+        self.check_fitted()
         return self.created_at_
 
     @property
     def parent_version(self) -> str | None:
         """The version this one was fine-tuned from (None for a fitted one)."""
-        self._check_fitted()
+        self.check_fitted()
         return self.parent_version_
 
     @property
     def training(self) -> Mapping[str, Any]:
         """What it was fitted on (``rows``, ``fit_rows``, ``fingerprint``, ``columns`` ...), read-only."""
-        self._check_fitted()
+        self.check_fitted()
         return MappingProxyType(self.training_)
 
     def bundle_manifest(self) -> dict[str, Any]:
         """The manifest of the bundle it was loaded from (a copy); :meth:`manifest` for one fitted here."""
-        self._check_fitted()
+        self.check_fitted()
         return copy.deepcopy(self.manifest_) if hasattr(self, "manifest_") else self.manifest()
 
     @property
     def feature_schema(self) -> FeatureSchema:
         """The columns it was fitted on and their features (:meth:`input_schema`: what an input must hold)."""
-        self._check_fitted()
+        self.check_fitted()
         return self.preparer_.schema_
+
+    @property
+    def expected_values(self) -> Mapping[str, str]:
+        """Each feature's typical value at fit: what a reason's ``expected`` shows outside any segment."""
+        self.check_fitted()
+        return MappingProxyType(self.preparer_.expected_)
+
+    @property
+    def detector_names(self) -> tuple[str, ...]:
+        """The unsupervised detectors of the ensemble, in the order of their scores."""
+        self.check_fitted()
+        return tuple(det.name for det in self.ensemble_.detectors)
 
     @property
     def dropped_columns(self) -> dict[str, str]:
         """The columns left out at fit, each with why."""
-        self._check_fitted()
+        self.check_fitted()
         return dict(self.preparer_.dropped_)
 
     def describe_columns(self) -> list[tuple[str, str, str, str, str]]:
         """Per input column: (name, kind, dtype at fit, its features, their expected values), for people."""
-        self._check_fitted()
+        self.check_fitted()
         return self.preparer_.describe_columns()
 
     @property
     def has_entities(self) -> bool:
         """Whether it computes per-entity features (``entities:`` in the config)."""
-        self._check_fitted()
+        self.check_fitted()
         return self.entities_ is not None
 
     @property
     def entity_features(self) -> tuple[str, ...]:
-        self._check_fitted()
+        self.check_fitted()
         return tuple(self.entities_.names) if self.entities_ is not None else ()
 
     @property
     def entity_inputs(self) -> tuple[ColumnSpec, ...]:
         """The input columns the per-entity features read (keys, event times, values), as at fit."""
-        self._check_fitted()
+        self.check_fitted()
         return self.entity_inputs_
 
     @property
     def segmenter(self) -> Segmenter | None:
-        self._check_fitted()
+        self.check_fitted()
         return self.segmenter_
 
     @property
     def segment_profiles(self) -> list[dict[str, Any]]:
         """Each segment's profile card (none without segments)."""
-        self._check_fitted()
+        self.check_fitted()
         return list(self.segment_profiles_ or [])
 
     @property
     def supervised(self) -> FineTuned | None:
         """The fine-tuned learner, when this version has one."""
-        self._check_fitted()
+        self.check_fitted()
         return self.supervised_
 
     @property
     def supervised_sees_segments(self) -> bool:
-        self._check_fitted()
+        self.check_fitted()
         return self.supervised_segment_features_
 
     def describe_policy(self) -> dict[str, Any]:
         """The alert policy as the bundle keeps it (``kind``, ``threshold`` ...)."""
-        self._check_fitted()
+        self.check_fitted()
         return self.policy_.describe()
 
     def prepared(self, frame: pl.DataFrame) -> np.ndarray:
         """The prepared feature matrix the detectors see (per-entity features computed first when missing)."""
-        self._check_fitted()
+        self.check_fitted()
         return self.preparer_.transform(self.preparer_.validate(self.with_entities(frame)))
 
     # ------------------------------------------------------- new versions
@@ -244,7 +257,7 @@ class Model:
         """A new version: these unsupervised layers, ``tuned`` as its supervised layer (``sees_segments``: fed the
         segment columns), the alert policy refit on its ``scores`` of ``frame``, this version as its parent,
         ``labels`` (what was learnt from) and ``promotion`` (the decision, kept as it is until saved)."""
-        self._check_fitted()
+        self.check_fitted()
         new = copy.copy(self)
         new.supervised_, new.supervised_segment_features_ = tuned, sees_segments
         levels = tuple(self.entities_.alarm_features()) if self.entities_ is not None else ()
@@ -255,7 +268,7 @@ class Model:
 
     def with_version(self, version: str) -> Model:
         """The same model under another version name (a registry that holds the name already)."""
-        self._check_fitted()
+        self.check_fitted()
         new = copy.copy(self)
         new.version_ = version
         return new
@@ -263,7 +276,7 @@ class Model:
     def input_schema(self) -> FeatureSchema:
         """What an input record must hold: the model's input columns, except the per-entity features it computes
         itself, plus the columns those read (entity keys, event times, values)."""
-        self._check_fitted()
+        self.check_fitted()
         schema = self.preparer_.schema_
         if self.entities_ is None:
             return schema
@@ -301,7 +314,7 @@ class Model:
     @property
     def alert_threshold(self) -> float | None:
         """The score at or above which the policy alerts (a budget may still decline some)."""
-        self._check_fitted()
+        self.check_fitted()
         value = self.policy_.describe().get("threshold")
         return float(value) if value is not None else None
 
@@ -342,7 +355,7 @@ class Model:
         the prepared features, every detector's calibrated surprisal and the ensemble's (the XGBOD idea), with
         segments and ``[segments] learner_features`` (``with_segments`` defaults to that) segment membership
         one-hot and assignment confidence, then each categorical feature's level code."""
-        self._check_fitted()
+        self.check_fitted()
         validated, x, anomaly, parts, _, assigned = self._unsupervised(self.with_entities(frame), with_reasons=False)
         with_segments = self.learner_sees_segments() if with_segments is None else with_segments
         codes = self.preparer_.category_codes(validated)
@@ -381,14 +394,14 @@ class Model:
     def drift_tracker(self) -> DriftTracker | None:
         """A tracker of how scored data compares with the fit data (one per file or stream window); None for
         bundles fitted before segscope kept the reference."""
-        self._check_fitted()
+        self.check_fitted()
         return self.drift_.tracker() if self.drift_ is not None else None
 
     def new_state(self, *, from_start: bool = False) -> ScoringState:
         """Scoring state that carries over between batches (an alert budget's counts, each entity's state): one
         per file or stream. Each entity continues from the end of the history, or from nothing (``from_start``:
         the history's own records, as at fit)."""
-        self._check_fitted()
+        self.check_fitted()
         policy = self.policy_.new_state()
         entities = None
         if self.entities_ is not None:
@@ -402,7 +415,7 @@ class Model:
         the same ``state`` (:meth:`new_state`) for every batch of one file or stream, so that an alert budget
         counts across them; without it each call is decided on its own. ``drift`` counts the batch in a
         :meth:`drift_tracker`."""
-        self._check_fitted()
+        self.check_fitted()
         frame, entities = self._entities(frame, state)
         validated, x, anomaly, parts, reasons, assigned = self._unsupervised(frame)
         segment, confidence = assigned if assigned is not None else (None, None)
@@ -450,7 +463,7 @@ class Model:
     def for_review(self, scored: pl.DataFrame, *, ids: Sequence[str] | None = None) -> ReviewRecords:
         """Scored rows as the label store keeps them: with their ids (the id column's values by default) and
         prepared feature vectors, so that every label joins back to the features."""
-        self._check_fitted()
+        self.check_fitted()
         if ids is None:
             if self.id_column is None or self.id_column not in scored.columns:
                 raise ConfigError("the label store needs record ids: fit the bundle with --id-column")

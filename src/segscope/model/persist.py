@@ -45,14 +45,14 @@ def _versions() -> dict[str, str]:
 
 def manifest(self: Model) -> dict[str, Any]:
     """The bundle manifest of ``self``: versions, schema, components with their parameters, config, policy..."""
-    self._check_fitted()
+    self.check_fitted()
     schema = self.preparer_.schema_
     return {
         "segscope_bundle": True,
         "model_version": self.version_,
         "created_at": self.created_at_,
         "versions": _versions(),
-        "feature_schema": schema.to_dict(),
+        "feature_schema": schema.to_state(),
         "feature_schema_hash": schema.hash,
         "dropped_columns": self.preparer_.dropped_,
         "components": [
@@ -139,7 +139,7 @@ def _supervised_component(self: Model) -> dict[str, Any]:
 
 def save(self: Model, path: str | Path) -> Path:
     """Write the bundle folder (atomically)."""
-    self._check_fitted()
+    self.check_fitted()
     arrays: dict[str, dict[str, np.ndarray]] = {}
     pickles: dict[str, bytes] = {}
     for i, det in enumerate(self.ensemble_.detectors):
@@ -147,20 +147,20 @@ def save(self: Model, path: str | Path) -> Path:
         blob = det.pickled()
         if blob is not None:
             pickles[part] = blob
-        arrays[part] = det.state()
-    arrays["calibration"] = self.ensemble_.state()
-    arrays["explainer"] = self.explainer_.state()
+        arrays[part] = det.to_state()
+    arrays["calibration"] = self.ensemble_.to_state()
+    arrays["explainer"] = self.explainer_.to_state()
     raw_files: dict[str, bytes] = {}
     if self.segmenter_ is not None:
-        arrays["segmenter"] = self.segmenter_.state()
+        arrays["segmenter"] = self.segmenter_.to_state()
         calibration = self.segment_calibration_
-        arrays["segment_calibration"] = calibration.state() if calibration is not None else {}
+        arrays["segment_calibration"] = calibration.to_state() if calibration is not None else {}
     if self.supervised_ is not None:
-        arrays["supervised"] = self.supervised_.state()
+        arrays["supervised"] = self.supervised_.to_state()
         name, blob = self.supervised_.learner.artifact()
         raw_files[f"supervised/{name}"] = blob
     if self.entities_ is not None:
-        raw_files.update(self.entities_.to_files())
+        raw_files.update(self.entities_.to_state())
     json_files = {"features.json": self.preparer_.to_state()}
     if self.drift_ is not None:
         json_files["drift.json"] = self.drift_.to_state()
@@ -247,7 +247,7 @@ def _from_bundle(cls: type[Model], reader: bundle_io.BundleReader, manifest: dic
     entities = next((c for c in manifest["components"] if c["role"] == "entities" and c["name"]), None)
     if entities is not None:
         files = [reader.raw(rel) for rel in entities["artifacts"]]
-        model.entities_ = EntityFeatures.from_files(model.config.entities, files)
+        model.entities_ = EntityFeatures.from_state(model.config.entities, files)
         model.entity_inputs_ = tuple(ColumnSpec(**c) for c in entities["inputs"])
     supervised = next((c for c in manifest["components"] if c["role"] == "supervised" and c["name"]), None)
     if supervised is not None:

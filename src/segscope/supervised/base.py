@@ -435,7 +435,7 @@ class FineTuned:
             "proximity_clip": None if not np.isfinite(self.clip_) else self.clip_,
         }
 
-    def state(self) -> dict[str, np.ndarray]:
+    def to_state(self) -> dict[str, np.ndarray]:
         if not self.uses_layout:
             return {
                 "platt": np.asarray(self.platt_),
@@ -446,13 +446,13 @@ class FineTuned:
         return {
             "blend": np.asarray(self.blend_, dtype=np.float64),
             "exemplars": self.exemplars_,
-            "layout": self.layout_.to_array(),
+            "layout": self.layout_.to_state(),
             "meta": np.array(
                 [self.n_positives_, self.n_labelled_, kinds[self.blend_kind_], self.max_onehot], dtype=np.float64
             ),
             "oof_aucpr": np.array([self.oof_aucpr_.get(k, np.nan) for k in BLENDS[1:]], dtype=np.float64),
             "proximity_clip": np.array([self.clip_], dtype=np.float64),
-            **self.encoding_.state(),
+            **self.encoding_.to_state(),
         }
 
     def load_state(self, arrays: dict[str, np.ndarray], blob: bytes) -> None:

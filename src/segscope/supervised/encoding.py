@@ -61,7 +61,7 @@ class TargetEncoding:
                 out[held, j] = self._apply(self._table(codes[~held, j], y[~held], card), codes[held, j])
         return out
 
-    def state(self) -> dict[str, np.ndarray]:
+    def to_state(self) -> dict[str, np.ndarray]:
         return {f"target_encoding_{j}": t for j, t in enumerate(self.tables_)}
 
     @classmethod

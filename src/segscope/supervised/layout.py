@@ -27,12 +27,12 @@ class Layout:
     def width(self) -> int:
         return len(self.monotone) + len(self.categories)
 
-    def to_array(self) -> np.ndarray:
+    def to_state(self) -> np.ndarray:
         head = [self.n_features, self.surprisal, len(self.monotone), len(self.categories)]
         return np.asarray([*head, *self.monotone, *self.categories], dtype=np.float64)
 
     @classmethod
-    def from_array(cls, values: np.ndarray) -> Layout:
+    def from_state(cls, values: np.ndarray) -> Layout:
         n_features, surprisal, n_monotone, n_categories = (int(v) for v in values[:4])
         monotone = tuple(float(v) for v in values[4 : 4 + n_monotone])
         categories = tuple(int(v) for v in values[4 + n_monotone : 4 + n_monotone + n_categories])
@@ -44,7 +44,7 @@ def checked_layout(values: np.ndarray, n_features: int) -> Layout:
     its columns, each category has at least one level (the learner's matrix is built from it)."""
     if values.size < 4 or values[:4].min() < 0 or values[:4].max() > 1e6:
         raise BundleError("supervised: its 'layout' is not a layout; the bundle is damaged: refit it")
-    layout = Layout.from_array(values)
+    layout = Layout.from_state(values)
     if values.size != 4 + len(layout.monotone) + len(layout.categories) or len(layout.categories) != int(values[3]):
         raise BundleError("supervised: its 'layout' is cut short; the bundle is damaged: refit it")
     if layout.n_features != n_features or not layout.n_features <= layout.surprisal < len(layout.monotone):

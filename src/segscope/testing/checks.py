@@ -109,12 +109,12 @@ def check_batch_independence(det: Detector) -> None:
 def check_scoring_does_not_change_state(det: Detector) -> None:
     x, _ = planted_matrix()
     det.fit_matrix(x)
-    before = {k: v.copy() for k, v in det.state().items()}
+    before = {k: v.copy() for k, v in det.to_state().items()}
     test, _ = planted_matrix(300, seed=4)
     first = det.score_matrix(test * 3)
     det.score_matrix(test)
     np.testing.assert_array_equal(det.score_matrix(test * 3), first)
-    for key, value in det.state().items():
+    for key, value in det.to_state().items():
         np.testing.assert_array_equal(value, before[key], err_msg=f"state '{key}' changed by scoring")
 
 
@@ -123,7 +123,7 @@ def check_state_round_trip(det: Detector) -> None:
     det.fit_matrix(x)
     test, _ = planted_matrix(300, seed=5)
     copy = type(det)(**det.get_params())
-    copy.load_state({k: np.asarray(v) for k, v in det.state().items()}, pickled=det.pickled())
+    copy.load_state({k: np.asarray(v) for k, v in det.to_state().items()}, pickled=det.pickled())
     np.testing.assert_array_equal(copy.score_matrix(test), det.score_matrix(test))
     np.testing.assert_array_equal(copy.reference_scores_, det.reference_scores_)
 
@@ -292,12 +292,12 @@ def check_segmenter_contract(segmenter: Any) -> None:
     assert segments.shape == (600,)
     assert set(np.unique(segments).tolist()) <= {-1, *segmenter.segments_.tolist()}
     assert np.all((confidence >= 0) & (confidence <= 1))
-    before = {k: np.copy(v) for k, v in segmenter.state().items()}
+    before = {k: np.copy(v) for k, v in segmenter.to_state().items()}
     _assert_batch_independent(lambda rows: segmenter.assign(rows)[1], x)
-    for key, value in segmenter.state().items():
+    for key, value in segmenter.to_state().items():
         np.testing.assert_array_equal(value, before[key], err_msg=f"state '{key}' changed by assigning")
     copy = type(segmenter)(**segmenter.get_params())
-    copy.load_state({k: np.asarray(v) for k, v in segmenter.state().items()})
+    copy.load_state({k: np.asarray(v) for k, v in segmenter.to_state().items()})
     np.testing.assert_array_equal(copy.assign(x)[0], segments)
 
 

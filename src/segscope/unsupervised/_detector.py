@@ -66,7 +66,7 @@ class Detector(StoresParams):
 
     # persistence: parameters as JSON, fitted state as numeric NumPy arrays; a detector that needs_pickle also
     # hands out pickle bytes, which the bundle keeps in a .pkl file that only a trusted load reads
-    def state(self) -> dict[str, np.ndarray]:
+    def to_state(self) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
     def pickled(self) -> bytes | None:

@@ -85,7 +85,7 @@ class ReferenceCalibrator:
         """Calibrated score in [0, 1]."""
         return np.asarray(-np.expm1(-self.surprisal(raw)))
 
-    def state(self) -> dict[str, np.ndarray]:
+    def to_state(self) -> dict[str, np.ndarray]:
         return {
             "values": self.values_,
             "probs": self.probs_,

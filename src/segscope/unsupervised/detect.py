@@ -66,7 +66,7 @@ class _ECDFDetector(Detector):
     def _ecdf_score(self, x: np.ndarray, copod: bool) -> np.ndarray:
         return np.asarray(_kernels.ecdf_outlier_scores(x, *self.ecdf_, self.skew_sign_, copod))
 
-    def state(self) -> dict[str, np.ndarray]:
+    def to_state(self) -> dict[str, np.ndarray]:
         return {
             "sorted_ref": self.ecdf_.sorted_ref,
             "skew_sign": self.skew_sign_,
@@ -133,7 +133,7 @@ class HBOSDetector(Detector):
             _kernels.hbos_scores(x, self.lo_, self.width_, self.heights_, float(self.alpha), float(self.tol))
         )
 
-    def state(self) -> dict[str, np.ndarray]:
+    def to_state(self) -> dict[str, np.ndarray]:
         return {
             "lo": self.lo_,
             "width": self.width_,
@@ -232,7 +232,7 @@ class IForestDetector(Detector):
         # scikit-learn's score_samples is -2**(-depth/c); PyOD's decision_function is its negation + offset.
         return np.asarray(2.0 ** (-np.asarray(depths) / denominator))
 
-    def state(self) -> dict[str, np.ndarray]:
+    def to_state(self) -> dict[str, np.ndarray]:
         return {
             "feature": self.feature_,
             "threshold": self.threshold_,
@@ -333,7 +333,7 @@ class PyODDetector(Detector):
     def _score(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(self.model_.decision_function(x), dtype=np.float64)
 
-    def state(self) -> dict[str, np.ndarray]:
+    def to_state(self) -> dict[str, np.ndarray]:
         return {"reference_scores": self.reference_scores_, "n_features": np.array([self.n_features_])}
 
     def pickled(self) -> bytes:

@@ -73,7 +73,7 @@ class KNNDetector(Detector):
     def _score(self, x: np.ndarray) -> np.ndarray:
         return self._nearest(x, self.k_)[:, -1]
 
-    def state(self) -> dict[str, np.ndarray]:
+    def to_state(self) -> dict[str, np.ndarray]:
         return {"reference": self.reference_, "k": np.array([self.k_]), "reference_scores": self.reference_scores_}
 
     def load_state(self, arrays: dict[str, np.ndarray], *, pickled: bytes | None = None) -> None:
@@ -144,7 +144,7 @@ class CBLOFDetector(Detector):
     def _score(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(_kernels.cblof_scores(x, self.centres_, self.large_, self.k_))
 
-    def state(self) -> dict[str, np.ndarray]:
+    def to_state(self) -> dict[str, np.ndarray]:
         return {
             "centres": self.centres_,
             "large": self.large_,  # bool: the bundle refuses one-byte integers (they could hide bytes)

@@ -93,12 +93,12 @@ class AnomalyEnsemble:
         return ecod.skew_sign_ if ecod is not None else None
 
     # ------------------------------------------------------------------ persistence
-    def state(self) -> dict[str, np.ndarray]:
+    def to_state(self) -> dict[str, np.ndarray]:
         """The calibrators (one per detector, then the ensemble's) and the reference scores, as arrays; each
         detector stores its own state."""
         out: dict[str, np.ndarray] = {}
         for i, cal in enumerate([*self.calibrators_, self.final_]):
-            out.update({f"{i}_{key}": value for key, value in cal.state().items()})
+            out.update({f"{i}_{key}": value for key, value in cal.to_state().items()})
         out["reference_scores"] = self.reference_scores_
         return out
 
@@ -146,8 +146,9 @@ class SegmentCalibration:
                 anomaly[rows] = -np.expm1(-surprisal)
         return anomaly
 
-    def state(self) -> dict[str, np.ndarray]:
-        return {f"{seg}_{key}": value for seg, cal in self.calibrators_.items() for key, value in cal.state().items()}
+    def to_state(self) -> dict[str, np.ndarray]:
+        calibrators = self.calibrators_.items()
+        return {f"{seg}_{key}": value for seg, cal in calibrators for key, value in cal.to_state().items()}
 
     @classmethod
     def from_state(cls, arrays: dict[str, np.ndarray]) -> SegmentCalibration:

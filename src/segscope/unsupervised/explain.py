@@ -111,7 +111,7 @@ class FeatureExplainer:
         idx, val, total, ecod = _kernels.top_contributions(x, *self.ecdf_, k, signs, with_ecod)
         return idx, val, total, ecod
 
-    def state(self) -> dict[str, np.ndarray]:
+    def to_state(self) -> dict[str, np.ndarray]:
         return {"sorted_ref": self.ecdf_.sorted_ref}
 
     @classmethod

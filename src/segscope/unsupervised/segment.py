@@ -193,7 +193,7 @@ class Segmenter(StoresParams):
         segment = np.where(confidence >= self.min_confidence, segment, -1).astype(np.int32)
         return segment, np.asarray(confidence)
 
-    def state(self) -> dict[str, np.ndarray]:
+    def to_state(self) -> dict[str, np.ndarray]:
         return {
             "classes": self.classes_,
             "roots": self.roots_,
