@@ -5,7 +5,7 @@ from datetime import datetime, timedelta
 import numpy as np
 import polars as pl
 import pytest
-from hypothesis import example, given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from segscope.exceptions import ConfigError, SchemaError
@@ -13,6 +13,7 @@ from segscope.unsupervised.calibrate import ReferenceCalibrator
 from segscope.unsupervised.threshold import AlertBudget, ContaminationThreshold, FixedThreshold, QuantileThreshold
 
 
+@settings(deadline=None)  # the first example loads the compiled kernel
 @given(
     reference=st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=300),
     raw=st.lists(st.floats(-1e7, 1e7), min_size=1, max_size=50),
@@ -25,6 +26,26 @@ def test_calibration_is_monotone_and_in_unit_interval(reference: list[float], ra
     p = cal.probability(values)
     assert ((p >= 0) & (p <= 1)).all()
     assert (np.diff(cal.surprisal(values)) >= 0).all()
+
+
+@settings(deadline=None)  # the first example loads the compiled kernel
+@given(
+    reference=st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=300),
+    raw=st.lists(st.floats(-1e7, 1e7), min_size=1, max_size=50),
+)
+@example(reference=[0.0, 1.0, -2.225073858507e-311], raw=[0.0, -2.2250738585e-313])
+def test_surprisal_is_the_interpolated_ecdf_with_its_tail(reference: list[float], raw: list[float]) -> None:
+    """The compiled one-pass surprisal against the formula in NumPy: ``np.interp`` capped at the tail's start,
+    the exponential tail above it."""
+    cal = ReferenceCalibrator().fit(np.array(reference))
+    x = np.array(raw)
+    with np.errstate(over="ignore", invalid="ignore"):
+        body = np.interp(x, cal.values_, cal.probs_, left=0.0)
+        want = -np.log1p(-np.minimum(body, cal.tail_p_))
+        tail = x > cal.tail_q_
+        want[tail] = -np.log1p(-cal.tail_p_) + np.minimum((x[tail] - cal.tail_q_) / cal.tail_scale_, 1e12)
+    usual = np.isfinite(body) | tail  # np.interp's slope can overflow between subnormals: redone by share
+    np.testing.assert_allclose(cal.surprisal(x)[usual], want[usual], rtol=1e-14, atol=0)
 
 
 def test_calibration_matches_the_reference_quantiles() -> None:

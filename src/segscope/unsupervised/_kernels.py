@@ -21,6 +21,7 @@ class ECDFTable(NamedTuple):
     low: np.ndarray  # (features,) smallest reference value
     inv_width: np.ndarray  # (features,) buckets per unit (0 for a constant column)
     tail_width: np.ndarray  # (features, 2): spread of the lowest / highest 1% of the reference
+    steps: np.ndarray  # (features,) search steps: 2**steps exceeds the most reference values in one bucket
 
 
 def build_ecdf(reference: np.ndarray) -> ECDFTable:
@@ -40,11 +41,13 @@ def build_ecdf(reference: np.ndarray) -> ECDFTable:
     tails = np.column_stack([sorted_ref[:, q] - sorted_ref[:, 0], sorted_ref[:, -1] - sorted_ref[:, m - 1 - q]])
     fallback = np.where(span > 0, span / max(m, 1), 1.0)[:, None]
     tail_width = np.where(tails > 0, tails, fallback)
-    return ECDFTable(sorted_ref, bucket_start, low, inv_width, np.ascontiguousarray(tail_width))
+    per_bucket = np.diff(np.column_stack([bucket_start[:, :-1], np.full(d, m)]), axis=1)
+    steps = np.array([int(most).bit_length() for most in per_bucket.max(axis=1)], dtype=np.int64)
+    return ECDFTable(sorted_ref, bucket_start, low, inv_width, np.ascontiguousarray(tail_width), steps)
 
 
 @nb.njit(cache=True, inline="always")
-def _counts(ref: np.ndarray, starts: np.ndarray, low: float, inv_width: float, v: float) -> tuple[int, int]:
+def _counts(ref: np.ndarray, starts: np.ndarray, low: float, inv_width: float, steps: int, v: float) -> tuple[int, int]:
     """(# reference <= v, # reference < v) for one column."""
     m = ref.shape[0]
     if v < ref[0]:
@@ -61,14 +64,22 @@ def _counts(ref: np.ndarray, starts: np.ndarray, low: float, inv_width: float, v
             lo -= 1
         while hi < m and ref[hi] <= v:
             hi += 1
-    a, b = lo, hi
-    while a < b:  # first index with ref > v
-        mid = (a + b) >> 1
-        if ref[mid] <= v:
-            a = mid + 1
-        else:
-            b = mid
-    le = a
+    width = 1 << steps
+    if hi - lo < width and width <= m + 1:
+        # the bucket's values lie in a window of 2**steps - 1 values (everything before it is <= v, after it > v):
+        # a fixed number of halvings with no data-dependent branch, so that lookups of many rows overlap
+        le = min(lo, m + 1 - width)
+        for s in range(steps - 1, -1, -1):
+            le += (1 << s) if ref[le + (1 << s) - 1] <= v else 0
+    else:
+        a, b = lo, hi
+        while a < b:  # first index with ref > v
+            mid = (a + b) >> 1
+            if ref[mid] <= v:
+                a = mid + 1
+            else:
+                b = mid
+        le = a
     if le == lo or ref[le - 1] < v:  # v is not in the reference: no ties to count
         return le, le
     a, b = lo, le
@@ -104,6 +115,7 @@ def ecdf_outlier_scores(
     low: np.ndarray,
     inv_width: np.ndarray,
     tail_width: np.ndarray,
+    steps: np.ndarray,
     skew_sign: np.ndarray,
     copod: bool,
 ) -> np.ndarray:
@@ -125,7 +137,7 @@ def ecdf_outlier_scores(
             m = ref.shape[0]
             for i in range(lo, hi):
                 v = x[i, j]
-                le, lt = _counts(ref, st, lw, iw, v)
+                le, lt = _counts(ref, st, lw, iw, steps[j], v)
                 cl, cr = le + 1.0, m - lt + 1.0  # smoothed left / right tail counts
                 extra = _beyond(ref, tw, v)
                 if copod:
@@ -148,6 +160,7 @@ def top_contributions(
     low: np.ndarray,
     inv_width: np.ndarray,
     tail_width: np.ndarray,
+    steps: np.ndarray,
     k: int,
     skew_sign: np.ndarray,
     with_ecod: bool,
@@ -172,7 +185,7 @@ def top_contributions(
             symmetric = skew_sign[j] == 0
             for i in range(lo, hi):
                 v = x[i, j]
-                le, lt = _counts(ref, st, lw, iw, v)
+                le, lt = _counts(ref, st, lw, iw, steps[j], v)
                 cl, cr = le + 1.0, m - lt + 1.0
                 extra = _beyond(ref, tw, v)
                 u = log_m1 - math.log(min(cl, cr)) + extra

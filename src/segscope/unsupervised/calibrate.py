@@ -9,8 +9,10 @@ tying at 1.0. Work is done in *surprisal* ``-log(1 - p)``, which stays finite an
 
 from __future__ import annotations
 
+import math
 from typing import Self
 
+import numba as nb
 import numpy as np
 
 from segscope._arrays import take
@@ -58,17 +60,14 @@ class ReferenceCalibrator:
         """``-log(1 - p(raw))``: 0 for the lowest scores, growing without bound in the tail."""
         if not hasattr(self, "values_"):
             raise NotFittedError("ReferenceCalibrator is not fitted; call fit(reference_scores) first")
-        raw = np.asarray(raw, dtype=np.float64)
-        body = np.interp(raw, self.values_, self.probs_, left=0.0)
-        bad = ~np.isfinite(body) & ~np.isnan(raw)
-        if bad.any():  # np.interp's slope overflows between reference values a subnormal apart: interpolate by share
-            body[bad] = self._interpolate_by_share(raw[bad])
-        body = np.minimum(body, self.tail_p_)
-        out = -np.log1p(-body)
-        tail = raw > self.tail_q_
-        with np.errstate(over="ignore"):  # a degenerate (near-constant) reference: cap, never overflow
-            excess = (raw[tail] - self.tail_q_) / self.tail_scale_
-        out[tail] = -np.log1p(-self.tail_p_) + np.minimum(excess, 1e12)
+        raw = np.ascontiguousarray(raw, dtype=np.float64).reshape(-1)
+        values, probs = np.ascontiguousarray(self.values_), np.ascontiguousarray(self.probs_)
+        body, excess, bad = _interpolate(raw, values, probs, self.tail_q_, self.tail_p_, self.tail_scale_)
+        if bad:  # np.interp's slope overflows between reference values a subnormal apart: interpolate by share
+            rows = np.isnan(body) & ~np.isnan(raw)
+            body[rows] = np.minimum(self._interpolate_by_share(raw[rows]), self.tail_p_)
+        out = -np.log1p(-body)  # NumPy's log1p, as for the reference
+        out += excess
         return np.asarray(out)
 
     def _interpolate_by_share(self, raw: np.ndarray) -> np.ndarray:
@@ -102,3 +101,53 @@ class ReferenceCalibrator:
         if not (tail_ok and 0 <= cal.tail_p_ < 1 and ((cal.probs_ >= 0) & (cal.probs_ <= 1)).all()):
             raise BundleError("calibration: probabilities or tail out of range; the bundle is damaged: refit it")
         return cal
+
+
+@nb.njit(cache=True, parallel=True, nogil=True, error_model="numpy")
+def _interpolate(
+    raw: np.ndarray, values: np.ndarray, probs: np.ndarray, tail_q: float, tail_p: float, tail_scale: float
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """The two parts of :meth:`ReferenceCalibrator.surprisal` in one pass: the ECDF ``np.interp(raw, values, probs,
+    left=0)`` (its formula, step for step) capped at ``tail_p``, and the exponential tail's excess above ``tail_q``
+    (0 below it). Rows whose interpolation is not finite are NaN, and counted (the caller redoes them)."""
+    n, k = raw.shape[0], values.shape[0]
+    steps = 1
+    while (1 << steps) <= k:  # 2**steps > k: the search below can count every value
+        steps += 1
+    body = np.empty(n)
+    excess = np.zeros(n)
+    bad = 0
+    for i in nb.prange(n):
+        x = raw[i]
+        if math.isnan(x):
+            body[i] = x
+            continue
+        if x > tail_q:  # the tail: capped, so that a degenerate (near-constant) reference never overflows
+            body[i] = tail_p
+            excess[i] = min((x - tail_q) / tail_scale, 1e12)
+            continue
+        if x < values[0]:
+            p = 0.0
+        elif x >= values[k - 1]:
+            p = probs[k - 1]
+        else:
+            below = 0  # how many values are <= x, without branches
+            for s in range(steps - 1, -1, -1):
+                probe = below + (1 << s) - 1
+                below += (1 << s) if probe < k and values[min(probe, k - 1)] <= x else 0
+            j = below - 1
+            if values[j] == x:
+                p = probs[j]
+            else:
+                slope = (probs[j + 1] - probs[j]) / (values[j + 1] - values[j])
+                p = slope * (x - values[j]) + probs[j]
+                if math.isnan(p):
+                    p = slope * (x - values[j + 1]) + probs[j + 1]
+                    if math.isnan(p) and probs[j] == probs[j + 1]:
+                        p = probs[j]
+        if math.isfinite(p):
+            body[i] = min(p, tail_p)
+        else:
+            body[i] = math.nan
+            bad += 1
+    return body, excess, bad
