@@ -290,6 +290,8 @@ class FeaturePreparer:
         # one select for all the text (columns in parallel), numbers straight into their places in the matrix
         texts = frame.select(list(text_exprs.values())) if text_exprs else pl.DataFrame()
         categorical = {j: texts.to_series(i) for i, j in enumerate(text_exprs)}
+        if not text_exprs:  # all numeric: Polars' own (column-major) matrix, no copy into another
+            return np.asarray(frame.select(numeric_exprs).to_numpy(), dtype=np.float64), categorical
         matrix = np.full((frame.height, len(self.schema_.features)), np.nan)
         if numeric_exprs:
             numeric = [j for j in range(matrix.shape[1]) if j not in text_exprs]

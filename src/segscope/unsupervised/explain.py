@@ -140,15 +140,14 @@ def _hour_indices(feature_names: list[str]) -> np.ndarray:
 
 def _format_numbers(values: np.ndarray) -> pl.Series:
     """Short human form: integers without '.0', others with 6 significant digits, NaN as 'null'."""
-    v = pl.Series("value", values, dtype=pl.Float64)
-    out = pl.select(
-        pl.when(v.is_nan())
-        .then(pl.lit("null"))
-        .when((v == v.round(0)) & (v.abs() < 1e15))
-        .then(v.cast(pl.Int64, strict=False).cast(pl.String))
-        .otherwise(v.round_sig_figs(6).cast(pl.String))
-    ).to_series()
+    out = pl.Series("value", values, dtype=pl.Float64).round_sig_figs(6).cast(pl.String)
     magnitude = np.abs(values)
+    whole = np.flatnonzero((values == np.floor(values)) & (magnitude < 1e15))  # each form computed where it is used
+    if whole.size:
+        out = out.scatter(whole, pl.Series(values[whole]).cast(pl.Int64, strict=False).cast(pl.String))
+    missing = np.flatnonzero(np.isnan(values))
+    if missing.size:
+        out = out.scatter(missing, "null")
     odd = np.flatnonzero((magnitude >= 1e15) | ((magnitude < 1e-4) & (magnitude > 0)))  # rare: Python formats them
     if odd.size:
         out = out.scatter(odd, pl.Series([f"{values[i]:.6g}" for i in odd], dtype=pl.String))
