@@ -31,7 +31,8 @@ def build_ecdf(reference: np.ndarray) -> ECDFTable:
     low = sorted_ref[:, 0].copy()
     span = sorted_ref[:, -1] - low
     inv_width = np.where(span > 0, ECDF_BUCKETS / np.where(span > 0, span, 1.0), 0.0)
-    bucket_start = np.zeros((d, ECDF_BUCKETS + 1), dtype=np.int32)
+    # 2 bytes a count where they fit: half the table to keep in cache
+    bucket_start = np.zeros((d, ECDF_BUCKETS + 1), dtype=np.uint16 if sorted_ref.shape[1] < 2**16 else np.int32)
     for j in range(d):
         if inv_width[j] > 0:
             edges = low[j] + np.arange(ECDF_BUCKETS + 1) / inv_width[j]
@@ -57,8 +58,8 @@ def _counts(ref: np.ndarray, starts: np.ndarray, low: float, inv_width: float, s
     lo, hi = 0, m
     if inv_width > 0.0:
         k = min(int((v - low) * inv_width), ECDF_BUCKETS - 1)
-        lo = starts[k]
-        hi = starts[k + 1] if k + 1 < ECDF_BUCKETS else m
+        lo = int(starts[k])
+        hi = int(starts[k + 1]) if k + 1 < ECDF_BUCKETS else m
         # rounding in the bucket arithmetic can put v one bucket off: widen until the range is right
         while lo > 0 and ref[lo - 1] > v:
             lo -= 1
