@@ -13,6 +13,7 @@ from segscope import Model
 from segscope.config import SegscopeConfig
 from segscope.labels.parse import normalise_labels
 from segscope.supervised.promotion import compare, permutation_p
+from segscope.supervised.selection import Candidates
 from segscope.tuning import finetune
 
 
@@ -151,3 +152,42 @@ def test_the_permutation_test_passes_labels_that_carry_nothing_one_time_in_twent
         p = permutation_p(y, rng.random(300), rng.random(300), metric, folds=folds, permutations=400, seed=draw)
         passed += p <= 0.05
     assert 3 <= passed <= 25  # 15 expected; two standard deviations (3.8) either side and more
+
+
+def _candidates(y: np.ndarray, fold: np.ndarray, values: dict[str, np.ndarray]) -> Candidates:
+    n = y.size
+    return Candidates(
+        configs=[{}],
+        rows=np.arange(n),
+        fold=fold,
+        ordered=False,
+        y=y,
+        learner=[np.zeros(n)],
+        surprisal=np.zeros(n),
+        proximity=np.zeros(n),
+        values=values,
+    )
+
+
+def test_a_fold_s_gate_scores_do_not_depend_on_that_fold_s_own_labels() -> None:
+    """The gate scores each fold with the candidate chosen on the other folds, and the permutation test compares
+    the fold's labelled anomalies with random records of the same fold; so nothing in a fold's scores may come from
+    its own labels. Moving the labelled anomalies of fold 0 to other records of fold 0 leaves fold 0's scores as
+    they were (a Platt scale fitted on every fold's labels moved them, and placed the fold's anomalies among the
+    other folds' records by where they are: p <= 0.05 on 2 of 6 random label sets)."""
+    rng = np.random.default_rng(3)
+    n = 900
+    fold = np.arange(n) % 3
+    signal = rng.random(n)
+    values = {"simple": rng.normal(size=n), "better": signal + rng.normal(0.0, 0.3, n)}
+    y = np.zeros(n, dtype=np.int64)
+    y[np.argsort(-signal)[:12]] = 1  # the better candidate is chosen: its anomalies rank high
+    before, taken = _candidates(y, fold, values).gate_scores(100)
+    moved = y.copy()
+    in_fold_0 = np.flatnonzero(fold == 0)
+    moved[in_fold_0] = 0
+    moved[rng.choice(in_fold_0, int(y[in_fold_0].sum()), replace=False)] = 1  # as many, on random records
+    after, taken_after = _candidates(moved, fold, values).gate_scores(100)
+    assert taken[0] == taken_after[0]
+    np.testing.assert_allclose(after[fold == 0], before[fold == 0])
+    assert not np.allclose(after[fold == 1], before[fold == 1])  # fold 1's scale learnt from fold 0's labels

@@ -15,7 +15,8 @@ chose the learner alone where the prior blend ranked later records better.
 
 The gate itself judges the choice honestly: each fold is predicted by the candidate the rule picks from the other
 folds' predictions (from the earlier folds' when the folds are blocks of time; the first block that is predicted
-takes the simplest candidate), each candidate's values put on one scale by Platt scaling. The served candidate is
+takes the simplest candidate), its values put on one scale by Platt scaling fitted on the other folds (never on the
+fold's own labels, which the gate's permutation test needs: :meth:`Candidates.gate_scores`). The served candidate is
 the rule's pick from every fold.
 """
 
@@ -88,22 +89,24 @@ class Candidates:
         """Out-of-fold probabilities for the gate: each fold scored by the candidate chosen (among those
         :meth:`names` allows with ``n_pos`` labelled anomalies) from the other (ordered: the earlier) folds'
         predictions; and the candidate each fold took."""
-        calibrated = {}
-        for name, value in self.values.items():
-            a, c = fit_platt(value, self.y)
-            calibrated[name] = 1.0 / (1.0 + np.exp(-(a * value + c)))
         names = list(self.values)
         scores, taken = np.empty(self.rows.size), []
         for k in np.unique(self.fold):
-            here = self.fold == k
-            ref = (self.fold < k) if self.ordered else (self.fold != k)
+            here, others = self.fold == k, self.fold != k
+            ref = (self.fold < k) if self.ordered else others
             y = self.y[ref]
             if 0 < y.sum() < y.size:
                 values = {n: v[ref] for n, v in self.values.items()}
                 name = choose(y, values, self.names(n_pos), noise=noise, seed=seed)
             else:
                 name = names[0]
-            scores[here] = calibrated[name][here]
+            # scaled on the other folds' labels only: a scale fitted on the fold's own labels would place its
+            # labelled anomalies among the other folds' records by where they are, and lift them above records
+            # drawn at random from the same fold (the permutation test's reference)
+            # (a lone predicted fold, the first of two time blocks, has no other: any scale ranks it alike)
+            scale = others if others.any() else here
+            a, c = fit_platt(self.values[name][scale], self.y[scale])
+            scores[here] = 1.0 / (1.0 + np.exp(-(a * self.values[name][here] + c)))
             taken.append(name)
         return scores, taken
 

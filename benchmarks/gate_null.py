@@ -1,0 +1,132 @@
+"""The promotion gate's permutation test on labels that carry nothing: is its p-value uniform?
+
+    python benchmarks/gate_null.py [--draws 60] [--out gate_null]
+
+The synthetic set of ``tests/test_gate.py`` (3,000 records, four uniform features, twelve frauds packed at the
+centre): per draw, 3 "anomalies" and 60 "normals" put on random records, the gate's candidates built out of fold
+as ``segscope.tuning.finetune`` builds them, and the permutation p-value (``promotion.permutation_p``, 2,000 random
+draws) computed on the gate's scores two ways: each fold's candidate Platt-scaled on every judged record (its own
+fold's labels included), and Platt-scaled on the other folds only (what ``Candidates.gate_scores`` does). An exact
+test gives p <= 0.05 in 5% of draws and p <= 0.01 in 1%. Writes benchmarks/results/<out>.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from segscope._io import write_text_atomic
+from segscope.config import SegscopeConfig
+from segscope.model import Model
+from segscope.supervised.blend import fit_platt
+from segscope.supervised.learners import make_finetuned
+from segscope.supervised.promotion import GATE_FOLDS, break_ties, gate_folds, judged_rows, permutation_p
+from segscope.supervised.selection import Candidates, choose, out_of_fold
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def centre(n: int, seed: int) -> pl.DataFrame:
+    """Four uniform features; twelve frauds packed at the centre (as ``tests/test_gate.py``)."""
+    rng = np.random.default_rng(seed)
+    x = rng.random((n, 4))
+    x[:12] = 0.5 + rng.normal(0.0, 0.01, size=(12, 4))
+    order = rng.permutation(n)
+    return pl.DataFrame({"id": [f"r{i}" for i in range(n)], **{f"f{j}": x[order, j] for j in range(4)}})
+
+
+def pooled_calibration(candidates: Candidates, n_pos: int) -> tuple[np.ndarray, list[str]]:
+    """Each fold scored by the candidate chosen on the other folds, Platt-scaled on every record (own fold too)."""
+    calibrated = {}
+    for name, value in candidates.values.items():
+        a, c = fit_platt(value, candidates.y)
+        calibrated[name] = 1.0 / (1.0 + np.exp(-(a * value + c)))
+    scores, taken = np.empty(candidates.rows.size), []
+    for k in np.unique(candidates.fold):
+        here, ref = candidates.fold == k, candidates.fold != k
+        values = {n: v[ref] for n, v in candidates.values.items()}
+        name = choose(candidates.y[ref], values, candidates.names(n_pos))
+        scores[here] = calibrated[name][here]
+        taken.append(name)
+    return scores, taken
+
+
+def draw_once(model: Model, history: pl.DataFrame, x: np.ndarray, layout: Any, draw: int) -> dict[str, Any]:
+    rng = np.random.default_rng(draw)
+    rows = rng.choice(history.height, 63, replace=False)
+    y = np.zeros(history.height, np.int64)
+    y[rows[:3]] = 1
+    labelled = np.zeros(history.height, bool)
+    labelled[rows] = True
+    gate = gate_folds(y, times=None, column=None, folds=GATE_FOLDS, rng=np.random.default_rng(model.config.seed))
+    tuned = make_finetuned("xgboost", n_features=model.n_features, seed=model.config.seed)
+    candidates = out_of_fold(tuned, x, y, labelled, layout, gate)
+    current = model.score(history)["score"].to_numpy()
+    keep, _ = judged_rows(y[candidates.rows], labelled[candidates.rows])
+    judged = candidates.rows[keep]
+    result: dict[str, Any] = {"draw": draw}
+    for how, (scores, taken) in {
+        "own fold in the calibration": pooled_calibration(candidates, 3),
+        "other folds only (shipped)": candidates.gate_scores(3),
+    }.items():
+        tie_rng = np.random.default_rng(0)
+        cur, new = break_ties(current[judged], tie_rng), break_ties(scores[keep], tie_rng)
+        p = permutation_p(y[judged], cur, new, "aucpr", folds=candidates.fold[keep])
+        result[how] = {"p": p, "taken": taken}
+    return result
+
+
+def summary(draws: list[dict[str, Any]]) -> dict[str, Any]:
+    out = {}
+    for how in ("own fold in the calibration", "other folds only (shipped)"):
+        p = np.array([d[how]["p"] for d in draws])
+        mixed = [len(set(d[how]["taken"])) > 1 for d in draws]
+        out[how] = {
+            "draws": int(p.size),
+            "p <= 0.05": int((p <= 0.05).sum()),
+            "p <= 0.01": int((p <= 0.01).sum()),
+            "mean p": float(p.mean()),
+            "draws whose folds took different candidates": int(sum(mixed)),
+            "p <= 0.05 among them": int(sum(pi <= 0.05 for pi, m in zip(p, mixed, strict=True) if m)),
+        }
+    return out
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = ["| gate scores | draws | p <= 0.05 | p <= 0.01 | mean p | folds took different candidates (p <= 0.05) |"]
+    lines.append("|---|---|---|---|---|---|")
+    for how, row in result.items():
+        lines.append(
+            f"| {how} | {row['draws']} | {row['p <= 0.05']} | {row['p <= 0.01']} | {row['mean p']:.3f} | "
+            f"{row['draws whose folds took different candidates']} ({row['p <= 0.05 among them']}) |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--draws", type=int, default=60)
+    parser.add_argument("--out", default="gate_null")
+    args = parser.parse_args()
+    history = centre(3000, seed=0)
+    model = Model(SegscopeConfig().with_features(id_column="id", drop=())).fit(history)
+    x, layout, _ = model.supervision_matrix(history, with_segments=model.learner_sees_segments())
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"{args.out}.json"
+    draws: list[dict[str, Any]] = []
+    for draw in range(args.draws):
+        draws.append(draw_once(model, history, x, layout, draw))
+        print(json.dumps(draws[-1]), flush=True)
+        result = summary(draws)
+        write_text_atomic(out, json.dumps({"draws": draws, "summary": result}, indent=1))
+        write_text_atomic(out.with_suffix(".md"), markdown(result))
+    print(markdown(summary(draws)))
+
+
+if __name__ == "__main__":
+    main()
