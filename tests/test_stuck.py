@@ -1,5 +1,6 @@
-"""Entity features of kind stuck: 1 while a sensor has held one value longer than it ever held any before (a frozen
-sensor at a usual value), the same in any batches; the maintenance pack alarms on it."""
+"""Entity features of kind stuck: 1 at the reading where a sensor has held one value longer than it ever held any
+before (a frozen sensor at a usual value), once per hold, the same in any batches; the maintenance pack alarms on
+it."""
 
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ def _quantised(n: int, seed: int) -> pl.DataFrame:
 def _by_hand(frame: pl.DataFrame) -> list[float | None]:
     held: dict[str, tuple[float, float]] = {}  # machine -> (value, since)
     longest: dict[str, float] = {}
+    alarmed: set[str] = set()  # machines whose current hold has alarmed
     last: dict[str, float] = {}
     out: list[float | None] = []
     for key, when, value in zip(frame["machine_id"], frame["timestamp"], frame["value"], strict=True):
@@ -50,14 +52,18 @@ def _by_hand(frame: pl.DataFrame) -> list[float | None]:
             if key in held:
                 longest[key] = max(longest.get(key, 0.0), last[key] - held[key][1])
             held[key] = (value, t)
+            alarmed.discard(key)
             out.append(0.0)
+        elif key not in alarmed and t - held[key][1] > longest.get(key, 0.0):
+            alarmed.add(key)
+            out.append(1.0)
         else:
-            out.append(1.0 if t - held[key][1] > longest.get(key, 0.0) else 0.0)
+            out.append(0.0)
         last[key] = t
     return out
 
 
-def test_stuck_is_one_exactly_while_a_hold_is_the_longest_yet() -> None:
+def test_stuck_is_one_exactly_where_a_hold_becomes_the_longest_yet() -> None:
     frame = _quantised(3000, seed=1)
     got = EntityFeatures(SPEC).fit_transform(frame)["machine_id_value_stuck"].to_list()
     assert got == _by_hand(frame)

@@ -123,18 +123,23 @@ def advance(
             elif kind == RARE:
                 if prior[pc] >= 0:
                     result = 1.0 if n_prior == 0 or prior[pc] < shares[f] * n_prior else 0.0
-            elif kind == STUCK:  # slots: the value held (NaN: none yet), since when, the longest hold before
+            elif kind == STUCK:  # slots: the value held (NaN: none yet), since when, the longest hold before;
+                # that longest is stored as -longest - 1 once the current hold has outlasted it (alarmed once)
                 if first:
                     acc[s, o], acc[s, o + 1], acc[s, o + 2] = x, t, 0.0
                     result = np.nan if math.isnan(x) else 0.0
                 elif not math.isnan(x):
+                    longest = acc[s, o + 2] if acc[s, o + 2] >= 0.0 else -acc[s, o + 2] - 1.0
                     if math.isnan(acc[s, o]) or x != acc[s, o]:
                         if not math.isnan(acc[s, o]):
-                            acc[s, o + 2] = max(acc[s, o + 2], last_t[s] - acc[s, o + 1])
+                            acc[s, o + 2] = max(longest, last_t[s] - acc[s, o + 1])
                         acc[s, o], acc[s, o + 1] = x, t
                         result = 0.0
-                    else:  # held longer than any value before it: a stuck sensor
-                        result = 1.0 if t - acc[s, o + 1] > acc[s, o + 2] else 0.0
+                    elif acc[s, o + 2] >= 0.0 and t - acc[s, o + 1] > longest:  # the hold outlasts every one
+                        acc[s, o + 2] = -longest - 1.0  # before it: a stuck sensor, alarmed at this reading only
+                        result = 1.0
+                    else:
+                        result = 0.0
             elif kind == DISTINCT:
                 acc[s, o] = acc[s, o] * decay + (1.0 if prior[pc] == 0 else 0.0)
                 result = acc[s, o]
