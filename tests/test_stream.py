@@ -266,6 +266,81 @@ def test_a_consumer_that_lost_every_broker_is_replaced(
     assert "stream stopped: 2,000 in, 2,000 scored" in text
 
 
+_STRAND_THE_LABELS_CONSUMER = """
+import sys
+from segscope import _kafka
+from segscope.cli import main
+from segscope.sources import kafka
+
+topic, after = sys.argv[1], int(sys.argv[2])
+opened, poll = kafka.TopicReader.open, _kafka._ConfluentConsumer.poll
+seen = {"labels": 0, "stranded": False}
+
+def open_(self):
+    opened(self)
+    self.consumer_.strands = True  # only the labels reader's first client
+
+def stranding(self, max_records, timeout):  # once idle after `after` labels, that client loses every broker
+    got = poll(self, max_records, timeout)
+    if getattr(self, "strands", False):
+        seen["labels"] += len(got) if got is not None else 0
+        if got is None and seen["labels"] >= after and not seen["stranded"]:
+            seen["stranded"] = True
+            self.consumer.close()
+            self.consumer = self.ck.Consumer({"bootstrap.servers": "127.0.0.1:9", "group.id": "x", "log_level": 0})
+            self.consumer.assign([self.ck.TopicPartition(topic, 0)])
+            print("the labels consumer lost every broker", file=sys.stderr, flush=True)
+    return got
+
+kafka.TopicReader.open, _kafka._ConfluentConsumer.poll = open_, stranding
+sys.argv = ["segscope", "stream", *sys.argv[3:]]
+main()
+"""
+
+
+def test_a_labels_consumer_that_lost_every_broker_is_replaced(
+    kafka_bootstrap: str, stream_bundle: Path, tmp_path: Path
+) -> None:
+    """The labels topic's reader strands as the input's consumer does (librdkafka issue 5301, see above): it is
+    replaced too, from the labels' last commit, and the labels sent after the loss reach the store."""
+    from segscope.labels import LabelStore
+
+    t, labels_topic, store = _topics("strandlabels"), "strandlabels.labels", tmp_path / "labels.db"
+    create_topic(kafka_bootstrap, t["in"])
+    create_topic(kafka_bootstrap, labels_topic, partitions=1)
+    produce(kafka_bootstrap, t["in"], records(make_transactions(2000, seed=44).drop("is_fraud")))
+    script, log = tmp_path / "strand.py", tmp_path / "stream.log"
+    script.write_text(_STRAND_THE_LABELS_CONSUMER)
+    args = _args(t, "g-strandlabels", "--store", str(store), "--labels-topic", labels_topic)
+    cmd = [sys.executable, str(script), labels_topic, "2", "--bundle", str(stream_bundle), "--bootstrap",
+           kafka_bootstrap, *args]  # fmt: skip
+    with log.open("w") as stderr:
+        proc = subprocess.Popen(cmd, stderr=stderr, text=True)
+    try:
+        wait_until(lambda: count(kafka_bootstrap, t["out"]) >= 2000, timeout=120, proc=proc)
+        chosen = sorted({r["id"] for r in consume_all(kafka_bootstrap, t["alerts"])})[:4]
+        with LabelStore.open(store) as opened:  # alerts are kept in the store before their batch commits
+            wait_until(lambda: len(opened.records(chosen)) == 4, timeout=60, proc=proc)
+
+        def label(i: int) -> bytes:
+            return json.dumps({"id": chosen[i], "label": "anomaly", "analyst": "ann"}).encode()
+
+        produce(kafka_bootstrap, labels_topic, [label(0), label(1)])
+        wait_until(lambda: "the labels consumer lost every broker" in log.read_text(), timeout=120, proc=proc)
+        produce(kafka_bootstrap, labels_topic, [label(2), label(3)])  # only a new client can read these
+        with LabelStore.open(store) as opened:
+            wait_until(lambda: opened.labels(history=True).height >= 4, timeout=120, proc=proc)
+            stored = set(opened.labels(history=True)["id"].to_list())
+        assert terminate(proc)[0] == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+    text = log.read_text()
+    assert stored == set(chosen)
+    assert f"the labels consumer ({labels_topic}) lost the cluster, which answers a new client" in text, text[-3000:]
+
+
 def test_stats_line_and_metrics_name_drift(kafka_bootstrap: str, stream_bundle: Path) -> None:
     t = _topics("drift")
     create_topic(kafka_bootstrap, t["in"])

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -29,12 +28,13 @@ from segscope._kafka_setup import KafkaSettings
 from segscope.exceptions import SourceError
 from segscope.schema import ColumnSpec, FeatureSchema
 from segscope.sources.base import Batch, DeadLetter
+from segscope.sources.stranding import STRANDED_CHECK, Strandable
 from segscope.sources.wire import WireDecoder
 
 if TYPE_CHECKING:
     from segscope._kafka import _ConfluentConsumer, _PythonConsumer
 
-__all__ = ["KafkaSource", "TopicReader", "decode"]
+__all__ = ["STRANDED_CHECK", "KafkaSource", "TopicReader", "decode"]
 
 log = logging.getLogger("segscope.stream")
 
@@ -47,8 +47,6 @@ _ALLOWED: dict[str, set[type]] = {
     "datetime": {str, _NONE},
 }
 _DTYPES: dict[str, pl.DataType] = {"numeric": pl.Float64(), "boolean": pl.Boolean(), "categorical": pl.String()}
-#: How often (seconds) an idle or rewinding member checks that its client still reaches the cluster.
-STRANDED_CHECK = 10.0
 _EPOCH = datetime(1970, 1, 1)
 _MICROSECOND = timedelta(microseconds=1)
 _INF = float("inf")
@@ -223,7 +221,7 @@ def decode(polled: Polled, schema: FeatureSchema, *, max_bytes: int, wire: WireD
     )
 
 
-class KafkaSource:
+class KafkaSource(Strandable):
     """A topic consumed in a consumer group; :meth:`poll` returns the next :class:`Batch` (or None)."""
 
     def __init__(
@@ -257,8 +255,7 @@ class KafkaSource:
         """Connect (a bounded wait: an unreachable cluster, refused credentials or a missing topic is one line),
         then join the group."""
         self.on_revoke_ = on_revoke
-        self.suspect_: float | None = None  # when the client was first seen stranded (see stranded())
-        self.checked_ = time.monotonic()
+        self._watch()
         self.consumer_ = self._consumer()
         self.consumer_.reach(self.topic, "--in-topic")
         self._subscribe()
@@ -282,44 +279,11 @@ class KafkaSource:
 
         consumer.subscribe(self.topic, revoked)
 
-    def stranded(self) -> bool:
-        """Whether this member's client has lost the cluster while the cluster answers a new client, at two checks
-        :data:`STRANDED_CHECK` seconds apart (checked at most that often; a client back from an outage has
-        reconnected by then). librdkafka drops every broker a metadata response does not list, and a broker
-        shutting down or starting lists none: a client left with no broker never looks for one again
-        (librdkafka issue 5301), and would consume nothing for good while its loop runs on."""
-        now = time.monotonic()
-        if self.client != "confluent" or now - self.checked_ < STRANDED_CHECK:
-            return False
-        self.checked_ = now
-        try:
-            self.consumer_.partitions(self.topic, timeout=2.0)
-            self.suspect_ = None
-            return False
-        except Exception:  # no answer: an outage, or a client that lost its brokers
-            pass
-        probe = self._consumer()  # a new client starts from bootstrap.servers
-        try:
-            answers = bool(probe.partitions(self.topic, timeout=5.0))
-        except Exception:
-            answers = False
-        finally:
-            probe.close()
-        if not answers:  # the cluster is away: nothing to tell
-            self.suspect_ = None
-            return False
-        if self.suspect_ is None:
-            self.suspect_ = now
-            return False
-        return True
-
     def renew(self) -> None:
-        """A new client in place of a stranded one; it joins the group and starts at the committed positions. The
-        old one is closed in the background (closing waits for a coordinator it cannot find)."""
-        old, self.suspect_ = self.consumer_, None
-        self.consumer_ = self._consumer()
+        """A new client in place of a stranded one (:meth:`stranded`); it joins the group and starts at the
+        committed positions."""
+        self._replace(self._consumer())
         self._subscribe()
-        threading.Thread(target=old.close, name="segscope-stranded-consumer", daemon=True).start()
 
     def poll(self, timeout_ms: int | None = None) -> Batch | None:
         timeout = (self.poll_timeout_ms if timeout_ms is None else timeout_ms) / 1000
@@ -443,9 +407,10 @@ class KafkaSource:
             self.wire.registry.close()
 
 
-class TopicReader:
+class TopicReader(Strandable):
     """Every partition of a topic, assigned (no group join to wait for), as raw messages: for small topics every
-    process reads whole, such as analyst labels (re-adding a label is a no-op)."""
+    process reads whole, such as analyst labels (re-adding a label is a no-op). A client that lost every broker
+    (:meth:`stranded`) is replaced by one that starts at the committed positions."""
 
     def __init__(
         self,
@@ -462,15 +427,39 @@ class TopicReader:
         self.client = client
         self.settings = settings
 
-    def open(self) -> None:
-        self.consumer_ = make_consumer(
+    def _consumer(self) -> _ConfluentConsumer | _PythonConsumer:
+        return make_consumer(
             self.client, bootstrap=self.bootstrap, group=self.group, batch_size=5000, settings=self.settings
         )
+
+    def open(self) -> None:
+        self.consumer_ = self._consumer()
         self.consumer_.reach(self.topic, "--labels-topic")
         self.consumer_.assign_all(self.topic)
+        self._watch()
 
     def poll(self, max_records: int = 5000) -> Polled | None:
-        return self.consumer_.poll(max_records, 0.0)
+        """The messages there are now (no wait); nothing for :data:`STRANDED_CHECK` seconds and a client that lost
+        the cluster while a new one reaches it: the new one takes over (the topic is quiet between labels, so
+        that is checked, at most that often, whenever nothing comes)."""
+        polled = self.consumer_.poll(max_records, 0.0)
+        if polled is None and self.stranded():
+            self.renew()
+        return polled
+
+    def renew(self) -> None:
+        new = self._consumer()
+        try:
+            new.assign_all(self.topic)  # at the committed positions
+        except Exception as exc:  # the cluster stopped answering meanwhile: looked at again later
+            new.close()
+            log.warning("the labels consumer could not be replaced (%s); tried again later", exc)
+            return
+        log.warning(
+            "the labels consumer (%s) lost the cluster, which answers a new client: a new consumer takes over from "
+            "the last commit", self.topic,
+        )  # fmt: skip
+        self._replace(new)
 
     def commit(self, positions: dict[TP, int]) -> None:
         try:
