@@ -31,7 +31,7 @@ from segscope.config import load_config  # noqa: E402
 from segscope.model import Model  # noqa: E402
 from segscope.testing.data import make_card_stream  # noqa: E402
 from tests import test_stream_outages as outage_test  # noqa: E402
-from tests.kafka_helpers import broker, committed_offsets, create_topic, free_port, records, start_stream  # noqa: E402
+from tests.kafka_helpers import Feeder, broker, committed_offsets, create_topic, free_port, records, start_stream  # noqa: E402
 
 
 def committed(bootstrap: str, group: str) -> int:
@@ -45,12 +45,12 @@ def run(folder: Path, bundle: Path, live, outages: int, stop: float, extra: list
     """One stream through ``outages`` stops; True for each outage it came back from."""
     data = folder / "kafka"
     bootstrap = broker("start", data, free_port())
-    outage_test.FEED_SECONDS = 40 * outages + 60
     proc = None
     results: list[bool] = []
     try:
         create_topic(bootstrap, "loop.in", partitions=3)
-        feeder = outage_test.Feeder(bootstrap, "loop.in", records(live), [c.encode() for c in live["card_id"]])
+        keys = [c.encode() for c in live["card_id"]]
+        feeder = Feeder(bootstrap, "loop.in", records(live), keys, seconds=40 * outages + 60)
         feeder.start()
         proc = start_stream(
             bundle, bootstrap, "--in-topic", "loop.in", "--out-topic", "loop.eos", "--group", "g-loop",

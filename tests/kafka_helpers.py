@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -131,6 +132,115 @@ def _drain(bootstrap: str, topic: str, idle: float, timeout: float = 180.0, comm
                 raise AssertionError(f"{topic}: not read to its end in {timeout:.0f} s ({len(out)} messages)")
     finally:
         consumer.close()
+
+
+class Feeder(threading.Thread):
+    """A producer of the test (confluent-kafka, idempotent, keyed: each key's records stay in order in one
+    partition) that sends ``values`` at a steady rate over ``seconds`` and rides out broker outages: its messages
+    wait up to 5 minutes, and a client that lost every broker (librdkafka issue 5301: the input would stop growing
+    for good) is replaced. Stranded means messages waiting, no delivery for 10 s, and the client unable to read
+    the topic's metadata while a new client can, twice 10 s apart. The new client sends again what the old one
+    still held, those not in the topic already (``identify`` tells a value), in their order: each value is written
+    once, and a key's values in order (a partition's writes are a prefix of what was sent to it)."""
+
+    CHECK = 10.0
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        values: list[bytes],
+        keys: list[bytes],
+        seconds: float = 110.0,
+        identify: Any = lambda value: json.loads(value)["txn_id"],
+    ) -> None:
+        super().__init__(daemon=True)
+        self.bootstrap, self.topic, self.values, self.keys = bootstrap, topic, values, keys
+        self.seconds, self.identify = seconds, identify
+        self.errors: list[str] = []
+        self.replaced = 0  # clients replaced after they lost every broker
+        self.pending: set[int] = set()  # sent, not yet delivered
+        self.generation = 0  # of the current client: the reports of a replaced one's purged messages are not errors
+        self.progress = self.checked = time.monotonic()
+        self.suspect: float | None = None
+        self.retired: list[Any] = []
+
+    def _client(self) -> Any:
+        from confluent_kafka import Producer
+
+        config = {"enable.idempotence": True, "linger.ms": 5, "message.timeout.ms": 300_000, "log_level": 0}
+        return Producer({"bootstrap.servers": self.bootstrap, **config})
+
+    def _send(self, i: int) -> None:
+        generation = self.generation
+
+        def report(err, _msg) -> None:  # type: ignore[no-untyped-def]
+            if err is None:
+                self.pending.discard(i)
+                self.progress = time.monotonic()
+            elif generation == self.generation:
+                self.errors.append(err.str())
+
+        self.pending.add(i)
+        self.producer.produce(self.topic, self.values[i], self.keys[i], on_delivery=report)
+        self.producer.poll(0)
+
+    def _stranded(self) -> bool:
+        from confluent_kafka import KafkaException
+
+        now = time.monotonic()
+        if not self.pending:
+            self.progress = now
+        if now - self.progress < self.CHECK or now - self.checked < self.CHECK:
+            return False
+        self.checked = now
+        try:
+            self.producer.list_topics(self.topic, timeout=2)
+            self.suspect = None
+            return False
+        except KafkaException:  # an outage, or a client that lost its brokers
+            pass
+        try:
+            self._client().list_topics(self.topic, timeout=5)
+        except KafkaException:  # the cluster is away
+            self.suspect = None
+            return False
+        if self.suspect is None:
+            self.suspect = now
+            return False
+        return True
+
+    def _replace(self) -> None:
+        old, self.generation, self.suspect = self.producer, self.generation + 1, None
+        old.purge(in_queue=True, in_flight=True, blocking=False)
+        old.poll(0)
+        self.retired.append(old)  # kept: destroying a client that lost its brokers can wait for them
+        self.producer, self.replaced = self._client(), self.replaced + 1
+        there = {self.identify(m.value) for m in _drain(self.bootstrap, self.topic, idle=2.0)}
+        for i in sorted(self.pending):
+            if self.identify(self.values[i]) in there:
+                self.pending.discard(i)
+            else:
+                self._send(i)
+        self.progress = time.monotonic()
+
+    def run(self) -> None:
+        self.producer = self._client()
+        started = time.monotonic()
+        for i in range(len(self.values)):
+            self._send(i)
+            if self._stranded():
+                self._replace()
+            ahead = started + (i + 1) * self.seconds / len(self.values) - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+        deadline = time.monotonic() + 300
+        while self.pending and time.monotonic() < deadline:
+            self.producer.flush(1.0)
+            if self._stranded():
+                self._replace()
+        if self.pending:
+            self.errors.append(f"{len(self.pending)} messages not delivered in 300 s")
 
 
 def consume_all(bootstrap: str, topic: str, idle: float = 3.0) -> list[dict]:

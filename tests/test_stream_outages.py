@@ -8,7 +8,6 @@ exactly-once, a read_committed reader sees each input's output once and the summ
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -19,6 +18,7 @@ from segscope.config import load_config
 from segscope.model import Model
 from segscope.testing.data import make_card_stream
 from tests.kafka_helpers import (
+    Feeder,
     broker,
     committed_offsets,
     consume_all,
@@ -35,42 +35,6 @@ from tests.kafka_helpers import (
 
 PACK = Path(__file__).resolve().parents[1] / "configs" / "fraud.yaml"
 FEED_SECONDS = 110  # the input arrives at a steady rate over this long, through both outages
-
-
-class Feeder(threading.Thread):
-    """A producer of the test (idempotent, keyed by card: each card's records stay in order in one partition)
-    that sends ``values`` at a steady rate and rides out the outages (its messages wait up to 5 minutes)."""
-
-    def __init__(self, bootstrap: str, topic: str, values: list[bytes], keys: list[bytes]) -> None:
-        super().__init__(daemon=True)
-        self.bootstrap, self.topic, self.values, self.keys = bootstrap, topic, values, keys
-        self.errors: list[str] = []
-
-    def run(self) -> None:
-        from confluent_kafka import Producer
-
-        producer = Producer(
-            {
-                "bootstrap.servers": self.bootstrap,
-                "enable.idempotence": True,
-                "linger.ms": 5,
-                "message.timeout.ms": 300_000,
-                "log_level": 0,
-            }
-        )
-
-        def report(err, _msg) -> None:  # type: ignore[no-untyped-def]
-            if err is not None:
-                self.errors.append(err.str())
-
-        started = time.monotonic()
-        for i, (value, key) in enumerate(zip(self.values, self.keys, strict=True)):
-            producer.produce(self.topic, value, key, on_delivery=report)
-            producer.poll(0)
-            ahead = started + (i + 1) * FEED_SECONDS / len(self.values) - time.monotonic()
-            if ahead > 0:
-                time.sleep(ahead)
-        producer.flush(300)
 
 
 def _committed(bootstrap: str, group: str) -> int:
@@ -106,7 +70,8 @@ def test_outages_of_5_and_60_seconds_end_with_every_record_scored_exactly_once(t
     streams = {}
     try:
         create_topic(bootstrap, "outage.in", partitions=3)
-        feeder = Feeder(bootstrap, "outage.in", records(live), [c.encode() for c in live["card_id"]])
+        keys = [c.encode() for c in live["card_id"]]
+        feeder = Feeder(bootstrap, "outage.in", records(live), keys, seconds=FEED_SECONDS)
         feeder.start()
         kinds = {"eos": ["--exactly-once"], "alo": [], "lost": ["--kafka-option", "delivery.timeout.ms=10000"]}
         logs = {mode: tmp_path / f"{mode}.log" for mode in kinds}
@@ -164,7 +129,7 @@ def test_outages_of_5_and_60_seconds_end_with_every_record_scored_exactly_once(t
         print(
             f"broker {kind}: back to committing "
             + ", ".join(f"{k} {v:.1f} s" for k, v in recovery.items())
-            + f"; at-least-once duplicates {duplicates}"
+            + f"; at-least-once duplicates {duplicates}; feeding clients replaced {feeder.replaced}"
         )
     finally:
         for proc in streams.values():
@@ -172,3 +137,33 @@ def test_outages_of_5_and_60_seconds_end_with_every_record_scored_exactly_once(t
                 proc.kill()
                 proc.communicate(timeout=30)
         broker("stop", data)
+
+
+def test_the_feeder_replaces_a_client_that_lost_every_broker(kafka_bootstrap: str) -> None:
+    """The feeding producer of the test above can lose every broker in an outage as a consumer can (librdkafka
+    issue 5301), and the input would stop growing: it is replaced, and each value still arrives once, each key's
+    in order. The loss is injected: from the 200th value on, the client is one whose broker is a closed port (the
+    values sent before are delivered by the first client, without their reports: the new one finds them there)."""
+    from confluent_kafka import Producer
+
+    create_topic(kafka_bootstrap, "feeder.in", partitions=3)
+    values = [json.dumps({"txn_id": i}).encode() for i in range(600)]
+    keys = [f"card-{i % 7}".encode() for i in range(600)]
+
+    class Stranding(Feeder):
+        def _send(self, i: int) -> None:
+            if i == 200 and not self.replaced:
+                lost = {"bootstrap.servers": "127.0.0.1:9", "enable.idempotence": True, "log_level": 0}
+                self.producer = Producer({**lost, "message.timeout.ms": 300_000})
+            super()._send(i)
+
+    feeder = Stranding(kafka_bootstrap, "feeder.in", values, keys, seconds=6)
+    feeder.start()
+    feeder.join(timeout=120)
+    assert not feeder.is_alive() and not feeder.errors and feeder.replaced == 1, feeder.errors[:3]
+    got = [json.loads(v) for v in read_committed(kafka_bootstrap, "feeder.in")]
+    assert sorted(r["txn_id"] for r in got) == list(range(600))  # each once
+    by_key: dict[int, list[int]] = {}
+    for r in got:  # read partition by partition, each in offset order
+        by_key.setdefault(r["txn_id"] % 7, []).append(r["txn_id"])
+    assert all(ids == sorted(ids) for ids in by_key.values())
