@@ -65,6 +65,7 @@ def test_model_scores_identically_in_one_batch_and_in_many(cards: pl.DataFrame, 
     assert_frame_equal(whole, pl.concat(parts), check_exact=True)
     names = list(model.entity_features)
     assert len(names) == 10 and all(n in whole.columns for n in names)
+    assert model.scored_schema(new.schema) == whole.schema  # the entity features' columns, known without scoring
 
 
 def test_bundle_continues_from_the_end_of_history(cards: pl.DataFrame, pack: SegscopeConfig, tmp_path: Path) -> None:

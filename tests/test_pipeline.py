@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import roc_auc_score
 
-from segscope import SCORED_COLUMNS, Model, NotFittedError
+from segscope import SCORED_COLUMNS, Model, NotFittedError, SchemaError
 from segscope.config import DetectorConfig, SegscopeConfig
 from segscope.unsupervised.explain import REASON_DTYPE
 
@@ -34,6 +34,18 @@ def test_scored_columns_types_and_ranges(model: Model, new_records: pl.DataFrame
     assert (scored["model_version"] == model.version).all()
     assert scored["anomaly_score"].is_between(0.0, 1.0).all()
     assert scored["score"].equals(scored["anomaly_score"])
+
+
+def test_the_scored_schema_is_known_without_scoring(
+    model: Model, segments_model: Model, segments_history: pl.DataFrame, new_records: pl.DataFrame
+) -> None:
+    """What `score` gives, from the input's schema alone (Spark's output schema, an empty file's output): an input
+    column with a scored column's name keeps its place and takes the scored type."""
+    renamed = new_records.rename({"is_fraud": "score"})
+    for fitted, frame in ((model, new_records), (model, renamed), (segments_model, segments_history.head(50))):
+        assert fitted.scored_schema(frame.schema) == fitted.score(frame).schema
+    with pytest.raises(SchemaError, match=r"\['amount'\] are missing"):
+        model.scored_schema(new_records.drop("amount").schema)
 
 
 def test_planted_fraud_ranks_high(model: Model, new_records: pl.DataFrame) -> None:

@@ -284,12 +284,8 @@ def _prefetch(items: Iterator[_T], depth: int = 2) -> Iterator[_T]:
 
 
 def scored_schema(model: Model, input_schema: pl.Schema) -> pl.Schema:
-    """The schema of scored frames for a given input schema (input columns, then the scored columns)."""
-    dtypes: dict[str, pl.DataType] = dict(input_schema)
-    probe = model.score(pl.DataFrame(schema=input_schema))
-    for name in SCORED_COLUMNS:
-        dtypes[name] = probe.schema[name]
-    return pl.Schema(dtypes)
+    """The schema of scored frames for a given input schema (:meth:`Model.scored_schema`)."""
+    return model.scored_schema(input_schema)
 
 
 def evaluate_file(model: Model, path: str | Path, label_column: str, *, batch_size: int = 200_000) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import polars as pl
 
 from segscope._typing import FeatureKind
 
-__all__ = ["SCORED_COLUMNS", "ColumnSpec", "FeatureSchema", "infer_kind"]
+__all__ = ["REASON_DTYPE", "SCORED_COLUMNS", "SCORED_TYPES", "ColumnSpec", "FeatureSchema", "infer_kind"]
 
 #: Columns every scored frame gains, in this order (the README's "What a scored record holds").
 SCORED_COLUMNS = (
@@ -25,6 +25,24 @@ SCORED_COLUMNS = (
     "reasons",
     "model_version",
 )
+
+#: A record's reasons: the top features that drove its score, each with its value, the expected (normal) value
+#: and its share of what makes the record unusual.
+REASON_DTYPE = pl.List(
+    pl.Struct({"feature": pl.String, "value": pl.String, "expected": pl.String, "contribution": pl.Float64})
+)
+
+#: The types of the scored columns, whatever the input.
+SCORED_TYPES: dict[str, pl.DataType] = {
+    "score": pl.Float64(),
+    "anomaly_score": pl.Float64(),
+    "supervised_score": pl.Float64(),
+    "is_alert": pl.Boolean(),
+    "segment": pl.Int32(),
+    "segment_confidence": pl.Float64(),
+    "reasons": REASON_DTYPE,
+    "model_version": pl.String(),
+}
 
 _NUMERIC = (
     pl.Float32,

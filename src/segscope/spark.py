@@ -41,7 +41,6 @@ from segscope._deps import require
 from segscope._io import detect_format
 from segscope.exceptions import BundleError, ConfigError, DataError, SchemaError, SegscopeError, SourceError
 from segscope.model import Model
-from segscope.pipeline import scored_schema
 from segscope.sources.files import type_text_columns
 
 __all__ = [
@@ -216,7 +215,7 @@ def _score(df: Any, path: Path, model: Model, *, trusted: bool, types: dict[str,
     input_schema = _polars_schema(df.schema)
     text = {name for name, dtype in input_schema.items() if dtype == pl.String}
     dtypes = {k: v for k, v in {**(types or {}), **model.input_dtypes()}.items() if k in text}
-    out_arrow = _plain_arrow(pl.DataFrame(schema=scored_schema(model, _typed_schema(model, input_schema, dtypes))))
+    out_arrow = _plain_arrow(pl.DataFrame(schema=model.scored_schema(_typed_schema(model, input_schema, dtypes))))
     shipped = _ship(df.sparkSession, path)
     dates = tuple(c for c in model.date_columns() if c in text)
 
@@ -236,7 +235,7 @@ def _score(df: Any, path: Path, model: Model, *, trusted: bool, types: dict[str,
 
 
 def _typed_schema(model: Model, schema: pl.Schema, known: dict[str, pl.DataType]) -> pl.Schema:
-    """The input schema after typing text columns (for the output schema's probe)."""
+    """The input schema after typing text columns (the output schema follows from it)."""
     dates = set(model.date_columns())
     typed = {n: pl.Datetime("us") if n in dates else known.get(n, t) for n, t in schema.items() if t == pl.String}
     return pl.Schema({**dict(schema.items()), **typed})  # text columns typed, in their places

@@ -20,12 +20,12 @@ import numpy as np
 import polars as pl
 
 from segscope.config import SegscopeConfig
-from segscope.exceptions import ConfigError, NotFittedError
+from segscope.exceptions import ConfigError, NotFittedError, SchemaError
 from segscope.features.entity import EntityFeatures
 from segscope.features.entity_state import EntityState
 from segscope.features.prepare import FeaturePreparer
 from segscope.labels.store import ReviewRecords
-from segscope.schema import SCORED_COLUMNS, ColumnSpec, FeatureSchema
+from segscope.schema import SCORED_COLUMNS, SCORED_TYPES, ColumnSpec, FeatureSchema
 from segscope.supervised.base import FineTuned, Layout
 from segscope.unsupervised.drift import DriftReference, DriftTracker
 from segscope.unsupervised.ensemble import AnomalyEnsemble, SegmentCalibration
@@ -459,6 +459,14 @@ class Model:
             reasons.alias("reasons"),
             pl.lit(self.version_, dtype=pl.String).alias("model_version"),
         )
+
+    def scored_schema(self, input_schema: Mapping[str, pl.DataType]) -> pl.Schema:
+        """What :meth:`score` gives a frame of ``input_schema`` (its columns, the entity features it lacks, then
+        :data:`SCORED_COLUMNS`), known without scoring; missing columns are refused as scoring would."""
+        if missing := [c.name for c in self.input_schema().columns if c.name not in input_schema]:
+            raise SchemaError(f"column(s) {missing} are missing; the bundle was fitted with them: add them")
+        names = () if all(n in input_schema for n in self.entity_features) else self.entity_features
+        return pl.Schema({**input_schema, **dict.fromkeys(names, pl.Float64()), **SCORED_TYPES})
 
     def for_review(self, scored: pl.DataFrame, *, ids: Sequence[str] | None = None) -> ReviewRecords:
         """Scored rows as the label store keeps them: with their ids (the id column's values by default) and

@@ -14,13 +14,10 @@ import polars as pl
 
 from segscope._arrays import take
 from segscope.exceptions import NotFittedError
+from segscope.schema import REASON_DTYPE
 from segscope.unsupervised import _kernels
 
 __all__ = ["REASON_DTYPE", "FeatureExplainer", "alarms_first", "readable_typical"]
-
-REASON_DTYPE = pl.List(
-    pl.Struct({"feature": pl.String, "value": pl.String, "expected": pl.String, "contribution": pl.Float64})
-)
 
 
 class FeatureExplainer:
