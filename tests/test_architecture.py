@@ -25,7 +25,7 @@ LAYERS: list[set[str]] = [
     {"labels"},
     {"sinks"},
     {"model"},
-    {"tuning", "testing"},
+    {"tuning", "testing", "run"},
     {"pipeline", "stream"},
     {"spark", "watch"},
     {"demo", "report"},

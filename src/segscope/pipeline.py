@@ -8,15 +8,12 @@ new version and promotes it in a registry when it is better.
 
 from __future__ import annotations
 
-import queue
-import re
-import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -30,13 +27,15 @@ from segscope.labels._open import hide_password
 from segscope.labels.parse import load_labels
 from segscope.labels.queue import candidate_rows
 from segscope.labels.records import store_labels, training_records
-from segscope.labels.store import LabelStore
+from segscope.labels.store import LabelStore, ReviewRecords
 from segscope.metrics import evaluate_scores
 from segscope.model import Model
+from segscope.run import RunState, prefetch, run, score_batch
 from segscope.schema import SCORED_COLUMNS, ColumnSpec
 from segscope.sinks.files import FileSink, open_sink
+from segscope.sources.base import Batch
 from segscope.sources.files import FileSource, check_file_ids, count_rows, read_file, sample_rows
-from segscope.sources.frames import check_ids_present, check_ids_unique, check_unique_ids, parse_dates, parse_datetimes
+from segscope.sources.frames import check_unique_ids, parse_dates, parse_datetimes
 from segscope.supervised.promotion import GATE_FOLDS
 from segscope.tuning import finetune
 from segscope.unsupervised.drift import adaptation_of
@@ -56,8 +55,6 @@ __all__ = [
     "scored_schema",
     "store_labels",
 ]
-
-_T = TypeVar("_T")
 
 
 # ------------------------------------------------------------------ fit
@@ -155,57 +152,74 @@ def _check_columns(path: str | Path, model: Model) -> None:
         )
 
 
+def _file_source(model: Model, path: str | Path, batch_size: int, ids_first: bool) -> FileSource:
+    """The file as the model reads it; ids checked first (a full pass, for outputs that stream) or as the batches
+    go, a repeat being refused after the last batch, before anything is published (one read of the file)."""
+    model.check_fitted()
+    _check_columns(path, model)
+    if model.id_column is not None and ids_first:
+        check_file_ids(path, model.id_column)
+    return FileSource(
+        path,
+        batch_size=batch_size,
+        dtypes=model.input_dtypes(),
+        dates=model.date_columns(),
+        id_column=None if ids_first else model.id_column,
+    )
+
+
+def _file_state(model: Model, path: str | Path) -> RunState:
+    # the history's own records get their entity features as at fit, not continued from its end
+    return RunState.start(model, from_start=model.has_entities and _is_history(model, path))
+
+
+class _FileChecks:
+    """What a file's run checks besides scoring: after the last batch, that it had rows, then its drift and any
+    fitted numeric column null in every row, as warnings."""
+
+    def __init__(self, model: Model, path: str | Path) -> None:
+        self.model, self.path = model, path
+        self.present = {c.name: 0 for c in model.input_schema().columns if c.kind == "numeric"}
+
+    def batch(self, batch: Batch, scored: pl.DataFrame | None) -> None:
+        frame = batch.frame
+        for name in self.present:
+            self.present[name] += frame.height - frame.get_column(name).null_count()
+
+    def end(self, state: RunState) -> None:
+        if state.rows == 0:
+            raise DataError(f"{self.path}: the file has a header but no rows; there is nothing to score")
+        drift = state.drift
+        drifted = drift.report(adaptation_of(self.model.config.policy)).warning() if drift is not None else None
+        if drifted:
+            warnings.warn(drifted, SegscopeWarning, stacklevel=3)
+        empty = [name for name, count in self.present.items() if count == 0]
+        if empty:
+            warnings.warn(
+                f"{self.path}: column(s) {empty} are null in every row (numeric at fit): scored as missing, which "
+                "lowers their records' scores; check the input or refit without them (--drop)",
+                SegscopeWarning,
+                stacklevel=3,
+            )
+
+
 def iter_scored(
     model: Model, path: str | Path, *, batch_size: int = 200_000, ids_first: bool = True
 ) -> Iterator[pl.DataFrame]:
-    """Score a file batch by batch (bounded memory, one read of the file, one scoring state for it); warns when a
-    fitted numeric column is null in every row. Ids are checked before the first batch (``ids_first``, for
-    outputs that stream) or as the batches go, a duplicate being reported after the last batch and before the
-    caller publishes anything."""
-    model.check_fitted()
-    _check_columns(path, model)
-    id_column = model.id_column
-    if id_column is not None and ids_first:
-        check_file_ids(path, id_column)
-    # the history's own records get their entity features as at fit, not continued from its end
-    state, drift = model.new_state(from_start=model.has_entities and _is_history(model, path)), model.drift_tracker()
-    source = FileSource(path, batch_size=batch_size, dtypes=model.input_dtypes(), dates=model.date_columns())
-    numeric = [c.name for c in model.input_schema().columns if c.kind == "numeric"]
-    present = dict.fromkeys(numeric, 0)
-    ids: list[pl.Series] = []
-    rows = 0
-    for batch in _prefetch(source.iter_batches(), depth=1):  # the next batch is read while this one scores
-        frame = batch.frame
-        if id_column is not None and not ids_first:
-            check_ids_present(frame.get_column(id_column), id_column, start=batch.start)
-            ids.append(frame.get_column(id_column))
-        try:
-            yield model.score(frame, state=state, drift=drift)
-        except (SchemaError, DataError) as exc:
-            # row numbers in messages are batch-relative; make them file-relative
-            raise type(exc)(_shift_row(str(exc), batch.start)) from None
-        for name in numeric:
-            present[name] += frame.height - frame.get_column(name).null_count()
-        rows += frame.height
-    if rows == 0:
-        raise DataError(f"{path}: the file has a header but no rows; there is nothing to score")
-    if ids:
-        check_ids_unique(pl.concat(ids), id_column or "")
-    drifted = drift.report(adaptation_of(model.config.policy)).warning() if drift is not None else None
-    if drifted:
-        warnings.warn(drifted, SegscopeWarning, stacklevel=2)
-    empty = [name for name, count in present.items() if count == 0]
-    if empty:
-        warnings.warn(
-            f"{path}: column(s) {empty} are null in every row (numeric at fit): scored as missing, which lowers "
-            "their records' scores; check the input or refit without them (--drop)",
-            SegscopeWarning,
-            stacklevel=2,
-        )
-
-
-def _shift_row(message: str, offset: int) -> str:
-    return re.sub(r"row (\d+)", lambda m: f"row {int(m.group(1)) + offset}", message, count=1)
+    """Score a file batch by batch (bounded memory, one read of the file, one scoring state for it), with the
+    checks of :func:`score_file`, for callers that read the scored frames themselves."""
+    source = _file_source(model, path, batch_size, ids_first)
+    state, checks = _file_state(model, path), _FileChecks(model, path)
+    source.open()
+    try:
+        for batch in prefetch(source.iter_batches(), depth=1):  # the next batch is read while this one scores
+            scored = score_batch(batch, model, state)
+            checks.batch(batch, scored)
+            if scored is not None:
+                yield scored
+        checks.end(state)
+    finally:
+        source.close()
 
 
 def score_file(
@@ -217,70 +231,34 @@ def score_file(
     on_batch: Callable[[int], None] | None = None,
     store: LabelStore | None = None,
 ) -> ScoreSummary:
-    """Score ``path`` into ``out`` (format by extension, ``-`` = NDJSON on stdout). All or nothing. With ``store``,
-    each batch's alerts and queue candidates are added to the label store once the output is complete."""
+    """Score ``path`` into ``out`` (format by extension, ``-`` = NDJSON on stdout) through the one loop
+    (:func:`segscope.run.run`). All or nothing. With ``store``, each batch's alerts and queue candidates are added
+    to the label store once the output is complete."""
     if str(out) != "-" and Path(out).exists() and Path(out).resolve() == Path(path).resolve():
         raise SinkError(f"--out {out} is the input file; write the scores to another file (the input is kept)")
-    start = time.perf_counter()
-    counts = {"rows": 0, "alerts": 0}
-    kept: list[Any] = []
+    started = time.perf_counter()
     sink = open_sink(out)
-    # a file output is published only at the end, so ids are checked as the batches go (one read of the file);
-    # stdout streams, so they are checked first
-    batches = iter_scored(model, path, batch_size=batch_size, ids_first=not isinstance(sink, FileSink))
-    try:
-        # scoring the next batch overlaps writing the last one (the kernels and the writers release the GIL)
-        for scored in _prefetch(batches) if isinstance(sink, FileSink) else batches:
-            counts["rows"] += scored.height
-            counts["alerts"] += int(scored.get_column("is_alert").sum())
-            if store is not None:
-                review = model.for_review(scored)
-                kept.append(review.subset(candidate_rows(scored, review.threshold, 2000)))
-            sink.write(scored)
-            if on_batch is not None:
-                on_batch(scored.height)
-        sink.close()  # iter_scored refuses a file without rows: some batch has set the output's schema
-    except BaseException:
-        sink.abort()
-        raise
+    # a file output is published only at the end, so ids are checked as the batches go; stdout streams, so first
+    source = _file_source(model, path, batch_size, ids_first=not isinstance(sink, FileSink))
+    state, checks = _file_state(model, path), _FileChecks(model, path)
+    kept: list[ReviewRecords] = []
+
+    def done(batch: Batch, scored: pl.DataFrame | None) -> None:
+        checks.batch(batch, scored)
+        if scored is None:
+            return
+        if store is not None:
+            review = model.for_review(scored)
+            kept.append(review.subset(candidate_rows(scored, review.threshold, 2000)))
+        if on_batch is not None:
+            on_batch(scored.height)
+
+    # the file is read, and the next batch scored, while the last one is written (the kernels and the writers
+    # release the GIL); the checks refuse a file without rows, so some batch has set the output's schema
+    run(source, model, sink, state, ahead=True, on_batch=done, on_end=checks.end)
     stored = sum(store.add_records(review, source=Path(path).name) for review in kept) if store is not None else 0
-    return ScoreSummary(
-        rows=counts["rows"], alerts=counts["alerts"], seconds=time.perf_counter() - start, out=str(out), stored=stored
-    )
-
-
-def _prefetch(items: Iterator[_T], depth: int = 2) -> Iterator[_T]:
-    """Run ``items`` one step ahead in a thread; errors re-raise in the consumer."""
-    slots: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if stop.is_set():
-                    return
-                slots.put(("item", item))
-            slots.put(("done", None))
-        except BaseException as exc:  # handed to the consumer
-            slots.put(("error", exc))
-
-    worker = threading.Thread(target=produce, name="segscope-score", daemon=True)
-    worker.start()
-    try:
-        while True:
-            kind, value = slots.get()
-            if kind == "done":
-                return
-            if kind == "error":
-                raise value
-            yield value
-    finally:
-        stop.set()
-        while worker.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                slots.get_nowait()
-            except queue.Empty:
-                worker.join(timeout=0.05)
+    seconds = time.perf_counter() - started
+    return ScoreSummary(rows=state.rows, alerts=state.alerts, seconds=seconds, out=str(out), stored=stored)
 
 
 def scored_schema(model: Model, input_schema: pl.Schema) -> pl.Schema:

@@ -1,6 +1,7 @@
 """A watched folder: every file that lands in it is scored once, into a folder of outputs, across restarts.
 
-Each file is one ``score`` job (:func:`segscope.pipeline.score_file`: all or nothing, its own scoring state).
+Each file is one ``score`` job (:func:`segscope.pipeline.score_file`, a run of the one scoring loop
+:func:`segscope.run.run`: all or nothing, its own scoring state).
 What was done is kept in a ledger beside the outputs (``.segscope-watch.json``, written atomically after each
 output is in place), so a restart scores only what is new; a file whose size or modification time changed is
 new again. A file is taken once it has kept its size for ``settle`` seconds (writers that write in place); a

@@ -13,7 +13,14 @@ import polars as pl
 from segscope._io import detect_format
 from segscope.exceptions import SourceError
 from segscope.sources.base import Batch
-from segscope.sources.frames import duplicate_id_error, null_id_error, parse_date_columns, parse_dates
+from segscope.sources.frames import (
+    check_ids_present,
+    check_ids_unique,
+    duplicate_id_error,
+    null_id_error,
+    parse_date_columns,
+    parse_dates,
+)
 
 __all__ = [
     "CSV_INFER_ROWS",
@@ -329,7 +336,8 @@ class FileSource:
     For text formats, ``dtypes`` gives the types of the columns a model knows (read as such, nothing guessed) and
     ``dates`` the text columns that hold dates there (parsed per batch when every value reads as a date; when
     one does not, the column stays text and the model's checks name the row). A value that does not fit its
-    type makes the source read those columns as text instead, for the same reason.
+    type makes the source read those columns as text instead, for the same reason. With ``id_column``, a null id
+    is refused in its batch and an id that names two records after the last batch (before anything is published).
     """
 
     def __init__(
@@ -339,11 +347,13 @@ class FileSource:
         batch_size: int = 200_000,
         dtypes: dict[str, pl.DataType] | None = None,
         dates: tuple[str, ...] = (),
+        id_column: str | None = None,
     ) -> None:
         self.path = Path(path)
         self.batch_size = batch_size
         self.dtypes = dtypes
         self.dates = dates
+        self.id_column = id_column
 
     @property
     def schema(self) -> pl.Schema:
@@ -356,6 +366,19 @@ class FileSource:
         scan_file(self.path, dtypes=self._dtypes())  # a missing, empty or unreadable file fails here, first
 
     def iter_batches(self) -> Iterator[Batch]:
+        if self.id_column is None:
+            yield from self._batches()
+            return
+        ids = []
+        for batch in self._batches():
+            column = batch.frame.get_column(self.id_column)
+            check_ids_present(column, self.id_column, start=batch.start)
+            ids.append(column)
+            yield batch
+        if ids:
+            check_ids_unique(pl.concat(ids), self.id_column)
+
+    def _batches(self) -> Iterator[Batch]:
         start = 0
         dtypes = self._dtypes()
         try:
