@@ -220,7 +220,10 @@ def test_duplicate_ids(run_cli, files: Path, bundle: Path, tmp_path: Path) -> No
     pl.concat([frame, frame.slice(10, 1)]).write_parquet(path)
     out = tmp_path / "o.parquet"
     _one_line_error(run_cli("score", path, "--bundle", bundle, "--out", out), "duplicate values", "t01-0000010")
-    assert not out.exists()
+    assert not out.exists()  # a file appears only whole: checked as the batches go, refused after the last
+    streamed = run_cli("score", path, "--bundle", bundle, "--out", "-", "--batch-size", "100")
+    _one_line_error(streamed, "duplicate values", "t01-0000010")
+    assert streamed.out == ""  # stdout streams: checked before the first batch
     _one_line_error(run_cli("fit", path, "--bundle", tmp_path / "b", "--id-column", "txn_id"), "duplicate values")
 
 

@@ -4,6 +4,7 @@ is written, counted and committed, in which order, and what a failure leaves beh
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -12,7 +13,7 @@ from polars.testing import assert_frame_equal
 
 from segscope import Model, SinkError
 from segscope.exceptions import DataError
-from segscope.run import KeepsDeadLetters, Positioned, RunState, Transactional, run
+from segscope.run import AllOrNothing, KeepsDeadLetters, Positioned, RunState, Transactional, run
 from segscope.sinks.memory import ListSink
 from segscope.sources.base import Batch, DeadLetter
 from segscope.sources.memory import FrameSource
@@ -148,3 +149,10 @@ def test_a_transactional_sink_commits_each_batch_with_the_source_positions(
     run(_PositionedSource(new_records.head(100), batch_size=100), model, sink, RunState.start(model))
     with pytest.raises(SinkError, match="this source has none"):
         run(_Source(new_records.head(100), batch_size=100), model, _TransactionalSink([]), RunState.start(model))
+
+
+def test_only_a_file_sink_is_all_or_nothing(tmp_path: Path) -> None:
+    from segscope.sinks.files import FileSink, StdoutSink
+
+    assert isinstance(FileSink(tmp_path / "out.parquet"), AllOrNothing)
+    assert not isinstance(StdoutSink(), AllOrNothing) and not isinstance(ListSink(), AllOrNothing)

@@ -30,9 +30,9 @@ from segscope.labels.records import store_labels, training_records
 from segscope.labels.store import LabelStore, ReviewRecords
 from segscope.metrics import evaluate_scores
 from segscope.model import Model
-from segscope.run import RunState, prefetch, run, score_batch
+from segscope.run import AllOrNothing, RunState, prefetch, run, score_batch
 from segscope.schema import SCORED_COLUMNS, ColumnSpec
-from segscope.sinks.files import FileSink, open_sink
+from segscope.sinks.files import open_sink
 from segscope.sources.base import Batch
 from segscope.sources.files import FileSource, check_file_ids, count_rows, read_file, sample_rows
 from segscope.sources.frames import check_unique_ids, parse_dates, parse_datetimes
@@ -239,7 +239,8 @@ def score_file(
     started = time.perf_counter()
     sink = open_sink(out)
     # a file output is published only at the end, so ids are checked as the batches go; stdout streams, so first
-    source = _file_source(model, path, batch_size, ids_first=not isinstance(sink, FileSink))
+    whole = isinstance(sink, AllOrNothing) and sink.all_or_nothing
+    source = _file_source(model, path, batch_size, ids_first=not whole)
     state, checks = _file_state(model, path), _FileChecks(model, path)
     kept: list[ReviewRecords] = []
 

@@ -7,6 +7,8 @@ folder) run through :func:`run`; ``segscope stream`` scores and writes each poll
 and :func:`write_batch`, around them what only Kafka has. What only some sources and sinks can do is asked for by
 capability (``isinstance`` on a runtime-checkable protocol), never by their type:
 
+* :class:`AllOrNothing`: a sink whose output appears only when it is closed (a file), so a check of the whole
+  input may come after the last batch (a file's repeated ids) instead of before the first.
 * :class:`KeepsDeadLetters`: a sink that keeps the records a source could not turn into rows (a dead-letter
   topic); for any other sink they are counted and left.
 * :class:`Transactional` with a :class:`Positioned` source: each batch's outputs and the source's positions after it
@@ -31,6 +33,7 @@ from segscope.sources.base import Batch, DeadLetter, Source
 from segscope.unsupervised.drift import DriftTracker
 
 __all__ = [
+    "AllOrNothing",
     "KeepsDeadLetters",
     "Positioned",
     "RunState",
@@ -53,6 +56,14 @@ class KeepsDeadLetters(Protocol):
     """A sink that keeps the records a source could not use, with the batch they came in."""
 
     def dead_letters(self, letters: list[DeadLetter], topic: str | None = None, batch: Batch | None = None) -> None: ...
+
+
+@runtime_checkable
+class AllOrNothing(Protocol):
+    """A sink whose output appears only when ``close`` succeeds (a file renamed into place), when
+    ``all_or_nothing``: a run may still refuse its input after the last batch and leave nothing behind."""
+
+    all_or_nothing: bool
 
 
 @runtime_checkable

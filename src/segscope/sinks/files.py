@@ -75,6 +75,9 @@ class FileSink:
     couple of frames, and scoring the next batch overlaps writing this one.
     """
 
+    #: nothing is seen before :meth:`close` (the capability :class:`segscope.run.AllOrNothing`)
+    all_or_nothing = True
+
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
 
