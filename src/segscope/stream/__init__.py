@@ -1,6 +1,7 @@
 """`segscope stream`: the loop. A :class:`~segscope.sources.kafka.KafkaSource` hands out micro-batches, the model
-scores them with exactly the code of `segscope score`, a :class:`~segscope.sinks.kafka.KafkaSink` writes the
-scored records, alerts and dead letters, and the source commits.
+scores them and a :class:`~segscope.sinks.kafka.KafkaSink` writes the scored records, alerts and dead letters with
+the one loop's steps (:func:`segscope.run.score_batch`, :func:`segscope.run.write_batch`, as `segscope score`),
+and the source commits.
 
 * **At-least-once** (default): batches are produced without waiting; a batch's consumer positions are committed
   once the broker acknowledged all its outputs, in order. A crash re-delivers at most the batches in flight,
@@ -31,6 +32,7 @@ from segscope._wire import WireSettings
 from segscope.exceptions import SinkError
 from segscope.labels.queue import candidate_rows
 from segscope.labels.store import LabelStore
+from segscope.run import RunState, score_batch, write_batch
 from segscope.sinks.kafka import DeliveryFailed, KafkaSink
 from segscope.sinks.wire import codecs
 from segscope.sources.base import Batch
@@ -114,14 +116,13 @@ class StreamStats:
 
 
 def _write_batch(batch: Batch, watcher: ModelWatcher, sink: KafkaSink, store: LabelStore | None, topic: str) -> None:
-    """Score one batch and hand everything it produces to the sink (and the store)."""
-    if batch.frame.height:
-        scored = watcher.model.score(batch.frame, state=watcher.state, drift=watcher.drift)
-        sink.write(scored, batch)
-        if store is not None:  # before the commit: a crash re-delivers, and re-adding is an update
-            review = watcher.model.for_review(scored, ids=batch.ids)
-            store.add_records(review.subset(candidate_rows(scored, review.threshold, 2000)), source=topic)
-    sink.dead_letters(batch.dead, batch=batch)
+    """Score one batch and hand everything it produces to the sink (the scored records, the dead letters) and the
+    store, as the one loop does (:mod:`segscope.run`), with the watcher's model, scoring state and drift tracker."""
+    scored = score_batch(batch, watcher.model, RunState(watcher.state, watcher.drift))
+    write_batch(batch, scored, sink)
+    if store is not None and scored is not None:  # before the commit: a crash re-delivers, re-adding is an update
+        review = watcher.model.for_review(scored, ids=batch.ids)
+        store.add_records(review.subset(candidate_rows(scored, review.threshold, 2000)), source=topic)
 
 
 def _checkpoints(options: StreamOptions, watcher: ModelWatcher) -> EntityCheckpoints | None:
