@@ -12,12 +12,12 @@ from segscope.exceptions import ConfigError, SchemaError
 from segscope.unsupervised.calibrate import ReferenceCalibrator
 from segscope.unsupervised.threshold import AlertBudget, ContaminationThreshold, FixedThreshold, QuantileThreshold
 
+REFERENCES = st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=300)
+RAWS = st.lists(st.floats(-1e7, 1e7), min_size=1, max_size=50)
+
 
 @settings(deadline=None)  # the first example loads the compiled kernel
-@given(
-    reference=st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=300),
-    raw=st.lists(st.floats(-1e7, 1e7), min_size=1, max_size=50),
-)
+@given(reference=REFERENCES, raw=RAWS)
 # found by hypothesis: reference values a subnormal apart overflow np.interp's slope
 @example(reference=[0.0, 1.0, -2.225073858507e-311], raw=[0.0, -2.2250738585e-313])
 def test_calibration_is_monotone_and_in_unit_interval(reference: list[float], raw: list[float]) -> None:
@@ -29,10 +29,7 @@ def test_calibration_is_monotone_and_in_unit_interval(reference: list[float], ra
 
 
 @settings(deadline=None)  # the first example loads the compiled kernel
-@given(
-    reference=st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=300),
-    raw=st.lists(st.floats(-1e7, 1e7), min_size=1, max_size=50),
-)
+@given(reference=REFERENCES, raw=RAWS)
 @example(reference=[0.0, 1.0, -2.225073858507e-311], raw=[0.0, -2.2250738585e-313])
 def test_surprisal_is_the_interpolated_ecdf_with_its_tail(reference: list[float], raw: list[float]) -> None:
     """The compiled one-pass surprisal against the formula in NumPy: ``np.interp`` capped at the tail's start,

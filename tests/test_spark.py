@@ -132,28 +132,18 @@ def test_fit_samples_on_spark_and_records_it(spark: Any, parts: Path, files: Pat
     assert scored["score"].is_between(0, 1).all()
 
 
+def _spark_score(data: Path, bundle: Path, out: Path, master: str) -> list[str]:
+    """``segscope score`` on Spark as a user types it, in its own process."""
+    cmd = ["score", str(data), "--bundle", str(bundle), "--out", str(out), "--engine", "spark", "--master", master]
+    return [sys.executable, "-m", "segscope.cli", *cmd]
+
+
 def test_standalone_cluster_scores_a_folder_like_local(bundle: Path, parts: Path, tmp_path: Path) -> None:
     """A master and two workers started from pyspark's own launcher; the CLI as a user runs it, in its own
     process (its own driver), against the cluster."""
     with standalone_cluster(tmp_path / "cluster") as master:
         out = tmp_path / "scored"
-        cmd = [
-            sys.executable,
-            "-m",
-            "segscope.cli",
-            "score",
-            str(parts),
-            "--bundle",
-            str(bundle),
-            "--out",
-            str(out),
-            "--engine",
-            "spark",
-            "--master",
-            master,
-            "--partitions",
-            "4",
-        ]
+        cmd = [*_spark_score(parts, bundle, out, master), "--partitions", "4"]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "scored" in done.stderr and "on Spark" in done.stderr and "tasks done" in done.stderr
@@ -210,21 +200,7 @@ def test_a_bad_row_is_one_line_without_java_logs(bundle: Path, files: Path, tmp_
     env = {k: v for k, v in os.environ.items() if k not in ("SEGSCOPE_SPARK_LOG_LEVEL", "SPARK_SUBMIT_OPTS")}
     env.update({"COLUMNS": "3000"} | ({"SEGSCOPE_SPARK_LOG_LEVEL": level} if level else {}))
     out = tmp_path / "scored"
-    cmd = [
-        sys.executable,
-        "-m",
-        "segscope.cli",
-        "score",
-        str(path),
-        "--bundle",
-        str(bundle),
-        "--out",
-        str(out),
-        "--engine",
-        "spark",
-        "--master",
-        "local[1]",
-    ]
+    cmd = _spark_score(path, bundle, out, "local[1]")
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == 2, done.stderr[-3000:]

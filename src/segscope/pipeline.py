@@ -52,7 +52,6 @@ __all__ = [
     "iter_scored",
     "rescore_store",
     "score_file",
-    "scored_schema",
     "store_labels",
 ]
 
@@ -260,11 +259,6 @@ def score_file(
     stored = sum(store.add_records(review, source=Path(path).name) for review in kept) if store is not None else 0
     seconds = time.perf_counter() - started
     return ScoreSummary(rows=state.rows, alerts=state.alerts, seconds=seconds, out=str(out), stored=stored)
-
-
-def scored_schema(model: Model, input_schema: pl.Schema) -> pl.Schema:
-    """The schema of scored frames for a given input schema (:meth:`Model.scored_schema`)."""
-    return model.scored_schema(input_schema)
 
 
 def evaluate_file(model: Model, path: str | Path, label_column: str, *, batch_size: int = 200_000) -> dict[str, Any]:
