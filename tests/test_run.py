@@ -12,8 +12,19 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from segscope import Model, SinkError
-from segscope.exceptions import DataError
-from segscope.run import AllOrNothing, KeepsDeadLetters, Positioned, RunState, Transactional, run
+from segscope.exceptions import BackToLastCommit, DataError
+from segscope.run import (
+    Acknowledging,
+    AllOrNothing,
+    DropsInFlight,
+    Hooks,
+    KeepsDeadLetters,
+    Polling,
+    Positioned,
+    RunState,
+    Transactional,
+    run,
+)
 from segscope.sinks.memory import ListSink
 from segscope.sources.base import Batch, DeadLetter
 from segscope.sources.memory import FrameSource
@@ -156,3 +167,138 @@ def test_only_a_file_sink_is_all_or_nothing(tmp_path: Path) -> None:
 
     assert isinstance(FileSink(tmp_path / "out.parquet"), AllOrNothing)
     assert not isinstance(StdoutSink(), AllOrNothing) and not isinstance(ListSink(), AllOrNothing)
+
+
+class _PollingSource(_PositionedSource):
+    """Batches handed out one poll at a time (None once there is none left), from the last commit again on rewind."""
+
+    def __init__(self, frame: pl.DataFrame, *, batch_size: int) -> None:
+        super().__init__(frame, batch_size=batch_size)
+        self.batches, self.at, self.committed = list(self.iter_batches()), 0, 0
+        self.calls.clear()
+
+    def poll(self) -> Batch | None:
+        if self.at == len(self.batches):
+            self.calls.append("poll None")
+            return None
+        self.at += 1
+        return self.batches[self.at - 1]
+
+    def commit_positions(self, positions: dict[Any, int]) -> None:
+        self.calls.append(f"commit_positions {positions}")
+        self.committed = positions["p"]
+
+    def rewind(self, stopping: Any = None) -> dict[Any, int]:
+        self.calls.append(f"rewind to {self.committed}")
+        self.at = sum(b.start < self.committed for b in self.batches)
+        return {"p": self.committed}
+
+
+class _AcknowledgingSink(_Sink):
+    """Outputs acknowledged one batch late (the last on flush); the write of ``fail_at`` fails once."""
+
+    def __init__(self, calls: list[str], fail_at: int | None = None) -> None:
+        super().__init__(calls)
+        self.fail_at, self.in_flight = fail_at, list[dict[Any, int]]()
+
+    def write(self, scored: pl.DataFrame, batch: Batch | None = None) -> None:
+        assert batch is not None
+        if batch.start == self.fail_at:
+            self.fail_at = None
+            raise BackToLastCommit("outputs not acknowledged")
+        super().write(scored, batch)
+        self.in_flight.append(batch.position)
+
+    def done_positions(self) -> dict[Any, int]:
+        done, self.in_flight = self.in_flight[:-1], self.in_flight[-1:]
+        return done[-1] if done else {}
+
+    def flush(self) -> None:
+        super().flush()
+        self.in_flight.append({})  # everything before it is acknowledged now
+
+    def reset(self) -> int:
+        self.calls.append("reset")
+        dropped, self.in_flight = len(self.in_flight), []
+        return dropped
+
+    def settle_uncertain(self, committed: dict[Any, int]) -> None:
+        self.calls.append(f"settle_uncertain {committed}")
+
+
+class _Hooks(Hooks):
+    def __init__(self, calls: list[str], *, idle: int = 2) -> None:
+        self.calls, self.idle = calls, idle
+
+    def started(self) -> None:
+        self.calls.append("started")
+
+    def before(self, batch: Batch, state: RunState) -> None:
+        self.calls.append(f"before {batch.start}")
+
+    def between(self, batch: Batch | None, state: RunState) -> bool:
+        self.idle -= batch is None
+        return self.idle > 0
+
+    def recovered(self, failure: BackToLastCommit) -> None:
+        self.calls.append(f"recovered: {failure}")
+
+
+def test_a_polling_run_commits_what_its_sink_acknowledged_and_ends_when_its_hooks_say(
+    model: Model, new_records: pl.DataFrame
+) -> None:
+    source = _PollingSource(new_records.head(300), batch_size=100)
+    sink = _AcknowledgingSink(source.calls)
+    assert isinstance(source, Polling) and isinstance(sink, Acknowledging) and isinstance(sink, DropsInFlight)
+    written: list[int] = []
+    state = run(
+        source,
+        model,
+        sink,
+        RunState.start(model),
+        hooks=_Hooks(source.calls),
+        on_batch=lambda b, s: written.append(b.start),
+    )
+    assert source.calls == [
+        "open",
+        "started",
+        *["before 0", "write 0"],
+        *["before 100", "write 100", "commit_positions {'p': 100}"],  # batch 0 acknowledged
+        *["before 200", "write 200", "commit_positions {'p': 200}"],
+        *["poll None", "poll None"],  # the hooks end the run on the second empty poll
+        *["flush", "commit_positions {'p': 300}"],  # the rest, once the sink flushed
+        "close",
+    ]
+    assert written == [0, 100, 200] and state.rows == 300 and sink.closed
+    assert_frame_equal(sink.frame(), model.score(new_records.head(300), state=model.new_state()))
+
+
+def test_a_polling_run_goes_back_to_its_last_commit_when_outputs_may_be_lost(
+    model: Model, new_records: pl.DataFrame
+) -> None:
+    source = _PollingSource(new_records.head(400), batch_size=100)
+    sink = _AcknowledgingSink(source.calls, fail_at=200)
+    run(source, model, sink, RunState.start(model), hooks=_Hooks(source.calls))
+    assert source.calls[source.calls.index("before 200") :] == [
+        "before 200",  # its write fails: batch 100 was written, not acknowledged
+        "reset",
+        "rewind to 100",
+        "settle_uncertain {'p': 100}",
+        "recovered: outputs not acknowledged",
+        *["before 100", "write 100"],  # from the last commit again
+        *["before 200", "write 200", "commit_positions {'p': 200}"],
+        *["before 300", "write 300", "commit_positions {'p': 300}"],
+        *["poll None", "poll None", "flush", "commit_positions {'p': 400}", "close"],
+    ]
+    # a source without positions cannot go back: the failure is raised, the sink aborted
+    with pytest.raises(BackToLastCommit):
+        run(_Polling(new_records.head(300)), model, _AcknowledgingSink([], fail_at=0), RunState.start(model))
+
+
+class _Polling(FrameSource):
+    def __init__(self, frame: pl.DataFrame) -> None:
+        super().__init__(frame, batch_size=100)
+        self.batches = list(super().iter_batches())
+
+    def poll(self) -> Batch | None:
+        return self.batches.pop(0) if self.batches else None

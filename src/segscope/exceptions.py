@@ -12,6 +12,7 @@ as one line and exits non-zero, without a traceback.
     ├── DataError              values are unusable (empty, infinite, duplicate ids, ...)
     ├── SourceError            a file cannot be read (missing, wrong extension, corrupt)
     ├── SinkError              an output cannot be written
+    ├── BackToLastCommit       outputs since the last commit may be lost: a polling run goes back to it
     ├── BundleError            a bundle is missing, tampered with, untrusted or incompatible
     └── MissingDependencyError an optional dependency is not installed
 
@@ -22,6 +23,7 @@ as one line and exits non-zero, without a traceback.
 from __future__ import annotations
 
 __all__ = [
+    "BackToLastCommit",
     "BundleError",
     "ConfigError",
     "DataError",
@@ -61,6 +63,16 @@ class SourceError(SegscopeError, OSError):
 
 class SinkError(SegscopeError, OSError):
     """An output cannot be written."""
+
+
+class BackToLastCommit(SegscopeError):
+    """What was written since the source's last commit may be lost (outputs not acknowledged, a transaction
+    aborted, a consumer that lost its cluster): a polling run goes back to that commit and goes on
+    (:func:`segscope.run.run`). ``renew``: with a new client at the source; ``aborted``: a transaction was."""
+
+    def __init__(self, reason: str, *, renew: bool = False, aborted: bool = False) -> None:
+        super().__init__(reason)
+        self.renew, self.aborted = renew, aborted
 
 
 class BundleError(SegscopeError):

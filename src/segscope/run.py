@@ -13,6 +13,12 @@ capability (``isinstance`` on a runtime-checkable protocol), never by their type
   topic); for any other sink they are counted and left.
 * :class:`Transactional` with a :class:`Positioned` source: each batch's outputs and the source's positions after it
   are one transaction (Kafka's exactly-once), instead of the source's commit after the output is flushed.
+* :class:`Polling`: a source asked for what it has now (a batch or None), so a long-running job gets control
+  between polls (:class:`Hooks`), and goes back to its last commit when what was written since may be lost
+  (:class:`~segscope.exceptions.BackToLastCommit`: a :class:`Positioned` source rewinds, a :class:`Renewable` one
+  may start a new client, a :class:`DropsInFlight` sink drops what it had in flight).
+* :class:`Acknowledging`: a sink that decides the commit point: batches are written without waiting, and the
+  source commits the positions of those whose outputs the sink says are safe (Kafka's at-least-once).
 """
 
 from __future__ import annotations
@@ -20,23 +26,30 @@ from __future__ import annotations
 import queue
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeVar, cast, runtime_checkable
 
 import polars as pl
 
-from segscope.exceptions import DataError, SchemaError, SinkError
+from segscope.exceptions import BackToLastCommit, DataError, SchemaError, SinkError
 from segscope.model import Model, ScoringState
 from segscope.sinks.base import Sink
 from segscope.sources.base import Batch, DeadLetter, Source
 from segscope.unsupervised.drift import DriftTracker
 
 __all__ = [
+    "Acknowledging",
     "AllOrNothing",
+    "DropsInFlight",
+    "Hooks",
     "KeepsDeadLetters",
+    "Polling",
     "Positioned",
+    "Renewable",
     "RunState",
+    "Swapping",
     "Transactional",
     "prefetch",
     "run",
@@ -91,6 +104,58 @@ class Transactional(Protocol):
     ) -> bool: ...
 
 
+@runtime_checkable
+class Polling(Protocol):
+    """A source asked for what it has now: a batch, or None when nothing came within its own short wait."""
+
+    def poll(self) -> Batch | None: ...
+
+
+@runtime_checkable
+class Renewable(Protocol):
+    """A source that can replace its client by a new one starting at the last commit (a consumer that lost its
+    cluster while a new one reaches it)."""
+
+    def renew(self) -> None: ...
+
+
+@runtime_checkable
+class Acknowledging(Protocol):
+    """A sink that decides the commit point: ``write`` does not wait, ``done_positions()`` returns the positions of
+    the batches whose outputs are all safe since the last call (merged, in order), ``flush()`` waits for all."""
+
+    def done_positions(self) -> dict[Any, int]: ...
+
+
+@runtime_checkable
+class DropsInFlight(Protocol):
+    """A sink that can give up what it has in flight when the run goes back to the last commit (``reset``), and
+    count afterwards what did commit after all (``settle_uncertain``: the positions the source went back to)."""
+
+    def reset(self) -> int: ...
+
+    def settle_uncertain(self, committed: dict[Any, int]) -> None: ...
+
+
+class Hooks:
+    """What a long-running job does around a polling run (:func:`run` with a :class:`Polling` source); each
+    defaults to nothing. Stream extras (a model swapped, stats, an idle exit, a labels topic) live here."""
+
+    def started(self) -> None:
+        """The source is open (connected), before the first poll."""
+
+    def before(self, batch: Batch, state: RunState) -> None:
+        """Before ``batch`` is scored: the state it continues is restored (a checkpoint of a new partition)."""
+
+    def between(self, batch: Batch | None, state: RunState) -> bool:
+        """After each poll, its batch (if any) written and the commits made: False ends the run. May raise
+        :class:`~segscope.exceptions.BackToLastCommit` (a source that lost its cluster)."""
+        return True
+
+    def recovered(self, failure: BackToLastCommit) -> None:
+        """The run went back to its last commit after ``failure``: state past it is dropped."""
+
+
 @dataclass
 class RunState:
     """What one run carries from batch to batch: the model's scoring state (an alert budget's counts, each
@@ -141,9 +206,16 @@ def write_batch(batch: Batch, scored: pl.DataFrame | None, sink: Sink) -> None:
         sink.dead_letters(batch.dead, batch=batch)
 
 
+class Swapping(Protocol):
+    """What holds the model a run scores with when it may change between polls (a registry's promotion taken
+    over: :class:`segscope.model.watcher.ModelWatcher`)."""
+
+    model: Model
+
+
 def run(
     source: Source,
-    model: Model,
+    model: Model | Swapping,
     sink: Sink,
     state: RunState,
     *,
@@ -151,34 +223,57 @@ def run(
     on_batch: Callable[[Batch, pl.DataFrame | None], None] | None = None,
     on_end: Callable[[RunState], None] | None = None,
     stopping: Callable[[], bool] = _never,
+    hooks: Hooks | None = None,
 ) -> RunState:
     """Every batch of ``source`` scored by ``model`` with ``state`` and written to ``sink``, then committed: by the
-    source once the sink has flushed it or, with a :class:`Transactional` sink and a :class:`Positioned` source,
-    with the batch's outputs in one transaction. After the last batch ``on_end`` (a check that may still refuse
-    the run) and the sink is closed; on any error it is aborted (nothing half-written) and the error raised. The
-    source is closed in any case. ``on_batch`` hears of each batch once it is written. ``ahead``: the source is
-    read and the next batch scored in threads while this one is written (sources and sinks that allow it:
-    files)."""
+    source once the sink has flushed it; with an :class:`Acknowledging` sink, the positions it says are safe; with
+    a :class:`Transactional` sink and a :class:`Positioned` source, with the batch's outputs in one transaction.
+    ``on_batch`` hears of each batch once it is written, before it is committed. After the last batch (a
+    :class:`Polling` source: once ``stopping()`` or ``hooks.between`` says so) ``on_end`` (a check that may still
+    refuse the run) and the sink is closed; on any error it is aborted (nothing half-written) and the error
+    raised. The source is closed in any case. ``ahead``: the source is read and the next batch scored in threads
+    while this one is written (iterated sources and sinks that allow it: files)."""
     tx = sink if isinstance(sink, Transactional) and sink.transactional_id is not None else None
     positioned = source if isinstance(source, Positioned) else None
     if tx is not None and positioned is None:
         raise SinkError("a transactional sink commits the source's positions, and this source has none")
+    acks = sink if tx is None and positioned is not None and isinstance(sink, Acknowledging) else None
+    hooks = hooks or Hooks()
+
+    def scorer() -> Model:
+        return model if isinstance(model, Model) else model.model
+
+    def commit(batch: Batch, frame: pl.DataFrame | None) -> None:
+        write_batch(batch, frame, sink)
+        if on_batch is not None:
+            on_batch(batch, frame)
+        if tx is not None and positioned is not None:
+            if not tx.commit_transaction(batch.position or {}, positioned.group_metadata(), stopping):
+                raise BackToLastCommit("the transaction was aborted", aborted=True)
+        elif acks is not None:
+            _commit_acknowledged(acks, positioned)
+        else:
+            sink.flush()
+            source.commit(batch)
+
     source.open()
     try:
-        batches = prefetch(source.iter_batches(), depth=1) if ahead else source.iter_batches()
-        scored = ((batch, score_batch(batch, model, state)) for batch in batches)
-        for batch, frame in prefetch(scored) if ahead else scored:
-            if tx is not None:
-                tx.begin(stopping)
-            write_batch(batch, frame, sink)
-            if on_batch is not None:
-                on_batch(batch, frame)
-            if tx is not None and positioned is not None:
-                if not tx.commit_transaction(batch.position or {}, positioned.group_metadata(), stopping):
-                    raise SinkError("a batch's transaction was aborted; its records are read again by the next run")
-            else:
-                sink.flush()
-                source.commit(batch)
+        hooks.started()
+        if isinstance(source, Polling):
+            _polls(source, positioned, sink, state, hooks, stopping, scorer, commit, tx is not None)
+        else:
+            batches = prefetch(source.iter_batches(), depth=1) if ahead else source.iter_batches()
+            scored = ((batch, score_batch(batch, scorer(), state)) for batch in batches)
+            for batch, frame in prefetch(scored) if ahead else scored:
+                if tx is not None:
+                    tx.begin(stopping)
+                try:
+                    commit(batch, frame)
+                except BackToLastCommit as failure:  # batches iterated cannot come again
+                    raise SinkError(f"{failure}; its records are read again by the next run") from None
+        if acks is not None:
+            sink.flush()
+            _commit_acknowledged(acks, positioned)
         if on_end is not None:
             on_end(state)
         sink.close()
@@ -188,6 +283,69 @@ def run(
     finally:
         source.close()
     return state
+
+
+def _commit_acknowledged(sink: Acknowledging, source: Positioned | None) -> None:
+    done = sink.done_positions()
+    if done and source is not None:
+        source.commit_positions(done)
+
+
+def _polls(
+    source: Polling,
+    positioned: Positioned | None,
+    sink: Sink,
+    state: RunState,
+    hooks: Hooks,
+    stopping: Callable[[], bool],
+    scorer: Callable[[], Model],
+    commit: Callable[[Batch, pl.DataFrame | None], None],
+    transactions: bool,
+) -> None:
+    """Poll until ``stopping()`` or ``hooks.between`` ends the run; after a failure that may have lost what was
+    written since the last commit, back to it (``positioned``), waiting a little longer each time it comes again in
+    a row (at most 30 s)."""
+    failed = 0
+    while not stopping():
+        try:
+            batch = source.poll()
+            if batch is not None:
+                if transactions:
+                    cast(Transactional, sink).begin(stopping)
+                hooks.before(batch, state)
+                commit(batch, score_batch(batch, scorer(), state))
+            elif isinstance(sink, Acknowledging) and not transactions:
+                _commit_acknowledged(sink, positioned)
+            if not hooks.between(batch, state):
+                return
+            failed = 0
+        except BackToLastCommit as failure:
+            if positioned is None:
+                raise
+            failed += 1
+            _back_to_last_commit(failure, positioned, sink, transactions, stopping)
+            hooks.recovered(failure)
+            if failed > 1:
+                pause = time.monotonic() + min(2.0 ** (failed - 2), 30.0)
+                while not stopping() and time.monotonic() < pause:
+                    time.sleep(0.2)
+
+
+def _back_to_last_commit(
+    failure: BackToLastCommit, source: Positioned, sink: Sink, transactions: bool, stopping: Callable[[], bool]
+) -> None:
+    """Outputs in flight dropped (with transactions the aborted one already was), the source back at its committed
+    positions (``renew``: a new client starts there), and what did commit after all counted by the sink."""
+    drops = sink if isinstance(sink, DropsInFlight) else None
+    if drops is not None and not transactions:
+        drops.reset()
+    if failure.renew and isinstance(source, Renewable):
+        source.renew()
+        committed: dict[Any, int] = {}
+    else:
+        committed = source.rewind(stopping)
+    if drops is not None:
+        drops.settle_uncertain(committed)
 
 
 def prefetch(items: Iterator[_T], depth: int = 2) -> Iterator[_T]:

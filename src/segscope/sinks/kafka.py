@@ -43,7 +43,7 @@ import polars as pl
 
 from segscope._kafka import TP, Client, make_producer
 from segscope._kafka_setup import KafkaSettings
-from segscope.exceptions import SinkError
+from segscope.exceptions import BackToLastCommit, SinkError
 from segscope.sinks import transactions
 from segscope.sinks.splice import encode
 from segscope.sinks.transactions import TxnFailed, first_line
@@ -57,9 +57,12 @@ log = logging.getLogger("segscope.stream")
 DLQ_HEADER = "segscope.dlq."
 
 
-class DeliveryFailed(SinkError):
+class DeliveryFailed(SinkError, BackToLastCommit):
     """Outputs were not delivered in time (the broker away past the delivery time-out): nothing past them was
     committed; the stream goes back to its last commit (:meth:`KafkaSink.reset`)."""
+
+    def __init__(self, reason: str) -> None:
+        BackToLastCommit.__init__(self, reason)
 
 
 @dataclass

@@ -238,11 +238,13 @@ class KafkaSource(Strandable):
         client: Client = "confluent",
         wire: WireDecoder | None = None,
         settings: KafkaSettings | None = None,
+        on_revoke: Callable[[list[TP]], None] | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
         self.group = group
         self.schema = schema
+        self.on_revoke = on_revoke
         self.wire = wire
         self.batch_size = batch_size
         self.max_message_bytes = max_message_bytes
@@ -251,10 +253,10 @@ class KafkaSource(Strandable):
         self.client = client
         self.settings = settings
 
-    def open(self, on_revoke: Any = None) -> None:
+    def open(self, on_revoke: Callable[[list[TP]], None] | None = None) -> None:
         """Connect (a bounded wait: an unreachable cluster, refused credentials or a missing topic is one line),
-        then join the group."""
-        self.on_revoke_ = on_revoke
+        then join the group; ``on_revoke`` (or the one given at construction) hears of partitions leaving."""
+        self.on_revoke_ = on_revoke or self.on_revoke
         self._watch()
         self.consumer_ = self._consumer()
         self.consumer_.reach(self.topic, "--in-topic")

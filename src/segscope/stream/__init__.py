@@ -25,15 +25,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numba
+import polars as pl
 
 from segscope._kafka import TP, Client
 from segscope._kafka_setup import KafkaSettings
 from segscope._wire import WireSettings
-from segscope.exceptions import SinkError
+from segscope.exceptions import BackToLastCommit, SinkError
 from segscope.labels.queue import candidate_rows
 from segscope.labels.store import LabelStore
-from segscope.run import RunState, score_batch, write_batch
-from segscope.sinks.kafka import DeliveryFailed, KafkaSink
+from segscope.run import Hooks, RunState, run
+from segscope.sinks.kafka import KafkaSink
 from segscope.sinks.wire import codecs
 from segscope.sources.base import Batch
 from segscope.sources.kafka import STRANDED_CHECK, KafkaSource, TopicReader
@@ -115,14 +116,201 @@ class StreamStats:
     model_versions: list[str] = field(default_factory=list)
 
 
-def _write_batch(batch: Batch, watcher: ModelWatcher, sink: KafkaSink, store: LabelStore | None, topic: str) -> None:
-    """Score one batch and hand everything it produces to the sink (the scored records, the dead letters) and the
-    store, as the one loop does (:mod:`segscope.run`), with the watcher's model, scoring state and drift tracker."""
-    scored = score_batch(batch, watcher.model, RunState(watcher.state, watcher.drift))
-    write_batch(batch, scored, sink)
-    if store is not None and scored is not None:  # before the commit: a crash re-delivers, re-adding is an update
-        review = watcher.model.for_review(scored, ids=batch.ids)
-        store.add_records(review.subset(candidate_rows(scored, review.threshold, 2000)), source=topic)
+class _Kafka(Hooks):
+    """What the stream does around the one loop's polls: the model hot-swapped, entity checkpoints restored before
+    a batch and saved before its commit, the label store, the labels topic, counts from acknowledged deliveries,
+    stats and lag lines, the stranded consumer replaced, the idle exit."""
+
+    def __init__(
+        self,
+        options: StreamOptions,
+        watcher: ModelWatcher,
+        source: KafkaSource,
+        sink: KafkaSink,
+        checkpoints: EntityCheckpoints | None,
+        stats: StreamStats,
+        on_stats: Callable[[str], None] | None,
+    ) -> None:
+        self.options, self.watcher, self.source, self.sink = options, watcher, source, sink
+        self.checkpoints, self.stats, self.on_stats = checkpoints, stats, on_stats
+        self.eos = options.exactly_once
+        self.store = LabelStore.open(options.store) if options.store is not None else None
+        self.metrics = Metrics(options.metrics_port)
+        self.labels: TopicReader | None = None
+        if options.labels_topic is not None:
+            self.labels = TopicReader(
+                bootstrap=options.bootstrap,
+                topic=options.labels_topic,
+                group=f"{options.group}.labels",
+                client=options.client,
+                settings=options.kafka,
+            )
+        self.flags = {"running": True, "connecting": True}
+        self.warming: threading.Thread | None = None
+        self.last_stats = self.last_message = self.window_start = time.monotonic()
+        self.window_in, self.batch_started = 0, 0.0
+
+    def stopping(self) -> bool:
+        return not self.flags["running"]
+
+    def started(self) -> None:
+        if self.labels is not None:
+            self.labels.open()
+        self.flags["connecting"] = False
+        if self.metrics.enabled:
+            self.metrics.version.info({"version": self.watcher.model.version})
+        self.last_stats = self.last_message = self.window_start = time.monotonic()
+
+    def before(self, batch: Batch, state: RunState) -> None:
+        self.last_message, self.batch_started = time.monotonic(), time.perf_counter()
+        if self.warming is not None:
+            self.warming.join()
+            self.warming = None
+        entities = self.watcher.state.entities
+        if self.checkpoints is not None and entities is not None:
+            self.checkpoints.prepare(batch, entities)
+
+    def written(self, batch: Batch, scored: pl.DataFrame | None) -> None:
+        """Before the commit: the store's records (a crash re-delivers, re-adding is an update) and the entity
+        checkpoint at the batch's positions."""
+        if self.store is not None and scored is not None:
+            review = self.watcher.model.for_review(scored, ids=batch.ids)
+            self.store.add_records(
+                review.subset(candidate_rows(scored, review.threshold, 2000)), source=self.options.in_topic
+            )
+        entities = self.watcher.state.entities
+        if self.checkpoints is not None and entities is not None:
+            self.checkpoints.save(entities, batch.position or {})
+
+    def between(self, batch: Batch | None, state: RunState) -> bool:
+        options, source, stats, metrics = self.options, self.source, self.stats, self.metrics
+        if batch is not None:
+            if self.eos and self.checkpoints is not None:
+                self.checkpoints.prune(batch.position or {})
+            if metrics.enabled:
+                metrics.batch_seconds.observe(time.perf_counter() - self.batch_started)
+        self._prune()
+        if self.labels is not None and self.store is not None and options.labels_topic is not None:
+            stats.labels_in += consume_labels(
+                self.labels, self.store, self.sink, options.labels_topic, self.eos, self.stopping
+            )
+        self.window_in += self.count()
+        self._refresh(state)
+        now = time.monotonic()
+        if batch is None and now - self.last_message >= STRANDED_CHECK and source.stranded():
+            log.warning(
+                "the consumer has fetched nothing for %.0f s and lost the cluster, which answers a new client: a "
+                "new consumer takes over from the last commit", now - self.last_message,
+            )  # fmt: skip
+            raise BackToLastCommit("the consumer lost the cluster", renew=True)
+        if batch is None and options.idle_exit is not None and now - self.last_message > options.idle_exit:
+            self.settle()
+            self.count()
+            # every partition of the topic, not only this member's; everything consumed is written now, so
+            # (at-least-once) a lost last commit is made again rather than keeping the group short for good
+            if source.group_done(recommit=not self.eos):
+                return False
+        if now - self.last_stats >= options.stats_interval:
+            self._stats(now, state)
+        return True
+
+    def recovered(self, failure: BackToLastCommit) -> None:
+        self.stats.recovered += 1
+        if failure.aborted:
+            self.stats.aborted += 1
+        elif not self.eos and not failure.renew:
+            log.warning("%s; the batches in flight were dropped, processed again from the last commit", failure)
+        if self.checkpoints is not None:
+            self._reset_entities()
+
+    def ended(self, state: RunState) -> None:
+        self.settle()  # SIGTERM: what was in flight is drained and committed
+        self.count()
+
+    def revoked(self, partitions: list[TP]) -> None:
+        self.settle()  # partitions leave only after their work is committed
+        if self.checkpoints is not None and self.watcher.state.entities is not None:
+            self._reset_entities()  # those kept too: a kicked-out member resumes them at the commit, behind its state
+
+    def settle(self) -> None:
+        """At-least-once: every batch in flight acknowledged and its positions committed."""
+        if not self.eos:
+            self.sink.flush()
+            done: dict[TP, int] = self.sink.done_positions()
+            if done:
+                self.source.commit_positions(done)
+            self._prune()
+
+    def _prune(self) -> None:
+        if not self.eos and self.checkpoints is not None:  # only past commits the broker confirmed: the group may
+            confirmed = self.source.confirmed()  # resume at them
+            if confirmed:
+                self.checkpoints.prune(confirmed)
+
+    def _reset_entities(self) -> None:
+        """Every partition's entities start again from the bundle's end-of-history state and are restored from
+        their checkpoint at the offset they resume at (only dropping a partition's changed entities would lose
+        the end-of-history state of those first changed after the commit)."""
+        assert self.checkpoints is not None
+        self.watcher.state.entities = self.watcher.model.new_state().entities
+        self.checkpoints.restored.clear()
+
+    def _refresh(self, state: RunState) -> None:
+        """A version promoted in the registry takes over (its scoring state and drift tracker the run's)."""
+        watcher = self.watcher
+        kept = watcher.state.entities
+        if not watcher.refresh():
+            return
+        state.scoring, state.drift = watcher.state, watcher.drift
+        self.stats.model_versions.append(watcher.model.version)
+        log.info("switched to model version %s", watcher.model.version)
+        swapped = watcher.state.entities
+        if self.checkpoints is not None and swapped is not None and swapped is not kept:  # entities restarted
+            self.checkpoints.rebase(Stamp.of(watcher.model, self.options.in_topic, self.options.group))
+        if self.metrics.enabled:
+            self.metrics.version.info({"version": watcher.model.version})
+
+    def count(self) -> int:
+        """Take the sink's counts of what is done into the stats and the metrics; returns the records new."""
+        stats, metrics, done = self.stats, self.metrics, self.sink.delivered
+        new = done.records_in - stats.records_in
+        if metrics.enabled:
+            metrics.records_in.inc(new)
+            metrics.records_out.inc(done.scored - stats.records_out)
+            metrics.alerts.inc(done.alerts - stats.alerts)
+            metrics.dead.inc(done.dead_letters - stats.dead_letters)
+            metrics.refused.inc(done.refused - stats.refused)
+        stats.records_in, stats.records_out, stats.alerts = done.records_in, done.scored, done.alerts
+        stats.dead_letters, stats.refused, stats.batches = done.dead_letters, done.refused, done.batches
+        return new
+
+    def _stats(self, now: float, state: RunState) -> None:
+        stats, watcher = self.stats, self.watcher
+        lag = self.source.lag(ask=self.window_in == 0)  # nothing consumed lately: the ends as the broker says
+        rate = self.window_in / max(now - self.window_start, 1e-9)
+        drifted = None
+        if watcher.drift is not None and watcher.drift.rows:  # this window's records vs the fit data
+            report = watcher.drift.report(adaptation_of(watcher.model.config.policy))
+            drifted = report.warning()
+            self.metrics.drift(report)
+            state.drift = watcher.drift = watcher.model.drift_tracker()
+        (self.on_stats or log.info)(
+            f"stream: {stats.records_in:,} in ({rate:,.0f}/s), {stats.records_out:,} out, "
+            f"{stats.alerts:,} alerts, {stats.dead_letters:,} dead letters"
+            + (f", {stats.refused:,} refused outputs" if stats.refused else "")
+            + (f", lag {lag:,}" if lag >= 0 else ", lag unknown (the cluster does not answer)")
+            + f", model {watcher.model.version}"
+            + (f"; drift: {drifted}" if drifted else "")
+        )
+        if self.metrics.enabled:
+            self.metrics.lag.set(lag)
+        self.last_stats, self.window_start, self.window_in = now, now, 0
+
+    def close(self) -> None:
+        if self.labels is not None:
+            self.labels.close()
+        if self.store is not None:
+            self.store.close()
 
 
 def _checkpoints(options: StreamOptions, watcher: ModelWatcher) -> EntityCheckpoints | None:
@@ -144,7 +332,8 @@ def _checkpoints(options: StreamOptions, watcher: ModelWatcher) -> EntityCheckpo
 
 
 def run_stream(options: StreamOptions, *, on_stats: Callable[[str], None] | None = None) -> StreamStats:
-    """Run until SIGTERM/SIGINT (or ``idle_exit`` seconds without messages once the whole group is done)."""
+    """Run until SIGTERM/SIGINT (or ``idle_exit`` seconds without messages once the whole group is done): the one
+    loop (:func:`segscope.run.run`) over a Kafka source and sink, with the stream's hooks."""
     # one scoring thread: a micro-batch is too small for Numba's parallel kernels to pay off, and their OpenMP
     # threads spin between batches on the cores the Kafka clients' threads need (CPU per record 3x); a group's
     # processes are what scales a stream out
@@ -155,8 +344,6 @@ def run_stream(options: StreamOptions, *, on_stats: Callable[[str], None] | None
     eos = options.exactly_once
     options.kafka.check(exactly_once=eos)
     checkpoints = _checkpoints(options, watcher)
-    store = LabelStore.open(options.store) if options.store is not None else None
-    metrics = Metrics(options.metrics_port)
     stats = StreamStats(model_versions=[watcher.model.version])
     decoder, encoder = codecs(options.wire, [t for t in (options.out_topic, options.alerts_topic) if t])
     source = KafkaSource(
@@ -186,182 +373,29 @@ def run_stream(options: StreamOptions, *, on_stats: Callable[[str], None] | None
         encoder=encoder,
         settings=options.kafka,
     )
-    labels = None
-    if options.labels_topic is not None:
-        labels = TopicReader(
-            bootstrap=options.bootstrap,
-            topic=options.labels_topic,
-            group=f"{options.group}.labels",
-            client=options.client,
-            settings=options.kafka,
+    hooks = _Kafka(options, watcher, source, sink, checkpoints, stats, on_stats)
+    source.on_revoke = hooks.revoked
+    stop_on_signals(hooks.flags)
+    hooks.warming = watcher.warm_up()
+    closed = False
+    try:  # each client waits for the cluster (bounded); a signal meanwhile ends the stream at once
+        sink.open()
+        state = RunState(watcher.state, watcher.drift)
+        run(
+            source,
+            watcher,
+            sink,
+            state,
+            on_batch=hooks.written,
+            on_end=hooks.ended,
+            stopping=hooks.stopping,
+            hooks=hooks,
         )
-
-    state = {"running": True, "connecting": True}
-
-    def stopping() -> bool:
-        return not state["running"]
-
-    def settle(wait: bool = False) -> None:
-        """At-least-once: commit the positions of the batches the broker acknowledged (all of them, with wait)."""
-        if not eos:
-            if wait:
-                sink.flush()
-            done: dict[TP, int] = sink.done_positions()
-            if done:
-                source.commit_positions(done)
-            if checkpoints is not None:  # only past commits the broker confirmed: the group may resume at them
-                confirmed = source.confirmed()
-                if confirmed:
-                    checkpoints.prune(confirmed)
-
-    def revoked(partitions: list[TP]) -> None:
-        settle(wait=True)  # partitions leave only after their work is committed
-        if checkpoints is not None and watcher.state.entities is not None:
-            reset_entities()  # those kept too: a kicked-out member resumes them at the commit, behind its state
-
-    def reset_entities() -> None:
-        """Every partition's entities start again from the bundle's end-of-history state and are restored from
-        their checkpoint at the offset they resume at (only dropping a partition's changed entities would lose
-        the end-of-history state of those first changed after the commit)."""
-        assert checkpoints is not None
-        watcher.state.entities = watcher.model.new_state().entities
-        checkpoints.restored.clear()
-
-    def recover(renew: bool = False) -> None:
-        """Back to the last commit: the outputs in flight are dropped (exactly-once: the transaction was aborted),
-        the consumer goes back to the committed positions (``renew``: a new consumer starts there) and the
-        entities to their checkpoint there."""
-        stats.recovered += 1
-        if not eos:
-            sink.reset()
-        if renew:
-            source.renew()
-        committed = {} if renew else source.rewind(stopping)
-        sink.settle_uncertain(committed)
-        if checkpoints is not None:
-            reset_entities()
-
-    def count() -> int:
-        """Take the sink's counts of what is done into the stats and the metrics; returns the records new."""
-        done = sink.delivered
-        new = done.records_in - stats.records_in
-        if metrics.enabled:
-            metrics.records_in.inc(new)
-            metrics.records_out.inc(done.scored - stats.records_out)
-            metrics.alerts.inc(done.alerts - stats.alerts)
-            metrics.dead.inc(done.dead_letters - stats.dead_letters)
-            metrics.refused.inc(done.refused - stats.refused)
-        stats.records_in, stats.records_out, stats.alerts = done.records_in, done.scored, done.alerts
-        stats.dead_letters, stats.refused, stats.batches = done.dead_letters, done.refused, done.batches
-        return new
-
-    stop_on_signals(state)
-    warming: threading.Thread | None = watcher.warm_up()
-    try:
-        try:  # each client waits for the cluster (bounded); a signal meanwhile ends the stream at once
-            sink.open()
-            source.open(on_revoke=revoked)
-            if labels is not None:
-                labels.open()
-            state["connecting"] = False
-        except Interrupted:
-            return stats
-        if metrics.enabled:
-            metrics.version.info({"version": watcher.model.version})
-        last_stats = last_message = window_start = time.monotonic()
-        window_in = failed_in_a_row = 0
-        while state["running"]:
-            kept = watcher.state.entities
-            if watcher.refresh():
-                stats.model_versions.append(watcher.model.version)
-                log.info("switched to model version %s", watcher.model.version)
-                swapped = watcher.state.entities
-                if checkpoints is not None and swapped is not None and swapped is not kept:  # entities restarted
-                    checkpoints.rebase(Stamp.of(watcher.model, options.in_topic, options.group))
-                if metrics.enabled:
-                    metrics.version.info({"version": watcher.model.version})
-            try:
-                batch = source.poll()
-                now = time.monotonic()
-                if batch is not None:
-                    last_message = now
-                    if warming is not None:
-                        warming.join()
-                        warming = None
-                    started = time.perf_counter()
-                    if eos:
-                        sink.begin(stopping)
-                    entities = watcher.state.entities
-                    if checkpoints is not None and entities is not None:
-                        checkpoints.prepare(batch, entities)
-                    _write_batch(batch, watcher, sink, store, options.in_topic)
-                    if checkpoints is not None and entities is not None:
-                        checkpoints.save(entities, batch.position or {})  # before the offsets are committed
-                    if eos:
-                        if not sink.commit_transaction(batch.position or {}, source.group_metadata(), stopping):
-                            stats.aborted += 1
-                            raise DeliveryFailed("the transaction was aborted")
-                        if checkpoints is not None:
-                            checkpoints.prune(batch.position or {})
-                    if metrics.enabled:
-                        metrics.batch_seconds.observe(time.perf_counter() - started)
-                settle()
-                if labels is not None and store is not None and options.labels_topic is not None:
-                    stats.labels_in += consume_labels(labels, store, sink, options.labels_topic, eos, stopping)
-                failed_in_a_row = 0
-            except DeliveryFailed as failure:  # the broker away (or a refusal, exactly-once): from the last commit
-                failed_in_a_row += 1
-                if not eos:
-                    log.warning("%s; the batches in flight are processed again from the last commit", failure)
-                recover()
-                if failed_in_a_row > 1:  # the same failure again: wait a little longer each time (at most 30 s)
-                    pause = time.monotonic() + min(2.0 ** (failed_in_a_row - 2), 30.0)
-                    while state["running"] and time.monotonic() < pause:
-                        time.sleep(0.2)
-                continue
-            finally:
-                window_in += count()
-            if batch is None and now - last_message >= STRANDED_CHECK and source.stranded():
-                log.warning(
-                    "the consumer has fetched nothing for %.0f s and lost the cluster, which answers a new client: a "
-                    "new consumer takes over from the last commit", now - last_message,
-                )  # fmt: skip
-                recover(renew=True)
-                continue
-            if batch is None and options.idle_exit is not None and now - last_message > options.idle_exit:
-                settle(wait=True)
-                count()
-                # every partition of the topic, not only this member's; everything consumed is written now, so
-                # (at-least-once) a lost last commit is made again rather than keeping the group short for good
-                if source.group_done(recommit=not eos):
-                    break
-            if now - last_stats >= options.stats_interval:
-                lag = source.lag(ask=window_in == 0)  # nothing consumed lately: the ends as the broker says
-                rate = window_in / max(now - window_start, 1e-9)
-                drifted = None
-                if watcher.drift is not None and watcher.drift.rows:  # this window's records vs the fit data
-                    report = watcher.drift.report(adaptation_of(watcher.model.config.policy))
-                    drifted = report.warning()
-                    metrics.drift(report)
-                    watcher.drift = watcher.model.drift_tracker()
-                (on_stats or log.info)(
-                    f"stream: {stats.records_in:,} in ({rate:,.0f}/s), {stats.records_out:,} out, "
-                    f"{stats.alerts:,} alerts, {stats.dead_letters:,} dead letters"
-                    + (f", {stats.refused:,} refused outputs" if stats.refused else "")
-                    + (f", lag {lag:,}" if lag >= 0 else ", lag unknown (the cluster does not answer)")
-                    + f", model {watcher.model.version}"
-                    + (f"; drift: {drifted}" if drifted else "")
-                )
-                if metrics.enabled:
-                    metrics.lag.set(lag)
-                last_stats, window_start, window_in = now, now, 0
-        settle(wait=True)  # SIGTERM: drain what is in flight and commit it
-        count()
+        closed = True  # the loop closed the sink, after the last commit
+    except Interrupted:
+        return stats
     finally:
-        source.close()
-        if labels is not None:
-            labels.close()
-        sink.close()
-        if store is not None:
-            store.close()
+        if not closed:
+            sink.close()
+        hooks.close()
     return stats
