@@ -199,6 +199,8 @@ def test_the_fitting_history_gets_its_fit_time_features_back(
     history.write_parquet(tmp_path / "history.parquet")
     new.write_parquet(tmp_path / "new.parquet")
     model = fit_file(tmp_path / "history.parquet", pack)
+    # a scored file is told from the history by its size first: only one of the same size is hashed
+    assert model.training["bytes"] == (tmp_path / "history.parquet").stat().st_size
     names = EntityFeatures(pack.entities).names
     again = as_fitted(model, tmp_path / "history.parquet", history)
     assert_frame_equal(again.select(names), EntityFeatures(pack.entities).fit_transform(history).select(names))

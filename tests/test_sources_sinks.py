@@ -8,7 +8,7 @@ import pytest
 from segscope._io import detect_format
 from segscope.exceptions import SchemaError, SinkError, SourceError
 from segscope.sinks import FileSink, ListSink, write_frame
-from segscope.sources.files import count_rows, iter_batches, scan_file
+from segscope.sources.files import count_rows, estimate_rows, iter_batches, scan_file
 
 
 def test_iter_batches_keeps_order_and_bounds(tmp_path: Path) -> None:
@@ -62,3 +62,32 @@ def test_errors(tmp_path: Path) -> None:
         scan_file(tmp_path / "d.parquet")
     with pytest.raises(SinkError, match="does not exist"):
         write_frame(pl.DataFrame({"a": [1]}), tmp_path / "missing" / "o.parquet")
+
+
+@pytest.mark.parametrize("suffix", ["csv", "ndjson", "parquet"])
+@pytest.mark.parametrize(("dropped", "out"), [("amount", "out.parquet"), ("txn_id", "out.csv"), ("amount", "-")])
+def test_a_file_without_a_model_s_column_is_refused_before_anything_is_written(
+    tmp_path: Path, new_records: pl.DataFrame, model, suffix: str, dropped: str, out: str, capsys
+) -> None:
+    """The columns are checked on the first batch the run reads (no read of the file of their own), the id too."""
+    from segscope.pipeline import score_file
+
+    path = tmp_path / f"in.{suffix}"
+    write_frame(new_records.head(300).drop(dropped), path)
+    with pytest.raises(SchemaError, match=rf"in\.{suffix}: column\(s\) \['{dropped}'\] are missing"):
+        score_file(model, path, out if out == "-" else tmp_path / out, batch_size=100)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name] and capsys.readouterr().out == ""
+
+
+def test_a_text_file_s_rows_are_estimated_from_its_size_and_first_lines(tmp_path: Path) -> None:
+    frame = pl.DataFrame({"i": range(200_000), "s": [f"x{i % 997}" for i in range(200_000)]})
+    for suffix in ("csv", "ndjson"):
+        write_frame(frame, tmp_path / f"f.{suffix}")
+        estimate = estimate_rows(tmp_path / f"f.{suffix}", sample_bytes=64 << 10)
+        assert estimate is not None and abs(estimate - 200_000) / 200_000 < 0.05, (suffix, estimate)
+        write_frame(frame.head(7), tmp_path / f"small.{suffix}")
+        assert estimate_rows(tmp_path / f"small.{suffix}") == 7  # read whole: exact
+    write_frame(frame, tmp_path / "f.parquet")
+    assert estimate_rows(tmp_path / "f.parquet") == 200_000  # the footer's count
+    (tmp_path / "wide.csv").write_text("a" * 5000 + "\n")
+    assert estimate_rows(tmp_path / "wide.csv", sample_bytes=1000) is None  # no line ends in the sample

@@ -82,7 +82,13 @@ def fit_file(
     if cfg.features.id_column is not None and total > sample.height and cfg.features.id_column in sample.columns:
         check_file_ids(path, cfg.features.id_column)
     return Model(cfg).fit(
-        sample, fingerprint=sha256_file(path), total_rows=total, on_step=on_step, previous=previous, entities=entities
+        sample,
+        fingerprint=sha256_file(path),
+        total_rows=total,
+        on_step=on_step,
+        previous=previous,
+        entities=entities,
+        file_bytes=Path(path).stat().st_size,
     )
 
 
@@ -140,6 +146,7 @@ class ScoreSummary:
 
 
 def _check_columns(path: str | Path, model: Model) -> None:
+    # the schema of the scan the run makes next (scan_file keeps it per file version: no second inference)
     schema = FileSource(path, dtypes=model.input_dtypes()).schema
     missing = [c.name for c in model.input_schema().columns if c.name not in schema]
     if model.id_column is not None and model.id_column not in schema:
@@ -295,8 +302,12 @@ def evaluate_file(model: Model, path: str | Path, label_column: str, *, batch_si
 
 # ------------------------------------------------------------------ fine-tune
 def _is_history(model: Model, path: str | Path) -> bool:
-    """Whether ``path`` is the file the model was fitted on (its row count first: hashing reads the whole file)."""
-    if count_rows(path) != model.training.get("rows"):
+    """Whether ``path`` is the file the model was fitted on: its size first (a bundle of an older version: its row
+    count, a pass over a text file), and only a file of the same size is hashed (a read of the whole file)."""
+    size = model.training.get("bytes")
+    if size is not None and Path(path).stat().st_size != size:
+        return False
+    if size is None and count_rows(path) != model.training.get("rows"):
         return False
     return bool(model.training.get("fingerprint") == sha256_file(path))
 

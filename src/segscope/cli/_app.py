@@ -17,8 +17,10 @@ from rich.progress import (
     ProgressColumn,
     SpinnerColumn,
     Task,
+    TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
+    TimeRemainingColumn,
 )
 from rich.table import Table
 from rich.text import Text
@@ -109,17 +111,16 @@ class _Label(ProgressColumn):
         return self.label
 
 
-def row_progress(total: int, label: str) -> Progress:
+def row_progress(total: int | None, label: str, *, estimated: bool = False) -> Progress:
+    """A bar of rows done out of ``total``; ``estimated``: the total is a guess (a text file's size over its first
+    lines' length), so the bar shows the share done, the rows so far and the time left, not "n/total"."""
     # transient: the bar disappears when done, so a failure leaves only the one-line error
-    return Progress(
-        _Label(label),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("rows"),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
+    counted: tuple[ProgressColumn, ...] = (
+        (TaskProgressColumn(), TextColumn("{task.completed:,.0f} rows"), TimeRemainingColumn())
+        if estimated
+        else (MofNCompleteColumn(), TextColumn("rows"))
     )
+    return Progress(_Label(label), BarColumn(), *counted, TimeElapsedColumn(), console=err, transient=True)
 
 
 def load_config(

@@ -104,8 +104,9 @@ def score(
     """Score a file: input columns + score, anomaly_score, supervised_score, is_alert, segment,
     segment_confidence, reasons, model_version. With --engine spark: a Parquet or CSV file or folder into a
     Parquet folder."""
+    from segscope._io import detect_format
     from segscope.pipeline import score_file
-    from segscope.sources.files import count_rows
+    from segscope.sources.files import estimate_rows
 
     if _check_engine(engine) == "spark":
         if store is not None:
@@ -114,14 +115,16 @@ def score(
         return
     model = load_model(bundle, trust_bundle)
     label_store = open_store(store, create=True) if store is not None else None
-    total = count_rows(data)
+    total = estimate_rows(data)  # a text file is read once, by the run: its size says roughly how many rows
     written = {"rows": 0}
 
     def advance(n: int) -> None:
         written["rows"] += n
+        if total is not None and written["rows"] > total:
+            progress.update(task, total=written["rows"])
         progress.advance(task, n)
 
-    with row_progress(total, f"scoring {Path(data).name}") as progress:
+    with row_progress(total, f"scoring {Path(data).name}", estimated=detect_format(data) != "parquet") as progress:
         task = progress.add_task("score", total=total)
         try:
             summary = score_file(model, data, out_path, batch_size=batch_size, on_batch=advance, store=label_store)

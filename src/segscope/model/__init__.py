@@ -96,11 +96,13 @@ class Model:
         previous: Model | None = None,
         entities: EntityFeatures | None = None,
         sampled_on: str | None = None,
+        file_bytes: int | None = None,
     ) -> Self:
         """Fit on history (already sampled to at most ``config.max_fit_rows`` rows by the caller; with per-entity
         features, the whole history in arrival order: they are computed over all of it, then sampled; or, with
         ``entities`` already fitted over the history, the caller's sample of it with their features; ``sampled_on``:
-        where another engine drew that sample, e.g. ``"spark"``, kept with the training facts)."""
+        where another engine drew that sample, e.g. ``"spark"``, kept with the training facts; ``file_bytes``: the
+        history file's size, so a scored file is told apart from it without a read)."""
         from segscope.model import fitting
 
         fitting.fit(
@@ -112,6 +114,7 @@ class Model:
             previous=previous,
             entities=entities,
             sampled_on=sampled_on,
+            file_bytes=file_bytes,
         )
         return self
 

@@ -41,6 +41,7 @@ def fit(
     previous: Model | None,
     entities: EntityFeatures | None,
     sampled_on: str | None = None,
+    file_bytes: int | None = None,
 ) -> Model:
     """:meth:`Model.fit <segscope.model.Model.fit>`: ``model``'s fitted state, set in place."""
     step = on_step or (lambda _: None)
@@ -121,6 +122,8 @@ def fit(
     }
     if sampled_on is not None:
         model.training_["sampled_on"] = sampled_on
+    if file_bytes is not None:
+        model.training_["bytes"] = int(file_bytes)
     model.segment_expected_ = model._expected_table()
     return model
 

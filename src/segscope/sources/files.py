@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -28,6 +29,7 @@ __all__ = [
     "check_csv",
     "check_file_ids",
     "count_rows",
+    "estimate_rows",
     "iter_batches",
     "read_file",
     "sample_rows",
@@ -234,8 +236,11 @@ def scan_file(path: str | Path, *, dtypes: dict[str, pl.DataType] | None = None)
                 lf = pl.scan_csv(path, infer_schema_length=CSV_INFER_ROWS, schema_overrides=overrides, glob=False)
             elif known is not None:
                 lf = pl.scan_ndjson(path, schema=known)
-            else:
-                lf = pl.scan_ndjson(path, infer_schema_length=CSV_INFER_ROWS, schema_overrides=dtypes)
+            else:  # inferred, then the known types over the columns it has (a model's column may be missing)
+                inferred = pl.scan_ndjson(path, infer_schema_length=CSV_INFER_ROWS).collect_schema()
+                lf = pl.scan_ndjson(
+                    path, schema={**inferred, **{k: v for k, v in (dtypes or {}).items() if k in inferred}}
+                )
         schema = lf.collect_schema()
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise SourceError(f"{path}: cannot read it as {fmt} ({_describe(exc)}); check the file") from None
@@ -273,6 +278,38 @@ def read_file(path: str | Path, *, columns: list[str] | None = None) -> pl.DataF
 def count_rows(path: str | Path) -> int:
     """Count rows without loading the data."""
     return int(_collect(scan_file(path).select(pl.len()), path).item())
+
+
+def estimate_rows(path: str | Path, *, sample_bytes: int = 1 << 20, windows: int = 16) -> int | None:
+    """Rows of the file for a progress bar, without a pass over it: Parquet's footer holds the count; a text file's
+    size over the mean length of its lines in ``windows`` stretches spread over the file (``sample_bytes`` read in
+    all; exact for a file that small, up to quoted line breaks). None when no line ends in them."""
+    if detect_format(path) == "parquet":
+        return count_rows(path)
+    header = 1 if detect_format(path) == "csv" else 0
+    lines = read = 0
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as file:
+            if size <= sample_bytes:
+                whole = file.read()
+                return max(whole.count(b"\n") + (not whole.endswith(b"\n") and bool(whole.strip())) - header, 0)
+            width = sample_bytes // windows
+            for i in range(windows):
+                file.seek((size - width) * i // (windows - 1))
+                chunk = file.read(width)
+                first = 0 if i == 0 else chunk.find(b"\n") + 1  # from the first whole line
+                last = chunk.rfind(b"\n") + 1
+                if 0 < first < last:
+                    lines += chunk.count(b"\n", first, last)
+                    read += last - first
+                elif i == 0 and last:
+                    lines, read = chunk.count(b"\n", 0, last), last
+    except OSError:
+        return None  # the run says what is wrong with the file
+    if not lines:
+        return None
+    return max(round(size * lines / read) - header, 1)
 
 
 def sample_rows(path: str | Path, total: int, max_rows: int, seed: int) -> pl.DataFrame:
