@@ -21,6 +21,7 @@ from segscope.run import (
     KeepsDeadLetters,
     Polling,
     Positioned,
+    Renewable,
     RunState,
     Transactional,
     run,
@@ -302,3 +303,16 @@ class _Polling(FrameSource):
 
     def poll(self) -> Batch | None:
         return self.batches.pop(0) if self.batches else None
+
+
+def test_kafka_s_source_and_sink_have_what_a_stream_s_run_asks_for(model: Model) -> None:
+    """`segscope stream` is `run` over these two: by capability, checked here without a broker (nothing connects
+    before `open`)."""
+    from segscope.sinks.kafka import KafkaSink
+    from segscope.sources.kafka import KafkaSource
+
+    source = KafkaSource(bootstrap="localhost:1", topic="in", group="g", schema=model.input_schema())
+    sink = KafkaSink(bootstrap="localhost:1", topic="out", dead_letter_topic="in.dlq")
+    assert all(isinstance(source, kind) for kind in (Polling, Positioned, Renewable))
+    assert all(isinstance(sink, kind) for kind in (Acknowledging, DropsInFlight, KeepsDeadLetters, Transactional))
+    assert sink.transactional_id is None  # at-least-once: the sink's acknowledgements decide the commits
