@@ -1,7 +1,7 @@
-"""`segscope stream`: the loop. A :class:`~segscope.sources.kafka.KafkaSource` hands out micro-batches, the model
-scores them and a :class:`~segscope.sinks.kafka.KafkaSink` writes the scored records, alerts and dead letters with
-the one loop's steps (:func:`segscope.run.score_batch`, :func:`segscope.run.write_batch`, as `segscope score`),
-and the source commits.
+"""`segscope stream`: one run of the scoring loop (:func:`segscope.run.run`, as `segscope score`). A
+:class:`~segscope.sources.kafka.KafkaSource` is polled for micro-batches, the model scores them and a
+:class:`~segscope.sinks.kafka.KafkaSink` writes the scored records, alerts and dead letters, and the source commits;
+what only a stream does between polls is its hooks (:class:`_Kafka`).
 
 * **At-least-once** (default): batches are produced without waiting; a batch's consumer positions are committed
   once the broker acknowledged all its outputs, in order. A crash re-delivers at most the batches in flight,
