@@ -98,11 +98,9 @@ class Model:
         sampled_on: str | None = None,
         file_bytes: int | None = None,
     ) -> Self:
-        """Fit on history (already sampled to at most ``config.max_fit_rows`` rows by the caller; with per-entity
-        features, the whole history in arrival order: they are computed over all of it, then sampled; or, with
-        ``entities`` already fitted over the history, the caller's sample of it with their features; ``sampled_on``:
-        where another engine drew that sample, e.g. ``"spark"``, kept with the training facts; ``file_bytes``: the
-        history file's size, so a scored file is told apart from it without a read)."""
+        """Fit on history (sampled to at most ``config.max_fit_rows`` rows by the caller; with per-entity features, the
+        whole history in arrival order (their features computed over all of it, then sampled), or, with ``entities``
+        fitted over it, the caller's sample with their features); kept: ``sampled_on``, ``file_bytes``."""
         from segscope.model import fitting
 
         fitting.fit(
