@@ -58,6 +58,24 @@ def test_transform_is_robust_scaled_rarity_encoded_and_imputed() -> None:
     assert categorical[2].to_list() == ["a", "a", "a", "b", "null", "a"]
 
 
+def test_expressions_made_once_per_fit_follow_a_new_fit() -> None:
+    """The feature and readable-value expressions are made once per fit (a stream's batches reuse them); fitting
+    the same preparer again makes them again from the new state."""
+    frame = _frame()
+    prep = FeaturePreparer(id_column="id", drop=("label",)).fit(frame)
+    first = prep.transform(prep.validate(frame))
+    np.testing.assert_array_equal(prep.transform(prep.validate(frame)), first)  # made once, the same result
+    other = frame.with_columns(pl.col("amount") * 100, pl.Series("kind", ["b", "b", "b", "a", None, "b"]))
+    prep.fit(other)
+    fresh = FeaturePreparer(id_column="id", drop=("label",)).fit(other)
+    again = prep.transform(prep.validate(frame))
+    np.testing.assert_array_equal(again, fresh.transform(fresh.validate(frame)))
+    assert not np.array_equal(again, first)
+    readable, categorical = prep.readable_values(prep.validate(other))
+    np.testing.assert_array_equal(readable, fresh.readable_values(fresh.validate(other))[0])
+    assert categorical[2].to_list() == ["b", "b", "b", "a", "null", "b"]
+
+
 def test_unseen_category_is_rarer_than_any_seen() -> None:
     frame = _frame()
     prep = FeaturePreparer(id_column="id", drop=("label",)).fit(frame)

@@ -19,7 +19,8 @@ Rules (documented in the README, "Input data"):
 from __future__ import annotations
 
 import math
-from typing import Any, Self
+from collections.abc import Callable
+from typing import Any, Self, TypeVar
 
 import numpy as np
 import polars as pl
@@ -28,6 +29,8 @@ from segscope.exceptions import DataError, NotFittedError, SchemaError
 from segscope.features.prepared_state import check_state
 from segscope.schema import ColumnSpec, FeatureSchema, infer_kind
 from segscope.sources.frames import check_unique_ids, parse_datetimes
+
+_T = TypeVar("_T")
 
 __all__ = ["FeaturePreparer"]
 
@@ -223,9 +226,21 @@ class FeaturePreparer:
         return frame.with_columns(casts)
 
     # ----------------------------------------------------------- transform
+    def _once(self, name: str, build: Callable[[], _T]) -> _T:
+        """What ``build`` makes of the fitted state, made once per fit: expressions, whose building is Python work
+        each batch of a stream would otherwise pay again."""
+        made: dict[str, tuple[FeatureSchema, Any]] = self.__dict__.setdefault("_made", {})
+        found = made.get(name)
+        if found is None or found[0] is not self.schema_:  # fitted again (a new schema_): made again
+            found = made[name] = (self.schema_, build())
+        return found[1]
+
     def feature_exprs(self) -> list[pl.Expr]:
         """Polars expressions that compute every feature from validated input columns."""
         self._check_fitted()
+        return list(self._once("features", self._feature_exprs))
+
+    def _feature_exprs(self) -> list[pl.Expr]:
         exprs: list[pl.Expr] = []
         for feat in self.schema_.features:
             if feat in self.categorical_:
@@ -269,6 +284,19 @@ class FeaturePreparer:
         """Each feature's value as a person reads it, for ``reasons``: a float matrix (rows x features; NaN =
         missing or not numeric) and, for categorical features (by feature index), the strings, with categories
         never seen at fit marked "(unseen)"."""
+        numeric_exprs, text_exprs = self._once("readable", self._readable_exprs)
+        # one select for all the text (columns in parallel), numbers straight into their places in the matrix
+        texts = frame.select(list(text_exprs.values())) if text_exprs else pl.DataFrame()
+        categorical = {j: texts.to_series(i) for i, j in enumerate(text_exprs)}
+        if not text_exprs:  # all numeric: Polars' own (column-major) matrix, no copy into another
+            return np.asarray(frame.select(numeric_exprs).to_numpy(), dtype=np.float64), categorical
+        matrix = np.full((frame.height, len(self.schema_.features)), np.nan)
+        if numeric_exprs:
+            numeric = [j for j in range(matrix.shape[1]) if j not in text_exprs]
+            matrix[:, numeric] = frame.select(numeric_exprs).to_numpy()
+        return matrix, categorical
+
+    def _readable_exprs(self) -> tuple[list[pl.Expr], dict[int, pl.Expr]]:
         numeric_exprs: list[pl.Expr] = []
         text_exprs: dict[int, pl.Expr] = {}
         for j, feat in enumerate(self.schema_.features):
@@ -287,16 +315,7 @@ class FeaturePreparer:
                 numeric_exprs.append(self._raw_expr(feat).is_null().cast(pl.Float64).alias(feat))
             else:
                 numeric_exprs.append(self._raw_expr(feat).alias(feat))
-        # one select for all the text (columns in parallel), numbers straight into their places in the matrix
-        texts = frame.select(list(text_exprs.values())) if text_exprs else pl.DataFrame()
-        categorical = {j: texts.to_series(i) for i, j in enumerate(text_exprs)}
-        if not text_exprs:  # all numeric: Polars' own (column-major) matrix, no copy into another
-            return np.asarray(frame.select(numeric_exprs).to_numpy(), dtype=np.float64), categorical
-        matrix = np.full((frame.height, len(self.schema_.features)), np.nan)
-        if numeric_exprs:
-            numeric = [j for j in range(matrix.shape[1]) if j not in text_exprs]
-            matrix[:, numeric] = frame.select(numeric_exprs).to_numpy()
-        return matrix, categorical
+        return numeric_exprs, text_exprs
 
     def category_cardinalities(self) -> tuple[int, ...]:
         """Number of fit-time levels of each categorical feature, in feature order (the columns of
