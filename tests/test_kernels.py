@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from segscope.unsupervised import _kernels
+from segscope.unsupervised import _ecdf
 
 
 def _brute(x: np.ndarray, ref: np.ndarray, skew: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -16,7 +16,7 @@ def _brute(x: np.ndarray, ref: np.ndarray, skew: np.ndarray) -> tuple[np.ndarray
     le = (ref[None, :, :] <= x[:, None, :]).sum(axis=1)
     ge = (ref[None, :, :] >= x[:, None, :]).sum(axis=1)
     lo, hi = ref.min(axis=0), ref.max(axis=0)
-    table = _kernels.build_ecdf(ref)
+    table = _ecdf.build_ecdf(ref)
     with np.errstate(all="ignore"):  # np.where evaluates both branches
         beyond = np.where(
             x > hi,
@@ -41,13 +41,55 @@ def test_fused_ecdf_kernel_matches_brute_force(seed: int, levels: int, m: int) -
     ref[:, 3] = 5.0 if seed % 3 == 0 else ref[:, 3]  # sometimes a constant column
     x = np.concatenate([ref[: m // 2], rng.normal(size=(60, 4)) * [3, 300, 3e-3, 3]])
     skew = np.array([-1.0, 0.0, 1.0, 0.0])
-    table = _kernels.build_ecdf(ref)
-    _, val, total, ecod = _kernels.top_contributions(x, *table, 2, skew, True)
+    table = _ecdf.build_ecdf(ref)
+    _, val, total, ecod = _ecdf.top_contributions(x, table, 2, skew, True)
     want_ecod, want_contrib = _brute(x, ref, skew)
     np.testing.assert_allclose(ecod, want_ecod, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(total, want_contrib.sum(axis=1), rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(val, -np.sort(-want_contrib, axis=1)[:, :2], rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(_kernels.ecdf_outlier_scores(x, *table, skew, False), want_ecod, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(_ecdf.ecdf_outlier_scores(x, table, skew, False), want_ecod, rtol=1e-10, atol=1e-10)
+
+
+def test_ecdf_index_is_exact_where_values_crowd_and_spread() -> None:
+    """Heavy tails crowd most values into a few uniform buckets, a tight cluster puts many distinct values into one
+    cell, and a range of subnormal width overflows the buckets per unit: the look-ups stay exact (the brute force's
+    counts) for values in the reference, between its values, at its edges and beyond."""
+    rng = np.random.default_rng(7)
+    m = 3000
+    ref = np.column_stack(
+        [
+            rng.standard_cauchy(m),  # heavy tails: the bulk in a few of the uniform buckets
+            np.concatenate([1.0 + rng.random(m - 3) * 1e-12, [0.0, 5e5, 1e6]]),  # a cluster far narrower than a cell
+            rng.integers(0, 3, m) * 5e-324,  # a subnormal span
+            np.abs(rng.normal(size=m)) ** 1.5,
+        ]
+    )
+    x = np.concatenate(
+        [ref[:500], ref[:500] + 1e-13, rng.standard_cauchy((300, 4)), ref.min(0)[None], ref.max(0)[None]]
+    )
+    skew = np.array([1.0, -1.0, 0.0, 1.0])
+    table = _ecdf.build_ecdf(ref)
+    assert table.steps[0] <= 3 and table.steps[3] <= 3  # about one value a cell despite the skew
+    _, val, total, ecod = _ecdf.top_contributions(x, table, 2, skew, True)
+    want_ecod, want_contrib = _brute(x, ref, skew)
+    np.testing.assert_allclose(ecod, want_ecod, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(total, want_contrib.sum(axis=1), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(val, -np.sort(-want_contrib, axis=1)[:, :2], rtol=1e-10, atol=1e-10)
+
+
+def test_ecdf_results_do_not_depend_on_the_blocks() -> None:
+    """Rows are split into blocks by the number of threads; a row's result is the same in any block."""
+    rng = np.random.default_rng(3)
+    ref = rng.normal(size=(500, 3))
+    x = rng.normal(size=(20_000, 3)) * 2
+    table = _ecdf.build_ecdf(ref)
+    skew = np.array([1.0, 0.0, -1.0])
+    whole = _ecdf.ecdf_outlier_scores(x, table, skew, False)
+    parts = np.concatenate(
+        [_ecdf.ecdf_outlier_scores(x[i : i + 777], table, skew, False) for i in range(0, 20_000, 777)]
+    )
+    np.testing.assert_array_equal(whole, parts)
+    assert np.isnan(_ecdf.ecdf_outlier_scores(np.full((1, 3), np.nan), table, skew, True)).all()
 
 
 @pytest.mark.parametrize("depth_samples", [2, 17, 256, 1000])

@@ -24,7 +24,7 @@ import numpy as np
 from segscope._arrays import check_indices, take
 from segscope._params import Constraint, Interval, IsInstance, check_params
 from segscope.exceptions import BundleError, ConfigError
-from segscope.unsupervised import _kernels, _trees
+from segscope.unsupervised import _ecdf, _kernels, _trees
 from segscope.unsupervised._detector import Detector, reference_sample
 from segscope.unsupervised.distance import CBLOFDetector, KNNDetector
 
@@ -48,7 +48,7 @@ class _ECDFDetector(Detector):
     _constraints: ClassVar[dict[str, Constraint]] = {"max_reference": Interval(int, 100, 10_000_000)}
 
     def __init__(self, *, max_reference: int = 20_000) -> None:
-        # 20k reference rows: tail resolution 5e-5 (values beyond extend the tail, see _kernels._beyond) and
+        # 20k reference rows: tail resolution 5e-5 (values beyond extend the tail, see _ecdf._lookup) and
         # ECDF lookups that stay in cache (30% faster scoring than 50k)
         self.max_reference = max_reference
 
@@ -56,7 +56,7 @@ class _ECDFDetector(Detector):
         from scipy.stats import skew
 
         ref = reference_sample(x, self.max_reference, seed=0)
-        self.ecdf_ = _kernels.build_ecdf(ref)
+        self.ecdf_ = _ecdf.build_ecdf(ref)
         with warnings.catch_warnings():  # near-constant columns: scipy warns, and their skew sign is moot
             warnings.simplefilter("ignore", RuntimeWarning)
             sk = np.nan_to_num(skew(x, axis=0), nan=0.0)
@@ -64,7 +64,7 @@ class _ECDFDetector(Detector):
         self.reference_scores_ = self._score(x)
 
     def _ecdf_score(self, x: np.ndarray, copod: bool) -> np.ndarray:
-        return np.asarray(_kernels.ecdf_outlier_scores(x, *self.ecdf_, self.skew_sign_, copod))
+        return _ecdf.ecdf_outlier_scores(x, self.ecdf_, self.skew_sign_, copod)
 
     def to_state(self) -> dict[str, np.ndarray]:
         return {
@@ -79,7 +79,7 @@ class _ECDFDetector(Detector):
         d = sorted_ref.shape[0]
         self.skew_sign_ = take(arrays, "skew_sign", owner, shape=(d,), finite=True)
         self.reference_scores_ = take(arrays, "reference_scores", owner, shape=(None,))
-        self.ecdf_ = _kernels.build_ecdf(sorted_ref.T)
+        self.ecdf_ = _ecdf.build_ecdf(sorted_ref.T)
         self.n_features_ = d
 
 

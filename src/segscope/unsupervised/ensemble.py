@@ -13,7 +13,7 @@ import numpy as np
 
 from segscope._typing import CombineMethod
 from segscope.exceptions import NotFittedError
-from segscope.unsupervised._kernels import ECDFTable
+from segscope.unsupervised._ecdf import ECDFTable
 from segscope.unsupervised.calibrate import ReferenceCalibrator
 from segscope.unsupervised.detect import Detector, ECODDetector
 

@@ -15,7 +15,7 @@ import polars as pl
 from segscope._arrays import take
 from segscope.exceptions import NotFittedError
 from segscope.schema import REASON_DTYPE
-from segscope.unsupervised import _kernels
+from segscope.unsupervised import _ecdf
 
 __all__ = ["REASON_DTYPE", "FeatureExplainer", "alarms_first", "readable_typical"]
 
@@ -28,7 +28,7 @@ class FeatureExplainer:
         self.max_reference = max_reference
 
     def fit(
-        self, x: np.ndarray, feature_names: list[str], expected: list[str], ecdf: _kernels.ECDFTable | None = None
+        self, x: np.ndarray, feature_names: list[str], expected: list[str], ecdf: _ecdf.ECDFTable | None = None
     ) -> Self:
         """Fit on the prepared reference ``x``; ``ecdf`` reuses a detector's ECDF (then both share lookups)."""
         if ecdf is None:
@@ -36,7 +36,7 @@ class FeatureExplainer:
             if x.shape[0] > self.max_reference:
                 idx = np.random.default_rng(1).choice(x.shape[0], size=self.max_reference, replace=False)
                 ref = x[np.sort(idx)]
-            ecdf = _kernels.build_ecdf(ref)
+            ecdf = _ecdf.build_ecdf(ref)
         self.ecdf_ = ecdf
         self.feature_names_ = list(feature_names)
         self.expected_ = list(expected)
@@ -105,7 +105,7 @@ class FeatureExplainer:
         k = min(self.top_k, x.shape[1])
         with_ecod = skew_sign is not None
         signs = skew_sign if skew_sign is not None else np.zeros(x.shape[1])
-        idx, val, total, ecod = _kernels.top_contributions(x, *self.ecdf_, k, signs, with_ecod)
+        idx, val, total, ecod = _ecdf.top_contributions(x, self.ecdf_, k, signs, with_ecod)
         return idx, val, total, ecod
 
     def to_state(self) -> dict[str, np.ndarray]:
@@ -117,7 +117,7 @@ class FeatureExplainer:
     ) -> FeatureExplainer:
         exp = cls(top_k=top_k)
         sorted_ref = take(arrays, "sorted_ref", "explainer", shape=(len(feature_names), None), finite=True, min_size=1)
-        exp.ecdf_ = _kernels.build_ecdf(sorted_ref.T)
+        exp.ecdf_ = _ecdf.build_ecdf(sorted_ref.T)
         exp.feature_names_, exp.expected_ = list(feature_names), list(expected)
         return exp
 
