@@ -86,9 +86,17 @@ class _ConfluentConsumer(Connects, Acknowledges):
         self.consumer.assign([self.ck.TopicPartition(topic, p) for p in self.partitions(topic)])
 
     def poll(self, max_records: int, timeout: float) -> Polled | None:
-        messages = self.consumer.consume(max_records, timeout)
+        """What the client holds now, up to ``max_records``; when it holds nothing, the first message to come
+        within ``timeout`` and what came with it (librdkafka's own wait would last until ``max_records`` came or
+        the whole ``timeout`` passed: at a steady rate every record would wait that long)."""
+        consume = self.consumer.consume
+        messages = consume(max_records, 0)
         if not messages:
-            return None
+            messages = consume(1, timeout)
+            if not messages:
+                return None
+            if max_records > 1:
+                messages += consume(max_records - 1, 0)
         good = []
         for m in messages:
             error = m.error()

@@ -64,7 +64,7 @@ class StreamOptions:
     dlq_topic: str | None = None
     group: str = "segscope"
     batch_size: int = 5000
-    #: how long a poll waits to fill a batch: bounds the latency at low rates
+    #: how long a poll waits for a message when none is there (a poll takes what the client holds, up to batch_size)
     poll_timeout_ms: int = 100
     max_message_bytes: int = 65_536
     stats_interval: float = 10.0
