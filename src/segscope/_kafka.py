@@ -86,17 +86,14 @@ class _ConfluentConsumer(Connects, Acknowledges):
         self.consumer.assign([self.ck.TopicPartition(topic, p) for p in self.partitions(topic)])
 
     def poll(self, max_records: int, timeout: float) -> Polled | None:
-        """What the client holds now, up to ``max_records``; when it holds nothing, the first message to come
-        within ``timeout`` and what came with it (librdkafka's own wait would last until ``max_records`` came or
-        the whole ``timeout`` passed: at a steady rate every record would wait that long)."""
+        """What the client holds now, up to ``max_records``; when it holds nothing, the first message within
+        ``timeout`` and what came with it (librdkafka's consume waits for ``max_records`` or the whole timeout)."""
         consume = self.consumer.consume
-        messages = consume(max_records, 0)
+        messages = consume(max_records, 0) or consume(1, timeout)
         if not messages:
-            messages = consume(1, timeout)
-            if not messages:
-                return None
-            if max_records > 1:
-                messages += consume(max_records - 1, 0)
+            return None
+        if len(messages) == 1 and max_records > 1:
+            messages += consume(max_records - 1, 0)
         good = []
         for m in messages:
             error = m.error()
