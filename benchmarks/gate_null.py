@@ -7,7 +7,9 @@ centre): per draw, 3 "anomalies" and 60 "normals" put on random records, the gat
 as ``segscope.tuning.finetune`` builds them, and the permutation p-value (``promotion.permutation_p``, 2,000 random
 draws) computed on the gate's scores two ways: each fold's candidate Platt-scaled on every judged record (its own
 fold's labels included), and Platt-scaled on the other folds only (what ``Candidates.gate_scores`` does). An exact
-test gives p <= 0.05 in 5% of draws and p <= 0.01 in 1%. Writes benchmarks/results/<out>.json and .md.
+test gives p <= 0.05 in 5% of draws and p <= 0.01 in 1%. Then the whole decision (``promotion.compare`` on the
+shipped scores) under each promotion rule of ``RULES``: how often labels that carry nothing are promoted.
+Writes benchmarks/results/<out>.json and .md.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from segscope.config import SegscopeConfig
 from segscope.model import Model
 from segscope.supervised.blend import fit_platt
 from segscope.supervised.learners import make_finetuned
-from segscope.supervised.promotion import GATE_FOLDS, break_ties, gate_folds, judged_rows, permutation_p
+from segscope.supervised.promotion import GATE_FOLDS, break_ties, compare, gate_folds, judged_rows, permutation_p
 from segscope.supervised.selection import Candidates, choose, out_of_fold
 
 RESULTS = Path(__file__).parent / "results"
@@ -78,7 +80,29 @@ def draw_once(model: Model, history: pl.DataFrame, x: np.ndarray, layout: Any, d
         cur, new = break_ties(current[judged], tie_rng), break_ties(scores[keep], tie_rng)
         p = permutation_p(y[judged], cur, new, "aucpr", folds=candidates.fold[keep])
         result[how] = {"p": p, "taken": taken}
+    scores, _ = candidates.gate_scores(3)
+    report = compare(y[judged], current[judged], scores[keep], "aucpr", folds=candidates.fold[keep])
+    better = "not better than the current version" not in report["reason"]
+    result["rules"] = {rule: bool(better and passes(report)) for rule, passes in RULES.items()}
     return result
+
+
+#: Promotion rules read from the gate's report (the candidate better by AUCPR, ties broken, and ...).
+RULES = {
+    "permutation p <= 0.01, no anomaly carries it": lambda r: (
+        r["permutation_p_value"] <= 0.01 and r["least_gain_without_one"] >= 0
+    ),
+    "permutation p <= 0.05, no anomaly carries it": lambda r: (
+        r["permutation_p_value"] <= 0.05 and r["least_gain_without_one"] >= 0
+    ),
+    "bootstrap 95% and paired t p <= 0.05 (the old rule)": lambda r: (
+        r["share_of_resamples_better"] >= 0.95 and r["paired_t_p_value"] <= 0.05
+    ),
+    "permutation p <= 0.01 or the old rule": lambda r: (
+        (r["permutation_p_value"] <= 0.01 and r["least_gain_without_one"] >= 0)
+        or (r["share_of_resamples_better"] >= 0.95 and r["paired_t_p_value"] <= 0.05)
+    ),
+}
 
 
 def summary(draws: list[dict[str, Any]]) -> dict[str, Any]:
@@ -94,6 +118,8 @@ def summary(draws: list[dict[str, Any]]) -> dict[str, Any]:
             "draws whose folds took different candidates": int(sum(mixed)),
             "p <= 0.05 among them": int(sum(pi <= 0.05 for pi, m in zip(p, mixed, strict=True) if m)),
         }
+    ruled = [d for d in draws if "rules" in d]
+    out["_rules"] = {rule: [sum(d["rules"][rule] for d in ruled), len(ruled)] for rule in RULES}
     return out
 
 
@@ -101,10 +127,14 @@ def markdown(result: dict[str, Any]) -> str:
     lines = ["| gate scores | draws | p <= 0.05 | p <= 0.01 | mean p | folds took different candidates (p <= 0.05) |"]
     lines.append("|---|---|---|---|---|---|")
     for how, row in result.items():
+        if how.startswith("_"):
+            continue
         lines.append(
             f"| {how} | {row['draws']} | {row['p <= 0.05']} | {row['p <= 0.01']} | {row['mean p']:.3f} | "
             f"{row['draws whose folds took different candidates']} ({row['p <= 0.05 among them']}) |"
         )
+    lines += ["", "| promotion rule (shipped gate scores) | promoted on labels that carry nothing |", "|---|---|"]
+    lines += [f"| {rule} | {k} of {n} |" for rule, (k, n) in result.get("_rules", {}).items()]
     return "\n".join(lines) + "\n"
 
 

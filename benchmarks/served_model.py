@@ -117,6 +117,19 @@ def figures(y: np.ndarray, score: np.ndarray) -> dict[str, float]:
     return {"aucroc": float(roc_auc_score(y, score)), "aucpr": float(average_precision_score(y, score))}
 
 
+def evidence(report: dict[str, Any]) -> dict[str, Any]:
+    """What each promotion rule reads from the gate's report (so a rule can be re-decided from the results
+    exactly: the candidate is the same whatever the rule): better at all, the permutation p-value, the least gain
+    without one anomaly, the share of bootstrap resamples better and the paired t-test's p-value."""
+    return {
+        "better": "not better than the current version" not in report["reason"] and "candidate" in report,
+        "p": report.get("permutation_p_value"),
+        "least": report.get("least_gain_without_one"),
+        "share": report.get("share_of_resamples_better"),
+        "t": report.get("paired_t_p_value"),
+    }
+
+
 def draw_once(
     model: Model, train: pl.DataFrame, test: pl.DataFrame, prepared: dict[str, Any], share: float, draw: int
 ) -> dict[str, Any]:
@@ -139,13 +152,15 @@ def draw_once(
         "labelled": int(labelled.sum()),
         "promoted": bool(report["promote"]),
         "reason": report["reason"],
-        "gate": report["split"],
         "chosen": report.get("candidates", {}).get("chosen"),
         "candidate": cand,
         "served": cand if report["promote"] else current,
         "plain xgboost": figures(y_test, plain.predict_proba(prepared["plain_test"])[:, 1]),
+        "gate": report["split"],
+        "evidence": evidence(report),
         "shuffled promoted": bool(noise_report["promote"]),
         "shuffled reason": noise_report["reason"],
+        "shuffled evidence": evidence(noise_report),
         "seconds": seconds,
         "plain seconds": plain_seconds,
     }

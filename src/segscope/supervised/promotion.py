@@ -15,18 +15,18 @@ were there (cardio, 26 labelled anomalies and 228 normals: out-of-fold AUCPR 0.2
 background, better in 70% of resamples, while the candidate scored new records at 0.87 against 0.56).
 
 The candidate is promoted when it is better by the chosen metric on those records and the gain is more than
-chance gives, by either of two tests. Against random records: the gain is larger than on as many records drawn at
-random from the same folds in at least 99% of 2,000 draws (:func:`permutation_p`), and no single labelled anomaly
-carries it (:func:`least_gain_without_one`); the predictions are out of fold, so labels that carry nothing make
-the labelled anomalies records like any other, and pass this at most 1% of the time whatever their number. Or on
-the anomalies' own spread: better in at least 95% of paired bootstrap resamples (anomalies and the rest
-resampled separately) and by a one-sided paired t-test at 5% (:func:`paired_t`). Three labelled anomalies lifted
-to the top of the list pass the first where the second needs more of them than analysts give at 5% labelled
-(thyroid, 3 labelled anomalies, the candidate at AUCPR 0.90 on held-out records against 0.50: permutation
-p=0.001, t-test p=0.09); a small gain shared by all of ten positives-only anomalies passes the second where
-random records near the top of a long list swing as much (bootstrap 100%, permutation p=0.02). Both error
-rates, measured on public data, are in the docs (``benchmarks/gate_designs.py``). The served candidate itself
-is trained on all records once the gate has passed.
+chance gives: larger than on as many records drawn at random from the same folds in at least 99% of 2,000 draws
+(:func:`permutation_p`), and no single labelled anomaly carries it (:func:`least_gain_without_one`). The
+predictions are out of fold, so labels that carry nothing make the labelled anomalies records like any other,
+and pass this at most 1% of the time whatever their number; three labelled anomalies lifted to the top of the
+list pass it (thyroid, 3 labelled anomalies, the candidate at AUCPR 0.90 on held-out records against 0.50:
+permutation p=0.001, where a paired t-test on their own spread gives p=0.09). A second rule on the anomalies'
+own spread (better in 95% of paired bootstrap resamples and by a one-sided paired t-test at 5%) also promoted
+until it was measured alone: over 120 draws of ``benchmarks/served_model.py`` it added no promotion of a
+truly better candidate and all 4 promotions of labels put on random records (the t-test takes the AUCPR terms
+of 10 to 48 anomalies as independent, and they are not); both figures stay in the report, for information. Both
+error rates, measured on public data, are in the docs. The served candidate itself is trained on all records once
+the gate has passed.
 """
 
 from __future__ import annotations
@@ -133,11 +133,11 @@ def compare(
     seed: int = 0,
 ) -> dict[str, Any]:
     """The promotion decision on the gate's records (``folds``: each record's gate fold, or None): ``promote``
-    (candidate better by ``metric`` and its gain larger than on random records of the same folds, one-sided at
-    ``1 - confidence``: :func:`permutation_p`), the figures (with, for information, the share of ``resamples``
-    stratified paired bootstrap resamples in which it is better and the paired t-test's p-value) and a one-line
-    reason that says what is missing when it is refused; ``against`` names the records the anomalies were ranked
-    against."""
+    (candidate better by ``metric``, its gain larger than on random records of the same folds, one-sided at
+    ``1 - confidence``: :func:`permutation_p`, and carried by no single labelled anomaly), the figures (with, for
+    information, the share of ``resamples`` stratified paired bootstrap resamples in which it is better and the
+    paired t-test's p-value) and a one-line reason that says what is missing when it is refused; ``against``
+    names the records the anomalies were ranked against."""
     n_pos = int(y.sum())
     if n_pos == 0 or n_pos == y.size:
         return {"promote": False, "reason": "no labelled anomaly was predicted out of fold: label more anomalies"}
@@ -152,15 +152,12 @@ def compare(
     p_value = permutation_p(y, current, candidate, metric, folds=folds, seed=seed)
     t_value = paired_t(y, current, candidate, metric)
     least = least_gain_without_one(y, current, candidate, metric)
-    against_random = p_value <= 1 - confidence and least >= 0.0
-    # or the anomalies' own evidence: better in 95% of the resamples and by the paired t-test at 5%
-    on_their_own = share >= 0.95 and t_value <= 0.05
-    promote = bool(better and (against_random or on_their_own))
+    promote = bool(better and p_value <= 1 - confidence and least >= 0.0)
     if promote:
         verdict = "better"
     elif not better:
         verdict = "not better than the current version"
-    elif p_value <= 1 - confidence and least < 0.0:
+    elif p_value <= 1 - confidence:
         verdict = (
             f"not reliably better (the gain hangs on one labelled anomaly): label more anomalies ({n_pos} checked) "
             "to strengthen the evidence"
@@ -178,8 +175,7 @@ def compare(
         "promote": promote,
         "reason": f"{metric} {judged['new']:.4f} vs {judged['cur']:.4f} out of fold on {n_pos} labelled anomalies "
         f"against {against} (ties broken at random), a gain that random records of the same folds reach with "
-        f"p={p_value:.4f} (needs {1 - confidence:.2f}), or better in {share:.0%} of {resamples} resamples and paired "
-        f"t p={t_value:.3f} (needs 95% and 0.05): {verdict}",
+        f"p={p_value:.4f} (needs {1 - confidence:.2f}): {verdict}",
     }
 
 
