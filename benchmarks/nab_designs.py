@@ -1,0 +1,184 @@
+"""Alarm designs for the maintenance pack on the whole NAB corpus, measured before any goes into the pack.
+
+    python benchmarks/nab_designs.py --nab PATH/TO/NAB [--out nab_designs]
+
+The pack as shipped alarms when a reading falls on a level its machine never had, or when a sensor holds one value
+longer than it ever did, at most once per 12 hours (benchmarks/nab_corpus.py). This script runs the pack once per
+series (fit on the probationary rows, the rest scored in order, as nab_corpus.py does), keeps each row's entity
+features, levels and score, and then re-decides the alarms under other designs, so that each costs seconds:
+
+* where the points go: windows missed, alarms outside any window (each costs the profile's false-positive weight);
+* the level grid: 16, 24, 48 levels instead of 32; a new level only when it is two or more levels from every known
+  one; only a level beyond the known range;
+* adapted detectors: the pack's detectors (iforest + ecod) refitted every day on the trailing 7 days of the
+  machine's entity features (the rows that alarmed left out), each row's score ranked against the refit rows'
+  own scores (p in [0, 1]); a new level alarms only when its p is at least 0.95, 0.98 or 0.99 (rows before the
+  first refit keep the plain rule).
+
+Every design is scored with NAB's rules at corpus level (standard, low-FP, low-FN profiles and per category), and
+on the two categories the pack's defaults are chosen on (realKnownCause, realAWSCloudwatch). Writes
+benchmarks/results/<out>.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+from nab_corpus import CONFIGS, TUNED_ON, corpus_windows, load_series, score_file, table
+
+from segscope.config import load_config
+from segscope.model import Model
+from segscope.unsupervised.detect import make_detector
+from segscope.unsupervised.ensemble import AnomalyEnsemble
+
+RESULTS = Path(__file__).parent / "results"
+HOUR = 3600.0
+
+
+class Series:
+    """One series as the pack scored it: the scored rows' times, features, alarms and levels."""
+
+    def __init__(self, nab: Path, name: str, model_config: Any) -> None:
+        frame = load_series(nab, name)
+        self.name = name
+        self.stamps = frame["timestamp"].to_list()
+        self.probation = int(min(np.floor(0.15 * frame.height), 750))
+        model = Model(model_config).fit(frame[: self.probation])
+        rest = frame[self.probation :]
+        features = model.with_entities(rest, model.new_state())
+        self.feature_names = list(model.entity_features)
+        self.x = np.clip(np.nan_to_num(features.select(self.feature_names).to_numpy(), nan=0.0), -1e6, 1e6)
+        self.t = rest["timestamp"].cast(pl.Int64).to_numpy() / 1e6
+        (stuck,) = [n for n in self.feature_names if n.endswith("_stuck")]
+        self.stuck = features[stuck].to_numpy() == 1
+        self.values = frame["value"].to_numpy().astype(float)
+
+    def new_levels(self, levels: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Each scored row: on a new level, its distance in levels to the nearest known one, beyond the known range."""
+        history = self.values[: self.probation]
+        low, high = history.min(), history.max()
+        step = (high - low) / levels
+        if not step > 0:
+            step = max(abs(low), abs(high), 1e-9) * 0.01
+        code = np.floor((self.values - low) / step).astype(np.int64)
+        known = set(code[: self.probation].tolist())
+        rest = code[self.probation :]
+        new, dist, beyond = np.zeros(rest.size, bool), np.zeros(rest.size), np.zeros(rest.size, bool)
+        lo, hi = min(known), max(known)
+        for i, c in enumerate(rest.tolist()):
+            if c not in known:
+                new[i], dist[i], beyond[i] = True, min(abs(c - k) for k in known), c < lo or c > hi
+                known.add(c)
+                lo, hi = min(lo, c), max(hi, c)
+        return new, dist, beyond
+
+    def adapted(self, every: float, window: float, left_out: np.ndarray, detectors: list[str]) -> np.ndarray:
+        """Each row's rank against the rows of its refit (NaN before the first refit)."""
+        p = np.full(self.t.size, np.nan)
+        for edge in np.arange(self.t[0] + every, self.t[-1] + every, every):
+            train = (self.t >= edge - window) & (self.t < edge) & ~left_out
+            nxt = (self.t >= edge) & (self.t < edge + every)
+            if train.sum() < 50 or not nxt.any():
+                continue
+            ensemble = AnomalyEnsemble([make_detector(d) for d in detectors]).fit(self.x[train])
+            own = np.sort(ensemble.score(self.x[train]))
+            p[nxt] = np.searchsorted(own, ensemble.score(self.x[nxt]), side="right") / (own.size + 1)
+        return p
+
+    def cooled(self, alarms: np.ndarray, gap_hours: float = 12.0) -> np.ndarray:
+        out, last = np.zeros(alarms.size, bool), -np.inf
+        for i in np.flatnonzero(alarms):
+            if self.t[i] - last >= gap_hours * HOUR:
+                out[i], last = True, self.t[i]
+        return out
+
+    def full(self, alarms: np.ndarray) -> np.ndarray:
+        return np.concatenate([np.zeros(self.probation, bool), alarms])
+
+
+def where_points_go(series: list[Series], alarms: dict[str, np.ndarray], windows: dict[str, Any]) -> dict[str, int]:
+    missed = outside = 0
+    for s in series:
+        stamps = np.array(s.stamps, dtype="datetime64[us]")
+        inside = np.zeros(len(stamps), bool)
+        for start, end in windows[s.name]:
+            span = (stamps >= np.datetime64(start)) & (stamps <= np.datetime64(end))
+            inside |= span
+            missed += not (alarms[s.name] & span).any()
+        outside += int((alarms[s.name] & ~inside).sum())
+    return {"windows_missed": missed, "alarms_outside_windows": outside}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nab", required=True, help="a copy of github.com/numenta/NAB (data/, labels/)")
+    parser.add_argument("--out", default="nab_designs")
+    parser.add_argument("--only", default=None, help="comma-separated categories (a quick look; the table is all)")
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")
+    nab, cfg = Path(args.nab), load_config(CONFIGS / "maintenance.yaml")
+    windows = corpus_windows(nab)
+    series = []
+    only = tuple(args.only.split(",")) if args.only else None
+    for name in sorted(windows):
+        if only and name.split("/")[0] not in only:
+            continue
+        series.append(Series(nab, name, cfg))
+        print("fitted", name, flush=True)
+    levels = {n: {s.name: s.new_levels(n) for s in series} for n in (16, 24, 32, 48)}
+    detectors = [d.name for d in cfg.detectors]
+
+    def design(rule: Callable[[Series], np.ndarray]) -> dict[str, np.ndarray]:
+        return {s.name: s.full(s.cooled(rule(s) | s.stuck)) for s in series}
+
+    designs: dict[str, dict[str, np.ndarray]] = {"as shipped (32 levels)": design(lambda s: levels[32][s.name][0])}
+    for n in (16, 24, 48):
+        designs[f"{n} levels"] = design(lambda s, n=n: levels[n][s.name][0])
+    designs["a new level two or more levels from every known one"] = design(
+        lambda s: levels[32][s.name][0] & (levels[32][s.name][1] >= 2)
+    )
+    designs["a new level beyond the known range only"] = design(lambda s: levels[32][s.name][0] & levels[32][s.name][2])
+    shipped = designs["as shipped (32 levels)"]
+    ranks = {}
+    for s in series:
+        ranks[s.name] = s.adapted(24 * HOUR, 7 * 24 * HOUR, shipped[s.name][s.probation :], detectors)
+        print("adapted", s.name, flush=True)
+    for q in (0.95, 0.98, 0.99):
+        designs[f"adapted detectors (1d, 7d) gate new levels at p >= {q}"] = design(
+            lambda s, q=q: levels[32][s.name][0] & (np.isnan(ranks[s.name]) | (ranks[s.name] >= q))
+        )
+    results: dict[str, Any] = {}
+    for label, alarms in designs.items():
+        per_file = {s.name: score_file(s.stamps, alarms[s.name], windows[s.name]) for s in series}
+        tuned = {k: v for k, v in per_file.items() if k.split("/")[0] in TUNED_ON}
+        results[label] = {
+            "scores": table(per_file, windows),
+            "tuning_categories_standard": table(tuned, windows)["corpus"]["standard"] if tuned else None,
+            **where_points_go(series, alarms, windows),
+        }
+        print(f"{label:60s} {results[label]['scores']['corpus']['standard']:6.1f}", flush=True)
+    lines = [
+        "| design | standard | low FP | low FN | tuning categories | windows missed | alarms outside windows |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label, r in results.items():
+        c = r["scores"]["corpus"]
+        lines.append(
+            f"| {label} | {c['standard']:.1f} | {c['reward_low_FP_rate']:.1f} | {c['reward_low_FN_rate']:.1f} "
+            f"| {r['tuning_categories_standard'] or float('nan'):.1f} | {r['windows_missed']} "
+            f"| {r['alarms_outside_windows']} |"
+        )
+    (RESULTS / f"{args.out}.json").write_text(json.dumps(results, indent=1))
+    (RESULTS / f"{args.out}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
