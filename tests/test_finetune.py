@@ -317,6 +317,23 @@ def test_tree_depth_is_chosen_out_of_fold_only_when_labels_show_it(labelled: int
     assert fixed.learner.get_params()["max_depth"] == 2  # a depth the user set is kept
 
 
+def test_one_of_the_out_of_fold_choices_is_the_plain_xgboost_a_user_would_fit() -> None:
+    """Among the configurations compared on the gate's folds is XGBoost as ``XGBClassifier()`` fits it (its
+    defaults, every record weighted alike, unlabelled as normal): on the same matrix its predictions are the
+    classifier's, to the last bit, whatever weights and monotone constraints the fine-tuning passes."""
+    import xgboost as xgb
+
+    from segscope.supervised.xgb import XGBoostLearner
+
+    x, truth = _interaction(3000, seed=1)
+    plain = [p for p in XGBoostLearner().alternatives() if p.get("plain")]
+    assert plain == [{"max_depth": 6, "n_estimators": 100, "learning_rate": 0.3, "plain": True}]
+    weight = np.where(truth == 1, 25.0, 0.2)  # the positive-unlabelled weights the other candidates get
+    ours = XGBoostLearner(seed=3, **plain[0]).fit(x, truth, weight, np.array([0.0, 0.0, 0.0, 0.0, 1.0]))
+    reference = xgb.XGBClassifier(n_jobs=2, random_state=3).fit(x, truth)
+    np.testing.assert_allclose(ours.predict_raw(x), reference.predict_proba(x)[:, 1], rtol=0, atol=1e-7)
+
+
 def test_the_blend_is_compared_out_of_fold_only_from_prior_below_labelled_anomalies() -> None:
     """From 30 labelled anomalies the learner's own parameters are compared out of fold, but the blend only from
     ``prior_below`` (75): with 50, the prior blend is taken even where the learner alone looks better out of fold

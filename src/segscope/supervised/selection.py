@@ -1,8 +1,10 @@
 """The fine-tuning's capacity and blend, chosen on the promotion gate's folds.
 
-A candidate is a learner configuration (XGBoost: stumps, depth 2, depth 4 with 200 trees at rate 0.1, and
-XGBoost's own defaults, depth 6 with 100 trees at rate 0.3) with a blend (the prior blend, the learner alone, the
-stack of the learner and the unsupervised surprisal; :mod:`segscope.supervised.base`). Every candidate is judged on
+A candidate is a learner configuration (XGBoost: stumps and depth 4 with 200 trees at rate 0.1, XGBoost's own
+depth and rate, depth 6 with 100 trees at rate 0.3, and a plain XGBoost: those with every record weighted alike,
+no sampling and no monotone constraint, :meth:`~segscope.supervised.xgb.XGBoostLearner.alternatives`) with a
+blend (the prior blend, the learner alone, the stack of the learner and the unsupervised surprisal;
+:mod:`segscope.supervised.base`). Every candidate is judged on
 the predictions the gate makes anyway: for each of the gate's folds, one learner per configuration taught on the
 rows that fold may learn from predicts the fold (the blends cost nothing more). So the choice costs one fit per
 configuration and fold, and it is judged as the gate judges, forward in time when the records have an event time.
@@ -113,6 +115,8 @@ class Candidates:
 
 def _label(params: dict[str, Any]) -> str:
     depth = params.get("max_depth")
+    if params.get("plain"):
+        return "plain XGBoost"
     if depth is None:
         return "the learner"
     if depth == 1:

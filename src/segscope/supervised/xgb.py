@@ -27,7 +27,7 @@ from typing import Any, ClassVar, Self
 import numpy as np
 
 from segscope._deps import require
-from segscope._params import Constraint, Interval, Sizes, StoresParams
+from segscope._params import Constraint, Interval, Options, Sizes, StoresParams
 from segscope.exceptions import BundleError, NotFittedError
 
 __all__ = ["XGBoostLearner", "check_booster_json"]
@@ -149,6 +149,7 @@ class XGBoostLearner(StoresParams):
         "learning_rate": Interval(float, 0.0, 1.0, closed="right"),
         "seed": Interval(int, 0, 2**32 - 1),
         "categories": Sizes(low=1),
+        "plain": Options((False, True)),
     }
 
     def __init__(
@@ -159,12 +160,14 @@ class XGBoostLearner(StoresParams):
         learning_rate: float = 0.1,
         seed: int = 0,
         categories: list[int] | tuple[int, ...] = (),
+        plain: bool = False,
     ) -> None:
         self.n_estimators = n_estimators
         self.max_depth = max_depth
         self.learning_rate = learning_rate
         self.seed = seed
         self.categories = categories
+        self.plain = plain
 
     def _matrix(self, x: np.ndarray, **labels: Any) -> Any:
         xgb = require("xgboost", extra="xgboost", feature="the XGBoost learner")
@@ -175,11 +178,14 @@ class XGBoostLearner(StoresParams):
 
     def alternatives(self) -> list[dict[str, Any]]:
         """Parameters to compare out of fold when the labels allow, the first the default, while the depth is not
-        fixed: stumps, depth 4, and XGBoost's own defaults (depth 6, 100 trees at rate 0.3: what a plain XGBoost
-        would fit, so that the choice is never below it where the labels show it)."""
+        fixed: stumps, depth 4, XGBoost's own depth and rate (depth 6, 100 trees at rate 0.3) with this learner's
+        weights, sampling and monotone surprisals, and a plain XGBoost (``plain``: the same, with every record
+        weighted alike, no sampling, no constraint: what a user fitting ``XGBClassifier()`` on the labelled rows
+        gets, so the choice includes it and falls below it only by the out-of-fold choice's own noise)."""
         if self.max_depth is not None:
             return []
-        return [{"max_depth": 1}, {"max_depth": 4}, {"max_depth": 6, "n_estimators": 100, "learning_rate": 0.3}]
+        defaults = {"max_depth": 6, "n_estimators": 100, "learning_rate": 0.3}
+        return [{"max_depth": 1}, {"max_depth": 4}, defaults, {**defaults, "plain": True}]
 
     def pretrain(self, x: np.ndarray) -> None:
         """Trees need no pre-training."""
@@ -197,18 +203,23 @@ class XGBoostLearner(StoresParams):
     ) -> Self:
         self.check_params()
         xgb = require("xgboost", extra="xgboost", feature="the XGBoost learner")
-        params = {
+        params: dict[str, Any] = {
             "objective": "binary:logistic",
             "max_depth": self.max_depth or 1,
             "eta": self.learning_rate,
-            "subsample": 0.8,
-            "colsample_bynode": 0.8,
-            "min_child_weight": 0.5,
             "tree_method": "hist",
             "nthread": 2,
             "seed": self.seed,
-            "monotone_constraints": "(" + ",".join(str(int(v)) for v in monotone) + ")",
         }
+        if self.plain:  # XGBoost's defaults: every record weighted alike (unlabelled as normal), no sampling
+            weight = np.ones_like(weight)
+        else:
+            params.update(
+                subsample=0.8,
+                colsample_bynode=0.8,
+                min_child_weight=0.5,
+                monotone_constraints="(" + ",".join(str(int(v)) for v in monotone) + ")",
+            )
         if self.categories:
             params["max_cat_to_onehot"] = max(self.categories) + 1  # one level against the rest, always
         previous = None
