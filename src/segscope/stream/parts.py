@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -83,6 +84,10 @@ class Interrupted(BaseException):
     be waiting inside its constructor, which no flag reaches)."""
 
 
+def _ignore(unraisable: Any) -> None:
+    """An unraisable exception not shown (see :func:`stop_on_signals`)."""
+
+
 def stop_on_signals(state: dict[str, bool]) -> None:
     """SIGTERM/SIGINT end the loop after the current batch; while ``state["connecting"]``, at once."""
 
@@ -90,6 +95,9 @@ def stop_on_signals(state: dict[str, bool]) -> None:
         state["running"] = False
         if state.get("connecting"):
             log.info("signal %s while connecting to Kafka: exiting", signum)
+            # the client left inside its constructor may complain as it is collected at exit (kafka-python's
+            # I/O loop: "Exception ignored ... ReferenceError"): nothing was read, so its finalizers stay quiet
+            sys.unraisablehook = _ignore
             raise Interrupted
         log.info("signal %s: finishing the current batch, committing, exiting", signum)
 
