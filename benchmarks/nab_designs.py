@@ -34,6 +34,8 @@ import polars as pl
 from nab_corpus import CONFIGS, TUNED_ON, corpus_windows, load_series, score_file, table
 
 from segscope.config import load_config
+from segscope.features._entity_kernel import cool_down
+from segscope.features.levels import codes, grids, ranges
 from segscope.model import Model
 from segscope.unsupervised.detect import make_detector
 from segscope.unsupervised.ensemble import AnomalyEnsemble
@@ -62,12 +64,8 @@ class Series:
 
     def new_levels(self, levels: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Each scored row: on a new level, its distance in levels to the nearest known one, beyond the known range."""
-        history = self.values[: self.probation]
-        low, high = history.min(), history.max()
-        step = (high - low) / levels
-        if not step > 0:
-            step = max(abs(low), abs(high), 1e-9) * 0.01
-        code = np.floor((self.values - low) / step).astype(np.int64)
+        grid = grids({"value": ranges(self.values[: self.probation], None)}, {"value": levels})["value"]
+        code = codes(self.values, None, grid).to_numpy()  # the pack's own level grid
         known = set(code[: self.probation].tolist())
         rest = code[self.probation :]
         new, dist, beyond = np.zeros(rest.size, bool), np.zeros(rest.size), np.zeros(rest.size, bool)
@@ -93,10 +91,8 @@ class Series:
         return p
 
     def cooled(self, alarms: np.ndarray, gap_hours: float = 12.0) -> np.ndarray:
-        out, last = np.zeros(alarms.size, bool), -np.inf
-        for i in np.flatnonzero(alarms):
-            if self.t[i] - last >= gap_hours * HOUR:
-                out[i], last = True, self.t[i]
+        out, never = alarms.copy(), np.array([-np.inf])
+        cool_down(out, np.zeros(out.size, np.int64), self.t, never, never.copy(), gap_hours * HOUR, 0.0)
         return out
 
     def full(self, alarms: np.ndarray) -> np.ndarray:

@@ -30,6 +30,11 @@ SPLIT = 2
 _MIN_BLOCK = 8192
 
 
+_KernelArrays = tuple[
+    np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray
+]
+
+
 class ECDFTable(NamedTuple):
     """A column-wise ECDF (exact counts, see the module docstring)."""
 
@@ -43,6 +48,20 @@ class ECDFTable(NamedTuple):
     cell_start: np.ndarray  # (features, cells + 1) distinct values in the cells before each cell
     steps: np.ndarray  # (features,) search steps: 2**steps exceeds the most distinct values in one cell
     tail_width: np.ndarray  # (features, 2): spread of the lowest / highest 1% of the reference
+
+    def kernel_arrays(self) -> _KernelArrays:
+        """The arrays a look-up kernel takes, in the order :func:`_lookup`'s callers unpack them."""
+        return (
+            self.values,
+            self.below,
+            self.cell_start,
+            self.sub_start,
+            self.steps,
+            self.low,
+            self.high,
+            self.inv_width,
+            self.tail_width,
+        )
 
 
 @nb.njit(cache=True, inline="always")
@@ -195,15 +214,7 @@ def ecdf_outlier_scores(x: np.ndarray, table: ECDFTable, skew_sign: np.ndarray, 
     return np.asarray(
         _outlier_scores(
             x,
-            t.values,
-            t.below,
-            t.cell_start,
-            t.sub_start,
-            t.steps,
-            t.low,
-            t.high,
-            t.inv_width,
-            t.tail_width,
+            *t.kernel_arrays(),
             t.sorted_ref.shape[1],
             skew_sign,
             copod,
@@ -278,15 +289,7 @@ def top_contributions(
     t, block = table, _block_size(x.shape[0])
     return _top_contributions(
         x,
-        t.values,
-        t.below,
-        t.cell_start,
-        t.sub_start,
-        t.steps,
-        t.low,
-        t.high,
-        t.inv_width,
-        t.tail_width,
+        *t.kernel_arrays(),
         t.sorted_ref.shape[1],
         k,
         skew_sign,
