@@ -48,11 +48,13 @@ def forest_depths(
     Trees are stored heap-ordered (children of node i at 2i+1, 2i+2), ``feature``/``threshold`` shaped
     (trees, 2**depth - 1), ``leaf_value`` (trees, 2**depth). A fixed number of branch-free steps per tree and
     blocks of rows walking one tree at a time keep the walk fast. ``x`` and ``threshold`` are float32, as
-    scikit-learn's trees compare.
+    scikit-learn's trees compare. ``feature`` is unsigned and the walk counts nodes in unsigned integers: numba
+    adds a negative-index wrap-around to every signed index, which costs a third of the walk.
     """
     n = x.shape[0]
     n_trees = feature.shape[0]
-    n_internal = feature.shape[1]
+    n_internal = np.uint64(feature.shape[1])
+    one, two, root = np.uint64(1), np.uint64(2), np.uint64(0)
     out = np.zeros(n)
     n_blocks = (n + _FOREST_BLOCK - 1) // _FOREST_BLOCK
     for b in nb.prange(n_blocks):
@@ -64,16 +66,18 @@ def forest_depths(
             leaves = leaf_value[t]
             i = lo
             while i + 8 <= hi:  # eight independent walks at once hide the load latency of each step
-                n0 = n1 = n2 = n3 = n4 = n5 = n6 = n7 = 0
+                r0, r1, r2, r3 = x[i], x[i + 1], x[i + 2], x[i + 3]
+                r4, r5, r6, r7 = x[i + 4], x[i + 5], x[i + 6], x[i + 7]
+                n0 = n1 = n2 = n3 = n4 = n5 = n6 = n7 = root
                 for _ in range(depth):
-                    n0 = 2 * n0 + 1 + (1 if x[i, feat[n0]] > thr[n0] else 0)
-                    n1 = 2 * n1 + 1 + (1 if x[i + 1, feat[n1]] > thr[n1] else 0)
-                    n2 = 2 * n2 + 1 + (1 if x[i + 2, feat[n2]] > thr[n2] else 0)
-                    n3 = 2 * n3 + 1 + (1 if x[i + 3, feat[n3]] > thr[n3] else 0)
-                    n4 = 2 * n4 + 1 + (1 if x[i + 4, feat[n4]] > thr[n4] else 0)
-                    n5 = 2 * n5 + 1 + (1 if x[i + 5, feat[n5]] > thr[n5] else 0)
-                    n6 = 2 * n6 + 1 + (1 if x[i + 6, feat[n6]] > thr[n6] else 0)
-                    n7 = 2 * n7 + 1 + (1 if x[i + 7, feat[n7]] > thr[n7] else 0)
+                    n0 = two * n0 + one + np.uint64(r0[feat[n0]] > thr[n0])
+                    n1 = two * n1 + one + np.uint64(r1[feat[n1]] > thr[n1])
+                    n2 = two * n2 + one + np.uint64(r2[feat[n2]] > thr[n2])
+                    n3 = two * n3 + one + np.uint64(r3[feat[n3]] > thr[n3])
+                    n4 = two * n4 + one + np.uint64(r4[feat[n4]] > thr[n4])
+                    n5 = two * n5 + one + np.uint64(r5[feat[n5]] > thr[n5])
+                    n6 = two * n6 + one + np.uint64(r6[feat[n6]] > thr[n6])
+                    n7 = two * n7 + one + np.uint64(r7[feat[n7]] > thr[n7])
                 out[i] += leaves[n0 - n_internal]
                 out[i + 1] += leaves[n1 - n_internal]
                 out[i + 2] += leaves[n2 - n_internal]
@@ -84,9 +88,10 @@ def forest_depths(
                 out[i + 7] += leaves[n7 - n_internal]
                 i += 8
             while i < hi:
-                node = 0
+                node = root
+                row = x[i]
                 for _ in range(depth):
-                    node = 2 * node + 1 + (1 if x[i, feat[node]] > thr[node] else 0)
+                    node = two * node + one + np.uint64(row[feat[node]] > thr[node])
                 out[i] += leaves[node - n_internal]
                 i += 1
     return out

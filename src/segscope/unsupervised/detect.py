@@ -194,7 +194,7 @@ class IForestDetector(Detector):
         depth = max(1, max(est.tree_.max_depth for est in forest.estimators_))
         n_internal = 2**depth - 1
         n_trees = len(forest.estimators_)
-        feature = np.zeros((n_trees, n_internal), dtype=np.int32)
+        feature = np.zeros((n_trees, n_internal), dtype=np.uint32)
         threshold = np.full((n_trees, n_internal), np.inf, dtype=np.float32)
         leaf_value = np.zeros((n_trees, n_internal + 1), dtype=np.float64)
         for t, (est, est_features) in enumerate(zip(forest.estimators_, forest.estimators_features_, strict=True)):
@@ -234,7 +234,7 @@ class IForestDetector(Detector):
 
     def to_state(self) -> dict[str, np.ndarray]:
         return {
-            "feature": self.feature_,
+            "feature": self.feature_.astype(np.int32),  # the bundle's format; the kernel walks unsigned
             "threshold": self.threshold_,
             "leaf_value": self.leaf_value_,
             "denominator": self.denominator_,
@@ -252,7 +252,7 @@ class IForestDetector(Detector):
         self.n_features_ = int(take(arrays, "n_features", owner, shape=(1,), kind="i")[0])
         feature = take(arrays, "feature", owner, shape=(trees, leaves - 1), kind="i")
         check_indices(feature, 0, self.n_features_, owner, "feature numbers")
-        self.feature_ = feature.astype(np.int32)
+        self.feature_ = feature.astype(np.uint32)
         self.threshold_ = take(arrays, "threshold", owner, shape=(trees, leaves - 1)).astype(np.float32)
         self.denominator_ = take(arrays, "denominator", owner, shape=(1,), finite=True)
         self.reference_scores_ = take(arrays, "reference_scores", owner, shape=(None,))
