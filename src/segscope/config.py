@@ -22,12 +22,14 @@ from segscope._typing import (
     PolicyKind,
     SegmentBoundaries,
 )
+from segscope._yaml import load_yaml
 from segscope.columns import expand_sensors, map_columns
 from segscope.exceptions import ConfigError
 from segscope.expressions import compile_expression
 
 __all__ = [
     "DEFAULT_DETECTORS",
+    "AdaptConfig",
     "DetectorConfig",
     "EntityConfig",
     "EntityFeatureConfig",
@@ -136,6 +138,35 @@ class PolicyConfig(_Frozen):
                 "set it, or use per = 'rows'"
             )
         return self
+
+
+class AdaptConfig(_Frozen):
+    """``adapt: {every: 1d, window: 7d}``: per entity (of the first block), the detectors refitted on its trailing
+    ``window`` of entity-feature rows whenever its event time enters a new ``every`` period (periods counted from
+    1970); an alert stands only where the record ranks >= ``alert_at`` among the refit's scores of its window; shown
+    alerts never join it; at most ``max_rows`` rows a window (a reservoir sample per period). docs/configuration.md."""
+
+    every: str | int = "1d"
+    window: str | int = "7d"
+    alert_at: float = Field(default=0.99, gt=0.0, le=1.0)
+    max_rows: int = Field(default=2048, ge=100, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _periods(self) -> AdaptConfig:
+        if str(self.every).isdigit() != str(self.window).isdigit() or duration_seconds(self.every) <= 0:
+            raise ValueError("adapt.every and adapt.window must both be durations (1d, 7d) or both counts of events")
+        if abs(self.periods - duration_seconds(self.window) / duration_seconds(self.every)) > 1e-9 or not (
+            1 <= self.periods <= 64
+        ):
+            raise ValueError(
+                f"adapt.window ({self.window}) must be a whole number of adapt.every ({self.every}) periods, from 1 "
+                "to 64 of them (e.g. every: 1d, window: 7d)"
+            )
+        return self
+
+    @property
+    def periods(self) -> int:
+        return round(duration_seconds(self.window) / duration_seconds(self.every))
 
 
 class FeatureConfig(_Frozen):
@@ -330,6 +361,8 @@ class SegscopeConfig(_Frozen):
     #: With entities: the first share of the history (in arrival order) only builds their state and is not
     #: fitted on, since its records see every entity as new (a cold start live data does not have).
     entity_warmup: float = Field(default=0.25, ge=0.0, lt=1.0)
+    #: Online adaptation of the detectors per entity (:class:`AdaptConfig`); off when absent.
+    adapt: AdaptConfig | None = None
     #: How `segscope stream --config` connects to Kafka (TLS, SASL, client properties); left out of bundles.
     kafka: KafkaConfig = Field(default_factory=KafkaConfig)
     #: Avro or Protobuf messages with a schema registry (`segscope stream --config`); left out of bundles.
@@ -352,6 +385,8 @@ class SegscopeConfig(_Frozen):
             raise ValueError(
                 "policy.recalibrate holds each entity to its own past: add an entities: block, or remove it"
             )
+        if self.adapt is not None:
+            _check_adapt(self.adapt, self.entities, self.policy)
         if self.policy.kind == "new_level" and not any(
             f.kind in ("new_level", "stuck") for e in self.entities for f in e.features
         ):
@@ -386,6 +421,13 @@ class SegscopeConfig(_Frozen):
         return self.model_copy(update={"features": features})
 
 
+def _check_adapt(adapt: AdaptConfig, entities: tuple[EntityConfig, ...], policy: PolicyConfig) -> None:
+    if not entities or policy.recalibrate is not None:
+        raise ValueError("adapt holds each entity to its own past: add an entities: block and no policy.recalibrate")
+    if not str(adapt.every).isdigit() and entities[0].time is None:
+        raise ValueError("adapt: durations need the first entity block's 'time' column, or give counts of events")
+
+
 def _format_validation_error(path: Path | str, exc: ValidationError) -> str:
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first["loc"])[:200] or "(top level)"
@@ -408,38 +450,6 @@ def config_from_dict(data: dict[str, Any], *, source: str = "config") -> Segscop
 
 #: A config is a few settings: larger files, or YAML that expands (aliases) past these sizes, are refused.
 MAX_CONFIG_BYTES = 1 << 20
-_MAX_YAML_NODES = 100_000
-_MAX_YAML_DEPTH = 64
-
-
-def _load_yaml(text: str) -> Any:
-    """YAML's safe loader, after checking the document's size *with aliases expanded* (nine levels of aliases
-    expand to billions of nodes) and its depth, on the composed node graph before anything is built."""
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return {}
-        sizes: dict[int, int] = {}
-
-        def expanded(n: yaml.Node, depth: int) -> int:
-            if depth > _MAX_YAML_DEPTH:
-                raise yaml.YAMLError(f"nested deeper than {_MAX_YAML_DEPTH} levels")
-            if id(n) not in sizes:
-                children: list[yaml.Node] = []
-                if isinstance(n, yaml.SequenceNode):
-                    children = list(n.value)
-                elif isinstance(n, yaml.MappingNode):
-                    children = [part for pair in n.value for part in pair]
-                sizes[id(n)] = 1 + sum(expanded(c, depth + 1) for c in children)
-                if sizes[id(n)] > _MAX_YAML_NODES:
-                    raise yaml.YAMLError(f"it expands to over {_MAX_YAML_NODES:,} values (aliases of aliases?)")
-            return sizes[id(n)]
-
-        expanded(node, 0)
-        return loader.construct_document(node) or {}
-    finally:
-        loader.dispose()
 
 
 def load_config(path: str | Path, *, columns: dict[str, str] | None = None) -> SegscopeConfig:
@@ -464,7 +474,7 @@ def load_config(path: str | Path, *, columns: dict[str, str] | None = None) -> S
     except UnicodeDecodeError as exc:
         raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start + 1}); save it as UTF-8") from None
     try:
-        data: Any = tomllib.loads(text) if suffix == ".toml" else _load_yaml(text)
+        data: Any = tomllib.loads(text) if suffix == ".toml" else load_yaml(text)
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
         reason = str(exc).splitlines()[0]
         raise ConfigError(f"config file {path} is not valid {suffix[1:].upper()}: {reason}") from None

@@ -275,19 +275,25 @@ class EntityFeatures:
         return levels.codes(_numbers(frame, of), keys, self.grids_[name])
 
     def cool_down(
-        self, alerts: np.ndarray, state: EntityState, gap: str | int, rearm: str | int | None = None
+        self,
+        alerts: np.ndarray,
+        state: EntityState,
+        gap: str | int,
+        rearm: str | int | None = None,
+        rows: np.ndarray | None = None,
     ) -> np.ndarray:
-        """``alerts`` of the batch just transformed with ``state``, an entity (of the first spec) alerting at most
-        once per ``gap`` (event time, or events for an entity without time), or again once it has been ``rearm``
-        without an alert; the state keeps when each last alerted."""
+        """``alerts`` of the batch just transformed with ``state`` (or of its rows ``rows``, in order), an entity
+        (of the first spec) alerting at most once per ``gap`` (event time, or events for an entity without time), or
+        again once it has been ``rearm`` without an alert; the state keeps when each last alerted."""
         block = state.blocks[0]
-        if block.rows is None or block.rows[0].shape[0] != alerts.shape[0]:
+        if block.rows is None:
+            return alerts
+        slots, when = block.rows if rows is None else (block.rows[0][rows], block.rows[1][rows])
+        if slots.shape[0] != alerts.shape[0]:
             return alerts
         kept = alerts.copy()
-        kernel.cool_down(
-            kept, block.rows[0], block.rows[1], block.last_alert, block.last_raw, duration_seconds(gap), _span(rearm)
-        )
-        block.dirty[block.rows[0][kept & (block.rows[0] >= 0)]] = True
+        kernel.cool_down(kept, slots, when, block.last_alert, block.last_raw, duration_seconds(gap), _span(rearm))
+        block.dirty[slots[kept & (slots >= 0)]] = True
         return kept
 
     def recalibrate(

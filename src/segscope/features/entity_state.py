@@ -13,6 +13,7 @@ import polars as pl
 
 from segscope.exceptions import BundleError
 from segscope.features import _entity_kernel as kernel
+from segscope.features.trailing import Trailing, check_columns, trailing_columns, trailing_from_row
 
 __all__ = ["Block", "EntityState"]
 
@@ -41,6 +42,8 @@ class Block:
     peak: np.ndarray = field(default_factory=lambda: np.zeros((0, kernel.PEAK_BUCKETS)))
     peak_at: np.ndarray = field(default_factory=lambda: np.zeros((0, kernel.PEAK_BUCKETS), dtype=np.int64))
     peak_n: np.ndarray = field(default_factory=lambda: np.zeros((0, kernel.PEAK_BUCKETS), dtype=np.int64))
+    #: each entity's trailing window of feature rows (``adapt:``), by key: only entities that have one
+    trailing: dict[str, Trailing] = field(default_factory=dict)
     #: the last batch's rows: (entity slot, time as counted), for the cooldown; not kept
     rows: tuple[np.ndarray, np.ndarray] | None = None
     pairs: Any = None
@@ -142,6 +145,7 @@ class Block:
             codes=[dict(c) for c in self.codes],
             values=[list(v) for v in self.values],
             rows=None,
+            trailing={k: w.copy() for k, w in self.trailing.items()},
             **{name: getattr(self, name).copy() for name in arrays},
         )
         block.pairs = kernel.load_pairs(self.pairs_rows(), block.gen, max(self.n_pairs, 1))
@@ -169,6 +173,7 @@ class Block:
         rows[:, 0] = remap[rows[:, 0]]
         self.key_list = [self.key_list[i] for i in keep]
         self.keys = {k: i for i, k in enumerate(self.key_list)}
+        self.trailing = {k: w for k, w in self.trailing.items() if k in self.keys}
         self.last_t, self.n_events, self.gen = self.last_t[keep], self.n_events[keep], self.gen[keep]
         self.acc, self.partition, self.dirty = self.acc[keep], self.partition[keep], self.dirty[keep]
         self.last_alert, self.last_raw, self.rows = self.last_alert[keep], self.last_raw[keep], None
@@ -198,6 +203,8 @@ class Block:
             },
             schema_overrides={"key": pl.String},
         ).with_row_index("slot")
+        if self.trailing:
+            frame = frame.with_columns(trailing_columns([self.trailing.get(self.key_list[i]) for i in rows]))
         pairs = self.pairs_rows()
         if pairs.shape[0]:
             lookup = np.full(n, -1, dtype=np.int64)
@@ -244,6 +251,14 @@ class Block:
             for name in ("peak", "peak_at", "peak_n"):
                 values = np.asarray(frame.get_column(name).to_numpy()).reshape(-1, kernel.PEAK_BUCKETS)
                 getattr(self, name)[slots] = values
+        if "adapt_every" in frame.columns:
+            names = [c for c in frame.columns if c.startswith("adapt_")]
+            for key, row in zip(keys.to_list(), frame.select(names).iter_rows(named=True), strict=True):
+                window = trailing_from_row(row)
+                if window is None:
+                    self.trailing.pop(key, None)
+                else:
+                    self.trailing[key] = window
         if self.n_acc:
             self.acc[slots] = np.asarray(frame.get_column("acc").to_numpy(), dtype=np.float64).reshape(-1, self.n_acc)
         if self.n_pairs == 0:
@@ -303,6 +318,7 @@ def _read_state_file(data: bytes, block: Block) -> pl.DataFrame:
             raise BundleError(
                 f"entity state: '{name}' holds {frame.schema[name]}, expected {kernel.PEAK_BUCKETS} per entity"
             )
+    check_columns(frame.schema)
     acc = frame.schema["acc"]
     if block.n_acc and acc != pl.Array(pl.Float64, block.n_acc):
         raise BundleError(f"entity state: 'acc' holds {acc}, expected {block.n_acc} numbers per entity")
@@ -336,6 +352,7 @@ class EntityState:
             total += b.last_alert.nbytes + b.last_raw.nbytes + b.peak.nbytes + b.peak_at.nbytes + b.peak_n.nbytes
             total += sum(len(k) + 49 + 8 + 72 for k in b.key_list)  # str object + list slot + dict entry
             total += len(b.pairs) * 40 + sum(len(v) + 49 + 80 for vs in b.values for v in vs)
+            total += sum(w.nbytes + 200 for w in b.trailing.values())
         return total
 
     def to_bytes(self, block: int, *, partition: int | None = None, dirty_only: bool = False) -> bytes:

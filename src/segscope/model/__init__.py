@@ -27,6 +27,7 @@ from segscope.features.prepare import FeaturePreparer
 from segscope.labels.store import ReviewRecords
 from segscope.schema import SCORED_COLUMNS, SCORED_TYPES, ColumnSpec, FeatureSchema
 from segscope.supervised.base import FineTuned, Layout
+from segscope.unsupervised.adapt import adapt_entities
 from segscope.unsupervised.drift import DriftReference, DriftTracker
 from segscope.unsupervised.ensemble import AnomalyEnsemble, SegmentCalibration
 from segscope.unsupervised.explain import REASON_DTYPE, FeatureExplainer, alarms_first
@@ -429,17 +430,15 @@ class Model:
         elif self.supervised_ is not None:
             supervised = np.empty(0)
         score = supervised if supervised is not None else anomaly
-        alerts = self.policy_.decide(score, validated, state)
-        recalibrate, cooldown, rearm = (
-            self.config.policy.recalibrate,
-            self.config.policy.cooldown,
-            self.config.policy.rearm,
-        )
-        if recalibrate is not None and entities is not None and self.entities_ is not None:
-            raw = np.asarray(alerts, dtype=bool)
-            alerts = self.entities_.recalibrate(raw, score, entities, recalibrate, cooldown, rearm)
-        elif cooldown is not None and entities is not None and self.entities_ is not None:
-            alerts = self.entities_.cool_down(np.asarray(alerts, dtype=bool), entities, cooldown, rearm)
+        alerts, policy = np.asarray(self.policy_.decide(score, validated, state), dtype=bool), self.config.policy
+        if self.config.adapt is not None and entities is not None and self.entities_ is not None:
+            alerts = adapt_entities(alerts, frame, self.entities_, entities, self.config)  # refits, gate, cooldown
+        elif policy.recalibrate is not None and entities is not None and self.entities_ is not None:
+            alerts = self.entities_.recalibrate(
+                alerts, score, entities, policy.recalibrate, policy.cooldown, policy.rearm
+            )
+        elif policy.cooldown is not None and entities is not None and self.entities_ is not None:
+            alerts = self.entities_.cool_down(alerts, entities, policy.cooldown, policy.rearm)
         if drift is not None:
             drift.add(validated, alerts)
         if isinstance(self.policy_, NewLevelAlerts):

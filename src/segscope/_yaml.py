@@ -1,0 +1,42 @@
+"""YAML for configs: the safe loader, after the document's size (aliases expanded) and depth are checked."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+__all__ = ["load_yaml"]
+
+_MAX_YAML_NODES = 100_000
+_MAX_YAML_DEPTH = 64
+
+
+def load_yaml(text: str) -> Any:
+    """YAML's safe loader, after checking the document's size *with aliases expanded* (nine levels of aliases
+    expand to billions of nodes) and its depth, on the composed node graph before anything is built."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return {}
+        sizes: dict[int, int] = {}
+
+        def expanded(n: yaml.Node, depth: int) -> int:
+            if depth > _MAX_YAML_DEPTH:
+                raise yaml.YAMLError(f"nested deeper than {_MAX_YAML_DEPTH} levels")
+            if id(n) not in sizes:
+                children: list[yaml.Node] = []
+                if isinstance(n, yaml.SequenceNode):
+                    children = list(n.value)
+                elif isinstance(n, yaml.MappingNode):
+                    children = [part for pair in n.value for part in pair]
+                sizes[id(n)] = 1 + sum(expanded(c, depth + 1) for c in children)
+                if sizes[id(n)] > _MAX_YAML_NODES:
+                    raise yaml.YAMLError(f"it expands to over {_MAX_YAML_NODES:,} values (aliases of aliases?)")
+            return sizes[id(n)]
+
+        expanded(node, 0)
+        return loader.construct_document(node) or {}
+    finally:
+        loader.dispose()
