@@ -106,3 +106,51 @@ def test_forest_matches_scikit_learn_for_any_depth(depth_samples: int) -> None:
     # exact: scikit-learn's scorer and the compiled copy run in this process, on this CPU (nothing compared across
     # machines); the claim is bit-for-bit equality with scikit-learn here
     np.testing.assert_array_equal(det.score_matrix(test), -ref.score_samples(test))
+
+
+# the forms reasons print, each with a value it must print so (six significant digits, correctly rounded)
+_NUMBER_FORMS = {
+    0.778712345: "0.778712",
+    -2.331924: "-2.33192",
+    123456.7: "123457.0",  # rounded to whole: the decimal's '.0'
+    14310994836.46293: "14311000000.0",  # no float noise from scaling back
+    0.000123456789: "0.000123457",
+    1.5e-4: "0.00015",
+    9.999996e-5: "0.0001",  # %g: rounded up out of the exponent form
+    1.23456789e-5: "1.23457e-05",
+    -2.5e-300: "-2.5e-300",
+    1e15: "1e+15",
+    3.0: "3",
+    -7.0: "-7",
+    -0.0: "0",
+    999999999999999.0: "999999999999999",
+    float("nan"): "null",
+    float("inf"): "inf",
+    float("-inf"): "-inf",
+    5e-324: "4.94066e-324",
+}
+
+
+def test_numbers_print_in_their_documented_form() -> None:
+    from segscope.unsupervised.explain import _format_numbers, format_number
+
+    values = list(_NUMBER_FORMS)
+    assert [format_number(v) for v in values] == list(_NUMBER_FORMS.values())
+    assert _format_numbers(np.array(values)).to_list() == list(_NUMBER_FORMS.values())
+
+
+@settings(max_examples=200, deadline=None)
+@given(values=st.lists(st.floats(allow_nan=True, allow_infinity=True), min_size=1, max_size=50))
+def test_compiled_number_forms_equal_the_python_definition(values: list[float]) -> None:
+    from segscope.unsupervised.explain import _format_numbers, format_number
+
+    assert _format_numbers(np.array(values)).to_list() == [format_number(v) for v in values]
+
+
+def test_compiled_number_forms_on_a_million_values_of_every_scale() -> None:
+    from segscope.unsupervised.explain import _format_numbers, format_number
+
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=200_000) * np.exp(rng.normal(0, 8, 200_000))
+    values[::7] = np.round(values[::7])
+    assert _format_numbers(values).to_list() == [format_number(float(v)) for v in values]

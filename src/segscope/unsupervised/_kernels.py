@@ -220,3 +220,141 @@ def cblof_scores(x: np.ndarray, centres: np.ndarray, large: np.ndarray, n_cluste
             total += math.sqrt(own_dist if large[own] else nearest_large)
         out[i] = total / n_bags
     return out
+
+
+_POW10 = np.array([10.0**k for k in range(300)])  # exact up to 1e22, then within half an ulp
+
+
+@nb.njit(cache=True, inline="always")
+def _write_digits(buf: np.ndarray, pos: int, u: np.uint64) -> int:
+    """The decimal digits of ``u`` at ``buf[pos:]``; the position after them."""
+    ten = np.uint64(10)
+    count, rest = 1, u // ten
+    while rest > 0:
+        rest //= ten
+        count += 1
+    for q in range(count - 1, -1, -1):
+        buf[pos + q] = np.uint8(48) + np.uint8(u % ten)
+        u //= ten
+    return pos + count
+
+
+@nb.njit(cache=True, inline="always")
+def _six_digits(a: float) -> tuple[np.uint64, int, bool]:
+    """``a > 0`` rounded to six significant digits: (N, e) with ``a ~ N * 10**(e - 5)``, 100000 <= N <= 999999,
+    and False when ``a`` lies so near a tie that float arithmetic cannot tell the correct rounding."""
+    e = math.floor(math.log10(a))
+    k = 5 - e
+    scaled = a * _POW10[k] if k >= 0 else a / _POW10[-k]  # 1e-290 < a < 1e290: |k| < 300
+    if scaled < 100000.0:  # log10 rounded up across a power of ten
+        e -= 1
+        scaled *= 10.0
+    elif scaled >= 1000000.0:
+        e += 1
+        scaled /= 10.0
+    whole = math.floor(scaled)
+    frac = scaled - whole
+    n = np.uint64(whole) + np.uint64(1 if frac > 0.5 else 0)
+    if n == np.uint64(1000000):
+        n = np.uint64(100000)
+        e += 1
+    return n, e, abs(frac - 0.5) > 1e-6
+
+
+@nb.njit(cache=True, nogil=True)
+def format_numbers(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Numbers as reasons print them, as Arrow string buffers (offsets, bytes), and a mask of the values left
+    for Python's formatting (infinities, magnitudes past 1e290 either way, near-ties): NaN as ``null``; whole
+    numbers under 1e15 as integers; under 1e-4 or from 1e15 as ``%.6g``; others as the decimal of their six
+    significant digits, ``.0`` when that is whole (``0.000123457``, ``123457.0``, ``-2.5``)."""
+    n = values.shape[0]
+    buf = np.empty(n * 24, dtype=np.uint8)  # the longest form, '-0.000123457' or '-999999000000000.0', fits
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    left = np.zeros(n, dtype=np.bool_)
+    digit = np.empty(6, dtype=np.uint8)
+    zero, point = np.uint8(48), np.uint8(46)
+    pos = 0
+    for i in range(n):
+        v = values[i]
+        a = abs(v)
+        if v != v:
+            buf[pos], buf[pos + 1], buf[pos + 2], buf[pos + 3] = 110, 117, 108, 108  # null
+            pos += 4
+        elif a < 1e15 and v == math.floor(v):
+            if v < 0:
+                buf[pos] = 45
+                pos += 1
+            pos = _write_digits(buf, pos, np.uint64(a))
+        elif not (1e-290 < a < 1e290):
+            left[i] = True
+        else:
+            six, e, exact = _six_digits(a)
+            if not exact:
+                left[i] = True
+                offsets[i + 1] = pos
+                continue
+            if v < 0:
+                buf[pos] = 45
+                pos += 1
+            rest = six
+            for q in range(5, -1, -1):
+                digit[q] = zero + np.uint8(rest % np.uint64(10))
+                rest //= np.uint64(10)
+            last = 5  # the last digit that is not a trailing zero
+            while last > 0 and digit[last] == zero:
+                last -= 1
+            if a < 1e-4 and e == -4:  # rounded up to 0.0001: %g writes it without an exponent
+                buf[pos : pos + 5] = np.array([48, 46, 48, 48, 48], dtype=np.uint8)
+                pos += 5
+                buf[pos] = digit[0]
+                pos += 1
+            elif a < 1e-4 or a >= 1e15:  # %g's exponent form
+                buf[pos] = digit[0]
+                pos += 1
+                if last > 0:
+                    buf[pos] = point
+                    pos += 1
+                    for q in range(1, last + 1):
+                        buf[pos] = digit[q]
+                        pos += 1
+                buf[pos] = 101  # e
+                buf[pos + 1] = 45 if e < 0 else 43
+                pos += 2
+                if abs(e) < 10:
+                    buf[pos] = zero
+                    pos += 1
+                pos = _write_digits(buf, pos, np.uint64(abs(e)))
+            else:
+                before = e + 1  # digits before the point
+                if before >= 6:
+                    for q in range(6):
+                        buf[pos + q] = digit[q]
+                    pos += 6
+                    for _ in range(before - 6):
+                        buf[pos] = zero
+                        pos += 1
+                    buf[pos], buf[pos + 1] = point, zero
+                    pos += 2
+                elif before >= 1:
+                    for q in range(before):
+                        buf[pos + q] = digit[q]
+                    pos += before
+                    buf[pos] = point
+                    pos += 1
+                    if last < before:
+                        buf[pos] = zero
+                        pos += 1
+                    for q in range(before, last + 1):
+                        buf[pos] = digit[q]
+                        pos += 1
+                else:
+                    buf[pos], buf[pos + 1] = zero, point
+                    pos += 2
+                    for _ in range(-before):
+                        buf[pos] = zero
+                        pos += 1
+                    for q in range(last + 1):
+                        buf[pos] = digit[q]
+                        pos += 1
+        offsets[i + 1] = pos
+    return offsets, buf[:pos].copy(), left

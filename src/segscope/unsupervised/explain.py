@@ -7,6 +7,7 @@ total so the top reasons read as "62% of what makes this record unusual".
 
 from __future__ import annotations
 
+import math
 from typing import Self
 
 import numpy as np
@@ -15,7 +16,7 @@ import polars as pl
 from segscope._arrays import take
 from segscope.exceptions import NotFittedError
 from segscope.schema import REASON_DTYPE
-from segscope.unsupervised import _ecdf
+from segscope.unsupervised import _ecdf, _kernels
 
 __all__ = ["REASON_DTYPE", "FeatureExplainer", "alarms_first", "readable_typical"]
 
@@ -136,19 +137,39 @@ def _hour_indices(feature_names: list[str]) -> np.ndarray:
 
 
 def _format_numbers(values: np.ndarray) -> pl.Series:
-    """Short human form: integers without '.0', others with 6 significant digits, NaN as 'null'."""
-    out = pl.Series("value", values, dtype=pl.Float64).round_sig_figs(6).cast(pl.String)
-    magnitude = np.abs(values)
-    whole = np.flatnonzero((values == np.floor(values)) & (magnitude < 1e15))  # each form computed where it is used
-    if whole.size:
-        out = out.scatter(whole, pl.Series(values[whole]).cast(pl.Int64, strict=False).cast(pl.String))
-    missing = np.flatnonzero(np.isnan(values))
-    if missing.size:
-        out = out.scatter(missing, "null")
-    odd = np.flatnonzero((magnitude >= 1e15) | ((magnitude < 1e-4) & (magnitude > 0)))  # rare: Python formats them
-    if odd.size:
-        out = out.scatter(odd, pl.Series([f"{values[i]:.6g}" for i in odd], dtype=pl.String))
+    """Short human form (see :func:`format_number`), compiled; the rare values it leaves to Python are
+    formatted by :func:`format_number` itself."""
+    import pyarrow as pa
+
+    values = np.ascontiguousarray(values, dtype=np.float64)
+    offsets, data, left = _kernels.format_numbers(values)
+    strings = pa.LargeStringArray.from_buffers(values.shape[0], pa.py_buffer(offsets), pa.py_buffer(data))
+    out = pl.Series("value", strings, dtype=pl.String)
+    where = np.flatnonzero(left)
+    if where.size:
+        out = out.scatter(where, pl.Series([format_number(float(values[i])) for i in where], dtype=pl.String))
     return out
+
+
+def format_number(v: float) -> str:
+    """A number as reasons print it: ``null`` for NaN; whole numbers under 1e15 as integers; under 1e-4 or from
+    1e15 as ``%.6g``; others as the decimal of their six significant digits (correctly rounded), ``.0`` when that
+    is whole: ``0.000123457``, ``123457.0``, ``-2.5``."""
+    if v != v:
+        return "null"
+    a = abs(v)
+    if a < 1e15 and v == math.floor(v):
+        return str(int(v))
+    if a >= 1e15 or a < 1e-4:
+        return f"{v:.6g}"
+    mantissa, exponent = f"{a:.5e}".split("e")
+    digits, before = mantissa.replace(".", ""), int(exponent) + 1
+    sign = "-" if v < 0 else ""
+    if before >= 6:
+        return f"{sign}{digits}{'0' * (before - 6)}.0"
+    if before >= 1:
+        return f"{sign}{digits[:before]}.{digits[before:].rstrip('0') or '0'}"
+    return f"{sign}0.{'0' * -before}{digits.rstrip('0')}"
 
 
 def _format_clock(hours: np.ndarray) -> pl.Series:
