@@ -6,18 +6,22 @@ from __future__ import annotations
 
 import io
 import itertools
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
 import pytest
+import yaml
 from polars.testing import assert_frame_equal
 
 from segscope.config import AdaptConfig, DetectorConfig, SegscopeConfig, config_from_dict, load_config
 from segscope.exceptions import BundleError, ConfigError
 from segscope.features.entity_state import EntityState
 from segscope.model import Model, ScoringState
+from segscope.report import load_report_data
 from segscope.unsupervised.adapt import ADAPT_MIN_ROWS, Refit, adapt_summary
 
 DAY = 86400.0
@@ -224,3 +228,32 @@ def test_without_adapt_the_state_files_hold_no_window_columns() -> None:
     model.score(frame[200:], state=state)
     assert state.entities is not None
     assert not [c for c in state.entities.blocks[0].to_frame().columns if c.startswith("adapt_")]
+
+
+def test_inspect_score_and_the_report_say_when_it_last_adapted_and_on_how_many_rows(
+    run_cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    frame = _machines()
+    frame[:200].write_csv(tmp_path / "history.csv")
+    frame[200:].write_csv(tmp_path / "live.csv")
+    config = _config().model_dump(mode="json", exclude={"kafka", "messages"})
+    (tmp_path / "adapt.yaml").write_text(yaml.safe_dump(config))
+    bundle = tmp_path / "bundle"
+    fit = run_cli("fit", tmp_path / "history.csv", "--config", tmp_path / "adapt.yaml", "--bundle", bundle)
+    assert fit.code == 0, fit.err
+    inspect = run_cli("inspect", bundle)
+    shown = " ".join(inspect.out.split())  # Rich wraps at the terminal width
+    assert "adapt every 1d, window 2d, alerts at rank >= 0.99: no refit yet (0 entities with a window)" in shown
+    score = run_cli("score", tmp_path / "live.csv", "--bundle", bundle, "--out", tmp_path / "scored.csv")
+    assert score.code == 0, score.err
+    # 5 days from 2024-03-01 00:00, history to 16:40: each machine enters Mar 2 with 44 scored rows (under 50, no
+    # refit), then Mar 3, 4 and 5 (3 refits)
+    line = " ".join(score.err.split())
+    assert "6 refits of 2 entities (2 refitted for their current period), the latest at 2024-03-05T00:00:00" in line
+    model = Model.load(bundle)
+    state = model.new_state()
+    model.score(frame[200:], state=state)
+    rows = max(w.refit_rows for w in state.entities.blocks[0].trailing.values())  # type: ignore[union-attr]
+    assert f"on {rows:,} rows" in line
+    report = load_report_data(model, tmp_path / "live.csv")
+    assert report.adapted is not None and "6 refits of 2 entities" in report.adapted

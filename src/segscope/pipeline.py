@@ -38,6 +38,7 @@ from segscope.sources.files import FileSource, check_file_ids, count_rows, read_
 from segscope.sources.frames import check_unique_ids, parse_dates, parse_datetimes
 from segscope.supervised.promotion import GATE_FOLDS
 from segscope.tuning import finetune
+from segscope.unsupervised.adapt import adapt_line
 from segscope.unsupervised.drift import adaptation_of
 
 __all__ = [
@@ -143,6 +144,8 @@ class ScoreSummary:
     out: str
     #: records added to the label store (alerts and queue candidates), when one was given
     stored: int = 0
+    #: what online adaptation did over the file (``adapt:``), for people; None without it
+    adapted: str | None = None
 
 
 def _check_columns(path: str | Path, model: Model) -> None:
@@ -265,7 +268,8 @@ def score_file(
     run(source, model, sink, state, ahead=True, on_batch=done, on_end=checks.end)
     stored = sum(store.add_records(review, source=Path(path).name) for review in kept) if store is not None else 0
     seconds = time.perf_counter() - started
-    return ScoreSummary(rows=state.rows, alerts=state.alerts, seconds=seconds, out=str(out), stored=stored)
+    adapted = adapt_line(model.config, state.scoring.entities if state.scoring is not None else None)
+    return ScoreSummary(state.rows, state.alerts, seconds, str(out), stored, adapted)
 
 
 def evaluate_file(model: Model, path: str | Path, label_column: str, *, batch_size: int = 200_000) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from segscope._io import write_text_atomic
 from segscope.exceptions import ConfigError, DataError, SchemaError
 from segscope.labels.parse import label_values
 from segscope.sources.files import count_rows, sample_rows
+from segscope.unsupervised.adapt import adapt_line
 from segscope.unsupervised.drift import DriftReport, adaptation_of
 from segscope.unsupervised.profiles import card_view
 
@@ -42,6 +43,8 @@ class ReportData:
     source: str = ""
     total_rows: int | None = None
     drift: DriftReport | None = None
+    #: what online adaptation did while the rows were scored in order (``adapt:``)
+    adapted: str | None = None
 
 
 def build_report(
@@ -93,9 +96,11 @@ def load_report_data(
         joined = frame.select(pl.col(id_column).cast(pl.String).alias("id")).join(labels, on="id", how="left")
         values = joined["label"].fill_null(-1).to_numpy()
     drift = model.drift_tracker()
-    scored = model.score(frame, drift=drift)
+    state = model.new_state() if model.config.adapt is not None else None
+    scored = model.score(frame, drift=drift, state=state)
     report = drift.report(adaptation_of(model.config.policy)) if drift is not None else None
-    return ReportData(scored=scored, labels=values, source=Path(path).name, total_rows=total, drift=report)
+    adapted = adapt_line(model.config, state.entities) if state is not None else None
+    return ReportData(scored, values, Path(path).name, total, report, adapted)
 
 
 def write_report(model: Model, out: str | Path, data: ReportData | None = None, **options: Any) -> Path:
@@ -129,6 +134,8 @@ def _header(model: Model, data: ReportData | None, title: str) -> str:
         shown = f"{n:,} rows" + (f" (a uniform sample of {total:,})" if total > n else "")
         alerts = int(data.scored["is_alert"].sum())
         facts += [("data", f"{data.source} — {shown}"), ("alerts", f"{alerts:,} ({alerts / max(n, 1):.2%})")]
+        if data.adapted is not None:
+            facts.append(("adaptation", data.adapted))
         if data.labels is not None:
             labelled = data.labels >= 0
             facts.append(("labels", f"{int(labelled.sum()):,} labelled, {int((data.labels == 1).sum()):,} anomalies"))

@@ -145,6 +145,8 @@ def score(
     )
     if store is not None:
         err.print(f"  {summary.stored:,} alerts and queue candidates kept in the label store {shown_store(store)}")
+    if summary.adapted is not None:
+        err.print(f"  {summary.adapted}")
 
 
 def _check_engine(engine: str) -> str:
@@ -250,6 +252,8 @@ def inspect(
     for comp in manifest["components"]:
         detail = comp.get("params") or comp.get("note") or comp.get("new_levels") or ""
         out.print(f"  {comp['role']:<10} {comp['name'] or '-':<14} {detail}")
+        if comp.get("adapt"):
+            out.print(f"  {'':<10} {'':<14} {comp['adapt']}")
     out.print(f"alert policy   {manifest['policy']}")
     segmenter = next((c for c in manifest["components"] if c["role"] == "segmenter" and c.get("name")), None)
     if segmenter is not None:

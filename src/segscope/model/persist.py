@@ -19,6 +19,7 @@ from segscope.features.prepare import FeaturePreparer
 from segscope.registry import resolve
 from segscope.schema import ColumnSpec
 from segscope.supervised.learners import make_finetuned
+from segscope.unsupervised.adapt import adapt_line
 from segscope.unsupervised.detect import make_detector
 from segscope.unsupervised.drift import DriftReference
 from segscope.unsupervised.ensemble import AnomalyEnsemble, SegmentCalibration
@@ -120,6 +121,7 @@ def _entities_component(self: Model) -> dict[str, Any]:
         "entities_at_end_of_history": state.entities,
         "late_records": state.late,
         **({"new_levels": self.entities_.levels_known(state)} if self.entities_.level_inputs() else {}),
+        **({"adapt": adapt_line(self.config, state)} if self.config.adapt is not None else {}),
     }
 
 

@@ -47,6 +47,7 @@ from segscope.stream.parts import (
     stop_on_signals,
     transactional_id,
 )
+from segscope.unsupervised.adapt import adapt_line
 from segscope.unsupervised.drift import adaptation_of
 
 __all__ = ["StreamOptions", "StreamStats", "run_stream"]
@@ -301,6 +302,7 @@ class _Kafka(Hooks):
             + (f", lag {lag:,}" if lag >= 0 else ", lag unknown (the cluster does not answer)")
             + f", model {watcher.model.version}"
             + (f"; drift: {drifted}" if drifted else "")
+            + (f"; {adapted}" if (adapted := adapt_line(watcher.model.config, watcher.state.entities)) else "")
         )
         if self.metrics.enabled:
             self.metrics.lag.set(lag)

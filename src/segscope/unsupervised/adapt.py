@@ -24,7 +24,7 @@ from segscope.features.trailing import NO_PERIOD, Trailing
 from segscope.unsupervised.detect import make_detector
 from segscope.unsupervised.ensemble import AnomalyEnsemble
 
-__all__ = ["ADAPT_MIN_ROWS", "Refit", "adapt_alerts", "adapt_entities", "adapt_summary"]
+__all__ = ["ADAPT_MIN_ROWS", "Refit", "adapt_alerts", "adapt_entities", "adapt_line", "adapt_summary"]
 
 #: rows a window needs for a refit (fewer: the entity's records keep the policy's decision for that period)
 ADAPT_MIN_ROWS = 50
@@ -178,3 +178,18 @@ def adapt_summary(blocks: list[Block], every: str | int) -> dict[str, Any]:
         out["last_adapted"] = datetime.fromtimestamp(start, UTC).isoformat() if timed else f"event {start:.0f}"
         out["last_rows"] = latest.refit_rows
     return out
+
+
+def adapt_line(config: SegscopeConfig, entities: EntityState | None) -> str | None:
+    """The settings and what the windows of ``entities`` did, in one line for people; None without ``adapt``."""
+    if config.adapt is None:
+        return None
+    a = config.adapt
+    head = f"adapt every {a.every}, window {a.window}, alerts at rank >= {a.alert_at}"
+    done = adapt_summary(entities.blocks if entities is not None else [], a.every)
+    if not done["refits"]:
+        return f"{head}: no refit yet ({done['entities']:,} entities with a window)"
+    return (
+        f"{head}: {done['refits']:,} refits of {done['entities']:,} entities ({done['adapted_now']:,} refitted for "
+        f"their current period), the latest at {done['last_adapted']} on {done['last_rows']:,} rows"
+    )
