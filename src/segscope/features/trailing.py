@@ -112,7 +112,7 @@ _COLUMNS: dict[str, pl.DataType] = {
     "adapt_periods": pl.List(pl.Int64()),
     "adapt_seen": pl.List(pl.Int64()),
     "adapt_kept": pl.List(pl.Int64()),
-    "adapt_rows": pl.List(pl.Float64()),
+    "adapt_rows": pl.Binary(),
 }
 
 
@@ -131,7 +131,7 @@ def trailing_columns(windows: list[Trailing | None]) -> list[pl.Series]:
             ("adapt_refit_rows", w.refit_rows), ("adapt_refits", w.refits), ("adapt_width", width),
             ("adapt_periods", list(w.periods)), ("adapt_seen", list(w.seen)),
             ("adapt_kept", [k.shape[0] for k in kept]),
-            ("adapt_rows", np.concatenate([k.ravel() for k in kept]).tolist() if kept else []),
+            ("adapt_rows", np.concatenate([k.ravel() for k in kept]).astype("<f8").tobytes() if kept else b""),
         ):  # fmt: skip
             values[name].append(value)
     return [pl.Series(name, values[name], dtype=dtype) for name, dtype in _COLUMNS.items()]
@@ -149,7 +149,10 @@ def trailing_from_row(row: dict[str, Any]) -> Trailing | None:
     if row.get("adapt_every") is None:
         return None
     periods, seen, kept = row["adapt_periods"] or [], row["adapt_seen"] or [], row["adapt_kept"] or []
-    flat, width = row["adapt_rows"] or [], int(row["adapt_width"] or 0)
+    data, width = row["adapt_rows"] or b"", int(row["adapt_width"] or 0)
+    if len(data) % 8:
+        raise BundleError("entity state: an entity's adapt window holds a partial number")
+    flat = np.frombuffer(data, dtype="<f8").astype(np.float64)
     every = float(row["adapt_every"])
     if not math.isfinite(every) or every <= 0:
         raise BundleError("entity state: an entity's adapt window has a period that is not a positive number")
@@ -157,7 +160,7 @@ def trailing_from_row(row: dict[str, Any]) -> Trailing | None:
     consistent = consistent and all(0 <= k <= s for k, s in zip(kept, seen, strict=False))
     if not consistent or len(flat) != sum(kept) * width or (width == 0 and any(kept)):
         raise BundleError("entity state: an entity's adapt window is inconsistent (periods, counts, rows)")
-    matrix = np.asarray(flat, dtype=np.float64).reshape(-1, width) if width else np.zeros((0, 0))
+    matrix = flat.reshape(-1, width) if width else np.zeros((0, 0))
     ends = np.cumsum([0, *kept])
     rows = [matrix[ends[i] : ends[i + 1]].copy() for i in range(len(kept))]
     return Trailing(

@@ -141,19 +141,21 @@ def _run(
     combine: Any,
     cool: CoolDown | None,
 ) -> None:
-    """One entity's rows of one period, in order: a refit on entering it, the gate, the cooldown, then the rows
-    not shown offered to the window."""
+    """One entity's rows of one period, in order: on entering it, the window it is judged by (the closed periods
+    before it); the gate, the cooldown, then the rows not shown offered to the window. The detectors are fitted on
+    that window at the period's first alert, not before (most periods of most entities have none): the window is
+    closed, so when they are fitted never changes them, and a restored state fits the same."""
     if period != window.period:
         window.enter(period, keep)
         window.refit, window.fitted = None, NO_PERIOD
-        rows_before = window.window(keep)
-        if rows_before.shape[0] >= ADAPT_MIN_ROWS:
-            window.refit = Refit.fit(rows_before, detectors, combine)
-            window.fitted, window.refit_rows, window.refits = period, rows_before.shape[0], window.refits + 1
-    if window.fitted == period:
-        if window.refit is None:  # restored from a checkpoint: the same rows make the same refit
+        rows_before = window.window(keep).shape[0]
+        if rows_before >= ADAPT_MIN_ROWS:
+            window.fitted, window.refit_rows, window.refits = period, rows_before, window.refits + 1
+    asked = rows[out[rows]]
+    if window.fitted == period and asked.size:
+        if window.refit is None:
             window.refit = Refit.fit(window.window(keep), detectors, combine)
-        out[rows] &= window.refit.rank(x[rows]) >= config.alert_at
+        out[asked] = window.refit.rank(x[asked]) >= config.alert_at
     if cool is not None:
         out[rows] = cool(out[rows], rows)
     window.add(x[rows[~out[rows]]], cap)
