@@ -3,12 +3,12 @@ the reasons' tail surprisals), one row at a time, so a record's result never dep
 computed with.
 
 Each column keeps its distinct reference values with, for each rank ``r`` (how many distinct values are at most
-``v``), the two tail surprisals ``log(m + 1) - log(count + 1)`` of both sides: a look-up is a search for ``r`` and
-two reads, no logarithm. The search is narrowed by a two-level index: uniform buckets over the column's range, each
-split into as many sub-buckets as it holds distinct values (twice), so a skewed or heavy-tailed column, whose
-values crowd into a few uniform buckets, still has about one value per sub-bucket. A value's sub-bucket ("cell")
-is computed by one compiled function for building and looking up alike, and cells are monotone in the value, so a
-cell's range of ranks is exact: the index only speeds the search.
+``v``), how many reference values lie below: a look-up is a search for ``r`` and two reads of counts, from which
+the tail surprisals ``log(m + 1) - log(count + 1)`` follow. The search is narrowed by a two-level index: uniform
+buckets over the column's range, each split into as many sub-buckets as it holds distinct values (twice), so a
+skewed or heavy-tailed column, whose values crowd into a few uniform buckets, still has about one value per
+sub-bucket. A value's sub-bucket ("cell") is computed by one compiled function for building and looking up alike,
+and cells are monotone in the value, so a cell's range of ranks is exact: the index only speeds the search.
 """
 
 from __future__ import annotations
@@ -191,8 +191,8 @@ def _ranks4(
     v2: float,
     v3: float,
 ) -> tuple[np.int64, np.int64, np.int64, np.int64]:
-    """:func:`_rank` of four values in lockstep (four independent chains of reads overlap, 2x faster than one
-    after another); a value outside the reference searches for ``low`` instead, its rank unused."""
+    """:func:`_rank` of four values in lockstep (four independent chains of reads overlap: the fused kernel 1.4x
+    faster than one look-up after another); a value outside the reference searches for ``low``, its rank unused."""
     c0 = v0 if low <= v0 <= high else low
     c1 = v1 if low <= v1 <= high else low
     c2 = v2 if low <= v2 <= high else low
