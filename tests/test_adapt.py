@@ -30,13 +30,17 @@ DETECTORS = (DetectorConfig(name="iforest", params={"n_estimators": 20}), Detect
 
 
 def _machines(days: int = 5, minutes: int = 10, seed: int = 3) -> pl.DataFrame:
-    """Two machines: a daily cycle plus noise; b drifts up from day 2 (new levels every few hours) and spikes."""
+    """Two machines: a daily cycle plus noise; b drifts up from day 2 (new levels every few hours) and spikes; a's
+    sensor freezes for a few hours on day 4."""
     rng = np.random.default_rng(seed)
     n = days * 1440 // minutes
     stamps = [datetime(2024, 3, 1) + timedelta(minutes=minutes * i) for i in range(n)]
     rows = []
     for machine in ("a", "b"):
         value = 40 + 4 * np.sin(np.arange(n) * 2 * np.pi * minutes / 1440) + rng.normal(0, 0.6, n)
+        if machine == "a" and days >= 4:
+            hold = 3 * 1440 // minutes + 30
+            value[hold : hold + 3 * 60 // minutes] = 41.5
         if machine == "b":
             start = 2 * 1440 // minutes
             value[start:] += np.linspace(0, 12, n - start)
@@ -98,37 +102,45 @@ def test_a_checkpoint_mid_file_restores_windows_and_refits_that_score_identicall
 def test_refits_gate_and_cooldown_match_a_by_hand_replay(
     fitted: tuple[Model, pl.DataFrame, pl.DataFrame, ScoringState],
 ) -> None:
-    """Each machine replayed by hand: on entering a day, a refit on the rows of the two days before that were not
-    shown (if 50 or more); a new level alerts where the refit ranks it >= 0.99; at most once per 2 hours."""
+    """Each machine replayed by hand: on entering a day, a refit on the rows of the two days before that neither
+    alerted nor were new levels the cooldown alone would show (if 50 or more); a new level alerts where the refit
+    ranks it >= 0.99 (a frozen sensor whatever its rank); at most once per 2 hours."""
     model, live, scored, state = fitted
     assert state.entities is not None
     names = list(model.entity_features)
     levels = model.describe_policy()["columns"]
     day = np.floor(live["timestamp"].cast(pl.Int64).to_numpy() / 1e6 / DAY).astype(int)
-    withdrawn = 0
+    withdrawn, held_shown = 0, False
     for machine in ("a", "b"):
         mine = (live["machine_id"] == machine).to_numpy()
         rows = scored.filter(pl.Series(mine))
         t = rows["timestamp"].cast(pl.Int64).to_numpy() / 1e6
         x = np.nan_to_num(rows.select(names).to_numpy(), nan=0.0)
         raw = (rows.select(levels).to_numpy() == 1).any(axis=1)
+        stuck = (rows.select([c for c in levels if c.endswith("_stuck")]).to_numpy() == 1).any(axis=1)
+        plain, last_plain = np.zeros(raw.size, bool), -np.inf  # the policy's alerts cooled down, no gate
+        for i in np.flatnonzero(raw):
+            if t[i] - last_plain >= 2 * 3600:
+                plain[i], last_plain = True, t[i]
         d = day[mine]
         shown, last, refits, rows_of_last = np.zeros(d.size, bool), -np.inf, 0, 0
         for today in sorted(set(d.tolist())):
-            taught = (d >= today - 2) & (d < today) & ~shown
+            taught = (d >= today - 2) & (d < today) & ~shown & ~plain
             gate = raw & (d == today)
             if taught.sum() >= ADAPT_MIN_ROWS:
                 refit = Refit.fit(x[taught], DETECTORS, model.config.combine)
                 rank = refit.rank(x[d == today])
-                gate[d == today] &= rank >= 0.99
+                gate[d == today] &= (rank >= 0.99) | stuck[d == today]  # a frozen sensor alarms whatever
                 refits, rows_of_last = refits + 1, int(taught.sum())
             withdrawn += int((raw & (d == today) & ~gate).sum())
             for i in np.flatnonzero(gate):
                 if t[i] - last >= 2 * 3600:
                     shown[i], last = True, t[i]
         np.testing.assert_array_equal(rows["is_alert"].to_numpy(), shown)
+        held_shown = held_shown or bool((shown & stuck).any())
         window = state.entities.blocks[0].trailing[machine]
         assert (window.refits, window.refit_rows, window.fitted) == (refits, rows_of_last, day.max())
+    assert held_shown  # the frozen sensor alarmed through the gate
     assert withdrawn > 0  # the gate did withdraw new levels (held-back levels taught the refits they happen)
 
 

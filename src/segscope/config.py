@@ -143,8 +143,8 @@ class PolicyConfig(_Frozen):
 class AdaptConfig(_Frozen):
     """``adapt: {every: 1d, window: 7d}``: per entity (of the first block), the detectors refitted on its trailing
     ``window`` of entity-feature rows whenever its event time enters a new ``every`` period (periods counted from
-    1970); an alert stands only where the record ranks >= ``alert_at`` among the refit's scores of its window; shown
-    alerts never join it; at most ``max_rows`` rows a window (a reservoir sample per period). docs/configuration.md."""
+    1970); an alert stands only where the record ranks >= ``alert_at`` among the refit's scores of its window; alerts
+    never join it; at most ``max_rows`` rows a window (a reservoir sample per period). docs/entities.md."""
 
     every: str | int = "1d"
     window: str | int = "7d"

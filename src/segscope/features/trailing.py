@@ -43,6 +43,8 @@ class Trailing:
     #: rows the latest refit was made on, and how many refits the entity had
     refit_rows: int = 0
     refits: int = 0
+    #: when the policy last alerted the entity, cooled down as without adaptation (what never teaches the window)
+    policy_alert: float = -math.inf
     periods: list[int] = field(default_factory=list)
     seen: list[int] = field(default_factory=list)
     rows: list[np.ndarray] = field(default_factory=list)
@@ -51,7 +53,8 @@ class Trailing:
 
     def copy(self) -> Trailing:
         return Trailing(
-            self.every, self.period, self.fitted, self.refit_rows, self.refits, list(self.periods), list(self.seen),
+            self.every, self.period, self.fitted, self.refit_rows, self.refits, self.policy_alert, list(self.periods),
+            list(self.seen),
             [r.copy() for r in self.rows],
         )  # fmt: skip
 
@@ -108,6 +111,7 @@ _COLUMNS: dict[str, pl.DataType] = {
     "adapt_fitted": pl.Int64(),
     "adapt_refit_rows": pl.Int64(),
     "adapt_refits": pl.Int64(),
+    "adapt_policy_alert": pl.Float64(),
     "adapt_width": pl.Int64(),
     "adapt_periods": pl.List(pl.Int64()),
     "adapt_seen": pl.List(pl.Int64()),
@@ -129,6 +133,7 @@ def trailing_columns(windows: list[Trailing | None]) -> list[pl.Series]:
         for name, value in (
             ("adapt_every", w.every), ("adapt_period", w.period), ("adapt_fitted", w.fitted),
             ("adapt_refit_rows", w.refit_rows), ("adapt_refits", w.refits), ("adapt_width", width),
+            ("adapt_policy_alert", w.policy_alert),
             ("adapt_periods", list(w.periods)), ("adapt_seen", list(w.seen)),
             ("adapt_kept", [k.shape[0] for k in kept]),
             ("adapt_rows", np.concatenate([k.ravel() for k in kept]).astype("<f8").tobytes() if kept else b""),
@@ -165,5 +170,6 @@ def trailing_from_row(row: dict[str, Any]) -> Trailing | None:
     rows = [matrix[ends[i] : ends[i + 1]].copy() for i in range(len(kept))]
     return Trailing(
         every, int(row["adapt_period"]), int(row["adapt_fitted"]), int(row["adapt_refit_rows"]),
-        int(row["adapt_refits"]), [int(p) for p in periods], [int(n) for n in seen], rows,
+        int(row["adapt_refits"]), float(row["adapt_policy_alert"]), [int(p) for p in periods],
+        [int(n) for n in seen], rows,
     )  # fmt: skip

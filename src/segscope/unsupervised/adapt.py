@@ -17,14 +17,14 @@ import numba
 import numpy as np
 import polars as pl
 
-from segscope.config import AdaptConfig, DetectorConfig, SegscopeConfig, duration_seconds
-from segscope.features.entity import EntityFeatures
+from segscope.config import DetectorConfig, SegscopeConfig, duration_seconds
+from segscope.features.entity import EntityFeatures, feature_name
 from segscope.features.entity_state import Block, EntityState
 from segscope.features.trailing import NO_PERIOD, Trailing
 from segscope.unsupervised.detect import make_detector
 from segscope.unsupervised.ensemble import AnomalyEnsemble
 
-__all__ = ["ADAPT_MIN_ROWS", "Refit", "adapt_alerts", "adapt_entities", "adapt_line", "adapt_summary"]
+__all__ = ["ADAPT_MIN_ROWS", "Refit", "adapt_entities", "adapt_line", "adapt_summary"]
 
 #: rows a window needs for a refit (fewer: the entity's records keep the policy's decision for that period)
 ADAPT_MIN_ROWS = 50
@@ -75,56 +75,69 @@ def adapt_entities(
     """:func:`adapt_alerts` for a batch ``frame`` that ``entities`` just transformed with ``state``: the first
     entity block's features, the config's detectors, its policy's cooldown."""
     assert config.adapt is not None
-    x = frame.select(entities.plans[0].names).to_numpy()
+    plan = entities.plans[0]
+    x = frame.select(plan.names).to_numpy()
+    held = [feature_name(plan.spec, f) for f in plan.spec.features if f.kind == "stuck"]
+    stuck = (frame.select(held).to_numpy() == 1).any(axis=1) if held and config.policy.kind == "new_level" else None
     gap, rearm = config.policy.cooldown, config.policy.rearm
 
     def cool(shown: np.ndarray, rows: np.ndarray) -> np.ndarray:
         return entities.cool_down(shown, state, gap, rearm, rows) if gap is not None else shown
 
-    return adapt_alerts(alerts, x, state.blocks[0], config.adapt, config.detectors, config.combine, cool)
+    every, keep = duration_seconds(config.adapt.every), config.adapt.periods
+    settings = _Settings(
+        every, keep, max(1, math.ceil(config.adapt.max_rows / keep)), config.adapt.alert_at, config.detectors,
+        config.combine, cool, duration_seconds(gap) if gap is not None else 0.0,
+    )  # fmt: skip
+    return adapt_alerts(alerts, x, state.blocks[0], settings, stuck)
 
 
 #: the cooldown of some rows of a batch (alerts of those rows, their indices), applied in order
 CoolDown = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
+@dataclass(frozen=True)
+class _Settings:
+    every: float
+    keep: int  # periods a window spans
+    cap: int  # rows kept per period
+    alert_at: float
+    detectors: tuple[DetectorConfig, ...]
+    combine: Any
+    cool: CoolDown
+    gap: float  # the policy's cooldown in seconds (0: none), for what never teaches the window
+
+
 def adapt_alerts(
-    alerts: np.ndarray,
-    x: np.ndarray,
-    block: Block,
-    config: AdaptConfig,
-    detectors: tuple[DetectorConfig, ...],
-    combine: Any,
-    cool: CoolDown | None = None,
+    alerts: np.ndarray, x: np.ndarray, block: Block, settings: _Settings, stuck: np.ndarray | None = None
 ) -> np.ndarray:
     """``alerts`` of the batch just transformed with ``block`` (its rows' entity slots and times as counted in
-    ``block.rows``; ``x`` their entity features) gated by each entity's latest refit, then cooled down (``cool``);
-    the windows learn the records that are not shown. Entity by entity, each in record order (both the refits and
-    the cooldown are the entity's own). Returns the alerts shown (a new array)."""
+    ``block.rows``; ``x`` their entity features) gated by each entity's refit, except where ``stuck`` (a frozen
+    sensor alarms whatever the detectors say), then cooled down; the windows learn the other records. Entity by
+    entity, each in record order (the refits and the cooldown are the entity's own). Returns the alerts shown."""
     out = np.asarray(alerts, dtype=bool).copy()
+    exempt = np.zeros(out.shape[0], dtype=bool) if stuck is None else stuck
     if block.rows is None or block.rows[0].shape[0] != out.shape[0]:
         return out
     slots, when = block.rows
-    every, keep = duration_seconds(config.every), config.periods
-    cap = max(1, math.ceil(config.max_rows / keep))
     x = features(x)
     valid = (slots >= 0) & ~np.isnan(when)
-    if cool is not None and not valid.all():
+    if not valid.all():
         lost = np.flatnonzero(~valid)
-        out[lost] = cool(out[lost], lost)
+        out[lost] = settings.cool(out[lost], lost)
     order = np.flatnonzero(valid)
     order = order[np.argsort(slots[order], kind="stable")]  # each entity's rows, in record order
     starts = np.flatnonzero(np.r_[True, slots[order][1:] != slots[order][:-1]]) if order.size else order
     for rows in np.split(order, starts[1:]) if order.size else []:
         key = block.key_list[int(slots[rows[0]])]
         window = block.trailing.get(key)
-        if window is None or window.every != every:  # a new entity, or one counted in other periods: start again
-            window = block.trailing[key] = Trailing(every)
-        period = np.floor(when[rows] / every).astype(np.int64)
+        if window is None or window.every != settings.every:  # new, or counted in other periods: start again
+            window = block.trailing[key] = Trailing(settings.every)
+        period = np.floor(when[rows] / settings.every).astype(np.int64)
         period = np.maximum(np.maximum.accumulate(period), window.period)  # a period never runs backwards
         cuts = np.flatnonzero(np.r_[True, period[1:] != period[:-1]])
         for run in np.split(np.arange(rows.size), cuts[1:]):
-            _run(window, int(period[run[0]]), rows[run], x, out, config, cap, keep, detectors, combine, cool)
+            _run(window, int(period[run[0]]), rows[run], when, x, out, exempt, settings)
     return out
 
 
@@ -132,33 +145,37 @@ def _run(
     window: Trailing,
     period: int,
     rows: np.ndarray,
+    when: np.ndarray,
     x: np.ndarray,
     out: np.ndarray,
-    config: AdaptConfig,
-    cap: int,
-    keep: int,
-    detectors: tuple[DetectorConfig, ...],
-    combine: Any,
-    cool: CoolDown | None,
+    exempt: np.ndarray,
+    s: _Settings,
 ) -> None:
     """One entity's rows of one period, in order: on entering it, the window it is judged by (the closed periods
-    before it); the gate, the cooldown, then the rows not shown offered to the window. The detectors are fitted on
-    that window at the period's first alert, not before (most periods of most entities have none): the window is
-    closed, so when they are fitted never changes them, and a restored state fits the same."""
+    before it); the gate, the cooldown, then the rows offered to the window: all but the policy's alerts as the
+    policy alone would show them (cooled down, ungated) and the alerts shown. The detectors are fitted on the window
+    at the period's first alert, not before (most periods of most entities have none): the window is closed, so
+    when they are fitted never changes them, and a restored state fits the same."""
     if period != window.period:
-        window.enter(period, keep)
+        window.enter(period, s.keep)
         window.refit, window.fitted = None, NO_PERIOD
-        rows_before = window.window(keep).shape[0]
+        rows_before = window.window(s.keep).shape[0]
         if rows_before >= ADAPT_MIN_ROWS:
             window.fitted, window.refit_rows, window.refits = period, rows_before, window.refits + 1
-    asked = rows[out[rows]]
+    taught = ~out[rows]
+    for i in np.flatnonzero(out[rows]):  # the policy's alerts, cooled down as without adaptation
+        t = float(when[rows[i]])
+        if t - window.policy_alert >= s.gap:
+            window.policy_alert = t
+        else:
+            taught[i] = True  # a repeat the cooldown would hold back: it teaches the window
+    asked = rows[out[rows] & ~exempt[rows]]
     if window.fitted == period and asked.size:
         if window.refit is None:
-            window.refit = Refit.fit(window.window(keep), detectors, combine)
-        out[asked] = window.refit.rank(x[asked]) >= config.alert_at
-    if cool is not None:
-        out[rows] = cool(out[rows], rows)
-    window.add(x[rows[~out[rows]]], cap)
+            window.refit = Refit.fit(window.window(s.keep), s.detectors, s.combine)
+        out[asked] = window.refit.rank(x[asked]) >= s.alert_at
+    out[rows] = s.cool(out[rows], rows)
+    window.add(x[rows[taught & ~out[rows]]], s.cap)
 
 
 def adapt_summary(blocks: list[Block], every: str | int) -> dict[str, Any]:
