@@ -3,6 +3,7 @@
     git clone https://github.com/numenta/NAB          # once; or any copy with data/, labels/, results/
     python benchmarks/nab_corpus.py --nab PATH/TO/NAB [--config maintenance] [--only realKnownCause,...]
     python benchmarks/nab_corpus.py --nab PATH/TO/NAB --reproduce     # the scorer against final_results.json
+    python benchmarks/nab_corpus.py --nab PATH/TO/NAB --adapt 1d/7d   # the config with adapt: {every, window}
 
 Protocol, as NAB runs a detector: each series is seen once in time order; the pack is fitted on the series'
 probationary rows (the first 15%, at most 750) and scores the rest in order as a stream would (one entity per
@@ -31,7 +32,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from segscope.config import SegscopeConfig, load_config
+from segscope.config import SegscopeConfig, config_from_dict, load_config
 from segscope.exceptions import DataError
 from segscope.metrics import NAB_PROFILES, nab_score
 from segscope.model import Model
@@ -163,6 +164,7 @@ def main() -> None:
         "--off", action="append", default=[], choices=["cooldown", "recalibrate"],
         help="switch a policy setting of the config off (repeatable), to measure it and the drift guard without it",
     )  # fmt: skip
+    parser.add_argument("--adapt", default=None, help="EVERY/WINDOW: the config with adapt: {every, window} on")
     parser.add_argument("--out", default=None, help="results stem (default benchmarks/results/nab_corpus[-config])")
     args = parser.parse_args()
     nab = Path(args.nab)
@@ -176,11 +178,15 @@ def main() -> None:
     cfg = load_config(path)
     if args.off:
         cfg = cfg.model_copy(update={"policy": cfg.policy.model_copy(update=dict.fromkeys(args.off))})
+    if args.adapt:
+        every, window = args.adapt.split("/")
+        cfg = config_from_dict({**cfg.model_dump(mode="json"), "adapt": {"every": every, "window": window}})
     results = evaluate(nab, cfg, only)
     results["seconds"] = time.perf_counter() - started
     print(markdown(results["scores"]))
     stem = f"nab_corpus-{path.stem}" if path.stem != "maintenance" else "nab_corpus"
     stem += "".join(f"-no-{name}" for name in args.off)
+    stem += f"-adapt-{args.adapt.replace('/', '-')}" if args.adapt else ""
     target = Path(args.out) if args.out else Path(__file__).parent / "results" / stem
     target.with_suffix(".json").write_text(json.dumps(results, indent=1))
     target.with_suffix(".md").write_text(markdown(results["scores"]))
