@@ -110,7 +110,7 @@ def run_series(frame: pl.DataFrame, cfg: SegscopeConfig) -> tuple[np.ndarray, di
     drift = model.drift_tracker()
     scored = model.score(frame[probation:], state=model.new_state(), drift=drift)
     alerts = np.concatenate([np.zeros(probation, dtype=bool), scored["is_alert"].to_numpy()])
-    report = drift.report(adaptation_of(cfg.policy)) if drift is not None else None
+    report = drift.report(adaptation_of(cfg.policy, cfg.adapt)) if drift is not None else None
     guard = {
         "drift_warning": report.warning() if report is not None else None,
         "alert_rate": report.alert_rate if report is not None else None,

@@ -23,6 +23,7 @@ from segscope.features.entity_state import EntityState
 from segscope.model import Model, ScoringState
 from segscope.report import load_report_data
 from segscope.unsupervised.adapt import ADAPT_MIN_ROWS, Refit, adapt_summary
+from segscope.unsupervised.drift import adaptation_of
 
 DAY = 86400.0
 #: fewer trees than the pack's detectors: the same code, a quicker refit
@@ -269,3 +270,11 @@ def test_inspect_score_and_the_report_say_when_it_last_adapted_and_on_how_many_r
     assert f"on {rows:,} rows" in line
     report = load_report_data(model, tmp_path / "live.csv")
     assert report.adapted is not None and "6 refits of 2 entities" in report.adapted
+
+
+def test_the_drift_guard_names_the_refits_among_the_adaptation() -> None:
+    config = _config()
+    assert adaptation_of(config.policy, config.adapt) == (
+        "detectors refitted every 1d on the trailing 2d, new levels learnt from every reading, cooldown 2h"
+    )
+    assert adaptation_of(config.policy) == "new levels learnt from every reading, cooldown 2h"

@@ -198,8 +198,8 @@ class _FileChecks:
     def end(self, state: RunState) -> None:
         if state.rows == 0:
             raise DataError(f"{self.path}: the file has a header but no rows; there is nothing to score")
-        drift = state.drift
-        drifted = drift.report(adaptation_of(self.model.config.policy)).warning() if drift is not None else None
+        drift, config = state.drift, self.model.config
+        drifted = drift.report(adaptation_of(config.policy, config.adapt)).warning() if drift is not None else None
         if drifted:
             warnings.warn(drifted, SegscopeWarning, stacklevel=3)
         empty = [name for name, count in self.present.items() if count == 0]

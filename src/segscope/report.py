@@ -98,7 +98,7 @@ def load_report_data(
     drift = model.drift_tracker()
     state = model.new_state() if model.config.adapt is not None else None
     scored = model.score(frame, drift=drift, state=state)
-    report = drift.report(adaptation_of(model.config.policy)) if drift is not None else None
+    report = drift.report(adaptation_of(model.config.policy, model.config.adapt)) if drift is not None else None
     adapted = adapt_line(model.config, state.entities) if state is not None else None
     return ReportData(scored, values, Path(path).name, total, report, adapted)
 

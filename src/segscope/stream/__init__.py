@@ -291,7 +291,7 @@ class _Kafka(Hooks):
         rate = self.window_in / max(now - self.window_start, 1e-9)
         drifted = None
         if watcher.drift is not None and watcher.drift.rows:  # this window's records vs the fit data
-            report = watcher.drift.report(adaptation_of(watcher.model.config.policy))
+            report = watcher.drift.report(adaptation_of(watcher.model.config.policy, watcher.model.config.adapt))
             drifted = report.warning()
             self.metrics.drift(report)
             state.drift = watcher.drift = watcher.model.drift_tracker()

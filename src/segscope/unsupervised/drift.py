@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from segscope.config import PolicyConfig
+from segscope.config import AdaptConfig, PolicyConfig
 from segscope.unsupervised import _kernels
 
 __all__ = [
@@ -302,9 +302,11 @@ class DriftReport:
         return f"{head}; {rate}{adapted}: {fix}"
 
 
-def adaptation_of(policy: PolicyConfig) -> str:
-    """The policy's adaptation as a report names it: ``policy.recalibrate 60d, cooldown 1d``; "" without any."""
-    parts = ["new levels learnt from every reading"] if policy.kind == "new_level" else []
+def adaptation_of(policy: PolicyConfig, adapt: AdaptConfig | None = None) -> str:
+    """The policy's adaptation as a report names it: ``policy.recalibrate 60d, cooldown 1d``; "" without any.
+    With ``adapt`` (the config's online adaptation), the refits first."""
+    parts = [f"detectors refitted every {adapt.every} on the trailing {adapt.window}"] if adapt is not None else []
+    parts += ["new levels learnt from every reading"] if policy.kind == "new_level" else []
     parts += [f"policy.recalibrate {policy.recalibrate}"] if policy.recalibrate is not None else []
     parts += [f"cooldown {policy.cooldown}"] if policy.cooldown is not None else []
     parts += [f"re-armed after {policy.rearm} back to normal"] if policy.rearm is not None else []
