@@ -22,7 +22,8 @@ from segscope.exceptions import BundleError, ConfigError
 from segscope.features.entity_state import EntityState
 from segscope.model import Model, ScoringState
 from segscope.report import load_report_data
-from segscope.unsupervised.adapt import ADAPT_MIN_ROWS, Refit, adapt_summary
+from segscope.stream.checkpoint import EntityCheckpoints, Stamp
+from segscope.unsupervised.adapt import ADAPT_MIN_ROWS, Refit, adapt_line, adapt_summary
 from segscope.unsupervised.drift import adaptation_of
 
 DAY = 86400.0
@@ -278,3 +279,25 @@ def test_the_drift_guard_names_the_refits_among_the_adaptation() -> None:
         "detectors refitted every 1d on the trailing 2d, new levels learnt from every reading, cooldown 2h"
     )
     assert adaptation_of(config.policy) == "new levels learnt from every reading, cooldown 2h"
+
+
+def test_inspect_state_dir_reads_what_a_streams_checkpoints_hold(
+    fitted: tuple[Model, pl.DataFrame, pl.DataFrame, ScoringState], run_cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    model, live, _, whole = fitted
+    model.save(tmp_path / "bundle")
+    state = model.new_state()
+    assert state.entities is not None
+    checkpoints = EntityCheckpoints(tmp_path / "state", Stamp.of(model, "readings", "g"), full_every=2)
+    for start, offset in itertools.pairwise([0, 300, 700, live.height]):  # a delta, a full state, a delta
+        batch = live[start:offset]
+        state.entities.partitions = np.zeros(batch.height, dtype=np.int32)
+        model.score(batch, state=state)
+        checkpoints.save(state.entities, {("readings", 0): offset})
+    shown = run_cli("inspect", tmp_path / "bundle", "--state-dir", tmp_path / "state")
+    assert shown.code == 0, shown.err
+    expected = adapt_line(model.config, whole.entities)
+    assert expected is not None and "6 refits" in expected
+    assert f"2 entities at the newest checkpoints {expected}" in " ".join(shown.out.split())
+    missing = run_cli("inspect", tmp_path / "bundle", "--state-dir", tmp_path / "nothing")
+    assert missing.code != 0 and "is not a folder" in missing.err

@@ -210,10 +210,23 @@ def evaluate(
 def inspect(
     bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole manifest as JSON.")] = False,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option("--state-dir", help="A stream's entity checkpoints: what its entities and adapt hold now."),
+    ] = None,
     trust_bundle: TrustOpt = False,
 ) -> None:
     """Show what a bundle holds (verifies its checksums)."""
     model = load_model(bundle, trust_bundle)
+    if state_dir is not None:
+        from segscope.stream.checkpoint import newest_state
+        from segscope.unsupervised.adapt import adapt_line
+
+        entities = newest_state(state_dir, model)
+        out.print(f"state-dir {state_dir}: {entities.entities:,} entities at the newest checkpoints")
+        if (adapted := adapt_line(model.config, entities)) is not None:
+            out.print(f"  {adapted}")
+        return
     manifest = model.bundle_manifest()
     if as_json:
         out.print_json(json.dumps(manifest))

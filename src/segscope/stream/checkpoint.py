@@ -71,7 +71,7 @@ from segscope.sources.base import Batch
 if TYPE_CHECKING:
     from segscope.model import Model
 
-__all__ = ["FORMAT", "CheckpointError", "EntityCheckpoints", "Stamp", "entity_config_hash"]
+__all__ = ["FORMAT", "CheckpointError", "EntityCheckpoints", "Stamp", "entity_config_hash", "newest_state"]
 
 log = logging.getLogger("segscope.stream")
 _NAME = re.compile(r"^(\d{20})-(\d+)\.(delta|full)\.arrow$")
@@ -388,3 +388,28 @@ class EntityCheckpoints:
                 for start, _, _, path in files:
                     if start < max(fulls):
                         path.unlink(missing_ok=True)
+
+
+def newest_state(root: Path, model: Model) -> EntityState:
+    """The entities a stream's checkpoints in ``root`` hold at their newest files, on ``model``'s end-of-history
+    state: per partition folder, the newest full file and the deltas after it (what a restart at the newest offsets
+    would resume; read only, no offset asked of the cluster). For people (``segscope inspect --state-dir``)."""
+    state = model.new_state().entities
+    if state is None:
+        raise CheckpointError("the bundle has no entities: a stream of it keeps no entity checkpoints")
+    if not root.is_dir():
+        raise CheckpointError(f"--state-dir {root} is not a folder; give the folder segscope stream checkpoints in")
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink()):
+        files = sorted(
+            (int(m.group(1)), m.group(3) == "delta", int(m.group(2)), path)
+            for path in folder.iterdir()
+            if (m := _NAME.match(path.name)) is not None
+        )
+        base = max((f[0] for f in files if not f[1]), default=-1)
+        for start, delta, block, path in files:
+            if (start > base or (start == base and not delta)) and block < len(state.blocks):
+                try:
+                    state.load_bytes(block, path.read_bytes())
+                except (SegscopeError, OSError) as exc:
+                    raise CheckpointError(f"entity checkpoint {path} cannot be read ({_reason(exc)})") from None
+    return state
