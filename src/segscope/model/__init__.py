@@ -431,14 +431,15 @@ class Model:
             supervised = np.empty(0)
         score = supervised if supervised is not None else anomaly
         alerts, policy = np.asarray(self.policy_.decide(score, validated, state), dtype=bool), self.config.policy
-        if self.config.adapt is not None and entities is not None and self.entities_ is not None:
-            alerts = adapt_entities(alerts, frame, self.entities_, entities, self.config)  # refits, gate, cooldown
-        elif policy.recalibrate is not None and entities is not None and self.entities_ is not None:
-            alerts = self.entities_.recalibrate(
-                alerts, score, entities, policy.recalibrate, policy.cooldown, policy.rearm
-            )
-        elif policy.cooldown is not None and entities is not None and self.entities_ is not None:
-            alerts = self.entities_.cool_down(alerts, entities, policy.cooldown, policy.rearm)
+        if entities is not None and self.entities_ is not None:  # each entity's own past decides further
+            if self.config.adapt is not None:
+                alerts = adapt_entities(alerts, frame, self.entities_, entities, self.config)  # refits, gate, cooldown
+            elif policy.recalibrate is not None:
+                alerts = self.entities_.recalibrate(
+                    alerts, score, entities, policy.recalibrate, policy.cooldown, policy.rearm
+                )
+            elif policy.cooldown is not None:
+                alerts = self.entities_.cool_down(alerts, entities, policy.cooldown, policy.rearm)
         if drift is not None:
             drift.add(validated, alerts)
         if isinstance(self.policy_, NewLevelAlerts):
