@@ -154,3 +154,14 @@ def test_compiled_number_forms_on_a_million_values_of_every_scale() -> None:
     values = rng.normal(size=200_000) * np.exp(rng.normal(0, 8, 200_000))
     values[::7] = np.round(values[::7])
     assert _format_numbers(values).to_list() == [format_number(float(v)) for v in values]
+
+
+def test_number_forms_of_a_column_longer_than_one_kernel_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past ``_FORMAT_CHUNK`` values the strings are made in pieces (a view's offset is an int32): the same
+    strings, in order, long forms (kept outside the views) included."""
+    from segscope.unsupervised import explain
+
+    values = np.array([-999999000000000.5, 0.000123457, 1.5, float("nan"), 12345678.9, -0.00011, 7.0] * 3)
+    whole = explain._format_numbers(values).to_list()
+    monkeypatch.setattr(explain, "_FORMAT_CHUNK", 4)
+    assert explain._format_numbers(values).to_list() == whole == [explain.format_number(float(v)) for v in values]

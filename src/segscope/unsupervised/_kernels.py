@@ -223,6 +223,9 @@ def cblof_scores(x: np.ndarray, centres: np.ndarray, large: np.ndarray, n_cluste
 
 
 _POW10 = np.array([10.0**k for k in range(300)])  # exact up to 1e22, then within half an ulp
+#: "00" to "99": two digits at a time
+_PAIRS = np.array([ord(c) for k in range(100) for c in f"{k:02d}"], dtype=np.uint8)
+_LOG10_2 = math.log10(2.0)
 
 
 @nb.njit(cache=True, inline="always")
@@ -240,121 +243,141 @@ def _write_digits(buf: np.ndarray, pos: int, u: np.uint64) -> int:
 
 
 @nb.njit(cache=True, inline="always")
-def _six_digits(a: float) -> tuple[np.uint64, int, bool]:
-    """``a > 0`` rounded to six significant digits: (N, e) with ``a ~ N * 10**(e - 5)``, 100000 <= N <= 999999,
-    and False when ``a`` lies so near a tie that float arithmetic cannot tell the correct rounding."""
-    e = math.floor(math.log10(a))
+def _scaled(a: float, e: int) -> float:
+    """``a * 10**(5 - e)`` in one rounding (a multiplication or a division by an exact power while it is exact)."""
     k = 5 - e
-    scaled = a * _POW10[k] if k >= 0 else a / _POW10[-k]  # 1e-290 < a < 1e290: |k| < 300
-    if scaled < 100000.0:  # log10 rounded up across a power of ten
-        e -= 1
-        scaled *= 10.0
-    elif scaled >= 1000000.0:
+    scaled: float = a * _POW10[k] if k >= 0 else a / _POW10[-k]  # 1e-290 < a < 1e290: |k| < 300
+    return scaled
+
+
+@nb.njit(cache=True, inline="always")
+def _six_digits(a: float) -> tuple[int, int, bool]:
+    """``a > 0`` rounded to six significant digits: (N, e) with ``a ~ N * 10**(e - 5)``, 100000 <= N <= 999999,
+    and False when ``a`` lies so near a tie that float arithmetic cannot tell the correct rounding. The decimal
+    exponent comes from the binary one (``a`` in [2**(b-1), 2**b)), which leaves two candidates: no logarithm."""
+    b = math.frexp(a)[1]
+    e = math.floor((b - 1) * _LOG10_2)  # the exponent is e or e + 1
+    scaled = _scaled(a, e)
+    if scaled >= 1000000.0:
         e += 1
-        scaled /= 10.0
+        scaled = _scaled(a, e)
     whole = math.floor(scaled)
     frac = scaled - whole
-    n = np.uint64(whole) + np.uint64(1 if frac > 0.5 else 0)
-    if n == np.uint64(1000000):
-        n = np.uint64(100000)
+    n = int(whole) + (1 if frac > 0.5 else 0)
+    if n == 1000000:
+        n = 100000
         e += 1
     return n, e, abs(frac - 0.5) > 1e-6
 
 
+@nb.njit(cache=True, inline="always")
+def _format_one(out: np.ndarray, v: float) -> int:
+    """``v`` as reasons print it (see :func:`format_numbers`) at ``out[0:]``: its length, or -1 when it is left
+    for Python."""
+    a = abs(v)
+    zero, point = np.uint8(48), np.uint8(46)
+    if v != v:
+        out[0], out[1], out[2], out[3] = 110, 117, 108, 108  # null
+        return 4
+    pos = 0
+    if a < 1e15 and v == math.floor(v):
+        if v < 0:
+            out[0] = 45
+            pos = 1
+        return _write_digits(out, pos, np.uint64(a))
+    if not (1e-290 < a < 1e290):
+        return -1
+    six, e, exact = _six_digits(a)
+    if not exact:
+        return -1
+    if v < 0:
+        out[0] = 45
+        pos = 1
+    # the six digits at out[pos + 18:] (scratch past the longest form), two at a time
+    d = pos + 18
+    hi, lo = six // 10000, six % 10000
+    out[d], out[d + 1] = _PAIRS[2 * hi], _PAIRS[2 * hi + 1]
+    out[d + 2], out[d + 3] = _PAIRS[2 * (lo // 100)], _PAIRS[2 * (lo // 100) + 1]
+    out[d + 4], out[d + 5] = _PAIRS[2 * (lo % 100)], _PAIRS[2 * (lo % 100) + 1]
+    last = 5  # the last digit that is not a trailing zero
+    while last > 0 and out[d + last] == zero:
+        last -= 1
+    if a < 1e-4 and e == -4:  # rounded up to 0.0001: %g writes it without an exponent
+        out[pos], out[pos + 1], out[pos + 2], out[pos + 3], out[pos + 4] = 48, 46, 48, 48, 48
+        out[pos + 5] = out[d]
+        return pos + 6
+    if a < 1e-4 or a >= 1e15:  # %g's exponent form
+        out[pos] = out[d]
+        pos += 1
+        if last > 0:
+            out[pos] = point
+            pos += 1
+            for q in range(1, last + 1):
+                out[pos] = out[d + q]
+                pos += 1
+        out[pos] = 101  # e
+        out[pos + 1] = 45 if e < 0 else 43
+        pos += 2
+        if abs(e) < 10:
+            out[pos] = zero
+            pos += 1
+        return _write_digits(out, pos, np.uint64(abs(e)))
+    before = e + 1  # digits before the point
+    if before >= 6:
+        for q in range(6):
+            out[pos + q] = out[d + q]
+        pos += 6
+        for _ in range(before - 6):
+            out[pos] = zero
+            pos += 1
+        out[pos], out[pos + 1] = point, zero
+        return pos + 2
+    # fixed-length writes whatever the digits (the lengths vary from value to value, and branches on them would
+    # be mispredicted): 1 <= before <= 5 writes seven bytes, the point among the digits; below 1, "0.000" and
+    # then the six digits from where the zeros end (a >= 1e-4: at most three zeros)
+    if before >= 1:
+        for q in range(7):
+            src = q - (1 if q > before else 0)
+            out[pos + q] = point if q == before else out[d + src]
+        return pos + max(last, before) + 2
+    out[pos], out[pos + 1], out[pos + 2], out[pos + 3], out[pos + 4] = 48, 46, 48, 48, 48
+    start = pos + 2 - before
+    for q in range(6):
+        out[start + q] = out[d + q]
+    return start + last + 1
+
+
 @nb.njit(cache=True, nogil=True)
 def format_numbers(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Numbers as reasons print them, as Arrow string buffers (offsets, bytes), and a mask of the values left
-    for Python's formatting (infinities, magnitudes past 1e290 either way, near-ties): NaN as ``null``; whole
-    numbers under 1e15 as integers; under 1e-4 or from 1e15 as ``%.6g``; others as the decimal of their six
+    """Numbers as reasons print them, as the buffers of an Arrow string-view array (16-byte views, strings of up
+    to 12 bytes inside them, longer ones in the data buffer), and a mask of the values left for Python's
+    formatting (infinities, magnitudes past 1e290 either way, near-ties; their views are empty): NaN as ``null``;
+    whole numbers under 1e15 as integers; under 1e-4 or from 1e15 as ``%.6g``; others as the decimal of their six
     significant digits, ``.0`` when that is whole (``0.000123457``, ``123457.0``, ``-2.5``)."""
     n = values.shape[0]
-    buf = np.empty(n * 24, dtype=np.uint8)  # the longest form, '-0.000123457' or '-999999000000000.0', fits
-    offsets = np.zeros(n + 1, dtype=np.int64)
+    views = np.zeros((n, 16), dtype=np.uint8)
+    data = np.empty(n * 24, dtype=np.uint8)  # the longest form, '-0.000123457' or '-999999000000000.0', fits
     left = np.zeros(n, dtype=np.bool_)
-    digit = np.empty(6, dtype=np.uint8)
-    zero, point = np.uint8(48), np.uint8(46)
+    scratch = np.empty(32, dtype=np.uint8)
     pos = 0
     for i in range(n):
-        v = values[i]
-        a = abs(v)
-        if v != v:
-            buf[pos], buf[pos + 1], buf[pos + 2], buf[pos + 3] = 110, 117, 108, 108  # null
-            pos += 4
-        elif a < 1e15 and v == math.floor(v):
-            if v < 0:
-                buf[pos] = 45
-                pos += 1
-            pos = _write_digits(buf, pos, np.uint64(a))
-        elif not (1e-290 < a < 1e290):
+        length = _format_one(scratch, values[i])
+        if length < 0:
             left[i] = True
-        else:
-            six, e, exact = _six_digits(a)
-            if not exact:
-                left[i] = True
-                offsets[i + 1] = pos
-                continue
-            if v < 0:
-                buf[pos] = 45
-                pos += 1
-            rest = six
-            for q in range(5, -1, -1):
-                digit[q] = zero + np.uint8(rest % np.uint64(10))
-                rest //= np.uint64(10)
-            last = 5  # the last digit that is not a trailing zero
-            while last > 0 and digit[last] == zero:
-                last -= 1
-            if a < 1e-4 and e == -4:  # rounded up to 0.0001: %g writes it without an exponent
-                buf[pos : pos + 5] = np.array([48, 46, 48, 48, 48], dtype=np.uint8)
-                pos += 5
-                buf[pos] = digit[0]
-                pos += 1
-            elif a < 1e-4 or a >= 1e15:  # %g's exponent form
-                buf[pos] = digit[0]
-                pos += 1
-                if last > 0:
-                    buf[pos] = point
-                    pos += 1
-                    for q in range(1, last + 1):
-                        buf[pos] = digit[q]
-                        pos += 1
-                buf[pos] = 101  # e
-                buf[pos + 1] = 45 if e < 0 else 43
-                pos += 2
-                if abs(e) < 10:
-                    buf[pos] = zero
-                    pos += 1
-                pos = _write_digits(buf, pos, np.uint64(abs(e)))
-            else:
-                before = e + 1  # digits before the point
-                if before >= 6:
-                    for q in range(6):
-                        buf[pos + q] = digit[q]
-                    pos += 6
-                    for _ in range(before - 6):
-                        buf[pos] = zero
-                        pos += 1
-                    buf[pos], buf[pos + 1] = point, zero
-                    pos += 2
-                elif before >= 1:
-                    for q in range(before):
-                        buf[pos + q] = digit[q]
-                    pos += before
-                    buf[pos] = point
-                    pos += 1
-                    if last < before:
-                        buf[pos] = zero
-                        pos += 1
-                    for q in range(before, last + 1):
-                        buf[pos] = digit[q]
-                        pos += 1
-                else:
-                    buf[pos], buf[pos + 1] = zero, point
-                    pos += 2
-                    for _ in range(-before):
-                        buf[pos] = zero
-                        pos += 1
-                    for q in range(last + 1):
-                        buf[pos] = digit[q]
-                        pos += 1
-        offsets[i + 1] = pos
-    return offsets, buf[:pos].copy(), left
+            continue
+        views[i, 0] = np.uint8(length)  # little-endian int32: lengths are under 256
+        if length <= 12:
+            for q in range(length):
+                views[i, 4 + q] = scratch[q]
+            continue
+        for q in range(4):
+            views[i, 4 + q] = scratch[q]
+        for q in range(length):
+            data[pos + q] = scratch[q]
+        # buffer 0 (bytes 8-11 stay zero), offset little-endian
+        views[i, 12] = np.uint8(pos & 0xFF)
+        views[i, 13] = np.uint8((pos >> 8) & 0xFF)
+        views[i, 14] = np.uint8((pos >> 16) & 0xFF)
+        views[i, 15] = np.uint8((pos >> 24) & 0xFF)
+        pos += length
+    return views, data[:pos].copy(), left

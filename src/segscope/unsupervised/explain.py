@@ -137,18 +137,25 @@ def _hour_indices(feature_names: list[str]) -> np.ndarray:
 
 
 def _format_numbers(values: np.ndarray) -> pl.Series:
-    """Short human form (see :func:`format_number`), compiled; the rare values it leaves to Python are
-    formatted by :func:`format_number` itself."""
+    """Short human form (see :func:`format_number`), compiled, straight into an Arrow string-view array (Polars'
+    own layout: no copy); the rare values the kernel leaves to Python are formatted by :func:`format_number`."""
+    values = np.ascontiguousarray(values, dtype=np.float64).reshape(-1)
+    if values.shape[0] > _FORMAT_CHUNK:  # a view's offset into its data is an int32
+        parts = [_format_numbers(values[i : i + _FORMAT_CHUNK]) for i in range(0, values.shape[0], _FORMAT_CHUNK)]
+        return pl.concat(parts, rechunk=False)
     import pyarrow as pa
 
-    values = np.ascontiguousarray(values, dtype=np.float64)
-    offsets, data, left = _kernels.format_numbers(values)
-    strings = pa.LargeStringArray.from_buffers(values.shape[0], pa.py_buffer(offsets), pa.py_buffer(data))
+    views, data, left = _kernels.format_numbers(values)
+    strings = pa.Array.from_buffers(pa.string_view(), values.shape[0], [None, pa.py_buffer(views), pa.py_buffer(data)])
     out = pl.Series("value", strings, dtype=pl.String)
     where = np.flatnonzero(left)
     if where.size:
         out = out.scatter(where, pl.Series([format_number(float(values[i])) for i in where], dtype=pl.String))
     return out
+
+
+#: values formatted per kernel call: their long forms (at most 24 bytes each) stay within an int32 offset
+_FORMAT_CHUNK = 50_000_000
 
 
 def format_number(v: float) -> str:
