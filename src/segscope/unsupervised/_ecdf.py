@@ -115,7 +115,7 @@ def build_ecdf(reference: np.ndarray) -> ECDFTable:
     cell_start = np.zeros((d, max(p.shape[0] for p in cell_parts)), dtype=np.uint16 if k_max < 2**16 else np.int32)
     for j, part in enumerate(cell_parts):
         cell_start[j, : part.shape[0]] = part
-    q = max(1, int(0.01 * (m - 1)))
+    q = min(max(1, int(0.01 * (m - 1))), m - 1)  # a one-row reference: no spread (the fallback below)
     spread = np.column_stack([sorted_ref[:, q] - sorted_ref[:, 0], sorted_ref[:, -1] - sorted_ref[:, m - 1 - q]])
     fallback = np.where(span > 0, span / max(m, 1), 1.0)[:, None]
     tail_width = np.ascontiguousarray(np.where(spread > 0, spread, fallback))
