@@ -15,6 +15,7 @@ LAYERS: list[set[str]] = [
     {"expressions", "_kafka_setup", "_yaml"},
     {"columns"},
     {"_params", "_deps", "_io", "_arrays", "config", "schema", "metrics", "_kafka_outcomes"},
+    {"_kafka_python"},
     {"_kafka", "_wire"},
     {"bundle"},
     {"registry"},

@@ -1,14 +1,39 @@
-"""What the Kafka clients report about deliveries and commits, read the same way for both (``_kafka``): which
-delivery errors refuse a record for good, how long a transactional call may wait, and which commits the broker
-confirmed."""
+"""What the Kafka clients hand back and report, read the same way for both (``_kafka``, ``_kafka_python``): a
+poll's messages as columns, which delivery errors refuse a record for good, how long a transactional call may
+wait, and which commits the broker confirmed."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from segscope._kafka_setup import log_commit_result
 
-__all__ = ["REFUSED", "TXN_WAIT", "Acknowledges", "Refused"]
+__all__ = ["REFUSED", "TP", "TXN_WAIT", "Acknowledges", "Headers", "OnDelivery", "Origin", "Polled", "Refused"]
+
+TP = tuple[str, int]
+Headers = Sequence[tuple[str, bytes | None]]
+Origin = tuple[str, int, int, int | None]
+#: Told of each produced message's fate: (error text or None, whether retrying cannot help, the value sent).
+OnDelivery = Callable[[str | None, bool, bytes | None], None]
+
+
+@dataclass
+class Polled:
+    """One poll's messages as columns (what decoding reads for every message), where message ``i`` came from
+    (``origin(i)``: topic, partition, offset, timestamp; asked only for the few that need it), and the consumer's
+    positions after the poll (what to commit once its work is done)."""
+
+    values: list[bytes | None]
+    keys: list[bytes | None]
+    headers: list[Headers]
+    origin: Callable[[int], Origin]
+    positions: dict[TP, int]
+
+    def __len__(self) -> int:
+        return len(self.values)
+
 
 #: librdkafka's delivery errors that refuse the record itself (MSG_SIZE_TOO_LARGE, RECORD_LIST_TOO_LARGE,
 #: INVALID_TIMESTAMP, INVALID_RECORD): retrying cannot help, so it becomes a dead letter. Any other error (a

@@ -27,17 +27,16 @@ import numpy as np
 import polars as pl
 
 from segscope.exceptions import DataError, NotFittedError, SchemaError
+from segscope.features.casts import cast_or_explain, refuse_numbers_with_garbage, target_dtype
 from segscope.features.prepared_state import check_state
 from segscope.schema import ColumnSpec, FeatureSchema, infer_kind
-from segscope.sources.frames import check_unique_ids, parse_datetimes
+from segscope.sources.frames import check_unique_ids
 
 _T = TypeVar("_T")
 
 __all__ = ["FeaturePreparer"]
 
 _NULL_LEVEL = "\x00null"
-#: A string column counts as "numbers with garbage" when at least this share of its values parse as numbers.
-_LOOKS_NUMERIC = 0.95
 
 
 def _fmt(value: float) -> str:
@@ -95,7 +94,7 @@ class FeaturePreparer:
                 continue
             col = frame.get_column(name)
             if kind == "categorical":
-                _refuse_numbers_with_garbage(col)
+                refuse_numbers_with_garbage(col)
             if col.null_count() == frame.height or (
                 col.dtype.is_float() and col.fill_nan(None).null_count() == frame.height
             ):
@@ -212,11 +211,11 @@ class FeaturePreparer:
         casts = []
         for spec in self.schema_.columns:
             col = frame.get_column(spec.name)
-            target = _target_dtype(spec)
+            target = target_dtype(spec)
             if col.dtype == target or (spec.kind == "categorical" and col.dtype == pl.String):
                 converted = col
             else:
-                converted = _cast_or_explain(col, spec, target)
+                converted = cast_or_explain(col, spec, target)
             if spec.kind == "numeric" and converted.dtype.is_float() and converted.is_infinite().any():
                 row = int(converted.is_infinite().arg_true()[0])
                 raise DataError(
@@ -439,89 +438,3 @@ def _scale_into(
 def _hour_of_day(col: pl.Expr) -> pl.Expr:
     """Hour of day with minutes as a fraction; times the reciprocal of 60 for the same bits in every batch."""
     return (col.dt.hour().cast(pl.Float64) + col.dt.minute().cast(pl.Float64) * (1.0 / 60.0)).cast(pl.Float64)
-
-
-def _target_dtype(spec: ColumnSpec) -> pl.DataType:
-    if spec.kind == "numeric":
-        return pl.Float64()
-    if spec.kind == "boolean":
-        return pl.Boolean()
-    if spec.kind == "categorical":
-        return pl.String()
-    return pl.Date() if spec.dtype == "Date" else pl.Datetime("us")
-
-
-def _refuse_other_kind(col: pl.Series, spec: ColumnSpec) -> None:
-    """A column whose type means something else than at fit is refused, not cast: a Date where a Datetime was
-    fitted would read as midnight, true/false where counts were fitted as 0/1, a struct not at all."""
-    kind = infer_kind(col.dtype)
-    if col.dtype in (pl.String, pl.Null) or kind == spec.kind:
-        if spec.kind == "datetime" and spec.dtype != "Date" and col.dtype == pl.Date:
-            raise SchemaError(
-                f"column '{spec.name}' holds dates without a time of day (Date) but was fitted on date-times "
-                f"({spec.dtype}): its hour would read as midnight; pass date-times, or refit on dates"
-            )
-        return
-    if spec.kind == "categorical" and kind in ("numeric", "boolean"):
-        return  # codes written as numbers are still categories
-    raise SchemaError(
-        f"column '{spec.name}' is {col.dtype} here but was {spec.kind} ({spec.dtype}) at fit; pass the column with "
-        "the fitted type, or refit the bundle on data of this type"
-    )
-
-
-def _cast_or_explain(col: pl.Series, spec: ColumnSpec, target: pl.DataType) -> pl.Series:
-    """Cast a column to the fit-time type, or raise a SchemaError that shows an offending value."""
-    _refuse_other_kind(col, spec)
-    if spec.kind == "categorical":
-        return col.cast(pl.String)
-    if spec.kind == "datetime" and isinstance(col.dtype, pl.Datetime | pl.Date):
-        return col.cast(target)
-    if col.dtype == pl.String:
-        text = col.str.strip_chars()
-        if spec.kind == "numeric":
-            converted = text.cast(pl.Float64, strict=False)
-        elif spec.kind == "boolean":
-            low = text.str.to_lowercase()
-            converted = pl.select(
-                pl.when(low.is_in(["true", "1", "yes"]))
-                .then(True)
-                .when(low.is_in(["false", "0", "no"]))
-                .then(False)
-                .otherwise(None)
-                .alias(col.name)
-            ).to_series()
-        else:
-            converted = parse_datetimes(text).cast(target)
-    else:
-        try:
-            converted = col.cast(target, strict=False)
-        except pl.exceptions.PolarsError:
-            converted = pl.Series(col.name, [None] * col.len(), dtype=target)
-    bad = col.is_not_null() & converted.is_null()
-    if col.dtype == pl.String:
-        bad = bad & (col.str.strip_chars() != "")
-    if bad.any():
-        row = int(bad.arg_true()[0])
-        raise SchemaError(
-            f"column '{spec.name}' must be {spec.kind} ({spec.dtype} at fit) but row {row} holds "
-            f"{col[row]!r}; fix or null those values, or refit the bundle on data of this type"
-        )
-    return converted.alias(spec.name)
-
-
-def _refuse_numbers_with_garbage(col: pl.Series) -> None:
-    if col.dtype != pl.String:
-        return
-    present = col.drop_nulls().str.strip_chars()
-    present = present.filter(present != "")
-    if present.len() == 0:
-        return
-    parsed = present.cast(pl.Float64, strict=False)
-    share = 1.0 - parsed.null_count() / present.len()
-    if _LOOKS_NUMERIC <= share < 1.0:
-        bad = present.filter(parsed.is_null())
-        raise DataError(
-            f"column '{col.name}' looks numeric ({share:.1%} of values are numbers) but holds non-numeric "
-            f"values such as {bad[0]!r}; clean those values, or --drop the column"
-        )

@@ -32,7 +32,8 @@ from segscope.sources.stranding import STRANDED_CHECK, Strandable
 from segscope.sources.wire import WireDecoder
 
 if TYPE_CHECKING:
-    from segscope._kafka import _ConfluentConsumer, _PythonConsumer
+    from segscope._kafka import _ConfluentConsumer
+    from segscope._kafka_python import _PythonConsumer
 
 __all__ = ["STRANDED_CHECK", "KafkaSource", "TopicReader", "decode"]
 

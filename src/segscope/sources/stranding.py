@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 from segscope._kafka import Client
 
 if TYPE_CHECKING:
-    from segscope._kafka import _ConfluentConsumer, _PythonConsumer
+    from segscope._kafka import _ConfluentConsumer
+    from segscope._kafka_python import _PythonConsumer
 
 __all__ = ["STRANDED_CHECK", "Strandable"]
 
