@@ -117,6 +117,15 @@ def test_infinite_values_are_refused() -> None:
         FeaturePreparer().fit(_frame().with_columns(pl.Series("amount", [1.0, float("inf"), 3, 4, 5, 6])))
 
 
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf")])
+def test_infinite_values_are_refused_at_score_among_nan_and_nulls(bad: float) -> None:
+    prep = FeaturePreparer(id_column="id", drop=("label",)).fit(_frame())
+    values = [float("nan"), None, bad, 4.0, float("nan"), 6.0]
+    with pytest.raises(DataError, match="column 'amount' has an infinite value at row 2"):
+        prep.validate(_frame().with_columns(pl.Series("amount", values, dtype=pl.Float64)))
+    prep.validate(_frame().with_columns(pl.Series("amount", [float("nan"), None, 1.0, 4.0, float("nan"), 6.0])))
+
+
 def test_numbers_with_garbage_are_refused_at_fit() -> None:
     values = [str(i) for i in range(99)] + ["n/a?"]
     frame = pl.DataFrame({"x": values, "y": list(range(100))})

@@ -216,7 +216,8 @@ class FeaturePreparer:
                 converted = col
             else:
                 converted = cast_or_explain(col, spec, target)
-            if spec.kind == "numeric" and converted.dtype.is_float() and converted.is_infinite().any():
+            # the extremes show an infinity without a mask per column (Polars' min and max pass over NaN)
+            if spec.kind == "numeric" and converted.dtype.is_float() and _infinite(converted.min(), converted.max()):
                 row = int(converted.is_infinite().arg_true()[0])
                 raise DataError(
                     f"column '{spec.name}' has an infinite value at row {row}; replace it with a finite "
@@ -433,6 +434,10 @@ def _scale_into(
         for j in range(raw.shape[1]):
             x = raw[i, j]
             out[i, columns[j]] = 0.0 if x != x else min(max((x - centers[j]) * inverse[j], -clip), clip)
+
+
+def _infinite(low: Any, high: Any) -> bool:
+    return bool(low == -math.inf or high == math.inf)
 
 
 def _hour_of_day(col: pl.Expr) -> pl.Expr:
