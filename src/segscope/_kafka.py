@@ -1,8 +1,8 @@
 """Two Kafka clients behind one small interface: confluent-kafka (librdkafka: every codec, transactions, fast; the
-default) and kafka-python (pure Python). The source (``sources/kafka.py``) and the sink (``sinks/kafka.py``) use
-only this interface, so each works with either client.
+default; its wrappers here) and kafka-python (pure Python; ``_kafka_python``). The source (``sources/kafka.py``)
+and the sink (``sinks/kafka.py``) use only this interface, so each works with either client.
 
-A poll returns messages as columns (values, keys, ...), which is what decoding wants, plus the consumer's
+A poll returns messages as columns (``Polled``: values, keys, ...), which is what decoding wants, plus the consumer's
 positions right after the batch: positions, not "last offset + 1", are what is committed, because a
 transactional producer's commit markers sit after the last record and a consumer reading ``read_committed``
 moves past them (committing last + 1 would leave the group's lag at 1 forever).
