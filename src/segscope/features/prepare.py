@@ -345,14 +345,13 @@ class FeaturePreparer:
 
     def transform(self, frame: pl.DataFrame) -> np.ndarray:
         """The feature matrix (rows x features, float64, C order) of a validated frame."""
-        plain, sources, centers, inverse = self._once("plain", self._plain_numeric)
+        plain, others, sources, centers, inverse = self._once("plain", self._plain_numeric)
         if not plain.size:
             matrix = frame.select(self.feature_exprs()).to_numpy(order="c")  # C order built directly: no copy after
             return np.ascontiguousarray(matrix, dtype=np.float64)
         # plain numeric features (most of a wide numeric table) in one compiled pass from Polars' own columns; the
         # rest (categories, date parts, missing flags) by their expressions
         matrix = np.empty((frame.height, len(self.schema_.features)))
-        others = np.setdiff1d(np.arange(matrix.shape[1]), plain)
         if others.size:
             exprs = self.feature_exprs()
             matrix[:, others] = frame.select([exprs[j] for j in others]).to_numpy()
@@ -360,9 +359,10 @@ class FeaturePreparer:
         _scale_into(matrix, plain, raw, centers, inverse, float(self.clip))
         return matrix
 
-    def _plain_numeric(self) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
-        """The features that are a numeric column scaled as it is (their indices, source columns, centres and
-        reciprocal scales): what :func:`_scale_into` computes, as their expressions in :meth:`feature_exprs`."""
+    def _plain_numeric(self) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray, np.ndarray]:
+        """The features that are a numeric column scaled as it is (their indices, the other features' indices,
+        source columns, centres and reciprocal scales): what :func:`_scale_into` computes, as their expressions in
+        :meth:`feature_exprs`."""
         plain, sources, centers, inverse = [], [], [], []
         for j, feat in enumerate(self.schema_.features):
             stats = self.numeric_.get(feat)
@@ -374,7 +374,8 @@ class FeaturePreparer:
             sources.append(feat)
             centers.append(stats["center"])
             inverse.append(1.0 / stats["scale"])
-        return np.array(plain, dtype=np.int64), sources, np.array(centers, dtype=np.float64), np.array(inverse)
+        others = np.setdiff1d(np.arange(len(self.schema_.features)), plain)
+        return np.array(plain, dtype=np.int64), others, sources, np.array(centers, dtype=np.float64), np.array(inverse)
 
     def describe_columns(self) -> list[tuple[str, str, str, str, str]]:
         """Per input column: (name, kind, dtype at fit, its features, their expected values), for people."""
