@@ -294,25 +294,37 @@ def count(bootstrap: str, topic: str) -> int:
 
 
 def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
-    """Each partition's end offset (high watermark)."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
-    try:
-        from kafka.structs import TopicPartition
+    """Each partition's end offset (high watermark); {} for a topic that does not exist.
 
-        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or set()]
-        return {tp.partition: int(o) for tp, o in sorted(consumer.end_offsets(tps).items())}
+    Here and in ``committed_offsets`` the C client: these two are polled through broker outages, and a kafka-python
+    client whose bootstrap fails in its constructor cannot be closed (its socket is left to the collector, whose
+    ResourceWarning fails whichever test is running then)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "segscope-tests-offsets"})
+    try:
+        meta = consumer.list_topics(topic, timeout=15).topics.get(topic)
+        partitions = sorted(meta.partitions) if meta is not None and meta.error is None else []
+        marks = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=15) for p in partitions}
+        return {p: int(high) for p, (_low, high) in marks.items()}
     finally:
         consumer.close()
 
 
 def committed_offsets(bootstrap: str, group: str) -> dict[str, int]:
-    """The group's committed offsets, as "topic/partition": offset."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    """The group's committed offsets, as "topic/partition": offset (asked by a consumer of the group that never
+    joins it; not the C client's AdminClient, which can be collected on librdkafka's own thread and abort)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
     try:
-        found = admin.list_group_offsets({group: None})[group]
-        return {f"{tp.topic}/{tp.partition}": int(meta.offset) for tp, meta in sorted(found.items())}
+        topics = consumer.list_topics(timeout=15).topics
+        asked = [TopicPartition(t, p) for t, meta in topics.items() if not t.startswith("__") for p in meta.partitions]
+        found = consumer.committed(asked, timeout=15) if asked else []
     finally:
-        admin.close()
+        consumer.close()
+    return {f"{tp.topic}/{tp.partition}": int(tp.offset) for tp in sorted(found, key=lambda t: (t.topic, t.partition))
+            if tp.offset >= 0}  # fmt: skip
 
 
 def group_caught_up(bootstrap: str, group: str, topic: str) -> bool:
