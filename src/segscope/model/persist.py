@@ -214,11 +214,12 @@ def _from_bundle(cls: type[Model], reader: bundle_io.BundleReader, manifest: dic
     ensemble.load_state(reader.arrays("calibration"))
     names = list(prep.schema_.features)
     explainer = FeatureExplainer.from_state(
-        reader.arrays("explainer"), names, [prep.expected_[f] for f in names], model.config.top_k_reasons
+        reader.arrays("explainer"),
+        names,
+        [prep.expected_[f] for f in names],
+        model.config.top_k_reasons,
+        shared=ensemble.shared_ecdf(),
     )
-    shared = ensemble.shared_ecdf()
-    if shared is not None and np.array_equal(shared.sorted_ref, explainer.ecdf_.sorted_ref):
-        explainer.ecdf_ = shared  # one fused pass computes ECOD and the reasons
     model.preparer_, model.ensemble_, model.explainer_ = prep, ensemble, explainer
     model.policy_ = restore_policy(model.config.policy, manifest["policy"])
     if manifest.get("drift_reference") and "drift.json" not in reader.files_:

@@ -114,11 +114,19 @@ class FeatureExplainer:
 
     @classmethod
     def from_state(
-        cls, arrays: dict[str, np.ndarray], feature_names: list[str], expected: list[str], top_k: int
+        cls,
+        arrays: dict[str, np.ndarray],
+        feature_names: list[str],
+        expected: list[str],
+        top_k: int,
+        shared: _ecdf.ECDFTable | None = None,
     ) -> FeatureExplainer:
+        """With ``shared`` (the ECOD detector's table): that table when it was built from the same reference, so
+        one fused pass computes ECOD and the reasons, and the table is not built twice."""
         exp = cls(top_k=top_k)
         sorted_ref = take(arrays, "sorted_ref", "explainer", shape=(len(feature_names), None), finite=True, min_size=1)
-        exp.ecdf_ = _ecdf.build_ecdf(sorted_ref.T)
+        same = shared is not None and np.array_equal(shared.sorted_ref, sorted_ref)
+        exp.ecdf_ = shared if shared is not None and same else _ecdf.build_ecdf(sorted_ref.T)
         exp.feature_names_, exp.expected_ = list(feature_names), list(expected)
         return exp
 
