@@ -12,8 +12,9 @@ segscope's full pipeline (read, feature preparation, IForest + ECOD ensemble, ca
 drift, Parquet output) via `segscope.score_file`, against pandas.read_parquet + get_dummies aligned to the fit's
 columns + PyOD IForest.decision_function + DataFrame.to_parquet, alternating, in this process; medians. Then
 where segscope's time goes (one serial run, exclusive seconds per stage: see _stages.py), and the peak RSS of the
-`segscope score` command on a 10M-row numeric file (a child process, getrusage). Writes
-benchmarks/results/score_speed.json.
+`segscope score` command on a 10M-row numeric file (a child process, getrusage). Both also as processes, the
+way a user runs them (`compare_commands`: the command against the plain script as a file; --no-commands to skip).
+Writes benchmarks/results/score_speed.json.
 """
 
 from __future__ import annotations
@@ -117,6 +118,72 @@ def compare(bundle: Path, history: Path, data: Path, tmp: Path, repeats: int, ro
     }
 
 
+PLAIN_SCRIPT = """\
+import sys
+
+import joblib
+import pandas as pd
+
+columns, detector = joblib.load(sys.argv[1])
+frame = pd.read_parquet(sys.argv[2])
+text = [c for c in frame.columns if frame[c].dtype == object or str(frame[c].dtype) in ("string", "str")]
+encoded = pd.get_dummies(frame, columns=text, dtype=float) if text else frame
+frame["score"] = detector.decision_function(encoded.reindex(columns=columns, fill_value=0).to_numpy(dtype=float))
+frame.to_parquet(sys.argv[3])
+"""
+
+
+def segscope_command() -> list[str]:
+    """The ``segscope`` command of this environment (its console script, as a user runs it)."""
+    script = Path(sys.executable).with_name("segscope")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "segscope.cli"]
+
+
+def compare_commands(bundle: Path, history: Path, data: Path, tmp: Path, repeats: int) -> dict:
+    """Seconds of the two as processes, as a user runs them (wall clock from launch to exit, alternating, after
+    one warm-up run of each): ``segscope score`` against the plain script as a file, its IForest fitted beforehand
+    and loaded with joblib (its fit is not timed; its imports are, as are segscope's)."""
+    import joblib
+    import pandas as pd
+    from pyod.models.iforest import IForest
+
+    frame = pd.read_parquet(history)
+    text = [c for c in frame.columns if frame[c].dtype == object or str(frame[c].dtype) in ("string", "str")]
+    encoded = pd.get_dummies(frame, columns=text, dtype=float) if text else frame
+    joblib.dump(
+        (list(encoded.columns), IForest(random_state=0).fit(encoded.to_numpy(dtype=float))), tmp / "plain.joblib"
+    )
+    (tmp / "plain.py").write_text(PLAIN_SCRIPT)
+    seg_out, plain_out = str(tmp / "seg.parquet"), str(tmp / "plain.parquet")
+    runs = {
+        "segscope": [*segscope_command(), "score", str(data), "--bundle", str(bundle), "--out", seg_out],
+        "plain": [sys.executable, str(tmp / "plain.py"), str(tmp / "plain.joblib"), str(data), plain_out],
+    }
+
+    def once(cmd: list[str]) -> float:
+        start = time.perf_counter()
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return time.perf_counter() - start
+
+    for cmd in runs.values():
+        once(cmd)
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, cmd in runs.items():
+            seconds[name].append(once(cmd))
+        print(
+            f"  as commands: segscope score {seconds['segscope'][-1]:.2f}s, plain {seconds['plain'][-1]:.2f}s",
+            flush=True,
+        )
+    seg_s, plain_s = statistics.median(seconds["segscope"]), statistics.median(seconds["plain"])
+    print(f"  as commands: ratio {plain_s / seg_s:.2f}x (medians)", flush=True)
+    return {
+        "segscope_seconds": seconds["segscope"],
+        "plain_seconds": seconds["plain"],
+        "ratio_of_medians": plain_s / seg_s,
+    }
+
+
 def peak_rss_of_cli(bundle: Path, data: Path, out: Path) -> tuple[float, float]:
     """Peak RSS (MiB) and seconds of one `segscope score` child, from that child's own rusage (wait4), not the
     largest of every child this process ever had."""
@@ -139,6 +206,9 @@ def main() -> None:
     parser.add_argument("--memory-rows", type=int, default=10_000_000, help="0 to skip the memory run")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "score_speed.json"))
     parser.add_argument("--data", default=None, help="folder with fraud_vehicle_insurance.parquet")
+    parser.add_argument(
+        "--no-commands", dest="commands", action="store_false", help="skip the runs of both as processes"
+    )
     parser.add_argument("--no-claims", dest="claims", action="store_false", help="skip the categorical case")
     args = parser.parse_args()
 
@@ -155,6 +225,8 @@ def main() -> None:
         fit_file(history).save(bundle)
         print(f"numeric: {args.rows:,} x {COLUMNS} columns", flush=True)
         result["numeric"] = {"columns": COLUMNS, **compare(bundle, history, data, tmp, args.repeats, args.rows)}
+        if args.commands:
+            result["numeric"]["commands"] = compare_commands(bundle, history, data, tmp, args.repeats)
         if args.claims:
             claims_history, claims = tmp / "claims-history.parquet", tmp / "claims.parquet"
             source = data_dir(args.data)
@@ -164,6 +236,10 @@ def main() -> None:
             fit_file(claims_history, SegscopeConfig()).save(claims_bundle)
             print(f"categorical: the claims set repeated to {args.rows:,} rows", flush=True)
             result["categorical"] = compare(claims_bundle, claims_history, claims, tmp, args.repeats, args.rows)
+            if args.commands:
+                result["categorical"]["commands"] = compare_commands(
+                    claims_bundle, claims_history, claims, tmp, args.repeats
+                )
         if args.memory_rows:
             big = tmp / "big.parquet"
             write_table(big, args.memory_rows, seed=2)
