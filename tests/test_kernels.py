@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numba as nb
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -75,6 +76,35 @@ def test_ecdf_index_is_exact_where_values_crowd_and_spread() -> None:
     np.testing.assert_allclose(ecod, want_ecod, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(total, want_contrib.sum(axis=1), rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(val, -np.sort(-want_contrib, axis=1)[:, :2], rtol=1e-10, atol=1e-10)
+
+
+@nb.njit
+def _compiled_cells(values: np.ndarray, low: float, inv_width: float, sub_start: np.ndarray) -> np.ndarray:
+    out = np.empty(values.shape[0], dtype=np.int64)
+    for i in range(values.shape[0]):
+        out[i] = _ecdf._cell(values[i], low, inv_width, sub_start)
+    return out
+
+
+def test_tables_are_built_with_the_cells_the_kernels_look_up() -> None:
+    """A table is built in NumPy (no Numba at a bundle's load) and read by the compiled look-ups: both put every
+    value in the same cell, for heavy tails, a crowded cluster, a subnormal span, the widest floats and ties."""
+    rng = np.random.default_rng(11)
+    columns = [
+        rng.standard_cauchy(4000),
+        np.concatenate([1.0 + rng.random(997) * 1e-12, [0.0, 5e5, 1e6]]),
+        rng.integers(0, 3, 500) * 5e-324,
+        np.concatenate([rng.normal(size=300), [-1e307, 1e307]]),
+        np.round(rng.normal(size=2000), 1),
+        np.full(10, 3.0),
+    ]
+    for column in columns:
+        table = _ecdf.build_ecdf(column[:, None])
+        values = np.unique(column)
+        probes = np.clip(np.concatenate([values, values + np.abs(values) * 1e-9]), table.low[0], table.high[0])
+        for sub_start in (table.sub_start[0], np.arange(_ecdf.BUCKETS + 1)):
+            want = _compiled_cells(probes, table.low[0], table.inv_width[0], sub_start)
+            np.testing.assert_array_equal(_ecdf._cells_of(probes, table.low[0], table.inv_width[0], sub_start), want)
 
 
 def test_ecdf_results_do_not_depend_on_the_blocks() -> None:

@@ -8,6 +8,7 @@ new version and promotes it in a registry when it is better.
 
 from __future__ import annotations
 
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -30,7 +31,8 @@ from segscope.labels.records import store_labels, training_records
 from segscope.labels.store import LabelStore, ReviewRecords
 from segscope.metrics import evaluate_scores
 from segscope.model import Model
-from segscope.run import AllOrNothing, RunState, prefetch, run, score_batch
+from segscope.model.watcher import warm_up
+from segscope.run import AllOrNothing, Hooks, RunState, prefetch, run, score_batch
 from segscope.schema import SCORED_COLUMNS, ColumnSpec
 from segscope.sinks.files import open_sink
 from segscope.sources.base import Batch
@@ -182,6 +184,16 @@ def _file_state(model: Model, path: str | Path) -> RunState:
     return RunState.start(model, from_start=model.has_entities and _is_history(model, path))
 
 
+class _AfterWarmUp(Hooks):
+    """Batches are scored once the warm-up started with the run is done (it scores with the same model)."""
+
+    def __init__(self, warming: threading.Thread) -> None:
+        self.warming = warming
+
+    def before(self, batch: Batch, state: RunState) -> None:
+        self.warming.join()
+
+
 class _FileChecks:
     """What a file's run checks besides scoring: after the last batch, that it had rows, then its drift and any
     fitted numeric column null in every row, as warnings."""
@@ -265,7 +277,8 @@ def score_file(
 
     # the file is read, and the next batch scored, while the last one is written (the kernels and the writers
     # release the GIL); the checks refuse a file without rows, so some batch has set the output's schema
-    run(source, model, sink, state, ahead=True, on_batch=done, on_end=checks.end)
+    warming = warm_up(model)  # Numba's first use while the first batch is read
+    run(source, model, sink, state, ahead=True, on_batch=done, on_end=checks.end, hooks=_AfterWarmUp(warming))
     stored = sum(store.add_records(review, source=Path(path).name) for review in kept) if store is not None else 0
     seconds = time.perf_counter() - started
     adapted = adapt_line(model.config, state.scoring.entities if state.scoring is not None else None)

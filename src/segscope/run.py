@@ -263,7 +263,12 @@ def run(
             _polls(source, positioned, sink, state, hooks, stopping, scorer, commit, tx is not None)
         else:
             batches = prefetch(source.iter_batches(), depth=1) if ahead else source.iter_batches()
-            scored = ((batch, score_batch(batch, scorer(), state)) for batch in batches)
+
+            def scored_one(batch: Batch) -> tuple[Batch, pl.DataFrame | None]:
+                hooks.before(batch, state)
+                return batch, score_batch(batch, scorer(), state)
+
+            scored = (scored_one(batch) for batch in batches)
             for batch, frame in prefetch(scored) if ahead else scored:
                 if tx is not None:
                     tx.begin(stopping)

@@ -13,9 +13,32 @@ import polars as pl
 from segscope import registry
 from segscope.model import Model
 
-__all__ = ["ModelWatcher"]
+__all__ = ["ModelWatcher", "warm_up"]
 
 log = logging.getLogger(__name__)
+
+
+def warm_up(model: Model, *, threads: int | None = None) -> threading.Thread:
+    """Score a record of missing values in a thread, while the input is read or the clients connect: Numba loads
+    its own modules (about 0.4 s) and each kernel from its cache at their first call, before the first output
+    otherwise. ``threads``: Numba's threads for that thread (as the scoring thread will use). Join it before
+    scoring with ``model``. Whatever it raises is left to the first batch to say."""
+    kinds = {"numeric": pl.Float64(), "boolean": pl.Boolean(), "categorical": pl.String()}
+
+    def run() -> None:
+        if threads is not None:
+            numba.set_num_threads(threads)  # per thread
+        columns = model.input_schema().columns
+        try:
+            model.score(
+                pl.DataFrame([pl.Series(c.name, [None], kinds.get(c.kind, pl.Datetime("us"))) for c in columns])
+            )
+        except Exception:
+            log.debug("warm-up scoring failed", exc_info=True)
+
+    thread = threading.Thread(target=run, name="segscope-warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 class ModelWatcher:
@@ -32,25 +55,8 @@ class ModelWatcher:
         self.refused: str | None = None  # the last CURRENT that did not load (logged once)
 
     def warm_up(self) -> threading.Thread:
-        """Score a record of missing values in a thread, while the clients connect: the first call of each Numba
-        kernel loads it from its cache, and Numba its own modules (about a second), before the first output
-        otherwise. Join it before scoring. Whatever it raises is left to the first batch to say."""
-        kinds = {"numeric": pl.Float64(), "boolean": pl.Boolean(), "categorical": pl.String()}
-        model = self.model
-
-        def run() -> None:
-            numba.set_num_threads(1)  # per thread, as in the loop
-            columns = model.input_schema().columns
-            try:
-                model.score(
-                    pl.DataFrame([pl.Series(c.name, [None], kinds.get(c.kind, pl.Datetime("us"))) for c in columns])
-                )
-            except Exception:
-                log.debug("warm-up scoring failed", exc_info=True)
-
-        thread = threading.Thread(target=run, name="segscope-warm-up", daemon=True)
-        thread.start()
-        return thread
+        """:func:`warm_up` on one thread, as the stream scores: join it before scoring."""
+        return warm_up(self.model, threads=1)
 
     def refresh(self) -> bool:
         if self.pointer is None:
