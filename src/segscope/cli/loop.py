@@ -225,7 +225,7 @@ def stream(
     group: Annotated[str, typer.Option("--group", help="Consumer group; run more processes to share partitions.")] = (
         "segscope"
     ),
-    batch_size: Annotated[int, typer.Option(help="Records per micro-batch.", min=1)] = 5000,
+    batch_size: Annotated[int, typer.Option(help="Records per micro-batch.", min=1)] = 20_000,
     max_message_bytes: Annotated[int, typer.Option(help="Larger messages are dead-lettered.", min=1)] = 65_536,
     stats_interval: Annotated[float, typer.Option(help="Seconds between stats lines.")] = 10.0,
     metrics_port: Annotated[int | None, typer.Option(help="Serve Prometheus metrics on 127.0.0.1:PORT.")] = None,

@@ -64,7 +64,7 @@ class StreamOptions:
     alerts_topic: str | None = None
     dlq_topic: str | None = None
     group: str = "segscope"
-    batch_size: int = 5000
+    batch_size: int = 20_000
     #: how long a poll waits for a message when none is there (a poll takes what the client holds, up to batch_size)
     poll_timeout_ms: int = 100
     max_message_bytes: int = 65_536
