@@ -18,6 +18,12 @@ machine with its own history would be:
   Thermocouple have medians 0.27 and 0.23, the other six 0.81-1.06): a machine that warms up is at a level its
   first 400 rows never had without being faulty, and after a fault such sensors stay away for minutes.
 
+A form a per-machine stream can carry (each reading updates a few numbers of its machine's state): the distance
+as the Mahalanobis distance of the screened sensors from the machine's training mean, with their full covariance
+(``mahalanobis``: the sums behind a mean and a covariance accumulate reading by reading), the smoothing an
+exponentially weighted mean of span ``w`` (``ewma``: alpha = 2 / (w + 1), carried on from the training rows), and
+the hold a count of consecutive readings above the limit (the same as a rolling minimum over ``N``).
+
 Results per experiment folder (``other`` 14 experiments, ``valve1`` 16, ``valve2`` 4) and over all 34. Writes
 benchmarks/results/<out>.json and .md.
 """
@@ -42,16 +48,23 @@ SENSORS = (
 )  # fmt: skip
 GROUPS = ("other", "valve1", "valve2")
 RESULTS = Path(__file__).parent / "results"
-# name -> (screen cut on the noise ratio, or None; sensors left out by name; n, w, N, k)
-DESIGNS: dict[str, tuple[float | None, tuple[str, ...], int, int, int, float]] = {
-    "all eight sensors, w30 N10 k1.5": (None, (), 3, 30, 10, 1.5),
-    "all eight sensors, w10 N10 k1.0": (None, (), 3, 10, 10, 1.0),
-    "all eight sensors, w10 N10 k3.0": (None, (), 3, 10, 10, 3.0),
-    "screened (noise ratio >= 0.5), w10 N10 k1.0": (0.5, (), 3, 10, 10, 1.0),
-    "screened (noise ratio >= 0.5), w30 N1 k1.5": (0.5, (), 3, 30, 1, 1.5),
-    "screened (noise ratio >= 0.5), w10 N1 k2.0": (0.5, (), 3, 10, 1, 2.0),
+Design = tuple[float | None, tuple[str, ...], int, int, int, float, str, str]
+# name -> (screen cut on the noise ratio, or None; sensors left out by name; n, w, N, k; distance "pca" (T^2 on n
+# components + Q) or "mahalanobis"; smoothing "mean" (rolling over w) or "ewma" (span w))
+DESIGNS: dict[str, Design] = {
+    "all eight sensors, w30 N10 k1.5": (None, (), 3, 30, 10, 1.5, "pca", "mean"),
+    "all eight sensors, w10 N10 k1.0": (None, (), 3, 10, 10, 1.0, "pca", "mean"),
+    "all eight sensors, w10 N10 k3.0": (None, (), 3, 10, 10, 3.0, "pca", "mean"),
+    "screened (noise ratio >= 0.5), w10 N10 k1.0": (0.5, (), 3, 10, 10, 1.0, "pca", "mean"),
+    "screened (noise ratio >= 0.5), w30 N1 k1.5": (0.5, (), 3, 30, 1, 1.5, "pca", "mean"),
+    "screened (noise ratio >= 0.5), w10 N1 k2.0": (0.5, (), 3, 10, 1, 2.0, "pca", "mean"),
     "Temperature and Thermocouple left out by name, w30 N10 k1.5":
-        (None, ("Temperature", "Thermocouple"), 3, 30, 10, 1.5),
+        (None, ("Temperature", "Thermocouple"), 3, 30, 10, 1.5, "pca", "mean"),
+    "mahalanobis, screened (noise ratio >= 0.5), ewma w10 N10 k1.0": (0.5, (), 0, 10, 10, 1.0, "mahalanobis", "ewma"),
+    "mahalanobis, screened (noise ratio >= 0.5), mean w10 N10 k1.0": (0.5, (), 0, 10, 10, 1.0, "mahalanobis", "mean"),
+    "mahalanobis, screened (noise ratio >= 0.5), ewma w10 N5 k1.0": (0.5, (), 0, 10, 5, 1.0, "mahalanobis", "ewma"),
+    "mahalanobis, screened (noise ratio >= 0.5), ewma w20 N10 k1.0": (0.5, (), 0, 20, 10, 1.0, "mahalanobis", "ewma"),
+    "mahalanobis, screened (noise ratio >= 0.5), ewma w10 N10 k1.5": (0.5, (), 0, 10, 10, 1.5, "mahalanobis", "ewma"),
 }  # fmt: skip
 
 
@@ -85,16 +98,41 @@ def distance(train: np.ndarray, rows: np.ndarray, n: int) -> tuple[np.ndarray, n
     return of(train), of(rows)
 
 
-def detect(
-    train: np.ndarray, rows: np.ndarray, design: tuple[float | None, tuple[str, ...], int, int, int, float]
-) -> np.ndarray:
-    cut, left_out, n, w, hold, k = design
+def mahalanobis(train: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The squared Mahalanobis distance from the training mean, with the training covariance (standardised first),
+    for the training rows and for ``rows``."""
+    mean, std = train.mean(0), train.std(0) + 1e-9
+    inverse = np.linalg.pinv(np.atleast_2d(np.cov((train - mean) / std, rowvar=False)))
+
+    def of(a: np.ndarray) -> np.ndarray:
+        z = (a - mean) / std
+        return np.einsum("ij,jk,ik->i", z, inverse, z)
+
+    return of(train), of(rows)
+
+
+def ewma(values: np.ndarray, span: int) -> np.ndarray:
+    alpha, out, level = 2.0 / (span + 1), np.empty_like(values), float(values[0])
+    for i, v in enumerate(values):
+        level = alpha * v + (1.0 - alpha) * level
+        out[i] = level
+    return out
+
+
+def detect(train: np.ndarray, rows: np.ndarray, design: Design) -> np.ndarray:
+    cut, left_out, n, w, hold, k, kind, smoothing = design
     keep = np.array([s not in left_out for s in SENSORS])
     if cut is not None:
         keep &= noise_ratio(train) >= cut
-    fit, new = distance(train[:, keep], rows[:, keep], n)
-    smooth_fit = pl.Series(fit).rolling_mean(w, min_samples=1).to_numpy()
-    smooth = pl.Series(new).rolling_mean(w, min_samples=1)
+    fit, new = (
+        distance(train[:, keep], rows[:, keep], n) if kind == "pca" else mahalanobis(train[:, keep], rows[:, keep])
+    )
+    if smoothing == "ewma":  # carried on from the training rows, as a machine's state would be
+        both = ewma(np.concatenate([fit, new]), w)
+        smooth_fit, smooth = both[: fit.shape[0]], pl.Series(both[fit.shape[0] :])
+    else:
+        smooth_fit = pl.Series(fit).rolling_mean(w, min_samples=1).to_numpy()
+        smooth = pl.Series(new).rolling_mean(w, min_samples=1)
     limit = k * np.quantile(smooth_fit, 0.99)
     return smooth.rolling_min(hold, min_samples=1).to_numpy() > limit
 
