@@ -12,7 +12,7 @@ from sklearn.metrics import average_precision_score
 from segscope import Model
 from segscope.config import SegscopeConfig
 from segscope.labels.parse import normalise_labels
-from segscope.supervised.promotion import compare, permutation_p
+from segscope.supervised.promotion import compare, gate_folds, permutation_p
 from segscope.supervised.selection import Candidates
 from segscope.tuning import finetune
 
@@ -40,16 +40,20 @@ def _labels(ids: list[str], anomalies: int) -> pl.DataFrame:
 
 
 def test_three_labelled_anomalies_promote_a_clearly_better_candidate(centre: tuple[pl.DataFrame, Model]) -> None:
-    """Three labelled frauds and 60 confirmed normals: each fraud, predicted by a candidate taught on the other
-    two, ranks far above where the unsupervised model puts it, and the gate promotes; the served candidate ranks
-    the frauds of new records far better. Positives only (the same three, no normal) promote too, judged
-    against the unlabelled background."""
+    """Three labelled frauds and 60 confirmed normals, in three folds chained both ways: in either chain, each of
+    the two frauds it judges, predicted by a candidate taught on the folds before it only (one fraud, then two),
+    ranks far above where the unsupervised model puts it, and the gate promotes; the served candidate ranks the
+    frauds of new records far better. Positives only (the same three, no normal) promote too, judged against the
+    unlabelled background."""
     history, model = centre
     frauds = history.filter(pl.col("is_fraud") == 1)["id"].to_list()[:3]
     normals = history.filter(pl.col("is_fraud") == 0).sample(60, seed=0)["id"].to_list()
     candidate, report = finetune(model, history, _labels(frauds + normals, 3))
     assert report["promote"], report["reason"]
-    assert "on 3 labelled anomalies against 60 confirmed normals" in report["reason"]
+    assert (
+        "on 2 labelled anomalies against" in report["reason"] and "confirmed normals (each fold's" in report["reason"]
+    )
+    assert report["reason"].startswith("folds chained ") and set(report["chains"]) == {"forward", "backward"}
     new = _centre(3000, seed=1)
     y = new["is_fraud"].to_numpy()
     before = average_precision_score(y, model.score(new)["score"].to_numpy())
@@ -57,7 +61,8 @@ def test_three_labelled_anomalies_promote_a_clearly_better_candidate(centre: tup
     assert before < 0.01 and after > 0.2  # 0.002 -> 0.25
     _, positives_only = finetune(model, history, _labels(frauds, 3))
     assert positives_only["promote"], positives_only["reason"]
-    assert "against 2,997 other records (0 confirmed normals, the rest unlabelled)" in positives_only["reason"]
+    assert "on 2 labelled anomalies against" in positives_only["reason"]
+    assert "other records (0 confirmed normals, the rest unlabelled)" in positives_only["reason"]
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -69,7 +74,30 @@ def test_the_same_labels_on_random_records_are_refused_in_one_line(
     _, report = finetune(model, history, _labels(ids, 3))
     assert not report["promote"]
     assert "\n" not in report["reason"]
-    assert report["reason"].endswith(("label more anomalies (3 checked) to strengthen the evidence", "version"))
+    assert report["reason"].endswith(("label more anomalies (2 checked) to strengthen the evidence", "version"))
+
+
+@pytest.mark.parametrize("anomalies", [3, 7])
+def test_chained_folds_never_let_two_labelled_anomalies_teach_each_other(anomalies: int) -> None:
+    """Random folds are judged chained both ways: in each chain a fold is predicted by a candidate taught on the
+    folds before it only, so of any two folds one teaches the other and never the reverse (the cycle that lifted
+    two close labelled anomalies together); between them the two chains predict every fold."""
+    y = np.zeros(500, dtype=np.int64)
+    y[np.random.default_rng(0).choice(500, anomalies, replace=False)] = 1
+    gate = gate_folds(y, times=None, column=None, folds=5, rng=np.random.default_rng(1))
+    chains = gate.chains()
+    assert [chain.kind for chain in chains] == ["forward", "backward"]
+    predicted = set()
+    for chain in chains:
+        taught_by: dict[int, set[int]] = {}
+        for k in np.unique(chain.fold[chain.evaluated()]):
+            taught_by[int(k)] = set(gate.fold[chain.training(int(k))].tolist())
+            assert int(gate.fold[chain.fold == k][0]) not in taught_by[int(k)]
+            predicted.add(int(gate.fold[chain.fold == k][0]))
+        original = {int(k): int(gate.fold[chain.fold == k][0]) for k in taught_by}
+        for a, b in ((a, b) for a in taught_by for b in taught_by if a != b):
+            assert not (original[a] in taught_by[b] and original[b] in taught_by[a])
+    assert predicted == set(range(gate.n_folds))
 
 
 def test_labels_that_carry_nothing_pass_about_one_time_in_twenty() -> None:

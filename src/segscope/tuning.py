@@ -17,11 +17,16 @@ import polars as pl
 from segscope.exceptions import DataError, SchemaError
 from segscope.model import Model
 from segscope.sources.frames import check_unique_ids, parse_datetimes
+from segscope.supervised.base import FineTuned, Layout
 from segscope.supervised.learners import make_finetuned
-from segscope.supervised.promotion import GATE_FOLDS, compare, gate_folds, judged_rows
+from segscope.supervised.promotion import GATE_FOLDS, Folds, compare, fold_percentiles, gate_folds, judged_rows
 from segscope.supervised.selection import choose, out_of_fold
 
-__all__ = ["finetune", "time_column"]
+__all__ = ["GATE_LEVEL", "chained_gate", "finetune", "time_column"]
+
+#: The gate's level: labels that carry nothing are promoted at most this often (random folds: each of the two
+#: chains at half of it).
+GATE_LEVEL = 0.01
 
 
 def time_column(model: Model, frame: pl.DataFrame) -> str | None:
@@ -116,7 +121,8 @@ def finetune(
         init = previous.learner.artifact()[1]  # continue from the previous booster
 
     tuned = make_finetuned(learner, n_features=current.n_features, seed=current.config.seed, progress=on_progress)
-    candidates = out_of_fold(tuned, x, y, labelled, layout, gate, init=init, step=step)
+    cache: dict[tuple[bytes, bytes, int], np.ndarray] = {}
+    candidates = out_of_fold(tuned, x, y, labelled, layout, gate, init=init, step=step, cache=cache)
     n_pos = int(y.sum())
     chosen, oof, name = None, np.empty(0), ""
     taken: list[str] = []
@@ -143,25 +149,48 @@ def finetune(
         "used_for_training": int(labelled.sum()),
     }
 
-    judged = candidates.rows
-    keep, against = judged_rows(y[judged], labelled[judged])
-    judged, oof = judged[keep], oof[keep] if oof.size else oof
-    step(f"comparing with the current version on {judged.size:,} records predicted out of fold")
     report: dict[str, Any] = {
         "metric": metric,
         "split": gate.kind,
-        "held_out_records": int(judged.size),
-        "held_out_labelled_anomalies": int(y[judged].sum()),
+        "held_out_records": 0,
+        "held_out_labelled_anomalies": 0,
         "supervised": tuned.describe(),
         "continued_from": current.version if init else None,
     }
-    if chosen is not None:
+    if chosen is None:
+        report.update(promote=False, reason="no fold could be predicted (each needs a labelled anomaly before it)")
+    elif gate.ordered:
+        judged = candidates.rows
+        keep, against = judged_rows(y[judged], labelled[judged])
+        judged, oof = judged[keep], oof[keep]
+        step(f"comparing with the current version on {judged.size:,} records predicted out of fold")
+        report.update(held_out_records=int(judged.size), held_out_labelled_anomalies=int(y[judged].sum()))
         report["candidates"] = {"chosen": name, "taken_by_fold": taken, "out_of_fold_aucpr": candidates.table()}
         current_scores = current.score(frame[judged])["score"].to_numpy()
         folds_judged = candidates.fold[keep]
         report.update(compare(y[judged], current_scores, oof, metric, against=against, folds=folds_judged))
     else:
-        report.update(promote=False, reason="no fold could be predicted (each needs a labelled anomaly before it)")
+        report["candidates"] = {"chosen": name, "out_of_fold_aucpr": candidates.table()}
+        current_all = np.full(rows.size, np.nan)
+        current_all[candidates.rows] = current.score(frame[candidates.rows])["score"].to_numpy()
+        step(f"comparing with the current version on folds chained both ways ({gate.n_folds} folds)")
+        report.update(
+            chained_gate(
+                tuned,
+                x,
+                y,
+                labelled,
+                layout,
+                gate,
+                current_all,
+                metric,
+                init=init,
+                step=step,
+                cache=cache,
+                seed=current.config.seed,
+            )
+        )
+        report["candidates"]["taken_by_fold"] = report.pop("taken_by_fold", [])
     step("calibrating the alert policy on the supervised score")
     candidate = current.with_supervised(
         tuned,
@@ -174,3 +203,75 @@ def finetune(
         promotion=report,  # the report is the version's promotion record (the caller completes it)
     )
     return candidate, report
+
+
+def chained_gate(
+    tuned: FineTuned,
+    x: np.ndarray,
+    y: np.ndarray,
+    labelled: np.ndarray,
+    layout: Layout,
+    gate: Folds,
+    current: np.ndarray,
+    metric: str,
+    *,
+    init: bytes | None = None,
+    step: Callable[[str], None] | None = None,
+    cache: dict[tuple[bytes, bytes, int], np.ndarray] | None = None,
+    seed: int = 0,
+    level: float = GATE_LEVEL,
+) -> dict[str, Any]:
+    """The promotion decision on random folds chained both ways (:meth:`Folds.chains`): each chain's candidates
+    predict each fold from the folds before it only, so no two labelled anomalies teach each other's folds and,
+    on labels that carry nothing, each fold's labelled anomalies are records drawn at random from it given the
+    folds before; each fold's scores (``current``: the current version's, one per row of ``x``, and the
+    candidate's) are judged as percentiles of its records (a scale that uses no label), and each chain is tested
+    at half of ``level`` (promoted when either passes: at most ``level`` in all). The report is the deciding
+    chain's (the one with the smaller p-value), its p-value doubled."""
+    n_pos = int(y.sum())
+    confirmed = int((labelled & (y != 1)).sum())
+    chains = gate.chains()
+    reports = []
+    for chain in chains:
+        predicted = out_of_fold(tuned, x, y, labelled, layout, chain, init=init, step=step, cache=cache)
+        if not predicted.y.any():
+            continue
+        scores, taken = predicted.gate_scores(n_pos, seed=seed)
+        rows = predicted.rows
+        keep, against = judged_rows(y[rows], labelled[rows], confirmed=confirmed)
+        cur = fold_percentiles(current[rows], predicted.fold)[keep]
+        new = fold_percentiles(scores, predicted.fold)[keep]
+        decided = compare(
+            y[rows][keep],
+            cur,
+            new,
+            metric,
+            against=against,
+            folds=predicted.fold[keep],
+            probabilities=scores[keep],
+            scale="each fold's scores as percentiles of its records, ",
+            confidence=1 - level / len(chains),
+            seed=seed,
+        )
+        decided.update(
+            chain=chain.kind,
+            taken_by_fold=taken,
+            held_out_records=int(keep.sum()),
+            held_out_labelled_anomalies=int(y[rows][keep].sum()),
+        )
+        reports.append(decided)
+    if not reports:
+        return {"promote": False, "reason": "no fold could be predicted (each needs a labelled anomaly before it)"}
+    judged = [r for r in reports if "permutation_p_value" in r]
+    if not judged:
+        return reports[0]
+    best = min(judged, key=lambda r: (not r["promote"], r["permutation_p_value"]))
+    others = "; ".join(f"{r['chain']} p={r['permutation_p_value']:.4f}" for r in judged if r is not best)
+    return {
+        **best,
+        "permutation_p_value": min(1.0, len(chains) * best["permutation_p_value"]),
+        "chains": {r["chain"]: {k: r.get(k) for k in ("permutation_p_value", "promote", "reason")} for r in reports},
+        "reason": f"folds chained {best['chain']}"
+        + (f" (the other way: {others})" if others else "")
+        + f": {best['reason']}",
+    }

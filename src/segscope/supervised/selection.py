@@ -16,10 +16,12 @@ beats it in fewer than ``WITHIN_NOISE`` of stratified bootstrap resamples); cand
 chose the learner alone where the prior blend ranked later records better.
 
 The gate itself judges the choice honestly: each fold is predicted by the candidate the rule picks from the other
-folds' predictions (from the earlier folds' when the folds are blocks of time; the first block that is predicted
-takes the simplest candidate), its values put on one scale by Platt scaling fitted on the other folds (never on the
-fold's own labels, which the gate's permutation test needs: :meth:`Candidates.gate_scores`). The served candidate is
-the rule's pick from every fold.
+folds' predictions (from the earlier folds' when the folds are chained, :mod:`segscope.supervised.promotion`; the
+first fold that is predicted takes the simplest candidate), its values put on one scale by Platt scaling fitted on
+the other folds (never on the fold's own labels, which the gate's permutation test needs:
+:meth:`Candidates.gate_scores`; random folds, judged chained both ways, are then ranked as percentiles of each
+fold's records). The served candidate is the rule's pick from every fold, each predicted by a candidate taught on
+all the others (the fits shared with the chains: ``cache`` of :func:`out_of_fold`).
 """
 
 from __future__ import annotations
@@ -134,6 +136,7 @@ def out_of_fold(
     *,
     init: bytes | None = None,
     step: Callable[[str], None] | None = None,
+    cache: dict[tuple[bytes, bytes, int], np.ndarray] | None = None,
 ) -> Candidates:
     """Fit one learner per configuration (``tuned.learner.alternatives()``, or its own parameters) and gate fold,
     and build every candidate's out-of-fold values."""
@@ -156,8 +159,16 @@ def out_of_fold(
         fits = f"{len(configs)} learners" if len(configs) > 1 else "fine-tuning"
         say(f"gate {int(k) + 1}/{gate.n_folds}: {fits} on {taught.size:,} records, predicting {held.size:,}")
         for j, params in enumerate(configs):
-            raw = tuned.fold_predictions(x, y, labelled, layout, taught, held, params, init=init, pretrained=pretrained)
-            learner[j][here] = logit(raw)
+            key = (taught.tobytes(), held.tobytes(), j)  # the same fit for another of the gate's chains
+            if cache is None or key not in cache:
+                raw = tuned.fold_predictions(
+                    x, y, labelled, layout, taught, held, params, init=init, pretrained=pretrained
+                )
+                if cache is None:
+                    learner[j][here] = logit(raw)
+                    continue
+                cache[key] = raw
+            learner[j][here] = logit(cache[key])
         near[here] = proximity(features[held], features[positives], clip)
         weight[here] = positives.size / (positives.size + tuned.prior)
     judged = ~np.isnan(learner[0])
@@ -169,17 +180,24 @@ def out_of_fold(
         label = _label(params)
         values[f"{label}, prior blend"] = weight * logits + surprisal - tuned.proximity_weight * near
         values[f"{label}, learner alone"] = logits
-        values[f"{label}, stack"] = _cross_fitted_stack(logits, surprisal, truth, fold)
+        values[f"{label}, stack"] = _cross_fitted_stack(logits, surprisal, truth, fold, gate.ordered)
     return Candidates(configs, rows, fold, gate.ordered, truth, learner, surprisal, near, values, pretrained)
 
 
-def _cross_fitted_stack(learner: np.ndarray, surprisal: np.ndarray, y: np.ndarray, fold: np.ndarray) -> np.ndarray:
-    """The stack's values, each fold's from weights fitted on the other folds."""
+def _cross_fitted_stack(
+    learner: np.ndarray, surprisal: np.ndarray, y: np.ndarray, fold: np.ndarray, ordered: bool
+) -> np.ndarray:
+    """The stack's values, each fold's from weights fitted on the other folds (``ordered``: on the earlier ones,
+    whose candidates never saw the fold's labels; the first fold predicted takes both parts at weight 1)."""
     both = np.column_stack([learner, surprisal])
     stacked = np.zeros(y.size)
     for k in np.unique(fold):
         here = fold == k
-        a, b, c = fit_stack(both[~here], y[~here]) if (fold != k).any() else fit_stack(both, y)
+        ref = (fold < k) if ordered else ~here
+        if ref.any():
+            a, b, c = fit_stack(both[ref], y[ref])
+        else:
+            a, b, c = (1.0, 1.0, 0.0) if ordered else fit_stack(both, y)
         stacked[here] = a * learner[here] + b * surprisal[here] + c
     return stacked
 
