@@ -12,7 +12,8 @@ predicted by a candidate taught on all the others: the gate before chaining). An
 of draws and p <= 0.01 in 1%. Then that gate's whole decision (``promotion.compare``) under each promotion rule of
 ``RULES``, and the shipped gate's (``tuning.chained_gate``: the folds chained both ways, each chain at half the
 level, the p-value doubled): how often labels that carry nothing are promoted. ``--first`` starts at another draw
-(to add draws to a run). Writes benchmarks/results/<out>.json and .md.
+(to add draws to a run), ``--merge a,b --out c`` puts the draws of two runs in one file. Writes
+benchmarks/results/<out>.json and .md.
 """
 
 from __future__ import annotations
@@ -207,10 +208,20 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=60)
     parser.add_argument("--out", default="gate_null")
     parser.add_argument("--first", type=int, default=0, help="the first draw's seed (to add draws to a run)")
+    parser.add_argument("--merge", help="results names a,b,...: their draws in one file (--out), no fine-tuning")
     parser.add_argument(
         "--closest-of", help="a results name (benchmarks/results/NAME.json): why its draws passed, no fine-tuning"
     )
     args = parser.parse_args()
+    if args.merge:
+        draws = [
+            d for name in args.merge.split(",") for d in json.loads((RESULTS / f"{name}.json").read_text())["draws"]
+        ]
+        result = summary(draws)
+        write_text_atomic(RESULTS / f"{args.out}.json", json.dumps({"draws": draws, "summary": result}, indent=1))
+        write_text_atomic(RESULTS / f"{args.out}.md", markdown(result))
+        print(markdown(result))
+        return
     history = centre(3000, seed=0)
     model = Model(SegscopeConfig().with_features(id_column="id", drop=())).fit(history)
     x, layout, _ = model.supervision_matrix(history, with_segments=model.learner_sees_segments())
