@@ -160,15 +160,14 @@ def out_of_fold(
         say(f"gate {int(k) + 1}/{gate.n_folds}: {fits} on {taught.size:,} records, predicting {held.size:,}")
         for j, params in enumerate(configs):
             key = (taught.tobytes(), held.tobytes(), j)  # the same fit for another of the gate's chains
-            if cache is None or key not in cache:
+            raw = cache.get(key) if cache is not None else None
+            if raw is None:
                 raw = tuned.fold_predictions(
                     x, y, labelled, layout, taught, held, params, init=init, pretrained=pretrained
                 )
-                if cache is None:
-                    learner[j][here] = logit(raw)
-                    continue
-                cache[key] = raw
-            learner[j][here] = logit(cache[key])
+                if cache is not None:
+                    cache[key] = raw
+            learner[j][here] = logit(raw)
         near[here] = proximity(features[held], features[positives], clip)
         weight[here] = positives.size / (positives.size + tuned.prior)
     judged = ~np.isnan(learner[0])
