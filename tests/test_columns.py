@@ -103,8 +103,10 @@ def test_the_maintenance_pack_takes_every_sensor_of_a_file(run_cli, tmp_path: Pa
     assert result.code == 0, result.err
     features = json.loads((bundle / "manifest.json").read_text())["feature_schema"]["features"]
     sensors = ("Temperature", "Pressure", "Volume Flow RateRMS")
-    assert len(features) == 7 * len(sensors)  # the pack's seven features for each sensor, label and changepoint left
+    # the pack's seven features for each sensor and their state together; label and changepoint left out
+    assert len(features) == 7 * len(sensors) + 1
     assert all(any(f == f"experiment_{s}_std_1h" for f in features) for s in sensors)
+    assert "experiment_state" in features
     assert not any("changepoint" in f or "label" in f for f in features)
     loaded = Model.load(bundle)
     assert loaded.config.entities[0].sensors == sensors  # the bundle names the sensors it was fitted on

@@ -20,7 +20,8 @@ PolicyKind = Literal["contamination", "quantile", "fixed", "budget", "new_level"
 #: Time units an alert budget can be counted per.
 BudgetPeriod = Literal["hour", "day", "week", "rows"]
 
-#: Per-entity features (``segscope.features.entity``): windowed aggregates, baselines, lags, seen-value flags.
+#: Per-entity features (``segscope.features.entity``): windowed aggregates, baselines, lags, seen-value flags, a
+#: machine's state over several sensors. In the kernel's order (``features/_entity_kernel.py``'s constants).
 EntityFeatureKind = Literal[
     "count",
     "sum",
@@ -36,7 +37,11 @@ EntityFeatureKind = Literal[
     "distinct",
     "new_level",
     "stuck",
+    "state",
 ]
+
+#: Entity features that are alarms (1 where the entity alarms), which ``policy: {kind: new_level}`` alerts on.
+ALARM_KINDS: tuple[EntityFeatureKind, ...] = ("new_level", "stuck", "state")
 
 #: Feature kinds the schema infers.
 FeatureKind = Literal["numeric", "categorical", "boolean", "datetime"]

@@ -11,7 +11,9 @@ whole file (one machine, one card); a feature that reads it is an error.
 sensor column of the data: ``numeric`` (every numeric column except the entity's key and time, the id column and
 the ``drop`` columns), or a list of names and patterns (``[temp_*, pressure]``, ``fnmatch`` patterns, case
 sensitive); ``sensor`` in ``features.drop`` drops every sensor column (their raw levels are not features). A
-feature with a ``name`` writes ``{sensor}`` in it. Both work on the config as plain data, before it is validated.
+feature with a ``name`` writes ``{sensor}`` in it. A ``state`` feature reads the sensors together: ``of: sensor``
+becomes one feature ``over`` all of them (none when the data has fewer than two). Both work on the config as
+plain data, before it is validated.
 """
 
 from __future__ import annotations
@@ -69,6 +71,16 @@ def _renamed_of(of: str, mapping: dict[str, str]) -> str:
     return rename_columns(of, mapping) if any(c in mapping for c in read) and read != [of] else of
 
 
+def _renamed_over(feature: dict[str, Any], mapping: dict[str, str]) -> dict[str, Any]:
+    over = feature.get("over")
+    if not over:
+        return feature
+    gone = [c for c in over if c in mapping and not mapping[c]]
+    if gone:
+        raise ValueError(f"an entity feature reads {gone}, which the column mapping says the data lacks")
+    return {**feature, "over": [mapping.get(c, c) for c in over]}
+
+
 def _named(data: dict[str, Any]) -> set[str]:
     """Every column the config names."""
     features = _plain(data.get("features")) or {}
@@ -79,6 +91,7 @@ def _named(data: dict[str, Any]) -> set[str]:
         for feature in map(_plain, entity.get("features") or ()):
             if feature.get("of") is not None:
                 named |= set(reads(feature["of"]))
+            named |= set(feature.get("over") or ())
     return {n for n in named if n is not None}
 
 
@@ -117,7 +130,7 @@ def map_columns(data: dict[str, Any]) -> dict[str, Any]:
     for entity in map(_plain, data.get("entities") or ()):
         entity = {**entity, "key": one(entity.get("key")), "time": one(entity.get("time"))}
         entity["features"] = [
-            {**f, "of": _renamed_of(f["of"], mapping)} if f.get("of") is not None else f
+            {**f, "of": _renamed_of(f["of"], mapping)} if f.get("of") is not None else _renamed_over(f, mapping)
             for f in map(_plain, entity.get("features") or ())
         ]
         entities.append(entity)
@@ -175,6 +188,9 @@ def expand_sensors(data: dict[str, Any], columns: Sequence[str], numeric: Collec
         for feature in map(_plain, entity.get("features") or ()):
             if not _reads_sensor(feature):
                 features.append(feature)
+                continue
+            if feature.get("kind") == "state":  # the sensors together: none with fewer than two
+                features += [{**feature, "of": None, "over": list(sensors)}] if len(sensors) >= 2 else []
                 continue
             for sensor in sensors:
                 of = sensor if feature["of"] == SENSOR else rename_columns(feature["of"], {SENSOR: sensor})

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from segscope._kafka_setup import flatten_section
 from segscope._typing import (
+    ALARM_KINDS,
     BudgetPeriod,
     CombineMethod,
     DetectorName,
@@ -23,7 +24,7 @@ from segscope._typing import (
     SegmentBoundaries,
 )
 from segscope._yaml import load_yaml
-from segscope.columns import expand_sensors, map_columns
+from segscope.columns import SENSOR, expand_sensors, map_columns
 from segscope.exceptions import ConfigError
 from segscope.expressions import compile_expression
 
@@ -94,8 +95,8 @@ class PolicyConfig(_Frozen):
     ``fixed``: alert when ``score >= threshold``.
     ``budget``: at most ``max_alerts`` per ``per`` (an hour/day/week of ``time_column``, or ``rows`` rows),
     highest scores first, and only records scoring at least ``threshold``.
-    ``new_level``: alert when a reading is at a level its entity never had (the entity features of kind
-    ``new_level``); ``score`` still ranks the records.
+    ``new_level``: alert where an entity feature that is an alarm is 1 (``ALARM_KINDS``: the cooldown withdraws no
+    ``state`` alarm, held while it lasts); ``score`` still ranks the records.
     """
 
     kind: PolicyKind = "contamination"
@@ -195,10 +196,25 @@ class EntityFeatureConfig(_Frozen):
     #: ``new_level``: the range of ``of`` over the fit history is cut into this many equal levels (the same step
     #: continues beyond it); a reading at a level its entity never had is new.
     levels: int = Field(default=32, ge=2, le=1_000_000)
+    #: ``state``: the columns read together; ``of: sensor`` in a block with ``sensors:`` stands for all of them.
+    over: tuple[str, ...] | None = None
+    #: ``state``: each entity learns its state from its first this many readings (or its fit history's, >= 100).
+    learn: int = Field(default=1000, ge=10, le=5000)
+    #: ``state``: the span (in readings) of the exponentially weighted mean that smooths the distance.
+    span: int = Field(default=10, ge=1, le=10_000)
+    #: ``state``: the alarm holds while this many readings in a row are above the limit.
+    hold: int = Field(default=10, ge=1, le=10_000)
 
     @model_validator(mode="after")
     def _complete(self) -> EntityFeatureConfig:
-        needs_of = self.kind not in {"count", "since_last"}
+        if self.kind == "state" and self.of != SENSOR and (self.of is not None or len(self.over or ()) < 2):
+            raise ValueError(
+                "an entity feature of kind 'state' reads two columns or more: list them in 'over' (over: [a, b]) "
+                "and give no 'of', or write of: sensor in a block with sensors:"
+            )
+        if self.kind != "state" and self.over is not None:
+            raise ValueError(f"'over' belongs to features of kind 'state', not '{self.kind}'")
+        needs_of = self.kind not in {"count", "since_last", "state"}
         if self.of is not None and _CALL.search(self.of):  # meant as an expression: check it now, not at fit
             compile_expression(self.of)
         if needs_of and self.of is None:
@@ -240,6 +256,8 @@ class EntityConfig(_Frozen):
         if self.ttl is not None and duration_seconds(self.ttl) <= 0:
             raise ValueError("ttl must be longer than zero")
         for f in self.features:
+            if f.kind == "state" and f.of is not None and self.sensors is None:
+                raise ValueError("a 'state' feature's of: sensor needs sensors: in its block; or list its 'over'")
             if f.window is not None and self.time is None and not str(f.window).isdigit():
                 raise ValueError(
                     f"window '{f.window}' is a duration but the entity has no 'time' column: set time, or give the "
@@ -388,10 +406,10 @@ class SegscopeConfig(_Frozen):
         if self.adapt is not None:
             _check_adapt(self.adapt, self.entities, self.policy)
         if self.policy.kind == "new_level" and not any(
-            f.kind in ("new_level", "stuck") for e in self.entities for f in e.features
+            f.kind in ALARM_KINDS for e in self.entities for f in e.features
         ):
             raise ValueError(
-                "policy kind 'new_level' alerts on entity features of kind new_level or stuck: add one, e.g. "
+                "policy kind 'new_level' alerts on entity features of kind new_level, stuck or state: add one, e.g. "
                 "{kind: new_level, of: value} under entities:, or choose another policy kind"
             )
         names = [d.name for d in self.detectors]
@@ -402,8 +420,7 @@ class SegscopeConfig(_Frozen):
         return self
 
     def for_data(self, schema: Mapping[str, Any]) -> SegscopeConfig:
-        """This config with its ``sensors:`` rules made concrete for data of ``schema`` (column name -> Polars
-        type); itself when it has none."""
+        """This config with its ``sensors:`` rules made concrete for data of ``schema`` (name -> Polars type)."""
         if not any(e.sensors is not None for e in self.entities):
             return self
         numeric = [name for name, dtype in schema.items() if dtype.is_numeric()]
@@ -412,13 +429,9 @@ class SegscopeConfig(_Frozen):
 
     def with_features(self, *, id_column: str | None, drop: tuple[str, ...]) -> SegscopeConfig:
         """Return a copy with CLI overrides for the id column and dropped columns."""
-        features = self.features.model_copy(
-            update={
-                "id_column": id_column if id_column is not None else self.features.id_column,
-                "drop": tuple(dict.fromkeys((*self.features.drop, *drop))),
-            }
-        )
-        return self.model_copy(update={"features": features})
+        drop = tuple(dict.fromkeys((*self.features.drop, *drop)))
+        update = {"id_column": id_column if id_column is not None else self.features.id_column, "drop": drop}
+        return self.model_copy(update={"features": self.features.model_copy(update=update)})
 
 
 def _check_adapt(adapt: AdaptConfig, entities: tuple[EntityConfig, ...], policy: PolicyConfig) -> None:

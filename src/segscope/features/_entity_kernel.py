@@ -12,9 +12,32 @@ from numba import types
 from numba.typed import Dict
 
 # feature kinds, as the plan's first column
-COUNT, SUM, MEAN, STD, ZSCORE, RATIO, SINCE_LAST, LAG, DELTA, FIRST_SEEN, RARE, DISTINCT, NEW_LEVEL, STUCK = range(14)
-#: accumulator slots each kind keeps per entity
-SLOTS = (1, 1, 3, 3, 3, 3, 0, 1, 1, 0, 0, 1, 0, 3)
+COUNT, SUM, MEAN, STD, ZSCORE, RATIO, SINCE_LAST, LAG, DELTA, FIRST_SEEN, RARE, DISTINCT, NEW_LEVEL, STUCK, STATE = (
+    range(15)
+)
+#: accumulator slots each kind keeps per entity (STATE: :func:`state_slots`, which depend on its columns)
+SLOTS = (1, 1, 3, 3, 3, 3, 0, 1, 1, 0, 0, 1, 0, 3, 0)
+
+#: STATE's slots before its per-sensor ones: readings learnt, phase, smoothed distance, readings in a row above
+#: the limit, the limit
+_STATE_HEAD = 5
+#: STATE's phases: learning the machine's normal state, watching it, too few usable sensors to watch
+LEARNING, WATCHING, UNWATCHED = 0.0, 1.0, 2.0
+#: a sensor joins the machine's state when its learnt readings are mostly noise, not a slow drift: the standard
+#: deviation of its first differences over its own, over sqrt(2) (1 for white noise, near 0 for a trend), at least
+#: this (benchmarks/skab_designs.py)
+NOISE_RATIO = 0.5
+#: the limit is this quantile of the smoothed distances over the learnt readings
+STATE_QUANTILE = 0.99
+#: readings a machine needs at the end of its fit history to be watched from there (else it learns on, live)
+STATE_MIN_READINGS = 100
+
+
+def state_slots(sensors: int, learn: int) -> int:
+    """Slots of a STATE feature over ``sensors`` columns learning from ``learn`` readings: the head, each sensor's
+    mean, scale and kept flag, the inverse covariance, and the learnt readings themselves."""
+    return _STATE_HEAD + 3 * sensors + sensors * sensors + learn * sensors
+
 
 PAIR_KEY = types.UniTuple(types.int64, 2)  # type: ignore[no-untyped-call]
 _COUNT_BITS = 40  # pair value: generation << 40 | count
@@ -38,6 +61,7 @@ def advance(
     plan: np.ndarray,  # (features, 4): kind, value column, pair column, first accumulator
     taus: np.ndarray,  # (features,) window time constants
     shares: np.ndarray,  # (features,) rare share
+    params: np.ndarray,  # (features, 3) STATE: readings to learn from, smoothing span, readings in a row to alarm
     ttl: float,  # reset after this idle time (0: never)
     use_time: bool,
     out: np.ndarray,  # (rows, features)
@@ -143,6 +167,8 @@ def advance(
             elif kind == DISTINCT:
                 acc[s, o] = acc[s, o] * decay + (1.0 if prior[pc] == 0 else 0.0)
                 result = acc[s, o]
+            elif kind == STATE:  # pc: the number of sensors, read from value columns col .. col + pc - 1
+                result = _state(acc[s], o, values[i, col : col + pc], params[f, 0], params[f, 1], params[f, 2])
             out[i, f] = result
         for p in range(n_pairs):
             if prior[p] >= 0:
@@ -150,6 +176,104 @@ def advance(
         last_t[s] = t
         n_events[s] = n_prior + 1
     return newest
+
+
+@nb.njit(cache=True)
+def _state(row: np.ndarray, o: int, x: np.ndarray, learn: float, span: float, hold: float) -> float:
+    """One reading of a STATE feature (``row``: its entity's accumulators; the feature's from ``o``): learnt while
+    learning (a reading with a missing sensor is skipped), else 1 while the machine has been away from its learnt
+    state for ``hold`` readings in a row, 0 otherwise."""
+    d = x.shape[0]
+    if row[o + 1] == LEARNING:
+        if not 0.0 <= row[o] < learn:  # a damaged state (a bundle or checkpoint): learn again, never write past it
+            row[o] = 0.0
+        if np.isnan(x).any():
+            return 0.0
+        n = int(row[o])
+        at = o + _STATE_HEAD + 3 * d + d * d + n * d
+        row[at : at + d] = x
+        row[o] = n + 1
+        if n + 1 >= learn:
+            freeze_state(row, o, d, span)
+        return 0.0
+    if row[o + 1] == UNWATCHED:
+        return 0.0
+    mean, scale, keep = row[o + 5 : o + 5 + d], row[o + 5 + d : o + 5 + 2 * d], row[o + 5 + 2 * d : o + 5 + 3 * d]
+    inverse = row[o + 5 + 3 * d : o + 5 + 3 * d + d * d]
+    distance = 0.0
+    for j in range(d):
+        if keep[j] == 0.0:
+            continue
+        zj = (x[j] - mean[j]) / scale[j]
+        if math.isnan(zj):  # a kept sensor is missing: the state stands as it was
+            return 1.0 if row[o + 3] >= hold else 0.0
+        for k in range(d):
+            if keep[k] != 0.0:
+                distance += zj * inverse[j * d + k] * (x[k] - mean[k]) / scale[k]
+    alpha = 2.0 / (span + 1.0)
+    row[o + 2] = alpha * distance + (1.0 - alpha) * row[o + 2]
+    row[o + 3] = row[o + 3] + 1.0 if row[o + 2] > row[o + 4] else 0.0
+    return 1.0 if row[o + 3] >= hold else 0.0
+
+
+@nb.njit(cache=True)
+def freeze_state(row: np.ndarray, o: int, d: int, span: float) -> None:
+    """From a STATE feature's learnt readings: each sensor's mean and scale, the sensors kept (noisy, not
+    drifting: :data:`NOISE_RATIO`), the inverse covariance of the kept ones standardised, and the limit (the
+    :data:`STATE_QUANTILE` of the squared Mahalanobis distances of the learnt readings, smoothed by an exponentially
+    weighted mean of ``span``, which carries on from there as do the readings in a row above the limit)."""
+    n = int(row[o])
+    start = o + _STATE_HEAD + 3 * d + d * d
+    readings = np.empty((n, d))
+    for i in range(n):
+        readings[i] = row[start + i * d : start + (i + 1) * d]
+    kept = np.zeros(d, dtype=np.int64)
+    k = 0
+    for j in range(d):
+        column = readings[:, j]
+        std = column.std()
+        steps = (column[1:] - column[:-1]).std() if n > 1 else 0.0
+        row[o + 5 + j], row[o + 5 + d + j], row[o + 5 + 2 * d + j] = column.mean(), std + 1e-9, 0.0
+        if std > 0.0 and steps / (std + 1e-12) / math.sqrt(2.0) >= NOISE_RATIO:
+            row[o + 5 + 2 * d + j] = 1.0
+            kept[k] = j
+            k += 1
+    row[o + 5 + 3 * d : start] = 0.0
+    if k < 2 or n < 3:
+        row[o + 1] = UNWATCHED
+        return
+    z = np.empty((n, k))
+    for c in range(k):
+        j = kept[c]
+        z[:, c] = (readings[:, j] - row[o + 5 + j]) / row[o + 5 + d + j]
+    centred = z - z.sum(axis=0) / n  # each column's mean (numba's mean takes no axis)
+    inverse = np.linalg.pinv(centred.T @ centred / (n - 1))
+    for a in range(k):
+        for b in range(k):
+            row[o + 5 + 3 * d + kept[a] * d + kept[b]] = inverse[a, b]
+    distances = ((z @ inverse) * z).sum(axis=1)
+    alpha, level, smooth = 2.0 / (span + 1.0), distances[0], np.empty(n)
+    for i in range(n):
+        level = alpha * distances[i] + (1.0 - alpha) * level
+        smooth[i] = level
+    limit = np.quantile(smooth, STATE_QUANTILE)
+    above = 0.0
+    for i in range(n):
+        above = above + 1.0 if smooth[i] > limit else 0.0
+    row[o + 1], row[o + 2], row[o + 3], row[o + 4] = WATCHING, level, above, limit
+
+
+@nb.njit(cache=True)
+def freeze_learnt(acc: np.ndarray, plan: np.ndarray, params: np.ndarray, entities: int) -> None:
+    """At the end of a fit history: every entity still learning a STATE feature with at least
+    :data:`STATE_MIN_READINGS` readings is watched from its readings so far."""
+    for f in range(plan.shape[0]):
+        if plan[f, 0] != STATE:
+            continue
+        o, d = plan[f, 3], plan[f, 2]
+        for s in range(entities):
+            if acc[s, o + 1] == LEARNING and STATE_MIN_READINGS <= acc[s, o] <= params[f, 0]:
+                freeze_state(acc[s], o, d, params[f, 1])
 
 
 @nb.njit(cache=True)

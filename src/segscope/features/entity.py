@@ -21,7 +21,7 @@ from typing import Self, get_args
 import numpy as np
 import polars as pl
 
-from segscope._typing import EntityFeatureKind
+from segscope._typing import ALARM_KINDS, EntityFeatureKind
 from segscope.config import EntityConfig, EntityFeatureConfig, duration_seconds
 from segscope.exceptions import ConfigError, DataError, NotFittedError
 from segscope.expressions import compile_expression, expression_columns
@@ -63,6 +63,8 @@ class _Plan:
     table: np.ndarray
     taus: np.ndarray
     shares: np.ndarray
+    #: (features, 3) ``state``: readings to learn from, smoothing span, readings in a row to alarm
+    params: np.ndarray
     n_acc: int
     ttl: float
     lateness: float
@@ -72,11 +74,17 @@ class _Plan:
         value_of: list[str] = []
         pair_of: list[str] = []
         level_of: dict[int, tuple[str, str, int]] = {}
-        rows, taus, shares, names, o = [], [], [], [], 0
+        rows, taus, shares, params, names, o = [], [], [], [], [], 0
         for f in spec.features:
             kind = _KINDS.index(f.kind)
             col = pc = -1
-            if f.of is not None and f.kind == "new_level":  # a pair column of its own: the levels of its grid
+            slots = kernel.SLOTS[kind]
+            if f.kind == "state":  # its columns side by side (pc: how many), even where others read them too
+                assert f.over is not None  # the config's rule; made concrete from sensors: before a plan is built
+                col, pc = len(value_of), len(f.over)
+                value_of += list(f.over)
+                slots = kernel.state_slots(len(f.over), f.learn)
+            elif f.of is not None and f.kind == "new_level":  # a pair column of its own: the levels of its grid
                 pc = len(pair_of)
                 pair_of.append("\0" + feature_name(spec, f))
                 level_of[pc] = (feature_name(spec, f), f.of, f.levels)
@@ -87,9 +95,10 @@ class _Plan:
                 value_of += [] if f.of in value_of else [f.of]
                 col = value_of.index(f.of)
             rows.append((kind, col, pc, o))
-            o += kernel.SLOTS[kind]
+            o += slots
             taus.append(duration_seconds(f.window) if f.window is not None else 0.0)
             shares.append(f.share)
+            params.append((f.learn, f.span, f.hold))
             names.append(feature_name(spec, f))
         ttl = duration_seconds(spec.ttl) if spec.ttl is not None else 0.0
         return cls(
@@ -101,6 +110,7 @@ class _Plan:
             np.array(rows, dtype=np.int64).reshape(-1, 4),
             np.array(taus, dtype=np.float64),
             np.array(shares, dtype=np.float64),
+            np.array(params, dtype=np.float64).reshape(-1, 3),
             o,
             ttl,
             duration_seconds(spec.allowed_lateness),
@@ -135,6 +145,7 @@ class EntityFeatures:
             for f in s.features:
                 if f.of is not None:
                     cols += [f.of] if f.of.isidentifier() else _columns_of(f.of)
+                cols += list(f.over or ())
         return list(dict.fromkeys(cols))
 
     def new_state(self) -> EntityState:
@@ -148,9 +159,16 @@ class EntityFeatures:
         return EntityState([Block(p.n_acc, len(p.pair_of)) for p in self.plans])
 
     def alarm_features(self) -> list[str]:
-        """The features ``policy: {kind: new_level}`` alerts on: of kind ``new_level`` and ``stuck``."""
-        kinds = ("new_level", "stuck")
-        return [feature_name(p.spec, f) for p in self.plans for f in p.spec.features if f.kind in kinds]
+        """The features ``policy: {kind: new_level}`` alerts on: of kind ``new_level``, ``stuck`` and ``state``."""
+        return [feature_name(p.spec, f) for p in self.plans for f in p.spec.features if f.kind in ALARM_KINDS]
+
+    def held_alarms(self, frame: pl.DataFrame) -> np.ndarray | None:
+        """Rows of a transformed ``frame`` where a ``state`` feature alarms: a held alarm, which lasts while the
+        machine is away from its state and which no cooldown withdraws (None: no such feature)."""
+        names = [feature_name(p.spec, f) for p in self.plans for f in p.spec.features if f.kind == "state"]
+        if not names:
+            return None
+        return np.asarray((frame.select(names).fill_null(0.0).to_numpy() == 1.0).any(axis=1), dtype=bool)
 
     def level_inputs(self) -> dict[str, str]:
         """``new_level`` features and the column or expression each cuts into levels."""
@@ -219,6 +237,7 @@ class EntityFeatures:
             yield self._apply(frame, state)
         for plan, block in zip(self.plans, state.blocks, strict=True):
             block.evict(plan.ttl, plan.lateness)  # the bundle keeps no entity that would start again anyway
+            kernel.freeze_learnt(block.acc, plan.table, plan.params, block.acc.shape[0])
         state.clean()
         for b in state.blocks:
             b.partition[:] = -1
@@ -259,7 +278,7 @@ class EntityFeatures:
         out, when = np.empty((n, len(plan.names))), np.empty(n)
         newest = kernel.advance(
             slots, times, values, codes, block.last_t, block.n_events, block.gen, block.acc, block.pairs,
-            plan.table, plan.taus, plan.shares, plan.ttl, spec.time is not None, out, when,
+            plan.table, plan.taus, plan.shares, plan.params, plan.ttl, spec.time is not None, out, when,
         )  # fmt: skip
         block.rows = (slots, when)
         block.newest = max(block.newest, newest)
@@ -281,20 +300,23 @@ class EntityFeatures:
         gap: str | int,
         rearm: str | int | None = None,
         rows: np.ndarray | None = None,
+        frame: pl.DataFrame | None = None,
     ) -> np.ndarray:
         """``alerts`` of the batch just transformed with ``state`` (or of its rows ``rows``, in order), an entity
         (of the first spec) alerting at most once per ``gap`` (event time, or events for an entity without time), or
-        again once it has been ``rearm`` without an alert; the state keeps when each last alerted."""
+        again once it has been ``rearm`` without an alert; the state keeps when each last alerted. With the batch's
+        ``frame``, alerts where a ``state`` feature alarms (:meth:`held_alarms`) stand, outside the cooldown."""
         block = state.blocks[0]
         if block.rows is None:
             return alerts
         slots, when = block.rows if rows is None else (block.rows[0][rows], block.rows[1][rows])
         if slots.shape[0] != alerts.shape[0]:
             return alerts
-        kept = alerts.copy()
+        held = self.held_alarms(frame) if frame is not None else None
+        kept = alerts.copy() if held is None else alerts & ~held
         kernel.cool_down(kept, slots, when, block.last_alert, block.last_raw, duration_seconds(gap), _span(rearm))
         block.dirty[slots[kept & (slots >= 0)]] = True
-        return kept
+        return kept if held is None else kept | (held & alerts)
 
     def recalibrate(
         self,

@@ -438,8 +438,8 @@ class Model:
                 alerts = self.entities_.recalibrate(
                     alerts, score, entities, policy.recalibrate, policy.cooldown, policy.rearm
                 )
-            elif policy.cooldown is not None:
-                alerts = self.entities_.cool_down(alerts, entities, policy.cooldown, policy.rearm)
+            elif policy.cooldown is not None:  # where a machine is away from its learnt state, alerts all stand
+                alerts = self.entities_.cool_down(alerts, entities, policy.cooldown, policy.rearm, frame=frame)
         if drift is not None:
             drift.add(validated, alerts)
         if isinstance(self.policy_, NewLevelAlerts):

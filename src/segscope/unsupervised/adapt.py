@@ -77,7 +77,7 @@ def adapt_entities(
     assert config.adapt is not None
     plan = entities.plans[0]
     x = frame.select(plan.names).to_numpy()
-    held = [feature_name(plan.spec, f) for f in plan.spec.features if f.kind == "stuck"]
+    held = [feature_name(plan.spec, f) for f in plan.spec.features if f.kind in ("stuck", "state")]
     stuck = (frame.select(held).to_numpy() == 1).any(axis=1) if held and config.policy.kind == "new_level" else None
     gap, rearm = config.policy.cooldown, config.policy.rearm
 
