@@ -202,3 +202,20 @@ def test_a_damaged_learnt_count_relearns_and_never_writes_past_the_state(damaged
     assert (
         a[:LEARN].sum() == 0 and a[415:470].mean() > 0.9
     )  # learnt again from its next LEARN readings (fault: 400-470)
+
+
+def test_inspect_shows_what_each_machine_learnt(run_cli, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path, bundle = tmp_path / "fleet.parquet", tmp_path / "bundle"
+    _pack_fleet().drop("machine_id").filter(pl.col("timestamp") < datetime(2024, 1, 1, 20)).write_parquet(path)
+    fitted = run_cli("fit", path, "--config", "maintenance", "--map", "machine_id=machine", "--bundle", bundle)
+    assert fitted.code == 0, fitted.err
+    shown = run_cli("inspect", bundle)
+    assert shown.code == 0, shown.err
+    assert "machine_state: {" in shown.out and "'watching': 2" in " ".join(shown.out.split())
+    entities = next(c for c in Model.load(bundle).bundle_manifest()["components"] if c["role"] == "entities")
+    assert entities["machine_states"]["machine_state"] == {
+        "watching": 2,
+        "learning": 0,
+        "too_few_noisy_sensors": 0,
+        "sensors_used": {"vibration": 2, "current": 2, "pressure": 2, "temperature": 0},  # the warming one left out
+    }

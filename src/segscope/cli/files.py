@@ -267,6 +267,8 @@ def inspect(
         out.print(f"  {comp['role']:<10} {comp['name'] or '-':<14} {detail}")
         if comp.get("adapt"):
             out.print(f"  {'':<10} {'':<14} {comp['adapt']}")
+        for name, learnt in (comp.get("machine_states") or {}).items():
+            out.print(f"  {'':<10} {'':<14} {name}: {learnt}")
     out.print(f"alert policy   {manifest['policy']}")
     segmenter = next((c for c in manifest["components"] if c["role"] == "segmenter" and c.get("name")), None)
     if segmenter is not None:

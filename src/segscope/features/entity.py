@@ -190,6 +190,26 @@ class EntityFeatures:
                 }
         return out
 
+    def states_known(self, state: EntityState) -> dict[str, dict[str, object]]:
+        """What the ``state`` features have learnt in ``state``: per feature, how many entities watch, still
+        learn, or have too few noisy sensors to watch, and for each sensor how many watching entities use it."""
+        out: dict[str, dict[str, object]] = {}
+        for plan, block in zip(self.plans, state.blocks, strict=True):
+            for f, row in zip(plan.spec.features, plan.table, strict=True):
+                if f.kind != "state" or f.over is None:
+                    continue
+                o, d = int(row[3]), int(row[2])
+                acc = block.acc[: block.size]
+                watching = acc[:, o + 1] == kernel.WATCHING
+                kept = acc[watching, o + 5 + 2 * d : o + 5 + 3 * d] == 1.0
+                out[feature_name(plan.spec, f)] = {
+                    "watching": int(watching.sum()),
+                    "learning": int((acc[:, o + 1] == kernel.LEARNING).sum()),
+                    "too_few_noisy_sensors": int((acc[:, o + 1] == kernel.UNWATCHED).sum()),
+                    "sensors_used": dict(zip(f.over, kept.sum(axis=0).astype(int).tolist(), strict=True)),
+                }
+        return out
+
     def ranges(self, frame: pl.DataFrame) -> levels.Ranges:
         """The finite range of each ``new_level`` input over ``frame``, overall and per entity."""
         out = {}

@@ -121,6 +121,7 @@ def _entities_component(self: Model) -> dict[str, Any]:
         "entities_at_end_of_history": state.entities,
         "late_records": state.late,
         **({"new_levels": self.entities_.levels_known(state)} if self.entities_.level_inputs() else {}),
+        **({"machine_states": states} if (states := self.entities_.states_known(state)) else {}),
         **({"adapt": adapt_line(self.config, state)} if self.config.adapt is not None else {}),
     }
 
