@@ -10,10 +10,12 @@ features, levels and score, and then re-decides the alarms under other designs, 
 * where the points go: windows missed, alarms outside any window (each costs the profile's false-positive weight);
 * the level grid: 16, 24, 48 levels instead of 32; a new level only when it is two or more levels from every known
   one; only a level beyond the known range;
-* adapted detectors: the pack's detectors (iforest + ecod) refitted every day on the trailing 7 days of the
-  machine's entity features (the rows that alarmed left out), each row's score ranked against the refit rows'
-  own scores (p in [0, 1]); a new level alarms only when its p is at least 0.95, 0.98 or 0.99 (rows before the
-  first refit keep the plain rule).
+* a new level only where the reading is also at least 1, 1.5 or 2 deviations from its trailing hour's or day's
+  mean (the pack's ``zscore`` features);
+* adapted detectors (``--no-adapted`` skips them): the pack's detectors (iforest + ecod) refitted every day on the
+  trailing 7 days of the machine's entity features (the rows that alarmed left out), each row's score ranked
+  against the refit rows' own scores (p in [0, 1]); a new level alarms only when its p is at least 0.95, 0.98 or
+  0.99 (rows before the first refit keep the plain rule).
 
 Every design is scored with NAB's rules at corpus level (standard, low-FP, low-FN profiles and per category), and
 on the two categories the pack's defaults are chosen on (realKnownCause, realAWSCloudwatch). Writes
@@ -90,6 +92,11 @@ class Series:
             p[nxt] = np.searchsorted(own, ensemble.score(self.x[nxt]), side="right") / (own.size + 1)
         return p
 
+    def deviations(self) -> np.ndarray:
+        """Each scored row's larger absolute z-score against its trailing hour and day (the pack's features)."""
+        at = [self.feature_names.index(n) for n in self.feature_names if "_zscore_" in n]
+        return np.abs(self.x[:, at]).max(axis=1)
+
     def cooled(self, alarms: np.ndarray, gap_hours: float = 12.0) -> np.ndarray:
         out, never = alarms.copy(), np.array([-np.inf])
         cool_down(out, np.zeros(out.size, np.int64), self.t, never, never.copy(), gap_hours * HOUR, 0.0)
@@ -117,6 +124,9 @@ def main() -> None:
     parser.add_argument("--nab", required=True, help="a copy of github.com/numenta/NAB (data/, labels/)")
     parser.add_argument("--out", default="nab_designs")
     parser.add_argument("--only", default=None, help="comma-separated categories (a quick look; the table is all)")
+    parser.add_argument(
+        "--no-adapted", dest="adapted", action="store_false", help="skip the adapted detectors (most of the time)"
+    )
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     nab, cfg = Path(args.nab), load_config(CONFIGS / "maintenance.yaml")
@@ -141,12 +151,16 @@ def main() -> None:
         lambda s: levels[32][s.name][0] & (levels[32][s.name][1] >= 2)
     )
     designs["a new level beyond the known range only"] = design(lambda s: levels[32][s.name][0] & levels[32][s.name][2])
+    for t in (1.0, 1.5, 2.0):  # the reading also far from the trailing hour's or day's mean (the pack's zscores)
+        designs[f"a new level at least {t:g} trailing-hour or trailing-day deviations away"] = design(
+            lambda s, t=t: levels[32][s.name][0] & (s.deviations() >= t)
+        )
     shipped = designs["as shipped (32 levels)"]
     ranks = {}
-    for s in series:
+    for s in series if args.adapted else ():
         ranks[s.name] = s.adapted(24 * HOUR, 7 * 24 * HOUR, shipped[s.name][s.probation :], detectors)
         print("adapted", s.name, flush=True)
-    for q in (0.95, 0.98, 0.99):
+    for q in (0.95, 0.98, 0.99) if args.adapted else ():
         designs[f"adapted detectors (1d, 7d) gate new levels at p >= {q}"] = design(
             lambda s, q=q: levels[32][s.name][0] & (np.isnan(ranks[s.name]) | (ranks[s.name] >= q))
         )
