@@ -11,9 +11,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "segscope"
 
 #: Left to right. A module may import the layers to its left and its own package (folder or module).
 LAYERS: list[set[str]] = [
-    {"_typing", "exceptions", "packs"},
+    {"_typing", "exceptions", "packs", "_durations"},
     {"expressions", "_kafka_setup", "_yaml"},
-    {"columns"},
+    {"columns", "config_kafka"},
     {"_params", "_deps", "_io", "_arrays", "config", "schema", "metrics", "_kafka_outcomes"},
     {"_kafka_python"},
     {"_kafka", "_wire"},

@@ -19,6 +19,7 @@ import pytest
 
 import segscope
 from segscope import config as cfg
+from segscope import config_kafka
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -58,9 +59,9 @@ def test_the_configuration_reference_names_every_key() -> None:
         cfg.SegmentsConfig,
         cfg.EntityConfig,
         cfg.EntityFeatureConfig,
-        cfg.KafkaConfig,
-        cfg.MessagesConfig,
-        cfg.SchemaRegistryConfig,
+        config_kafka.KafkaConfig,
+        config_kafka.MessagesConfig,
+        config_kafka.SchemaRegistryConfig,
     ]
     missing = [f"{m.__name__}.{k}" for m in models for k in m.model_fields if f"| `{k}` |" not in text]
     assert not missing, f"docs/configuration.md has no row for {missing}"

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
 from segscope.config import EntityConfig, config_from_dict, load_config
-from segscope.exceptions import ConfigError
+from segscope.exceptions import ConfigError, SegscopeWarning
 from segscope.features.entity import EntityFeatures
 from segscope.model import Model
 
@@ -153,18 +153,20 @@ def test_the_maintenance_pack_alerts_through_a_fault_despite_its_cooldown() -> N
     config = load_config("maintenance", columns={"machine_id": "machine"})
     history = frame.filter(pl.col("timestamp") < datetime(2024, 1, 1, 20))  # 1,200 readings a machine
     model = Model(config.for_data(frame.schema)).fit(history)
-    scored = model.score(frame.filter(pl.col("timestamp") >= datetime(2024, 1, 1, 20)), state=model.new_state())
+    drift = model.drift_tracker()
+    later = frame.filter(pl.col("timestamp") >= datetime(2024, 1, 1, 20))
+    scored = model.score(later, state=model.new_state(), drift=drift)
     a = scored.filter(pl.col("machine") == "a").with_row_index()
     fault = a.filter(pl.col("timestamp").is_between(datetime(2024, 1, 2, 1, 20), datetime(2024, 1, 2, 2, 40)))
     assert fault["is_alert"].mean() > 0.8  # 80 minutes of fault, alerted throughout (cooldown 12h)
-    assert (
-        fault.filter(pl.col("is_alert"))["reasons"]
-        .list.first()
-        .struct.field("feature")
-        .to_list()
-        .count("machine_state")
-        > 0.8 * fault.height
-    )  # and the alarm says why first
+    held = scored.filter(pl.col("machine_state") == 1)
+    assert held["is_alert"].all() and held.height >= 0.8 * fault.height
+    assert set(held["reasons"].list.first().struct.field("feature")) == {"machine_state"}  # the alarm says why first
+    assert drift is not None
+    report = drift.report()  # a held alarm is a detection: neither drift nor an alert rate gone wrong
+    assert report.held_rate == pytest.approx(held.height / scored.height)
+    assert report.alert_rate == pytest.approx((scored["is_alert"].sum() - held.height) / scored.height)
+    assert "machine_state" not in [c.name for c in report.columns] and "machine_state" not in (report.warning() or "")
     quiet = scored.filter(pl.col("machine") == "b")["is_alert"].sum()
     assert quiet <= 3  # the healthy machine: at most a new level now and then, one per 12 hours
 
@@ -172,9 +174,12 @@ def test_the_maintenance_pack_alerts_through_a_fault_despite_its_cooldown() -> N
 @pytest.mark.parametrize(
     ("feature", "message"),
     [
-        ({"kind": "state"}, "reads two columns or more: list them in 'over'"),
-        ({"kind": "state", "over": ["a"]}, "reads two columns or more"),
-        ({"kind": "state", "of": "a", "over": ["a", "b"]}, "reads two columns or more"),
+        ({"kind": "state"}, "reads two different columns or more: list them in 'over'"),
+        ({"kind": "state", "over": ["a"]}, "reads two different columns or more"),
+        ({"kind": "state", "over": ["a", "a"]}, "reads two different columns or more"),
+        ({"kind": "state", "over": ["a", "b"], "window": "1h"}, "not window or levels"),
+        ({"kind": "state", "over": ["a", "b"], "levels": 10}, "not window or levels"),
+        ({"kind": "state", "of": "a", "over": ["a", "b"]}, "reads two different columns or more"),
         ({"kind": "zscore", "of": "a", "window": "1h", "over": ["a", "b"]}, "'over' belongs to features of kind"),
         ({"kind": "state", "of": "sensor"}, "needs sensors: in its block"),
         ({"kind": "state", "over": ["a", "b"], "learn": 100_000}, "learn"),
@@ -219,3 +224,25 @@ def test_inspect_shows_what_each_machine_learnt(run_cli, tmp_path) -> None:  # t
         "too_few_noisy_sensors": 0,
         "sensors_used": {"vibration": 2, "current": 2, "pressure": 2, "temperature": 0},  # the warming one left out
     }
+
+
+def test_a_state_over_one_sensor_and_one_that_can_never_alarm_are_told_at_fit() -> None:
+    frame = _fleet(n=300, fault=None)
+    one = {
+        "key": "machine_id",
+        "time": "timestamp",
+        "sensors": ["vibration"],
+        "features": [{"kind": "state", "of": "sensor"}],
+    }
+    with pytest.raises(ConfigError, match=r"finds only \['vibration'\] in the data") as error:
+        Model(config_from_dict({"entities": [one]})).fit(frame)
+    assert "\n" not in str(error.value)
+    # a flat sensor and a warming one: neither is noise, so no machine can be watched
+    quiet = frame.with_columns(pl.lit(3.0).alias("current"))
+    never = {
+        "key": "machine_id",
+        "time": "timestamp",
+        "features": [{"kind": "state", "over": ["current", "temperature"]}],
+    }
+    with pytest.warns(SegscopeWarning, match="'machine_id_state' watches no entity: none has two sensors"):
+        Model(config_from_dict({"entities": [never]})).fit(quiet)

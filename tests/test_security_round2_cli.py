@@ -4,8 +4,10 @@ empty record ids."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from rich.console import Console
 
 from segscope.labels import LabelStore
 from segscope.testing.data import make_transactions
@@ -112,13 +115,21 @@ def test_printed_lines_from_callbacks_are_literal(capsys: pytest.CaptureFixture[
     for console in (_app.err, _app.out):
         console.print(EVIL)
         console.print(_app.say("green", "fitted", f" {EVIL}"))
-    with _app.steps() as step:  # the spinner's description is rendered through a column
-        step(f"writing bundle {EVIL}")
-    with _app.row_progress(10, f"scoring {EVIL}{{task}}") as progress:
-        progress.advance(progress.add_task("score", total=10), 10)
     captured = capsys.readouterr()
     assert captured.out.splitlines() == [EVIL, f"fitted {EVIL}"]
     assert captured.err.splitlines()[:2] == [EVIL, f"fitted {EVIL}"]
+    # bars are drawn on a terminal only (a log gets none): on one, their descriptions render through a column
+    terminal = io.StringIO()
+    err, _app.err = _app.err, Console(file=terminal, force_terminal=True, width=300, markup=False, emoji=False)
+    try:
+        with _app.steps() as step:
+            step(f"writing bundle {EVIL}")
+        with _app.row_progress(10, f"scoring {EVIL}{{task}}") as progress:
+            progress.advance(progress.add_task("score", total=10), 10)
+    finally:
+        _app.err = err
+    drawn = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", terminal.getvalue())
+    assert f"writing bundle {EVIL}" in drawn and f"scoring {EVIL}{{task}}" in drawn
 
 
 def test_the_consoles_cannot_read_markup() -> None:

@@ -196,6 +196,11 @@ def expand_sensors(data: dict[str, Any], columns: Sequence[str], numeric: Collec
                 of = sensor if feature["of"] == SENSOR else rename_columns(feature["of"], {SENSOR: sensor})
                 name = feature.get("name")
                 features.append({**feature, "of": of, "name": name.replace("{sensor}", sensor) if name else None})
+        if not features:  # its only features were a state over fewer than two sensors
+            raise ConfigError(
+                f"an entity block's 'state' feature reads two sensors or more, but its sensors: rule finds only "
+                f"{sensors} in the data; give it more sensors, or add features of one sensor (of: sensor)"
+            )
         entities.append({**entity, "features": features, "sensors": sensors})
     if not sensors_all:
         return data

@@ -11,20 +11,19 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from segscope._kafka_setup import flatten_section
+from segscope._durations import duration_seconds
 from segscope._typing import (
     ALARM_KINDS,
     BudgetPeriod,
     CombineMethod,
     DetectorName,
     EntityFeatureKind,
-    MessageFormat,
-    OutputFormat,
     PolicyKind,
     SegmentBoundaries,
 )
 from segscope._yaml import load_yaml
 from segscope.columns import SENSOR, expand_sensors, map_columns
+from segscope.config_kafka import KafkaConfig, MessagesConfig
 from segscope.exceptions import ConfigError
 from segscope.expressions import compile_expression
 
@@ -35,13 +34,9 @@ __all__ = [
     "EntityConfig",
     "EntityFeatureConfig",
     "FeatureConfig",
-    "KafkaConfig",
-    "MessagesConfig",
     "PolicyConfig",
-    "SchemaRegistryConfig",
     "SegmentsConfig",
     "SegscopeConfig",
-    "duration_seconds",
     "load_config",
 ]
 
@@ -71,20 +66,7 @@ DEFAULT_DETECTORS: tuple[DetectorConfig, ...] = (
 #: ``name(`` (no space) in an entity feature's ``of``: an expression rather than a column name, so it is checked
 #: when the config loads; a column such as ``temp (C)`` is left to be found in the input
 _CALL = re.compile(r"[A-Za-z_]\w*\(")
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d|w)$")
-_SECONDS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-
-
-def duration_seconds(text: str | int) -> float:
-    """'30s', '5m', '1h', '30d', '2w' -> seconds; a plain number is a count of events."""
-    if isinstance(text, int) or str(text).isdigit():
-        return float(text)
-    match = _DURATION.match(str(text).strip())
-    if match is None:
-        raise ValueError(
-            f"'{text}' is not a duration: write a number and a unit (30s, 5m, 1h, 30d, 2w) or a count of events"
-        )
-    return float(match.group(1)) * _SECONDS[match.group(2)]
+_DEFAULT_LEVELS = 32
 
 
 class PolicyConfig(_Frozen):
@@ -195,7 +177,7 @@ class EntityFeatureConfig(_Frozen):
     share: float = Field(default=0.05, gt=0.0, lt=1.0)
     #: ``new_level``: the range of ``of`` over the fit history is cut into this many equal levels (the same step
     #: continues beyond it); a reading at a level its entity never had is new.
-    levels: int = Field(default=32, ge=2, le=1_000_000)
+    levels: int = Field(default=_DEFAULT_LEVELS, ge=2, le=1_000_000)
     #: ``state``: the columns read together; ``of: sensor`` in a block with ``sensors:`` stands for all of them.
     over: tuple[str, ...] | None = None
     #: ``state``: each entity learns its state from its first this many readings (or its fit history's, >= 100).
@@ -207,11 +189,13 @@ class EntityFeatureConfig(_Frozen):
 
     @model_validator(mode="after")
     def _complete(self) -> EntityFeatureConfig:
-        if self.kind == "state" and self.of != SENSOR and (self.of is not None or len(self.over or ()) < 2):
+        if self.kind == "state" and self.of != SENSOR and (self.of is not None or len(set(self.over or ())) < 2):
             raise ValueError(
-                "an entity feature of kind 'state' reads two columns or more: list them in 'over' (over: [a, b]) "
-                "and give no 'of', or write of: sensor in a block with sensors:"
+                "an entity feature of kind 'state' reads two different columns or more: list them in 'over' "
+                "(over: [a, b]) and give no 'of', or write of: sensor in a block with sensors:"
             )
+        if self.kind == "state" and (self.window is not None or self.levels != _DEFAULT_LEVELS):
+            raise ValueError("a 'state' feature takes learn, span and hold, not window or levels; remove them")
         if self.kind != "state" and self.over is not None:
             raise ValueError(f"'over' belongs to features of kind 'state', not '{self.kind}'")
         needs_of = self.kind not in {"count", "since_last", "state"}
@@ -300,66 +284,6 @@ class SegmentsConfig(_Frozen):
     learner_features: bool = False
     #: Segments with fewer fit-time members than this are calibrated globally.
     min_segment_size: int = Field(default=50, ge=10)
-
-
-class KafkaConfig(_Frozen):
-    """How `segscope stream` connects (its ``--config``): Kafka client properties by their own names (librdkafka's,
-    the Java client's for what they share) for both clients, and under ``consumer`` / ``producer`` for one; a
-    secret (a password, secret, passphrase or private key) as ``${env:NAME}`` or ``${file:/path}``. Never stored in
-    a bundle: the manifest's config leaves this section out."""
-
-    #: Seconds (or a duration: 30s, 2m) to wait for the cluster at start before giving up with one line.
-    connect_timeout: float = Field(default=30.0, gt=0)
-    properties: dict[str, str | int | float | bool] = Field(default_factory=dict)
-    consumer: dict[str, str | int | float | bool] = Field(default_factory=dict)
-    producer: dict[str, str | int | float | bool] = Field(default_factory=dict)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _flatten(cls, data: Any) -> Any:
-        out = flatten_section(data)
-        timeout = out.get("connect_timeout")
-        if isinstance(timeout, str):
-            out["connect_timeout"] = duration_seconds(timeout)
-        return out
-
-
-_SECRET_REFERENCE = re.compile(r"\$\{(env|file):.+\}")
-
-
-class SchemaRegistryConfig(_Frozen):
-    """The schema registry of Avro or Protobuf messages: any service with Confluent's REST API."""
-
-    url: str | None = None
-    #: ``user:password``, written ``${env:NAME}`` or ``${file:/path}`` (never the secret itself)
-    basic_auth: str | None = None
-    #: Seconds (or a duration: 30s, 2m) to keep retrying a registry that does not answer before the stream stops.
-    timeout: float = Field(default=30.0, gt=0)
-    #: Properties of confluent-kafka's registry client: ssl.ca.location, ssl.certificate.location, ...
-    properties: dict[str, str | int | float | bool] = Field(default_factory=dict)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _durations(cls, data: Any) -> Any:
-        if isinstance(data, dict) and isinstance(data.get("timeout"), str):
-            data = {**data, "timeout": duration_seconds(data["timeout"])}
-        return data
-
-    @model_validator(mode="after")
-    def _no_secret_written_out(self) -> SchemaRegistryConfig:
-        if self.basic_auth is not None and not _SECRET_REFERENCE.fullmatch(self.basic_auth.strip()):
-            raise ValueError("write basic_auth as ${env:NAME} or ${file:/path}, not the secret itself")
-        return self
-
-
-class MessagesConfig(_Frozen):
-    """How `segscope stream --config` reads the input topic's messages and writes the scored records."""
-
-    #: json, or avro / protobuf in the schema registry's wire format
-    format: MessageFormat = "json"
-    #: json, or avro (Avro input only: its schema plus the scored fields)
-    output: OutputFormat = "json"
-    schema_registry: SchemaRegistryConfig = Field(default_factory=SchemaRegistryConfig)
 
 
 class SegscopeConfig(_Frozen):

@@ -87,7 +87,9 @@ def text_column() -> TextColumn:
 
 @contextmanager
 def steps() -> Iterator[Any]:
-    with Progress(SpinnerColumn(), text_column(), TimeElapsedColumn(), console=err, transient=True) as progress:
+    with Progress(
+        SpinnerColumn(), text_column(), TimeElapsedColumn(), console=err, transient=True, disable=not err.is_interactive
+    ) as progress:
         state: dict[str, Any] = {}
 
         def step(text: str) -> None:
@@ -120,7 +122,15 @@ def row_progress(total: int | None, label: str, *, estimated: bool = False) -> P
         if estimated
         else (MofNCompleteColumn(), TextColumn("rows"))
     )
-    return Progress(_Label(label), BarColumn(), *counted, TimeElapsedColumn(), console=err, transient=True)
+    return Progress(
+        _Label(label),
+        BarColumn(),
+        *counted,
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_interactive,
+    )
 
 
 def load_config(

@@ -81,6 +81,7 @@ def finetune(
             TimeElapsedColumn(),
             console=err,
             transient=True,
+            disable=not err.is_interactive,  # a log gets no bars (and no blank line where they stopped)
         ) as bars,
     ):
         tasks: dict[str, Any] = {}

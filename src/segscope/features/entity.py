@@ -16,13 +16,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
-from typing import Self, get_args
+from typing import Any, Self, get_args
 
 import numpy as np
 import polars as pl
 
+from segscope._durations import duration_seconds
 from segscope._typing import ALARM_KINDS, EntityFeatureKind
-from segscope.config import EntityConfig, EntityFeatureConfig, duration_seconds
+from segscope.config import EntityConfig, EntityFeatureConfig
 from segscope.exceptions import ConfigError, DataError, NotFittedError
 from segscope.expressions import compile_expression, expression_columns
 from segscope.features import _entity_kernel as kernel
@@ -159,8 +160,10 @@ class EntityFeatures:
         return EntityState([Block(p.n_acc, len(p.pair_of)) for p in self.plans])
 
     def alarm_features(self) -> list[str]:
-        """The features ``policy: {kind: new_level}`` alerts on: of kind ``new_level``, ``stuck`` and ``state``."""
-        return [feature_name(p.spec, f) for p in self.plans for f in p.spec.features if f.kind in ALARM_KINDS]
+        """The features ``policy: {kind: new_level}`` alerts on: of kind ``state`` first (a held alarm, which the
+        cooldown never withdraws: the reason to name first), then ``new_level`` and ``stuck``."""
+        kinds = sorted(ALARM_KINDS, key=lambda k: k != "state")
+        return [feature_name(p.spec, f) for k in kinds for p in self.plans for f in p.spec.features if f.kind == k]
 
     def held_alarms(self, frame: pl.DataFrame) -> np.ndarray | None:
         """Rows of a transformed ``frame`` where a ``state`` feature alarms: a held alarm, which lasts while the
@@ -190,10 +193,10 @@ class EntityFeatures:
                 }
         return out
 
-    def states_known(self, state: EntityState) -> dict[str, dict[str, object]]:
+    def states_known(self, state: EntityState) -> dict[str, dict[str, Any]]:
         """What the ``state`` features have learnt in ``state``: per feature, how many entities watch, still
         learn, or have too few noisy sensors to watch, and for each sensor how many watching entities use it."""
-        out: dict[str, dict[str, object]] = {}
+        out: dict[str, dict[str, Any]] = {}
         for plan, block in zip(self.plans, state.blocks, strict=True):
             for f, row in zip(plan.spec.features, plan.table, strict=True):
                 if f.kind != "state" or f.over is None:

@@ -441,7 +441,7 @@ class Model:
             elif policy.cooldown is not None:  # where a machine is away from its learnt state, alerts all stand
                 alerts = self.entities_.cool_down(alerts, entities, policy.cooldown, policy.rearm, frame=frame)
         if drift is not None:
-            drift.add(validated, alerts)
+            drift.add(validated, alerts, self.entities_.held_alarms(frame) if self.entities_ is not None else None)
         if isinstance(self.policy_, NewLevelAlerts):
             reasons = alarms_first(validated, reasons, self.policy_.columns, self.config.top_k_reasons)
         return frame.with_columns(

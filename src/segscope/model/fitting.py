@@ -90,7 +90,8 @@ def fit(
     if cfg.segments.enabled:
         step("segmenting (UMAP + HDBSCAN on a sample, distilled into a forest)")
         _fit_segments(model, x, validated, alerts, segments_before)
-    columns = [(c.name, c.kind) for c in prep.schema_.columns]
+    # alarm features (a new level, a held machine state) are detections, not data to drift
+    columns = [(c.name, c.kind) for c in prep.schema_.columns if c.name not in levels]
     rate = float(alerts.mean()) if alerts is not None else None
     if cfg.policy.kind == "new_level":  # no rate of its own: the drift guard expects at most one row in the fit's
         rate = 0.0
@@ -108,6 +109,8 @@ def fit(
             SegscopeWarning,
             stacklevel=3,  # the caller of Model.fit
         )
+    if model.entities_ is not None:
+        _warn_unwatched(model.entities_)
     created = datetime.now(UTC)
     fingerprint = fingerprint or _frame_fingerprint(frame)
     model.created_at_ = created.isoformat(timespec="seconds")
@@ -177,3 +180,16 @@ def _frame_fingerprint(frame: pl.DataFrame) -> str:
     buffer = io.BytesIO()
     frame.write_ipc(buffer)
     return hashlib.sha256(buffer.getvalue()).hexdigest()
+
+
+def _warn_unwatched(entities: EntityFeatures) -> None:
+    """One line for a ``state`` feature that watches no entity and has none still learning: it can never alarm."""
+    for name, learnt in entities.states_known(entities.state_).items():
+        if learnt["watching"] == 0 and learnt["learning"] == 0 and learnt["too_few_noisy_sensors"]:
+            warnings.warn(
+                f"entity feature '{name}' watches no entity: none has two sensors whose readings are noise rather "
+                f"than a slow drift or a flat line (of {', '.join(learnt['sensors_used'])}), so it will never "
+                "alarm; give it sensors that vary reading to reading, or remove it",
+                SegscopeWarning,
+                stacklevel=4,  # the caller of Model.fit
+            )

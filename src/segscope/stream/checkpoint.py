@@ -60,9 +60,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
+from segscope._durations import duration_seconds
 from segscope._io import write_bytes_atomic
 from segscope._kafka import TP
-from segscope.config import EntityConfig, duration_seconds
+from segscope.config import EntityConfig
 from segscope.exceptions import SegscopeError
 from segscope.features.entity import feature_name
 from segscope.features.entity_state import EntityState

@@ -17,7 +17,8 @@ import numba
 import numpy as np
 import polars as pl
 
-from segscope.config import DetectorConfig, SegscopeConfig, duration_seconds
+from segscope._durations import duration_seconds
+from segscope.config import DetectorConfig, SegscopeConfig
 from segscope.features.entity import EntityFeatures, feature_name
 from segscope.features.entity_state import Block, EntityState
 from segscope.features.trailing import NO_PERIOD, Trailing

@@ -223,6 +223,9 @@ class DriftReport:
     #: How the policy adapts to a moving stream ("policy.recalibrate 60d, cooldown 1d"), "" when it does not: the
     #: warning says whether the alerts it judges came out of that adaptation.
     adaptation: str = ""
+    #: The share of rows alerted by a held machine-state alarm (not in ``alert_rate``: a detection lasting as long
+    #: as the machine is away from its learnt state, which no policy rate foresees)
+    held_rate: float = 0.0
 
     @property
     def shifted(self) -> list[ColumnDrift]:
@@ -272,7 +275,7 @@ class DriftReport:
         rate = f"alert rate {self.alert_rate:.1%}" + (f" vs {expected:.1%} expected" if expected is not None else "")
         adapted = f" (adapting: {self.adaptation})" if self.adaptation else ""
         if not shifted:
-            return f"{rate}{adapted} with no column drifted: check the input or refit"
+            return f"{rate}{adapted}{self._held()} with no column drifted: check the input or refit"
         described = [f"{c.name}: {c.describe()}" for c in shifted[:3]]
         if len(shifted) > 3:
             described.append("also " + ", ".join(f"{c.name} (PSI {c.psi:.2f})" for c in shifted[3:]))
@@ -299,7 +302,10 @@ class DriftReport:
         missing = [c.name for c in shifted if c.more_missing]
         if missing:  # an upstream field that stopped arriving is an input problem, whatever the alerts do
             fix += f"; {', '.join(missing)} arrive(s) missing more often than at fit: check the input"
-        return f"{head}; {rate}{adapted}: {fix}"
+        return f"{head}; {rate}{adapted}{self._held()}: {fix}"
+
+    def _held(self) -> str:
+        return f" (and {self.held_rate:.1%} of rows in held machine-state alarms)" if self.held_rate else ""
 
 
 def adaptation_of(policy: PolicyConfig, adapt: AdaptConfig | None = None) -> str:
@@ -320,6 +326,7 @@ class DriftTracker:
         self.reference = reference
         self.rows = 0
         self.alerts = 0
+        self.held = 0
         self.numeric = [np.zeros(len(r.shares)) for _, _, r in reference.numeric_]
         self.edges = [np.asarray(r.edges, dtype=np.float64) for _, _, r in reference.numeric_]
         self.outside = [0.0 for _ in reference.numeric_]
@@ -327,10 +334,13 @@ class DriftTracker:
         self.unseen = [0.0 for _ in reference.categorical_]
         self.level_index = [{level: j for j, level in enumerate(r.levels)} for r in reference.categorical_]
 
-    def add(self, validated: pl.DataFrame, alerts: np.ndarray) -> None:
-        """Count a batch: the model's input columns with their fit-time types, and its alert decisions."""
+    def add(self, validated: pl.DataFrame, alerts: np.ndarray, held: np.ndarray | None = None) -> None:
+        """Count a batch: the model's input columns with their fit-time types, and its alert decisions; alerts
+        where ``held`` (a machine away from its learnt state) are counted apart, not in the alert rate."""
         self.rows += validated.height
-        self.alerts += int(np.count_nonzero(alerts))
+        held_alerts = 0 if held is None else int(np.count_nonzero(held & alerts))
+        self.held += held_alerts
+        self.alerts += int(np.count_nonzero(alerts)) - held_alerts
         for i, (column, part, ref) in enumerate(self.reference.numeric_):
             values = _derived(validated, column, part) if part else validated.get_column(column)
             arr = values.cast(pl.Float64).to_numpy()  # nulls and NaN both arrive as NaN: missing
@@ -388,7 +398,8 @@ class DriftTracker:
                 )
             )
         rate = self.alerts / self.rows if self.rows else 0.0
-        return DriftReport(self.rows, rate, self.reference.expected_alert_rate, columns, adaptation)
+        held = self.held / self.rows if self.rows else 0.0
+        return DriftReport(self.rows, rate, self.reference.expected_alert_rate, columns, adaptation, held)
 
 
 #: Epoch values by unit: the range of 2000-01-01 to 2100-01-01 in each (one unit's range is 1000x the next's, so a
