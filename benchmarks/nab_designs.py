@@ -12,6 +12,8 @@ features, levels and score, and then re-decides the alarms under other designs, 
   one; only a level beyond the known range;
 * a new level only where the reading is also at least 1, 1.5 or 2 deviations from its trailing hour's or day's
   mean (the pack's ``zscore`` features);
+* new levels plus a drop below the hour of day's usual level (the rule of the pack's ``seasonal_drop``, its
+  settings varied one at a time; above the hour's level, or either side, instead of below);
 * adapted detectors (``--no-adapted`` skips them): the pack's detectors (iforest + ecod) refitted every day on the
   trailing 7 days of the machine's entity features (the rows that alarmed left out), each row's score ranked
   against the refit rows' own scores (p in [0, 1]); a new level alarms only when its p is at least 0.95, 0.98 or
@@ -97,6 +99,40 @@ class Series:
         at = [self.feature_names.index(n) for n in self.feature_names if "_zscore_" in n]
         return np.abs(self.x[:, at]).max(axis=1)
 
+    def below_hour(
+        self, deviations: float, span: int, weight: float, share: float | None, sign: int = -1
+    ) -> np.ndarray:
+        """Each scored row: its smoothed deviation from its hour of day's level (an exponentially weighted mean and
+        spread per hour, ``weight`` a reading; the deviation smoothed over ``span`` readings) at least
+        ``deviations`` below it (``sign`` -1; +1: above; 0: either way), where the hours' mean spread is at most
+        ``share`` of the series' own (weight 0.01; None: any series). The probationary rows teach it too."""
+        stamps = np.array(self.stamps, dtype="datetime64[s]").astype(np.int64)
+        hours = (stamps % 86400) // 3600
+        level, spread, count = np.zeros(24), np.zeros(24), np.zeros(24)
+        series, smooth, alpha = [0.0, 0.0, 0.0], np.nan, 2.0 / (span + 1)
+        out = np.zeros(stamps.size, bool)
+        for i, (x, h) in enumerate(zip(self.values, hours, strict=True)):
+            if count[h] >= 3 and series[2] >= 2:
+                z = (x - level[h]) / (np.sqrt(spread[h]) + 1e-9 * (1 + abs(level[h])))
+                smooth = z if np.isnan(smooth) else alpha * z + (1 - alpha) * smooth
+                periodic = share is None or spread[count >= 3].mean() <= share * series[1]
+                out[i] = periodic and (smooth * sign >= deviations if sign else abs(smooth) >= deviations)
+            if count[h] == 0:
+                level[h] = x
+            else:
+                d = x - level[h]
+                level[h] += weight * d
+                spread[h] = (1 - weight) * (spread[h] + weight * d * d)
+            count[h] += 1
+            if series[2] == 0:
+                series[0] = x
+            else:
+                d = x - series[0]
+                series[0] += 0.01 * d
+                series[1] = 0.99 * (series[1] + 0.01 * d * d)
+            series[2] += 1
+        return out[self.probation :]
+
     def cooled(self, alarms: np.ndarray, gap_hours: float = 12.0) -> np.ndarray:
         out, never = alarms.copy(), np.array([-np.inf])
         cool_down(out, np.zeros(out.size, np.int64), self.t, never, never.copy(), gap_hours * HOUR, 0.0)
@@ -144,7 +180,9 @@ def main() -> None:
     def design(rule: Callable[[Series], np.ndarray]) -> dict[str, np.ndarray]:
         return {s.name: s.full(s.cooled(rule(s) | s.stuck)) for s in series}
 
-    designs: dict[str, dict[str, np.ndarray]] = {"as shipped (32 levels)": design(lambda s: levels[32][s.name][0])}
+    designs: dict[str, dict[str, np.ndarray]] = {
+        "new levels and stuck (32 levels; the pack before seasonal_drop)": design(lambda s: levels[32][s.name][0])
+    }
     for n in (16, 24, 48):
         designs[f"{n} levels"] = design(lambda s, n=n: levels[n][s.name][0])
     designs["a new level two or more levels from every known one"] = design(
@@ -155,7 +193,18 @@ def main() -> None:
         designs[f"a new level at least {t:g} trailing-hour or trailing-day deviations away"] = design(
             lambda s, t=t: levels[32][s.name][0] & (s.deviations() >= t)
         )
-    shipped = designs["as shipped (32 levels)"]
+    # a drop below the hour of day's usual level (seasonal_drop; shipped: 3 deviations, span 6, weight 0.1, 0.5)
+    seasonal = [(3.0, 6, 0.1, 0.5, -1), (2.5, 6, 0.1, 0.5, -1), (3.5, 6, 0.1, 0.5, -1), (3.0, 4, 0.1, 0.5, -1)]
+    seasonal += [(3.0, 10, 0.1, 0.5, -1), (3.0, 6, 0.05, 0.5, -1), (3.0, 6, 0.2, 0.5, -1), (3.0, 6, 0.1, None, -1)]
+    seasonal += [(3.0, 6, 0.1, 0.25, -1), (3.0, 6, 0.1, 0.5, 1), (3.0, 6, 0.1, 0.5, 0)]
+    for deviations, span, weight, share, sign in seasonal:
+        way = {-1: "below", 1: "above", 0: "either side of"}[sign]
+        label = f"new levels and stuck, plus {deviations:g} deviations {way} the hour's level (span {span}, weight"
+        label += f" {weight:g}, " + (f"hours' spread <= {share:g} of the series')" if share else "any series)")
+        designs[label] = design(
+            lambda s, a=(deviations, span, weight, share, sign): levels[32][s.name][0] | s.below_hour(*a)
+        )
+    shipped = designs["new levels and stuck (32 levels; the pack before seasonal_drop)"]
     ranks = {}
     for s in series if args.adapted else ():
         ranks[s.name] = s.adapted(24 * HOUR, 7 * 24 * HOUR, shipped[s.name][s.probation :], detectors)

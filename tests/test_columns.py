@@ -103,8 +103,8 @@ def test_the_maintenance_pack_takes_every_sensor_of_a_file(run_cli, tmp_path: Pa
     assert result.code == 0, result.err
     features = json.loads((bundle / "manifest.json").read_text())["feature_schema"]["features"]
     sensors = ("Temperature", "Pressure", "Volume Flow RateRMS")
-    # the pack's seven features for each sensor and their state together; label and changepoint left out
-    assert len(features) == 7 * len(sensors) + 1
+    # the pack's eight features for each sensor and their state together; label and changepoint left out
+    assert len(features) == 8 * len(sensors) + 1
     assert all(any(f == f"experiment_{s}_std_1h" for f in features) for s in sensors)
     assert "experiment_state" in features
     assert not any("changepoint" in f or "label" in f for f in features)
@@ -117,7 +117,7 @@ def test_the_maintenance_pack_takes_every_sensor_of_a_file(run_cli, tmp_path: Pa
     fitted = Model(named).fit(frame).feature_schema.features
     assert [f for f in fitted if f.startswith("experiment_")] == [
         f"experiment_Temperature_{k}"
-        for k in ("new_level", "stuck", "zscore_1h", "zscore_1d", "delta", "std_1h", "ratio_1d")
+        for k in ("new_level", "stuck", "zscore_1h", "zscore_1d", "delta", "std_1h", "ratio_1d", "seasonal_drop")
     ]
     assert "Pressure" in fitted and "Temperature" not in fitted  # not a sensor here: a plain column
     nothing = named.model_copy(update={"entities": (named.entities[0].model_copy(update={"sensors": ("vib*",)}),)})

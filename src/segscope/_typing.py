@@ -38,10 +38,11 @@ EntityFeatureKind = Literal[
     "new_level",
     "stuck",
     "state",
+    "seasonal_drop",
 ]
 
 #: Entity features that are alarms (1 where the entity alarms), which ``policy: {kind: new_level}`` alerts on.
-ALARM_KINDS: tuple[EntityFeatureKind, ...] = ("new_level", "stuck", "state")
+ALARM_KINDS: tuple[EntityFeatureKind, ...] = ("new_level", "stuck", "state", "seasonal_drop")
 
 #: Feature kinds the schema infers.
 FeatureKind = Literal["numeric", "categorical", "boolean", "datetime"]

@@ -182,10 +182,18 @@ class EntityFeatureConfig(_Frozen):
     over: tuple[str, ...] | None = None
     #: ``state``: each entity learns its state from its first this many readings (or its fit history's, >= 100).
     learn: int = Field(default=1000, ge=10, le=5000)
-    #: ``state``: the span (in readings) of the exponentially weighted mean that smooths the distance.
-    span: int = Field(default=10, ge=1, le=10_000)
+    #: ``state``, ``seasonal_drop``: the span (in readings) of the exponentially weighted mean that smooths the
+    #: distance (default 10) or the deviation (default 6).
+    span: int | None = Field(default=None, ge=1, le=10_000)
+    #: ``seasonal_drop``: how many of its hour's spreads a reading must fall below its hour's level.
+    deviations: float = Field(default=3.0, gt=0.0, le=1_000.0)
     #: ``state``: the alarm holds while this many readings in a row are above the limit.
     hold: int = Field(default=10, ge=1, le=10_000)
+
+    @property
+    def smoothing(self) -> int:
+        """The span in effect: the one given, else the kind's default."""
+        return self.span if self.span is not None else (6 if self.kind == "seasonal_drop" else 10)
 
     @model_validator(mode="after")
     def _complete(self) -> EntityFeatureConfig:
@@ -196,6 +204,8 @@ class EntityFeatureConfig(_Frozen):
             )
         if self.kind == "state" and (self.window is not None or self.levels != _DEFAULT_LEVELS):
             raise ValueError("a 'state' feature takes learn, span and hold, not window or levels; remove them")
+        if self.kind == "seasonal_drop" and (self.window is not None or self.levels != _DEFAULT_LEVELS):
+            raise ValueError("a 'seasonal_drop' feature takes span and deviations, not window or levels; remove them")
         if self.kind != "state" and self.over is not None:
             raise ValueError(f"'over' belongs to features of kind 'state', not '{self.kind}'")
         needs_of = self.kind not in {"count", "since_last", "state"}
@@ -240,6 +250,8 @@ class EntityConfig(_Frozen):
         if self.ttl is not None and duration_seconds(self.ttl) <= 0:
             raise ValueError("ttl must be longer than zero")
         for f in self.features:
+            if f.kind == "seasonal_drop" and self.time is None:
+                raise ValueError("a 'seasonal_drop' feature compares readings by hour of day: set the entity's time")
             if f.kind == "state" and f.of is not None and self.sensors is None:
                 raise ValueError("a 'state' feature's of: sensor needs sensors: in its block; or list its 'over'")
             if f.window is not None and self.time is None and not str(f.window).isdigit():

@@ -12,11 +12,16 @@ from numba import types
 from numba.typed import Dict
 
 # feature kinds, as the plan's first column
-COUNT, SUM, MEAN, STD, ZSCORE, RATIO, SINCE_LAST, LAG, DELTA, FIRST_SEEN, RARE, DISTINCT, NEW_LEVEL, STUCK, STATE = (
-    range(15)
-)
+(COUNT, SUM, MEAN, STD, ZSCORE, RATIO, SINCE_LAST, LAG, DELTA, FIRST_SEEN, RARE, DISTINCT, NEW_LEVEL, STUCK, STATE,
+ SEASONAL_DROP) = range(16)  # fmt: skip
+#: SEASONAL_DROP's slots: per hour of day its level, spread and readings; the series' own; the smoothed deviation
+_HOURS = 24
 #: accumulator slots each kind keeps per entity (STATE: :func:`state_slots`, which depend on its columns)
-SLOTS = (1, 1, 3, 3, 3, 3, 0, 1, 1, 0, 0, 1, 0, 3, 0)
+SLOTS = (1, 1, 3, 3, 3, 3, 0, 1, 1, 0, 0, 1, 0, 3, 0, 3 * _HOURS + 4)
+#: SEASONAL_DROP: an hour's level and spread follow its readings with this weight each (about its last ten days
+#: at one reading an hour), the series' with this one; it watches a series whose hours' spread is at most this share
+#: of its own (its hour of day explains at least half its variance)
+HOUR_WEIGHT, SERIES_WEIGHT, SEASONAL_SHARE = 0.1, 0.01, 0.5
 
 #: STATE's slots before its per-sensor ones: readings learnt, phase, smoothed distance, readings in a row above
 #: the limit, the limit
@@ -61,7 +66,8 @@ def advance(
     plan: np.ndarray,  # (features, 4): kind, value column, pair column, first accumulator
     taus: np.ndarray,  # (features,) window time constants
     shares: np.ndarray,  # (features,) rare share
-    params: np.ndarray,  # (features, 3) STATE: readings to learn from, smoothing span, readings in a row to alarm
+    params: np.ndarray,  # (features, 3) STATE: readings to learn, smoothing span, readings in a row to alarm;
+    # SEASONAL_DROP: deviations, smoothing span
     ttl: float,  # reset after this idle time (0: never)
     use_time: bool,
     out: np.ndarray,  # (rows, features)
@@ -167,6 +173,8 @@ def advance(
             elif kind == DISTINCT:
                 acc[s, o] = acc[s, o] * decay + (1.0 if prior[pc] == 0 else 0.0)
                 result = acc[s, o]
+            elif kind == SEASONAL_DROP:
+                result = _seasonal_drop(acc[s], o, x, t, params[f, 0], params[f, 1])
             elif kind == STATE:  # pc: the number of sensors, read from value columns col .. col + pc - 1
                 result = _state(acc[s], o, values[i, col : col + pc], params[f, 0], params[f, 1], params[f, 2])
             out[i, f] = result
@@ -176,6 +184,41 @@ def advance(
         last_t[s] = t
         n_events[s] = n_prior + 1
     return newest
+
+
+@nb.njit(cache=True)
+def _seasonal_drop(row: np.ndarray, o: int, x: float, t: float, deviations: float, span: float) -> float:
+    """One reading of a SEASONAL_DROP feature (``row``: its entity's accumulators, the feature's from ``o``; ``t``
+    the event time in seconds): 1 where the reading's deviation from its hour of day's level, in that hour's
+    spreads and smoothed over ``span`` readings, is ``deviations`` or more below it, in a series whose hours
+    explain at least half its variance; then the reading joins its hour and the series."""
+    if math.isnan(x) or math.isnan(t):
+        return 0.0
+    hour = int(((t % 86400.0) + 86400.0) % 86400.0 // 3600.0) % _HOURS
+    h, g = o + 3 * hour, o + 3 * _HOURS  # the hour's slots; the series' (level, spread, readings), then the smoothed
+    result = 0.0
+    if row[h + 2] >= 3.0 and row[g + 2] >= 2.0:
+        z = (x - row[h]) / (math.sqrt(row[h + 1]) + 1e-9 * (1.0 + abs(row[h])))
+        alpha = 2.0 / (span + 1.0)
+        row[g + 3] = alpha * z + (1.0 - alpha) * row[g + 3] if row[g + 3] == row[g + 3] else z  # NaN: none yet
+        spread, known = 0.0, 0
+        for k in range(_HOURS):
+            if row[o + 3 * k + 2] >= 3.0:
+                spread += row[o + 3 * k + 1]
+                known += 1
+        if spread / known <= SEASONAL_SHARE * row[g + 1] and row[g + 3] <= -deviations:
+            result = 1.0
+    for at, weight in ((h, HOUR_WEIGHT), (g, SERIES_WEIGHT)):
+        if row[at + 2] == 0.0:
+            row[at], row[at + 1] = x, 0.0
+            if at == g:
+                row[g + 3] = np.nan
+        else:
+            d = x - row[at]
+            row[at] += weight * d
+            row[at + 1] = (1.0 - weight) * (row[at + 1] + weight * d * d)
+        row[at + 2] += 1.0
+    return result
 
 
 @nb.njit(cache=True)

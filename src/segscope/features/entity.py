@@ -99,7 +99,9 @@ class _Plan:
             o += slots
             taus.append(duration_seconds(f.window) if f.window is not None else 0.0)
             shares.append(f.share)
-            params.append((f.learn, f.span, f.hold))
+            params.append(
+                (f.deviations, f.smoothing, 0) if f.kind == "seasonal_drop" else (f.learn, f.smoothing, f.hold)
+            )
             names.append(feature_name(spec, f))
         ttl = duration_seconds(spec.ttl) if spec.ttl is not None else 0.0
         return cls(
