@@ -5,7 +5,6 @@ maintenance pack alerts on it for as long as it lasts."""
 
 from __future__ import annotations
 
-import itertools
 from datetime import datetime, timedelta
 
 import numpy as np
@@ -13,12 +12,12 @@ import polars as pl
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from polars.testing import assert_frame_equal
 
 from segscope.config import EntityConfig, config_from_dict, load_config
 from segscope.exceptions import ConfigError, SegscopeWarning
 from segscope.features.entity import EntityFeatures
 from segscope.model import Model
+from segscope.testing.checks import check_entity_batches_through_checkpoints
 
 SENSORS = ("vibration", "current", "pressure", "temperature")
 LEARN, SPAN, HOLD = 300, 10, 10
@@ -109,16 +108,8 @@ def test_the_state_alarms_exactly_as_the_rule_computed_by_hand() -> None:
 def test_any_cut_into_batches_and_a_checkpoint_give_the_same_state(cuts: list[int]) -> None:
     frame = _fleet(n=700, fault=(450, 520))
     feats = EntityFeatures(SPEC).fit(frame[:400])  # 200 readings a machine: watched from the end of fit
-    whole = feats.transform(frame[400:], feats.new_state())
-    state, bounds, parts = feats.new_state(), [400, *sorted(c for c in cuts if c > 400), frame.height], []
-    for a, b in itertools.pairwise(bounds):
-        parts.append(feats.transform(frame[a:b], state))
-        restored = EntityFeatures.from_state(SPEC, list(feats.to_state().values()))
-        restored_state = restored.new_state()
-        restored_state.load_bytes(0, state.to_bytes(0))  # a checkpoint between batches
-        state, feats = restored_state, restored
-    assert_frame_equal(whole, pl.concat(parts), check_exact=True)
-    assert whole["machine_id_state"].sum() > 20  # the fault alarmed
+    check_entity_batches_through_checkpoints(feats, frame[400:], [c - 400 for c in cuts])
+    assert EntityFeatures(SPEC).fit(frame[:400]).transform(frame[400:])["machine_id_state"].sum() > 20  # it alarmed
 
 
 def test_a_fit_history_shorter_than_learn_freezes_at_its_end_and_a_new_machine_learns_live() -> None:

@@ -4,7 +4,6 @@ checkpoints; a stuck or flat sensor is a detection, not a fit error."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 from datetime import datetime, timedelta
@@ -15,13 +14,13 @@ import polars as pl
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from polars.testing import assert_frame_equal
 
 from segscope.config import EntityConfig, SegscopeConfig, config_from_dict
 from segscope.exceptions import BundleError, ConfigError
 from segscope.features import levels
 from segscope.features.entity import EntityFeatures
 from segscope.model import Model
+from segscope.testing.checks import check_entity_batches_through_checkpoints
 
 LEVELS = 8
 
@@ -79,16 +78,7 @@ def test_a_level_is_new_exactly_when_its_machine_never_had_it() -> None:
 def test_any_cut_into_batches_and_a_state_round_trip_give_the_same_levels(cuts: list[int]) -> None:
     frame = _readings(400, seed=1)
     feats = EntityFeatures(SPEC).fit(frame[:100])
-    whole = feats.transform(frame[100:], feats.new_state())
-    state, bounds, parts = feats.new_state(), [100, *sorted(c for c in cuts if c > 100), 400], []
-    for a, b in itertools.pairwise(bounds):
-        parts.append(feats.transform(frame[a:b], state))
-        restored = EntityFeatures.from_state(SPEC, list(feats.to_state().values()))
-        restored_state = restored.new_state()
-        restored_state.load_bytes(0, state.to_bytes(0))  # a checkpoint between batches
-        state = restored_state
-        feats = restored
-    assert_frame_equal(whole, pl.concat(parts), check_exact=True)
+    check_entity_batches_through_checkpoints(feats, frame[100:], [c - 100 for c in cuts])
 
 
 MIN = 300

@@ -5,7 +5,6 @@ on it."""
 
 from __future__ import annotations
 
-import itertools
 import math
 from datetime import datetime, timedelta
 
@@ -14,12 +13,12 @@ import polars as pl
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from polars.testing import assert_frame_equal
 
 from segscope.config import EntityConfig, config_from_dict, load_config
 from segscope.exceptions import ConfigError
 from segscope.features.entity import EntityFeatures
 from segscope.model import Model
+from segscope.testing.checks import check_entity_batches_through_checkpoints
 
 SPEC = (
     EntityConfig.model_validate(
@@ -111,16 +110,8 @@ def test_a_series_without_a_daily_cycle_has_no_hour_to_drop_below() -> None:
 def test_any_cut_into_batches_and_a_checkpoint_give_the_same_drops(cuts: list[int]) -> None:
     frame = _cycle()
     feats = EntityFeatures(SPEC).fit(frame[:1000])
-    whole = feats.transform(frame[1000:], feats.new_state())
-    state, bounds, parts = feats.new_state(), [1000, *sorted(c for c in cuts if c > 1000), frame.height], []
-    for a, b in itertools.pairwise(bounds):
-        parts.append(feats.transform(frame[a:b], state))
-        restored = EntityFeatures.from_state(SPEC, list(feats.to_state().values()))
-        restored_state = restored.new_state()
-        restored_state.load_bytes(0, state.to_bytes(0))  # a checkpoint between batches
-        state, feats = restored_state, restored
-    assert_frame_equal(whole, pl.concat(parts), check_exact=True)
-    assert whole["machine_id_value_seasonal_drop"].sum() > 10
+    check_entity_batches_through_checkpoints(feats, frame[1000:], [c - 1000 for c in cuts])
+    assert EntityFeatures(SPEC).fit(frame[:1000]).transform(frame[1000:])["machine_id_value_seasonal_drop"].sum() > 10
 
 
 def test_the_maintenance_pack_alarms_on_the_drop_and_says_why() -> None:

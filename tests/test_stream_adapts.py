@@ -9,6 +9,7 @@ import json
 from collections import Counter
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -39,6 +40,23 @@ def _machines(days: int) -> pl.DataFrame:
     return frame.with_columns(pl.int_range(pl.len()).cast(pl.String).alias("reading_id"), pl.lit(0).alias("label"))
 
 
+def _streamed_through_a_sigkill(bootstrap: str, tmp_path: Path, live: pl.DataFrame, name: str) -> list[dict[str, Any]]:
+    """``live`` produced to topic ``<name>.in`` (keyed by machine), `segscope stream` of the bundle in ``tmp_path``
+    SIGKILLed in the middle and started again from its --state-dir, then every output read back: each reading
+    scored (duplicates of a replay allowed)."""
+    create_topic(bootstrap, f"{name}.in", partitions=3)
+    payloads = [json.dumps({**r, "timestamp": r["timestamp"].isoformat()}).encode() for r in live.iter_rows(named=True)]
+    produce(bootstrap, f"{name}.in", payloads, keys=[m.encode() for m in live["machine_id"]])
+    args = [
+        "--in-topic", f"{name}.in", "--out-topic", f"{name}.out", "--group", f"g-{name}", "--batch-size", "500",
+        "--state-dir", str(tmp_path / "state"),
+    ]  # fmt: skip
+    stream_killed_midway(tmp_path / "bundle", bootstrap, args, f"{name}.out", live.height)
+    out = consume_all(bootstrap, f"{name}.out", idle=5)
+    assert set(Counter(r["id"] for r in out)) == set(live["reading_id"])  # every reading scored
+    return out
+
+
 def test_the_adapting_pack_streams_what_the_file_in_order_gives_through_a_sigkill(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:
@@ -53,18 +71,7 @@ def test_the_adapting_pack_streams_what_the_file_in_order_gives_through_a_sigkil
     alerts = whole.filter(pl.col("is_alert"))
     assert 5 <= alerts.height <= 60 and set(alerts["machine_id"]) == {"a", "b", "c"}  # each machine's new levels
 
-    topic = "adapt.in"
-    create_topic(kafka_bootstrap, topic, partitions=3)
-    payloads = [json.dumps({**r, "timestamp": r["timestamp"].isoformat()}).encode() for r in live.iter_rows(named=True)]
-    produce(kafka_bootstrap, topic, payloads, keys=[m.encode() for m in live["machine_id"]])
-    args = [
-        "--in-topic", topic, "--out-topic", "adapt.out", "--group", "g-adapt", "--batch-size", "500",
-        "--state-dir", str(tmp_path / "state"),
-    ]  # fmt: skip
-    stream_killed_midway(tmp_path / "bundle", kafka_bootstrap, args, "adapt.out", live.height)
-
-    out = consume_all(kafka_bootstrap, "adapt.out", idle=5)
-    assert set(Counter(r["id"] for r in out)) == set(live["reading_id"])  # every reading scored
+    out = _streamed_through_a_sigkill(kafka_bootstrap, tmp_path, live, "adapt")
     names = [*model.entity_features, "anomaly_score", "is_alert"]
     expected = {r["reading_id"]: r for r in whole.select("reading_id", *names).iter_rows(named=True)}
     # exact: the stream runs on this machine (another process, the same CPU and libraries), and JSON keeps floats
@@ -94,17 +101,7 @@ def test_online_adaptation_streams_what_the_file_in_order_gives_through_a_sigkil
     frozen = Model(pack).fit(history)
     assert not whole["is_alert"].equals(frozen.score(live, state=frozen.new_state())["is_alert"])  # it gated some
 
-    create_topic(kafka_bootstrap, "adapting.in", partitions=3)
-    payloads = [json.dumps({**r, "timestamp": r["timestamp"].isoformat()}).encode() for r in live.iter_rows(named=True)]
-    produce(kafka_bootstrap, "adapting.in", payloads, keys=[m.encode() for m in live["machine_id"]])
-    args = [
-        "--in-topic", "adapting.in", "--out-topic", "adapting.out", "--group", "g-adapting", "--batch-size", "500",
-        "--state-dir", str(tmp_path / "state"),
-    ]  # fmt: skip
-    stream_killed_midway(tmp_path / "bundle", kafka_bootstrap, args, "adapting.out", live.height)
-
-    out = consume_all(kafka_bootstrap, "adapting.out", idle=5)
-    assert set(Counter(r["id"] for r in out)) == set(live["reading_id"])
+    out = _streamed_through_a_sigkill(kafka_bootstrap, tmp_path, live, "adapting")
     expected = {r["reading_id"]: r["is_alert"] for r in whole.select("reading_id", "is_alert").iter_rows(named=True)}
     differ = [r["id"] for r in out if r["is_alert"] != expected[r["id"]]]
     assert not differ, f"{len(differ)} of {len(out)} readings decided otherwise than the file in order: {differ[:3]}"
@@ -148,17 +145,7 @@ def test_the_machine_state_streams_what_the_file_in_order_gives_through_a_sigkil
         assert fault.filter(pl.col("machine_id") == machine)["is_alert"].mean() > 0.8
     assert whole.filter(pl.col("machine_id") == "b")["is_alert"].sum() <= 3
 
-    create_topic(kafka_bootstrap, "state.in", partitions=3)
-    payloads = [json.dumps({**r, "timestamp": r["timestamp"].isoformat()}).encode() for r in live.iter_rows(named=True)]
-    produce(kafka_bootstrap, "state.in", payloads, keys=[m.encode() for m in live["machine_id"]])
-    args = [
-        "--in-topic", "state.in", "--out-topic", "state.out", "--group", "g-state", "--batch-size", "500",
-        "--state-dir", str(tmp_path / "state"),
-    ]  # fmt: skip
-    stream_killed_midway(tmp_path / "bundle", kafka_bootstrap, args, "state.out", live.height)
-
-    out = consume_all(kafka_bootstrap, "state.out", idle=5)
-    assert set(Counter(r["id"] for r in out)) == set(live["reading_id"])
+    out = _streamed_through_a_sigkill(kafka_bootstrap, tmp_path, live, "state")
     names = ["machine_id_state", "is_alert"]
     expected = {r["reading_id"]: r for r in whole.select("reading_id", *names).iter_rows(named=True)}
     differ = [r["id"] for r in out if any(r[c] != expected[r["id"]][c] for c in names)]

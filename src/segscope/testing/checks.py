@@ -8,6 +8,7 @@ order; output whole or not at all).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -16,6 +17,7 @@ import polars as pl
 from sklearn.metrics import roc_auc_score
 
 from segscope.exceptions import NotFittedError
+from segscope.features.entity import EntityFeatures
 from segscope.sinks.base import Sink
 from segscope.sources.base import Source
 from segscope.unsupervised.detect import Detector
@@ -346,3 +348,20 @@ def check_sink_writes_everything_or_nothing(case: tuple[Callable[[], Sink], Call
 
 def yield_sink_checks() -> Iterator[tuple[str, Check]]:
     return _named(check_sink_writes_everything_or_nothing)
+
+
+def check_entity_batches_through_checkpoints(feats: EntityFeatures, frame: pl.DataFrame, cuts: list[int]) -> None:
+    """``frame`` transformed in one batch from the end of ``feats``' history equals it cut at ``cuts`` (row
+    indices) into batches, with the bundle's entity files and the state written and read back between batches
+    (a restart from a checkpoint), to the bit."""
+    from polars.testing import assert_frame_equal
+
+    whole = feats.transform(frame, feats.new_state())
+    state, parts = feats.new_state(), []
+    for a, b in itertools.pairwise([0, *sorted(c for c in set(cuts) if 0 < c < frame.height), frame.height]):
+        parts.append(feats.transform(frame[a:b], state))
+        feats = EntityFeatures.from_state(feats.specs, list(feats.to_state().values()))
+        restored = feats.new_state()
+        restored.load_bytes(0, state.to_bytes(0))
+        state = restored
+    assert_frame_equal(whole, pl.concat(parts), check_exact=True)
