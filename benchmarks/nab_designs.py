@@ -14,6 +14,8 @@ features, levels and score, and then re-decides the alarms under other designs, 
   mean (the pack's ``zscore`` features);
 * new levels plus a drop below the hour of day's usual level (the rule of the pack's ``seasonal_drop``, its
   settings varied one at a time; above the hour's level, or either side, instead of below);
+* the shipped alarms with a cooldown an escalation gets through (a new level far further out than the one that
+  opened it);
 * adapted detectors (``--no-adapted`` skips them): the pack's detectors (iforest + ecod) refitted every day on the
   trailing 7 days of the machine's entity features (the rows that alarmed left out), each row's score ranked
   against the refit rows' own scores (p in [0, 1]); a new level alarms only when its p is at least 0.95, 0.98 or
@@ -138,6 +140,15 @@ class Series:
         cool_down(out, np.zeros(out.size, np.int64), self.t, never, never.copy(), gap_hours * HOUR, 0.0)
         return out
 
+    def escalating(self, alarms: np.ndarray, severity: np.ndarray, times: float, floor: float) -> np.ndarray:
+        """:meth:`cooled`, except that an alarm within the cooldown stands when its ``severity`` is at least
+        ``floor`` and ``times`` that of the alarm that opened the cooldown (which it then opens again)."""
+        out, last, opened = np.zeros(alarms.size, bool), -np.inf, 0.0
+        for i in np.flatnonzero(alarms):
+            if self.t[i] - last >= 12 * HOUR or severity[i] >= max(floor, times * opened):
+                out[i], last, opened = True, self.t[i], severity[i]
+        return out
+
     def full(self, alarms: np.ndarray) -> np.ndarray:
         return np.concatenate([np.zeros(self.probation, bool), alarms])
 
@@ -204,6 +215,21 @@ def main() -> None:
         designs[label] = design(
             lambda s, a=(deviations, span, weight, share, sign): levels[32][s.name][0] | s.below_hour(*a)
         )
+    # the shipped alarms with a cooldown that lets an escalation through: a new level farther (in levels) from every
+    # known one than k times the alarm that opened the cooldown, and at least 3 levels away
+    for k in (2.0, 3.0, 5.0):
+        label = f"as shipped, a new level {k:g} times as far out as the cooldown's first alarm (>= 3 levels) stands"
+        designs[label] = {
+            s.name: s.full(
+                s.escalating(
+                    levels[32][s.name][0] | s.below_hour(3.0, 6, 0.1, 0.5, -1) | s.stuck,
+                    np.where(levels[32][s.name][0], levels[32][s.name][1], 0.0),
+                    k,
+                    3.0,
+                )
+            )
+            for s in series
+        }
     shipped = designs["new levels and stuck (32 levels; the pack before seasonal_drop)"]
     ranks = {}
     for s in series if args.adapted else ():
