@@ -141,3 +141,16 @@ def test_a_wrong_seasonal_drop_is_one_clear_line(block: dict[str, object], messa
     with pytest.raises(ConfigError, match=message) as error:
         config_from_dict({"entities": [block]})
     assert "\n" not in str(error.value)
+
+
+def test_an_event_time_without_an_hour_is_no_drop_and_no_crash() -> None:
+    """Event times come from the data: an infinite or huge epoch time has no hour of day to index."""
+    frame = _cycle(days=3).with_columns(pl.col("timestamp").dt.epoch("s").cast(pl.Float64))
+    frame = frame.with_columns(
+        pl.when(pl.int_range(pl.len()) == 200).then(float("inf"))
+        .when(pl.int_range(pl.len()) == 201).then(-float("inf"))
+        .when(pl.int_range(pl.len()) == 202).then(1e300)
+        .otherwise(pl.col("timestamp")).alias("timestamp")
+    )  # fmt: skip
+    got = EntityFeatures(SPEC).fit_transform(frame)["machine_id_value_seasonal_drop"]
+    assert got.len() == frame.height and set(got.drop_nulls().to_list()) <= {0.0, 1.0}

@@ -192,7 +192,7 @@ def _seasonal_drop(row: np.ndarray, o: int, x: float, t: float, deviations: floa
     the event time in seconds): 1 where the reading's deviation from its hour of day's level, in that hour's
     spreads and smoothed over ``span`` readings, is ``deviations`` or more below it, in a series whose hours
     explain at least half its variance; then the reading joins its hour and the series."""
-    if math.isnan(x) or math.isnan(t):
+    if math.isnan(x) or not math.isfinite(t):  # an infinite time has no hour (and must not index one)
         return 0.0
     hour = int(((t % 86400.0) + 86400.0) % 86400.0 // 3600.0) % _HOURS
     h, g = o + 3 * hour, o + 3 * _HOURS  # the hour's slots; the series' (level, spread, readings), then the smoothed
