@@ -38,6 +38,16 @@ STATE_QUANTILE = 0.99
 STATE_MIN_READINGS = 100
 
 
+def state_phase_slot(o: int) -> int:
+    """The slot of a STATE feature (its slots from ``o``) that holds its phase (:data:`LEARNING`, ...)."""
+    return o + 1
+
+
+def state_kept_slots(o: int, sensors: int) -> slice:
+    """The slots of a STATE feature over ``sensors`` columns that flag the sensors it watches (1: kept)."""
+    return slice(o + _STATE_HEAD + 2 * sensors, o + _STATE_HEAD + 3 * sensors)
+
+
 def state_slots(sensors: int, learn: int) -> int:
     """Slots of a STATE feature over ``sensors`` columns learning from ``learn`` readings: the head, each sensor's
     mean, scale and kept flag, the inverse covariance, and the learnt readings themselves."""

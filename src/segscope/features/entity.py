@@ -64,7 +64,8 @@ class _Plan:
     table: np.ndarray
     taus: np.ndarray
     shares: np.ndarray
-    #: (features, 3) ``state``: readings to learn from, smoothing span, readings in a row to alarm
+    #: (features, 3) ``state``: readings to learn from, smoothing span, readings in a row to alarm;
+    #: ``seasonal_drop``: deviations, smoothing span
     params: np.ndarray
     n_acc: int
     ttl: float
@@ -203,14 +204,14 @@ class EntityFeatures:
             for f, row in zip(plan.spec.features, plan.table, strict=True):
                 if f.kind != "state" or f.over is None:
                     continue
-                o, d = int(row[3]), int(row[2])
                 acc = block.acc[: block.size]
-                watching = acc[:, o + 1] == kernel.WATCHING
-                kept = acc[watching, o + 5 + 2 * d : o + 5 + 3 * d] == 1.0
+                phase = acc[:, kernel.state_phase_slot(int(row[3]))]
+                watching = phase == kernel.WATCHING
+                kept = acc[watching, kernel.state_kept_slots(int(row[3]), len(f.over))] == 1.0
                 out[feature_name(plan.spec, f)] = {
                     "watching": int(watching.sum()),
-                    "learning": int((acc[:, o + 1] == kernel.LEARNING).sum()),
-                    "too_few_noisy_sensors": int((acc[:, o + 1] == kernel.UNWATCHED).sum()),
+                    "learning": int((phase == kernel.LEARNING).sum()),
+                    "too_few_noisy_sensors": int((phase == kernel.UNWATCHED).sum()),
                     "sensors_used": dict(zip(f.over, kept.sum(axis=0).astype(int).tolist(), strict=True)),
                 }
         return out
