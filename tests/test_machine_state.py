@@ -174,6 +174,7 @@ def test_the_maintenance_pack_alerts_through_a_fault_despite_its_cooldown() -> N
         ({"kind": "zscore", "of": "a", "window": "1h", "over": ["a", "b"]}, "'over' belongs to features of kind"),
         ({"kind": "state", "of": "sensor"}, "needs sensors: in its block"),
         ({"kind": "state", "over": ["a", "b"], "learn": 100_000}, "learn"),
+        ({"kind": "state", "over": [f"s{i}" for i in range(30)], "learn": 5000}, "5000 x 30 is over 100,000"),
     ],
 )
 def test_a_wrong_state_feature_is_one_clear_line(feature: dict[str, object], message: str) -> None:
@@ -237,3 +238,18 @@ def test_a_state_over_one_sensor_and_one_that_can_never_alarm_are_told_at_fit() 
     }
     with pytest.warns(SegscopeWarning, match="'machine_id_state' watches no entity: none has two sensors"):
         Model(config_from_dict({"entities": [never]})).fit(quiet)
+
+
+def test_the_pack_takes_a_machine_of_many_sensors_learning_from_fewer_readings() -> None:
+    rng = np.random.default_rng(4)
+    n, sensors = 240, [f"s{i:03d}" for i in range(120)]
+    frame = pl.DataFrame(
+        {
+            "machine_id": ["m"] * n,
+            "timestamp": [datetime(2024, 1, 1) + timedelta(minutes=i) for i in range(n)],
+            **{s: rng.normal(0, 1, n) for s in sensors},
+        }
+    )
+    model = Model(load_config("maintenance")).fit(frame)
+    (state,) = [f for f in model.config.entities[0].features if f.kind == "state"]
+    assert state.over == tuple(sensors) and state.learn == 100_000 // 120  # at most 100,000 numbers a machine

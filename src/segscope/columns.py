@@ -12,7 +12,8 @@ sensor column of the data: ``numeric`` (every numeric column except the entity's
 the ``drop`` columns), or a list of names and patterns (``[temp_*, pressure]``, ``fnmatch`` patterns, case
 sensitive); ``sensor`` in ``features.drop`` drops every sensor column (their raw levels are not features). A
 feature with a ``name`` writes ``{sensor}`` in it. A ``state`` feature reads the sensors together: ``of: sensor``
-becomes one feature ``over`` all of them (none when the data has fewer than two). Both work on the config as
+becomes one feature ``over`` all of them (none when the data has fewer than two; ``learn`` lowered to keep at
+most 100,000 numbers per entity when they are many). Both work on the config as
 plain data, before it is validated.
 """
 
@@ -29,6 +30,9 @@ __all__ = ["SENSOR", "expand_sensors", "map_columns", "parse_mapping", "reads"]
 
 #: The column name that stands for each sensor in a block with ``sensors:``.
 SENSOR = "sensor"
+#: A ``state`` feature keeps at most this many numbers per entity while it learns (learn x sensors), and learns
+#: from 1,000 readings by default: over ``sensors:`` of many columns, from as many as fit (at least 10).
+STATE_NUMBERS, STATE_LEARN = 100_000, 1000
 
 
 def parse_mapping(items: Sequence[str]) -> dict[str, str]:
@@ -189,8 +193,11 @@ def expand_sensors(data: dict[str, Any], columns: Sequence[str], numeric: Collec
             if not _reads_sensor(feature):
                 features.append(feature)
                 continue
-            if feature.get("kind") == "state":  # the sensors together: none with fewer than two
-                features += [{**feature, "of": None, "over": list(sensors)}] if len(sensors) >= 2 else []
+            if feature.get("kind") == "state":  # the sensors together: none with fewer than two; with many, fewer
+                learn = min(feature.get("learn") or STATE_LEARN, max(10, STATE_NUMBERS // max(len(sensors), 1)))
+                features += (
+                    [{**feature, "of": None, "over": list(sensors), "learn": learn}] if len(sensors) >= 2 else []
+                )
                 continue
             for sensor in sensors:
                 of = sensor if feature["of"] == SENSOR else rename_columns(feature["of"], {SENSOR: sensor})

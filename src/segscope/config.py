@@ -22,7 +22,7 @@ from segscope._typing import (
     SegmentBoundaries,
 )
 from segscope._yaml import load_yaml
-from segscope.columns import SENSOR, expand_sensors, map_columns
+from segscope.columns import SENSOR, STATE_LEARN, STATE_NUMBERS, expand_sensors, map_columns
 from segscope.config_kafka import KafkaConfig, MessagesConfig
 from segscope.exceptions import ConfigError
 from segscope.expressions import compile_expression
@@ -181,7 +181,7 @@ class EntityFeatureConfig(_Frozen):
     #: ``state``: the columns read together; ``of: sensor`` in a block with ``sensors:`` stands for all of them.
     over: tuple[str, ...] | None = None
     #: ``state``: each entity learns its state from its first this many readings (or its fit history's, >= 100).
-    learn: int = Field(default=1000, ge=10, le=5000)
+    learn: int = Field(default=STATE_LEARN, ge=10, le=5000)
     #: ``state``, ``seasonal_drop``: the span (in readings) of the exponentially weighted mean that smooths the
     #: distance (default 10) or the deviation (default 6).
     span: int | None = Field(default=None, ge=1, le=10_000)
@@ -201,6 +201,11 @@ class EntityFeatureConfig(_Frozen):
             raise ValueError(
                 "an entity feature of kind 'state' reads two different columns or more: list them in 'over' "
                 "(over: [a, b]) and give no 'of', or write of: sensor in a block with sensors:"
+            )
+        if self.kind == "state" and self.over is not None and self.learn * len(self.over) > STATE_NUMBERS:
+            raise ValueError(
+                f"a 'state' feature keeps learn x columns numbers per entity while it learns: {self.learn} x "
+                f"{len(self.over)} is over {STATE_NUMBERS:,}; lower learn"
             )
         if self.kind == "state" and (self.window is not None or self.levels != _DEFAULT_LEVELS):
             raise ValueError("a 'state' feature takes learn, span and hold, not window or levels; remove them")
