@@ -7,8 +7,8 @@ real Kafka broker.
 Sensor readings of --machines machines every minute from the day after the history (a daily cycle plus noise,
 some machines drifting), JSON keyed by machine on a 3-partition topic, scored by `segscope stream` (at-least-once,
 entity state checkpointed in --state-dir) with three bundles fitted on the same first day: (a) frozen: the pack's
-features without ``new_level`` and ``stuck``, alerting on the 0.1% threshold of the fit scores
-(``contamination``), same cooldown; (b) the pack as shipped (``new_level`` and ``stuck`` alarms); (c) the pack with
+features without its alarms (``new_level``, ``stuck``, ``seasonal_drop``, ``state``), alerting on the 0.1% threshold
+of the fit scores (``contamination``), same cooldown; (b) the pack as shipped (those alarms); (c) the pack with
 ``adapt: {every, window}`` (--adapt): each machine's detectors refitted at every boundary its readings cross
 (records / machines minutes of readings: 200,000 / 200 is under a day, no refit; 100,000 / 25 crosses two
 midnights). Each run in its own process, runs alternate; rate = records / (last output - first output); medians
@@ -33,6 +33,7 @@ import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
 from segscope import Model  # noqa: E402
+from segscope._typing import ALARM_KINDS  # noqa: E402
 from segscope.config import AdaptConfig, PolicyConfig, load_config  # noqa: E402
 from tests.kafka_helpers import broker, create_topic, free_port, produce, start_stream  # noqa: E402
 
@@ -67,7 +68,7 @@ def main() -> None:
     keys = [m.encode() for m in live["machine_id"]]
     pack = load_config("maintenance")
     spec = pack.entities[0]
-    learning = ("new_level", "stuck")
+    learning = ALARM_KINDS  # what keeps learning from every reading: new levels, holds, hours of day, states
     frozen_spec = spec.model_copy(update={"features": tuple(f for f in spec.features if f.kind not in learning)})
     frozen = pack.model_copy(
         update={
