@@ -253,3 +253,16 @@ def test_the_pack_takes_a_machine_of_many_sensors_learning_from_fewer_readings()
     model = Model(load_config("maintenance")).fit(frame)
     (state,) = [f for f in model.config.entities[0].features if f.kind == "state"]
     assert state.over == tuple(sensors) and state.learn == 100_000 // 120  # at most 100,000 numbers a machine
+
+
+@pytest.mark.parametrize("glitch", [float("inf"), -float("inf"), 1e150, -1e300])
+def test_one_wild_reading_is_not_a_fault_for_good(glitch: float) -> None:
+    """A sensor glitch (an infinite or absurd value) must not poison what the machine learnt or its smoothed
+    distance: the machine is watched as before once the glitch has passed."""
+    frame = _fleet(n=900, fault=None)
+    at = frame.with_row_index().filter((pl.col("machine_id") == "a") & (pl.col("index") > 1200))["index"][0]
+    wild = frame.with_columns(
+        pl.when(pl.int_range(pl.len()).is_in([100, at])).then(glitch).otherwise(pl.col("current")).alias("current")
+    )  # one while it learns, one while it is watched
+    a = EntityFeatures(SPEC).fit_transform(wild).filter(pl.col("machine_id") == "a")["machine_id_state"].to_numpy()
+    assert a[LEARN:].mean() < 0.1 and a[-200:].sum() == 0

@@ -154,3 +154,14 @@ def test_an_event_time_without_an_hour_is_no_drop_and_no_crash() -> None:
     )  # fmt: skip
     got = EntityFeatures(SPEC).fit_transform(frame)["machine_id_value_seasonal_drop"]
     assert got.len() == frame.height and set(got.drop_nulls().to_list()) <= {0.0, 1.0}
+
+
+@pytest.mark.parametrize("glitch", [float("inf"), -float("inf"), float("nan")])
+def test_one_wild_reading_leaves_the_hours_as_they_were(glitch: float) -> None:
+    frame = _cycle()
+    wild = frame.with_columns(
+        pl.when(pl.int_range(pl.len()) == 500).then(glitch).otherwise(pl.col("value")).alias("value")
+    )
+    clean = EntityFeatures(SPEC).fit_transform(frame)["machine_id_value_seasonal_drop"]
+    got = EntityFeatures(SPEC).fit_transform(wild)["machine_id_value_seasonal_drop"]
+    assert got[500] == 0.0 and (got[501:] == clean[501:]).all()  # the glitch skipped, nothing after it changed

@@ -202,8 +202,8 @@ def _seasonal_drop(row: np.ndarray, o: int, x: float, t: float, deviations: floa
     the event time in seconds): 1 where the reading's deviation from its hour of day's level, in that hour's
     spreads and smoothed over ``span`` readings, is ``deviations`` or more below it, in a series whose hours
     explain at least half its variance; then the reading joins its hour and the series."""
-    if math.isnan(x) or not math.isfinite(t):  # an infinite time has no hour (and must not index one)
-        return 0.0
+    if not math.isfinite(x) or not math.isfinite(t):  # an infinite reading would stay in the hour's level for good,
+        return 0.0  # an infinite time has no hour (and must not index one)
     hour = int(((t % 86400.0) + 86400.0) % 86400.0 // 3600.0) % _HOURS
     h, g = o + 3 * hour, o + 3 * _HOURS  # the hour's slots; the series' (level, spread, readings), then the smoothed
     result = 0.0
@@ -240,7 +240,7 @@ def _state(row: np.ndarray, o: int, x: np.ndarray, learn: float, span: float, ho
     if row[o + 1] == LEARNING:
         if not 0.0 <= row[o] < learn:  # a damaged state (a bundle or checkpoint): learn again, never write past it
             row[o] = 0.0
-        if np.isnan(x).any():
+        if not np.isfinite(x).all():  # a missing or infinite sensor: not a reading to learn from
             return 0.0
         n = int(row[o])
         at = o + _STATE_HEAD + 3 * d + d * d + n * d
@@ -258,12 +258,14 @@ def _state(row: np.ndarray, o: int, x: np.ndarray, learn: float, span: float, ho
         if keep[j] == 0.0:
             continue
         zj = (x[j] - mean[j]) / scale[j]
-        if math.isnan(zj):  # a kept sensor is missing: the state stands as it was
+        if not math.isfinite(zj):  # a kept sensor is missing or infinite: the state stands as it was
             return 1.0 if row[o + 3] >= hold else 0.0
         for k in range(d):
             if keep[k] != 0.0:
                 distance += zj * inverse[j * d + k] * (x[k] - mean[k]) / scale[k]
     alpha = 2.0 / (span + 1.0)
+    if not distance < 1e12:  # far out by 1e150 (inf, or inf - inf): the smoothed distance must not stay there for good
+        distance = 1e12
     row[o + 2] = alpha * distance + (1.0 - alpha) * row[o + 2]
     row[o + 3] = row[o + 3] + 1.0 if row[o + 2] > row[o + 4] else 0.0
     return 1.0 if row[o + 3] >= hold else 0.0
