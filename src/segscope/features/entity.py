@@ -326,19 +326,18 @@ class EntityFeatures:
         gap: str | int,
         rearm: str | int | None = None,
         rows: np.ndarray | None = None,
-        frame: pl.DataFrame | None = None,
+        held: np.ndarray | None = None,
     ) -> np.ndarray:
         """``alerts`` of the batch just transformed with ``state`` (or of its rows ``rows``, in order), an entity
         (of the first spec) alerting at most once per ``gap`` (event time, or events for an entity without time), or
-        again once it has been ``rearm`` without an alert; the state keeps when each last alerted. With the batch's
-        ``frame``, alerts where a ``state`` feature alarms (:meth:`held_alarms`) stand, outside the cooldown."""
+        again once it has been ``rearm`` without an alert; the state keeps when each last alerted. Alerts where
+        ``held`` (:meth:`held_alarms`: a ``state`` feature alarms) stand, outside the cooldown."""
         block = state.blocks[0]
         if block.rows is None:
             return alerts
         slots, when = block.rows if rows is None else (block.rows[0][rows], block.rows[1][rows])
         if slots.shape[0] != alerts.shape[0]:
             return alerts
-        held = self.held_alarms(frame) if frame is not None else None
         kept = alerts.copy() if held is None else alerts & ~held
         kernel.cool_down(kept, slots, when, block.last_alert, block.last_raw, duration_seconds(gap), _span(rearm))
         block.dirty[slots[kept & (slots >= 0)]] = True

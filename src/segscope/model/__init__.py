@@ -413,10 +413,9 @@ class Model:
     def score(
         self, frame: pl.DataFrame, *, state: PolicyState | None = None, drift: DriftTracker | None = None
     ) -> pl.DataFrame:
-        """Input columns plus :data:`SCORED_COLUMNS`. Never changes the model; batch-independent scores. Pass
-        the same ``state`` (:meth:`new_state`) for every batch of one file or stream, so that an alert budget
-        counts across them; without it each call is decided on its own. ``drift`` counts the batch in a
-        :meth:`drift_tracker`."""
+        """Input columns plus :data:`SCORED_COLUMNS`; never changes the model; batch-independent scores. Pass the
+        same ``state`` (:meth:`new_state`) for every batch of one file or stream (an alert budget counts across
+        them; without it each call stands alone); ``drift`` counts the batch in a :meth:`drift_tracker`."""
         self.check_fitted()
         frame, entities = self._entities(frame, state)
         validated, x, anomaly, parts, reasons, assigned = self._unsupervised(frame)
@@ -431,6 +430,7 @@ class Model:
             supervised = np.empty(0)
         score = supervised if supervised is not None else anomaly
         alerts, policy = np.asarray(self.policy_.decide(score, validated, state), dtype=bool), self.config.policy
+        held = self.entities_.held_alarms(frame) if self.entities_ is not None else None  # machines away from state
         if entities is not None and self.entities_ is not None:  # each entity's own past decides further
             if self.config.adapt is not None:
                 alerts = adapt_entities(alerts, frame, self.entities_, entities, self.config)  # refits, gate, cooldown
@@ -438,10 +438,10 @@ class Model:
                 alerts = self.entities_.recalibrate(
                     alerts, score, entities, policy.recalibrate, policy.cooldown, policy.rearm
                 )
-            elif policy.cooldown is not None:  # where a machine is away from its learnt state, alerts all stand
-                alerts = self.entities_.cool_down(alerts, entities, policy.cooldown, policy.rearm, frame=frame)
+            elif policy.cooldown is not None:  # held alarms all stand
+                alerts = self.entities_.cool_down(alerts, entities, policy.cooldown, policy.rearm, held=held)
         if drift is not None:
-            drift.add(validated, alerts, self.entities_.held_alarms(frame) if self.entities_ is not None else None)
+            drift.add(validated, alerts, held)
         if isinstance(self.policy_, NewLevelAlerts):
             reasons = alarms_first(validated, reasons, self.policy_.columns, self.config.top_k_reasons)
         return frame.with_columns(
