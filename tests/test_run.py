@@ -316,3 +316,25 @@ def test_kafka_s_source_and_sink_have_what_a_stream_s_run_asks_for(model: Model)
     assert all(isinstance(source, kind) for kind in (Polling, Positioned, Renewable))
     assert all(isinstance(sink, kind) for kind in (Acknowledging, DropsInFlight, KeepsDeadLetters, Transactional))
     assert sink.transactional_id is None  # at-least-once: the sink's acknowledgements decide the commits
+
+
+def test_a_run_that_ends_at_once_still_waits_for_its_warm_up_before_the_interpreter_finalizes(
+    model: Model, tmp_path: Path
+) -> None:
+    """The warm-up scores in Polars, Arrow and Numba: a thread still in their C++ frames when the interpreter
+    finalizes is ended by pthread_exit there, which aborted the process (SIGABRT after a one-line error)."""
+    import subprocess
+    import sys
+
+    model.save(tmp_path / "bundle")
+    script = f"""
+import atexit, sys
+from segscope import Model
+from segscope.model.watcher import warm_up
+thread = warm_up(Model.load({str(tmp_path / "bundle")!r}, trusted=True), threads=1)
+atexit.register(lambda: print("warm-up alive at exit:", thread.is_alive()))
+sys.exit(2)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert "warm-up alive at exit: False" in done.stdout

@@ -36,7 +36,9 @@ def warm_up(model: Model, *, threads: int | None = None) -> threading.Thread:
         except Exception:
             log.debug("warm-up scoring failed", exc_info=True)
 
-    thread = threading.Thread(target=run, name="segscope-warm-up", daemon=True)
+    # not a daemon: the interpreter waits for it before finalizing. A daemon thread still in Polars or Arrow when
+    # a run ended early (a refused Kafka login) was ended by pthread_exit inside their C++ frames: SIGABRT.
+    thread = threading.Thread(target=run, name="segscope-warm-up")
     thread.start()
     return thread
 
