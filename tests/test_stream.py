@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import polars as pl
+import pytest
 
 from segscope import SCORED_COLUMNS, Model
 from segscope import registry as reg
@@ -177,29 +178,39 @@ main()
 """
 
 
-def test_idle_exit_is_not_held_by_a_lost_last_commit(kafka_bootstrap: str, stream_bundle: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("idle_exit", [True, False])
+def test_an_idle_stream_commits_again_a_lost_last_commit(
+    kafka_bootstrap: str, stream_bundle: Path, tmp_path: Path, idle_exit: bool
+) -> None:
     """Commits are asynchronous, and one can fail (a coordinator moving). If the last batch's commit is lost, the
-    group stays short of the end and --idle-exit, which waits for the whole group, waited for good: an idle member
-    whose outputs are all acknowledged commits its positions again. The lost commits are injected into the real
-    client (a real failure cannot be provoked on cue); broker, topics and group are real."""
-    t = _topics("lostcommit")
+    group stays short of the end: --idle-exit, which waits for the whole group, waited for good, and a stream
+    without it showed lag for good. An idle member commits again the positions whose commit was not confirmed
+    (all its outputs are acknowledged). The lost commits are injected into the real client (tests/
+    test_stream_outages.py loses one in a real outage); broker, topics and group are real."""
+    t = _topics(f"lostcommit{int(idle_exit)}")
     create_topic(kafka_bootstrap, t["in"])
     values = records(make_transactions(3000, seed=41).drop("is_fraud"))
     produce(kafka_bootstrap, t["in"], values)
     ends = end_offsets(kafka_bootstrap, t["in"])
     script = tmp_path / "lose_last_commits.py"
     script.write_text(_LOSE_LAST_COMMITS)
-    args = _args(t, "g-lostcommit", "--batch-size", "500", "--idle-exit", "3")
+    group = f"g-lostcommit{int(idle_exit)}"
+    args = _args(t, group, "--batch-size", "500", *(["--idle-exit", "3"] if idle_exit else []))
     cmd = [sys.executable, str(script), t["in"], json.dumps(ends), "--bundle", str(stream_bundle)]
     proc = subprocess.Popen([*cmd, "--bootstrap", kafka_bootstrap, *args], stderr=subprocess.PIPE, text=True)
-    try:
-        _, err = proc.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise AssertionError(f"the idle stream never exited: {proc.communicate()[1][-2000:]}") from None
-    assert proc.returncode == 0, err
+    if idle_exit:
+        try:
+            _, err = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise AssertionError(f"the idle stream never exited: {proc.communicate()[1][-2000:]}") from None
+        assert proc.returncode == 0, err
+    else:
+        wait_until(lambda: group_caught_up(kafka_bootstrap, group, t["in"]), timeout=60, proc=proc)
+        code, err = terminate(proc)
+        assert code == 0, err
     assert err.count("lost the commit of") == sum(1 for end in ends.values() if end > 0)
-    assert group_caught_up(kafka_bootstrap, "g-lostcommit", t["in"])
+    assert group_caught_up(kafka_bootstrap, group, t["in"])
     assert {r["id"] for r in consume_all(kafka_bootstrap, t["out"], idle=5)} == {
         json.loads(v)["txn_id"] for v in values
     }

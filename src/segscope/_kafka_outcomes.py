@@ -60,11 +60,19 @@ class Acknowledges:
     """A consumer's commits the broker confirmed (commits are asynchronous), per partition, until taken."""
 
     _acknowledged: dict[tuple[str, int], int] | None = None
+    _highest: dict[tuple[str, int], int] | None = None
 
     def acknowledge(self, offsets: dict[tuple[str, int], int]) -> None:
-        if self._acknowledged is None:
-            self._acknowledged = {}
+        if self._acknowledged is None or self._highest is None:
+            self._acknowledged = self._acknowledged or {}
+            self._highest = self._highest or {}
         self._acknowledged.update(offsets)
+        for tp, at in offsets.items():
+            self._highest[tp] = max(at, self._highest.get(tp, -1))
+
+    def highest_acknowledged(self) -> dict[tuple[str, int], int]:
+        """The highest offset ever confirmed, per partition (not taken: :meth:`take_acknowledged` is apart)."""
+        return dict(self._highest or {})
 
     def take_acknowledged(self) -> dict[tuple[str, int], int]:
         """The offsets confirmed since the last call."""

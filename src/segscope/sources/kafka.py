@@ -258,6 +258,7 @@ class KafkaSource(Strandable):
         """Connect (a bounded wait: an unreachable cluster, refused credentials or a missing topic is one line),
         then join the group; ``on_revoke`` (or the one given at construction) hears of partitions leaving."""
         self.on_revoke_ = on_revoke or self.on_revoke
+        self.asked_: dict[TP, int] = {}  # the last position handed to a commit, per partition of this member
         self._watch()
         self.consumer_ = self._consumer()
         self.consumer_.reach(self.topic, "--in-topic")
@@ -286,6 +287,7 @@ class KafkaSource(Strandable):
         """A new client in place of a stranded one (:meth:`stranded`); it joins the group and starts at the
         committed positions."""
         self._replace(self._consumer())
+        self.asked_ = {}  # the new client starts at the group's commits
         self._subscribe()
 
     def poll(self, timeout_ms: int | None = None) -> Batch | None:
@@ -307,10 +309,24 @@ class KafkaSource(Strandable):
     def commit_positions(self, positions: dict[TP, int]) -> None:
         """Commit positions; a failure (a rebalance, a restarting coordinator) is safe: the records come again
         with the same ids, and the next commit covers them, so it is logged, never raised."""
+        self.asked_.update(positions)
         try:
             self.consumer_.commit(positions)
         except Exception as exc:
             log_commit_failure(str(exc).splitlines()[0])
+
+    def recommit(self) -> int:
+        """Commit again the positions of this member's partitions whose last commit the broker has not confirmed
+        (lost in an outage or refused): an idle stream has no next commit to cover them, and the group would stay
+        short of the end until another record came. Safe at-least-once: only positions whose outputs were
+        acknowledged are ever handed to a commit, and only where this member still reads the partition at that
+        position (one that left and came back, from another member's commit or to be read again, is not the
+        position's to commit). Returns how many partitions were committed again."""
+        confirmed, at_now = self.consumer_.highest_acknowledged(), self.consumer_.positions()
+        lost = {tp: at for tp, at in self.asked_.items() if confirmed.get(tp, -1) < at and at_now.get(tp) == at}
+        if lost:
+            self.commit_positions(lost)
+        return len(lost)
 
     def confirmed(self) -> dict[TP, int]:
         """Positions whose commit the broker confirmed since the last call (a commit is asynchronous: what is

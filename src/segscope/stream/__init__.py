@@ -53,6 +53,8 @@ from segscope.unsupervised.drift import adaptation_of
 __all__ = ["StreamOptions", "StreamStats", "run_stream"]
 
 log = logging.getLogger("segscope.stream")
+#: Seconds without a message (and between tries) before positions whose commit was not confirmed are committed again.
+RECOMMIT_IDLE = 5.0
 
 
 @dataclass(frozen=True)
@@ -148,7 +150,7 @@ class _Kafka(Hooks):
             )
         self.flags = {"running": True, "connecting": True}
         self.warming: threading.Thread | None = None
-        self.last_stats = self.last_message = self.window_start = time.monotonic()
+        self.last_stats = self.last_message = self.window_start = self.recommitted = time.monotonic()
         self.window_in, self.batch_started = 0, 0.0
 
     def stopping(self) -> bool:
@@ -204,6 +206,9 @@ class _Kafka(Hooks):
                 "new consumer takes over from the last commit", now - self.last_message,
             )  # fmt: skip
             raise BackToLastCommit("the consumer lost the cluster", renew=True)
+        if batch is None and not self.eos and min(now - self.last_message, now - self.recommitted) >= RECOMMIT_IDLE:
+            self.recommitted = now  # a last commit lost in an outage: made again, or the group stays short of the end
+            source.recommit()
         if batch is None and options.idle_exit is not None and now - self.last_message > options.idle_exit:
             self.settle()
             self.count()
