@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -142,7 +143,10 @@ def segscope_command() -> list[str]:
 def compare_commands(bundle: Path, history: Path, data: Path, tmp: Path, repeats: int) -> dict:
     """Seconds of the two as processes, as a user runs them (wall clock from launch to exit, alternating, after
     one warm-up run of each): ``segscope score`` against the plain script as a file, its IForest fitted beforehand
-    and loaded with joblib (its fit is not timed; its imports are, as are segscope's)."""
+    and loaded with joblib (its fit is not timed; its imports are, as are segscope's). Both run with Python's
+    bytecode cache, as on a user's machine (pip writes it at install; PYTHONDONTWRITEBYTECODE, which some sandboxes
+    set, would have segscope's own modules compiled from source at every launch, about 0.15 s, while the
+    libraries the plain script imports were compiled at their install)."""
     import joblib
     import pandas as pd
     from pyod.models.iforest import IForest
@@ -160,9 +164,11 @@ def compare_commands(bundle: Path, history: Path, data: Path, tmp: Path, repeats
         "plain": [sys.executable, str(tmp / "plain.py"), str(tmp / "plain.joblib"), str(data), plain_out],
     }
 
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
     def once(cmd: list[str]) -> float:
         start = time.perf_counter()
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         return time.perf_counter() - start
 
     for cmd in runs.values():
@@ -187,7 +193,6 @@ def compare_commands(bundle: Path, history: Path, data: Path, tmp: Path, repeats
 def peak_rss_of_cli(bundle: Path, data: Path, out: Path) -> tuple[float, float]:
     """Peak RSS (MiB) and seconds of one `segscope score` child, from that child's own rusage (wait4), not the
     largest of every child this process ever had."""
-    import os
 
     start = time.perf_counter()
     cmd = [sys.executable, "-m", "segscope.cli", "score", str(data), "--bundle", str(bundle), "--out", str(out)]
