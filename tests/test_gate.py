@@ -65,6 +65,31 @@ def test_three_labelled_anomalies_promote_a_clearly_better_candidate(centre: tup
     assert "other records (0 confirmed normals, the rest unlabelled)" in positives_only["reason"]
 
 
+def test_labels_the_current_version_already_ranks_perfectly_are_judged_against_the_background() -> None:
+    """Twelve frauds just outside the usual range of f0 and f1, and 300 harmless records farther out in every
+    direction: the unsupervised model ranks the frauds above 99% of ordinary records but below the harmless
+    outliers. Three
+    labelled frauds and 60 confirmed normals: against those normals the current version is already perfect and no
+    candidate could be better, so the gate ranks the frauds against every other record, where the candidate that
+    learnt f0 lifts them above the harmless outliers, and promotes it."""
+    rng = np.random.default_rng(3)
+    n = 3000
+    x = rng.random((n, 4))
+    x[:12] = np.array([1.3, 1.3, 0.5, 0.5]) + rng.normal(0.0, 0.01, size=(12, 4))
+    far = rng.normal(0.0, 1.0, size=(300, 4))
+    x[12:312] = 0.5 + 2.5 * far / np.linalg.norm(far, axis=1, keepdims=True)
+    history = pl.DataFrame(
+        {"id": [f"r{i}" for i in range(n)], **{f"f{j}": x[:, j] for j in range(4)}, "is_fraud": np.arange(n) < 12}
+    ).with_columns(pl.col("is_fraud").cast(pl.Int64))
+    model = Model(SegscopeConfig().with_features(id_column="id", drop=("is_fraud",))).fit(history)
+    scores = model.score(history)["score"].to_numpy()
+    picked = rng.choice(np.arange(312, n), 60, replace=False)
+    assert scores[:3].min() > scores[picked].max() and np.median(scores[12:312]) > scores[:12].max()
+    _, report = finetune(model, history, _labels([f"r{i}" for i in [0, 1, 2, *picked]], 3))
+    assert "already ranks each labelled anomaly above the" in report["reason"], report["reason"]
+    assert report["promote"], report["reason"]
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_the_same_labels_on_random_records_are_refused_in_one_line(
     centre: tuple[pl.DataFrame, Model], seed: int

@@ -161,12 +161,12 @@ def finetune(
         report.update(promote=False, reason="no fold could be predicted (each needs a labelled anomaly before it)")
     elif gate.ordered:
         judged = candidates.rows
-        keep, against = judged_rows(y[judged], labelled[judged])
-        judged, oof = judged[keep], oof[keep]
+        current_scores = current.score(frame[judged])["score"].to_numpy()
+        keep, against = judged_rows(y[judged], labelled[judged], current_scores)
+        judged, oof, current_scores = judged[keep], oof[keep], current_scores[keep]
         step(f"comparing with the current version on {judged.size:,} records predicted out of fold")
         report.update(held_out_records=int(judged.size), held_out_labelled_anomalies=int(y[judged].sum()))
         report["candidates"] = {"chosen": name, "taken_by_fold": taken, "out_of_fold_aucpr": candidates.table()}
-        current_scores = current.score(frame[judged])["score"].to_numpy()
         folds_judged = candidates.fold[keep]
         report.update(compare(y[judged], current_scores, oof, metric, against=against, folds=folds_judged))
     else:
@@ -238,9 +238,9 @@ def chained_gate(
             continue
         scores, taken = predicted.gate_scores(n_pos, seed=seed)
         rows = predicted.rows
-        keep, against = judged_rows(y[rows], labelled[rows], confirmed=confirmed)
-        cur = fold_percentiles(current[rows], predicted.fold)[keep]
-        new = fold_percentiles(scores, predicted.fold)[keep]
+        cur = fold_percentiles(current[rows], predicted.fold)
+        keep, against = judged_rows(y[rows], labelled[rows], cur, confirmed=confirmed)
+        cur, new = cur[keep], fold_percentiles(scores, predicted.fold)[keep]
         decided = compare(
             y[rows][keep],
             cur,
