@@ -145,7 +145,7 @@ def compare_commands(bundle: Path, history: Path, data: Path, tmp: Path, repeats
     one warm-up run of each): ``segscope score`` against the plain script as a file, its IForest fitted beforehand
     and loaded with joblib (its fit is not timed; its imports are, as are segscope's). Both run with Python's
     bytecode cache, as on a user's machine (pip writes it at install; PYTHONDONTWRITEBYTECODE, which some sandboxes
-    set, would have segscope's own modules compiled from source at every launch, about 0.15 s, while the
+    set, would have segscope's own modules compiled from source at every launch, about 0.1 s, while the
     libraries the plain script imports were compiled at their install)."""
     import joblib
     import pandas as pd
