@@ -55,8 +55,8 @@ def _keep_gate_inputs() -> None:
         _SEEN["candidates"] = real_oof(*args, **kw)
         return _SEEN["candidates"]
 
-    def kept_judged(y: np.ndarray, labelled: np.ndarray) -> tuple[np.ndarray, str]:
-        keep, against = real_judged(y, labelled)
+    def kept_judged(y: np.ndarray, labelled: np.ndarray, current: np.ndarray, **kw: Any) -> tuple[np.ndarray, str]:
+        keep, against = real_judged(y, labelled, current, **kw)
         _SEEN["keep"] = keep
         return keep, against
 

@@ -75,7 +75,7 @@ def draw_once(model: Model, history: pl.DataFrame, x: np.ndarray, layout: Any, d
     cache: dict[tuple[bytes, bytes, int], np.ndarray] = {}
     candidates = out_of_fold(tuned, x, y, labelled, layout, gate, cache=cache)
     current = model.score(history)["score"].to_numpy()
-    keep, _ = judged_rows(y[candidates.rows], labelled[candidates.rows])
+    keep, _ = judged_rows(y[candidates.rows], labelled[candidates.rows], current[candidates.rows])
     judged = candidates.rows[keep]
     result: dict[str, Any] = {"draw": draw}
     for how, (scores, taken) in {
