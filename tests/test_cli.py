@@ -270,3 +270,13 @@ def test_demo_runs(run_cli, tmp_path: Path) -> None:
 
 def test_make_transactions_is_deterministic() -> None:
     assert make_transactions(500, seed=3).equals(make_transactions(500, seed=3))
+
+
+def test_main_called_in_process_freezes_nothing(run_cli) -> None:  # type: ignore[no-untyped-def]
+    """Only the `segscope` command's own process (cli.command) freezes its objects out of the final garbage
+    collection; a process that calls main() and goes on (these tests) keeps collecting them."""
+    import gc
+
+    before = gc.get_freeze_count()
+    assert run_cli("--help").code == 0
+    assert gc.get_freeze_count() == before

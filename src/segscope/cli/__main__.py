@@ -1,3 +1,3 @@
-from segscope.cli import main
+from segscope.cli import command
 
-main()
+command()

@@ -208,15 +208,22 @@ def main() -> None:
         except KeyboardInterrupt:
             err.print(say("yellow", "interrupted"))
             sys.exit(130)
-        finally:
-            # the command's work is done (outputs closed and renamed, clients closed): the interpreter's shutdown
-            # then collects garbage among every object Numba, LLVM and Polars made (160,000 after a `score`),
-            # to free memory the process is about to give back anyway: 0.2-0.4 s of every command. Frozen
-            # objects are left out of it (reference counting still frees the rest; atexit handlers still run).
-            import gc
 
-            gc.freeze()
+
+def command() -> None:
+    """The ``segscope`` command (and ``python -m segscope.cli``): :func:`main` in a process that ends with it.
+    Its work done (outputs closed and renamed, clients closed), the interpreter's shutdown would then collect
+    garbage among every object Numba, LLVM and Polars made (160,000 after a `score`), to free memory the process
+    is about to give back anyway: 0.2-0.4 s of every command. Frozen objects are left out of it (reference
+    counting still frees the rest; atexit handlers still run). :func:`main` itself freezes nothing: a process
+    that calls it and goes on (the tests) keeps its garbage collection whole."""
+    import gc
+
+    try:
+        main()
+    finally:
+        gc.freeze()
 
 
 if __name__ == "__main__":
-    main()
+    command()

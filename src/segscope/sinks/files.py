@@ -3,9 +3,8 @@ renamed into place only when complete; or NDJSON to standard output (``-``)."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import queue
+import shutil
 import sys
 import tempfile
 import threading
@@ -49,15 +48,17 @@ def _json_text(value: Any) -> str:
     return json.dumps(value, default=str, separators=(",", ":"))
 
 
-def _temporary_beside(path: Path) -> tuple[int, str]:
-    """A temporary file in the target's folder (so the final rename is atomic), or a one-line SinkError."""
+def _temporary_beside(path: Path) -> Path:
+    """A temporary folder in the target's folder (so the final rename is atomic), or a one-line SinkError. The
+    file is written inside it: on abort the folder goes, and a Polars writer task that opens the file after it
+    returned (its streaming engine tears down asynchronously) cannot leave one behind."""
     if path.is_dir():
         raise SinkError(f"{path} is a folder; pass a file name for the output (e.g. {path / 'out.parquet'})")
     parent = path.parent
     if not parent.exists():
         raise SinkError(f"{path}: folder {parent} does not exist; create it first")
     try:
-        return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+        return Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent))
     except OSError as exc:
         reason = exc.strerror or exc
         raise SinkError(f"{path}: cannot write in {parent} ({reason}); choose a folder you can write to") from None
@@ -85,9 +86,8 @@ class FileSink:
         from polars.io.plugins import register_io_source
 
         self.format_ = detect_format(self.path)
-        fd, tmp = _temporary_beside(self.path)
-        os.close(fd)
-        self.tmp_path_ = Path(tmp)
+        self.tmp_dir_ = _temporary_beside(self.path)
+        self.tmp_path_ = self.tmp_dir_ / self.path.name
         nested = self.format_ == "csv"  # CSV cannot hold lists or structs: they become JSON text
         nested_types = pl.List | pl.Struct | pl.Array
         flattened = {n: pl.String() for n, t in schema.items() if nested and isinstance(t, nested_types)}
@@ -174,13 +174,13 @@ class FileSink:
         except OSError as exc:
             self.abort()
             raise SinkError(f"{self.path}: cannot write output ({exc.strerror or exc}); check disk space") from None
+        shutil.rmtree(self.tmp_dir_, ignore_errors=True)
 
     def abort(self) -> None:
         if hasattr(self, "queue_"):
             self._put(_Stop())
             self.thread_.join()
-            with contextlib.suppress(OSError):
-                self.tmp_path_.unlink()
+            shutil.rmtree(self.tmp_dir_, ignore_errors=True)
 
     def __enter__(self) -> Self:
         return self
