@@ -63,9 +63,10 @@ class Acknowledges:
     _highest: dict[tuple[str, int], int] | None = None
 
     def acknowledge(self, offsets: dict[tuple[str, int], int]) -> None:
-        if self._acknowledged is None or self._highest is None:
-            self._acknowledged = self._acknowledged or {}
-            self._highest = self._highest or {}
+        if self._acknowledged is None:
+            self._acknowledged = {}
+        if self._highest is None:
+            self._highest = {}
         self._acknowledged.update(offsets)
         for tp, at in offsets.items():
             self._highest[tp] = max(at, self._highest.get(tp, -1))
