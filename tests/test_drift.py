@@ -244,9 +244,9 @@ def test_the_warning_comes_where_alerts_explode_and_says_when_the_policy_adapted
     shifted = _shift("machine_value_zscore_1d", 2.0)
     ref = DriftReference().fit(pl.DataFrame({"v": np.arange(750.0)}), [("v", "numeric")], 0.0)
     assert ref.expected_alert_rate == pytest.approx(1 / 750)
-    assert DriftReference.from_state(ref.to_state()).expected_alert_rate == pytest.approx(1 / 750)
+    assert DriftReference.from_state(ref.to_state(), [("v", "numeric")]).expected_alert_rate == pytest.approx(1 / 750)
     old = {k: v for k, v in ref.to_state().items() if k != "fit_rows"}  # a bundle saved before fit_rows was kept
-    assert DriftReference.from_state(old).expected_alert_rate == 0.0
+    assert DriftReference.from_state(old, [("v", "numeric")]).expected_alert_rate == 0.0
     few = DriftReport(4000, 5 / 4000, ref.expected_alert_rate, [shifted], "policy.recalibrate 60d, cooldown 1d")
     assert few.warning() is None
     assert "the adaptation took it into account" in (few.summary() or "")

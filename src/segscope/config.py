@@ -160,7 +160,7 @@ class FeatureConfig(_Frozen):
     #: Categorical columns with more distinct values than this (at fit) are treated as identifiers and dropped.
     max_categories: int = Field(default=10_000, ge=2)
     #: Robust-scaled values are clipped to +-clip so that huge values cannot overflow distances.
-    clip: float = Field(default=1e6, gt=0)
+    clip: float = Field(default=1e6, gt=0, allow_inf_nan=False)
 
 
 class EntityFeatureConfig(_Frozen):

@@ -4,7 +4,7 @@ halfway through scoring."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -17,9 +17,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
 
+#: a number every scaled value is computed with: finite (a scale also above 0: features divide by it)
+_Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
 class _NumericStats(_Strict):
-    center: float
-    scale: float
+    center: _Finite
+    scale: Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
     kind: Literal["numeric", "boolean", "datetime", "missing"]
     expected: str
 
@@ -27,15 +31,15 @@ class _NumericStats(_Strict):
 class _CategoricalStats(_Strict):
     levels: list[str]
     mode: str
-    rarity: list[float]
-    unseen_rarity: float
+    rarity: list[_Finite]
+    unseen_rarity: _Finite
 
 
 class _Params(_Strict):
     id_column: str | None
     drop: list[str]
-    max_categories: int
-    clip: float
+    max_categories: Annotated[int, Field(ge=1)]
+    clip: Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
 
 
 class _State(_Strict):
@@ -60,6 +64,11 @@ def check_state(state: Any) -> dict[str, Any]:
             f"features.json: {where}: {first['msg']}; the bundle is damaged or edited: refit it"
         ) from None
     features = list(checked.numeric) + list(checked.categorical)
+    listed = checked.schema_.get("features")
+    if not isinstance(listed, list) or len(set(map(str, listed))) != len(listed) or set(listed) != set(features):
+        raise BundleError(
+            "features.json: schema.features does not list each numeric and categorical feature once; refit the bundle"
+        )
     columns = {c.get("name") for c in checked.schema_.get("columns", []) if isinstance(c, dict)}
     unknown = [f for f in features if f not in checked.source_column or f not in checked.expected]
     unknown += [f for f in features if f in checked.source_column and checked.source_column[f] not in columns]

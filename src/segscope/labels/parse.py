@@ -37,6 +37,12 @@ def normalise_labels(frame: pl.DataFrame, *, source: str = "labels") -> pl.DataF
     missing = [c for c in ("id", "label") if c not in frame.columns]
     if missing:
         raise SchemaError(f"{source}: column(s) {missing} missing; labels need columns id,label[,category]")
+    nested = [c for c in ("id", "label", "category") if c in frame.columns and frame.schema[c].is_nested()]
+    if nested:
+        raise SchemaError(
+            f"{source}: column(s) {nested} hold lists or structs ({frame.schema[nested[0]]}); give one plain value "
+            "per row: id as text or a number, label as anomaly/normal (or 1/0), category as text"
+        )
     values = label_values(frame.get_column("label"), source=source)
     ids = frame.get_column("id").cast(pl.String)
     empty = ids.is_null() | (ids.str.strip_chars() == "")

@@ -31,7 +31,7 @@ from segscope.unsupervised.adapt import adapt_entities
 from segscope.unsupervised.drift import DriftReference, DriftTracker
 from segscope.unsupervised.ensemble import AnomalyEnsemble, SegmentCalibration
 from segscope.unsupervised.explain import REASON_DTYPE, FeatureExplainer, alarms_first
-from segscope.unsupervised.profiles import expected_rows, expected_table
+from segscope.unsupervised.profiles import ExpectedTable, expected_rows, expected_table
 from segscope.unsupervised.threshold import AlertPolicy, NewLevelAlerts, PolicyState, make_policy
 
 if TYPE_CHECKING:
@@ -68,7 +68,7 @@ class Model:
     #: Segment-aware scoring (``[segments] aware_scoring``): each segment's own calibration of the ensemble score.
     segment_calibration_: SegmentCalibration | None = None
     #: Per-segment typical values for reasons (built from the profile cards at fit and load).
-    segment_expected_: tuple[pl.Series, np.ndarray] | None = None
+    segment_expected_: ExpectedTable | None = None
     #: The fine-tuned learner, when this version has one (``supervised_score`` is null otherwise).
     supervised_: FineTuned | None = None
     #: Whether the learner also sees segment membership (one-hot) and assignment confidence.
@@ -117,7 +117,7 @@ class Model:
         )
         return self
 
-    def _expected_table(self) -> tuple[pl.Series, np.ndarray] | None:
+    def _expected_table(self) -> ExpectedTable | None:
         names = list(self.preparer_.schema_.features)
         return expected_table(self.segment_profiles_ or [], names, [self.preparer_.expected_[f] for f in names])
 

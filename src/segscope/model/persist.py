@@ -229,7 +229,8 @@ def _from_bundle(cls: type[Model], reader: bundle_io.BundleReader, manifest: dic
             "bundle or refit"
         )
     if "drift.json" in reader.files_:
-        model.drift_ = DriftReference.from_state(reader.json("drift.json"))
+        columns = [(c.name, c.kind) for c in prep.schema_.columns]
+        model.drift_ = DriftReference.from_state(reader.json("drift.json"), columns)
     model.version_ = manifest["model_version"]
     model.created_at_ = manifest["created_at"]
     model.training_ = manifest["training"]

@@ -98,6 +98,8 @@ class Learner(Protocol):
 
     def load_artifact(self, blob: bytes) -> None: ...
 
+    def n_inputs(self) -> int: ...
+
 
 class FineTuned:
     """A learner plus the inputs, blend and calibration above: ``fit`` on a supervision matrix and its
@@ -456,14 +458,16 @@ class FineTuned:
         }
 
     def load_state(self, arrays: dict[str, np.ndarray], blob: bytes) -> None:
+        owner = "supervised"
         if "blend" not in arrays:  # fine-tuned before layouts
-            self.platt_ = (float(arrays["platt"][0]), float(arrays["platt"][1]))
-            self.exemplars_ = np.ascontiguousarray(arrays["exemplars"])
-            self.learner_weight_ = float(arrays["meta"][0])
-            self.n_positives_, self.n_labelled_ = int(arrays["meta"][1]), int(arrays["meta"][2])
+            platt = take(arrays, "platt", owner, shape=(2,), finite=True)
+            self.platt_ = (float(platt[0]), float(platt[1]))
+            self.exemplars_ = take(arrays, "exemplars", owner, shape=(None, self.n_features), finite=True)
+            meta = take(arrays, "meta", owner, shape=(3,), finite=True)
+            self.learner_weight_ = float(meta[0])
+            self.n_positives_, self.n_labelled_ = int(meta[1]), int(meta[2])
             self.learner.load_artifact(blob)
             return
-        owner = "supervised"
         blend = take(arrays, "blend", owner, shape=(None,), finite=True)
         if blend.size not in (3, 4):
             raise BundleError(
@@ -485,3 +489,8 @@ class FineTuned:
             take(arrays, f"target_encoding_{j}", owner, shape=(None,), finite=True, min_size=1)
         self.encoding_ = TargetEncoding.from_state(arrays, len(encoded))
         self.learner.load_artifact(blob)
+        if self.learner.n_inputs() != self.layout_.width:
+            raise BundleError(
+                f"{owner}: its {self.learner.name} model reads {self.learner.n_inputs()} columns but its layout "
+                f"gives {self.layout_.width}; the bundle is damaged or edited: refit it"
+            )

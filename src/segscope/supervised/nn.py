@@ -237,6 +237,10 @@ class TorchLearner(StoresParams):
         self._load_bytes(blob)
         self._freeze()
 
+    def n_inputs(self) -> int:
+        """Columns the fitted model reads: its numeric inputs, then one code per category."""
+        return int(self.mean_.shape[0]) + len(self.categories)
+
 
 def _embedding_size(levels: int) -> int:
     """Embedding width for a category with ``levels`` levels (fast.ai's rule of thumb, at most 16)."""

@@ -87,6 +87,12 @@ def check_booster_json(blob: bytes) -> None:
         raise _bad("its iteration_indptr does not index its trees")
     if not 0 < n_features < 1 << 24:
         raise _bad(f"num_feature {n_features} is out of range")
+    objective = learner.get("objective")
+    if not isinstance(objective, dict) or objective.get("name") != "binary:logistic" or groups != 1:
+        name = objective.get("name") if isinstance(objective, dict) else objective
+        raise _bad(f"its objective is {str(name)[:40]!r} with {groups} output(s); segscope writes binary:logistic")
+    if not _base_score_ok(learner["learner_model_param"].get("base_score")):
+        raise _bad("its base_score is not one probability in (0, 1)")
     for position, tree in enumerate(trees):
         if not isinstance(tree, dict) or tree.get("id") != position or type(tree.get("id")) is not int:
             raise _bad(f"tree {position} is not a JSON object with id {position}")
@@ -119,6 +125,17 @@ def check_booster_json(blob: bytes) -> None:
         if ((split[inner] < 0) | (split[inner] >= n_features)).any():
             raise _bad(f"a split reads a feature number outside [0, {n_features})")
         _check_categories(tree, n, inner, kind)
+
+
+def _base_score_ok(text: Any) -> bool:
+    """XGBoost writes a logistic model's base score as ``"5E-1"`` (or ``"[5E-1]"`` from 3.0): one probability."""
+    if not isinstance(text, str):
+        return False
+    try:
+        value = float(text.strip().removeprefix("[").removesuffix("]"))
+    except ValueError:
+        return False
+    return 0.0 < value < 1.0
 
 
 def _check_categories(tree: dict[str, Any], n: int, inner: np.ndarray, kind: np.ndarray) -> None:
@@ -244,3 +261,7 @@ class XGBoostLearner(StoresParams):
         check_booster_json(blob)
         self.booster_ = xgb.Booster()
         self.booster_.load_model(bytearray(blob))
+
+    def n_inputs(self) -> int:
+        """Columns the fitted model reads."""
+        return int(self.booster_.num_features())

@@ -17,7 +17,7 @@ import polars as pl
 
 from segscope.unsupervised.explain import readable_typical
 
-__all__ = ["CardView", "card_view", "expected_rows", "expected_table", "profile_cards"]
+__all__ = ["CardView", "ExpectedTable", "card_view", "expected_rows", "expected_table", "profile_cards"]
 
 
 def profile_cards(
@@ -73,26 +73,32 @@ def profile_cards(
     return cards
 
 
-def expected_table(
-    cards: list[dict[str, Any]], names: list[str], overall: list[str]
-) -> tuple[pl.Series, np.ndarray] | None:
-    """Per-segment typical values for reasons: (values, flattened segments x features; segment id -> row). The
-    last row holds the overall values, for noise and segments without a card."""
-    cards = [c for c in cards if c["segment"] >= 0 and "typical_values" in c]
+#: Per-segment typical values: (values, flattened rows x features; segment ids with a card, ascending; their
+#: rows). The last row holds the overall values.
+ExpectedTable = tuple[pl.Series, np.ndarray, np.ndarray]
+
+
+def expected_table(cards: list[dict[str, Any]], names: list[str], overall: list[str]) -> ExpectedTable | None:
+    """Per-segment typical values for reasons; the last row holds the overall values, for noise and segments
+    without a card. Segment ids are looked up, not used as positions: a card's id (from a bundle) sizes nothing."""
+    if any(type(c["segment"]) is not int for c in cards):
+        raise ValueError("a segment profile's id is not a whole number")
+    cards = sorted((c for c in cards if c["segment"] >= 0 and "typical_values" in c), key=lambda c: c["segment"])
     if not cards:
         return None
     rows = [*([c["typical_values"][f] for f in names] for c in cards), overall]
     table = pl.Series("expected", [v for row in rows for v in row], dtype=pl.String)
-    lookup = np.full(max(c["segment"] for c in cards) + 2, len(cards), dtype=np.int64)
-    for i, c in enumerate(cards):
-        lookup[c["segment"]] = i
-    return table, lookup
+    ids = np.array([c["segment"] for c in cards], dtype=np.int64)
+    if np.any(ids[1:] == ids[:-1]):
+        raise ValueError(f"two segment profiles have the id {int(ids[1:][ids[1:] == ids[:-1]][0])}")
+    return table, ids, np.arange(len(cards), dtype=np.int64)
 
 
-def expected_rows(table: tuple[pl.Series, np.ndarray], segments: np.ndarray) -> tuple[pl.Series, np.ndarray]:
+def expected_rows(table: ExpectedTable, segments: np.ndarray) -> tuple[pl.Series, np.ndarray]:
     """(values, each record's row of them) for records assigned to ``segments``."""
-    values, lookup = table
-    return values, lookup[np.where((segments >= 0) & (segments < lookup.size - 1), segments, lookup.size - 1)]
+    values, ids, rows = table
+    at = np.minimum(np.searchsorted(ids, segments), ids.size - 1)
+    return values, np.where(ids[at] == segments, rows[at], rows.size)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ its life, a file job one per file). Without a state, a batch is decided on its o
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, Self
 
@@ -18,7 +19,7 @@ import polars as pl
 from segscope._params import Constraint, Interval, IsInstance, Options, StoresParams
 from segscope._typing import BudgetPeriod
 from segscope.config import PolicyConfig
-from segscope.exceptions import ConfigError, NotFittedError, SchemaError
+from segscope.exceptions import BundleError, ConfigError, NotFittedError, SchemaError
 from segscope.sources.frames import parse_datetimes
 
 __all__ = [
@@ -270,7 +271,19 @@ def restore_policy(config: PolicyConfig, described: dict[str, Any]) -> AlertPoli
             raise ConfigError("the bundle's new_level policy lists no feature columns; refit the bundle")
         return NewLevelAlerts(tuple(columns)).fit(np.empty(0))
     policy = make_policy(config)
-    policy.threshold_ = float(described["threshold"])  # type: ignore[attr-defined]
+    policy.threshold_ = _stored_number(described, "threshold")  # type: ignore[attr-defined]
     if isinstance(policy, AlertBudget):
-        policy.records_per_period_ = float(described["records_per_period"])
+        policy.records_per_period_ = _stored_number(described, "records_per_period")
+        if not policy.records_per_period_ > 0:
+            raise BundleError("the bundle's alert budget has no records per period; refit the bundle")
     return policy
+
+
+def _stored_number(described: dict[str, Any], key: str) -> float:
+    """A number of a bundle's policy: a finite int or float (a NaN threshold would silently never alert)."""
+    value = described.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise BundleError(
+            f"the bundle's alert policy has {key} {str(value)[:40]!r}, not a finite number; refit the bundle"
+        )
+    return float(value)
