@@ -140,15 +140,17 @@ def test_several_model_versions_repeated_ids_and_the_file_winning(store_url: str
         again = stored.join(changed.select("txn_id", pl.col("amount").alias("latest")), on="txn_id")
         assert again.height == 300 and (again["amount"] == again["latest"]).all()  # the latest scoring's values
         with pytest.warns(SegscopeWarning):
-            both, described = _training_data(full, tmp_path / "first.parquet", store, "the label store")
+            both, described, from_store = _training_data(full, tmp_path / "first.parquet", store, "the label store")
         small = Model(_config(max_fit_rows=100)).fit(history)  # keeps 100 unlabelled records: reads no more
         with warnings.catch_warnings():  # whether the sample holds records lacking distance_km: not the point
             warnings.simplefilter("ignore", SegscopeWarning)
-            sampled, held = _training_data(small, None, store, "the label store", [second["txn_id"][5]])
+            sampled, held, only_store = _training_data(small, None, store, "the label store", [second["txn_id"][5]])
         assert held == {"store_records": 101, "store_held": 1600} and second["txn_id"][5] in sampled["txn_id"]
+        assert only_store.all() and only_store.size == 101
     assert described == {"file": str(tmp_path / "first.parquet"), "file_records": 1000, "store_records": 1600,
                          "store_held": 1600, "in_both": 1000}  # fmt: skip
     assert both.height == 1600 and both["txn_id"].n_unique() == 1600
+    assert from_store.sum() == 600 and not from_store[:1000].any()  # the file's records first
     file_values = both.join(first.select("txn_id", pl.col("amount").alias("in_file")), on="txn_id")
     assert (file_values["amount"] == file_values["in_file"]).all()  # the file's values win for the same id
 
@@ -240,3 +242,35 @@ def test_the_store_keeps_a_uniform_background_sample() -> None:
     assert abs(float(np.median(score[low])) - 0.45) < 0.05  # spread over the scores below, not the top
     assert candidate_rows(scored, 0.99, 2000, background=0.0).size < kept.size
     assert candidate_rows(scored.head(1500), 0.99, 2000).size == 1500  # a small batch: every row
+
+
+@pytest.mark.filterwarnings("ignore:drift in:segscope.exceptions.SegscopeWarning")
+def test_the_loop_from_the_store_keeps_the_alert_volume(tmp_path: Path) -> None:
+    """The README's loop (fit, score --store, label from the top, finetune --store): the store keeps mostly alerts
+    and queue candidates, so the policy's 1% of them is no 1% of the traffic. The fine-tuned version alerted on 5
+    records of the 10,000 its parent alerted 102 times on; it now alerts on as many of the stored records as the
+    current version, and about as often on the traffic."""
+    history, new = make_transactions(50_000, seed=0), make_transactions(10_000, seed=1)
+    new.write_parquet(tmp_path / "new.parquet")
+    Model(_config()).fit(history).save(tmp_path / "registry")
+    current = Model.load(tmp_path / "registry")
+    with LabelStore.open(tmp_path / "labels.db") as store:
+        score_file(current, tmp_path / "new.parquet", tmp_path / "scored.parquet", store=store)
+        assert store.record_count() < new.height // 5  # alerts, queue candidates and a 1% sample: no traffic sample
+        scored = pl.read_parquet(tmp_path / "scored.parquet").sort("score", descending=True).head(41)
+        truth = scored.join(new.select("txn_id", "is_fraud"), on="txn_id")
+        store.add_labels(
+            [
+                LabelIn(i, "anomaly" if f else "normal", "ann")
+                for i, f in truth.select("txn_id", "is_fraud").iter_rows()
+            ],
+            source="cli",
+        )
+        candidate, report, _ = finetune_file(tmp_path / "registry", store=store)
+    assert report["alert_policy"].startswith("set to alert on ")
+    before = int(current.score(new)["is_alert"].sum())
+    after = int(candidate.score(new)["is_alert"].sum())
+    assert before > 50 and 0.5 * before <= after <= 2 * before, (before, after)
+    with LabelStore.open(tmp_path / "labels.db") as store:  # with a history file as well: its rate, on its records
+        _, with_data, _ = finetune_file(tmp_path / "registry", tmp_path / "new.parquet", store=store)
+    assert "alert_policy" not in with_data

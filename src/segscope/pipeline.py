@@ -373,7 +373,7 @@ def finetune_file(
             labels = labels_path if isinstance(labels_path, pl.DataFrame) else load_labels(labels_path)
             source = labels_source or str(labels_path)
         step("reading the training records")
-        history, described = _training_data(current, data, opened, shown, labels.get_column("id"))
+        history, described, stored = _training_data(current, data, opened, shown, labels.get_column("id"))
     finally:
         if opened is not None and opened is not store:
             opened.close()
@@ -387,6 +387,7 @@ def finetune_file(
         labels_source=source,
         on_step=on_step,
         on_progress=on_progress,
+        stored=stored,
     )
     report["training_data"] = described  # the report is the candidate's promotion record: kept in its manifest
     target = Path(out) if out is not None else Path(bundle)
@@ -440,16 +441,17 @@ def history_from_store(
 
 def _training_data(
     model: Model, data: str | Path | None, store: LabelStore | None, shown: str, labelled: Iterable[str] = ()
-) -> tuple[pl.DataFrame, dict[str, Any]]:
-    """(the training records, what they were made of): the file, the store's records, or both by id."""
+) -> tuple[pl.DataFrame, dict[str, Any], np.ndarray]:
+    """(the training records, what they were made of, which of them are the store's): the file, the store's
+    records, or both by id."""
     from_file = as_fitted(model, data, read_file(data)) if data is not None else None
     if store is None:
         assert from_file is not None
-        return from_file, {"file": str(data), "file_records": from_file.height}
+        return from_file, {"file": str(data), "file_records": from_file.height}, np.zeros(from_file.height, bool)
     stored = history_from_store(store, model, shown, labelled)
     held = {"store_records": stored.height, "store_held": store.record_count()}
     if from_file is None:
-        return stored, held
+        return stored, held, np.ones(stored.height, bool)
     id_column = model.id_column or ""
     if id_column not in from_file.columns:
         raise SchemaError(f"{data} has no id column '{id_column}'; pass the --data the bundle was fitted on")
@@ -466,7 +468,7 @@ def _training_data(
         ) from None
     described = {"file": str(data), "file_records": from_file.height, **held}
     described["in_both"] = stored.height - extra.height  # the file's values were used for these
-    return both, described
+    return both, described, np.arange(both.height) >= from_file.height
 
 
 def rescore_store(store: LabelStore, model: Model, *, batch_size: int = 5000) -> int:

@@ -82,12 +82,18 @@ def finetune(
     labels_source: str = "labels",
     on_step: Callable[[str], None] | None = None,
     on_progress: Callable[[str, int, int], None] | None = None,
+    stored: np.ndarray | None = None,
 ) -> tuple[Model, dict[str, Any]]:
     """Fine-tune a new version of ``current`` on analyst labels and decide whether it should be promoted.
 
     ``history`` holds the labelled records (joined by the bundle's id column) and unlabelled ones; ``labels`` is
     a :data:`~segscope.labels.parse.LABEL_SCHEMA` frame. Returns (candidate, report); ``report["promote"]`` says
     whether fine-tuning beat the current version out of fold on the labelled records.
+
+    ``stored``: which rows of ``history`` come from a label store. A store keeps mostly alerts and queue
+    candidates, no sample of the traffic, so the alert policy is refit on the other rows; when every row is
+    stored, a policy of a rate alerts on as many of them as the current version does (its rate's share of a store
+    would be an alert rate many times too high: 5 alerts where the traffic had 100).
     """
     step = on_step or (lambda _: None)
     current.check_fitted()
@@ -136,7 +142,7 @@ def finetune(
     step(f"fine-tuning the {learner} learner{picked} on every record{continued}")
     tuned.fit(x, y, labelled, layout, init=init, chosen=chosen)
 
-    reference = np.sort(rng.choice(rows.size, size=cap, replace=False)) if rows.size > cap else np.arange(rows.size)
+    reference, alerts = _policy_rows(current, frame, labelled, stored[rows] if stored is not None else None, cap, rng)
     created = datetime.now(UTC)
     label_digest = hashlib.sha256(labels.sort("id").write_csv().encode()).hexdigest()
     version_digest = hashlib.sha256(f"{label_digest}|{learner}|{current.version}".encode()).hexdigest()
@@ -191,6 +197,11 @@ def finetune(
             )
         )
         report["candidates"]["taken_by_fold"] = report.pop("taken_by_fold", [])
+    if alerts is not None:
+        report["alert_policy"] = (
+            f"set to alert on {alerts:,} of the {reference.size:,} unlabelled stored records, as many as the current "
+            "version does (a store's records are no sample of the traffic: a rate's share of them is another rate)"
+        )
     step("calibrating the alert policy on the supervised score")
     candidate = current.with_supervised(
         tuned,
@@ -201,8 +212,32 @@ def finetune(
         created_at=created.isoformat(timespec="seconds"),
         labels=snapshot,
         promotion=report,  # the report is the version's promotion record (the caller completes it)
+        alerts=alerts,
     )
     return candidate, report
+
+
+def _policy_rows(
+    current: Model,
+    frame: pl.DataFrame,
+    labelled: np.ndarray,
+    stored: np.ndarray | None,
+    cap: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, int | None]:
+    """(the rows of ``frame`` the alert policy is refit on, at most ``cap``; how many of them it must alert on, or
+    None to keep its own rate). Unlabelled rows: the learner has fitted the labelled ones (the frauds it learnt
+    from score far above any new record), so their scores would set the threshold above the traffic. Rows that
+    are no store's, when there are: a store keeps mostly alerts and queue candidates. When all are a store's, a
+    policy of a rate alerts on as many of them as the current version does."""
+    from_store = stored if stored is not None and stored.any() else np.zeros(frame.height, dtype=bool)
+    only_store = bool(from_store.all())
+    keep = ~labelled & (~from_store | only_store)
+    pool = np.flatnonzero(keep) if keep.any() else np.arange(frame.height)
+    reference = np.sort(rng.choice(pool, size=cap, replace=False)) if pool.size > cap else pool
+    if not only_store or current.config.policy.kind not in ("quantile", "contamination"):
+        return reference, None
+    return reference, int(np.count_nonzero(current.score(frame[reference]).get_column("is_alert").to_numpy()))
 
 
 def chained_gate(

@@ -410,7 +410,9 @@ def demo(
         out.print(
             f"fine-tuned {tuned.version} ({report['supervised']['mode']}): {verdict} ({report['reason']}); on the "
             f"{before['rows']:,} new records nobody labelled AUCPR {before['aucpr']:.3f} -> {after['aucpr']:.3f}, "
-            f"alert precision {before['alert_precision']:.2f} -> {after['alert_precision']:.2f}"
+            f"alert precision {before['alert_precision']:.2f} -> {after['alert_precision']:.2f}, recall "
+            f"{before['alert_recall']:.2f} -> {after['alert_recall']:.2f} ({before['alerts']:,} -> {after['alerts']:,} "
+            "alerts: the alert policy's rate, refit on these records)"
         )
     with steps() as step:
         step("drawing the report")

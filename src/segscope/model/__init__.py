@@ -32,7 +32,7 @@ from segscope.unsupervised.drift import DriftReference, DriftTracker
 from segscope.unsupervised.ensemble import AnomalyEnsemble, SegmentCalibration
 from segscope.unsupervised.explain import REASON_DTYPE, FeatureExplainer, alarms_first
 from segscope.unsupervised.profiles import ExpectedTable, expected_rows, expected_table
-from segscope.unsupervised.threshold import AlertPolicy, NewLevelAlerts, PolicyState, make_policy
+from segscope.unsupervised.threshold import AlertPolicy, NewLevelAlerts, PolicyState, refit_policy
 
 if TYPE_CHECKING:
     from segscope.unsupervised.segment import Segmenter
@@ -255,15 +255,15 @@ class Model:
         created_at: str,
         labels: dict[str, Any],
         promotion: dict[str, Any],
+        alerts: int | None = None,
     ) -> Model:
-        """A new version: these unsupervised layers, ``tuned`` as its supervised layer (``sees_segments``: fed the
-        segment columns), the alert policy refit on its ``scores`` of ``frame``, this version as its parent,
-        ``labels`` (what was learnt from) and ``promotion`` (the decision, kept as it is until saved)."""
+        """A new version: ``tuned`` as its supervised layer (``sees_segments``: fed the segment columns), the alert
+        policy refit on ``scores`` of ``frame`` (``refit_policy``), this one its parent, ``labels``, ``promotion``."""
         self.check_fitted()
         new = copy.copy(self)
         new.supervised_, new.supervised_segment_features_ = tuned, sees_segments
         levels = tuple(self.entities_.alarm_features()) if self.entities_ is not None else ()
-        new.policy_ = make_policy(self.config.policy, levels).fit(scores, frame)
+        new.policy_ = refit_policy(self.config.policy, levels, scores, frame, alerts=alerts)
         new.version_, new.created_at_, new.parent_version_ = version, created_at, self.version
         new.label_snapshot_, new.promotion_ = labels, promotion
         return new

@@ -19,22 +19,20 @@ under about 1/750, not a rate of zero that any alert would exceed.
 
 from __future__ import annotations
 
-import itertools
 import math
 import re
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import numpy as np
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from segscope.config import AdaptConfig, PolicyConfig
-from segscope.exceptions import BundleError
 from segscope.unsupervised import _kernels
+from segscope.unsupervised.drift_state import check_state
 
 __all__ = [
     "DriftReference",
@@ -120,58 +118,6 @@ def _derived(frame: pl.DataFrame, name: str, part: str) -> pl.Series:
     return column
 
 
-_Finite = Annotated[float, Field(allow_inf_nan=False)]
-_Share = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid")
-
-
-class _NumericState(_Strict):
-    column: str
-    part: Literal["", "hour", "weekday"]
-    name: str
-    low: float
-    high: float
-    edges: list[_Finite]
-    shares: list[_Share]
-    whole: bool
-
-
-class _CategoricalState(_Strict):
-    name: str
-    levels: list[str]
-    shares: list[_Share]
-    seen: list[str]
-
-
-class _State(_Strict):
-    alert_rate: _Share | None
-    fit_rows: Any = None  # read leniently: bundles saved before it was kept have none
-    numeric: list[_NumericState]
-    categorical: list[_CategoricalState]
-
-
-def _check_state(state: Any) -> dict[str, Any]:
-    """``drift.json`` typed, the bins each reference counts into consistent (:meth:`DriftReference.to_state`)."""
-    try:
-        checked = _State.model_validate(state)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])[:120]
-        raise BundleError(f"drift.json: {where}: {first['msg']}; the bundle is damaged or edited: refit it") from None
-    for i, num in enumerate(checked.numeric):
-        if len(num.shares) != len(num.edges) + 2 or any(b <= a for a, b in itertools.pairwise(num.edges)):
-            raise BundleError(f"drift.json: numeric.{i} ({num.name[:40]}) has bins that do not fit its edges; refit it")
-        if math.isnan(num.low) or math.isnan(num.high) or num.low > num.high:
-            raise BundleError(f"drift.json: numeric.{i} ({num.name[:40]}) has no fit range; refit the bundle")
-    for i, cat in enumerate(checked.categorical):
-        if len(cat.shares) != len(cat.levels) + 2 or len(set(cat.levels)) != len(cat.levels):
-            raise BundleError(f"drift.json: categorical.{i} ({cat.name[:40]}) has shares that do not fit its levels")
-    return checked.model_dump()
-
-
 class DriftReference:
     """Fit-time references of the input columns (see the module docstring)."""
 
@@ -226,17 +172,7 @@ class DriftReference:
         """A reference as :meth:`to_state` wrote it for a model of input ``columns`` ((name, kind) pairs),
         checked (types, bin counts, ordered edges, columns of the right kinds) before anything counts into it: a
         damaged or hand-made ``drift.json`` is one :class:`BundleError`."""
-        state = _check_state(state)
-        kinds = dict(columns)
-        wrong = [
-            d["column"] for d in state["numeric"] if kinds.get(d["column"]) != ("datetime" if d["part"] else "numeric")
-        ]
-        wrong += [d["name"] for d in state["categorical"] if kinds.get(d["name"]) != "categorical"]
-        if wrong:
-            raise BundleError(
-                f"drift.json: column(s) {[w[:40] for w in wrong[:3]]} are not input columns of that kind in "
-                "features.json; the bundle is damaged or edited: refit it"
-            )
+        state = check_state(state, columns)
         ref = cls()
         ref.alert_rate_ = state["alert_rate"]
         rows = state.get("fit_rows")

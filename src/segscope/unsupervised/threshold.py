@@ -32,6 +32,7 @@ __all__ = [
     "PolicyState",
     "QuantileThreshold",
     "make_policy",
+    "refit_policy",
     "restore_policy",
 ]
 
@@ -105,6 +106,18 @@ class QuantileThreshold(FixedThreshold):
         threshold = float(np.quantile(reference, self._quantile(), method="higher"))
         # strictly above: exactly (1 - quantile) of the reference alerts
         self.threshold_ = float(np.nextafter(threshold, np.inf))
+        return self
+
+    def fit_count(self, reference: np.ndarray, count: int) -> Self:
+        """The threshold that alerts on ``count`` of ``reference`` (more only where scores tie), for a reference
+        that is no sample of the traffic (a label store's records: mostly alerts and queue candidates), whose
+        quantile would mean another rate: ``count`` is what the policy's rate gave there before."""
+        self.check_params()
+        ordered = np.sort(np.asarray(reference, dtype=np.float64))[::-1]
+        if ordered.size == 0 or count >= ordered.size:
+            self.threshold_ = float(ordered[-1]) if ordered.size else float(np.nextafter(0.0, np.inf))
+        else:  # strictly above the first record left out
+            self.threshold_ = float(np.nextafter(ordered[max(count, 0)], np.inf))
         return self
 
     def describe(self) -> dict[str, Any]:
@@ -261,6 +274,17 @@ def make_policy(config: PolicyConfig, new_levels: tuple[str, ...] = ()) -> Alert
     params = {name: given[name] if name in given else getattr(config, name) for name in cls._constraints}
     policy: AlertPolicy = cls(**params)
     return policy
+
+
+def refit_policy(
+    config: PolicyConfig, levels: tuple[str, ...], scores: np.ndarray, frame: pl.DataFrame, *, alerts: int | None = None
+) -> AlertPolicy:
+    """The policy of ``config`` fitted on ``scores`` of ``frame``; with ``alerts``, for a ``frame`` that is no sample
+    of the traffic, a policy of a rate alerts on that many of its rows (the count the rate gave there before)."""
+    policy = make_policy(config, levels)
+    if alerts is not None and isinstance(policy, QuantileThreshold):
+        return policy.fit_count(scores, alerts)
+    return policy.fit(scores, frame)
 
 
 def restore_policy(config: PolicyConfig, described: dict[str, Any]) -> AlertPolicy:
