@@ -14,7 +14,7 @@ $(PY):
 # Re-install only when the project definition changes.
 # The demo runs the whole loop: fine-tuning (the XGBoost learner), the label store and the HTML report.
 $(VENV)/.installed: pyproject.toml | $(PY)
-	$(PIP) install -q -e '.[xgboost,store,report]'
+	$(PIP) install -q -e '.[xgboost,store,report,web]'
 	touch $@
 
 # Tests need every learner: torch from PyPI is the CUDA build (a few GB), installed here and only here. The docs

@@ -54,6 +54,22 @@ def test_fit_score_evaluate_inspect(run_cli, files: Path, tmp_path: Path) -> Non
     assert "iforest" in inspect.out
 
 
+def test_a_mistyped_drop_is_refused_not_fitted_as_a_feature(run_cli, files: Path, tmp_path: Path) -> None:
+    """`--drop lable` went through and the label was fitted as a feature."""
+    bundle = tmp_path / "bundle"
+    fit = run_cli("fit", files / "history.parquet", "--bundle", bundle, "--id-column", "txn_id", "--drop", "is_frad")
+    assert fit.code == 2 and not bundle.exists()
+    assert fit.err.strip() == (
+        f"error: --drop is_frad: {files / 'history.parquet'} has no column of that name; did you mean --drop is_fraud?"
+    )
+
+
+def test_help_shows_extras_in_brackets(run_cli) -> None:
+    """Rich read `[spark]` in a help text as markup and printed "pip install 'segscope'"."""
+    shown = run_cli("score", "--help")
+    assert "segscope[spark]" in "".join(shown.out.split())
+
+
 @pytest.mark.parametrize("name", ["out.csv", "out.ndjson", "out.parquet"])
 def test_output_format_by_extension(run_cli, files: Path, bundle: Path, tmp_path: Path, name: str) -> None:
     out = tmp_path / name

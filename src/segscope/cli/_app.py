@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,7 +26,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from segscope.exceptions import SegscopeError
+from segscope.exceptions import ConfigError, SegscopeError
 
 if TYPE_CHECKING:
     import polars as pl
@@ -145,6 +146,24 @@ def load_config(
     else:
         cfg = config_from_dict({"columns": columns}, source="--map")
     return cfg.with_features(id_column=id_column, drop=tuple(drop))
+
+
+def check_drops(data: str | Path, drop: list[str], mapped: set[str]) -> None:
+    """A ``--drop`` that names no column of the file (nor a ``--map`` name) is a typo: refused, not ignored, since
+    the column it meant would be fitted as a feature (a config's own ``drop`` may name columns a file lacks)."""
+    if not drop:
+        return
+    from segscope.sources.files import FileSource
+
+    try:
+        names = list(FileSource(data).schema)
+    except Exception:  # a folder (Spark) or a file the fit itself refuses, with its own message
+        return
+    unknown = [name for name in drop if name not in names and name not in mapped]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], names, n=1)
+        hint = f"did you mean --drop {close[0]}?" if close else f"its columns are {names[:20]}"
+        raise ConfigError(f"--drop {unknown[0]}: {data} has no column of that name; {hint}")
 
 
 def open_store(url: str, *, create: bool = False) -> LabelStore:

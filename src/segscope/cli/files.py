@@ -17,6 +17,7 @@ from segscope.cli._app import (
     TrustOpt,
     app,
     cells,
+    check_drops,
     err,
     load_config,
     load_model,
@@ -33,7 +34,9 @@ from segscope.exceptions import ConfigError, SegscopeError
 EngineOpt = Annotated[
     str,
     typer.Option(
-        "--engine", help="local (Polars, this process) or spark (pip install 'segscope[spark]').", case_sensitive=False
+        "--engine",
+        help="local (Polars, this process) or spark (pip install 'segscope\\[spark]').",  # \[: not Rich markup
+        case_sensitive=False,
     ),
 ]
 MasterOpt = Annotated[
@@ -59,6 +62,7 @@ def fit(
     from segscope.pipeline import Model, fit_file
 
     cfg = load_config(config, id_column, drop or [], mapping)
+    check_drops(data, drop or [], set(cfg.columns))
     last = Model.load(previous) if previous is not None else None
     _check_engine(engine)
     with steps() as step:
