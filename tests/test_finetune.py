@@ -136,7 +136,11 @@ def test_cli_finetune_promote_rollback(run_cli, big_history: pl.DataFrame, base:
     assert run_cli("promote", tmp_path / "reg", "--version", newest).code == 0
     assert reg.current_version(tmp_path / "reg") == newest
     assert run_cli("rollback", tmp_path / "reg").code == 0
-    assert reg.current_version(tmp_path / "reg") != newest
+    first = reg.current_version(tmp_path / "reg")
+    assert first != newest
+    again = run_cli("rollback", tmp_path / "reg")  # walks back, never undoes the rollback (it put `newest` back)
+    assert again.code == 2 and "no earlier current version" in again.err, again.err
+    assert reg.current_version(tmp_path / "reg") == first
     inspect = run_cli("inspect", tmp_path / "reg")
     assert "registry" in inspect.out
     assert "(current)" in inspect.out

@@ -237,14 +237,18 @@ def set_current(
 
 def rollback(path: str | Path) -> tuple[str, str]:
     """Make current again the version that was current before the current one was promoted; returns
-    (from, to)."""
+    (from, to). Only promotions count: a version made current by a rollback goes back to what preceded its own
+    promotion (rolling back twice walks back twice, it does not undo the first rollback)."""
     path = Path(path)
     with locked(path):
         now = current_version(path)
         earlier = [
             e["previous"]
             for e in log(path)
-            if e.get("version") == now and is_version_name(e.get("previous")) and e["previous"] != now
+            if e.get("version") == now
+            and e.get("action") != "rollback"
+            and is_version_name(e.get("previous"))
+            and e["previous"] != now
         ]
         if not earlier:
             raise BundleError(f"registry {path}: version {now} has no earlier current version to roll back to")
