@@ -141,6 +141,9 @@ def test_cli_finetune_promote_rollback(run_cli, big_history: pl.DataFrame, base:
     again = run_cli("rollback", tmp_path / "reg")  # walks back, never undoes the rollback (it put `newest` back)
     assert again.code == 2 and "no earlier current version" in again.err, again.err
     assert reg.current_version(tmp_path / "reg") == first
+    refit = run_cli("fit", history, "--bundle", tmp_path / "reg", "--id-column", "txn_id", "--drop", "is_fraud")
+    assert refit.code == 2 and "is a registry of model versions" in refit.err, refit.err
+    assert reg.current_version(tmp_path / "reg") == first
     inspect = run_cli("inspect", tmp_path / "reg")
     assert "registry" in inspect.out
     assert "(current)" in inspect.out

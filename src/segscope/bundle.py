@@ -57,6 +57,11 @@ def write_bundle(
     """Write a bundle folder atomically; an existing bundle at ``target`` is replaced."""
     target = Path(target)
     if target.exists() and not (target / MANIFEST).is_file() and (not target.is_dir() or any(target.iterdir())):
+        if (target / "CURRENT").is_file() and (target / "versions").is_dir():  # registry.CURRENT, .VERSIONS
+            raise BundleError(
+                f"{target} is a registry of model versions (`segscope finetune` adds to it), which fitting does not "
+                "replace; fit into a new folder for --bundle"
+            )
         raise BundleError(f"{target} exists and is not a segscope bundle; choose an empty or new folder for --bundle")
     parent = target.parent if str(target.parent) else Path(".")
     parent.mkdir(parents=True, exist_ok=True)
