@@ -21,6 +21,7 @@ import pytest
 from segscope import BundleError, Model
 from segscope.config import SegscopeConfig
 from segscope.labels.parse import normalise_labels
+from segscope.supervised.stored import no_nan
 from segscope.supervised.xgb import check_booster_json
 from segscope.testing.data import make_transactions
 from segscope.tuning import finetune
@@ -273,3 +274,50 @@ def test_a_label_file_with_list_labels_is_one_line(run_cli: Any, tmp_path: Path)
     assert result.code == 2
     lines = [line for line in result.err.splitlines() if line.strip()]
     assert len(lines) == 1 and "['label'] hold lists or structs" in lines[0], result.err
+
+
+def _edited_supervised(source: Path, target: Path, edit: Callable[[dict[str, np.ndarray]], None]) -> Path:
+    shutil.copytree(source, target)
+    path = target / "arrays" / "supervised.npz"
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    edit(arrays)
+    with path.open("wb") as fh:
+        np.savez(fh, **arrays)
+    rehash(target)
+    return target
+
+
+@pytest.mark.parametrize(
+    ("edit", "fragment"),
+    [
+        (lambda a: a.update(exemplars=np.full_like(a["exemplars"], np.nan)), "'exemplars' holds values that are not"),
+        (lambda a: a.update(exemplars=np.zeros((513, a["exemplars"].shape[1]))), "513 exemplars, at most 512"),
+        (lambda a: a.update(blend=np.full_like(a["blend"], 1e308)), "'blend' holds weights past +-1e+06"),
+        (lambda a: a.update(proximity_clip=np.array([np.nan])), "'proximity_clip' is not a number"),
+    ],
+    ids=["exemplars-nan", "exemplars-many", "blend-huge", "clip-nan"],
+)
+def test_crafted_fine_tuned_state_is_refused_at_load(
+    fine_tuned: Path, tmp_path: Path, edit: Callable[[dict[str, np.ndarray]], None], fragment: str
+) -> None:
+    """NaN exemplars failed every batch in scikit-learn's KD-tree; weights of 1e308 wrote NaN scores with exit 0;
+    20 million exemplars took 4 GB and 94 s to load."""
+    _refused(_edited_supervised(fine_tuned, tmp_path / "crafted", edit), fragment)
+
+
+@pytest.mark.parametrize("leaf", [math.nan, 1e308, -1e7])
+def test_a_booster_leaf_past_any_learnt_value_is_refused(leaf: float) -> None:
+    """Leaves of NaN or 1e308 passed every check: every score NaN, no alert, exit 0."""
+    model = json.loads(_booster(4))
+    tree = model["learner"]["gradient_booster"]["model"]["trees"][0]
+    at = tree["left_children"].index(-1)
+    tree["split_conditions"][at] = leaf
+    with pytest.raises(BundleError, match="a leaf's value is not a number within"):
+        check_booster_json(json.dumps(model).encode())
+
+
+def test_nan_scores_leaving_the_fine_tuned_layer_are_an_error() -> None:
+    with pytest.raises(BundleError, match="scored 1 of 3 records as NaN"):
+        no_nan(np.array([0.2, np.nan, 0.9]))
+    assert no_nan(np.array([0.0, 1.0])).tolist() == [0.0, 1.0]

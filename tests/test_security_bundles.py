@@ -294,6 +294,27 @@ def test_plain_bundle_turned_registry_keeps_normal_permissions(model: Model, tmp
     assert stat.S_IMODE(path.stat().st_mode) == before != 0o700
 
 
+def test_a_plain_bundle_stays_whole_when_turning_it_into_a_registry_fails_midway(
+    model: Model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `finetune` killed while it turned a plain bundle into a registry left versions/ and no CURRENT: a folder
+    nothing loaded. CURRENT is now written before the bundle moves, so a failure there leaves the plain bundle."""
+    path = tmp_path / "plain"
+    model.save(path)
+
+    def killed(*_: object) -> None:
+        raise OSError("killed")
+
+    monkeypatch.setattr(reg, "write_text_atomic", killed)
+    with pytest.raises(OSError, match="killed"):
+        reg.ensure_registry(path)
+    monkeypatch.undo()
+    assert not reg.is_registry(path) and Model.load(path).version == model.version
+    assert not (path / "versions").exists() and [p.name for p in tmp_path.iterdir()] == ["plain"]
+    reg.ensure_registry(path)
+    assert reg.current_version(path) == model.version and Model.load(path).version == model.version
+
+
 def _promote_many(registry: str, versions: list[str], rounds: int) -> None:
     for i in range(rounds):
         reg.set_current(registry, versions[i % len(versions)], action="promote", detail={"reason": "race"})

@@ -221,18 +221,23 @@ def set_current(
             return  # already current: nothing to change or log
         if verify:
             verify_version(path, version)
-        write_text_atomic(path / CURRENT, version + "\n")
-        entry = {
-            "at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "action": action,
-            "version": version,
-            "previous": previous,
-            **(detail or {}),
-        }
-        with (path / LOG).open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(entry, sort_keys=True) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        _point(path, version, action=action, previous=previous, detail=detail)
+
+
+def _point(path: Path, version: str, *, action: str, previous: str | None, detail: dict[str, Any] | None) -> None:
+    """Write CURRENT (atomically) and append the log entry that says why."""
+    write_text_atomic(path / CURRENT, version + "\n")
+    entry = {
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "action": action,
+        "version": version,
+        "previous": previous,
+        **(detail or {}),
+    }
+    with (path / LOG).open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(entry, sort_keys=True) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def rollback(path: str | Path) -> tuple[str, str]:
@@ -281,12 +286,17 @@ def ensure_registry(path: str | Path, *, seed_bundle: str | Path | None = None) 
             version = _manifest_version(path)
             BundleReader(path, trusted=True).open()  # a damaged bundle stays as it is: nothing moved
             staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.reg-", dir=parent))
-            os.replace(path, staging / "bundle")
             (staging / VERSIONS).mkdir()
-            os.replace(staging / "bundle", staging / VERSIONS / version)
-            publish(staging, path)  # the permissions a plain mkdir gives, not mkdtemp's 0700
+            # CURRENT and its log first, then two renames back to back: a kill leaves the plain bundle or a whole
+            # registry (not a folder of versions without CURRENT, which nothing loads)
             detail = {"reason": "registry created from a plain bundle"}
-            set_current(path, version, action="created", detail=detail, verify=False)  # verified before the move
+            try:
+                _point(staging, version, action="created", previous=None, detail=detail)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)  # the bundle has not moved
+                raise
+            os.replace(path, staging / VERSIONS / version)  # verified above
+            publish(staging, path)  # the permissions a plain mkdir gives, not mkdtemp's 0700
             return path
         if path.exists() and any(path.iterdir()):
             raise BundleError(f"{path} exists and is neither a bundle nor a registry; choose an empty or new folder")

@@ -45,11 +45,10 @@ from segscope.supervised.blend import NO_CLIP, Chosen, aucpr, fit_platt, fit_sta
 from segscope.supervised.encoding import TargetEncoding
 from segscope.supervised.layout import Layout, checked_layout
 from segscope.supervised.promotion import share_better_aucpr
+from segscope.supervised.stored import MAX_EXEMPLARS, bounded_weights, checked_exemplars, no_nan
 
 __all__ = ["BLENDS", "Chosen", "FineTuned", "Layout", "Learner"]
 
-#: At most this many confirmed anomalies are kept as exemplars (the "prior" blend's proximity term).
-MAX_EXEMPLARS = 512
 #: Blend choices: "auto" picks on out-of-fold AUCPR; the others force one (for ablations).
 BLENDS = ("auto", "learner", "unsupervised", "stack", "prior")
 #: With fewer labelled anomalies than this, out-of-fold AUCPR (a few anomalies per fold) cannot tell the
@@ -383,12 +382,12 @@ class FineTuned:
             decision = a * logit(raw) + b * x[:, layout.surprisal] + c
             if d > 0:
                 decision -= d * proximity(x[:, : layout.n_features], self.exemplars_, self.clip_)
-            return np.asarray(expit(decision))
+            return no_nan(np.asarray(expit(decision)))
         if not hasattr(self, "platt_"):
             raise NotFittedError("FineTuned is not fitted; call fit first")
         z = self._legacy_decision(self.learner.predict_raw(x), x)
         a, c = self.platt_
-        return np.asarray(expit(a * z + c))
+        return no_nan(np.asarray(expit(a * z + c)))
 
     def _legacy_decision(self, raw: np.ndarray, x: np.ndarray) -> np.ndarray:
         """The blend of bundles fine-tuned before layouts (the ensemble surprisal read from the last column)."""
@@ -460,15 +459,15 @@ class FineTuned:
     def load_state(self, arrays: dict[str, np.ndarray], blob: bytes) -> None:
         owner = "supervised"
         if "blend" not in arrays:  # fine-tuned before layouts
-            platt = take(arrays, "platt", owner, shape=(2,), finite=True)
+            platt = bounded_weights(take(arrays, "platt", owner, shape=(2,), finite=True), "platt")
             self.platt_ = (float(platt[0]), float(platt[1]))
-            self.exemplars_ = take(arrays, "exemplars", owner, shape=(None, self.n_features), finite=True)
+            self.exemplars_ = checked_exemplars(arrays, self.n_features)
             meta = take(arrays, "meta", owner, shape=(3,), finite=True)
             self.learner_weight_ = float(meta[0])
             self.n_positives_, self.n_labelled_ = int(meta[1]), int(meta[2])
             self.learner.load_artifact(blob)
             return
-        blend = take(arrays, "blend", owner, shape=(None,), finite=True)
+        blend = bounded_weights(take(arrays, "blend", owner, shape=(None,), finite=True), "blend")
         if blend.size not in (3, 4):
             raise BundleError(
                 f"{owner}: 'blend' holds {blend.size} weights, expected 4; the bundle is damaged: refit it"
@@ -476,14 +475,17 @@ class FineTuned:
         self.blend_ = np.insert(blend, 2, 0.0) if blend.size == 3 else blend  # (a, b, c) before the prior blend
         self.layout_ = checked_layout(take(arrays, "layout", owner, shape=(None,), finite=True), self.n_features)
         exemplars = arrays.get("exemplars", np.empty((0, self.layout_.n_features)))
-        self.exemplars_ = take({"exemplars": exemplars}, "exemplars", owner, shape=(None, self.layout_.n_features))
+        self.exemplars_ = checked_exemplars({"exemplars": exemplars}, self.layout_.n_features)
         meta = take(arrays, "meta", owner, shape=(4,), finite=True)
         self.n_positives_, self.n_labelled_ = int(meta[0]), int(meta[1])
         check_indices(meta[2:3].astype(np.int64), 0, len(BLENDS), owner, "the blend's kind")
         self.blend_kind_, self.max_onehot = BLENDS[int(meta[2])], int(meta[3])
         oof = take(arrays, "oof_aucpr", owner, shape=(None,))
         self.oof_aucpr_ = {k: float(v) for k, v in zip(BLENDS[1:], oof, strict=False) if v == v}
-        self.clip_ = float(arrays["proximity_clip"][0]) if "proximity_clip" in arrays else NO_CLIP
+        clip = take(arrays, "proximity_clip", owner, shape=(1,)) if "proximity_clip" in arrays else [NO_CLIP]
+        if np.isnan(clip[0]):
+            raise BundleError(f"{owner}: 'proximity_clip' is not a number; the bundle is damaged: refit it")
+        self.clip_ = float(clip[0])
         _, encoded = self._split_categories(self.layout_)
         for j in range(len(encoded)):
             take(arrays, f"target_encoding_{j}", owner, shape=(None,), finite=True, min_size=1)

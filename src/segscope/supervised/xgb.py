@@ -50,6 +50,11 @@ def _ints(tree: dict[str, Any], key: str, n: int) -> np.ndarray:
     return np.asarray(values, dtype=np.int64)
 
 
+#: A leaf value far past any a logistic booster learns (XGBoost's are within a few units): sums of a huge one
+#: overflow into NaN scores, which never alert.
+_MAX_LEAF = 1e6
+
+
 def check_booster_json(blob: bytes) -> None:
     """Refuse an XGBoost JSON model whose trees XGBoost would walk out of bounds (it does not check them):
     every child after its node and inside the tree, each node the child of exactly one parent, feature numbers
@@ -114,6 +119,9 @@ def check_booster_json(blob: bytes) -> None:
         inner = np.flatnonzero(left != -1)
         if ((right == -1) != (left == -1)).any():
             raise _bad("a node has one child")
+        leaves = np.asarray(tree["split_conditions"], dtype=np.float64)[left == -1]  # a leaf's value
+        if not (np.isfinite(leaves).all() and (np.abs(leaves) <= _MAX_LEAF).all()):
+            raise _bad(f"a leaf's value is not a number within +-{_MAX_LEAF:g} (a sum of them scores every record)")
         children = np.concatenate([left[inner], right[inner]])
         if (children >= n).any() or (left[inner] <= inner).any() or (right[inner] <= inner).any():
             raise _bad("a node's child lies outside the tree or before the node")
