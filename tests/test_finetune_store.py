@@ -4,7 +4,9 @@ without --data), read back in the types the bundle was fitted with, on SQLite an
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -274,3 +276,63 @@ def test_the_loop_from_the_store_keeps_the_alert_volume(tmp_path: Path) -> None:
     with LabelStore.open(tmp_path / "labels.db") as store:  # with a history file as well: its rate, on its records
         _, with_data, _ = finetune_file(tmp_path / "registry", tmp_path / "new.parquet", store=store)
     assert "alert_policy" not in with_data
+
+
+@pytest.fixture
+def damaged_store(bundle: Path, files: Path, tmp_path: Path) -> Callable[[str], Path]:
+    """A filled SQLite store with one statement run on it, as a hand edit or a damaged copy leaves it."""
+    import sqlite3
+
+    clean = tmp_path / "clean.db"
+    with LabelStore.open(clean) as store:
+        score_file(Model.load(bundle), files / "new.parquet", tmp_path / "scored.parquet", store=store)
+        ids = pl.read_parquet(tmp_path / "scored.parquet").sort("score", descending=True)["txn_id"].head(6).to_list()
+        store.add_labels([LabelIn(i, "anomaly" if n < 3 else "normal", "ann") for n, i in enumerate(ids)], source="cli")
+
+    def damaged(statement: str) -> Path:
+        path = tmp_path / f"damaged-{abs(hash(statement))}.db"
+        shutil.copy(clean, path)
+        with sqlite3.connect(path) as conn:
+            conn.execute(statement)
+        return path
+
+    return damaged
+
+
+@pytest.mark.parametrize(
+    ("statement", "command", "fragment"),
+    [
+        ("UPDATE labels SET created_at = 'garbage'", "queue", "Invalid isoformat string: 'garbage'"),
+        ("UPDATE records SET vector = '\"x\"'", "queue", "feature vector is not a list of numbers"),
+        ("ALTER TABLE records DROP COLUMN vector", "queue", "no such column: records.vector"),
+        ("UPDATE records SET \"values\" = '[1, 2, 3]'", "finetune", "holds list values, not a JSON object"),
+        ("UPDATE records SET \"values\" = '{not json'", "finetune", "JSONDecodeError"),
+    ],
+    ids=["created-at", "vector-text", "vector-dropped", "values-list", "values-not-json"],
+)
+def test_a_damaged_store_is_one_line(
+    run_cli, damaged_store: Callable[[str], Path], bundle: Path, tmp_path: Path, statement: str, command: str,
+    fragment: str,
+) -> None:  # fmt: skip
+    """A store edited by hand (a red team's round): tracebacks, and the analyst page answered 500 to everyone."""
+    store = damaged_store(statement)
+    if command == "queue":
+        result = run_cli("label", "queue", "--store", store, "-n", "20", "--json")
+    else:
+        shutil.copytree(bundle, tmp_path / "registry")
+        result = run_cli("finetune", "--bundle", tmp_path / "registry", "--store", store)
+    lines = [line for line in result.err.splitlines() if line.strip()]
+    assert result.code == 2 and len(lines) == 1 and fragment in lines[0], result.err
+    assert "Traceback" not in result.err
+
+
+def test_the_page_says_the_store_is_damaged(damaged_store: Callable[[str], Path]) -> None:
+    """The page and its API answered 500 to everyone; now 503 with the one line the CLI prints."""
+    from fastapi.testclient import TestClient
+
+    from segscope.web import create_app
+
+    with LabelStore.open(damaged_store("UPDATE labels SET created_at = 'garbage'")) as store:
+        client = TestClient(create_app(store), base_url="http://127.0.0.1")
+        answer = client.get("/api/queue")
+    assert answer.status_code == 503 and "Invalid isoformat string" in answer.json()["detail"]

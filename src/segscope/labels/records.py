@@ -103,7 +103,7 @@ def _sample(store: LabelStore, background: int | None, keep: Iterable[str], seed
 
     from segscope.labels.schema import Label, Record
 
-    with store.engine.connect() as conn:
+    with store.reading() as conn:
         ids = list(conn.execute(select(Record.id).order_by(Record.first_seen, Record.id)).scalars())
         kept = set(conn.execute(select(Label.record_id).distinct()).scalars()) | {str(i) for i in keep}
     others = np.array([i not in kept for i in ids], dtype=bool)
@@ -177,14 +177,26 @@ def _batches(store: LabelStore, batch_size: int, ids: list[str] | None = None) -
 
     query = select(Record.id, Record.model_version, Record.values).order_by(Record.first_seen, Record.id)
     if ids is not None:  # chosen ids, in first-seen order: read a slice of them at a time, in the same order
-        with store.engine.connect() as conn:
+        with store.reading() as conn:
             for start in range(0, len(ids), _IN_LIST):
                 rows = conn.execute(query.where(Record.id.in_(ids[start : start + _IN_LIST]))).all()
-                yield [r.id for r in rows], [r.model_version for r in rows], [r.values or {} for r in rows]
+                yield [r.id for r in rows], [r.model_version for r in rows], [_values(r) for r in rows]
         return
-    with store.engine.connect() as conn, conn.execution_options(yield_per=batch_size).execute(query) as result:
+    with store.reading() as conn, conn.execution_options(yield_per=batch_size).execute(query) as result:
         for rows in result.partitions():  # on PostgreSQL a server-side cursor: closed with the result
-            yield [r.id for r in rows], [r.model_version for r in rows], [r.values or {} for r in rows]
+            yield [r.id for r in rows], [r.model_version for r in rows], [_values(r) for r in rows]
+
+
+def _values(row: Any) -> dict[str, Any]:
+    """A stored record's input values: a JSON object (a store edited by hand may hold anything)."""
+    if row.values is None:
+        return {}
+    if not isinstance(row.values, dict):
+        raise DataError(
+            f"the label store's record {str(row.id)[:80]!r} holds {type(row.values).__name__} values, not a JSON "
+            "object; the store is damaged or was edited: restore it from a backup"
+        )
+    return row.values
 
 
 def _dtype(spec: ColumnSpec) -> pl.DataType:

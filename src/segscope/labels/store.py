@@ -9,6 +9,7 @@ on SQLite), so concurrent analysts lose nothing and the same label posted twice 
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ import numpy as np
 import polars as pl
 
 from segscope._deps import require
-from segscope.exceptions import ConfigError, DataError
+from segscope.exceptions import ConfigError, DataError, SegscopeError
 from segscope.labels._open import hide_password, mask_password, refuse_foreign_sqlite, store_url
 from segscope.labels.parse import LabelIn
 from segscope.labels.queue import QueueMix, select_queue
@@ -65,6 +66,24 @@ class LabelStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Any]:
+        """A connection to read with. A stored value the store cannot decode (a date, a JSON value, a dropped
+        column: a store damaged or edited by hand) is one :class:`DataError` naming it, not a traceback."""
+        from sqlalchemy.exc import DBAPIError, StatementError
+
+        try:
+            with self.engine.connect() as conn:
+                yield conn
+        except SegscopeError:
+            raise
+        except (ValueError, TypeError, RecursionError, StatementError, DBAPIError) as exc:
+            reason = " ".join(str(getattr(exc, "orig", None) or exc).split())[:160] or type(exc).__name__
+            raise DataError(
+                f"label store {self.engine.url.render_as_string(hide_password=True)}: a stored value cannot be read "
+                f"({type(exc).__name__}: {reason}); restore the store from a backup"
+            ) from None
 
     # ------------------------------------------------------------- opening
     @classmethod
@@ -189,7 +208,7 @@ class LabelStore:
         query = select(Record.id, Record.values).where(Record.model_version != version).order_by(Record.id)
         after: str | None = None
         while True:
-            with self.engine.connect() as conn:  # a short read each time: no transaction held between batches
+            with self.reading() as conn:  # a short read each time: no transaction held between batches
                 page = query if after is None else query.where(Record.id > after)
                 rows = conn.execute(page.limit(batch_size)).all()
             if not rows:
@@ -202,7 +221,7 @@ class LabelStore:
 
         from segscope.labels.schema import Record
 
-        with self.engine.connect() as conn:
+        with self.reading() as conn:
             return int(conn.execute(select(func.count()).select_from(Record)).scalar_one())
 
     def records(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -211,7 +230,7 @@ class LabelStore:
         from segscope.labels.schema import Record
 
         out: dict[str, dict[str, Any]] = {}
-        with self.engine.connect() as conn:
+        with self.reading() as conn:
             for chunk in _chunks(list(ids), _CHUNK):
                 for row in conn.execute(select(Record.__table__).where(Record.id.in_(chunk))).mappings():
                     out[row["id"]] = dict(row)
@@ -291,7 +310,7 @@ class LabelStore:
         if analyst is not None:
             query = query.where(Label.analyst == analyst)
         query = query.order_by(Label.label_id.desc())
-        with self.engine.connect() as conn:
+        with self.reading() as conn:
             rows = [dict(r) for r in conn.execute(query).mappings()]
         schema: dict[str, Any] = {
             "id": pl.String,
@@ -316,7 +335,7 @@ class LabelStore:
         from segscope.labels.schema import Label
 
         query = select(func.sum(case((Label.label_id > label_id, 1), else_=0)), func.max(Label.label_id))
-        with self.engine.connect() as conn:
+        with self.reading() as conn:
             after, newest = conn.execute(query).one()
         return int(after or 0), int(newest or 0)
 
@@ -332,7 +351,7 @@ class LabelStore:
 
         start = datetime.combine(date.today(), time(0), tzinfo=UTC)
         query = select(func.count()).where(Label.analyst == analyst, Label.created_at >= start)
-        with self.engine.connect() as conn:
+        with self.reading() as conn:
             return int(conn.execute(query).scalar_one())
 
     # ------------------------------------------------------------- queue
@@ -369,7 +388,7 @@ class LabelStore:
         if min_score is not None:
             candidates = candidates.where(Record.score >= min_score)
         candidates = candidates.order_by(Record.score.desc(), Record.id).limit(pool)
-        with self.engine.connect() as conn:
+        with self.reading() as conn:
             rows = [dict(r) for r in conn.execute(candidates).mappings()]
             labelled = [
                 dict(r)
@@ -439,6 +458,12 @@ def _nearest(
 
 
 def _matrix(vectors: list[list[float]]) -> np.ndarray:
+    """Stored feature vectors as rows (shorter ones padded with 0); anything but lists of numbers is a damaged store."""
+    if not all(isinstance(v, list) and all(type(x) in (int, float) for x in v) for v in vectors):
+        raise DataError(
+            "the label store holds a record whose feature vector is not a list of numbers; the store is damaged or "
+            "was edited: restore it from a backup"
+        )
     width = max((len(v) for v in vectors), default=0)
     out = np.zeros((len(vectors), width))
     for i, v in enumerate(vectors):

@@ -328,7 +328,7 @@ class LearnLoop:
         if not isinstance(state, dict) or state.get("store") != shown:
             return 0
         seen = state.get("label_id")
-        return seen if isinstance(seen, int) and seen >= 0 else 0
+        return seen if isinstance(seen, int) and 0 <= seen < 2**63 else 0  # a database integer (an edited file)
 
     def _save_state(self, shown: str, newest: int, version: str, outcome: dict[str, Any]) -> None:
         state = {

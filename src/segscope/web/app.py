@@ -36,7 +36,7 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 
-from segscope.exceptions import ConfigError
+from segscope.exceptions import ConfigError, DataError
 from segscope.labels import LabelStore
 from segscope.labels.queue import QueueMix
 from segscope.web import api, pages
@@ -115,6 +115,10 @@ def create_app(
     app.add_middleware(_BodyLimit, limit=max_body_bytes)
     app.include_router(pages.router)
     app.include_router(api.router)
+
+    @app.exception_handler(DataError)
+    async def unreadable(request: Request, exc: DataError) -> Response:  # a damaged store: say so, no traceback
+        return secure(JSONResponse({"detail": str(exc)}, status_code=503))
 
     @app.middleware("http")
     async def guard(request: Request, call_next: Any) -> Response:
