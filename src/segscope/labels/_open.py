@@ -7,11 +7,12 @@ import re
 import sqlite3
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote
 
 from segscope.exceptions import ConfigError
 
-__all__ = ["STORE_TABLES", "hide_password", "mask_password", "refuse_foreign_sqlite", "store_url"]
+__all__ = ["STORE_TABLES", "hide_password", "mask_password", "refuse_foreign_sqlite", "sqlite_locking", "store_url"]
 
 #: The tables of a segscope label store, Alembic's version table included.
 STORE_TABLES = frozenset({"records", "labels", "alembic_version"})
@@ -114,3 +115,21 @@ def _revisions() -> set[str]:
     from alembic.script import ScriptDirectory
 
     return {script.revision for script in ScriptDirectory(str(_MIGRATIONS)).walk_revisions()}
+
+
+def sqlite_locking(engine: Any, event: Any) -> None:
+    """SQLite: WAL (readers never wait for the writer) and BEGIN IMMEDIATE (writers queue up at the start of a
+    transaction instead of failing on upgrade); pysqlite's own transaction handling is switched off for it."""
+
+    @event.listens_for(engine, "connect")  # type: ignore[untyped-decorator]
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")  # type: ignore[untyped-decorator]
+    def _begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("segscope_write") else "BEGIN")

@@ -22,7 +22,7 @@ import polars as pl
 
 from segscope._deps import require
 from segscope.exceptions import ConfigError, DataError, SegscopeError
-from segscope.labels._open import hide_password, mask_password, refuse_foreign_sqlite, store_url
+from segscope.labels._open import hide_password, mask_password, refuse_foreign_sqlite, sqlite_locking, store_url
 from segscope.labels.parse import LabelIn
 from segscope.labels.queue import QueueMix, select_queue
 from segscope.schema import SCORED_COLUMNS
@@ -109,7 +109,7 @@ class LabelStore:
                 if path and path != ":memory:":
                     refuse_foreign_sqlite(Path(path), shown)
                 engine = sqlalchemy.create_engine(full, connect_args={"timeout": 60, "check_same_thread": False})
-                _sqlite_locking(engine, event)
+                sqlite_locking(engine, event)
             else:
                 engine = sqlalchemy.create_engine(full, pool_size=10, max_overflow=10, pool_pre_ping=True)
             store = cls(engine)
@@ -491,21 +491,3 @@ def _dialect_insert(engine: Engine) -> Any:
     from sqlalchemy.dialects import postgresql, sqlite
 
     return postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
-
-
-def _sqlite_locking(engine: Engine, event: Any) -> None:
-    """SQLite: WAL (readers never wait for the writer) and BEGIN IMMEDIATE (writers queue up at the start of a
-    transaction instead of failing on upgrade); pysqlite's own transaction handling is switched off for it."""
-
-    @event.listens_for(engine, "connect")  # type: ignore[untyped-decorator]
-    def _connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=60000")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")  # type: ignore[untyped-decorator]
-    def _begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("segscope_write") else "BEGIN")
