@@ -69,21 +69,19 @@ class LabelStore:
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[Any]:
-        """A connection to read with. A stored value the store cannot decode (a date, a JSON value, a dropped
-        column: a store damaged or edited by hand) is one :class:`DataError` naming it, not a traceback."""
+        """A connection to read with: a value or column the store cannot decode (a damaged or hand-edited store)
+        is one :class:`DataError` naming it, not a traceback."""
         from sqlalchemy.exc import DBAPIError, StatementError
 
-        try:
-            with self.engine.connect() as conn:
+        with self.engine.connect() as conn:  # a server that cannot be reached raises as it is
+            try:
                 yield conn
-        except SegscopeError:
-            raise
-        except (ValueError, TypeError, RecursionError, StatementError, DBAPIError) as exc:
-            reason = " ".join(str(getattr(exc, "orig", None) or exc).split())[:160] or type(exc).__name__
-            raise DataError(
-                f"label store {self.engine.url.render_as_string(hide_password=True)}: a stored value cannot be read "
-                f"({type(exc).__name__}: {reason}); restore the store from a backup"
-            ) from None
+            except SegscopeError:
+                raise
+            except (ValueError, TypeError, RecursionError, StatementError) as exc:
+                if isinstance(exc, DBAPIError) and exc.connection_invalidated:  # the server went away mid-read
+                    raise
+                raise _unreadable(self, exc) from None
 
     # ------------------------------------------------------------- opening
     @classmethod
@@ -491,3 +489,11 @@ def _dialect_insert(engine: Engine) -> Any:
     from sqlalchemy.dialects import postgresql, sqlite
 
     return postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+
+
+def _unreadable(store: LabelStore, exc: BaseException) -> DataError:
+    reason = " ".join(str(getattr(exc, "orig", None) or exc).split())[:160] or type(exc).__name__
+    return DataError(
+        f"label store {store.engine.url.render_as_string(hide_password=True)}: a stored value cannot be read "
+        f"({type(exc).__name__}: {reason}); the store is damaged or was edited: restore it from a backup"
+    )
