@@ -410,6 +410,28 @@ def test_rollback_goes_back_through_the_log(run_cli, registry: Path) -> None:
     _one_line_error(run_cli("promote", registry, "--version", "../../x"), "has no version")
 
 
+def test_a_version_folder_renamed_away_from_its_bundle_is_refused(registry: Path) -> None:
+    """A version folder renamed, CURRENT pointed at the new name: outputs carried the manifest's name instead."""
+    first = reg.current_version(registry)
+    renamed = f"{first[:15]}-renamed"
+    (registry / "versions" / first).rename(registry / "versions" / renamed)
+    (registry / "CURRENT").write_text(renamed + "\n")
+    with pytest.raises(BundleError, match=f"version folder {renamed} holds the bundle of version {first}"):
+        Model.load(registry)
+
+
+def test_rollback_passes_over_a_log_entry_naming_a_missing_version(run_cli, registry: Path) -> None:
+    first = reg.current_version(registry)
+    second = f"{first[:15]}-next"
+    Model.load(registry).save(registry / "versions" / second)
+    assert run_cli("promote", registry, "--version", second).code == 0
+    entry = {"action": "promote", "version": second, "previous": "20200101-000000-gone0000", "at": "2026-12-05"}
+    with (registry / "promotions.jsonl").open("a") as fh:  # a later entry naming a version no longer held
+        fh.write(json.dumps(entry) + "\n")
+    result = run_cli("rollback", registry)
+    assert result.code == 0 and reg.current_version(registry) == first, result.err
+
+
 def test_only_the_trusted_path_unpickles() -> None:
     """The package has one ``pickle.loads``: the PyOD detector's, fed only by the bundle reader's trusted path."""
     calls = [

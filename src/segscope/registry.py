@@ -247,6 +247,7 @@ def rollback(path: str | Path) -> tuple[str, str]:
     path = Path(path)
     with locked(path):
         now = current_version(path)
+        held = set(list_versions(path))  # an entry naming a version no longer held is passed over
         earlier = [
             e["previous"]
             for e in log(path)
@@ -254,6 +255,7 @@ def rollback(path: str | Path) -> tuple[str, str]:
             and e.get("action") != "rollback"
             and is_version_name(e.get("previous"))
             and e["previous"] != now
+            and e["previous"] in held
         ]
         if not earlier:
             raise BundleError(f"registry {path}: version {now} has no earlier current version to roll back to")

@@ -179,8 +179,15 @@ def save(self: Model, path: str | Path) -> Path:
 
 def load(cls: type[Model], path: str | Path, *, trusted: bool = False) -> Model:
     """Load and verify a bundle folder, or a registry's current version (see :mod:`segscope.bundle`)."""
-    reader = bundle_io.BundleReader(resolve(path), trusted=trusted)
+    folder = resolve(path)
+    reader = bundle_io.BundleReader(folder, trusted=trusted)
     manifest = reader.open()
+    named = str(manifest.get("model_version"))
+    if folder != Path(path) and named != folder.name:  # a registry's version: named by its bundle's version
+        raise BundleError(
+            f"registry {path}: version folder {folder.name} holds the bundle of version {named[:40]}; repair the "
+            "registry or roll back"
+        )
     try:
         return _from_bundle(cls, reader, manifest, path)
     except BundleError as exc:
