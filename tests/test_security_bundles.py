@@ -392,7 +392,7 @@ def test_concurrent_finetunes_promote_at_most_one(registry: Path, tmp_path: Path
 def test_set_current_is_compare_and_swap(registry: Path, model: Model) -> None:
     first = reg.current_version(registry)
     second = f"{first[:15]}-cas"
-    Model.load(registry).save(registry / "versions" / second)
+    Model.load(registry).with_version(second).save(registry / "versions" / second)
     reg.set_current(registry, second, action="promote", expected=first)
     with pytest.raises(reg.PromotionConflictError, match="changed from"):
         reg.set_current(registry, first, action="promote", expected=first)
@@ -402,7 +402,7 @@ def test_set_current_is_compare_and_swap(registry: Path, model: Model) -> None:
 def test_rollback_goes_back_through_the_log(run_cli, registry: Path) -> None:
     first = reg.current_version(registry)
     second = f"{first[:15]}-next"
-    Model.load(registry).save(registry / "versions" / second)
+    Model.load(registry).with_version(second).save(registry / "versions" / second)
     assert run_cli("promote", registry, "--version", second).code == 0
     result = run_cli("rollback", registry)
     assert result.code == 0 and f"to {first}" in result.err
@@ -423,7 +423,7 @@ def test_a_version_folder_renamed_away_from_its_bundle_is_refused(registry: Path
 def test_rollback_passes_over_a_log_entry_naming_a_missing_version(run_cli, registry: Path) -> None:
     first = reg.current_version(registry)
     second = f"{first[:15]}-next"
-    Model.load(registry).save(registry / "versions" / second)
+    Model.load(registry).with_version(second).save(registry / "versions" / second)
     assert run_cli("promote", registry, "--version", second).code == 0
     entry = {"action": "promote", "version": second, "previous": "20200101-000000-gone0000", "at": "2026-12-05"}
     with (registry / "promotions.jsonl").open("a") as fh:  # a later entry naming a version no longer held

@@ -292,7 +292,7 @@ def registry(bundle: Path, tmp_path: Path) -> Path:
 def _second_version(registry: Path, suffix: str = "b") -> str:
     first = reg.current_version(registry)
     version = f"{first[:15]}-{suffix}"
-    Model.load(registry).save(registry / "versions" / version)  # a name that sorts after the first
+    Model.load(registry).with_version(version).save(registry / "versions" / version)  # sorts after the first
     return version
 
 
