@@ -15,6 +15,7 @@ import json
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,17 @@ def rehash(bundle: Path, manifest: dict[str, Any] | None = None) -> None:
             manifest["files"][rel] = hashlib.sha256((bundle / rel).read_bytes()).hexdigest()
     manifest["manifest_sha256"] = manifest_digest(manifest)
     (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+
+def edit_npz(bundle: Path, part: str, edit: Callable[[dict[str, np.ndarray]], None]) -> None:
+    """``arrays/<part>.npz`` of ``bundle`` edited in place, every checksum recomputed."""
+    path = bundle / "arrays" / f"{part}.npz"
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    edit(arrays)
+    with path.open("wb") as fh:
+        np.savez(fh, **arrays)
+    rehash(bundle)
 
 
 def _mutate_npz(path: Path, rng: np.random.Generator) -> str:

@@ -26,7 +26,7 @@ from segscope.supervised.xgb import check_booster_json
 from segscope.testing.data import make_transactions
 from segscope.tuning import finetune
 from segscope.unsupervised.profiles import expected_rows, expected_table
-from tests.fuzz_bundle import rehash
+from tests.fuzz_bundle import edit_npz, rehash
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -278,13 +278,7 @@ def test_a_label_file_with_list_labels_is_one_line(run_cli: Any, tmp_path: Path)
 
 def _edited_supervised(source: Path, target: Path, edit: Callable[[dict[str, np.ndarray]], None]) -> Path:
     shutil.copytree(source, target)
-    path = target / "arrays" / "supervised.npz"
-    with np.load(path, allow_pickle=False) as data:
-        arrays = {k: data[k] for k in data.files}
-    edit(arrays)
-    with path.open("wb") as fh:
-        np.savez(fh, **arrays)
-    rehash(target)
+    edit_npz(target, "supervised", edit)
     return target
 
 

@@ -24,20 +24,11 @@ from segscope.config import SegscopeConfig, load_config
 from segscope.exceptions import ConfigError, DataError
 from segscope.expressions import FUNCTIONS, compile_expression, expression_columns
 from segscope.supervised.xgb import XGBoostLearner, check_booster_json
+from tests.fuzz_bundle import edit_npz
 from tests.fuzz_bundle import rehash as _rehash
 
 ROOT = Path(__file__).resolve().parents[1]
 SEGSCOPE = [sys.executable, "-m", "segscope.cli"]
-
-
-def _edit_npz(bundle: Path, part: str, edit: Callable[[dict[str, np.ndarray]], None]) -> None:
-    path = bundle / "arrays" / f"{part}.npz"
-    with np.load(path, allow_pickle=False) as data:
-        arrays = {k: data[k] for k in data.files}
-    edit(arrays)
-    with path.open("wb") as fh:
-        np.savez(fh, **arrays)
-    _rehash(bundle)
 
 
 def _score(bundle: Path, data: Path, out: Path) -> subprocess.CompletedProcess[str]:
@@ -290,7 +281,7 @@ def test_crafted_detector_arrays_are_refused_not_crashed_on(
     copy_of, files: Path, tmp_path: Path, detector: str, key: str, index: tuple[int, ...], value: float, message: str
 ) -> None:
     bundle = copy_of("crafted")
-    _edit_npz(bundle, _detector_part(bundle, detector), _set(key, index, value))
+    edit_npz(bundle, _detector_part(bundle, detector), _set(key, index, value))
     _one_line(_score(bundle, files / "new.csv", tmp_path / "out.csv"), message)
 
 
@@ -300,7 +291,7 @@ def test_arrays_of_the_wrong_shape_are_refused(copy_of, files: Path, tmp_path: P
     def drop_a_column(arrays: dict[str, np.ndarray]) -> None:
         arrays["feature"] = arrays["feature"][:, :-1]
 
-    _edit_npz(bundle, _detector_part(bundle, "iforest"), drop_a_column)
+    edit_npz(bundle, _detector_part(bundle, "iforest"), drop_a_column)
     _one_line(_score(bundle, files / "new.csv", tmp_path / "out.csv"), "'feature' has shape")
     ecdf = copy_of("ecdf")
 
@@ -308,7 +299,7 @@ def test_arrays_of_the_wrong_shape_are_refused(copy_of, files: Path, tmp_path: P
         arrays["sorted_ref"] = arrays["sorted_ref"][:1]
         arrays["skew_sign"] = arrays["skew_sign"][:1]
 
-    _edit_npz(ecdf, _detector_part(ecdf, "ecod"), fewer_features)
+    edit_npz(ecdf, _detector_part(ecdf, "ecod"), fewer_features)
     _one_line(_score(ecdf, files / "new.csv", tmp_path / "out2.csv"), "fitted on 1 features")
 
 
@@ -363,7 +354,7 @@ def test_a_segment_forest_with_a_loop_or_a_far_feature_is_refused(segments_model
             inner = int(np.flatnonzero(arrays["left"] >= 0)[1])
             arrays[key][inner] = value
 
-        _edit_npz(bundle, "segmenter", edit)
+        edit_npz(bundle, "segmenter", edit)
         with pytest.raises(BundleError, match=message):
             Model.load(bundle)
 
