@@ -14,7 +14,7 @@ LAYERS: list[set[str]] = [
     {"_typing", "exceptions", "packs", "_durations"},
     {"expressions", "_kafka_setup", "_yaml"},
     {"columns", "config_kafka"},
-    {"_params", "_deps", "_io", "_arrays", "config", "schema", "metrics", "_kafka_outcomes"},
+    {"_params", "_deps", "_io", "_arrays", "_stored_json", "config", "schema", "metrics", "_kafka_outcomes"},
     {"_kafka_python"},
     {"_kafka", "_wire"},
     {"bundle"},

@@ -6,43 +6,40 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
+from segscope._stored_json import Strict, validated
 from segscope.exceptions import BundleError
 
 __all__ = ["check_state"]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid")
 
 
 #: a number every scaled value is computed with: finite (a scale also above 0: features divide by it)
 _Finite = Annotated[float, Field(allow_inf_nan=False)]
 
 
-class _NumericStats(_Strict):
+class _NumericStats(Strict):
     center: _Finite
     scale: Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
     kind: Literal["numeric", "boolean", "datetime", "missing"]
     expected: str
 
 
-class _CategoricalStats(_Strict):
+class _CategoricalStats(Strict):
     levels: list[str]
     mode: str
     rarity: list[_Finite]
     unseen_rarity: _Finite
 
 
-class _Params(_Strict):
+class _Params(Strict):
     id_column: str | None
     drop: list[str]
     max_categories: Annotated[int, Field(ge=1)]
     clip: Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
 
 
-class _State(_Strict):
+class _State(Strict):
     """What ``features.json`` holds, typed: a bundle's file is checked against it before anything uses it."""
 
     params: _Params
@@ -55,14 +52,7 @@ class _State(_Strict):
 
 
 def check_state(state: Any) -> dict[str, Any]:
-    try:
-        checked = _State.model_validate(state)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])[:120]
-        raise BundleError(
-            f"features.json: {where}: {first['msg']}; the bundle is damaged or edited: refit it"
-        ) from None
+    checked = validated(_State, state, "features.json")
     features = list(checked.numeric) + list(checked.categorical)
     listed = checked.schema_.get("features")
     if not isinstance(listed, list) or len(set(map(str, listed))) != len(listed) or set(listed) != set(features):

@@ -9,8 +9,9 @@ import math
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
+from segscope._stored_json import Strict, validated
 from segscope.exceptions import BundleError
 
 __all__ = ["check_state"]
@@ -19,11 +20,7 @@ _Finite = Annotated[float, Field(allow_inf_nan=False)]
 _Share = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid")
-
-
-class _NumericState(_Strict):
+class _NumericState(Strict):
     column: str
     part: Literal["", "hour", "weekday"]
     name: str
@@ -34,14 +31,14 @@ class _NumericState(_Strict):
     whole: bool
 
 
-class _CategoricalState(_Strict):
+class _CategoricalState(Strict):
     name: str
     levels: list[str]
     shares: list[_Share]
     seen: list[str]
 
 
-class _State(_Strict):
+class _State(Strict):
     alert_rate: _Share | None
     fit_rows: Any = None  # read leniently: bundles saved before it was kept have none
     numeric: list[_NumericState]
@@ -51,12 +48,7 @@ class _State(_Strict):
 def check_state(state: Any, columns: Sequence[tuple[str, str]]) -> dict[str, Any]:
     """``drift.json`` typed, the bins each reference counts into consistent, its columns input ``columns`` ((name,
     kind) pairs) of the kind it tracks."""
-    try:
-        checked = _State.model_validate(state)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])[:120]
-        raise BundleError(f"drift.json: {where}: {first['msg']}; the bundle is damaged or edited: refit it") from None
+    checked = validated(_State, state, "drift.json")
     for i, num in enumerate(checked.numeric):
         if len(num.shares) != len(num.edges) + 2 or any(b <= a for a, b in itertools.pairwise(num.edges)):
             raise BundleError(f"drift.json: numeric.{i} ({num.name[:40]}) has bins that do not fit its edges; refit it")
