@@ -32,6 +32,31 @@ def _score(run_cli, data: Path, bundle: Path, out: Path | str, *extra: str):
     return run_cli("score", data, "--bundle", bundle, "--out", out, *extra)
 
 
+# ------------------------------------------------------------------------------------------ usage
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (("score", "x.csv", "--bundle", "b", "--batch-size", "0"), ("'--batch-size'", "'segscope score --help'")),
+        (("score", "--bundle", "b"), ("Missing argument 'data'", "'segscope score --help'")),
+        (("scor", "x.csv"), ("No such command 'scor'", "'score'", "'segscope --help'")),
+        (("score", "x.csv", "--bundle", "b", "--format", "xml"), ("No such option: --format",)),
+        (("serve", "--host", "0.0.0.0", "--store", "s.db"), ("pass --token", "'segscope serve --help'")),
+    ],
+)
+def test_usage_errors_are_one_line(run_cli, args: tuple[str, ...], fragments: tuple[str, ...]) -> None:
+    _one_line_error(run_cli(*args), *fragments)
+
+
+def test_no_command_prints_the_help(run_cli) -> None:
+    result = run_cli()
+    assert result.code == 2 and "Usage: segscope" in result.err + result.out and "score" in result.err + result.out
+
+
+def test_help_exits_zero(run_cli) -> None:
+    result = run_cli("score", "--help")
+    assert result.code == 0 and "--bundle" in result.out
+
+
 # ------------------------------------------------------------------------------------------ files
 def test_latin1_csv(run_cli, bundle: Path, files: Path, tmp_path: Path) -> None:
     text = (files / "new.csv").read_text().replace("grocery", "épicerie", 3)

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -25,6 +25,9 @@ from rich.progress import (
 )
 from rich.table import Table
 from rich.text import Text
+
+# Typer carries its own copy of Click (0.29 on): its usage errors, caught to print them as one line
+from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 
 from segscope.exceptions import ConfigError, SegscopeError
 
@@ -218,15 +221,30 @@ def main() -> None:
         warnings.simplefilter("always", SegscopeWarning)
         warnings.showwarning = _show_warning
         try:
-            app()
+            # not standalone: a usage error comes back here, to be one line like every other error
+            code = app(standalone_mode=False)
+        except NoArgsIsHelpError as exc:  # `segscope` or a group alone: its help, as before
+            exc.show()
+            sys.exit(exc.exit_code)
+        except UsageError as exc:
+            where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+            _error(f"{exc.format_message().rstrip('.')}{where}", exc.exit_code)
+        except ClickException as exc:
+            _error(exc.format_message(), exc.exit_code)
         except SegscopeError as exc:
-            from segscope._kafka_setup import redact  # a Kafka secret resolved in this process is never shown
-
-            err.print(say("red", "error:", f" {redact(str(exc))}"), highlight=False, soft_wrap=True)
-            sys.exit(2)
-        except KeyboardInterrupt:
+            _error(str(exc), 2)
+        except (KeyboardInterrupt, typer.Abort):
             err.print(say("yellow", "interrupted"))
             sys.exit(130)
+        if isinstance(code, int) and code:  # a command's typer.Exit(code), returned when not standalone
+            sys.exit(code)
+
+
+def _error(message: str, code: int) -> NoReturn:
+    from segscope._kafka_setup import redact  # a Kafka secret resolved in this process is never shown
+
+    err.print(say("red", "error:", f" {redact(message)}"), highlight=False, soft_wrap=True)
+    sys.exit(code)
 
 
 def command() -> None:
