@@ -18,6 +18,7 @@ from segscope.exceptions import DataError, SchemaError
 from segscope.model import Model
 from segscope.sources.frames import check_unique_ids, parse_datetimes
 from segscope.supervised.base import FineTuned, Layout
+from segscope.supervised.held_out import held_out_proba
 from segscope.supervised.learners import make_finetuned
 from segscope.supervised.promotion import GATE_FOLDS, Folds, compare, fold_percentiles, gate_folds, judged_rows
 from segscope.supervised.selection import choose, out_of_fold
@@ -142,7 +143,7 @@ def finetune(
     step(f"fine-tuning the {learner} learner{picked} on every record{continued}")
     tuned.fit(x, y, labelled, layout, init=init, chosen=chosen)
 
-    reference, alerts = _policy_rows(current, frame, labelled, stored[rows] if stored is not None else None, cap, rng)
+    reference, alerts = _policy_rows(current, frame, stored[rows] if stored is not None else None, cap, rng)
     created = datetime.now(UTC)
     label_digest = hashlib.sha256(labels.sort("id").write_csv().encode()).hexdigest()
     version_digest = hashlib.sha256(f"{label_digest}|{learner}|{current.version}".encode()).hexdigest()
@@ -199,14 +200,14 @@ def finetune(
         report["candidates"]["taken_by_fold"] = report.pop("taken_by_fold", [])
     if alerts is not None:
         report["alert_policy"] = (
-            f"set to alert on {alerts:,} of the {reference.size:,} unlabelled stored records, as many as the current "
+            f"set to alert on {alerts:,} of the {reference.size:,} stored records, as many as the current "
             "version does (a store's records are no sample of the traffic: a rate's share of them is another rate)"
         )
     step("calibrating the alert policy on the supervised score")
     candidate = current.with_supervised(
         tuned,
         sees_segments=with_segments,
-        scores=tuned.predict_proba(x[reference]),
+        scores=held_out_proba(tuned, x, y, labelled, reference, init=init),
         frame=frame[reference],
         version=f"{created:%Y%m%d-%H%M%S}-{version_digest[:8]}",
         created_at=created.isoformat(timespec="seconds"),
@@ -220,20 +221,18 @@ def finetune(
 def _policy_rows(
     current: Model,
     frame: pl.DataFrame,
-    labelled: np.ndarray,
     stored: np.ndarray | None,
     cap: int,
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, int | None]:
     """(the rows of ``frame`` the alert policy is refit on, at most ``cap``; how many of them it must alert on, or
-    None to keep its own rate). Unlabelled rows: the learner has fitted the labelled ones (the frauds it learnt
-    from score far above any new record), so their scores would set the threshold above the traffic. Rows that
-    are no store's, when there are: a store keeps mostly alerts and queue candidates. When all are a store's, a
-    policy of a rate alerts on as many of them as the current version does."""
+    None to keep its own rate). The labelled rows are among them: analysts label the alerts first, so the rest is
+    no sample of the traffic (a rate set on it alerts on several times too many new records). Rows that are no
+    store's, when there are: a store keeps mostly alerts and queue candidates. When all are a store's, a policy of
+    a rate alerts on as many of them as the current version does."""
     from_store = stored if stored is not None and stored.any() else np.zeros(frame.height, dtype=bool)
     only_store = bool(from_store.all())
-    keep = ~labelled & (~from_store | only_store)
-    pool = np.flatnonzero(keep) if keep.any() else np.arange(frame.height)
+    pool = np.arange(frame.height) if only_store else np.flatnonzero(~from_store)
     reference = np.sort(rng.choice(pool, size=cap, replace=False)) if pool.size > cap else pool
     if not only_store or current.config.policy.kind not in ("quantile", "contamination"):
         return reference, None

@@ -377,17 +377,19 @@ class FineTuned:
         if hasattr(self, "blend_"):
             layout = self.layout_
             inputs = self._learner_input(x, layout, self.encoding_.transform(self._encoded_codes(x, layout)))
-            a, b, d, c = self.blend_
-            raw = self.learner.predict_raw(inputs) if a != 0.0 else np.full(x.shape[0], 0.5)
-            decision = a * logit(raw) + b * x[:, layout.surprisal] + c
-            if d > 0:
-                decision -= d * proximity(x[:, : layout.n_features], self.exemplars_, self.clip_)
-            return no_nan(np.asarray(expit(decision)))
+            raw = self.learner.predict_raw(inputs) if self.blend_[0] != 0.0 else np.full(x.shape[0], 0.5)
+            return no_nan(np.asarray(expit(self.decision(raw, x, self.exemplars_))))
         if not hasattr(self, "platt_"):
             raise NotFittedError("FineTuned is not fitted; call fit first")
         z = self._legacy_decision(self.learner.predict_raw(x), x)
         a, c = self.platt_
         return no_nan(np.asarray(expit(a * z + c)))
+
+    def decision(self, raw: np.ndarray, x: np.ndarray, exemplars: np.ndarray) -> np.ndarray:
+        """The blend's log-odds for rows ``x`` from the learner's ``raw`` predictions, proximity to ``exemplars``."""
+        a, b, d, c = self.blend_
+        near = proximity(x[:, : self.layout_.n_features], exemplars, self.clip_) if d > 0 else 0.0
+        return np.asarray(a * logit(raw) + b * x[:, self.layout_.surprisal] + c - d * near)
 
     def _legacy_decision(self, raw: np.ndarray, x: np.ndarray) -> np.ndarray:
         """The blend of bundles fine-tuned before layouts (the ensemble surprisal read from the last column)."""
