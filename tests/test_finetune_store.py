@@ -207,7 +207,7 @@ def test_finetune_from_the_store_alone(run_cli, store_url: str, files: Path, tmp
     assert "Traceback" not in tuned.err
     lines = _report(tuned.err)
     assert lines[0].startswith("fine-tuned ") and lines[1] == "  trained on 1,500 label store records"
-    assert lines[2].startswith("  alert policy set to alert on ")  # the store alone is no sample of the traffic
+    assert lines[2].startswith("  alert policy set to alert on ")  # as many as the current version
     assert lines[-1].startswith(("promoted: ", "not promoted: "))
     versions = reg.list_versions(registry)
     assert len(versions) == len(before) + 1 + (not before)  # the fitted version, then the candidate
@@ -223,9 +223,9 @@ def test_finetune_from_the_store_alone(run_cli, store_url: str, files: Path, tmp
     assert other[1] == f"  trained on {files / 'new.parquet'} (1,500 records) + 1,500 label store records " + (
         "(1,500 also in the file: its values used)"
     )
-    # the same report, but for the alert policy's line: with a file, the policy's rate on its records
-    same = [line.split()[0] for line in lines[:-1] if "alert policy" not in line]
-    assert [line.split()[0] for line in other[:-1]] == same
+    # the same report; the alert policy counted on the file's records
+    assert [line.split()[0] for line in other[:-1]] == [line.split()[0] for line in lines[:-1]]
+    assert "of the 1,500 records it learnt from" in other[2]
 
 
 def _report(err: str) -> list[str]:
@@ -279,9 +279,10 @@ def test_the_loop_from_the_store_keeps_the_alert_volume(tmp_path: Path, labelled
     before = int(current.score(new)["is_alert"].sum())
     after = int(candidate.score(new)["is_alert"].sum())
     assert before > 50 and 0.5 * before <= after <= 2 * before, (before, after)
-    with LabelStore.open(tmp_path / "labels.db") as store:  # with a history file as well: its rate, on its records
-        _, with_data, _ = finetune_file(tmp_path / "registry", tmp_path / "new.parquet", store=store)
-    assert "alert_policy" not in with_data
+    with LabelStore.open(tmp_path / "labels.db") as store:  # with a history file as well: counted on its records
+        with_file, with_data, _ = finetune_file(tmp_path / "registry", tmp_path / "new.parquet", store=store)
+    assert f"of the {new.height:,} records it learnt from" in with_data["alert_policy"]
+    assert 0.5 * before <= int(with_file.score(new)["is_alert"].sum()) <= 2 * before
 
 
 @pytest.fixture

@@ -4,7 +4,8 @@ The demo generates card payments whose frauds look ordinary one by one (card-tes
 the card, an amount far from the card's habit: :func:`~segscope.testing.data.make_card_stream`), fits the fraud
 pack on the first 30 days, scores the last 15 as a stream of small batches into a label store, and closes the
 loop: analysts review the queue, chargebacks report most frauds the alerts missed, and those labels fine-tune a
-new version that is promoted when it is better on held-out records.
+new version that is promoted when it is better on held-out records. The 7 days after those are kept apart: both
+versions score them, as the traffic nobody has labelled yet.
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ from segscope.testing.data import make_card_stream
 
 __all__ = ["DemoFiles", "SimulatedReview", "generate", "simulate_analysts"]
 
-HISTORY_DAYS, NEW_DAYS = 30, 15
+HISTORY_DAYS, NEW_DAYS, LATER_DAYS = 30, 15, 7
 
 
 @dataclass(frozen=True)
 class DemoFiles:
     history: Path
     new: Path
+    later: Path
     scored: Path
     bundle: Path
     labels: Path
@@ -37,12 +39,13 @@ class DemoFiles:
 
 
 def generate(out_dir: Path, rows: int) -> DemoFiles:
-    """Write about ``rows`` payments of the first 30 days (history) and the 15 days after them (new) into
-    ``out_dir``; the demo's bundle, registry and label store from a last run are removed."""
+    """Write about ``rows`` payments of the first 30 days (history), the 15 days after them (new) and the 7 after
+    those (later) into ``out_dir``; the demo's bundle, registry and label store from a last run are removed."""
     out_dir.mkdir(parents=True, exist_ok=True)
     files = DemoFiles(
         history=out_dir / "history.parquet",
         new=out_dir / "new.parquet",
+        later=out_dir / "later.parquet",
         scored=out_dir / "scored.parquet",
         bundle=out_dir / "bundle",
         labels=out_dir / "labels.csv",
@@ -52,10 +55,11 @@ def generate(out_dir: Path, rows: int) -> DemoFiles:
     shutil.rmtree(files.bundle, ignore_errors=True)
     files.store.unlink(missing_ok=True)
     start = datetime(2025, 3, 1)
-    payments = make_card_stream(max(100, rows // 47), days=HISTORY_DAYS + NEW_DAYS, seed=0, start=start)
-    cut = start + timedelta(days=HISTORY_DAYS)
+    payments = make_card_stream(max(100, rows // 47), days=HISTORY_DAYS + NEW_DAYS + LATER_DAYS, seed=0, start=start)
+    cut, last = start + timedelta(days=HISTORY_DAYS), start + timedelta(days=HISTORY_DAYS + NEW_DAYS)
     payments.filter(pl.col("ts") < cut).write_parquet(files.history)
-    payments.filter(pl.col("ts") >= cut).write_parquet(files.new)
+    payments.filter((pl.col("ts") >= cut) & (pl.col("ts") < last)).write_parquet(files.new)
+    payments.filter(pl.col("ts") >= last).write_parquet(files.later)
     return files
 
 

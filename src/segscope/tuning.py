@@ -92,9 +92,8 @@ def finetune(
     whether fine-tuning beat the current version out of fold on the labelled records.
 
     ``stored``: which rows of ``history`` come from a label store. A store keeps mostly alerts and queue
-    candidates, no sample of the traffic, so the alert policy is refit on the other rows; when every row is
-    stored, a policy of a rate alerts on as many of them as the current version does (its rate's share of a store
-    would be an alert rate many times too high: 5 alerts where the traffic had 100).
+    candidates, no sample of the traffic, so the alert policy is refit on the other rows when there are; a policy
+    of a rate then alerts on as many of its rows as the current version does (:func:`_policy_rows`).
     """
     step = on_step or (lambda _: None)
     current.check_fitted()
@@ -200,8 +199,8 @@ def finetune(
         report["candidates"]["taken_by_fold"] = report.pop("taken_by_fold", [])
     if alerts is not None:
         report["alert_policy"] = (
-            f"set to alert on {alerts:,} of the {reference.size:,} stored records, as many as the current "
-            "version does (a store's records are no sample of the traffic: a rate's share of them is another rate)"
+            f"set to alert on {alerts:,} of the {reference.size:,} records it learnt from (each scored as if new), as "
+            "many as the current version does"
         )
     step("calibrating the alert policy on the supervised score")
     candidate = current.with_supervised(
@@ -226,15 +225,15 @@ def _policy_rows(
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, int | None]:
     """(the rows of ``frame`` the alert policy is refit on, at most ``cap``; how many of them it must alert on, or
-    None to keep its own rate). The labelled rows are among them: analysts label the alerts first, so the rest is
-    no sample of the traffic (a rate set on it alerts on several times too many new records). Rows that are no
-    store's, when there are: a store keeps mostly alerts and queue candidates. When all are a store's, a policy of
-    a rate alerts on as many of them as the current version does."""
+    None to keep its own rate). A policy of a rate alerts on as many of them as the current version does: the
+    analysts' load stays, the alerts move to what the labels taught, however the rows' share of anomalies differs
+    from the fit history's. The labelled rows are among them: analysts label the alerts first, so the rest is no
+    sample of the traffic (a rate set on it alerts on several times too many new records). Rows that are no
+    store's, when there are: a store keeps mostly alerts and queue candidates."""
     from_store = stored if stored is not None and stored.any() else np.zeros(frame.height, dtype=bool)
-    only_store = bool(from_store.all())
-    pool = np.arange(frame.height) if only_store else np.flatnonzero(~from_store)
+    pool = np.arange(frame.height) if from_store.all() else np.flatnonzero(~from_store)
     reference = np.sort(rng.choice(pool, size=cap, replace=False)) if pool.size > cap else pool
-    if not only_store or current.config.policy.kind not in ("quantile", "contamination"):
+    if current.config.policy.kind not in ("quantile", "contamination"):
         return reference, None
     return reference, int(np.count_nonzero(current.score(frame[reference]).get_column("is_alert").to_numpy()))
 

@@ -120,7 +120,7 @@ def finetune(
         )
     )
     err.print(Text(f"  trained on {_training_data(report.get('training_data') or {})}"))
-    if "alert_policy" in report:  # the store alone: the threshold keeps the current version's alert count
+    if "alert_policy" in report:  # a rate's threshold keeps the current version's alert count
         err.print(Text(f"  alert policy {report['alert_policy']}"))
     err.print(
         f"  gate: {report['split']}; {report['held_out_labelled_anomalies']} labelled anomalies predicted out of fold"
