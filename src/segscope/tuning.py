@@ -206,7 +206,7 @@ def finetune(
     candidate = current.with_supervised(
         tuned,
         sees_segments=with_segments,
-        scores=held_out_proba(tuned, x, y, labelled, reference, init=init),
+        scores=held_out_proba(tuned, x, y, labelled, reference, init=init, pretrained=candidates.pretrained),
         frame=frame[reference],
         version=f"{created:%Y%m%d-%H%M%S}-{version_digest[:8]}",
         created_at=created.isoformat(timespec="seconds"),

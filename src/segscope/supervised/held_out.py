@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from segscope.supervised.base import FineTuned
@@ -18,12 +20,14 @@ def held_out_proba(
     rows: np.ndarray,
     *,
     init: bytes | None = None,
+    pretrained: Any = None,
 ) -> np.ndarray:
     """``tuned.predict_proba`` of its fitted rows ``rows`` as if they were new: in two halves (the labelled
     anomalies split between them), each by the fitted blend over a learner with the same parameters taught on
     every row but that half, its proximity measured to the labelled anomalies taught. The fitted rows' own scores
     are pulled towards their training labels (the labelled anomalies up, the unlabelled rows down, the anomalies
-    hidden among them most), so a threshold set on them does not keep its rate on new records."""
+    hidden among them most), so a threshold set on them does not keep its rate on new records. ``pretrained``:
+    the learner's label-free pre-training to reuse (as the gate's folds do)."""
     from scipy.special import expit
 
     layout = tuned.layout_
@@ -37,9 +41,9 @@ def held_out_proba(
             continue
         taught = np.ones(x.shape[0], dtype=bool)
         taught[held] = False
-        learnt = tuned.blend_[0] != 0.0
-        raw = tuned.fold_predictions(x, y, labelled, layout, taught, held, {}, init=init) if learnt else None
+        raw = np.full(held.size, 0.5)  # the blend without a learner (its weight 0) reads no prediction
+        if tuned.blend_[0] != 0.0:
+            raw = tuned.fold_predictions(x, y, labelled, layout, taught, held, {}, init=init, pretrained=pretrained)
         exemplars = tuned._exemplars(x[:, : layout.n_features], np.flatnonzero(taught & (y == 1)))
-        raw = raw if raw is not None else np.full(held.size, 0.5)
         out[half == k] = expit(tuned.decision(raw, x[held], exemplars))
     return no_nan(out)
