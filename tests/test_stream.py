@@ -573,3 +573,35 @@ def test_kafka_source_and_sink_contracts(kafka_bootstrap: str, stream_bundle: Pa
     assert set(SCORED_COLUMNS) <= set(out[0])
     (letter,) = consume_dead_letters(kafka_bootstrap, t["dlq"])
     assert letter["value"] == b"not json" and letter["key"] == b"k3000" and letter["tombstone"] == "false"
+
+
+def test_kafka_python_members_join_knowing_the_topics_partitions(kafka_bootstrap: str, stream_bundle: Path) -> None:
+    """kafka-python's group leader keeps the metadata it assigned with and rejoins when that changes; a first join
+    before the metadata named the topic's partitions was followed by such a rejoin, which a poll timing out mid-way
+    could leave unapplied: 0 records in, for ever (a stream test hung on it about one run in eight). So the source
+    has the partitions in hand before the first join (kafka-python's snapshot: read here because nothing public
+    says it), and each fresh member, polling with a short time-out, holds all three partitions within seconds."""
+    from segscope.sources.kafka import KafkaSource
+
+    model = Model.load(stream_bundle)
+    topic = "first-join.in"
+    create_topic(kafka_bootstrap, topic)
+    for i in range(8):
+        source = KafkaSource(
+            bootstrap=kafka_bootstrap,
+            topic=topic,
+            group=f"g-first-join-{i}",
+            schema=model.feature_schema,
+            poll_timeout_ms=5,
+            client="kafka-python",
+        )
+        source.open()
+        try:
+            coordinator = source.consumer_.consumer._coordinator
+            assert coordinator._metadata_snapshot == {topic: {0, 1, 2}}, f"member {i}"
+            deadline = time.monotonic() + 20
+            while len(source.consumer_.assignment()) < 3 and time.monotonic() < deadline:
+                source.poll()
+            assert sorted(source.consumer_.assignment()) == [(topic, 0), (topic, 1), (topic, 2)], f"member {i}"
+        finally:
+            source.close()

@@ -39,6 +39,10 @@ class _PythonConsumer(Connects, Acknowledges):
                 return None
 
         self.consumer.subscribe([topic], listener=Listener())
+        # Fetch the topic's partitions now: kafka-python joins with the metadata it has, so a first join before the
+        # metadata names the partitions hands out none, and the rejoin that follows can strand the assignment (its
+        # coordinator stops awaiting a join a short poll left in flight once the metadata matches).
+        self.consumer.topics()
 
     def assign_all(self, topic: str) -> None:
         self.consumer.assign([self.tp(topic, p) for p in self.partitions(topic)])
