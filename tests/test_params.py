@@ -55,7 +55,11 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("cls", "key", "value"), CASES, ids=[f"{c.__name__}-{k}-{v!r}" for c, k, v in CASES])
+@pytest.mark.parametrize(
+    ("cls", "key", "value"),
+    CASES,
+    ids=[f"{c.__name__}-{k}-{v!r}" if type(v) is not object else f"{c.__name__}-{k}-object()" for c, k, v in CASES],
+)
 def test_every_constraint_refuses_its_invalid_values(cls: type, key: str, value: Any) -> None:
     component = cls(**{**VALID.get(cls, {}), key: value})
     assert component.get_params()[key] is value  # __init__ only stores
