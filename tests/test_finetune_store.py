@@ -4,6 +4,7 @@ without --data), read back in the types the bundle was fitted with, on SQLite an
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import warnings
 from collections.abc import Callable
@@ -283,6 +284,35 @@ def test_the_loop_from_the_store_keeps_the_alert_volume(tmp_path: Path, labelled
         with_file, with_data, _ = finetune_file(tmp_path / "registry", tmp_path / "new.parquet", store=store)
     assert f"of the {new.height:,} records it learnt from" in with_data["alert_policy"]
     assert 0.5 * before <= int(with_file.score(new)["is_alert"].sum()) <= 2 * before
+
+
+@pytest.mark.filterwarnings("ignore:drift in:segscope.exceptions.SegscopeWarning")
+def test_a_history_beyond_max_fit_rows_keeps_the_alert_volume(tmp_path: Path) -> None:
+    """Fine-tuning keeps every labelled record and a sample of max_fit_rows unlabelled ones: counted there, the
+    labelled alerts stood for ten times their share of the history, and a rate set on that count alerted on
+    several times its parent's volume. The count is taken on the history's own mix."""
+    history, new = make_transactions(24_000, seed=2), make_transactions(10_000, seed=3)
+    history.write_parquet(tmp_path / "history.parquet")
+    config = SegscopeConfig.model_validate({**_config().model_dump(), "max_fit_rows": 2000})
+    Model(config).fit(history).save(tmp_path / "registry")
+    current = Model.load(tmp_path / "registry")
+    scored = current.score(history).sort("score", descending=True).head(300)  # the analysts' work: the top alerts
+    truth = scored.select("txn_id").join(history.select("txn_id", "is_fraud"), on="txn_id")
+    labels = pl.DataFrame({"id": truth["txn_id"], "label": ["anomaly" if f else "normal" for f in truth["is_fraud"]]})
+    labels.write_csv(tmp_path / "labels.csv")
+    candidate, report, _ = finetune_file(tmp_path / "registry", tmp_path / "history.parquet", tmp_path / "labels.csv")
+    before = int(current.score(new)["is_alert"].sum())
+    after = int(candidate.score(new)["is_alert"].sum())
+    assert before > 50 and 0.5 * before <= after <= 2 * before, (before, after, report["alert_policy"])
+    said = re.fullmatch(
+        r"set to alert on ([\d,]+) of ([\d,]+) drawn from the 24,000 records it learnt from .*", report["alert_policy"]
+    )
+    assert said is not None, report["alert_policy"]
+    rate, current_rate = (
+        int(said[1].replace(",", "")) / int(said[2].replace(",", "")),
+        current.score(history)["is_alert"].mean(),
+    )
+    assert current_rate / 1.5 <= rate <= current_rate * 1.5, (rate, current_rate)
 
 
 @pytest.fixture

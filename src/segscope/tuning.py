@@ -103,6 +103,7 @@ def finetune(
     known = label.is_not_null().to_numpy()
     unlabelled = np.flatnonzero(~known)
     cap = current.config.max_fit_rows
+    sampled = min(1.0, cap / unlabelled.size) if unlabelled.size else 1.0  # the unlabelled records' share kept
     if unlabelled.size > cap:
         unlabelled = rng.choice(unlabelled, size=cap, replace=False)
     rows = np.sort(np.concatenate([np.flatnonzero(known), unlabelled]))
@@ -142,7 +143,8 @@ def finetune(
     step(f"fine-tuning the {learner} learner{picked} on every record{continued}")
     tuned.fit(x, y, labelled, layout, init=init, chosen=chosen)
 
-    reference, alerts = _policy_rows(current, frame, stored[rows] if stored is not None else None, cap, rng)
+    in_store = stored[rows] if stored is not None else None
+    reference, alerts, drawn_from = _policy_rows(current, frame, in_store, labelled, sampled, cap, rng)
     created = datetime.now(UTC)
     label_digest = hashlib.sha256(labels.sort("id").write_csv().encode()).hexdigest()
     version_digest = hashlib.sha256(f"{label_digest}|{learner}|{current.version}".encode()).hexdigest()
@@ -198,9 +200,14 @@ def finetune(
         )
         report["candidates"]["taken_by_fold"] = report.pop("taken_by_fold", [])
     if alerts is not None:
+        among = (
+            f"the {drawn_from:,}"
+            if drawn_from == reference.size
+            else f"{reference.size:,} drawn from the {drawn_from:,}"
+        )
         report["alert_policy"] = (
-            f"set to alert on {alerts:,} of the {reference.size:,} records it learnt from (each scored as if new), as "
-            "many as the current version does"
+            f"set to alert on {alerts:,} of {among} records it learnt from (each scored as if new), as many as the "
+            "current version does"
         )
     step("calibrating the alert policy on the supervised score")
     candidate = current.with_supervised(
@@ -221,21 +228,31 @@ def _policy_rows(
     current: Model,
     frame: pl.DataFrame,
     stored: np.ndarray | None,
+    labelled: np.ndarray,
+    sampled: float,
     cap: int,
     rng: np.random.Generator,
-) -> tuple[np.ndarray, int | None]:
+) -> tuple[np.ndarray, int | None, int]:
     """(the rows of ``frame`` the alert policy is refit on, at most ``cap``; how many of them it must alert on, or
-    None to keep its own rate). A policy of a rate alerts on as many of them as the current version does: the
-    analysts' load stays, the alerts move to what the labels taught, however the rows' share of anomalies differs
-    from the fit history's. The labelled rows are among them: analysts label the alerts first, so the rest is no
-    sample of the traffic (a rate set on it alerts on several times too many new records). Rows that are no
-    store's, when there are: a store keeps mostly alerts and queue candidates."""
+    None to keep its own rate; how many records of the history they were drawn from). A policy of a rate alerts on
+    as many of them as the current version does: the analysts' load stays, the alerts move to what the labels
+    taught, however the rows' share of anomalies differs from the fit history's. The labelled rows are among
+    them: analysts label the alerts first, so the rest is no sample of the traffic (a rate set on it alerts on
+    several times too many new records). ``frame`` keeps every labelled record but only the share ``sampled`` of
+    the unlabelled ones, so the labelled rows are thinned to that share too: all of them stood for ten times
+    their share of a history ten times max_fit_rows. Rows that are no store's, when there are: a store keeps
+    mostly alerts and queue candidates."""
     from_store = stored if stored is not None and stored.any() else np.zeros(frame.height, dtype=bool)
     pool = np.arange(frame.height) if from_store.all() else np.flatnonzero(~from_store)
+    known, rest = pool[labelled[pool]], pool[~labelled[pool]]
+    drawn_from = known.size + round(rest.size / sampled)
+    kept = rng.choice(known, size=round(known.size * sampled), replace=False) if sampled < 1 else known
+    pool = np.sort(np.concatenate([kept, rest]))
     reference = np.sort(rng.choice(pool, size=cap, replace=False)) if pool.size > cap else pool
     if current.config.policy.kind not in ("quantile", "contamination"):
-        return reference, None
-    return reference, int(np.count_nonzero(current.score(frame[reference]).get_column("is_alert").to_numpy()))
+        return reference, None, drawn_from
+    alerts = int(np.count_nonzero(current.score(frame[reference]).get_column("is_alert").to_numpy()))
+    return reference, alerts, drawn_from
 
 
 def chained_gate(
