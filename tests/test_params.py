@@ -58,7 +58,7 @@ CASES = [
 @pytest.mark.parametrize(
     ("cls", "key", "value"),
     CASES,
-    ids=[f"{c.__name__}-{k}-{v!r}" if type(v) is not object else f"{c.__name__}-{k}-object()" for c, k, v in CASES],
+    ids=[f"{c.__name__}-{k}-{'object()' if type(v) is object else repr(v)}" for c, k, v in CASES],  # no address
 )
 def test_every_constraint_refuses_its_invalid_values(cls: type, key: str, value: Any) -> None:
     component = cls(**{**VALID.get(cls, {}), key: value})
