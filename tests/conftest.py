@@ -101,6 +101,15 @@ def run_cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch)
     return run
 
 
+@pytest.fixture(autouse=True)
+def _reap_streams() -> Iterator[None]:
+    """A test that fails while its ``segscope stream`` processes run leaves none behind for the next test."""
+    yield
+    helpers = sys.modules.get("tests.kafka_helpers")  # only where a test started streams through it
+    if helpers is not None:
+        helpers.reap_streams()
+
+
 @pytest.fixture(scope="session")
 def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """A real Apache Kafka broker for the session, started and stopped by connectors/kafka/broker: (bootstrap

@@ -353,15 +353,33 @@ def group_members(bootstrap: str, group: str) -> int:
         admin.close()
 
 
+STARTED: list[subprocess.Popen[str]] = []  # streams started by the running test; reaped when it ends
+
+
 def start_stream(bundle: Path, bootstrap: str, *args: str, log: Path | None = None) -> subprocess.Popen[str]:
     """``segscope stream`` in a process; its stderr to ``log`` when given (a stream that runs long with nobody
     reading its pipe would block on a full pipe: an outage's client warnings fill one in a minute)."""
     cmd = [sys.executable, "-m", "segscope.cli", "stream", "--bundle", str(bundle), "--bootstrap", bootstrap, *args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if log is None:
-        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    with log.open("w") as stderr:  # the process has its own copy
-        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    else:
+        with log.open("w") as stderr:  # the process has its own copy
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
+    STARTED.append(proc)
+    return proc
+
+
+def reap_streams() -> int:
+    """Kill the streams a test started and left running (it failed before stopping them), so they neither
+    consume from the next test's broker nor warn about a live subprocess when collected; returns how many."""
+    left = [proc for proc in STARTED if proc.poll() is None]
+    for proc in left:
+        proc.kill()
+    for proc in STARTED:
+        proc.communicate(timeout=30)  # also closes the pipes of those that ended
+    STARTED.clear()
+    return len(left)
 
 
 def wait_until(predicate, timeout: float = 120.0, every: float = 0.3, proc=None, explain=None) -> None:  # type: ignore[no-untyped-def]
