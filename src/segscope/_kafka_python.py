@@ -8,7 +8,7 @@ from typing import Any
 
 from segscope._deps import require
 from segscope._kafka_outcomes import TP, Acknowledges, Headers, OnDelivery, Origin, Polled
-from segscope._kafka_setup import Connects, Contact, python_client
+from segscope._kafka_setup import Connects, Contact, log_commit_failure, python_client
 from segscope.exceptions import SourceError
 
 
@@ -22,20 +22,30 @@ class _PythonConsumer(Connects, Acknowledges):
         from kafka.structs import TopicPartition
 
         self.tp, self.contact, self.connect_timeout = TopicPartition, contact, connect_timeout
+        self.held: list[dict[TP, int]] | None = None  # the commits asked for while partitions are revoked
         self.consumer = python_client(lambda: self.kafka.KafkaConsumer(**config), contact.bootstrap, connect_timeout)
 
     def _topics(self, timeout: float) -> set[str] | None:
         return set(self.consumer.topics())
 
     def subscribe(self, topic: str, on_revoke: Callable[[list[TP]], None] | None = None) -> None:
-        kafka = self.kafka
+        kafka, owner = self.kafka, self
 
-        class Listener(kafka.ConsumerRebalanceListener):  # type: ignore[misc, name-defined]
-            def on_partitions_revoked(self, revoked: Any) -> None:
-                if on_revoke is not None:
+        class Listener(kafka.AsyncConsumerRebalanceListener):  # type: ignore[misc, name-defined]
+            # kafka-python calls the listener on its IO thread, where a blocking commit raises: the commits that
+            # ``on_revoke`` makes are held, then awaited on that thread's loop before the partitions leave
+            async def on_partitions_revoked(self, revoked: Any) -> None:
+                if on_revoke is None:
+                    return
+                owner.held = []
+                try:
                     on_revoke([(p.topic, p.partition) for p in revoked])
+                finally:
+                    held, owner.held = owner.held, None
+                for offsets in held:
+                    await owner._commit_on_loop(offsets)
 
-            def on_partitions_assigned(self, assigned: Any) -> None:
+            async def on_partitions_assigned(self, assigned: Any) -> None:
                 return None
 
         self.consumer.subscribe([topic], listener=Listener())
@@ -77,11 +87,27 @@ class _PythonConsumer(Connects, Acknowledges):
         return {(tp.topic, tp.partition): self.consumer.position(tp) for tp in self.consumer.assignment()}
 
     def commit(self, offsets: dict[TP, int]) -> None:
+        if not offsets:
+            return
+        if self.held is not None:  # in the rebalance listener, on kafka-python's IO thread: it makes the commit
+            self.held.append(offsets)
+            return
+        self.consumer.commit(self._offsets(offsets))
+        self.acknowledge(offsets)  # synchronous: confirmed once it returns
+
+    async def _commit_on_loop(self, offsets: dict[TP, int]) -> None:
+        """A commit awaited on kafka-python's IO loop; a failure is logged, as :meth:`commit`'s caller does."""
+        try:
+            await self.consumer.commit_async(self._offsets(offsets))
+        except Exception as exc:  # a rebalance or a coordinator moving: the next owner reads them again
+            log_commit_failure(str(exc).splitlines()[0])
+        else:
+            self.acknowledge(offsets)
+
+    def _offsets(self, offsets: dict[TP, int]) -> dict[Any, Any]:
         from kafka.structs import OffsetAndMetadata
 
-        if offsets:
-            self.consumer.commit({self.tp(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()})
-            self.acknowledge(offsets)  # synchronous: confirmed once it returns
+        return {self.tp(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
 
     def committed(self, parts: list[TP]) -> dict[TP, int]:
         out = {}
