@@ -1,12 +1,14 @@
 """The README's loop from the label store alone, on public labelled sets: how many alerts the new version raises.
 
     python benchmarks/store_loop_alerts.py [--data ../shared/data] [--sets thyroid,cardio] [--rounds 3 --per 30]
+        [--history]
 
 Per set: `segscope fit` on the earlier part (claims: 1994-95; the others a random 60%), `score --store` over it,
 `--rounds` rounds of `label queue -n PER` labelled with their truth (`label import`), `finetune --store` without
-`--data`, then `score` of the later part by the version served before and after: alerts, recall, precision. The
-alert policy is a rate, so the two versions should raise about as many alerts; the labels should move them onto
-the anomalies. Every step is the `segscope` command, as a user runs it.
+`--data` (with `--history`, with `--data` the earlier part as well: every record of it, where the store keeps a
+sample; a part above max_fit_rows is then sampled), then `score` of the later part by the version served before
+and after: alerts, recall, precision. The alert policy is a rate, so the two versions should raise about as many
+alerts; the labels should move them onto the anomalies. Every step is the `segscope` command, as a user runs it.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ def alerts(bundle: Path, later: Path, out: Path) -> dict[str, float]:
     }
 
 
-def one(data: Path, name: str, seed: int, rounds: int, per: int, work: Path) -> dict[str, object]:
+def one(data: Path, name: str, seed: int, rounds: int, per: int, work: Path, history: bool) -> dict[str, object]:
     early, later = split(data, name, seed)
     early.write_parquet(work / "early.parquet")
     later.write_parquet(work / "later.parquet")
@@ -88,7 +90,8 @@ def one(data: Path, name: str, seed: int, rounds: int, per: int, work: Path) -> 
         positives += labels.count("anomaly")
         pl.DataFrame({"id": [str(i) for i in ids], "label": labels}).write_csv(work / f"labels-{r}.csv")
         run("label", "import", work / f"labels-{r}.csv", "--store", store)
-    said = run("finetune", "--bundle", work / "reg", "--store", store).stderr
+    extra = ["--data", work / "early.parquet"] if history else []
+    said = run("finetune", "--bundle", work / "reg", "--store", store, *extra).stderr
     return {
         "set": name,
         "seed": seed,
@@ -106,13 +109,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--per", type=int, default=30)
+    parser.add_argument("--history", action="store_true", help="finetune with --data the earlier part as well")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "store_loop_alerts.json"))
     args = parser.parse_args()
     data, results = data_dir(args.data), []
     for name in args.sets.split(","):
         for seed in range(args.seeds):
             with tempfile.TemporaryDirectory(prefix="segscope-loop-") as tmp:
-                results.append(one(data, name, seed, args.rounds, args.per, Path(tmp)))
+                results.append(one(data, name, seed, args.rounds, args.per, Path(tmp), args.history))
             b, a = results[-1]["before"], results[-1]["after"]
             ratio = a["alerts"] / max(b["alerts"], 1)
             print(
