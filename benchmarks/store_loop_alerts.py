@@ -5,8 +5,8 @@
 
 Per set: `segscope fit` on the earlier part (claims: 1994-95; the others a random 60%), `score --store` over it,
 `--rounds` rounds of `label queue -n PER` labelled with their truth (`label import`), `finetune --store` without
-`--data` (with `--history`, with `--data` the earlier part as well: every record of it, where the store keeps a
-sample; a part above max_fit_rows is then sampled), then `score` of the later part by the version served before
+`--data` (`--history`: with `--data` the earlier part too, all of its records where the store keeps a sample, so a
+part above max_fit_rows is sampled), then `score` of the later part by the version served before
 and after: alerts, recall, precision. The alert policy is a rate, so the two versions should raise about as many
 alerts; the labels should move them onto the anomalies. Every step is the `segscope` command, as a user runs it.
 """

@@ -370,16 +370,14 @@ def start_stream(bundle: Path, bootstrap: str, *args: str, log: Path | None = No
     return proc
 
 
-def reap_streams() -> int:
+def reap_streams() -> None:
     """Kill the streams a test started and left running (it failed before stopping them), so they neither
-    consume from the next test's broker nor warn about a live subprocess when collected; returns how many."""
-    left = [proc for proc in STARTED if proc.poll() is None]
-    for proc in left:
-        proc.kill()
+    consume from the next test's broker nor warn about a live subprocess when collected."""
     for proc in STARTED:
+        if proc.poll() is None:
+            proc.kill()
         proc.communicate(timeout=30)  # also closes the pipes of those that ended
     STARTED.clear()
-    return len(left)
 
 
 def wait_until(predicate, timeout: float = 120.0, every: float = 0.3, proc=None, explain=None) -> None:  # type: ignore[no-untyped-def]

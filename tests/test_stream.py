@@ -607,9 +607,8 @@ def test_kafka_python_members_join_knowing_the_topics_partitions(kafka_bootstrap
 
 def test_kafka_python_commits_what_a_member_hands_over(kafka_bootstrap: str, stream_bundle: Path) -> None:
     """kafka-python calls the rebalance listener on its IO thread, where a blocking commit raises ("Cannot block
-    on net.run() from the IO thread itself"): the positions a member handed over were not committed, and the
-    member taking its partitions over scored them again (2,600-15,900 duplicates of 20,000 records with three or
-    four streams). The source commits them on kafka-python's loop before the partitions leave."""
+    on net.run() from the IO thread itself"), so the member taking the partitions over would score again what the
+    first had done. The source commits the positions handed over on kafka-python's loop before they leave."""
     from segscope.sources.kafka import KafkaSource
 
     model = Model.load(stream_bundle)
@@ -634,7 +633,7 @@ def test_kafka_python_commits_what_a_member_hands_over(kafka_bootstrap: str, str
 
     first.open(on_revoke)
     deadline = time.monotonic() + 60
-    while sum(read.values()) < 1200 and time.monotonic() < deadline:  # partway through each partition
+    while sum(read.values()) < 1200 and time.monotonic() < deadline:  # partway through the topic
         batch = first.poll()
         if batch is not None:
             read.update(batch.position or {})

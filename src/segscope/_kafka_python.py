@@ -22,7 +22,7 @@ class _PythonConsumer(Connects, Acknowledges):
         from kafka.structs import TopicPartition
 
         self.tp, self.contact, self.connect_timeout = TopicPartition, contact, connect_timeout
-        self.held: list[dict[TP, int]] | None = None  # the commits asked for while partitions are revoked
+        self.held: dict[TP, int] | None = None  # the positions asked to be committed while partitions are revoked
         self.consumer = python_client(lambda: self.kafka.KafkaConsumer(**config), contact.bootstrap, connect_timeout)
 
     def _topics(self, timeout: float) -> set[str] | None:
@@ -37,13 +37,13 @@ class _PythonConsumer(Connects, Acknowledges):
             async def on_partitions_revoked(self, revoked: Any) -> None:
                 if on_revoke is None:
                     return
-                owner.held = []
+                owner.held = {}
                 try:
                     on_revoke([(p.topic, p.partition) for p in revoked])
                 finally:
                     held, owner.held = owner.held, None
-                for offsets in held:
-                    await owner._commit_on_loop(offsets)
+                if held:
+                    await owner._commit_on_loop(held)
 
             async def on_partitions_assigned(self, assigned: Any) -> None:
                 return None
@@ -90,7 +90,7 @@ class _PythonConsumer(Connects, Acknowledges):
         if not offsets:
             return
         if self.held is not None:  # in the rebalance listener, on kafka-python's IO thread: it makes the commit
-            self.held.append(offsets)
+            self.held.update(offsets)
             return
         self.consumer.commit(self._offsets(offsets))
         self.acknowledge(offsets)  # synchronous: confirmed once it returns
