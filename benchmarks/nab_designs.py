@@ -16,6 +16,11 @@ features, levels and score, and then re-decides the alarms under other designs, 
   settings varied one at a time; above the hour's level, or either side, instead of below);
 * the shipped alarms with a cooldown an escalation gets through (a new level far further out than the one that
   opened it);
+* fewer alarms from series that keep reaching new levels: after a series' first 5, 8, 10 or 20 new levels only a
+  new level two or more levels from every known one alarms, and after its first 30 one three or more (a ladder;
+  with and without the escalation); a new level only
+  when 2 or 3 of the last 2-5 readings lie on levels unknown before them (a move that lasts); a cooldown that
+  grows with the series' alarms of the last days;
 * adapted detectors (``--no-adapted`` skips them): the pack's detectors (iforest + ecod) refitted every day on the
   trailing 7 days of the machine's entity features (the rows that alarmed left out), each row's score ranked
   against the refit rows' own scores (p in [0, 1]); a new level alarms only when its p is at least 0.95, 0.98 or
@@ -149,6 +154,34 @@ class Series:
                 out[i], last, opened = True, self.t[i], severity[i]
         return out
 
+    def persistent(self, within: int, at_least: int, levels: int = 32) -> np.ndarray:
+        """Each scored row: a new level among the last ``within`` readings, and at least ``at_least`` of them on
+        levels unknown before the first of them (a move that lasts, not a single reading)."""
+        grid = grids({"value": ranges(self.values[: self.probation], None)}, {"value": levels})["value"]
+        code = codes(self.values, None, grid).to_numpy()
+        seen: dict[int, int] = {}
+        first = np.empty(code.size)
+        for i, c in enumerate(code.tolist()):
+            first[i] = seen.setdefault(c, i if i >= self.probation else -1)
+        first = first[self.probation :] - self.probation
+        new = self.new_levels(levels)[0]
+        out = np.zeros(first.size, bool)
+        for i in range(first.size):
+            start = max(0, i - within + 1)
+            out[i] = new[start : i + 1].any() and int((first[start : i + 1] >= start).sum()) >= at_least
+        return out
+
+    def growing(self, alarms: np.ndarray, base_hours: float, days: float, growth: float) -> np.ndarray:
+        """A cooldown of ``base_hours`` x ``growth`` ** (alarms in the last ``days``): a series that keeps alarming
+        is heard less often."""
+        out, times, last = np.zeros(alarms.size, bool), [], -np.inf
+        for i in np.flatnonzero(alarms):
+            recent = sum(1 for t in times if self.t[i] - t < days * 24 * HOUR)
+            if self.t[i] - last >= base_hours * HOUR * growth**recent:
+                out[i], last = True, self.t[i]
+                times.append(self.t[i])
+        return out
+
     def full(self, alarms: np.ndarray) -> np.ndarray:
         return np.concatenate([np.zeros(self.probation, bool), alarms])
 
@@ -229,6 +262,35 @@ def main() -> None:
                 )
             )
             for s in series
+        }
+
+    # fewer false alarms from series that keep reaching new levels (bursty counts): after the series' first P new
+    # levels only one two or more levels from every known one alarms; a new level only when the move lasts; a
+    # cooldown that grows with the series' recent alarms (each with the shipped seasonal_drop and stuck)
+    def shipped_with(s: Series, new_level: np.ndarray) -> np.ndarray:
+        return new_level | s.below_hour(3.0, 6, 0.1, 0.5, -1) | s.stuck
+
+    ladders = [(5, None, None), (10, None, None), (10, None, 5.0), (20, None, None), (8, None, None)]
+    ladders += [(8, 30, None), (8, 30, 8.0)]
+    for two, three, k in ladders:
+        label = f"as shipped, after the series' first {two} new levels one alarms only 2+ levels out"
+        label += f", after {three} only 3+" if three else ""
+        label += f", escalation k = {k:g}" if k else ""
+        chosen = {}
+        for s in series:
+            new, dist, _ = levels[32][s.name]
+            before = np.cumsum(new) - new
+            far = ((dist >= 2) | (before < two)) & ((dist >= 3) | (before < (three or np.inf)))
+            alarms = shipped_with(s, new & far)
+            chosen[s.name] = s.full(s.escalating(alarms, np.where(new, dist, 0.0), k, 3.0) if k else s.cooled(alarms))
+        designs[label] = chosen
+    for within, at_least in ((2, 2), (3, 2), (5, 2), (5, 3)):
+        designs[f"as shipped, a new level only when {at_least} of {within} readings are on unknown levels"] = {
+            s.name: s.full(s.cooled(shipped_with(s, s.persistent(within, at_least)))) for s in series
+        }
+    for base, days, growth in ((6.0, 4.0, 1.5), (12.0, 2.0, 1.5), (12.0, 4.0, 2.0)):
+        designs[f"as shipped, cooldown {base:g}h x {growth:g} ** (alarms in the last {days:g} days)"] = {
+            s.name: s.full(s.growing(shipped_with(s, levels[32][s.name][0]), base, days, growth)) for s in series
         }
     shipped = designs["new levels and stuck (32 levels; the pack before seasonal_drop)"]
     ranks = {}
