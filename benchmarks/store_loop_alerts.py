@@ -6,15 +6,17 @@
 Per set: `segscope fit` on the earlier part (claims: 1994-95; the others a random 60%), `score --store` over it,
 `--rounds` rounds of `label queue -n PER` labelled with their truth (`label import`), `finetune --store` without
 `--data` (`--history`: with `--data` the earlier part too, all of its records where the store keeps a sample, so a
-part above max_fit_rows is sampled), then `score` of the later part by the version served before
-and after: alerts, recall, precision. The alert policy is a rate, so the two versions should raise about as many
-alerts; the labels should move them onto the anomalies. Every step is the `segscope` command, as a user runs it.
+part above max_fit_rows is sampled), then `score` of the later part by the version served before and after: alerts,
+recall, precision, and AUCROC / AUCPR of `score` over every later record. The alert policy is a rate, so the two
+versions should raise about as many alerts; the labels should move them onto the anomalies. Every step is the
+`segscope` command, as a user runs it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -49,15 +51,22 @@ def split(data: Path, name: str, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]
 
 def alerts(bundle: Path, later: Path, out: Path) -> dict[str, float]:
     run("score", later, "--bundle", bundle, "--out", out)
-    scored = pl.read_parquet(out, columns=["rid", "is_alert"]).join(
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    scored = pl.read_parquet(out, columns=["rid", "is_alert", "score"]).join(
         pl.read_parquet(later, columns=["rid", "label"]), on="rid"
     )
     alert, truth = scored["is_alert"].to_numpy(), scored["label"].to_numpy() == 1
     hit = int((alert & truth).sum())
+    score = scored["score"].to_numpy()
     return {
         "alerts": int(alert.sum()),
         "recall": hit / max(int(truth.sum()), 1),
         "precision": hit / max(int(alert.sum()), 1),
+        # the ranking of every later record, alerted or not: labels can lift the anomalies like the labelled ones
+        # and sink the kinds no label showed
+        "aucroc": float(roc_auc_score(truth, score)),
+        "aucpr": float(average_precision_score(truth, score)),
     }
 
 
@@ -96,7 +105,7 @@ def one(data: Path, name: str, seed: int, rounds: int, per: int, work: Path, his
         "set": name,
         "seed": seed,
         "labelled_anomalies": positives,
-        "promoted": "promoted:" in said,
+        "promoted": re.search(r"^promoted:", said, re.MULTILINE) is not None,  # not "not promoted:"
         "before": alerts(work / "before", work / "later.parquet", work / "out.parquet"),
         "after": alerts(work / "reg", work / "later.parquet", work / "out.parquet"),
     }
@@ -121,7 +130,9 @@ def main() -> None:
             ratio = a["alerts"] / max(b["alerts"], 1)
             print(
                 f"{name} seed {seed}: alerts {b['alerts']} -> {a['alerts']} (x{ratio:.2f}), recall {b['recall']:.3f} "
-                f"-> {a['recall']:.3f}, precision {b['precision']:.3f} -> {a['precision']:.3f}",
+                f"-> {a['recall']:.3f}, precision {b['precision']:.3f} -> {a['precision']:.3f}, AUCROC "
+                f"{b['aucroc']:.3f} -> {a['aucroc']:.3f}, AUCPR {b['aucpr']:.3f} -> {a['aucpr']:.3f}"
+                f" ({'promoted' if results[-1]['promoted'] else 'not promoted'})",
                 flush=True,
             )
     Path(args.out).write_text(json.dumps(results, indent=1))

@@ -441,3 +441,96 @@ def test_only_the_trusted_path_unpickles() -> None:
         if "pickle.load" in line or "allow_pickle=True" in line
     ]
     assert calls == [("src/segscope/unsupervised/detect.py", "self.model_ = pickle.loads(pickled)")]
+
+
+# ------------------------------------------------------------------------- a red team's third round (values, links)
+@pytest.mark.parametrize(
+    ("key", "value", "fragment"),
+    [
+        ("leaf_value", np.nan, "'leaf_value' holds values that are not finite numbers"),
+        ("leaf_value", -1.0, "negative path lengths"),
+        ("denominator", 0.0, "'denominator' is 0.0, not above 0"),
+        ("reference_scores", np.inf, "'reference_scores' holds values that are not finite numbers"),
+    ],
+)
+def test_forest_values_that_would_score_nan_or_alert_on_everything_are_refused(
+    run_cli, copy_of, files: Path, key: str, value: float, fragment: str
+) -> None:
+    """A NaN path length made every score NaN (0 alerts, exit 0); a denominator of 0 or below alerted on all."""
+    bundle = copy_of(f"forest-{key}-{value}")
+    forest = next(p.stem for p in (bundle / "arrays").glob("detector-*-iforest.npz"))
+
+    def edit(arrays: dict[str, np.ndarray]) -> None:
+        arrays[key] = np.full_like(arrays[key], value)
+
+    from tests.fuzz_bundle import edit_npz
+
+    edit_npz(bundle, forest, edit)
+    _one_line_error(run_cli("score", files / "new.csv", "--bundle", bundle, "--out", bundle / "out.csv"), fragment)
+    assert not (bundle / "out.csv").exists()
+
+
+def test_a_compression_bomb_in_an_array_file_is_refused_before_unpacking(copy_of) -> None:
+    """2 MB of deflated zeros declared and stored as a 200 MB array: within the size cap, but 100x its bytes."""
+    import zipfile
+
+    from tests.fuzz_bundle import rehash
+
+    bundle = copy_of("bomb")
+    path = bundle / "arrays" / "explainer.npz"
+    with np.load(path) as data:
+        d = data["sorted_ref"].shape[0]
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, np.zeros((d, 25_000_000 // d)), allow_pickle=False)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("sorted_ref.npy", buffer.getvalue())
+    assert path.stat().st_size < 1_000_000
+    rehash(bundle)
+    with pytest.raises(BundleError, match="a compression bomb"):
+        Model.load(bundle)
+
+
+def test_a_manifest_number_python_will_not_parse_is_one_line(run_cli, copy_of) -> None:
+    bundle = copy_of("digits")
+    text = (
+        (bundle / "manifest.json")
+        .read_text()
+        .replace('"format_version": ', '"seed_x": ' + "9" * 5000 + ', "format_version": ')
+    )
+    (bundle / "manifest.json").write_text(text)
+    _one_line_error(run_cli("inspect", bundle), "manifest.json is not valid JSON")
+
+
+def test_current_as_a_symlink_is_refused_unread(run_cli, registry: Path, tmp_path: Path) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:x:0:0:the secret line\n")
+    (registry / "CURRENT").unlink()
+    (registry / "CURRENT").symlink_to(secret)
+    line = _one_line_error(run_cli("inspect", registry), "CURRENT is a symbolic link")
+    assert "secret" not in line
+
+
+def test_a_linked_promotion_log_is_never_written_through(run_cli, registry: Path, tmp_path: Path) -> None:
+    """promotions.jsonl linked to a file elsewhere: promote appended a JSON line to that file."""
+    first = reg.current_version(registry)
+    second = f"{first[:15]}-next"
+    Model.load(registry).with_version(second).save(registry / "versions" / second)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (registry / "promotions.jsonl").unlink()
+    (registry / "promotions.jsonl").symlink_to(victim)
+    _one_line_error(run_cli("promote", registry, "--version", second), "promotions.jsonl is a symbolic link")
+    assert victim.read_text() == "precious\n"
+    assert reg.current_version(registry) == first  # nothing changed: the log is checked before CURRENT moves
+    _one_line_error(run_cli("rollback", registry), "promotions.jsonl is a symbolic link")
+
+
+def test_log_lines_python_will_not_parse_are_passed_over(run_cli, registry: Path) -> None:
+    first = reg.current_version(registry)
+    second = f"{first[:15]}-next"
+    Model.load(registry).with_version(second).save(registry / "versions" / second)
+    assert run_cli("promote", registry, "--version", second).code == 0
+    with (registry / "promotions.jsonl").open("a") as fh:
+        fh.write("[" * 100_000 + "\n" + '{"n": ' + "9" * 5000 + "}\n")
+    result = run_cli("rollback", registry)
+    assert result.code == 0 and reg.current_version(registry) == first, result.err

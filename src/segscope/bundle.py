@@ -37,6 +37,8 @@ MANIFEST = "manifest.json"
 #: Largest uncompressed array file (and all arrays of one bundle together) a load accepts: a small crafted npz
 #: can otherwise ask for gigabytes. Ten times the largest part seen in a fit of 1M x 100 rows.
 MAX_ARRAY_BYTES = 2 << 30
+#: Largest unpacked / stored size of an array file above 1 MiB: a bundle recompressed by a tool still loads.
+COMPRESSION_RATIO = 16
 
 
 def manifest_digest(manifest: dict[str, Any]) -> str:
@@ -154,8 +156,8 @@ class BundleReader:
             )
         try:
             manifest = json.loads(manifest_path.read_bytes().decode("utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            reason = str(exc).splitlines()[0]
+        except (ValueError, UnicodeDecodeError) as exc:  # ValueError: bad JSON, or an integer of 4,300+ digits
+            reason = str(exc).splitlines()[0][:120]
             raise self._fail(f"manifest.json is not valid JSON ({reason})", "refit the bundle") from None
         except OSError as exc:
             raise self._fail(f"cannot read manifest.json ({exc.strerror})", "check the folder's permissions") from None
@@ -248,8 +250,8 @@ class BundleReader:
     def json(self, name: str) -> Any:
         try:
             return json.loads(self._listed(name).read_bytes().decode("utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise self._fail(f"{name} is not valid JSON ({str(exc).splitlines()[0]})") from None
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise self._fail(f"{name} is not valid JSON ({str(exc).splitlines()[0][:120]})") from None
         except RecursionError:
             raise self._fail(f"{name} is nested too deeply") from None
 
@@ -276,6 +278,13 @@ class BundleReader:
     def _check_sizes(self, rel: str, archive: zipfile.ZipFile) -> None:
         """Refuse before allocating: each member's header shape must fit the bytes the member holds."""
         for info in archive.infolist():
+            # bundles store their arrays uncompressed (np.savez): a member that unpacks to many times its stored
+            # bytes is a compression bomb (2 MB asking for 2 GB and three times that while loading)
+            if info.file_size > COMPRESSION_RATIO * info.compress_size + (1 << 20):
+                raise self._fail(
+                    f"{rel}: {info.filename} unpacks {info.compress_size:,} stored bytes into {info.file_size:,}; "
+                    "segscope writes arrays uncompressed (a compression bomb?)"
+                )
             self.array_bytes_ = getattr(self, "array_bytes_", 0) + info.file_size
             if info.file_size > MAX_ARRAY_BYTES or self.array_bytes_ > MAX_ARRAY_BYTES:
                 raise self._fail(

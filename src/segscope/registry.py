@@ -96,6 +96,11 @@ def resolve(path: str | Path) -> Path:
 def current_version(path: str | Path) -> str:
     """The version ``CURRENT`` names; refused unless it is a plain version name (never a path)."""
     file = Path(path) / CURRENT
+    if file.is_symlink():  # refused unread: its target could be any file (and the error would show it)
+        raise BundleError(
+            f"registry {path}: CURRENT is a symbolic link; write the version name into a plain file instead "
+            f"(`segscope promote {path} --version V`)"
+        )
     try:
         raw = file.read_bytes()
     except OSError as exc:
@@ -147,14 +152,14 @@ def verify_version(path: str | Path, version: str) -> None:
 
 def log(path: str | Path) -> list[dict[str, Any]]:
     """The promotion log, oldest first (a line cut short by a crash is skipped)."""
-    file = Path(path) / LOG
+    file = _log_file(Path(path))
     if not file.is_file():
         return []
     entries = []
     for line in file.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             entry = json.loads(line)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # a line cut short, a 4,300-digit number, nesting too deep
             continue
         if isinstance(entry, dict):
             entries.append(entry)
@@ -224,9 +229,21 @@ def set_current(
         _point(path, version, action=action, previous=previous, detail=detail)
 
 
+def _log_file(path: Path) -> Path:
+    """``path/promotions.jsonl``, refused when it is a symbolic link or not a plain file (a link would have each
+    promotion appended to whatever file it names)."""
+    file = path / LOG
+    if file.is_symlink() or (file.exists() and not file.is_file()):
+        raise BundleError(
+            f"registry {path}: {LOG} is a symbolic link or not a plain file; replace it with the plain file it "
+            "should be (or remove it: the log starts again)"
+        )
+    return file
+
+
 def _point(path: Path, version: str, *, action: str, previous: str | None, detail: dict[str, Any] | None) -> None:
-    """Write CURRENT (atomically) and append the log entry that says why."""
-    write_text_atomic(path / CURRENT, version + "\n")
+    """Write CURRENT (atomically) and append the log entry that says why; the log is opened first (never through a
+    link), so a log that cannot be written leaves CURRENT as it was."""
     entry = {
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
         "action": action,
@@ -234,7 +251,12 @@ def _point(path: Path, version: str, *, action: str, previous: str | None, detai
         "previous": previous,
         **(detail or {}),
     }
-    with (path / LOG).open("a", encoding="utf-8") as fh:
+    try:
+        fd = os.open(_log_file(path), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    except OSError as exc:
+        raise BundleError(f"registry {path}: cannot write {LOG} ({exc.strerror}); check the folder") from None
+    with os.fdopen(fd, "a", encoding="utf-8") as fh:
+        write_text_atomic(path / CURRENT, version + "\n")
         fh.write(json.dumps(entry, sort_keys=True) + "\n")
         fh.flush()
         os.fsync(fh.fileno())

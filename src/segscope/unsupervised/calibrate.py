@@ -105,7 +105,7 @@ class ReferenceCalibrator:
     @classmethod
     def from_state(cls, arrays: dict[str, np.ndarray]) -> ReferenceCalibrator:
         cal = cls()
-        cal.values_ = take(arrays, "values", "calibration", shape=(None,), min_size=1)
+        cal.values_ = take(arrays, "values", "calibration", shape=(None,), finite=True, min_size=1)
         cal.probs_ = take(arrays, "probs", "calibration", shape=cal.values_.shape)
         cal.index_ = _ecdf.build_ecdf(cal.values_[:, None])
         cal.tail_q_, cal.tail_p_, cal.tail_scale_ = (float(v) for v in take(arrays, "tail", "calibration", shape=(3,)))

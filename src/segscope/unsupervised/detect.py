@@ -78,7 +78,7 @@ class _ECDFDetector(Detector):
         sorted_ref = take(arrays, "sorted_ref", owner, shape=(None, None), finite=True, min_size=1)
         d = sorted_ref.shape[0]
         self.skew_sign_ = take(arrays, "skew_sign", owner, shape=(d,), finite=True)
-        self.reference_scores_ = take(arrays, "reference_scores", owner, shape=(None,))
+        self.reference_scores_ = take(arrays, "reference_scores", owner, shape=(None,), finite=True)
         self.ecdf_ = _ecdf.build_ecdf(sorted_ref.T)
         self.n_features_ = d
 
@@ -143,11 +143,11 @@ class HBOSDetector(Detector):
 
     def load_state(self, arrays: dict[str, np.ndarray], *, pickled: bytes | None = None) -> None:
         owner = "detector hbos"
-        self.heights_ = take(arrays, "heights", owner, shape=(None, None), min_size=1)
+        self.heights_ = take(arrays, "heights", owner, shape=(None, None), finite=True, min_size=1)
         d = self.heights_.shape[0]
-        self.lo_ = take(arrays, "lo", owner, shape=(d,))
-        self.width_ = take(arrays, "width", owner, shape=(d,))
-        self.reference_scores_ = take(arrays, "reference_scores", owner, shape=(None,))
+        self.lo_ = take(arrays, "lo", owner, shape=(d,), finite=True)
+        self.width_ = take(arrays, "width", owner, shape=(d,), finite=True)
+        self.reference_scores_ = take(arrays, "reference_scores", owner, shape=(None,), finite=True)
         self.n_features_ = d
 
 
@@ -244,7 +244,10 @@ class IForestDetector(Detector):
 
     def load_state(self, arrays: dict[str, np.ndarray], *, pickled: bytes | None = None) -> None:
         owner = "detector iforest"
-        self.leaf_value_ = take(arrays, "leaf_value", owner, shape=(None, None), min_size=2)
+        # a NaN path length or a denominator of 0 or below would score every record NaN or alert on all of them
+        self.leaf_value_ = take(arrays, "leaf_value", owner, shape=(None, None), finite=True, min_size=2)
+        if (self.leaf_value_ < 0).any():
+            raise BundleError(f"{owner}: 'leaf_value' holds negative path lengths; the bundle is damaged: refit it")
         trees, leaves = self.leaf_value_.shape
         if leaves < 2 or leaves & (leaves - 1) or leaves > 2**30:
             raise BundleError(f"{owner}: 'leaf_value' has {leaves} leaves per tree, not a power of two; refit it")
@@ -253,9 +256,13 @@ class IForestDetector(Detector):
         feature = take(arrays, "feature", owner, shape=(trees, leaves - 1), kind="i")
         check_indices(feature, 0, self.n_features_, owner, "feature numbers")
         self.feature_ = feature.astype(np.uint32)
-        self.threshold_ = take(arrays, "threshold", owner, shape=(trees, leaves - 1)).astype(np.float32)
+        self.threshold_ = take(arrays, "threshold", owner, shape=(trees, leaves - 1)).astype(np.float32)  # inf: a pad
         self.denominator_ = take(arrays, "denominator", owner, shape=(1,), finite=True)
-        self.reference_scores_ = take(arrays, "reference_scores", owner, shape=(None,))
+        if self.denominator_[0] <= 0:
+            raise BundleError(
+                f"{owner}: 'denominator' is {self.denominator_[0]}, not above 0; the bundle is damaged: refit it"
+            )
+        self.reference_scores_ = take(arrays, "reference_scores", owner, shape=(None,), finite=True)
 
 
 class PyODDetector(Detector):
@@ -350,7 +357,7 @@ class PyODDetector(Detector):
                 "--trust-bundle (trusted=True) only if you trust its origin"
             )
         self.model_ = pickle.loads(pickled)
-        self.reference_scores_ = take(arrays, "reference_scores", "detector pyod", shape=(None,))
+        self.reference_scores_ = take(arrays, "reference_scores", "detector pyod", shape=(None,), finite=True)
         self.n_features_ = int(take(arrays, "n_features", "detector pyod", shape=(1,), kind="i")[0])
 
 

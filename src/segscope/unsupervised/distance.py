@@ -81,7 +81,7 @@ class KNNDetector(Detector):
         self.k_ = int(take(arrays, "k", "detector knn", shape=(1,), kind="i")[0])
         check_indices(np.array([self.k_]), 1, reference.shape[0] + 1, "detector knn", "k (neighbours)")
         self._index(reference)
-        self.reference_scores_ = take(arrays, "reference_scores", "detector knn", shape=(None,))
+        self.reference_scores_ = take(arrays, "reference_scores", "detector knn", shape=(None,), finite=True)
         self.n_features_ = self.reference_.shape[1]
 
 
@@ -154,13 +154,13 @@ class CBLOFDetector(Detector):
 
     def load_state(self, arrays: dict[str, np.ndarray], *, pickled: bytes | None = None) -> None:
         owner = "detector cblof"
-        self.centres_ = take(arrays, "centres", owner, shape=(None, None), min_size=1)
+        self.centres_ = take(arrays, "centres", owner, shape=(None, None), finite=True, min_size=1)
         self.large_ = take(arrays, "large", owner, shape=(self.centres_.shape[0],), kind="b")
         self.k_ = int(take(arrays, "k", owner, shape=(1,), kind="i")[0])
         check_indices(np.array([self.k_]), 1, self.centres_.shape[0] + 1, owner, "k (clusters per run)")
         if self.centres_.shape[0] % self.k_:
             raise BundleError(f"{owner}: {self.centres_.shape[0]} centres are not whole runs of {self.k_}; refit it")
-        self.reference_scores_ = take(arrays, "reference_scores", owner, shape=(None,))
+        self.reference_scores_ = take(arrays, "reference_scores", owner, shape=(None,), finite=True)
         self.n_features_ = self.centres_.shape[1]
 
 
