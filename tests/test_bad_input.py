@@ -182,6 +182,21 @@ def test_null_id_is_reported_at_its_row(run_cli, bundle: Path, files: Path, tmp_
     _one_line_error(_score(run_cli, dups, bundle, tmp_path / "o.parquet"), "'t01-0000900' appears 2 times", "row 900")
 
 
+@pytest.mark.parametrize("kind", ["list", "struct", "binary"])
+def test_ids_that_are_not_single_values_are_refused(
+    run_cli, bundle: Path, files: Path, tmp_path: Path, kind: str
+) -> None:
+    """A list, struct or binary id column was a traceback ("does not have eq operator", a SchemaError)."""
+    ids = pl.col("txn_id")
+    as_kind = {"list": pl.concat_list(ids), "struct": pl.struct(ids), "binary": ids.cast(pl.Binary)}[kind]
+    path = tmp_path / f"{kind}.parquet"
+    pl.read_parquet(files / "new.parquet").head(500).with_columns(as_kind.alias("txn_id")).write_parquet(path)
+    _one_line_error(_score(run_cli, path, bundle, tmp_path / "o.parquet"), "id column 'txn_id' holds", "ids must be")
+    assert not (tmp_path / "o.parquet").exists()
+    fitted = run_cli("fit", path, "--bundle", tmp_path / "b", "--id-column", "txn_id", "--drop", "is_fraud")
+    _one_line_error(fitted, "id column 'txn_id' holds")
+
+
 # ------------------------------------------------------------------------------------------ warnings
 def test_all_null_numeric_column_warns(run_cli, bundle: Path, files: Path, tmp_path: Path) -> None:
     path = tmp_path / "noamount.parquet"

@@ -534,3 +534,17 @@ def test_log_lines_python_will_not_parse_are_passed_over(run_cli, registry: Path
         fh.write("[" * 100_000 + "\n" + '{"n": ' + "9" * 5000 + "}\n")
     result = run_cli("rollback", registry)
     assert result.code == 0 and reg.current_version(registry) == first, result.err
+
+
+@pytest.mark.parametrize(("field", "value"), [("training", None), ("label_snapshot", {"a": "b"}), ("versions", [])])
+def test_inspect_of_descriptive_fields_scoring_never_reads_is_one_line(
+    run_cli, copy_of, field: str, value: object
+) -> None:
+    """`training: null` or a label snapshot without its promotion loaded and scored, but `inspect` tracebacked."""
+    bundle = copy_of(f"field-{field}")
+    manifest = _manifest(bundle)
+    manifest[field] = value
+    _write_manifest(bundle, manifest)
+    result = run_cli("inspect", bundle)
+    _one_line_error(result, "manifest.json holds a field inspect cannot show")
+    assert result.out == ""

@@ -108,6 +108,30 @@ def test_markup_in_data_names_paths_and_ids_is_printed_literally(tmp_path: Path)
     _literal(imported, "imported 0 labels (1 unchanged)")
 
 
+def test_control_characters_in_names_and_ids_reach_no_terminal(tmp_path: Path) -> None:
+    """A column named with ESC sequences (clear the screen, red) printed them raw in `inspect`, and ids holding
+    them did in `label queue`: each control character is shown as U+FFFD."""
+    escape = "\x1b[2J\x1b[31mALL CLEAR"
+    frame = make_transactions(1500, seed=0).rename({"merchant_category": "cat" + escape})
+    frame = frame.with_columns((pl.lit(escape + "_") + pl.col("txn_id")).alias("txn_id"))
+    frame.head(1000).write_parquet(tmp_path / "history.parquet")
+    frame.tail(500).write_parquet(tmp_path / "new.parquet")
+    bundle, store = tmp_path / "bundle", tmp_path / "labels.db"
+    fit = _segscope(
+        "fit", tmp_path / "history.parquet", "--bundle", bundle, "--id-column", "txn_id", "--drop", "is_fraud"
+    )
+    scored = _segscope(
+        "score", tmp_path / "new.parquet", "--bundle", bundle, "--out", tmp_path / "o.csv", "--store", store
+    )
+    inspect = _segscope("inspect", bundle)
+    queue = _segscope("label", "queue", "--store", store, "-n", "5")
+    for done in (fit, scored, inspect, queue):
+        assert done.returncode == 0, done.stderr
+        assert "\x1b" not in done.stdout + done.stderr
+    assert "cat\ufffd[2J\ufffd[31mALL CLEAR" in inspect.stdout
+    assert "\ufffd[2J\ufffd[31mALL CLEAR_t" in queue.stdout
+
+
 def test_printed_lines_from_callbacks_are_literal(capsys: pytest.CaptureFixture[str]) -> None:
     """Lines built elsewhere (a stream's stats, Spark's progress, fit's steps) reach the consoles as text."""
     from segscope.cli import _app
@@ -143,7 +167,9 @@ def test_the_consoles_cannot_read_markup() -> None:
     for path in sources.glob("*.py"):
         text = path.read_text()
         assert "[/]" not in text and "[green]" not in text and "[bold]" not in text, path
-        assert text.count("Console(") == text.count("markup=False, emoji=False"), path
+        made = re.findall(r"(?<!class )\b(?:Console|_Plain)\(", text)  # consoles made (the command's own class too)
+        assert len(made) == text.count("markup=False, emoji=False"), path
+    assert isinstance(_app.err, _app._Plain) and isinstance(_app.out, _app._Plain)  # control characters shown
 
 
 # ------------------------------------------------------------------------------------------ the label store

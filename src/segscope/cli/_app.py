@@ -49,8 +49,33 @@ app = typer.Typer(
 # What is printed holds users' text (values, column names, ids, paths, manifests, error messages): neither console
 # reads Rich markup or emoji codes from a string, so `[/x]`, `[link=...]` or `:skull:` print as they are. Style goes
 # in as rich.text.Text (`say`, `Text.assemble`, table cells through `cells`), never as markup in a string.
-err = Console(stderr=True, soft_wrap=True, markup=False, emoji=False)  # one line per message: logs are grepped
-out = Console(markup=False, emoji=False)
+# Control characters in that text (ESC above all) could clear the screen, recolour or rewrite what a user reads:
+# both consoles print each as U+FFFD, one character for one, so the styles of a Text keep their places.
+_CONTROLS = dict.fromkeys([*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F, *range(0x80, 0xA0)], "\ufffd")
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters (but newline and tab) shown as U+FFFD."""
+    return text.translate(_CONTROLS)
+
+
+def _printable(shown: Any) -> Any:
+    if isinstance(shown, str):
+        return printable(shown)
+    if isinstance(shown, Text):
+        safe = shown.copy()
+        safe.plain = printable(shown.plain)
+        return safe
+    return shown  # tables: their cells come through `cells`
+
+
+class _Plain(Console):
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        super().print(*map(_printable, objects), **kwargs)
+
+
+err = _Plain(stderr=True, soft_wrap=True, markup=False, emoji=False)  # one line per message: logs are grepped
+out = _Plain(markup=False, emoji=False)
 
 BundleOpt = Annotated[Path, typer.Option("--bundle", "-b", help="Bundle folder.")]
 StoreOpt = Annotated[
@@ -80,8 +105,8 @@ def say(style: str, head: str, rest: object = "") -> Text:
 
 
 def cells(*values: object) -> list[Text]:
-    """Table cells as literal text."""
-    return [Text(str(value)) for value in values]
+    """Table cells as literal text (control characters shown as U+FFFD)."""
+    return [Text(printable(str(value))) for value in values]
 
 
 def text_column() -> TextColumn:

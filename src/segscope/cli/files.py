@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -29,7 +29,10 @@ from segscope.cli._app import (
     shown_store,
     steps,
 )
-from segscope.exceptions import ConfigError, SegscopeError
+from segscope.exceptions import BundleError, ConfigError, SegscopeError
+
+if TYPE_CHECKING:
+    from segscope.model import Model
 
 EngineOpt = Annotated[
     str,
@@ -235,6 +238,19 @@ def inspect(
     if as_json:
         out.print_json(json.dumps(manifest))
         return
+    # a manifest edited by hand can hold what scoring never reads (`training` null): one line, nothing printed
+    try:
+        with out.capture() as shown:
+            _describe(bundle, model, manifest)
+    except (KeyError, TypeError, AttributeError, ValueError, IndexError) as exc:
+        raise BundleError(
+            f"bundle {bundle}: manifest.json holds a field inspect cannot show ({type(exc).__name__}: "
+            f"{str(exc)[:80]}); restore the original bundle or refit"
+        ) from None
+    out.file.write(shown.get())
+
+
+def _describe(bundle: Path, model: Model, manifest: dict[str, Any]) -> None:
     train = manifest["training"]
     from segscope import registry
 

@@ -15,6 +15,7 @@ import polars as pl
 from segscope.exceptions import DataError
 
 __all__ = [
+    "check_id_kind",
     "check_ids_present",
     "check_ids_unique",
     "check_unique_ids",
@@ -38,14 +39,25 @@ def duplicate_id_error(id_column: str, value: object, count: int, row: int) -> D
     )
 
 
+def check_id_kind(ids: pl.Series, id_column: str) -> None:
+    """Refuse ids that are not single values (lists, structs, bytes): they cannot be compared, stored or labelled."""
+    if isinstance(ids.dtype, pl.List | pl.Array | pl.Struct | pl.Binary | pl.Object):
+        raise DataError(
+            f"id column '{id_column}' holds {ids.dtype} values; ids must be text or whole numbers: choose another "
+            "--id-column or convert it"
+        )
+
+
 def check_ids_present(ids: pl.Series, id_column: str, *, start: int = 0) -> None:
     """Refuse a null id; ``start`` is the row of ``ids[0]`` in the input, so the message names the input's row."""
+    check_id_kind(ids, id_column)
     if ids.null_count():
         raise null_id_error(id_column, start + int(ids.is_null().arg_true()[0]))
 
 
 def check_ids_unique(ids: pl.Series, id_column: str) -> None:
     """Refuse an id that names two records (``ids`` is the whole input, in order)."""
+    check_id_kind(ids, id_column)
     duplicated = ids.is_duplicated()
     if duplicated.any():
         first = int(duplicated.arg_true()[0])
