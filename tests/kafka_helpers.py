@@ -305,10 +305,27 @@ def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
     try:
         meta = consumer.list_topics(topic, timeout=15).topics.get(topic)
         partitions = sorted(meta.partitions) if meta is not None and meta.error is None else []
-        marks = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=15) for p in partitions}
+        marks = {p: _watermarks(consumer, TopicPartition(topic, p)) for p in partitions}
         return {p: int(high) for p, (_low, high) in marks.items()}
     finally:
         consumer.close()
+
+
+def _watermarks(consumer: Any, partition: Any) -> tuple[int, int]:
+    """A partition's watermarks, asked again while its leadership moves (a broker busy with a restarted client
+    answered NOT_LEADER_FOR_PARTITION once)."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    moving = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE)
+    for attempt in range(40):
+        try:
+            low, high = consumer.get_watermark_offsets(partition, timeout=15)
+            return int(low), int(high)
+        except KafkaException as exc:
+            if attempt == 39 or exc.args[0].code() not in moving:
+                raise
+            time.sleep(0.25)
+    raise AssertionError("unreachable")
 
 
 def committed_offsets(bootstrap: str, group: str) -> dict[str, int]:

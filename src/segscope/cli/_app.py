@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -29,7 +29,7 @@ from rich.text import Text
 # Typer carries its own copy of Click (0.29 on): its usage errors, caught to print them as one line
 from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 
-from segscope.exceptions import ConfigError, SegscopeError
+from segscope.exceptions import BundleError, ConfigError, SegscopeError
 
 if TYPE_CHECKING:
     import polars as pl
@@ -102,6 +102,20 @@ BudgetOpt = Annotated[int | None, typer.Option("--daily-budget", help="Labels pe
 def say(style: str, head: str, rest: object = "") -> Text:
     """``head`` in ``style``, then ``rest``: both literal text (no markup, no emoji codes)."""
     return Text.assemble((head, style), str(rest))
+
+
+def print_whole(draw: Callable[[], None], where: str) -> None:
+    """Print what ``draw`` prints once it has all rendered: a field of a manifest edited by hand that scoring never
+    reads (``training`` null) is then one error line (``where`` names the file), with nothing printed before it."""
+    try:
+        with out.capture() as shown:
+            draw()
+    except (KeyError, TypeError, AttributeError, ValueError, IndexError) as exc:
+        raise BundleError(
+            f"{where} holds a field inspect cannot show ({type(exc).__name__}: {str(exc)[:80]}); restore the "
+            "original bundle or refit"
+        ) from None
+    out.file.write(shown.get())
 
 
 def cells(*values: object) -> list[Text]:

@@ -24,12 +24,13 @@ from segscope.cli._app import (
     open_store,
     out,
     print_top_alerts,
+    print_whole,
     row_progress,
     say,
     shown_store,
     steps,
 )
-from segscope.exceptions import BundleError, ConfigError, SegscopeError
+from segscope.exceptions import ConfigError, SegscopeError
 
 if TYPE_CHECKING:
     from segscope.model import Model
@@ -238,21 +239,13 @@ def inspect(
     if as_json:
         out.print_json(json.dumps(manifest))
         return
-    # a manifest edited by hand can hold what scoring never reads (`training` null): one line, nothing printed
-    try:
-        with out.capture() as shown:
-            _describe(bundle, model, manifest)
-    except (KeyError, TypeError, AttributeError, ValueError, IndexError) as exc:
-        raise BundleError(
-            f"bundle {bundle}: manifest.json holds a field inspect cannot show ({type(exc).__name__}: "
-            f"{str(exc)[:80]}); restore the original bundle or refit"
-        ) from None
-    out.file.write(shown.get())
+    print_whole(lambda: _describe(bundle, model, manifest), f"bundle {bundle}: manifest.json")
 
 
 def _describe(bundle: Path, model: Model, manifest: dict[str, Any]) -> None:
-    train = manifest["training"]
     from segscope import registry
+
+    train = manifest["training"]
 
     if registry.is_registry(bundle):
         current = registry.current_version(bundle)
@@ -262,10 +255,7 @@ def _describe(bundle: Path, model: Model, manifest: dict[str, Any]) -> None:
         out.print(Text.assemble(("registry", "bold"), f" {bundle}: versions ", *listed))
     out.print(Text.assemble(("bundle", "bold"), f" {bundle}  (format {manifest['format_version']}, checksums OK)"))
     out.print(f"model version  {manifest['model_version']}   created {manifest['created_at']}")
-    out.print(
-        f"segscope {manifest['versions']['segscope']}, python {manifest['versions']['python']}, "
-        f"pyod {manifest['versions']['pyod']}, polars {manifest['versions']['polars']}"
-    )
+    out.print(", ".join(f"{k} {manifest['versions'][k]}" for k in ("segscope", "python", "pyod", "polars")))
     out.print(
         f"training       {train['fit_rows']:,} of {train['rows']:,} rows, fingerprint {train['fingerprint'][:16]}…"
     )
