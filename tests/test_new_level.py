@@ -43,17 +43,40 @@ SPEC = (
 )
 
 
-def _by_hand(frame: pl.DataFrame, start: float, step: float) -> list[float | None]:
-    """1.0 where the row's level is one its machine never had before, 0.0 where it had, None without a value or key."""
+LADDER = (
+    EntityConfig.model_validate(
+        {
+            "key": "machine_id",
+            "time": "timestamp",
+            "features": [{"kind": "new_level", "of": "value", "levels": LEVELS, "ladder": [3, 6]}],
+        }
+    ),
+)
+
+
+def _by_hand(
+    frame: pl.DataFrame, start: float, step: float, ladder: tuple[int, int] | None = None, fit: int = 0
+) -> list[float | None]:
+    """1.0 where the row's level is one its machine never had before, 0.0 where it had, None without a value or key.
+    With a ladder: after a machine's first ladder[0] new levels since row ``fit``, a new level is 1 only 2 or more
+    levels from every level the machine had; after ladder[1], 3 or more."""
     seen: dict[str, set[int]] = {}
+    since_fit: dict[str, int] = {}
     out: list[float | None] = []
-    for key, value in zip(frame["machine_id"], frame["value"], strict=True):
+    for row, (key, value) in enumerate(zip(frame["machine_id"], frame["value"], strict=True)):
         if key is None or value is None:
             out.append(None)
             continue
         level = math.floor((value - start) / step)
-        out.append(0.0 if level in seen.setdefault(key, set()) else 1.0)
-        seen[key].add(level)
+        known = seen.setdefault(key, set())
+        new = level not in known
+        if new and ladder is not None and row >= fit:
+            count = since_fit.get(key, 0)
+            far = 1 + (count >= ladder[0]) + (count >= ladder[1])
+            new = not known or min(abs(level - k) for k in known) >= far
+            since_fit[key] = count + 1
+        out.append(1.0 if new else 0.0)
+        known.add(level)
     return out
 
 
@@ -73,12 +96,46 @@ def test_a_level_is_new_exactly_when_its_machine_never_had_it() -> None:
     assert 0 < sum(v == 1.0 for v in scored if v is not None) < 100
 
 
+def test_a_ladder_quiets_new_levels_next_to_known_ones_once_a_machine_has_reached_enough() -> None:
+    frame = _readings(900, seed=4)  # the spread grows: each machine keeps reaching levels past its fit range
+    history, later = frame[:200], frame[200:]
+    feats = EntityFeatures(LADDER).fit(history)
+    start, step = feats.grids_["machine_id_value_new_level"][levels.ALL]
+    scored = feats.transform(later, feats.new_state())["machine_id_value_new_level"].to_list()
+    assert scored == _by_hand(frame, start, step, ladder=(3, 6), fit=200)[200:]
+    plain = _by_hand(frame, start, step)[200:]
+    quieted = [i for i, (a, b) in enumerate(zip(scored, plain, strict=True)) if a == 0.0 and b == 1.0]
+    assert quieted and sum(v == 1.0 for v in scored) > 6  # the ladder quiets some, and far levels still alarm
+    # the fit history's levels count for nothing: every machine's first 3 new levels after it are 1
+    firsts: dict[str, int] = {}
+    for key, new, was in zip(later["machine_id"], scored, plain, strict=True):
+        if key is not None and was == 1.0 and firsts.setdefault(key, 0) < 3:
+            firsts[key] += 1
+            assert new == 1.0
+
+
+@pytest.mark.parametrize("spec", [SPEC, LADDER], ids=["levels", "ladder"])
 @settings(max_examples=20, deadline=None)
 @given(cuts=st.lists(st.integers(1, 399), max_size=10, unique=True))
-def test_any_cut_into_batches_and_a_state_round_trip_give_the_same_levels(cuts: list[int]) -> None:
+def test_any_cut_into_batches_and_a_state_round_trip_give_the_same_levels(
+    spec: tuple[EntityConfig, ...], cuts: list[int]
+) -> None:
     frame = _readings(400, seed=1)
-    feats = EntityFeatures(SPEC).fit(frame[:100])
+    feats = EntityFeatures(spec).fit(frame[:100])
     check_entity_batches_through_checkpoints(feats, frame[100:], [c - 100 for c in cuts])
+
+
+@pytest.mark.parametrize(
+    ("feature", "says"),
+    [
+        ({"kind": "zscore", "of": "value", "window": "1h", "ladder": [8]}, "'ladder' belongs to features of kind"),
+        ({"kind": "new_level", "of": "value", "ladder": [30, 8]}, "a ladder's counts rise"),
+        ({"kind": "new_level", "of": "value", "ladder": [1, 2, 3]}, "at most 2"),
+    ],
+)
+def test_a_ladder_that_cannot_work_is_one_clear_line_at_load(feature: dict[str, object], says: str) -> None:
+    with pytest.raises(ConfigError, match=says):
+        config_from_dict({"entities": [{"key": "machine_id", "features": [feature]}]})
 
 
 MIN = 300

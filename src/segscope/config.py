@@ -178,6 +178,10 @@ class EntityFeatureConfig(_Frozen):
     #: ``new_level``: the range of ``of`` over the fit history is cut into this many equal levels (the same step
     #: continues beyond it); a reading at a level its entity never had is new.
     levels: int = Field(default=_DEFAULT_LEVELS, ge=2, le=1_000_000)
+    #: ``new_level``: fewer alarms from an entity that keeps reaching new levels. After its first ``ladder[0]`` new
+    #: levels since the fit, a new level is 1 only when it lies 2 or more levels from every level the entity knows;
+    #: after ``ladder[1]``, 3 or more (the others are learnt all the same, as 0).
+    ladder: tuple[int, ...] | None = Field(default=None, min_length=1, max_length=2)
     #: ``state``: the columns read together; ``of: sensor`` in a block with ``sensors:`` stands for all of them.
     over: tuple[str, ...] | None = None
     #: ``state``: each entity learns its state from its first this many readings (or its fit history's, >= 100).
@@ -211,6 +215,10 @@ class EntityFeatureConfig(_Frozen):
             raise ValueError("a 'state' feature takes learn, span and hold, not window or levels; remove them")
         if self.kind == "seasonal_drop" and (self.window is not None or self.levels != _DEFAULT_LEVELS):
             raise ValueError("a 'seasonal_drop' feature takes span and deviations, not window or levels; remove them")
+        if self.ladder is not None and (self.kind != "new_level" or any(n < 0 for n in self.ladder)):
+            raise ValueError("'ladder' belongs to features of kind 'new_level' and counts new levels: [8, 30]")
+        if self.ladder is not None and list(self.ladder) != sorted(self.ladder):
+            raise ValueError(f"a ladder's counts rise: {list(self.ladder)} is not in order (e.g. [8, 30])")
         if self.kind != "state" and self.over is not None:
             raise ValueError(f"'over' belongs to features of kind 'state', not '{self.kind}'")
         needs_of = self.kind not in {"count", "since_last", "state"}

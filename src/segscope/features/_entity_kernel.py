@@ -77,7 +77,8 @@ def advance(
     taus: np.ndarray,  # (features,) window time constants
     shares: np.ndarray,  # (features,) rare share
     params: np.ndarray,  # (features, 3) STATE: readings to learn, smoothing span, readings in a row to alarm;
-    # SEASONAL_DROP: deviations, smoothing span
+    # SEASONAL_DROP: deviations, smoothing span; NEW_LEVEL: its ladder's counts (inf: none), its column of near
+    near: np.ndarray,  # (rows, ladders, 4) NEW_LEVEL with a ladder: codes of the levels 1 and 2 below and above
     ttl: float,  # reset after this idle time (0: never)
     use_time: bool,
     out: np.ndarray,  # (rows, features)
@@ -160,6 +161,13 @@ def advance(
                     acc[s, o] = np.nan
             elif kind in (FIRST_SEEN, NEW_LEVEL):  # a new level: its code never seen for the entity
                 result = np.nan if prior[pc] < 0 else (1.0 if prior[pc] == 0 else 0.0)
+                if kind == NEW_LEVEL and result == 1.0 and math.isfinite(params[f, 0]):  # slot: new levels since fit
+                    far = 1 + int(acc[s, o] >= params[f, 0]) + int(acc[s, o] >= params[f, 1])  # levels out it must lie
+                    for k in range(2 * (far - 1)):
+                        v = pairs.get((s * n_pairs + pc, near[i, int(params[f, 2]), k]), 0)
+                        if (v >> _COUNT_BITS) == gen[s] and (v & mask) > 0:
+                            result = 0.0
+                    acc[s, o] += 1.0
             elif kind == RARE:
                 if prior[pc] >= 0:
                     result = 1.0 if n_prior == 0 or prior[pc] < shares[f] * n_prior else 0.0
@@ -321,8 +329,11 @@ def freeze_state(row: np.ndarray, o: int, d: int, span: float) -> None:
 @nb.njit(cache=True)
 def freeze_learnt(acc: np.ndarray, plan: np.ndarray, params: np.ndarray, entities: int) -> None:
     """At the end of a fit history: every entity still learning a STATE feature with at least
-    :data:`STATE_MIN_READINGS` readings is watched from its readings so far."""
+    :data:`STATE_MIN_READINGS` readings is watched from its readings so far; NEW_LEVEL ladders count from 0 (every
+    level of the history was new)."""
     for f in range(plan.shape[0]):
+        if plan[f, 0] == NEW_LEVEL and math.isfinite(params[f, 0]):
+            acc[:entities, plan[f, 3]] = 0.0
         if plan[f, 0] != STATE:
             continue
         o, d = plan[f, 3], plan[f, 2]

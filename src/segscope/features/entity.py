@@ -30,7 +30,7 @@ from segscope.features import _entity_kernel as kernel
 from segscope.features import levels
 from segscope.features.entity_state import Block, EntityState
 from segscope.schema import SCORED_COLUMNS
-from segscope.sources.frames import parse_datetimes
+from segscope.sources.frames import event_seconds
 
 __all__ = ["EntityFeatures", "EntityState"]
 
@@ -65,8 +65,11 @@ class _Plan:
     taus: np.ndarray
     shares: np.ndarray
     #: (features, 3) ``state``: readings to learn from, smoothing span, readings in a row to alarm;
-    #: ``seasonal_drop``: deviations, smoothing span
+    #: ``seasonal_drop``: deviations, smoothing span; ``new_level``: its ladder's counts (inf: none), its column
+    #: of the kernel's ``near`` codes
     params: np.ndarray
+    #: pair columns of ``new_level`` features with a ladder, in the order of the kernel's ``near`` columns
+    ladders: list[int]
     n_acc: int
     ttl: float
     lateness: float
@@ -76,6 +79,7 @@ class _Plan:
         value_of: list[str] = []
         pair_of: list[str] = []
         level_of: dict[int, tuple[str, str, int]] = {}
+        ladders: list[int] = []
         rows, taus, shares, params, names, o = [], [], [], [], [], 0
         for f in spec.features:
             kind = _KINDS.index(f.kind)
@@ -90,6 +94,8 @@ class _Plan:
                 pc = len(pair_of)
                 pair_of.append("\0" + feature_name(spec, f))
                 level_of[pc] = (feature_name(spec, f), f.of, f.levels)
+                if f.ladder is not None:  # one slot: the entity's new levels since the fit
+                    slots, ladders = 1, [*ladders, pc]
             elif f.of is not None and f.kind in _PAIR_KINDS:
                 pair_of += [] if f.of in pair_of else [f.of]
                 pc = pair_of.index(f.of)
@@ -100,9 +106,13 @@ class _Plan:
             o += slots
             taus.append(duration_seconds(f.window) if f.window is not None else 0.0)
             shares.append(f.share)
-            params.append(
-                (f.deviations, f.smoothing, 0) if f.kind == "seasonal_drop" else (f.learn, f.smoothing, f.hold)
-            )
+            if f.kind == "new_level":
+                steps = [*(f.ladder or ()), np.inf, np.inf]
+                params.append((steps[0], steps[1], len(ladders) - 1 if f.ladder else -1))
+            elif f.kind == "seasonal_drop":
+                params.append((f.deviations, f.smoothing, 0))
+            else:
+                params.append((f.learn, f.smoothing, f.hold))
             names.append(feature_name(spec, f))
         ttl = duration_seconds(spec.ttl) if spec.ttl is not None else 0.0
         return cls(
@@ -115,6 +125,7 @@ class _Plan:
             np.array(taus, dtype=np.float64),
             np.array(shares, dtype=np.float64),
             np.array(params, dtype=np.float64).reshape(-1, 3),
+            ladders,
             o,
             ttl,
             duration_seconds(spec.allowed_lateness),
@@ -295,16 +306,20 @@ class EntityFeatures:
         for j, of in enumerate(plan.value_of):
             values[:, j] = _numbers(frame, of)
         codes = np.zeros((n, len(plan.pair_of)), dtype=np.int64)
+        near = np.full((n, len(plan.ladders), 4), -1, dtype=np.int64)
         for j, of in enumerate(plan.pair_of):
             pairs = self._levels_of(frame, plan, j) if j in plan.level_of else _evaluate(frame, of)
             codes[:, j] = block.codes_for(j, pairs.cast(pl.String))
+            if j in plan.ladders:  # the levels next to each reading's, by their codes (-1: never seen by anyone)
+                for k, step in enumerate((-1, 1, -2, 2)):
+                    near[:, plan.ladders.index(j), k] = block.codes_known(j, (pairs + step).cast(pl.String))
         if spec.time is not None and n:
             running = np.fmax.accumulate(np.concatenate([[block.newest], times]))[:-1]
             block.late += int(np.count_nonzero(times < running - plan.lateness))
         out, when = np.empty((n, len(plan.names))), np.empty(n)
         newest = kernel.advance(
             slots, times, values, codes, block.last_t, block.n_events, block.gen, block.acc, block.pairs,
-            plan.table, plan.taus, plan.shares, plan.params, plan.ttl, spec.time is not None, out, when,
+            plan.table, plan.taus, plan.shares, plan.params, near, plan.ttl, spec.time is not None, out, when,
         )  # fmt: skip
         block.rows = (slots, when)
         block.newest = max(block.newest, newest)
@@ -450,48 +465,5 @@ def _numbers(frame: pl.DataFrame, of: str) -> np.ndarray:
         raise DataError(f"entity feature 'of: {of}' must be numeric but holds {series.dtype}") from None
 
 
-#: Numeric event times are epoch times, each value's unit read from its magnitude: from 1e17 nanoseconds, from 1e14
-#: microseconds, from 1e11 milliseconds, else seconds. Each unit's values for 1973-5138 lie in a range of their
-#: own, so epoch times of those years are never misread; smaller numbers (seconds since a start) stay seconds.
-_EPOCH_SCALES = ((1e17, 1e9), (1e14, 1e6), (1e11, 1e3))
-
-
-def epoch_seconds(values: pl.Series) -> pl.Series:
-    """Numeric epoch times (seconds, milliseconds, microseconds or nanoseconds, each value by its magnitude) as
-    float seconds."""
-    number = values.cast(pl.Float64)
-    expr = pl.col("t")
-    for low, scale in reversed(_EPOCH_SCALES):  # the largest magnitude decided first
-        expr = pl.when(pl.col("t").abs() >= low).then(pl.col("t") * (1.0 / scale)).otherwise(expr)
-    return pl.DataFrame({"t": number}).select(expr.alias(values.name)).to_series()
-
-
 def _times(frame: pl.DataFrame, name: str) -> np.ndarray:
-    column = _column(frame, name, "time")
-    if column.dtype == pl.String:
-        column = column.str.strip_chars().replace("", None)
-        as_number = column.cast(pl.Float64, strict=False)
-        if column.null_count() < column.len() and as_number.null_count() == column.null_count():
-            column = as_number  # epoch times written as text ("1767225600000")
-        else:
-            parsed = parse_datetimes(column)
-            unread = parsed.is_null() & column.is_not_null()
-            if unread.any():
-                row = int(unread.arg_true()[0])
-                raise DataError(
-                    f"entity time column '{name}' holds {column[row]!r} at row {row}, which is not a date-time; "
-                    "fix the value (ISO 8601, e.g. 2025-03-01 12:00:00, or an epoch time) or leave it empty"
-                )
-            column = parsed
-    if isinstance(column.dtype, pl.Datetime):
-        seconds = column.dt.epoch("us").cast(pl.Float64) / 1e6
-    elif column.dtype == pl.Date:
-        seconds = column.cast(pl.Datetime("us")).dt.epoch("us").cast(pl.Float64) / 1e6
-    elif column.dtype.is_numeric():
-        seconds = epoch_seconds(column)
-    else:
-        raise DataError(
-            f"entity time column '{name}' holds {column.dtype}; give date-times or epoch times (seconds, "
-            "milliseconds, microseconds or nanoseconds since 1970)"
-        )
-    return seconds.fill_null(np.nan).to_numpy()
+    return event_seconds(_column(frame, name, "time"), name)

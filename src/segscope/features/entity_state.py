@@ -104,6 +104,15 @@ class Block:
         mapped = values.replace_strict(unique, [table[v] for v in unique], default=-1, return_dtype=pl.Int64)
         return mapped.fill_null(-1).to_numpy().astype(np.int64, copy=False)
 
+    def codes_known(self, column: int, values: pl.Series) -> np.ndarray:
+        """The codes of ``values`` in ``column`` (-1 for a value never coded), coding nothing new."""
+        table = self.codes[column]
+        unique = [v for v in values.drop_nulls().unique().to_list() if v in table]
+        if not unique:
+            return np.full(values.len(), -1, dtype=np.int64)
+        mapped = values.replace_strict(unique, [table[v] for v in unique], default=-1, return_dtype=pl.Int64)
+        return mapped.fill_null(-1).to_numpy().astype(np.int64, copy=False)
+
     def _grow(self, n: int) -> None:
         cap = self.last_t.shape[0]
         if n <= cap:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
 import polars as pl
 
 from segscope.exceptions import DataError
@@ -129,3 +130,51 @@ def _as_date(column: pl.Series) -> pl.Series | None:
                 out = out.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
             return out.alias(column.name)
     return None
+
+
+#: Numeric event times are epoch times, each value's unit read from its magnitude: from 1e17 nanoseconds, from 1e14
+#: microseconds, from 1e11 milliseconds, else seconds. Each unit's values for 1973-5138 lie in a range of their
+#: own, so epoch times of those years are never misread; smaller numbers (seconds since a start) stay seconds.
+_EPOCH_SCALES = ((1e17, 1e9), (1e14, 1e6), (1e11, 1e3))
+
+
+def epoch_seconds(values: pl.Series) -> pl.Series:
+    """Numeric epoch times (seconds, milliseconds, microseconds or nanoseconds, each value by its magnitude) as
+    float seconds."""
+    number = values.cast(pl.Float64)
+    expr = pl.col("t")
+    for low, scale in reversed(_EPOCH_SCALES):  # the largest magnitude decided first
+        expr = pl.when(pl.col("t").abs() >= low).then(pl.col("t") * (1.0 / scale)).otherwise(expr)
+    return pl.DataFrame({"t": number}).select(expr.alias(values.name)).to_series()
+
+
+def event_seconds(column: pl.Series, name: str) -> np.ndarray:
+    """An entity's event-time column ``name`` as float seconds since 1970 (NaN: missing): date-times, dates, epoch
+    times as numbers or text; anything else is a one-line :class:`DataError`."""
+    if column.dtype == pl.String:
+        column = column.str.strip_chars().replace("", None)
+        as_number = column.cast(pl.Float64, strict=False)
+        if column.null_count() < column.len() and as_number.null_count() == column.null_count():
+            column = as_number  # epoch times written as text ("1767225600000")
+        else:
+            parsed = parse_datetimes(column)
+            unread = parsed.is_null() & column.is_not_null()
+            if unread.any():
+                row = int(unread.arg_true()[0])
+                raise DataError(
+                    f"entity time column '{name}' holds {column[row]!r} at row {row}, which is not a date-time; "
+                    "fix the value (ISO 8601, e.g. 2025-03-01 12:00:00, or an epoch time) or leave it empty"
+                )
+            column = parsed
+    if isinstance(column.dtype, pl.Datetime):
+        seconds = column.dt.epoch("us").cast(pl.Float64) / 1e6
+    elif column.dtype == pl.Date:
+        seconds = column.cast(pl.Datetime("us")).dt.epoch("us").cast(pl.Float64) / 1e6
+    elif column.dtype.is_numeric():
+        seconds = epoch_seconds(column)
+    else:
+        raise DataError(
+            f"entity time column '{name}' holds {column.dtype}; give date-times or epoch times (seconds, "
+            "milliseconds, microseconds or nanoseconds since 1970)"
+        )
+    return seconds.fill_null(np.nan).to_numpy()
