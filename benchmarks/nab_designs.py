@@ -73,10 +73,14 @@ class Series:
         self.stuck = features[stuck].to_numpy() == 1
         self.values = frame["value"].to_numpy().astype(float)
 
+    def level_codes(self, levels: int) -> np.ndarray:
+        """Every row's level on the pack's own grid (the probationary rows' range cut into ``levels``)."""
+        grid = grids({"value": ranges(self.values[: self.probation], None)}, {"value": levels})["value"]
+        return np.asarray(codes(self.values, None, grid).to_numpy())
+
     def new_levels(self, levels: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Each scored row: on a new level, its distance in levels to the nearest known one, beyond the known range."""
-        grid = grids({"value": ranges(self.values[: self.probation], None)}, {"value": levels})["value"]
-        code = codes(self.values, None, grid).to_numpy()  # the pack's own level grid
+        code = self.level_codes(levels)
         known = set(code[: self.probation].tolist())
         rest = code[self.probation :]
         new, dist, beyond = np.zeros(rest.size, bool), np.zeros(rest.size), np.zeros(rest.size, bool)
@@ -157,8 +161,7 @@ class Series:
     def persistent(self, within: int, at_least: int, levels: int = 32) -> np.ndarray:
         """Each scored row: a new level among the last ``within`` readings, and at least ``at_least`` of them on
         levels unknown before the first of them (a move that lasts, not a single reading)."""
-        grid = grids({"value": ranges(self.values[: self.probation], None)}, {"value": levels})["value"]
-        code = codes(self.values, None, grid).to_numpy()
+        code = self.level_codes(levels)
         seen: dict[int, int] = {}
         first = np.empty(code.size)
         for i, c in enumerate(code.tolist()):

@@ -57,8 +57,8 @@ def check_ids_present(ids: pl.Series, id_column: str, *, start: int = 0) -> None
 
 
 def check_ids_unique(ids: pl.Series, id_column: str) -> None:
-    """Refuse an id that names two records (``ids`` is the whole input, in order)."""
-    check_id_kind(ids, id_column)
+    """Refuse an id that names two records (``ids`` is the whole input, in order, each part of it through
+    :func:`check_ids_present` first, which refuses ids of a kind that cannot be compared)."""
     duplicated = ids.is_duplicated()
     if duplicated.any():
         first = int(duplicated.arg_true()[0])
