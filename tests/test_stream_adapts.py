@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from segscope.config import AdaptConfig, DetectorConfig, load_config
+from segscope.config import AdaptConfig, DetectorConfig, config_from_dict, load_config
 from segscope.model import Model
 from tests.kafka_helpers import consume_all, create_topic, produce, stream_killed_midway
 
@@ -70,6 +70,16 @@ def test_the_adapting_pack_streams_what_the_file_in_order_gives_through_a_sigkil
     whole = model.score(live, state=model.new_state())
     alerts = whole.filter(pl.col("is_alert"))
     assert 5 <= alerts.height <= 60 and set(alerts["machine_id"]) == {"a", "b", "c"}  # each machine's new levels
+    # a's new level and c's drift climb the pack's ladder (a new level next to a known one is 0 after a machine's
+    # 8th since the fit), so the stream below must carry each machine's count through the SIGKILL too
+    pack = model.config.model_dump(mode="json")
+    pack["entities"][0]["features"][0].pop("ladder")
+    flat = Model(config_from_dict(pack)).fit(history)
+    unladdered = flat.score(live, state=flat.new_state())
+    level = "machine_id_value_new_level"
+    for machine in "ac":
+        new, before = (f.filter(pl.col("machine_id") == machine)[level].sum() for f in (whole, unladdered))
+        assert 8 <= new < before - 10
 
     out = _streamed_through_a_sigkill(kafka_bootstrap, tmp_path, live, "adapt")
     names = [*model.entity_features, "anomaly_score", "is_alert"]
