@@ -19,6 +19,7 @@ from polars.testing import assert_frame_equal
 
 from segscope.config import AdaptConfig, DetectorConfig, SegscopeConfig, config_from_dict, load_config
 from segscope.exceptions import BundleError, ConfigError
+from segscope.features.entity import ladder_lines
 from segscope.features.entity_state import EntityState
 from segscope.model import Model, ScoringState
 from segscope.report import load_report_data
@@ -299,5 +300,9 @@ def test_inspect_state_dir_reads_what_a_streams_checkpoints_hold(
     expected = adapt_line(model.config, whole.entities)
     assert expected is not None and "6 refits" in expected
     assert f"2 entities at the newest checkpoints {expected}" in " ".join(shown.out.split())
+    assert whole.entities is not None
+    (ladder,) = ladder_lines(model.config.entities, whole.entities)  # b's drift climbed the pack's ladder
+    assert ladder.startswith("machine_id_value_new_level: ladder [8, 30], entities past each count [")
+    assert "past each count [0, 0]" not in ladder and ladder in " ".join(shown.out.split())
     missing = run_cli("inspect", tmp_path / "bundle", "--state-dir", tmp_path / "nothing")
     assert missing.code != 0 and "is not a folder" in missing.err

@@ -101,9 +101,15 @@ def test_a_ladder_quiets_new_levels_next_to_known_ones_once_a_machine_has_reache
     history, later = frame[:200], frame[200:]
     feats = EntityFeatures(LADDER).fit(history)
     start, step = feats.grids_["machine_id_value_new_level"][levels.ALL]
-    scored = feats.transform(later, feats.new_state())["machine_id_value_new_level"].to_list()
+    state = feats.new_state()
+    assert feats.levels_known(state)["machine_id_value_new_level"]["entities_past_each_count"] == [0, 0]  # at fit
+    scored = feats.transform(later, state)["machine_id_value_new_level"].to_list()
     assert scored == _by_hand(frame, start, step, ladder=(3, 6), fit=200)[200:]
     plain = _by_hand(frame, start, step)[200:]
+    since_fit = [sum(v == 1.0 for k, v in zip(later["machine_id"], plain, strict=True) if k == m) for m in "ab"]
+    climbed = feats.levels_known(state)["machine_id_value_new_level"]  # what inspect shows
+    assert climbed["ladder"] == [3, 6] and climbed["most_new_levels_since_fit"] == max(since_fit)
+    assert climbed["entities_past_each_count"] == [sum(n >= 3 for n in since_fit), sum(n >= 6 for n in since_fit)]
     quieted = [i for i, (a, b) in enumerate(zip(scored, plain, strict=True)) if a == 0.0 and b == 1.0]
     assert quieted and sum(v == 1.0 for v in scored) > 6  # the ladder quiets some, and far levels still alarm
     # the fit history's levels count for nothing: every machine's first 3 new levels after it are 1

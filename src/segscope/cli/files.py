@@ -227,13 +227,14 @@ def inspect(
     """Show what a bundle holds (verifies its checksums)."""
     model = load_model(bundle, trust_bundle)
     if state_dir is not None:
+        from segscope.features.entity import ladder_lines
         from segscope.stream.checkpoint import newest_state
         from segscope.unsupervised.adapt import adapt_line
 
         entities = newest_state(state_dir, model)
         out.print(f"state-dir {state_dir}: {entities.entities:,} entities at the newest checkpoints")
-        if (adapted := adapt_line(model.config, entities)) is not None:
-            out.print(f"  {adapted}")
+        for line in filter(None, [adapt_line(model.config, entities), *ladder_lines(model.config.entities, entities)]):
+            out.print(f"  {line}")
         return
     manifest = model.bundle_manifest()
     if as_json:

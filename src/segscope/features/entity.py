@@ -191,10 +191,11 @@ class EntityFeatures:
         """``new_level`` features and the column or expression each cuts into levels."""
         return {name: of for p in self.plans for name, of, _ in p.level_of.values()}
 
-    def levels_known(self, state: EntityState) -> dict[str, dict[str, int]]:
+    def levels_known(self, state: EntityState) -> dict[str, dict[str, Any]]:
         """What the ``new_level`` features have learned in ``state``: per feature, the entities with a grid of
-        their own, the levels known over all entities, and the most any one entity knows."""
-        out = {}
+        their own, the levels known over all entities, the most any one entity knows, and its ladder's climb."""
+        out: dict[str, dict[str, Any]] = {}
+        climbed = self.ladders_climbed(state)
         for plan, block in zip(self.plans, state.blocks, strict=True):
             rows = block.pairs_rows()
             for column, (name, _, _) in plan.level_of.items():
@@ -204,7 +205,23 @@ class EntityFeatures:
                     "own_grids": len(self.grids_.get(name, {})) - 1,
                     "levels_known": int(mine.shape[0]),
                     "most_of_one_entity": int(per_entity.max()) if per_entity.size else 0,
+                    **climbed.get(name, {}),
                 }
+        return out
+
+    def ladders_climbed(self, state: EntityState) -> dict[str, dict[str, Any]]:
+        """Per ``new_level`` feature with a ladder: its counts, how many entities of ``state`` are past each (their
+        new levels since the fit), and the most new levels since the fit of any entity. Needs no fit."""
+        out: dict[str, dict[str, Any]] = {}
+        for plan, block in zip(self.plans, state.blocks, strict=True):
+            for f, row in zip(plan.spec.features, plan.table, strict=True):
+                if f.kind == "new_level" and f.ladder is not None:
+                    counts = block.acc[: block.size, int(row[3])]
+                    out[feature_name(plan.spec, f)] = {
+                        "ladder": list(f.ladder),
+                        "entities_past_each_count": [int((counts >= n).sum()) for n in f.ladder],
+                        "most_new_levels_since_fit": int(counts.max()) if counts.size else 0,
+                    }
         return out
 
     def states_known(self, state: EntityState) -> dict[str, dict[str, Any]]:
@@ -467,3 +484,12 @@ def _numbers(frame: pl.DataFrame, of: str) -> np.ndarray:
 
 def _times(frame: pl.DataFrame, name: str) -> np.ndarray:
     return event_seconds(_column(frame, name, "time"), name)
+
+
+def ladder_lines(specs: tuple[EntityConfig, ...], state: EntityState) -> list[str]:
+    """Each ladder's climb in ``state``, a line each, for people (``segscope inspect --state-dir``)."""
+    return [
+        f"{name}: ladder {c['ladder']}, entities past each count {c['entities_past_each_count']}, the most new levels "
+        f"since the fit {c['most_new_levels_since_fit']:,}"
+        for name, c in EntityFeatures(specs).ladders_climbed(state).items()
+    ]
