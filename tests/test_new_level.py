@@ -136,6 +136,8 @@ def test_any_cut_into_batches_and_a_state_round_trip_give_the_same_levels(
     [
         ({"kind": "zscore", "of": "value", "window": "1h", "ladder": [8]}, "'ladder' belongs to features of kind"),
         ({"kind": "new_level", "of": "value", "ladder": [30, 8]}, "a ladder's counts rise"),
+        ({"kind": "new_level", "of": "value", "ladder": [5, 5]}, "a ladder's counts rise"),
+        ({"kind": "new_level", "of": "value", "ladder": [-1]}, "0 or more: \\[-1\\] has a negative count"),
         ({"kind": "new_level", "of": "value", "ladder": [1, 2, 3]}, "at most 2"),
     ],
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import tomllib
 from collections.abc import Mapping
@@ -215,10 +216,12 @@ class EntityFeatureConfig(_Frozen):
             raise ValueError("a 'state' feature takes learn, span and hold, not window or levels; remove them")
         if self.kind == "seasonal_drop" and (self.window is not None or self.levels != _DEFAULT_LEVELS):
             raise ValueError("a 'seasonal_drop' feature takes span and deviations, not window or levels; remove them")
-        if self.ladder is not None and (self.kind != "new_level" or any(n < 0 for n in self.ladder)):
+        if self.ladder is not None and self.kind != "new_level":
             raise ValueError("'ladder' belongs to features of kind 'new_level' and counts new levels: [8, 30]")
-        if self.ladder is not None and list(self.ladder) != sorted(self.ladder):
-            raise ValueError(f"a ladder's counts rise: {list(self.ladder)} is not in order (e.g. [8, 30])")
+        if self.ladder is not None and min(self.ladder) < 0:
+            raise ValueError(f"a ladder counts new levels, 0 or more: {list(self.ladder)} has a negative count")
+        if self.ladder is not None and any(a >= b for a, b in itertools.pairwise(self.ladder)):
+            raise ValueError(f"a ladder's counts rise: {list(self.ladder)} does not (e.g. [8, 30])")
         if self.kind != "state" and self.over is not None:
             raise ValueError(f"'over' belongs to features of kind 'state', not '{self.kind}'")
         needs_of = self.kind not in {"count", "since_last", "state"}
