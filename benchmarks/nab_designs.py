@@ -18,7 +18,8 @@ features, levels and score, and then re-decides the alarms under other designs, 
   opened it);
 * fewer alarms from series that keep reaching new levels: after a series' first 5, 8, 10 or 20 new levels only a
   new level two or more levels from every known one alarms, and after its first 30 one three or more (a ladder;
-  with and without the escalation); a new level only
+  with and without the escalation; with a creep: a new level 2-12 levels past the range known when a new level
+  last alarmed alarms whatever the ladder); a new level only
   when 2 or 3 of the last 2-5 readings lie on levels unknown before them (a move that lasts); a cooldown that
   grows with the series' alarms of the last days;
 * adapted detectors (``--no-adapted`` skips them): the pack's detectors (iforest + ecod) refitted every day on the
@@ -174,6 +175,24 @@ class Series:
             out[i] = new[start : i + 1].any() and int((first[start : i + 1] >= start).sum()) >= at_least
         return out
 
+    def creeping(self, creep: float, two: int = 8, three: int = 30, levels: int = 32) -> np.ndarray:
+        """The ladder (after the first ``two`` new levels only one 2+ levels from every known one, after ``three``
+        3+), except that a new level ``creep`` or more levels beyond the range known when a new level last alarmed
+        alarms too (a slow creep cannot stay quiet)."""
+        code = self.level_codes(levels)
+        known = set(code[: self.probation].tolist())
+        low, high = min(known), max(known)
+        out, count = np.zeros(code.size - self.probation, bool), 0
+        for i, c in enumerate(code[self.probation :].tolist()):
+            if c not in known:
+                far = 1 + (count >= two) + (count >= three)
+                out[i] = min(abs(c - k) for k in known) >= far or not low - creep < c < high + creep
+                known.add(c)
+                count += 1
+                if out[i]:
+                    low, high = min(known), max(known)
+        return out
+
     def growing(self, alarms: np.ndarray, base_hours: float, days: float, growth: float) -> np.ndarray:
         """A cooldown of ``base_hours`` x ``growth`` ** (alarms in the last ``days``): a series that keeps alarming
         is heard less often."""
@@ -287,6 +306,10 @@ def main() -> None:
             alarms = shipped_with(s, new & far)
             chosen[s.name] = s.full(s.escalating(alarms, np.where(new, dist, 0.0), k, 3.0) if k else s.cooled(alarms))
         designs[label] = chosen
+    for creep in (2, 3, 4, 6, 8, 12):  # the ladder, and a creep of that many levels past the last alarm's range
+        designs[f"as shipped, the ladder (8, 30), and a new level {creep} levels past the range of the last alarm"] = {
+            s.name: s.full(s.cooled(shipped_with(s, s.creeping(creep)))) for s in series
+        }
     for within, at_least in ((2, 2), (3, 2), (5, 2), (5, 3)):
         designs[f"as shipped, a new level only when {at_least} of {within} readings are on unknown levels"] = {
             s.name: s.full(s.cooled(shipped_with(s, s.persistent(within, at_least)))) for s in series

@@ -59,9 +59,11 @@ def _by_hand(
 ) -> list[float | None]:
     """1.0 where the row's level is one its machine never had before, 0.0 where it had, None without a value or key.
     With a ladder: after a machine's first ladder[0] new levels since row ``fit``, a new level is 1 only 2 or more
-    levels from every level the machine had; after ladder[1], 3 or more."""
+    levels from every level the machine had; after ladder[1], 3 or more; or 6 or more levels beyond the range it
+    knew when it was last 1 (a creep)."""
     seen: dict[str, set[int]] = {}
     since_fit: dict[str, int] = {}
+    alarmed: dict[str, tuple[int, int]] = {}  # the range known when the machine's feature was last 1
     out: list[float | None] = []
     for row, (key, value) in enumerate(zip(frame["machine_id"], frame["value"], strict=True)):
         if key is None or value is None:
@@ -70,13 +72,16 @@ def _by_hand(
         level = math.floor((value - start) / step)
         known = seen.setdefault(key, set())
         new = level not in known
-        if new and ladder is not None and row >= fit:
+        if new and ladder is not None and row >= fit and known:
             count = since_fit.get(key, 0)
             far = 1 + (count >= ladder[0]) + (count >= ladder[1])
-            new = not known or min(abs(level - k) for k in known) >= far
+            low, high = alarmed[key]
+            new = min(abs(level - k) for k in known) >= far or not low - 6 < level < high + 6
             since_fit[key] = count + 1
         out.append(1.0 if new else 0.0)
         known.add(level)
+        if new:
+            alarmed[key] = (min(known), max(known))
     return out
 
 
@@ -118,6 +123,23 @@ def test_a_ladder_quiets_new_levels_next_to_known_ones_once_a_machine_has_reache
         if key is not None and was == 1.0 and firsts.setdefault(key, 0) < 3:
             firsts[key] += 1
             assert new == 1.0
+
+
+def test_under_a_ladder_a_creep_alarms_every_6_levels_and_a_jump_at_once() -> None:
+    spec = (LADDER[0].model_copy(update={"features": (LADDER[0].features[0].model_copy(update={"ladder": (0,)}),)}),)
+    values = [*range(9), *range(9, 31), -5]  # levels 0-8 at fit, then one level a step up to 30, then a drop
+    frame = pl.DataFrame(
+        {
+            "machine_id": "m",
+            "timestamp": [datetime(2024, 1, 1) + timedelta(minutes=i) for i in range(len(values))],
+            "value": [float(v) for v in values],
+        }
+    )
+    feats = EntityFeatures(spec).fit(frame[:9])
+    assert feats.grids_["machine_id_value_new_level"][levels.ALL] == (0.0, 1.0)
+    scored = feats.transform(frame[9:], feats.new_state())
+    alarms = scored.filter(pl.col("machine_id_value_new_level") == 1.0)["value"].to_list()
+    assert alarms == [14.0, 20.0, 26.0, -5.0]  # 6 levels past the range of the last alarm; 5 below the lowest known
 
 
 @pytest.mark.parametrize("spec", [SPEC, LADDER], ids=["levels", "ladder"])

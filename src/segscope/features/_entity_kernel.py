@@ -23,6 +23,10 @@ SLOTS = (1, 1, 3, 3, 3, 3, 0, 1, 1, 0, 0, 1, 0, 3, 0, 3 * _HOURS + 4)
 #: of its own (its hour of day explains at least half its variance)
 HOUR_WEIGHT, SERIES_WEIGHT, SEASONAL_SHARE = 0.1, 0.01, 0.5
 
+#: NEW_LEVEL with a ladder: its slots (:func:`_ladder`), and how many levels beyond the range it knew when it last
+#: alarmed a new level alarms whatever the ladder (benchmarks/nab_designs.py: 6 to 12 change nothing on NAB's
+#: tuning categories, 2 to 4 lose)
+LADDER_SLOTS, CREEP_LEVELS = 6, 6.0
 #: STATE's slots before its per-sensor ones: readings learnt, phase, smoothed distance, readings in a row above
 #: the limit, the limit
 _STATE_HEAD = 5
@@ -78,7 +82,8 @@ def advance(
     shares: np.ndarray,  # (features,) rare share
     params: np.ndarray,  # (features, 3) STATE: readings to learn, smoothing span, readings in a row to alarm;
     # SEASONAL_DROP: deviations, smoothing span; NEW_LEVEL: its ladder's counts (inf: none), its column of near
-    near: np.ndarray,  # (rows, ladders, 4) NEW_LEVEL with a ladder: codes of the levels 1 and 2 below and above
+    near: np.ndarray,  # (rows, ladders, 5) NEW_LEVEL with a ladder: codes of the levels 1 below, above, 2 below,
+    # above, and the level itself
     ttl: float,  # reset after this idle time (0: never)
     use_time: bool,
     out: np.ndarray,  # (rows, features)
@@ -161,13 +166,9 @@ def advance(
                     acc[s, o] = np.nan
             elif kind in (FIRST_SEEN, NEW_LEVEL):  # a new level: its code never seen for the entity
                 result = np.nan if prior[pc] < 0 else (1.0 if prior[pc] == 0 else 0.0)
-                if kind == NEW_LEVEL and result == 1.0 and math.isfinite(params[f, 0]):  # slot: new levels since fit
-                    far = 1 + int(acc[s, o] >= params[f, 0]) + int(acc[s, o] >= params[f, 1])  # levels out it must lie
-                    for k in range(2 * (far - 1)):
-                        v = pairs.get((s * n_pairs + pc, near[i, int(params[f, 2]), k]), 0)
-                        if (v >> _COUNT_BITS) == gen[s] and (v & mask) > 0:
-                            result = 0.0
-                    acc[s, o] += 1.0
+                if kind == NEW_LEVEL and prior[pc] >= 0 and math.isfinite(params[f, 0]):
+                    result = _ladder(acc[s], o, result, near[i, int(params[f, 2])], params[f], pairs, s * n_pairs + pc,
+                                     gen[s])  # fmt: skip
             elif kind == RARE:
                 if prior[pc] >= 0:
                     result = 1.0 if n_prior == 0 or prior[pc] < shares[f] * n_prior else 0.0
@@ -202,6 +203,41 @@ def advance(
         last_t[s] = t
         n_events[s] = n_prior + 1
     return newest
+
+
+@nb.njit(cache=True)
+def _ladder(
+    row: np.ndarray,
+    o: int,
+    new: float,
+    near: np.ndarray,
+    steps: np.ndarray,
+    pairs: Dict[tuple[int, int], int],
+    key: int,
+    generation: int,
+) -> float:
+    """A NEW_LEVEL feature with a ladder at one reading (``new``: 1 on a level its entity never had; ``near``: the
+    codes of the levels 1 and 2 below and above it, then the level itself; ``steps``: the ladder's counts). Slots
+    from ``o``: new levels since the fit, whether a range is known, the lowest and highest level known, and the
+    range known when the feature was last 1. A new level is 0 when a known one lies nearer than the ladder asks,
+    unless it lies :data:`CREEP_LEVELS` or more beyond that last range (a slow creep alarms, at that pace)."""
+    level = float(near[4])
+    if new == 1.0:
+        far = 1 + int(row[o] >= steps[0]) + int(row[o] >= steps[1])  # levels out it must lie
+        mask = (np.int64(1) << _COUNT_BITS) - 1
+        for k in range(2 * (far - 1)):
+            v = pairs.get((key, near[k]), 0)
+            if (v >> _COUNT_BITS) == generation and (v & mask) > 0:
+                new = 0.0
+        if row[o + 1] == 1.0 and (level >= row[o + 5] + CREEP_LEVELS or level <= row[o + 4] - CREEP_LEVELS):
+            new = 1.0
+        row[o] += 1.0
+    if row[o + 1] == 0.0:
+        row[o + 1], row[o + 2], row[o + 3] = 1.0, level, level
+    row[o + 2], row[o + 3] = min(row[o + 2], level), max(row[o + 3], level)
+    if new == 1.0:
+        row[o + 4], row[o + 5] = row[o + 2], row[o + 3]
+    return new
 
 
 @nb.njit(cache=True)
@@ -332,8 +368,10 @@ def freeze_learnt(acc: np.ndarray, plan: np.ndarray, params: np.ndarray, entitie
     :data:`STATE_MIN_READINGS` readings is watched from its readings so far; NEW_LEVEL ladders count from 0 (every
     level of the history was new)."""
     for f in range(plan.shape[0]):
-        if plan[f, 0] == NEW_LEVEL and math.isfinite(params[f, 0]):
-            acc[:entities, plan[f, 3]] = 0.0
+        if plan[f, 0] == NEW_LEVEL and math.isfinite(params[f, 0]):  # the ladder's count; the range known is the
+            o = plan[f, 3]  # last one alarmed on
+            acc[:entities, o] = 0.0
+            acc[:entities, o + 4], acc[:entities, o + 5] = acc[:entities, o + 2], acc[:entities, o + 3]
         if plan[f, 0] != STATE:
             continue
         o, d = plan[f, 3], plan[f, 2]

@@ -94,8 +94,8 @@ class _Plan:
                 pc = len(pair_of)
                 pair_of.append("\0" + feature_name(spec, f))
                 level_of[pc] = (feature_name(spec, f), f.of, f.levels)
-                if f.ladder is not None:  # one slot: the entity's new levels since the fit
-                    slots, ladders = 1, [*ladders, pc]
+                if f.ladder is not None:
+                    slots, ladders = kernel.LADDER_SLOTS, [*ladders, pc]
             elif f.of is not None and f.kind in _PAIR_KINDS:
                 pair_of += [] if f.of in pair_of else [f.of]
                 pc = pair_of.index(f.of)
@@ -323,13 +323,14 @@ class EntityFeatures:
         for j, of in enumerate(plan.value_of):
             values[:, j] = _numbers(frame, of)
         codes = np.zeros((n, len(plan.pair_of)), dtype=np.int64)
-        near = np.full((n, len(plan.ladders), 4), -1, dtype=np.int64)
+        near = np.full((n, len(plan.ladders), 5), -1, dtype=np.int64)
         for j, of in enumerate(plan.pair_of):
             pairs = self._levels_of(frame, plan, j) if j in plan.level_of else _evaluate(frame, of)
             codes[:, j] = block.codes_for(j, pairs.cast(pl.String))
             if j in plan.ladders:  # the levels next to each reading's, by their codes (-1: never seen by anyone)
                 for k, step in enumerate((-1, 1, -2, 2)):
                     near[:, plan.ladders.index(j), k] = block.codes_known(j, (pairs + step).cast(pl.String))
+                near[:, plan.ladders.index(j), 4] = pairs.fill_null(0).to_numpy()
         if spec.time is not None and n:
             running = np.fmax.accumulate(np.concatenate([[block.newest], times]))[:-1]
             block.late += int(np.count_nonzero(times < running - plan.lateness))
