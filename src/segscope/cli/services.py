@@ -1,5 +1,6 @@
-"""The services beside a stream: ``serve`` (the analyst page and its JSON API) and ``learn`` (fine-tunes when
-analysts have given enough new labels, :mod:`segscope.stream.learn`)."""
+"""The long-running services: ``serve`` (the analyst page and its JSON API), ``learn`` (fine-tunes when analysts
+have given enough new labels, :mod:`segscope.stream.learn`) and ``watch`` (a folder's new files scored once each,
+:mod:`segscope.watch`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,20 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
-from segscope.cli._app import BudgetOpt, MixOpt, StoreReq, TrustOpt, app, err, load_model, open_store, say, shown_store
+from segscope.cli._app import (
+    BudgetOpt,
+    BundleOpt,
+    MixOpt,
+    StoreOpt,
+    StoreReq,
+    TrustOpt,
+    app,
+    err,
+    load_model,
+    open_store,
+    say,
+    shown_store,
+)
 
 
 @app.command()
@@ -142,3 +156,58 @@ def learn(
             f"{stats.refused:,} refused, {stats.failed:,} failed",
         )
     )
+
+
+@app.command()
+def watch(
+    folder: Annotated[Path, typer.Argument(help="Folder to watch for files (.parquet, .csv, .ndjson).")],
+    bundle: BundleOpt,
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="Folder for the outputs and the ledger.")],
+    out_format: Annotated[str, typer.Option("--format", help="Output format: parquet, csv or ndjson.")] = "parquet",
+    every: Annotated[float, typer.Option("--every", help="Seconds between looks at the folder.", min=0.05)] = 2.0,
+    settle: Annotated[
+        float, typer.Option("--settle", help="A file is taken once unchanged this many seconds.", min=0.0)
+    ] = 2.0,
+    once: Annotated[bool, typer.Option("--once", help="Score what is there now and exit (cron).")] = False,
+    idle_exit: Annotated[
+        float | None, typer.Option("--idle-exit", help="Exit after this many seconds without a new file.", min=0.0)
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Rows per batch (memory bound).", min=1)] = 200_000,
+    store: StoreOpt = None,
+    trust_bundle: TrustOpt = False,
+) -> None:
+    """Score every file that lands in FOLDER, once, into --out-dir/<name>.scored.<format>; a ledger there
+    (.segscope-watch.json) keeps what was done across restarts, and a file that changes is scored again."""
+    import logging
+    import signal
+
+    from segscope.watch import FolderWatch, Outcome, ledger_summary
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a stop: the file being scored is abandoned cleanly
+    label_store = open_store(store, create=True) if store is not None else None
+
+    def said(name: str, outcome: Outcome) -> None:
+        shown = name if name.isprintable() else ascii(name)  # a name cannot forge a log line
+        if outcome.status == "scored":
+            target = out_dir / (outcome.out or "")
+            err.print(say("green", "scored", f" {shown}: {outcome.rows:,} rows, {outcome.alerts:,} alerts -> {target}"))
+        else:
+            err.print(say("red", "failed", f" {shown}: {outcome.error}"), highlight=False, soft_wrap=True)
+
+    job = FolderWatch(
+        folder, bundle, out_dir, trusted=trust_bundle, out_format=out_format, settle=settle,
+        batch_size=batch_size, store=label_store,
+    )  # fmt: skip
+    try:
+        did = job.run(every=every, once=once, idle_exit=idle_exit, on_file=said)
+    finally:
+        if label_store is not None:
+            label_store.close()
+    counts = ledger_summary(did)
+    err.print(f"{counts['scored']} file(s) scored ({counts['rows']:,} rows, {counts['alerts']:,} alerts), "
+              f"{counts['failed']} failed")  # fmt: skip
+    if job.waiting:
+        err.print(f"  {len(job.waiting)} file(s) changed in the last {settle:g} s, not taken yet: run again")
+    if counts["failed"]:
+        raise typer.Exit(1)
