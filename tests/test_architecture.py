@@ -26,7 +26,7 @@ LAYERS: list[set[str]] = [
     {"labels"},
     {"sinks"},
     {"model"},
-    {"tuning", "testing", "run"},
+    {"tuning", "testing", "run", "file_state"},
     {"pipeline", "stream"},
     {"spark", "watch"},
     {"demo", "report"},

@@ -79,6 +79,11 @@ class BundleError(SegscopeError):
     """A bundle is missing, tampered with, untrusted or incompatible."""
 
 
+class CheckpointError(SegscopeError):
+    """An entity checkpoint or carried state cannot be restored (damaged, or written by another stream or entity
+    config) or written."""
+
+
 class MissingDependencyError(SegscopeError, ImportError):
     """An optional dependency is needed for this feature."""
 

@@ -24,6 +24,7 @@ from segscope._io import detect_format, sha256_file
 from segscope.config import SegscopeConfig
 from segscope.exceptions import DataError, SchemaError, SegscopeWarning, SinkError
 from segscope.features.entity import EntityFeatures
+from segscope.file_state import load_carried, save_carried
 from segscope.labels._open import hide_password
 from segscope.labels.parse import load_labels
 from segscope.labels.queue import candidate_rows
@@ -251,10 +252,12 @@ def score_file(
     batch_size: int = 200_000,
     on_batch: Callable[[int], None] | None = None,
     store: LabelStore | None = None,
+    state_dir: Path | None = None,
 ) -> ScoreSummary:
     """Score ``path`` into ``out`` (format by extension, ``-`` = NDJSON on stdout) through the one loop
     (:func:`segscope.run.run`). All or nothing. With ``store``, each batch's alerts and queue candidates are added
-    to the label store once the output is complete."""
+    to the label store once the output is complete; with ``state_dir``, the entities continue from the state the
+    previous file left there, and leave theirs for the next (:mod:`segscope.file_state`)."""
     if str(out) != "-" and Path(out).exists() and Path(out).resolve() == Path(path).resolve():
         raise SinkError(f"--out {out} is the input file; write the scores to another file (the input is kept)")
     started = time.perf_counter()
@@ -263,6 +266,9 @@ def score_file(
     whole = isinstance(sink, AllOrNothing) and sink.all_or_nothing
     source = _file_source(model, path, batch_size, ids_first=not whole)
     state, checks = _file_state(model, path), _FileChecks(model, path)
+    carried = load_carried(state_dir, model) if state_dir is not None else None
+    if carried is not None and state.scoring is not None:
+        state.scoring.entities = carried
     kept: list[ReviewRecords] = []
 
     def done(batch: Batch, scored: pl.DataFrame | None) -> None:
@@ -280,6 +286,8 @@ def score_file(
     warming = warm_up(model)  # Numba's first use while the first batch is read
     run(source, model, sink, state, ahead=True, on_batch=done, on_end=checks.end, hooks=_AfterWarmUp(warming))
     stored = sum(store.add_records(review, source=Path(path).name) for review in kept) if store is not None else 0
+    if state_dir is not None and state.scoring is not None and state.scoring.entities is not None:
+        save_carried(state_dir, model, state.scoring.entities, Path(path).name, state.rows)
     seconds = time.perf_counter() - started
     adapted = adapt_line(model.config, state.scoring.entities if state.scoring is not None else None)
     return ScoreSummary(state.rows, state.alerts, seconds, str(out), stored, adapted)

@@ -10,7 +10,8 @@ writer that renames a finished file into the folder is always safe, and names th
 until it changes. Only regular files are read, through the descriptor opened (without following a link) when
 the file was chosen: a name swapped for a link meanwhile, or a name that is a pattern (``[ab].csv``), never
 reads another file. With a registry as the bundle, each file is scored with the version CURRENT names when the
-file starts.
+file starts. With ``state_dir``, files are scored in name order and each continues the entities' state the one
+before left (:mod:`segscope.file_state`); without it each file starts from the end of the bundle's history.
 """
 
 from __future__ import annotations
@@ -79,10 +80,12 @@ class FolderWatch:
         settle: float = 2.0,
         batch_size: int = 200_000,
         store: LabelStore | None = None,
+        state_dir: str | Path | None = None,
     ) -> None:
         self.folder, self.bundle, self.out_dir = Path(folder), Path(bundle), Path(out_dir)
         self.trusted, self.out_format, self.settle = trusted, out_format, settle
         self.batch_size, self.store = batch_size, store
+        self.state_dir = Path(state_dir) if state_dir is not None else None
         self._watcher: ModelWatcher | None = None  # the model, reloaded when a registry's CURRENT moves
         self._done: dict[str, Outcome] | None = None  # the ledger, read once (the lock makes this the only writer)
         self.waiting: list[str] = []  # files of the last poll not settled yet
@@ -246,7 +249,10 @@ class FolderWatch:
             with warnings.catch_warnings(record=True) as said, self._staged(name, key) as path:
                 warnings.simplefilter("always", SegscopeWarning)
                 staged = str(path)
-                summary = score_file(model, path, self.out_dir / out, batch_size=self.batch_size, store=self.store)
+                summary = score_file(
+                    model, path, self.out_dir / out, batch_size=self.batch_size, store=self.store,
+                    state_dir=self.state_dir,
+                )  # fmt: skip
             for warning in said:  # each warning names the file it is about
                 message = str(warning.message).replace(staged + ": ", "")
                 if issubclass(warning.category, SegscopeWarning):

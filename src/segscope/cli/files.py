@@ -108,6 +108,14 @@ def score(
     partitions: Annotated[
         int | None, typer.Option("--partitions", help="Spark: repartition the input into N parts.", min=1)
     ] = None,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--state-dir",
+            help="Entities continue from the state the previous file left here, and leave "
+            "theirs for the next (files scored one after another decide as one file).",
+        ),
+    ] = None,
 ) -> None:
     """Score a file: input columns + score, anomaly_score, supervised_score, is_alert, segment,
     segment_confidence, reasons, model_version. With --engine spark: a Parquet or CSV file or folder into a
@@ -117,8 +125,8 @@ def score(
     from segscope.sources.files import estimate_rows
 
     if _check_engine(engine) == "spark":
-        if store is not None:
-            raise ConfigError("--store is not supported with --engine spark; score locally or import alerts later")
+        if store is not None or state_dir is not None:
+            raise ConfigError("--store and --state-dir are not supported with --engine spark; score locally")
         _score_on_spark(data, bundle, out_path, master, partitions, trust_bundle)
         return
     model = load_model(bundle, trust_bundle)
@@ -135,7 +143,9 @@ def score(
     with row_progress(total, f"scoring {Path(data).name}", estimated=detect_format(data) != "parquet") as progress:
         task = progress.add_task("score", total=total)
         try:
-            summary = score_file(model, data, out_path, batch_size=batch_size, on_batch=advance, store=label_store)
+            summary = score_file(
+                model, data, out_path, batch_size=batch_size, on_batch=advance, store=label_store, state_dir=state_dir
+            )
         except SegscopeError as exc:
             if out_path == "-" and written["rows"]:  # stdout streams: say what a reader already received
                 raise type(exc)(f"{exc} ({written['rows']:,} scored rows were already written to stdout)") from None
@@ -155,6 +165,8 @@ def score(
         err.print(f"  {summary.stored:,} alerts and queue candidates kept in the label store {shown_store(store)}")
     if summary.adapted is not None:
         err.print(f"  {summary.adapted}")
+    if state_dir is not None:
+        err.print(f"  the entities' state for the next file -> {state_dir}")
 
 
 def _check_engine(engine: str) -> str:

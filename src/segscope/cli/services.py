@@ -175,6 +175,10 @@ def watch(
     batch_size: Annotated[int, typer.Option(help="Rows per batch (memory bound).", min=1)] = 200_000,
     store: StoreOpt = None,
     trust_bundle: TrustOpt = False,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option("--state-dir", help="Each file continues the entities' state the one before left here."),
+    ] = None,
 ) -> None:
     """Score every file that lands in FOLDER, once, into --out-dir/<name>.scored.<format>; a ledger there
     (.segscope-watch.json) keeps what was done across restarts, and a file that changes is scored again."""
@@ -197,7 +201,7 @@ def watch(
 
     job = FolderWatch(
         folder, bundle, out_dir, trusted=trust_bundle, out_format=out_format, settle=settle,
-        batch_size=batch_size, store=label_store,
+        batch_size=batch_size, store=label_store, state_dir=state_dir,
     )  # fmt: skip
     try:
         did = job.run(every=every, once=once, idle_exit=idle_exit, on_file=said)

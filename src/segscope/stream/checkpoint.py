@@ -64,7 +64,7 @@ from segscope._durations import duration_seconds
 from segscope._io import write_bytes_atomic
 from segscope._kafka import TP
 from segscope.config import EntityConfig
-from segscope.exceptions import SegscopeError
+from segscope.exceptions import CheckpointError, SegscopeError
 from segscope.features.entity import feature_name
 from segscope.features.entity_state import EntityState
 from segscope.sources.base import Batch
@@ -84,10 +84,6 @@ _REBUILD = (
     "to start the partition's entities again from the bundle's end-of-history state (what the stream learned "
     "since the fit is lost)"
 )
-
-
-class CheckpointError(SegscopeError):
-    """An entity checkpoint cannot be restored (damaged, or written by another stream) or written."""
 
 
 def entity_config_hash(specs: Sequence[EntityConfig]) -> str:

@@ -1,0 +1,133 @@
+"""The entity state a file's run leaves for the next file (``segscope score FILE --state-dir DIR``, ``watch``):
+what each entity has learnt (levels, holds, a ladder's climb, the hour of day's levels, adapt windows) and when it
+last alarmed, so that files scored one after another decide as one file scored in order would.
+
+``DIR`` holds numbered sets (``000001/``, ``000002/``, ...), each the whole state after one file: one Arrow file
+per entity block and ``state.json`` (whose entity config, which model version, after which file). A set is
+written under a temporary name and renamed into place once complete, so a run that stops half-way leaves the
+previous set as it was; the newest two are kept. A set is read only when its ``state.json`` names this bundle's
+entity config (a model version promoted since, with the same ``entities:``, carries on). The alert budget's
+counts are not carried: a budget counts per file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+from segscope.exceptions import BundleError, CheckpointError, ConfigError
+from segscope.features.entity_state import EntityState
+from segscope.model import Model
+
+__all__ = ["load_carried", "save_carried"]
+
+FORMAT = 1
+STAMP = "state.json"
+#: the largest state.json read (it holds a few names)
+_STAMP_BYTES = 1 << 16
+#: sets kept after a save: the newest and the one before it
+_KEPT = 2
+
+
+def _meaning(model: Model) -> str:
+    """What a set's state means: the bundle's entity config, every setting (a changed one starts a new folder)."""
+    described = [spec.model_dump(mode="json") for spec in model.config.entities]
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
+
+
+def _sets(root: Path) -> list[Path]:
+    """The numbered sets in ``root``, oldest first (links and other names are never read)."""
+    if not root.is_dir():
+        return []
+    return sorted(
+        (p for p in root.iterdir() if p.name.isdigit() and p.is_dir() and not p.is_symlink()), key=lambda p: int(p.name)
+    )
+
+
+def _check_root(root: Path, model: Model) -> None:
+    if not model.has_entities:
+        raise ConfigError(
+            "--state-dir carries entity state from file to file, and this bundle has no entities: in its config; "
+            "drop --state-dir"
+        )
+    if root.exists() and not root.is_dir():
+        raise CheckpointError(f"--state-dir {root} is not a folder; give a folder (it is created if missing)")
+
+
+def load_carried(root: Path, model: Model) -> EntityState | None:
+    """The state the newest complete set in ``root`` holds, for ``model`` (None: no set yet, start from the end of
+    the bundle's history). A set of another entity config, or a damaged one, is a one-line error."""
+    _check_root(root, model)
+    sets = [s for s in _sets(root) if (s / STAMP).is_file() and not (s / STAMP).is_symlink()]
+    if not sets:
+        return None
+    newest = sets[-1]
+    try:
+        raw = (newest / STAMP).read_bytes()[: _STAMP_BYTES + 1]
+        stamp = json.loads(raw) if len(raw) <= _STAMP_BYTES else None
+    except (OSError, ValueError, RecursionError):
+        stamp = None
+    if not isinstance(stamp, dict) or stamp.get("format") != FORMAT or not isinstance(stamp.get("blocks"), int):
+        raise CheckpointError(f"{newest / STAMP} is damaged or not segscope's; remove {newest} to use the set before")
+    if stamp.get("entities") != _meaning(model):
+        raise CheckpointError(
+            f"--state-dir {root} holds the state of another entity config (after {str(stamp.get('after'))[:80]!r}, "
+            f"model {str(stamp.get('version'))[:40]}); give a new folder to start from this bundle's history"
+        )
+    state = model.new_state(from_start=True).entities
+    assert state is not None  # the bundle has entities (checked above)
+    if stamp["blocks"] != len(state.blocks):
+        raise CheckpointError(f"{newest / STAMP} lists {stamp['blocks']} entity blocks, the bundle has "
+                              f"{len(state.blocks)}; give a new folder")  # fmt: skip
+    for i in range(len(state.blocks)):
+        path = newest / f"entities-{i}.arrow"
+        try:
+            if path.is_symlink():
+                raise OSError("a symbolic link")
+            data = path.read_bytes()
+            state.load_bytes(i, data)
+        except (OSError, BundleError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0][:160]
+            raise CheckpointError(f"{path} cannot be read ({why}); remove {newest} to use the set before") from None
+    return state
+
+
+def save_carried(root: Path, model: Model, state: EntityState, after: str, rows: int) -> Path:
+    """Write ``state`` as the newest set in ``root`` (after the file ``after``), whole or not at all; older sets
+    beyond the newest two are removed. Returns the set's folder."""
+    _check_root(root, model)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        sets = _sets(root)
+        number = int(sets[-1].name) + 1 if sets else 1
+        tmp = Path(tempfile.mkdtemp(prefix=".set-", suffix=".tmp", dir=root))
+        for i in range(len(state.blocks)):
+            (tmp / f"entities-{i}.arrow").write_bytes(state.to_bytes(i))
+        stamp = {
+            "format": FORMAT,
+            "entities": _meaning(model),
+            "blocks": len(state.blocks),
+            "version": model.version,
+            "after": after,
+            "rows": rows,
+            "saved_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        (tmp / STAMP).write_text(json.dumps(stamp))
+        for path in tmp.iterdir():
+            with path.open("rb") as fh:
+                os.fsync(fh.fileno())
+        target = root / f"{number:06d}"
+        tmp.rename(target)
+    except OSError as exc:
+        raise CheckpointError(
+            f"cannot write the state to --state-dir {root} ({exc.strerror or exc}); give a folder this process "
+            "can write (the scored output is complete; the next file would start from the state before it)"
+        ) from None
+    for old in [*_sets(root)[:-_KEPT], *(p for p in root.glob(".set-*.tmp") if p != tmp)]:
+        shutil.rmtree(old, ignore_errors=True)
+    return target

@@ -1,0 +1,136 @@
+"""`score --state-dir` and `watch --state-dir`: files scored one after another with the maintenance pack as shipped
+decide as the one file scored in order (levels, holds, the ladder's climb and the cooldown carried between them);
+a folder of another entity config, a damaged set or a bundle without entities is one line; a run that fails
+leaves the state as it was."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from segscope.config import SegscopeConfig, load_config
+from segscope.model import Model
+from segscope.watch import FolderWatch
+from tests.test_stream_adapts import _machines
+
+DAYS = [datetime(2024, 3, d) for d in (2, 3, 4, 5)]
+
+
+@pytest.fixture(scope="module")
+def machines(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pl.DataFrame]:
+    """The pack fitted on the first day of three machines (a settles higher, b spikes, c drifts), saved; the three
+    days after it, one CSV file each (day-2.csv ...) and all together (live.csv)."""
+    root = tmp_path_factory.mktemp("machines")
+    frame = _machines(4)
+    history = frame.filter(pl.col("timestamp") < DAYS[0])
+    Model(load_config("maintenance").with_features(id_column="reading_id", drop=())).fit(history).save(root / "pump")
+    live = frame.filter(pl.col("timestamp") >= DAYS[0])
+    live.write_csv(root / "live.csv")
+    for i, (start, end) in enumerate(itertools.pairwise(DAYS)):
+        live.filter((pl.col("timestamp") >= start) & (pl.col("timestamp") < end)).write_csv(root / f"day-{i + 2}.csv")
+    return root, live
+
+
+def _decisions(paths: list[Path]) -> pl.DataFrame:
+    scored = pl.concat([pl.read_csv(p) for p in paths])
+    return scored.select("reading_id", pl.selectors.starts_with("machine_id_"), "anomaly_score", "is_alert")
+
+
+def test_files_scored_one_after_another_decide_as_one_file(
+    machines: tuple[Path, pl.DataFrame], run_cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    root, live = machines
+    whole = run_cli("score", root / "live.csv", "--bundle", root / "pump", "--out", tmp_path / "whole.csv")
+    assert whole.code == 0, whole.err
+    outs = []
+    for day in (2, 3, 4):
+        outs.append(tmp_path / f"day-{day}.scored.csv")
+        done = run_cli("score", root / f"day-{day}.csv", "--bundle", root / "pump", "--out", outs[-1],
+                       "--state-dir", tmp_path / "state")  # fmt: skip
+        assert done.code == 0, done.err
+        assert f"the entities' state for the next file -> {tmp_path / 'state'}" in " ".join(done.err.split())
+    expected = _decisions([tmp_path / "whole.csv"])
+    assert expected["is_alert"].sum() >= 5  # the pack alarms on a, b and c: decisions worth comparing
+    assert_frame_equal(_decisions(outs), expected)  # the same machine and libraries: to the bit
+    # without the state each file starts from the end of the history: c's drift and a's new level alarm again
+    fresh = tmp_path / "day-4.fresh.csv"
+    assert run_cli("score", root / "day-4.csv", "--bundle", root / "pump", "--out", fresh).code == 0
+    assert _decisions([fresh])["is_alert"].sum() > _decisions([outs[-1]])["is_alert"].sum()
+    sets = sorted(p.name for p in (tmp_path / "state").iterdir())
+    assert sets == ["000002", "000003"]  # the newest two sets are kept
+    stamp = json.loads((tmp_path / "state" / "000003" / "state.json").read_text())
+    assert stamp["after"] == "day-4.csv" and stamp["rows"] == live.filter(pl.col("timestamp") >= DAYS[2]).height
+
+
+def test_a_watched_folder_carries_the_state_from_file_to_file_in_name_order(
+    machines: tuple[Path, pl.DataFrame], run_cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    root, _ = machines
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for day in (2, 3, 4):
+        (inbox / f"day-{day}.csv").write_bytes((root / f"day-{day}.csv").read_bytes())
+    job = FolderWatch(inbox, root / "pump", tmp_path / "out", out_format="csv", settle=0.0,
+                      state_dir=tmp_path / "state")  # fmt: skip
+    job.run(every=0.05, once=True)
+    assert run_cli("score", root / "live.csv", "--bundle", root / "pump", "--out", tmp_path / "whole.csv").code == 0
+    outs = [tmp_path / "out" / f"day-{day}.scored.csv" for day in (2, 3, 4)]
+    assert_frame_equal(_decisions(outs), _decisions([tmp_path / "whole.csv"]))
+
+
+def test_a_folder_that_is_not_this_bundle_s_state_is_one_line_and_nothing_is_written(
+    machines: tuple[Path, pl.DataFrame], run_cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    root, live = machines
+    state = tmp_path / "state"
+    assert run_cli("score", root / "day-2.csv", "--bundle", root / "pump", "--out", tmp_path / "a.csv",
+                   "--state-dir", state).code == 0  # fmt: skip
+    other = load_config("maintenance").with_features(id_column="reading_id", drop=())
+    spec = other.entities[0].model_copy(update={"ttl": "7d"})
+    history = live.filter(pl.col("timestamp") < DAYS[1])
+    Model(other.model_copy(update={"entities": (spec,)})).fit(history).save(tmp_path / "other")
+    refused = run_cli("score", root / "day-3.csv", "--bundle", tmp_path / "other", "--out", tmp_path / "b.csv",
+                      "--state-dir", state)  # fmt: skip
+    assert refused.code != 0 and "holds the state of another entity config" in refused.err
+    assert "Traceback" not in refused.err and len(refused.err.strip().splitlines()) == 1
+    assert not (tmp_path / "b.csv").exists() and sorted(p.name for p in state.iterdir()) == ["000001"]
+    # a damaged set names itself; a bundle without entities says --state-dir has nothing to carry
+    (state / "000001" / "entities-0.arrow").write_bytes(b"not arrow")
+    damaged = run_cli("score", root / "day-3.csv", "--bundle", root / "pump", "--out", tmp_path / "c.csv",
+                      "--state-dir", state)  # fmt: skip
+    assert damaged.code != 0 and "entities-0.arrow cannot be read" in damaged.err and "Traceback" not in damaged.err
+    Model(SegscopeConfig().with_features(id_column="reading_id", drop=())).fit(history.drop("timestamp")).save(
+        tmp_path / "flat"
+    )
+    flat = run_cli("score", root / "day-3.csv", "--bundle", tmp_path / "flat", "--out", tmp_path / "d.csv",
+                   "--state-dir", tmp_path / "flat-state")  # fmt: skip
+    assert flat.code != 0 and "this bundle has no entities" in flat.err and not (tmp_path / "flat-state").exists()
+    (tmp_path / "a-file").write_text("")
+    not_folder = run_cli("score", root / "day-3.csv", "--bundle", root / "pump", "--out", tmp_path / "e.csv",
+                         "--state-dir", tmp_path / "a-file")  # fmt: skip
+    assert not_folder.code != 0 and "is not a folder" in not_folder.err
+
+
+def test_a_run_that_fails_leaves_the_state_as_it_was(
+    machines: tuple[Path, pl.DataFrame], run_cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    root, _ = machines
+    state = tmp_path / "state"
+    assert run_cli("score", root / "day-2.csv", "--bundle", root / "pump", "--out", tmp_path / "a.csv",
+                   "--state-dir", state).code == 0  # fmt: skip
+    before = {p.name: p.read_bytes() for p in (state / "000001").iterdir()}
+    bad = pl.read_csv(root / "day-3.csv").with_columns(pl.lit("hot").alias("value"))  # a sensor that is text
+    bad.write_csv(tmp_path / "bad.csv")
+    failed = run_cli("score", tmp_path / "bad.csv", "--bundle", root / "pump", "--out", tmp_path / "b.csv",
+                     "--state-dir", state)  # fmt: skip
+    assert failed.code != 0 and "Traceback" not in failed.err
+    assert sorted(p.name for p in state.iterdir()) == ["000001"]
+    assert {p.name: p.read_bytes() for p in (state / "000001").iterdir()} == before
