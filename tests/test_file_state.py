@@ -39,6 +39,11 @@ def machines(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pl.DataFra
     return root, live
 
 
+def _scored(run_cli: Callable[..., Any], data: Path, bundle: Path, out: Path, *state: Path) -> Any:
+    """`segscope score DATA --bundle BUNDLE --out OUT [--state-dir STATE]`."""
+    return run_cli("score", data, "--bundle", bundle, "--out", out, *(["--state-dir", *state] if state else []))
+
+
 def _decisions(paths: list[Path]) -> pl.DataFrame:
     scored = pl.concat([pl.read_csv(p) for p in paths])
     return scored.select("reading_id", pl.selectors.starts_with("machine_id_"), "anomaly_score", "is_alert")
@@ -48,13 +53,12 @@ def test_files_scored_one_after_another_decide_as_one_file(
     machines: tuple[Path, pl.DataFrame], run_cli: Callable[..., Any], tmp_path: Path
 ) -> None:
     root, live = machines
-    whole = run_cli("score", root / "live.csv", "--bundle", root / "pump", "--out", tmp_path / "whole.csv")
+    whole = _scored(run_cli, root / "live.csv", root / "pump", tmp_path / "whole.csv")
     assert whole.code == 0, whole.err
     outs = []
     for day in (2, 3, 4):
         outs.append(tmp_path / f"day-{day}.scored.csv")
-        done = run_cli("score", root / f"day-{day}.csv", "--bundle", root / "pump", "--out", outs[-1],
-                       "--state-dir", tmp_path / "state")  # fmt: skip
+        done = _scored(run_cli, root / f"day-{day}.csv", root / "pump", outs[-1], tmp_path / "state")
         assert done.code == 0, done.err
         assert f"the entities' state for the next file -> {tmp_path / 'state'}" in " ".join(done.err.split())
     expected = _decisions([tmp_path / "whole.csv"])
@@ -62,7 +66,7 @@ def test_files_scored_one_after_another_decide_as_one_file(
     assert_frame_equal(_decisions(outs), expected)  # the same machine and libraries: to the bit
     # without the state each file starts from the end of the history: c's drift and a's new level alarm again
     fresh = tmp_path / "day-4.fresh.csv"
-    assert run_cli("score", root / "day-4.csv", "--bundle", root / "pump", "--out", fresh).code == 0
+    assert _scored(run_cli, root / "day-4.csv", root / "pump", fresh).code == 0
     assert _decisions([fresh])["is_alert"].sum() > _decisions([outs[-1]])["is_alert"].sum()
     sets = sorted(p.name for p in (tmp_path / "state").iterdir())
     assert sets == ["000002", "000003"]  # the newest two sets are kept
@@ -81,7 +85,7 @@ def test_a_watched_folder_carries_the_state_from_file_to_file_in_name_order(
     job = FolderWatch(inbox, root / "pump", tmp_path / "out", out_format="csv", settle=0.0,
                       state_dir=tmp_path / "state")  # fmt: skip
     job.run(every=0.05, once=True)
-    assert run_cli("score", root / "live.csv", "--bundle", root / "pump", "--out", tmp_path / "whole.csv").code == 0
+    assert _scored(run_cli, root / "live.csv", root / "pump", tmp_path / "whole.csv").code == 0
     outs = [tmp_path / "out" / f"day-{day}.scored.csv" for day in (2, 3, 4)]
     assert_frame_equal(_decisions(outs), _decisions([tmp_path / "whole.csv"]))
 
@@ -91,31 +95,26 @@ def test_a_folder_that_is_not_this_bundle_s_state_is_one_line_and_nothing_is_wri
 ) -> None:
     root, live = machines
     state = tmp_path / "state"
-    assert run_cli("score", root / "day-2.csv", "--bundle", root / "pump", "--out", tmp_path / "a.csv",
-                   "--state-dir", state).code == 0  # fmt: skip
+    assert _scored(run_cli, root / "day-2.csv", root / "pump", tmp_path / "a.csv", state).code == 0
     other = load_config("maintenance").with_features(id_column="reading_id", drop=())
     spec = other.entities[0].model_copy(update={"ttl": "7d"})
     history = live.filter(pl.col("timestamp") < DAYS[1])
     Model(other.model_copy(update={"entities": (spec,)})).fit(history).save(tmp_path / "other")
-    refused = run_cli("score", root / "day-3.csv", "--bundle", tmp_path / "other", "--out", tmp_path / "b.csv",
-                      "--state-dir", state)  # fmt: skip
+    refused = _scored(run_cli, root / "day-3.csv", tmp_path / "other", tmp_path / "b.csv", state)
     assert refused.code != 0 and "holds the state of another entity config" in refused.err
     assert "Traceback" not in refused.err and len(refused.err.strip().splitlines()) == 1
     assert not (tmp_path / "b.csv").exists() and sorted(p.name for p in state.iterdir()) == ["000001"]
     # a damaged set names itself; a bundle without entities says --state-dir has nothing to carry
     (state / "000001" / "entities-0.arrow").write_bytes(b"not arrow")
-    damaged = run_cli("score", root / "day-3.csv", "--bundle", root / "pump", "--out", tmp_path / "c.csv",
-                      "--state-dir", state)  # fmt: skip
+    damaged = _scored(run_cli, root / "day-3.csv", root / "pump", tmp_path / "c.csv", state)
     assert damaged.code != 0 and "entities-0.arrow cannot be read" in damaged.err and "Traceback" not in damaged.err
     Model(SegscopeConfig().with_features(id_column="reading_id", drop=())).fit(history.drop("timestamp")).save(
         tmp_path / "flat"
     )
-    flat = run_cli("score", root / "day-3.csv", "--bundle", tmp_path / "flat", "--out", tmp_path / "d.csv",
-                   "--state-dir", tmp_path / "flat-state")  # fmt: skip
+    flat = _scored(run_cli, root / "day-3.csv", tmp_path / "flat", tmp_path / "d.csv", tmp_path / "flat-state")
     assert flat.code != 0 and "this bundle has no entities" in flat.err and not (tmp_path / "flat-state").exists()
     (tmp_path / "a-file").write_text("")
-    not_folder = run_cli("score", root / "day-3.csv", "--bundle", root / "pump", "--out", tmp_path / "e.csv",
-                         "--state-dir", tmp_path / "a-file")  # fmt: skip
+    not_folder = _scored(run_cli, root / "day-3.csv", root / "pump", tmp_path / "e.csv", tmp_path / "a-file")
     assert not_folder.code != 0 and "is not a folder" in not_folder.err
 
 
@@ -124,13 +123,11 @@ def test_a_run_that_fails_leaves_the_state_as_it_was(
 ) -> None:
     root, _ = machines
     state = tmp_path / "state"
-    assert run_cli("score", root / "day-2.csv", "--bundle", root / "pump", "--out", tmp_path / "a.csv",
-                   "--state-dir", state).code == 0  # fmt: skip
+    assert _scored(run_cli, root / "day-2.csv", root / "pump", tmp_path / "a.csv", state).code == 0
     before = {p.name: p.read_bytes() for p in (state / "000001").iterdir()}
     bad = pl.read_csv(root / "day-3.csv").with_columns(pl.lit("hot").alias("value"))  # a sensor that is text
     bad.write_csv(tmp_path / "bad.csv")
-    failed = run_cli("score", tmp_path / "bad.csv", "--bundle", root / "pump", "--out", tmp_path / "b.csv",
-                     "--state-dir", state)  # fmt: skip
+    failed = _scored(run_cli, tmp_path / "bad.csv", root / "pump", tmp_path / "b.csv", state)
     assert failed.code != 0 and "Traceback" not in failed.err
     assert sorted(p.name for p in state.iterdir()) == ["000001"]
     assert {p.name: p.read_bytes() for p in (state / "000001").iterdir()} == before
