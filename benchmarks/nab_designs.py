@@ -19,7 +19,8 @@ features, levels and score, and then re-decides the alarms under other designs, 
 * fewer alarms from series that keep reaching new levels: after a series' first 5, 8, 10 or 20 new levels only a
   new level two or more levels from every known one alarms, and after its first 30 one three or more (a ladder;
   with and without the escalation; with a creep: a new level 2-12 levels past the range known when a new level
-  last alarmed alarms whatever the ladder); a new level only
+  last alarmed alarms whatever the ladder; with ``stuck`` only once a hold has lasted 0-48 hours, and under 5
+  hours the ladder's counts and the cooldown again); a new level only
   when 2 or 3 of the last 2-5 readings lie on levels unknown before them (a move that lasts); a cooldown that
   grows with the series' alarms of the last days;
 * adapted detectors (``--no-adapted`` skips them): the pack's detectors (iforest + ecod) refitted every day on the
@@ -193,6 +194,18 @@ class Series:
                     low, high = min(known), max(known)
         return out
 
+    def held(self, min_hours: float, factor: float = 1.0) -> np.ndarray:
+        """Each scored row: a hold (one value repeated) that has outlasted ``factor`` x the longest hold before it
+        and ``min_hours`` as well, once per hold (the pack's ``stuck`` at factor 1 and 0 hours)."""
+        t = np.array(self.stamps, dtype="datetime64[s]").astype(np.int64).astype(float)
+        out, start, longest, fired = np.zeros(self.values.size, bool), 0, 0.0, False
+        for i in range(1, self.values.size):
+            if self.values[i] != self.values[i - 1] or np.isnan(self.values[i]):
+                longest, start, fired = max(longest, t[i - 1] - t[start]), i, False
+            elif not fired and t[i] - t[start] > max(factor * longest, min_hours * HOUR):
+                out[i] = fired = True
+        return out[self.probation :]
+
     def growing(self, alarms: np.ndarray, base_hours: float, days: float, growth: float) -> np.ndarray:
         """A cooldown of ``base_hours`` x ``growth`` ** (alarms in the last ``days``): a series that keeps alarming
         is heard less often."""
@@ -309,6 +322,27 @@ def main() -> None:
     for creep in (2, 3, 4, 6, 8, 12):  # the ladder, and a creep of that many levels past the last alarm's range
         designs[f"as shipped, the ladder (8, 30), and a new level {creep} levels past the range of the last alarm"] = {
             s.name: s.full(s.cooled(shipped_with(s, s.creeping(creep)))) for s in series
+        }
+    # a frozen sensor for hours: stuck only once a hold has also lasted min_hold (or outlasted the longest by a
+    # factor), on top of the ladder with its creep; then the ladder's counts and the cooldown again under 5h
+    ladder = {s.name: s.creeping(6) for s in series}
+    for hours, factor in [(h, 1.0) for h in (0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 24, 48)] + [(0, 1.5), (0, 2.0)]:
+        label = f"the ladder and its creep, stuck once a hold lasts {hours}h" + (
+            f" and {factor:g}x" if factor > 1 else ""
+        )
+        designs[label] = {
+            s.name: s.full(s.cooled(ladder[s.name] | s.below_hour(3.0, 6, 0.1, 0.5, -1) | s.held(hours, factor)))
+            for s in series
+        }
+    for two, three in ((7, 30), (9, 30), (10, 30), (12, 30), (8, 16), (8, 20), (8, 25), (8, 40)):
+        designs[f"the ladder ({two}, {three}) and its creep, stuck 5h"] = {
+            s.name: s.full(s.cooled(s.creeping(6, two, three) | s.below_hour(3.0, 6, 0.1, 0.5, -1) | s.held(5)))
+            for s in series
+        }
+    for gap in (6.0, 9.0, 15.0, 18.0):
+        designs[f"the ladder and its creep, stuck 5h, cooldown {gap:g}h"] = {
+            s.name: s.full(s.cooled(ladder[s.name] | s.below_hour(3.0, 6, 0.1, 0.5, -1) | s.held(5), gap))
+            for s in series
         }
     for within, at_least in ((2, 2), (3, 2), (5, 2), (5, 3)):
         designs[f"as shipped, a new level only when {at_least} of {within} readings are on unknown levels"] = {

@@ -5,8 +5,10 @@ leaves the state as it was."""
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
+import os
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -17,6 +19,7 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from segscope.config import SegscopeConfig, load_config
+from segscope.file_state import lock_state_dir
 from segscope.model import Model
 from segscope.watch import FolderWatch
 from tests.test_stream_adapts import _machines
@@ -44,6 +47,10 @@ def _scored(run_cli: Callable[..., Any], data: Path, bundle: Path, out: Path, *s
     return run_cli("score", data, "--bundle", bundle, "--out", out, *(["--state-dir", *state] if state else []))
 
 
+def _sets(state: Path) -> list[str]:
+    return sorted(p.name for p in state.iterdir() if not p.name.startswith("."))  # .lock: the folder's lock
+
+
 def _decisions(paths: list[Path]) -> pl.DataFrame:
     scored = pl.concat([pl.read_csv(p) for p in paths])
     return scored.select("reading_id", pl.selectors.starts_with("machine_id_"), "anomaly_score", "is_alert")
@@ -68,7 +75,7 @@ def test_files_scored_one_after_another_decide_as_one_file(
     fresh = tmp_path / "day-4.fresh.csv"
     assert _scored(run_cli, root / "day-4.csv", root / "pump", fresh).code == 0
     assert _decisions([fresh])["is_alert"].sum() > _decisions([outs[-1]])["is_alert"].sum()
-    sets = sorted(p.name for p in (tmp_path / "state").iterdir())
+    sets = _sets(tmp_path / "state")
     assert sets == ["000002", "000003"]  # the newest two sets are kept
     stamp = json.loads((tmp_path / "state" / "000003" / "state.json").read_text())
     assert stamp["after"] == "day-4.csv" and stamp["rows"] == live.filter(pl.col("timestamp") >= DAYS[2]).height
@@ -103,7 +110,7 @@ def test_a_folder_that_is_not_this_bundle_s_state_is_one_line_and_nothing_is_wri
     refused = _scored(run_cli, root / "day-3.csv", tmp_path / "other", tmp_path / "b.csv", state)
     assert refused.code != 0 and "holds the state of another entity config" in refused.err
     assert "Traceback" not in refused.err and len(refused.err.strip().splitlines()) == 1
-    assert not (tmp_path / "b.csv").exists() and sorted(p.name for p in state.iterdir()) == ["000001"]
+    assert not (tmp_path / "b.csv").exists() and _sets(state) == ["000001"]
     # a damaged set names itself; a bundle without entities says --state-dir has nothing to carry
     (state / "000001" / "entities-0.arrow").write_bytes(b"not arrow")
     damaged = _scored(run_cli, root / "day-3.csv", root / "pump", tmp_path / "c.csv", state)
@@ -129,5 +136,40 @@ def test_a_run_that_fails_leaves_the_state_as_it_was(
     bad.write_csv(tmp_path / "bad.csv")
     failed = _scored(run_cli, tmp_path / "bad.csv", root / "pump", tmp_path / "b.csv", state)
     assert failed.code != 0 and "Traceback" not in failed.err
-    assert sorted(p.name for p in state.iterdir()) == ["000001"]
+    assert _sets(state) == ["000001"]
     assert {p.name: p.read_bytes() for p in (state / "000001").iterdir()} == before
+
+
+def test_a_planted_state_is_one_line_never_a_hang_or_a_silent_change(
+    machines: tuple[Path, pl.DataFrame], run_cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    """What a red team left in a state folder: a FIFO for the entity file (a read would block for ever), an alert
+    time of +inf (every machine silenced for good, and the next state too), a set without its stamp, a run that
+    holds the folder."""
+    root, _ = machines
+    state = tmp_path / "state"
+    assert _scored(run_cli, root / "day-2.csv", root / "pump", tmp_path / "a.csv", state).code == 0
+    arrow = state / "000001" / "entities-0.arrow"
+    good = arrow.read_bytes()
+    arrow.unlink()
+    os.mkfifo(arrow)
+    fifo = _scored(run_cli, root / "day-3.csv", root / "pump", tmp_path / "b.csv", state)
+    assert fifo.code != 0 and "not a regular file" in fifo.err and not (tmp_path / "b.csv").exists()
+    arrow.unlink()
+    frame = pl.read_ipc(io.BytesIO(good))
+    frame.with_columns(pl.lit(float("inf")).alias("last_alert")).write_ipc(arrow)
+    silenced = _scored(run_cli, root / "day-3.csv", root / "pump", tmp_path / "c.csv", state)
+    assert silenced.code != 0 and "['last_alert'] hold values the state never writes" in silenced.err
+    arrow.write_bytes(good)
+    (state / "000002").mkdir()  # a newer set without its stamp: refused, not passed over for the one before
+    unstamped = _scored(run_cli, root / "day-3.csv", root / "pump", tmp_path / "d.csv", state)
+    assert unstamped.code != 0 and "000002/state.json is damaged or not segscope's" in unstamped.err
+    (state / "000002").rmdir()
+    held = lock_state_dir(state, Model.load(root / "pump"))
+    try:
+        busy = _scored(run_cli, root / "day-3.csv", root / "pump", tmp_path / "e.csv", state)
+        assert busy.code != 0 and "is in use by another run" in busy.err and not (tmp_path / "e.csv").exists()
+    finally:
+        os.close(held)
+    assert _scored(run_cli, root / "day-3.csv", root / "pump", tmp_path / "f.csv", state).code == 0
+    assert _sets(state) == ["000001", "000002"]

@@ -100,6 +100,10 @@ def test_online_adaptation_streams_what_the_file_in_order_gives_through_a_sigkil
     frame = _machines(4)
     history, live = frame.filter(pl.col("timestamp") < datetime(2024, 3, 2)), frame[1440 * 3 :]
     pack = load_config("maintenance").with_features(id_column="reading_id", drop=())
+    # without the ladder: c's drift keeps making new levels, which the refits' ranks gate (the ladder quiets them
+    # before the gate sees them)
+    features = tuple(f.model_copy(update={"ladder": None}) for f in pack.entities[0].features)
+    pack = pack.model_copy(update={"entities": (pack.entities[0].model_copy(update={"features": features}),)})
     detectors = (DetectorConfig(name="iforest", params={"n_estimators": 20}), DetectorConfig(name="ecod"))
     config = pack.model_copy(update={"adapt": AdaptConfig(every="1d", window="2d"), "detectors": detectors})
     model = Model(config).fit(history)

@@ -9,11 +9,13 @@ from datetime import datetime, timedelta
 
 import numpy as np
 import polars as pl
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
-from segscope.config import EntityConfig, load_config
+from segscope.config import EntityConfig, config_from_dict, load_config
+from segscope.exceptions import ConfigError
 from segscope.features.entity import EntityFeatures
 from segscope.model import Model
 
@@ -38,7 +40,7 @@ def _quantised(n: int, seed: int) -> pl.DataFrame:
     ).with_columns(pl.col("value").fill_nan(None))
 
 
-def _by_hand(frame: pl.DataFrame) -> list[float | None]:
+def _by_hand(frame: pl.DataFrame, min_hold: float = 0.0) -> list[float | None]:
     held: dict[str, tuple[float, float]] = {}  # machine -> (value, since)
     longest: dict[str, float] = {}
     alarmed: set[str] = set()  # machines whose current hold has alarmed
@@ -54,7 +56,7 @@ def _by_hand(frame: pl.DataFrame) -> list[float | None]:
             held[key] = (value, t)
             alarmed.discard(key)
             out.append(0.0)
-        elif key not in alarmed and t - held[key][1] > longest.get(key, 0.0):
+        elif key not in alarmed and t - held[key][1] > max(longest.get(key, 0.0), min_hold):
             alarmed.add(key)
             out.append(1.0)
         else:
@@ -68,6 +70,11 @@ def test_stuck_is_one_exactly_where_a_hold_becomes_the_longest_yet() -> None:
     got = EntityFeatures(SPEC).fit_transform(frame)["machine_id_value_stuck"].to_list()
     assert got == _by_hand(frame)
     assert 0 < sum(v == 1.0 for v in got[1000:]) < 100  # rare once each machine has held values for a while
+    # min_hold: a hold must also last that long (here 2 minutes of event time) before it alarms
+    spec = SPEC[0].model_copy(update={"features": (SPEC[0].features[0].model_copy(update={"min_hold": "2m"}),)})
+    held = EntityFeatures((spec,)).fit_transform(frame)["machine_id_value_stuck"].to_list()
+    assert held == _by_hand(frame, min_hold=120.0)
+    assert 0 < sum(v == 1.0 for v in held) < sum(v == 1.0 for v in got)
 
 
 @settings(max_examples=15, deadline=None)
@@ -99,5 +106,20 @@ def test_the_maintenance_pack_alarms_on_a_sensor_frozen_at_a_usual_value() -> No
     alerts = scored.filter(pl.col("is_alert"))["timestamp"].to_list()
     start = frame["timestamp"][frozen_at]
     frozen = [t for t in alerts if start <= t < start + timedelta(hours=6)]
-    assert frozen and frozen[0] <= start + timedelta(minutes=10)  # frozen readings at rounding precision differ
+    # the pack's min_hold: 5 hours (its hold starts a minute before, at the reading it repeats)
+    assert frozen and start + timedelta(hours=5) - timedelta(minutes=1) < frozen[0] <= start + timedelta(hours=5)
     assert len(alerts) <= 6  # the rest: a few new levels at most
+
+
+@pytest.mark.parametrize(
+    ("entity", "says"),
+    [
+        ({"time": "timestamp", "features": [{"kind": "zscore", "of": "v", "window": "1h", "min_hold": "4h"}]},
+         "'min_hold' belongs to features of kind 'stuck'"),
+        ({"time": "timestamp", "features": [{"kind": "stuck", "of": "v", "min_hold": "0s"}]}, "longer than zero"),
+        ({"features": [{"kind": "stuck", "of": "v", "min_hold": "4h"}]}, "min_hold '4h' is a duration but the entity"),
+    ],
+)  # fmt: skip
+def test_a_min_hold_that_cannot_work_is_one_clear_line_at_load(entity: dict[str, object], says: str) -> None:
+    with pytest.raises(ConfigError, match=says):
+        config_from_dict({"entities": [{"key": "machine_id", **entity}]})

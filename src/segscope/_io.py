@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -21,6 +22,7 @@ __all__ = [
     "detect_format",
     "fsync_write",
     "publish",
+    "read_regular",
     "sha256_file",
     "write_bytes_atomic",
     "write_text_atomic",
@@ -92,3 +94,16 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def read_regular(path: str | Path, limit: int) -> bytes:
+    """The bytes of ``path`` when it is a regular file (not a link, FIFO or device, which could point elsewhere or
+    block for ever) of at most ``limit`` bytes; an :class:`OSError` saying which it is otherwise."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(0, "not a regular file")
+        if info.st_size > limit:
+            raise OSError(0, f"{info.st_size:,} bytes, more than the {limit:,} such a file may hold")
+        return fh.read(limit + 1)[:limit]

@@ -194,6 +194,9 @@ class EntityFeatureConfig(_Frozen):
     deviations: float = Field(default=3.0, gt=0.0, le=1_000.0)
     #: ``state``: the alarm holds while this many readings in a row are above the limit.
     hold: int = Field(default=10, ge=1, le=10_000)
+    #: ``stuck``: a hold alarms only once it has also lasted this long (a duration of event time, or a count of
+    #: events for an entity without time); none: as soon as it outlasts every hold before it.
+    min_hold: str | int | None = None
 
     @property
     def smoothing(self) -> int:
@@ -222,6 +225,8 @@ class EntityFeatureConfig(_Frozen):
             raise ValueError(f"a ladder counts new levels, 0 or more: {list(self.ladder)} has a negative count")
         if self.ladder is not None and any(a >= b for a, b in itertools.pairwise(self.ladder)):
             raise ValueError(f"a ladder's counts rise: {list(self.ladder)} does not (e.g. [8, 30])")
+        if self.min_hold is not None and (self.kind != "stuck" or duration_seconds(self.min_hold) <= 0):
+            raise ValueError("'min_hold' belongs to features of kind 'stuck' and is a duration longer than zero: 4h")
         if self.kind != "state" and self.over is not None:
             raise ValueError(f"'over' belongs to features of kind 'state', not '{self.kind}'")
         needs_of = self.kind not in {"count", "since_last", "state"}
@@ -270,11 +275,12 @@ class EntityConfig(_Frozen):
                 raise ValueError("a 'seasonal_drop' feature compares readings by hour of day: set the entity's time")
             if f.kind == "state" and f.of is not None and self.sensors is None:
                 raise ValueError("a 'state' feature's of: sensor needs sensors: in its block; or list its 'over'")
-            if f.window is not None and self.time is None and not str(f.window).isdigit():
-                raise ValueError(
-                    f"window '{f.window}' is a duration but the entity has no 'time' column: set time, or give the "
-                    "window as a count of events"
-                )
+            for what, span in (("window", f.window), ("min_hold", f.min_hold)):
+                if span is not None and self.time is None and not str(span).isdigit():
+                    raise ValueError(
+                        f"{what} '{span}' is a duration but the entity has no 'time' column: set time, or give "
+                        f"the {what} as a count of events"
+                    )
         return self
 
 

@@ -12,6 +12,7 @@ counts are not carried: a budget counts per file.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -20,11 +21,12 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
+from segscope._io import read_regular
 from segscope.exceptions import BundleError, CheckpointError, ConfigError
 from segscope.features.entity_state import EntityState
 from segscope.model import Model
 
-__all__ = ["load_carried", "save_carried"]
+__all__ = ["load_carried", "lock_state_dir", "save_carried"]
 
 FORMAT = 1
 STAMP = "state.json"
@@ -32,11 +34,16 @@ STAMP = "state.json"
 _STAMP_BYTES = 1 << 16
 #: sets kept after a save: the newest and the one before it
 _KEPT = 2
+#: the largest entity state file read (a state that outgrew this belongs in a stream's checkpoints)
+_STATE_BYTES = 4 << 30
+#: the lock a run holds on its folder from reading the state to writing the next
+LOCK = ".lock"
 
 
 def _meaning(model: Model) -> str:
-    """What a set's state means: the bundle's entity config, every setting (a changed one starts a new folder)."""
-    described = [spec.model_dump(mode="json") for spec in model.config.entities]
+    """What a set's state means: the bundle's entity config, every setting given (a changed one starts a new
+    folder; a setting a later release adds, at its default, does not)."""
+    described = [spec.model_dump(mode="json", exclude_defaults=True) for spec in model.config.entities]
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
 
 
@@ -44,9 +51,11 @@ def _sets(root: Path) -> list[Path]:
     """The numbered sets in ``root``, oldest first (links and other names are never read)."""
     if not root.is_dir():
         return []
-    return sorted(
-        (p for p in root.iterdir() if p.name.isdigit() and p.is_dir() and not p.is_symlink()), key=lambda p: int(p.name)
-    )
+    return sorted((p for p in root.iterdir() if _numbered(p)), key=lambda p: int(p.name))
+
+
+def _numbered(path: Path) -> bool:
+    return path.name.isascii() and path.name.isdigit() and len(path.name) <= 18
 
 
 def _check_root(root: Path, model: Model) -> None:
@@ -59,17 +68,40 @@ def _check_root(root: Path, model: Model) -> None:
         raise CheckpointError(f"--state-dir {root} is not a folder; give a folder (it is created if missing)")
 
 
+def lock_state_dir(root: Path, model: Model) -> int:
+    """Hold ``root`` for one run, from reading its state to writing the next (created if missing): the open lock
+    file, to close when the run ends. A folder another run holds is a one-line error (two runs at once would each
+    continue the same state, and one's would be lost)."""
+    _check_root(root, model)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(root / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise CheckpointError(f"cannot use --state-dir {root} ({exc.strerror or exc}); give a folder this process "
+                              "can write")  from None  # fmt: skip
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise CheckpointError(
+            f"--state-dir {root} is in use by another run; wait for it to end (files of one folder are scored one "
+            "after another), or give another folder"
+        ) from None
+    return fd
+
+
 def load_carried(root: Path, model: Model) -> EntityState | None:
     """The state the newest complete set in ``root`` holds, for ``model`` (None: no set yet, start from the end of
     the bundle's history). A set of another entity config, or a damaged one, is a one-line error."""
     _check_root(root, model)
-    sets = [s for s in _sets(root) if (s / STAMP).is_file() and not (s / STAMP).is_symlink()]
+    sets = _sets(root)
     if not sets:
         return None
-    newest = sets[-1]
+    newest = sets[-1]  # never skipped: segscope writes no set without its stamp, so one without is not its own
+    if newest.is_symlink() or not newest.is_dir():
+        raise CheckpointError(f"{newest} is not a folder segscope wrote; remove it to use the set before")
     try:
-        raw = (newest / STAMP).read_bytes()[: _STAMP_BYTES + 1]
-        stamp = json.loads(raw) if len(raw) <= _STAMP_BYTES else None
+        stamp = json.loads(read_regular(newest / STAMP, _STAMP_BYTES))
     except (OSError, ValueError, RecursionError):
         stamp = None
     if not isinstance(stamp, dict) or stamp.get("format") != FORMAT or not isinstance(stamp.get("blocks"), int):
@@ -87,10 +119,7 @@ def load_carried(root: Path, model: Model) -> EntityState | None:
     for i in range(len(state.blocks)):
         path = newest / f"entities-{i}.arrow"
         try:
-            if path.is_symlink():
-                raise OSError("a symbolic link")
-            data = path.read_bytes()
-            state.load_bytes(i, data)
+            state.load_bytes(i, read_regular(path, _STATE_BYTES))
         except (OSError, BundleError) as exc:
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0][:160]
             raise CheckpointError(f"{path} cannot be read ({why}); remove {newest} to use the set before") from None
@@ -104,7 +133,9 @@ def save_carried(root: Path, model: Model, state: EntityState, after: str, rows:
     try:
         root.mkdir(parents=True, exist_ok=True)
         sets = _sets(root)
-        number = int(sets[-1].name) + 1 if sets else 1
+        number = int(sets[-1].name) + 1 if sets else 1  # past any numbered name, even one planted there
+        if number >= 10**18:
+            raise CheckpointError(f"--state-dir {root} holds a set numbered {sets[-1].name}; remove it")
         tmp = Path(tempfile.mkdtemp(prefix=".set-", suffix=".tmp", dir=root))
         for i in range(len(state.blocks)):
             (tmp / f"entities-{i}.arrow").write_bytes(state.to_bytes(i))

@@ -8,6 +8,7 @@ new version and promotes it in a registry when it is better.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import warnings
@@ -24,7 +25,7 @@ from segscope._io import detect_format, sha256_file
 from segscope.config import SegscopeConfig
 from segscope.exceptions import DataError, SchemaError, SegscopeWarning, SinkError
 from segscope.features.entity import EntityFeatures
-from segscope.file_state import load_carried, save_carried
+from segscope.file_state import load_carried, lock_state_dir, save_carried
 from segscope.labels._open import hide_password
 from segscope.labels.parse import load_labels
 from segscope.labels.queue import candidate_rows
@@ -266,31 +267,36 @@ def score_file(
     whole = isinstance(sink, AllOrNothing) and sink.all_or_nothing
     source = _file_source(model, path, batch_size, ids_first=not whole)
     state, checks = _file_state(model, path), _FileChecks(model, path)
-    carried = load_carried(state_dir, model) if state_dir is not None else None
-    if carried is not None and state.scoring is not None:
-        state.scoring.entities = carried
-    kept: list[ReviewRecords] = []
+    held = lock_state_dir(state_dir, model) if state_dir is not None else None  # one run at a time on a folder
+    try:
+        carried = load_carried(state_dir, model) if state_dir is not None else None
+        if carried is not None and state.scoring is not None:
+            state.scoring.entities = carried
+        kept: list[ReviewRecords] = []
 
-    def done(batch: Batch, scored: pl.DataFrame | None) -> None:
-        checks.batch(batch, scored)
-        if scored is None:
-            return
-        if store is not None:
-            review = model.for_review(scored)
-            kept.append(review.subset(candidate_rows(scored, review.threshold, 2000)))
-        if on_batch is not None:
-            on_batch(scored.height)
+        def done(batch: Batch, scored: pl.DataFrame | None) -> None:
+            checks.batch(batch, scored)
+            if scored is None:
+                return
+            if store is not None:
+                review = model.for_review(scored)
+                kept.append(review.subset(candidate_rows(scored, review.threshold, 2000)))
+            if on_batch is not None:
+                on_batch(scored.height)
 
-    # the file is read, and the next batch scored, while the last one is written (the kernels and the writers
-    # release the GIL); the checks refuse a file without rows, so some batch has set the output's schema
-    warming = warm_up(model)  # Numba's first use while the first batch is read
-    run(source, model, sink, state, ahead=True, on_batch=done, on_end=checks.end, hooks=_AfterWarmUp(warming))
-    stored = sum(store.add_records(review, source=Path(path).name) for review in kept) if store is not None else 0
-    if state_dir is not None and state.scoring is not None and state.scoring.entities is not None:
-        save_carried(state_dir, model, state.scoring.entities, Path(path).name, state.rows)
-    seconds = time.perf_counter() - started
-    adapted = adapt_line(model.config, state.scoring.entities if state.scoring is not None else None)
-    return ScoreSummary(state.rows, state.alerts, seconds, str(out), stored, adapted)
+        # the file is read, and the next batch scored, while the last one is written (the kernels and the writers
+        # release the GIL); the checks refuse a file without rows, so some batch has set the output's schema
+        warming = warm_up(model)  # Numba's first use while the first batch is read
+        run(source, model, sink, state, ahead=True, on_batch=done, on_end=checks.end, hooks=_AfterWarmUp(warming))
+        stored = sum(store.add_records(review, source=Path(path).name) for review in kept) if store is not None else 0
+        if state_dir is not None and state.scoring is not None and state.scoring.entities is not None:
+            save_carried(state_dir, model, state.scoring.entities, Path(path).name, state.rows)
+        seconds = time.perf_counter() - started
+        adapted = adapt_line(model.config, state.scoring.entities if state.scoring is not None else None)
+        return ScoreSummary(state.rows, state.alerts, seconds, str(out), stored, adapted)
+    finally:
+        if held is not None:
+            os.close(held)
 
 
 def evaluate_file(model: Model, path: str | Path, label_column: str, *, batch_size: int = 200_000) -> dict[str, Any]:

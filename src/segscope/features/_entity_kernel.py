@@ -81,7 +81,8 @@ def advance(
     taus: np.ndarray,  # (features,) window time constants
     shares: np.ndarray,  # (features,) rare share
     params: np.ndarray,  # (features, 3) STATE: readings to learn, smoothing span, readings in a row to alarm;
-    # SEASONAL_DROP: deviations, smoothing span; NEW_LEVEL: its ladder's counts (inf: none), its column of near
+    # SEASONAL_DROP: deviations, smoothing span; STUCK: the least a hold lasts to alarm; NEW_LEVEL: its ladder's
+    # counts (inf: none), its column of near
     near: np.ndarray,  # (rows, ladders, 5) NEW_LEVEL with a ladder: codes of the levels 1 below, above, 2 below,
     # above, and the level itself
     ttl: float,  # reset after this idle time (0: never)
@@ -184,8 +185,9 @@ def advance(
                             acc[s, o + 2] = max(longest, last_t[s] - acc[s, o + 1])
                         acc[s, o], acc[s, o + 1] = x, t
                         result = 0.0
-                    elif acc[s, o + 2] >= 0.0 and t - acc[s, o + 1] > longest:  # the hold outlasts every one
-                        acc[s, o + 2] = -longest - 1.0  # before it: a stuck sensor, alarmed at this reading only
+                    elif acc[s, o + 2] >= 0.0 and t - acc[s, o + 1] > max(longest, params[f, 0]):  # the hold
+                        acc[s, o + 2] = -longest - 1.0  # outlasts every one before it (and the least it must last):
+                        # a stuck sensor, alarmed at this reading only
                         result = 1.0
                     else:
                         result = 0.0

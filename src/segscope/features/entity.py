@@ -65,8 +65,8 @@ class _Plan:
     taus: np.ndarray
     shares: np.ndarray
     #: (features, 3) ``state``: readings to learn from, smoothing span, readings in a row to alarm;
-    #: ``seasonal_drop``: deviations, smoothing span; ``new_level``: its ladder's counts (inf: none), its column
-    #: of the kernel's ``near`` codes
+    #: ``seasonal_drop``: deviations, smoothing span; ``stuck``: the least a hold lasts to alarm (seconds or
+    #: events); ``new_level``: its ladder's counts (inf: none), its column of the kernel's ``near`` codes
     params: np.ndarray
     #: pair columns of ``new_level`` features with a ladder, in the order of the kernel's ``near`` columns
     ladders: list[int]
@@ -111,6 +111,8 @@ class _Plan:
                 params.append((steps[0], steps[1], len(ladders) - 1 if f.ladder else -1))
             elif f.kind == "seasonal_drop":
                 params.append((f.deviations, f.smoothing, 0))
+            elif f.kind == "stuck":
+                params.append((duration_seconds(f.min_hold) if f.min_hold is not None else 0.0, 0, 0))
             else:
                 params.append((f.learn, f.smoothing, f.hold))
             names.append(feature_name(spec, f))

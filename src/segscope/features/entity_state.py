@@ -331,7 +331,38 @@ def _read_state_file(data: bytes, block: Block) -> pl.DataFrame:
     acc = frame.schema["acc"]
     if block.n_acc and acc != pl.Array(pl.Float64, block.n_acc):
         raise BundleError(f"entity state: 'acc' holds {acc}, expected {block.n_acc} numbers per entity")
+    _check_values(frame, block)
     return frame
+
+
+def _check_values(frame: pl.DataFrame, block: Block) -> None:
+    """Values the state never writes, refused: they would score on silently (an alert time of +inf silences an
+    entity for good, a generation past the pair table's bits or a pair column out of range drops what it learnt)."""
+    bad = []
+    for name, low, high in (("last_t", -1e300, 1e300), ("n_events", 0, 2**62), ("gen", 0, 2**23 - 1)):
+        column = frame.get_column(name).cast(pl.Float64)
+        if column.is_nan().any() or (column < low).any() or (column > high).any():
+            bad.append(name)
+    for name in ("last_alert", "last_raw", "newest"):
+        if name in frame.columns and (frame.get_column(name).cast(pl.Float64).fill_nan(np.inf) == np.inf).any():
+            bad.append(name)
+    if block.n_pairs:
+        lists = {"pair_column": pl.List(pl.Int32), "pair_value": pl.List(pl.String), "pair_count": pl.List(pl.Int64)}
+        if any(frame.schema.get(c) != t for c, t in lists.items()):
+            raise BundleError(f"entity state: the pair columns {sorted(lists)} are missing or not what it writes")
+        lengths = frame.select(pl.col(c).list.len().fill_null(0) for c in lists)
+        same = lengths.select(
+            (pl.col("pair_column") == pl.col("pair_value")) & (pl.col("pair_value") == pl.col("pair_count"))
+        ).to_series()
+        if not same.all():
+            raise BundleError("entity state: the pair columns hold lists of different lengths")
+        pairs = frame.select(pl.col("pair_column").explode(), pl.col("pair_count").explode()).drop_nulls()
+        if (pairs["pair_column"] < 0).any() or (pairs["pair_column"] >= block.n_pairs).any():
+            bad.append("pair_column")
+        if (pairs["pair_count"] < 1).any():
+            bad.append("pair_count")
+    if bad:
+        raise BundleError(f"entity state: the column(s) {bad} hold values the state never writes")
 
 
 @dataclass
