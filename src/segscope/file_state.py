@@ -104,7 +104,8 @@ def load_carried(root: Path, model: Model) -> EntityState | None:
         stamp = json.loads(read_regular(newest / STAMP, _STAMP_BYTES))
     except (OSError, ValueError, RecursionError):
         stamp = None
-    if not isinstance(stamp, dict) or stamp.get("format") != FORMAT or not isinstance(stamp.get("blocks"), int):
+    blocks = stamp.get("blocks") if isinstance(stamp, dict) else None
+    if not isinstance(stamp, dict) or stamp.get("format") != FORMAT or type(blocks) is not int or not 0 < blocks < 100:
         raise CheckpointError(f"{newest / STAMP} is damaged or not segscope's; remove {newest} to use the set before")
     if stamp.get("entities") != _meaning(model):
         raise CheckpointError(
@@ -113,9 +114,9 @@ def load_carried(root: Path, model: Model) -> EntityState | None:
         )
     state = model.new_state(from_start=True).entities
     assert state is not None  # the bundle has entities (checked above)
-    if stamp["blocks"] != len(state.blocks):
-        raise CheckpointError(f"{newest / STAMP} lists {stamp['blocks']} entity blocks, the bundle has "
-                              f"{len(state.blocks)}; give a new folder")  # fmt: skip
+    if blocks != len(state.blocks):
+        raise CheckpointError(f"{newest / STAMP} lists {blocks} entity blocks, the bundle has {len(state.blocks)}; "
+                              "give a new folder")  # fmt: skip
     for i in range(len(state.blocks)):
         path = newest / f"entities-{i}.arrow"
         try:
