@@ -47,6 +47,14 @@ def _scored(run_cli: Callable[..., Any], data: Path, bundle: Path, out: Path, *s
     return run_cli("score", data, "--bundle", bundle, "--out", out, *(["--state-dir", *state] if state else []))
 
 
+@pytest.fixture
+def state(machines: tuple[Path, pl.DataFrame], run_cli: Callable[..., Any], tmp_path: Path) -> Path:
+    """A state folder after the first day's file."""
+    root, _ = machines
+    assert _scored(run_cli, root / "day-2.csv", root / "pump", tmp_path / "a.csv", tmp_path / "state").code == 0
+    return tmp_path / "state"
+
+
 def _sets(state: Path) -> list[str]:
     return sorted(p.name for p in state.iterdir() if not p.name.startswith("."))  # .lock: the folder's lock
 
@@ -98,11 +106,9 @@ def test_a_watched_folder_carries_the_state_from_file_to_file_in_name_order(
 
 
 def test_a_folder_that_is_not_this_bundle_s_state_is_one_line_and_nothing_is_written(
-    machines: tuple[Path, pl.DataFrame], run_cli: Callable[..., Any], tmp_path: Path
+    machines: tuple[Path, pl.DataFrame], run_cli: Callable[..., Any], tmp_path: Path, state: Path
 ) -> None:
     root, live = machines
-    state = tmp_path / "state"
-    assert _scored(run_cli, root / "day-2.csv", root / "pump", tmp_path / "a.csv", state).code == 0
     other = load_config("maintenance").with_features(id_column="reading_id", drop=())
     spec = other.entities[0].model_copy(update={"ttl": "7d"})
     history = live.filter(pl.col("timestamp") < DAYS[1])
@@ -126,11 +132,9 @@ def test_a_folder_that_is_not_this_bundle_s_state_is_one_line_and_nothing_is_wri
 
 
 def test_a_run_that_fails_leaves_the_state_as_it_was(
-    machines: tuple[Path, pl.DataFrame], run_cli: Callable[..., Any], tmp_path: Path
+    machines: tuple[Path, pl.DataFrame], run_cli: Callable[..., Any], tmp_path: Path, state: Path
 ) -> None:
     root, _ = machines
-    state = tmp_path / "state"
-    assert _scored(run_cli, root / "day-2.csv", root / "pump", tmp_path / "a.csv", state).code == 0
     before = {p.name: p.read_bytes() for p in (state / "000001").iterdir()}
     bad = pl.read_csv(root / "day-3.csv").with_columns(pl.lit("hot").alias("value"))  # a sensor that is text
     bad.write_csv(tmp_path / "bad.csv")
@@ -141,14 +145,12 @@ def test_a_run_that_fails_leaves_the_state_as_it_was(
 
 
 def test_a_planted_state_is_one_line_never_a_hang_or_a_silent_change(
-    machines: tuple[Path, pl.DataFrame], run_cli: Callable[..., Any], tmp_path: Path
+    machines: tuple[Path, pl.DataFrame], run_cli: Callable[..., Any], tmp_path: Path, state: Path
 ) -> None:
     """What a red team left in a state folder: a FIFO for the entity file (a read would block for ever), an alert
     time of +inf (every machine silenced for good, and the next state too), a set without its stamp, a run that
     holds the folder."""
     root, _ = machines
-    state = tmp_path / "state"
-    assert _scored(run_cli, root / "day-2.csv", root / "pump", tmp_path / "a.csv", state).code == 0
     arrow = state / "000001" / "entities-0.arrow"
     good = arrow.read_bytes()
     arrow.unlink()
