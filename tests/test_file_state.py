@@ -19,6 +19,7 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from segscope.config import SegscopeConfig, load_config
+from segscope.features.entity import ladder_lines
 from segscope.file_state import lock_state_dir
 from segscope.model import Model
 from segscope.watch import FolderWatch
@@ -85,6 +86,15 @@ def test_files_scored_one_after_another_decide_as_one_file(
     assert _decisions([fresh])["is_alert"].sum() > _decisions([outs[-1]])["is_alert"].sum()
     sets = _sets(tmp_path / "state")
     assert sets == ["000002", "000003"]  # the newest two sets are kept
+    shown = run_cli("inspect", root / "pump", "--state-dir", tmp_path / "state")  # what the folder holds now
+    said = " ".join(shown.out.split())
+    assert shown.code == 0 and "3 entities in set 000003" in said, shown.err
+    model = Model.load(root / "pump")
+    whole_state = model.new_state()
+    model.score(live, state=whole_state)
+    assert whole_state.entities is not None
+    (climbed,) = ladder_lines(model.config.entities, whole_state.entities)  # the one file's climb
+    assert climbed in said and "entities past each count [0, 0]" not in climbed
     stamp = json.loads((tmp_path / "state" / "000003" / "state.json").read_text())
     assert stamp["after"] == "day-4.csv" and stamp["rows"] == live.filter(pl.col("timestamp") >= DAYS[2]).height
 

@@ -26,7 +26,7 @@ from segscope.exceptions import BundleError, CheckpointError, ConfigError
 from segscope.features.entity_state import EntityState
 from segscope.model import Model
 
-__all__ = ["load_carried", "lock_state_dir", "save_carried"]
+__all__ = ["load_carried", "lock_state_dir", "save_carried", "state_sets"]
 
 FORMAT = 1
 STAMP = "state.json"
@@ -47,7 +47,7 @@ def _meaning(model: Model) -> str:
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
 
 
-def _sets(root: Path) -> list[Path]:
+def state_sets(root: Path) -> list[Path]:
     """The numbered sets in ``root``, oldest first (links and other names are never read)."""
     if not root.is_dir():
         return []
@@ -94,7 +94,7 @@ def load_carried(root: Path, model: Model) -> EntityState | None:
     """The state the newest complete set in ``root`` holds, for ``model`` (None: no set yet, start from the end of
     the bundle's history). A set of another entity config, or a damaged one, is a one-line error."""
     _check_root(root, model)
-    sets = _sets(root)
+    sets = state_sets(root)
     if not sets:
         return None
     newest = sets[-1]  # never skipped: segscope writes no set without its stamp, so one without is not its own
@@ -133,7 +133,7 @@ def save_carried(root: Path, model: Model, state: EntityState, after: str, rows:
     _check_root(root, model)
     try:
         root.mkdir(parents=True, exist_ok=True)
-        sets = _sets(root)
+        sets = state_sets(root)
         number = int(sets[-1].name) + 1 if sets else 1  # past any numbered name, even one planted there
         if number >= 10**18:
             raise CheckpointError(f"--state-dir {root} holds a set numbered {sets[-1].name}; remove it")
@@ -160,6 +160,6 @@ def save_carried(root: Path, model: Model, state: EntityState, after: str, rows:
             f"cannot write the state to --state-dir {root} ({exc.strerror or exc}); give a folder this process "
             "can write (the scored output is complete; the next file would start from the state before it)"
         ) from None
-    for old in [*_sets(root)[:-_KEPT], *(p for p in root.glob(".set-*.tmp") if p != tmp)]:
+    for old in [*state_sets(root)[:-_KEPT], *(p for p in root.glob(".set-*.tmp") if p != tmp)]:
         shutil.rmtree(old, ignore_errors=True)
     return target

@@ -240,11 +240,14 @@ def inspect(
     model = load_model(bundle, trust_bundle)
     if state_dir is not None:
         from segscope.features.entity import ladder_lines
+        from segscope.file_state import load_carried, state_sets
         from segscope.stream.checkpoint import newest_state
         from segscope.unsupervised.adapt import adapt_line
 
-        entities = newest_state(state_dir, model)
-        out.print(f"state-dir {state_dir}: {entities.entities:,} entities at the newest checkpoints")
+        carried = load_carried(state_dir, model) if state_sets(state_dir) else None  # score/watch --state-dir
+        entities = carried if carried is not None else newest_state(state_dir, model)
+        where = f"in set {state_sets(state_dir)[-1].name}" if carried is not None else "at the newest checkpoints"
+        out.print(f"state-dir {state_dir}: {entities.entities:,} entities {where}")
         for line in filter(None, [adapt_line(model.config, entities), *ladder_lines(model.config.entities, entities)]):
             out.print(f"  {line}")
         return
