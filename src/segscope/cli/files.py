@@ -244,9 +244,10 @@ def inspect(
         from segscope.stream.checkpoint import newest_state
         from segscope.unsupervised.adapt import adapt_line
 
-        carried = load_carried(state_dir, model) if state_sets(state_dir) else None  # score/watch --state-dir
+        sets = state_sets(state_dir)  # a score/watch --state-dir folder, else a stream's checkpoints
+        carried = load_carried(state_dir, model) if sets else None
         entities = carried if carried is not None else newest_state(state_dir, model)
-        where = f"in set {state_sets(state_dir)[-1].name}" if carried is not None else "at the newest checkpoints"
+        where = f"in set {sets[-1].name}" if carried is not None else "at the newest checkpoints"
         out.print(f"state-dir {state_dir}: {entities.entities:,} entities {where}")
         for line in filter(None, [adapt_line(model.config, entities), *ladder_lines(model.config.entities, entities)]):
             out.print(f"  {line}")

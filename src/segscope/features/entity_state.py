@@ -99,19 +99,12 @@ class Block:
             if value not in table:
                 table[value] = len(listed)
                 listed.append(value)
-        if not unique:
-            return np.full(values.len(), -1, dtype=np.int64)
-        mapped = values.replace_strict(unique, [table[v] for v in unique], default=-1, return_dtype=pl.Int64)
-        return mapped.fill_null(-1).to_numpy().astype(np.int64, copy=False)
+        return _mapped(values, unique, table)
 
     def codes_known(self, column: int, values: pl.Series) -> np.ndarray:
         """The codes of ``values`` in ``column`` (-1 for a value never coded), coding nothing new."""
         table = self.codes[column]
-        unique = [v for v in values.drop_nulls().unique().to_list() if v in table]
-        if not unique:
-            return np.full(values.len(), -1, dtype=np.int64)
-        mapped = values.replace_strict(unique, [table[v] for v in unique], default=-1, return_dtype=pl.Int64)
-        return mapped.fill_null(-1).to_numpy().astype(np.int64, copy=False)
+        return _mapped(values, [v for v in values.drop_nulls().unique().to_list() if v in table], table)
 
     def _grow(self, n: int) -> None:
         cap = self.last_t.shape[0]
@@ -299,6 +292,14 @@ class Block:
 
 #: numeric columns of an entity state file (besides ``key``, ``acc`` and the pair lists)
 _STATE_NUMBERS = ("last_t", "n_events", "gen", "partition", "newest", "late")
+
+
+def _mapped(values: pl.Series, unique: list[str], table: dict[str, int]) -> np.ndarray:
+    """Each of ``values`` as its code in ``table`` (``unique``: the distinct ones it holds; -1 for the others)."""
+    if not unique:
+        return np.full(values.len(), -1, dtype=np.int64)
+    mapped = values.replace_strict(unique, [table[v] for v in unique], default=-1, return_dtype=pl.Int64)
+    return mapped.fill_null(-1).to_numpy().astype(np.int64, copy=False)
 
 
 def _read_state_file(data: bytes, block: Block) -> pl.DataFrame:
