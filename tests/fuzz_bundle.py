@@ -168,3 +168,14 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def arrow_bomb(data: bytes, column: str = "acc") -> bytes:
+    """An Arrow file as a compression bomb: ``column``'s values buffer (written compressed) declares it unpacks to a
+    terabyte, the rest unchanged. Arrow would allocate that before it looked at the data."""
+    frame = pl.read_ipc(data)
+    dtype = frame.schema[column]
+    width = dtype.size if isinstance(dtype, pl.Array) else 1
+    prefix = (frame.height * width * 8).to_bytes(8, "little")
+    assert data.count(prefix) == 1, "the values buffer's length prefix is not unique in the file"
+    return data.replace(prefix, (1 << 40).to_bytes(8, "little"))

@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "segscope"
 
 #: Left to right. A module may import the layers to its left and its own package (folder or module).
 LAYERS: list[set[str]] = [
-    {"_typing", "exceptions", "packs", "_durations"},
+    {"_typing", "exceptions", "packs", "_durations", "_arrow_file"},
     {"expressions", "_kafka_setup", "_yaml"},
     {"columns", "config_kafka"},
     {"_params", "_deps", "_io", "_arrays", "_stored_json", "config", "schema", "metrics", "_kafka_outcomes"},

@@ -23,6 +23,7 @@ from segscope.features.entity import ladder_lines
 from segscope.file_state import lock_state_dir
 from segscope.model import Model
 from segscope.watch import FolderWatch
+from tests.fuzz_bundle import arrow_bomb
 from tests.test_stream_adapts import _machines
 
 DAYS = [datetime(2024, 3, d) for d in (2, 3, 4, 5)]
@@ -159,7 +160,7 @@ def test_a_planted_state_is_one_line_never_a_hang_or_a_silent_change(
 ) -> None:
     """What a red team left in a state folder: a FIFO for the entity file (a read would block for ever), an alert
     time of +inf (every machine silenced for good, and the next state too), a set without its stamp, a run that
-    holds the folder."""
+    holds the folder, a compression bomb."""
     root, _ = machines
     arrow = state / "000001" / "entities-0.arrow"
     good = arrow.read_bytes()
@@ -172,6 +173,9 @@ def test_a_planted_state_is_one_line_never_a_hang_or_a_silent_change(
     frame.with_columns(pl.lit(float("inf")).alias("last_alert")).write_ipc(arrow)
     silenced = _scored(run_cli, root / "day-3.csv", root / "pump", tmp_path / "c.csv", state)
     assert silenced.code != 0 and "['last_alert'] hold values the state never writes" in silenced.err
+    arrow.write_bytes(arrow_bomb(good))  # a file of kilobytes that unpacks to a terabyte
+    bomb = _scored(run_cli, root / "day-3.csv", root / "pump", tmp_path / "g.csv", state)
+    assert bomb.code != 0 and "unpack to 1,099,511," in bomb.err and "Traceback" not in bomb.err
     arrow.write_bytes(good)
     (state / "000002").mkdir()  # a newer set without its stamp: refused, not passed over for the one before
     unstamped = _scored(run_cli, root / "day-3.csv", root / "pump", tmp_path / "d.csv", state)

@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ from segscope.sources.base import Batch
 from segscope.stream.checkpoint import CheckpointError, EntityCheckpoints, Stamp, entity_config_hash
 from segscope.stream.parts import ModelWatcher
 from segscope.testing.data import make_card_stream
+from tests.fuzz_bundle import arrow_bomb
 from tests.kafka_helpers import (
     committed_offsets,
     consume_all,
@@ -129,7 +131,9 @@ def test_a_restored_checkpoint_continues_exactly(fitted, tmp_path: Path) -> None
     assert stamp["entities"] == entity_config_hash(model.config.entities) and stamp["format"] == 1
 
 
-@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "no columns", "beyond the blocks", "acc width"])
+@pytest.mark.parametrize(
+    "damage", ["truncated", "garbage", "empty", "no columns", "beyond the blocks", "acc width", "fifo", "bomb"]
+)
 def test_a_damaged_checkpoint_is_one_error_naming_the_file_and_the_fix(  # type: ignore[no-untyped-def]
     fitted, tmp_path: Path, damage: str
 ) -> None:
@@ -151,6 +155,11 @@ def test_a_damaged_checkpoint_is_one_error_naming_the_file_and_the_fix(  # type:
     elif damage == "beyond the blocks":
         newest = folder / newest.name.replace("-0.", "-7.")
         newest.write_bytes(data)
+    elif damage == "fifo":  # a read would wait for a writer for ever
+        newest.unlink()
+        os.mkfifo(newest)
+    elif damage == "bomb":  # a file of kilobytes that unpacks to a terabyte
+        newest.write_bytes(arrow_bomb(data))
     else:  # an entity block with another number of accumulators
         block = Block(3, 1)
         block.slots_for(pl.Series(["c00001"]))
@@ -158,6 +167,8 @@ def test_a_damaged_checkpoint_is_one_error_naming_the_file_and_the_fix(  # type:
     with pytest.raises(CheckpointError) as caught:
         _restore(model, tmp_path, live[offset:], offset)
     _one_line(caught.value, str(newest), f"delete {folder}", "end-of-history")
+    if damage in ("fifo", "bomb"):
+        _one_line(caught.value, "not a regular file" if damage == "fifo" else "unpack to 1,099,511,")
 
 
 def test_a_checkpoint_of_another_group_is_refused_and_left_alone(fitted, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

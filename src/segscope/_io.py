@@ -19,6 +19,8 @@ from segscope.exceptions import SourceError
 
 __all__ = [
     "EXTENSIONS",
+    "STAMP_BYTES",
+    "STATE_FILE_BYTES",
     "detect_format",
     "fsync_write",
     "publish",
@@ -94,6 +96,12 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+#: the largest stamp (a small JSON file naming a state's config and format) read by :func:`read_regular`
+STAMP_BYTES = 1 << 16
+#: the largest entity state file read (one entity block's Arrow file, in a state folder or a stream's checkpoints)
+STATE_FILE_BYTES = 4 << 30
 
 
 def read_regular(path: str | Path, limit: int) -> bytes:

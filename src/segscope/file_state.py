@@ -21,7 +21,7 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-from segscope._io import read_regular
+from segscope._io import STAMP_BYTES, STATE_FILE_BYTES, read_regular
 from segscope.exceptions import BundleError, CheckpointError, ConfigError
 from segscope.features.entity_state import EntityState
 from segscope.model import Model
@@ -30,12 +30,8 @@ __all__ = ["load_carried", "lock_state_dir", "save_carried", "state_sets"]
 
 FORMAT = 1
 STAMP = "state.json"
-#: the largest state.json read (it holds a few names)
-_STAMP_BYTES = 1 << 16
 #: sets kept after a save: the newest and the one before it
 _KEPT = 2
-#: the largest entity state file read (a state that outgrew this belongs in a stream's checkpoints)
-_STATE_BYTES = 4 << 30
 #: the lock a run holds on its folder from reading the state to writing the next
 LOCK = ".lock"
 
@@ -101,7 +97,7 @@ def load_carried(root: Path, model: Model) -> EntityState | None:
     if newest.is_symlink() or not newest.is_dir():
         raise CheckpointError(f"{newest} is not a folder segscope wrote; remove it to use the set before")
     try:
-        stamp = json.loads(read_regular(newest / STAMP, _STAMP_BYTES))
+        stamp = json.loads(read_regular(newest / STAMP, STAMP_BYTES))
     except (OSError, ValueError, RecursionError):
         stamp = None
     blocks = stamp.get("blocks") if isinstance(stamp, dict) else None
@@ -120,7 +116,7 @@ def load_carried(root: Path, model: Model) -> EntityState | None:
     for i in range(len(state.blocks)):
         path = newest / f"entities-{i}.arrow"
         try:
-            state.load_bytes(i, read_regular(path, _STATE_BYTES))
+            state.load_bytes(i, read_regular(path, STATE_FILE_BYTES))
         except (OSError, BundleError) as exc:
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0][:160]
             raise CheckpointError(f"{path} cannot be read ({why}); remove {newest} to use the set before") from None

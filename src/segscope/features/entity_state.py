@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from segscope._arrow_file import read_arrow_file
 from segscope.exceptions import BundleError
 from segscope.features import _entity_kernel as kernel
 from segscope.features.trailing import Trailing, check_columns, trailing_columns, trailing_from_row
@@ -302,11 +303,16 @@ def _mapped(values: pl.Series, unique: list[str], table: dict[str, int]) -> np.n
     return mapped.fill_null(-1).to_numpy().astype(np.int64, copy=False)
 
 
+#: what an entity state file may unpack to: room for any real state (its columns compress a few times at most)
+#: while a file of a megabyte that asks for gigabytes is refused before anything is allocated
+_UNPACK_SLACK, _UNPACK_RATIO = 1 << 30, 32
+
+
 def _read_state_file(data: bytes, block: Block) -> pl.DataFrame:
     import pyarrow as pa
 
     try:
-        table = pa.ipc.open_file(pa.BufferReader(data)).read_all()
+        table = read_arrow_file(data, _UNPACK_SLACK + _UNPACK_RATIO * len(data))
         table.validate(full=True)
         frame = pl.from_arrow(table)
     except (pa.ArrowException, ValueError, OSError, TypeError) as exc:

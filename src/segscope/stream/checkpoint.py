@@ -61,7 +61,7 @@ import numpy as np
 import polars as pl
 
 from segscope._durations import duration_seconds
-from segscope._io import write_bytes_atomic
+from segscope._io import STAMP_BYTES, STATE_FILE_BYTES, read_regular, write_bytes_atomic
 from segscope._kafka import TP
 from segscope.config import EntityConfig
 from segscope.exceptions import CheckpointError, SegscopeError
@@ -207,7 +207,7 @@ class EntityCheckpoints:
             return "earlier" if files else "fresh"
         fix = f"delete {folder} {_REBUILD}"
         try:
-            stamp = json.loads(file.read_bytes().decode("utf-8"))
+            stamp = json.loads(read_regular(file, STAMP_BYTES).decode("utf-8"))
         except (OSError, ValueError) as exc:
             raise CheckpointError(f"entity checkpoint stamp {file} is damaged ({_reason(exc)}); {fix}") from None
         if not isinstance(stamp, dict) or not isinstance(stamp.get("format"), int):
@@ -326,7 +326,7 @@ class EntityCheckpoints:
             why = f"it names entity block {block}; the entity config has {len(state.blocks)}"
             raise self._damaged(partition, offset, path, why)
         try:
-            data = path.read_bytes()
+            data = read_regular(path, STATE_FILE_BYTES)
             schema = pl.read_ipc_schema(io.BytesIO(data))
         except Exception as exc:  # OSError, or Polars's errors on a file cut short or not Arrow
             raise self._damaged(partition, offset, path, _reason(exc)) from None
@@ -406,7 +406,7 @@ def newest_state(root: Path, model: Model) -> EntityState:
         for start, delta, block, path in files:
             if (start > base or (start == base and not delta)) and block < len(state.blocks):
                 try:
-                    state.load_bytes(block, path.read_bytes())
+                    state.load_bytes(block, read_regular(path, STATE_FILE_BYTES))
                 except (SegscopeError, OSError) as exc:
                     raise CheckpointError(f"entity checkpoint {path} cannot be read ({_reason(exc)})") from None
     return state
