@@ -10,6 +10,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from segscope.config import SegscopeConfig
 from segscope.exceptions import SegscopeWarning
@@ -261,3 +264,26 @@ def test_the_warning_comes_where_alerts_explode_and_says_when_the_policy_adapted
     )
     assert adaptation_of(config.policy) == "policy.recalibrate 60d, cooldown 1d"
     assert adaptation_of(SegscopeConfig().policy) == ""
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    values=hnp.arrays(
+        np.float64,
+        st.integers(0, 9_000),  # past two of the kernel's blocks of 4,096 rows
+        elements=st.one_of(st.floats(-1e6, 1e6), st.just(np.nan), st.sampled_from([0.0, 1.0, -1.0])),
+    ),
+    edges=st.lists(st.sampled_from([-2.0, -1.0, 0.0, 0.5, 1.0, 3.0, 1e5]), max_size=9, unique=True).map(sorted),
+    bounds=st.tuples(st.floats(-10, 10), st.floats(-10, 10)).map(sorted),
+)
+def test_drift_counts_match_numpy(values: np.ndarray, edges: list[float], bounds: list[float]) -> None:
+    """The compiled per-column count (blocks in parallel) against NumPy's searchsorted and bincount."""
+    from segscope.unsupervised import _kernels
+
+    grid = np.asarray(edges, dtype=np.float64)
+    low, high = bounds
+    counts, outside = _kernels.drift_counts(values, grid, low, high)
+    present = values[~np.isnan(values)]
+    expected = np.bincount(np.searchsorted(grid, present, side="left"), minlength=grid.size + 1)
+    assert counts.tolist() == [*expected.tolist(), int(np.isnan(values).sum())]
+    assert outside == int(((present < low) | (present > high)).sum())

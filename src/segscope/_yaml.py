@@ -4,17 +4,32 @@ from __future__ import annotations
 
 from typing import Any
 
-import yaml
-
-__all__ = ["load_yaml"]
+__all__ = ["YAMLSyntaxError", "load_yaml"]
 
 _MAX_YAML_NODES = 100_000
 _MAX_YAML_DEPTH = 64
 
 
+class YAMLSyntaxError(ValueError):
+    """The text is not YAML a config can be read from (PyYAML's message, whose first line says where)."""
+
+
 def load_yaml(text: str) -> Any:
     """YAML's safe loader, after checking the document's size *with aliases expanded* (nine levels of aliases
-    expand to billions of nodes) and its depth, on the composed node graph before anything is built."""
+    expand to billions of nodes) and its depth, on the composed node graph before anything is built.
+    :class:`YAMLSyntaxError` when it is not YAML or too large. PyYAML is imported here, by the commands that read
+    a YAML config, not by every command that imports the config's types (20 ms at each start)."""
+    import yaml
+
+    try:
+        return _load(text)
+    except yaml.YAMLError as exc:
+        raise YAMLSyntaxError(str(exc)) from None
+
+
+def _load(text: str) -> Any:
+    import yaml
+
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()

@@ -9,7 +9,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from segscope._durations import duration_seconds
@@ -22,7 +21,7 @@ from segscope._typing import (
     PolicyKind,
     SegmentBoundaries,
 )
-from segscope._yaml import load_yaml
+from segscope._yaml import YAMLSyntaxError, load_yaml
 from segscope.columns import SENSOR, STATE_LEARN, STATE_NUMBERS, expand_sensors, map_columns
 from segscope.config_kafka import KafkaConfig, MessagesConfig
 from segscope.exceptions import ConfigError
@@ -446,7 +445,7 @@ def load_config(path: str | Path, *, columns: dict[str, str] | None = None) -> S
         raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start + 1}); save it as UTF-8") from None
     try:
         data: Any = tomllib.loads(text) if suffix == ".toml" else load_yaml(text)
-    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+    except (tomllib.TOMLDecodeError, YAMLSyntaxError) as exc:
         reason = str(exc).splitlines()[0]
         raise ConfigError(f"config file {path} is not valid {suffix[1:].upper()}: {reason}") from None
     except RecursionError:

@@ -128,25 +128,37 @@ def forest_class_proba(
     return out
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, parallel=True)
 def drift_counts(values: np.ndarray, edges: np.ndarray, low: float, high: float) -> tuple[np.ndarray, int]:
     """One pass over a column for the drift guard: counts per bin (``len(edges) + 1`` bins, a value's bin being
-    ``searchsorted(edges, v, side='left')``), then missing (NaN); and how many present values fall outside
-    ``[low, high]``."""
-    n_edges = edges.shape[0]
-    counts = np.zeros(n_edges + 2, dtype=np.int64)
-    outside = 0
-    for i in range(values.shape[0]):
-        v = values[i]
-        if math.isnan(v):
-            counts[n_edges + 1] += 1
-            continue
-        k = 0
-        for e in range(n_edges):  # no early exit: branch-free, as fast for the ~9 decile edges
-            k += edges[e] < v
-        counts[k] += 1
-        outside += (v < low) | (v > high)
-    return counts, outside
+    ``searchsorted(edges, v, side='left')``: how many edges lie below it), then missing (NaN); and how many
+    present values fall outside ``[low, high]``. Blocks of rows in parallel, each edge compared with a block's
+    values at once (a loop that vectorises; NaN compares below no edge, so it lands in bin 0 and is moved out)."""
+    n_edges, n = edges.shape[0], values.shape[0]
+    block = 4096
+    blocks = (n + block - 1) // block
+    counts = np.zeros((blocks, n_edges + 2), dtype=np.int64)
+    outside = np.zeros(blocks, dtype=np.int64)
+    for b in nb.prange(blocks):
+        start = b * block
+        size = min(block, n - start)
+        bins = np.zeros(size, dtype=np.int64)
+        for e in range(n_edges):
+            edge = edges[e]
+            for i in range(size):
+                bins[i] += edge < values[start + i]
+        missing = 0
+        out = 0
+        for i in range(size):
+            v = values[start + i]
+            missing += v != v
+            out += (v < low) | (v > high)
+        for i in range(size):
+            counts[b, bins[i]] += 1
+        counts[b, 0] -= missing
+        counts[b, n_edges + 1] = missing
+        outside[b] = out
+    return counts.sum(axis=0), int(outside.sum())
 
 
 # reassociation lets the sum over features vectorise; it is fixed at compile time, so still the same per row
@@ -347,37 +359,49 @@ def _format_one(out: np.ndarray, v: float) -> int:
     return start + last + 1
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, parallel=True)
 def format_numbers(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Numbers as reasons print them, as the buffers of an Arrow string-view array (16-byte views, strings of up
     to 12 bytes inside them, longer ones in the data buffer), and a mask of the values left for Python's
     formatting (infinities, magnitudes past 1e290 either way, near-ties; their views are empty): NaN as ``null``;
     whole numbers under 1e15 as integers; under 1e-4 or from 1e15 as ``%.6g``; others as the decimal of their six
-    significant digits, ``.0`` when that is whole (``0.000123457``, ``123457.0``, ``-2.5``)."""
+    significant digits, ``.0`` when that is whole (``0.000123457``, ``123457.0``, ``-2.5``). Blocks of values are
+    formatted in parallel; the few longer than 12 bytes are then laid into the data buffer in order."""
     n = values.shape[0]
     views = np.zeros((n, 16), dtype=np.uint8)
-    data = np.empty(n * 24, dtype=np.uint8)  # the longest form, '-0.000123457' or '-999999000000000.0', fits
+    longer = np.empty((n, 24), dtype=np.uint8)  # the longest form, '-0.000123457' or '-999999000000000.0', fits
+    lengths = np.zeros(n, dtype=np.int64)  # of the forms longer than 12 bytes; 0 for the others
     left = np.zeros(n, dtype=np.bool_)
-    scratch = np.empty(32, dtype=np.uint8)
+    block = 4096
+    for b in nb.prange((n + block - 1) // block):
+        scratch = np.empty(32, dtype=np.uint8)
+        for i in range(b * block, min(n, (b + 1) * block)):
+            length = _format_one(scratch, values[i])
+            if length < 0:
+                left[i] = True
+                continue
+            views[i, 0] = np.uint8(length)  # little-endian int32: lengths are under 256
+            if length <= 12:
+                for q in range(length):
+                    views[i, 4 + q] = scratch[q]
+                continue
+            lengths[i] = length
+            for q in range(length):
+                longer[i, q] = scratch[q]
+    data = np.empty(int(lengths.sum()), dtype=np.uint8)
     pos = 0
     for i in range(n):
-        length = _format_one(scratch, values[i])
-        if length < 0:
-            left[i] = True
-            continue
-        views[i, 0] = np.uint8(length)  # little-endian int32: lengths are under 256
-        if length <= 12:
-            for q in range(length):
-                views[i, 4 + q] = scratch[q]
+        length = lengths[i]
+        if length == 0:
             continue
         for q in range(4):
-            views[i, 4 + q] = scratch[q]
+            views[i, 4 + q] = longer[i, q]
         for q in range(length):
-            data[pos + q] = scratch[q]
+            data[pos + q] = longer[i, q]
         # buffer 0 (bytes 8-11 stay zero), offset little-endian
         views[i, 12] = np.uint8(pos & 0xFF)
         views[i, 13] = np.uint8((pos >> 8) & 0xFF)
         views[i, 14] = np.uint8((pos >> 16) & 0xFF)
         views[i, 15] = np.uint8((pos >> 24) & 0xFF)
         pos += length
-    return views, data[:pos].copy(), left
+    return views, data, left

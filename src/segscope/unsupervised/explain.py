@@ -8,7 +8,7 @@ total so the top reasons read as "62% of what makes this record unusual".
 from __future__ import annotations
 
 import math
-from typing import Self
+from typing import Any, Self
 
 import numpy as np
 import polars as pl
@@ -155,11 +155,23 @@ def _format_numbers(values: np.ndarray) -> pl.Series:
 
     views, data, left = _kernels.format_numbers(values)
     strings = pa.Array.from_buffers(pa.string_view(), values.shape[0], [None, pa.py_buffer(views), pa.py_buffer(data)])
-    out = pl.Series("value", strings, dtype=pl.String)
+    out = pl.Series(_CArray(strings)).alias("value")
     where = np.flatnonzero(left)
     if where.size:
         out = out.scatter(where, pl.Series([format_number(float(values[i])) for i in where], dtype=pl.String))
     return out
+
+
+class _CArray:
+    """An Arrow array handed to Polars through the Arrow C data interface alone. Given the pyarrow array itself,
+    Polars imports ``pyarrow.compute`` on the way (60 ms, at the first batch of every process) for a check that
+    a plain string-view array never needs."""
+
+    def __init__(self, array: Any) -> None:
+        self.array = array
+
+    def __arrow_c_array__(self, requested_schema: object | None = None) -> Any:
+        return self.array.__arrow_c_array__(requested_schema)
 
 
 #: values formatted per kernel call: their long forms (at most 24 bytes each) stay within an int32 offset
