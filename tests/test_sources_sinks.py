@@ -91,3 +91,49 @@ def test_a_text_file_s_rows_are_estimated_from_its_size_and_first_lines(tmp_path
     assert estimate_rows(tmp_path / "f.parquet") == 200_000  # the footer's count
     (tmp_path / "wide.csv").write_text("a" * 5000 + "\n")
     assert estimate_rows(tmp_path / "wide.csv", sample_bytes=1000) is None  # no line ends in the sample
+
+
+def test_what_a_killed_run_left_is_removed_by_a_later_run_to_the_same_output(
+    tmp_path: Path, files: Path, bundle: Path, model
+) -> None:
+    """SIGKILL runs no handler: the temporary folder of the output stays. A later run to the same output removes
+    it once it has sat unchanged for a minute with no run holding its lock; a folder a live run holds stays, and
+    so does a fresh one (a run may be between creating its folder and locking it)."""
+    import fcntl
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from segscope.pipeline import score_file
+
+    small = pl.read_parquet(files / "new.parquet")
+    pl.concat([small] * max(1, 300_000 // small.height)).write_parquet(tmp_path / "big.parquet")
+    out = tmp_path / "out.parquet"
+    cmd = [sys.executable, "-m", "segscope.cli", "score", str(tmp_path / "big.parquet"), "--bundle", str(bundle)]
+    proc = subprocess.Popen([*cmd, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, left = time.monotonic() + 120, []
+    while time.monotonic() < deadline and proc.poll() is None:
+        left = list(tmp_path.glob(".out.parquet.*.tmp"))
+        if left and any(p.stat().st_size for p in left[0].iterdir()):
+            break
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    assert len(left) == 1 and left[0].is_dir() and not out.exists(), "the run ended before it wrote anything"
+    score_file(model, files / "new.parquet", out)
+    assert left[0].is_dir()  # a minute has not passed: it could be a run about to lock it
+    long_ago = time.time() - 120
+    os.utime(left[0], (long_ago, long_ago))
+    live = tmp_path / ".out.parquet.abcd1234.tmp"
+    live.mkdir()
+    os.utime(live, (long_ago, long_ago))
+    held = os.open(live, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        score_file(model, files / "new.parquet", out)
+        assert not left[0].exists() and live.is_dir()
+    finally:
+        os.close(held)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "big.parquet", "out.parquet"]
+    assert pl.read_parquet(out).height == small.height

@@ -3,11 +3,15 @@ renamed into place only when complete; or NDJSON to standard output (``-``)."""
 
 from __future__ import annotations
 
+import fcntl
+import os
 import queue
+import re
 import shutil
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
@@ -48,20 +52,52 @@ def _json_text(value: Any) -> str:
     return json.dumps(value, default=str, separators=(",", ":"))
 
 
-def _temporary_beside(path: Path) -> Path:
-    """A temporary folder in the target's folder (so the final rename is atomic), or a one-line SinkError. The
-    file is written inside it: on abort the folder goes, and a Polars writer task that opens the file after it
-    returned (its streaming engine tears down asynchronously) cannot leave one behind."""
+def _temporary_beside(path: Path) -> tuple[Path, int]:
+    """A temporary folder in the target's folder (so the final rename is atomic), locked while this run writes in
+    it (the open descriptor returned holds the lock), or a one-line SinkError. The file is written inside it: on
+    abort the folder goes, and a Polars writer task that opens the file after it returned (its streaming engine
+    tears down asynchronously) cannot leave one behind. Folders that earlier runs to the same output left (a run
+    killed before it could clean up) are removed on the way."""
     if path.is_dir():
         raise SinkError(f"{path} is a folder; pass a file name for the output (e.g. {path / 'out.parquet'})")
     parent = path.parent
     if not parent.exists():
         raise SinkError(f"{path}: folder {parent} does not exist; create it first")
     try:
-        return Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent))
+        fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
         reason = exc.strerror or exc
         raise SinkError(f"{path}: cannot write in {parent} ({reason}); choose a folder you can write to") from None
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    _remove_left_behind(path, tmp)
+    return tmp, fd
+
+
+#: a temporary folder this much older than its last change, and whose lock nobody holds, was left by a run that
+#: ended without cleaning up (the age covers the instant between a folder's creation and its lock)
+_LEFT_FOR = 60.0
+
+
+def _remove_left_behind(path: Path, own: Path) -> None:
+    """Remove the temporary folders of earlier runs to ``path`` whose run is gone (killed: SIGKILL, a power cut)."""
+    name = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.tmp")
+    for old in path.parent.iterdir():
+        if old == own or not name.fullmatch(old.name):
+            continue
+        try:
+            fd = os.open(old, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:  # a link, a file, or gone already
+            continue
+        try:
+            if time.time() - os.fstat(fd).st_mtime < _LEFT_FOR:
+                continue
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # OSError while a run holds it
+            shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
 
 
 class _Stop(Exception):
@@ -86,7 +122,7 @@ class FileSink:
         from polars.io.plugins import register_io_source
 
         self.format_ = detect_format(self.path)
-        self.tmp_dir_ = _temporary_beside(self.path)
+        self.tmp_dir_, self.lock_ = _temporary_beside(self.path)
         self.tmp_path_ = self.tmp_dir_ / self.path.name
         nested = self.format_ == "csv"  # CSV cannot hold lists or structs: they become JSON text
         nested_types = pl.List | pl.Struct | pl.Array
@@ -174,13 +210,20 @@ class FileSink:
         except OSError as exc:
             self.abort()
             raise SinkError(f"{self.path}: cannot write output ({exc.strerror or exc}); check disk space") from None
-        shutil.rmtree(self.tmp_dir_, ignore_errors=True)
+        self._release()
 
     def abort(self) -> None:
         if hasattr(self, "queue_"):
             self._put(_Stop())
             self.thread_.join()
-            shutil.rmtree(self.tmp_dir_, ignore_errors=True)
+            self._release()
+
+    def _release(self) -> None:
+        """The temporary folder removed, then its lock let go (once)."""
+        shutil.rmtree(self.tmp_dir_, ignore_errors=True)
+        if self.lock_ >= 0:
+            os.close(self.lock_)
+            self.lock_ = -1
 
     def __enter__(self) -> Self:
         return self
