@@ -137,3 +137,26 @@ def test_what_a_killed_run_left_is_removed_by_a_later_run_to_the_same_output(
         os.close(held)
     assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "big.parquet", "out.parquet"]
     assert pl.read_parquet(out).height == small.height
+
+
+def test_on_a_file_system_without_locks_the_output_is_written_and_nothing_else_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where flock is refused (some network mounts), a run cannot tell a leftover from a live run: it writes its
+    output and removes nothing of others."""
+    import errno
+    import fcntl
+    import os
+    import time
+
+    def refused(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    other = tmp_path / ".o.parquet.abcd1234.tmp"
+    other.mkdir()
+    long_ago = time.time() - 120
+    os.utime(other, (long_ago, long_ago))
+    monkeypatch.setattr(fcntl, "flock", refused)
+    write_frame(pl.DataFrame({"a": [1.0, 2.0]}), tmp_path / "o.parquet")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [other.name, "o.parquet"]
+    assert pl.read_parquet(tmp_path / "o.parquet")["a"].to_list() == [1.0, 2.0]

@@ -69,7 +69,10 @@ def _temporary_beside(path: Path) -> tuple[Path, int]:
     except OSError as exc:
         reason = exc.strerror or exc
         raise SinkError(f"{path}: cannot write in {parent} ({reason}); choose a folder you can write to") from None
-    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError:  # a file system without locks (some network mounts): leftovers cannot be told from live runs
+        return tmp, fd
     _remove_left_behind(path, tmp)
     return tmp, fd
 
