@@ -22,15 +22,9 @@ def load_yaml(text: str) -> Any:
     import yaml
 
     try:
-        return _load(text)
-    except yaml.YAMLError as exc:
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as exc:  # the reader refuses a character YAML does not allow
         raise YAMLSyntaxError(str(exc)) from None
-
-
-def _load(text: str) -> Any:
-    import yaml
-
-    loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
         if node is None:
@@ -53,5 +47,7 @@ def _load(text: str) -> Any:
 
         expanded(node, 0)
         return loader.construct_document(node) or {}
+    except yaml.YAMLError as exc:
+        raise YAMLSyntaxError(str(exc)) from None
     finally:
         loader.dispose()
