@@ -22,9 +22,11 @@ from segscope import bundle as bundle_format
 from segscope import registry as reg
 from segscope.config import load_config
 from segscope.exceptions import SegscopeError
+from segscope.features.entity import EntityFeatures
+from segscope.features.entity_meaning import entity_meaning
 from segscope.features.entity_state import Block, EntityState
 from segscope.sources.base import Batch
-from segscope.stream.checkpoint import CheckpointError, EntityCheckpoints, Stamp, entity_config_hash
+from segscope.stream.checkpoint import CheckpointError, EntityCheckpoints, Stamp
 from segscope.stream.parts import ModelWatcher
 from segscope.testing.data import make_card_stream
 from tests.fuzz_bundle import arrow_bomb
@@ -119,6 +121,13 @@ def _other_entity_config(model: Model):  # type: ignore[no-untyped-def]
     return (spec.model_copy(update={"features": (first, *spec.features[1:])}),)
 
 
+def _meaning_of(specs, model: Model) -> str:  # type: ignore[no-untyped-def]
+    """What ``specs`` would mean with ``model``'s fit."""
+    features = EntityFeatures(specs)
+    features.grids_ = model.entities_.grids_  # type: ignore[union-attr]  # white-box: the fit's grids
+    return entity_meaning(features)
+
+
 # ------------------------------------------------------------------------------------------------ checkpoints
 def test_a_restored_checkpoint_continues_exactly(fitted, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     model, live, _ = fitted
@@ -128,7 +137,7 @@ def test_a_restored_checkpoint_continues_exactly(fitted, tmp_path: Path) -> None
     assert_frame_equal(restored, whole[offset:], check_exact=True)  # same process, same CPU: exact
     stamp = json.loads((tmp_path / f"{TOPIC}-0" / "stamp.json").read_text())
     assert stamp["topic"] == TOPIC and stamp["group"] == GROUP and stamp["partition"] == 0
-    assert stamp["entities"] == entity_config_hash(model.config.entities) and stamp["format"] == 1
+    assert stamp["entities"] == model.entity_meaning and stamp["format"] == 1
 
 
 @pytest.mark.parametrize(
@@ -186,8 +195,8 @@ def test_a_checkpoint_of_another_entity_config_is_refused(fitted, tmp_path: Path
     model, live, _ = fitted
     offset = _written(model, live, tmp_path)
     other = _other_entity_config(model)
-    assert entity_config_hash(other) != entity_config_hash(model.config.entities)
-    stamp = Stamp(TOPIC, GROUP, entity_config_hash(other), "another-version")
+    assert _meaning_of(other, model) != model.entity_meaning
+    stamp = Stamp(TOPIC, GROUP, _meaning_of(other, model), "another-version")
     with pytest.raises(CheckpointError) as caught:
         _restore(model, tmp_path, live[offset:], offset, stamp)
     _one_line(caught.value, str(tmp_path / f"{TOPIC}-0"), "entity config", model.version)
@@ -258,7 +267,7 @@ def test_a_hot_swap_to_another_entity_config_restarts_the_checkpoints(fitted, tm
     checkpoints = EntityCheckpoints(tmp_path, _stamp(model))
     state = model.new_state()
     _stream(model, checkpoints, state, live[offset : offset + 50], offset)
-    new = Stamp(TOPIC, GROUP, entity_config_hash(_other_entity_config(model)), "v2")
+    new = Stamp(TOPIC, GROUP, _meaning_of(_other_entity_config(model), model), "v2")
     with pytest.raises(CheckpointError):  # a process that never ran the old config refuses partition 1
         EntityCheckpoints(tmp_path, new).prepare(
             Batch(live[:5], origin=lambda j: (TOPIC, 1, offset + j, None)),
@@ -479,7 +488,7 @@ def test_a_promotion_to_another_entity_config_restamps_the_checkpoints_and_a_res
     assert code == 0, err[-2000:]
     assert f"switched to model version {other.version}" in err and "entity checkpoints restarted" in err, err[-2000:]
     stamp = json.loads((state / f"{topic}-0" / "stamp.json").read_text())
-    assert stamp["entities"] == entity_config_hash(other.config.entities) != entity_config_hash(model.config.entities)
+    assert stamp["entities"] == other.entity_meaning != model.entity_meaning
 
     produce(kafka_bootstrap, topic, records(live[-50:]), keys=keys[-50:])
     proc = start_stream(registry, kafka_bootstrap, *args, "--idle-exit", "3")

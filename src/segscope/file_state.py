@@ -6,23 +6,24 @@ last alarmed, so that files scored one after another decide as one file scored i
 per entity block and ``state.json`` (whose entity config, which model version, after which file). A set is
 written under a temporary name and renamed into place once complete, so a run that stops half-way leaves the
 previous set as it was; the newest two are kept. A set is read only when its ``state.json`` names this bundle's
-entity config (a model version promoted since, with the same ``entities:``, carries on). The alert budget's
-counts are not carried: a budget counts per file.
+entity state meaning: its entity config and level grids (a model version promoted since, fine-tuned from it, carries
+on; a refit starts a new folder). The alert budget's counts are not carried: a budget counts per file.
 """
 
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import shutil
 import tempfile
+import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 
 from segscope._io import STAMP_BYTES, STATE_FILE_BYTES, read_regular
-from segscope.exceptions import BundleError, CheckpointError, ConfigError
+from segscope.exceptions import BundleError, CheckpointError, ConfigError, SegscopeWarning
+from segscope.features.entity_meaning import earlier_stamp
 from segscope.features.entity_state import EntityState
 from segscope.model import Model
 
@@ -34,13 +35,6 @@ STAMP = "state.json"
 _KEPT = 2
 #: the lock a run holds on its folder from reading the state to writing the next
 LOCK = ".lock"
-
-
-def _meaning(model: Model) -> str:
-    """What a set's state means: the bundle's entity config, every setting given (a changed one starts a new
-    folder; a setting a later release adds, at its default, does not)."""
-    described = [spec.model_dump(mode="json", exclude_defaults=True) for spec in model.config.entities]
-    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
 
 
 def state_sets(root: Path) -> list[Path]:
@@ -103,10 +97,16 @@ def load_carried(root: Path, model: Model) -> EntityState | None:
     blocks = stamp.get("blocks") if isinstance(stamp, dict) else None
     if not isinstance(stamp, dict) or stamp.get("format") != FORMAT or type(blocks) is not int or not 0 < blocks < 100:
         raise CheckpointError(f"{newest / STAMP} is damaged or not segscope's; remove {newest} to use the set before")
-    if stamp.get("entities") != _meaning(model):
+    meaning = model.entity_meaning  # the bundle's entity config and level grids: a changed one starts a new folder
+    assert meaning is not None  # it has entities (checked above)
+    earlier = earlier_stamp(model.config.entities, meaning, stamp.get("entities"), stamp.get("version"), model.version)
+    if earlier:
+        warnings.warn(f"--state-dir {root} set {newest.name}: {earlier}", SegscopeWarning, stacklevel=2)
+    if stamp.get("entities") != meaning and earlier is None:
         raise CheckpointError(
-            f"--state-dir {root} holds the state of another entity config (after {str(stamp.get('after'))[:80]!r}, "
-            f"model {str(stamp.get('version'))[:40]}); give a new folder to start from this bundle's history"
+            f"--state-dir {root} holds the state of another entity config or fit (after "
+            f"{str(stamp.get('after'))[:80]!r}, model {str(stamp.get('version'))[:40]}); give a new folder to start "
+            "from this bundle's history"
         )
     state = model.new_state(from_start=True).entities
     assert state is not None  # the bundle has entities (checked above)
@@ -138,7 +138,7 @@ def save_carried(root: Path, model: Model, state: EntityState, after: str, rows:
             (tmp / f"entities-{i}.arrow").write_bytes(state.to_bytes(i))
         stamp = {
             "format": FORMAT,
-            "entities": _meaning(model),
+            "entities": model.entity_meaning,
             "blocks": len(state.blocks),
             "version": model.version,
             "after": after,

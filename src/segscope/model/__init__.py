@@ -1,11 +1,8 @@
 """``Model``: what a bundle holds. ``fit(history)`` fits the layers in order (features -> detectors, calibration,
-reasons, alert policy -> optional segments), ``score(frame)`` runs them, ``save``/``load`` write and read the
-bundle folder, each component packing its own state.
-
-Scoring never changes a fitted model: what carries over between batches (an alert budget's counts) lives in a
-:class:`~segscope.unsupervised.threshold.PolicyState` that the caller owns, and a record's scores do not depend
-on the other records of its batch.
-"""
+reasons, alert policy -> optional segments), ``score(frame)`` runs them, ``save``/``load`` write and read the bundle
+folder, each component packing its own state. Scoring never changes a fitted model: what carries over between
+batches (an alert budget's counts, each entity's state) lives in a :class:`ScoringState` that the caller owns, and a
+record's scores do not depend on the other records of its batch."""
 
 from __future__ import annotations
 
@@ -22,6 +19,7 @@ import polars as pl
 from segscope.config import SegscopeConfig
 from segscope.exceptions import ConfigError, NotFittedError, SchemaError
 from segscope.features.entity import EntityFeatures
+from segscope.features.entity_meaning import entity_meaning
 from segscope.features.entity_state import EntityState
 from segscope.features.prepare import FeaturePreparer
 from segscope.labels.store import ReviewRecords
@@ -199,6 +197,11 @@ class Model:
         """Whether it computes per-entity features (``entities:`` in the config)."""
         self.check_fitted()
         return self.entities_ is not None
+
+    @property
+    def entity_meaning(self) -> str | None:
+        """What its entity state means: its ``entities:`` and their fitted level grids (None: no entities)."""
+        return entity_meaning(self.entities_) if self.entities_ is not None else None
 
     @property
     def entity_features(self) -> tuple[str, ...]:
@@ -394,8 +397,7 @@ class Model:
         return np.hstack(blocks)
 
     def drift_tracker(self) -> DriftTracker | None:
-        """A tracker of how scored data compares with the fit data (one per file or stream window); None for
-        bundles fitted before segscope kept the reference."""
+        """How scored data compares with the fit data, one tracker per file or stream window (None: no reference)."""
         self.check_fitted()
         return self.drift_.tracker() if self.drift_ is not None else None
 
@@ -451,9 +453,7 @@ class Model:
             if supervised is not None
             else pl.lit(None, dtype=pl.Float64).alias("supervised_score"),
             pl.Series("is_alert", alerts, dtype=pl.Boolean),
-            pl.Series("segment", segment, dtype=pl.Int32)
-            if segment is not None
-            else pl.lit(-1, dtype=pl.Int32).alias("segment"),
+            pl.Series("segment", segment if segment is not None else np.full(frame.height, -1), dtype=pl.Int32),
             pl.Series("segment_confidence", confidence, dtype=pl.Float64)
             if confidence is not None
             else pl.lit(None, dtype=pl.Float64).alias("segment_confidence"),

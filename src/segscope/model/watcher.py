@@ -86,7 +86,7 @@ class ModelWatcher:
         self.model = model
         entities = self.state.entities
         self.state = self.model.new_state()
-        if entities is not None and before.config.entities == self.model.config.entities:
+        if entities is not None and before.entity_meaning == self.model.entity_meaning:
             self.state.entities = entities  # a promoted version continues each entity where the stream is
         self.drift = self.model.drift_tracker()
         self.pointer = pointer

@@ -15,13 +15,14 @@ written to a temporary name and renamed, so a killed process never leaves half a
 **The stamp.** A restore is right only when the files were written by the same stream: the same input topic and
 partition (the offsets name positions in it), the same consumer group (the offsets it committed decide which files
 are valid, and a restore deletes the files past them: another group's files would be read at the wrong offsets and
-then destroyed), and the same entity config (key, time column, ttl, lateness, and each feature's name, kind, input,
-window and share: :func:`entity_config_hash`; the same layout with another window would be read without an error
-and give other scores). ``stamp.json`` in each partition folder records them with the format version, before the
-folder's first data file, and every restore checks it first, before anything is deleted. The model version is
-recorded but not compared: the files hold only the entities the stream changed, the others come from the bundle,
-and a promoted version with the same entity config continues the stream's entities by design (the model watcher
-keeps them on a hot swap), so a restart after a promotion must restore them too.
+then destroyed), and the same entity state meaning (the entity config and the level grids fitted with it:
+:mod:`segscope.features.entity_meaning`; the same layout with another window, or level codes of another grid, would
+be read without an error and give other scores). ``stamp.json`` in each partition folder records them with the
+format version, before the folder's first data file, and every restore checks it first, before anything is
+deleted. The model version is recorded but not compared: the files hold only the entities the stream changed, the
+others come from the bundle, and a promoted version with the same meaning (a fine-tuned one) continues the stream's
+entities by design (the model watcher keeps them on a hot swap), so a restart after a promotion must restore them
+too.
 
 **What is refused, and why.** A checkpoint of another topic, partition, group or entity config, or of a newer
 format, is refused (:class:`CheckpointError`: the folder, what differs and the fix): restoring it would score with
@@ -36,43 +37,44 @@ a lost fsync or a hand edit, not a crash.
 
 **Earlier checkpoints** (no ``stamp.json``, written before stamps existed) are adopted: they are checked against
 the entity config's layout (blocks, columns, accumulator widths), restored, and stamped as this stream's, with one
-warning naming the folder; refusing them would cost every running stream its state on upgrade.
+warning naming the folder; refusing them would cost every running stream its state on upgrade. Stamps written
+before the meaning covered the whole config and the grids are adopted the same way when they name this config the
+way they were computed then; with level grids and another model version, with a warning (the stamp cannot say
+whether that version was a refit).
 
-**A hot swap to another entity config** (a promoted version whose ``entities:`` differ: the watcher restarts the
-entities from the new version's end-of-history state) restarts the checkpoints of this process's partitions too
-(:meth:`EntityCheckpoints.rebase`: their files deleted, the folders stamped with the new config); a partition
+**A hot swap to another entity config** (a promoted version whose ``entities:`` or level grids differ: the
+watcher restarts the entities from the new version's end-of-history state) restarts the checkpoints of this
+process's partitions too (:meth:`EntityCheckpoints.rebase`: their files deleted, the folders stamped with the new
+config); a partition
 stamped with the config this process left, taken over in a rebalance from a process that had not swapped yet,
 restarts the same way instead of being refused.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
 
-from segscope._durations import duration_seconds
 from segscope._io import STAMP_BYTES, STATE_FILE_BYTES, read_regular, write_bytes_atomic
 from segscope._kafka import TP
 from segscope.config import EntityConfig
 from segscope.exceptions import CheckpointError, SegscopeError
-from segscope.features.entity import feature_name
+from segscope.features.entity_meaning import earlier_stamp
 from segscope.features.entity_state import EntityState
 from segscope.sources.base import Batch
 
 if TYPE_CHECKING:
     from segscope.model import Model
 
-__all__ = ["FORMAT", "CheckpointError", "EntityCheckpoints", "Stamp", "entity_config_hash", "newest_state"]
+__all__ = ["FORMAT", "CheckpointError", "EntityCheckpoints", "Stamp", "newest_state"]
 
 log = logging.getLogger("segscope.stream")
 _NAME = re.compile(r"^(\d{20})-(\d+)\.(delta|full)\.arrow$")
@@ -86,29 +88,6 @@ _REBUILD = (
 )
 
 
-def entity_config_hash(specs: Sequence[EntityConfig]) -> str:
-    """What the entity state means: per entity spec its key, time column, ttl and lateness, and each feature's
-    name, kind, input, window and share (in seconds where durations, so that ``60s`` and ``1m`` agree)."""
-
-    def seconds(value: str | int | None) -> float | None:
-        return None if value is None else duration_seconds(value)
-
-    described = [
-        {
-            "key": s.key,
-            "time": s.time,
-            "ttl": seconds(s.ttl),
-            "allowed_lateness": seconds(s.allowed_lateness),
-            "features": [
-                {"name": feature_name(s, f), "kind": f.kind, "of": f.of, "window": seconds(f.window), "share": f.share}
-                for f in s.features
-            ],
-        }
-        for s in specs
-    ]
-    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
-
-
 @dataclass(frozen=True)
 class Stamp:
     """Whose checkpoints these are: the input topic, the consumer group, the entity config's hash, and the model
@@ -118,10 +97,20 @@ class Stamp:
     group: str
     entities: str
     version: str = ""
+    #: the bundle's ``entities:``, to tell whether an earlier release's stamp is theirs (none: adopt none)
+    specs: tuple[EntityConfig, ...] = field(default=(), compare=False, repr=False)
 
     @classmethod
     def of(cls, model: Model, topic: str, group: str) -> Stamp:
-        return cls(topic, group, entity_config_hash(model.config.entities), model.version)
+        meaning = model.entity_meaning
+        assert meaning is not None  # checkpoints are made for bundles with entities only
+        return cls(topic, group, meaning, model.version, model.config.entities)
+
+    def adopts(self, stamp: dict[str, Any]) -> str | None:
+        """Whether a stamp an earlier release wrote is this one's (:func:`earlier_stamp`)."""
+        if not self.specs:
+            return None
+        return earlier_stamp(self.specs, self.entities, stamp.get("entities"), stamp.get("version"), self.version)
 
     def record(self, partition: int) -> dict[str, Any]:
         return {
@@ -200,7 +189,8 @@ class EntityCheckpoints:
 
     def _claim(self, partition: int, files: list[tuple[int, int, str, Path]]) -> str:
         """Check the partition folder's stamp before anything in it is touched: "ours", "fresh" (no stamp, no
-        files), "earlier" (files of an earlier release, no stamp) or "left" (the config this process left)."""
+        files), "earlier" (files of an earlier release, no stamp), "adopted" (stamped by an earlier release for this
+        config) or "left" (the config this process left)."""
         folder = self._dir(partition)
         file = folder / STAMP
         if not file.exists():
@@ -221,6 +211,11 @@ class EntityCheckpoints:
         differ = [k for k in ("topic", "group", "partition") if stamp.get(k) != ours[k]]
         if not differ and stamp.get("entities") != ours["entities"] and stamp.get("entities") in self.superseded:
             return "left"
+        adopted = None if differ or stamp.get("entities") == ours["entities"] else self.stamp.adopts(stamp)
+        if adopted is not None:
+            if adopted:
+                log.warning("entity checkpoint %s: %s", folder, adopted)
+            return "adopted"
         if differ or stamp.get("entities") != ours["entities"]:
             names = {"topic": "topic", "group": "consumer group", "partition": "partition"}
             theirs = [f"{names[k]} {stamp.get(k)!r}" for k in differ]

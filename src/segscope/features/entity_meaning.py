@@ -1,0 +1,84 @@
+"""What a bundle's entity state means, as one digest: the entity config (every setting given) and the level grids
+fitted on the history. State written under one digest is read under it only: ``--state-dir`` sets and stream
+checkpoints are stamped with it, and a promoted version continues the stream's entities only when its digest is the
+same. A fine-tuned version shares its parent's entity features, so it carries on; a refit on other history has
+other level grids, so the level codes its state holds would name other ranges, and it starts again.
+
+A setting at its default is left out, so a setting a later release adds (at its default) keeps the digest. For a
+bundle without ``new_level`` features the digest is what ``--state-dir`` sets have been stamped with from the start;
+:func:`earlier_meanings` lists what earlier releases stamped, for adopting their state once."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from segscope._durations import duration_seconds
+from segscope.config import EntityConfig
+from segscope.features import levels
+
+if TYPE_CHECKING:
+    from segscope.features.entity import EntityFeatures
+
+__all__ = ["earlier_meanings", "earlier_stamp", "entity_meaning"]
+
+
+def _digest(value: object) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
+def _settings(specs: Sequence[EntityConfig]) -> list[dict[str, object]]:
+    return [spec.model_dump(mode="json", exclude_defaults=True) for spec in specs]
+
+
+def entity_meaning(features: EntityFeatures) -> str:
+    """The digest of a fitted bundle's entity features: its ``entities:`` and the level grids fitted for them."""
+    settings, grids = _settings(features.specs), features.grids_
+    if not grids:
+        return _digest(settings)
+    return _digest({"entities": settings, "grids": json.loads(levels.dump(grids))})
+
+
+def earlier_meanings(specs: Sequence[EntityConfig]) -> set[str]:
+    """What earlier releases stamped for ``specs``, whatever the grids: the settings alone (``--state-dir`` sets),
+    and the stream checkpoints' digest of the key, time, ttl, lateness and each feature's name, kind, input, window
+    and share (durations in seconds)."""
+    from segscope.features.entity import feature_name  # the entity features import this module
+
+    def seconds(value: str | int | None) -> float | None:
+        return None if value is None else duration_seconds(value)
+
+    described = [
+        {
+            "key": s.key,
+            "time": s.time,
+            "ttl": seconds(s.ttl),
+            "allowed_lateness": seconds(s.allowed_lateness),
+            "features": [
+                {"name": feature_name(s, f), "kind": f.kind, "of": f.of, "window": seconds(f.window), "share": f.share}
+                for f in s.features
+            ],
+        }
+        for s in specs
+    ]
+    return {_digest(_settings(specs)), _digest(described)}
+
+
+def earlier_stamp(
+    specs: Sequence[EntityConfig], meaning: str, stamped: object, written_by: object, version: str
+) -> str | None:
+    """Whether state an earlier release stamped ``stamped`` (written by model ``written_by``) is that of this
+    bundle (``version``, its ``entities:`` ``specs`` meaning ``meaning``): None when it is not (another entity
+    config); "" when it surely is (no level grids, or the same version wrote it); else what cannot be checked, for a
+    warning (a fine-tuned version shares its parent's grids, a refit has its own, and the earlier stamp does not say
+    which)."""
+    if stamped not in earlier_meanings(specs):
+        return None
+    if meaning == _digest(_settings(specs)) or written_by == version:
+        return ""
+    return (
+        f"written by model version {str(written_by)[:64]!r} before stamps covered the level grids: adopted as version "
+        f"{version!r}'s; if that version was refitted rather than fine-tuned, its levels differ: give a new folder"
+    )
