@@ -78,6 +78,7 @@ def test_files_scored_one_after_another_decide_as_one_file(
         done = _scored(run_cli, root / f"day-{day}.csv", root / "pump", outs[-1], tmp_path / "state")
         assert done.code == 0, done.err
         assert f"the entities' state for the next file -> {tmp_path / 'state'}" in " ".join(done.err.split())
+        assert "allowed_lateness" not in done.err  # in time order: nothing late
     expected = _decisions([tmp_path / "whole.csv"])
     assert expected["is_alert"].sum() >= 5  # the pack alarms on a, b and c: decisions worth comparing
     assert_frame_equal(_decisions(outs), expected)  # the same machine and libraries: to the bit
@@ -114,6 +115,20 @@ def test_a_watched_folder_carries_the_state_from_file_to_file_in_name_order(
     assert _scored(run_cli, root / "live.csv", root / "pump", tmp_path / "whole.csv").code == 0
     outs = [tmp_path / "out" / f"day-{day}.scored.csv" for day in (2, 3, 4)]
     assert_frame_equal(_decisions(outs), _decisions([tmp_path / "whole.csv"]))
+    newest = sorted(p for p in (tmp_path / "state").iterdir() if p.name.isdigit())[-1]
+    assert json.loads((newest / "state.json").read_text())["after"] == "day-4.csv"  # the file, not its staged name
+
+
+def test_a_file_scored_after_a_later_one_is_named_with_its_late_records(
+    machines: tuple[Path, pl.DataFrame], run_cli: Callable[..., Any], tmp_path: Path, state: Path
+) -> None:
+    root, live = machines
+    assert _scored(run_cli, root / "day-4.csv", root / "pump", tmp_path / "b.csv", state).code == 0
+    back = _scored(run_cli, root / "day-3.csv", root / "pump", tmp_path / "c.csv", state)  # a day behind the state
+    said = " ".join(back.err.split())
+    rows = live.filter((pl.col("timestamp") >= DAYS[1]) & (pl.col("timestamp") < DAYS[2])).height
+    assert back.code == 0 and f"day-3.csv: {rows:,} record(s) came more than allowed_lateness behind" in said, said
+    assert "score files, and the rows of each, in time order" in said
 
 
 def test_a_folder_that_is_not_this_bundle_s_state_is_one_line_and_nothing_is_written(

@@ -38,7 +38,14 @@ from segscope.run import AllOrNothing, Hooks, RunState, prefetch, run, score_bat
 from segscope.schema import SCORED_COLUMNS, ColumnSpec
 from segscope.sinks.files import open_sink
 from segscope.sources.base import Batch
-from segscope.sources.files import FileSource, check_file_ids, count_rows, read_file, sample_rows
+from segscope.sources.files import (
+    FileSource,
+    check_file_ids,
+    count_rows,
+    read_file,
+    sample_rows,
+    warn_other_separator,
+)
 from segscope.sources.frames import check_unique_ids, parse_dates, parse_datetimes
 from segscope.supervised.promotion import GATE_FOLDS
 from segscope.tuning import finetune
@@ -83,7 +90,7 @@ def fit_file(
     else:
         sample = sample_rows(path, total, cfg.max_fit_rows, cfg.seed)
     if detect_format(path) == "csv":
-        _warn_other_separator(path, sample.columns)
+        warn_other_separator(path, sample.columns)
     if cfg.features.id_column is not None and total > sample.height and cfg.features.id_column in sample.columns:
         check_file_ids(path, cfg.features.id_column)
     return Model(cfg).fit(
@@ -123,20 +130,6 @@ def _entity_sample(
     if dates:  # a batch where some value is not a date keeps that column as text: read it as the others
         parts = [p.with_columns(parse_datetimes(p[c]) for c in dates if p.schema[c] == pl.String) for p in parts]
     return entities, pl.concat(parts, how="vertical_relaxed")
-
-
-def _warn_other_separator(path: str | Path, columns: list[str]) -> None:
-    """A ';'- or tab-separated file read as CSV becomes one wide column; say so instead of fitting on it."""
-    for name in columns:
-        for sep, label in ((";", "semicolon"), ("\t", "tab"), ("|", "pipe")):
-            if sep in name:
-                warnings.warn(
-                    f"{path}: column {name[:60]!r} holds {label}s: the file looks {label}-separated, but CSV files "
-                    "are read comma-separated; convert it to commas (or Parquet) and fit again",
-                    SegscopeWarning,
-                    stacklevel=3,
-                )
-                return
 
 
 # ------------------------------------------------------------------ score
@@ -197,11 +190,11 @@ class _AfterWarmUp(Hooks):
 
 
 class _FileChecks:
-    """What a file's run checks besides scoring: after the last batch, that it had rows, then its drift and any
-    fitted numeric column null in every row, as warnings."""
+    """What a file's run checks besides scoring: after the last batch, that it had rows, then its drift, any
+    fitted numeric column null in every row and any record behind the entities' time, as warnings."""
 
-    def __init__(self, model: Model, path: str | Path) -> None:
-        self.model, self.path = model, path
+    def __init__(self, model: Model, path: str | Path, state: RunState) -> None:
+        self.model, self.path, self.late = model, path, _late(state)
         self.present = {c.name: 0 for c in model.input_schema().columns if c.kind == "numeric"}
 
     def batch(self, batch: Batch, scored: pl.DataFrame | None) -> None:
@@ -224,6 +217,15 @@ class _FileChecks:
                 SegscopeWarning,
                 stacklevel=3,
             )
+        if late := _late(state) - self.late:  # the file, or the files before it on a --state-dir, out of order
+            warnings.warn(f"{self.path}: {late:,} record(s) came more than allowed_lateness behind the newest event "
+                          "time their entities had seen (state carried or rows above): their entity features "
+                          "continue from later events; score files, and the rows of each, in time order",
+                          SegscopeWarning, stacklevel=3)  # fmt: skip
+
+
+def _late(state: RunState) -> int:
+    return state.scoring.entities.late if state.scoring is not None and state.scoring.entities is not None else 0
 
 
 def iter_scored(
@@ -232,7 +234,8 @@ def iter_scored(
     """Score a file batch by batch (bounded memory, one read of the file, one scoring state for it), with the
     checks of :func:`score_file`, for callers that read the scored frames themselves."""
     source = _file_source(model, path, batch_size, ids_first)
-    state, checks = _file_state(model, path), _FileChecks(model, path)
+    state = _file_state(model, path)
+    checks = _FileChecks(model, path, state)
     source.open()
     try:
         for batch in prefetch(source.iter_batches(), depth=1):  # the next batch is read while this one scores
@@ -254,11 +257,12 @@ def score_file(
     on_batch: Callable[[int], None] | None = None,
     store: LabelStore | None = None,
     state_dir: Path | None = None,
+    name: str | None = None,
 ) -> ScoreSummary:
-    """Score ``path`` into ``out`` (format by extension, ``-`` = NDJSON on stdout) through the one loop
-    (:func:`segscope.run.run`). All or nothing. With ``store``, each batch's alerts and queue candidates are added
-    to the label store once the output is complete; with ``state_dir``, the entities continue from the state the
-    previous file left there, and leave theirs for the next (:mod:`segscope.file_state`)."""
+    """Score ``path`` into ``out`` (format by extension, ``-`` = NDJSON on stdout) through the one loop (:func:`run`),
+    all or nothing. With ``store``, each batch's alerts and queue candidates are added to the label store once the
+    output is complete; with ``state_dir``, the entities continue from the state the previous file left there, and
+    leave theirs for the next (:mod:`segscope.file_state`); both name the file ``name`` (its own by default)."""
     if str(out) != "-" and Path(out).exists() and Path(out).resolve() == Path(path).resolve():
         raise SinkError(f"--out {out} is the input file; write the scores to another file (the input is kept)")
     started = time.perf_counter()
@@ -266,12 +270,13 @@ def score_file(
     # a file output is published only at the end, so ids are checked as the batches go; stdout streams, so first
     whole = isinstance(sink, AllOrNothing) and sink.all_or_nothing
     source = _file_source(model, path, batch_size, ids_first=not whole)
-    state, checks = _file_state(model, path), _FileChecks(model, path)
+    state = _file_state(model, path)
     held = lock_state_dir(state_dir, model) if state_dir is not None else None  # one run at a time on a folder
     try:
         carried = load_carried(state_dir, model) if state_dir is not None else None
         if carried is not None and state.scoring is not None:
             state.scoring.entities = carried
+        checks = _FileChecks(model, path, state)
         kept: list[ReviewRecords] = []
 
         def done(batch: Batch, scored: pl.DataFrame | None) -> None:
@@ -288,9 +293,10 @@ def score_file(
         # release the GIL); the checks refuse a file without rows, so some batch has set the output's schema
         warming = warm_up(model)  # Numba's first use while the first batch is read
         run(source, model, sink, state, ahead=True, on_batch=done, on_end=checks.end, hooks=_AfterWarmUp(warming))
-        stored = sum(store.add_records(review, source=Path(path).name) for review in kept) if store is not None else 0
+        name = name or Path(path).name
+        stored = sum(store.add_records(review, source=name) for review in kept) if store is not None else 0
         if state_dir is not None and state.scoring is not None and state.scoring.entities is not None:
-            save_carried(state_dir, model, state.scoring.entities, Path(path).name, state.rows)
+            save_carried(state_dir, model, state.scoring.entities, name, state.rows)
         seconds = time.perf_counter() - started
         adapted = adapt_line(model.config, state.scoring.entities if state.scoring is not None else None)
         return ScoreSummary(state.rows, state.alerts, seconds, str(out), stored, adapted)

@@ -251,7 +251,7 @@ class FolderWatch:
                 staged = str(path)
                 summary = score_file(
                     model, path, self.out_dir / out, batch_size=self.batch_size, store=self.store,
-                    state_dir=self.state_dir,
+                    state_dir=self.state_dir, name=name,
                 )  # fmt: skip
             for warning in said:  # each warning names the file it is about
                 message = str(warning.message).replace(staged + ": ", "")

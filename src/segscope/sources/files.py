@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -12,7 +13,7 @@ import numpy as np
 import polars as pl
 
 from segscope._io import detect_format
-from segscope.exceptions import SourceError
+from segscope.exceptions import SegscopeWarning, SourceError
 from segscope.sources.base import Batch
 from segscope.sources.frames import (
     check_ids_present,
@@ -35,6 +36,7 @@ __all__ = [
     "sample_rows",
     "scan_file",
     "type_text_columns",
+    "warn_other_separator",
 ]
 
 #: CSV type inference looks at this many rows; a column that changes type later is reported clearly.
@@ -464,3 +466,17 @@ def _retyped(frame: pl.DataFrame, dtypes: dict[str, pl.DataType]) -> pl.DataFram
             except pl.exceptions.PolarsError:
                 continue
     return frame.with_columns(out) if out else frame
+
+
+def warn_other_separator(path: str | Path, columns: list[str]) -> None:
+    """A ';'- or tab-separated file read as CSV becomes one wide column; say so instead of fitting on it."""
+    for name in columns:
+        for sep, label in ((";", "semicolon"), ("\t", "tab"), ("|", "pipe")):
+            if sep in name:
+                warnings.warn(
+                    f"{path}: column {name[:60]!r} holds {label}s: the file looks {label}-separated, but CSV files "
+                    "are read comma-separated; convert it to commas (or Parquet) and fit again",
+                    SegscopeWarning,
+                    stacklevel=3,
+                )
+                return
