@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import orjson
 import polars as pl
 
@@ -51,6 +52,10 @@ _DTYPES: dict[str, pl.DataType] = {"numeric": pl.Float64(), "boolean": pl.Boolea
 _EPOCH = datetime(1970, 1, 1)
 _MICROSECOND = timedelta(microseconds=1)
 _INF = float("inf")
+#: a date and time without a zone, seconds with at most 6 decimals: the text NumPy and ``datetime.fromisoformat``
+#: read alike from year 1 (each refuses a day or time that does not exist; NumPy also reads year 0, "now", zones ...)
+_PLAIN_DATETIME = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?$"
+_YEAR_1 = np.datetime64("0001-01-01", "us")
 
 
 def _check(value: Any, spec: ColumnSpec) -> tuple[Any, str | None]:
@@ -97,6 +102,14 @@ def _column(values: list[Any], spec: ColumnSpec, errors: list[str | None]) -> pl
                     errors[i] = f"field '{spec.name}' must be a finite number, got one past the float range"
         return series
     if spec.kind == "datetime" and set(map(type, values)) == {str}:  # the usual case: ISO-8601 strings, no zone
+        text = pl.Series(spec.name, values, dtype=pl.String)
+        if text.str.contains(_PLAIN_DATETIME).all():  # read by NumPy in C as fromisoformat reads them
+            try:
+                read = np.array(values, dtype="datetime64[us]")
+            except ValueError:  # a day or an hour that does not exist: each value is looked at below
+                read = None
+            if read is not None and read.min() >= _YEAR_1:
+                return pl.Series(spec.name, read)
         try:
             parsed = [datetime.fromisoformat(v) for v in values]
         except ValueError:
@@ -158,12 +171,18 @@ def _id_text(value: float, raw: bytes | None, field: str | None) -> str:
     return str(value)
 
 
-def decode(polled: Polled, schema: FeatureSchema, *, max_bytes: int, wire: WireDecoder | None = None) -> Batch:
-    """The batch of rows (the bundle's input columns, fit-time types) and dead letters of one poll; messages are
-    JSON objects, or Avro / Protobuf records in the registry's wire format that ``wire`` decodes."""
-    values = polled.values
+def _parsed(values: list[bytes | None], max_bytes: int, wire: WireDecoder | None) -> tuple[list[Any], list[str | None]]:
+    """Each message as a record (a dict) or the reason it is a dead letter (None where it is a record)."""
+    if wire is None and values:  # the usual poll: every message a JSON object within the size limit, at once
+        try:
+            if max(map(len, values)) <= max_bytes:  # type: ignore[arg-type]  # a tombstone (None): TypeError
+                parsed = list(map(orjson.loads, values))  # type: ignore[arg-type]
+                if set(map(type, parsed)) == {dict}:
+                    return parsed, [None] * len(values)
+        except (TypeError, ValueError):  # a tombstone, or a message orjson refuses: each is looked at below
+            pass
     errors: list[str | None] = [None] * len(values)
-    parsed: list[Any] = [None] * len(values)
+    parsed = [None] * len(values)
     loads, why = (orjson.loads, _why_not_json) if wire is None else (wire.loads, wire.why)
     for i, raw in enumerate(values):
         if raw is None:
@@ -182,24 +201,41 @@ def decode(polled: Polled, schema: FeatureSchema, *, max_bytes: int, wire: WireD
                 parsed[i] = record
             else:
                 errors[i] = f"a message must be one JSON object, got a JSON {type(record).__name__}"
-    rows = [i for i, e in enumerate(errors) if e is None]
-    records = [parsed[i] for i in rows]
+    return parsed, errors
+
+
+def decode(polled: Polled, schema: FeatureSchema, *, max_bytes: int, wire: WireDecoder | None = None) -> Batch:
+    """The batch of rows (the bundle's input columns, fit-time types) and dead letters of one poll; messages are
+    JSON objects, or Avro / Protobuf records in the registry's wire format that ``wire`` decodes."""
+    values = polled.values
+    parsed, errors = _parsed(values, max_bytes, wire)
+    whole = not any(errors)  # every message a record: the lists are the poll's own, no copies
+    rows = range(len(values)) if whole else [i for i, e in enumerate(errors) if e is None]
+    records = parsed if whole else [parsed[i] for i in rows]
     row_errors: list[str | None] = [None] * len(rows)
     columns = [_column([r.get(s.name, _MISSING) for r in records], s, row_errors) for s in schema.columns]
     if schema.id_column is not None:
         raw_ids = [r.get(schema.id_column) for r in records]
-        for j, value in enumerate(raw_ids):
-            if value is None and row_errors[j] is None:
-                row_errors[j] = f"missing id field '{schema.id_column}'"
-        field = schema.id_column if wire is None else None  # JSON: an integer past 64 bits keeps its digits
-        ids = [str(v) if type(v) is not float else _id_text(v, values[rows[j]], field) for j, v in enumerate(raw_ids)]
+        if set(map(type, raw_ids)) <= {str}:  # the usual case: text ids, none missing
+            ids = raw_ids
+        else:
+            for j, value in enumerate(raw_ids):
+                if value is None and row_errors[j] is None:
+                    row_errors[j] = f"missing id field '{schema.id_column}'"
+            field = schema.id_column if wire is None else None  # JSON: an integer past 64 bits keeps its digits
+            ids = [
+                str(v) if type(v) is not float else _id_text(v, values[rows[j]], field) for j, v in enumerate(raw_ids)
+            ]
     else:
         ids = ["{}/{}/{}".format(*polled.origin(i)[:3]) for i in rows]
+    frame = pl.DataFrame(columns)
+    if whole and not any(row_errors):
+        return Batch(frame, ids=ids, id_field=schema.id_column, keys=polled.keys, headers=polled.headers,
+                     records=records, raw=values, origin=polled.origin, position=polled.positions)  # fmt: skip
     for j, error in enumerate(row_errors):
         if error is not None:
             errors[rows[j]] = error
     keep = [j for j, e in enumerate(row_errors) if e is None]
-    frame = pl.DataFrame(columns)
     if len(keep) < len(rows):
         frame = frame[keep]
     kept = [rows[j] for j in keep]
