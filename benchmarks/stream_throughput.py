@@ -161,7 +161,8 @@ def stages(bootstrap: str, bundle: Path, topic: str, n: int) -> dict[str, float]
     import numba
 
     from segscope.sinks.kafka import KafkaSink, encode
-    from segscope.sources.kafka import KafkaSource, decode
+    from segscope.sources.kafka import KafkaSource
+    from segscope.sources.messages import decode
 
     numba.set_num_threads(1)  # as segscope stream does
     model = Model.load(bundle)

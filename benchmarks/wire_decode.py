@@ -33,7 +33,7 @@ from segscope._wire import RegistrySettings, SchemaRegistry  # noqa: E402
 from segscope.config import SegscopeConfig  # noqa: E402
 from segscope.sinks.kafka import encode  # noqa: E402
 from segscope.sinks.wire import WireEncoder  # noqa: E402
-from segscope.sources.kafka import decode  # noqa: E402
+from segscope.sources.messages import decode  # noqa: E402
 from segscope.sources.wire import WireDecoder  # noqa: E402
 from segscope.testing.data import make_transactions  # noqa: E402
 from tests.kafka_helpers import free_port, schema_registry  # noqa: E402

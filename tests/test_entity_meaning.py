@@ -102,31 +102,52 @@ def test_a_stream_restarted_with_a_refit_refuses_the_checkpoints_of_the_old_fit(
     with pytest.raises(CheckpointError) as caught:
         _stream(b, tmp_path, live[600:], 600)
     text = str(caught.value)
-    assert "\n" not in text and "the entity config of model version" in text and b.version in text, text
+    assert "\n" not in text and "the entity config and fit of model version" in text and b.version in text, text
     assert {p.name: p.read_bytes() for p in (tmp_path / f"{TOPIC}-0").iterdir()} == before  # nothing deleted
 
 
-@pytest.mark.parametrize("written_by", ["same", "other"])
-def test_checkpoints_stamped_by_an_earlier_release_are_adopted_once(  # type: ignore[no-untyped-def]
-    fits, tmp_path: Path, caplog: pytest.LogCaptureFixture, written_by: str
+def test_checkpoints_stamped_by_an_earlier_release_are_adopted_once_with_a_warning(  # type: ignore[no-untyped-def]
+    fits, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """The earlier stamp held part of the settings (not min_hold, ladder, levels ...) and no grids: whoever wrote
+    it, the state is adopted (refusing it would cost every running stream its state on upgrade) with a warning."""
     a, _, live, _ = fits
     whole = a.score(live, state=a.new_state())
     _stream(a, tmp_path, live[:600], 0)
     file = tmp_path / f"{TOPIC}-0" / "stamp.json"
     stamp = json.loads(file.read_text())
-    version = a.version if written_by == "same" else "20240101-000000-0ldf1t00"
-    earlier = _earlier_checkpoint_digest(a.config.entities)
-    file.write_text(json.dumps({**stamp, "entities": earlier, "version": version}))
+    file.write_text(json.dumps({**stamp, "entities": _earlier_checkpoint_digest(a.config.entities)}))
     with caplog.at_level(logging.INFO, logger="segscope.stream"):
         restored = _stream(a, tmp_path, live[600:], 600)
     assert_frame_equal(restored, whole[600:], check_exact=True)  # the same process and CPU: exact
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    if written_by == "same":
-        assert not warned, warned
-    else:
-        assert len(warned) == 1 and version in warned[0] and "refitted" in warned[0], warned
+    assert len(warned) == 1 and "before stamps covered every entity setting" in warned[0], warned
     assert json.loads(file.read_text())["entities"] == a.entity_meaning  # stamped as this one's now
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="segscope.stream"):
+        _stream(a, tmp_path, live[600:700], 600)  # restarted again: adopted once, so ours now
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+    # a --state-dir set's earlier stamp is not a checkpoint's: refused
+    file.write_text(json.dumps({**stamp, "entities": _earlier_set_digest(a.config.entities)}))
+    with pytest.raises(CheckpointError):
+        _stream(a, tmp_path, live[600:], 600)
+
+
+@pytest.mark.parametrize(
+    "planted",
+    [{"entities": ["x"]}, {"entities": {"a": 1}}, {"entities": None}, {"format": True}, {"format": -5}, "nested"],
+)
+def test_a_planted_checkpoint_stamp_is_one_line(fits, tmp_path: Path, planted: object) -> None:  # type: ignore[no-untyped-def]
+    a, _, live, _ = fits
+    _stream(a, tmp_path, live[:200], 0)
+    file = tmp_path / f"{TOPIC}-0" / "stamp.json"
+    if planted == "nested":
+        file.write_text('{"format": 1, "entities": ' + "[" * 3000 + "]" * 3000 + "}")
+    else:
+        file.write_text(json.dumps({**json.loads(file.read_text()), **planted}))  # type: ignore[dict-item]
+    with pytest.raises(CheckpointError) as caught:
+        _stream(a, tmp_path, live[200:400], 200)
+    assert "\n" not in str(caught.value) and str(file) in str(caught.value), caught.value
 
 
 def test_a_hot_swap_to_a_refit_restarts_the_entities_and_to_a_renamed_version_keeps_them(fits, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -179,3 +200,10 @@ def test_a_state_folder_refuses_a_refit_and_adopts_an_earlier_release_s_stamp(  
         assert json.loads((folder / "000002" / "state.json").read_text())["entities"] == a.entity_meaning
     assert _score(run_cli, root, "a", tmp_path / "second.csv", "2.csv", state).code == 0
     assert (tmp_path / "2.csv").read_bytes() == (tmp_path / "2-same.csv").read_bytes()
+    # what a stream's checkpoint stamped before is not a set's; a planted list is one line, not a traceback
+    for planted in (_earlier_checkpoint_digest(a.config.entities), ["x"], {"a": 1}):
+        file = state / "000002" / "state.json"
+        file.write_text(json.dumps({**json.loads(file.read_text()), "entities": planted}))
+        refused = _score(run_cli, root, "a", tmp_path / "second.csv", "3.csv", state)
+        lines = refused.err.strip().splitlines()
+        assert refused.code != 0 and len(lines) == 1 and "Traceback" not in refused.err, refused.err

@@ -34,12 +34,16 @@ def _typed(n: int, seed: int, start: datetime | None = None) -> pl.DataFrame:
     """Transactions with the types JSON does not keep: a zoned date-time, a date, a 32-bit integer, booleans
     and floats with nulls."""
     row = pl.int_range(pl.len())
-    return make_transactions(n, seed=seed, start=start).sort("ts", maintain_order=True).with_columns(
-        pl.col("n_txn_24h").cast(pl.Int32).alias("n32"),
-        pl.col("ts").dt.replace_time_zone("UTC").alias("ts_utc"),
-        pl.col("ts").dt.date().alias("day"),
-        pl.when(row % 7 == 0).then(None).otherwise(pl.col("card_present")).alias("card_present"),
-        pl.when(row % 11 == 0).then(None).otherwise(pl.col("amount")).alias("amount"),
+    return (
+        make_transactions(n, seed=seed, start=start)
+        .sort("ts", maintain_order=True)
+        .with_columns(
+            pl.col("n_txn_24h").cast(pl.Int32).alias("n32"),
+            pl.col("ts").dt.replace_time_zone("UTC").alias("ts_utc"),
+            pl.col("ts").dt.date().alias("day"),
+            pl.when(row % 7 == 0).then(None).otherwise(pl.col("card_present")).alias("card_present"),
+            pl.when(row % 11 == 0).then(None).otherwise(pl.col("amount")).alias("amount"),
+        )
     )
 
 

@@ -15,8 +15,8 @@ from polars.testing import assert_frame_equal
 
 from segscope._kafka import Polled
 from segscope.schema import ColumnSpec, FeatureSchema
-from segscope.sources import kafka as kafka_source
-from segscope.sources.kafka import _check, _column, decode
+from segscope.sources import messages as messages_module
+from segscope.sources.messages import _check, _column, decode
 
 TS = ColumnSpec("ts", "datetime", "Datetime(time_unit='us', time_zone=None)")
 SCHEMA = FeatureSchema(
@@ -80,7 +80,7 @@ def test_well_formed_date_times_are_read_at_once(monkeypatch: pytest.MonkeyPatch
         def fromisoformat(cls, text: str) -> datetime:
             raise ValueError(text)
 
-    monkeypatch.setattr(kafka_source, "datetime", Refusing)
+    monkeypatch.setattr(messages_module, "datetime", Refusing)
     errors: list[str | None] = [None] * 4
     assert _column(values, TS, errors).to_list() == expected and errors == [None] * 4
     monkeypatch.undo()
@@ -140,3 +140,17 @@ def test_a_poll_decodes_to_the_same_rows_however_it_is_read(values: list[bytes |
         assert getattr(fast, name) == getattr(slow, name), name
     assert fast.origin is not None and slow.origin is not None
     assert [fast.origin(j) for j in range(fast.frame.height)] == [slow.origin(j) for j in range(slow.frame.height)]
+
+
+def test_messages_nested_past_what_the_standard_library_reads_are_no_crash() -> None:
+    """orjson reads 1,024 levels, Python's json about 1,000: a float id (its digits read again by json) or a
+    number past the float range (the message read by json) in such a message is a row or a dead letter."""
+    nest, rest = b"[" * 1010 + b"]" * 1010, b'"ts": "2026-01-01 00:00:00", "country": "US", "present": true'
+    values: list[bytes | None] = [
+        b'{"amount": 1, "txn": 1.5, "x": ' + nest + b", " + rest + b"}",
+        b'{"amount": 1e400, "txn": "a", "x": ' + nest + b", " + rest + b"}",
+        b'{"amount": 2, "txn": "b", ' + rest + b"}",
+    ]
+    batch = decode(_polled(values), SCHEMA, max_bytes=65_536)
+    assert batch.ids == ["1.5", "b"] and batch.frame.height == 2
+    assert [d.offset for d in batch.dead] == [101] and batch.dead[0].reason.startswith("invalid JSON")

@@ -14,7 +14,7 @@ from segscope import SCORED_COLUMNS
 from segscope._kafka import Polled
 from segscope.model import Model
 from segscope.sinks.splice import encode, members, splice
-from segscope.sources.kafka import decode
+from segscope.sources.messages import decode
 from segscope.testing.data import make_transactions
 
 #: Fields spelled as a JSON float cannot hold them: a Python (or orjson) round trip would change every one.

@@ -310,7 +310,7 @@ def test_schemas_are_fetched_once_per_id_and_an_unknown_id_once_a_minute(registr
 
     from segscope._kafka import Polled
     from segscope._wire import RegistrySettings, SchemaRegistry
-    from segscope.sources.kafka import decode
+    from segscope.sources.messages import decode
     from segscope.sources.wire import WireDecoder
 
     client = registry_auth.client()

@@ -99,10 +99,12 @@ def load_carried(root: Path, model: Model) -> EntityState | None:
         raise CheckpointError(f"{newest / STAMP} is damaged or not segscope's; remove {newest} to use the set before")
     meaning = model.entity_meaning  # the bundle's entity config and level grids: a changed one starts a new folder
     assert meaning is not None  # it has entities (checked above)
-    earlier = earlier_stamp(model.config.entities, meaning, stamp.get("entities"), stamp.get("version"), model.version)
+    stamped, written_by = stamp.get("entities"), stamp.get("version")
+    earlier = None if stamped == meaning else earlier_stamp(model.config.entities, stamped, written_by, model.version,
+                                                            checkpoint=False)  # fmt: skip
     if earlier:
         warnings.warn(f"--state-dir {root} set {newest.name}: {earlier}", SegscopeWarning, stacklevel=2)
-    if stamp.get("entities") != meaning and earlier is None:
+    if stamped != meaning and earlier is None:
         raise CheckpointError(
             f"--state-dir {root} holds the state of another entity config or fit (after "
             f"{str(stamp.get('after'))[:80]!r}, model {str(stamp.get('version'))[:40]}); give a new folder to start "

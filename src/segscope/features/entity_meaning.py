@@ -6,7 +6,7 @@ other level grids, so the level codes its state holds would name other ranges, a
 
 A setting at its default is left out, so a setting a later release adds (at its default) keeps the digest. For a
 bundle without ``new_level`` features the digest is what ``--state-dir`` sets have been stamped with from the start;
-:func:`earlier_meanings` lists what earlier releases stamped, for adopting their state once."""
+:func:`earlier_stamp` tells whether what an earlier release stamped is this bundle's, to adopt its state once."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from segscope.features import levels
 if TYPE_CHECKING:
     from segscope.features.entity import EntityFeatures
 
-__all__ = ["earlier_meanings", "earlier_stamp", "entity_meaning"]
+__all__ = ["earlier_stamp", "entity_meaning"]
 
 
 def _digest(value: object) -> str:
@@ -35,16 +35,19 @@ def _settings(specs: Sequence[EntityConfig]) -> list[dict[str, object]]:
 
 def entity_meaning(features: EntityFeatures) -> str:
     """The digest of a fitted bundle's entity features: its ``entities:`` and the level grids fitted for them."""
-    settings, grids = _settings(features.specs), features.grids_
-    if not grids:
-        return _digest(settings)
-    return _digest({"entities": settings, "grids": json.loads(levels.dump(grids))})
+    if not features.grids_:
+        return _settings_digest(features.specs)
+    return _digest({"entities": _settings(features.specs), "grids": json.loads(levels.dump(features.grids_))})
 
 
-def earlier_meanings(specs: Sequence[EntityConfig]) -> set[str]:
-    """What earlier releases stamped for ``specs``, whatever the grids: the settings alone (``--state-dir`` sets),
-    and the stream checkpoints' digest of the key, time, ttl, lateness and each feature's name, kind, input, window
-    and share (durations in seconds)."""
+def _settings_digest(specs: Sequence[EntityConfig]) -> str:
+    """What ``--state-dir`` sets were stamped with before the level grids counted: every setting given."""
+    return _digest(_settings(specs))
+
+
+def _checkpoint_digest(specs: Sequence[EntityConfig]) -> str:
+    """What stream checkpoints were stamped with before: the key, time, ttl, lateness and each feature's name,
+    kind, input, window and share (durations in seconds); not ``levels``, ``ladder``, ``min_hold`` and the rest."""
     from segscope.features.entity import feature_name  # the entity features import this module
 
     def seconds(value: str | int | None) -> float | None:
@@ -63,20 +66,31 @@ def earlier_meanings(specs: Sequence[EntityConfig]) -> set[str]:
         }
         for s in specs
     ]
-    return {_digest(_settings(specs)), _digest(described)}
+    return _digest(described)
 
 
 def earlier_stamp(
-    specs: Sequence[EntityConfig], meaning: str, stamped: object, written_by: object, version: str
+    specs: Sequence[EntityConfig], stamped: object, written_by: object, version: str, *, checkpoint: bool
 ) -> str | None:
     """Whether state an earlier release stamped ``stamped`` (written by model ``written_by``) is that of this
-    bundle (``version``, its ``entities:`` ``specs`` meaning ``meaning``): None when it is not (another entity
-    config); "" when it surely is (no level grids, or the same version wrote it); else what cannot be checked, for a
-    warning (a fine-tuned version shares its parent's grids, a refit has its own, and the earlier stamp does not say
-    which)."""
-    if stamped not in earlier_meanings(specs):
+    bundle (``version``, its ``entities:`` ``specs``), for stream checkpoints (``checkpoint``) or ``--state-dir``
+    sets: None when it is not; "" when it surely is; else what could not be checked, for a warning. A set's stamp
+    held every setting, so only the level grids are unknown, and a set the same version wrote has them (a version
+    names its fit's time and data); a checkpoint's stamp held part of the settings, so it is adopted with a
+    warning whoever wrote it."""
+    if not isinstance(stamped, str):
         return None
-    if meaning == _digest(_settings(specs)) or written_by == version:
+    if checkpoint:
+        if stamped != _checkpoint_digest(specs):
+            return None
+        return (
+            f"stamped by model version {str(written_by)[:64]!r} before stamps covered every entity setting and the "
+            f"level grids: adopted as version {version!r}'s; if its entities: settings changed or the bundle was "
+            "refitted since, delete the folder"
+        )
+    if stamped != _settings_digest(specs):
+        return None
+    if written_by == version:
         return ""
     return (
         f"written by model version {str(written_by)[:64]!r} before stamps covered the level grids: adopted as version "

@@ -38,9 +38,9 @@ a lost fsync or a hand edit, not a crash.
 **Earlier checkpoints** (no ``stamp.json``, written before stamps existed) are adopted: they are checked against
 the entity config's layout (blocks, columns, accumulator widths), restored, and stamped as this stream's, with one
 warning naming the folder; refusing them would cost every running stream its state on upgrade. Stamps written
-before the meaning covered the whole config and the grids are adopted the same way when they name this config the
-way they were computed then; with level grids and another model version, with a warning (the stamp cannot say
-whether that version was a refit).
+before the meaning covered the whole config and the grids are adopted the same way, with one warning, when they
+name this config the way they were computed then (key, time, ttl, lateness, each feature's name, kind, input, window
+and share: the rest of the settings and a refit's grids cannot be checked from them).
 
 **A hot swap to another entity config** (a promoted version whose ``entities:`` or level grids differ: the
 watcher restarts the entities from the new version's end-of-history state) restarts the checkpoints of this
@@ -110,7 +110,7 @@ class Stamp:
         """Whether a stamp an earlier release wrote is this one's (:func:`earlier_stamp`)."""
         if not self.specs:
             return None
-        return earlier_stamp(self.specs, self.entities, stamp.get("entities"), stamp.get("version"), self.version)
+        return earlier_stamp(self.specs, stamp.get("entities"), stamp.get("version"), self.version, checkpoint=True)
 
     def record(self, partition: int) -> dict[str, Any]:
         return {
@@ -198,15 +198,17 @@ class EntityCheckpoints:
         fix = f"delete {folder} {_REBUILD}"
         try:
             stamp = json.loads(read_regular(file, STAMP_BYTES).decode("utf-8"))
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:  # RecursionError: nested past what json reads
             raise CheckpointError(f"entity checkpoint stamp {file} is damaged ({_reason(exc)}); {fix}") from None
-        if not isinstance(stamp, dict) or not isinstance(stamp.get("format"), int):
+        if not isinstance(stamp, dict) or type(stamp.get("format")) is not int or stamp["format"] < 1:
             raise CheckpointError(f"entity checkpoint stamp {file} is damaged (no format version); {fix}")
         if stamp["format"] > FORMAT:
             raise CheckpointError(
                 f"entity checkpoint stamp {file} has format {stamp['format']}, newer than this segscope's ({FORMAT}); "
                 f"upgrade segscope (pip install -U segscope), or {fix}"
             )
+        if not isinstance(stamp.get("entities"), str):
+            raise CheckpointError(f"entity checkpoint stamp {file} is damaged (no entity state meaning); {fix}")
         ours = self.stamp.record(partition)
         differ = [k for k in ("topic", "group", "partition") if stamp.get(k) != ours[k]]
         if not differ and stamp.get("entities") != ours["entities"] and stamp.get("entities") in self.superseded:
@@ -221,8 +223,8 @@ class EntityCheckpoints:
             theirs = [f"{names[k]} {stamp.get(k)!r}" for k in differ]
             mine = [f"{names[k]} {ours[k]!r}" for k in differ]
             if stamp.get("entities") != ours["entities"]:
-                theirs.append(f"the entity config of model version {str(stamp.get('version'))[:64]!r}")
-                mine.append(f"the entity config of model version {self.stamp.version!r}, which differs")
+                theirs.append(f"the entity config and fit of model version {str(stamp.get('version'))[:64]!r}")
+                mine.append(f"the entity config and fit of this bundle (model version {self.stamp.version!r})")
             raise CheckpointError(
                 f"entity checkpoint {folder} was written for {', '.join(theirs)}, not for this stream "
                 f"({', '.join(mine)}); give each stream (topic, group, entity config) its own --state-dir, or {fix}"
