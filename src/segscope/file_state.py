@@ -23,7 +23,7 @@ from pathlib import Path
 
 from segscope._io import STAMP_BYTES, STATE_FILE_BYTES, read_regular
 from segscope.exceptions import BundleError, CheckpointError, ConfigError, SegscopeWarning
-from segscope.features.entity_meaning import earlier_stamp
+from segscope.features.entity_meaning import earlier_set_stamp
 from segscope.features.entity_state import EntityState
 from segscope.model import Model
 
@@ -100,8 +100,9 @@ def load_carried(root: Path, model: Model) -> EntityState | None:
     meaning = model.entity_meaning  # the bundle's entity config and level grids: a changed one starts a new folder
     assert meaning is not None  # it has entities (checked above)
     stamped, written_by = stamp.get("entities"), stamp.get("version")
-    earlier = None if stamped == meaning else earlier_stamp(model.config.entities, stamped, written_by, model.version,
-                                                            checkpoint=False)  # fmt: skip
+    earlier = (
+        None if stamped == meaning else earlier_set_stamp(model.config.entities, stamped, written_by, model.version)
+    )
     if earlier:
         warnings.warn(f"--state-dir {root} set {newest.name}: {earlier}", SegscopeWarning, stacklevel=2)
     if stamped != meaning and earlier is None:

@@ -6,7 +6,8 @@ other level grids, so the level codes its state holds would name other ranges, a
 
 A setting at its default is left out, so a setting a later release adds (at its default) keeps the digest. For a
 bundle without ``new_level`` features the digest is what ``--state-dir`` sets have been stamped with from the start;
-:func:`earlier_stamp` tells whether what an earlier release stamped is this bundle's, to adopt its state once."""
+:func:`earlier_set_stamp` and :func:`earlier_checkpoint_stamp` tell whether what an earlier release stamped is
+this bundle's, to adopt its state once."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from segscope.features import levels
 if TYPE_CHECKING:
     from segscope.features.entity import EntityFeatures
 
-__all__ = ["earlier_stamp", "entity_meaning"]
+__all__ = ["earlier_checkpoint_stamp", "earlier_set_stamp", "entity_meaning"]
 
 
 def _digest(value: object) -> str:
@@ -69,26 +70,27 @@ def _checkpoint_digest(specs: Sequence[EntityConfig]) -> str:
     return _digest(described)
 
 
-def earlier_stamp(
-    specs: Sequence[EntityConfig], stamped: object, written_by: object, version: str, *, checkpoint: bool
+def earlier_checkpoint_stamp(
+    specs: Sequence[EntityConfig], stamped: object, written_by: object, version: str
 ) -> str | None:
-    """Whether state an earlier release stamped ``stamped`` (written by model ``written_by``) is that of this
-    bundle (``version``, its ``entities:`` ``specs``), for stream checkpoints (``checkpoint``) or ``--state-dir``
-    sets: None when it is not; "" when it surely is; else what could not be checked, for a warning. A set's stamp
-    held every setting, so only the level grids are unknown, and a set the same version wrote has them (a version
-    names its fit's time and data); a checkpoint's stamp held part of the settings, so it is adopted with a
-    warning whoever wrote it."""
-    if not isinstance(stamped, str):
+    """The warning under which a stream checkpoint an earlier release stamped ``stamped`` (written by model
+    ``written_by``) is adopted as this bundle's (``version``, its ``entities:`` ``specs``); None when it is not
+    theirs. That stamp held part of the settings and no grids, so whoever wrote it, it is adopted with a warning."""
+    if not isinstance(stamped, str) or stamped != _checkpoint_digest(specs):
         return None
-    if checkpoint:
-        if stamped != _checkpoint_digest(specs):
-            return None
-        return (
-            f"stamped by model version {str(written_by)[:64]!r} before stamps covered every entity setting and the "
-            f"level grids: adopted as version {version!r}'s; if its entities: settings changed or the bundle was "
-            "refitted since, delete the folder"
-        )
-    if stamped != _settings_digest(specs):
+    return (
+        f"stamped by model version {str(written_by)[:64]!r} before stamps covered every entity setting and the "
+        f"level grids: adopted as version {version!r}'s; if its entities: settings changed or the bundle was "
+        "refitted since, delete the folder"
+    )
+
+
+def earlier_set_stamp(specs: Sequence[EntityConfig], stamped: object, written_by: object, version: str) -> str | None:
+    """Whether a ``--state-dir`` set an earlier release stamped ``stamped`` (written by model ``written_by``) is
+    this bundle's (``version``, its ``entities:`` ``specs``): None when it is not; "" when it surely is; else the
+    warning to adopt it under. That stamp held every setting, so only the level grids are unknown, and a set the
+    same version wrote has them (a version names its fit's time and data)."""
+    if not isinstance(stamped, str) or stamped != _settings_digest(specs):
         return None
     if written_by == version:
         return ""

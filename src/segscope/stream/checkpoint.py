@@ -67,7 +67,7 @@ from segscope._io import STAMP_BYTES, STATE_FILE_BYTES, read_regular, write_byte
 from segscope._kafka import TP
 from segscope.config import EntityConfig
 from segscope.exceptions import CheckpointError, SegscopeError
-from segscope.features.entity_meaning import earlier_stamp
+from segscope.features.entity_meaning import earlier_checkpoint_stamp
 from segscope.features.entity_state import EntityState
 from segscope.sources.base import Batch
 
@@ -107,10 +107,10 @@ class Stamp:
         return cls(topic, group, meaning, model.version, model.config.entities)
 
     def adopts(self, stamp: dict[str, Any]) -> str | None:
-        """Whether a stamp an earlier release wrote is this one's (:func:`earlier_stamp`)."""
+        """Whether a stamp an earlier release wrote is this one's (:func:`earlier_checkpoint_stamp`)."""
         if not self.specs:
             return None
-        return earlier_stamp(self.specs, stamp.get("entities"), stamp.get("version"), self.version, checkpoint=True)
+        return earlier_checkpoint_stamp(self.specs, stamp.get("entities"), stamp.get("version"), self.version)
 
     def record(self, partition: int) -> dict[str, Any]:
         return {
