@@ -57,8 +57,10 @@ def _config(cooldown: str | None = "2h", **adapt: object) -> SegscopeConfig:
     pack = load_config("maintenance")
     settings = {"every": "1d", "window": "2d", "alert_at": 0.99, **adapt}
     policy = pack.policy.model_copy(update={"cooldown": cooldown})
-    # a's sensor freezes for 3 hours: stuck alarms on any record hold here (the pack asks 5 hours)
-    features = tuple(f.model_copy(update={"min_hold": None}) for f in pack.entities[0].features)
+    # a's sensor freezes for 3 hours: stuck alarms on any record hold here (the pack asks 5 hours); every new level
+    # reaches the gate (the pack's min_deviation would keep back those of the drifting machine before it)
+    unfiltered = {"min_hold": None, "min_deviation": None}
+    features = tuple(f.model_copy(update=unfiltered) for f in pack.entities[0].features)
     entities = (pack.entities[0].model_copy(update={"features": features}),)
     update = {"detectors": DETECTORS, "policy": policy, "adapt": AdaptConfig(**settings), "entities": entities}
     return pack.model_copy(update=update)

@@ -142,6 +142,39 @@ def test_under_a_ladder_a_creep_alarms_every_6_levels_and_a_jump_at_once() -> No
     assert alarms == [14.0, 20.0, 26.0, -5.0]  # 6 levels past the range of the last alarm; 5 below the lowest known
 
 
+def test_min_deviation_keeps_the_new_levels_that_jump_and_learns_those_reached_by_a_drift() -> None:
+    zscores = [{"kind": "zscore", "of": "value", "window": w} for w in ("1h", "1d")]
+    plain = {"kind": "new_level", "of": "value", "levels": LEVELS}
+    base = {"key": "machine_id", "time": "timestamp"}
+    # a slow climb out of the fit range (each step within its trailing hour's spread), then a jump down
+    values = [float(v % 3) for v in range(300)] + [2 + i / 40 for i in range(200)] + [-30.0, 1.0, -60.0]
+    frame = pl.DataFrame(
+        {
+            "machine_id": "m",
+            "timestamp": [datetime(2024, 1, 1) + timedelta(minutes=5 * i) for i in range(len(values))],
+            "value": values,
+        }
+    )
+    scored = {}
+    for least in (None, 2.0):
+        spec = EntityConfig.model_validate({**base, "features": [{**plain, "min_deviation": least}, *zscores]})
+        feats = EntityFeatures((spec,)).fit(frame[:300])
+        scored[least] = feats.transform(frame[300:], feats.new_state())
+    new_level, kept = (scored[k]["machine_id_value_new_level"].to_numpy() for k in (None, 2.0))
+    deviation = np.nan_to_num(scored[2.0].select(pl.col("^machine_id_value_zscore_.*$").abs()).to_numpy(), nan=0.0).max(
+        axis=1
+    )
+    # the zscores and the levels learnt are the same; a new level stays 1 exactly where it lies 2+ deviations out
+    assert scored[None].drop("machine_id_value_new_level").equals(scored[2.0].drop("machine_id_value_new_level"))
+    assert np.array_equal(kept, np.where((new_level == 1.0) & (deviation < 2.0), 0.0, new_level), equal_nan=True)
+    assert (new_level[:200] == 1.0).sum() >= 5 and (kept[:200] == 1.0).sum() == 0  # the drift: learnt, no alarm
+    assert kept[200] == 1.0 and kept[202] == 1.0  # the jumps down
+    with pytest.raises(ConfigError, match="a zscore feature of the same of \\(value\\) in its block: add one"):
+        config_from_dict({"entities": [{**base, "features": [{**plain, "min_deviation": 2}]}]})
+    with pytest.raises(ConfigError, match="'min_deviation' belongs to features of kind 'new_level'"):
+        config_from_dict({"entities": [{**base, "features": [{**zscores[0], "min_deviation": 2}]}]})
+
+
 @pytest.mark.parametrize("spec", [SPEC, LADDER], ids=["levels", "ladder"])
 @settings(max_examples=20, deadline=None)
 @given(cuts=st.lists(st.integers(1, 399), max_size=10, unique=True))

@@ -182,6 +182,10 @@ class EntityFeatureConfig(_Frozen):
     #: levels since the fit, a new level is 1 only when it lies 2 or more levels from every level the entity knows;
     #: after ``ladder[1]``, 3 or more (the others are learnt all the same, as 0).
     ladder: tuple[int, ...] | None = Field(default=None, min_length=1, max_length=2)
+    #: ``new_level``: a new level is 1 only where the reading also lies this many deviations or more from its
+    #: trailing mean in a ``zscore`` feature of the same ``of`` in the block (a level reached by a slow drift is
+    #: learnt all the same, as 0; a reading without two earlier ones has no deviation and is 0).
+    min_deviation: float | None = Field(default=None, gt=0.0, le=1_000.0)
     #: ``state``: the columns read together; ``of: sensor`` in a block with ``sensors:`` stands for all of them.
     over: tuple[str, ...] | None = None
     #: ``state``: each entity learns its state from its first this many readings (or its fit history's, >= 100).
@@ -224,6 +228,8 @@ class EntityFeatureConfig(_Frozen):
             raise ValueError(f"a ladder counts new levels, 0 or more: {list(self.ladder)} has a negative count")
         if self.ladder is not None and any(a >= b for a, b in itertools.pairwise(self.ladder)):
             raise ValueError(f"a ladder's counts rise: {list(self.ladder)} does not (e.g. [8, 30])")
+        if self.min_deviation is not None and self.kind != "new_level":
+            raise ValueError("'min_deviation' belongs to features of kind 'new_level' (with a zscore feature): 2")
         if self.min_hold is not None and (self.kind != "stuck" or duration_seconds(self.min_hold) <= 0):
             raise ValueError("'min_hold' belongs to features of kind 'stuck' and is a duration longer than zero: 4h")
         if self.kind != "state" and self.over is not None:
@@ -274,6 +280,11 @@ class EntityConfig(_Frozen):
                 raise ValueError("a 'seasonal_drop' feature compares readings by hour of day: set the entity's time")
             if f.kind == "state" and f.of is not None and self.sensors is None:
                 raise ValueError("a 'state' feature's of: sensor needs sensors: in its block; or list its 'over'")
+            if f.min_deviation is not None and not any(g.kind == "zscore" and g.of == f.of for g in self.features):
+                raise ValueError(
+                    f"a 'new_level' feature's min_deviation measures the reading against a zscore feature of the "
+                    f"same of ({f.of}) in its block: add one, e.g. {{kind: zscore, of: {f.of}, window: 1h}}"
+                )
             for what, span in (("window", f.window), ("min_hold", f.min_hold)):
                 if span is not None and self.time is None and not str(span).isdigit():
                     raise ValueError(

@@ -73,6 +73,7 @@ class _Plan:
     n_acc: int
     ttl: float
     lateness: float
+    deviations: list[tuple[int, list[int], float]]  # new levels that need a deviation: levels.deviation_checks
 
     @classmethod
     def build(cls, spec: EntityConfig) -> _Plan:
@@ -131,6 +132,7 @@ class _Plan:
             o,
             ttl,
             duration_seconds(spec.allowed_lateness),
+            levels.deviation_checks(spec.features),
         )
 
 
@@ -341,8 +343,8 @@ class EntityFeatures:
             slots, times, values, codes, block.last_t, block.n_events, block.gen, block.acc, block.pairs,
             plan.table, plan.taus, plan.shares, plan.params, near, plan.ttl, spec.time is not None, out, when,
         )  # fmt: skip
-        block.rows = (slots, when)
-        block.newest = max(block.newest, newest)
+        levels.confirm_deviations(out, plan.deviations)
+        block.rows, block.newest = (slots, when), max(block.newest, newest)
         touched = slots[slots >= 0]
         block.dirty[touched] = True
         if partitions is not None:

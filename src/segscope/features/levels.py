@@ -6,10 +6,12 @@ A reading's level is ``floor((value - start) / step)``, the same step continuing
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 import numpy as np
 import polars as pl
 
+from segscope.config import EntityFeatureConfig
 from segscope.exceptions import BundleError, DataError
 
 #: the key of the grid of every entity together
@@ -115,3 +117,21 @@ def load(data: bytes | None, names: set[str]) -> Grids:
     if not ok:
         raise BundleError(f"{FILE} does not hold a level grid for each of {sorted(names)}; refit the bundle")
     return out
+
+
+def deviation_checks(features: Sequence[EntityFeatureConfig]) -> list[tuple[int, list[int], float]]:
+    """Per ``new_level`` feature with ``min_deviation``: its column among the block's ``features`` (one column
+    each, in order), the columns of its ``zscore`` features of the same input, the deviation a new level needs."""
+    return [
+        (i, [j for j, g in enumerate(features) if g.kind == "zscore" and g.of == f.of], f.min_deviation)
+        for i, f in enumerate(features)
+        if f.kind == "new_level" and f.min_deviation is not None
+    ]
+
+
+def confirm_deviations(out: np.ndarray, checks: list[tuple[int, list[int], float]]) -> None:
+    """Set to 0, in place, each new level of ``out`` (the kernel's rows) whose reading lies within the least
+    deviation from every trailing mean :func:`deviation_checks` names (no deviation yet: within)."""
+    for column, zscores, least in checks:
+        deviation = np.nan_to_num(np.abs(out[:, zscores]), nan=0.0).max(axis=1)
+        out[:, column] = np.where((out[:, column] == 1.0) & (deviation < least), 0.0, out[:, column])
