@@ -175,7 +175,21 @@ def test_min_deviation_keeps_the_new_levels_that_jump_and_learns_those_reached_b
         config_from_dict({"entities": [{**base, "features": [{**zscores[0], "min_deviation": 2}]}]})
 
 
-@pytest.mark.parametrize("spec", [SPEC, LADDER], ids=["levels", "ladder"])
+DEVIATION = (
+    EntityConfig.model_validate(
+        {
+            "key": "machine_id",
+            "time": "timestamp",
+            "features": [
+                {"kind": "new_level", "of": "value", "levels": LEVELS, "ladder": [3, 6], "min_deviation": 1.5},
+                {"kind": "zscore", "of": "value", "window": "1h"},
+            ],
+        }
+    ),
+)
+
+
+@pytest.mark.parametrize("spec", [SPEC, LADDER, DEVIATION], ids=["levels", "ladder", "min_deviation"])
 @settings(max_examples=20, deadline=None)
 @given(cuts=st.lists(st.integers(1, 399), max_size=10, unique=True))
 def test_any_cut_into_batches_and_a_state_round_trip_give_the_same_levels(
