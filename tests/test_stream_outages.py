@@ -74,7 +74,10 @@ def test_outages_of_5_and_60_seconds_end_with_every_record_scored_exactly_once(t
         keys = [c.encode() for c in live["card_id"]]
         feeder = Feeder(bootstrap, "outage.in", records(live), keys, seconds=FEED_SECONDS)
         feeder.start()
-        kinds = {"eos": ["--exactly-once"], "alo": [], "lost": ["--kafka-option", "delivery.timeout.ms=10000"]}
+        # "lost": outputs wait 2 s before they are sent, so the 60 s outage always finds some in flight (a stream
+        # caught up with the feed may have none the moment the broker goes), and they time out after 10 s
+        lost = ["--kafka-option", "delivery.timeout.ms=10000", "--kafka-option", "linger.ms=2000"]
+        kinds = {"eos": ["--exactly-once"], "alo": [], "lost": lost}
         logs = {mode: tmp_path / f"{mode}.log" for mode in kinds}
         for mode, extra in kinds.items():
             streams[mode] = start_stream(
