@@ -315,3 +315,42 @@ def test_nan_scores_leaving_the_fine_tuned_layer_are_an_error() -> None:
     with pytest.raises(BundleError, match="scored 1 of 3 records as NaN"):
         no_nan(np.array([0.2, np.nan, 0.9]))
     assert no_nan(np.array([0.0, 1.0])).tolist() == [0.0, 1.0]
+
+
+# ------------------------------------------------------------------ the plain XGBoost companion
+@pytest.mark.parametrize(
+    ("edit", "fragment"),
+    [
+        (lambda a: a.update(companion=np.array([2.0, 1.0, 0.0])), "the companion's weight 2 is not in (0, 1)"),
+        (lambda a: a.update(companion=np.array([0.5, 1e308, 0.0])), "'companion' holds weights past +-1e+06"),
+        (lambda a: a.update(companion=np.array([0.5, np.nan, 0.0])), "'companion' holds values that are not"),
+        (lambda a: a.pop("companion"), "its companion's weights and model do not come together"),
+        (lambda a: a.update(companion_columns=a["companion_columns"][:-1]), "the companion's columns do not match"),
+    ],
+    ids=["weight", "scale-huge", "scale-nan", "weights-missing", "columns"],
+)
+def test_crafted_companion_state_is_refused_at_load(
+    fine_tuned: Path, tmp_path: Path, edit: Callable[[dict[str, np.ndarray]], None], fragment: str
+) -> None:
+    """The companion's weight and scale multiply every served log-odds: a huge or NaN one wrote NaN scores."""
+    _refused(_edited_supervised(fine_tuned, tmp_path / "crafted", edit), fragment)
+
+
+def test_a_companion_booster_of_another_width_is_refused(fine_tuned: Path, tmp_path: Path) -> None:
+    crafted = tmp_path / "crafted"
+    shutil.copytree(fine_tuned, crafted)
+    (crafted / "supervised" / "companion-xgboost.json").write_bytes(_booster(2))
+    rehash(crafted)
+    _refused(crafted, "supervised/companion: its model reads 2 columns, its layout gives")
+
+
+def test_a_companion_booster_that_walks_out_of_its_tree_is_refused(fine_tuned: Path, tmp_path: Path) -> None:
+    """The companion's model goes through the same checks as the learner's (XGBoost does not check its trees)."""
+    crafted = tmp_path / "crafted"
+    shutil.copytree(fine_tuned, crafted)
+    model = json.loads((crafted / "supervised" / "companion-xgboost.json").read_bytes())
+    tree = model["learner"]["gradient_booster"]["model"]["trees"][0]
+    tree["left_children"][0] = tree["right_children"][0] = 10**6
+    (crafted / "supervised" / "companion-xgboost.json").write_bytes(json.dumps(model).encode())
+    rehash(crafted)
+    _refused(crafted, "a node's child lies outside the tree")

@@ -111,6 +111,11 @@ def finetune(
     chosen = f"scores with {sup['mode']}" + (f", {sup['blend_by']}" if "blend_by" in sup else "")
     if oof:
         chosen += " (out-of-fold AUCPR " + ", ".join(f"{k} {v:.3f}" for k, v in oof.items()) + ")"
+    if "companion" in sup:  # averaged in log-odds with a plain XGBoost (what the gate judges)
+        companion = sup["companion"]
+        chosen += f", averaged with a plain XGBoost at weight {companion['weight']:g}"
+        if "out_of_fold_aucpr" in companion:
+            chosen += f" (its out-of-fold AUCPR {companion['out_of_fold_aucpr']:.3f})"
     err.print(
         say(
             "green",

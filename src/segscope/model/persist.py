@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = ["load", "manifest", "save"]
 
+COMPANION_FILE = "supervised/companion-xgboost.json"
 _LIBRARIES = ("segscope", "polars", "numpy", "scipy", "scikit-learn", "pyod", "numba", "pyarrow")
 
 
@@ -137,6 +138,7 @@ def _supervised_component(self: Model) -> dict[str, Any]:
         "artifact": f"supervised/{name}",
         "arrays": "arrays/supervised.npz",
         "segment_features": self.supervised_segment_features_,
+        **({"companion_artifact": COMPANION_FILE} if self.supervised_.companion_ is not None else {}),
     }
 
 
@@ -162,6 +164,8 @@ def save(self: Model, path: str | Path) -> Path:
         arrays["supervised"] = self.supervised_.to_state()
         name, blob = self.supervised_.learner.artifact()
         raw_files[f"supervised/{name}"] = blob
+        if self.supervised_.companion_ is not None:
+            raw_files[COMPANION_FILE] = self.supervised_.companion_.artifact()
     if self.entities_ is not None:
         raw_files.update(self.entities_.to_state())
     json_files = {"features.json": self.preparer_.to_state()}
@@ -271,7 +275,12 @@ def _from_bundle(cls: type[Model], reader: bundle_io.BundleReader, manifest: dic
             prior=described["prior"],
             unlabelled_weight=described["unlabelled_weight"],
         )
-        tuned.load_state(reader.arrays("supervised"), reader.raw(supervised["artifact"]))
+        companion = supervised.get("companion_artifact")
+        tuned.load_state(
+            reader.arrays("supervised"),
+            reader.raw(supervised["artifact"]),
+            companion=reader.raw(companion) if companion is not None else None,
+        )
         model.supervised_ = tuned
         model.supervised_segment_features_ = bool(supervised.get("segment_features", False))
     return model

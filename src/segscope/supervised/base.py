@@ -15,6 +15,8 @@ Analysts label few records, mostly anomalies, and the rest of the history is unl
   unsupervised score and on the labelled anomalies' neighbourhoods while labels are few; the distance on the
   prepared features clipped to +-``proximity_clip`` robust deviations, ``k = proximity_weight``);
 * **the learner's own parameters**, when it offers alternatives (XGBoost: stumps, depth 4, its own defaults);
+* **a plain XGBoost companion** (``companion``: its share of the served log-odds, 0 = none) averaged with the
+  calibrated blend, the gate judging the average (:mod:`segscope.supervised.companion`);
 * **calibration**: the chosen blend is a logistic regression (Platt scaling for the learner and the prior blend),
   so ``supervised_score`` is a probability of "an analyst would confirm this".
 
@@ -35,15 +37,17 @@ did not choose them).
 
 from __future__ import annotations
 
-from typing import Any, Protocol, Self
+from typing import Any, Self
 
 import numpy as np
 
 from segscope._arrays import check_indices, take
 from segscope.exceptions import BundleError, ConfigError, DataError, NotFittedError
 from segscope.supervised.blend import NO_CLIP, Chosen, aucpr, fit_platt, fit_stack, logit, proximity
+from segscope.supervised.companion import Companion
 from segscope.supervised.encoding import TargetEncoding
 from segscope.supervised.layout import Layout, checked_layout
+from segscope.supervised.learner import Learner
 from segscope.supervised.promotion import share_better_aucpr
 from segscope.supervised.stored import MAX_EXEMPLARS, bounded_weights, checked_exemplars, no_nan
 
@@ -63,43 +67,6 @@ RELIABLY_BETTER = 0.95
 _RESAMPLES = 100
 
 
-class Learner(Protocol):
-    """A supervised learner. Its ``categories`` parameter (if it has one) lists the number of levels of the
-    trailing columns of ``x`` that hold category codes."""
-
-    name: str
-
-    def get_params(self) -> dict[str, Any]: ...
-
-    def alternatives(self) -> list[dict[str, Any]]:
-        """Parameter sets to compare out of fold when there are enough labelled anomalies (the first is the
-        default, kept unless another is reliably better); empty when nothing is chosen."""
-        ...
-
-    def pretrain(self, x: np.ndarray) -> Any:
-        """Label-free preparation shared by every fit on the same rows (e.g. an encoder), or None."""
-        ...
-
-    def fit(
-        self,
-        x: np.ndarray,
-        y: np.ndarray,
-        weight: np.ndarray,
-        monotone: np.ndarray,
-        *,
-        init: bytes | None = None,
-        pretrained: Any = None,
-    ) -> Self: ...
-
-    def predict_raw(self, x: np.ndarray) -> np.ndarray: ...
-
-    def artifact(self) -> tuple[str, bytes]: ...
-
-    def load_artifact(self, blob: bytes) -> None: ...
-
-    def n_inputs(self) -> int: ...
-
-
 class FineTuned:
     """A learner plus the inputs, blend and calibration above: ``fit`` on a supervision matrix and its
     :class:`Layout`, then ``predict_proba``."""
@@ -117,6 +84,7 @@ class FineTuned:
         proximity_weight: float = 3.0,
         proximity_clip: float = 5.0,
         prior_below: int = PRIOR_BELOW,
+        companion: float = 0.0,
     ) -> None:
         self.learner = learner
         self.n_features = n_features
@@ -128,6 +96,7 @@ class FineTuned:
         self.proximity_weight = proximity_weight
         self.proximity_clip = proximity_clip
         self.prior_below = prior_below
+        self.companion = companion
 
     def weights(self, y: np.ndarray, labelled: np.ndarray) -> np.ndarray:
         w = np.where(labelled, 1.0, self.unlabelled_weight)
@@ -213,6 +182,10 @@ class FineTuned:
         else:
             self.blend_by_ = "chosen out of fold"
         self.learner.fit(inputs, y, weight, monotone, init=init, pretrained=shared)
+        self.companion_: Companion | None = None
+        if chosen is not None and chosen.companion is not None:
+            self.companion_ = Companion(weight=self.companion, seed=self.seed)
+            self.companion_.fit(x, y, layout, self.max_onehot, chosen.companion, y[chosen.rows])
         self.n_positives_ = int(pos.size)
         self.n_labelled_ = int(labelled.sum())
         return self
@@ -378,7 +351,8 @@ class FineTuned:
             layout = self.layout_
             inputs = self._learner_input(x, layout, self.encoding_.transform(self._encoded_codes(x, layout)))
             raw = self.learner.predict_raw(inputs) if self.blend_[0] != 0.0 else np.full(x.shape[0], 0.5)
-            return no_nan(np.asarray(expit(self.decision(raw, x, self.exemplars_))))
+            z = self.decision(raw, x, self.exemplars_)
+            return no_nan(np.asarray(expit(z if self.companion_ is None else self.companion_.served(z, x))))
         if not hasattr(self, "platt_"):
             raise NotFittedError("FineTuned is not fitted; call fit first")
         z = self._legacy_decision(self.learner.predict_raw(x), x)
@@ -436,6 +410,7 @@ class FineTuned:
             "categories": {"codes": len(codes), "target_encoded": len(encoded)},
             "max_onehot": self.max_onehot,
             "proximity_clip": None if not np.isfinite(self.clip_) else self.clip_,
+            **({"companion": self.companion_.describe()} if self.companion_ is not None else {}),
         }
 
     def to_state(self) -> dict[str, np.ndarray]:
@@ -456,10 +431,13 @@ class FineTuned:
             "oof_aucpr": np.array([self.oof_aucpr_.get(k, np.nan) for k in BLENDS[1:]], dtype=np.float64),
             "proximity_clip": np.array([self.clip_], dtype=np.float64),
             **self.encoding_.to_state(),
+            **(self.companion_.to_state() if self.companion_ is not None else {}),
         }
 
-    def load_state(self, arrays: dict[str, np.ndarray], blob: bytes) -> None:
+    def load_state(self, arrays: dict[str, np.ndarray], blob: bytes, companion: bytes | None = None) -> None:
+        """``companion``: the plain XGBoost companion's model, when the bundle has one."""
         owner = "supervised"
+        self.companion_ = None
         if "blend" not in arrays:  # fine-tuned before layouts
             platt = bounded_weights(take(arrays, "platt", owner, shape=(2,), finite=True), "platt")
             self.platt_ = (float(platt[0]), float(platt[1]))
@@ -498,3 +476,7 @@ class FineTuned:
                 f"{owner}: its {self.learner.name} model reads {self.learner.n_inputs()} columns but its layout "
                 f"gives {self.layout_.width}; the bundle is damaged or edited: refit it"
             )
+        if ("companion" in arrays) != (companion is not None):
+            raise BundleError(f"{owner}: its companion's weights and model do not come together; refit the bundle")
+        if companion is not None:
+            self.companion_ = Companion.from_state(arrays, companion, self.layout_, self.max_onehot)

@@ -17,7 +17,8 @@ class Chosen:
     """The learner's parameters and the blend, chosen before :meth:`FineTuned.fit` (on the promotion gate's
     folds): ``rows`` predicted out of fold, the learner's logit and the proximity to the labelled anomalies it
     was not taught on at those rows (what the blend's weights are fitted on), every candidate's out-of-fold
-    AUCPR, how the choice was made, and a label-free pre-training to reuse (or None)."""
+    AUCPR, how the choice was made, a label-free pre-training to reuse (or None), and the plain XGBoost
+    companion's out-of-fold logits at ``rows`` (or None: no companion; :mod:`segscope.supervised.companion`)."""
 
     params: dict[str, Any]
     blend: str
@@ -27,6 +28,7 @@ class Chosen:
     figures: dict[str, float]
     by: str
     pretrained: Any = None
+    companion: np.ndarray | None = None
 
 
 #: Bundles fine-tuned before the proximity clip measured distances on the prepared features as they are.

@@ -45,5 +45,9 @@ def held_out_proba(
         if tuned.blend_[0] != 0.0:
             raw = tuned.fold_predictions(x, y, labelled, layout, taught, held, {}, init=init, pretrained=pretrained)
         exemplars = tuned._exemplars(x[:, : layout.n_features], np.flatnonzero(taught & (y == 1)))
-        out[half == k] = expit(tuned.decision(raw, x[held], exemplars))
+        z = tuned.decision(raw, x[held], exemplars)
+        if tuned.companion_ is not None:  # the companion taught without the half too
+            companion = tuned.companion_.refit(x[taught], y[taught], layout, tuned.max_onehot)
+            z = tuned.companion_.served(z, x[held], companion)
+        out[half == k] = expit(z)
     return no_nan(out)

@@ -7,6 +7,7 @@ from typing import Any
 
 from segscope.exceptions import ConfigError
 from segscope.supervised.base import FineTuned
+from segscope.supervised.companion import COMPANION_WEIGHT
 
 __all__ = ["LEARNERS", "make_finetuned", "make_learner"]
 
@@ -50,4 +51,5 @@ def make_finetuned(
         prior=prior,
         unlabelled_weight=unlabelled_weight,
         blend=blend,
+        companion=COMPANION_WEIGHT if name == "xgboost" else 0.0,
     )

@@ -34,6 +34,7 @@ import numpy as np
 
 from segscope.supervised.base import PRIOR_BELOW, FineTuned, Layout
 from segscope.supervised.blend import Chosen, aucpr, fit_platt, fit_stack, logit, proximity
+from segscope.supervised.companion import companion_fold_logits
 from segscope.supervised.promotion import Folds
 
 __all__ = ["WITHIN_NOISE", "Candidates", "choose", "out_of_fold"]
@@ -61,6 +62,8 @@ class Candidates:
     proximity: np.ndarray  # to the labelled anomalies the row's fold was taught on
     values: dict[str, np.ndarray]  # per candidate name, in order (simplest first)
     pretrained: Any = None
+    companion: np.ndarray | None = None  # the plain XGBoost companion's logits (None: no companion)
+    companion_weight: float = 0.0
 
     def names(self, n_pos: int) -> list[str]:
         """Candidates the rule may pick with ``n_pos`` labelled anomalies, simplest first."""
@@ -87,6 +90,7 @@ class Candidates:
             figures=figures,
             by=by,
             pretrained=self.pretrained,
+            companion=self.companion,
         )
 
     def gate_scores(self, n_pos: int, *, noise: float = WITHIN_NOISE, seed: int = 0) -> tuple[np.ndarray, list[str]]:
@@ -110,7 +114,11 @@ class Candidates:
             # (a lone predicted fold, the first of two time blocks, has no other: any scale ranks it alike)
             scale = others if others.any() else here
             a, c = fit_platt(self.values[name][scale], self.y[scale])
-            scores[here] = 1.0 / (1.0 + np.exp(-(a * self.values[name][here] + c)))
+            z = a * self.values[name][here] + c
+            if self.companion is not None:  # averaged with the companion on the same scale, as served
+                a, c = fit_platt(self.companion[scale], self.y[scale])
+                z = (1 - self.companion_weight) * z + self.companion_weight * (a * self.companion[here] + c)
+            scores[here] = 1.0 / (1.0 + np.exp(-z))
             taken.append(name)
         return scores, taken
 
@@ -146,6 +154,7 @@ def out_of_fold(
     rows = gate.evaluated()
     fold = gate.fold[rows]
     learner = [np.full(rows.size, np.nan) for _ in configs]
+    companion = np.zeros(rows.size)
     near = np.zeros(rows.size)
     weight = np.zeros(rows.size)
     features = x[:, : layout.n_features]
@@ -168,11 +177,20 @@ def out_of_fold(
                 if cache is not None:
                     cache[key] = raw
             learner[j][here] = logit(raw)
+        if tuned.companion > 0:
+            key = (taught.tobytes(), held.tobytes(), -1)
+            logits = cache.get(key) if cache is not None else None
+            if logits is None:
+                logits = companion_fold_logits(x, y, layout, tuned.max_onehot, tuned.seed, taught, held)
+                if cache is not None:
+                    cache[key] = logits
+            companion[here] = logits
         near[here] = proximity(features[held], features[positives], clip)
         weight[here] = positives.size / (positives.size + tuned.prior)
     judged = ~np.isnan(learner[0])
     rows, fold, near, weight = rows[judged], fold[judged], near[judged], weight[judged]
     learner = [values[judged] for values in learner]
+    comp = companion[judged] if tuned.companion > 0 else None
     surprisal, truth = x[rows, layout.surprisal], y[rows]
     values: dict[str, np.ndarray] = {}
     for params, logits in zip(configs, learner, strict=True):
@@ -180,7 +198,9 @@ def out_of_fold(
         values[f"{label}, prior blend"] = weight * logits + surprisal - tuned.proximity_weight * near
         values[f"{label}, learner alone"] = logits
         values[f"{label}, stack"] = _cross_fitted_stack(logits, surprisal, truth, fold, gate.ordered)
-    return Candidates(configs, rows, fold, gate.ordered, truth, learner, surprisal, near, values, pretrained)
+    return Candidates(
+        configs, rows, fold, gate.ordered, truth, learner, surprisal, near, values, pretrained, comp, tuned.companion
+    )
 
 
 def _cross_fitted_stack(
