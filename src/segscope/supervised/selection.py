@@ -19,9 +19,11 @@ The gate itself judges the choice honestly: each fold is predicted by the candid
 folds' predictions (from the earlier folds' when the folds are chained, :mod:`segscope.supervised.promotion`; the
 first fold that is predicted takes the simplest candidate), its values put on one scale by Platt scaling fitted on
 the other folds (never on the fold's own labels, which the gate's permutation test needs:
-:meth:`Candidates.gate_scores`; random folds, judged chained both ways, are then ranked as percentiles of each
-fold's records). The served candidate is the rule's pick from every fold, each predicted by a candidate taught on
-all the others (the fits shared with the chains: ``cache`` of :func:`out_of_fold`).
+:meth:`Candidates.gate_scores`) and averaged in log-odds with the plain XGBoost companion's predictions of the fold,
+scaled the same way, as the served model averages them (:mod:`segscope.supervised.companion`); random folds, judged
+chained both ways, are then ranked as percentiles of each fold's records. The served candidate is the rule's pick
+from every fold, each predicted by a candidate taught on all the others (the fits shared with the chains: ``cache``
+of :func:`out_of_fold`).
 """
 
 from __future__ import annotations
