@@ -76,6 +76,20 @@ def segments_model(segments_history: pl.DataFrame) -> Model:
     return Model(config.with_features(id_column="txn_id", drop=("is_fraud",))).fit(segments_history)
 
 
+@pytest.fixture(scope="session")
+def fine_tuned_transactions(segments_history: pl.DataFrame) -> tuple[Model, dict[str, Any]]:
+    """(a version fine-tuned on 40 labelled frauds and 40 normals of the transactions, its promotion report)."""
+    from segscope.labels.parse import normalise_labels
+    from segscope.tuning import finetune
+
+    history = segments_history
+    base = Model(SegscopeConfig().with_features(id_column="txn_id", drop=("is_fraud",))).fit(history)
+    fraud = history.filter(pl.col("is_fraud") == 1).head(40)["txn_id"].to_list()
+    normal = history.filter(pl.col("is_fraud") == 0).head(40)["txn_id"].to_list()
+    labels = normalise_labels(pl.DataFrame({"id": fraud + normal, "label": [1] * len(fraud) + [0] * len(normal)}))
+    return finetune(base, history, labels)
+
+
 @dataclass
 class CliResult:
     code: int

@@ -15,25 +15,17 @@ from scipy.special import logit
 from sklearn.metrics import roc_auc_score
 
 from segscope import Model
-from segscope.config import SegscopeConfig
-from segscope.labels.parse import normalise_labels
 from segscope.supervised.companion import COMPANION_WEIGHT
 from segscope.supervised.selection import Candidates
 from segscope.testing.data import make_transactions
-from segscope.tuning import finetune
 
 #: Scores of one model in one process, computed two ways (float sums in another order).
 TOLERANCE = 1e-9
 
 
 @pytest.fixture(scope="module")
-def tuned() -> tuple[Model, pl.DataFrame, dict[str, Any]]:
-    history = make_transactions(3000, seed=0)
-    base = Model(SegscopeConfig().with_features(id_column="txn_id", drop=("is_fraud",))).fit(history)
-    fraud = history.filter(pl.col("is_fraud") == 1).head(30)["txn_id"].to_list()
-    normal = history.filter(pl.col("is_fraud") == 0).head(30)["txn_id"].to_list()
-    labels = normalise_labels(pl.DataFrame({"id": fraud + normal, "label": [1] * len(fraud) + [0] * len(normal)}))
-    candidate, report = finetune(base, history, labels)
+def tuned(fine_tuned_transactions: tuple[Model, dict[str, Any]]) -> tuple[Model, pl.DataFrame, dict[str, Any]]:
+    candidate, report = fine_tuned_transactions
     return candidate, make_transactions(2000, seed=1), report
 
 
@@ -55,7 +47,7 @@ def test_the_served_score_averages_the_fine_tuned_model_and_its_companion(
     np.testing.assert_allclose(logit(served), expected, rtol=0, atol=1e-6)
     assert np.abs(logit(served) - logit(alone.predict_proba(x))).max() > 0.1  # it moves the served score
     frauds = later["is_fraud"].to_numpy()
-    assert roc_auc_score(frauds, companion) > 0.8  # and learnt the frauds from 30 labels on its own
+    assert roc_auc_score(frauds, companion) > 0.8  # and learnt the frauds from 40 labels on its own
 
 
 def test_a_bundle_keeps_the_companion(tuned: tuple[Model, pl.DataFrame, dict[str, Any]], tmp_path: Path) -> None:

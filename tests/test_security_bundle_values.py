@@ -19,12 +19,8 @@ import polars as pl
 import pytest
 
 from segscope import BundleError, Model
-from segscope.config import SegscopeConfig
-from segscope.labels.parse import normalise_labels
 from segscope.supervised.stored import no_nan
 from segscope.supervised.xgb import check_booster_json
-from segscope.testing.data import make_transactions
-from segscope.tuning import finetune
 from segscope.unsupervised.profiles import expected_rows, expected_table
 from tests.fuzz_bundle import edit_npz, rehash
 
@@ -199,14 +195,9 @@ def test_a_huge_profile_id_in_a_bundle_scores(
 
 # ------------------------------------------------------------------ the fine-tuned learner
 @pytest.fixture(scope="module")
-def fine_tuned(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def fine_tuned(tmp_path_factory: pytest.TempPathFactory, fine_tuned_transactions: tuple[Model, Any]) -> Path:
     folder = tmp_path_factory.mktemp("finetuned")
-    history = make_transactions(3000, seed=0)
-    base = Model(SegscopeConfig().with_features(id_column="txn_id", drop=("is_fraud",))).fit(history)
-    fraud = history.filter(pl.col("is_fraud") == 1).head(40)["txn_id"].to_list()
-    normal = history.filter(pl.col("is_fraud") == 0).head(40)["txn_id"].to_list()
-    labels = normalise_labels(pl.DataFrame({"id": fraud + normal, "label": [1] * len(fraud) + [0] * len(normal)}))
-    candidate, _ = finetune(base, history, labels)
+    candidate, _ = fine_tuned_transactions
     assert candidate.supervised is not None
     candidate.save(folder / "bundle")
     return folder / "bundle"
