@@ -332,7 +332,7 @@ def test_a_companion_booster_of_another_width_is_refused(fine_tuned: Path, tmp_p
     shutil.copytree(fine_tuned, crafted)
     (crafted / "supervised" / "companion-xgboost.json").write_bytes(_booster(2))
     rehash(crafted)
-    _refused(crafted, "supervised/companion: its model reads 2 columns, its layout gives")
+    _refused(crafted, "supervised/companion-xgboost.json: its model reads 2 columns, its layout gives")
 
 
 def test_a_companion_booster_that_walks_out_of_its_tree_is_refused(fine_tuned: Path, tmp_path: Path) -> None:
@@ -344,4 +344,29 @@ def test_a_companion_booster_that_walks_out_of_its_tree_is_refused(fine_tuned: P
     tree["left_children"][0] = tree["right_children"][0] = 10**6
     (crafted / "supervised" / "companion-xgboost.json").write_bytes(json.dumps(model).encode())
     rehash(crafted)
-    _refused(crafted, "a node's child lies outside the tree")
+    _refused(crafted, "supervised/companion-xgboost.json: a node's child lies outside the tree")
+
+
+def test_a_truncated_companion_names_its_own_file(fine_tuned: Path, tmp_path: Path) -> None:
+    """The companion's checks once named the learner's file (supervised/xgboost.json) whatever was wrong."""
+    crafted = tmp_path / "crafted"
+    shutil.copytree(fine_tuned, crafted)
+    path = crafted / "supervised" / "companion-xgboost.json"
+    path.write_bytes(path.read_bytes()[:100])
+    rehash(crafted)
+    _refused(crafted, "supervised/companion-xgboost.json: it is not an XGBoost JSON model")
+
+
+@pytest.mark.parametrize("artifact", ["a" * 100_000, ["supervised/xgboost.json"], 5], ids=["long", "list", "number"])
+def test_a_companion_artifact_that_names_no_file_is_one_short_line(
+    fine_tuned: Path, tmp_path: Path, artifact: Any
+) -> None:
+    """A manifest's value is any JSON: a list raised 'unhashable type', a long text was echoed whole."""
+
+    def edit(manifest: dict[str, Any]) -> None:
+        next(c for c in manifest["components"] if c["role"] == "supervised")["companion_artifact"] = artifact
+
+    with pytest.raises(BundleError) as refused:
+        Model.load(_edited(fine_tuned, tmp_path / "crafted", "manifest.json", edit))
+    message = str(refused.value)
+    assert "is not one of the files listed in manifest.json" in message and len(message) < 400, message[:500]

@@ -243,8 +243,8 @@ class BundleReader:
         return dict(files)
 
     def _listed(self, rel: str) -> Path:
-        if rel not in getattr(self, "files_", {}):
-            raise self._fail(f"{rel} is not one of the files listed in manifest.json")
+        if not isinstance(rel, str) or rel not in getattr(self, "files_", {}):  # a manifest's value: any JSON
+            raise self._fail(f"{str(rel)[:80]!r} is not one of the files listed in manifest.json")
         return self.path / rel
 
     def json(self, name: str) -> Any:

@@ -18,6 +18,7 @@ from segscope.features.entity import EntityFeatures
 from segscope.features.prepare import FeaturePreparer
 from segscope.registry import resolve
 from segscope.schema import ColumnSpec
+from segscope.supervised.companion import COMPANION_FILE
 from segscope.supervised.learners import make_finetuned
 from segscope.unsupervised.adapt import adapt_line
 from segscope.unsupervised.detect import make_detector
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
 
 __all__ = ["load", "manifest", "save"]
 
-COMPANION_FILE = "supervised/companion-xgboost.json"
 _LIBRARIES = ("segscope", "polars", "numpy", "scipy", "scikit-learn", "pyod", "numba", "pyarrow")
 
 

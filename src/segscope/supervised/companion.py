@@ -23,12 +23,13 @@ from segscope.supervised.blend import fit_platt, logit
 from segscope.supervised.layout import Layout
 from segscope.supervised.stored import bounded_weights
 
-__all__ = ["COMPANION_WEIGHT", "Companion", "companion_fold_logits"]
+__all__ = ["COMPANION_FILE", "COMPANION_WEIGHT", "Companion", "companion_fold_logits"]
 
 #: The companion's share of the served log-odds: at a third, mammography's AUCROC (5% labelled) only tied the plain
 #: XGBoost's; at a half every set measured was at least it on both figures.
 COMPANION_WEIGHT = 0.5
-_OWNER = "supervised/companion"
+#: The companion's model in a bundle.
+COMPANION_FILE = "supervised/companion-xgboost.json"
 
 
 def _columns(layout: Layout, max_onehot: int) -> tuple[list[int], list[int]]:
@@ -129,15 +130,20 @@ class Companion:
         columns, categories = _columns(layout, max_onehot)
         stored = take(arrays, "companion_columns", owner, shape=(None,), finite=True)
         if not np.array_equal(stored, np.asarray(columns, dtype=np.float64)):
-            raise BundleError(f"{owner}: the companion's columns do not match its layout; the bundle is damaged")
+            raise BundleError(
+                f"{owner}: the companion's columns do not match its layout; the bundle is damaged: refit it"
+            )
         companion = cls(weight=float(weights[0]))
         companion.scale_ = weights[1:]
         companion.columns_ = np.asarray(columns, dtype=np.int64)
+        from segscope.supervised.xgb import check_booster_json
+
+        check_booster_json(blob, owner=COMPANION_FILE)  # errors name the companion's file, not the learner's
         companion.learner_ = _plain(0, categories)
         companion.learner_.load_artifact(blob)
         if companion.learner_.n_inputs() != len(columns):
             raise BundleError(
-                f"{_OWNER}: its model reads {companion.learner_.n_inputs()} columns, its layout gives {len(columns)}; "
-                "the bundle is damaged or edited: refit it"
+                f"{COMPANION_FILE}: its model reads {companion.learner_.n_inputs()} columns, its layout gives "
+                f"{len(columns)}; the bundle is damaged or edited: refit it"
             )
         return companion

@@ -39,14 +39,14 @@ _INVALID_NODE = 2147483647  # XGBoost's parent of a root
 _MAX_CATEGORY = 1 << 20
 
 
-def _bad(problem: str) -> BundleError:
-    return BundleError(f"{_OWNER}: {problem}; the bundle is damaged or was edited by hand: refit it")
+def _bad(problem: str, owner: str = _OWNER) -> BundleError:
+    return BundleError(f"{owner}: {problem}; the bundle is damaged or was edited by hand: refit it")
 
 
-def _ints(tree: dict[str, Any], key: str, n: int) -> np.ndarray:
+def _ints(tree: dict[str, Any], key: str, n: int, owner: str = _OWNER) -> np.ndarray:
     values = tree.get(key)
     if not isinstance(values, list) or len(values) != n or not all(type(v) is int for v in values):
-        raise _bad(f"a tree's '{key}' is not {n} whole numbers")
+        raise _bad(f"a tree's '{key}' is not {n} whole numbers", owner)
     return np.asarray(values, dtype=np.int64)
 
 
@@ -55,11 +55,11 @@ def _ints(tree: dict[str, Any], key: str, n: int) -> np.ndarray:
 _MAX_LEAF = 1e6
 
 
-def check_booster_json(blob: bytes) -> None:
+def check_booster_json(blob: bytes, owner: str = _OWNER) -> None:
     """Refuse an XGBoost JSON model whose trees XGBoost would walk out of bounds (it does not check them):
     every child after its node and inside the tree, each node the child of exactly one parent, feature numbers
     below the model's feature count, categorical splits within their tables. Only the gbtree booster, which is
-    what segscope writes."""
+    what segscope writes. ``owner``: the file the errors name."""
     try:
         model = json.loads(blob)
         learner = model["learner"]
@@ -68,19 +68,19 @@ def check_booster_json(blob: bytes) -> None:
         trees = booster["model"]["trees"]
         tree_info = booster["model"]["tree_info"]
     except (ValueError, KeyError, TypeError) as exc:
-        raise _bad(f"it is not an XGBoost JSON model ({type(exc).__name__}: {str(exc)[:80]})") from None
+        raise _bad(f"it is not an XGBoost JSON model ({type(exc).__name__}: {str(exc)[:80]})", owner) from None
     if booster.get("name") != "gbtree":
-        raise _bad(f"its booster is {str(booster.get('name'))[:40]!r}; segscope writes only 'gbtree'")
+        raise _bad(f"its booster is {str(booster.get('name'))[:40]!r}; segscope writes only 'gbtree'", owner)
     if not isinstance(trees, list) or not isinstance(tree_info, list) or len(tree_info) != len(trees):
-        raise _bad("its trees and tree_info do not match")
+        raise _bad("its trees and tree_info do not match", owner)
     try:
         groups = max(
             1, int(learner["learner_model_param"]["num_class"]), int(learner["learner_model_param"]["num_target"])
         )
     except (KeyError, TypeError, ValueError):
-        raise _bad("it has no num_class") from None
+        raise _bad("it has no num_class", owner) from None
     if not all(type(g) is int and 0 <= g < groups for g in tree_info):
-        raise _bad(f"a tree's output group lies outside [0, {groups})")
+        raise _bad(f"a tree's output group lies outside [0, {groups})", owner)
     indptr = booster["model"].get("iteration_indptr", [0, len(trees)])
     if not (
         isinstance(indptr, list)
@@ -89,50 +89,53 @@ def check_booster_json(blob: bytes) -> None:
         and indptr[-1:] == [len(trees)]
         and all(a <= b for a, b in itertools.pairwise(indptr))
     ):
-        raise _bad("its iteration_indptr does not index its trees")
+        raise _bad("its iteration_indptr does not index its trees", owner)
     if not 0 < n_features < 1 << 24:
-        raise _bad(f"num_feature {n_features} is out of range")
+        raise _bad(f"num_feature {n_features} is out of range", owner)
     objective = learner.get("objective")
     if not isinstance(objective, dict) or objective.get("name") != "binary:logistic" or groups != 1:
         name = objective.get("name") if isinstance(objective, dict) else objective
-        raise _bad(f"its objective is {str(name)[:40]!r} with {groups} output(s); segscope writes binary:logistic")
+        raise _bad(
+            f"its objective is {str(name)[:40]!r} with {groups} output(s); segscope writes binary:logistic", owner
+        )
     if not _base_score_ok(learner["learner_model_param"].get("base_score")):
-        raise _bad("its base_score is not one probability in (0, 1)")
+        raise _bad("its base_score is not one probability in (0, 1)", owner)
     for position, tree in enumerate(trees):
         if not isinstance(tree, dict) or tree.get("id") != position or type(tree.get("id")) is not int:
-            raise _bad(f"tree {position} is not a JSON object with id {position}")
+            raise _bad(f"tree {position} is not a JSON object with id {position}", owner)
         try:
             n = int(tree["tree_param"]["num_nodes"])
             leaf_vector = int(tree["tree_param"].get("size_leaf_vector", "1"))
         except (KeyError, TypeError, ValueError):
-            raise _bad("a tree has no num_nodes") from None
+            raise _bad("a tree has no num_nodes", owner) from None
         if not 1 <= n < 1 << 24 or leaf_vector not in (0, 1):
-            raise _bad(f"a tree has {n} nodes and leaf vectors of {leaf_vector}")
-        left, right = _ints(tree, "left_children", n), _ints(tree, "right_children", n)
-        parents, split = _ints(tree, "parents", n), _ints(tree, "split_indices", n)
-        kind = _ints(tree, "split_type", n)
-        _ints(tree, "default_left", n)
+            raise _bad(f"a tree has {n} nodes and leaf vectors of {leaf_vector}", owner)
+        left, right = _ints(tree, "left_children", n, owner), _ints(tree, "right_children", n, owner)
+        parents, split = _ints(tree, "parents", n, owner), _ints(tree, "split_indices", n, owner)
+        kind = _ints(tree, "split_type", n, owner)
+        _ints(tree, "default_left", n, owner)
         for key in ("split_conditions", "base_weights", "loss_changes", "sum_hessian"):
             values = tree.get(key)
             if not isinstance(values, list) or len(values) != n or not all(type(v) is float for v in values):
-                raise _bad(f"a tree's '{key}' does not hold {n} numbers")
+                raise _bad(f"a tree's '{key}' does not hold {n} numbers", owner)
         inner = np.flatnonzero(left != -1)
         if ((right == -1) != (left == -1)).any():
-            raise _bad("a node has one child")
+            raise _bad("a node has one child", owner)
         leaves = np.asarray(tree["split_conditions"], dtype=np.float64)[left == -1]  # a leaf's value
         if not (np.isfinite(leaves).all() and (np.abs(leaves) <= _MAX_LEAF).all()):
-            raise _bad(f"a leaf's value is not a number within +-{_MAX_LEAF:g} (a sum of them scores every record)")
+            limit = f"a leaf's value is not a number within +-{_MAX_LEAF:g} (a sum of them scores every record)"
+            raise _bad(limit, owner)
         children = np.concatenate([left[inner], right[inner]])
         if (children >= n).any() or (left[inner] <= inner).any() or (right[inner] <= inner).any():
-            raise _bad("a node's child lies outside the tree or before the node")
+            raise _bad("a node's child lies outside the tree or before the node", owner)
         if np.unique(children).size != children.size or children.size != n - 1:
-            raise _bad("a node is the child of more than one parent, or of none")
+            raise _bad("a node is the child of more than one parent, or of none", owner)
         misplaced = (parents[left[inner]] != inner).any() or (parents[right[inner]] != inner).any()
         if parents[0] != _INVALID_NODE or misplaced:
-            raise _bad("a node's parent does not match its place in the tree")
+            raise _bad("a node's parent does not match its place in the tree", owner)
         if ((split[inner] < 0) | (split[inner] >= n_features)).any():
-            raise _bad(f"a split reads a feature number outside [0, {n_features})")
-        _check_categories(tree, n, inner, kind)
+            raise _bad(f"a split reads a feature number outside [0, {n_features})", owner)
+        _check_categories(tree, n, inner, kind, owner)
 
 
 def _base_score_ok(text: Any) -> bool:
@@ -146,22 +149,22 @@ def _base_score_ok(text: Any) -> bool:
     return 0.0 < value < 1.0
 
 
-def _check_categories(tree: dict[str, Any], n: int, inner: np.ndarray, kind: np.ndarray) -> None:
-    nodes = _ints(tree, "categories_nodes", len(tree.get("categories_nodes") or []))
-    segments = _ints(tree, "categories_segments", nodes.size)
-    sizes = _ints(tree, "categories_sizes", nodes.size)
-    codes = _ints(tree, "categories", len(tree.get("categories") or []))
+def _check_categories(tree: dict[str, Any], n: int, inner: np.ndarray, kind: np.ndarray, owner: str) -> None:
+    nodes = _ints(tree, "categories_nodes", len(tree.get("categories_nodes") or []), owner)
+    segments = _ints(tree, "categories_segments", nodes.size, owner)
+    sizes = _ints(tree, "categories_sizes", nodes.size, owner)
+    codes = _ints(tree, "categories", len(tree.get("categories") or []), owner)
     if ((kind != 0) & (kind != 1)).any():
-        raise _bad("a split type is neither numerical nor categorical")
+        raise _bad("a split type is neither numerical nor categorical", owner)
     categorical = np.flatnonzero(kind[inner] == 1)
     if not np.array_equal(np.sort(inner[categorical]), np.sort(nodes)):
-        raise _bad("the categorical splits and their category lists do not match")
+        raise _bad("the categorical splits and their category lists do not match", owner)
     if (segments < 0).any() or (sizes < 0).any() or (segments + sizes > codes.size).any():
-        raise _bad("a categorical split's list lies outside the category table")
+        raise _bad("a categorical split's list lies outside the category table", owner)
     if codes.size and (codes.min() < 0 or codes.max() >= _MAX_CATEGORY):
-        raise _bad(f"a category code lies outside [0, {_MAX_CATEGORY})")
+        raise _bad(f"a category code lies outside [0, {_MAX_CATEGORY})", owner)
     if nodes.size and (nodes.min() < 0 or nodes.max() >= n):
-        raise _bad("a categorical split names a node outside the tree")
+        raise _bad("a categorical split names a node outside the tree", owner)
 
 
 class XGBoostLearner(StoresParams):
