@@ -20,8 +20,8 @@ from segscope._kafka_outcomes import (
     TP,
     TXN_WAIT,
     Acknowledges,
+    Deliveries,
     Headers,
-    OnDelivery,
     Origin,
     Polled,
     Refused,
@@ -40,8 +40,8 @@ from segscope.exceptions import ConfigError, SourceError
 __all__ = [
     "CLIENTS",
     "TP",
+    "Deliveries",
     "Headers",
-    "OnDelivery",
     "Origin",
     "Polled",
     "log_commit_failure",
@@ -184,16 +184,29 @@ class _ConfluentProducer(Connects):
         finally:
             self.producer.poll(0)
 
-    def callback(self, on_delivery: OnDelivery) -> Any:
-        """The native delivery callback for ``on_delivery`` (made once per batch, not per message)."""
+    def callback(self, deliveries: Deliveries, kind: str) -> Any:
+        """The native delivery callback of ``kind`` for ``deliveries`` (made once per batch, not per message)."""
 
         def report(err: Any, msg: Any) -> None:
-            if err is None:
-                on_delivery(None, False, None)
-            else:
-                on_delivery(err.str(), err.code() in REFUSED, msg.value())
+            deliveries.pending -= 1
+            if err is not None:
+                deliveries.failure(kind, err.str(), err.code() in REFUSED, msg.value())
 
         return report
+
+    def produce_all(
+        self, topic: str, values: list[bytes], keys: list[bytes | None], headers: list[Headers], callback: Any
+    ) -> None:
+        """:meth:`produce` of each message in order, the client called straight while its queue has room (a
+        message it will not take now goes through :meth:`produce`, then the rest as before)."""
+        produce, rows = self.producer.produce, zip(values, keys, headers, strict=True)
+        while True:
+            try:
+                for value, key, extra in rows:
+                    produce(topic, value, key, headers=extra or None, on_delivery=callback)
+                return
+            except (BufferError, self.ck.KafkaException):  # a full queue, or this one refused: as produce does
+                self.produce(topic, value, key, extra, callback)
 
     def produce(self, topic: str, value: bytes | None, key: bytes | None, headers: Headers, callback: Any) -> None:
         while True:

@@ -6,17 +6,25 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from segscope._kafka_setup import log_commit_result
 
-__all__ = ["REFUSED", "TP", "TXN_WAIT", "Acknowledges", "Headers", "OnDelivery", "Origin", "Polled", "Refused"]
+__all__ = ["REFUSED", "TP", "TXN_WAIT", "Acknowledges", "Deliveries", "Headers", "Origin", "Polled", "Refused"]
 
 TP = tuple[str, int]
 Headers = Sequence[tuple[str, bytes | None]]
 Origin = tuple[str, int, int, int | None]
-#: Told of each produced message's fate: (error text or None, whether retrying cannot help, the value sent).
-OnDelivery = Callable[[str | None, bool, bytes | None], None]
+
+
+class Deliveries(Protocol):
+    """Where one batch's delivery reports of one kind go: ``pending`` counts down on every report (a delivered
+    message is only that: one Python frame per message), ``failure`` hears of a message that did not go (the error,
+    whether retrying cannot help, the value sent)."""
+
+    pending: int
+
+    def failure(self, kind: str, error: str, permanent: bool, value: bytes | None) -> None: ...
 
 
 @dataclass

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from segscope._deps import require
-from segscope._kafka_outcomes import TP, Acknowledges, Headers, OnDelivery, Origin, Polled
+from segscope._kafka_outcomes import TP, Acknowledges, Deliveries, Headers, Origin, Polled
 from segscope._kafka_setup import Connects, Contact, log_commit_failure, python_client
 from segscope.exceptions import SourceError
 
@@ -149,8 +149,19 @@ class _PythonProducer(Connects):
     def _topics(self, timeout: float) -> set[str] | None:
         return set()  # connected in the constructor
 
-    def callback(self, on_delivery: OnDelivery) -> Any:
-        return on_delivery
+    def callback(self, deliveries: Deliveries, kind: str) -> Any:
+        def report(error: str | None, permanent: bool, value: bytes | None) -> None:
+            deliveries.pending -= 1
+            if error is not None:
+                deliveries.failure(kind, error, permanent, value)
+
+        return report
+
+    def produce_all(
+        self, topic: str, values: list[bytes], keys: list[bytes | None], headers: list[Headers], callback: Any
+    ) -> None:
+        for value, key, extra in zip(values, keys, headers, strict=True):
+            self.produce(topic, value, key, extra, callback)
 
     def produce(self, topic: str, value: bytes | None, key: bytes | None, headers: Headers, callback: Any) -> None:
         from kafka.errors import KafkaError

@@ -36,8 +36,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
-from typing import Any, Literal
+from typing import Any
 
 import polars as pl
 
@@ -101,9 +100,6 @@ def dead_letter_headers(letter: DeadLetter, *, kept: int) -> list[tuple[str, byt
     return original + [(DLQ_HEADER + k, v.encode("utf-8", "replace")) for k, v in described.items()]
 
 
-_Kind = Literal["out", "copy", "letter"]
-
-
 @dataclass
 class _Ticket:
     """The outputs of one batch in flight, and what they hold."""
@@ -124,10 +120,8 @@ class _Ticket:
     dead: int = 0
     refused_outputs: int = 0
 
-    def delivered(self, kind: _Kind, error: str | None, permanent: bool, value: bytes | None) -> None:
-        self.pending -= 1
-        if error is None:
-            return
+    def failure(self, kind: str, error: str, permanent: bool, value: bytes | None) -> None:
+        """A message of the batch that did not go (``pending`` is counted down by the client's callback)."""
         if not permanent:
             self.failed = self.failed or error
         elif kind == "out":
@@ -217,7 +211,7 @@ class KafkaSink:
         ticket = _Ticket(dict(batch.position or {}) if batch is not None else {}, batch)
         ticket.size = batch.size if batch is not None else 0
         for kind in ("out", "copy", "letter"):
-            ticket.callbacks[kind] = self.producer_.callback(partial(ticket.delivered, kind))
+            ticket.callbacks[kind] = self.producer_.callback(ticket, kind)
         self.tickets_.append(ticket)
         return ticket
 
@@ -236,22 +230,25 @@ class KafkaSink:
             where = [batch.origin(row)[:3] for row in range(n)]
             skip = {row: self.refuse_[o] for row, o in enumerate(where) if o in self.refuse_}
             copies = [row for row in copies if row not in skip and where[row] not in self.skip_copies_]
-        produce, out, topic = self.producer_.produce, ticket.callbacks["out"], self.topic
+        produce_all = self.producer_.produce_all
         ticket.pending += n - len(skip)
         ticket.scored += n  # less the refused ones, as their dead letters are made
         ticket.alert_rows = set(alert_rows) - set(skip)
         if not skip:
-            for value, key, extra in zip(values, keys, headers, strict=True):
-                produce(topic, value, key, extra, out)
+            produce_all(self.topic, values, keys, headers, ticket.callbacks["out"])
         else:
-            for row, (value, key, extra) in enumerate(zip(values, keys, headers, strict=True)):
-                if row not in skip:
-                    produce(topic, value, key, extra, out)
+            rows = [row for row in range(n) if row not in skip]
+            produce_all(
+                self.topic, [values[r] for r in rows], [keys[r] for r in rows], [headers[r] for r in rows],
+                ticket.callbacks["out"],
+            )  # fmt: skip
             self._letters(ticket, [self._refused_letter(ticket, row, skip[row]) for row in sorted(skip)], None)
-        copy, alerts_topic = ticket.callbacks["copy"], self.alerts_topic
-        ticket.pending += len(copies)
-        for row in copies:
-            produce(alerts_topic, values[row], keys[row], headers[row], copy)
+        if copies and self.alerts_topic is not None:
+            ticket.pending += len(copies)
+            produce_all(
+                self.alerts_topic, [values[r] for r in copies], [keys[r] for r in copies],
+                [headers[r] for r in copies], ticket.callbacks["copy"],
+            )  # fmt: skip
         self.producer_.poll(0)
 
     def dead_letters(self, letters: list[DeadLetter], topic: str | None = None, batch: Batch | None = None) -> None:
