@@ -11,7 +11,11 @@
    (d) `segscope stream --client kafka-python`.
    Rate = records / (time of the last output - launch of the process), start to end: start-up included (also
    reported: the rate from the first output to the last, and the seconds from launch to the first output).
-   Runs alternate (a, b, c, d, a, b, ...) so all see the same machine; medians over --repeats. --baseline adds
+   Runs alternate (a, b, c, d, a, b, ...) so all see the same machine; medians over --repeats. Every process runs
+   with Python's bytecode cache, as an installed package has it (pip writes it at install; with
+   PYTHONDONTWRITEBYTECODE, which some sandboxes set, an editable install's own modules would be compiled from
+   source at every launch, about 0.2 s of segscope's start-up, while confluent-kafka was compiled at its install):
+   the source trees are compiled first and the variable is dropped for the processes started. --baseline adds
    (e): the at-least-once stream of another source tree (e.g. a worktree of an earlier commit), in the same run;
    --id-field gives every message an "id" field holding a 30-digit integer (not the bundle's id column: segscope
    appends its own id in its place).
@@ -261,6 +265,9 @@ def main() -> None:
     if args.baseline is not None:
         modes[f"baseline {args.baseline}"] = []
         source[f"baseline {args.baseline}"] = args.baseline.resolve()
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)  # for the processes started (see the module docstring)
+    for tree in {ROOT / "src", *(s for s in source.values() if s is not None)}:
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(tree)], check=True)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         bootstrap = broker("start", tmp / "kafka", free_port())

@@ -338,3 +338,121 @@ sys.exit(2)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr
     assert "warm-up alive at exit: False" in done.stdout
+
+
+class _Ahead(_Hooks):
+    """Hooks that let the run score ahead, and see whether anything is being scored when they run."""
+
+    def __init__(self, calls: list[str], scoring: list[int]) -> None:
+        super().__init__(calls)
+        self.scoring, self.overlapped = scoring, list[str]()
+
+    def score_ahead(self) -> bool:
+        return True
+
+    def before(self, batch: Batch, state: RunState) -> None:
+        if self.scoring:
+            self.overlapped.append(f"before {batch.start}")
+        super().before(batch, state)
+
+    def between(self, batch: Batch | None, state: RunState) -> bool:
+        if self.scoring:
+            self.overlapped.append(f"between {batch.start if batch is not None else None}")
+        return super().between(batch, state)
+
+
+class _Timed:
+    """The model, scored slowly and counted while it scores (the run finds its model at ``.model``)."""
+
+    def __init__(self, model: Model, scoring: list[int]) -> None:
+        self.inner, self.scoring = model, scoring
+
+    @property
+    def model(self) -> Any:
+        return self
+
+    def score(self, frame: pl.DataFrame, **kwargs: Any) -> pl.DataFrame:
+        import time
+
+        self.scoring.append(1)
+        try:
+            time.sleep(0.05)  # long enough for the loop to poll, write and commit meanwhile
+            return self.inner.score(frame, **kwargs)
+        finally:
+            self.scoring.pop()
+
+
+def test_a_polling_run_scoring_ahead_writes_every_batch_once_in_order_as_it_would_one_by_one(
+    model: Model, new_records: pl.DataFrame
+) -> None:
+    records = new_records.head(400)
+    source = _PollingSource(records, batch_size=100)
+    sink = _AcknowledgingSink(source.calls)
+    scoring: list[int] = []
+    hooks = _Ahead(source.calls, scoring)
+    written: list[int] = []
+    state = run(
+        source, _Timed(model, scoring), sink, RunState.start(model), hooks=hooks,  # type: ignore[arg-type]
+        on_batch=lambda b, s: written.append(b.start),
+    )  # fmt: skip
+    assert written == [0, 100, 200, 300] and state.rows == 400 and sink.closed
+    assert [c for c in source.calls if c.startswith("write")] == ["write 0", "write 100", "write 200", "write 300"]
+    # batch 100 is handed to the scoring thread before batch 0 is written: the two overlap
+    assert source.calls.index("before 100") < source.calls.index("write 0")
+    assert hooks.overlapped == [], "the hooks ran while a batch was being scored"
+    assert source.calls[-3:] == ["flush", "commit_positions {'p': 400}", "close"]
+    assert hooks.drain is None  # the run took its drain back
+    assert_frame_equal(sink.frame(), model.score(records, state=model.new_state()))
+
+
+def test_a_polling_run_scoring_ahead_drops_the_batch_ahead_when_it_goes_back_to_its_last_commit(
+    model: Model, new_records: pl.DataFrame
+) -> None:
+    records = new_records.head(500)
+    source = _PollingSource(records, batch_size=100)
+    sink = _AcknowledgingSink(source.calls, fail_at=200)
+    scoring: list[int] = []
+    run(source, _Timed(model, scoring), sink, RunState.start(model), hooks=_Ahead(source.calls, scoring))  # type: ignore[arg-type]
+    after = source.calls[source.calls.index("reset") - 1 :]
+    # batch 300 was scored ahead when the write of 200 failed: it is not written before the rewind, and every batch
+    # from the last commit on is written once more, in order
+    assert after[:5] == [
+        "before 300",
+        "reset",
+        "rewind to 100",
+        "settle_uncertain {'p': 100}",
+        "recovered: outputs not acknowledged",
+    ]
+    writes = [c for c in after if c.startswith("write")]
+    assert writes == ["write 100", "write 200", "write 300", "write 400"]
+    assert source.calls[-3:] == ["flush", "commit_positions {'p': 500}", "close"]
+
+
+class _Revoking(_PollingSource):
+    """Partitions leave during the poll of the batch at ``revoke_at``: the hooks' drain is called from inside it (as
+    the stream's revocation callback does)."""
+
+    def __init__(self, frame: pl.DataFrame, hooks: Hooks, revoke_at: int) -> None:
+        super().__init__(frame, batch_size=100)
+        self.hooks, self.revoke_at = hooks, revoke_at
+
+    def poll(self) -> Batch | None:
+        if self.at < len(self.batches) and self.batches[self.at].start == self.revoke_at:
+            assert self.hooks.drain is not None
+            self.calls.append("revoked")
+            self.hooks.drain()
+        return super().poll()
+
+
+def test_partitions_leaving_write_the_batch_scored_ahead_first(model: Model, new_records: pl.DataFrame) -> None:
+    calls: list[str] = []
+    scoring: list[int] = []
+    hooks = _Ahead(calls, scoring)
+    source = _Revoking(new_records.head(300), hooks, revoke_at=200)
+    source.calls = hooks.calls = calls
+    sink = _AcknowledgingSink(calls)
+    run(source, _Timed(model, scoring), sink, RunState.start(model), hooks=hooks)  # type: ignore[arg-type]
+    # batch 100 was being scored when the poll of batch 200 gave partitions up: it is written then, and only then
+    assert calls[calls.index("revoked") :][:3] == ["revoked", "write 100", "commit_positions {'p': 100}"]
+    assert [c for c in calls if c.startswith("write")] == ["write 0", "write 100", "write 200"]
+    assert hooks.overlapped == []

@@ -28,9 +28,11 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, cast, runtime_checkable
 
+import numba
 import polars as pl
 
 from segscope.exceptions import BackToLastCommit, DataError, SchemaError, SinkError
@@ -155,6 +157,15 @@ class Hooks:
     def recovered(self, failure: BackToLastCommit) -> None:
         """The run went back to its last commit after ``failure``: state past it is dropped."""
 
+    def score_ahead(self) -> bool:
+        """Whether the next batch may be scored in a thread while the one before is written and the one after
+        polled (only what scoring changes is read or changed meanwhile: no per-partition state saved with the
+        batch's positions, no transaction)."""
+        return False
+
+    #: Set by the run while it scores ahead: writes (and commits) the batch scored ahead now, as partitions leave.
+    drain: Callable[[], None] | None = None
+
 
 @dataclass
 class RunState:
@@ -259,7 +270,9 @@ def run(
     source.open()
     try:
         hooks.started()
-        if isinstance(source, Polling):
+        if isinstance(source, Polling) and tx is None and acks is not None and hooks.score_ahead():
+            _polls_ahead(source, acks, sink, state, hooks, stopping, scorer, commit)
+        elif isinstance(source, Polling):
             _polls(source, positioned, sink, state, hooks, stopping, scorer, commit, tx is not None)
         else:
             batches = prefetch(source.iter_batches(), depth=1) if ahead else source.iter_batches()
@@ -334,6 +347,73 @@ def _polls(
                 pause = time.monotonic() + min(2.0 ** (failed - 2), 30.0)
                 while not stopping() and time.monotonic() < pause:
                     time.sleep(0.2)
+
+
+def _polls_ahead(
+    source: Polling,
+    acks: Acknowledging,
+    sink: Sink,
+    state: RunState,
+    hooks: Hooks,
+    stopping: Callable[[], bool],
+    scorer: Callable[[], Model],
+    commit: Callable[[Batch, pl.DataFrame | None], None],
+) -> None:
+    """:func:`_polls` with each batch scored in a thread while the batch before it is written and the one after it
+    polled and decoded (the kernels and Polars let go of the interpreter's lock; the rest of the loop holds it).
+    The hooks run while nothing is scored: ``between`` once the batch ahead is scored, before it is written, and
+    ``before`` the next is handed to the thread; partitions leaving (``hooks.drain``) write the batch ahead first."""
+    positioned = cast(Positioned, source)
+    threads = numba.get_num_threads()  # the caller's, for the scoring thread too (Numba's is per thread)
+    pending: tuple[Batch, Future[pl.DataFrame | None]] | None = None
+
+    def drain() -> None:
+        nonlocal pending
+        if pending is not None:
+            (batch, scoring), pending = pending, None
+            commit(batch, scoring.result())
+
+    def drop() -> None:  # back to the last commit: the batch ahead is not written (it comes again)
+        nonlocal pending
+        if pending is not None:
+            (_, scoring), pending = pending, None
+            wait([scoring])
+
+    hooks.drain = drain
+    with ThreadPoolExecutor(1, "segscope-score", initializer=numba.set_num_threads, initargs=(threads,)) as pool:
+        failed = 0
+        try:
+            while not stopping():
+                try:
+                    batch = source.poll()
+                    done, pending = pending, None
+                    frame = done[1].result() if done is not None else None
+                    going = True if done is None and batch is not None else hooks.between(done and done[0], state)
+                    if batch is not None and going:
+                        hooks.before(batch, state)
+                        pending = (batch, pool.submit(score_batch, batch, scorer(), state))
+                    if done is not None:
+                        commit(done[0], frame)
+                    elif batch is None:
+                        _commit_acknowledged(acks, positioned)
+                    if not going:
+                        return
+                    failed = 0
+                except BackToLastCommit as failure:
+                    drop()
+                    failed += 1
+                    _back_to_last_commit(failure, positioned, sink, False, stopping)
+                    hooks.recovered(failure)
+                    if failed > 1:
+                        pause = time.monotonic() + min(2.0 ** (failed - 2), 30.0)
+                        while not stopping() and time.monotonic() < pause:
+                            time.sleep(0.2)
+            drain()  # stopping: what was polled is written, then committed by the run's end
+        except BaseException:
+            drop()
+            raise
+        finally:
+            hooks.drain = None
 
 
 def _back_to_last_commit(

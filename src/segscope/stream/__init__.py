@@ -233,7 +233,13 @@ class _Kafka(Hooks):
         self.settle()  # SIGTERM: what was in flight is drained and committed
         self.count()
 
+    def score_ahead(self) -> bool:
+        # entity checkpoints are saved with each batch's positions, so its state must be that batch's alone
+        return not self.eos and self.checkpoints is None
+
     def revoked(self, partitions: list[TP]) -> None:
+        if self.drain is not None:
+            self.drain()  # the batch scored ahead is written first: its records were polled from them too
         self.settle()  # partitions leave only after their work is committed
         if self.checkpoints is not None and self.watcher.state.entities is not None:
             self._reset_entities()  # those kept too: a kicked-out member resumes them at the commit, behind its state
