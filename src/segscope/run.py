@@ -108,9 +108,10 @@ class Transactional(Protocol):
 
 @runtime_checkable
 class Polling(Protocol):
-    """A source asked for what it has now: a batch, or None when nothing came within its own short wait."""
+    """A source asked for what it has now: a batch, or None when nothing came within its own short wait (or within
+    ``timeout_ms``: 0 takes only what it holds already)."""
 
-    def poll(self) -> Batch | None: ...
+    def poll(self, timeout_ms: int | None = None) -> Batch | None: ...
 
 
 @runtime_checkable
@@ -385,7 +386,8 @@ def _polls_ahead(
         try:
             while not stopping():
                 try:
-                    batch = source.poll()
+                    # with a batch being scored, what is there already: a quiet topic does not hold its outputs back
+                    batch = source.poll(0 if pending is not None else None)
                     done, pending = pending, None
                     frame = done[1].result() if done is not None else None
                     going = True if done is None and batch is not None else hooks.between(done and done[0], state)
