@@ -18,7 +18,8 @@ capability (``isinstance`` on a runtime-checkable protocol), never by their type
   (:class:`~segscope.exceptions.BackToLastCommit`: a :class:`Positioned` source rewinds, a :class:`Renewable` one
   may start a new client, a :class:`DropsInFlight` sink drops what it had in flight).
 * :class:`Acknowledging`: a sink that decides the commit point: batches are written without waiting, and the
-  source commits the positions of those whose outputs the sink says are safe (Kafka's at-least-once).
+  source commits the positions of those whose outputs the sink says are safe (Kafka's at-least-once). When the
+  hooks allow it (:meth:`Hooks.score_ahead`), each batch is scored in a thread while the one before is written.
 """
 
 from __future__ import annotations
