@@ -106,21 +106,15 @@ class FineTuned:
         return np.asarray(w)
 
     # ------------------------------------------------------------------ inputs
-    def _split_categories(self, layout: Layout) -> tuple[list[int], list[int]]:
-        """Indices (into ``layout.categories``) of the columns given as codes and of those target-encoded."""
-        codes = [j for j, n in enumerate(layout.categories) if n <= self.max_onehot]
-        encoded = [j for j, n in enumerate(layout.categories) if n > self.max_onehot]
-        return codes, encoded
-
     def _learner_input(self, x: np.ndarray, layout: Layout, encoded_values: np.ndarray) -> np.ndarray:
         """[features, surprisals, segments | target encodings | category codes]: codes last, as the learner's
         ``categories`` parameter says."""
         base = len(layout.monotone)
-        codes, _ = self._split_categories(layout)
+        codes, _ = layout.split_categories(self.max_onehot)
         return np.hstack([x[:, :base], encoded_values, x[:, [base + j for j in codes]]])
 
     def _encoded_codes(self, x: np.ndarray, layout: Layout) -> np.ndarray:
-        _, encoded = self._split_categories(layout)
+        _, encoded = layout.split_categories(self.max_onehot)
         return x[:, [len(layout.monotone) + j for j in encoded]]
 
     # --------------------------------------------------------------------- fit
@@ -191,7 +185,7 @@ class FineTuned:
         return self
 
     def _use_categories(self, layout: Layout) -> None:
-        codes, _ = self._split_categories(layout)
+        codes, _ = layout.split_categories(self.max_onehot)
         if "categories" in self.learner.get_params():  # the learner treats the trailing code columns as categories
             self.learner.categories = [layout.categories[j] for j in codes]  # type: ignore[attr-defined]
 
@@ -202,7 +196,7 @@ class FineTuned:
         rng = np.random.default_rng(self.seed)
         folds = np.asarray(rng.integers(0, 3, size=x.shape[0]), dtype=np.int64)
         folds[pos] = rng.permutation(np.arange(pos.size) % 3)  # spread the few anomalies over the folds
-        _, encoded = self._split_categories(layout)
+        _, encoded = layout.split_categories(self.max_onehot)
         cards = tuple(layout.categories[j] for j in encoded)
         raw_codes = self._encoded_codes(x, layout)
         encoding = TargetEncoding()
@@ -389,7 +383,7 @@ class FineTuned:
             mode = "blend (leans on the unsupervised score)" if self.learner_weight_ < 0.5 else "learner-led blend"
             weight = round(self.learner_weight_, 4)
             return {**common, "mode": mode, "learner_weight": weight, "platt": list(self.platt_)}
-        codes, encoded = self._split_categories(self.layout_)
+        codes, encoded = self.layout_.split_categories(self.max_onehot)
         names = {
             "learner": "the learner alone",
             "unsupervised": "the unsupervised score",
@@ -466,7 +460,7 @@ class FineTuned:
         if np.isnan(clip[0]):
             raise BundleError(f"{owner}: 'proximity_clip' is not a number; the bundle is damaged: refit it")
         self.clip_ = float(clip[0])
-        _, encoded = self._split_categories(self.layout_)
+        _, encoded = self.layout_.split_categories(self.max_onehot)
         for j in range(len(encoded)):
             take(arrays, f"target_encoding_{j}", owner, shape=(None,), finite=True, min_size=1)
         self.encoding_ = TargetEncoding.from_state(arrays, len(encoded))

@@ -23,7 +23,7 @@ from segscope.supervised.blend import fit_platt, logit
 from segscope.supervised.layout import Layout
 from segscope.supervised.stored import bounded_weights
 
-__all__ = ["COMPANION_FILE", "COMPANION_WEIGHT", "Companion", "companion_fold_logits"]
+__all__ = ["COMPANION_FILE", "COMPANION_WEIGHT", "Companion", "averaged", "companion_fold_logits"]
 
 #: The companion's share of the served log-odds: at a third, mammography's AUCROC (5% labelled) only tied the plain
 #: XGBoost's; at a half every set measured was at least it on both figures.
@@ -36,8 +36,13 @@ def _columns(layout: Layout, max_onehot: int) -> tuple[list[int], list[int]]:
     """(the supervision matrix's columns the companion reads: prepared features, then the codes of categories of at
     most ``max_onehot`` levels; those categories' numbers of levels)."""
     base = len(layout.monotone)
-    codes = [j for j, n in enumerate(layout.categories) if n <= max_onehot]
+    codes, _ = layout.split_categories(max_onehot)
     return [*range(layout.n_features), *(base + j for j in codes)], [layout.categories[j] for j in codes]
+
+
+def averaged(fine_tuned: np.ndarray, companion: np.ndarray, weight: float) -> np.ndarray:
+    """The served log-odds (and the gate's, out of fold): the two calibrated log-odds averaged at ``weight``."""
+    return np.asarray((1 - weight) * fine_tuned + weight * companion)
 
 
 def _plain(seed: int, categories: list[int]) -> Any:
@@ -93,7 +98,7 @@ class Companion:
 
     def served(self, fine_tuned: np.ndarray, x: np.ndarray, learner: Any = None) -> np.ndarray:
         """The served log-odds: the fine-tuned model's ``fine_tuned`` averaged with the companion's."""
-        return np.asarray((1 - self.weight) * fine_tuned + self.weight * self.log_odds(x, learner))
+        return averaged(fine_tuned, self.log_odds(x, learner), self.weight)
 
     def refit(self, x: np.ndarray, y: np.ndarray, layout: Layout, max_onehot: int) -> Any:
         """A companion learner taught on these rows only (the held-out scores of the alert policy's rows)."""
@@ -136,11 +141,8 @@ class Companion:
         companion = cls(weight=float(weights[0]))
         companion.scale_ = weights[1:]
         companion.columns_ = np.asarray(columns, dtype=np.int64)
-        from segscope.supervised.xgb import check_booster_json
-
-        check_booster_json(blob, owner=COMPANION_FILE)  # errors name the companion's file, not the learner's
         companion.learner_ = _plain(0, categories)
-        companion.learner_.load_artifact(blob)
+        companion.learner_.load_artifact(blob, owner=COMPANION_FILE)  # errors name the companion's file
         if companion.learner_.n_inputs() != len(columns):
             raise BundleError(
                 f"{COMPANION_FILE}: its model reads {companion.learner_.n_inputs()} columns, its layout gives "

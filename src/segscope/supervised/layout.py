@@ -27,6 +27,12 @@ class Layout:
     def width(self) -> int:
         return len(self.monotone) + len(self.categories)
 
+    def split_categories(self, max_onehot: int) -> tuple[list[int], list[int]]:
+        """Indices (into ``categories``) of the categories a learner reads as codes (at most ``max_onehot``
+        levels) and of those it target-encodes (more)."""
+        codes = [j for j, n in enumerate(self.categories) if n <= max_onehot]
+        return codes, [j for j, n in enumerate(self.categories) if n > max_onehot]
+
     def to_state(self) -> np.ndarray:
         head = [self.n_features, self.surprisal, len(self.monotone), len(self.categories)]
         return np.asarray([*head, *self.monotone, *self.categories], dtype=np.float64)

@@ -36,7 +36,7 @@ import numpy as np
 
 from segscope.supervised.base import PRIOR_BELOW, FineTuned, Layout
 from segscope.supervised.blend import Chosen, aucpr, fit_platt, fit_stack, logit, proximity
-from segscope.supervised.companion import companion_fold_logits
+from segscope.supervised.companion import averaged, companion_fold_logits
 from segscope.supervised.promotion import Folds
 
 __all__ = ["WITHIN_NOISE", "Candidates", "choose", "out_of_fold"]
@@ -119,7 +119,7 @@ class Candidates:
             z = a * self.values[name][here] + c
             if self.companion is not None:  # averaged with the companion on the same scale, as served
                 a, c = fit_platt(self.companion[scale], self.y[scale])
-                z = (1 - self.companion_weight) * z + self.companion_weight * (a * self.companion[here] + c)
+                z = averaged(z, a * self.companion[here] + c, self.companion_weight)
             scores[here] = 1.0 / (1.0 + np.exp(-z))
             taken.append(name)
         return scores, taken

@@ -267,9 +267,10 @@ class XGBoostLearner(StoresParams):
         """File name and bytes of the fitted model in XGBoost's own JSON format (safe to load)."""
         return "xgboost.json", bytes(self.booster_.save_raw(raw_format="json"))
 
-    def load_artifact(self, blob: bytes) -> None:
+    def load_artifact(self, blob: bytes, owner: str = _OWNER) -> None:
+        """The booster of ``blob``, checked first (``owner``: the bundle file its errors name)."""
         xgb = require("xgboost", extra="xgboost", feature="the XGBoost learner")
-        check_booster_json(blob)
+        check_booster_json(blob, owner=owner)
         self.booster_ = xgb.Booster()
         self.booster_.load_model(bytearray(blob))
 
