@@ -343,12 +343,7 @@ def _polls(
             if positioned is None:
                 raise
             failed += 1
-            _back_to_last_commit(failure, positioned, sink, transactions, stopping)
-            hooks.recovered(failure)
-            if failed > 1:
-                pause = time.monotonic() + min(2.0 ** (failed - 2), 30.0)
-                while not stopping() and time.monotonic() < pause:
-                    time.sleep(0.2)
+            _recover(failure, failed, positioned, sink, transactions, hooks, stopping)
 
 
 def _polls_ahead(
@@ -405,18 +400,32 @@ def _polls_ahead(
                 except BackToLastCommit as failure:
                     drop()
                     failed += 1
-                    _back_to_last_commit(failure, positioned, sink, False, stopping)
-                    hooks.recovered(failure)
-                    if failed > 1:
-                        pause = time.monotonic() + min(2.0 ** (failed - 2), 30.0)
-                        while not stopping() and time.monotonic() < pause:
-                            time.sleep(0.2)
+                    _recover(failure, failed, positioned, sink, False, hooks, stopping)
             drain()  # stopping: what was polled is written, then committed by the run's end
         except BaseException:
             drop()
             raise
         finally:
             hooks.drain = None
+
+
+def _recover(
+    failure: BackToLastCommit,
+    failed: int,
+    positioned: Positioned,
+    sink: Sink,
+    transactions: bool,
+    hooks: Hooks,
+    stopping: Callable[[], bool],
+) -> None:
+    """Back to the last commit after ``failure``, the ``failed``-th in a row: from the second on, after a wait
+    that doubles each time (at most 30 s)."""
+    _back_to_last_commit(failure, positioned, sink, transactions, stopping)
+    hooks.recovered(failure)
+    if failed > 1:
+        pause = time.monotonic() + min(2.0 ** (failed - 2), 30.0)
+        while not stopping() and time.monotonic() < pause:
+            time.sleep(0.2)
 
 
 def _back_to_last_commit(
