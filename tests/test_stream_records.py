@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from typing import Any
 
 import orjson
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from segscope import SCORED_COLUMNS
 from segscope._kafka import Polled
 from segscope.model import Model
-from segscope.sinks.splice import encode, members, splice
+from segscope.sinks.splice import appended_at_once, appended_one_by_one, encode, members, splice
 from segscope.sources.messages import decode
 from segscope.testing.data import make_transactions
 
@@ -123,3 +126,66 @@ def test_splice_handles_empty_objects_spacing_and_escaped_names() -> None:
     assert splice(b'{"say \\"id": 3, "id": 1}', tail, ["id"], 2) == b'{"say \\"id": 3,"id":"t1"}'
     assert splice(b'{"id":{"a":1},"b":2}', tail, ["id"], 2) == b'{"b":2,"id":"t1"}'
     assert splice(b'{"b":2,"id" : "x" }', tail, ["id"], 2) == b'{"b":2,"id":"t1"}'
+
+
+_TAIL = {"score": pl.Float64, "why": pl.String, "segment": pl.Int32, "reasons": pl.List(pl.Struct({"f": pl.String}))}
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.dictionaries(st.text(max_size=6).filter(lambda k: k not in _TAIL), _JSON, min_size=1, max_size=4),
+            st.sampled_from([(None, None), (2, None), (None, (" ,", " : ")), (0, None)]),  # spacing as writers do
+            st.sampled_from(["", " ", "\n", " \r\n\t"]),
+            st.booleans(),
+            st.floats() | st.none(),
+            st.text(max_size=8) | st.none(),
+            st.integers(-(2**31), 2**31 - 1) | st.none(),
+            st.lists(st.fixed_dictionaries({"f": st.text(max_size=4)}), max_size=2) | st.none(),
+        ),
+        max_size=6,
+    )
+)
+def test_a_batch_appended_at_once_is_byte_for_byte_what_one_at_a_time_writes(rows: list[tuple[Any, ...]]) -> None:
+    """The usual poll (no message holds a name appended) is appended by Polars for the whole batch: the same
+    bytes as the per-message path, for any JSON objects, spacing and scored values (NaN, infinities, nulls)."""
+    raw = [
+        json.dumps(record, indent=indent, separators=separators, ensure_ascii=ascii_only).encode() + end.encode()
+        for record, (indent, separators), end, ascii_only, *_ in rows
+    ]
+    records = [orjson.loads(r) for r in raw]
+    tail = pl.DataFrame([r[4:] for r in rows], schema=_TAIL, orient="row")
+    at_once = appended_at_once(tail, raw)  # type: ignore[arg-type]
+    assert at_once == appended_one_by_one(tail, raw, records, _TAIL)  # type: ignore[arg-type]
+    for out, record, row in zip(at_once or [], records, tail.iter_rows(named=True), strict=True):
+        written = json.loads(out)
+        assert {k: written[k] for k in record} == record and list(written)[len(record) :] == list(_TAIL)
+        assert written["why"] == row["why"] and written["segment"] == row["segment"]
+
+
+def test_a_batch_with_a_message_that_is_not_utf8_is_appended_one_at_a_time() -> None:
+    tail = pl.DataFrame({"score": [0.5, 0.25]})
+    assert appended_at_once(tail, [b'{"a":1}', None]) is None  # no bytes: an Avro or Protobuf record
+    assert appended_at_once(tail, [b'{"a":1}', b'{"a":"\xff"}']) is None
+    assert appended_at_once(tail, [b'{"a":1} ', b'{"b":"\xc3\xa9"}\r\n']) == [
+        b'{"a":1,"score":0.5}',
+        b'{"b":"\xc3\xa9","score":0.25}',
+    ]
+
+
+def test_a_number_past_the_float_range_in_utf16_text_is_a_dead_letter(model: Model) -> None:
+    good = _messages(1)[0]
+    utf16 = good.decode().replace('"amount"', '"big": 1e400, "amount"').encode("utf-16")
+    batch = decode(_polled([good, utf16]), model.input_schema(), max_bytes=65_536)
+    assert batch.frame.height == 1 and len(batch.dead) == 1
+    assert batch.dead[0].reason.startswith("not UTF-8 text") and batch.dead[0].value == utf16

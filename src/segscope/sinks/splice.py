@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import Collection
+from typing import Any
 
 import orjson
 import polars as pl
@@ -20,7 +21,7 @@ import polars as pl
 from segscope.schema import SCORED_COLUMNS
 from segscope.sources.base import Batch
 
-__all__ = ["encode", "members", "splice"]
+__all__ = ["appended_at_once", "appended_one_by_one", "encode", "members", "splice"]
 
 _WS = re.compile(rb"[ \t\n\r]*")
 _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
@@ -142,16 +143,47 @@ def encode(scored: pl.DataFrame, batch: Batch | None) -> list[bytes]:
     if batch.ids is not None and batch.id_field != "id":  # an id field that is the id stays as it came
         tail = tail.select(pl.Series("id", batch.ids, dtype=pl.String), *tail.columns)
         appended.add("id")
+    if all(batch.records) and appended.isdisjoint(set().union(*batch.records)):  # the usual poll
+        at_once = appended_at_once(tail, batch.raw)
+        if at_once is not None:
+            return at_once
+    return appended_one_by_one(tail, batch.raw, batch.records, appended)
+
+
+def appended_at_once(tail: pl.DataFrame, raw: list[bytes | None]) -> list[bytes] | None:
+    """Each message's bytes with its row of ``tail`` appended, by Polars for the whole batch (one JSON writer,
+    the lock released); None when a message has no bytes or bytes that are not UTF-8 text. For messages that
+    hold none of the names appended and are no empty object: the caller checks."""
+    body = pl.Series("body", raw, dtype=pl.Binary)
+    if body.null_count():
+        return None
+    try:
+        body = body.cast(pl.String)
+    except pl.exceptions.ComputeError:  # invalid UTF-8
+        return None
+    rows = tail.select(pl.struct(pl.all()).struct.json_encode().alias("tail")).with_columns(body)
+    spliced = pl.concat_str(  # valid JSON (a decoder read it) ends with '}' and JSON's own white space
+        pl.col("body").str.strip_chars_end(" \t\n\r").str.head(-1), pl.lit(","), pl.col("tail").str.tail(-1)
+    )
+    return rows.select(spliced.cast(pl.Binary)).to_series().to_list()
+
+
+def appended_one_by_one(
+    tail: pl.DataFrame, raw: list[bytes | None], records: list[dict[str, Any]], appended: Collection[str]
+) -> list[bytes]:
+    """Each message with its row of ``tail`` appended, one at a time: a message decoded from Avro or Protobuf
+    (no JSON bytes) is encoded whole, one that holds a name appended has that member cut out first."""
     written = io.BytesIO()  # bytes as polars writes them (no str to encode again)
     tail.write_ndjson(written)
     lines = written.getvalue().splitlines()
     out = []
-    disjoint, common = appended.isdisjoint, appended.intersection
-    for raw, record, line in zip(batch.raw, batch.records, lines, strict=True):
-        if raw is None:  # decoded records always have their bytes (a tombstone is a dead letter)
+    names = set(appended)
+    disjoint, common = names.isdisjoint, names.intersection
+    for body, record, line in zip(raw, records, lines, strict=True):
+        if body is None:  # decoded records always have their bytes (a tombstone is a dead letter)
             out.append(orjson.dumps({**record, **orjson.loads(line)}))
-        elif record and disjoint(record):  # the usual case: no name in common, not an empty object
-            out.append(raw.rstrip()[:-1] + b"," + line[1:])
+        elif record and disjoint(record):  # no name in common, not an empty object
+            out.append(body.rstrip()[:-1] + b"," + line[1:])
         else:
-            out.append(splice(raw, line, common(record), len(record)))
+            out.append(splice(body, line, common(record), len(record)))
     return out

@@ -139,8 +139,8 @@ def _past_the_float_range(raw: bytes, exc: Exception) -> Any:
         value = int(text)
         return value if -(2**63) <= value < 2**64 else float(text)
 
-    try:
-        record = json.loads(raw, parse_constant=refuse, parse_int=integer)
+    try:  # text decoded here: the standard library would also read UTF-16 and UTF-32 bytes, orjson reads UTF-8 only
+        record = json.loads(raw.decode(), parse_constant=refuse, parse_int=integer)
         orjson.dumps(record)  # refuses strings that are not valid UTF-8 (unpaired surrogates)
     except (ValueError, TypeError, RecursionError, orjson.JSONEncodeError):  # RecursionError: nested deeper
         return None
