@@ -106,6 +106,8 @@ def test_kafka_options_override_the_config_and_name_one_client(settings: KafkaSe
         ("error_cb=print", "a callback segscope sets"),
         ("consumer.bootstrap.servers=h:1", "for both clients"),
         ("connect_timeout=5", "use --connect-timeout"),
+        ("max.in.flight=5", "one request in flight per broker"),
+        ("producer.max.in.flight.requests.per.connection=2", "records of the first are lost"),
         ("no-equals-sign", "takes key=value"),
     ],
 )
@@ -113,6 +115,13 @@ def test_what_a_guarantee_depends_on_is_refused_with_the_reason(option: str, why
     with pytest.raises(ConfigError, match=why) as info:
         KafkaSettings.build(None, [option])
     assert "\n" not in str(info.value)
+
+
+def test_the_consumer_keeps_its_own_requests_in_flight() -> None:
+    settings = KafkaSettings.build(None, ["consumer.max.in.flight=3"])
+    settings.check(exactly_once=True)
+    assert settings.for_role("consumer")["max.in.flight"] == "3"
+    assert "max.in.flight" not in settings.for_role("producer")
 
 
 def test_idempotence_is_refused_only_with_exactly_once() -> None:

@@ -332,7 +332,14 @@ def make_producer(
             "queue.buffering.max.messages": 500_000,
             "log_level": 7 if "debug" in given else 2,
         }
-        fixed: dict[str, Any] = {"bootstrap.servers": bootstrap, "compression.type": compression}
+        # one request in flight: librdkafka acks a batch "implicitly" when a later one of its partition succeeds,
+        # also one the broker refused unwritten (NOT_LEADER while a new topic's leader starts): a silent loss
+        # (confluent-kafka-go issue 921); with one in flight a batch is retried before the next is sent
+        fixed: dict[str, Any] = {
+            "bootstrap.servers": bootstrap,
+            "compression.type": compression,
+            "max.in.flight.requests.per.connection": 1,
+        }
         if transactional_id is not None:
             # a dead process's open transaction blocks read_committed readers until it times out: keep it short;
             # librdkafka: deliveries no longer than the transaction may stay open

@@ -78,6 +78,11 @@ _NOT_COMMITTED = (
     "segscope commits a batch's offsets itself, once its outputs are acknowledged (or in its transaction); "
     "the client committing on its own would commit records whose outputs were never written"
 )
+_ONE_IN_FLIGHT = (
+    "segscope's producer keeps one request in flight per broker: with more, librdkafka's idempotent producer can "
+    "report a batch refused by a partition changing leader (a new topic, a broker restart) as delivered once a "
+    "later batch of that partition is written, and the records of the first are lost"
+)
 #: Keys segscope sets itself, and why they cannot be overridden.
 REFUSED = {
     "enable.auto.commit": _NOT_COMMITTED,
@@ -91,6 +96,8 @@ REFUSED = {
     "compression.codec": "use --compression",
     "connect_timeout": "it is segscope's own: use --connect-timeout, or connect_timeout in the config's kafka section",
 }
+#: What segscope sets on its producer (``consumer.KEY`` may still tune the consumer's own).
+PRODUCER_REFUSED = {"max.in.flight.requests.per.connection": _ONE_IN_FLIGHT, "max.in.flight": _ONE_IN_FLIGHT}
 EXACTLY_ONCE_REFUSED = {"enable.idempotence": "Kafka transactions (--exactly-once) need the idempotent producer"}
 _SECRET = re.compile(r"password|secret|passphrase|private\.key\.pem$|^ssl\.key\.pem$")
 _REFERENCE = re.compile(r"\$\{(env|file):(.+)\}", re.IGNORECASE | re.DOTALL)
@@ -104,7 +111,9 @@ def is_secret(key: str) -> bool:
 
 
 def _refused(key: str, role: str | None, exactly_once: bool = False) -> None:
-    why = REFUSED.get(key) or (EXACTLY_ONCE_REFUSED.get(key) if exactly_once and role != "consumer" else None)
+    producer = role != "consumer"
+    why = REFUSED.get(key) or (PRODUCER_REFUSED.get(key) if producer else None)
+    why = why or (EXACTLY_ONCE_REFUSED.get(key) if exactly_once and producer else None)
     if why is not None:
         raise ConfigError(f"kafka option {key} cannot be set: {why}")
     if key.endswith("_cb") or key in {"logger", "on_commit", "on_delivery"}:
