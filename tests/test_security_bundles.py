@@ -228,6 +228,25 @@ def test_symlinks_and_special_files_are_refused(copy_of, tmp_path: Path) -> None
         Model.load(fifo)  # never blocks reading a pipe
 
 
+def test_oversized_files_are_refused_before_a_byte_is_read(run_cli, copy_of, tmp_path: Path) -> None:
+    """Each file's size is checked before it is read or hashed: a hard link in a handed-over bundle to a large file
+    elsewhere is not read whole only to be refused, nor a manifest padded to gigabytes parsed (sparse files: their
+    size costs no disk)."""
+    linked = copy_of("hard-link")
+    elsewhere = tmp_path / "elsewhere.npz"
+    with elsewhere.open("wb") as fh:
+        fh.truncate(3 << 30)
+    (linked / "arrays" / "explainer.npz").unlink()
+    os.link(elsewhere, linked / "arrays" / "explainer.npz")
+    _one_line_error(
+        run_cli("inspect", linked), "arrays/explainer.npz holds 3,221,225,472 bytes, more than the 2,147,483,648"
+    )
+    padded = copy_of("padded")
+    with (padded / "manifest.json").open("r+b") as fh:
+        fh.truncate(65 << 20)  # the manifest, then NUL bytes: invalid JSON, refused for its size before parsing
+    _one_line_error(run_cli("inspect", padded), "manifest.json (68,157,440 bytes, more than the 67,108,864")
+
+
 def test_damaged_arrays_and_manifests_are_one_line_errors(run_cli, copy_of, files: Path) -> None:
     not_zip = copy_of("notzip")
     (not_zip / "arrays" / "explainer.npz").write_bytes(b"not a zip at all")

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from segscope._io import fsync_write, publish, sha256_file
+from segscope._io import STATE_FILE_BYTES, fsync_write, publish, read_regular, sha256_file
 from segscope.exceptions import BundleError
 
 __all__ = ["FORMAT_VERSION", "BundleReader", "is_version_name", "write_bundle"]
@@ -39,6 +39,10 @@ MANIFEST = "manifest.json"
 MAX_ARRAY_BYTES = 2 << 30
 #: Largest unpacked / stored size of an array file above 1 MiB: a bundle recompressed by a tool still loads.
 COMPRESSION_RATIO = 16
+#: Largest manifest and JSON part a load reads (checked before a byte is read or hashed, as every file's size: a
+#: handed-over bundle's file, or a hard link in it to a file elsewhere, is not read whole only to be refused).
+MANIFEST_BYTES = 64 << 20
+JSON_BYTES = 256 << 20
 
 
 def manifest_digest(manifest: dict[str, Any]) -> str:
@@ -127,6 +131,12 @@ def _safe_relative(rel: object) -> str | None:
     return rel
 
 
+def _largest(rel: str) -> int:
+    """The most bytes a bundle file named ``rel`` may hold (arrays: the most a load unpacks)."""
+    suffix = PurePosixPath(rel).suffix
+    return JSON_BYTES if suffix == ".json" else STATE_FILE_BYTES if suffix == ".arrow" else MAX_ARRAY_BYTES
+
+
 class BundleReader:
     """Opens a bundle, checks format version and checksums, and hands out its parts.
 
@@ -155,12 +165,13 @@ class BundleReader:
                 f"{self.path} is not a segscope bundle (no manifest.json); pass the folder `segscope fit` wrote"
             )
         try:
-            manifest = json.loads(manifest_path.read_bytes().decode("utf-8"))
+            manifest = json.loads(read_regular(manifest_path, MANIFEST_BYTES).decode("utf-8"))
         except (ValueError, UnicodeDecodeError) as exc:  # ValueError: bad JSON, or an integer of 4,300+ digits
             reason = str(exc).splitlines()[0][:120]
             raise self._fail(f"manifest.json is not valid JSON ({reason})", "refit the bundle") from None
-        except OSError as exc:
-            raise self._fail(f"cannot read manifest.json ({exc.strerror})", "check the folder's permissions") from None
+        except OSError as exc:  # errno 0: read_regular's own refusal (its size, its kind)
+            fix = "refit the bundle" if exc.errno == 0 else "check the folder's permissions"
+            raise self._fail(f"cannot read manifest.json ({exc.strerror})", fix) from None
         except RecursionError:
             raise self._fail("manifest.json is nested too deeply to be a manifest", "refit the bundle") from None
         if not isinstance(manifest, dict):
@@ -209,7 +220,7 @@ class BundleReader:
             if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
                 raise self._fail(f"the checksum of {rel} in manifest.json is not a sha256")
         root = self.path.resolve()
-        on_disk: set[str] = set()
+        on_disk: dict[str, int] = {}  # each file's size
         for folder, dirs, names in os.walk(self.path, followlinks=False):
             for name in [*dirs, *names]:
                 full = Path(folder) / name
@@ -217,10 +228,11 @@ class BundleReader:
                 if full.is_symlink():
                     raise self._fail(f"{rel} is a symbolic link (bundles hold only regular files)")
                 if name in names:
-                    if not stat.S_ISREG(full.lstat().st_mode):  # a pipe or device would block or lie
+                    info = full.lstat()
+                    if not stat.S_ISREG(info.st_mode):  # a pipe or device would block or lie
                         raise self._fail(f"{rel} is not a regular file")
-                    on_disk.add(rel)
-        unlisted = sorted(on_disk - set(files) - {MANIFEST})
+                    on_disk[rel] = info.st_size
+        unlisted = sorted(set(on_disk) - set(files) - {MANIFEST})
         if unlisted:
             raise self._fail(f"{unlisted[0]} is not listed in manifest.json (unlisted files are refused)")
         for rel, expected in files.items():
@@ -231,6 +243,11 @@ class BundleReader:
                 )
             if not file.resolve().is_relative_to(root):
                 raise self._fail(f"{rel} resolves outside the bundle folder")
+            if on_disk[rel] > _largest(rel):
+                raise self._fail(
+                    f"{rel} holds {on_disk[rel]:,} bytes, more than the {_largest(rel):,} a bundle's "
+                    f"{PurePosixPath(rel).suffix} file may hold"
+                )
             try:
                 actual = sha256_file(file)
             except OSError as exc:
@@ -249,7 +266,7 @@ class BundleReader:
 
     def json(self, name: str) -> Any:
         try:
-            return json.loads(self._listed(name).read_bytes().decode("utf-8"))
+            return json.loads(self.raw(name).decode("utf-8"))
         except (ValueError, UnicodeDecodeError) as exc:
             raise self._fail(f"{name} is not valid JSON ({str(exc).splitlines()[0][:120]})") from None
         except RecursionError:
@@ -306,7 +323,12 @@ class BundleReader:
                 )
 
     def raw(self, rel: str) -> bytes:
-        return self._listed(rel).read_bytes()
+        """A listed file's bytes, read as a regular file within its size limit (it may have changed since
+        :meth:`open` verified it)."""
+        try:
+            return read_regular(self._listed(rel), _largest(rel))
+        except OSError as exc:
+            raise self._fail(f"cannot read {rel} ({exc.strerror})") from None
 
     def pickle_bytes(self, part: str) -> bytes | None:
         rel = f"arrays/{part}.pkl"
@@ -314,4 +336,4 @@ class BundleReader:
             return None
         if not self.trusted:  # open() already refused; never hand out a pickle from an untrusted bundle
             raise BundleError("refusing to read a pickle from an untrusted bundle; pass --trust-bundle")
-        return self._listed(rel).read_bytes()
+        return self.raw(rel)
